@@ -1,0 +1,183 @@
+"""The functional entry: layers, directions and sequence lengths around a recurrent core.
+
+``gru`` takes the arguments of torch's ``_VF.gru`` (plus ``reset_after`` and ``backend``)
+and returns ``(output, h_n)`` in the same layouts. For a core backend it loops over layers
+and directions, computes ``gi = W_ih x + b_ih`` with one GEMM per layer-direction, reverses
+each sequence within its length for the backward direction and calls the core.
+
+Inputs are already checked by the module layer (``flashgru.GRU``); calling this directly
+skips those checks, as calling ``torch._VF.gru`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .backends import BACKENDS, reference, select_backend
+from .backends.reference import GateTrace
+
+
+def gru(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    *,
+    has_biases: bool,
+    num_layers: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    batch_sizes: Tensor | None = None,
+    reset_after: bool = True,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """A multi-layer GRU over a whole sequence.
+
+    input: (T, B, I), or (B, T, I) with ``batch_first``, or the data (ΣT_b, I) of a
+      PackedSequence sorted by decreasing length together with its ``batch_sizes``.
+    hx: (num_layers * num_directions, B, H), rows ordered layer-major as torch's.
+    weights: torch.nn.GRU's ``_flat_weights`` order: per layer and direction
+      ``w_ih (3H, I_l), w_hh (3H, H)`` and, with ``has_biases``, ``b_ih, b_hh (3H,)``.
+    Returns output shaped like ``input`` with num_directions * H features, and h_n shaped
+    like ``hx``.
+    """
+    steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
+    choice = select_backend(
+        backend, reset_after=reset_after, device=input.device, steps=steps
+    )
+    impl = BACKENDS[choice.name]
+    args = dict(has_biases=has_biases, num_layers=num_layers, dropout=dropout,
+                training=training, bidirectional=bidirectional)
+    if impl.kind == "stack":
+        return impl.run(input, hx, weights, batch_first=batch_first,
+                        batch_sizes=batch_sizes, **args)
+    x, lengths = _to_padded(input, batch_first, batch_sizes)
+    out, h_n, _ = _layers(x, lengths, hx, weights, impl.run, reset_after, **args)
+    return _from_padded(out, lengths, batch_first, batch_sizes), h_n
+
+
+def gru_gates(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    *,
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    batch_sizes: Tensor | None = None,
+    reset_after: bool = True,
+) -> GateTrace:
+    """The gates of every layer and direction, on the reference core, without dropout.
+
+    Arguments as ``gru``. Returns a GateTrace whose fields are shaped
+    (num_layers, num_directions, T, B, H), time-major whatever ``batch_first`` says; for
+    packed input B is in sorted order and steps past a sequence's length are 0. Index t of
+    the reverse direction holds the step that consumed input t.
+    """
+    x, lengths = _to_padded(input, batch_first, batch_sizes)
+    _, _, traces = _layers(
+        x, lengths, hx, weights, reference.core, reset_after, has_biases=has_biases,
+        num_layers=num_layers, dropout=0.0, training=False, bidirectional=bidirectional,
+        collect_gates=True,
+    )
+    dirs = 2 if bidirectional else 1
+    return GateTrace(*(
+        torch.stack(field).unflatten(0, (num_layers, dirs)) for field in zip(*traces, strict=True)
+    ))
+
+
+def gru_cell(
+    input: Tensor,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> Tensor:
+    """One GRU step: input (B, I), hx (B, H) → h' (B, H). reset_after=True runs torch's
+    own ``gru_cell``; reset_after=False the reference step."""
+    if reset_after:
+        return torch._VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return reference.step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, reset_after=False).h
+
+
+def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layers,
+            dropout, training, bidirectional, collect_gates=False):
+    """Run the stack on padded time-major x (T, B, I). Returns (out, h_n, gate traces)."""
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    h_n, traces = [], []
+    layer_input = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
+            b_ih, b_hh = biases if has_biases else (None, None)
+            gi = F.linear(layer_input, w_ih, b_ih)  # (T, B, 3H)
+            if d == 1:
+                gi = _reverse(gi, lengths)
+            if collect_gates:
+                out, trace = core(gi, hx[k], w_hh, b_hh, lengths, reset_after, return_gates=True)
+                traces.append(GateTrace(*(_reverse(v, lengths) if d else v for v in trace)))
+            else:
+                out = core(gi, hx[k], w_hh, b_hh, lengths, reset_after)
+            h_n.append(_last(out, lengths))
+            outs.append(_reverse(out, lengths) if d == 1 else out)
+        layer_output = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_output = _dropout(layer_output, dropout, lengths)
+        layer_input = layer_output
+    return layer_input, torch.stack(h_n), traces
+
+
+def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence in time within its length; (T, B, F) → (T, B, F).
+    Steps past a length stay where they are. Applying it twice gives x back."""
+    if lengths is None:
+        return x.flip(0)
+    steps = x.size(0)
+    t = torch.arange(steps, device=x.device).unsqueeze(1)  # (T, 1)
+    lens = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    index = torch.where(t < lens, lens - 1 - t, t)  # (T, B)
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+def _last(out: Tensor, lengths: Tensor | None) -> Tensor:
+    """The state after each sequence's last step: (T, B, H) → (B, H)."""
+    if lengths is None:
+        return out[-1]
+    index = (lengths.to(out.device) - 1).view(1, -1, 1).expand(1, *out.shape[1:])
+    return out.gather(0, index).squeeze(0)
+
+
+def _dropout(x: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """Dropout between layers, drawn on the same tensor torch draws it on (the padded
+    output, or a packed sequence's data), so one seed gives torch's masks on CPU."""
+    if lengths is None:
+        return F.dropout(x, p, training=True)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=True)
+    data = F.dropout(packed.data, p, training=True)
+    return _to_padded(data, False, packed.batch_sizes)[0]
+
+
+def _to_padded(input: Tensor, batch_first: bool, batch_sizes: Tensor | None):
+    """Time-major padded input (T, B, I) and lengths (B,) or None."""
+    if batch_sizes is None:
+        return (input.transpose(0, 1) if batch_first else input), None
+    padded, lengths = pad_packed_sequence(PackedSequence(input, batch_sizes))
+    return padded, lengths
+
+
+def _from_padded(out: Tensor, lengths, batch_first: bool, batch_sizes) -> Tensor:
+    """Back to the input's form: packed data when the input was packed."""
+    if batch_sizes is not None:
+        return pack_padded_sequence(out, lengths, enforce_sorted=True).data
+    return out.transpose(0, 1) if batch_first else out

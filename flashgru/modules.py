@@ -1,0 +1,322 @@
+"""flashgru.GRU and flashgru.GRUCell: torch.nn.GRU's contract, both formulations.
+
+Both subclass their torch counterparts, so parameters, names, shapes, initialisation,
+``state_dict``, ``flatten_parameters``, ``all_weights``, pickling and ``.to()`` are torch's
+own; argument checks and error messages are torch's too. What they add: ``reset_after``
+(the formulation), ``backend`` (which recurrent core runs), and ``GRU.gates()``.
+
+Known differences from torch.nn.GRU:
+- a PackedSequence with an hx whose batch size differs from the batch raises torch's
+  "Expected hidden size" error; torch indexes the wrong hx with the sort order instead
+  (silently for a larger hx, IndexError for a smaller one).
+- with dropout in training mode, the masks equal torch's for the same seed on CPU (both
+  draw them on the same tensor); torch's CUDA/cuDNN draws them differently.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+from .backends import BackendChoice, check_backend_name, select_backend
+from .backends.reference import GateTrace
+
+
+class _Prepared(NamedTuple):
+    """A forward call's input in functional form, and how to give results back."""
+
+    input: Tensor
+    hx: Tensor
+    batch_sizes: Tensor | None
+    sorted_indices: Tensor | None
+    unsorted_indices: Tensor | None
+    is_batched: bool
+
+
+class GRU(nn.GRU):
+    r"""A multi-layer GRU, a drop-in replacement for :class:`torch.nn.GRU`.
+
+    Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}``, ``_reverse`` for the backward direction; gates stacked r, z, n),
+    initialisation U(−1/√H, 1/√H), input forms and output layouts. For each layer and
+    step, with ``gi = W_ih x_t + b_ih`` and ``h`` the previous state:
+
+    ``reset_after=True`` (default; torch, cuDNN, Keras, ONNX linear_before_reset=1)::
+
+        r = σ(gi_r + W_hr h + b_hr)       z = σ(gi_z + W_hz h + b_hz)
+        n = tanh(gi_n + r ⊙ (W_hn h + b_hn))
+        h' = (1 − z) ⊙ n + z ⊙ h
+
+    ``reset_after=False`` (the original paper; ONNX linear_before_reset=0, Keras
+    reset_after=False): only n changes, the reset gate multiplies h before the matmul::
+
+        n = tanh(gi_n + W_hn (r ⊙ h) + b_hn)
+
+    Args (beyond torch.nn.GRU's, keyword-only):
+        reset_after: the formulation, as above.
+        backend: "auto" (see :func:`flashgru.select_backend` for the rules), or a name
+            from ``flashgru.BACKENDS``: "reference" (readable loop, double-backward
+            capable) or "torch" (torch's fused GRU; reset_after=True only).
+
+    Shapes: input (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
+    PackedSequence; hx (num_layers·D, N, H) or (num_layers·D, H) unbatched; output
+    (L, N, D·H); h_n like hx.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        reset_after: bool = True,
+        backend: str = "auto",
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            name = next(iter(kwargs))
+            raise TypeError(f"GRU.__init__() got an unexpected keyword argument {name!r}")
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        select_backend(backend, reset_after=reset_after)  # raises for a bad choice
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype,
+        )
+        self.reset_after = reset_after
+        self.backend = backend
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("reset_after", True)
+        self.__dict__.setdefault("backend", "auto")
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.reset_after is not True:
+            s += ", reset_after=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    @classmethod
+    def from_torch(cls, module: nn.GRU, *, backend: str = "auto") -> GRU:
+        """A flashgru.GRU with the configuration and a copy of the weights of ``module``."""
+        if not isinstance(module, nn.GRU):
+            raise TypeError(f"expected a torch.nn.GRU, got {type(module).__name__}")
+        weight = module.weight_ih_l0
+        new = cls(
+            module.input_size, module.hidden_size, module.num_layers, module.bias,
+            module.batch_first, module.dropout, module.bidirectional,
+            device=weight.device, dtype=weight.dtype, backend=backend,
+            reset_after=getattr(module, "reset_after", True),
+        )
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+
+    def to_torch(self) -> nn.GRU:
+        """A torch.nn.GRU with this configuration and a copy of the weights.
+
+        Raises ValueError for reset_after=False, which torch.nn.GRU can't compute."""
+        if not self.reset_after:
+            raise ValueError(
+                "torch.nn.GRU computes only reset_after=True; this GRU has reset_after=False"
+            )
+        weight = self.weight_ih_l0
+        module = nn.GRU(
+            self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+            self.dropout, self.bidirectional, device=weight.device, dtype=weight.dtype,
+        )
+        module.load_state_dict(self.state_dict())
+        module.train(self.training)
+        return module
+
+    def which_backend(self, input: Tensor | PackedSequence) -> BackendChoice:
+        """The backend that ``self(input)`` would run on, and why."""
+        if isinstance(input, PackedSequence):
+            data, steps = input.data, input.batch_sizes.numel()
+        else:
+            data, steps = input, input.size(int(self.batch_first and input.dim() == 3))
+        return select_backend(
+            self.backend, reset_after=self.reset_after, device=data.device, steps=steps
+        )
+
+    def forward(self, input, hx=None):
+        p = self._prepare(input, hx)
+        output, hidden = functional.gru(
+            p.input, p.hx, self._flat_weights, has_biases=self.bias,
+            num_layers=self.num_layers, dropout=self.dropout, training=self.training,
+            bidirectional=self.bidirectional, batch_first=self.batch_first,
+            batch_sizes=p.batch_sizes, reset_after=self.reset_after, backend=self.backend,
+        )
+        hidden = self.permute_hidden(hidden, p.unsorted_indices)
+        if p.batch_sizes is not None:
+            return PackedSequence(output, p.batch_sizes, p.sorted_indices,
+                                  p.unsorted_indices), hidden
+        if not p.is_batched:
+            return output.squeeze(int(self.batch_first)), hidden.squeeze(1)
+        return output, hidden
+
+    def gates(self, input, hx=None) -> GateTrace:
+        """Run the GRU on the reference core and return every gate of every step.
+
+        Returns a :class:`GateTrace` ``(r, z, n, h)``; each field is a tensor shaped
+        ``(num_layers, num_directions, *S, H)`` where ``S`` is the input's layout: (L, N),
+        (N, L) with batch_first, (L,) unbatched; for a PackedSequence (L, N) time-major,
+        in the original batch order, 0 past each sequence's length.
+
+        - ``r``: reset gate; ``n``: candidate state; ``h``: the state after the step,
+          so ``h[-1]`` is the last layer's output.
+        - ``z``: update gate in torch's convention ``h' = (1 − z) ⊙ n + z ⊙ h``: z near 1
+          keeps the old state. A text that writes ``h' = z ⊙ n + (1 − z) ⊙ h`` (the
+          tutorial flashgru grew from does) calls our ``1 − z`` its z.
+        - reverse direction: time index t holds the step that read input t.
+
+        Dropout is not applied (as in eval mode). Gradients flow through the result.
+        """
+        p = self._prepare(input, hx)
+        trace = functional.gru_gates(
+            p.input, p.hx, self._flat_weights, has_biases=self.bias,
+            num_layers=self.num_layers, bidirectional=self.bidirectional,
+            batch_first=self.batch_first, batch_sizes=p.batch_sizes,
+            reset_after=self.reset_after,
+        )  # fields (layers, dirs, T, B, H)
+        if p.unsorted_indices is not None:
+            trace = GateTrace(*(v.index_select(3, p.unsorted_indices) for v in trace))
+        if not p.is_batched:
+            return GateTrace(*(v.squeeze(3) for v in trace))
+        if self.batch_first and p.batch_sizes is None:
+            return GateTrace(*(v.transpose(2, 3) for v in trace))
+        return trace
+
+    def _prepare(self, input, hx) -> _Prepared:
+        """torch.nn.GRU.forward's checks and input handling, in its order."""
+        self._update_flat_weights()
+        num_directions = 2 if self.bidirectional else 1
+        is_batched = True
+        if isinstance(input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is not None and hx.dim() == 3 and hx.size(1) != int(batch_sizes[0]):
+                self.check_hidden_size(hx, self.get_expected_hidden_size(input, batch_sizes))
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(int(self.batch_first))
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx should also be 2-D but got "
+                            f"{hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+        if hx is None:
+            batch = self.get_expected_hidden_size(input, batch_sizes)[1]
+            hx = torch.zeros(self.num_layers * num_directions, batch, self.hidden_size,
+                             dtype=input.dtype, device=input.device)
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        _check_steps(input, batch_sizes, self.batch_first)
+        _check_same_dtype(hx, self._flat_weights[1])
+        return _Prepared(input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched)
+
+
+class GRUCell(nn.GRUCell):
+    r"""A GRU cell, a drop-in replacement for :class:`torch.nn.GRUCell`.
+
+    Same parameters (``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih``,
+    ``bias_hh``; gates r, z, n), initialisation, input forms (input (N, I) or (I,), hx
+    (N, H) or (H,) or omitted) and errors. ``reset_after`` picks the formulation, as in
+    :class:`GRU`: True runs torch's own cell, False the original paper's.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, reset_after: bool = True) -> None:
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.reset_after = reset_after
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("reset_after", True)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                             device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self._check_cell_args(input, hx)
+        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                self.bias_hh, reset_after=self.reset_after)
+        return h if is_batched else h.squeeze(0)
+
+    def _check_cell_args(self, input: Tensor, hx: Tensor) -> None:
+        """The checks of torch's C++ gru_cell, with its messages, in its order."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+            )
+        if input.size(0) != hx.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
+            )
+        if hx.size(1) != self.hidden_size:
+            raise RuntimeError(
+                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
+                f"expected {self.hidden_size}"
+            )
+        _check_same_dtype(input, self.weight_ih)
+        _check_same_dtype(hx, self.weight_hh)
+
+
+def _check_steps(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
+    steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
+    if steps == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+def _check_same_dtype(x: Tensor, weight: Tensor) -> None:
+    """torch's matmul error for mixed dtypes, raised before any work is done (not under
+    autocast, which casts them as torch does)."""
+    if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+        raise RuntimeError(
+            f"mat1 and mat2 must have the same dtype, but got {_type_name(x)} and "
+            f"{_type_name(weight)}"
+        )
+
+
+def _type_name(x: Tensor) -> str:
+    return x.type().rsplit(".", 1)[-1].removesuffix("Tensor")
