@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, check_backend_name, select_backend
+from .backends import BackendChoice, select_backend
 from .backends.reference import GateTrace
 
 
@@ -88,8 +88,7 @@ class GRU(nn.GRU):
         if kwargs:
             name = next(iter(kwargs))
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument {name!r}")
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        _check_bool("reset_after", reset_after)
         select_backend(backend, reset_after=reset_after)  # raises for a bad choice
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -167,7 +166,7 @@ class GRU(nn.GRU):
             return PackedSequence(output, p.batch_sizes, p.sorted_indices,
                                   p.unsorted_indices), hidden
         if not p.is_batched:
-            return output.squeeze(int(self.batch_first)), hidden.squeeze(1)
+            return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
         return output, hidden
 
     def gates(self, input, hx=None) -> GateTrace:
@@ -217,7 +216,7 @@ class GRU(nn.GRU):
                 raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
             is_batched = input.dim() == 3
             if not is_batched:
-                input = input.unsqueeze(int(self.batch_first))
+                input = input.unsqueeze(0 if self.batch_first else 1)
                 if hx is not None:
                     if hx.dim() != 2:
                         raise RuntimeError(
@@ -252,8 +251,7 @@ class GRUCell(nn.GRUCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None, *, reset_after: bool = True) -> None:
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        _check_bool("reset_after", reset_after)
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         self.reset_after = reset_after
 
@@ -300,6 +298,12 @@ class GRUCell(nn.GRUCell):
             )
         _check_same_dtype(input, self.weight_ih)
         _check_same_dtype(hx, self.weight_hh)
+
+
+def _check_bool(name: str, value) -> None:
+    """torch's message for a flag that is not a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
 def _check_steps(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:

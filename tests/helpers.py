@@ -1,0 +1,50 @@
+"""Shared test helpers: the central list of backends, by-name comparison, modules with
+shared weights and random inputs in every form torch.nn.GRU takes."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import flashgru
+
+# Every backend of flashgru that runs on this machine, by the formulations it runs.
+BACKENDS = list(flashgru.BACKENDS)
+BACKENDS_RESET_BEFORE = [n for n, b in flashgru.BACKENDS.items() if b.reset_before]
+FORMS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
+
+
+def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, atol: float, rtol: float = 0.0):
+    """Compare two tensors by name; the message gives the max abs and relative error."""
+    assert got is not None, f"{name}: missing"
+    assert ref.shape == got.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert ref.dtype == got.dtype, f"{name}: dtype {got.dtype} != {ref.dtype}"
+    err = (ref - got).abs().max().item() if ref.numel() else 0.0
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e} (max |ref| {scale:.3e})"
+
+
+def make_input(form, steps, batch, input_size, batch_first, dtype, seed=0):
+    """(input for both modules, lengths or None, leaf tensor to take the gradient of)."""
+    g = torch.Generator().manual_seed(seed)
+    if form == "unbatched":
+        x = torch.randn(steps, input_size, generator=g, dtype=dtype, requires_grad=True)
+        return x, None, x
+    shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+    x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
+    if form == "padded":
+        return x, None, x
+    lengths = torch.randint(1, steps + 1, (batch,), generator=g)
+    lengths[0] = steps
+    sorted_ = form == "packed_sorted"
+    if sorted_:
+        lengths = lengths.sort(descending=True).values
+    packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=sorted_)
+    return packed, lengths, x
+
+
+def padded(output):
+    """An output as a plain tensor (a PackedSequence is padded, time-major)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return pad_packed_sequence(output)[0]

@@ -1,0 +1,159 @@
+"""Bad arguments and bad input: the same exception type and message as torch, checked by
+running torch.nn.GRU / GRUCell on the same mistake."""
+
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import flashgru
+
+
+def outcome(fn):
+    """(exception type, message) of fn(), or ("ok", shapes) when it returns."""
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - the point is to compare whatever is raised
+        return type(e), str(e)
+    items = result if isinstance(result, tuple) else (result,)
+    return "ok", [tuple(getattr(r, "shape", ())) for r in items]
+
+
+CTOR_CASES = {
+    "hidden_size=0": dict(hidden_size=0),
+    "hidden_size=-1": dict(hidden_size=-1),
+    "hidden_size float": dict(hidden_size=2.0),
+    "input_size=0": dict(input_size=0),
+    "input_size str": dict(input_size="5"),
+    "num_layers=0": dict(num_layers=0),
+    "num_layers=-2": dict(num_layers=-2),
+    "bias int": dict(bias=1),
+    "bias None": dict(bias=None),
+    "batch_first int": dict(batch_first=0),
+    "batch_first None": dict(batch_first=None),
+    "dropout=2": dict(dropout=2),
+    "dropout=-0.1": dict(dropout=-0.1),
+    "dropout bool": dict(dropout=True),
+    "dropout str": dict(dropout="0.1"),
+    "proj_size": dict(proj_size=2),
+    "proj_size=0": dict(proj_size=0),
+}
+
+
+@pytest.mark.parametrize("case", CTOR_CASES)
+def test_constructor_errors_match_torch(case):
+    kwargs = {"input_size": 5, "hidden_size": 6, **CTOR_CASES[case]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = outcome(lambda: torch.nn.GRU(**kwargs).weight_ih_l0)
+        got = outcome(lambda: flashgru.GRU(**kwargs).weight_ih_l0)
+    assert expected[0] is not "ok", f"{case} is not an error in torch"  # noqa: F632
+    assert got == expected
+
+
+def test_dropout_warning_matches_torch():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        flashgru.GRU(3, 4, dropout=0.5)
+
+
+GRU_ARGS = dict(input_size=5, hidden_size=6, num_layers=2)
+PACKED = pack_padded_sequence(torch.randn(4, 3, 5), [4, 2, 3], enforce_sorted=False)
+SORTED = pack_padded_sequence(torch.randn(4, 3, 5), [4, 3, 2])
+
+CALL_CASES = {
+    "sequence length 0": ({}, lambda: (torch.randn(0, 3, 5),)),
+    "sequence length 0 unbatched": ({}, lambda: (torch.randn(0, 5),)),
+    "sequence length 0 batch_first": (dict(batch_first=True), lambda: (torch.randn(3, 0, 5),)),
+    "wrong input size": ({}, lambda: (torch.randn(4, 3, 4),)),
+    "wrong input size unbatched": ({}, lambda: (torch.randn(4, 4),)),
+    "1-D input": ({}, lambda: (torch.randn(4),)),
+    "4-D input": ({}, lambda: (torch.randn(4, 3, 5, 1),)),
+    "wrong hidden batch": ({}, lambda: (torch.randn(4, 3, 5), torch.randn(2, 4, 6))),
+    "wrong hidden layers": ({}, lambda: (torch.randn(4, 3, 5), torch.randn(1, 3, 6))),
+    "wrong hidden size": ({}, lambda: (torch.randn(4, 3, 5), torch.randn(2, 3, 7))),
+    "2-D hidden for batched": ({}, lambda: (torch.randn(4, 3, 5), torch.randn(2, 6))),
+    "3-D hidden for unbatched": ({}, lambda: (torch.randn(4, 5), torch.randn(2, 1, 6))),
+    "wrong unbatched hidden": ({}, lambda: (torch.randn(4, 5), torch.randn(2, 7))),
+    "float64 input": ({}, lambda: (torch.randn(4, 3, 5, dtype=torch.float64),)),
+    "int input": ({}, lambda: (torch.ones(4, 3, 5, dtype=torch.long),)),
+    "float64 hidden": ({}, lambda: (torch.randn(4, 3, 5),
+                                    torch.randn(2, 3, 6, dtype=torch.float64))),
+    "packed wrong hidden size": ({}, lambda: (PACKED, torch.randn(2, 3, 7))),
+    "packed sorted wrong hidden batch": ({}, lambda: (SORTED, torch.randn(2, 4, 6))),
+    "packed float64": ({}, lambda: (pack_padded_sequence(torch.randn(3, 2, 5).double(),
+                                                         [3, 1]),)),
+    "batch 0": ({}, lambda: (torch.randn(4, 0, 5),)),
+    "batch 0 batch_first": (dict(batch_first=True), lambda: (torch.randn(0, 4, 5),)),
+    "batch 0 with hidden": ({}, lambda: (torch.randn(4, 0, 5), torch.randn(2, 0, 6))),
+}
+
+
+@pytest.mark.parametrize("backend", list(flashgru.BACKENDS))
+@pytest.mark.parametrize("case", CALL_CASES)
+def test_forward_errors_match_torch(case, backend):
+    extra, make_args = CALL_CASES[case]
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(**GRU_ARGS, **extra)
+    ours = flashgru.GRU.from_torch(ref, backend=backend)
+    args = make_args()
+    assert outcome(lambda: ours(*args)) == outcome(lambda: ref(*args))
+
+
+def test_packed_hidden_batch_mismatch_is_an_error():
+    """torch silently indexes a too-large hx with the sort order; we refuse it."""
+    gru = flashgru.GRU(**GRU_ARGS)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 3, 6\), got \[2, 4, 6\]"):
+        gru(PACKED, torch.randn(2, 4, 6))
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 3, 6\), got \[2, 2, 6\]"):
+        gru(PACKED, torch.randn(2, 2, 6))
+
+
+CELL_CASES = {
+    "3-D input": lambda: (torch.randn(2, 3, 5),),
+    "0-D input": lambda: (torch.tensor(1.0),),
+    "3-D hidden": lambda: (torch.randn(3, 5), torch.randn(1, 3, 6)),
+    "wrong input size": lambda: (torch.randn(3, 4),),
+    "wrong hidden size": lambda: (torch.randn(3, 5), torch.randn(3, 7)),
+    "wrong hidden batch": lambda: (torch.randn(3, 5), torch.randn(2, 6)),
+    "2-D hidden for unbatched": lambda: (torch.randn(5), torch.randn(1, 6)),
+    "1-D hidden for batched": lambda: (torch.randn(3, 5), torch.randn(6)),
+    "1-D hidden for batch equal to H": lambda: (torch.randn(6, 5), torch.randn(6)),
+    "wrong unbatched hidden": lambda: (torch.randn(5), torch.randn(7)),
+    "float64 input": lambda: (torch.randn(3, 5, dtype=torch.float64),),
+    "float64 hidden": lambda: (torch.randn(3, 5), torch.randn(3, 6, dtype=torch.float64)),
+    "batch 0": lambda: (torch.randn(0, 5),),
+    "unbatched": lambda: (torch.randn(5),),
+}
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("case", CELL_CASES)
+def test_cell_errors_match_torch(case, reset_after):
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(5, 6)
+    ours = flashgru.GRUCell(5, 6, reset_after=reset_after)
+    args = CELL_CASES[case]()
+    assert outcome(lambda: ours(*args)) == outcome(lambda: ref(*args))
+
+
+@pytest.mark.parametrize("kwargs", [dict(hidden_size=0), dict(bias=1), dict(input_size=0)])
+def test_cell_constructor_matches_torch(kwargs):
+    """torch.nn.GRUCell accepts these; so do we (no silently wrong number follows)."""
+    args = {"input_size": 5, "hidden_size": 6, **kwargs}
+    assert outcome(lambda: flashgru.GRUCell(**args).weight_hh) == \
+        outcome(lambda: torch.nn.GRUCell(**args).weight_hh)
+
+
+def test_bad_flashgru_arguments():
+    with pytest.raises(TypeError, match="reset_after should be of type bool, got: int"):
+        flashgru.GRU(3, 4, reset_after=1)
+    with pytest.raises(TypeError, match="reset_after should be of type bool, got: str"):
+        flashgru.GRUCell(3, 4, reset_after="no")
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; choose one of 'auto'"):
+        flashgru.GRU(3, 4, backend="cuda")
+    with pytest.raises(ValueError, match="backend 'torch' runs only reset_after=True.*"
+                                         "backend='reference'"):
+        flashgru.GRU(3, 4, reset_after=False, backend="torch")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hiden_size'"):
+        flashgru.GRU(3, 4, hiden_size=4)

@@ -1,0 +1,62 @@
+"""gradcheck and gradgradcheck in float64 for both formulations, GRU and GRUCell, on every
+backend that claims them (the torch backend's CPU kernels are composite, so they qualify)."""
+
+import pytest
+import torch
+from helpers import BACKENDS, make_input, padded
+from torch.autograd import gradcheck, gradgradcheck
+
+import flashgru
+
+
+def _backends(reset_after):
+    return [n for n in BACKENDS if reset_after or flashgru.BACKENDS[n].reset_before]
+
+
+def _gru_fn(gru, form, x_like):
+    names = [n for n, _ in gru.named_parameters()]
+
+    def fn(x, h0, *params):
+        out = torch.func.functional_call(gru, dict(zip(names, params, strict=True)),
+                                         (x_like(x), h0))
+        return padded(out[0]), out[1]
+
+    return fn, [p.detach().clone().requires_grad_() for p in gru.parameters()]
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("form", ["padded", "packed_unsorted"])
+def test_gru_gradcheck(reset_after, form):
+    for backend in _backends(reset_after):
+        torch.manual_seed(0)
+        gru = flashgru.GRU(3, 2, 2, bidirectional=True, reset_after=reset_after,
+                           backend=backend, dtype=torch.float64)
+        _, lengths, x = make_input(form, 4, 3, 3, False, torch.float64)
+        x = x.detach().requires_grad_()
+
+        def x_like(x, lengths=lengths):
+            if lengths is None:
+                return x
+            return torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+
+        h0 = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+        fn, params = _gru_fn(gru, form, x_like)
+        assert gradcheck(fn, (x, h0, *params), fast_mode=True), backend
+        assert gradgradcheck(fn, (x, h0, *params), fast_mode=True), backend
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_gradcheck(reset_after, bias):
+    torch.manual_seed(0)
+    cell = flashgru.GRUCell(3, 4, bias=bias, reset_after=reset_after, dtype=torch.float64)
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, h, *params):
+        return torch.func.functional_call(cell, dict(zip(names, params, strict=True)), (x, h))
+
+    assert gradcheck(fn, (x, h, *params))
+    assert gradgradcheck(fn, (x, h, *params))

@@ -1,0 +1,139 @@
+"""The module contract: parameters, initialisation, state dicts both ways, conversion,
+repr, pickling, deepcopy, .to()/.double(), torch.save/torch.load."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from helpers import assert_close
+
+import flashgru
+
+
+def test_parameters_names_shapes_and_init_match_torch():
+    for kwargs in (dict(num_layers=3, bidirectional=True), dict(num_layers=2, bias=False)):
+        torch.manual_seed(0)
+        ref = torch.nn.GRU(5, 7, **kwargs)
+        torch.manual_seed(0)
+        ours = flashgru.GRU(5, 7, **kwargs)
+        ref_p, ours_p = dict(ref.named_parameters()), dict(ours.named_parameters())
+        assert list(ref_p) == list(ours_p)
+        for name in ref_p:  # same shapes and the same draws from the same seed
+            assert torch.equal(ref_p[name], ours_p[name]), name
+        assert isinstance(ours, torch.nn.GRU)
+        assert ours._flat_weights_names == ref._flat_weights_names
+
+
+def test_cell_parameters_and_init_match_torch():
+    torch.manual_seed(1)
+    ref = torch.nn.GRUCell(4, 3)
+    torch.manual_seed(1)
+    ours = flashgru.GRUCell(4, 3, reset_after=False)
+    for (n1, p1), (n2, p2) in zip(ref.named_parameters(), ours.named_parameters(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_state_dict_both_ways():
+    ref = torch.nn.GRU(4, 6, 2, bidirectional=True)
+    ours = flashgru.GRU(4, 6, 2, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 4)
+    assert torch.equal(ours(x)[0], ref(x)[0])
+    other = torch.nn.GRU(4, 6, 2, bidirectional=True)
+    other.load_state_dict(flashgru.GRU(4, 6, 2, bidirectional=True, reset_after=False)
+                          .state_dict())  # the same names and shapes, both formulations
+
+
+def test_from_torch_and_to_torch():
+    ref = torch.nn.GRU(3, 5, 2, batch_first=True, dropout=0.25, dtype=torch.float64).eval()
+    ours = flashgru.GRU.from_torch(ref)
+    assert (ours.batch_first, ours.dropout, ours.training) == (True, 0.25, False)
+    assert ours.weight_hh_l1.dtype == torch.float64
+    assert ours.weight_hh_l1.data_ptr() != ref.weight_hh_l1.data_ptr()  # a copy
+    back = ours.to_torch()
+    assert type(back) is torch.nn.GRU
+    for (n1, p1), (n2, p2) in zip(ref.named_parameters(), back.named_parameters(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2)
+    with pytest.raises(ValueError, match="reset_after=False"):
+        flashgru.GRU(3, 5, reset_after=False).to_torch()
+    with pytest.raises(TypeError, match="expected a torch.nn.GRU, got LSTM"):
+        flashgru.GRU.from_torch(torch.nn.LSTM(3, 5))
+
+
+def test_extra_repr():
+    assert repr(flashgru.GRU(5, 6)) == "GRU(5, 6)"
+    assert repr(flashgru.GRU(5, 6, 2, bias=False, batch_first=True, dropout=0.2,
+                             bidirectional=True, reset_after=False, backend="reference")) == \
+        "GRU(5, 6, num_layers=2, bias=False, batch_first=True, dropout=0.2, " \
+        "bidirectional=True, reset_after=False, backend='reference')"
+    assert repr(flashgru.GRUCell(5, 6, bias=False, reset_after=False)) == \
+        "GRUCell(5, 6, bias=False, reset_after=False)"
+
+
+def _same_numbers(a, b, x):
+    out_a, h_a = a(x)
+    out_b, h_b = b(x)
+    assert torch.equal(out_a, out_b) and torch.equal(h_a, h_b)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_pickle_deepcopy_save_load(reset_after):
+    gru = flashgru.GRU(3, 4, 2, bidirectional=True, reset_after=reset_after,
+                       backend="reference")
+    x = torch.randn(5, 2, 3)
+    for clone in (pickle.loads(pickle.dumps(gru)), copy.deepcopy(gru)):
+        assert (clone.reset_after, clone.backend) == (reset_after, "reference")
+        _same_numbers(gru, clone, x)
+    buffer = io.BytesIO()
+    torch.save(gru, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is flashgru.GRU and loaded.reset_after == reset_after
+    _same_numbers(gru, loaded, x)
+    cell = flashgru.GRUCell(3, 4, reset_after=reset_after)
+    cell_clone = pickle.loads(pickle.dumps(cell))
+    assert torch.equal(cell(x[0]), cell_clone(x[0]))
+
+
+def test_to_and_double():
+    gru = flashgru.GRU(3, 4, reset_after=False).double()
+    assert gru.weight_ih_l0.dtype == torch.float64 and gru._flat_weights[0].dtype == torch.float64
+    out, _ = gru(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    gru = gru.to(torch.float32)
+    assert gru(torch.randn(2, 1, 3))[0].dtype == torch.float32
+
+
+def test_weights_replaced_after_construction_are_used():
+    """Assigning a new Parameter (or functional_call) is seen by the next forward."""
+    gru = flashgru.GRU(3, 4, reset_after=False)
+    x = torch.randn(2, 1, 3)
+    before = gru(x)[0]
+    gru.weight_hh_l0 = torch.nn.Parameter(torch.zeros_like(gru.weight_hh_l0))
+    assert not torch.equal(before, gru(x)[0])
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_matches_gru_single_step(reset_after, bias):
+    """GRUCell == one step of GRU (which the ONNX oracle checks for both formulations)."""
+    torch.manual_seed(0)
+    cell = flashgru.GRUCell(3, 5, bias=bias, reset_after=reset_after, dtype=torch.float64)
+    gru = flashgru.GRU(3, 5, bias=bias, reset_after=reset_after, backend="reference",
+                       dtype=torch.float64)
+    gru.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    x, h = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    assert_close("h'", gru(x[None], h[None])[1][0], cell(x, h), 1e-12)
+    assert_close("h' unbatched", cell(x, h)[1], cell(x[1], h[1]), 1e-12)
+    assert_close("h' no hx", cell(x, torch.zeros(4, 5, dtype=torch.float64)), cell(x), 0)
+
+
+def test_cell_matches_torch():
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(3, 5, dtype=torch.float64)
+    cell = flashgru.GRUCell(3, 5, dtype=torch.float64)
+    cell.load_state_dict(ref.state_dict())
+    x, h = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    assert_close("h'", ref(x, h), cell(x, h), 1e-12)
