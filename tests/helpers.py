@@ -24,14 +24,15 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, atol: float, r
     assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e} (max |ref| {scale:.3e})"
 
 
-def make_input(form, steps, batch, input_size, batch_first, dtype, seed=0):
+def make_input(form, steps, batch, input_size, batch_first, dtype, seed=0, device="cpu"):
     """(input for both modules, lengths or None, leaf tensor to take the gradient of)."""
     g = torch.Generator().manual_seed(seed)
     if form == "unbatched":
-        x = torch.randn(steps, input_size, generator=g, dtype=dtype, requires_grad=True)
+        x = torch.randn(steps, input_size, generator=g, dtype=dtype)
+        x = x.to(device).requires_grad_()
         return x, None, x
     shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
-    x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
+    x = torch.randn(*shape, generator=g, dtype=dtype).to(device).requires_grad_()
     if form == "padded":
         return x, None, x
     lengths = torch.randint(1, steps + 1, (batch,), generator=g)

@@ -47,7 +47,9 @@ def onnx_model(hidden, bidirectional, linear_before_reset, dtype):
                                             else elem, None) for n in names]
     outputs = [helper.make_tensor_value_info(n, elem, None) for n in ("Y", "Y_h")]
     graph = helper.make_graph([node], "gru", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8  # what opset 14 needs; newer onnx writes IRs older runtimes refuse
+    return model
 
 
 def ours(gru, x, h0, lengths):

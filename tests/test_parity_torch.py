@@ -28,25 +28,25 @@ def _ids(case):
            f"{'bias' if bias else 'nobias'}-{form}-{'h0' if h0 else 'noh0'}-{shape}"
 
 
-def run_pair(backend, layers, bi, bf, bias, form, with_h0, size, dtype, seed=0):
+def run_pair(backend, layers, bi, bf, bias, form, with_h0, size, dtype, seed=0, device="cpu"):
     """Run torch.nn.GRU and flashgru.GRU on the same weights and input; return both
     results and gradients by name."""
     steps, batch, isz, hsz = size
     torch.manual_seed(seed)
     ref = torch.nn.GRU(isz, hsz, layers, bias=bias, batch_first=bf, bidirectional=bi,
-                       dtype=dtype)
+                       dtype=dtype, device=device)
     ours = flashgru.GRU.from_torch(ref, backend=backend)
     results = []
     for module in (ref, ours):
-        x, lengths, leaf = make_input(form, steps, batch, isz, bf, dtype, seed)
+        x, lengths, leaf = make_input(form, steps, batch, isz, bf, dtype, seed, device)
         h_shape = (layers * (1 + bi),) + (() if form == "unbatched" else (batch,)) + (hsz,)
-        h0 = torch.randn(h_shape, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1),
-                         requires_grad=True) if with_h0 else None
+        h0 = torch.randn(h_shape, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1))
+        h0 = h0.to(device).requires_grad_() if with_h0 else None
         out, h_n = module(x, h0)
         out = padded(out)
         g = torch.Generator().manual_seed(seed + 2)
-        loss = (out * torch.randn(out.shape, generator=g, dtype=dtype)).sum() + \
-               (h_n * torch.randn(h_n.shape, generator=g, dtype=dtype)).sum()
+        loss = (out * torch.randn(out.shape, generator=g, dtype=dtype).to(device)).sum() + \
+               (h_n * torch.randn(h_n.shape, generator=g, dtype=dtype).to(device)).sum()
         loss.backward()
         grads = {"dx": leaf.grad}
         if with_h0:
