@@ -236,6 +236,7 @@ class GRU(nn.GRU):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
         _check_steps(input, batch_sizes, self.batch_first)
+        _check_devices(input, hx, self._flat_weights)
         _check_same_dtype(hx, self._flat_weights[1])
         return _Prepared(input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched)
 
@@ -310,6 +311,17 @@ def _check_steps(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if steps == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+def _check_devices(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
+    """torch's RNN device check, with its message, for every backend."""
+    for name, tensors in (("hidden", [hx]), ("parameter", weights)):
+        for t in tensors:
+            if t.device != input.device:
+                raise RuntimeError(
+                    f"Input and {name} tensors are not at the same device, found input tensor "
+                    f"at {input.device} and {name} tensor at {t.device}"
+                )
 
 
 def _check_same_dtype(x: Tensor, weight: Tensor) -> None:

@@ -83,6 +83,9 @@ CALL_CASES = {
     "packed sorted wrong hidden batch": ({}, lambda: (SORTED, torch.randn(2, 4, 6))),
     "packed float64": ({}, lambda: (pack_padded_sequence(torch.randn(3, 2, 5).double(),
                                                          [3, 1]),)),
+    "input on another device": ({}, lambda: (torch.randn(4, 3, 5, device="meta"),)),
+    "hidden on another device": ({}, lambda: (torch.randn(4, 3, 5),
+                                              torch.randn(2, 3, 6, device="meta"))),
     "batch 0": ({}, lambda: (torch.randn(4, 0, 5),)),
     "batch 0 batch_first": (dict(batch_first=True), lambda: (torch.randn(0, 4, 5),)),
     "batch 0 with hidden": ({}, lambda: (torch.randn(4, 0, 5), torch.randn(2, 0, 6))),
@@ -124,6 +127,8 @@ CELL_CASES = {
     "float64 hidden": lambda: (torch.randn(3, 5), torch.randn(3, 6, dtype=torch.float64)),
     "batch 0": lambda: (torch.randn(0, 5),),
     "unbatched": lambda: (torch.randn(5),),
+    "input on another device": lambda: (torch.randn(3, 5, device="meta"),),
+    "hidden on another device": lambda: (torch.randn(3, 5), torch.randn(3, 6, device="meta")),
 }
 
 
