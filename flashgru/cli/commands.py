@@ -1,0 +1,234 @@
+"""The commands. Each validates its input before it writes anything."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import flashgru
+
+from . import forecast, plots, surnames
+from .common import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    CLIError,
+    Dist,
+    load_checkpoint,
+    new_run_dir,
+    pick_device,
+    read_run,
+    save_torch,
+    seed_everything,
+    write_json,
+    write_text,
+)
+from .trainer import Interrupted, Options, Trainer
+
+TASKS = {"surnames": surnames.SurnameTask, "forecast": forecast.ForecastTask}
+HIDDEN = {"surnames": 128, "forecast": 64}
+DROPOUT = {"surnames": 0.25, "forecast": 0.0}
+
+
+def train(args) -> int:
+    device = pick_device(args.device)
+    if args.resume:
+        run, config = read_run(args.resume)
+        if args.task and args.task != config["task"]:
+            raise CLIError(f"{args.resume} is a {config['task']} run, not {args.task}")
+        ckpt = load_checkpoint(run, torch.device("cpu"))
+        opts = Options(**ckpt["options"])
+    else:
+        if not args.task:
+            raise CLIError("name a task (surnames or forecast) or --resume RUN_DIR")
+        _check_numbers(args)
+        args.hidden = args.hidden or HIDDEN[args.task]
+        args.dropout = DROPOUT[args.task] if args.dropout is None else args.dropout
+        config = TASKS[args.task].new_config(args)
+        opts = Options(args.epochs, args.batch_size, args.lr, args.patience, args.max_time,
+                       args.seed)
+        run, ckpt = new_run_dir(args.out, config["task"]), None
+    try:
+        backend = flashgru.select_backend(config["model"]["backend"], device=device,
+                                          reset_after=config["model"]["reset_after"])
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    # Every process has checked its input before the process group forms, and only then
+    # does rank 0 create the run directory.
+    dist = Dist.from_env(device)
+    try:
+        return _train(config, opts, ckpt, run, backend, device, dist)
+    finally:
+        dist.close()
+
+
+def _train(config, opts, ckpt, run, backend, device, dist) -> int:
+    seed_everything(opts.seed)
+    task = TASKS[config["task"]](config)
+    trainer = Trainer(task, opts, device, dist, run)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    log = print if dist.main else (lambda *a, **k: None)
+    if dist.main and ckpt is None:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / CONFIG, config)
+    log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation / "
+        f"{task.sizes['test']} test examples; {trainer.model.gru}, backend {backend.name}; "
+        f"{dist.world_size} process(es); run directory {run}")
+    if trainer.state.done or trainer.state.epoch >= opts.epochs:
+        log("this run has finished training; reporting its best model")
+    try:
+        state = trainer.fit(log)
+    except Interrupted:
+        log(f"interrupted: checkpoint saved; continue with: flashgru train --resume {run}")
+        return 130
+    if dist.main:
+        state.done = True
+        save_torch(run / CHECKPOINT, trainer.checkpoint())
+        trainer.model.load_state_dict(trainer.best)
+        finish(task, trainer.model, run, config, state, device)
+    return 0
+
+
+def finish(task, model, run: Path, config: dict, state, device) -> None:
+    """Test report, metrics JSON and plots of a finished run."""
+    report = task.report(model, device)
+    best = state.history[state.best_epoch - 1]
+    print(f"best epoch {state.best_epoch} of {state.epoch}, after {best['seconds']:.1f} s "
+          f"of training ({state.elapsed:.1f} s in all)")
+    metrics = {"best_epoch": state.best_epoch, "epochs": state.epoch,
+               "train_seconds": state.elapsed, "best_seconds": best["seconds"],
+               "history": state.history, "test": report, "flashgru": flashgru.__version__,
+               "torch": torch.__version__}
+    if config["task"] == "surnames":
+        surnames.print_report(report, task.classes)
+        plots.confusion(run / "confusion.png", report["confusion"], task.classes)
+        plots.curves(run / "curves.png", state.history, "accuracy")
+    else:
+        forecast.print_report(report)
+        plots.forecast(run / "forecast.png", report, config["data"]["target"],
+                       config["data"]["horizon"])
+        plots.curves(run / "curves.png", state.history, "mae")
+    write_json(run / METRICS, metrics)
+    print(f"wrote {run}/: {CONFIG}, {CHECKPOINT}, {METRICS}, curves.png, "
+          f"{'confusion.png' if config['task'] == 'surnames' else 'forecast.png'}")
+
+
+def _check_numbers(args) -> None:
+    for name in ("epochs", "batch_size", "patience"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.hidden is not None and args.hidden < 1:
+        raise CLIError("--hidden must be at least 1")
+    if args.layers < 1 or args.embed < 1:
+        raise CLIError("--layers and --embed must be at least 1")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise CLIError("--dropout must be in [0, 1)")
+    if args.lr <= 0 or args.max_time < 0 or args.limit < 0:
+        raise CLIError("--lr must be positive; --max-time and --limit at least 0")
+
+
+def _load(args):
+    """Task, best model and config of an existing run."""
+    device = pick_device(args.device)
+    run, config = read_run(args.run_dir)
+    ckpt = load_checkpoint(run, device)
+    if config["task"] == "forecast":
+        task = forecast.ForecastTask(config, getattr(args, "csv", None))
+    else:
+        if getattr(args, "csv", None):
+            raise CLIError("--csv applies to forecast runs only")
+        task = surnames.SurnameTask(config)
+    model = task.make_model().to(device)
+    model.load_state_dict(ckpt["best_model"])
+    return task, model, config, device
+
+
+def evaluate(args) -> int:
+    task, model, config, device = _load(args)
+    report = task.report(model, device)
+    if config["task"] == "surnames":
+        surnames.print_report(report, task.classes)
+    else:
+        forecast.print_report(report)
+    return 0
+
+
+def predict(args) -> int:
+    task, model, config, device = _load(args)
+    if config["task"] == "forecast":
+        if args.names:
+            raise CLIError("a forecast run takes no names; it forecasts after the series' end")
+        values = task.predict(model, device)
+        target = config["data"]["target"]
+        print(f"next {len(values)} values of {target} after the last of "
+              f"{len(task.series)} rows:")
+        for step, value in enumerate(values, start=1):
+            print(f"  t+{step}: {value:.3f}")
+        return 0
+    if not args.names:
+        raise CLIError("give one or more surnames to classify")
+    if args.top < 1:
+        raise CLIError("--top must be at least 1")
+    for name, best in zip(args.names, task.predict(model, args.names, device, args.top),
+                          strict=True):
+        print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in best))
+    return 0
+
+
+def gates(args) -> int:
+    task, model, config, device = _load(args)
+    if config["task"] != "surnames":
+        raise CLIError("gates draws a surnames run's gates over a name's characters")
+    if not args.name.strip():
+        raise CLIError("give a non-empty name")
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"gates-{_safe(args.name)}.png"
+    if not out.parent.is_dir():
+        raise CLIError(f"{out.parent}: no such directory")
+    with torch.no_grad():
+        embedded = model.embed(task.encode([args.name], device).data)  # (L, E), one name
+        trace = model.gru.gates(embedded)  # fields (layers, 2, L, H): unbatched input
+    last = flashgru.GateTrace(*(v[-1] for v in trace))
+    best = task.predict(model, [args.name], device, 1)[0][0]
+    plots.gates(out, args.name, last, f"{args.name!r}: last GRU layer "
+                f"(predicted {best[0]}, {best[1]:.2f})")
+    print(f"wrote {out}")
+    return 0
+
+
+def bench(args) -> int:
+    from .bench import SMALL_GRID, markdown, run_grid
+    from .common import need
+
+    device = pick_device(args.device)
+    try:
+        grid = [tuple(int(v) for v in p.split(",")) for p in args.grid] if args.grid \
+            else SMALL_GRID
+    except ValueError:
+        raise CLIError("--grid takes points B,T,H of three integers, e.g. 1,256,64") from None
+    if any(len(p) != 3 or min(p) < 1 for p in grid):
+        raise CLIError("--grid takes points B,T,H of three positive integers, e.g. 1,256,64")
+    if args.repeats < 1:
+        raise CLIError("--repeats must be at least 1")
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out} exists and is not a directory")
+    need("matplotlib")
+    bar = need("tqdm").tqdm(total=len(grid) * (2 + len(flashgru.BACKENDS)), desc="bench",
+                            leave=False, file=sys.stderr, disable=None)
+    rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
+    bar.close()
+    table = markdown(rows, device)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "bench.md", table)
+    plots.bench(out / "bench.png", rows)
+    print(table)
+    print(f"wrote {out}/bench.md and {out}/bench.png")
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -1,0 +1,173 @@
+"""What every command shares: clear errors, optional dependencies, atomic files, run
+directories, devices, seeds and the process group of a torchrun launch."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+
+
+class CLIError(Exception):
+    """A user mistake: printed as one line, exit code 2, no traceback."""
+
+
+def need(module: str):
+    """Import an optional dependency of the command line, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CLIError(
+            f"this command needs the '{module.split('.')[0]}' package: "
+            "pip install 'flashgru[cli]'"
+        ) from e
+
+
+# ---- files that are whole or absent -------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on
+    failure remove it. Readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_torch(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_figure(path: Path, figure) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+# ---- run directories ----------------------------------------------------------------
+
+def read_run(run_dir: str | Path) -> tuple[Path, dict]:
+    """The path and config of an existing run directory, or a CLIError saying why not."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CLIError(f"{run_dir}: no such run directory")
+    if not (run / CONFIG).is_file() or not (run / CHECKPOINT).is_file():
+        raise CLIError(f"{run_dir}: not a flashgru run directory (no {CONFIG} and {CHECKPOINT})")
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{run_dir}: unreadable {CONFIG}: {e}") from e
+    if config.get("task") not in ("surnames", "forecast"):
+        raise CLIError(f"{run_dir}: {CONFIG} names no known task")
+    return run, config
+
+
+def load_checkpoint(run: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's to fix
+        raise CLIError(f"{run}: unreadable {CHECKPOINT}: {e}") from e
+
+
+def new_run_dir(out: str | None, task: str) -> Path:
+    """The directory a new run writes to; it must not exist yet (or be empty)."""
+    run = Path(out) if out else Path("runs") / f"{task}-{_stamp()}"
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise CLIError(f"{run} already exists; continue it with --resume {run} "
+                       "or choose another --out")
+    return run
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+# ---- devices, seeds, processes ------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA GPU is available here")
+    if name not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: choose cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun launch (world_size 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), world, local)
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Sum numbers over all processes."""
+        if self.world_size == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
