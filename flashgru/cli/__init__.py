@@ -125,3 +125,6 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"flashgru {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"flashgru {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -144,7 +144,7 @@ def _load(args):
         task = surnames.SurnameTask(config)
     model = task.make_model().to(device)
     model.load_state_dict(ckpt["best_model"])
-    return task, model, config, device
+    return task, model.eval(), config, device
 
 
 def evaluate(args) -> int:

@@ -11,8 +11,11 @@ add over batches and processes), ``summarize(sums)`` → metrics dict and ``scor
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -43,6 +46,8 @@ class State:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # training loss summed over the current epoch's examples so far
+    loss_count: int = 0
     elapsed: float = 0.0  # seconds of training so far
     best_score: float = -math.inf
     best_epoch: int = 0
@@ -63,6 +68,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
         self.state = State()
         self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.stop_requested = False
 
     # ---- checkpoints ----------------------------------------------------------------
 
@@ -85,28 +91,33 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------
 
     def fit(self, log=print) -> State:
-        """Train until early stopping, the epoch limit or the time limit."""
+        """Train until early stopping, the epoch limit or the time limit. A first Ctrl-C
+        stops after the current batch, saves a checkpoint and raises Interrupted; a
+        second one stops at once."""
         opts, st = self.opts, self.state
         sampler = DistributedSampler(range(self.task.sizes["train"]), self.dist.world_size,
                                      self.dist.rank, shuffle=True, seed=opts.seed)
         per_rank = opts.batch_size // self.dist.world_size
-        try:
+        with self._ctrl_c():
             while not st.done and st.epoch < opts.epochs:
                 sampler.set_epoch(st.epoch)
                 order = list(sampler)
                 batches = [order[i : i + per_rank] for i in range(0, len(order), per_rank)]
                 train_loss = self._epoch(batches)
+                if train_loss is None:
+                    self.save()
+                    raise Interrupted()
                 self._validate(train_loss, log)
                 self.save()
-        except KeyboardInterrupt:
-            self.save()
-            raise Interrupted() from None
+                if not st.done and self._stopping():
+                    raise Interrupted()
         return st
 
-    def _epoch(self, batches) -> float:
+    def _epoch(self, batches) -> float | None:
+        """One epoch from batch ``state.step`` on; the mean training loss, or None when
+        interrupted."""
         st = self.state
         self.net.train()
-        total, count = 0.0, 0
         bar = _progress(len(batches), st.step, f"epoch {st.epoch + 1}", self.dist.main)
         for indices in batches[st.step :]:
             start = time.perf_counter()
@@ -117,12 +128,39 @@ class Trainer:
             self.optimizer.step()
             st.step += 1
             st.elapsed += time.perf_counter() - start
-            total, count = total + loss.item() * len(indices), count + len(indices)
+            st.loss_sum += loss.item() * len(indices)
+            st.loss_count += len(indices)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if self._stopping():
+                bar.close()
+                return None
         bar.close()
-        loss_sum, n = self.dist.sum([total, count], self.device)
+        loss_sum, n = self.dist.sum([st.loss_sum, st.loss_count], self.device)
         return loss_sum / max(n, 1)
+
+    def _stopping(self) -> bool:
+        """Whether any process was asked to stop (all processes agree)."""
+        if self.dist.world_size == 1:
+            return self.stop_requested
+        return self.dist.sum([float(self.stop_requested)], self.device)[0] > 0
+
+    @contextlib.contextmanager
+    def _ctrl_c(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _validate(self, train_loss: float, log) -> None:
         st, opts = self.state, self.opts
@@ -130,7 +168,7 @@ class Trainer:
         metrics = evaluate(self.task, self.net, "val", self.device, self.dist)
         st.elapsed += time.perf_counter() - start
         score = self.task.score(metrics)
-        st.epoch, st.step = st.epoch + 1, 0
+        st.epoch, st.step, st.loss_sum, st.loss_count = st.epoch + 1, 0, 0.0, 0
         st.history.append({"epoch": st.epoch, "train_loss": train_loss, "seconds": st.elapsed,
                            **{f"val_{k}": v for k, v in metrics.items()}})
         if score > st.best_score:

@@ -1,0 +1,227 @@
+"""The command line at tiny sizes: every command, determinism, resume after Ctrl-C,
+DistributedDataParallel with 2 processes, and every bad-input case."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+for module in ("tqdm", "matplotlib", "faker", "vega_datasets"):
+    pytest.importorskip(module)
+
+from flashgru.cli import main  # noqa: E402
+
+TINY_SURNAMES = ["train", "surnames", "--limit", "20", "--hidden", "8", "--embed", "8",
+                 "--epochs", "2"]
+TINY_FORECAST = ["train", "forecast", "--window", "10", "--horizon", "3", "--hidden", "8",
+                 "--epochs", "2"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def no_temp_files(run):
+    return not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def surnames_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "s"
+    assert main(TINY_SURNAMES + ["--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def forecast_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "f"
+    assert main(TINY_FORECAST + ["--out", str(run)]) == 0
+    return run
+
+
+def test_train_surnames_writes_a_whole_run(surnames_run):
+    names = {p.name for p in surnames_run.iterdir()}
+    assert names == {"config.json", "checkpoint.pt", "metrics.json", "curves.png",
+                     "confusion.png"}
+    m = metrics(surnames_run)
+    assert 0 <= m["test"]["accuracy"] <= 1 and len(m["history"]) == 2
+    assert len(m["test"]["per_language"]) == len(json.loads(
+        (surnames_run / "config.json").read_text())["classes"]) >= 15
+    assert no_temp_files(surnames_run)
+
+
+def test_same_seed_same_result(surnames_run, tmp_path):
+    assert main(TINY_SURNAMES + ["--out", str(tmp_path / "again")]) == 0
+    first, second = metrics(surnames_run), metrics(tmp_path / "again")
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in second["history"]]
+    assert first["test"] == second["test"]
+
+
+def test_evaluate_predict_gates(surnames_run, capsys):
+    assert main(["evaluate", str(surnames_run)]) == 0
+    accuracy = metrics(surnames_run)["test"]["accuracy"]
+    assert f"test accuracy {accuracy:.4f}" in capsys.readouterr().out
+    assert main(["predict", str(surnames_run), "Rossi", "O'Brien", "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Rossi", "O'Brien"]
+    assert all(line.count(",") == 1 for line in lines)  # two languages each
+    assert main(["gates", str(surnames_run), "Rossi"]) == 0
+    png = surnames_run / "gates-Rossi.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+
+
+def test_forecast_train_evaluate_predict(forecast_run, capsys):
+    assert {"forecast.png", "curves.png", "metrics.json"} <= {p.name for p in
+                                                               forecast_run.iterdir()}
+    scores = metrics(forecast_run)["test"]["scores"]
+    assert {"flashgru", "last value", "seasonal naive (365)"} == set(scores)
+    assert main(["evaluate", str(forecast_run)]) == 0
+    assert "last value" in capsys.readouterr().out
+    assert main(["predict", str(forecast_run)]) == 0
+    out = capsys.readouterr().out
+    assert "t+3:" in out and "t+4:" not in out
+
+
+def test_default_forecast_beats_naive_baselines(tmp_path):
+    assert main(["train", "forecast", "--out", str(tmp_path / "f")]) == 0
+    scores = metrics(tmp_path / "f")["test"]["scores"]
+    for baseline in ("last value", "seasonal naive (365)"):
+        assert scores["flashgru"]["mae"] < scores[baseline]["mae"], baseline
+        assert scores["flashgru"]["rmse"] < scores[baseline]["rmse"], baseline
+
+
+def test_forecast_on_a_users_csv(tmp_path, capsys):
+    csv = tmp_path / "series.csv"
+    rows = ["t,load,temp,label"] + [f"{i},{(i % 24) * 1.5 + i * 0.01},{i % 7},x"
+                                    for i in range(400)]
+    csv.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "forecast", "--csv", str(csv), "--target", "load", "--window", "24",
+                 "--horizon", "4", "--season", "24", "--epochs", "2", "--hidden", "8",
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["features"] == ["load", "t", "temp"]  # numeric columns, target first
+    assert "seasonal naive (24)" in metrics(run)["test"]["scores"]
+
+
+def test_bench_writes_table_and_chart(tmp_path, capsys):
+    assert main(["bench", "--grid", "1,4,8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 1,4,8 | torch.nn.GRU |" in table and "flashgru reference" in table
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- bad input: one line, exit code 2, nothing written ----------------------------------
+
+def _bad_csv(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD = {
+    "missing csv": lambda d: ["train", "forecast", "--csv", str(d / "nope.csv"),
+                              "--target", "x"],
+    "empty csv": lambda d: ["train", "forecast", "--csv", _bad_csv(d, "e.csv", ""),
+                            "--target", "x"],
+    "header only": lambda d: ["train", "forecast", "--csv", _bad_csv(d, "h.csv", "a,b\n"),
+                              "--target", "a"],
+    "malformed csv": lambda d: ["train", "forecast", "--csv",
+                                _bad_csv(d, "m.csv", "a,b\n1,2\n3\n"), "--target", "a"],
+    "unknown column": lambda d: ["train", "forecast", "--target", "temperature"],
+    "non-numeric column": lambda d: ["train", "forecast", "--target", "weather"],
+    "non-numeric feature": lambda d: ["train", "forecast", "--features", "wind,date"],
+    "window too long": lambda d: ["train", "forecast", "--window", "5000"],
+    "csv without target": lambda d: ["train", "forecast", "--csv",
+                                     _bad_csv(d, "ok.csv", "a\n1\n2\n")],
+    "not a run (evaluate)": lambda d: ["evaluate", str(d)],
+    "not a run (predict)": lambda d: ["predict", str(d / "missing"), "Smith"],
+    "not a run (gates)": lambda d: ["gates", str(d), "Smith"],
+    "not a run (resume)": lambda d: ["train", "--resume", str(d)],
+    "unknown backend": lambda d: ["train", "surnames", "--backend", "fast"],
+    "paper formulation on torch": lambda d: ["train", "surnames", "--paper",
+                                             "--backend", "torch"],
+    "zero epochs": lambda d: ["train", "surnames", "--epochs", "0"],
+    "no task": lambda d: ["train"],
+    "bad grid": lambda d: ["bench", "--grid", "1,2"],
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = BAD[case](tmp_path)
+    if argv[0] in ("train", "bench"):
+        argv += ["--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0], err
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_not_overwritten(surnames_run, capsys):
+    before = (surnames_run / "metrics.json").read_bytes()
+    assert main(TINY_SURNAMES + ["--out", str(surnames_run)]) == 2
+    assert "already exists; continue it with --resume" in capsys.readouterr().err
+    assert (surnames_run / "metrics.json").read_bytes() == before
+
+
+def test_usage_errors_from_the_console():
+    result = subprocess.run([sys.executable, "-m", "flashgru", "train", "poems"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# ---- Ctrl-C and resume; DistributedDataParallel -----------------------------------------
+
+RESUMABLE = ["train", "surnames", "--limit", "150", "--hidden", "16", "--embed", "8",
+             "--epochs", "25", "--patience", "25", "--seed", "3"]
+
+
+def _history(run):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in metrics(run)["history"]]
+
+
+def test_ctrl_c_saves_and_resume_gives_the_uninterrupted_result(tmp_path, capsys):
+    assert main(RESUMABLE + ["--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "flashgru", *RESUMABLE, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted: checkpoint saved; continue with: flashgru train --resume" in out
+    assert "Traceback" not in err and not (run / "metrics.json").exists()
+    assert no_temp_files(run)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _history(run) == _history(tmp_path / "whole")
+    assert metrics(run)["test"] == metrics(tmp_path / "whole")["test"]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    args = ["train", "surnames", "--limit", "30", "--hidden", "8", "--embed", "8",
+            "--epochs", "2", "--batch-size", "16", "--dropout", "0"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "flashgru", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for a, b in zip(one["history"], two["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
+    assert abs(one["test"]["accuracy"] - two["test"]["accuracy"]) < 1e-2
