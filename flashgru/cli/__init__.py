@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = train.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--lr", type=float, default=None, help="Adam's learning rate (surnames "
+                   "3e-3, forecast 2e-3)")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights "
+                        "(surnames 0.995, forecast 0: off)")
     g.add_argument("--patience", type=int, default=3, help="epochs without a better "
                    "validation score before stopping early")
     g.add_argument("--max-time", type=float, default=0.0, metavar="SECONDS",
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=None, help="on the GRU's inputs (surnames), "
                    "between its layers and on its final state (surnames 0.25, forecast 0)")
     g.add_argument("--embed", type=int, default=64, help="surnames: character embedding size")
+    g.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="surnames: label smoothing of the training loss")
     g.add_argument("--paper", action="store_true",
                    help="the original paper's GRU (reset_after=False)")
     g = train.add_argument_group("data")

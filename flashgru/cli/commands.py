@@ -29,8 +29,9 @@ from .common import (
 from .trainer import Interrupted, Options, Trainer
 
 TASKS = {"surnames": surnames.SurnameTask, "forecast": forecast.ForecastTask}
-HIDDEN = {"surnames": 128, "forecast": 64}
-DROPOUT = {"surnames": 0.25, "forecast": 0.0}
+# Per-task defaults of options left unset on the command line.
+DEFAULTS = {"surnames": {"hidden": 128, "dropout": 0.25, "lr": 3e-3, "ema": 0.995},
+            "forecast": {"hidden": 64, "dropout": 0.0, "lr": 2e-3, "ema": 0.0}}
 
 
 def train(args) -> int:
@@ -45,11 +46,12 @@ def train(args) -> int:
         if not args.task:
             raise CLIError("name a task (surnames or forecast) or --resume RUN_DIR")
         _check_numbers(args)
-        args.hidden = args.hidden or HIDDEN[args.task]
-        args.dropout = DROPOUT[args.task] if args.dropout is None else args.dropout
+        for name, value in DEFAULTS[args.task].items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
         config = TASKS[args.task].new_config(args)
         opts = Options(args.epochs, args.batch_size, args.lr, args.patience, args.max_time,
-                       args.seed)
+                       args.seed, args.ema)
         run, ckpt = new_run_dir(args.out, config["task"]), None
     try:
         backend = flashgru.select_backend(config["model"]["backend"], device=device,
@@ -127,8 +129,12 @@ def _check_numbers(args) -> None:
         raise CLIError("--layers and --embed must be at least 1")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise CLIError("--dropout must be in [0, 1)")
-    if args.lr <= 0 or args.max_time < 0 or args.limit < 0:
+    if (args.lr is not None and args.lr <= 0) or args.max_time < 0 or args.limit < 0:
         raise CLIError("--lr must be positive; --max-time and --limit at least 0")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        raise CLIError("--ema must be in [0, 1)")
+    if not 0 <= args.label_smoothing < 1:
+        raise CLIError("--label-smoothing must be in [0, 1)")
 
 
 def _load(args):

@@ -133,6 +133,7 @@ class SurnameTask:
         splits = split_surnames(data)
         vocab = sorted({c for name, _ in splits["train"] for c in name})
         return {"task": cls.name, "classes": sorted(data), "vocab": vocab, "limit": args.limit,
+                "label_smoothing": args.label_smoothing,
                 "data": {"source": "faker " + need("faker").VERSION,
                          "fingerprint": fingerprint(splits),
                          "sizes": {k: len(v) for k, v in splits.items()}},
@@ -153,7 +154,10 @@ class SurnameTask:
         return self.encode([n for n, _ in rows], device), labels
 
     def loss(self, logits, labels):
-        return nn.functional.cross_entropy(logits, labels)
+        """Training loss: cross-entropy with label smoothing (validation reports plain
+        cross-entropy)."""
+        return nn.functional.cross_entropy(logits, labels,
+                                           label_smoothing=self.config["label_smoothing"])
 
     def eval_sums(self, logits, labels) -> list[float]:
         """[loss sum, correct, count]."""

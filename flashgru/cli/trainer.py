@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data.distributed import DistributedSampler
 
 from .common import CHECKPOINT, Dist, save_torch
@@ -38,6 +39,7 @@ class Options:
     patience: int = 3
     max_time: float = 0.0  # seconds of training; 0: no limit
     seed: int = 0
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: none
 
 
 @dataclass
@@ -66,14 +68,25 @@ class Trainer:
         if dist.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
+        # With ema > 0, validation, the best model and the test use the averaged weights.
+        self.averaged = None
+        if opts.ema:
+            self.averaged = AveragedModel(self.model, use_buffers=True,
+                                          multi_avg_fn=get_ema_multi_avg_fn(opts.ema))
         self.state = State()
-        self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best = _copy(self.evaluated.state_dict())
         self.stop_requested = False
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that validation judges: the averaged ones when there are any."""
+        return self.model if self.averaged is None else self.averaged.module
 
     # ---- checkpoints ----------------------------------------------------------------
 
     def checkpoint(self) -> dict:
         return {"model": self.model.state_dict(), "best_model": self.best,
+                "averaged": None if self.averaged is None else self.averaged.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "state": asdict(self.state),
                 "rng": torch.get_rng_state(), "options": asdict(self.opts)}
 
@@ -83,6 +96,8 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(ckpt["averaged"])
         self.best = ckpt["best_model"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = State(**ckpt["state"])
@@ -126,6 +141,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             st.step += 1
             st.elapsed += time.perf_counter() - start
             st.loss_sum += loss.item() * len(indices)
@@ -165,7 +182,7 @@ class Trainer:
     def _validate(self, train_loss: float, log) -> None:
         st, opts = self.state, self.opts
         start = time.perf_counter()
-        metrics = evaluate(self.task, self.net, "val", self.device, self.dist)
+        metrics = evaluate(self.task, self.evaluated, "val", self.device, self.dist)
         st.elapsed += time.perf_counter() - start
         score = self.task.score(metrics)
         st.epoch, st.step, st.loss_sum, st.loss_count = st.epoch + 1, 0, 0.0, 0
@@ -173,7 +190,7 @@ class Trainer:
                            **{f"val_{k}": v for k, v in metrics.items()}})
         if score > st.best_score:
             st.best_score, st.best_epoch, st.bad_epochs = score, st.epoch, 0
-            self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = _copy(self.evaluated.state_dict())
         else:
             st.bad_epochs += 1
         shown = "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
@@ -203,6 +220,10 @@ def evaluate(task, model, split: str, device, dist: Dist, batch_size: int = 512)
     if sums is None:
         sums = task.eval_sums(None, None)
     return task.summarize(dist.sum(sums, device))
+
+
+def _copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _progress(total: int, initial: int, desc: str, main: bool):
