@@ -150,7 +150,8 @@ class GRU(nn.GRU):
         else:
             data, steps = input, input.size(int(self.batch_first and input.dim() == 3))
         return select_backend(
-            self.backend, reset_after=self.reset_after, device=data.device, steps=steps
+            self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
+            steps=steps
         )
 
     def forward(self, input, hx=None):

@@ -8,9 +8,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import flashgru
 
-# Every backend of flashgru that runs on this machine, by the formulations it runs.
-BACKENDS = list(flashgru.BACKENDS)
-BACKENDS_RESET_BEFORE = [n for n, b in flashgru.BACKENDS.items() if b.reset_before]
+# Every backend of flashgru that runs on this machine's CPU, by the formulations it runs.
+BACKENDS = [n for n, b in flashgru.BACKENDS.items() if b.missing() is None]
+BACKENDS_RESET_BEFORE = [n for n in BACKENDS if flashgru.BACKENDS[n].reset_before]
+BACKENDS_DOUBLE_BACKWARD = [n for n in BACKENDS if flashgru.BACKENDS[n].double_backward]
+BACKENDS_CUDA = [n for n in BACKENDS if flashgru.BACKENDS[n].devices in (None, ("cuda",))]
 FORMS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
 
 

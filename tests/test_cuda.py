@@ -4,7 +4,7 @@ takes. Skipped, visibly, on machines without a GPU."""
 
 import pytest
 import torch
-from helpers import BACKENDS, FORMS, assert_close
+from helpers import BACKENDS_CUDA, FORMS, assert_close
 from test_parity_torch import run_pair
 
 import flashgru
@@ -23,7 +23,7 @@ def no_tf32():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CUDA)
 def test_cuda_matches_torch(backend, form, dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for layers, bi in [(1, False), (2, True)]:

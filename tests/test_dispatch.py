@@ -7,11 +7,20 @@ from helpers import assert_close
 import flashgru
 from flashgru.backends import BACKENDS, Backend, reference
 
+CPU_FUSED = BACKENDS["cpu"].missing() is None
+
 
 def test_auto_rules():
-    choice = flashgru.select_backend("auto", reset_after=False)
-    assert choice.name == "reference" and "reset_after=False" in choice.reason
-    assert flashgru.select_backend("auto", reset_after=True).name == "torch"
+    fused = "cpu" if CPU_FUSED else None
+    for reset_after, fallback in ((False, "reference"), (True, "torch")):
+        for dtype in (torch.float32, torch.float64):
+            choice = flashgru.select_backend("auto", reset_after=reset_after, dtype=dtype)
+            assert choice.name == (fused or fallback), choice
+        choice = flashgru.select_backend("auto", reset_after=reset_after, dtype=torch.bfloat16)
+        assert choice.name == fallback, choice
+    assert "reset_after=False" in flashgru.select_backend(
+        "auto", reset_after=False, dtype=torch.bfloat16).reason
+    assert flashgru.select_backend("auto", reset_after=False, device="cuda").name == "reference"
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
     assert long.name == "torch" and "native CUDA" in long.reason
@@ -26,6 +35,26 @@ def test_requested_backend_is_honoured_or_refused():
         flashgru.select_backend("triton")
 
 
+def test_auto_falls_back_when_numba_is_missing(monkeypatch):
+    missing = Backend("cpu", "core", reference.core, True, devices=("cpu",),
+                      missing=lambda: "it needs numba and SciPy: pip install 'flashgru[cpu]'")
+    monkeypatch.setitem(BACKENDS, "cpu", missing)
+    assert flashgru.select_backend("auto", reset_after=True).name == "torch"
+    assert flashgru.select_backend("auto", reset_after=False).name == "reference"
+    with pytest.raises(flashgru.BackendUnavailableError, match=r"flashgru\[cpu\]"):
+        flashgru.GRU(3, 4, backend="cpu")
+
+
+def test_cpu_backend_refuses_what_it_cannot_run():
+    if not CPU_FUSED:
+        pytest.skip("numba is not installed")
+    with pytest.raises(ValueError, match="backend 'cpu' runs float32/float64 on cpu, not "
+                                         "torch.bfloat16 on cpu"):
+        flashgru.select_backend("cpu", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="not torch.float32 on cuda"):
+        flashgru.select_backend("cpu", device="cuda")
+
+
 def test_unavailable_backend_names_what_to_install(monkeypatch):
     missing = Backend("fancy", "core", reference.core, True,
                       missing=lambda: "pip install 'flashgru[fancy]'")
@@ -36,9 +65,11 @@ def test_unavailable_backend_names_what_to_install(monkeypatch):
 
 def test_module_reports_its_choice_and_uses_it(monkeypatch):
     gru = flashgru.GRU(3, 4, batch_first=True)
-    assert gru.which_backend(torch.randn(2, 7, 3)).name == "torch"
+    expected = "cpu" if CPU_FUSED else "torch"
+    assert gru.which_backend(torch.randn(2, 7, 3)).name == expected
     gru.reset_after = False
-    assert gru.which_backend(torch.randn(7, 3)).name == "reference"
+    assert gru.which_backend(torch.randn(7, 3, dtype=torch.bfloat16)).name == "reference"
+    gru.backend = "reference"
     calls = []
 
     def spy(*args, **kwargs):
@@ -55,7 +86,7 @@ def test_auto_equals_every_explicit_backend():
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     gru = flashgru.GRU(4, 5, 2, bidirectional=True, dtype=torch.float64)
     auto = gru(x)
-    for name in BACKENDS:
+    for name in [n for n, b in BACKENDS.items() if b.missing() is None]:
         gru.backend = name
         out = gru(x)
         assert_close(f"{name} output", auto[0], out[0], 1e-12)

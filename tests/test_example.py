@@ -14,6 +14,6 @@ def test_train_toy_runs():
         capture_output=True, text=True, timeout=120, check=True,
     )
     out = result.stdout
-    assert "backend torch" in out and "backend reference" in out
-    assert out.count("test MSE") == 2
-    assert "max |flashgru - torch.nn.GRU| on the test set: 0.0e+00" in out
+    assert out.count(", backend ") == 2 and out.count("test MSE") == 2
+    diff = out.split("max |flashgru - torch.nn.GRU| on the test set: ")[1].split()[0]
+    assert float(diff) < 1e-5

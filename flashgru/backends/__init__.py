@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import reference, torch_native
+from . import cpu, reference, torch_native
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Backend:
     run: the recurrent core (``kind == "core"``) or the whole stack (``kind == "stack"``).
     reset_before: whether it runs reset_after=False.
     missing: returns None when the backend can run here, else what to install.
+    devices, dtypes: what it runs on (None: anything torch's GRU takes).
+    double_backward: whether its gradients are differentiable again.
     """
 
     name: str
@@ -30,11 +32,17 @@ class Backend:
     run: Callable
     reset_before: bool
     missing: Callable[[], str | None] = lambda: None
+    devices: tuple[str, ...] | None = None
+    dtypes: tuple[torch.dtype, ...] | None = None
+    double_backward: bool = True
 
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", "core", reference.core, reset_before=True),
     "torch": Backend("torch", "stack", torch_native.gru_stack, reset_before=False),
+    "cpu": Backend("cpu", "core", cpu.core, reset_before=True, missing=cpu.missing,
+                   devices=("cpu",), dtypes=(torch.float32, torch.float64),
+                   double_backward=False),
 }
 
 
@@ -61,6 +69,7 @@ def select_backend(
     *,
     reset_after: bool = True,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     steps: int = 1,
 ) -> BackendChoice:
     """Pick the backend for one call of ``flashgru.functional.gru`` and say why.
@@ -69,14 +78,15 @@ def select_backend(
     to install or change; it is never silently replaced. For "auto" the rules are, first
     match wins:
 
-    1. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
-       formulation and no fused backend of ours is installed for it.
-    2. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
+    1. CPU, float32/float64, numba installed → "cpu": the fused CPU kernels (much faster
+       than torch's per-step ops; no double backward: ask for "reference" for that).
+    2. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
+       formulation and no fused backend of ours runs this call.
+    3. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
        with ``steps`` ≥ 65536, which cuDNN refuses, it runs torch's native CUDA kernels
        with cuDNN disabled, so auto never picks a call that fails on length.
 
-    ``device`` and ``steps`` (sequence length) are the call's; they refine the reason now
-    and the rules as faster backends arrive.
+    ``device``, ``dtype`` and ``steps`` (sequence length) are the call's.
     """
     check_backend_name(requested)
     device = torch.device(device)
@@ -90,7 +100,15 @@ def select_backend(
                 f"backend {requested!r} runs only reset_after=True (torch's formulation); "
                 "for reset_after=False use backend='reference' or backend='auto'"
             )
+        if not _runs(backend, device, dtype):
+            raise ValueError(
+                f"backend {requested!r} runs {_what(backend)}, not {dtype} on {device.type}; "
+                "use backend='auto' or 'reference'"
+            )
         return BackendChoice(requested, "requested")
+    fused = BACKENDS["cpu"]
+    if fused.missing() is None and _runs(fused, device, dtype):
+        return BackendChoice("cpu", f"{device.type}, {dtype}: flashgru's fused CPU kernels")
     if not reset_after:
         return BackendChoice(
             "reference", "reset_after=False: torch has no fused kernel for this formulation"
@@ -101,3 +119,13 @@ def select_backend(
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
+
+
+def _runs(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
+    return (backend.devices is None or device.type in backend.devices) and (
+        backend.dtypes is None or dtype in backend.dtypes)
+
+
+def _what(backend: Backend) -> str:
+    dtypes = "/".join(str(d).removeprefix("torch.") for d in backend.dtypes or ())
+    return f"{dtypes or 'any dtype'} on {'/'.join(backend.devices or ('any device',))}"
