@@ -147,11 +147,13 @@ class GRU(nn.GRU):
         """The backend that ``self(input)`` would run on, and why."""
         if isinstance(input, PackedSequence):
             data, steps = input.data, input.batch_sizes.numel()
+            batch = int(input.batch_sizes[0])
         else:
             data, steps = input, input.size(int(self.batch_first and input.dim() == 3))
+            batch = 1 if input.dim() == 2 else input.size(int(not self.batch_first))
         return select_backend(
             self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
-            steps=steps
+            steps=steps, batch=batch,
         )
 
     def forward(self, input, hx=None):

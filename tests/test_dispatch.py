@@ -21,6 +21,10 @@ def test_auto_rules():
     assert "reset_after=False" in flashgru.select_backend(
         "auto", reset_after=False, dtype=torch.bfloat16).reason
     assert flashgru.select_backend("auto", reset_after=False, device="cuda").name == "reference"
+    # a large batch stays on torch's kernels for torch's formulation only
+    assert flashgru.select_backend("auto", reset_after=True, batch=64).name == "torch"
+    assert flashgru.select_backend("auto", reset_after=False, batch=64).name == (
+        fused or "reference")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
     assert long.name == "torch" and "native CUDA" in long.reason
@@ -67,6 +71,7 @@ def test_module_reports_its_choice_and_uses_it(monkeypatch):
     gru = flashgru.GRU(3, 4, batch_first=True)
     expected = "cpu" if CPU_FUSED else "torch"
     assert gru.which_backend(torch.randn(2, 7, 3)).name == expected
+    assert gru.which_backend(torch.randn(64, 7, 3)).name == "torch"
     gru.reset_after = False
     assert gru.which_backend(torch.randn(7, 3, dtype=torch.bfloat16)).name == "reference"
     gru.backend = "reference"

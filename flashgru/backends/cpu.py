@@ -72,72 +72,127 @@ def _matmul(a, w, out):
         np.dot(a, w, out)
 
 
+# exp(r) = Σ r^k / k! on |r| ≤ ln2/2, Horner from the highest term: ≤ 4e-16 relative
+_EXP_TAYLOR = (1 / 479001600, 1 / 39916800, 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040,
+               1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0)
+
+
+@_jit(fastmath={"contract"}, boundscheck=False)
+def _vexp(x, bits):
+    """x[:] = exp(x[:]) for a 1-D array, in float64 arithmetic that LLVM vectorises (libm's
+    exp does not): 2^k · P(r) with x = k·ln2 + r. Relative error ≤ 4e-16; arguments are
+    clamped to ±708. ``bits``: int64 scratch as long as x."""
+    for j in range(x.shape[0]):
+        v = min(max(np.float64(x[j]), -708.0), 708.0)
+        k = np.floor(v * 1.4426950408889634 + 0.5)
+        r = v - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+        p = 0.0
+        for c in _EXP_TAYLOR:
+            p = p * r + c
+        x[j] = p
+        bits[j] = (np.int64(k) + 1023) << 52
+    scale = bits.view(np.float64)
+    for j in range(x.shape[0]):
+        x[j] *= scale[j]
+
+
 @_jit(boundscheck=False)
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+def _gates_after(gi, gh, b, h, r_s, z_s, n_s, ghn_s, out, a, c, bits):
+    """One row of reset_after=True: the gates from gi (3H,) and gh = W_hh h (3H,); h (H,)
+    is updated in place. a, c: float scratch (H,)."""
+    hidden = h.shape[0]
+    for j in range(hidden):
+        a[j] = -(gi[j] + gh[j] + b[j])
+        c[j] = -(gi[hidden + j] + gh[hidden + j] + b[hidden + j])
+    _vexp(a, bits)
+    _vexp(c, bits)
+    for j in range(hidden):
+        r = 1.0 / (1.0 + a[j])
+        z = 1.0 / (1.0 + c[j])
+        ghn = gh[2 * hidden + j] + b[2 * hidden + j]
+        r_s[j] = r
+        z_s[j] = z
+        ghn_s[j] = ghn
+        a[j] = 2.0 * (gi[2 * hidden + j] + r * ghn)
+    _vexp(a, bits)
+    for j in range(hidden):
+        n = 1.0 - 2.0 / (1.0 + a[j])  # tanh
+        z = z_s[j]
+        h[j] = (1.0 - z) * n + z * h[j]
+        n_s[j] = n
+        out[j] = h[j]
 
 
 @_jit(boundscheck=False)
 def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
     """reset_after=True. gi (T, B, 3H); w_t = W_hhᵀ (H, 3H); b (3H,). Writes out and the
-    saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length)."""
+    saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved arrays of one
+    step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
+    keep = 1 if r_s.shape[0] == steps else 0
     h = h0.copy()
     gh = np.empty((batch, 3 * hidden), dtype=h0.dtype)
+    a, c = np.empty(hidden, dtype=h0.dtype), np.empty(hidden, dtype=h0.dtype)
+    bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
         _matmul(h, w_t, gh)
         for i in range(batch):
+            ts = t * keep
             if t >= lengths[i]:
                 out[t, i] = 0.0
-                r_s[t, i] = 0.0
-                z_s[t, i] = 0.0
-                n_s[t, i] = 0.0
-                ghn_s[t, i] = 0.0
+                r_s[ts, i] = 0.0
+                z_s[ts, i] = 0.0
+                n_s[ts, i] = 0.0
+                ghn_s[ts, i] = 0.0
                 continue
-            for j in range(hidden):
-                r = _sigmoid(gi[t, i, j] + gh[i, j] + b[j])
-                z = _sigmoid(gi[t, i, hidden + j] + gh[i, hidden + j] + b[hidden + j])
-                ghn = gh[i, 2 * hidden + j] + b[2 * hidden + j]
-                n = np.tanh(gi[t, i, 2 * hidden + j] + r * ghn)
-                h[i, j] = (1.0 - z) * n + z * h[i, j]
-                out[t, i, j] = h[i, j]
-                r_s[t, i, j] = r
-                z_s[t, i, j] = z
-                n_s[t, i, j] = n
-                ghn_s[t, i, j] = ghn
+            _gates_after(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], n_s[ts, i],
+                         ghn_s[ts, i], out[t, i], a, c, bits)
 
 
 @_jit(boundscheck=False)
 def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
-    """reset_after=False. w_rz_t = W_hr,zᵀ (H, 2H); w_n_t = W_hnᵀ (H, H)."""
+    """reset_after=False. w_rz_t = W_hr,zᵀ (H, 2H); w_n_t = W_hnᵀ (H, H). Saved arrays as
+    in _fwd_after."""
     steps, batch, hidden = out.shape
+    keep = 1 if r_s.shape[0] == steps else 0
     h = h0.copy()
     gh = np.empty((batch, 2 * hidden), dtype=h0.dtype)
     rh = np.zeros((batch, hidden), dtype=h0.dtype)
     ghn = np.empty((batch, hidden), dtype=h0.dtype)
+    a, c = np.empty(hidden, dtype=h0.dtype), np.empty(hidden, dtype=h0.dtype)
+    bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
         _matmul(h, w_rz_t, gh)
         for i in range(batch):
             for j in range(hidden):
-                r = _sigmoid(gi[t, i, j] + gh[i, j] + b[j])
-                r_s[t, i, j] = r
-                z_s[t, i, j] = _sigmoid(gi[t, i, hidden + j] + gh[i, hidden + j]
-                                        + b[hidden + j])
+                a[j] = -(gi[t, i, j] + gh[i, j] + b[j])
+                c[j] = -(gi[t, i, hidden + j] + gh[i, hidden + j] + b[hidden + j])
+            _vexp(a, bits)
+            _vexp(c, bits)
+            ts = t * keep
+            for j in range(hidden):
+                r = 1.0 / (1.0 + a[j])
+                r_s[ts, i, j] = r
+                z_s[ts, i, j] = 1.0 / (1.0 + c[j])
                 rh[i, j] = r * h[i, j]
         _matmul(rh, w_n_t, ghn)
         for i in range(batch):
+            ts = t * keep
             if t >= lengths[i]:
                 out[t, i] = 0.0
-                r_s[t, i] = 0.0
-                z_s[t, i] = 0.0
-                n_s[t, i] = 0.0
+                r_s[ts, i] = 0.0
+                z_s[ts, i] = 0.0
+                n_s[ts, i] = 0.0
                 continue
             for j in range(hidden):
-                z = z_s[t, i, j]
-                n = np.tanh(gi[t, i, 2 * hidden + j] + ghn[i, j] + b[2 * hidden + j])
+                a[j] = 2.0 * (gi[t, i, 2 * hidden + j] + ghn[i, j] + b[2 * hidden + j])
+            _vexp(a, bits)
+            for j in range(hidden):
+                n = 1.0 - 2.0 / (1.0 + a[j])  # tanh
+                z = z_s[ts, i, j]
                 h[i, j] = (1.0 - z) * n + z * h[i, j]
                 out[t, i, j] = h[i, j]
-                n_s[t, i, j] = n
+                n_s[ts, i, j] = n
 
 
 @_jit(boundscheck=False)
@@ -228,19 +283,27 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after):
-    """Run the forward kernel; returns out and the tensors backward needs."""
+def _weights(w_hh: Tensor, reset_after: bool) -> list[np.ndarray]:
+    """W_hh in the layout the forward kernel reads: transposed, once per call. (Not cached
+    across calls: an in-place change through ``.data`` would not show in any key.)"""
+    w = w_hh.detach()
+    hidden = w.shape[1]
+    if reset_after:
+        return [_np(w.t())]
+    return [_np(w[: 2 * hidden].t()), _np(w[2 * hidden :].t())]
+
+
+def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
+    """Run the forward kernel; returns out and, with ``save``, what backward needs."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
-    new = [torch.empty(steps, batch, hidden, dtype=gi.dtype) for _ in range(4 + reset_after)]
-    args = [_np(gi), _np(h0)]
-    if reset_after:
-        args.append(_np(w_hh.t()))
-    else:
-        args += [_np(w_hh[: 2 * hidden].t()), _np(w_hh[2 * hidden :].t())]
-    args += [_np(b_hh), lengths.numpy()] + [t.numpy() for t in new]
+    out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
+    kept = steps if save else 1
+    saved = [torch.empty(kept, batch, hidden, dtype=gi.dtype) for _ in range(3 + reset_after)]
+    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after), _np(b_hh), lengths.numpy(),
+            out.numpy(), *(t.numpy() for t in saved)]
     (_fwd_after if reset_after else _fwd_before)(*args)
-    return new[0], new[1:]
+    return out, saved
 
 
 def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after):
@@ -270,7 +333,8 @@ class _FusedGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, lengths, reset_after):
         bias = b_hh if b_hh is not None else gi.new_zeros(gi.shape[-1])
-        out, saved = _fwd(gi, h0, w_hh, bias, lengths, reset_after)
+        save = any(ctx.needs_input_grad[:4])
+        out, saved = _fwd(gi, h0, w_hh, bias, lengths, reset_after, save)
         ctx.save_for_backward(h0, w_hh, out, lengths, *saved)
         ctx.reset_after, ctx.has_bias = reset_after, b_hh is not None
         return out
