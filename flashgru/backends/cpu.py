@@ -124,6 +124,15 @@ def _gates_after(gi, gh, b, h, r_s, z_s, n_s, ghn_s, out, a, c, bits):
 
 
 @_jit(boundscheck=False)
+def _skip(t, ts, i, out, r_s, z_s, n_s):
+    """Step t is past sequence i's length: out is 0 and the saved gates are 0."""
+    out[t, i] = 0.0
+    r_s[ts, i] = 0.0
+    z_s[ts, i] = 0.0
+    n_s[ts, i] = 0.0
+
+
+@_jit(boundscheck=False)
 def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
     """reset_after=True. gi (T, B, 3H); w_t = W_hhᵀ (H, 3H); b (3H,). Writes out and the
     saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved arrays of one
@@ -139,10 +148,7 @@ def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
         for i in range(batch):
             ts = t * keep
             if t >= lengths[i]:
-                out[t, i] = 0.0
-                r_s[ts, i] = 0.0
-                z_s[ts, i] = 0.0
-                n_s[ts, i] = 0.0
+                _skip(t, ts, i, out, r_s, z_s, n_s)
                 ghn_s[ts, i] = 0.0
                 continue
             _gates_after(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], n_s[ts, i],
@@ -179,10 +185,7 @@ def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
         for i in range(batch):
             ts = t * keep
             if t >= lengths[i]:
-                out[t, i] = 0.0
-                r_s[ts, i] = 0.0
-                z_s[ts, i] = 0.0
-                n_s[ts, i] = 0.0
+                _skip(t, ts, i, out, r_s, z_s, n_s)
                 continue
             for j in range(hidden):
                 a[j] = 2.0 * (gi[t, i, 2 * hidden + j] + ghn[i, j] + b[2 * hidden + j])
