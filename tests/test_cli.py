@@ -151,19 +151,51 @@ BAD = {
     "zero epochs": lambda d: ["train", "surnames", "--epochs", "0"],
     "no task": lambda d: ["train"],
     "bad grid": lambda d: ["bench", "--grid", "1,2"],
+    "negative season": lambda d: ["train", "forecast", "--season", "-3"],
+    "out under a file": lambda d: ["train", "surnames", "--limit", "20", "--out",
+                                   _bad_csv(d, "file", "x") + "/run"],
+    "bench out under a file": lambda d: ["bench", "--grid", "1,2,3", "--out",
+                                         _bad_csv(d, "file2", "x") + "/b"],
+    "not a checkpoint": lambda d: ["evaluate", _fake_run(d)],
+    "not a checkpoint (resume)": lambda d: ["train", "--resume", _fake_run(d)],
 }
+
+
+def _fake_run(d):
+    import torch
+
+    run = d / "fake"
+    run.mkdir()
+    (run / "config.json").write_text('{"task": "surnames", "model": {}}')
+    torch.save({"x": 1}, run / "checkpoint.pt")
+    return str(run)
 
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     out = tmp_path / "out"
     argv = BAD[case](tmp_path)
-    if argv[0] in ("train", "bench"):
+    if argv[0] in ("train", "bench") and "--out" not in argv:
         argv += ["--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0], err
     assert not out.exists()
+
+
+def test_gates_out_must_be_a_file(surnames_run, tmp_path, capsys):
+    assert main(["gates", str(surnames_run), "Rossi", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_predict_needs_only_a_window_of_rows(forecast_run, tmp_path, capsys):
+    header = json.loads((forecast_run / "config.json").read_text())["data"]["features"]
+    csv = tmp_path / "short.csv"
+    csv.write_text(",".join(header) + "\n" + "\n".join(
+        ",".join(str(1.0 + i) for _ in header) for i in range(12)) + "\n")
+    assert main(["predict", str(forecast_run), "--csv", str(csv)]) == 0  # window 10
+    assert "t+3:" in capsys.readouterr().out
+    assert main(["evaluate", str(forecast_run), "--csv", str(csv)]) == 2  # no test tail
 
 
 def test_existing_run_directory_is_not_overwritten(surnames_run, capsys):

@@ -96,3 +96,17 @@ def test_auto_equals_every_explicit_backend():
         out = gru(x)
         assert_close(f"{name} output", auto[0], out[0], 1e-12)
         assert_close(f"{name} h_n", auto[1], out[1], 1e-12)
+
+
+def test_autocast_on_cpu_works_like_torch():
+    """Under CPU autocast the input projection is bfloat16; every backend still returns
+    torch.nn.GRU's float32 result."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, 5)
+    x = torch.randn(4, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = ref(x)[0]
+        for name in [n for n, b in BACKENDS.items() if b.missing() is None] + ["auto"]:
+            out = flashgru.GRU.from_torch(ref, backend=name)(x)[0]
+            assert out.dtype == expected.dtype, name
+            assert_close(name, expected.float(), out.float(), 2e-2)

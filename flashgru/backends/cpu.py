@@ -359,9 +359,11 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,) or None, lengths (B,) or None;
     CPU tensors, float32 or float64. Returns out (T, B, H).
     """
-    if gi.device.type != "cpu" or gi.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {gi.dtype} "
-                         f"on {gi.device}")
+    if h0.device.type != "cpu" or h0.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {h0.dtype} "
+                         f"on {h0.device}")
+    if gi.dtype != h0.dtype:  # autocast made the input projection low precision
+        gi = gi.to(h0.dtype)
     if lengths is None:
         lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64)
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)

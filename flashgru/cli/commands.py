@@ -18,6 +18,7 @@ from .common import (
     CLIError,
     Dist,
     load_checkpoint,
+    make_dir,
     new_run_dir,
     pick_device,
     read_run,
@@ -75,7 +76,7 @@ def _train(config, opts, ckpt, run, backend, device, dist) -> int:
         trainer.restore(ckpt)
     log = print if dist.main else (lambda *a, **k: None)
     if dist.main and ckpt is None:
-        run.mkdir(parents=True, exist_ok=True)
+        make_dir(run)
         write_json(run / CONFIG, config)
     log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation / "
         f"{task.sizes['test']} test examples; {trainer.model.gru}, backend {backend.name}; "
@@ -131,6 +132,8 @@ def _check_numbers(args) -> None:
         raise CLIError("--dropout must be in [0, 1)")
     if (args.lr is not None and args.lr <= 0) or args.max_time < 0 or args.limit < 0:
         raise CLIError("--lr must be positive; --max-time and --limit at least 0")
+    if args.season is not None and args.season < 1:
+        raise CLIError("--season must be at least 1")
     if args.ema is not None and not 0 <= args.ema < 1:
         raise CLIError("--ema must be in [0, 1)")
     if not 0 <= args.label_smoothing < 1:
@@ -143,7 +146,8 @@ def _load(args):
     run, config = read_run(args.run_dir)
     ckpt = load_checkpoint(run, device)
     if config["task"] == "forecast":
-        task = forecast.ForecastTask(config, getattr(args, "csv", None))
+        task = forecast.ForecastTask(config, getattr(args, "csv", None),
+                                     need_test=args.command == "evaluate")
     else:
         if getattr(args, "csv", None):
             raise CLIError("--csv applies to forecast runs only")
@@ -192,6 +196,8 @@ def gates(args) -> int:
     if not args.name.strip():
         raise CLIError("give a non-empty name")
     out = Path(args.out) if args.out else Path(args.run_dir) / f"gates-{_safe(args.name)}.png"
+    if out.is_dir():
+        raise CLIError(f"{out} is a directory; give --out a PNG file name")
     if not out.parent.is_dir():
         raise CLIError(f"{out.parent}: no such directory")
     with torch.no_grad():
@@ -223,12 +229,12 @@ def bench(args) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory")
     need("matplotlib")
+    make_dir(out)
     bar = need("tqdm").tqdm(total=len(grid) * (2 + len(flashgru.BACKENDS)), desc="bench",
                             leave=False, file=sys.stderr, disable=None)
     rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
     bar.close()
     table = markdown(rows, device)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "bench.md", table)
     plots.bench(out / "bench.png", rows)
     print(table)

@@ -90,21 +90,39 @@ def read_run(run_dir: str | Path) -> tuple[Path, dict]:
         config = json.loads((run / CONFIG).read_text())
     except (OSError, ValueError) as e:
         raise CLIError(f"{run_dir}: unreadable {CONFIG}: {e}") from e
-    if config.get("task") not in ("surnames", "forecast"):
-        raise CLIError(f"{run_dir}: {CONFIG} names no known task")
+    if not isinstance(config, dict) or config.get("task") not in ("surnames", "forecast") \
+            or not isinstance(config.get("model"), dict):
+        raise CLIError(f"{run_dir}: {CONFIG} is not a flashgru run's config")
     return run, config
+
+
+CHECKPOINT_KEYS = ("model", "best_model", "averaged", "optimizer", "state", "rng", "options")
 
 
 def load_checkpoint(run: Path, device: torch.device) -> dict:
     try:
-        return torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+        ckpt = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's to fix
         raise CLIError(f"{run}: unreadable {CHECKPOINT}: {e}") from e
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise CLIError(f"{run}: {CHECKPOINT} is not a flashgru checkpoint")
+    return ckpt
+
+
+def make_dir(path: Path) -> None:
+    """Create a run's directory, or say in one line why it can't be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{path}: can't create the directory: {e.strerror}") from None
 
 
 def new_run_dir(out: str | None, task: str) -> Path:
     """The directory a new run writes to; it must not exist yet (or be empty)."""
     run = Path(out) if out else Path("runs") / f"{task}-{_stamp()}"
+    for parent in run.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"{run}: {parent} is not a directory")
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         raise CLIError(f"{run} already exists; continue it with --resume {run} "
                        "or choose another --out")

@@ -128,7 +128,7 @@ class ForecastTask:
 
     name = "forecast"
 
-    def __init__(self, config: dict, source: str | None = None):
+    def __init__(self, config: dict, source: str | None = None, need_test: bool = True):
         self.config = config
         data = config["data"]
         self.source = source or data["source"]
@@ -141,7 +141,7 @@ class ForecastTask:
         self.normed = (self.series - self.mean) / self.std
         self.starts = window_starts(len(self.series), self.window, self.horizon)
         self.sizes = {k: len(v) for k, v in self.starts.items()}
-        if source and (self.sizes["test"] == 0 or len(self.series) < self.window):
+        if source and ((need_test and self.sizes["test"] == 0) or len(self.series) < self.window):
             raise CLIError(f"{source}: {len(self.series)} rows are too few for this run's "
                            f"window {self.window} and horizon {self.horizon}")
 
