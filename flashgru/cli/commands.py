@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from .common import (
     METRICS,
     CLIError,
     Dist,
+    default_dir,
     load_checkpoint,
     make_dir,
     new_run_dir,
@@ -225,7 +225,7 @@ def bench(args) -> int:
         raise CLIError("--grid takes points B,T,H of three positive integers, e.g. 1,256,64")
     if args.repeats < 1:
         raise CLIError("--repeats must be at least 1")
-    out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out) if args.out else default_dir("bench")
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory")
     need("matplotlib")

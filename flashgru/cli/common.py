@@ -9,6 +9,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def make_dir(path: Path) -> None:
 
 def new_run_dir(out: str | None, task: str) -> Path:
     """The directory a new run writes to; it must not exist yet (or be empty)."""
-    run = Path(out) if out else Path("runs") / f"{task}-{_stamp()}"
+    run = Path(out) if out else default_dir(task)
     for parent in run.parents:
         if parent.exists() and not parent.is_dir():
             raise CLIError(f"{run}: {parent} is not a directory")
@@ -129,10 +130,9 @@ def new_run_dir(out: str | None, task: str) -> Path:
     return run
 
 
-def _stamp() -> str:
-    import time
-
-    return time.strftime("%Y%m%d-%H%M%S")
+def default_dir(kind: str) -> Path:
+    """runs/KIND-YYYYmmdd-HHMMSS: where a command writes when --out is not given."""
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # ---- devices, seeds, processes ------------------------------------------------------
