@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def train(args) -> int:
                                           reset_after=config["model"]["reset_after"])
     except (ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if opts.batch_size % world:
+        raise CLIError(f"--batch-size {opts.batch_size} must be divisible by the {world} "
+                       "processes")
     # Every process has checked its input before the process group forms, and only then
     # does rank 0 create the run directory.
     dist = Dist.from_env(device)

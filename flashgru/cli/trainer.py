@@ -61,8 +61,6 @@ class State:
 class Trainer:
     def __init__(self, task, opts: Options, device: torch.device, dist: Dist, run):
         self.task, self.opts, self.device, self.dist, self.run = task, opts, device, dist, run
-        if opts.batch_size % dist.world_size:
-            raise ValueError("--batch-size must be divisible by the number of processes")
         self.model = task.make_model().to(device)
         self.net = self.model
         if dist.world_size > 1:
