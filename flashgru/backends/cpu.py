@@ -63,6 +63,35 @@ def _matvec(h, w, out):
         k += 1
 
 
+@_jit(fastmath=MATVEC_FLAGS, boundscheck=False)
+def _gemv_rows(w, x, out):
+    """out (B, N) = x (B, K) @ w (N, K)ᵀ on w's native row-major layout, nothing
+    transposed: four rows of w at a time (they stay in L1) against every row of x, each a
+    dot product that LLVM vectorises. For small B, where the weight stream is the cost."""
+    n_out, n_in = w.shape
+    zero = out.dtype.type(0)
+    j = 0
+    while j + 4 <= n_out:
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for i in range(x.shape[0]):
+            xi = x[i]
+            s0, s1, s2, s3 = zero, zero, zero, zero
+            for k in range(n_in):
+                s0 += w0[k] * xi[k]
+                s1 += w1[k] * xi[k]
+                s2 += w2[k] * xi[k]
+                s3 += w3[k] * xi[k]
+            out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = s0, s1, s2, s3
+        j += 4
+    while j < n_out:
+        for i in range(x.shape[0]):
+            s = zero
+            for k in range(n_in):
+                s += w[j, k] * x[i, k]
+            out[i, j] = s
+        j += 1
+
+
 @_jit(boundscheck=False)
 def _matmul(a, w, out):
     """out (B, N) = a (B, K) @ w (K, N)."""
@@ -156,6 +185,39 @@ def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
 
 
 @_jit(boundscheck=False)
+def _rz_before(gi, gh, b, h, r_s, z_s, rh, a, c, bits):
+    """One row of reset_after=False, first half: r and z from gi (3H,), gh = W_hr,z h
+    (2H,) and b = b_hh (3H,); writes r_s, z_s and rh = r ⊙ h, all (H,). a, c: scratch."""
+    hidden = h.shape[0]
+    for j in range(hidden):
+        a[j] = -(gi[j] + gh[j] + b[j])
+        c[j] = -(gi[hidden + j] + gh[hidden + j] + b[hidden + j])
+    _vexp(a, bits)
+    _vexp(c, bits)
+    for j in range(hidden):
+        r = 1.0 / (1.0 + a[j])
+        r_s[j] = r
+        z_s[j] = 1.0 / (1.0 + c[j])
+        rh[j] = r * h[j]
+
+
+@_jit(boundscheck=False)
+def _n_before(gi, ghn, b, z_s, h, n_s, out, a, bits):
+    """One row of reset_after=False, second half: n from gi (3H,), ghn = W_hn (r ⊙ h)
+    (H,) and b (3H,); h (H,) is updated in place and copied to out; writes n_s (H,)."""
+    hidden = h.shape[0]
+    for j in range(hidden):
+        a[j] = 2.0 * (gi[2 * hidden + j] + ghn[j] + b[2 * hidden + j])
+    _vexp(a, bits)
+    for j in range(hidden):
+        n = 1.0 - 2.0 / (1.0 + a[j])  # tanh
+        z = z_s[j]
+        h[j] = (1.0 - z) * n + z * h[j]
+        out[j] = h[j]
+        n_s[j] = n
+
+
+@_jit(boundscheck=False)
 def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
     """reset_after=False. w_rz_t = W_hr,zᵀ (H, 2H); w_n_t = W_hnᵀ (H, H). Saved arrays as
     in _fwd_after."""
@@ -169,33 +231,50 @@ def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
     bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
         _matmul(h, w_rz_t, gh)
+        ts = t * keep
         for i in range(batch):
-            for j in range(hidden):
-                a[j] = -(gi[t, i, j] + gh[i, j] + b[j])
-                c[j] = -(gi[t, i, hidden + j] + gh[i, hidden + j] + b[hidden + j])
-            _vexp(a, bits)
-            _vexp(c, bits)
-            ts = t * keep
-            for j in range(hidden):
-                r = 1.0 / (1.0 + a[j])
-                r_s[ts, i, j] = r
-                z_s[ts, i, j] = 1.0 / (1.0 + c[j])
-                rh[i, j] = r * h[i, j]
+            _rz_before(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], rh[i], a, c, bits)
         _matmul(rh, w_n_t, ghn)
         for i in range(batch):
-            ts = t * keep
             if t >= lengths[i]:
                 _skip(t, ts, i, out, r_s, z_s, n_s)
                 continue
-            for j in range(hidden):
-                a[j] = 2.0 * (gi[t, i, 2 * hidden + j] + ghn[i, j] + b[2 * hidden + j])
-            _vexp(a, bits)
-            for j in range(hidden):
-                n = 1.0 - 2.0 / (1.0 + a[j])  # tanh
-                z = z_s[ts, i, j]
-                h[i, j] = (1.0 - z) * n + z * h[i, j]
-                out[t, i, j] = h[i, j]
-                n_s[ts, i, j] = n
+            _n_before(gi[t, i], ghn[i], b, z_s[ts, i], h[i], n_s[ts, i], out[t, i], a, bits)
+
+
+@_jit(boundscheck=False)
+def _step_after(gi, h, w, b, out):
+    """One step of reset_after=True for inference, W_hh read in its native layout (no
+    transpose per call): gi (B, 3H), h (B, H), w = W_hh (3H, H), b = b_hh (3H,); writes
+    out (B, H)."""
+    batch, hidden = out.shape
+    gh = np.empty_like(gi)
+    _gemv_rows(w, h, gh)
+    scratch = np.empty((6, hidden), dtype=out.dtype)  # r, z, n, W_hn h + b_hn, a, c
+    bits = np.empty(hidden, dtype=np.int64)
+    for i in range(batch):
+        out[i] = h[i]
+        _gates_after(gi[i], gh[i], b, out[i], scratch[0], scratch[1], scratch[2],
+                     scratch[3], out[i], scratch[4], scratch[5], bits)
+
+
+@_jit(boundscheck=False)
+def _step_before(gi, h, w, b, out):
+    """One step of reset_after=False for inference; arguments as in ``_step_after``."""
+    batch, hidden = out.shape
+    gh = np.empty((batch, 2 * hidden), dtype=out.dtype)
+    _gemv_rows(w[: 2 * hidden], h, gh)
+    z, rh = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
+    scratch = np.empty((3, hidden), dtype=out.dtype)  # r (then n), a, c
+    bits = np.empty(hidden, dtype=np.int64)
+    for i in range(batch):
+        _rz_before(gi[i], gh[i], b, h[i], scratch[0], z[i], rh[i], scratch[1], scratch[2],
+                   bits)
+    ghn = np.empty((batch, hidden), dtype=out.dtype)
+    _gemv_rows(w[2 * hidden :], rh, ghn)
+    for i in range(batch):
+        out[i] = h[i]
+        _n_before(gi[i], ghn[i], b, z[i], out[i], scratch[0], out[i], scratch[1], bits)
 
 
 @_jit(boundscheck=False)
@@ -296,6 +375,16 @@ def _weights(w_hh: Tensor, reset_after: bool) -> list[np.ndarray]:
     return [_np(w[: 2 * hidden].t()), _np(w[2 * hidden :].t())]
 
 
+def _step(gi, h0, w_hh, b_hh, reset_after):
+    """One step for inference, W_hh read in place: gi (1, B, 3H), h0 (B, H) → out
+    (1, B, H)."""
+    out = torch.empty(1, *h0.shape, dtype=gi.dtype)
+    o = out.numpy()[0]
+    bias = _np(b_hh) if b_hh is not None else np.zeros(gi.shape[-1], dtype=o.dtype)
+    (_step_after if reset_after else _step_before)(_np(gi[0]), _np(h0), _np(w_hh), bias, o)
+    return out
+
+
 def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
     """Run the forward kernel; returns out and, with ``save``, what backward needs."""
     steps, batch, _ = gi.shape
@@ -364,6 +453,13 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
                          f"on {h0.device}")
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
+    if gi.shape[0] == 1 and not _needs_grad(gi, h0, w_hh, b_hh):
+        return _step(gi, h0, w_hh, b_hh, reset_after)  # every length is 1
     if lengths is None:
         lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64)
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will want gradients of any of ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
