@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, select_backend
+from .backends import BackendChoice, cpu_step, select_backend
 from .backends.reference import GateTrace
 
 
@@ -251,6 +251,11 @@ class GRUCell(nn.GRUCell):
     ``bias_hh``; gates r, z, n), initialisation, input forms (input (N, I) or (I,), hx
     (N, H) or (H,) or omitted) and errors. ``reset_after`` picks the formulation, as in
     :class:`GRU`: True runs torch's own cell, False the original paper's.
+
+    Streaming fast path: with numba installed, an inference call (no gradient wanted) on
+    contiguous float32/float64 CPU tensors of at most ``cpu_step.MAX_BATCH`` rows runs the
+    cpu backend's fused step (:func:`flashgru.backends.cpu_step.step`), same numbers within
+    rounding; anything else, and every call that needs gradients, runs the path above.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
@@ -268,6 +273,12 @@ class GRUCell(nn.GRUCell):
         return s if self.reset_after else s + ", reset_after=False"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if cpu_step.AVAILABLE:  # the streaming fast path, inference only
+            p = self._parameters
+            h = cpu_step.step(input, hx, p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                              p["bias_hh"], self.hidden_size, self.reset_after)
+            if h is not None:
+                return h
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
