@@ -153,7 +153,7 @@ class GRU(nn.GRU):
             batch = 1 if input.dim() == 2 else input.size(int(not self.batch_first))
         return select_backend(
             self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
-            steps=steps, batch=batch,
+            steps=steps, batch=batch, hidden=self.hidden_size,
         )
 
     def forward(self, input, hx=None):

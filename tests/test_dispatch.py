@@ -1,5 +1,7 @@
 """The dispatch point: its rules, its reasons and its errors."""
 
+import functools
+
 import pytest
 import torch
 from helpers import assert_close
@@ -20,14 +22,19 @@ def test_auto_rules():
         assert choice.name == fallback, choice
     assert "reset_after=False" in flashgru.select_backend(
         "auto", reset_after=False, dtype=torch.bfloat16).reason
-    assert flashgru.select_backend("auto", reset_after=False, device="cuda").name == "reference"
+    gpu = "triton" if BACKENDS["triton"].missing() is None else None
+    assert flashgru.select_backend("auto", reset_after=False, device="cuda").name == (
+        gpu or "reference")
     # a large batch stays on torch's kernels for torch's formulation only
     assert flashgru.select_backend("auto", reset_after=True, batch=64).name == "torch"
     assert flashgru.select_backend("auto", reset_after=False, batch=64).name == (
         fused or "reference")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
-    assert long.name == "torch" and "native CUDA" in long.reason
+    if gpu:
+        assert long.name == "triton" and "65536" in long.reason
+    else:
+        assert long.name == "torch" and "native CUDA" in long.reason
     assert "native" not in flashgru.select_backend("auto", device="cuda", steps=65535).reason
 
 
@@ -35,8 +42,8 @@ def test_requested_backend_is_honoured_or_refused():
     assert flashgru.select_backend("reference", reset_after=True) == ("reference", "requested")
     with pytest.raises(ValueError, match="backend 'torch' runs only reset_after=True"):
         flashgru.select_backend("torch", reset_after=False)
-    with pytest.raises(ValueError, match="unknown backend 'triton'"):
-        flashgru.select_backend("triton")
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        flashgru.select_backend("cudnn")
 
 
 def test_auto_falls_back_when_numba_is_missing(monkeypatch):
@@ -47,6 +54,26 @@ def test_auto_falls_back_when_numba_is_missing(monkeypatch):
     assert flashgru.select_backend("auto", reset_after=False).name == "reference"
     with pytest.raises(flashgru.BackendUnavailableError, match=r"flashgru\[cpu\]"):
         flashgru.GRU(3, 4, backend="cpu")
+
+
+def test_auto_on_cuda_with_and_without_triton(monkeypatch):
+    """Where cuDNN is weak or has no kernel, auto takes the Triton kernels; without Triton
+    (or a GPU) it falls back to torch's and the reference."""
+    monkeypatch.setitem(BACKENDS, "triton", Backend(
+        "triton", "core", reference.core, True, devices=("cuda",), dtypes=(torch.float32,)))
+    pick = functools.partial(flashgru.select_backend, "auto", device="cuda")
+    assert pick(hidden=256).name == "triton" and "hidden 256" in pick(hidden=256).reason
+    assert pick(hidden=128).name == "torch"
+    assert pick(hidden=128, steps=65536).name == "triton"
+    assert pick(hidden=64, reset_after=False).name == "triton"
+    assert pick(hidden=512, dtype=torch.float64).name == "torch"  # a dtype it does not run
+    assert pick(hidden=512, device="cpu").name != "triton"
+    monkeypatch.setitem(BACKENDS, "triton", Backend(
+        "triton", "core", reference.core, True, missing=lambda: "it needs Triton"))
+    assert pick(hidden=512).name == "torch"
+    assert pick(hidden=512, reset_after=False).name == "reference"
+    with pytest.raises(flashgru.BackendUnavailableError, match="it needs Triton"):
+        flashgru.select_backend("triton")
 
 
 def test_cpu_backend_refuses_what_it_cannot_run():

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import cpu, reference, torch_native
+from . import cpu, reference, torch_native, triton_gru
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,14 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", "core", cpu.core, reset_before=True, missing=cpu.missing,
                    devices=("cpu",), dtypes=(torch.float32, torch.float64),
                    double_backward=False),
+    "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
+                      missing=triton_gru.missing, devices=triton_gru.devices(),
+                      dtypes=triton_gru.DTYPES, double_backward=False),
 }
 
 
 CPU_MAX_BATCH = 16  # above it torch's own CPU GRU is faster for reset_after=True (measured)
+TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
 
 
 class BackendChoice(NamedTuple):
@@ -75,6 +79,7 @@ def select_backend(
     dtype: torch.dtype = torch.float32,
     steps: int = 1,
     batch: int = 1,
+    hidden: int = 1,
 ) -> BackendChoice:
     """Pick the backend for one call of ``flashgru.functional.gru`` and say why.
 
@@ -87,13 +92,18 @@ def select_backend(
        faster forward and 8–18× forward+backward at batch 1, 1.1×/1.9× at batch 16, but
        slower at batch 64 (0.4×), where torch keeps the call. No double backward: ask for
        "reference" for gradients of gradients.
-    2. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
+    2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256
+       or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where cuDNN has no
+       kernel (the paper's formulation), falls off its persistent kernel (H ≥ 256) or
+       refuses the length.
+    3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
-    3. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
+    4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
        with ``steps`` ≥ 65536, which cuDNN refuses, it runs torch's native CUDA kernels
        with cuDNN disabled, so auto never picks a call that fails on length.
 
-    ``device``, ``dtype``, ``steps`` (sequence length) and ``batch`` are the call's.
+    ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
+    call's.
     """
     check_backend_name(requested)
     device = torch.device(device)
@@ -118,6 +128,13 @@ def select_backend(
             not reset_after or batch <= CPU_MAX_BATCH):
         return BackendChoice("cpu", f"{device.type}, {dtype}, batch {batch}: flashgru's "
                                     "fused CPU kernels")
+    gpu = BACKENDS["triton"]
+    if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
+        long = steps > torch_native.CUDNN_MAX_STEPS
+        if not reset_after or hidden >= TRITON_MIN_HIDDEN or long:
+            why = ("reset_after=False" if not reset_after else
+                   f"{steps} steps ≥ 65536" if long else f"hidden {hidden} ≥ 256")
+            return BackendChoice("triton", f"{why}: flashgru's persistent Triton kernels")
     if not reset_after:
         return BackendChoice(
             "reference", "reset_after=False: torch has no fused kernel for this formulation"

@@ -1,0 +1,200 @@
+"""flashgru's Triton backend against torch.nn.GRU (cuDNN) on one GPU, same weights and
+input, in one process.
+
+For H ∈ {64, 128, 256, 512, 1024} × B ∈ {1, 16, 128}, T = 512, fp32 (TF32 off) and bf16:
+forward and forward+backward time (median of repeated CUDA-event timings, in µs per step),
+the speedup over cuDNN, and each implementation's error against a float64 reference
+(‖y − y64‖ / ‖y64‖ on the output, and on dL/dx after backward). Then a 2-layer
+bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN takes.
+
+    python benchmarks/gpu.py              # the whole table
+    python benchmarks/gpu.py --quick      # fewer points, for a smoke run
+    python benchmarks/gpu.py --sweep      # also time launch splits of the kernel (inference)
+    python benchmarks/gpu.py --auto       # flashgru with backend="auto" instead of "triton"
+
+Prints a short table last; ``--json FILE`` writes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+import flashgru
+from flashgru.backends import triton_gru as tg
+
+HIDDEN = (64, 128, 256, 512, 1024)
+BATCH = (1, 16, 128)
+
+
+def timed(fn, budget_s: float = 0.3, max_reps: int = 50) -> float:
+    """Median milliseconds of ``fn()`` over repeated CUDA-event timings, after warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - start
+    reps = max(3, min(max_reps, int(budget_s / max(once, 1e-6))))
+    times = []
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return statistics.median(times)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).norm() / ref.norm()).item()
+
+
+def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str) -> dict:
+    """Time and check torch's module against flashgru's on the same weights and input."""
+    ours = flashgru.GRU.from_torch(ref, backend=backend)
+    exact = copy.deepcopy(ref).double()
+    dout = torch.randn(x.shape[:-1] + (ref.hidden_size * (1 + ref.bidirectional),),
+                       device=x.device, dtype=x.dtype)
+    x64 = x.detach().double().requires_grad_()
+    y64 = exact(x64)[0]
+    y64.backward(dout.double())
+    row = {"backend": ours.which_backend(x).name}
+    for name, module in (("torch", ref), ("flashgru", ours)):
+        xg = x.detach().requires_grad_()
+        y = module(xg)[0]
+        y.backward(dout)
+        row[f"err_{name}"] = rel_err(y.detach(), y64.detach())
+        row[f"err_dx_{name}"] = rel_err(xg.grad, x64.grad)
+        with torch.no_grad():
+            row[f"fwd_{name}"] = timed(lambda m=module: m(x))
+
+        def train_step(m=module, xg=xg):
+            m(xg)[0].backward(dout)
+
+        row[f"fb_{name}"] = timed(train_step)
+    return row
+
+
+def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        for h in hidden:
+            for b in batch:
+                torch.manual_seed(0)
+                ref = torch.nn.GRU(h, h, device="cuda", dtype=dtype)
+                x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
+                row = compare(ref, x, backend)
+                row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
+                rows.append(row)
+                print(_line(row), flush=True)
+    return rows
+
+
+def _line(row: dict) -> str:
+    t = row["T"]
+    us = {k: row[k] * 1e3 / t for k in ("fwd_torch", "fwd_flashgru", "fb_torch", "fb_flashgru")}
+    return (f"{row['dtype']:>8} H={row['H']:<5} B={row['B']:<4} {row['backend']:>7} | fwd µs/step "
+            f"cuDNN {us['fwd_torch']:7.2f} ours {us['fwd_flashgru']:7.2f} "
+            f"×{row['fwd_torch'] / row['fwd_flashgru']:5.2f} | fwd+bwd cuDNN "
+            f"{us['fb_torch']:7.2f} ours {us['fb_flashgru']:7.2f} "
+            f"×{row['fb_torch'] / row['fb_flashgru']:5.2f} | err out {row['err_flashgru']:.1e} "
+            f"(torch {row['err_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
+            f"(torch {row['err_dx_torch']:.1e})")
+
+
+def sweep(points, steps) -> list[dict]:
+    """Inference time of the core alone for several launch splits around the default."""
+    rows = []
+    for b, h in points:
+        default = tg.choose_config(b, h, torch.device("cuda"), torch.float32)
+        candidates = {default}
+        for factor in (0.25, 0.5, 2, 4):
+            s = max(int(default.slice * factor), 16 if default.dot else 1)
+            for warps in (4, 8):
+                cfg = default._replace(slice=s, warps=warps)
+                if -(-h // s) <= 132 and (default.dot or b * s * min(cfg.block_k, h) <= 16384):
+                    candidates.add(cfg)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        gi = torch.randn(steps, b, 3 * h, device="cuda", generator=g)
+        h0 = torch.randn(b, h, device="cuda", generator=g)
+        w = torch.randn(3 * h, h, device="cuda", generator=g) / h ** 0.5
+        bias = torch.randn(3 * h, device="cuda", generator=g)
+        lens = torch.full((b,), steps, device="cuda")
+        for cfg in sorted(candidates):
+            args = (gi, h0, w, bias, lens, True, False, cfg)
+            fwd = timed(lambda a=args: tg.forward(*a))
+            row = dict(B=b, H=h, cfg=cfg._asdict(), default=cfg == default,
+                       fwd_us=fwd * 1e3 / steps)
+            rows.append(row)
+            print(f"sweep B={b:<4} H={h:<5} {cfg} fwd {row['fwd_us']:.2f} µs/step"
+                  f"{'  (default)' if row['default'] else ''}", flush=True)
+    return rows
+
+
+def bidirectional(backend) -> dict:
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(128, 256, 2, bidirectional=True, device="cuda")
+    x = torch.randn(256, 32, 128, device="cuda")
+    row = compare(ref, x, backend)
+    row.update(dtype="float32", H=256, B=32, T=256)
+    print("2-layer bidirectional, I=128:", _line(row), flush=True)
+    return row
+
+
+def long_sequence(steps=65536, hidden=256) -> dict:
+    """A length cuDNN refuses: flashgru trains on it; torch's auto path would not run it
+    on cuDNN."""
+    torch.manual_seed(0)
+    ours = flashgru.GRU(hidden, hidden, device="cuda", backend="triton")
+    x = torch.randn(steps, 1, hidden, device="cuda", requires_grad=True)
+    with torch.no_grad():
+        fwd = timed(lambda: ours(x), max_reps=5)
+    fb = timed(lambda: ours(x)[0].sum().backward(), max_reps=5)
+    row = dict(T=steps, H=hidden, B=1, fwd_us=fwd * 1e3 / steps, fb_us=fb * 1e3 / steps)
+    print(f"T={steps} B=1 H={hidden}: forward {row['fwd_us']:.2f} µs/step, forward+backward "
+          f"{row['fb_us']:.2f} µs/step (cuDNN refuses this length)", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--auto", action="store_true")
+    parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton",
+          tg.triton.__version__, flush=True)
+    backend = "auto" if args.auto else "triton"
+    results = {}
+    if args.sweep:
+        results["sweep"] = sweep([(1, 256), (16, 1024), (128, 1024)], args.steps)
+    hidden, batch = ((64, 256, 1024), (1, 128)) if args.quick else (HIDDEN, BATCH)
+    results["grid"] = grid((torch.float32, torch.bfloat16), hidden, batch, args.steps,
+                           backend)
+    results["bidirectional"] = bidirectional(backend)
+    results["long"] = long_sequence()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print("\nsummary (µs per step, speedup over cuDNN):")
+    for row in results["grid"]:
+        t = row["T"]
+        print(f"{row['dtype']:>8} H={row['H']:<5} B={row['B']:<4} "
+              f"fwd {row['fwd_flashgru'] * 1e3 / t:6.2f}"
+              f" ×{row['fwd_torch'] / row['fwd_flashgru']:5.2f}  f+b "
+              f"{row['fb_flashgru'] * 1e3 / t:6.2f} ×{row['fb_torch'] / row['fb_flashgru']:5.2f}"
+              f"  err {row['err_flashgru']:.0e}/{row['err_torch']:.0e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""The fused GPU backend: persistent Triton kernels for the recurrent core, forward and
+backward through time, both formulations, sequence lengths, fp32/bf16/fp16 (fp32
+arithmetic) and fp64.
+
+One launch runs a whole layer-direction. The hidden units are split over P programs
+(grid axis 0) and the batch over tiles (grid axis 1); program p owns hidden units
+[p·S, (p+1)·S) of its tile's rows and keeps their state in registers across the time loop.
+A step needs all of h (the hidden product), so each program writes its slice of h' to a
+double-buffered state in global memory (L2-resident) and the P programs of a tile meet at
+a barrier, a monotonic counter in global memory, before the next step reads it. All
+programs must be resident at once, so the launcher keeps the grid within the number of
+multiprocessors. W_hh is read from L2 each step (12 MB at H=1024 stays there).
+
+Backward runs the reverse recurrence the same way: each program forms the gradients of
+its slice's gate pre-activations, publishes them, meets the others at the barrier, and
+multiplies the whole vector by its columns of W_hh (read from W_hhᵀ, transposed once per
+call). The weight gradients are GEMMs over all steps afterwards.
+
+reset_after=False needs h ⊙ r, all of it, in the middle of a step, and its backward needs
+two whole gradient vectors: two barriers per step instead of one.
+
+Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly): that is how they are
+tested without a GPU. The interpreter runs programs one after another, so a barrier among
+several programs would wait forever: there each batch tile gets one program (P = 1), which
+runs the same code, barrier included.
+
+Needs Triton (``pip install 'flashgru[gpu]'``) and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the backend is then unavailable; see missing()
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def missing() -> str | None:
+    if triton is None:
+        return "it needs Triton: pip install 'flashgru[gpu]'"
+    if not (INTERPRET or torch.cuda.is_available()):
+        return "it needs a CUDA GPU (or TRITON_INTERPRET=1 to run its kernels on the CPU)"
+    return None
+
+
+def devices() -> tuple[str, ...]:
+    return ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+
+def _jit(fn):
+    return fn if triton is None else triton.jit(fn)
+
+
+# ---- kernels -----------------------------------------------------------------------------
+
+@_jit
+def _barrier(sync, arrivals):
+    """Arrive at the counter ``sync`` and wait until ``arrivals`` arrivals in all."""
+    tl.debug_barrier()
+    tl.atomic_add(sync, 1, sem="release", scope="gpu")
+    while tl.atomic_add(sync, 0, sem="acquire", scope="gpu") < arrivals:
+        pass
+    tl.debug_barrier()
+
+
+@_jit
+def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K,
+        BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+        ACC: tl.constexpr):
+    """(BB, S) = A[rows, :K] @ V[:K, cols], where A[i, k] = a[i·a_stride + k] was written
+    by other programs of this launch (read through L2) and V[k, s] =
+    w[k·stride_k + s·stride_s]."""
+    acc = tl.zeros((BB, S), ACC)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < K
+        x = tl.load(a + rows[:, None] * a_stride + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+        v = tl.load(w + ks[:, None] * stride_k + cols[None, :] * stride_s,
+                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        if DOT:
+            if v.dtype == tl.float32:
+                acc += tl.dot(x, v, input_precision="ieee")
+            else:
+                acc += tl.dot(x.to(v.dtype), v).to(ACC)
+        else:
+            acc += tl.sum(x.to(ACC)[:, :, None] * v.to(ACC)[None, :, :], axis=1)
+    return acc
+
+
+@_jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@_jit
+def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, sync,
+                    B, H, row0, t_begin, t_end,
+                    BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
+                    DOT: tl.constexpr, ACC: tl.constexpr):
+    """Steps [t_begin, t_end) of one layer-direction.
+
+    gi (T, B, 3H) input projections; w = W_hh (3H, H); b = b_hh (3H,); lengths (B,);
+    out (T, B, H); hbuf (2, B, H) the state, hbuf[t % 2] = h before step t (fp32/fp64);
+    rhbuf (B, H) scratch for r ⊙ h; r_s, z_s, n_s, ghn_s (T, B, H) the saved gates
+    (with SAVE); sync: one int32 counter per batch tile, zero at launch.
+    """
+    p = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    tile = tl.program_id(1)
+    rows = row0 + tile * BB + tl.arange(0, BB)
+    rmask = rows < B
+    cols = p * S + tl.arange(0, S)
+    cmask = cols < H
+    m = rmask[:, None] & cmask[None, :]
+    own = rows[:, None] * H + cols[None, :]
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    b_r = tl.load(b + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+    b_z = tl.load(b + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+    b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+    sync += tile
+    h = tl.load(hbuf + (t_begin % 2) * B * H + own, mask=m, other=0.0)
+    for t in range(t_begin, t_end):
+        cur = hbuf + (t % 2) * B * H
+        g = gi + t * B * 3 * H + rows[:, None] * 3 * H + cols[None, :]
+        gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
+        gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
+        gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
+        gh_r = _mm(cur, H, rows, rmask, w, 1, H, cols, cmask, H, BB, S, BK, DOT, ACC)
+        gh_z = _mm(cur, H, rows, rmask, w + H * H, 1, H, cols, cmask, H, BB, S, BK, DOT, ACC)
+        r = tl.sigmoid(gi_r + gh_r + b_r)
+        z = tl.sigmoid(gi_z + gh_z + b_z)
+        if RESET_AFTER:
+            ghn = _mm(cur, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
+                      BB, S, BK, DOT, ACC) + b_n
+            n = _tanh(gi_n + r * ghn)
+        else:
+            tl.store(rhbuf + own, r * h, mask=m)
+            _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
+            ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
+                      BB, S, BK, DOT, ACC) + b_n
+            n = _tanh(gi_n + ghn)
+        h_new = (1.0 - z) * n + z * h
+        ok = m & (t < lens)[:, None]
+        h = tl.where(ok, h_new, h)
+        at = t * B * H + own
+        tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
+        if SAVE:
+            tl.store(r_s + at, tl.where(ok, r, 0.0), mask=m)
+            tl.store(z_s + at, tl.where(ok, z, 0.0), mask=m)
+            tl.store(n_s + at, tl.where(ok, n, 0.0), mask=m)
+            if RESET_AFTER:
+                tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
+        tl.store(hbuf + ((t + 1) % 2) * B * H + own, h, mask=m)
+        if RESET_AFTER:
+            _barrier(sync, (t - t_begin + 1) * n_prog)
+        else:
+            _barrier(sync, (2 * (t - t_begin) + 2) * n_prog)
+
+
+@_jit
+def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
+                     sync, B, H, row0, t_begin, t_end,
+                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr,
+                     ACC: tl.constexpr):
+    """Steps t_end-1 down to t_begin of the reverse recurrence.
+
+    dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
+    Writes dgi (T, B, 3H) = ∂L/∂gi and, for reset_after=True, dgh (T, B, 3H) =
+    ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
+    at the end). sync as in the forward kernel.
+    """
+    p = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    tile = tl.program_id(1)
+    rows = row0 + tile * BB + tl.arange(0, BB)
+    rmask = rows < B
+    cols = p * S + tl.arange(0, S)
+    cmask = cols < H
+    m = rmask[:, None] & cmask[None, :]
+    own = rows[:, None] * H + cols[None, :]
+    own3 = rows[:, None] * 3 * H + cols[None, :]
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    sync += tile
+    carried = tl.load(dh + own, mask=m, other=0.0)
+    for i in range(t_end - t_begin):
+        t = t_end - 1 - i
+        ok = m & (t < lens)[:, None]
+        at = t * B * H + own
+        d = tl.load(dout + at, mask=m, other=0.0).to(ACC) + carried
+        if t > 0:
+            h_prev = tl.load(out + at - B * H, mask=m, other=0.0).to(ACC)
+        else:
+            h_prev = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
+        r = tl.load(r_s + at, mask=m, other=0.0)
+        z = tl.load(z_s + at, mask=m, other=0.0)
+        n = tl.load(n_s + at, mask=m, other=0.0)
+        dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
+        dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
+        g3 = t * B * 3 * H
+        if RESET_AFTER:
+            ghn = tl.load(ghn_s + at, mask=m, other=0.0)
+            dr = dn * ghn * r * (1.0 - r)
+            tl.store(dgi + g3 + own3, dr, mask=m)
+            tl.store(dgi + g3 + own3 + H, dz, mask=m)
+            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+            tl.store(dgh + g3 + own3, dr, mask=m)
+            tl.store(dgh + g3 + own3 + H, dz, mask=m)
+            tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
+            _barrier(sync, (i + 1) * n_prog)
+            a = dgh + g3
+            carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, H,
+                        BB, S, BK, DOT, ACC)
+            carry += _mm(a + H, 3 * H, rows, rmask, wt + H, 1, 3 * H, cols, cmask, H,
+                         BB, S, BK, DOT, ACC)
+            carry += _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask, H,
+                         BB, S, BK, DOT, ACC)
+        else:
+            tl.store(dgi + g3 + own3 + H, dz, mask=m)
+            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+            _barrier(sync, (2 * i + 1) * n_prog)
+            a = dgi + g3
+            d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask, H,
+                       BB, S, BK, DOT, ACC)
+            dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
+            tl.store(dgi + g3 + own3, dr, mask=m)
+            _barrier(sync, (2 * i + 2) * n_prog)
+            carry = r * d_rh
+            carry += _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, H,
+                         BB, S, BK, DOT, ACC)
+            carry += _mm(a + H, 3 * H, rows, rmask, wt + H, 1, 3 * H, cols, cmask, H,
+                         BB, S, BK, DOT, ACC)
+        carried = tl.where(ok, d * z + carry, carried)
+    tl.store(dh + own, carried, mask=m)
+
+
+# ---- launch configuration ----------------------------------------------------------------
+
+class Config(NamedTuple):
+    """How a launch splits the work. block_batch (BB) rows per tile; slice (S) hidden units
+    per program; block_k (BK) the reduction chunk; dot: tl.dot (needs BB, S, BK ≥ 16) or
+    a broadcast-and-sum product; warps per program."""
+
+    block_batch: int
+    slice: int
+    block_k: int
+    dot: bool
+    warps: int = 4
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
+    """The default split for a call (see the module docstring)."""
+    if device.type != "cuda":  # the interpreter: one program per tile, whole loop
+        hp = _pow2(hidden)
+        return Config(_pow2(min(batch, 16)), hp, hp, dot=False)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    block_batch = _pow2(min(batch, 64))
+    dot = block_batch >= 16 and dtype != torch.float64
+    tiles = min(-(-batch // block_batch), sms)
+    slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
+    slice_ = max(slice_, 16 if dot else 1)
+    block_k = 64 if dot else max(16, min(_pow2(hidden), 8192 // (block_batch * slice_)))
+    return Config(block_batch, slice_, block_k, dot)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
+    """Run ``kernel`` over all rows and steps, in batch chunks that keep every program of a
+    launch resident at once (the barrier needs that)."""
+    programs = -(-hidden // cfg.slice)
+    device = args[0].device
+    if device.type != "cuda" and programs > 1:
+        raise ValueError("the Triton interpreter runs one program per batch tile: "
+                         f"slice {cfg.slice} must cover all {hidden} hidden units")
+    tiles_per_launch = max(1, _grid_limit(device) // programs)
+    rows_per_launch = cfg.block_batch * tiles_per_launch
+    for row0 in range(0, batch, rows_per_launch):
+        tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+        sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+        kernel[(programs, tiles)](
+            *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch, S=cfg.slice,
+            BK=cfg.block_k, DOT=cfg.dot, num_warps=cfg.warps, **consts)
+
+
+def _grid_limit(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# ---- the core ----------------------------------------------------------------------------
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every buffer a kernel writes comes from here (the tests fill them with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
+            reset_after: bool, save: bool, cfg: Config | None = None):
+    """Returns out (T, B, H) in gi's dtype and, with ``save``, the gates r, z, n and (for
+    reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype."""
+    steps, batch, _ = gi.shape
+    hidden = h0.shape[-1]
+    acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
+    cfg = cfg or choose_config(batch, hidden, gi.device, gi.dtype)
+    out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
+    kept = steps if save else 0
+    saved = [_empty(kept, batch, hidden, dtype=acc, device=gi.device)
+             for _ in range(3 + reset_after)]
+    ghn_s = saved[3] if reset_after else saved[0]
+    hbuf = _empty(2, batch, hidden, dtype=acc, device=gi.device)
+    hbuf[0] = h0
+    rhbuf = _empty(batch, hidden, dtype=acc, device=gi.device) if not reset_after else hbuf
+    if steps and batch:
+        args = (gi.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, out, hbuf,
+                rhbuf, *saved[:3], ghn_s)
+        _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
+                SAVE=save, ACC=_acc(gi.dtype))
+    return out, saved
+
+
+def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Tensor],
+             lengths: Tensor, reset_after: bool, cfg: Config | None = None):
+    """Returns dgi (T, B, 3H), dh0 (B, H), dW_hh (3H, H), db_hh (3H,), in the arithmetic's
+    dtype."""
+    steps, batch, hidden = out.shape
+    acc = saved[0].dtype
+    cfg = cfg or choose_config(batch, hidden, out.device, out.dtype)
+    dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
+    dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
+    dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
+    ghn_s = saved[3] if reset_after else saved[0]
+    if steps and batch:
+        args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
+                ghn_s, lengths, dgi, dgh, dh)
+        _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
+                ACC=_acc(acc))
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).to(acc).flatten(0, 1)  # (T·B, H)
+    if reset_after:
+        flat = dgh.flatten(0, 1)
+        dw_hh = flat.t() @ h_prev
+    else:
+        flat = dgi.flatten(0, 1)
+        rh = saved[0].flatten(0, 1) * h_prev
+        dw_hh = torch.cat([flat[:, : 2 * hidden].t() @ h_prev, flat[:, 2 * hidden:].t() @ rh])
+    return dgi, dh, dw_hh, flat.sum(0)
+
+
+# ---- the op: torch.library, so torch.compile sees one opaque call -------------------------
+
+def _gates_like(gi: Tensor, h0: Tensor, kept: int) -> Tensor:
+    acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
+    return gi.new_empty(kept, gi.shape[1], h0.shape[-1], dtype=acc)
+
+
+def _define_ops():
+    @torch.library.custom_op("flashgru::triton_gru", mutates_args=())
+    def gru_op(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
+               reset_after: bool, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        out, saved = forward(gi, h0, w_hh, b_hh, lengths, reset_after, save)
+        ghn = saved[3] if reset_after else _gates_like(gi, h0, 0)
+        return out, saved[0], saved[1], saved[2], ghn
+
+    @gru_op.register_fake
+    def _(gi, h0, w_hh, b_hh, lengths, reset_after, save):
+        kept = gi.shape[0] if save else 0
+        out = gi.new_empty(gi.shape[0], gi.shape[1], h0.shape[-1])
+        return (out, *(_gates_like(gi, h0, kept) for _ in range(3)),
+                _gates_like(gi, h0, kept if reset_after else 0))
+
+    @torch.library.custom_op("flashgru::triton_gru_backward", mutates_args=())
+    def gru_backward_op(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, r: Tensor,
+                        z: Tensor, n: Tensor, ghn: Tensor, lengths: Tensor,
+                        reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        saved = [r, z, n, ghn] if reset_after else [r, z, n]
+        return backward(dout, h0, w_hh, out, saved, lengths, reset_after)
+
+    @gru_backward_op.register_fake
+    def _(dout, h0, w_hh, out, r, z, n, ghn, lengths, reset_after):
+        steps, batch, hidden = out.shape
+        return (r.new_empty(steps, batch, 3 * hidden), r.new_empty(batch, hidden),
+                r.new_empty(3 * hidden, hidden), r.new_empty(3 * hidden))
+
+    def setup_context(ctx, inputs, output):
+        gi, h0, w_hh, b_hh, lengths, reset_after, save = inputs
+        if not save:
+            ctx.mark_non_differentiable(*output)
+        ctx.save_for_backward(h0, w_hh, output[0], *output[1:], lengths)
+        ctx.reset_after = reset_after
+        ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
+
+    def backward_fn(ctx, dout, *_):
+        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
+            raise RuntimeError("backend 'triton' has no double backward; use "
+                               "backend='reference' for gradients of gradients")
+        h0, w_hh, out, r, z, n, ghn, lengths = ctx.saved_tensors
+        grads = gru_backward_op(dout, h0, w_hh, out, r, z, n, ghn, lengths, ctx.reset_after)
+        dgi, dh0, dw_hh, db_hh = (g.to(dtype) for g, dtype in zip(grads, ctx.dtypes,
+                                                                   strict=True))
+        return dgi, dh0, dw_hh, db_hh, None, None, None
+
+    gru_op.register_autograd(backward_fn, setup_context=setup_context)
+    return gru_op
+
+
+_gru_op = _define_ops() if triton is not None else None
+
+
+def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
+         reset_after: bool) -> Tensor:
+    """The recurrent core (see ``reference.core`` for the contract) in Triton kernels.
+
+    gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,) or None, lengths (B,) or None; CUDA
+    tensors (CPU ones under TRITON_INTERPRET=1) of one of DTYPES. Returns out (T, B, H).
+    """
+    if h0.device.type not in devices() or h0.dtype not in DTYPES:
+        raise ValueError(f"backend 'triton' runs {'/'.join(devices())} tensors of "
+                         f"{', '.join(str(d) for d in DTYPES)}; got {h0.dtype} on {h0.device}")
+    if gi.dtype != h0.dtype:  # autocast made the input projection low precision
+        gi = gi.to(h0.dtype)
+    steps, batch = gi.shape[:2]
+    if lengths is None:
+        lengths = torch.full((batch,), steps, dtype=torch.int64, device=gi.device)
+    else:
+        lengths = lengths.to(device=gi.device, dtype=torch.int64)
+    bias = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
+    save = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (gi, h0, w_hh, bias))
+    return _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]

@@ -1,0 +1,186 @@
+"""The Triton backend's kernels against the reference core: outputs and every gradient,
+both formulations, lengths, several launch splits, with every buffer the kernels write
+poisoned with NaN first. On a machine without a GPU the kernels run in Triton's
+interpreter on the CPU (TRITON_INTERPRET=1, set by conftest.py); with a GPU, on the GPU."""
+
+import math
+
+import pytest
+import torch
+from helpers import FORMS, assert_close
+from test_parity_torch import _cases, _ids, run_pair
+
+import flashgru
+from flashgru.backends import BACKENDS, reference
+
+pytestmark = pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                                reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+
+if BACKENDS["triton"].missing() is None:
+    from flashgru.backends import triton_gru as tg
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    """Every buffer a kernel writes starts as NaN, so an unwritten element fails."""
+    def empty(*shape, dtype, device):
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+
+    monkeypatch.setattr(tg, "_empty", empty)
+
+
+def _problem(steps, batch, hidden, dtype, lengths=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(
+            dtype=dtype, device=DEVICE).requires_grad_()
+
+    gi, h0 = rand(steps, batch, 3 * hidden), rand(batch, hidden)
+    w, b = rand(3 * hidden, hidden, scale=hidden ** -0.5), rand(3 * hidden)
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
+    return gi, h0, w, b, lengths
+
+
+def _compare(steps, batch, hidden, reset_after, dtype, lengths=None, cfg=None, bias=True):
+    """Kernels vs the reference core in float64 on the same (rounded) inputs."""
+    gi, h0, w, b, lengths = _problem(steps, batch, hidden, dtype, lengths)
+    b = b if bias else None
+    ref_in = [t.detach().double().requires_grad_() if t is not None else None
+              for t in (gi, h0, w, b)]
+    ref = reference.core(*ref_in, lengths, reset_after)
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64).to(DEVICE)
+    ref_grads = torch.autograd.grad(ref, [t for t in ref_in if t is not None], dout)
+    if cfg is None:
+        out = tg.core(gi, h0, w, b, lengths, reset_after)
+        grads = torch.autograd.grad(out, [t for t in (gi, h0, w, b) if t is not None],
+                                    dout.to(dtype))
+    else:  # a forced launch split, through the kernels' own entry points
+        lens = lengths if lengths is not None else torch.full((batch,), steps)
+        lens = lens.to(DEVICE)
+        bias_ = b.detach() if bias else w.new_zeros(3 * hidden).detach()
+        out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), bias_, lens,
+                                reset_after, True, cfg)
+        grads = tg.backward(dout.to(dtype), h0.detach(), w.detach(), out, saved, lens,
+                            reset_after, cfg)[: 3 + bias]
+    tol = TOL[dtype]
+    assert_close("out", ref, out.double(), tol, rtol=tol)
+    for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), ref_grads, grads, strict=False):
+        assert_close(name, r, g.double(), tol * 10, rtol=tol * 10)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("size", [(1, 1, 1), (7, 3, 13), (5, 4, 32)], ids=str)
+def test_core_matches_reference(size, dtype, reset_after):
+    _compare(*size, reset_after, dtype)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_lengths_and_no_bias(reset_after):
+    _compare(6, 5, 13, reset_after, torch.float64, lengths=[6, 2, 4, 1, 6], bias=False)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+def test_low_precision_storage(dtype, reset_after):
+    """fp16/bf16 tensors, fp32 arithmetic: within the storage format's rounding."""
+    _compare(5, 3, 13, reset_after, dtype, lengths=[5, 3, 1])
+
+
+# Launch splits: batch tiles (and, on a GPU, several programs per tile meeting at the
+# barrier), the tl.dot product, reduction chunks smaller than H.
+SPLITS = {}
+if BACKENDS["triton"].missing() is None:
+    SPLITS = {
+        "tiles": (torch.float64, tg.Config(2, 32, 8, dot=False)),
+        "dot-f32": (torch.float32, tg.Config(16, 32, 16, dot=True)),
+        "dot-f16": (torch.float16, tg.Config(16, 32, 16, dot=True)),
+    }
+    if DEVICE == "cuda":
+        SPLITS.update({
+            "programs": (torch.float32, tg.Config(2, 4, 8, dot=False)),
+            "programs-dot": (torch.float32, tg.Config(16, 16, 16, dot=True)),
+            "dot-bf16": (torch.bfloat16, tg.Config(16, 16, 16, dot=True)),
+        })
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_launch_splits(split, reset_after):
+    dtype, cfg = SPLITS[split]
+    _compare(4, 20, 30, reset_after, dtype, lengths=[4, 1, 3, 2] * 5, cfg=cfg)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's limit")
+def test_interpreter_refuses_several_programs():
+    gi, h0, w, b, _ = _problem(2, 1, 8, torch.float32)
+    with pytest.raises(ValueError, match="one program per batch tile"):
+        tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), torch.tensor([2]), True,
+                   False, tg.Config(1, 4, 8, dot=False))
+
+
+def test_inference_saves_nothing_and_matches():
+    gi, h0, w, b, _ = _problem(5, 2, 8, torch.float32)
+    with torch.no_grad():
+        out = tg.core(gi, h0, w, b, None, True)
+        _, saved = tg.forward(gi, h0, w, b, torch.full((2,), 5, device=DEVICE), True, False)
+    assert all(s.numel() == 0 for s in saved)
+    assert_close("out", reference.core(gi, h0, w, b, None, True).detach(), out, 1e-5)
+
+
+def test_no_double_backward():
+    gi, h0, w, b, _ = _problem(3, 2, 4, torch.float64)
+    out = tg.core(gi, h0, w, b, None, True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), gi, create_graph=True)
+
+
+def test_custom_op_registration():
+    """The fake (meta) implementation and the autograd registration agree with the real
+    kernels (torch.library.opcheck)."""
+    gi, h0, w, b, _ = _problem(3, 2, 4, torch.float32)
+    lengths = torch.tensor([3, 2], device=DEVICE)
+    for reset_after in (True, False):
+        torch.library.opcheck(torch.ops.flashgru.triton_gru.default,
+                              (gi, h0, w, b, lengths, reset_after, True))
+
+
+def test_module_on_triton_matches_torch():
+    """flashgru.GRU(backend="triton"), two layers, bidirectional, packed: torch's numbers."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(5, 7, 2, bidirectional=True, dtype=torch.float64, device=DEVICE)
+    ours = flashgru.GRU.from_torch(ref, backend="triton")
+    x = torch.randn(6, 3, 5, dtype=torch.float64, device=DEVICE)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [6, 4, 2])
+    (o_ref, h_ref), (o, h) = ref(packed), ours(packed)
+    assert_close("output", o_ref.data, o.data, 1e-12)
+    assert_close("h_n", h_ref, h, 1e-12)
+
+
+@pytest.mark.parametrize("case", list(_cases())[::23], ids=_ids)
+def test_module_matches_torch_sample(case):
+    """Every 23rd case of tests/test_parity_torch.py's float64 sweep (all of it on a GPU,
+    where the backend joins the sweep)."""
+    (o_ref, h_ref, g_ref), (o, h, g) = run_pair("triton", *case, torch.float64, device=DEVICE)
+    assert_close("output", o_ref, o, 1e-12)
+    assert_close("h_n", h_ref, h, 1e-12)
+    assert g_ref.keys() == g.keys()
+    for name in g_ref:
+        assert_close(name, g_ref[name], g[name], 1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_module_matches_torch_float32(form):
+    (o_ref, h_ref, g_ref), (o, h, g) = run_pair("triton", 2, True, False, True, form, True,
+                                                (9, 3, 5, 13), torch.float32, device=DEVICE)
+    assert_close("output", o_ref, o, 1e-5)
+    assert_close("h_n", h_ref, h, 1e-5)
+    for name in g_ref:
+        assert_close(name, g_ref[name], g[name], 1e-5, rtol=1e-5)
