@@ -114,13 +114,15 @@ def sweep(points, steps) -> list[dict]:
     rows = []
     for b, h in points:
         default = tg.choose_config(b, h, torch.device("cuda"), torch.float32)
-        candidates = {default}
-        for factor in (0.25, 0.5, 2, 4):
-            s = max(int(default.slice * factor), 16 if default.dot else 1)
-            for warps in (4, 8):
-                cfg = default._replace(slice=s, warps=warps)
-                if -(-h // s) <= 132 and (default.dot or b * s * min(cfg.block_k, h) <= 16384):
-                    candidates.add(cfg)
+        candidates = {default, default._replace(warps=8),
+                      default._replace(slice=default.slice * 2)}
+        if default.slice > (16 if default.dot else 1):
+            candidates.add(default._replace(slice=default.slice // 2))
+        if default.dot:
+            candidates |= {default._replace(precision="ieee"),
+                           default._replace(block_k=32), default._replace(block_k=128),
+                           default._replace(dot=False, block_k=max(16, 8192 // (
+                               default.block_batch * default.slice)))}
         g = torch.Generator(device="cuda").manual_seed(0)
         gi = torch.randn(steps, b, 3 * h, device="cuda", generator=g)
         h0 = torch.randn(b, h, device="cuda", generator=g)
@@ -177,7 +179,7 @@ def main() -> None:
     backend = "auto" if args.auto else "triton"
     results = {}
     if args.sweep:
-        results["sweep"] = sweep([(1, 256), (16, 1024), (128, 1024)], args.steps)
+        results["sweep"] = sweep([(1, 1024), (16, 256), (16, 1024), (128, 1024)], args.steps)
     hidden, batch = ((64, 256, 1024), (1, 128)) if args.quick else (HIDDEN, BATCH)
     results["grid"] = grid((torch.float32, torch.bfloat16), hidden, batch, args.steps,
                            backend)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, cpu_step, select_backend
+from .backends import BackendChoice, check_backend, cpu_step, select_backend
 from .backends.reference import GateTrace
 
 
@@ -89,7 +89,7 @@ class GRU(nn.GRU):
             name = next(iter(kwargs))
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument {name!r}")
         _check_bool("reset_after", reset_after)
-        select_backend(backend, reset_after=reset_after)  # raises for a bad choice
+        check_backend(backend, reset_after)  # raises for a bad choice
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device=device, dtype=dtype,

@@ -71,6 +71,24 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; choose one of {known}")
 
 
+def check_backend(requested: str, reset_after: bool) -> None:
+    """Raise for a backend that can't run this module anywhere: an unknown name, a missing
+    optional dependency, or a formulation it lacks. (Device and dtype are checked per call:
+    a module is often built on the CPU and moved.)"""
+    check_backend_name(requested)
+    if requested == "auto":
+        return
+    backend = BACKENDS[requested]
+    hint = backend.missing()
+    if hint is not None:
+        raise BackendUnavailableError(f"backend {requested!r} is unavailable: {hint}")
+    if not reset_after and not backend.reset_before:
+        raise ValueError(
+            f"backend {requested!r} runs only reset_after=True (torch's formulation); "
+            "for reset_after=False use backend='reference' or backend='auto'"
+        )
+
+
 def select_backend(
     requested: str = "auto",
     *,
@@ -105,18 +123,10 @@ def select_backend(
     ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
     call's.
     """
-    check_backend_name(requested)
+    check_backend(requested, reset_after)
     device = torch.device(device)
     if requested != "auto":
         backend = BACKENDS[requested]
-        hint = backend.missing()
-        if hint is not None:
-            raise BackendUnavailableError(f"backend {requested!r} is unavailable: {hint}")
-        if not reset_after and not backend.reset_before:
-            raise ValueError(
-                f"backend {requested!r} runs only reset_after=True (torch's formulation); "
-                "for reset_after=False use backend='reference' or backend='auto'"
-            )
         if not _runs(backend, device, dtype):
             raise ValueError(
                 f"backend {requested!r} runs {_what(backend)}, not {dtype} on {device.type}; "

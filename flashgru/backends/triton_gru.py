@@ -74,9 +74,22 @@ def _barrier(sync, arrivals):
 
 
 @_jit
+def _product(x, v, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """x (BB, BK) @ v (BK, S) in ACC: tl.dot (fp32 at PREC; fp16/bf16 operands with fp32
+    accumulation) or a broadcast product summed over BK."""
+    if DOT:
+        if v.dtype == tl.float32:
+            return tl.dot(x, v, input_precision=PREC)
+        else:
+            return tl.dot(x.to(v.dtype), v).to(ACC)
+    else:
+        return tl.sum(x.to(ACC)[:, :, None] * v.to(ACC)[None, :, :], axis=1)
+
+
+@_jit
 def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K,
         BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
-        ACC: tl.constexpr):
+        PREC: tl.constexpr, ACC: tl.constexpr):
     """(BB, S) = A[rows, :K] @ V[:K, cols], where A[i, k] = a[i·a_stride + k] was written
     by other programs of this launch (read through L2) and V[k, s] =
     w[k·stride_k + s·stride_s]."""
@@ -88,14 +101,31 @@ def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K,
                     mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
         v = tl.load(w + ks[:, None] * stride_k + cols[None, :] * stride_s,
                     mask=kmask[:, None] & cmask[None, :], other=0.0)
-        if DOT:
-            if v.dtype == tl.float32:
-                acc += tl.dot(x, v, input_precision="ieee")
-            else:
-                acc += tl.dot(x.to(v.dtype), v).to(ACC)
-        else:
-            acc += tl.sum(x.to(ACC)[:, :, None] * v.to(ACC)[None, :, :], axis=1)
+        acc += _product(x, v, DOT, PREC, ACC)
     return acc
+
+
+@_jit
+def _hidden_product(a, rows, rmask, w, cols, cmask, H,
+                    BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+                    PREC: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr):
+    """The first GATES gate blocks of h @ W_hhᵀ for this program's hidden units, (BB, S)
+    each, in one pass over h: h (B, H) at ``a`` (written by other programs), w = W_hh."""
+    acc_r = tl.zeros((BB, S), ACC)
+    acc_z = tl.zeros((BB, S), ACC)
+    acc_n = tl.zeros((BB, S), ACC)
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < H
+        x = tl.load(a + rows[:, None] * H + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+        v = w + ks[:, None] + cols[None, :] * H
+        vmask = kmask[:, None] & cmask[None, :]
+        acc_r += _product(x, tl.load(v, mask=vmask, other=0.0), DOT, PREC, ACC)
+        acc_z += _product(x, tl.load(v + H * H, mask=vmask, other=0.0), DOT, PREC, ACC)
+        if GATES == 3:
+            acc_n += _product(x, tl.load(v + 2 * H * H, mask=vmask, other=0.0), DOT, PREC, ACC)
+    return acc_r, acc_z, acc_n
 
 
 @_jit
@@ -108,7 +138,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
                     B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
-                    DOT: tl.constexpr, ACC: tl.constexpr):
+                    DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; w = W_hh (3H, H); b = b_hh (3H,); lengths (B,);
@@ -137,19 +167,18 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
-        gh_r = _mm(cur, H, rows, rmask, w, 1, H, cols, cmask, H, BB, S, BK, DOT, ACC)
-        gh_z = _mm(cur, H, rows, rmask, w + H * H, 1, H, cols, cmask, H, BB, S, BK, DOT, ACC)
+        gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, BB, S, BK,
+                                           DOT, PREC, ACC, 3 if RESET_AFTER else 2)
         r = tl.sigmoid(gi_r + gh_r + b_r)
         z = tl.sigmoid(gi_z + gh_z + b_z)
         if RESET_AFTER:
-            ghn = _mm(cur, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
-                      BB, S, BK, DOT, ACC) + b_n
+            ghn = gh_n + b_n
             n = _tanh(gi_n + r * ghn)
         else:
             tl.store(rhbuf + own, r * h, mask=m)
             _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
             ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
-                      BB, S, BK, DOT, ACC) + b_n
+                      BB, S, BK, DOT, PREC, ACC) + b_n
             n = _tanh(gi_n + ghn)
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
@@ -173,7 +202,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
 def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
                      sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
-                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr,
+                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
@@ -220,28 +249,20 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgh + g3 + own3 + H, dz, mask=m)
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
             _barrier(sync, (i + 1) * n_prog)
-            a = dgh + g3
-            carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, H,
-                        BB, S, BK, DOT, ACC)
-            carry += _mm(a + H, 3 * H, rows, rmask, wt + H, 1, 3 * H, cols, cmask, H,
-                         BB, S, BK, DOT, ACC)
-            carry += _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask, H,
-                         BB, S, BK, DOT, ACC)
+            carry = _mm(dgh + g3, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H,
+                        BB, S, BK, DOT, PREC, ACC)
         else:
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             _barrier(sync, (2 * i + 1) * n_prog)
             a = dgi + g3
             d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask, H,
-                       BB, S, BK, DOT, ACC)
+                       BB, S, BK, DOT, PREC, ACC)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
             tl.store(dgi + g3 + own3, dr, mask=m)
             _barrier(sync, (2 * i + 2) * n_prog)
-            carry = r * d_rh
-            carry += _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, H,
-                         BB, S, BK, DOT, ACC)
-            carry += _mm(a + H, 3 * H, rows, rmask, wt + H, 1, 3 * H, cols, cmask, H,
-                         BB, S, BK, DOT, ACC)
+            carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 2 * H,
+                                   BB, S, BK, DOT, PREC, ACC)
         carried = tl.where(ok, d * z + carry, carried)
     tl.store(dh + own, carried, mask=m)
 
@@ -251,13 +272,15 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
 class Config(NamedTuple):
     """How a launch splits the work. block_batch (BB) rows per tile; slice (S) hidden units
     per program; block_k (BK) the reduction chunk; dot: tl.dot (needs BB, S, BK ≥ 16) or
-    a broadcast-and-sum product; warps per program."""
+    a broadcast-and-sum product; warps per program; precision: tl.dot's for fp32 operands
+    ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee")."""
 
     block_batch: int
     slice: int
     block_k: int
     dot: bool
     warps: int = 4
+    precision: str = "tf32x3"
 
 
 def _pow2(n: int) -> int:
@@ -291,14 +314,17 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     if device.type != "cuda" and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
-    tiles_per_launch = max(1, _grid_limit(device) // programs)
+    if programs > _grid_limit(device):
+        raise ValueError(f"{programs} programs per batch tile can't all be resident on "
+                         f"{_grid_limit(device)} multiprocessors: use a larger slice")
+    tiles_per_launch = _grid_limit(device) // programs
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
         sync = torch.zeros(tiles, dtype=torch.int32, device=device)
         kernel[(programs, tiles)](
             *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch, S=cfg.slice,
-            BK=cfg.block_k, DOT=cfg.dot, num_warps=cfg.warps, **consts)
+            BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision, num_warps=cfg.warps, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
