@@ -184,3 +184,33 @@ def test_module_matches_torch_float32(form):
     assert_close("h_n", h_ref, h, 1e-5)
     for name in g_ref:
         assert_close(name, g_ref[name], g[name], 1e-5, rtol=1e-5)
+
+
+def test_compiles_fullgraph_as_one_op():
+    """torch.compile(fullgraph=True) traces a model around flashgru.GRU(backend="triton"):
+    the kernels are one torch.library op with a fake implementation. Dynamo refuses every
+    nn.GRU (subclasses too) unless allow_rnn is set, as for torch.nn.GRU."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = flashgru.GRU(8, 16, backend="triton", device=DEVICE)
+            self.head = torch.nn.Linear(16, 1, device=DEVICE)
+
+        def forward(self, x):
+            return self.head(self.gru(x)[0]).sum()
+
+    torch.manual_seed(0)
+    model = Model()
+    x = torch.randn(5, 3, 8, device=DEVICE)
+    with torch._dynamo.config.patch(allow_rnn=True):
+        compiled = torch.compile(model, fullgraph=True)
+        y = compiled(x)
+        y.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    y_eager = model(x)
+    y_eager.backward()
+    assert_close("loss", y_eager.detach(), y.detach(), 1e-5)
+    for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+        assert_close(name, p.grad, g, 1e-5, rtol=1e-5)
