@@ -3,6 +3,7 @@ GRU with T=1 through ``cpu._step``. Same numbers as the reference step and torch
 input form; calls that want gradients or are out of the path's reach take the ordinary
 path, with correct results and gradients. Each test asserts which path ran."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from helpers import assert_close
 import flashgru
 from flashgru.backends import cpu, cpu_step, reference
 
+numba = pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(cpu.missing() is not None, reason="needs numba and SciPy")
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -244,3 +246,16 @@ def test_cell_input_is_not_written(cell_calls):
         out = cell(x, h)
     assert torch.equal(x, x0) and torch.equal(h, h0)
     assert out.data_ptr() != h.data_ptr() and len(cell_calls) == 1
+
+
+@pytest.mark.parametrize("dtype, lo, hi, bound", [
+    (np.float64, -708.0, 708.0, 4e-16), (np.float32, -87.0, 88.0, 2 * 2.0**-24)],
+    ids=["f64", "f32"])
+def test_gate_exp_relative_error(dtype, lo, hi, bound):
+    """The gates' vectorised exp (shared with the sequence kernels), in each dtype's own
+    arithmetic, against float64 numpy on a fine grid of its whole range."""
+    x = np.linspace(lo, hi, 200_001).astype(dtype)
+    got = x.copy()
+    numba.njit(lambda v, bits: cpu._vexp(v, bits))(got, np.empty(len(x), dtype=np.int64))
+    ref = np.exp(x.astype(np.float64))
+    assert (np.abs(got - ref) / ref).max() <= bound
