@@ -114,15 +114,16 @@ def sweep(points, steps) -> list[dict]:
     rows = []
     for b, h in points:
         default = tg.choose_config(b, h, torch.device("cuda"), torch.float32)
-        candidates = {default, default._replace(warps=8),
-                      default._replace(slice=default.slice * 2)}
-        if default.slice > (16 if default.dot else 1):
-            candidates.add(default._replace(slice=default.slice // 2))
-        if default.dot:
-            candidates |= {default._replace(precision="ieee"),
-                           default._replace(block_k=32), default._replace(block_k=128),
-                           default._replace(dot=False, block_k=max(16, 8192 // (
-                               default.block_batch * default.slice)))}
+        candidates = {default, default._replace(dot=True, slice=max(16, default.slice),
+                                                block_k=64)}
+        for block_batch in {default.block_batch, default.block_batch // 2,
+                            default.block_batch * 2} - {0}:
+            tiles = -(-b // block_batch)
+            for s in (default.slice // 2, default.slice, default.slice * 2):
+                for bk in (default.block_k // 2, default.block_k, default.block_k * 2):
+                    if s >= 1 and 8 <= bk <= 1024 and -(-h // s) * tiles <= 132:
+                        candidates.add(tg.Config(block_batch, s, bk, False))
+        candidates |= {c._replace(warps=8) for c in list(candidates)[:4]}
         g = torch.Generator(device="cuda").manual_seed(0)
         gi = torch.randn(steps, b, 3 * h, device="cuda", generator=g)
         h0 = torch.randn(b, h, device="cuda", generator=g)
@@ -179,7 +180,7 @@ def main() -> None:
     backend = "auto" if args.auto else "triton"
     results = {}
     if args.sweep:
-        results["sweep"] = sweep([(1, 1024), (16, 256), (16, 1024), (128, 1024)], args.steps)
+        results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)
     hidden, batch = ((64, 256, 1024), (1, 128)) if args.quick else (HIDDEN, BATCH)
     results["grid"] = grid((torch.float32, torch.bfloat16), hidden, batch, args.steps,
                            backend)

@@ -10,15 +10,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import flashgru
 
-# Every backend of flashgru that runs natively on this machine, by the formulations it runs.
-# The Triton backend in Triton's CPU interpreter (no GPU here) is far too slow for the broad
-# sweeps: tests/test_triton.py tests it there, with a sample of the sweeps.
+# Every backend of flashgru that runs natively on this machine's CPU (BACKENDS) or GPU
+# (BACKENDS_CUDA), by the formulations it runs. The Triton backend in Triton's CPU
+# interpreter (no GPU here) is far too slow for the broad sweeps: tests/test_triton.py tests
+# it there, with a sample of the sweeps.
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
-BACKENDS = [n for n, b in flashgru.BACKENDS.items()
-            if b.missing() is None and n not in INTERPRETED]
+_NATIVE = [n for n, b in flashgru.BACKENDS.items() if b.missing() is None and n not in INTERPRETED]
+BACKENDS = [n for n in _NATIVE if flashgru.BACKENDS[n].devices in (None, ("cpu",))]
 BACKENDS_RESET_BEFORE = [n for n in BACKENDS if flashgru.BACKENDS[n].reset_before]
 BACKENDS_DOUBLE_BACKWARD = [n for n in BACKENDS if flashgru.BACKENDS[n].double_backward]
-BACKENDS_CUDA = [n for n in BACKENDS if flashgru.BACKENDS[n].devices in (None, ("cuda",))]
+BACKENDS_CUDA = [n for n in _NATIVE if flashgru.BACKENDS[n].devices in (None, ("cuda",))]
 FORMS = ["padded", "unbatched", "packed_sorted", "packed_unsorted"]
 
 

@@ -24,6 +24,15 @@ TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfl
 
 
 @pytest.fixture(autouse=True)
+def no_tf32():
+    """fp32 means fp32 in the references: cuDNN's RNNs otherwise use TF32 by default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
     """Every buffer a kernel writes starts as NaN, so an unwritten element fails."""
     def empty(*shape, dtype, device):

@@ -288,18 +288,18 @@ def _pow2(n: int) -> int:
 
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
-    """The default split for a call (see the module docstring)."""
+    """The default split for a call: batch tiles of up to 64 rows, as many programs per
+    tile as the multiprocessors allow, and the broadcast product (measured faster than
+    tl.dot's here, fp32 and bf16 alike, on an H100; see docs/performance.md)."""
+    hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop
-        hp = _pow2(hidden)
         return Config(_pow2(min(batch, 16)), hp, hp, dot=False)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     block_batch = _pow2(min(batch, 64))
-    dot = block_batch >= 16 and dtype != torch.float64
     tiles = min(-(-batch // block_batch), sms)
     slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
-    slice_ = max(slice_, 16 if dot else 1)
-    block_k = 64 if dot else max(16, min(_pow2(hidden), 8192 // (block_batch * slice_)))
-    return Config(block_batch, slice_, block_k, dot)
+    block_k = max(8, min(hp, 8192 // (block_batch * slice_)))
+    return Config(block_batch, slice_, block_k, dot=False)
 
 
 def _acc(dtype: torch.dtype):
