@@ -253,9 +253,10 @@ class GRUCell(nn.GRUCell):
     :class:`GRU`: True runs torch's own cell, False the original paper's.
 
     Streaming fast path: with numba installed, an inference call (no gradient wanted) on
-    contiguous float32/float64 CPU tensors of at most ``cpu_step.MAX_BATCH`` rows runs the
-    cpu backend's fused step (:func:`flashgru.backends.cpu_step.step`), same numbers within
-    rounding; anything else, and every call that needs gradients, runs the path above.
+    contiguous float32/float64 CPU tensors with few rows (batch 1 always; see
+    ``flashgru.backends.cpu.step_fits``) runs the cpu backend's fused step
+    (:func:`flashgru.backends.cpu_step.step`), same numbers within rounding; anything else,
+    and every call that needs gradients, runs the path above.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,

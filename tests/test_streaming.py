@@ -152,6 +152,17 @@ def test_gru_one_step_gradients_take_the_autograd_path(step_calls):
         assert_close(f"d{name}", g_ref, g, 1e-12)
 
 
+def test_gru_one_step_with_many_rows_takes_the_sequence_kernel(step_calls):
+    torch.manual_seed(0)
+    ours = flashgru.GRU(5, 7, dtype=torch.float64, reset_after=False)
+    ref = flashgru.GRU(5, 7, dtype=torch.float64, reset_after=False, backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, cpu.STEP_WORK // (3 * 7 * 7) + 1, 5, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close("output", ref(x)[0], ours(x)[0], 1e-12)
+    assert not step_calls
+
+
 def test_cell_inference_mode_takes_the_fast_path(cell_calls):
     cell = flashgru.GRUCell(5, 7)
     x, h = inputs(1, torch.float32)
@@ -162,11 +173,16 @@ def test_cell_inference_mode_takes_the_fast_path(cell_calls):
         assert_close("h'", reference_step(cell, x, h), out, 1e-5)
 
 
+def too_many_rows(t):
+    """t (3, F) repeated to more rows than ``cpu.step_fits`` takes for a (5, 7) cell."""
+    rows = cpu.STEP_WORK // (3 * 7 * (5 + 7)) + 1
+    return t.repeat(rows // 3 + 1, 1)[:rows]
+
+
 CELL_ORDINARY = {
     "non-contiguous input": lambda x, h: (x.t().contiguous().t(), h),
     "non-contiguous hx": lambda x, h: (x, h.t().contiguous().t()),
-    "batch above MAX_BATCH": lambda x, h: (x.repeat(cpu_step.MAX_BATCH + 1, 1),
-                                           h.repeat(cpu_step.MAX_BATCH + 1, 1)),
+    "more rows than step_fits takes": lambda x, h: (too_many_rows(x), too_many_rows(h)),
     "float64 input": lambda x, h: (x.double(), h),
     "float64 hx": lambda x, h: (x, h.double()),
     "a Parameter as input": lambda x, h: (torch.nn.Parameter(x, requires_grad=False), h),

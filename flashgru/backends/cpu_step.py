@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cpu import _gemv_rows, _jit, _step_after, _step_before, missing, numba
+from .cpu import _gemv_rows, _jit, _step_after, _step_before, missing, numba, step_fits
 
 if numba is not None:
     from numba.core import types
@@ -30,7 +30,6 @@ else:  # the cpu backend is unavailable; nothing here is called
 
 AVAILABLE = missing() is None
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}  # the kernel's dtype
-MAX_BATCH = 16  # rows per call; the dot-form GEMV reads each weight row from L1 per row
 
 
 # ---- kernels -----------------------------------------------------------------------------
@@ -86,9 +85,9 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
     input (B, I) or (I,); hx of the same rank with H = ``hidden`` features, or None
     (zeros); w_ih (3H, I), w_hh (3H, H), b_ih and b_hh (3H,) or None. Returns h' shaped
     like hx. Runs only an inference call that the ordinary path would accept as it is:
-    CPU tensors, float32 or float64 throughout, contiguous, of the right shapes, at most
-    ``MAX_BATCH`` rows, no gradient wanted, and no autocast, tracing, compiling, functorch
-    transform or torch function/dispatch mode active. Anything else returns None, so the
+    CPU tensors, float32 or float64 throughout, contiguous, of the right shapes, few enough
+    rows (``cpu.step_fits``), no gradient wanted, and no autocast, tracing, compiling,
+    functorch transform or torch function/dispatch mode active. Anything else returns None, so the
     caller's checks raise torch's errors for bad input. Every tensor is checked every call
     (``.data`` can be reassigned at any time), so no address can be stale.
     """
@@ -97,9 +96,11 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
     if like is None or type(input) is not Tensor or _special_mode():
         return None
     shape = input.shape
-    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] > MAX_BATCH):
+    if len(shape) not in (1, 2):
         return None
     rows, n_in = (shape[0] if len(shape) == 2 else 1), shape[-1]
+    if not step_fits(rows, 3 * hidden * (n_in + hidden)):
+        return None
     state = (*shape[:-1], hidden)
     if hx is None:
         hx = torch.zeros(state, dtype=dtype)
