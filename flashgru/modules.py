@@ -254,7 +254,7 @@ class GRUCell(nn.GRUCell):
 
     Streaming fast path: with numba installed, an inference call (no gradient wanted) on
     contiguous float32/float64 CPU tensors with few rows (batch 1 always; see
-    ``flashgru.backends.cpu.step_fits``) runs the cpu backend's fused step
+    ``flashgru.backends.cpu_step.step_fits``) runs the cpu backend's fused step
     (:func:`flashgru.backends.cpu_step.step`), same numbers within rounding; anything else,
     and every call that needs gradients, runs the path above.
     """

@@ -1,5 +1,5 @@
 """The streaming fast path (one step, inference): GRUCell through ``cpu_step._cell`` and
-GRU with T=1 through ``cpu._step``. Same numbers as the reference step and torch, every
+GRU with T=1 through ``cpu_step._core_step``. Same numbers as the reference step and torch, every
 input form; calls that want gradients or are out of the path's reach take the ordinary
 path, with correct results and gradients. Each test asserts which path ran."""
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 import flashgru
-from flashgru.backends import cpu, cpu_step, reference
+from flashgru.backends import _cpu_kernels, cpu, cpu_step, reference
 
 numba = pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(cpu.missing() is not None, reason="needs numba and SciPy")
@@ -29,8 +29,8 @@ def cell_calls(monkeypatch):
 @pytest.fixture
 def step_calls(monkeypatch):
     """A list that gets one entry per fused T=1 step of the GRU's core."""
-    calls, run = [], cpu._step
-    monkeypatch.setattr(cpu, "_step", lambda *a: (calls.append(a), run(*a))[1])
+    calls, kernel = [], cpu_step._core_step
+    monkeypatch.setattr(cpu_step, "_core_step", lambda *a: (calls.append(a), kernel(*a))[1])
     return calls
 
 
@@ -157,7 +157,7 @@ def test_gru_one_step_with_many_rows_takes_the_sequence_kernel(step_calls):
     ours = flashgru.GRU(5, 7, dtype=torch.float64, reset_after=False)
     ref = flashgru.GRU(5, 7, dtype=torch.float64, reset_after=False, backend="reference")
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(1, cpu.STEP_WORK // (3 * 7 * 7) + 1, 5, dtype=torch.float64)
+    x = torch.randn(1, cpu_step.STEP_WORK // (3 * 7 * 7) + 1, 5, dtype=torch.float64)
     with torch.no_grad():
         assert_close("output", ref(x)[0], ours(x)[0], 1e-12)
     assert not step_calls
@@ -174,8 +174,8 @@ def test_cell_inference_mode_takes_the_fast_path(cell_calls):
 
 
 def too_many_rows(t):
-    """t (3, F) repeated to more rows than ``cpu.step_fits`` takes for a (5, 7) cell."""
-    rows = cpu.STEP_WORK // (3 * 7 * (5 + 7)) + 1
+    """t (3, F) repeated to more rows than ``cpu_step.step_fits`` takes for a (5, 7) cell."""
+    rows = cpu_step.STEP_WORK // (3 * 7 * (5 + 7)) + 1
     return t.repeat(rows // 3 + 1, 1)[:rows]
 
 
@@ -272,6 +272,6 @@ def test_gate_exp_relative_error(dtype, lo, hi, bound):
     arithmetic, against float64 numpy on a fine grid of its whole range."""
     x = np.linspace(lo, hi, 200_001).astype(dtype)
     got = x.copy()
-    numba.njit(lambda v, bits: cpu._vexp(v, bits))(got, np.empty(len(x), dtype=np.int64))
+    numba.njit(lambda v, bits: _cpu_kernels._vexp(v, bits))(got, np.empty(len(x), dtype=np.int64))
     ref = np.exp(x.astype(np.float64))
     assert (np.abs(got - ref) / ref).max() <= bound

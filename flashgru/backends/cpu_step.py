@@ -1,14 +1,15 @@
-"""The cpu backend's streaming path: one GRU step (a cell) for a few rows, inference only.
+"""The cpu backend's streaming path: one GRU step for a few rows, inference only.
 
-One numba kernel computes ``gi = W_ih x + b_ih`` and ``W_hh h`` as dot products on the
-weights' native row-major layout (nothing transposed, copied or cached per call), then the
-fused gate pass of the sequence kernels (``cpu._gates_after``, ``cpu._rz_before`` /
-``cpu._n_before``). The kernel takes raw addresses and sizes, so a call converts no tensor
-to numpy: the Python side reads ``data_ptr()`` of tensors it has checked this call (CPU,
-contiguous, the dtype and shape the kernel assumes), so nothing can be stale.
+``step`` runs a GRUCell call, ``core_step`` a T=1 call of the recurrent core (what a GRU
+with T=1 and a carried hx reaches). One numba kernel per call computes W_hh h (and for the
+cell gi = W_ih x + b_ih) as dot products on the weights' native row-major layout (nothing
+transposed, copied or cached per call), then the fused gate pass of the sequence kernels.
+The kernels take raw addresses and sizes, so a call converts no tensor to numpy: the
+Python side reads ``data_ptr()`` of tensors it has checked in this call (CPU, contiguous,
+the dtype and shape the kernel assumes), so no address can be stale.
 
-At B=1, H=256 the two GEMVs stream 1.5 MiB of float32 weights from L2 per step; that
-stream, not Python, is most of the time (see docs/performance.md, issue 4 streaming).
+At B=1, I = H = 256 the cell's two GEMVs stream 1.5 MiB of float32 weights per step; that
+stream, not Python, is most of the time (docs/performance.md, issue 4 streaming).
 """
 
 from __future__ import annotations
@@ -17,45 +18,88 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cpu import _gemv_rows, _jit, _step_after, _step_before, missing, numba, step_fits
+from ._cpu_kernels import _gates_after, _gemv_rows, _jit, _n_before, _rz_before, _view, numba
 
-if numba is not None:
-    from numba.core import types
-    from numba.extending import intrinsic
-else:  # the cpu backend is unavailable; nothing here is called
-
-    def intrinsic(fn):
-        return fn
-
-
-AVAILABLE = missing() is None
+AVAILABLE = numba is not None
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}  # the kernel's dtype
+STEP_WORK = 1 << 19  # batch × weight elements up to which a step runs the dot-form GEMV
+
+
+def step_fits(batch: int, weights: int) -> bool:
+    """Whether one inference step of ``batch`` rows against ``weights`` weight elements
+    should run the dot-form GEMV (``_gemv_rows``): at batch 1 always (it runs at the speed
+    of reading the weights once), above while batch × weights ≤ STEP_WORK, where its cost
+    per row stays under the fixed cost of torch's GEMM. Measured for the cell on 2 cores
+    against torch.nn.GRUCell: faster up to batch 8 at I = H = 64, only at batch 1 at 256."""
+    return batch <= 1 or batch * weights <= STEP_WORK
 
 
 # ---- kernels -----------------------------------------------------------------------------
 
-@intrinsic
-def _pointer(typingctx, address, like):
-    """The typed pointer at an integer ``address``, for elements of ``like``'s type."""
-    pointer = types.CPointer(like)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer))
-
-    return pointer(address, like), codegen
+@_jit(boundscheck=False)
+def _step_after(gi, h, w, b, out):
+    """One step of reset_after=True for inference, W_hh read in its native layout (no
+    transpose per call): gi (B, 3H), h (B, H), w = W_hh (3H, H), b = b_hh (3H,); writes
+    out (B, H)."""
+    batch, hidden = out.shape
+    gh = np.empty_like(gi)
+    _gemv_rows(w, h, gh)
+    scratch = np.empty((6, hidden), dtype=out.dtype)  # r, z, n, W_hn h + b_hn, a, c
+    bits = np.empty(hidden, dtype=np.int64)
+    for i in range(batch):
+        out[i] = h[i]
+        _gates_after(gi[i], gh[i], b, out[i], scratch[0], scratch[1], scratch[2],
+                     scratch[3], out[i], scratch[4], scratch[5], bits)
 
 
 @_jit(boundscheck=False)
-def _view(address, shape, like):
-    """The C-contiguous array of ``shape`` at ``address``, of ``like``'s dtype."""
-    return numba.carray(_pointer(address, like), shape)
+def _step_before(gi, h, w, b, out):
+    """One step of reset_after=False for inference; arguments as in ``_step_after``."""
+    batch, hidden = out.shape
+    gh = np.empty((batch, 2 * hidden), dtype=out.dtype)
+    _gemv_rows(w[: 2 * hidden], h, gh)
+    z, rh = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
+    scratch = np.empty((3, hidden), dtype=out.dtype)  # r (then n), a, c
+    bits = np.empty(hidden, dtype=np.int64)
+    for i in range(batch):
+        _rz_before(gi[i], gh[i], b, h[i], scratch[0], z[i], rh[i], scratch[1], scratch[2],
+                   bits)
+    ghn = np.empty((batch, hidden), dtype=out.dtype)
+    _gemv_rows(w[2 * hidden :], rh, ghn)
+    for i in range(batch):
+        out[i] = h[i]
+        _n_before(gi[i], ghn[i], b, z[i], out[i], scratch[0], out[i], scratch[1], bits)
+
+
+@_jit(boundscheck=False)
+def _step(gi, h, w_hh, b_hh_at, out, reset_after, like):
+    """One step of either formulation with the bias at an address (0: none); arrays as in
+    ``_step_after``."""
+    if b_hh_at != 0:
+        b_hh = _view(b_hh_at, (gi.shape[1],), like)
+    else:
+        b_hh = np.zeros(gi.shape[1], dtype=out.dtype)
+    if reset_after:
+        _step_after(gi, h, w_hh, b_hh, out)
+    else:
+        _step_before(gi, h, w_hh, b_hh, out)
+
+
+@_jit(boundscheck=False)
+def _core_step(gi_at, h_at, w_hh_at, b_hh_at, out_at, batch, hidden, reset_after, like):
+    """One step of the core at raw addresses: gi (B, 3H), h (B, H), w_hh (3H, H), b_hh
+    (3H,) or address 0 for none; writes out (B, H). ``like``: a scalar of the dtype."""
+    gi = _view(gi_at, (batch, 3 * hidden), like)
+    h, out = _view(h_at, (batch, hidden), like), _view(out_at, (batch, hidden), like)
+    w_hh = _view(w_hh_at, (3 * hidden, hidden), like)
+    _step(gi, h, w_hh, b_hh_at, out, reset_after, like)
 
 
 @_jit(boundscheck=False)
 def _cell(x_at, h_at, w_ih_at, w_hh_at, b_ih_at, b_hh_at, out_at, batch, n_in, hidden,
           reset_after, like):
-    """One step at raw addresses: x (B, I), h (B, H), w_ih (3H, I), w_hh (3H, H), b_ih and
-    b_hh (3H,) or address 0 for none; writes out (B, H). ``like``: a scalar of the dtype."""
+    """One cell step at raw addresses: x (B, I), h (B, H), w_ih (3H, I), w_hh (3H, H),
+    b_ih and b_hh (3H,) or address 0 for none; writes out (B, H)."""
     x, h = _view(x_at, (batch, n_in), like), _view(h_at, (batch, hidden), like)
     w_ih = _view(w_ih_at, (3 * hidden, n_in), like)
     w_hh = _view(w_hh_at, (3 * hidden, hidden), like)
@@ -66,17 +110,32 @@ def _cell(x_at, h_at, w_ih_at, w_hh_at, b_ih_at, b_hh_at, out_at, batch, n_in, h
         b_ih = _view(b_ih_at, (3 * hidden,), like)
         for i in range(batch):
             gi[i] += b_ih
-    if b_hh_at != 0:
-        b_hh = _view(b_hh_at, (3 * hidden,), like)
-    else:
-        b_hh = np.zeros(3 * hidden, dtype=out.dtype)
-    if reset_after:
-        _step_after(gi, h, w_hh, b_hh, out)
-    else:
-        _step_before(gi, h, w_hh, b_hh, out)
+    _step(gi, h, w_hh, b_hh_at, out, reset_after, like)
 
 
-# ---- launcher ----------------------------------------------------------------------------
+# ---- launchers ---------------------------------------------------------------------------
+
+def core_step(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+              reset_after: bool) -> Tensor | None:
+    """The recurrent core for T=1 and inference (the caller has checked that no gradient
+    is wanted): gi (1, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,) or None → out (1, B, H);
+    None where the tensors are not plain contiguous CPU tensors of one dtype and these
+    shapes, or ``step_fits`` says the batch is too large (the sequence kernel runs then)."""
+    dtype = gi.dtype
+    like = _LIKE.get(dtype)
+    batch, hidden = h0.shape
+    if like is None or not step_fits(batch, 3 * hidden * hidden):
+        return None
+    if not (_plain(gi, dtype, (1, batch, 3 * hidden)) and _plain(h0, dtype, (batch, hidden))
+            and _plain(w_hh, dtype, (3 * hidden, hidden))
+            and (b_hh is None or _plain(b_hh, dtype, (3 * hidden,)))):
+        return None
+    out = torch.empty(1, batch, hidden, dtype=dtype)
+    _core_step(gi.data_ptr(), h0.data_ptr(), w_hh.data_ptr(),
+               0 if b_hh is None else b_hh.data_ptr(), out.data_ptr(), batch, hidden,
+               reset_after, like)
+    return out
+
 
 def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
          b_hh: Tensor | None, hidden: int, reset_after: bool) -> Tensor | None:
