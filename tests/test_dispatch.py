@@ -67,7 +67,8 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=128).name == "torch"
     assert pick(hidden=128, steps=65536).name == "triton"
     assert pick(hidden=64, reset_after=False).name == "triton"
-    assert pick(hidden=512, dtype=torch.float64).name == "torch"  # a dtype it does not run
+    assert pick(hidden=64, dtype=torch.bfloat16).name == "torch"  # a dtype it does not run
+    assert pick(hidden=512, dtype=torch.float64).name == "torch"
     assert pick(hidden=512, device="cpu").name != "triton"
     monkeypatch.setitem(BACKENDS, "triton", Backend(
         "triton", "core", reference.core, True, missing=lambda: "it needs Triton"))

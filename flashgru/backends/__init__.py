@@ -110,10 +110,12 @@ def select_backend(
        faster forward and 8–18× forward+backward at batch 1, 1.1×/1.9× at batch 16, but
        slower at batch 64 (0.4×), where torch keeps the call. No double backward: ask for
        "reference" for gradients of gradients.
-    2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256
-       or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where cuDNN has no
-       kernel (the paper's formulation), falls off its persistent kernel (H ≥ 256) or
-       refuses the length.
+    2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256,
+       bfloat16, or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where
+       cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
+       (H ≥ 256: 1.3-4.4x faster measured on an H100, fp32), is slow whatever the size
+       (bf16: 2.6-6.8x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
+       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -141,9 +143,12 @@ def select_backend(
     gpu = BACKENDS["triton"]
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
-        if not reset_after or hidden >= TRITON_MIN_HIDDEN or long:
+        bf16 = dtype == torch.bfloat16
+        if not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16:
             why = ("reset_after=False" if not reset_after else
-                   f"{steps} steps ≥ 65536" if long else f"hidden {hidden} ≥ 256")
+                   f"{steps} steps ≥ 65536" if long else
+                   f"hidden {hidden} ≥ 256" if hidden >= TRITON_MIN_HIDDEN else
+                   "bfloat16, where cuDNN has no fast kernel")
             return BackendChoice("triton", f"{why}: flashgru's persistent Triton kernels")
     if not reset_after:
         return BackendChoice(

@@ -288,18 +288,31 @@ def _pow2(n: int) -> int:
 
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
-    """The default split for a call: batch tiles of up to 64 rows, as many programs per
-    tile as the multiprocessors allow, and the broadcast product (measured faster than
-    tl.dot's here, fp32 and bf16 alike, on an H100; see docs/performance.md)."""
+    """The default split for a call, from timings on an H100 (docs/performance.md).
+
+    Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
+    the broadcast product; at batch 16 and H > 512, 16 units per program (2.7-5x faster
+    there than 8). Batch > 16: tiles of up to 64 rows, 16 units per program and tl.dot
+    (three-pass TF32 for fp32, whose error stays at fp32's level): the broadcast product
+    was slower there, erratically so.
+    """
     hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop
         return Config(_pow2(min(batch, 16)), hp, hp, dot=False)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
+        block_batch = _pow2(min(batch, 16))
+        tiles = min(-(-batch // block_batch), sms)
+        slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
+        if block_batch == 16 and hidden > 512:
+            slice_ = max(slice_, 16)
+        budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, BK, S) product
+        return Config(block_batch, slice_, max(8, min(hp, budget // (block_batch * slice_))),
+                      dot=False)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
-    slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
-    block_k = max(8, min(hp, 8192 // (block_batch * slice_)))
-    return Config(block_batch, slice_, block_k, dot=False)
+    slice_ = max(16, _pow2(-(-hidden // max(1, sms // tiles))))
+    return Config(block_batch, slice_, 64, dot=True)
 
 
 def _acc(dtype: torch.dtype):
