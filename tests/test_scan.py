@@ -1,0 +1,247 @@
+"""flashgru.scan: every implementation of both scans against the sequential loop (float64
+to 1e-12, float32 to rounding), forward and reverse, transposed, awkward T; gradients by
+gradcheck and against the loop's; the Triton kernels (in the interpreter without a GPU)
+with every output buffer poisoned with NaN before launch."""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close
+from torch.autograd import gradcheck, gradgradcheck
+
+from flashgru import scan
+from flashgru.scan import scan_dense, scan_diag
+
+HAS_TRITON = scan.triton is not None
+TRITON_RUNS = HAS_TRITON and (torch.cuda.is_available() or
+                              __import__("os").environ.get("TRITON_INTERPRET") == "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not TRITON_RUNS,
+                                  reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+STEPS = [0, 1, 5, 37, 131]
+SHAPES = [(1, 1), (3, 4), (3, 13)]  # (B, H)
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    """Every buffer a kernel writes starts as NaN, so an unwritten element fails."""
+    def empty(*shape, dtype, device):
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+
+    monkeypatch.setattr(scan, "_empty", empty)
+
+
+def _diag_problem(steps, batch, hidden, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(steps, batch, hidden, generator=g, dtype=torch.float64) * 1.2 - 0.1
+    b = torch.randn(steps, batch, hidden, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, hidden, generator=g, dtype=torch.float64)
+    return [x.to(dtype=dtype, device=device) for x in (a, b, h0)]
+
+
+def _contractive(steps, batch, hidden, generator):
+    """Random J with spectral norm 0.9, so the states stay bounded over any T."""
+    j = torch.randn(steps, batch, hidden, hidden, generator=generator, dtype=torch.float64)
+    return 0.9 * j / torch.linalg.matrix_norm(j, ord=2)[..., None, None]
+
+
+def _dense_problem(steps, batch, hidden, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    j = _contractive(steps, batch, hidden, g)
+    c = torch.randn(steps, batch, hidden, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, hidden, generator=g, dtype=torch.float64)
+    return [x.to(dtype=dtype, device=device) for x in (j, c, h0)]
+
+
+def _ref(fn, args, **kw):
+    """The sequential loop in float64 on the same (rounded) inputs."""
+    return fn(*(x.double() for x in args), impl="sequential", **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("steps", STEPS)
+def test_diag_torch(steps, shape, reverse, dtype):
+    args = _diag_problem(steps, *shape, dtype)
+    got = scan_diag(*args, reverse=reverse, impl="torch")
+    ref = _ref(scan_diag, args, reverse=reverse)
+    assert_close("h", ref, got.double(), TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("transpose", [False, True], ids=["J", "Jt"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("steps", STEPS)
+def test_dense_torch(steps, shape, reverse, transpose, dtype):
+    args = _dense_problem(steps, *shape, dtype)
+    got = scan_dense(*args, reverse=reverse, transpose=transpose, impl="torch")
+    ref = _ref(scan_dense, args, reverse=reverse, transpose=transpose)
+    assert_close("h", ref, got.double(), TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 40])
+def test_torch_chunk_sizes(chunk):
+    """Chunks of every kind: one step, ones that don't divide T, larger than T."""
+    a, b, h0 = _diag_problem(37, 2, 3, torch.float64)
+    assert_close("diag", _diag_seq(a, b, h0), scan._diag_torch(a, b, h0, chunk), 1e-12)
+    j, c, g0 = _dense_problem(37, 2, 3, torch.float64)
+    assert_close("dense", scan._dense_sequential(j, c, g0), scan._dense_torch(j, c, g0, chunk),
+                 1e-12)
+
+
+def _diag_seq(a, b, h0):
+    return scan._diag_sequential(a, b, h0)
+
+
+def test_matches_a_plain_loop():
+    """The ground truth itself, against the recurrence written out."""
+    a, b, h0 = _diag_problem(4, 2, 3, torch.float64)
+    h, want = h0, []
+    for t in range(4):
+        h = a[t] * h + b[t]
+        want.append(h)
+    assert_close("fwd", torch.stack(want), scan_diag(a, b, h0, impl="sequential"), 0.0)
+    h, want = h0, []
+    for t in reversed(range(4)):
+        h = a[t] * h + b[t]
+        want.insert(0, h)
+    assert_close("rev", torch.stack(want), scan_diag(a, b, h0, reverse=True,
+                                                      impl="sequential"), 0.0)
+    j, c, g0 = _dense_problem(3, 2, 3, torch.float64)
+    want = j[0] @ g0.unsqueeze(-1)
+    assert_close("dense", want.squeeze(-1) + c[0], scan_dense(j, c, g0, impl="sequential")[0], 0.0)
+    want = j[0].transpose(-1, -2) @ g0.unsqueeze(-1)
+    assert_close("dense_t", want.squeeze(-1) + c[0],
+                 scan_dense(j, c, g0, transpose=True, impl="sequential")[0], 0.0)
+
+
+@pytest.mark.parametrize("impl", ["sequential", "torch"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gradcheck(impl, reverse):
+    a, b, h0 = (x.requires_grad_() for x in _diag_problem(6, 2, 3, torch.float64))
+    fn = lambda *x: scan_diag(*x, reverse=reverse, impl=impl)  # noqa: E731
+    assert gradcheck(fn, (a, b, h0))
+    assert gradgradcheck(fn, (a, b, h0))
+    j, c, g0 = (x.requires_grad_() for x in _dense_problem(5, 2, 3, torch.float64))
+    for transpose in (False, True):
+        assert gradcheck(lambda *x, tr=transpose: scan_dense(*x, reverse=reverse,
+                                                             transpose=tr, impl=impl),
+                         (j, c, g0))
+
+
+def test_gradients_of_empty_sequence():
+    a, b, h0 = (x.requires_grad_() for x in _diag_problem(0, 2, 3, torch.float64))
+    scan_diag(a, b, h0).sum().backward()
+    assert h0.grad.abs().sum() == 0 and a.grad.shape == a.shape
+
+
+def test_low_precision_computes_in_float32():
+    args = _diag_problem(37, 3, 13, torch.bfloat16)
+    got = scan_diag(*args, impl="torch")
+    assert got.dtype == torch.bfloat16
+    assert_close("h", _ref(scan_diag, args), got.double(), 0.05, rtol=0.01)
+
+
+def test_argument_errors():
+    a, b, h0 = _diag_problem(3, 2, 4, torch.float64)
+    with pytest.raises(ValueError, match=r"b should have shape \(3, 2, 4\)"):
+        scan_diag(a, b[:2], h0)
+    with pytest.raises(ValueError, match=r"h0 should have shape \(2, 4\)"):
+        scan_diag(a, b, h0[:1])
+    with pytest.raises(ValueError, match="expected torch.float64"):
+        scan_diag(a, b.float(), h0)
+    with pytest.raises(ValueError, match="a should be"):
+        scan_diag(a[0], b[0], h0)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        scan_diag(a, b, h0, impl="fast")
+    with pytest.raises(TypeError, match="floating-point"):
+        scan_diag(a.long(), b.long(), h0.long())
+    j, c, g0 = _dense_problem(3, 2, 4, torch.float64)
+    with pytest.raises(ValueError, match=r"J should have shape \(3, 2, 4, 4\)"):
+        scan_dense(j[..., :3], c, g0)
+
+
+def test_auto_rules():
+    assert scan.choose_impl("auto", torch.device("cpu")) == "torch"
+    want = "triton" if HAS_TRITON else "torch"
+    assert scan.choose_impl("auto", torch.device("cuda"), 64) == want
+    assert scan.choose_impl("auto", torch.device("cuda"), 256) == "torch"
+
+
+# ---- Triton (interpreted on CPU without a GPU: small sizes) -------------------------------
+
+TRITON_CASES = [(0, 2, 3), (1, 1, 1), (5, 3, 4), (37, 3, 13)]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", TRITON_CASES, ids=str)
+def test_diag_triton(case, reverse, dtype):
+    args = _diag_problem(*case, dtype, device=DEVICE)
+    got = scan_diag(*args, reverse=reverse, impl="triton")
+    assert_close("h", _ref(scan_diag, args, reverse=reverse), got.double(),
+                 TOL[dtype], rtol=TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("split", [(4, 4, 8), (16, 8, 4)], ids=str)
+def test_diag_triton_chunks(split, reverse):
+    """Several chunks per sequence (two launches and a scan of the summaries, which with
+    chunks of 4 recurses twice more), tiles shorter than the chunk, column blocks narrower
+    than B·H."""
+    a, b, h0 = _diag_problem(67, 2, 5, torch.float64, device=DEVICE)
+    chunk, block_t, block_n = split
+    got = scan._diag_triton(a, b, h0, reverse, chunk, block_t, block_n)
+    assert_close("h", _ref(scan_diag, (a, b, h0), reverse=reverse), got, 1e-12)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("transpose", [False, True], ids=["J", "Jt"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", TRITON_CASES, ids=str)
+def test_dense_triton(case, reverse, transpose, dtype):
+    args = _dense_problem(*case, dtype, device=DEVICE)
+    got = scan_dense(*args, reverse=reverse, transpose=transpose, impl="triton")
+    ref = _ref(scan_dense, args, reverse=reverse, transpose=transpose)
+    assert_close("h", ref, got.double(), TOL[dtype], rtol=TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_triton_gradients(reverse):
+    """Backward through the kernels (the adjoint scans) against the loop's autograd."""
+    g = torch.Generator().manual_seed(3)
+    for fn, problem, kw in ((scan_diag, _diag_problem, {}),
+                            (scan_dense, _dense_problem, {"transpose": True})):
+        args = problem(9, 2, 5, torch.float64, device=DEVICE)
+        ref_in = [x.clone().requires_grad_() for x in args]
+        got_in = [x.clone().requires_grad_() for x in args]
+        ref = fn(*ref_in, reverse=reverse, impl="sequential", **kw)
+        got = fn(*got_in, reverse=reverse, impl="triton", **kw)
+        dh = torch.randn(ref.shape, generator=g, dtype=torch.float64).to(DEVICE)
+        ref_g = torch.autograd.grad(ref, ref_in, dh)
+        got_g = torch.autograd.grad(got, got_in, dh)
+        for name, r, x in zip(("d0", "d1", "dh0"), ref_g, got_g, strict=True):
+            assert_close(f"{fn.__name__}.{name}", r, x, 1e-12)
+
+
+@needs_triton
+def test_triton_low_precision_storage():
+    args = _diag_problem(37, 3, 13, torch.float16, device=DEVICE)
+    got = scan_diag(*args, impl="triton")
+    assert got.dtype == torch.float16
+    assert_close("h", _ref(scan_diag, args), got.double(), 0.02, rtol=0.01)
+
+
+@needs_triton
+def test_dense_triton_refuses_large_hidden():
+    j, c, g0 = _dense_problem(1, 1, scan.DENSE_TRITON_MAX_H + 1, torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match="use impl='torch'"):
+        scan_dense(j, c, g0, impl="triton")
