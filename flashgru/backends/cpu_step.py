@@ -147,8 +147,8 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
     (zeros); w_ih (3H, I), w_hh (3H, H), b_ih and b_hh (3H,) or None. Returns h' shaped
     like hx. Runs only an inference call that the ordinary path would accept as it is:
     CPU tensors, float32 or float64 throughout, contiguous, of the right shapes, few enough
-    rows (``cpu.step_fits``), no gradient wanted, and no autocast, tracing, compiling,
-    functorch transform or torch function/dispatch mode active. Anything else returns None, so the
+    rows (``step_fits``), no gradient wanted, and no autocast, tracing, compiling, functorch
+    transform or torch function/dispatch mode active. Anything else returns None, so the
     caller's checks raise torch's errors for bad input. Every tensor is checked every call
     (``.data`` can be reassigned at any time), so no address can be stale.
     """
