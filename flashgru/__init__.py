@@ -4,6 +4,7 @@ original paper with one flag, backends behind one dispatch point, and the gates 
 from . import functional
 from .backends import BACKENDS, BackendChoice, BackendUnavailableError, select_backend
 from .backends.reference import GateTrace
+from .mingru import MinGRU, MinGRUCell
 from .modules import GRU, GRUCell
 
 __version__ = "0.1.0"
@@ -15,6 +16,8 @@ __all__ = [
     "BackendUnavailableError",
     "GRUCell",
     "GateTrace",
+    "MinGRU",
+    "MinGRUCell",
     "__version__",
     "functional",
     "select_backend",

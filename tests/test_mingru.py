@@ -1,0 +1,269 @@
+"""flashgru.MinGRU and MinGRUCell: the parallel scan against a step-by-step loop written
+out here (each sequence on its own, within its length), outputs, h_n and every gradient by
+name in float64, every input form; streaming with step() and the cell; torch.nn.GRU's
+errors for the same mistakes; dropout; state_dict."""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close, make_input, padded
+from test_scan import TRITON_RUNS
+
+import flashgru
+from flashgru import MinGRU, MinGRUCell
+
+FORMS = ["padded", "batch_first", "unbatched", "packed_sorted", "packed_unsorted"]
+T, B, IN, H = 5, 3, 3, 4
+
+
+def _step(x, h, w, b):
+    """The issue's equations, written out: z = σ(W_z x + b_z), h̃ = W_h x + b_h."""
+    g = x @ w.t() + (b if b is not None else 0)
+    z, cand = torch.sigmoid(g[..., :H]), g[..., H:]
+    return (1 - z) * h + z * cand
+
+
+def _loop(module, x, lengths, hx):
+    """The stack one sequence and one step at a time. x (T, B, IN) time-major, lengths a
+    list (original batch order), hx (L·D, B, H). Returns out (T, B, D·H), h_n."""
+    dirs = 2 if module.bidirectional else 1
+    layer_in = [x[: lengths[b], b] for b in range(x.shape[1])]
+    h_n = []
+    for layer in range(module.num_layers):
+        outs = [[] for _ in layer_in]
+        for d in range(dirs):
+            sfx = f"l{layer}" + ("_reverse" if d else "")
+            w, bias = getattr(module, f"weight_ih_{sfx}"), getattr(module, f"bias_ih_{sfx}", None)
+            finals = []
+            for b, seq in enumerate(layer_in):
+                h, states = hx[layer * dirs + d, b], [None] * len(seq)
+                order = range(len(seq)) if d == 0 else reversed(range(len(seq)))
+                for t in order:
+                    h = _step(seq[t], h, w, bias)
+                    states[t] = h
+                outs[b].append(torch.stack(states))
+                finals.append(h)
+            h_n.append(torch.stack(finals))
+        layer_in = [torch.cat(o, -1) for o in outs]
+    out = x.new_zeros(x.shape[0], x.shape[1], dirs * H)
+    for b, seq in enumerate(layer_in):
+        out[: len(seq), b] = seq
+    return out, torch.stack(h_n)
+
+
+def _run(form, layers, bidirectional, with_h0, bias, impl="auto", seed=0):
+    dirs = 2 if bidirectional else 1
+    torch.manual_seed(seed)
+    module = MinGRU(IN, H, layers, bias=bias, batch_first=form == "batch_first",
+                    bidirectional=bidirectional, dtype=torch.float64, impl=impl)
+    kind = "padded" if form == "batch_first" else form
+    inp, lengths, x = make_input(kind, T, B, IN, form == "batch_first", torch.float64, seed)
+    rows = 1 if form == "unbatched" else B
+    hx = torch.randn(layers * dirs, rows, H, dtype=torch.float64, requires_grad=True)
+    hx_in = (hx.squeeze(1) if form == "unbatched" else hx) if with_h0 else None
+    out, h_n = module(inp, hx_in)
+    out = padded(out)  # (T, B, D·H) time-major, original order; or (T, D·H) / (B, T, D·H)
+    if form == "unbatched":
+        out, h_n = out.unsqueeze(1), h_n.unsqueeze(1)
+    elif form == "batch_first":
+        out = out.transpose(0, 1)
+    xt = x.unsqueeze(1) if form == "unbatched" else x.transpose(0, 1) if form == "batch_first" \
+        else x
+    lens = lengths.tolist() if lengths is not None else [T] * rows
+    ref_out, ref_h = _loop(module, xt, lens, hx if with_h0 else torch.zeros_like(hx))
+    return module, x, hx, (out, h_n), (ref_out, ref_h), lens
+
+
+def _compare(module, x, hx, got, ref, with_h0, tol=1e-12):
+    g = torch.Generator().manual_seed(7)
+    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in ref]
+    names = [n for n, _ in module.named_parameters()] + ["input"] + (["hx"] if with_h0 else [])
+    leaves = list(module.parameters()) + [x] + ([hx] if with_h0 else [])
+    grads = []
+    for outs in (ref, got):
+        loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
+        grads.append(torch.autograd.grad(loss, leaves))
+    assert_close("output", ref[0], got[0], tol)
+    assert_close("h_n", ref[1], got[1], tol)
+    for name, r, x_ in zip(names, *grads, strict=True):
+        assert_close(f"d{name}", r, x_, tol)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "noh0"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("form", FORMS)
+def test_scan_matches_loop(form, layers, bidirectional, with_h0, bias):
+    module, x, hx, got, ref, lens = _run(form, layers, bidirectional, with_h0, bias)
+    if form.startswith("packed"):
+        assert min(lens) < T  # some steps past a length
+    _compare(module, x, hx, got, ref, with_h0)
+
+
+IMPL_CASES = ["sequential", "torch"] + (["triton"] if TRITON_RUNS else [])
+
+
+@pytest.mark.parametrize("impl", IMPL_CASES)
+def test_every_scan_impl(impl):
+    module, x, hx, got, ref, _ = _run("packed_unsorted", 2, True, True, True, impl=impl)
+    _compare(module, x, hx, got, ref, True)
+
+
+def test_float32_agrees_with_float64():
+    torch.manual_seed(0)
+    m64 = MinGRU(IN, H, 2, bidirectional=True, dtype=torch.float64)
+    m32 = MinGRU(IN, H, 2, bidirectional=True)
+    m32.load_state_dict(m64.state_dict())
+    x = torch.randn(37, B, IN, dtype=torch.float64)
+    (o64, h64), (o32, h32) = m64(x), m32(x.float())
+    assert_close("output", o64, o32.double(), 1e-5)
+    assert_close("h_n", h64, h32.double(), 1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("batched", [True, False])
+def test_step_streams_forward(layers, batched):
+    """Feeding a sequence through step() one input at a time gives forward()'s numbers."""
+    torch.manual_seed(0)
+    module = MinGRU(IN, H, layers, dtype=torch.float64)
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    hx = torch.randn(layers, B, H, dtype=torch.float64)
+    if not batched:
+        x, hx = x[:, 0], hx[:, 0]
+    out, h_n = module(x, hx)
+    h, outs = hx, []
+    for t in range(T):
+        o, h = module.step(x[t], h)
+        outs.append(o)
+    assert_close("output", out, torch.stack(outs), 1e-12)
+    assert_close("h_n", h_n, h, 1e-12)
+    o, h = module.step(x[0])  # no state: zeros
+    assert_close("h0=None", module.step(x[0], torch.zeros_like(hx))[1], h, 0.0)
+
+
+def test_cell_is_the_step():
+    torch.manual_seed(0)
+    module = MinGRU(IN, H, dtype=torch.float64)
+    cell = MinGRUCell(IN, H, dtype=torch.float64)
+    cell.load_state_dict({"weight_ih": module.weight_ih_l0, "bias_ih": module.bias_ih_l0})
+    x = torch.randn(B, IN, dtype=torch.float64)
+    h = torch.randn(B, H, dtype=torch.float64)
+    assert_close("cell", _step(x, h, module.weight_ih_l0, module.bias_ih_l0), cell(x, h), 0.0)
+    assert_close("step", module.step(x, h[None])[0], cell(x, h), 0.0)
+    assert_close("unbatched", cell(x, h)[1], cell(x[1], h[1]), 1e-15)
+    assert_close("no hx", cell(x, torch.zeros_like(h)), cell(x), 0.0)
+    no_bias = MinGRUCell(IN, H, bias=False)
+    assert no_bias.bias_ih is None and [n for n, _ in no_bias.named_parameters()] == ["weight_ih"]
+
+
+def test_parameters_and_state_dict():
+    module = MinGRU(IN, H, 2, bidirectional=True)
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    assert shapes == {
+        "weight_ih_l0": (2 * H, IN), "bias_ih_l0": (2 * H,),
+        "weight_ih_l0_reverse": (2 * H, IN), "bias_ih_l0_reverse": (2 * H,),
+        "weight_ih_l1": (2 * H, 2 * H), "bias_ih_l1": (2 * H,),
+        "weight_ih_l1_reverse": (2 * H, 2 * H), "bias_ih_l1_reverse": (2 * H,),
+    }
+    bound = 1 / math.sqrt(H)
+    assert all(p.abs().max() <= bound for p in module.parameters())
+    other = MinGRU(IN, H, 2, bidirectional=True)
+    other.load_state_dict(module.state_dict())
+    x = torch.randn(T, B, IN)
+    for a, b in zip(module(x), other(x), strict=True):
+        assert torch.equal(a, b)
+    assert "bias" not in str(list(MinGRU(IN, H, bias=False).state_dict()))
+
+
+def test_dropout_between_layers_in_training_only():
+    torch.manual_seed(0)
+    module = MinGRU(IN, H, 2, dropout=1.0, dtype=torch.float64)
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    hx = torch.randn(2, B, H, dtype=torch.float64)
+    module.eval()
+    assert_close("eval ignores dropout", _loop(module, x, [T] * B, hx)[0], module(x, hx)[0],
+                 1e-12)
+    module.train()
+    top = MinGRU(H, H, dtype=torch.float64)  # layer 2 alone, fed the all-dropped layer 1
+    top.load_state_dict({"weight_ih_l0": module.weight_ih_l1, "bias_ih_l0": module.bias_ih_l1})
+    out, h_n = module(x, hx)
+    want, want_h = top(torch.zeros(T, B, H, dtype=torch.float64), hx[1:])
+    assert_close("output", want, out, 1e-12)
+    assert_close("h_n of the last layer", want_h[0], h_n[1], 1e-12)
+    assert_close("h_n of the first layer: no dropout", module(x, hx)[1][0], h_n[0], 0.0)
+
+
+def _same_error(ours, theirs, call):
+    """The same exception type and message as torch.nn.GRU / GRUCell, up to the name."""
+    with pytest.raises(Exception) as want:
+        call(theirs)
+    with pytest.raises(type(want.value)) as got:
+        call(ours)
+    assert str(got.value).replace("MinGRU", "GRU") == str(want.value)
+
+
+BAD_CALLS = {
+    "input 4-D": lambda m: m(torch.randn(T, B, IN, 1)),
+    "input size": lambda m: m(torch.randn(T, B, IN + 2)),
+    "hx shape": lambda m: m(torch.randn(T, B, IN), torch.randn(1, B, H)),
+    "hx batch": lambda m: m(torch.randn(T, B, IN), torch.randn(2, B + 1, H)),
+    "hx dims batched": lambda m: m(torch.randn(T, B, IN), torch.randn(2, H)),
+    "hx dims unbatched": lambda m: m(torch.randn(T, IN), torch.randn(2, B, H)),
+    "unbatched hx shape": lambda m: m(torch.randn(T, IN), torch.randn(3, H)),
+    "empty sequence": lambda m: m(torch.randn(0, B, IN)),
+    "dtype": lambda m: m(torch.randn(T, B, IN, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_errors_as_torch(case):
+    _same_error(MinGRU(IN, H, 2), torch.nn.GRU(IN, H, 2), BAD_CALLS[case])
+
+
+BAD_CELL_CALLS = {
+    "input 3-D": lambda m: m(torch.randn(B, IN, 1)),
+    "hidden 3-D": lambda m: m(torch.randn(B, IN), torch.randn(1, B, H)),
+    "input size": lambda m: m(torch.randn(B, IN + 1)),
+    "batch": lambda m: m(torch.randn(B, IN), torch.randn(B + 1, H)),
+    "hidden size": lambda m: m(torch.randn(B, IN), torch.randn(B, H + 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CELL_CALLS))
+def test_cell_errors_as_torch(case):
+    _same_error(MinGRUCell(IN, H), torch.nn.GRUCell(IN, H), BAD_CELL_CALLS[case])
+
+
+BAD_CONFIGS = {
+    "dropout": dict(dropout=1.5),
+    "hidden_size": dict(hidden_size=0),
+    "num_layers": dict(num_layers=0),
+    "bias": dict(bias=1),
+    "batch_first": dict(batch_first="yes"),
+    "input_size type": dict(input_size=2.0),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_config_errors_as_torch(case):
+    args = dict(input_size=IN, hidden_size=H) | BAD_CONFIGS[case]
+    _same_error(MinGRU, torch.nn.GRU, lambda cls: cls(**args))
+
+
+def test_own_errors():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        MinGRU(IN, H, impl="fast")
+    with pytest.raises(RuntimeError, match="streams one direction"):
+        MinGRU(IN, H, bidirectional=True).step(torch.randn(B, IN))
+    with pytest.raises(RuntimeError, match="Expected hidden size"):
+        MinGRU(IN, H, 2).step(torch.randn(B, IN), torch.randn(1, B, H))
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        MinGRU(IN, H, dropout=0.5)
+
+
+def test_exported_and_repr():
+    assert flashgru.MinGRU is MinGRU and "MinGRUCell" in flashgru.__all__
+    want = "MinGRU(3, 4, num_layers=2, batch_first=True)"
+    assert repr(MinGRU(IN, H, 2, batch_first=True)) == want
