@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import cpu, reference, torch_native, triton_gru
+from . import cpu, parallel, reference, torch_native, triton_gru
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", "core", cpu.core, reset_before=True, missing=cpu.missing,
                    devices=("cpu",), dtypes=(torch.float32, torch.float64),
                    double_backward=False),
+    "parallel": Backend("parallel", "core", parallel.core, reset_before=True,
+                        dtypes=(torch.float32, torch.float64), double_backward=False),
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
                       missing=triton_gru.missing, devices=triton_gru.devices(),
                       dtypes=triton_gru.DTYPES, double_backward=False),
@@ -121,6 +123,10 @@ def select_backend(
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
        with ``steps`` ≥ 65536, which cuDNN refuses, it runs torch's native CUDA kernels
        with cuDNN disabled, so auto never picks a call that fails on length.
+
+    "parallel" (the Newton solver, parallel in time) is never picked by auto yet: its
+    crossover against the sequential kernels has not been measured on a GPU, and on a CPU
+    the sequential kernels win. Ask for it by name.
 
     ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
     call's.

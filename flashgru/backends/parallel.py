@@ -1,0 +1,317 @@
+"""The parallel-in-time backend: a layer's whole trajectory solved at once by Newton's
+method (DEER, Lim et al. 2024; quasi-DEER, Gonzalez et al. 2024), exact by construction.
+
+Write one step as h_t = f(h_{t−1}) (gi_t and the weights fixed) and guess the whole
+trajectory h_0..h_{T−1}. One Newton iteration evaluates f at every step of the guess at
+once (one batched GEMM: no step waits for another), forms each step's Jacobian
+J_t = ∂f/∂h at the guess, and solves the linearised trajectory
+
+    δ_t = J_t δ_{t−1} + (f(h_{t−1}) − h_t),   δ_{−1} = 0,   h ← h + δ
+
+a linear recurrence, which a parallel scan solves (``flashgru.scan``). Newton converges
+quadratically near the solution; and since h_{−1} = h0 is exact, after k full iterations
+the first k steps are exact whatever the weights. When the budget runs out, the steps from
+the first unconverged one on are finished sequentially, so the answer always equals the
+sequential GRU within the tolerance. ``last_stats()`` tells how the last call went.
+
+Jacobians, reset_after=True (a, u, v, w are per-unit vectors of the step):
+
+    J = diag(z) + diag((h − n) z(1 − z)) W_hz + diag((1 − z)(1 − n²) r) W_hn
+        + diag((1 − z)(1 − n²) gh_n r(1 − r)) W_hr
+
+reset_after=False: the W_hn term becomes diag((1 − z)(1 − n²)) W_hn (diag(r) + diag(h r(1 −
+r)) W_hr). ``jacobian="dense"`` uses J (Newton: few iterations, O(H³) per step to
+compose); ``"diagonal"`` only its diagonal (quasi-Newton: more, much cheaper iterations).
+``damping`` halves a step whose largest residual grew (up to four times), past the prefix
+that a full step makes exact, so the prefix property holds with damping too.
+
+Gradients by the adjoint, at the solution, with the exact dense Jacobians whatever
+``jacobian`` says: λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1} is one reverse linear recurrence (a
+scan), and the gradients of every step's inputs and of the weights follow from λ in one
+batched pass and GEMMs over all steps — no backpropagation through the iterations. The
+dense Jacobians take T·B·H² numbers of memory.
+
+Steps past a sequence's length are the identity (J = I) and write 0 to the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the solver runs. jacobian: "dense" (Newton) or "diagonal" (quasi-Newton);
+    max_iters: the iteration budget (None: 32 dense, 128 diagonal); tol: the largest
+    residual |h_t − f(h_{t−1})| accepted, relative to max(1, |h0|) (None: 1e-13 in
+    float64, 2e-6 in float32); damping: halve steps that make the residual grow (past the
+    prefix a full step makes exact)."""
+
+    jacobian: str = "dense"
+    max_iters: int | None = None
+    tol: float | None = None
+    damping: bool = True
+
+
+class SolveStats(NamedTuple):
+    """How the last core call went: Newton iterations run, the largest residual when the
+    iterations stopped, and the first step finished sequentially (None: none was)."""
+
+    iterations: int
+    residual: float
+    sequential_from: int | None
+
+
+_OPTIONS: ContextVar[Options | None] = ContextVar("flashgru_parallel_options", default=None)
+_LAST: list[SolveStats | None] = [None]
+
+
+@contextmanager
+def options(**changes) -> Iterator[Options]:
+    """Change the solver's Options for the calls inside the ``with`` block::
+
+        with flashgru.backends.parallel.options(jacobian="diagonal", max_iters=8):
+            out, h_n = gru(x)
+    """
+    new = replace(_OPTIONS.get() or Options(), **changes)
+    if new.jacobian not in ("dense", "diagonal"):
+        raise ValueError(f"jacobian must be 'dense' or 'diagonal', got {new.jacobian!r}")
+    if new.max_iters is not None and new.max_iters < 0:
+        raise ValueError(f"max_iters must be ≥ 0, got {new.max_iters}")
+    if new.tol is not None and not new.tol > 0:
+        raise ValueError(f"tol must be > 0, got {new.tol}")
+    token = _OPTIONS.set(new)
+    try:
+        yield new
+    finally:
+        _OPTIONS.reset(token)
+
+
+def last_stats() -> SolveStats | None:
+    """The SolveStats of the last core call (the last layer and direction of a module
+    call), or None before the first."""
+    return _LAST[0]
+
+
+# ---- one step at every t at once ---------------------------------------------------------
+
+class _Steps(NamedTuple):
+    h: Tensor  # f(h_prev), (T, B, H)
+    r: Tensor
+    z: Tensor
+    n: Tensor
+    ghn: Tensor  # W_hn h_prev + b_hn (reset_after=True) or W_hn (r h_prev) + b_hn
+
+
+def _steps(gi: Tensor, h_prev: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+           reset_after: bool) -> _Steps:
+    """The GRU step applied to every h_prev[t] at once (see ``reference.step``)."""
+    hidden = h_prev.shape[-1]
+    gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
+    if reset_after:
+        gh_r, gh_z, ghn = F.linear(h_prev, w_hh, b_hh).chunk(3, dim=-1)
+        r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
+        n = torch.tanh(gi_n + r * ghn)
+    else:
+        b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * hidden], b_hh[2 * hidden:])
+        gh_r, gh_z = F.linear(h_prev, w_hh[: 2 * hidden], b_rz).chunk(2, dim=-1)
+        r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
+        ghn = F.linear(r * h_prev, w_hh[2 * hidden:], b_n)
+        n = torch.tanh(gi_n + ghn)
+    return _Steps((1 - z) * n + z * h_prev, r, z, n, ghn)
+
+
+def _coefficients(s: _Steps, h_prev: Tensor, reset_after: bool):
+    """Per-unit factors of J: J = diag(z) + diag(u) W_hz + (the W_hn and W_hr terms)."""
+    u = (h_prev - s.n) * s.z * (1 - s.z)
+    dn = (1 - s.z) * (1 - s.n * s.n)  # ∂h'/∂(n's pre-activation)
+    if reset_after:
+        return u, dn * s.r, dn * s.ghn * s.r * (1 - s.r)
+    return u, dn, h_prev * s.r * (1 - s.r)
+
+
+def _jacobian(s: _Steps, h_prev: Tensor, w_hh: Tensor, reset_after: bool) -> Tensor:
+    """Dense J_t = ∂f/∂h_{t−1} for every step: (T, B, H, H)."""
+    hidden = h_prev.shape[-1]
+    w_r, w_z, w_n = w_hh[:hidden], w_hh[hidden: 2 * hidden], w_hh[2 * hidden:]
+    u, v, w = _coefficients(s, h_prev, reset_after)
+    jac = torch.diag_embed(s.z) + u.unsqueeze(-1) * w_z
+    if reset_after:
+        return jac + v.unsqueeze(-1) * w_n + w.unsqueeze(-1) * w_r
+    # ∂n_pre/∂h = W_hn (diag(r) + diag(h r(1 − r)) W_hr)
+    inner = torch.diag_embed(s.r) + w.unsqueeze(-1) * w_r
+    return jac + v.unsqueeze(-1) * (w_n @ inner)
+
+
+def _jacobian_diagonal(s: _Steps, h_prev: Tensor, w_hh: Tensor, reset_after: bool) -> Tensor:
+    """The diagonal of J_t for every step: (T, B, H)."""
+    hidden = h_prev.shape[-1]
+    w_r, w_z, w_n = w_hh[:hidden], w_hh[hidden: 2 * hidden], w_hh[2 * hidden:]
+    u, v, w = _coefficients(s, h_prev, reset_after)
+    diag = s.z + u * w_z.diagonal()
+    if reset_after:
+        return diag + v * w_n.diagonal() + w * w_r.diagonal()
+    # (W_hn (diag(r) + diag(w) W_hr))_ii = W_hn,ii r_i + Σ_k W_hn,ik w_k W_hr,ki
+    return diag + v * (w_n.diagonal() * s.r + w @ (w_n.t() * w_r))
+
+
+# ---- the solver --------------------------------------------------------------------------
+
+def _valid(lengths: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+    if lengths is None:
+        return None
+    t = torch.arange(steps, device=like.device).view(-1, 1, 1)
+    return t < lengths.to(like.device).view(1, -1, 1)  # (T, B, 1)
+
+
+def _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after):
+    """f at the guess h: (h_prev, steps, f(h_prev) with identity steps past lengths)."""
+    h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
+    s = _steps(gi, h_prev, w_hh, b_hh, reset_after)
+    fh = s.h if valid is None else torch.where(valid, s.h, h_prev)
+    return h_prev, s, fh
+
+
+def _max(x: Tensor) -> float:
+    return x.abs().max().item() if x.numel() else 0.0
+
+
+def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
+          reset_after: bool) -> Tensor:
+    """The trajectory (T, B, H), steps past a length holding the last state (not yet 0)."""
+    from ..scan import scan_dense, scan_diag
+
+    opts = _OPTIONS.get() or Options()
+    steps = gi.shape[0]
+    dense = opts.jacobian == "dense"
+    budget = opts.max_iters if opts.max_iters is not None else (32 if dense else 128)
+    tol = opts.tol if opts.tol is not None else (1e-13 if h0.dtype == torch.float64 else 2e-6)
+    tol *= max(1.0, _max(h0))
+    valid = _valid(lengths, steps, gi)
+    h = h0.unsqueeze(0).expand(steps, *h0.shape).clone()
+    h_prev, s, fh = _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after)
+    res, iters = _max(fh - h), 0
+    while res > tol and iters < budget:
+        rhs = fh - h
+        if dense:
+            jac = _jacobian(s, h_prev, w_hh, reset_after)
+            if valid is not None:
+                jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(jac.shape[-1]).to(jac))
+            delta = scan_dense(jac, rhs, torch.zeros_like(h0))
+        else:
+            diag = _jacobian_diagonal(s, h_prev, w_hh, reset_after)
+            if valid is not None:
+                diag = torch.where(valid, diag, 1.0)
+            delta = scan_diag(diag, rhs, torch.zeros_like(h0))
+        iters += 1
+        scale = torch.ones(steps, 1, 1, dtype=h.dtype, device=h.device)
+        for _ in range(5 if opts.damping else 1):
+            trial = h + scale * delta
+            t_prev, t_s, t_fh = _evaluate(gi, trial, h0, w_hh, b_hh, valid, reset_after)
+            t_res = _max(t_fh - trial)
+            if t_res <= res or not opts.damping:
+                break
+            scale[iters:] /= 2  # the first `iters` steps are exact after a full step: keep
+        if not t_res < float("inf"):  # overflow: keep the last finite guess
+            break
+        h, h_prev, s, fh, res = trial, t_prev, t_s, t_fh, t_res
+    first_bad = None
+    if res > tol:  # finish sequentially from the first step that is not converged
+        bad = ((fh - h).abs() > tol).flatten(1).any(1)
+        first_bad = int(bad.nonzero()[0, 0]) if bad.any() else None
+        if first_bad is not None:
+            fh = _finish(gi, fh, h0, w_hh, b_hh, lengths, reset_after, first_bad)
+    _LAST[0] = SolveStats(iters, res, first_bad)
+    return fh
+
+
+def _finish(gi, h, h0, w_hh, b_hh, lengths, reset_after, start):
+    """h with steps start.. recomputed by the sequential reference core (0 past lengths,
+    which the caller masks anyway)."""
+    h_start = h0 if start == 0 else h[start - 1]
+    rest_lengths = None if lengths is None else (lengths.to(gi.device) - start).clamp(min=0)
+    rest = reference.core(gi[start:], h_start, w_hh, b_hh, rest_lengths, reset_after)
+    return torch.cat([h[:start], rest])
+
+
+# ---- gradients by the adjoint ------------------------------------------------------------
+
+def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
+    """dgi, dh0, dW_hh, db_hh at the solution ``out`` (the trajectory, states held past
+    lengths), from λ_t = dout_t + J_{t+1}ᵀ λ_{t+1}."""
+    from ..scan import scan_dense
+
+    steps, hidden = out.shape[0], out.shape[-1]
+    valid = _valid(lengths, steps, gi)
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
+    s = _steps(gi, h_prev, w_hh, b_hh, reset_after)
+    jac = _jacobian(s, h_prev, w_hh, reset_after)
+    if valid is not None:
+        jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(hidden).to(jac))
+        dout = torch.where(valid, dout, 0.0)
+    # λ_t = dout_t + J_{t+1}ᵀ λ_{t+1}: a reverse scan over the Jacobians shifted by one
+    shifted = torch.cat([jac[1:], torch.zeros_like(jac[:1])])
+    lam = scan_dense(shifted, dout, torch.zeros_like(h0), reverse=True, transpose=True)
+    u, v, w = _coefficients(s, h_prev, reset_after)
+    dz = lam * u
+    dn = lam * (1 - s.z) * (1 - s.n * s.n)
+    if reset_after:
+        dr = dn * s.ghn * s.r * (1 - s.r)
+        dgi = torch.cat([dr, dz, dn], -1)
+        dgh = torch.cat([dr, dz, dn * s.r], -1)
+        dw_hh = dgh.flatten(0, -2).t() @ h_prev.flatten(0, -2)
+        db_hh = dgh.flatten(0, -2).sum(0)
+    else:
+        d_rh = dn @ w_hh[2 * hidden:]
+        dr = d_rh * w
+        dgi = torch.cat([dr, dz, dn], -1)
+        flat = dgi.flatten(0, -2)
+        rh = (s.r * h_prev).flatten(0, -2)
+        dw_hh = torch.cat([flat[:, : 2 * hidden].t() @ h_prev.flatten(0, -2),
+                           flat[:, 2 * hidden:].t() @ rh])
+        db_hh = flat.sum(0)
+    if valid is not None:
+        dgi = torch.where(valid, dgi, 0.0)
+    dh0 = (jac[0].transpose(-1, -2) @ lam[0].unsqueeze(-1)).squeeze(-1) if steps else \
+        torch.zeros_like(h0)
+    return dgi, dh0, dw_hh, db_hh
+
+
+class _ParallelGRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh, lengths, reset_after):
+        traj = solve(gi, h0, w_hh, b_hh, lengths, reset_after)
+        ctx.save_for_backward(gi, h0, w_hh, b_hh, traj, lengths)
+        ctx.reset_after = reset_after
+        valid = _valid(lengths, gi.shape[0], gi)
+        return traj if valid is None else torch.where(valid, traj, 0.0)
+
+    @staticmethod
+    def backward(ctx, dout):
+        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
+            raise RuntimeError("backend 'parallel' has no double backward; use "
+                               "backend='reference' for gradients of gradients")
+        gi, h0, w_hh, b_hh, traj, lengths = ctx.saved_tensors
+        dgi, dh0, dw_hh, db_hh = _adjoint(dout, gi, h0, w_hh, b_hh, traj, lengths,
+                                          ctx.reset_after)
+        return dgi, dh0, dw_hh, db_hh if b_hh is not None else None, None, None
+
+
+def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
+         reset_after: bool) -> Tensor:
+    """The recurrent core (see ``reference.core`` for the contract), parallel in time."""
+    if gi.dtype != h0.dtype:  # autocast made the input projection low precision
+        gi = gi.to(h0.dtype)
+    if gi.shape[0] == 0 or gi.shape[1] == 0:
+        return gi.new_zeros(gi.shape[0], gi.shape[1], h0.shape[-1])
+    return _ParallelGRU.apply(gi, h0, w_hh, b_hh, lengths, reset_after)

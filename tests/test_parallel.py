@@ -1,0 +1,142 @@
+"""The parallel-in-time backend against the reference core: outputs and every gradient,
+dense and diagonal Jacobians, both formulations, lengths; convergence on random and on
+trained weights; the prefix-exact property and the sequential finish when the budget runs
+out. (It also joins tests/test_parity_torch.py's sweep against torch.nn.GRU.)"""
+
+import pytest
+import torch
+from helpers import assert_close
+
+import flashgru
+from flashgru.backends import parallel, reference
+
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+
+
+def _problem(steps, batch, hidden, dtype, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(
+            dtype).requires_grad_()
+
+    return (rand(steps, batch, 3 * hidden), rand(batch, hidden),
+            rand(3 * hidden, hidden, s=scale * hidden ** -0.5), rand(3 * hidden))
+
+
+def _compare(gi, h0, w, b, lengths, reset_after, **opts):
+    """The core under ``opts`` against the reference: output and all four gradients."""
+    ref = reference.core(gi, h0, w, b, lengths, reset_after)
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=gi.dtype)
+    inputs = [t for t in (gi, h0, w, b) if t is not None]
+    ref_grads = torch.autograd.grad(ref, inputs, dout)
+    with parallel.options(**opts):
+        out = parallel.core(gi, h0, w, b, lengths, reset_after)
+        stats = parallel.last_stats()
+    grads = torch.autograd.grad(out, inputs, dout)
+    tol = TOL[gi.dtype]
+    assert_close("out", ref.detach(), out.detach(), tol, rtol=tol)
+    for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), ref_grads, grads, strict=False):
+        assert_close(name, r, g, tol * 10, rtol=tol * 10)
+    return stats
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("size", [(1, 1, 1), (37, 3, 5), (100, 2, 13)], ids=str)
+def test_core_matches_reference(size, dtype, jacobian, reset_after):
+    stats = _compare(*_problem(*size, dtype), None, reset_after, jacobian=jacobian)
+    assert stats.sequential_from is None, stats  # random weights: it converges
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+def test_lengths_and_no_bias(jacobian, reset_after):
+    gi, h0, w, _ = _problem(23, 4, 6, torch.float64)
+    _compare(gi, h0, w, None, torch.tensor([23, 7, 1, 16]), reset_after, jacobian=jacobian)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_dense_newton_converges_in_few_iterations(reset_after):
+    gi, h0, w, b = _problem(257, 2, 8, torch.float64)  # T not a power of two
+    stats = _compare(gi, h0, w, b, None, reset_after)
+    assert stats.iterations <= 12 and stats.sequential_from is None, stats
+
+
+@pytest.mark.parametrize("damping", [False, True])
+def test_budget_runs_out_and_the_prefix_is_exact(damping):
+    """After k full iterations the first k steps are exact, so the sequential finish
+    starts at k or later; the answer is exact either way."""
+    gi, h0, w, b = _problem(60, 2, 7, torch.float64, scale=3.0)  # far from contractive
+    for budget in (0, 1, 3):
+        stats = _compare(gi, h0, w, b, None, True, max_iters=budget, damping=damping)
+        assert stats.iterations == budget
+        assert stats.sequential_from is not None and stats.sequential_from >= budget, stats
+
+
+def test_non_contractive_weights_are_still_exact():
+    """Recurrent weights 3x torch's scale: Newton may stall; the answer does not change."""
+    for jacobian in ("dense", "diagonal"):
+        gi, h0, w, b = _problem(80, 3, 16, torch.float64, scale=3.0)
+        _compare(gi, h0, w, b, torch.tensor([80, 50, 3]), False, jacobian=jacobian)
+
+
+def test_trained_weights_converge_and_match():
+    """Weights trained to delay their input by three steps, less contractive than random
+    ones (W_hh's largest singular value ≈ 5 against ≈ 3): dense Newton still converges in
+    a few iterations; the diagonal variant may run out of budget and finish sequentially,
+    and is exact either way."""
+    torch.manual_seed(0)
+    gru = flashgru.GRU(2, 16, backend="torch")
+    head = torch.nn.Linear(16, 1)
+    opt = torch.optim.Adam([*gru.parameters(), *head.parameters()], lr=2e-2)
+    for _ in range(250):
+        x = torch.randn(20, 64, 2)
+        loss = ((head(gru(x)[0][3:]).squeeze(-1) - x[:-3, :, 0]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05  # it learned to carry information through the recurrence
+    gru = gru.double()
+    x = torch.randn(300, 4, 2, dtype=torch.float64)
+    gi = torch.nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0).detach()
+    h0 = torch.zeros(4, 16, dtype=torch.float64)
+    w = gru.weight_hh_l0.detach().clone()
+    b = gru.bias_hh_l0.detach().clone()
+    args = [t.requires_grad_() for t in (gi, h0, w, b)]
+    dense = _compare(*args, None, True, jacobian="dense")
+    assert dense.sequential_from is None and dense.iterations <= 10, dense
+    _compare(*args, None, True, jacobian="diagonal")
+
+
+def test_options_are_checked_and_scoped():
+    with pytest.raises(ValueError, match="jacobian must be"):
+        with parallel.options(jacobian="full"):
+            pass
+    with pytest.raises(ValueError, match="max_iters"):
+        with parallel.options(max_iters=-1):
+            pass
+    with parallel.options(jacobian="diagonal"):
+        with parallel.options(max_iters=5) as inner:
+            assert inner.jacobian == "diagonal" and inner.max_iters == 5
+    with parallel.options() as now:
+        assert now == parallel.Options()
+
+
+def test_no_double_backward():
+    gi, h0, w, b = _problem(4, 2, 3, torch.float64)
+    out = parallel.core(gi, h0, w, b, None, True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), gi, create_graph=True)
+
+
+def test_module_backend_parallel_packed():
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, 6, 2, bidirectional=True, dtype=torch.float64)
+    ours = flashgru.GRU.from_torch(ref, backend="parallel")
+    x = torch.randn(9, 3, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 9, 2], enforce_sorted=False)
+    (o_ref, h_ref), (o, h) = ref(packed), ours(packed)
+    assert_close("output", o_ref.data, o.data, 1e-12)
+    assert_close("h_n", h_ref, h, 1e-12)
