@@ -157,6 +157,10 @@ class GRU(nn.GRU):
         )
 
     def forward(self, input, hx=None):
+        if cpu_step.AVAILABLE and self.num_layers == 1 and not self.bidirectional:
+            streamed = self._stream(input, hx)
+            if streamed is not None:
+                return streamed
         p = self._prepare(input, hx)
         output, hidden = functional.gru(
             p.input, p.hx, self._flat_weights, has_biases=self.bias,
@@ -171,6 +175,27 @@ class GRU(nn.GRU):
         if not p.is_batched:
             return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
         return output, hidden
+
+    def _stream(self, input, hx):
+        """One step (T=1) of a one-layer, one-direction GRU on the cpu backend's fused
+        step, for streaming loops that carry h_n from call to call: (output, h_n), or None
+        where the ordinary path must run (it then makes every check and error torch's).
+        Inference only; the same conditions as GRUCell's fast path (``cpu_step.step``)."""
+        if self.backend not in ("auto", "cpu") or type(input) is not Tensor:
+            return None
+        dim = input.dim()
+        time = int(self.batch_first and dim == 3)
+        if dim not in (2, 3) or input.shape[time] != 1:
+            return None
+        if hx is not None and (type(hx) is not Tensor or hx.dim() != dim or hx.shape[0] != 1):
+            return None
+        p = self._parameters
+        h = cpu_step.step(input.select(time, 0), None if hx is None else hx[0],
+                          p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
+                          p.get("bias_hh_l0"), self.hidden_size, self.reset_after)
+        if h is None:
+            return None
+        return h.unsqueeze(time), h.unsqueeze(0)
 
     def gates(self, input, hx=None) -> GateTrace:
         """Run the GRU on the reference core and return every gate of every step.
