@@ -234,26 +234,34 @@ def _diag_sequential(a, b, h0):
     return torch.stack(out) if out else a.new_empty(a.shape)
 
 
-def _diag_torch(a: Tensor, b: Tensor, h0: Tensor, chunk: int | None = None) -> Tensor:
+def _diag_torch(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False,
+                chunk: int | None = None) -> Tensor:
+    """Chunked, reverse handled by indexing (no flipped copies): the n whole chunks cover
+    [lo, lo + nC), the tail the other T − nC steps, scanned last."""
     steps = a.shape[0]
     size = _chunk(steps, chunk)
     n = steps // size
     main = n * size
+    lo = steps - main if reverse else 0
     out = torch.empty_like(b)
     h = h0
     if n:
-        av = a[:main].unflatten(0, (n, size))  # (n, C, B, H)
-        s = out[:main].unflatten(0, (n, size))
-        s[:, 0] = b[0:main:size]
-        for j in range(1, size):  # (1) within chunks, zero start, all chunks at once
-            torch.addcmul(b[j:main:size], av[:, j], s[:, j - 1], out=s[:, j])
-        prod = av.cumprod(1)
+        av, bv, s = (x[lo:lo + main].unflatten(0, (n, size)) for x in (a, b, out))  # (n, C, B, H)
+        first, *rest = range(size - 1, -1, -1) if reverse else range(size)
+        prod = torch.empty_like(av)  # Π a within the chunk so far (a loop: faster than
+        prod[:, first] = av[:, first]  # torch.cumprod over this dim on CPU)
+        s[:, first] = bv[:, first]
+        prev = first
+        for j in rest:  # (1) within chunks, zero start, all chunks at once
+            torch.addcmul(bv[:, j], av[:, j], s[:, prev], out=s[:, j])
+            torch.mul(prod[:, prev], av[:, j], out=prod[:, j])
+            prev = j
         starts = torch.empty_like(s[:, 0])  # (n, B, H)
-        for k in range(n):  # (2) across chunks
+        for k in range(n - 1, -1, -1) if reverse else range(n):  # (2) across chunks
             starts[k] = h
-            h = torch.addcmul(s[k, -1], prod[k, -1], h)
+            h = torch.addcmul(s[k, prev], prod[k, prev], h)
         s.addcmul_(prod, starts.unsqueeze(1))  # (3) fix-up
-    for t in range(main, steps):  # the tail
+    for t in range(lo - 1, -1, -1) if reverse else range(main, steps):  # the tail
         h = torch.addcmul(b[t], a[t], h)
         out[t] = h
     return out
@@ -339,8 +347,10 @@ def _diag(a, b, h0, reverse, impl) -> Tensor:
     dtype = a.dtype
     if dtype in _LOW:
         a, b, h0 = a.float(), b.float(), h0.float()
-    run = _diag_sequential if impl == "sequential" else _diag_torch
-    return _flip(run(_flip(a, reverse), _flip(b, reverse), h0), reverse).to(dtype)
+    if impl == "sequential":
+        h = _diag_sequential(_flip(a, reverse), _flip(b, reverse), h0)
+        return _flip(h, reverse).to(dtype)
+    return _diag_torch(a, b, h0, reverse).to(dtype)
 
 
 def _dense(J, c, h0, reverse, transpose, impl) -> Tensor:

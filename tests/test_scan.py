@@ -87,7 +87,9 @@ def test_dense_torch(steps, shape, reverse, transpose, dtype):
 def test_torch_chunk_sizes(chunk):
     """Chunks of every kind: one step, ones that don't divide T, larger than T."""
     a, b, h0 = _diag_problem(37, 2, 3, torch.float64)
-    assert_close("diag", _diag_seq(a, b, h0), scan._diag_torch(a, b, h0, chunk), 1e-12)
+    assert_close("diag", _diag_seq(a, b, h0), scan._diag_torch(a, b, h0, False, chunk), 1e-12)
+    want = _diag_seq(a.flip(0), b.flip(0), h0).flip(0)
+    assert_close("diag reverse", want, scan._diag_torch(a, b, h0, True, chunk), 1e-12)
     j, c, g0 = _dense_problem(37, 2, 3, torch.float64)
     assert_close("dense", scan._dense_sequential(j, c, g0), scan._dense_torch(j, c, g0, chunk),
                  1e-12)
