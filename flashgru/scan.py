@@ -238,6 +238,7 @@ def _diag_torch(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False,
                 chunk: int | None = None) -> Tensor:
     """Chunked, reverse handled by indexing (no flipped copies): the n whole chunks cover
     [lo, lo + nC), the tail the other T − nC steps, scanned last."""
+    a, b = a.contiguous(), b.contiguous()  # strided views make every step's ops slow
     steps = a.shape[0]
     size = _chunk(steps, chunk)
     n = steps // size
