@@ -50,7 +50,7 @@ def _direction(x: Tensor, lengths: Tensor | None, h0: Tensor, weight: Tensor,
     length come first there and, with a = 1 and b = 0, leave h0 as it is."""
     z, cand = F.linear(x, weight, bias).chunk(2, dim=-1)  # (T, B, H) each
     z = torch.sigmoid(z)
-    a, b = 1 - z, z * cand
+    a, b = (1 - z).to(h0.dtype), (z * cand).to(h0.dtype)  # autocast: scan in h's dtype
     if lengths is not None:
         steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
         valid = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)

@@ -158,6 +158,18 @@ def test_cell_is_the_step():
     assert no_bias.bias_ih is None and [n for n, _ in no_bias.named_parameters()] == ["weight_ih"]
 
 
+def test_autocast_scans_in_the_state_dtype():
+    torch.manual_seed(0)
+    module = MinGRU(IN, H, 2)
+    x = torch.randn(T, B, IN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = module(x)
+    want, want_h = module(x)
+    assert out.dtype == h_n.dtype == torch.float32
+    assert_close("output", want, out, 0.05)
+    assert_close("h_n", want_h, h_n, 0.05)
+
+
 def test_parameters_and_state_dict():
     module = MinGRU(IN, H, 2, bidirectional=True)
     shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
