@@ -72,6 +72,10 @@ class SolveStats(NamedTuple):
     sequential_from: int | None
 
 
+# The dense scan that is parallel over time: flashgru.scan's chunked torch scan (its Triton
+# dense kernel runs each batch row sequentially over time, which would undo the point).
+DENSE_SCAN = "torch"
+
 _OPTIONS: ContextVar[Options | None] = ContextVar("flashgru_parallel_options", default=None)
 _LAST: list[SolveStats | None] = [None]
 
@@ -207,7 +211,7 @@ def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
             jac = _jacobian(s, h_prev, w_hh, reset_after)
             if valid is not None:
                 jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(jac.shape[-1]).to(jac))
-            delta = scan_dense(jac, rhs, torch.zeros_like(h0))
+            delta = scan_dense(jac, rhs, torch.zeros_like(h0), impl=DENSE_SCAN)
         else:
             diag = _jacobian_diagonal(s, h_prev, w_hh, reset_after)
             if valid is not None:
@@ -261,7 +265,8 @@ def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
         dout = torch.where(valid, dout, 0.0)
     # λ_t = dout_t + J_{t+1}ᵀ λ_{t+1}: a reverse scan over the Jacobians shifted by one
     shifted = torch.cat([jac[1:], torch.zeros_like(jac[:1])])
-    lam = scan_dense(shifted, dout, torch.zeros_like(h0), reverse=True, transpose=True)
+    lam = scan_dense(shifted, dout, torch.zeros_like(h0), reverse=True, transpose=True,
+                     impl=DENSE_SCAN)
     u, v, w = _coefficients(s, h_prev, reset_after)
     dz = lam * u
     dn = lam * (1 - s.z) * (1 - s.n * s.n)
