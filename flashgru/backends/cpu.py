@@ -47,6 +47,114 @@ def _skip(t, ts, i, out, r_s, z_s, n_s):
     n_s[ts, i] = 0.0
 
 
+# One step for every row, given the hidden product: shared by the fused loops below and the
+# wide path (``_fwd_wide``/``_bwd_wide``), which takes the products from torch's GEMM.
+
+@_jit(boundscheck=False)
+def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, a, c, bits):
+    """Step t of reset_after=True for every row: gh = h W_hhᵀ (B, 3H) without bias; h
+    (B, H) is updated in place; the gates go to index ts of the saved arrays."""
+    for i in range(h.shape[0]):
+        if t >= lengths[i]:
+            _skip(t, ts, i, out, r_s, z_s, n_s)
+            ghn_s[ts, i] = 0.0
+            continue
+        _gates_after(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], n_s[ts, i],
+                     ghn_s[ts, i], out[t, i], a, c, bits)
+
+
+@_jit(boundscheck=False)
+def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh, a, c, bits):
+    """Step t of reset_after=False, first half, every row: gh = h W_hr,zᵀ (B, 2H); writes
+    r, z and rh = r ⊙ h (B, H)."""
+    for i in range(h.shape[0]):
+        _rz_before(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], rh[i], a, c, bits)
+
+
+@_jit(boundscheck=False)
+def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, a, bits):
+    """Step t of reset_after=False, second half, every row: ghn = (r ⊙ h) W_hnᵀ (B, H)."""
+    for i in range(h.shape[0]):
+        if t >= lengths[i]:
+            _skip(t, ts, i, out, r_s, z_s, n_s)
+            continue
+        _n_before(gi[t, i], ghn[i], b, z_s[ts, i], h[i], n_s[ts, i], out[t, i], a, bits)
+
+
+@_jit(boundscheck=False)
+def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
+    """Step t of the reverse recurrence, reset_after=True, every row: writes dgi[t] and
+    dgh[t] (0 past a length) and sets dh to the part of ∂L/∂h_{t−1} that is d ⊙ z (the
+    caller adds dgh[t] W_hh)."""
+    hidden = dh.shape[1]
+    for i in range(dh.shape[0]):
+        if t >= lengths[i]:
+            dgi[t, i] = 0.0
+            dgh[t, i] = 0.0
+            continue
+        for j in range(hidden):
+            d = dout[t, i, j] + dh[i, j]
+            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
+            r, z, n = r_s[t, i, j], z_s[t, i, j], n_s[t, i, j]
+            dn = d * (1.0 - z) * (1.0 - n * n)
+            dz = d * (h_prev - n) * z * (1.0 - z)
+            dr = dn * ghn_s[t, i, j] * r * (1.0 - r)
+            dgi[t, i, j] = dr
+            dgi[t, i, hidden + j] = dz
+            dgi[t, i, 2 * hidden + j] = dn
+            dgh[t, i, j] = dr
+            dgh[t, i, hidden + j] = dz
+            dgh[t, i, 2 * hidden + j] = dn * r
+            dh[i, j] = d * z
+
+
+@_jit(boundscheck=False)
+def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t):
+    """Reverse step t, reset_after=False, first half: dn_t (B, H) and dz into drz_t[:, H:]
+    (0 past a length); dh becomes d ⊙ z (the caller adds the rest)."""
+    hidden = dh.shape[1]
+    for i in range(dh.shape[0]):
+        if t >= lengths[i]:
+            dn_t[i] = 0.0
+            drz_t[i] = 0.0
+            continue
+        for j in range(hidden):
+            d = dout[t, i, j] + dh[i, j]
+            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
+            z, n = z_s[t, i, j], n_s[t, i, j]
+            dn_t[i, j] = d * (1.0 - z) * (1.0 - n * n)
+            drz_t[i, hidden + j] = d * (h_prev - n) * z * (1.0 - z)
+            dh[i, j] = d * z
+
+
+@_jit(boundscheck=False)
+def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
+    """Reverse step t, reset_after=False, second half, from d_rh = dn_t W_hn (B, H): dr into
+    drz_t[:, :H], dgi[t] = [dr, dz, dn] and r ⊙ d_rh added to dh."""
+    hidden = dh.shape[1]
+    for i in range(dh.shape[0]):
+        if t >= lengths[i]:
+            dgi[t, i] = 0.0
+            continue
+        for j in range(hidden):
+            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
+            r = r_s[t, i, j]
+            dr = d_rh[i, j] * h_prev * r * (1.0 - r)
+            drz_t[i, j] = dr
+            dgi[t, i, j] = dr
+            dgi[t, i, hidden + j] = drz_t[i, hidden + j]
+            dgi[t, i, 2 * hidden + j] = dn_t[i, j]
+            dh[i, j] += r * d_rh[i, j]
+
+
+# ---- the fused loops ---------------------------------------------------------------------
+
+def _scratch(hidden, dtype):
+    """Float scratch a, c (H,) and int64 bits (H,) for the gate passes."""
+    return np.empty(hidden, dtype=dtype), np.empty(hidden, dtype=dtype), np.empty(
+        hidden, dtype=np.int64)
+
+
 @_jit(boundscheck=False)
 def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
     """reset_after=True. gi (T, B, 3H); w_t = W_hhᵀ (H, 3H); b (3H,). Writes out and the
@@ -60,14 +168,7 @@ def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
     bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
         _matmul(h, w_t, gh)
-        for i in range(batch):
-            ts = t * keep
-            if t >= lengths[i]:
-                _skip(t, ts, i, out, r_s, z_s, n_s)
-                ghn_s[ts, i] = 0.0
-                continue
-            _gates_after(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], n_s[ts, i],
-                         ghn_s[ts, i], out[t, i], a, c, bits)
+        _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, a, c, bits)
 
 
 @_jit(boundscheck=False)
@@ -84,15 +185,9 @@ def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
     bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
         _matmul(h, w_rz_t, gh)
-        ts = t * keep
-        for i in range(batch):
-            _rz_before(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], rh[i], a, c, bits)
+        _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh, a, c, bits)
         _matmul(rh, w_n_t, ghn)
-        for i in range(batch):
-            if t >= lengths[i]:
-                _skip(t, ts, i, out, r_s, z_s, n_s)
-                continue
-            _n_before(gi[t, i], ghn[i], b, z_s[ts, i], h[i], n_s[ts, i], out[t, i], a, bits)
+        _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, a, bits)
 
 
 @_jit(boundscheck=False)
@@ -103,30 +198,9 @@ def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
     dh = np.zeros((batch, hidden), dtype=h0.dtype)
     carry = np.empty((batch, hidden), dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
-        for i in range(batch):
-            if t >= lengths[i]:
-                dgi[t, i] = 0.0
-                dgh[t, i] = 0.0
-                continue
-            for j in range(hidden):
-                d = dout[t, i, j] + dh[i, j]
-                h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-                r, z, n = r_s[t, i, j], z_s[t, i, j], n_s[t, i, j]
-                dn = d * (1.0 - z) * (1.0 - n * n)
-                dz = d * (h_prev - n) * z * (1.0 - z)
-                dr = dn * ghn_s[t, i, j] * r * (1.0 - r)
-                dgi[t, i, j] = dr
-                dgi[t, i, hidden + j] = dz
-                dgi[t, i, 2 * hidden + j] = dn
-                dgh[t, i, j] = dr
-                dgh[t, i, hidden + j] = dz
-                dgh[t, i, 2 * hidden + j] = dn * r
-                dh[i, j] = d * z
+        _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh)
         _matmul(dgh[t], w, carry)
-        for i in range(batch):
-            if t < lengths[i]:
-                for j in range(hidden):
-                    dh[i, j] += carry[i, j]
+        dh += carry  # rows past their length have dgh = 0, so carry = 0
     return dh
 
 
@@ -142,38 +216,79 @@ def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
     d_rh = np.empty((batch, hidden), dtype=h0.dtype)
     carry = np.empty((batch, hidden), dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
-        for i in range(batch):
-            valid = t < lengths[i]
-            for j in range(hidden):
-                if not valid:
-                    dn_t[i, j] = 0.0
-                    continue
-                d = dout[t, i, j] + dh[i, j]
-                h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-                z, n = z_s[t, i, j], n_s[t, i, j]
-                dn_t[i, j] = d * (1.0 - z) * (1.0 - n * n)
-                drz_t[i, hidden + j] = d * (h_prev - n) * z * (1.0 - z)
-                dh[i, j] = d * z
+        _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t)
         _matmul(dn_t, w_n, d_rh)
-        for i in range(batch):
-            if t >= lengths[i]:
-                dgi[t, i] = 0.0
-                drz_t[i] = 0.0
-                continue
-            for j in range(hidden):
-                h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-                r = r_s[t, i, j]
-                dr = d_rh[i, j] * h_prev * r * (1.0 - r)
-                drz_t[i, j] = dr
-                dgi[t, i, j] = dr
-                dgi[t, i, hidden + j] = drz_t[i, hidden + j]
-                dgi[t, i, 2 * hidden + j] = dn_t[i, j]
-                dh[i, j] += r * d_rh[i, j]
+        _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi)
         _matmul(drz_t, w_rz, carry)
-        for i in range(batch):
-            if t < lengths[i]:
-                for j in range(hidden):
-                    dh[i, j] += carry[i, j]
+        dh += carry  # rows past their length have drz_t = 0, so carry = 0
+    return dh
+
+
+# ---- the wide path: torch's GEMM per step, numba for the gates ---------------------------
+
+WIDE_WORK = 1 << 20  # multiply-adds per step of the hidden product (measured crossover)
+
+
+def _fwd_wide(gi, h0, w_hh, b, lengths, out, saved, reset_after):
+    """The forward loop in Python for large batches: each step's hidden product by
+    torch.mm (its BLAS and threads, faster than SciPy's OpenBLAS here from WIDE_WORK on),
+    the gates by the same numba row passes as the fused loop. Arguments as ``_fwd``'s
+    kernels; ``out`` and ``saved`` are tensors."""
+    steps, batch, hidden = out.shape
+    keep = 1 if saved[0].shape[0] == steps else 0
+    h = h0.detach().clone()
+    arrays = [x.numpy() for x in (h, out, *saved)]
+    hn, out_n, *saved_n = arrays
+    gi_n, b_n, len_n = _np(gi), _np(b), lengths.numpy()
+    a, c, bits = _scratch(hidden, hn.dtype)
+    w = w_hh.detach()
+    if reset_after:
+        w_t, gh = w.t(), torch.empty(batch, 3 * hidden, dtype=h.dtype)
+        gh_n = gh.numpy()
+        for t in range(steps):
+            torch.mm(h, w_t, out=gh)
+            _rows_after(t, t * keep, gi_n, gh_n, b_n, hn, len_n, out_n, *saved_n, a, c, bits)
+        return
+    w_rz_t, w_n_t = w[: 2 * hidden].t(), w[2 * hidden:].t()
+    gh, ghn = torch.empty(batch, 2 * hidden, dtype=h.dtype), torch.empty_like(h)
+    rh = torch.zeros_like(h)
+    gh_n, ghn_n, rh_n = gh.numpy(), ghn.numpy(), rh.numpy()
+    for t in range(steps):
+        torch.mm(h, w_rz_t, out=gh)
+        _rows_rz_before(t, t * keep, gi_n, gh_n, b_n, hn, *saved_n[:2], rh_n, a, c, bits)
+        torch.mm(rh, w_n_t, out=ghn)
+        _rows_n_before(t, t * keep, gi_n, ghn_n, b_n, hn, len_n, out_n, *saved_n[:3], a, bits)
+
+
+def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
+    """The reverse loop in Python for large batches (see ``_fwd_wide``); returns dh0."""
+    steps, batch, hidden = out.shape
+    dh, carry = torch.zeros(batch, hidden, dtype=out.dtype), torch.empty(batch, hidden,
+                                                                         dtype=out.dtype)
+    dh_n = dh.numpy()
+    common = (_np(dout), _np(h0), out.numpy())
+    s_n = [x.numpy() for x in saved]
+    len_n, dgi_n = lengths.numpy(), dgi.numpy()
+    w = w_hh.detach()
+    if reset_after:
+        dgh_n = dgh.numpy()
+        for t in range(steps - 1, -1, -1):
+            _grad_rows_after(t, *common, *s_n[:4], len_n, dh_n, dgi_n, dgh_n)
+            torch.mm(dgh[t], w, out=carry)
+            dh += carry
+        return dh
+    w_rz, w_n = w[: 2 * hidden], w[2 * hidden:]
+    dn_t, drz_t = torch.zeros(batch, hidden, dtype=out.dtype), torch.zeros(
+        batch, 2 * hidden, dtype=out.dtype)
+    d_rh = torch.empty_like(dn_t)
+    dn_n, drz_n, d_rh_n = dn_t.numpy(), drz_t.numpy(), d_rh.numpy()
+    for t in range(steps - 1, -1, -1):
+        _grad_rows_nz_before(t, *common, s_n[1], s_n[2], len_n, dh_n, dn_n, drz_n)
+        torch.mm(dn_t, w_n, out=d_rh)
+        _grad_rows_r_before(t, common[1], common[2], s_n[0], len_n, d_rh_n, dn_n, drz_n,
+                            dh_n, dgi_n)
+        torch.mm(drz_t, w_rz, out=carry)
+        dh += carry
     return dh
 
 
@@ -193,13 +308,22 @@ def _weights(w_hh: Tensor, reset_after: bool) -> list[np.ndarray]:
     return [_np(w[: 2 * hidden].t()), _np(w[2 * hidden :].t())]
 
 
+def wide(batch: int, hidden: int) -> bool:
+    """Whether a call takes the wide path (torch's GEMM per step): from WIDE_WORK
+    multiply-adds per step on."""
+    return batch * 3 * hidden * hidden >= WIDE_WORK
+
+
 def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
-    """Run the forward kernel; returns out and, with ``save``, what backward needs."""
+    """Run the forward loop; returns out and, with ``save``, what backward needs."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
     kept = steps if save else 1
     saved = [torch.empty(kept, batch, hidden, dtype=gi.dtype) for _ in range(3 + reset_after)]
+    if wide(batch, hidden):
+        _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
+        return out, saved
     args = [_np(gi), _np(h0), *_weights(w_hh, reset_after), _np(b_hh), lengths.numpy(),
             out.numpy(), *(t.numpy() for t in saved)]
     (_fwd_after if reset_after else _fwd_before)(*args)
@@ -212,15 +336,19 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after):
     dgi = torch.empty(steps, batch, 3 * hidden, dtype=out.dtype)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
     common = (_np(dout), _np(h0), out.numpy(), *(s.numpy() for s in saved[:3]))
-    if reset_after:
-        dgh = torch.empty_like(dgi)
+    dgh = torch.empty_like(dgi) if reset_after else None
+    if wide(batch, hidden):
+        dh0 = _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after).numpy()
+    elif reset_after:
         dh0 = _bwd_after(*common, saved[3].numpy(), _np(w_hh), lengths.numpy(), dgi.numpy(),
                          dgh.numpy())
-        dw_hh = dgh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
-        db_hh = dgh.sum((0, 1))
     else:
         dh0 = _bwd_before(*common, _np(w_hh[: 2 * hidden]), _np(w_hh[2 * hidden :]),
                           lengths.numpy(), dgi.numpy())
+    if reset_after:
+        dw_hh = dgh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
+        db_hh = dgh.sum((0, 1))
+    else:
         flat = dgi.flatten(0, 1)
         rh = (saved[0] * h_prev).flatten(0, 1)
         dw_hh = torch.cat([flat[:, : 2 * hidden].t() @ h_prev.flatten(0, 1),

@@ -1,0 +1,45 @@
+"""The cpu backend's two loops — the fused numba loop (small steps) and the wide path
+(torch's GEMM per step, numba for the gates; large steps) — against the reference core:
+outputs and every gradient, both formulations, lengths, float32 and float64. The sweep in
+tests/test_parity_torch.py only reaches the fused loop (its sizes are small)."""
+
+import pytest
+import torch
+from helpers import BACKENDS, assert_close
+
+from flashgru.backends import cpu, reference
+
+pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and SciPy")
+
+
+@pytest.mark.parametrize("path", ["fused", "wide"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 7, 1, 5]], ids=["full", "lengths"])
+def test_paths_match_reference(path, reset_after, dtype, lengths, monkeypatch):
+    monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
+    g = torch.Generator().manual_seed(0)
+    steps, batch, hidden = 7, 5, 6
+    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
+                                  (3 * hidden, hidden), (3 * hidden,)))
+    lens = None if lengths is None else torch.tensor(lengths)
+    ref = reference.core(gi, h0, w, b, lens, reset_after)
+    out = cpu.core(gi, h0, w, b, lens, reset_after)
+    dout = torch.randn(ref.shape, generator=g, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close("out", ref, out, tol)
+    for name, r, o in zip(("dgi", "dh0", "dw_hh", "db_hh"),
+                          torch.autograd.grad(ref, (gi, h0, w, b), dout),
+                          torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
+        assert_close(name, r, o, tol, rtol=tol)
+
+
+def test_the_wide_path_is_taken_for_large_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu, "_fwd_wide", lambda *a: calls.append(a))
+    assert cpu.wide(64, 256) and not cpu.wide(1, 256)
+    with torch.no_grad():
+        cpu.core(torch.randn(2, 64, 768), torch.zeros(64, 256), torch.randn(768, 256), None,
+                 None, True)
+    assert len(calls) == 1
