@@ -56,15 +56,20 @@ def run_pair(backend, layers, bi, bf, bias, form, with_h0, size, dtype, seed=0, 
     return results
 
 
+def assert_pair_close(pair, tol: float, grad_rtol: float = 0.0) -> None:
+    """run_pair's two results agree: output, h_n and every gradient, by name."""
+    (o_ref, h_ref, g_ref), (o, h, g) = pair
+    assert_close("output", o_ref, o, tol)
+    assert_close("h_n", h_ref, h, tol)
+    assert g_ref.keys() == g.keys()
+    for name in g_ref:
+        assert_close(name, g_ref[name], g[name], tol, rtol=grad_rtol)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(_cases()), ids=_ids)
 def test_float64_matches_torch(backend, case):
-    (o_ref, h_ref, g_ref), (o, h, g) = run_pair(backend, *case, torch.float64)
-    assert_close("output", o_ref, o, 1e-12)
-    assert_close("h_n", h_ref, h, 1e-12)
-    assert g_ref.keys() == g.keys()
-    for name in g_ref:
-        assert_close(name, g_ref[name], g[name], 1e-12)
+    assert_pair_close(run_pair(backend, *case, torch.float64), 1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,28 +8,20 @@ import math
 import pytest
 import torch
 from helpers import FORMS, assert_close
-from test_parity_torch import _cases, _ids, run_pair
+from test_parity_torch import _cases, _ids, assert_pair_close, run_pair
 
 import flashgru
 from flashgru.backends import BACKENDS, reference
 
-pytestmark = pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
-                                reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+pytestmark = [pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                                 reason="needs Triton, and a GPU or TRITON_INTERPRET=1"),
+              pytest.mark.usefixtures("no_tf32")]
 
 if BACKENDS["triton"].missing() is None:
     from flashgru.backends import triton_gru as tg
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """fp32 means fp32 in the references: cuDNN's RNNs otherwise use TF32 by default."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(autouse=True)
@@ -177,12 +169,7 @@ def test_module_on_triton_matches_torch():
 def test_module_matches_torch_sample(case):
     """Every 23rd case of tests/test_parity_torch.py's float64 sweep (all of it on a GPU,
     where the backend joins the sweep)."""
-    (o_ref, h_ref, g_ref), (o, h, g) = run_pair("triton", *case, torch.float64, device=DEVICE)
-    assert_close("output", o_ref, o, 1e-12)
-    assert_close("h_n", h_ref, h, 1e-12)
-    assert g_ref.keys() == g.keys()
-    for name in g_ref:
-        assert_close(name, g_ref[name], g[name], 1e-12)
+    assert_pair_close(run_pair("triton", *case, torch.float64, device=DEVICE), 1e-12)
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -129,6 +129,20 @@ def _hidden_product(a, rows, rmask, w, cols, cmask, H,
 
 
 @_jit
+def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr):
+    """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
+    unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
+    lengths."""
+    rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
+    rmask = rows < B
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    cmask = cols < H
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    return (rows, rmask, cols, cmask, rmask[:, None] & cmask[None, :],
+            rows[:, None] * H + cols[None, :], lens)
+
+
+@_jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -146,20 +160,12 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
     rhbuf (B, H) scratch for r ⊙ h; r_s, z_s, n_s, ghn_s (T, B, H) the saved gates
     (with SAVE); sync: one int32 counter per batch tile, zero at launch.
     """
-    p = tl.program_id(0)
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
-    tile = tl.program_id(1)
-    rows = row0 + tile * BB + tl.arange(0, BB)
-    rmask = rows < B
-    cols = p * S + tl.arange(0, S)
-    cmask = cols < H
-    m = rmask[:, None] & cmask[None, :]
-    own = rows[:, None] * H + cols[None, :]
-    lens = tl.load(lengths + rows, mask=rmask, other=0)
     b_r = tl.load(b + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_z = tl.load(b + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    sync += tile
+    sync += tl.program_id(1)
     h = tl.load(hbuf + (t_begin % 2) * B * H + own, mask=m, other=0.0)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
@@ -211,18 +217,10 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
     at the end). sync as in the forward kernel.
     """
-    p = tl.program_id(0)
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
-    tile = tl.program_id(1)
-    rows = row0 + tile * BB + tl.arange(0, BB)
-    rmask = rows < B
-    cols = p * S + tl.arange(0, S)
-    cmask = cols < H
-    m = rmask[:, None] & cmask[None, :]
-    own = rows[:, None] * H + cols[None, :]
     own3 = rows[:, None] * 3 * H + cols[None, :]
-    lens = tl.load(lengths + rows, mask=rmask, other=0)
-    sync += tile
+    sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
