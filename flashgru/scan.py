@@ -29,8 +29,10 @@ impl:
   carried state between tiles. With one chunk that is the whole scan (one read of a and b);
   with several, a first launch writes each chunk's summary, the summaries are scanned by
   the same function (recursively), and a second launch re-scans each chunk from its start.
-  Dense (H ≤ 128): one program per batch row, sequential over T with h and J_t in
-  registers (no H³ work; parallel over B only).
+  Dense (H ≤ 128): per batch row, sequential over T with h and J_t in registers (no H³
+  work) where the rows fill the GPU (B ≥ 64), for T < 256 and in float64; otherwise in
+  chunks of ≈ √T steps, parallel over (chunk, row): every chunk's map composed at once
+  (tl.dot, fp32 at three-pass TF32), the maps scanned, every chunk re-run from its start.
 - ``"auto"``: "triton" for CUDA tensors when Triton is installed (dense: H ≤ 128), else
   "torch". (Under the interpreter, CPU tensors get "torch": ask for "triton" by name.)
 
@@ -119,21 +121,29 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
 
 
 @_jit
-def _dense_kernel(J, c, h0, out, T, B, H,
+def _dense_offsets(i, H, TRANSPOSE: tl.constexpr):
+    """Offsets of M_t's elements in J_t (H, H) for a (BH, BH) tile: M = J or Jᵀ."""
+    if TRANSPOSE:  # M[r, k] = J[k, r]
+        return i[:, None] + i[None, :] * H
+    else:
+        return i[:, None] * H + i[None, :]
+
+
+@_jit
+def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
                   REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr,
                   ACC: tl.constexpr):
-    """Program b: batch row b, all T steps in order, h in registers. J (T, B, H, H),
-    c and out (T, B, H), h0 (B, H)."""
-    row = tl.program_id(0)
+    """Program (k, b): batch row b over logical steps [k·CHUNK, (k+1)·CHUNK) ∩ [0, T) in
+    order, from init[k, b], h in registers. J (T, B, H, H), c and out (T, B, H), init
+    (n_chunks, B, H); logical step s is time T−1−s with REVERSE."""
+    k = tl.program_id(0)
+    row = tl.program_id(1)
     i = tl.arange(0, BH)
     im = i < H
-    if TRANSPOSE:  # M[r, k] = J[k, r]
-        moff = i[:, None] + i[None, :] * H
-    else:
-        moff = i[:, None] * H + i[None, :]
+    moff = _dense_offsets(i, H, TRANSPOSE)
     mm = im[:, None] & im[None, :]
-    h = tl.load(h0 + row * H + i, mask=im, other=0.0).to(ACC)
-    for s in range(T):
+    h = tl.load(init + (k * B + row) * H + i, mask=im, other=0.0).to(ACC)
+    for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
         if REVERSE:
             t = T - 1 - s
         else:
@@ -143,6 +153,35 @@ def _dense_kernel(J, c, h0, out, T, B, H,
         cv = tl.load(c + base * H + i, mask=im, other=0.0).to(ACC)
         h = tl.sum(m * h[None, :], axis=1) + cv
         tl.store(out + base * H + i, h.to(out.dtype.element_ty), mask=im)
+
+
+@_jit
+def _dense_summary_kernel(J, c, P, S, T, B, H, CHUNK,
+                          REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr):
+    """Program (k, b): the affine map h ↦ P h + S of chunk k for batch row b, composed in
+    fp32 (tl.dot at three-pass TF32, fp32's accuracy): P[k, b] = M_last ⋯ M_first (H, H),
+    S[k, b] the chunk's state from a zero start. BH ≥ 16 (tl.dot's minimum)."""
+    k = tl.program_id(0)
+    row = tl.program_id(1)
+    i = tl.arange(0, BH)
+    im = i < H
+    moff = _dense_offsets(i, H, TRANSPOSE)
+    mm = im[:, None] & im[None, :]
+    prod = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(tl.float32)
+    h = tl.zeros((BH,), tl.float32)
+    for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        base = t * B + row
+        m = tl.load(J + base * H * H + moff, mask=mm, other=0.0).to(tl.float32)
+        cv = tl.load(c + base * H + i, mask=im, other=0.0).to(tl.float32)
+        prod = tl.dot(m, prod, input_precision="tf32x3")
+        h = tl.sum(m * h[None, :], axis=1) + cv
+    out = (k * B + row) * H
+    tl.store(P + out * H + i[:, None] * H + i[None, :], prod, mask=mm)
+    tl.store(S + out + i, h, mask=im)
 
 
 # ---- launchers ---------------------------------------------------------------------------
@@ -208,15 +247,41 @@ def _diag_triton(a: Tensor, b: Tensor, h0: Tensor, reverse: bool, chunk=None, bl
     return out
 
 
-def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool) -> Tensor:
+def _dense_chunk(steps: int, batch: int, dtype: torch.dtype) -> int:
+    """Steps per chunk of the Triton dense scan: one chunk (a sequential scan per batch row)
+    where the rows alone fill the GPU, for short sequences and in float64 (tl.dot composes
+    the chunk maps in fp32); else ≈ √T, so chunks × rows fill it."""
+    if dtype == torch.float64 or batch >= 64 or steps < 256:
+        return steps
+    return max(16, math.isqrt(steps))
+
+
+def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool,
+                  chunk: int | None = None) -> Tensor:
+    """The Triton dense scan. With several chunks: (1) every chunk's map (P, S) at once,
+    (2) the scan of those maps (this function again: few steps), (3) every chunk re-run
+    from its true start at once. O(T·B·H³) flops for (1), O(T·B·H²) for (3)."""
     steps, batch, hidden = c.shape
     out = _empty(steps, batch, hidden, dtype=c.dtype, device=c.device)
-    if steps and batch and hidden:
-        acc = torch.float64 if c.dtype == torch.float64 else torch.float32
-        bh = max(2, _pow2(hidden))
-        _dense_kernel[(batch,)](J.contiguous(), c.contiguous(), h0.contiguous(), out, steps,
-                                batch, hidden, REVERSE=reverse, TRANSPOSE=transpose, BH=bh,
-                                ACC=_acc(acc), num_warps=4 if bh <= 64 else 8)
+    if not (steps and batch and hidden):
+        return out
+    acc = torch.float64 if c.dtype == torch.float64 else torch.float32
+    bh = max(2, _pow2(hidden))
+    size = chunk or _dense_chunk(steps, batch, c.dtype)
+    n = -(-steps // size)
+    J, c = J.contiguous(), c.contiguous()
+    consts = dict(REVERSE=reverse, TRANSPOSE=transpose, num_warps=4 if bh <= 64 else 8)
+    if n == 1:
+        starts = h0.contiguous().unsqueeze(0)
+    else:
+        maps = _empty(n, batch, hidden, hidden, dtype=torch.float32, device=c.device)
+        offsets = _empty(n, batch, hidden, dtype=torch.float32, device=c.device)
+        _dense_summary_kernel[(n, batch)](J, c, maps, offsets, steps, batch, hidden, size,
+                                          BH=max(16, bh), **consts)
+        ends = _dense_triton(maps, offsets, h0.float(), False, False)
+        starts = torch.cat([h0.float().unsqueeze(0), ends[:-1]]).contiguous()
+    _dense_kernel[(n, batch)](J, c, starts, out, steps, batch, hidden, size, BH=bh,
+                              ACC=_acc(acc), **consts)
     return out
 
 

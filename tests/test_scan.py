@@ -216,6 +216,27 @@ def test_dense_triton(case, reverse, transpose, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("transpose", [False, True], ids=["J", "Jt"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("split", [(37, 2, 13, 5), (100, 1, 4, 16), (5, 1, 1, 2)], ids=str)
+def test_dense_triton_chunks(split, reverse, transpose):
+    """Several chunks per row: every chunk's map composed at once (tl.dot in fp32), the
+    maps scanned, every chunk re-run from its start (T not a multiple of the chunk)."""
+    *case, chunk = split
+    args = _dense_problem(*case, torch.float32, device=DEVICE)
+    got = scan._dense_triton(*args, reverse, transpose, chunk)
+    ref = _ref(scan_dense, args, reverse=reverse, transpose=transpose)
+    assert_close("h", ref, got.double(), 2e-5, rtol=2e-5)
+
+
+def test_dense_triton_chunking_rule():
+    assert scan._dense_chunk(32768, 1, torch.float32) == 181
+    assert scan._dense_chunk(32768, 64, torch.float32) == 32768  # rows fill the GPU
+    assert scan._dense_chunk(32768, 1, torch.float64) == 32768  # no fp64 tl.dot
+    assert scan._dense_chunk(100, 1, torch.float32) == 100
+
+
+@needs_triton
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_triton_gradients(reverse):
     """Backward through the kernels (the adjoint scans) against the loop's autograd."""

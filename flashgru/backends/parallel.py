@@ -72,9 +72,9 @@ class SolveStats(NamedTuple):
     sequential_from: int | None
 
 
-# The dense scan that is parallel over time: flashgru.scan's chunked torch scan (its Triton
-# dense kernel runs each batch row sequentially over time, which would undo the point).
-DENSE_SCAN = "torch"
+# flashgru.scan's choice: on a GPU its Triton dense scan, chunked over time for long
+# sequences (parallel over chunks × rows); elsewhere the chunked torch scan.
+DENSE_SCAN = "auto"
 
 _OPTIONS: ContextVar[Options | None] = ContextVar("flashgru_parallel_options", default=None)
 _LAST: list[SolveStats | None] = [None]
