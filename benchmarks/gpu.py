@@ -26,6 +26,7 @@ import time
 import torch
 
 import flashgru
+from flashgru.backends import reference
 from flashgru.backends import triton_gru as tg
 
 HIDDEN = (64, 128, 256, 512, 1024)
@@ -110,7 +111,8 @@ def _line(row: dict) -> str:
 
 
 def sweep(points, steps) -> list[dict]:
-    """Inference time of the core alone for several launch splits around the default."""
+    """Inference time of the core alone for several launch splits around the default, and
+    each split's error against the reference core in float64."""
     rows = []
     for b, h in points:
         default = tg.choose_config(b, h, torch.device("cuda"), torch.float32)
@@ -130,14 +132,16 @@ def sweep(points, steps) -> list[dict]:
         w = torch.randn(3 * h, h, device="cuda", generator=g) / h ** 0.5
         bias = torch.randn(3 * h, device="cuda", generator=g)
         lens = torch.full((b,), steps, device="cuda")
+        exact = reference.core(gi.double(), h0.double(), w.double(), bias.double(), None, True)
         for cfg in sorted(candidates):
             args = (gi, h0, w, bias, lens, True, False, cfg)
+            err = rel_err(tg.forward(*args)[0], exact)
             fwd = timed(lambda a=args: tg.forward(*a))
             row = dict(B=b, H=h, cfg=cfg._asdict(), default=cfg == default,
-                       fwd_us=fwd * 1e3 / steps)
+                       fwd_us=fwd * 1e3 / steps, err=err)
             rows.append(row)
-            print(f"sweep B={b:<4} H={h:<5} {cfg} fwd {row['fwd_us']:.2f} µs/step"
-                  f"{'  (default)' if row['default'] else ''}", flush=True)
+            print(f"sweep B={b:<4} H={h:<5} {cfg} fwd {row['fwd_us']:.2f} µs/step, error "
+                  f"{err:.1e}{'  (default)' if row['default'] else ''}", flush=True)
     return rows
 
 

@@ -92,7 +92,7 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
     cmask = cols < N
     rows = tl.arange(0, BT)
     if HAS_INIT:
-        h = tl.load(init + c * N + cols, mask=cmask, other=0.0).to(ACC)
+        h = tl.load(init + c.to(tl.int64) * N + cols, mask=cmask, other=0.0).to(ACC)
     else:
         h = tl.zeros((BN,), ACC)
     prod = tl.full((BN,), 1.0, ACC)
@@ -105,7 +105,7 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
         else:
             t = steps
         m = (steps < end)[:, None] & cmask[None, :]
-        off = t[:, None] * N + cols[None, :]
+        off = t.to(tl.int64)[:, None] * N + cols[None, :]  # T·N can pass 2^31
         av = tl.load(a + off, mask=m, other=1.0).to(ACC)  # padding steps: h ↦ h
         bv = tl.load(b + off, mask=m, other=0.0).to(ACC)
         pa, pb = tl.associative_scan((av, bv), 0, _combine)
@@ -116,8 +116,8 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
             prod = prod * _last_row(pa, rows, BT)
         h = _last_row(hs, rows, BT)
     if not WRITE:
-        tl.store(sum_a + c * N + cols, prod, mask=cmask)
-        tl.store(sum_b + c * N + cols, h, mask=cmask)
+        tl.store(sum_a + c.to(tl.int64) * N + cols, prod, mask=cmask)
+        tl.store(sum_b + c.to(tl.int64) * N + cols, h, mask=cmask)
 
 
 @_jit
@@ -142,13 +142,13 @@ def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
     im = i < H
     moff = _dense_offsets(i, H, TRANSPOSE)
     mm = im[:, None] & im[None, :]
-    h = tl.load(init + (k * B + row) * H + i, mask=im, other=0.0).to(ACC)
+    h = tl.load(init + (k.to(tl.int64) * B + row) * H + i, mask=im, other=0.0).to(ACC)
     for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
         if REVERSE:
             t = T - 1 - s
         else:
             t = s
-        base = t * B + row
+        base = tl.cast(t, tl.int64) * B + row  # T·B·H·H can pass 2^31
         m = tl.load(J + base * H * H + moff, mask=mm, other=0.0).to(ACC)
         cv = tl.load(c + base * H + i, mask=im, other=0.0).to(ACC)
         h = tl.sum(m * h[None, :], axis=1) + cv
@@ -174,12 +174,12 @@ def _dense_summary_kernel(J, c, P, S, T, B, H, CHUNK,
             t = T - 1 - s
         else:
             t = s
-        base = t * B + row
+        base = tl.cast(t, tl.int64) * B + row  # T·B·H·H can pass 2^31
         m = tl.load(J + base * H * H + moff, mask=mm, other=0.0).to(tl.float32)
         cv = tl.load(c + base * H + i, mask=im, other=0.0).to(tl.float32)
         prod = tl.dot(m, prod, input_precision="tf32x3")
         h = tl.sum(m * h[None, :], axis=1) + cv
-    out = (k * B + row) * H
+    out = (k.to(tl.int64) * B + row) * H
     tl.store(P + out * H + i[:, None] * H + i[None, :], prod, mask=mm)
     tl.store(S + out + i, h, mask=im)
 

@@ -140,3 +140,33 @@ def test_module_backend_parallel_packed():
     (o_ref, h_ref), (o, h) = ref(packed), ours(packed)
     assert_close("output", o_ref.data, o.data, 1e-12)
     assert_close("h_n", h_ref, h, 1e-12)
+
+
+def test_long_memory_converges_to_the_sequential_answer():
+    """z near 1 (J near I): residuals add up over the steps, so the solver also waits for
+    its last update to be small; the output is then as close to float64 as the sequential
+    float32 loop is."""
+    torch.manual_seed(0)
+    steps, batch, hidden = 2048, 2, 16
+    gi, h0 = torch.randn(steps, batch, 3 * hidden), torch.zeros(batch, hidden)
+    w, b = torch.randn(3 * hidden, hidden) / hidden ** 0.5, torch.zeros(3 * hidden)
+    b[hidden: 2 * hidden] += 4.0  # the update gate mostly keeps h
+    exact = reference.core(*(t.double() for t in (gi, h0, w, b)), None, True)
+    sequential = (reference.core(gi, h0, w, b, None, True).double() - exact).abs().max()
+    for jacobian in ("dense", "diagonal"):
+        with parallel.options(jacobian=jacobian):
+            out = parallel.core(gi, h0, w, b, None, True)
+        err = (out.double() - exact).abs().max()
+        assert err <= 2 * sequential + 1e-6, (jacobian, err.item(), sequential.item())
+
+
+def test_nan_is_never_converged():
+    """A NaN in one row's input: the sequential finish reproduces the reference exactly,
+    NaNs where it has them and the same numbers elsewhere."""
+    gi, h0, w, b = (t.detach() for t in _problem(6, 3, 5, torch.float64))
+    gi[4, 1, 0] = float("nan")
+    ref = reference.core(gi, h0, w, b, None, True)
+    out = parallel.core(gi, h0, w, b, None, True)
+    assert torch.equal(ref.isnan(), out.isnan())
+    assert_close("finite part", ref.nan_to_num(), out.nan_to_num(), 1e-12)
+    assert parallel.last_stats().sequential_from is not None

@@ -169,7 +169,8 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
     h = tl.load(hbuf + (t_begin % 2) * B * H + own, mask=m, other=0.0)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
-        g = gi + t * B * 3 * H + rows[:, None] * 3 * H + cols[None, :]
+        t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
+        g = gi + t64 * B * 3 * H + rows[:, None] * 3 * H + cols[None, :]
         gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
@@ -189,7 +190,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
         h = tl.where(ok, h_new, h)
-        at = t * B * H + own
+        at = t64 * B * H + own
         tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
         if SAVE:
             tl.store(r_s + at, tl.where(ok, r, 0.0), mask=m)
@@ -224,8 +225,9 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     carried = tl.load(dh + own, mask=m, other=0.0)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
+        t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
         ok = m & (t < lens)[:, None]
-        at = t * B * H + own
+        at = t64 * B * H + own
         d = tl.load(dout + at, mask=m, other=0.0).to(ACC) + carried
         if t > 0:
             h_prev = tl.load(out + at - B * H, mask=m, other=0.0).to(ACC)
@@ -236,7 +238,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         n = tl.load(n_s + at, mask=m, other=0.0)
         dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
         dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
-        g3 = t * B * 3 * H
+        g3 = t64 * B * 3 * H
         if RESET_AFTER:
             ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
@@ -309,7 +311,9 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                       dot=False)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
-    slice_ = max(16, _pow2(-(-hidden // max(1, sms // tiles))))
+    # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
+    # tiles than fit at once run in several launches (_launch)
+    slice_ = min(64, max(16, _pow2(-(-hidden // max(1, sms // tiles)))))
     return Config(block_batch, slice_, 64, dot=True)
 
 
@@ -333,9 +337,13 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
         sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+        # a cooperative launch fails, rather than hangs, if the programs can't all be
+        # resident at once
+        launch = {"launch_cooperative_grid": True} if device.type == "cuda" else {}
         kernel[(programs, tiles)](
             *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch, S=cfg.slice,
-            BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision, num_warps=cfg.warps, **consts)
+            BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision, num_warps=cfg.warps, **launch,
+            **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
