@@ -186,16 +186,24 @@ if numba is not None:
 
 
 @_jit(boundscheck=False)
-def _gates_after(gi, gh, b, h, r_s, z_s, n_s, ghn_s, out, a, c, bits):
-    """One row of reset_after=True: the gates from gi (3H,) and gh = W_hh h (3H,); h (H,)
-    is updated in place. a, c: float scratch (H,)."""
-    hidden = h.shape[0]
-    one, two = a.dtype.type(1.0), a.dtype.type(2.0)  # float32 math stays float32
+def _rz_exp(gi, gh, b, a, c, bits):
+    """a = exp(−r's pre-activation), c = exp(−z's), each (H,), from gi, gh and b: the
+    sigmoids' shared first half, r = 1 / (1 + a) and z = 1 / (1 + c)."""
+    hidden = a.shape[0]
     for j in range(hidden):
         a[j] = -(gi[j] + gh[j] + b[j])
         c[j] = -(gi[hidden + j] + gh[hidden + j] + b[hidden + j])
     _vexp(a, bits)
     _vexp(c, bits)
+
+
+@_jit(boundscheck=False)
+def _gates_after(gi, gh, b, h, r_s, z_s, n_s, ghn_s, out, a, c, bits):
+    """One row of reset_after=True: the gates from gi (3H,) and gh = W_hh h (3H,); h (H,)
+    is updated in place. a, c: float scratch (H,)."""
+    hidden = h.shape[0]
+    one, two = a.dtype.type(1.0), a.dtype.type(2.0)  # float32 math stays float32
+    _rz_exp(gi, gh, b, a, c, bits)
     for j in range(hidden):
         r = one / (one + a[j])
         z = one / (one + c[j])
@@ -219,11 +227,7 @@ def _rz_before(gi, gh, b, h, r_s, z_s, rh, a, c, bits):
     (2H,) and b = b_hh (3H,); writes r_s, z_s and rh = r ⊙ h, all (H,). a, c: scratch."""
     hidden = h.shape[0]
     one = a.dtype.type(1.0)  # float32 math stays float32
-    for j in range(hidden):
-        a[j] = -(gi[j] + gh[j] + b[j])
-        c[j] = -(gi[hidden + j] + gh[hidden + j] + b[hidden + j])
-    _vexp(a, bits)
-    _vexp(c, bits)
+    _rz_exp(gi, gh, b, a, c, bits)
     for j in range(hidden):
         r = one / (one + a[j])
         r_s[j] = r
