@@ -4,7 +4,8 @@ input, in one process.
 For H ∈ {64, 128, 256, 512, 1024} × B ∈ {1, 16, 128}, T = 512, fp32 (TF32 off) and bf16:
 forward and forward+backward time (median of repeated CUDA-event timings, in µs per step),
 the speedup over cuDNN, and each implementation's error against a float64 reference
-(‖y − y64‖ / ‖y64‖ on the output, and on dL/dx after backward). Then a 2-layer
+(‖y − y64‖ / ‖y64‖ and max |y − y64| on the output, and the first on dL/dx after
+backward). Then a 2-layer
 bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN takes.
 
     python benchmarks/gpu.py              # the whole table
@@ -72,6 +73,7 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str) -> dict:
         y = module(xg)[0]
         y.backward(dout)
         row[f"err_{name}"] = rel_err(y.detach(), y64.detach())
+        row[f"maxerr_{name}"] = (y.detach().double() - y64.detach()).abs().max().item()
         row[f"err_dx_{name}"] = rel_err(xg.grad, x64.grad)
         with torch.no_grad():
             row[f"fwd_{name}"] = timed(lambda m=module: m(x))
@@ -106,7 +108,8 @@ def _line(row: dict) -> str:
             f"×{row['fwd_torch'] / row['fwd_flashgru']:5.2f} | fwd+bwd cuDNN "
             f"{us['fb_torch']:7.2f} ours {us['fb_flashgru']:7.2f} "
             f"×{row['fb_torch'] / row['fb_flashgru']:5.2f} | err out {row['err_flashgru']:.1e} "
-            f"(torch {row['err_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
+            f"(torch {row['err_torch']:.1e}), max {row['maxerr_flashgru']:.1e} (torch "
+            f"{row['maxerr_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
             f"(torch {row['err_dx_torch']:.1e})")
 
 
