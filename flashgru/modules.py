@@ -157,7 +157,7 @@ class GRU(nn.GRU):
         )
 
     def forward(self, input, hx=None):
-        if cpu_step.AVAILABLE and self.num_layers == 1 and not self.bidirectional:
+        if cpu_step.AVAILABLE and not self.bidirectional:
             streamed = self._stream(input, hx)
             if streamed is not None:
                 return streamed
@@ -177,25 +177,31 @@ class GRU(nn.GRU):
         return output, hidden
 
     def _stream(self, input, hx):
-        """One step (T=1) of a one-layer, one-direction GRU on the cpu backend's fused
+        """One step (T=1) of a one-direction GRU, layer by layer on the cpu backend's fused
         step, for streaming loops that carry h_n from call to call: (output, h_n), or None
         where the ordinary path must run (it then makes every check and error torch's).
-        Inference only; the same conditions as GRUCell's fast path (``cpu_step.step``)."""
-        if self.backend not in ("auto", "cpu") or type(input) is not Tensor:
+        Inference only; the same conditions as GRUCell's fast path (``cpu_step.step``), and
+        no dropout between layers (eval mode, or dropout 0)."""
+        layers = self.num_layers
+        if self.backend not in ("auto", "cpu") or type(input) is not Tensor or (
+                layers > 1 and self.training and self.dropout > 0):
             return None
         dim = input.dim()
         time = int(self.batch_first and dim == 3)
         if dim not in (2, 3) or input.shape[time] != 1:
             return None
-        if hx is not None and (type(hx) is not Tensor or hx.dim() != dim or hx.shape[0] != 1):
+        if hx is not None and (type(hx) is not Tensor or hx.dim() != dim
+                               or hx.shape[0] != layers):
             return None
-        p = self._parameters
-        h = cpu_step.step(input.select(time, 0), None if hx is None else hx[0],
-                          p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
-                          p.get("bias_hh_l0"), self.hidden_size, self.reset_after)
-        if h is None:
-            return None
-        return h.unsqueeze(time), h.unsqueeze(0)
+        p, x, states = self._parameters, input.select(time, 0), []
+        for k in range(layers):
+            x = cpu_step.step(x, None if hx is None else hx[k], p[f"weight_ih_l{k}"],
+                              p[f"weight_hh_l{k}"], p.get(f"bias_ih_l{k}"),
+                              p.get(f"bias_hh_l{k}"), self.hidden_size, self.reset_after)
+            if x is None:
+                return None
+            states.append(x)
+        return x.unsqueeze(time), torch.stack(states)
 
     def gates(self, input, hx=None) -> GateTrace:
         """Run the GRU on the reference core and return every gate of every step.

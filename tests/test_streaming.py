@@ -275,3 +275,33 @@ def test_gate_exp_relative_error(dtype, lo, hi, bound):
     numba.njit(lambda v, bits: _cpu_kernels._vexp(v, bits))(got, np.empty(len(x), dtype=np.int64))
     ref = np.exp(x.astype(np.float64))
     assert (np.abs(got - ref) / ref).max() <= bound
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("batch", [None, 2], ids=["unbatched", "B2"])
+def test_stacked_gru_one_step_takes_the_cell_kernel_per_layer(reset_after, batch, cell_calls,
+                                                             step_calls):
+    """Three layers, T=1 calls carrying h_n: one cell-kernel call per layer and step, and
+    the reference's numbers; in training mode with dropout, the ordinary path."""
+    torch.manual_seed(0)
+    ours = flashgru.GRU(5, 7, 3, dropout=0.5, reset_after=reset_after, dtype=torch.float64)
+    ref = flashgru.GRU(5, 7, 3, dropout=0.5, reset_after=reset_after, dtype=torch.float64,
+                       backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    ours.eval()
+    ref.eval()
+    lead = () if batch is None else (batch,)
+    xs = torch.randn(4, *lead, 5, dtype=torch.float64)
+    with torch.no_grad():
+        out_ref, h_ref = ref(xs)
+        h, outs = None, []
+        for x in xs:
+            out, h = ours(x[None], h)
+            outs.append(out)
+    assert len(cell_calls) == 12 and not step_calls
+    assert_close("output", out_ref, torch.cat(outs), 1e-12)
+    assert_close("h_n", h_ref, h, 1e-12)
+    ours.train()
+    with torch.no_grad():
+        ours(xs[:1], h)
+    assert len(cell_calls) == 12  # dropout between layers: not the fast path
