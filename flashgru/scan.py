@@ -130,6 +130,20 @@ def _dense_offsets(i, H, TRANSPOSE: tl.constexpr):
 
 
 @_jit
+def _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE: tl.constexpr):
+    """Logical step s of batch row ``row``: the offset (t·B + row, int64: T·B·H·H can pass
+    2^31) and the step's M_t tile (BH, BH) and c_t (BH,), as stored."""
+    if REVERSE:
+        t = T - 1 - s
+    else:
+        t = s
+    base = tl.cast(t, tl.int64) * B + row
+    m = tl.load(J + base * H * H + moff, mask=mm, other=0.0)
+    cv = tl.load(c + base * H + i, mask=im, other=0.0)
+    return base, m, cv
+
+
+@_jit
 def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
                   REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr,
                   ACC: tl.constexpr):
@@ -144,14 +158,8 @@ def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
     mm = im[:, None] & im[None, :]
     h = tl.load(init + (k.to(tl.int64) * B + row) * H + i, mask=im, other=0.0).to(ACC)
     for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
-        if REVERSE:
-            t = T - 1 - s
-        else:
-            t = s
-        base = tl.cast(t, tl.int64) * B + row  # T·B·H·H can pass 2^31
-        m = tl.load(J + base * H * H + moff, mask=mm, other=0.0).to(ACC)
-        cv = tl.load(c + base * H + i, mask=im, other=0.0).to(ACC)
-        h = tl.sum(m * h[None, :], axis=1) + cv
+        base, m, cv = _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE)
+        h = tl.sum(m.to(ACC) * h[None, :], axis=1) + cv.to(ACC)
         tl.store(out + base * H + i, h.to(out.dtype.element_ty), mask=im)
 
 
@@ -170,13 +178,8 @@ def _dense_summary_kernel(J, c, P, S, T, B, H, CHUNK,
     prod = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(tl.float32)
     h = tl.zeros((BH,), tl.float32)
     for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
-        if REVERSE:
-            t = T - 1 - s
-        else:
-            t = s
-        base = tl.cast(t, tl.int64) * B + row  # T·B·H·H can pass 2^31
-        m = tl.load(J + base * H * H + moff, mask=mm, other=0.0).to(tl.float32)
-        cv = tl.load(c + base * H + i, mask=im, other=0.0).to(tl.float32)
+        _, m, cv = _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE)
+        m, cv = m.to(tl.float32), cv.to(tl.float32)
         prod = tl.dot(m, prod, input_precision="tf32x3")
         h = tl.sum(m * h[None, :], axis=1) + cv
     out = (k.to(tl.int64) * B + row) * H

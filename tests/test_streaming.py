@@ -73,6 +73,16 @@ def test_cell_fast_path_matches_reference(dtype, reset_after, bias, batch, given
             assert_close("h' vs torch.nn.GRUCell", torch_cell(x, h), got, TOL[dtype])
 
 
+def _one_step_at_a_time(gru, xs):
+    """Run ``gru`` on xs (T, …) as T calls of one step, each carrying h_n on: the outputs
+    concatenated over time, and the last h_n."""
+    h, outs = None, []
+    for x in xs:
+        out, h = gru(x[None], h)
+        outs.append(out)
+    return torch.cat(outs), h
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -91,12 +101,9 @@ def test_gru_one_step_with_carried_state(dtype, reset_after, bias, batch, backen
     xs = torch.randn(3, *lead, 5, dtype=dtype)
     with torch.no_grad():
         out_ref, h_ref = ref(xs)
-        h, outs = None, []
-        for x in xs:
-            out, h = ours(x[None], h)
-            outs.append(out)
+        out, h = _one_step_at_a_time(ours, xs)
     assert len(cell_calls) == 3 and not step_calls  # one layer: the cell's kernel directly
-    assert_close("output", out_ref, torch.cat(outs), TOL[dtype])
+    assert_close("output", out_ref, out, TOL[dtype])
     assert_close("h_n", h_ref, h, TOL[dtype])
 
 
@@ -294,12 +301,9 @@ def test_stacked_gru_one_step_takes_the_cell_kernel_per_layer(reset_after, batch
     xs = torch.randn(4, *lead, 5, dtype=torch.float64)
     with torch.no_grad():
         out_ref, h_ref = ref(xs)
-        h, outs = None, []
-        for x in xs:
-            out, h = ours(x[None], h)
-            outs.append(out)
+        out, h = _one_step_at_a_time(ours, xs)
     assert len(cell_calls) == 12 and not step_calls
-    assert_close("output", out_ref, torch.cat(outs), 1e-12)
+    assert_close("output", out_ref, out, 1e-12)
     assert_close("h_n", h_ref, h, 1e-12)
     ours.train()
     with torch.no_grad():
