@@ -12,6 +12,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --quick      # fewer points, for a smoke run
     python benchmarks/gpu.py --sweep      # also time launch splits of the kernel (inference)
     python benchmarks/gpu.py --auto       # flashgru with backend="auto" instead of "triton"
+    python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
 
 Prints a short table last; ``--json FILE`` writes every number.
 """
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--auto", action="store_true")
     parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
+    parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -189,6 +192,7 @@ def main() -> None:
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)
     hidden, batch = ((64, 256, 1024), (1, 128)) if args.quick else (HIDDEN, BATCH)
+    hidden, batch = args.hidden or hidden, args.batch or batch
     results["grid"] = grid((torch.float32, torch.bfloat16), hidden, batch, args.steps,
                            backend)
     results["bidirectional"] = bidirectional(backend)
