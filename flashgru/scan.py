@@ -29,11 +29,11 @@ impl:
   carried state between tiles. With one chunk that is the whole scan (one read of a and b);
   with several, a first launch writes each chunk's summary, the summaries are scanned by
   the same function (recursively), and a second launch re-scans each chunk from its start.
-  Dense (H ≤ 128): per batch row, sequential over T with h and J_t in registers (no H³
+  Dense (H ≤ 64): per batch row, sequential over T with h and J_t in registers (no H³
   work) where the rows fill the GPU (B ≥ 64), for T < 256 and in float64; otherwise in
   chunks of ≈ √T steps, parallel over (chunk, row): every chunk's map composed at once
   (tl.dot, fp32 at three-pass TF32), the maps scanned, every chunk re-run from its start.
-- ``"auto"``: "triton" for CUDA tensors when Triton is installed (dense: H ≤ 128), else
+- ``"auto"``: "triton" for CUDA tensors when Triton is installed (dense: H ≤ 64), else
   "torch". (Under the interpreter, CPU tensors get "torch": ask for "triton" by name.)
 
 Precision: float32 and float64 compute in their own precision; float16/bfloat16 compute in
@@ -47,6 +47,7 @@ since the backward is made of differentiable scans.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -58,7 +59,10 @@ except ImportError:  # impl="triton" is then unavailable
     triton = None
 
 IMPLS = ("auto", "torch", "triton", "sequential")
-DENSE_TRITON_MAX_H = 128
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# the summary kernel's (H, H) fp32 tl.dot at H = 128 needs 256 KiB of shared memory, more
+# than an H100 has (measured 2026-11-26); up to 64 it fits
+DENSE_TRITON_MAX_H = 64
 _LOW = (torch.float16, torch.bfloat16)
 
 
@@ -399,6 +403,9 @@ def choose_impl(impl: str, device: torch.device, hidden: int | None = None) -> s
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
     if impl == "triton" and triton is None:
         raise RuntimeError("impl='triton' needs Triton: pip install 'flashgru[gpu]'")
+    if impl == "triton" and device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1); got "
+                         f"tensors on {device.type}")
     if impl != "auto":
         return impl
     small = hidden is None or hidden <= DENSE_TRITON_MAX_H

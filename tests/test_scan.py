@@ -167,6 +167,17 @@ def test_argument_errors():
         scan_dense(j[..., :3], c, g0)
 
 
+@needs_triton
+def test_triton_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.setattr(scan, "INTERPRET", False)
+    a, b, h0 = _diag_problem(3, 2, 4, torch.float64)
+    with pytest.raises(ValueError, match="impl='triton' needs CUDA tensors"):
+        scan_diag(a, b, h0, impl="triton")
+    j, c, g0 = _dense_problem(3, 2, 4, torch.float64)
+    with pytest.raises(ValueError, match="impl='triton' needs CUDA tensors"):
+        scan_dense(j, c, g0, impl="triton")
+
+
 def test_auto_rules():
     assert scan.choose_impl("auto", torch.device("cpu")) == "torch"
     want = "triton" if HAS_TRITON else "torch"
