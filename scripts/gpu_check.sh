@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the whole test suite (CUDA tests included), the cuDNN
-# length limit, and the backends timed against torch.nn.GRU. Logs go to $OUT.
+# A short lent-GPU call: the GPU-only Triton and MinGRU tests, then the B ∈ {1, 16} part
+# of benchmarks/gpu.py (fp32 and bf16, H ∈ {256, 512, 1024}). Logs go to $OUT.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
-nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-python3 -m pytest -q -x tests 2>&1 | tee "$OUT/pytest.log" | tail -25
-python3 benchmarks/cudnn_limit.py 2>&1 | tee "$OUT/cudnn_limit.txt"
-python3 benchmarks/core.py --device cuda --repeats 10 --grid 1,256,64 1,256,256 16,256,128 \
-  64,128,256 2>&1 | tee "$OUT/bench_cuda.md"
+timeout 100 python3 -m pytest -q -p no:cacheprovider --timeout 60 --timeout-method thread \
+  tests/test_triton.py tests/test_mingru.py -k "gpu or cuda" 2>&1 | tee "$OUT/pytest.log" | tail -4
+timeout "${BENCH_S:-160}" python3 benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16 \
+  --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -14

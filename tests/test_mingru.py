@@ -129,8 +129,8 @@ def test_triton_scan_on_cuda_matches_cpu():
         packed = nn.utils.rnn.pack_padded_sequence(xd, lengths, enforce_sorted=False)
         out, h_n = module(packed)
         out = nn.utils.rnn.pad_packed_sequence(out)[0]
-        loss = (out * torch.arange(out.numel(), device=dev).reshape(out.shape).sin()).sum() \
-            + h_n.square().sum()
+        weight = torch.arange(out.numel(), dtype=torch.float64).reshape(out.shape).sin()
+        loss = (out * weight.to(dev)).sum() + h_n.square().sum()  # same weights on both
         grads = torch.autograd.grad(loss, [xd, *module.parameters()])
         outs.append([out, h_n, *grads])
     for name, r, g in zip(["output", "h_n", "dinput"] + [n for n, _ in cpu.named_parameters()],

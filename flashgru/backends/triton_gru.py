@@ -303,10 +303,11 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     """The default split for a call, from timings on an H100 (docs/performance.md).
 
     Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
-    the broadcast product; at batch 16 and H > 512, 16 units per program (2.7-5x faster
-    there than 8). Batch > 16: tiles of up to 64 rows, 16 units per program and tl.dot
-    (three-pass TF32 for fp32, whose error stays at fp32's level): the broadcast product
-    was slower there, erratically so.
+    the broadcast product; but at batch 9-16 (a 16-row tile) with H > 256, 32 units per
+    program and tl.dot (three-pass TF32 for fp32, whose error stays at fp32's level):
+    1.5-2.4x faster there than the best broadcast split (H100, 2026-11-26). Batch > 16:
+    tiles of up to 64 rows, 16 units per program and tl.dot: the broadcast product was
+    slower there, erratically so.
     """
     hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop
@@ -314,11 +315,11 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
         block_batch = _pow2(min(batch, 16))
+        if block_batch == 16 and hidden > 256 and dtype != torch.float64:
+            return Config(16, 32, 64, dot=True)
         tiles = min(-(-batch // block_batch), sms)
         slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
-        if block_batch == 16 and hidden > 512:
-            slice_ = max(slice_, 16)
-        budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, BK, S) product
+        budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, S, BK) product
         return Config(block_batch, slice_, max(8, min(hp, budget // (block_batch * slice_))),
                       dot=False)
     block_batch = _pow2(min(batch, 64))
