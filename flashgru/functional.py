@@ -48,7 +48,8 @@ def gru(
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     choice = select_backend(
         backend, reset_after=reset_after, device=input.device, dtype=input.dtype, steps=steps,
-        batch=hx.size(1), hidden=hx.size(-1),
+        batch=hx.size(1), hidden=hx.size(-1), grad=torch.is_grad_enabled() and any(
+            t.requires_grad for t in (input, hx, *weights)),
     )
     impl = BACKENDS[choice.name]
     args = dict(has_biases=has_biases, num_layers=num_layers, dropout=dropout,

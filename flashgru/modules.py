@@ -154,6 +154,8 @@ class GRU(nn.GRU):
         return select_backend(
             self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
             steps=steps, batch=batch, hidden=self.hidden_size,
+            grad=torch.is_grad_enabled() and (data.requires_grad or any(
+                p.requires_grad for p in self.parameters())),
         )
 
     def forward(self, input, hx=None):

@@ -70,6 +70,14 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=64, dtype=torch.bfloat16).name == "torch"  # a dtype it does not run
     assert pick(hidden=512, dtype=torch.float64).name == "torch"
     assert pick(hidden=512, device="cpu").name != "triton"
+    # fp32 training at batch 9-16, H > 512: the Triton backward measured slower
+    assert pick(hidden=1024, batch=16).name == "triton"
+    slow = pick(hidden=1024, batch=16, grad=True)
+    assert slow.name == "torch" and "backward" in slow.reason
+    assert pick(hidden=512, batch=16, grad=True).name == "triton"
+    assert pick(hidden=1024, batch=8, grad=True).name == "triton"
+    assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
+    assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
     monkeypatch.setitem(BACKENDS, "triton", Backend(
         "triton", "core", reference.core, True, missing=lambda: "it needs Triton"))
     assert pick(hidden=512).name == "torch"

@@ -100,6 +100,7 @@ def select_backend(
     steps: int = 1,
     batch: int = 1,
     hidden: int = 1,
+    grad: bool = False,
 ) -> BackendChoice:
     """Pick the backend for one call of ``flashgru.functional.gru`` and say why.
 
@@ -117,7 +118,10 @@ def select_backend(
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
        (H ≥ 256: 1.3-4.4x faster measured on an H100, fp32), is slow whatever the size
        (bf16: 2.6-6.8x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
-       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
+       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call. One
+       measured exception: float32 training (``grad``) at batch 9-16 with hidden > 512,
+       where the Triton backward is slower (0.97x forward+backward at H=1024, against
+       1.4x forward alone), goes to cuDNN.
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -129,7 +133,8 @@ def select_backend(
     the sequential kernels win. Ask for it by name.
 
     ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
-    call's.
+    call's; ``grad``: whether the call records gradients (autograd on and an input or
+    weight that requires them).
     """
     check_backend(requested, reset_after)
     device = torch.device(device)
@@ -150,7 +155,10 @@ def select_backend(
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
-        if not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16:
+        slow_backward = (grad and reset_after and not long and dtype == torch.float32
+                         and 8 < batch <= 16 and hidden > 512)
+        if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
+                slow_backward:
             why = ("reset_after=False" if not reset_after else
                    f"{steps} steps ≥ 65536" if long else
                    f"hidden {hidden} ≥ 256" if hidden >= TRITON_MIN_HIDDEN else
@@ -165,6 +173,10 @@ def select_backend(
             "torch", f"{steps} steps ≥ 65536, which cuDNN refuses: torch's native CUDA kernels"
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
+    if device.type == "cuda" and grad and dtype == torch.float32 and 8 < batch <= 16 \
+            and hidden > 512:
+        return BackendChoice("torch", f"float32 training at batch {batch}, hidden {hidden}: "
+                                      "cuDNN's backward is faster than the Triton one here")
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
 
 
