@@ -8,9 +8,23 @@ import torch
 from helpers import assert_close
 
 import flashgru
-from flashgru.backends import parallel, reference
+from flashgru.backends import parallel, parallel_triton, reference
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+FUSED = [False] + ([True] if parallel_triton.available(
+    torch.device("cuda" if torch.cuda.is_available() else "cpu")) else [])
+
+
+@pytest.fixture(autouse=True, params=FUSED, ids=lambda f: "fused" if f else "torch-ops")
+def fused(request, monkeypatch):
+    """Every test twice where Triton runs: the solver's torch ops, and its fused Triton
+    kernels (reset_after=True; reset_after=False always takes the torch ops)."""
+    if request.param and request.node.get_closest_marker("large") and \
+            not torch.cuda.is_available():
+        pytest.skip("the fused kernels at this size take minutes in Triton's interpreter; "
+                    "this case runs them on CUDA")
+    monkeypatch.setattr(parallel, "FUSED", request.param)
+    return request.param
 
 
 def _problem(steps, batch, hidden, dtype, scale=1.0, seed=0):
@@ -82,6 +96,7 @@ def test_non_contractive_weights_are_still_exact():
         _compare(gi, h0, w, b, torch.tensor([80, 50, 3]), False, jacobian=jacobian)
 
 
+@pytest.mark.large
 def test_trained_weights_converge_and_match():
     """Weights trained to delay their input by three steps, less contractive than random
     ones (W_hh's largest singular value ≈ 5 against ≈ 3): dense Newton still converges in
@@ -142,6 +157,7 @@ def test_module_backend_parallel_packed():
     assert_close("h_n", h_ref, h, 1e-12)
 
 
+@pytest.mark.large
 def test_long_memory_converges_to_the_sequential_answer():
     """z near 1 (J near I): residuals add up over the steps, so the solver also waits for
     its last update to be small; the output is then as close to float64 as the sequential

@@ -196,15 +196,35 @@ def _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after):
     return h_prev, s, fh
 
 
+def _worst_tensor(x: Tensor) -> Tensor:
+    """max |x| as a 0-d tensor, a NaN counting as infinite (so it never passes for
+    converged)."""
+    return x.abs().nan_to_num(nan=math.inf).max() if x.numel() else x.new_zeros(())
+
+
 def _worst(x: Tensor) -> float:
-    """max |x|, a NaN counting as infinite (so it never passes for converged)."""
-    return x.abs().nan_to_num(nan=math.inf).max().item() if x.numel() else 0.0
+    return _worst_tensor(x).item()
+
+
+# the fused Triton kernels for reset_after=True: "auto" (on CUDA), True (wherever Triton
+# runs, e.g. the interpreter in the tests) or False (the torch ops)
+FUSED = "auto"
+
+
+def _use_fused(gi: Tensor, reset_after: bool) -> bool:
+    from . import parallel_triton
+    if not reset_after or FUSED is False or gi.dtype not in (torch.float32, torch.float64):
+        return False
+    if not parallel_triton.available(gi.device):
+        return False
+    return FUSED is True or gi.device.type == "cuda"
 
 
 def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
           reset_after: bool) -> Tensor:
     """The trajectory (T, B, H), steps past a length holding the last state (not yet 0)."""
     from ..scan import scan_dense, scan_diag
+    from . import parallel_triton
 
     opts = _OPTIONS.get() or Options()
     steps = gi.shape[0]
@@ -214,36 +234,58 @@ def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
     size = _worst(h0)
     tol *= max(1.0, size) if size < math.inf else 1.0
     valid = _valid(lengths, steps, gi)
-    h = h0.unsqueeze(0).expand(steps, *h0.shape).clone()
-    h_prev, s, fh = _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after)
-    res, iters, step = _worst(fh - h), 0, None
-    while (res > tol or step is None or _worst(step) > tol) and iters < budget:
+    fused = _use_fused(gi, reset_after)
+    lens = None if lengths is None else lengths.to(gi.device)
+
+    def evaluate(h):
+        """(f(h), f(h) − h, the Jacobian's data, max |f(h) − h| as a 0-d tensor)."""
+        if fused:
+            h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
+            gh = F.linear(h_prev, w_hh, b_hh)
+            return parallel_triton.point(gi, gh, h, h0, lens, w_hh, dense)
+        h_prev, s, fh = _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after)
         rhs = fh - h
+        return fh, rhs, (s, h_prev), _worst_tensor(rhs)
+
+    def jacobian(data):
+        if fused:
+            return parallel_triton.jacobian(data, w_hh) if dense else data
+        s, h_prev = data
         if dense:
             jac = _jacobian(s, h_prev, w_hh, reset_after)
             if valid is not None:
                 jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(jac.shape[-1]).to(jac))
+            return jac
+        diag = _jacobian_diagonal(s, h_prev, w_hh, reset_after)
+        return diag if valid is None else torch.where(valid, diag, 1.0)
+
+    h = h0.unsqueeze(0).expand(steps, *h0.shape).clone()
+    fh, rhs, data, res = evaluate(h)
+    res, iters, step, step_size = res.item(), 0, None, math.inf
+    while (res > tol or step_size > tol) and iters < budget:
+        jac = jacobian(data)
+        if dense:
             delta = scan_dense(jac, rhs, torch.zeros_like(h0), impl=DENSE_SCAN)
         else:
-            diag = _jacobian_diagonal(s, h_prev, w_hh, reset_after)
-            if valid is not None:
-                diag = torch.where(valid, diag, 1.0)
-            delta = scan_diag(diag, rhs, torch.zeros_like(h0))
+            delta = scan_diag(jac, rhs, torch.zeros_like(h0))
+        del jac
         iters += 1
         scale = torch.ones(steps, 1, 1, dtype=h.dtype, device=h.device)
         for _ in range(5 if opts.damping else 1):
-            trial = h + scale * delta
-            t_prev, t_s, t_fh = _evaluate(gi, trial, h0, w_hh, b_hh, valid, reset_after)
-            t_res = _worst(t_fh - trial)
+            trial_step = scale * delta
+            trial = h + trial_step
+            t_fh, t_rhs, t_data, t_res = evaluate(trial)
+            t_res, t_size = torch.stack([t_res, _worst_tensor(trial_step)]).tolist()
             if t_res <= res or not opts.damping:
                 break
             scale[iters:] /= 2  # the first `iters` steps are exact after a full step: keep
         if not t_res < math.inf:  # overflow or NaN: keep the last finite guess
             break
-        h, h_prev, s, fh, res, step = trial, t_prev, t_s, t_fh, t_res, scale * delta
+        h, fh, rhs, data, res = trial, t_fh, t_rhs, t_data, t_res
+        step, step_size = trial_step, t_size
     first_bad = None
-    if res > tol or step is None or _worst(step) > tol:  # not converged: finish
-        # sequentially from the first step whose residual or last update is too large
+    if res > tol or step_size > tol:  # not converged: finish sequentially from the
+        # first step whose residual or last update is too large
         bad = ~((fh - h).abs() <= tol)
         if step is not None:  # (the first `iters` steps are exact whatever their update)
             bad[iters:] |= ~(step[iters:].abs() <= tol)
