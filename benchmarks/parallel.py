@@ -53,6 +53,8 @@ def point(batch, steps, hidden, scale, device, jacobians, anchors, reps):
     rows = []
     for name in anchors + [f"parallel/{j}" for j in jacobians]:
         backend, _, jac = name.partition("/")
+        jac, _, unfused = jac.partition("-")  # "dense-unfused": the solver's torch ops
+        parallel.FUSED = "auto" if not unfused else False
         module = flashgru.GRU.from_torch(ref, backend=backend)
         with parallel.options(jacobian=jac or "dense"):
             with torch.no_grad():
@@ -63,6 +65,7 @@ def point(batch, steps, hidden, scale, device, jacobians, anchors, reps):
             fb = timed(lambda m=module, xg=xg: m(xg)[0].backward(dout), device, reps)
         err = (out.double() - exact).abs().max().item() if exact is not None else float("nan")
         rows.append(dict(name=name, fwd=fwd, fb=fb, err=err, stats=stats))
+    parallel.FUSED = "auto"
     base = rows[0]
     for r in rows:
         it = "" if r["stats"] is None else (
@@ -96,8 +99,13 @@ def main() -> None:
         long = []
     if args.quick:
         sweep, main_points = sweep[:2], main_points[:1]
-    for p in main_points + sweep:
-        point(*p, dev, ["dense", "diagonal"], anchors, reps=3 if args.quick else 5)
+    jacobians = ["dense", "diagonal"]
+    # at the points also the solver without its fused Triton kernels (the gain)
+    unfused = ["dense-unfused", "diagonal-unfused"] if dev == "cuda" else []
+    for p in main_points:
+        point(*p, dev, jacobians + unfused, anchors, reps=3 if args.quick else 5)
+    for p in sweep:
+        point(*p, dev, jacobians, anchors, reps=3 if args.quick else 5)
     for b, t, h, s in long:  # cuDNN refuses this length: the parallel backend alone
         point(b, t, h, s, dev, ["dense", "diagonal"], ["triton"] if flashgru.BACKENDS[
             "triton"].missing() is None else ["reference"], reps=3)

@@ -317,15 +317,31 @@ def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
     valid = _valid(lengths, steps, gi)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])
     s = _steps(gi, h_prev, w_hh, b_hh, reset_after)
-    jac = _jacobian(s, h_prev, w_hh, reset_after)
+    u, v, w = _coefficients(s, h_prev, reset_after)
     if valid is not None:
-        jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(hidden).to(jac))
         dout = torch.where(valid, dout, 0.0)
     # λ_t = dout_t + J_{t+1}ᵀ λ_{t+1}: a reverse scan over the Jacobians shifted by one
-    shifted = torch.cat([jac[1:], torch.zeros_like(jac[:1])])
+    if _use_fused(gi, reset_after) and steps:
+        from . import parallel_triton
+        coef = [s.z, u, v, w]
+        if valid is not None:  # identity past the lengths
+            coef = [torch.where(valid, c, float(k == 0)) for k, c in enumerate(coef)]
+        shifted = torch.empty(*out.shape, hidden, dtype=out.dtype, device=out.device)
+        shifted[-1].zero_()
+        parallel_triton.jacobian([c[1:] for c in coef], w_hh, out=shifted[:-1])
+        w_r, w_z, w_n = w_hh.reshape(3, hidden, hidden)
+        z0, u0, v0, w0 = (c[0].unsqueeze(-1) for c in coef)
+        jac0 = torch.diag_embed(z0.squeeze(-1)) + u0 * w_z + v0 * w_n + w0 * w_r
+    else:
+        jac = _jacobian(s, h_prev, w_hh, reset_after)
+        if valid is not None:
+            jac = torch.where(valid.unsqueeze(-1), jac, torch.eye(hidden).to(jac))
+        shifted = torch.cat([jac[1:], torch.zeros_like(jac[:1])])
+        jac0 = jac[0] if steps else None
+        del jac
     lam = scan_dense(shifted, dout, torch.zeros_like(h0), reverse=True, transpose=True,
                      impl=DENSE_SCAN)
-    u, v, w = _coefficients(s, h_prev, reset_after)
+    del shifted
     dz = lam * u
     dn = lam * (1 - s.z) * (1 - s.n * s.n)
     if reset_after:
@@ -345,7 +361,7 @@ def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
         db_hh = flat.sum(0)
     if valid is not None:
         dgi = torch.where(valid, dgi, 0.0)
-    dh0 = (jac[0].transpose(-1, -2) @ lam[0].unsqueeze(-1)).squeeze(-1) if steps else \
+    dh0 = (jac0.transpose(-1, -2) @ lam[0].unsqueeze(-1)).squeeze(-1) if steps else \
         torch.zeros_like(h0)
     return dgi, dh0, dw_hh, db_hh
 

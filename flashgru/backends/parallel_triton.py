@@ -145,7 +145,7 @@ def point(gi: Tensor, gh: Tensor, h: Tensor, h0: Tensor, lengths: Tensor | None,
     partial = torch.empty(blocks, dtype=h.dtype, device=h.device)
     if n == 0:
         return fh, rhs, coef if dense else coef[0], h.new_zeros(())
-    wdiag = w_hh.view(3, hidden, hidden).diagonal(dim1=1, dim2=2).contiguous()
+    wdiag = w_hh.reshape(3, hidden, hidden).diagonal(dim1=1, dim2=2).contiguous()
     lens = lengths if lengths is not None else h0  # (unused without HAS_LEN)
     c = coef if dense else coef * 4
     _point_kernel[(blocks,)](
@@ -155,11 +155,14 @@ def point(gi: Tensor, gh: Tensor, h: Tensor, h0: Tensor, lengths: Tensor | None,
     return fh, rhs, coef if dense else coef[0], partial.max()
 
 
-def jacobian(coef: list[Tensor], w_hh: Tensor) -> Tensor:
-    """The dense Jacobians (T, B, H, H) from ``point``'s coefficients."""
+def jacobian(coef: list[Tensor], w_hh: Tensor, out: Tensor | None = None) -> Tensor:
+    """The dense Jacobians (T, B, H, H) from ``point``'s coefficients (z, u, v, w), into
+    ``out`` (contiguous) if given."""
     z = coef[0]
     steps, batch, hidden = z.shape
-    jac = torch.empty(steps, batch, hidden, hidden, dtype=z.dtype, device=z.device)
+    jac = out if out is not None else torch.empty(steps, batch, hidden, hidden,
+                                                  dtype=z.dtype, device=z.device)
+    coef = [c.contiguous() for c in coef]
     rows = steps * batch
     if rows == 0:
         return jac
