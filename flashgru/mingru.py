@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _mingru_triton
 from .functional import _dropout, _from_padded, _last, _to_padded
 from .scan import IMPLS, scan_diag
 
@@ -43,12 +44,28 @@ def min_gru_cell(input: Tensor, hx: Tensor, weight: Tensor, bias: Tensor | None 
     return (1 - z) * hx + z * cand
 
 
+def _fused(impl: str, proj: Tensor, h0: Tensor) -> bool:
+    """impl "triton" (or "auto" on CUDA) where the fused gate-and-scan kernels run."""
+    if impl not in ("triton", "auto") or not _mingru_triton.available(proj, h0):
+        return False
+    return impl == "triton" or proj.device.type == "cuda"
+
+
 def _direction(x: Tensor, lengths: Tensor | None, h0: Tensor, weight: Tensor,
                bias: Tensor | None, reverse: bool, impl: str) -> tuple[Tensor, Tensor]:
     """One layer-direction over padded x (T, B, I). Returns out (T, B, H), 0 past each
     length, and h_n (B, H). The reverse direction scans from t = T−1 down; steps past a
     length come first there and, with a = 1 and b = 0, leave h0 as it is."""
-    z, cand = F.linear(x, weight, bias).chunk(2, dim=-1)  # (T, B, H) each
+    proj = F.linear(x, weight, bias)  # (T, B, 2H) = [p_z, p_h]
+    if _fused(impl, proj, h0):  # gates and scan in one Triton pass each way
+        h = _mingru_triton.gate_scan(proj, h0, lengths, reverse)
+        valid = None
+        if lengths is not None:
+            steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+            valid = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        h_n = h[0] if reverse else _last(h, lengths)
+        return (h if valid is None else torch.where(valid, h, 0.0)), h_n
+    z, cand = proj.chunk(2, dim=-1)  # (T, B, H) each
     z = torch.sigmoid(z)
     a, b = (1 - z).to(h0.dtype), (z * cand).to(h0.dtype)  # autocast: scan in h's dtype
     if lengths is not None:

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from helpers import assert_close, make_input, padded
-from test_scan import TRITON_RUNS
+from test_scan import DEVICE, TRITON_RUNS
 from torch import nn
 
 import flashgru
@@ -136,6 +136,47 @@ def test_triton_scan_on_cuda_matches_cpu():
     for name, r, g in zip(["output", "h_n", "dinput"] + [n for n, _ in cpu.named_parameters()],
                           *outs, strict=True):
         assert_close(name, r, g.cpu(), 1e-12)
+
+
+FUSED_RUNS = flashgru._mingru_triton.available(
+    torch.zeros(1, device=DEVICE), torch.zeros(1, device=DEVICE))
+
+
+@pytest.mark.skipif(not FUSED_RUNS, reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("chunk", [None, 12], ids=["auto-split", "chunks-of-12"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("size,dtype", [((1, 1, 1), torch.float64), ((37, 3, 5), torch.float64),
+                                        ((50, 2, 13), torch.float64),
+                                        ((37, 3, 5), torch.float32)], ids=str)
+def test_fused_gate_scan_matches_the_step_loop(size, reverse, with_lengths, chunk, dtype):
+    """The fused Triton gates+scan (and its backward) against a, b built by torch and the
+    sequential scan: h, dp and dh0."""
+    steps, batch, hidden = size
+    g = torch.Generator().manual_seed(steps + batch)
+    p = torch.randn(steps, batch, 2 * hidden, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, hidden, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=g) if with_lengths else None
+    weight = torch.randn(steps, batch, hidden, generator=g, dtype=torch.float64)
+    results = []
+    for fused in (False, True):
+        pp = p.to(DEVICE, dtype).requires_grad_()
+        hh = h0.to(DEVICE, dtype).requires_grad_()
+        if fused:
+            h = flashgru._mingru_triton.gate_scan(pp, hh, lengths, reverse, chunk)
+        else:
+            z = torch.sigmoid(pp[..., :hidden])
+            a, b = 1 - z, z * pp[..., hidden:]
+            if lengths is not None:
+                valid = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
+                a = torch.where(valid.to(DEVICE), a, 1.0)
+                b = torch.where(valid.to(DEVICE), b, 0.0)
+            h = flashgru.scan.scan_diag(a, b, hh, reverse=reverse, impl="sequential")
+        grads = torch.autograd.grad((h * weight.to(DEVICE, dtype)).sum(), [pp, hh])
+        results.append([h, *grads])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for name, r, f in zip(["h", "dp", "dh0"], *results, strict=True):
+        assert_close(name, r.detach().double().cpu(), f.detach().double().cpu(), tol)
 
 
 def test_float32_agrees_with_float64():
