@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine for issues 5 and 6: benchmarks/parallel.py and
-# benchmarks/mingru.py (issue 6, both check their own errors), the tests of the Triton,
-# scan, MinGRU and parallel backends on the GPU (each test capped, so a kernel that never
-# returns costs two minutes, not the lease), then part of benchmarks/gpu.py (GPU_ARGS).
+# One call on a lent GPU machine (next session's plan, ~8 minutes): the GPU tests of the
+# parallel solver (both paths), MinGRU (fused kernels), the scans and the wide Triton
+# problems; then benchmarks/parallel.py (fused and unfused solver at the issue's points),
+# benchmarks/mingru.py, and the Triton backward's splits (scripts/gpu_probe_backward.py).
 # Needs `.whl` carried (mingru-pytorch, benchmark-only; the image has einops). Logs go
 # to $OUT.
 set -uo pipefail
@@ -11,10 +11,10 @@ OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
   .whl/mingru_pytorch-*.whl && export PYTHONPATH=$PWD:/tmp/site || export PYTHONPATH=$PWD
 nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout "${PAR_S:-170}" python3 benchmarks/parallel.py ${PAR_ARGS:-} 2>&1 | tee "$OUT/parallel.log"
-timeout "${MIN_S:-60}" python3 benchmarks/mingru.py 2>&1 | tee "$OUT/mingru.log"
-timeout "${TEST_S:-160}" python3 -m pytest -q -p no:cacheprovider --timeout 120 --timeout-method thread \
-  tests/test_triton.py tests/test_parallel.py tests/test_scan.py tests/test_mingru.py \
-  tests/test_cuda.py tests/test_dispatch.py 2>&1 | tee "$OUT/pytest.log" | tail -15
-timeout "${BENCH_S:-110}" python3 benchmarks/gpu.py ${GPU_ARGS:---hidden 256 512 1024 --batch 1 16} \
-  --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -14
+timeout "${TEST_S:-130}" python3 -m pytest -q -p no:cacheprovider --timeout 60 --timeout-method thread \
+  tests/test_parallel.py tests/test_mingru.py tests/test_scan.py "tests/test_triton.py::test_wide_problem_on_gpu" \
+  2>&1 | tee "$OUT/pytest.log" | tail -8
+timeout "${PAR_S:-200}" python3 benchmarks/parallel.py ${PAR_ARGS:-} 2>&1 | tee "$OUT/parallel.log" \
+  | grep -v "^ \|^Traceback\|^  File"
+timeout "${MIN_S:-60}" python3 benchmarks/mingru.py 2>&1 | tee "$OUT/mingru.log" | tail -5
+timeout "${BWD_S:-110}" python3 scripts/gpu_probe_backward.py 2>&1 | tee "$OUT/backward.log"

@@ -1,0 +1,96 @@
+"""Probe the Triton backward's launch splits on a lent GPU (issue 5: at B=16, H ≥ 512 the
+forward is faster than cuDNN but forward+backward is not). For each split: the backward
+kernel's time per step at T=512 (after one forward), and its gradients' largest error
+against the float64 reference at T=64; cuDNN's forward and forward+backward per step in
+the same process. A diagnostic, not a test.
+
+    python scripts/gpu_probe_backward.py
+    TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
+"""
+import sys
+
+import torch
+
+import flashgru.backends.triton_gru as tg
+from flashgru.backends import reference
+
+SMOKE = "--smoke" in sys.argv
+dev = "cpu" if SMOKE else "cuda"
+C = tg.Config
+D = None  # the default split
+if SMOKE:
+    PLAN = [(4, 16, [C(4, 16, 16, False)])]
+else:
+    SPLITS = [D, C(16, 16, 64, True), C(16, 32, 32, True), C(16, 32, 128, True),
+              C(16, 64, 64, True), C(16, 16, 128, True), C(16, 8, 128, False),
+              C(16, 4, 256, False), C(16, 32, 64, True, 8)]
+    PLAN = [(16, 1024, SPLITS), (16, 512, SPLITS), (128, 1024, [D, C(64, 32, 64, True)])]
+T, TL = (8, 8) if SMOKE else (64, 512)
+
+
+def timed(fn, reps=10, steps=TL):
+    fn()
+    if SMOKE:
+        return float("nan")
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / steps)
+    return sorted(times)[len(times) // 2]
+
+
+def problem(B, H, steps, dtype=torch.float32):
+    g = torch.Generator(device=dev).manual_seed(steps)
+    k = H ** -0.5
+    w = (torch.rand(3 * H, H, device=dev, generator=g) * 2 - 1) * k
+    b = (torch.rand(3 * H, device=dev, generator=g) * 2 - 1) * k
+    gi = torch.randn(steps, B, 3 * H, device=dev, generator=g)
+    h0 = torch.randn(B, H, device=dev, generator=g) * 0.5
+    dout = torch.randn(steps, B, H, device=dev, generator=g)
+    lengths = torch.full((B,), steps, dtype=torch.int32, device=dev)
+    return [t.to(dtype) for t in (gi, h0, w, b, dout)] + [lengths]
+
+
+def probe(B, H, cfgs):
+    gi, h0, w, b, dout, lengths = problem(B, H, T)
+    leaves = [t.double().requires_grad_() for t in (gi, h0, w, b)]
+    ref = reference.core(*leaves, None, True)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
+    long = problem(B, H, TL)
+    if not SMOKE:
+        gru = torch.nn.GRU(H, H, device=dev)
+        x = torch.randn(TL, B, H, device=dev)
+        with torch.no_grad():
+            fwd = timed(lambda: gru(x))
+        xg = x.requires_grad_()
+        dy = torch.randn(TL, B, H, device=dev)
+        fb = timed(lambda: gru(xg)[0].backward(dy))
+        print(f"B={B} H={H} cuDNN fwd {fwd:.2f}, fwd+bwd {fb:.2f} us/step", flush=True)
+    for cfg in cfgs:
+        cfg = cfg or tg.choose_config(B, H, gi.device, gi.dtype)
+        try:
+            out, saved = tg.forward(gi, h0, w, b, lengths, True, True, cfg)
+            grads = tg.backward(dout, h0, w, out, saved, lengths, True, cfg)
+            lo, lsaved = tg.forward(long[0], long[1], long[2], long[3], long[5], True, True,
+                                    cfg)
+            us = timed(lambda c=cfg, lo=lo, ls=lsaved: tg.backward(
+                long[4], long[1], long[2], lo, ls, long[5], True, c))
+        except Exception as e:  # noqa: BLE001
+            print(f"B={B} H={H} {tuple(cfg)[:5]}: {type(e).__name__}: {str(e)[:100]}",
+                  flush=True)
+            continue
+        errs = [((g.double() - r).abs().max() / r.abs().max()).item()
+                for g, r in zip(grads, ref_grads, strict=False)]
+        print(f"B={B} H={H} {tuple(cfg)[:5]}: bwd {us:6.2f} us/step  rel err dgi/dh0/dW/db "
+              + " ".join(f"{e:.1e}" for e in errs), flush=True)
+
+
+print(torch.__version__, tg.triton.__version__, flush=True)
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+for shape in PLAN:
+    probe(*shape)
