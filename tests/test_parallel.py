@@ -11,6 +11,7 @@ import flashgru
 from flashgru.backends import parallel, parallel_triton, reference
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+WHERE = {"device": "cpu"}  # where _compare runs the solver (the reference stays on the CPU)
 FUSED = [False] + ([True] if parallel_triton.available(
     torch.device("cuda" if torch.cuda.is_available() else "cpu")) else [])
 
@@ -23,7 +24,13 @@ def fused(request, monkeypatch):
             not torch.cuda.is_available():
         pytest.skip("the fused kernels at this size take minutes in Triton's interpreter; "
                     "this case runs them on CUDA")
+    params = getattr(request.node, "callspec", None)
+    if request.param and params is not None and params.params.get("reset_after") is False:
+        pytest.skip("reset_after=False has no fused kernels: its torch-ops case is the test")
     monkeypatch.setattr(parallel, "FUSED", request.param)
+    # on a GPU the fused kernels need CUDA tensors: _compare moves its problem there
+    monkeypatch.setitem(WHERE, "device", "cuda" if request.param and
+                        torch.cuda.is_available() else "cpu")
     return request.param
 
 
@@ -44,10 +51,13 @@ def _compare(gi, h0, w, b, lengths, reset_after, **opts):
     dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=gi.dtype)
     inputs = [t for t in (gi, h0, w, b) if t is not None]
     ref_grads = torch.autograd.grad(ref, inputs, dout)
+    dev = WHERE["device"]
+    moved = [None if t is None else t.detach().to(dev).requires_grad_() for t in (gi, h0, w, b)]
     with parallel.options(**opts):
-        out = parallel.core(gi, h0, w, b, lengths, reset_after)
+        out = parallel.core(*moved, lengths, reset_after).cpu()
         stats = parallel.last_stats()
-    grads = torch.autograd.grad(out, inputs, dout)
+    grads = [g.cpu() for g in torch.autograd.grad(out, [t for t in moved if t is not None],
+                                                   dout)]
     tol = TOL[gi.dtype]
     assert_close("out", ref.detach(), out.detach(), tol, rtol=tol)
     for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), ref_grads, grads, strict=False):
@@ -186,3 +196,29 @@ def test_nan_is_never_converged():
     assert torch.equal(ref.isnan(), out.isnan())
     assert_close("finite part", ref.nan_to_num(), out.nan_to_num(), 1e-12)
     assert parallel.last_stats().sequential_from is not None
+
+
+@pytest.mark.skipif(flashgru.BACKENDS["cpu"].missing() is not None,
+                    reason="the reference at this length is the fused cpu backend (numba)")
+@pytest.mark.large
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+def test_trains_at_65536_steps(jacobian):
+    """Longer than cuDNN takes (it refuses T ≥ 65536): output and every gradient against
+    the fused sequential cpu backend, float64 (small H, so it is quick on a CPU)."""
+    torch.manual_seed(0)
+    steps = 65536
+    ref = torch.nn.GRU(3, 2, dtype=torch.float64)
+    x = torch.randn(steps, 1, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for backend in ("parallel", "cpu"):
+        module = flashgru.GRU.from_torch(ref, backend=backend)
+        with parallel.options(jacobian=jacobian):
+            y, h_n = module(x)
+        loss = (y * torch.linspace(-1, 1, steps, dtype=torch.float64).view(-1, 1, 1)).sum() \
+            + h_n.sum()
+        results.append([y, h_n, *torch.autograd.grad(loss, [x, *module.parameters()])])
+    assert parallel.last_stats() is not None
+    for name, got, want in zip(["output", "h_n", "dx", "dw_ih", "dw_hh", "db_ih", "db_hh"],
+                               *results, strict=True):
+        scale = want.abs().max().item()
+        assert_close(name, want.detach(), got.detach(), 1e-12 * max(1.0, scale))
