@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .scan import _combine, _diag_split, _diag_triton, _last_row, _pow2, triton
+from .scan import _combine, _diag_split, _diag_triton, _last_row, _pow2, on_device, triton
 
 if triton is not None:
     import triton.language as tl
@@ -53,8 +53,8 @@ def _fwd_kernel(p, lengths, init, out, sum_a, sum_b, T, H, N, CHUNK,
                 REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, WRITE: tl.constexpr,
                 HAS_LEN: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """scan.py's _diag_kernel with a, b computed from p (T, B, 2H); out (T, N), N = B·H."""
-    c = tl.program_id(0)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
     cmask = cols < N
     rows = tl.arange(0, BT)
     if HAS_INIT:
@@ -87,8 +87,8 @@ def _bwd_kernel(p, lengths, h, h0, dh, init, dp, dh0, sum_a, sum_b, T, H, N, CHU
                 HAS_LEN: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """The adjoint scan, in the order opposite to the forward's (REVERSE is the forward's):
     λ_t = dh_t + a_{t'} λ_{t'}; with WRITE also dp (T, B, 2H) and dh0 (N,)."""
-    c = tl.program_id(0)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
     cmask = cols < N
     rows = tl.arange(0, BT)
     if HAS_INIT:
@@ -137,9 +137,14 @@ def _run(kernel, shape_t, n, device, dtype, start, args, consts, chunk=None):
     """The chunked scan driver shared by both kernels: summaries, their scan from
     ``start`` (n,), then the writing pass. ``args`` come before init in the kernel's
     signature, the outputs after it."""
+    with on_device(device):
+        _run_here(kernel, shape_t, n, device, dtype, start, args, consts, chunk)
+
+
+def _run_here(kernel, shape_t, n, device, dtype, start, args, consts, chunk):
     chunk, bt, bn = _diag_split(shape_t, n, device, chunk)
     n_chunks = -(-shape_t // chunk)
-    grid = (n_chunks, -(-n // bn))
+    grid = (-(-n // bn), n_chunks)
     if n_chunks == 1:
         init = start.reshape(1, n).contiguous()
     else:
@@ -175,6 +180,12 @@ class _GateScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         p, h0, h, lengths = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients of gradients, through
+            # the same function written in differentiable torch ops
+            with torch.enable_grad():
+                h_ = _torch_gate_scan(p, h0, lengths, ctx.reverse)
+                return (*torch.autograd.grad(h_, (p, h0), dh, create_graph=True), None,
+                        None, None)
         steps, batch, two_h = p.shape
         hidden = two_h // 2
         n = batch * hidden
@@ -187,6 +198,19 @@ class _GateScan(torch.autograd.Function):
                  ((p, lens, h, h0, dh.contiguous()), (dp, dh0), flags), (hidden, n),
                  ctx.chunk)
         return dp, dh0, None, None, None
+
+
+def _torch_gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """The same h from torch ops and flashgru.scan's torch scan (differentiable twice)."""
+    from .scan import scan_diag
+    hidden = h0.shape[-1]
+    z = torch.sigmoid(p[..., :hidden])
+    a, b = 1 - z, z * p[..., hidden:]
+    if lengths is not None:
+        steps = torch.arange(p.shape[0], device=p.device).unsqueeze(1)
+        valid = (steps < lengths.unsqueeze(0)).unsqueeze(-1)
+        a, b = torch.where(valid, a, 1.0), torch.where(valid, b, 0.0)
+    return scan_diag(a, b, h0, reverse=reverse, impl="torch")
 
 
 def available(p: Tensor, h0: Tensor) -> bool:

@@ -46,6 +46,7 @@ since the backward is made of differentiable scans.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -87,12 +88,12 @@ def _last_row(x, rows, BT: tl.constexpr):
 def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
                  REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, WRITE: tl.constexpr,
                  BT: tl.constexpr, BN: tl.constexpr, ACC: tl.constexpr):
-    """Program (c, j): logical steps [c·CHUNK, (c+1)·CHUNK) ∩ [0, T) of columns
+    """Program (j, c): logical steps [c·CHUNK, (c+1)·CHUNK) ∩ [0, T) of columns
     [j·BN, (j+1)·BN). a, b, out (T, N); logical step s is time T−1−s with REVERSE. Starts
     from init[c] (n_chunks, N) or 0; writes out (WRITE) or the chunk's summary sum_a[c] =
     Π a, sum_b[c] = its state from a zero start."""
-    c = tl.program_id(0)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
     cmask = cols < N
     rows = tl.arange(0, BT)
     if HAS_INIT:
@@ -151,11 +152,11 @@ def _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE: tl.constexpr):
 def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
                   REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr,
                   ACC: tl.constexpr):
-    """Program (k, b): batch row b over logical steps [k·CHUNK, (k+1)·CHUNK) ∩ [0, T) in
+    """Program (b, k): batch row b over logical steps [k·CHUNK, (k+1)·CHUNK) ∩ [0, T) in
     order, from init[k, b], h in registers. J (T, B, H, H), c and out (T, B, H), init
     (n_chunks, B, H); logical step s is time T−1−s with REVERSE."""
-    k = tl.program_id(0)
-    row = tl.program_id(1)
+    k = tl.program_id(1)
+    row = tl.program_id(0)  # (rows on axis 0, which has no 65535 limit)
     i = tl.arange(0, BH)
     im = i < H
     moff = _dense_offsets(i, H, TRANSPOSE)
@@ -170,11 +171,11 @@ def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
 @_jit
 def _dense_summary_kernel(J, c, P, S, T, B, H, CHUNK,
                           REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr):
-    """Program (k, b): the affine map h ↦ P h + S of chunk k for batch row b, composed in
+    """Program (b, k): the affine map h ↦ P h + S of chunk k for batch row b, composed in
     fp32 (tl.dot at three-pass TF32, fp32's accuracy): P[k, b] = M_last ⋯ M_first (H, H),
     S[k, b] the chunk's state from a zero start. BH ≥ 16 (tl.dot's minimum)."""
-    k = tl.program_id(0)
-    row = tl.program_id(1)
+    k = tl.program_id(1)
+    row = tl.program_id(0)  # (rows on axis 0, which has no 65535 limit)
     i = tl.arange(0, BH)
     im = i < H
     moff = _dense_offsets(i, H, TRANSPOSE)
@@ -235,7 +236,7 @@ def _diag_triton(a: Tensor, b: Tensor, h0: Tensor, reverse: bool, chunk=None, bl
     a, b = a.contiguous(), b.contiguous()
     chunk, bt, bn = _diag_split(steps, cols, a.device, chunk, block_t, block_n)
     n_chunks = -(-steps // chunk)
-    grid = (n_chunks, -(-cols // bn))
+    grid = (-(-cols // bn), n_chunks)
     consts = dict(REVERSE=reverse, BT=bt, BN=bn, ACC=_acc(acc))
     if n_chunks == 1:
         init = h0.reshape(1, cols).contiguous()
@@ -283,11 +284,11 @@ def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bo
     else:
         maps = _empty(n, batch, hidden, hidden, dtype=torch.float32, device=c.device)
         offsets = _empty(n, batch, hidden, dtype=torch.float32, device=c.device)
-        _dense_summary_kernel[(n, batch)](J, c, maps, offsets, steps, batch, hidden, size,
+        _dense_summary_kernel[(batch, n)](J, c, maps, offsets, steps, batch, hidden, size,
                                           BH=max(16, bh), **consts)
         ends = _dense_triton(maps, offsets, h0.float(), False, False)
         starts = torch.cat([h0.float().unsqueeze(0), ends[:-1]]).contiguous()
-    _dense_kernel[(n, batch)](J, c, starts, out, steps, batch, hidden, size, BH=bh,
+    _dense_kernel[(batch, n)](J, c, starts, out, steps, batch, hidden, size, BH=bh,
                               ACC=_acc(acc), **consts)
     return out
 
@@ -412,6 +413,11 @@ def choose_impl(impl: str, device: torch.device, hidden: int | None = None) -> s
     return "triton" if device.type == "cuda" and triton is not None and small else "torch"
 
 
+def on_device(device: torch.device):
+    """Launch Triton kernels on ``device`` (they run on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _flip(x: Tensor, reverse: bool) -> Tensor:
     return x.flip(0) if reverse else x
 
@@ -419,7 +425,8 @@ def _flip(x: Tensor, reverse: bool) -> Tensor:
 def _diag(a, b, h0, reverse, impl) -> Tensor:
     """The forward scan, no autograd."""
     if impl == "triton":
-        return _diag_triton(a, b, h0, reverse)
+        with on_device(a.device):
+            return _diag_triton(a, b, h0, reverse)
     dtype = a.dtype
     if dtype in _LOW:
         a, b, h0 = a.float(), b.float(), h0.float()
@@ -434,7 +441,8 @@ def _dense(J, c, h0, reverse, transpose, impl) -> Tensor:
         if J.shape[-1] > DENSE_TRITON_MAX_H:
             raise ValueError(f"impl='triton' runs the dense scan for H ≤ {DENSE_TRITON_MAX_H}"
                              f"; got H = {J.shape[-1]} (use impl='torch')")
-        return _dense_triton(J, c, h0, reverse, transpose)
+        with on_device(c.device):
+            return _dense_triton(J, c, h0, reverse, transpose)
     dtype = c.dtype
     if dtype in _LOW:
         J, c, h0 = J.float(), c.float(), h0.float()

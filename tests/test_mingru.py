@@ -347,3 +347,17 @@ def test_exported_and_repr():
     assert flashgru.MinGRU is MinGRU and "MinGRUCell" in flashgru.__all__
     want = "MinGRU(3, 4, num_layers=2, batch_first=True)"
     assert repr(MinGRU(IN, H, 2, batch_first=True)) == want
+
+
+@pytest.mark.skipif(not FUSED_RUNS, reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_fused_gate_scan_twice_differentiable(reverse, with_lengths):
+    """Gradients of gradients through the fused kernels (a gradient penalty) are exact:
+    the backward switches to differentiable torch ops under create_graph."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(6, 2, 6, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    lengths = torch.tensor([6, 3]) if with_lengths else None
+    torch.autograd.gradgradcheck(
+        lambda p_, h_: flashgru._mingru_triton.gate_scan(p_, h_, lengths, reverse), (p, h0))

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..scan import on_device
+
 try:
     import triton
     import triton.language as tl
@@ -146,12 +148,13 @@ def point(gi: Tensor, gh: Tensor, h: Tensor, h0: Tensor, lengths: Tensor | None,
     if n == 0:
         return fh, rhs, coef if dense else coef[0], h.new_zeros(())
     wdiag = w_hh.reshape(3, hidden, hidden).diagonal(dim1=1, dim2=2).contiguous()
-    lens = lengths if lengths is not None else h0  # (unused without HAS_LEN)
+    lens = lengths.contiguous() if lengths is not None else h0  # (unused without HAS_LEN)
     c = coef if dense else coef * 4
-    _point_kernel[(blocks,)](
-        gi.contiguous(), gh.contiguous(), h.contiguous(), h0.contiguous(), lens, wdiag,
-        fh, rhs, *c, partial, batch, hidden, n, HAS_LEN=lengths is not None,
-        DENSE=dense, BLOCK=BLOCK)
+    with on_device(h.device):
+        _point_kernel[(blocks,)](
+            gi.contiguous(), gh.contiguous(), h.contiguous(), h0.contiguous(), lens, wdiag,
+            fh, rhs, *c, partial, batch, hidden, n, HAS_LEN=lengths is not None,
+            DENSE=dense, BLOCK=BLOCK)
     return fh, rhs, coef if dense else coef[0], partial.max()
 
 
@@ -167,9 +170,11 @@ def jacobian(coef: list[Tensor], w_hh: Tensor, out: Tensor | None = None) -> Ten
     if rows == 0:
         return jac
     bj = triton.next_power_of_2(hidden)
-    bi = max(1, min(bj, 4096 // bj))  # ≤ 4096 elements per gate tile
+    bi = max(1, min(bj, 2048 // bj))  # ≤ 2048 elements per gate tile (4096 used all
+    # 255 registers in float32 and spilled in float64, by ptxas for sm_90)
     per = 8
     grid = (triton.cdiv(rows, per), triton.cdiv(hidden, bi))
-    _jacobian_kernel[grid](*coef, w_hh.contiguous(), jac, rows, hidden, ROWS=per, BI=bi,
-                           BJ=bj)
+    with on_device(jac.device):
+        _jacobian_kernel[grid](*coef, w_hh.contiguous(), jac, rows, hidden, ROWS=per, BI=bi,
+                               BJ=bj)
     return jac

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..scan import on_device
+
 try:
     import triton
     import triton.language as tl
@@ -353,10 +355,11 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         # a cooperative launch fails, rather than hangs, if the programs can't all be
         # resident at once
         launch = {"launch_cooperative_grid": True} if device.type == "cuda" else {}
-        kernel[(programs, tiles)](
-            *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch, S=cfg.slice,
-            BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision, num_warps=cfg.warps, **launch,
-            **consts)
+        with on_device(device):  # (kernels launch on the current CUDA device)
+            kernel[(programs, tiles)](
+                *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
+                S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
+                num_warps=cfg.warps, **launch, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
