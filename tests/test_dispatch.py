@@ -79,6 +79,15 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
     monkeypatch.setitem(BACKENDS, "triton", Backend(
+        "triton", "core", reference.core, True, devices=("cuda",),
+        dtypes=(torch.float32, torch.bfloat16)))
+    bf16 = functools.partial(pick, dtype=torch.bfloat16, hidden=1024)
+    assert bf16(batch=128).name == "triton"
+    assert bf16(batch=128, grad=True).name == "torch"
+    assert "bfloat16 training" in bf16(batch=128, grad=True).reason
+    assert bf16(batch=64, grad=True).name == "triton"
+    assert pick(dtype=torch.bfloat16, hidden=512, batch=128, grad=True).name == "triton"
+    monkeypatch.setitem(BACKENDS, "triton", Backend(
         "triton", "core", reference.core, True, missing=lambda: "it needs Triton"))
     assert pick(hidden=512).name == "torch"
     assert pick(hidden=512, reset_after=False).name == "reference"

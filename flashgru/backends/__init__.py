@@ -118,10 +118,11 @@ def select_backend(
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
        (H ≥ 256: 1.3-4.4x faster measured on an H100, fp32), is slow whatever the size
        (bf16: 2.6-6.8x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
-       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call. One
-       measured exception: float32 training (``grad``) at batch 9-16 with hidden > 512,
-       where the Triton backward is slower (0.97x forward+backward at H=1024, against
-       1.4x forward alone), goes to cuDNN.
+       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
+       Measured exceptions, where the Triton backward is slower though its forward wins:
+       training (``grad``) in float32 at batch 9-16 with hidden > 512 (0.97x
+       forward+backward at H=1024) and in bfloat16 at batch > 64 with hidden ≥ 1024
+       (0.93x at batch 128) goes to cuDNN.
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -155,8 +156,7 @@ def select_backend(
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
-        slow_backward = (grad and reset_after and not long and dtype == torch.float32
-                         and 8 < batch <= 16 and hidden > 512)
+        slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden)
         if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
                 slow_backward:
             why = ("reset_after=False" if not reset_after else
@@ -173,11 +173,24 @@ def select_backend(
             "torch", f"{steps} steps ≥ 65536, which cuDNN refuses: torch's native CUDA kernels"
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
-    if device.type == "cuda" and grad and dtype == torch.float32 and 8 < batch <= 16 \
-            and hidden > 512:
-        return BackendChoice("torch", f"float32 training at batch {batch}, hidden {hidden}: "
-                                      "cuDNN's backward is faster than the Triton one here")
+    if device.type == "cuda" and _slow_triton_backward(grad, reset_after, False, dtype, batch,
+                                                       hidden):
+        return BackendChoice("torch", f"{str(dtype).removeprefix('torch.')} training at batch "
+                                      f"{batch}, hidden {hidden}: cuDNN's backward is faster "
+                                      "than the Triton one here")
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
+
+
+def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torch.dtype,
+                          batch: int, hidden: int) -> bool:
+    """Where the Triton kernels lost to cuDNN forward+backward on an H100 (2026-11-26)
+    though winning forward: float32 at batch 9-16, H=1024 (0.97x), and bfloat16 at batch
+    128, H=1024 (0.93x). Only torch's formulation (cuDNN has no other) and lengths cuDNN
+    takes."""
+    if not (grad and reset_after) or long:
+        return False
+    return (dtype == torch.float32 and 8 < batch <= 16 and hidden > 512) or (
+        dtype == torch.bfloat16 and batch > 64 and hidden >= 1024)
 
 
 def _runs(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
