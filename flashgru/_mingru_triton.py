@@ -17,7 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .scan import _combine, _diag_split, _diag_triton, _last_row, _pow2, on_device, triton
+from .scan import (
+    _chunk_start,
+    _chunk_summary,
+    _diag_split,
+    _diag_triton,
+    _scan_tile,
+    on_device,
+    triton,
+)
 
 if triton is not None:
     import triton.language as tl
@@ -53,32 +61,19 @@ def _fwd_kernel(p, lengths, init, out, sum_a, sum_b, T, H, N, CHUNK,
                 REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, WRITE: tl.constexpr,
                 HAS_LEN: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """scan.py's _diag_kernel with a, b computed from p (T, B, 2H); out (T, N), N = B·H."""
-    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
-    cols = tl.program_id(0) * BN + tl.arange(0, BN)
-    cmask = cols < N
+    c, cols, cmask, h, prod, begin, end = _chunk_start(init, T, N, CHUNK, HAS_INIT, BN,
+                                                         out.dtype.element_ty)
     rows = tl.arange(0, BT)
-    if HAS_INIT:
-        h = tl.load(init + c.to(tl.int64) * N + cols, mask=cmask, other=0.0)
-    else:
-        h = tl.zeros((BN,), out.dtype.element_ty)
-    prod = tl.full((BN,), 1.0, out.dtype.element_ty)
-    begin = c * CHUNK
-    end = tl.minimum(begin + CHUNK, T)
     for s0 in range(begin, end, BT):
         steps = s0 + rows
         t = T - 1 - steps if REVERSE else steps
         m = (steps < end)[:, None] & cmask[None, :]
         a, b, _, _ = _gates(p, t, cols, m, _valid(lengths, t, cols, m, H, N, HAS_LEN), H, N)
-        pa, pb = tl.associative_scan((a, b), 0, _combine)
-        hs = pa * h[None, :] + pb
+        hs, h, prod = _scan_tile(a, b, h, prod, rows, BT, WRITE)
         if WRITE:
             tl.store(out + t.to(tl.int64)[:, None] * N + cols[None, :], hs, mask=m)
-        else:
-            prod = prod * _last_row(pa, rows, BT)
-        h = _last_row(hs, rows, BT)
     if not WRITE:
-        tl.store(sum_a + c.to(tl.int64) * N + cols, prod, mask=cmask)
-        tl.store(sum_b + c.to(tl.int64) * N + cols, h, mask=cmask)
+        _chunk_summary(sum_a, sum_b, c, N, cols, cmask, prod, h)
 
 
 @_jit
@@ -87,17 +82,9 @@ def _bwd_kernel(p, lengths, h, h0, dh, init, dp, dh0, sum_a, sum_b, T, H, N, CHU
                 HAS_LEN: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """The adjoint scan, in the order opposite to the forward's (REVERSE is the forward's):
     λ_t = dh_t + a_{t'} λ_{t'}; with WRITE also dp (T, B, 2H) and dh0 (N,)."""
-    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
-    cols = tl.program_id(0) * BN + tl.arange(0, BN)
-    cmask = cols < N
+    c, cols, cmask, lam, prod, begin, end = _chunk_start(init, T, N, CHUNK, HAS_INIT, BN,
+                                                         dh.dtype.element_ty)
     rows = tl.arange(0, BT)
-    if HAS_INIT:
-        lam = tl.load(init + c.to(tl.int64) * N + cols, mask=cmask, other=0.0)
-    else:
-        lam = tl.zeros((BN,), dh.dtype.element_ty)
-    prod = tl.full((BN,), 1.0, dh.dtype.element_ty)
-    begin = c * CHUNK
-    end = tl.minimum(begin + CHUNK, T)
     for s0 in range(begin, end, BT):
         steps = s0 + rows
         t = steps if REVERSE else T - 1 - steps  # the forward's last step first
@@ -108,8 +95,7 @@ def _bwd_kernel(p, lengths, h, h0, dh, init, dp, dh0, sum_a, sum_b, T, H, N, CHU
                                  H, N)
         at = t.to(tl.int64)[:, None] * N + cols[None, :]
         g = tl.load(dh + at, mask=m, other=0.0)
-        pa, pb = tl.associative_scan((a_next, g), 0, _combine)
-        lam_t = pa * lam[None, :] + pb
+        lam_t, lam, prod = _scan_tile(a_next, g, lam, prod, rows, BT, WRITE)
         if WRITE:
             valid = _valid(lengths, t, cols, m, H, N, HAS_LEN)
             a, _, z, cand = _gates(p, t, cols, m, valid, H, N)
@@ -125,12 +111,8 @@ def _bwd_kernel(p, lengths, h, h0, dh, init, dp, dh0, sum_a, sum_b, T, H, N, CHU
             tl.store(dp + off, dz, mask=m)
             tl.store(dp + off + H, dc, mask=m)
             tl.store(dh0 + cols[None, :] + 0 * at, a * lam_t, mask=m & first[:, None])
-        else:
-            prod = prod * _last_row(pa, rows, BT)
-        lam = _last_row(lam_t, rows, BT)
     if not WRITE:
-        tl.store(sum_a + c.to(tl.int64) * N + cols, prod, mask=cmask)
-        tl.store(sum_b + c.to(tl.int64) * N + cols, lam, mask=cmask)
+        _chunk_summary(sum_a, sum_b, c, N, cols, cmask, prod, lam)
 
 
 def _run(kernel, shape_t, n, device, dtype, start, args, consts, chunk=None):
@@ -232,4 +214,4 @@ def gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool,
     return _GateScan.apply(p, h0, lengths, bool(reverse), chunk)
 
 
-__all__ = ["available", "gate_scan", "_pow2"]
+__all__ = ["available", "gate_scan"]

@@ -85,6 +85,41 @@ def _last_row(x, rows, BT: tl.constexpr):
 
 
 @_jit
+def _chunk_start(init, T, N, CHUNK, HAS_INIT: tl.constexpr, BN: tl.constexpr,
+                 ACC: tl.constexpr):
+    """A chunked diagonal scan's program (j, c): chunk c, columns j·BN.. (axis 0, which has
+    no 65535 limit). Returns c, the columns and their mask, the starting state (init[c]
+    or 0), the running product 1, and the chunk's logical steps [begin, end)."""
+    c = tl.program_id(1)
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
+    cmask = cols < N
+    if HAS_INIT:
+        h = tl.load(init + c.to(tl.int64) * N + cols, mask=cmask, other=0.0).to(ACC)
+    else:
+        h = tl.zeros((BN,), ACC)
+    begin = c * CHUNK
+    return c, cols, cmask, h, tl.full((BN,), 1.0, ACC), begin, tl.minimum(begin + CHUNK, T)
+
+
+@_jit
+def _scan_tile(a, b, h, prod, rows, BT: tl.constexpr, WRITE: tl.constexpr):
+    """One (BT, BN) tile of h_t = a_t h_{t−1} + b_t from the carried h: every state of
+    the tile, the state after it, and (summaries only) the product of a carried on."""
+    pa, pb = tl.associative_scan((a, b), 0, _combine)
+    hs = pa * h[None, :] + pb
+    if not WRITE:
+        prod = prod * _last_row(pa, rows, BT)
+    return hs, _last_row(hs, rows, BT), prod
+
+
+@_jit
+def _chunk_summary(sum_a, sum_b, c, N, cols, cmask, prod, h):
+    """Store chunk c's summary: Π a, and its state from a zero start."""
+    tl.store(sum_a + c.to(tl.int64) * N + cols, prod, mask=cmask)
+    tl.store(sum_b + c.to(tl.int64) * N + cols, h, mask=cmask)
+
+
+@_jit
 def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
                  REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, WRITE: tl.constexpr,
                  BT: tl.constexpr, BN: tl.constexpr, ACC: tl.constexpr):
@@ -92,17 +127,8 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
     [j·BN, (j+1)·BN). a, b, out (T, N); logical step s is time T−1−s with REVERSE. Starts
     from init[c] (n_chunks, N) or 0; writes out (WRITE) or the chunk's summary sum_a[c] =
     Π a, sum_b[c] = its state from a zero start."""
-    c = tl.program_id(1)  # (the column blocks go on axis 0, which has no 65535 limit)
-    cols = tl.program_id(0) * BN + tl.arange(0, BN)
-    cmask = cols < N
+    c, cols, cmask, h, prod, begin, end = _chunk_start(init, T, N, CHUNK, HAS_INIT, BN, ACC)
     rows = tl.arange(0, BT)
-    if HAS_INIT:
-        h = tl.load(init + c.to(tl.int64) * N + cols, mask=cmask, other=0.0).to(ACC)
-    else:
-        h = tl.zeros((BN,), ACC)
-    prod = tl.full((BN,), 1.0, ACC)
-    begin = c * CHUNK
-    end = tl.minimum(begin + CHUNK, T)
     for s0 in range(begin, end, BT):
         steps = s0 + rows
         if REVERSE:
@@ -113,16 +139,11 @@ def _diag_kernel(a, b, init, out, sum_a, sum_b, T, N, CHUNK,
         off = t.to(tl.int64)[:, None] * N + cols[None, :]  # T·N can pass 2^31
         av = tl.load(a + off, mask=m, other=1.0).to(ACC)  # padding steps: h ↦ h
         bv = tl.load(b + off, mask=m, other=0.0).to(ACC)
-        pa, pb = tl.associative_scan((av, bv), 0, _combine)
-        hs = pa * h[None, :] + pb
+        hs, h, prod = _scan_tile(av, bv, h, prod, rows, BT, WRITE)
         if WRITE:
             tl.store(out + off, hs.to(out.dtype.element_ty), mask=m)
-        else:
-            prod = prod * _last_row(pa, rows, BT)
-        h = _last_row(hs, rows, BT)
     if not WRITE:
-        tl.store(sum_a + c.to(tl.int64) * N + cols, prod, mask=cmask)
-        tl.store(sum_b + c.to(tl.int64) * N + cols, h, mask=cmask)
+        _chunk_summary(sum_a, sum_b, c, N, cols, cmask, prod, h)
 
 
 @_jit

@@ -9,6 +9,7 @@ cuDNN's. A diagnostic, not a test.
 import sys
 
 import torch
+from gpu_timing import per_step
 
 import flashgru.backends.triton_gru as tg
 
@@ -33,19 +34,7 @@ T, TL = (8, 8) if SMOKE else (64, 512)
 
 
 def timed(fn, reps=10):
-    """Median µs per step of fn() over reps after a warm-up (CUDA events)."""
-    fn()
-    if SMOKE:
-        return float("nan")
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / TL)
-    return sorted(times)[len(times) // 2]
+    return per_step(fn, TL, reps)
 
 
 print(torch.__version__, tg.triton.__version__, flush=True)

@@ -10,6 +10,7 @@ the same process. A diagnostic, not a test.
 import sys
 
 import torch
+from gpu_timing import per_step
 
 import flashgru.backends.triton_gru as tg
 from flashgru.backends import reference
@@ -29,18 +30,7 @@ T, TL = (8, 8) if SMOKE else (64, 512)
 
 
 def timed(fn, reps=10, steps=TL):
-    fn()
-    if SMOKE:
-        return float("nan")
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / steps)
-    return sorted(times)[len(times) // 2]
+    return per_step(fn, steps, reps)
 
 
 def problem(B, H, steps, dtype=torch.float32):

@@ -6,6 +6,7 @@ CPU work. A diagnostic for a lent GPU, not a test.
     python scripts/gpu_profile_module.py
 """
 import torch
+from gpu_timing import per_step
 
 import flashgru
 import flashgru.backends.triton_gru as tg
@@ -18,29 +19,15 @@ module = flashgru.GRU.from_torch(ref, backend="triton")
 x = torch.randn(T, B, H, device="cuda")
 
 
-def per_step(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / T)
-    return sorted(times)[len(times) // 2]
-
-
 with torch.no_grad():
     gi = torch.nn.functional.linear(x, ref.weight_ih_l0, ref.bias_ih_l0)
     h0 = torch.zeros(B, H, device="cuda")
     lengths = torch.full((B,), T, dtype=torch.int32, device="cuda")
     kernel = per_step(lambda: tg.forward(gi, h0, ref.weight_hh_l0, ref.bias_hh_l0, lengths,
-                                         True, False))
-    whole = per_step(lambda: module(x))
+                                         True, False), T, 20)
+    whole = per_step(lambda: module(x), T, 20)
     print(f"kernel alone {kernel:.2f} µs/step, module {whole:.2f} µs/step, cuDNN "
-          f"{per_step(lambda: ref(x)):.2f} µs/step", flush=True)
+          f"{per_step(lambda: ref(x), T, 20):.2f} µs/step", flush=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(5):

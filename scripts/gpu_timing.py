@@ -1,0 +1,20 @@
+"""The timer the GPU diagnostics in scripts/ share."""
+import torch
+
+
+def per_step(fn, steps: int, reps: int = 10) -> float:
+    """Median µs per step of fn() over ``reps`` CUDA-event timings after one warm-up; NaN
+    off CUDA (the scripts' --smoke runs under the interpreter)."""
+    fn()
+    if not torch.cuda.is_available():
+        return float("nan")
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / steps)
+    return sorted(times)[len(times) // 2]
