@@ -329,9 +329,7 @@ def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
         shifted = torch.empty(*out.shape, hidden, dtype=out.dtype, device=out.device)
         shifted[-1].zero_()
         parallel_triton.jacobian([c[1:] for c in coef], w_hh, out=shifted[:-1])
-        w_r, w_z, w_n = w_hh.reshape(3, hidden, hidden)
-        z0, u0, v0, w0 = (c[0].unsqueeze(-1) for c in coef)
-        jac0 = torch.diag_embed(z0.squeeze(-1)) + u0 * w_z + v0 * w_n + w0 * w_r
+        jac0 = parallel_triton.jacobian([c[:1] for c in coef], w_hh)[0]
     else:
         jac = _jacobian(s, h_prev, w_hh, reset_after)
         if valid is not None:
