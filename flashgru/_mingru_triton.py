@@ -165,7 +165,7 @@ class _GateScan(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: gradients of gradients, through
             # the same function written in differentiable torch ops
             with torch.enable_grad():
-                h_ = _torch_gate_scan(p, h0, lengths, ctx.reverse)
+                h_ = torch_gate_scan(p, h0, lengths, ctx.reverse)
                 return (*torch.autograd.grad(h_, (p, h0), dh, create_graph=True), None,
                         None, None)
         steps, batch, two_h = p.shape
@@ -182,17 +182,20 @@ class _GateScan(torch.autograd.Function):
         return dp, dh0, None, None, None
 
 
-def _torch_gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
-    """The same h from torch ops and flashgru.scan's torch scan (differentiable twice)."""
+def torch_gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool,
+                    impl: str = "torch") -> Tensor:
+    """The same h from torch ops and flashgru.scan's ``impl`` (differentiable twice): the
+    path without the fused kernels. Under autocast p may be low precision; the scan runs
+    in h0's dtype."""
     from .scan import scan_diag
     hidden = h0.shape[-1]
     z = torch.sigmoid(p[..., :hidden])
-    a, b = 1 - z, z * p[..., hidden:]
+    a, b = (1 - z).to(h0.dtype), (z * p[..., hidden:]).to(h0.dtype)
     if lengths is not None:
-        steps = torch.arange(p.shape[0], device=p.device).unsqueeze(1)
-        valid = (steps < lengths.unsqueeze(0)).unsqueeze(-1)
+        steps = torch.arange(p.shape[0], device=p.device).unsqueeze(1)  # (T, 1)
+        valid = (steps < lengths.to(p.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
         a, b = torch.where(valid, a, 1.0), torch.where(valid, b, 0.0)
-    return scan_diag(a, b, h0, reverse=reverse, impl="torch")
+    return scan_diag(a, b, h0, reverse=reverse, impl=impl)
 
 
 def available(p: Tensor, h0: Tensor) -> bool:
@@ -214,4 +217,4 @@ def gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool,
     return _GateScan.apply(p, h0, lengths, bool(reverse), chunk)
 
 
-__all__ = ["available", "gate_scan"]
+__all__ = ["available", "gate_scan", "torch_gate_scan"]

@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _mingru_triton
 from .functional import _dropout, _from_padded, _last, _to_padded
-from .scan import IMPLS, scan_diag
+from .scan import IMPLS
 
 
 def min_gru_cell(input: Tensor, hx: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -57,25 +57,16 @@ def _direction(x: Tensor, lengths: Tensor | None, h0: Tensor, weight: Tensor,
     length, and h_n (B, H). The reverse direction scans from t = T−1 down; steps past a
     length come first there and, with a = 1 and b = 0, leave h0 as it is."""
     proj = F.linear(x, weight, bias)  # (T, B, 2H) = [p_z, p_h]
-    if _fused(impl, proj, h0):  # gates and scan in one Triton pass each way
-        h = _mingru_triton.gate_scan(proj, h0, lengths, reverse)
-        valid = None
-        if lengths is not None:
-            steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
-            valid = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
-        h_n = h[0] if reverse else _last(h, lengths)
-        return (h if valid is None else torch.where(valid, h, 0.0)), h_n
-    z, cand = proj.chunk(2, dim=-1)  # (T, B, H) each
-    z = torch.sigmoid(z)
-    a, b = (1 - z).to(h0.dtype), (z * cand).to(h0.dtype)  # autocast: scan in h's dtype
+    valid = None
     if lengths is not None:
         steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
         valid = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
-        a = torch.where(valid, a, 1.0)
-        b = torch.where(valid, b, 0.0)
-    h = scan_diag(a, b, h0, reverse=reverse, impl=impl)
+    if _fused(impl, proj, h0):  # gates and scan in one Triton pass each way
+        h = _mingru_triton.gate_scan(proj, h0, lengths, reverse)
+    else:
+        h = _mingru_triton.torch_gate_scan(proj, h0, lengths, reverse, impl)
     h_n = h[0] if reverse else _last(h, lengths)
-    return (h if lengths is None else torch.where(valid, h, 0.0)), h_n
+    return (h if valid is None else torch.where(valid, h, 0.0)), h_n
 
 
 def min_gru(x: Tensor, lengths: Tensor | None, hx: Tensor, weights: list[Tensor], *,
