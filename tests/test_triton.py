@@ -222,3 +222,57 @@ def test_wide_problem_on_gpu(batch, split):
     cfg = None if split == "default" else tg.Config(*map(int, split.split("-")[1].split("x")),
                                                     dot=False)
     _compare(512, batch, 1024, True, torch.float32, cfg=cfg)
+
+
+_SM90_PROBE = """
+import json, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from flashgru.backends import triton_gru as tg
+
+types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
+         "t_begin": "i32", "t_end": "i32"}
+found = {}
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for dot in (False, True):
+        for reset_after in (True, False):
+            consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
+                          PREC="tf32x3", ACC=tl.float32)
+            if "SAVE" in kernel.arg_names:
+                consts["SAVE"] = True
+            sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+                   for a in kernel.arg_names}
+            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": 4})
+            found[f"{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def sm90_dots():
+    """Whether each kernel, compiled for an H100 (sm_90) offline (no GPU needed; a fresh
+    process, as the interpreter replaces the compiler in this one), contains a tl.dot, for
+    a 16-row tile of 16 hidden units in fp32."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _SM90_PROBE], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90_dots, kernel, reset_after):
+    """Triton's combine pass rewrites sum(x[:, :, None] * w[None, :, :], 1) into a TF32
+    tl.dot once both tile sides are ≥ 16: on an H100 that gave a 5.8e-4 fp32 error, which
+    the interpreter never shows. The broadcast splits must compile without any dot; the
+    tl.dot splits with one (so this check can fail)."""
+    assert not sm90_dots[f"{kernel}-False-{reset_after}"]
+    assert sm90_dots[f"{kernel}-True-{reset_after}"]
