@@ -247,15 +247,42 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                                       target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": 4})
             found[f"{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
-print(json.dumps(found))
+# shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
+# dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
+shared = {}
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for dtype in ("fp32", "bf16"):
+        consts = dict(BB=64, S=64, BK=64, RESET_AFTER=True, DOT=True, PREC="tf32x3",
+                      ACC=tl.float32)
+        if "SAVE" in kernel.arg_names:
+            consts["SAVE"] = True
+        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+               for a in kernel.arg_names}
+        for a in ("gi", "dout", "out", "w", "wt"):
+            if a in sig and dtype == "bf16":
+                sig[a] = "*bf16"
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        shared[f"{name}-{dtype}"] = compiled.metadata.shared
+from flashgru import scan
+for bh in (64, 128):
+    consts = dict(REVERSE=False, TRANSPOSE=False, BH=bh)
+    sig = {a: "constexpr" if a in consts else ("i32" if a in ("T", "B", "H", "CHUNK")
+           else "*fp32") for a in scan._dense_summary_kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=scan._dense_summary_kernel, signature=sig,
+                                        constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 4 if bh <= 64 else 8})
+    shared[f"dense-summary-{bh}"] = compiled.metadata.shared
+print(json.dumps({"dots": found, "shared": shared}))
 """
 
 
 @pytest.fixture(scope="module")
-def sm90_dots():
-    """Whether each kernel, compiled for an H100 (sm_90) offline (no GPU needed; a fresh
-    process, as the interpreter replaces the compiler in this one), contains a tl.dot, for
-    a 16-row tile of 16 hidden units in fp32."""
+def sm90():
+    """The kernels compiled for an H100 (sm_90) offline (no GPU needed; in a fresh process,
+    as the interpreter replaces the compiler in this one): whether each contains a tl.dot,
+    for a 16-row tile of 16 hidden units in fp32, and the shared memory some launches
+    need."""
     import json
     import os
     import subprocess
@@ -269,10 +296,25 @@ def sm90_dots():
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("kernel", ["forward", "backward"])
-def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90_dots, kernel, reset_after):
+def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_after):
     """Triton's combine pass rewrites sum(x[:, :, None] * w[None, :, :], 1) into a TF32
     tl.dot once both tile sides are ≥ 16: on an H100 that gave a 5.8e-4 fp32 error, which
     the interpreter never shows. The broadcast splits must compile without any dot; the
     tl.dot splits with one (so this check can fail)."""
-    assert not sm90_dots[f"{kernel}-False-{reset_after}"]
-    assert sm90_dots[f"{kernel}-True-{reset_after}"]
+    assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
+    assert sm90["dots"][f"{kernel}-True-{reset_after}"]
+
+
+H100_SHARED = 232448  # bytes of shared memory one program may use on an H100
+
+
+def test_largest_splits_fit_in_shared_memory(sm90):
+    """The largest default launch splits fit an H100's shared memory (a launch over it
+    fails only on the GPU); the dense scan's chunk composition fits at its limit
+    DENSE_TRITON_MAX_H = 64 and not at 128, which failed on an H100."""
+    from flashgru import scan
+    shared = sm90["shared"]
+    for key in ("forward-fp32", "forward-bf16", "backward-fp32", "backward-bf16"):
+        assert shared[key] <= H100_SHARED, (key, shared[key])
+    assert scan.DENSE_TRITON_MAX_H == 64
+    assert shared["dense-summary-64"] <= H100_SHARED < shared["dense-summary-128"]
