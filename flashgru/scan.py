@@ -170,18 +170,23 @@ def _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE: tl.constexpr):
 
 
 @_jit
+def _dense_program(H, TRANSPOSE: tl.constexpr, BH: tl.constexpr):
+    """A dense-scan program (b, k) (rows on axis 0, which has no 65535 limit): chunk k, row
+    b, the unit indices and mask, and the offsets and mask of M_t's (BH, BH) tile."""
+    i = tl.arange(0, BH)
+    im = i < H
+    return (tl.program_id(1), tl.program_id(0), i, im, _dense_offsets(i, H, TRANSPOSE),
+            im[:, None] & im[None, :])
+
+
+@_jit
 def _dense_kernel(J, c, init, out, T, B, H, CHUNK,
                   REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, BH: tl.constexpr,
                   ACC: tl.constexpr):
     """Program (b, k): batch row b over logical steps [k·CHUNK, (k+1)·CHUNK) ∩ [0, T) in
     order, from init[k, b], h in registers. J (T, B, H, H), c and out (T, B, H), init
     (n_chunks, B, H); logical step s is time T−1−s with REVERSE."""
-    k = tl.program_id(1)
-    row = tl.program_id(0)  # (rows on axis 0, which has no 65535 limit)
-    i = tl.arange(0, BH)
-    im = i < H
-    moff = _dense_offsets(i, H, TRANSPOSE)
-    mm = im[:, None] & im[None, :]
+    k, row, i, im, moff, mm = _dense_program(H, TRANSPOSE, BH)
     h = tl.load(init + (k.to(tl.int64) * B + row) * H + i, mask=im, other=0.0).to(ACC)
     for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
         base, m, cv = _dense_step(J, c, s, T, B, H, row, i, im, moff, mm, REVERSE)
@@ -195,12 +200,7 @@ def _dense_summary_kernel(J, c, P, S, T, B, H, CHUNK,
     """Program (b, k): the affine map h ↦ P h + S of chunk k for batch row b, composed in
     fp32 (tl.dot at three-pass TF32, fp32's accuracy): P[k, b] = M_last ⋯ M_first (H, H),
     S[k, b] the chunk's state from a zero start. BH ≥ 16 (tl.dot's minimum)."""
-    k = tl.program_id(1)
-    row = tl.program_id(0)  # (rows on axis 0, which has no 65535 limit)
-    i = tl.arange(0, BH)
-    im = i < H
-    moff = _dense_offsets(i, H, TRANSPOSE)
-    mm = im[:, None] & im[None, :]
+    k, row, i, im, moff, mm = _dense_program(H, TRANSPOSE, BH)
     prod = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(tl.float32)
     h = tl.zeros((BH,), tl.float32)
     for s in range(k * CHUNK, tl.minimum((k + 1) * CHUNK, T)):
