@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .scan import (
+    INTERPRET,
     _chunk_start,
     _chunk_summary,
     _diag_split,
@@ -201,10 +202,8 @@ def torch_gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool
 def available(p: Tensor, h0: Tensor) -> bool:
     """Whether the fused kernels take this call: Triton, CUDA tensors (or the interpreter),
     float32/float64 in one dtype."""
-    import os
     return (triton is not None and p.dtype in (torch.float32, torch.float64)
-            and h0.dtype == p.dtype
-            and (p.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"))
+            and h0.dtype == p.dtype and (p.device.type == "cuda" or INTERPRET))
 
 
 def gate_scan(p: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool,

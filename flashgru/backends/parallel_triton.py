@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import scan
 from ..scan import on_device
 
 try:
@@ -131,8 +132,7 @@ def available(device: torch.device) -> bool:
     """Whether the fused kernels run on this device (CUDA, or CPU under the interpreter)."""
     if triton is None:
         return False
-    import os
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or scan.INTERPRET
 
 
 def point(gi: Tensor, gh: Tensor, h: Tensor, h0: Tensor, lengths: Tensor | None,
