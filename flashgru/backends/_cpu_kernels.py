@@ -129,124 +129,129 @@ def _matmul(a, w, out):
         np.dot(a, w, out)
 
 
-# exp(r) = Σ r^k / k! on |r| ≤ ln2/2, Horner from the highest term: ≤ 4e-16 relative in
+# exp(r) = Σ r^k / k! on |r| ≤ ln2/2, Horner from the highest term (written out: a loop
+# over the tuple does not survive numba's inlining): ≤ 4e-16 relative in
 # float64 with 13 terms; 8 terms leave ≤ 6e-9, under float32's rounding (6e-8)
 _EXP_TAYLOR = (1 / 479001600, 1 / 39916800, 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040,
                1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0)
 _EXP_TAYLOR_32 = tuple(np.float32(c) for c in _EXP_TAYLOR[5:])
 _LOG2E_32, _HALF_32 = np.float32(1.4426950408889634), np.float32(0.5)
 _LN2_HI_32, _LN2_LO_32 = np.float32(0.693359375), np.float32(-2.12194440e-4)  # Cody-Waite
+GATE_FLAGS = {"contract"}  # fused multiply-adds in the gate loops; nothing else
 
 
-def _vexp(x, bits):
-    """x[:] = exp(x[:]) for a 1-D array, in arithmetic that LLVM vectorises (libm's exp
-    does not): 2^k · P(r) with x = k·ln2 + r. ``bits``: int64 scratch as long as x. numba
-    compiles the body for x's dtype: ``_vexp64`` (relative error ≤ 4e-16, arguments clamped
-    to ±708) or ``_vexp32`` (8 float32 lanes per vector, ≤ 2 ulp, clamped to [-87, 88])."""
+@_intrinsic
+def _from_bits(typingctx, bits):
+    """The float whose bits are ``bits``: int32 → float32, int64 → float64."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth not in (32, 64):
+        return None
+    result = types.float32 if bits.bitwidth == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(result))
+
+    return result(bits), codegen
 
 
-def _vexp64(x, bits):
-    for j in range(x.shape[0]):
-        v = min(max(np.float64(x[j]), -708.0), 708.0)
-        k = np.floor(v * 1.4426950408889634 + 0.5)
-        r = v - k * 0.6931471803691238 - k * 1.9082149292705877e-10
-        p = 0.0
-        for c in _EXP_TAYLOR:
-            p = p * r + c
-        x[j] = p
-        bits[j] = (np.int64(k) + 1023) << 52
-    scale = bits.view(np.float64)
-    for j in range(x.shape[0]):
-        x[j] *= scale[j]
+def _exp(x):
+    """exp(x) for a float32 or float64 scalar, in its own precision and in arithmetic that
+    LLVM vectorises inside the caller's loop (libm's exp does not): 2^k · P(r) with
+    x = k·ln2 + r, 2^k built from its bits. Inlined into the caller (``_exp64``: relative
+    error ≤ 4e-16, argument clamped to ±708; ``_exp32``: ≤ 2 ulp, clamped to [-87, 88])."""
 
 
-def _vexp32(x, bits):
-    n = x.shape[0]
-    bits32 = bits.view(np.int32)[:n]
-    for j in range(n):
-        v = min(max(x[j], np.float32(-87.0)), np.float32(88.0))
-        k = np.floor(v * _LOG2E_32 + _HALF_32)
-        r = v - k * _LN2_HI_32 - k * _LN2_LO_32
-        p = np.float32(0.0)
-        for c in _EXP_TAYLOR_32:
-            p = p * r + c
-        x[j] = p
-        bits32[j] = (np.int32(k) + 127) << 23
-    scale = bits32.view(np.float32)
-    for j in range(n):
-        x[j] *= scale[j]
+def _exp64(x):
+    v = min(max(x, -708.0), 708.0)
+    k = np.floor(v * 1.4426950408889634 + 0.5)
+    r = v - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+    c = _EXP_TAYLOR
+    p = ((((((((((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]) * r
+                + c[6]) * r + c[7]) * r + c[8]) * r + c[9]) * r + c[10]) * r + c[11]) * r
+         + c[12])
+    return p * _from_bits((np.int64(k) + np.int64(1023)) << np.int64(52))
+
+
+def _exp32(x):
+    v = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    k = np.floor(v * _LOG2E_32 + _HALF_32)
+    r = v - k * _LN2_HI_32 - k * _LN2_LO_32
+    c = _EXP_TAYLOR_32
+    p = (((((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]) * r + c[6]) * r
+         + c[7])
+    return p * _from_bits(np.int32((np.int64(k) + 127) << 23))  # (numba widens int32 sums)
 
 
 if numba is not None:
-    @numba.extending.overload(_vexp, jit_options={"fastmath": {"contract"},
-                                                  "boundscheck": False,
-                                                  "error_model": "numpy"})
-    def _vexp_for(x, bits):
-        return _vexp32 if x.dtype == numba.float32 else _vexp64
+    @numba.extending.overload(_exp, inline="always")
+    def _exp_for(x):
+        return _exp32 if x == numba.float32 else _exp64
 
 
-@_jit(boundscheck=False)
-def _rz_exp(gi, gh, b, a, c, bits):
-    """a = exp(−r's pre-activation), c = exp(−z's), each (H,), from gi, gh and b: the
-    sigmoids' shared first half, r = 1 / (1 + a) and z = 1 / (1 + c)."""
-    hidden = a.shape[0]
-    for j in range(hidden):
-        a[j] = -(gi[j] + gh[j] + b[j])
-        c[j] = -(gi[hidden + j] + gh[hidden + j] + b[hidden + j])
-    _vexp(a, bits)
-    _vexp(c, bits)
+# One step of gate math for every row, each row one loop over the H units with the exps
+# inline, so LLVM vectorises it (separate passes through scratch arrays did not vectorise
+# their divisions, and a call per row cost more than its arithmetic at H ≤ 128). All
+# arrays are the step's (B, ·) slices; h = h_{t−1} is only read; h_t goes to ``out``. Rows
+# with t ≥ lengths[i] are past their sequence: their outputs and gates are set to 0.
+
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _gates_after(t, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
+    """Step t of reset_after=True: from gi (B, 3H), gh = h W_hhᵀ (B, 3H) without bias,
+    b = b_hh (3H,) and h (B, H), writes h_t to out and r, z, n and W_hn h + b_hn to r_s,
+    z_s, n_s, ghn_s, all (B, H)."""
+    batch, hidden = h.shape
+    one, two = h.dtype.type(1.0), h.dtype.type(2.0)  # float32 math stays float32
+    for i in range(batch):
+        if t >= lengths[i]:
+            out[i] = 0.0
+            r_s[i] = 0.0
+            z_s[i] = 0.0
+            n_s[i] = 0.0
+            ghn_s[i] = 0.0
+            continue
+        for j in range(hidden):
+            r = one / (one + _exp(-(gi[i, j] + gh[i, j] + b[j])))
+            z = one / (one + _exp(-(gi[i, hidden + j] + gh[i, hidden + j] + b[hidden + j])))
+            ghn = gh[i, 2 * hidden + j] + b[2 * hidden + j]
+            n = one - two / (one + _exp(two * (gi[i, 2 * hidden + j] + r * ghn)))  # tanh
+            r_s[i, j] = r
+            z_s[i, j] = z
+            n_s[i, j] = n
+            ghn_s[i, j] = ghn
+            out[i, j] = (one - z) * n + z * h[i, j]
 
 
-@_jit(boundscheck=False)
-def _gates_after(gi, gh, b, h, r_s, z_s, n_s, ghn_s, out, a, c, bits):
-    """One row of reset_after=True: the gates from gi (3H,) and gh = W_hh h (3H,); h (H,)
-    is updated in place. a, c: float scratch (H,)."""
-    hidden = h.shape[0]
-    one, two = a.dtype.type(1.0), a.dtype.type(2.0)  # float32 math stays float32
-    _rz_exp(gi, gh, b, a, c, bits)
-    for j in range(hidden):
-        r = one / (one + a[j])
-        z = one / (one + c[j])
-        ghn = gh[2 * hidden + j] + b[2 * hidden + j]
-        r_s[j] = r
-        z_s[j] = z
-        ghn_s[j] = ghn
-        a[j] = two * (gi[2 * hidden + j] + r * ghn)
-    _vexp(a, bits)
-    for j in range(hidden):
-        n = one - two / (one + a[j])  # tanh
-        z = z_s[j]
-        h[j] = (one - z) * n + z * h[j]
-        n_s[j] = n
-        out[j] = h[j]
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _rz_before(gi, gh, b, h, r_s, z_s, rh):
+    """Step of reset_after=False, first half, every row: r and z from gi (B, 3H), gh =
+    h W_hr,zᵀ (B, 2H), b = b_hh (3H,) and h (B, H); writes r_s, z_s and rh = r ⊙ h, all
+    (B, H). (Rows past their length are zeroed by ``_n_before``.)"""
+    batch, hidden = h.shape
+    one = h.dtype.type(1.0)
+    for i in range(batch):
+        for j in range(hidden):
+            r = one / (one + _exp(-(gi[i, j] + gh[i, j] + b[j])))
+            r_s[i, j] = r
+            z_s[i, j] = one / (one + _exp(-(gi[i, hidden + j] + gh[i, hidden + j]
+                                            + b[hidden + j])))
+            rh[i, j] = r * h[i, j]
 
 
-@_jit(boundscheck=False)
-def _rz_before(gi, gh, b, h, r_s, z_s, rh, a, c, bits):
-    """One row of reset_after=False, first half: r and z from gi (3H,), gh = W_hr,z h
-    (2H,) and b = b_hh (3H,); writes r_s, z_s and rh = r ⊙ h, all (H,). a, c: scratch."""
-    hidden = h.shape[0]
-    one = a.dtype.type(1.0)  # float32 math stays float32
-    _rz_exp(gi, gh, b, a, c, bits)
-    for j in range(hidden):
-        r = one / (one + a[j])
-        r_s[j] = r
-        z_s[j] = one / (one + c[j])
-        rh[j] = r * h[j]
-
-
-@_jit(boundscheck=False)
-def _n_before(gi, ghn, b, z_s, h, n_s, out, a, bits):
-    """One row of reset_after=False, second half: n from gi (3H,), ghn = W_hn (r ⊙ h)
-    (H,) and b (3H,); h (H,) is updated in place and copied to out; writes n_s (H,)."""
-    hidden = h.shape[0]
-    one, two = a.dtype.type(1.0), a.dtype.type(2.0)  # float32 math stays float32
-    for j in range(hidden):
-        a[j] = two * (gi[2 * hidden + j] + ghn[j] + b[2 * hidden + j])
-    _vexp(a, bits)
-    for j in range(hidden):
-        n = one - two / (one + a[j])  # tanh
-        z = z_s[j]
-        h[j] = (one - z) * n + z * h[j]
-        out[j] = h[j]
-        n_s[j] = n
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _n_before(t, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
+    """Step t of reset_after=False, second half: n from gi (B, 3H), ghn = (r ⊙ h) W_hnᵀ
+    (B, H) and b (3H,); with z_s and h = h_{t−1} (B, H), writes h_t to out and n to n_s."""
+    batch, hidden = h.shape
+    one, two = h.dtype.type(1.0), h.dtype.type(2.0)
+    for i in range(batch):
+        if t >= lengths[i]:
+            out[i] = 0.0
+            r_s[i] = 0.0
+            z_s[i] = 0.0
+            n_s[i] = 0.0
+            continue
+        for j in range(hidden):
+            n = one - two / (one + _exp(two * (gi[i, 2 * hidden + j] + ghn[i, j]
+                                                + b[2 * hidden + j])))
+            z = z_s[i, j]
+            n_s[i, j] = n
+            out[i, j] = (one - z) * n + z * h[i, j]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import cpu_step
 from ._cpu_kernels import (
+    GATE_FLAGS,
     _gates_after,
     _jit,
     _matmul,
@@ -38,122 +39,115 @@ def missing() -> str | None:
 
 # ---- kernels -----------------------------------------------------------------------------
 
-@_jit(boundscheck=False)
-def _skip(t, ts, i, out, r_s, z_s, n_s):
-    """Step t is past sequence i's length: out is 0 and the saved gates are 0."""
-    out[t, i] = 0.0
-    r_s[ts, i] = 0.0
-    z_s[ts, i] = 0.0
-    n_s[ts, i] = 0.0
+# The reverse steps, every row, each row one loop over H that LLVM vectorises, in the
+# arrays' own precision (a float64 literal would promote float32 arithmetic). Arrays are
+# the step's (B, ·) slices; h = h_{t−1}. Rows with t ≥ lengths[i] get 0 gradients.
 
-
-# One step for every row, given the hidden product: shared by the fused loops below and the
-# wide path (``_fwd_wide``/``_bwd_wide``), which takes the products from torch's GEMM.
-
-@_jit(boundscheck=False)
-def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, a, c, bits):
-    """Step t of reset_after=True for every row: gh = h W_hhᵀ (B, 3H) without bias; h
-    (B, H) is updated in place; the gates go to index ts of the saved arrays."""
-    for i in range(h.shape[0]):
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _grad_after(t, dout, h, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
+    """Reverse step t, reset_after=True: d = dout + dh (B, H); writes dgi and dgh (B, 3H)
+    and sets dh to the part of ∂L/∂h_{t−1} that is d ⊙ z (the caller adds dgh W_hh)."""
+    batch, hidden = h.shape
+    one = h.dtype.type(1.0)
+    for i in range(batch):
         if t >= lengths[i]:
-            _skip(t, ts, i, out, r_s, z_s, n_s)
-            ghn_s[ts, i] = 0.0
-            continue
-        _gates_after(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], n_s[ts, i],
-                     ghn_s[ts, i], out[t, i], a, c, bits)
-
-
-@_jit(boundscheck=False)
-def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh, a, c, bits):
-    """Step t of reset_after=False, first half, every row: gh = h W_hr,zᵀ (B, 2H); writes
-    r, z and rh = r ⊙ h (B, H)."""
-    for i in range(h.shape[0]):
-        _rz_before(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], rh[i], a, c, bits)
-
-
-@_jit(boundscheck=False)
-def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, a, bits):
-    """Step t of reset_after=False, second half, every row: ghn = (r ⊙ h) W_hnᵀ (B, H)."""
-    for i in range(h.shape[0]):
-        if t >= lengths[i]:
-            _skip(t, ts, i, out, r_s, z_s, n_s)
-            continue
-        _n_before(gi[t, i], ghn[i], b, z_s[ts, i], h[i], n_s[ts, i], out[t, i], a, bits)
-
-
-@_jit(boundscheck=False)
-def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
-    """Step t of the reverse recurrence, reset_after=True, every row: writes dgi[t] and
-    dgh[t] (0 past a length) and sets dh to the part of ∂L/∂h_{t−1} that is d ⊙ z (the
-    caller adds dgh[t] W_hh)."""
-    hidden = dh.shape[1]
-    for i in range(dh.shape[0]):
-        if t >= lengths[i]:
-            dgi[t, i] = 0.0
-            dgh[t, i] = 0.0
+            dgi[i] = 0.0
+            dgh[i] = 0.0
             continue
         for j in range(hidden):
-            d = dout[t, i, j] + dh[i, j]
-            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-            r, z, n = r_s[t, i, j], z_s[t, i, j], n_s[t, i, j]
-            dn = d * (1.0 - z) * (1.0 - n * n)
-            dz = d * (h_prev - n) * z * (1.0 - z)
-            dr = dn * ghn_s[t, i, j] * r * (1.0 - r)
-            dgi[t, i, j] = dr
-            dgi[t, i, hidden + j] = dz
-            dgi[t, i, 2 * hidden + j] = dn
-            dgh[t, i, j] = dr
-            dgh[t, i, hidden + j] = dz
-            dgh[t, i, 2 * hidden + j] = dn * r
+            d = dout[i, j] + dh[i, j]
+            r, z, n = r_s[i, j], z_s[i, j], n_s[i, j]
+            dn = d * (one - z) * (one - n * n)
+            dz = d * (h[i, j] - n) * z * (one - z)
+            dr = dn * ghn_s[i, j] * r * (one - r)
+            dgi[i, j] = dr
+            dgi[i, hidden + j] = dz
+            dgi[i, 2 * hidden + j] = dn
+            dgh[i, j] = dr
+            dgh[i, hidden + j] = dz
+            dgh[i, 2 * hidden + j] = dn * r
             dh[i, j] = d * z
 
 
-@_jit(boundscheck=False)
-def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t):
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _grad_nz_before(t, dout, h, z_s, n_s, lengths, dh, dn_t, drz_t):
     """Reverse step t, reset_after=False, first half: dn_t (B, H) and dz into drz_t[:, H:]
     (0 past a length); dh becomes d ⊙ z (the caller adds the rest)."""
-    hidden = dh.shape[1]
-    for i in range(dh.shape[0]):
+    batch, hidden = h.shape
+    one = h.dtype.type(1.0)
+    for i in range(batch):
         if t >= lengths[i]:
             dn_t[i] = 0.0
             drz_t[i] = 0.0
             continue
         for j in range(hidden):
-            d = dout[t, i, j] + dh[i, j]
-            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-            z, n = z_s[t, i, j], n_s[t, i, j]
-            dn_t[i, j] = d * (1.0 - z) * (1.0 - n * n)
-            drz_t[i, hidden + j] = d * (h_prev - n) * z * (1.0 - z)
+            d = dout[i, j] + dh[i, j]
+            z, n = z_s[i, j], n_s[i, j]
+            dn_t[i, j] = d * (one - z) * (one - n * n)
+            drz_t[i, hidden + j] = d * (h[i, j] - n) * z * (one - z)
             dh[i, j] = d * z
+
+
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _grad_r_before(t, h, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
+    """Reverse step t, reset_after=False, second half, from d_rh = dn_t W_hn (B, H): dr into
+    drz_t[:, :H], dgi = [dr, dz, dn] (B, 3H) and r ⊙ d_rh added to dh."""
+    batch, hidden = h.shape
+    one = h.dtype.type(1.0)
+    for i in range(batch):
+        if t >= lengths[i]:
+            dgi[i] = 0.0
+            continue
+        for j in range(hidden):
+            r = r_s[i, j]
+            dr = d_rh[i, j] * h[i, j] * r * (one - r)
+            drz_t[i, j] = dr
+            dgi[i, j] = dr
+            dgi[i, hidden + j] = drz_t[i, hidden + j]
+            dgi[i, 2 * hidden + j] = dn_t[i, j]
+            dh[i, j] += r * d_rh[i, j]
+
+
+# Step t of each pass, slicing the whole (T, B, ·) arrays inside numba (cheaper than in
+# Python): the wide path calls these once per step. ts is the index into the saved arrays
+# (0 when only one step's worth is kept, for inference); h = h_{t−1} (B, H).
+
+@_jit(boundscheck=False)
+def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
+    _gates_after(t, gi[t], gh, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts], ghn_s[ts])
+
+
+@_jit(boundscheck=False)
+def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh):
+    _rz_before(gi[t], gh, b, h, r_s[ts], z_s[ts], rh)
+
+
+@_jit(boundscheck=False)
+def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
+    _n_before(t, gi[t], ghn, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts])
+
+
+@_jit(boundscheck=False)
+def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
+    h = h0 if t == 0 else out[t - 1]
+    _grad_after(t, dout[t], h, r_s[t], z_s[t], n_s[t], ghn_s[t], lengths, dh, dgi[t], dgh[t])
+
+
+@_jit(boundscheck=False)
+def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t):
+    h = h0 if t == 0 else out[t - 1]
+    _grad_nz_before(t, dout[t], h, z_s[t], n_s[t], lengths, dh, dn_t, drz_t)
 
 
 @_jit(boundscheck=False)
 def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
-    """Reverse step t, reset_after=False, second half, from d_rh = dn_t W_hn (B, H): dr into
-    drz_t[:, :H], dgi[t] = [dr, dz, dn] and r ⊙ d_rh added to dh."""
-    hidden = dh.shape[1]
-    for i in range(dh.shape[0]):
-        if t >= lengths[i]:
-            dgi[t, i] = 0.0
-            continue
-        for j in range(hidden):
-            h_prev = out[t - 1, i, j] if t > 0 else h0[i, j]
-            r = r_s[t, i, j]
-            dr = d_rh[i, j] * h_prev * r * (1.0 - r)
-            drz_t[i, j] = dr
-            dgi[t, i, j] = dr
-            dgi[t, i, hidden + j] = drz_t[i, hidden + j]
-            dgi[t, i, 2 * hidden + j] = dn_t[i, j]
-            dh[i, j] += r * d_rh[i, j]
+    h = h0 if t == 0 else out[t - 1]
+    _grad_r_before(t, h, r_s[t], lengths, d_rh, dn_t, drz_t, dh, dgi[t])
 
 
 # ---- the fused loops ---------------------------------------------------------------------
-
-def _scratch(hidden, dtype):
-    """Float scratch a, c (H,) and int64 bits (H,) for the gate passes."""
-    return np.empty(hidden, dtype=dtype), np.empty(hidden, dtype=dtype), np.empty(
-        hidden, dtype=np.int64)
-
+# h_{t−1} is h0 or out[t − 1]: rows past their length read 0s there, and their results are
+# not used.
 
 @_jit(boundscheck=False)
 def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
@@ -162,13 +156,11 @@ def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
     step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    h = h0.copy()
     gh = np.empty((batch, 3 * hidden), dtype=h0.dtype)
-    a, c = np.empty(hidden, dtype=h0.dtype), np.empty(hidden, dtype=h0.dtype)
-    bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
+        h = h0 if t == 0 else out[t - 1]
         _matmul(h, w_t, gh)
-        _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, a, c, bits)
+        _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s)
 
 
 @_jit(boundscheck=False)
@@ -177,17 +169,15 @@ def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
     in _fwd_after."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    h = h0.copy()
     gh = np.empty((batch, 2 * hidden), dtype=h0.dtype)
     rh = np.zeros((batch, hidden), dtype=h0.dtype)
     ghn = np.empty((batch, hidden), dtype=h0.dtype)
-    a, c = np.empty(hidden, dtype=h0.dtype), np.empty(hidden, dtype=h0.dtype)
-    bits = np.empty(hidden, dtype=np.int64)
     for t in range(steps):
+        h = h0 if t == 0 else out[t - 1]
         _matmul(h, w_rz_t, gh)
-        _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh, a, c, bits)
+        _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh)
         _matmul(rh, w_n_t, ghn)
-        _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, a, bits)
+        _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s)
 
 
 @_jit(boundscheck=False)
@@ -236,28 +226,29 @@ def _fwd_wide(gi, h0, w_hh, b, lengths, out, saved, reset_after):
     kernels; ``out`` and ``saved`` are tensors."""
     steps, batch, hidden = out.shape
     keep = 1 if saved[0].shape[0] == steps else 0
-    h = h0.detach().clone()
-    arrays = [x.numpy() for x in (h, out, *saved)]
-    hn, out_n, *saved_n = arrays
+    h0 = h0.detach().contiguous()
+    states = [h0, *out[:-1]]  # h_{t−1} for each t, as tensors and as arrays
+    states_n = [x.numpy() for x in states]
+    out_n, saved_n = out.numpy(), [x.numpy() for x in saved]
     gi_n, b_n, len_n = _np(gi), _np(b), lengths.numpy()
-    a, c, bits = _scratch(hidden, hn.dtype)
     w = w_hh.detach()
     if reset_after:
-        w_t, gh = w.t(), torch.empty(batch, 3 * hidden, dtype=h.dtype)
+        w_t, gh = w.t(), torch.empty(batch, 3 * hidden, dtype=h0.dtype)
         gh_n = gh.numpy()
         for t in range(steps):
-            torch.mm(h, w_t, out=gh)
-            _rows_after(t, t * keep, gi_n, gh_n, b_n, hn, len_n, out_n, *saved_n, a, c, bits)
+            torch.mm(states[t], w_t, out=gh)
+            _rows_after(t, t * keep, gi_n, gh_n, b_n, states_n[t], len_n, out_n, *saved_n)
         return
     w_rz_t, w_n_t = w[: 2 * hidden].t(), w[2 * hidden:].t()
-    gh, ghn = torch.empty(batch, 2 * hidden, dtype=h.dtype), torch.empty_like(h)
-    rh = torch.zeros_like(h)
+    gh, ghn = torch.empty(batch, 2 * hidden, dtype=h0.dtype), torch.empty_like(h0)
+    rh = torch.zeros_like(h0)
     gh_n, ghn_n, rh_n = gh.numpy(), ghn.numpy(), rh.numpy()
     for t in range(steps):
-        torch.mm(h, w_rz_t, out=gh)
-        _rows_rz_before(t, t * keep, gi_n, gh_n, b_n, hn, *saved_n[:2], rh_n, a, c, bits)
+        torch.mm(states[t], w_rz_t, out=gh)
+        _rows_rz_before(t, t * keep, gi_n, gh_n, b_n, states_n[t], *saved_n[:2], rh_n)
         torch.mm(rh, w_n_t, out=ghn)
-        _rows_n_before(t, t * keep, gi_n, ghn_n, b_n, hn, len_n, out_n, *saved_n[:3], a, bits)
+        _rows_n_before(t, t * keep, gi_n, ghn_n, b_n, states_n[t], len_n, out_n,
+                       *saved_n[:3])
 
 
 def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):

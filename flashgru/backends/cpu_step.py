@@ -46,12 +46,9 @@ def _step_after(gi, h, w, b, out):
     batch, hidden = out.shape
     gh = np.empty_like(gi)
     _gemv_rows(w, h, gh)
-    scratch = np.empty((6, hidden), dtype=out.dtype)  # r, z, n, W_hn h + b_hn, a, c
-    bits = np.empty(hidden, dtype=np.int64)
-    for i in range(batch):
-        out[i] = h[i]
-        _gates_after(gi[i], gh[i], b, out[i], scratch[0], scratch[1], scratch[2],
-                     scratch[3], out[i], scratch[4], scratch[5], bits)
+    scratch = np.empty((4, batch, hidden), dtype=out.dtype)  # r, z, n, W_hn h + b_hn
+    _gates_after(0, gi, gh, b, h, np.ones(batch, dtype=np.int64), out, scratch[0],
+                 scratch[1], scratch[2], scratch[3])
 
 
 @_jit(boundscheck=False)
@@ -61,16 +58,11 @@ def _step_before(gi, h, w, b, out):
     gh = np.empty((batch, 2 * hidden), dtype=out.dtype)
     _gemv_rows(w[: 2 * hidden], h, gh)
     z, rh = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
-    scratch = np.empty((3, hidden), dtype=out.dtype)  # r (then n), a, c
-    bits = np.empty(hidden, dtype=np.int64)
-    for i in range(batch):
-        _rz_before(gi[i], gh[i], b, h[i], scratch[0], z[i], rh[i], scratch[1], scratch[2],
-                   bits)
+    r, n = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
+    _rz_before(gi, gh, b, h, r, z, rh)
     ghn = np.empty((batch, hidden), dtype=out.dtype)
     _gemv_rows(w[2 * hidden :], rh, ghn)
-    for i in range(batch):
-        out[i] = h[i]
-        _n_before(gi[i], ghn[i], b, z[i], out[i], scratch[0], out[i], scratch[1], bits)
+    _n_before(0, gi, ghn, b, h, np.ones(batch, dtype=np.int64), out, r, z, n)
 
 
 @_jit(boundscheck=False)
