@@ -317,3 +317,32 @@ def test_stacked_gru_one_step_takes_the_cell_kernel_per_layer(reset_after, batch
     with torch.no_grad():
         ours(xs[:1], h)
     assert len(cell_calls) == 12  # dropout between layers: not the fast path
+
+
+def test_cached_kernels_are_dropped_when_any_kernel_source_changes(tmp_path, monkeypatch):
+    """numba keys a cached kernel on its own file only; flashgru drops all its cached
+    kernels when any kernel file changes (a helper inlined from another file would stay
+    stale otherwise), and keeps them while nothing changed."""
+    import types as pytypes
+
+    probe = pytypes.SimpleNamespace(_cache=pytypes.SimpleNamespace(_cache_path=str(tmp_path)))
+    names = ["cpu._fwd_after-1.py311.nbi", "cpu_step._cell-2.py311.1.nbc",
+             "_cpu_kernels._exp-3.py311.nbi"]
+    other = tmp_path / "someone_else.f-1.py311.nbi"
+
+    def fill():
+        for name in names:
+            (tmp_path / name).write_bytes(b"x")
+        other.write_bytes(b"x")
+
+    fill()
+    _cpu_kernels._drop_stale_cache(probe)  # no stamp yet: dropped
+    assert [p.name for p in tmp_path.glob("*.nb?")] == [other.name]
+    fill()
+    _cpu_kernels._drop_stale_cache(probe)  # same sources: kept
+    assert len(list(tmp_path.glob("*.nb?"))) == 4
+    stamp = tmp_path / "flashgru-kernels.stamp"
+    stamp.write_text("an older build")
+    _cpu_kernels._drop_stale_cache(probe)  # changed sources: dropped again
+    assert [p.name for p in tmp_path.glob("*.nb?")] == [other.name]
+    assert stamp.read_text() != "an older build"

@@ -129,6 +129,38 @@ def _matmul(a, w, out):
         np.dot(a, w, out)
 
 
+# ---- the on-disk cache -------------------------------------------------------------------
+
+KERNEL_FILES = ("_cpu_kernels.py", "cpu.py", "cpu_step.py")
+
+
+def _drop_stale_cache(probe) -> None:
+    """Delete this package's cached kernels when any kernel source has changed since they
+    were compiled. numba keys each cached function on its own file only, so a kernel in
+    ``cpu.py`` would keep an old copy of a changed helper from this file inlined: wrong
+    numbers after an upgrade or edit that touches only this file. ``probe``: any of the
+    package's cached dispatchers, to find the cache directory numba uses."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    digest = hashlib.sha256(numba.__version__.encode())
+    for name in KERNEL_FILES:
+        digest.update((here / name).read_bytes())
+    try:
+        cache = Path(probe._cache._cache_path)
+        stamp = cache / "flashgru-kernels.stamp"
+        if stamp.exists() and stamp.read_text() == digest.hexdigest():
+            return
+        for name in KERNEL_FILES:
+            for old in cache.glob(name[:-3] + ".*.nb[ci]"):
+                old.unlink(missing_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except (OSError, AttributeError):  # unwritable, or numba moved it: numba decides
+        pass
+
+
 # exp(r) = Σ r^k / k! on |r| ≤ ln2/2, Horner from the highest term (written out: a loop
 # over the tuple does not survive numba's inlining): ≤ 4e-16 relative in
 # float64 with 13 terms; 8 terms leave ≤ 6e-9, under float32's rounding (6e-8)
@@ -255,3 +287,7 @@ def _n_before(t, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
             z = z_s[i, j]
             n_s[i, j] = n
             out[i, j] = (one - z) * n + z * h[i, j]
+
+
+if numba is not None:
+    _drop_stale_cache(_gemv_rows)
