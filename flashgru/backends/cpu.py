@@ -41,7 +41,9 @@ def missing() -> str | None:
 
 # The reverse steps, every row, each row one loop over H that LLVM vectorises, in the
 # arrays' own precision (a float64 literal would promote float32 arithmetic). Arrays are
-# the step's (B, ·) slices; h = h_{t−1}. Rows with t ≥ lengths[i] get 0 gradients.
+# the step's (B, ·) slices; h = h_{t−1}. Rows with t ≥ lengths[i] get 0 gradients. The
+# r, z, n thirds of a (3H,) row are written through separate views, one per loop: stores
+# to one array at offsets H apart do not vectorise (LLVM cannot rule out H < a vector).
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
 def _grad_after(t, dout, h, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
@@ -54,19 +56,23 @@ def _grad_after(t, dout, h, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
             dgi[i] = 0.0
             dgh[i] = 0.0
             continue
+        g_r, g_z, g_n = dgi[i, :hidden], dgi[i, hidden : 2 * hidden], dgi[i, 2 * hidden :]
+        d_out, h_i, r_i, z_i, n_i, ghn_i, dh_i = (dout[i], h[i], r_s[i], z_s[i], n_s[i],
+                                                  ghn_s[i], dh[i])
         for j in range(hidden):
-            d = dout[i, j] + dh[i, j]
-            r, z, n = r_s[i, j], z_s[i, j], n_s[i, j]
+            d = d_out[j] + dh_i[j]
+            r, z, n = r_i[j], z_i[j], n_i[j]
             dn = d * (one - z) * (one - n * n)
-            dz = d * (h[i, j] - n) * z * (one - z)
-            dr = dn * ghn_s[i, j] * r * (one - r)
-            dgi[i, j] = dr
-            dgi[i, hidden + j] = dz
-            dgi[i, 2 * hidden + j] = dn
-            dgh[i, j] = dr
-            dgh[i, hidden + j] = dz
-            dgh[i, 2 * hidden + j] = dn * r
-            dh[i, j] = d * z
+            g_r[j] = dn * ghn_i[j] * r * (one - r)
+            g_z[j] = d * (h_i[j] - n) * z * (one - z)
+            g_n[j] = dn
+            dh_i[j] = d * z
+        gh_rz, gh_n = dgh[i, : 2 * hidden], dgh[i, 2 * hidden :]
+        g_rz = dgi[i, : 2 * hidden]
+        for j in range(2 * hidden):  # (a loop: numba's slice assignment is slower)
+            gh_rz[j] = g_rz[j]
+        for j in range(hidden):
+            gh_n[j] = g_n[j] * r_i[j]
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -80,12 +86,14 @@ def _grad_nz_before(t, dout, h, z_s, n_s, lengths, dh, dn_t, drz_t):
             dn_t[i] = 0.0
             drz_t[i] = 0.0
             continue
+        d_out, h_i, z_i, n_i, dh_i = dout[i], h[i], z_s[i], n_s[i], dh[i]
+        dn_i, dz_i = dn_t[i], drz_t[i, hidden:]
         for j in range(hidden):
-            d = dout[i, j] + dh[i, j]
-            z, n = z_s[i, j], n_s[i, j]
-            dn_t[i, j] = d * (one - z) * (one - n * n)
-            drz_t[i, hidden + j] = d * (h[i, j] - n) * z * (one - z)
-            dh[i, j] = d * z
+            d = d_out[j] + dh_i[j]
+            z, n = z_i[j], n_i[j]
+            dn_i[j] = d * (one - z) * (one - n * n)
+            dz_i[j] = d * (h_i[j] - n) * z * (one - z)
+            dh_i[j] = d * z
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -98,14 +106,16 @@ def _grad_r_before(t, h, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
         if t >= lengths[i]:
             dgi[i] = 0.0
             continue
+        h_i, r_i, d_rh_i, dh_i, dr_i = h[i], r_s[i], d_rh[i], dh[i], drz_t[i, :hidden]
         for j in range(hidden):
-            r = r_s[i, j]
-            dr = d_rh[i, j] * h[i, j] * r * (one - r)
-            drz_t[i, j] = dr
-            dgi[i, j] = dr
-            dgi[i, hidden + j] = drz_t[i, hidden + j]
-            dgi[i, 2 * hidden + j] = dn_t[i, j]
-            dh[i, j] += r * d_rh[i, j]
+            r = r_i[j]
+            dr_i[j] = d_rh_i[j] * h_i[j] * r * (one - r)
+            dh_i[j] += r * d_rh_i[j]
+        g_rz, g_n, drz_i, dn_i = dgi[i, : 2 * hidden], dgi[i, 2 * hidden :], drz_t[i], dn_t[i]
+        for j in range(2 * hidden):
+            g_rz[j] = drz_i[j]
+        for j in range(hidden):
+            g_n[j] = dn_i[j]
 
 
 # Step t of each pass, slicing the whole (T, B, ·) arrays inside numba (cheaper than in
