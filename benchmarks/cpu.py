@@ -1,8 +1,9 @@
 """flashgru's fused CPU backend against torch.nn.GRU and onnxruntime: same weights, same
-input, one process; fp32, input size = hidden size. Prints times (median ms) and ratios.
+input, one process; fp32, input size = hidden size. Prints times (ms, the minimum of calls
+taken in turns) and ratios.
 
     python benchmarks/cpu.py              # the issue's grid, forward, forward+backward, streaming
-    python benchmarks/cpu.py --repeats 20
+    python benchmarks/cpu.py --rounds 40
     python benchmarks/cpu.py --streaming  # one step at a time only
 
 onnxruntime is a benchmark-only dependency (pip install onnxruntime onnx); the model is
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import time
 
 import torch
@@ -24,14 +24,19 @@ from flashgru.backends import cpu_step
 GRID = [(1, 256, 64), (1, 256, 256), (16, 256, 128), (64, 128, 256)]  # (B, T, H)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_ms(cases: dict, rounds: int) -> dict:
+    """ms per call of each ``name: fn`` in ``cases``: the minimum over ``rounds`` calls,
+    the cases taking turns call by call, so that load from other processes on a shared
+    machine falls alike on every case and counts least (each case warmed up first)."""
+    for fn in cases.values():
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
+    return best
 
 
 def onnx_session(module: torch.nn.GRU, x: torch.Tensor):
@@ -45,23 +50,24 @@ def onnx_session(module: torch.nn.GRU, x: torch.Tensor):
     return lambda: session.run(None, feed)
 
 
-def point(batch, steps, hidden, repeats):
+def point(batch, steps, hidden, rounds):
     torch.manual_seed(0)
     ref = torch.nn.GRU(hidden, hidden)
     ours = flashgru.GRU.from_torch(ref, backend="cpu")
     x = torch.randn(steps, batch, hidden)
     xg = x.clone().requires_grad_()
-    row = {}
-    with torch.no_grad():
-        row["torch fwd"] = median_ms(lambda: ref(x), repeats)
-        row["flashgru fwd"] = median_ms(lambda: ours(x), repeats)
-    row["onnxruntime fwd"] = median_ms(onnx_session(ref, x), repeats)
-    for name, m in (("torch", ref), ("flashgru", ours)):
-        def train(m=m):
+
+    def train(m):
+        def go():
             out, h_n = m(xg)
             (out.sum() + h_n.sum()).backward()
+        return go
 
-        row[f"{name} fwd+bwd"] = median_ms(train, repeats)
+    with torch.no_grad():
+        row = interleaved_ms({"torch fwd": lambda: ref(x), "flashgru fwd": lambda: ours(x),
+                              "onnxruntime fwd": onnx_session(ref, x)}, rounds)
+    row |= interleaved_ms({"torch fwd+bwd": train(ref), "flashgru fwd+bwd": train(ours)},
+                          rounds)
     return row
 
 
@@ -126,19 +132,21 @@ def print_streaming(hidden: int, input_size: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="calls per case, taken in turns; the minimum is reported")
     parser.add_argument("--streaming", action="store_true", help="only the streaming case")
     args = parser.parse_args(argv)
     if args.streaming:
         print_streaming(256, 256)
         return
     print(f"# flashgru {flashgru.__version__} (cpu backend), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, fp32; median ms")
+          f"{torch.get_num_threads()} threads, fp32; ms, the minimum of {args.rounds} calls "
+          "taken in turns")
     print("| B,T,H | torch fwd | onnxruntime fwd | flashgru fwd | vs torch | vs ort "
           "| torch fwd+bwd | flashgru fwd+bwd | vs torch |")
     print("|---|---|---|---|---|---|---|---|---|")
     for batch, steps, hidden in GRID:
-        r = point(batch, steps, hidden, args.repeats)
+        r = point(batch, steps, hidden, args.rounds)
         fwd, train = r["flashgru fwd"], r["flashgru fwd+bwd"]
         print(f"| {batch},{steps},{hidden} | {r['torch fwd']:.2f} | {r['onnxruntime fwd']:.2f} "
               f"| {fwd:.2f} | {r['torch fwd'] / fwd:.1f}× | {r['onnxruntime fwd'] / fwd:.2f}× "

@@ -257,3 +257,17 @@ def test_ddp_two_processes_match_one(tmp_path):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
     assert abs(one["test"]["accuracy"] - two["test"]["accuracy"]) < 1e-2
+
+
+def test_backend_help_names_every_backend():
+    """`--backend`'s help lists every backend flashgru has (it is written out so that the
+    parser does not import torch)."""
+    import argparse
+
+    import flashgru
+    from flashgru.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["train"]._actions if a.dest == "backend")
+    assert set(flashgru.BACKENDS) <= set(action.help.replace(",", " ").split())

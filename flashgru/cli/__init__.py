@@ -117,7 +117,7 @@ def _common(p, train=True, seed=True):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     if train:
         p.add_argument("--backend", default="auto", help="flashgru backend: auto, reference, "
-                       "torch")
+                       "torch, cpu, triton, parallel")
     if seed:
         p.add_argument("--seed", type=int, default=0)
 
