@@ -43,3 +43,29 @@ def test_the_wide_path_is_taken_for_large_steps(monkeypatch):
         cpu.core(torch.randn(2, 64, 768), torch.zeros(64, 256), torch.randn(768, 256), None,
                  None, True)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("path", ["fused", "wide"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("batch, lengths", [(1, None), (1, [4]), (5, None),
+                                            (5, [7, 3, 7, 1, 5])],
+                         ids=["B1", "B1-lengths", "B5", "B5-lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengths, bias,
+                                          monkeypatch):
+    """Without gradients the core skips autograd (``cpu._infer``); batch 1 reads W_hh as
+    stored, larger batches transposed. Inputs that require grad, under no_grad, too."""
+    monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
+    g = torch.Generator().manual_seed(1)
+    steps, hidden = 7, 6
+    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
+                                  (3 * hidden, hidden), (3 * hidden,)))
+    b = b if bias else None
+    lens = None if lengths is None else torch.tensor(lengths)
+    with torch.no_grad():
+        ref = reference.core(gi, h0, w, b, lens, reset_after)
+        out = cpu.core(gi, h0, w, b, lens, reset_after)
+    assert not out.requires_grad
+    assert_close("out", ref, out, 1e-12 if dtype == torch.float64 else 1e-5)

@@ -1,9 +1,10 @@
 """The fused CPU backend: the whole time loop of one layer-direction in one numba kernel,
 forward and backward through time, both formulations, sequence lengths, float32/float64.
 
-Per step, the hidden product is a hand-unrolled matrix-vector loop at batch 1 (measured
-faster than a BLAS call there) and a BLAS GEMM (``np.dot`` through SciPy) above; the gate
-math is one fused pass (the building blocks are in ``_cpu_kernels``). Backward saves r, z,
+Per step, the hidden product is a dot product per row of W_hh as stored at batch 1
+(measured faster than a BLAS call there, and nothing to transpose per call) and a BLAS
+GEMM (``np.dot`` through SciPy) on W_hhᵀ above; the gate math is one vectorised pass (the
+building blocks are in ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward saves r, z,
 n (and W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one kernel and
 computes the weight gradients as GEMMs over all steps afterwards. A T=1 call for inference
 runs one step in ``cpu_step`` instead, on W_hh's native layout. Kernels compile on first
@@ -23,6 +24,7 @@ from . import cpu_step
 from ._cpu_kernels import (
     GATE_FLAGS,
     _gates_after,
+    _gemv_rows,
     _jit,
     _matmul,
     _n_before,
@@ -160,23 +162,35 @@ def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
 # not used.
 
 @_jit(boundscheck=False)
-def _fwd_after(gi, h0, w_t, b, lengths, out, r_s, z_s, n_s, ghn_s):
-    """reset_after=True. gi (T, B, 3H); w_t = W_hhᵀ (H, 3H); b (3H,). Writes out and the
-    saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved arrays of one
-    step (1, B, H) are scratch, for inference."""
+def _hidden_product(h, w, out):
+    """out (B, N) = h (B, K) times the weights ``w`` in the layout ``_weights`` gives:
+    at batch 1 w (N, K) as stored, a dot product per row of w (as fast per step as the
+    transposed layout, measured, and no transpose per call); above, w (K, N) transposed,
+    for BLAS's GEMM (which is slower on the stored layout)."""
+    if h.shape[0] == 1:
+        _gemv_rows(w, h, out)
+    else:
+        np.dot(h, w, out)
+
+
+@_jit(boundscheck=False)
+def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s):
+    """reset_after=True. gi (T, B, 3H); w = W_hh in ``_weights``' layout; b (3H,). Writes
+    out and the saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved
+    arrays of one step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
     gh = np.empty((batch, 3 * hidden), dtype=h0.dtype)
     for t in range(steps):
         h = h0 if t == 0 else out[t - 1]
-        _matmul(h, w_t, gh)
+        _hidden_product(h, w, gh)
         _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s)
 
 
 @_jit(boundscheck=False)
-def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
-    """reset_after=False. w_rz_t = W_hr,zᵀ (H, 2H); w_n_t = W_hnᵀ (H, H). Saved arrays as
-    in _fwd_after."""
+def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s):
+    """reset_after=False. w_rz = W_hr,z and w_n = W_hn in ``_weights``' layout. Saved
+    arrays as in _fwd_after."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
     gh = np.empty((batch, 2 * hidden), dtype=h0.dtype)
@@ -184,9 +198,9 @@ def _fwd_before(gi, h0, w_rz_t, w_n_t, b, lengths, out, r_s, z_s, n_s):
     ghn = np.empty((batch, hidden), dtype=h0.dtype)
     for t in range(steps):
         h = h0 if t == 0 else out[t - 1]
-        _matmul(h, w_rz_t, gh)
+        _hidden_product(h, w_rz, gh)
         _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh)
-        _matmul(rh, w_n_t, ghn)
+        _hidden_product(rh, w_n, ghn)
         _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s)
 
 
@@ -299,14 +313,14 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def _weights(w_hh: Tensor, reset_after: bool) -> list[np.ndarray]:
-    """W_hh in the layout the forward kernel reads: transposed, once per call. (Not cached
-    across calls: an in-place change through ``.data`` would not show in any key.)"""
+def _weights(w_hh: Tensor, reset_after: bool, batch: int) -> list[np.ndarray]:
+    """W_hh in the layout the forward kernel reads (``_hidden_product``): as stored at
+    batch 1, else transposed, once per call. (Not cached across calls: an in-place change
+    through ``.data`` would not show in any key.)"""
     w = w_hh.detach()
     hidden = w.shape[1]
-    if reset_after:
-        return [_np(w.t())]
-    return [_np(w[: 2 * hidden].t()), _np(w[2 * hidden :].t())]
+    parts = [w] if reset_after else [w[: 2 * hidden], w[2 * hidden :]]
+    return [_np(part if batch == 1 else part.t()) for part in parts]
 
 
 def wide(batch: int, hidden: int) -> bool:
@@ -325,7 +339,7 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
     if wide(batch, hidden):
         _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
         return out, saved
-    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after), _np(b_hh), lengths.numpy(),
+    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch), _np(b_hh), lengths.numpy(),
             out.numpy(), *(t.numpy() for t in saved)]
     (_fwd_after if reset_after else _fwd_before)(*args)
     return out, saved
@@ -390,13 +404,36 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
                          f"on {h0.device}")
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
-    if gi.shape[0] == 1 and not _needs_grad(gi, h0, w_hh, b_hh):  # every length is 1
-        out = cpu_step.core_step(gi, h0, w_hh, b_hh, reset_after)
-        if out is not None:
-            return out
+    if not _needs_grad(gi, h0, w_hh, b_hh):
+        if gi.shape[0] == 1:  # every length is 1
+            out = cpu_step.core_step(gi, h0, w_hh, b_hh, reset_after)
+            if out is not None:
+                return out
+        return _infer(gi, h0, w_hh, b_hh, lengths, reset_after)
     if lengths is None:
         lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64)
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)
+
+
+def _infer(gi, h0, w_hh, b_hh, lengths, reset_after) -> Tensor:
+    """The forward loop for inference: no autograd bookkeeping, numpy scratch for one
+    step's gates (a short call's fixed cost is mostly this Python)."""
+    steps, batch, _ = gi.shape
+    hidden = h0.shape[-1]
+    gi_n = _np(gi)
+    lens = (np.full(batch, steps, dtype=np.int64) if lengths is None
+            else lengths.to(torch.int64).cpu().numpy())
+    bias = np.zeros(3 * hidden, dtype=gi_n.dtype) if b_hh is None else _np(b_hh)
+    if wide(batch, hidden):
+        out, _ = _fwd(gi, h0, w_hh, torch.from_numpy(bias), torch.from_numpy(lens),
+                      reset_after, save=False)
+        return out
+    out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
+    scratch = np.empty((3 + reset_after, 1, batch, hidden), dtype=bias.dtype)
+    (_fwd_after if reset_after else _fwd_before)(
+        gi_n, _np(h0), *_weights(w_hh, reset_after, batch), bias, lens, out.numpy(),
+        *scratch)
+    return out
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
