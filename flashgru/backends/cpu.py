@@ -4,11 +4,12 @@ forward and backward through time, both formulations, sequence lengths, float32/
 Per step, the hidden product is a dot product per row of W_hh as stored at batch 1
 (measured faster than a BLAS call there, and nothing to transpose per call) and a BLAS
 GEMM (``np.dot`` through SciPy) on W_hhᵀ above; the gate math is one vectorised pass (the
-building blocks are in ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward saves r, z,
-n (and W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one kernel and
-computes the weight gradients as GEMMs over all steps afterwards. A T=1 call for inference
-runs one step in ``cpu_step`` instead, on W_hh's native layout. Kernels compile on first
-use and are cached on disk.
+building blocks are in ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward
+saves r, z, n (and W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one
+kernel and computes the weight gradients as GEMMs over all steps afterwards. From
+``WIDE_WORK`` multiply-adds per step the loop runs in Python around torch's GEMM instead
+(the wide path). A T=1 call for inference runs one step in ``cpu_step``. Kernels compile
+on first use and are cached on disk.
 
 Needs numba and SciPy (``pip install 'flashgru[cpu]'``); without them the backend reports
 itself unavailable and flashgru works on the others. No double backward: use "reference".
