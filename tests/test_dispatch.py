@@ -26,9 +26,15 @@ def test_auto_rules():
     gpu = "triton" if BACKENDS["triton"].missing() is None else None
     assert flashgru.select_backend("auto", reset_after=False, device="cuda").name == (
         gpu or "reference")
-    # a large batch stays on torch's kernels for torch's formulation only
-    assert flashgru.select_backend("auto", reset_after=True, batch=64).name == "torch"
-    assert flashgru.select_backend("auto", reset_after=False, batch=64).name == (
+    # a large batch × hidden stays on torch's kernels for torch's formulation only
+    assert flashgru.select_backend("auto", reset_after=True, batch=128, hidden=512).name == (
+        "torch")
+    assert flashgru.select_backend("auto", reset_after=True, batch=32769).name == "torch"
+    assert flashgru.select_backend("auto", reset_after=True, batch=64, hidden=512).name == (
+        fused or "torch")
+    assert flashgru.select_backend("auto", reset_after=True, batch=17, hidden=1).name == (
+        fused or "torch")
+    assert flashgru.select_backend("auto", reset_after=False, batch=128, hidden=512).name == (
         fused or "reference")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
@@ -117,7 +123,8 @@ def test_module_reports_its_choice_and_uses_it(monkeypatch):
     gru = flashgru.GRU(3, 4, batch_first=True)
     expected = "cpu" if CPU_FUSED else "torch"
     assert gru.which_backend(torch.randn(2, 7, 3)).name == expected
-    assert gru.which_backend(torch.randn(64, 7, 3)).name == "torch"
+    assert gru.which_backend(torch.randn(64, 7, 3)).name == expected
+    assert gru.which_backend(torch.randn(8193, 7, 3)).name == "torch"  # 8193 × 4 > 32768
     gru.reset_after = False
     assert gru.which_backend(torch.randn(7, 3, dtype=torch.bfloat16)).name == "reference"
     gru.backend = "reference"

@@ -51,7 +51,11 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-CPU_MAX_BATCH = 16  # above it torch's own CPU GRU is faster for reset_after=True (measured)
+# torch's formulation stays on torch's CPU GRU above this batch × hidden (and above batch 16):
+# measured 2026-11-26 on 2 cores, T=64, the cpu backend 1.02-2.4x faster forward and
+# 1.04-4.0x forward+backward for B ∈ {16, 32, 64, 128} × H ∈ {64, ..., 512} up to it,
+# 0.98x / 0.88x at B=128, H=512 beyond it
+CPU_MAX_BATCH, CPU_MAX_BATCH_HIDDEN = 16, 32768
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
 
 
@@ -108,11 +112,12 @@ def select_backend(
     to install or change; it is never silently replaced. For "auto" the rules are, first
     match wins:
 
-    1. CPU, float32/float64, numba installed, and ``reset_after=False`` or ``batch`` ≤ 16
-       → "cpu": the fused CPU kernels. Measured on 2 cores against torch.nn.GRU: 2–7×
-       faster forward and 8–18× forward+backward at batch 1, 1.1×/1.9× at batch 16, but
-       slower at batch 64 (0.4×), where torch keeps the call. No double backward: ask for
-       "reference" for gradients of gradients.
+    1. CPU, float32/float64, numba installed, and ``reset_after=False``, ``batch`` ≤ 16
+       or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels. Measured on 2 cores
+       against torch.nn.GRU: 2–12× faster forward and 5–20× forward+backward at batch 1,
+       1.06–2.4× / 1.4–4.0× at batch 16, 1.02–1.9× / 1.04–2.9× at batch 32–128 up to
+       that size; at batch 128, hidden 512 slower (0.98× / 0.88×), where torch keeps the
+       call. No double backward: ask for "reference" for gradients of gradients.
     2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256,
        bfloat16, or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
@@ -149,7 +154,8 @@ def select_backend(
         return BackendChoice(requested, "requested")
     fused = BACKENDS["cpu"]
     if fused.missing() is None and _runs(fused, device, dtype) and (
-            not reset_after or batch <= CPU_MAX_BATCH):
+            not reset_after or batch <= CPU_MAX_BATCH
+            or batch * hidden <= CPU_MAX_BATCH_HIDDEN):
         return BackendChoice("cpu", f"{device.type}, {dtype}, batch {batch}: flashgru's "
                                     "fused CPU kernels")
     gpu = BACKENDS["triton"]
