@@ -225,7 +225,7 @@ if numba is not None:
 # arrays are the step's (B, ·) slices; h = h_{t−1} is only read; h_t goes to ``out``. Rows
 # with t ≥ lengths[i] are past their sequence: their outputs and gates are set to 0.
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _gates_after(t, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
     """Step t of reset_after=True: from gi (B, 3H), gh = h W_hhᵀ (B, 3H) without bias,
     b = b_hh (3H,) and h (B, H), writes h_t to out and r, z, n and W_hn h + b_hn to r_s,
@@ -252,7 +252,7 @@ def _gates_after(t, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
             out[i, j] = (one - z) * n + z * h[i, j]
 
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _rz_before(gi, gh, b, h, r_s, z_s, rh):
     """Step of reset_after=False, first half, every row: r and z from gi (B, 3H), gh =
     h W_hr,zᵀ (B, 2H), b = b_hh (3H,) and h (B, H); writes r_s, z_s and rh = r ⊙ h, all
@@ -268,7 +268,7 @@ def _rz_before(gi, gh, b, h, r_s, z_s, rh):
             rh[i, j] = r * h[i, j]
 
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _n_before(t, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
     """Step t of reset_after=False, second half: n from gi (B, 3H), ghn = (r ⊙ h) W_hnᵀ
     (B, H) and b (3H,); with z_s and h = h_{t−1} (B, H), writes h_t to out and n to n_s."""

@@ -125,17 +125,17 @@ def _grad_r_before(t, h, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
 # Python): the wide path calls these once per step. ts is the index into the saved arrays
 # (0 when only one step's worth is kept, for inference); h = h_{t−1} (B, H).
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
     _gates_after(t, gi[t], gh, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts], ghn_s[ts])
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh):
     _rz_before(gi[t], gh, b, h, r_s[ts], z_s[ts], rh)
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
     _n_before(t, gi[t], ghn, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts])
 
@@ -174,7 +174,7 @@ def _hidden_product(h, w, out):
         np.dot(h, w, out)
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
 def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s):
     """reset_after=True. gi (T, B, 3H); w = W_hh in ``_weights``' layout; b (3H,). Writes
     out and the saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved
@@ -188,7 +188,7 @@ def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s):
         _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s)
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
 def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s):
     """reset_after=False. w_rz = W_hr,z and w_n = W_hn in ``_weights``' layout. Saved
     arrays as in _fwd_after."""
