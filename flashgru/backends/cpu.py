@@ -48,7 +48,7 @@ def missing() -> str | None:
 # r, z, n thirds of a (3H,) row are written through separate views, one per loop: stores
 # to one array at offsets H apart do not vectorise (LLVM cannot rule out H < a vector).
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_after(t, dout, h, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
     """Reverse step t, reset_after=True: d = dout + dh (B, H); writes dgi and dgh (B, 3H)
     and sets dh to the part of ∂L/∂h_{t−1} that is d ⊙ z (the caller adds dgh W_hh)."""
@@ -78,7 +78,7 @@ def _grad_after(t, dout, h, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
             gh_n[j] = g_n[j] * r_i[j]
 
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_nz_before(t, dout, h, z_s, n_s, lengths, dh, dn_t, drz_t):
     """Reverse step t, reset_after=False, first half: dn_t (B, H) and dz into drz_t[:, H:]
     (0 past a length); dh becomes d ⊙ z (the caller adds the rest)."""
@@ -99,7 +99,7 @@ def _grad_nz_before(t, dout, h, z_s, n_s, lengths, dh, dn_t, drz_t):
             dh_i[j] = d * z
 
 
-@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_r_before(t, h, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
     """Reverse step t, reset_after=False, second half, from d_rh = dn_t W_hn (B, H): dr into
     drz_t[:, :H], dgi = [dr, dz, dn] (B, 3H) and r ⊙ d_rh added to dh."""
@@ -140,19 +140,19 @@ def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
     _n_before(t, gi[t], ghn, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts])
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
     h = h0 if t == 0 else out[t - 1]
     _grad_after(t, dout[t], h, r_s[t], z_s[t], n_s[t], ghn_s[t], lengths, dh, dgi[t], dgh[t])
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t):
     h = h0 if t == 0 else out[t - 1]
     _grad_nz_before(t, dout[t], h, z_s[t], n_s[t], lengths, dh, dn_t, drz_t)
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
     h = h0 if t == 0 else out[t - 1]
     _grad_r_before(t, h, r_s[t], lengths, d_rh, dn_t, drz_t, dh, dgi[t])
@@ -205,7 +205,7 @@ def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s):
         _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s)
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
 def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
     """Reverse recurrence, reset_after=True. w = W_hh (3H, H). Writes dgi = ∂L/∂gi and
     dgh = ∂L/∂(W_hh h + b_hh) per step; returns ∂L/∂h0."""
@@ -219,7 +219,7 @@ def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
     return dh
 
 
-@_jit(boundscheck=False)
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
 def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
     """Reverse recurrence, reset_after=False. w_rz = W_hr,z (2H, H); w_n = W_hn (H, H).
     Writes dgi = [dr, dz, dn] (the gradients of the r, z, n pre-activations); returns
