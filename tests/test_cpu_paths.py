@@ -3,11 +3,14 @@
 outputs and every gradient, both formulations, lengths, float32 and float64. The sweep in
 tests/test_parity_torch.py only reaches the fused loop (its sizes are small)."""
 
+import platform
+import sys
+
 import pytest
 import torch
 from helpers import BACKENDS, assert_close
 
-from flashgru.backends import cpu, reference
+from flashgru.backends import _cpu_kernels, cpu, reference
 
 pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and SciPy")
 
@@ -36,6 +39,9 @@ def test_paths_match_reference(path, reset_after, dtype, lengths, monkeypatch):
 
 
 def test_the_wide_path_is_taken_for_large_steps(monkeypatch):
+    """Only when the fused loop's GEMM is SciPy's (torch's BLAS not found)."""
+    assert cpu.wide(64, 256) == (_cpu_kernels.GEMM_FROM == "scipy")
+    monkeypatch.setattr(cpu, "WIDE_WORK", 1 << 20)
     calls = []
     monkeypatch.setattr(cpu, "_fwd_wide", lambda *a: calls.append(a))
     assert cpu.wide(64, 256) and not cpu.wide(1, 256)
@@ -69,3 +75,24 @@ def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengt
         out = cpu.core(gi, h0, w, b, lens, reset_after)
     assert not out.requires_grad
     assert_close("out", ref, out, 1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
+    """The fused loops' GEMM: torch's own BLAS where libtorch_cpu exports one, else
+    SciPy's; both give the product (float32 and float64, odd shapes)."""
+    import numpy as np
+
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert _cpu_kernels.GEMM_FROM == "torch"  # the x86 Linux wheels export MKL's
+    g = np.random.default_rng(0)
+    for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
+        a, w = g.standard_normal((5, 7)).astype(dtype), g.standard_normal((7, 9)).astype(dtype)
+        out = np.full((5, 9), np.nan, dtype=dtype)
+        _cpu_kernels._gemm(a, w, out)
+        np.testing.assert_allclose(out, a @ w, rtol=tol, atol=tol)
+    monkeypatch.setattr(torch, "__file__", "/nonexistent/torch/__init__.py")
+    try:
+        assert _cpu_kernels._register_gemm() == "scipy"
+    finally:
+        monkeypatch.undo()
+        assert _cpu_kernels._register_gemm() == _cpu_kernels.GEMM_FROM

@@ -3,10 +3,11 @@ forward and backward through time, both formulations, sequence lengths, float32/
 
 Per step, the hidden product is a dot product per row of W_hh as stored at batch 1
 (measured faster than a BLAS call there, and nothing to transpose per call) and a BLAS
-GEMM (``np.dot`` through SciPy) on W_hhᵀ above; the gate math is one vectorised pass (the
-building blocks are in ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward
-saves r, z, n (and W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one
-kernel and computes the weight gradients as GEMMs over all steps afterwards. From
+GEMM on W_hhᵀ above (torch's own BLAS, called from the kernel; SciPy's if torch's is not
+found); the gate math is one vectorised pass (the building blocks are in
+``_cpu_kernels``). Inference skips autograd (``_infer``). Backward saves r, z, n (and
+W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one kernel and
+computes the weight gradients as GEMMs over all steps afterwards. With SciPy's BLAS, from
 ``WIDE_WORK`` multiply-adds per step the loop runs in Python around torch's GEMM instead
 (the wide path). A T=1 call for inference runs one step in ``cpu_step``. Kernels compile
 on first use and are cached on disk.
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import cpu_step
+from . import _cpu_kernels, cpu_step
 from ._cpu_kernels import (
     GATE_FLAGS,
     _gates_after,
+    _gemm,
     _gemv_rows,
     _jit,
     _matmul,
@@ -171,7 +173,7 @@ def _hidden_product(h, w, out):
     if h.shape[0] == 1:
         _gemv_rows(w, h, out)
     else:
-        np.dot(h, w, out)
+        _gemm(h, w, out)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -241,7 +243,12 @@ def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
 
 # ---- the wide path: torch's GEMM per step, numba for the gates ---------------------------
 
-WIDE_WORK = 1 << 20  # multiply-adds per step of the hidden product (measured crossover)
+# From this many multiply-adds per step of the hidden product the loop runs in Python
+# around torch.mm: the measured crossover when the fused loop's GEMM is SciPy's BLAS. With
+# torch's own BLAS inside the fused loop (``GEMM_FROM == "torch"``) the fused loop measured
+# as fast or faster everywhere tried (B 16-256, H 128-1024; forward+backward 5-7% faster
+# at B=64-128, H=256), so then never.
+WIDE_WORK = 1 << 20 if getattr(_cpu_kernels, "GEMM_FROM", "scipy") == "scipy" else 1 << 62
 
 
 def _fwd_wide(gi, h0, w_hh, b, lengths, out, saved, reset_after):
