@@ -18,8 +18,11 @@ pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and S
 @pytest.mark.parametrize("path", ["fused", "wide"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("lengths", [None, [7, 3, 7, 1, 5]], ids=["full", "lengths"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 7, 1, 5], [7, 7, 5, 3, 1]],
+                         ids=["full", "lengths", "sorted-lengths"])
 def test_paths_match_reference(path, reset_after, dtype, lengths, monkeypatch):
+    """With lengths in decreasing order the fused loop multiplies only the rows still
+    running; in any other order, every row."""
     monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
     g = torch.Generator().manual_seed(0)
     steps, batch, hidden = 7, 5, 6
@@ -55,8 +58,8 @@ def test_the_wide_path_is_taken_for_large_steps(monkeypatch):
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("batch, lengths", [(1, None), (1, [4]), (5, None),
-                                            (5, [7, 3, 7, 1, 5])],
-                         ids=["B1", "B1-lengths", "B5", "B5-lengths"])
+                                            (5, [7, 3, 7, 1, 5]), (5, [7, 6, 6, 2, 1])],
+                         ids=["B1", "B1-lengths", "B5", "B5-lengths", "B5-sorted"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengths, bias,
                                           monkeypatch):

@@ -162,17 +162,37 @@ def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
 
 # ---- the fused loops ---------------------------------------------------------------------
 # h_{t−1} is h0 or out[t − 1]: rows past their length read 0s there, and their results are
-# not used.
+# not used. With lengths in decreasing order (a packed sequence's always are) the rows
+# still running at step t are a prefix, and only they go through the hidden product.
 
 @_jit(boundscheck=False)
-def _hidden_product(h, w, out):
-    """out (B, N) = h (B, K) times the weights ``w`` in the layout ``_weights`` gives:
-    at batch 1 w (N, K) as stored, a dot product per row of w (as fast per step as the
-    transposed layout, measured, and no transpose per call); above, w (K, N) transposed,
-    for BLAS's GEMM (which is slower on the stored layout)."""
-    if h.shape[0] == 1:
+def _live(lengths, t, ordered):
+    """How many leading rows step t computes: with ``ordered`` (lengths decreasing), the
+    rows whose length exceeds t; else all."""
+    live = lengths.shape[0]
+    if ordered:
+        while live > 0 and lengths[live - 1] <= t:
+            live -= 1
+    return live
+
+
+@_jit(boundscheck=False)
+def _decreasing(lengths):
+    for i in range(lengths.shape[0] - 1):
+        if lengths[i] < lengths[i + 1]:
+            return False
+    return True
+
+
+@_jit(boundscheck=False)
+def _hidden_product(h, w, out, stored):
+    """out (b, N) = h (b, K) times the weights ``w`` in the layout ``_weights`` gives:
+    ``stored`` (a call at batch 1) w (N, K) as stored, a dot product per row of w (as fast
+    per step as the transposed layout, measured, and no transpose per call); else w (K, N)
+    transposed, for BLAS's GEMM (which is slower on the stored layout)."""
+    if stored:
         _gemv_rows(w, h, out)
-    else:
+    elif h.shape[0] > 0:
         _gemm(h, w, out)
 
 
@@ -183,10 +203,11 @@ def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s):
     arrays of one step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    gh = np.empty((batch, 3 * hidden), dtype=h0.dtype)
+    stored, ordered = batch == 1, _decreasing(lengths)
+    gh = np.zeros((batch, 3 * hidden), dtype=h0.dtype)
     for t in range(steps):
-        h = h0 if t == 0 else out[t - 1]
-        _hidden_product(h, w, gh)
+        h, live = (h0 if t == 0 else out[t - 1]), _live(lengths, t, ordered)
+        _hidden_product(h[:live], w, gh[:live], stored)
         _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s)
 
 
@@ -196,14 +217,15 @@ def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s):
     arrays as in _fwd_after."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    gh = np.empty((batch, 2 * hidden), dtype=h0.dtype)
+    stored, ordered = batch == 1, _decreasing(lengths)
+    gh = np.zeros((batch, 2 * hidden), dtype=h0.dtype)
     rh = np.zeros((batch, hidden), dtype=h0.dtype)
-    ghn = np.empty((batch, hidden), dtype=h0.dtype)
+    ghn = np.zeros((batch, hidden), dtype=h0.dtype)
     for t in range(steps):
-        h = h0 if t == 0 else out[t - 1]
-        _hidden_product(h, w_rz, gh)
+        h, live = (h0 if t == 0 else out[t - 1]), _live(lengths, t, ordered)
+        _hidden_product(h[:live], w_rz, gh[:live], stored)
         _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh)
-        _hidden_product(rh, w_n, ghn)
+        _hidden_product(rh[:live], w_n, ghn[:live], stored)
         _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s)
 
 
@@ -212,12 +234,15 @@ def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
     """Reverse recurrence, reset_after=True. w = W_hh (3H, H). Writes dgi = ∂L/∂gi and
     dgh = ∂L/∂(W_hh h + b_hh) per step; returns ∂L/∂h0."""
     steps, batch, hidden = out.shape
+    ordered = _decreasing(lengths)
     dh = np.zeros((batch, hidden), dtype=h0.dtype)
     carry = np.empty((batch, hidden), dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
         _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh)
-        _matmul(dgh[t], w, carry)
-        dh += carry  # rows past their length have dgh = 0, so carry = 0
+        live = _live(lengths, t, ordered)  # rows past their length have dgh = 0
+        if live > 0:
+            _matmul(dgh[t, :live], w, carry[:live])
+            dh[:live] += carry[:live]
     return dh
 
 
@@ -227,17 +252,21 @@ def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
     Writes dgi = [dr, dz, dn] (the gradients of the r, z, n pre-activations); returns
     ∂L/∂h0."""
     steps, batch, hidden = out.shape
+    ordered = _decreasing(lengths)
     dh = np.zeros((batch, hidden), dtype=h0.dtype)
     dn_t = np.zeros((batch, hidden), dtype=h0.dtype)
     drz_t = np.zeros((batch, 2 * hidden), dtype=h0.dtype)
-    d_rh = np.empty((batch, hidden), dtype=h0.dtype)
+    d_rh = np.zeros((batch, hidden), dtype=h0.dtype)
     carry = np.empty((batch, hidden), dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
+        live = _live(lengths, t, ordered)  # rows past their length have dn_t, drz_t = 0
         _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t)
-        _matmul(dn_t, w_n, d_rh)
+        if live > 0:
+            _matmul(dn_t[:live], w_n, d_rh[:live])
         _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi)
-        _matmul(drz_t, w_rz, carry)
-        dh += carry  # rows past their length have drz_t = 0, so carry = 0
+        if live > 0:
+            _matmul(drz_t[:live], w_rz, carry[:live])
+            dh[:live] += carry[:live]
     return dh
 
 
