@@ -91,8 +91,10 @@ def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
     for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
         a, w = g.standard_normal((5, 7)).astype(dtype), g.standard_normal((7, 9)).astype(dtype)
         out = np.full((5, 9), np.nan, dtype=dtype)
-        _cpu_kernels._gemm(a, w, out)
+        _cpu_kernels._gemm(a, w, out, 0.0)  # beta 0: out is only written (NaN gone)
         np.testing.assert_allclose(out, a @ w, rtol=tol, atol=tol)
+        _cpu_kernels._gemm(a, w, out, 1.0)  # beta 1: accumulates
+        np.testing.assert_allclose(out, 2 * (a @ w), rtol=tol, atol=tol)
     monkeypatch.setattr(torch, "__file__", "/nonexistent/torch/__init__.py")
     try:
         assert _cpu_kernels._register_gemm() == "scipy"

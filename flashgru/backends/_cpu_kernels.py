@@ -163,24 +163,24 @@ def _register_gemm() -> str:
 
 
 @_intrinsic
-def _gemm_call(typingctx, m, n, k, a, lda, b, ldb, c, ldc, like):
-    """Fortran ``?gemm('N', 'N', m, n, k, 1, a, lda, b, ldb, 0, c, ldc)`` on raw addresses
-    a, b, c (integers); ``like``: a float32 or float64 scalar that picks s or d."""
-    if not isinstance(like, types.Float):
+def _gemm_call(typingctx, m, n, k, a, lda, b, ldb, c, ldc, beta):
+    """Fortran ``?gemm('N', 'N', m, n, k, 1, a, lda, b, ldb, beta, c, ldc)`` on raw
+    addresses a, b, c (integers); ``beta``, a float32 or float64, picks s or d."""
+    if not isinstance(beta, types.Float):
         return None
-    name = GEMM_SYMBOLS[str(like)]
+    name = GEMM_SYMBOLS[str(beta)]
 
     def codegen(context, builder, signature, args):
         from llvmlite import ir
         from numba.core import cgutils
 
         i32, char = ir.IntType(32), ir.IntType(8)
-        real = context.get_value_type(like)
+        real = context.get_value_type(beta)
         ints = [cgutils.alloca_once_value(builder, builder.trunc(v, i32))
                 for v in (args[0], args[1], args[2], args[4], args[6], args[8])]
         trans = cgutils.alloca_once_value(builder, ir.Constant(char, ord("N")))
         alpha = cgutils.alloca_once_value(builder, ir.Constant(real, 1.0))
-        beta = cgutils.alloca_once_value(builder, ir.Constant(real, 0.0))
+        beta_ = cgutils.alloca_once_value(builder, args[9])
         a_, b_, c_ = (builder.inttoptr(args[i], real.as_pointer()) for i in (3, 5, 7))
         fnty = ir.FunctionType(ir.VoidType(), [char.as_pointer()] * 2
                                + [i32.as_pointer()] * 3 + [real.as_pointer()] * 2
@@ -188,20 +188,21 @@ def _gemm_call(typingctx, m, n, k, a, lda, b, ldb, c, ldc, like):
                                + [real.as_pointer()] * 2 + [i32.as_pointer()])
         fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         builder.call(fn, [trans, trans, ints[0], ints[1], ints[2], alpha, a_, ints[3], b_,
-                          ints[4], beta, c_, ints[5]])
+                          ints[4], beta_, c_, ints[5]])
         return context.get_dummy_value()
 
-    return types.none(m, n, k, a, lda, b, ldb, c, ldc, like), codegen
+    return types.none(m, n, k, a, lda, b, ldb, c, ldc, beta), codegen
 
 
 @_jit(boundscheck=False)
-def _gemm(a, w, out):
-    """out (B, N) = a (B, K) @ w (K, N), all C-contiguous: in BLAS's column-major terms
-    outᵀ = wᵀ aᵀ, which is gemm('N', 'N') on the same memory."""
+def _gemm(a, w, out, beta):
+    """out (B, N) = a (B, K) @ w (K, N) + beta · out, all C-contiguous (beta 0: out is
+    only written): in BLAS's column-major terms outᵀ = wᵀ aᵀ + beta · outᵀ, which is
+    gemm('N', 'N') on the same memory."""
     batch, n_in = a.shape
     n_out = w.shape[1]
     _gemm_call(n_out, batch, n_in, w.ctypes.data, n_out, a.ctypes.data, n_in,
-               out.ctypes.data, n_out, out.dtype.type(0))
+               out.ctypes.data, n_out, out.dtype.type(beta))
 
 
 @_jit(boundscheck=False)
@@ -209,8 +210,19 @@ def _matmul(a, w, out):
     """out (B, N) = a (B, K) @ w (K, N), all C-contiguous."""
     if a.shape[0] == 1:
         _matvec(a[0], w, out[0])
-    else:
-        _gemm(a, w, out)
+    elif a.shape[0] > 1:
+        _gemm(a, w, out, 0.0)
+
+
+@_jit(boundscheck=False)
+def _matmul_add(a, w, out, scratch):
+    """out (B, N) += a (B, K) @ w (K, N), all C-contiguous; ``scratch`` (≥ N,) for B=1."""
+    if a.shape[0] == 1:
+        _matvec(a[0], w, scratch)
+        for j in range(out.shape[1]):
+            out[0, j] += scratch[j]
+    elif a.shape[0] > 1:
+        _gemm(a, w, out, 1.0)
 
 
 # ---- the on-disk cache -------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ._cpu_kernels import (
     _gemv_rows,
     _jit,
     _matmul,
+    _matmul_add,
     _n_before,
     _rz_before,
     numba,
@@ -193,7 +194,7 @@ def _hidden_product(h, w, out, stored):
     if stored:
         _gemv_rows(w, h, out)
     elif h.shape[0] > 0:
-        _gemm(h, w, out)
+        _gemm(h, w, out, 0.0)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -236,13 +237,11 @@ def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
     steps, batch, hidden = out.shape
     ordered = _decreasing(lengths)
     dh = np.zeros((batch, hidden), dtype=h0.dtype)
-    carry = np.empty((batch, hidden), dtype=h0.dtype)
+    scratch = np.empty(hidden, dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
         _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh)
         live = _live(lengths, t, ordered)  # rows past their length have dgh = 0
-        if live > 0:
-            _matmul(dgh[t, :live], w, carry[:live])
-            dh[:live] += carry[:live]
+        _matmul_add(dgh[t, :live], w, dh[:live], scratch)  # dh = d ⊙ z + dgh W_hh
     return dh
 
 
@@ -257,16 +256,13 @@ def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
     dn_t = np.zeros((batch, hidden), dtype=h0.dtype)
     drz_t = np.zeros((batch, 2 * hidden), dtype=h0.dtype)
     d_rh = np.zeros((batch, hidden), dtype=h0.dtype)
-    carry = np.empty((batch, hidden), dtype=h0.dtype)
+    scratch = np.empty(hidden, dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
         live = _live(lengths, t, ordered)  # rows past their length have dn_t, drz_t = 0
         _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t)
-        if live > 0:
-            _matmul(dn_t[:live], w_n, d_rh[:live])
+        _matmul(dn_t[:live], w_n, d_rh[:live])
         _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi)
-        if live > 0:
-            _matmul(drz_t[:live], w_rz, carry[:live])
-            dh[:live] += carry[:live]
+        _matmul_add(drz_t[:live], w_rz, dh[:live], scratch)
     return dh
 
 
