@@ -152,7 +152,7 @@ def _register_gemm() -> str:
             found = {}
         break
     source = "torch"
-    if len(found) != 2:
+    if len(found) != 2 or not all(_gemm_works(found[k], k) for k in ("sgemm", "dgemm")):
         from numba.core.extending import get_cython_function_address
         found = {k: get_cython_function_address("scipy.linalg.cython_blas", k)
                  for k in ("sgemm", "dgemm")}
@@ -160,6 +160,27 @@ def _register_gemm() -> str:
     llvmlite.binding.add_symbol(GEMM_SYMBOLS["float32"], found["sgemm"])
     llvmlite.binding.add_symbol(GEMM_SYMBOLS["float64"], found["dgemm"])
     return source
+
+
+def _gemm_works(address: int, kind: str) -> bool:
+    """Whether the Fortran gemm at ``address`` computes a small product right with 32-bit
+    integers (guards against a BLAS built with 64-bit ones, or another convention)."""
+    import ctypes
+
+    real = np.float32 if kind == "sgemm" else np.float64
+    p = ctypes.c_void_p
+    gemm = ctypes.CFUNCTYPE(None, *[p] * 13)(address)
+    a = np.arange(1, 7, dtype=real).reshape(2, 3)  # (m=2, k=3) column-major: lda = 2
+    b = np.arange(1, 13, dtype=real).reshape(3, 4)  # (k=3, n=4): ldb = 3
+    c = np.full((2, 4), np.nan, dtype=real)
+    ints = [np.array([v], dtype=np.int32) for v in (2, 4, 3, 2, 3, 2)]
+    scalars = [np.array([v], dtype=real) for v in (1.0, 0.0)]
+    af, bf, cf = np.asfortranarray(a), np.asfortranarray(b), np.asfortranarray(c)
+    n = np.array([ord("N")], dtype=np.uint8)
+    gemm(n.ctypes.data, n.ctypes.data, *(i.ctypes.data for i in ints[:3]),
+         scalars[0].ctypes.data, af.ctypes.data, ints[3].ctypes.data, bf.ctypes.data,
+         ints[4].ctypes.data, scalars[1].ctypes.data, cf.ctypes.data, ints[5].ctypes.data)
+    return bool(np.array_equal(cf, a @ b))
 
 
 @_intrinsic
