@@ -95,11 +95,14 @@ def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
         np.testing.assert_allclose(out, a @ w, rtol=tol, atol=tol)
         _cpu_kernels._gemm(a, w, out, 1.0)  # beta 1: accumulates
         np.testing.assert_allclose(out, 2 * (a @ w), rtol=tol, atol=tol)
+    import ctypes
+
     from numba.core.extending import get_cython_function_address
 
-    dgemm = get_cython_function_address("scipy.linalg.cython_blas", "dgemm")
-    assert _cpu_kernels._gemm_works(dgemm, "dgemm")
-    assert not _cpu_kernels._gemm_works(dgemm, "sgemm")  # the check catches a wrong ABI
+    assert _cpu_kernels._gemm_works(
+        get_cython_function_address("scipy.linalg.cython_blas", "dgemm"), "dgemm")
+    idle = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(lambda *args: None)
+    assert not _cpu_kernels._gemm_works(ctypes.cast(idle, ctypes.c_void_p).value, "sgemm")
     monkeypatch.setattr(torch, "__file__", "/nonexistent/torch/__init__.py")
     try:
         assert _cpu_kernels._register_gemm() == "scipy"

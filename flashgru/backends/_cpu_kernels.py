@@ -163,8 +163,9 @@ def _register_gemm() -> str:
 
 
 def _gemm_works(address: int, kind: str) -> bool:
-    """Whether the Fortran gemm at ``address`` computes a small product right with 32-bit
-    integers (guards against a BLAS built with 64-bit ones, or another convention)."""
+    """Whether the Fortran gemm at ``address`` computes a small product right, called as
+    the kernels call it (32-bit integers by reference, as torch's LP64 MKL takes them):
+    a guard against finding some other function or convention under the name."""
     import ctypes
 
     real = np.float32 if kind == "sgemm" else np.float64
