@@ -138,24 +138,22 @@ def _register_gemm() -> str:
     import llvmlite.binding
     import torch
 
-    names = {"torch_cpu": ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll")}
-    found = {}
-    for file in names["torch_cpu"]:
+    kinds, found = ("sgemm", "dgemm"), {}
+    for file in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
         path = os.path.join(os.path.dirname(torch.__file__), "lib", file)
-        if not os.path.exists(path):
-            continue
-        try:
-            lib = ctypes.CDLL(path)
-            found = {k: ctypes.cast(getattr(lib, k[0] + "gemm_"), ctypes.c_void_p).value
-                     for k in ("sgemm", "dgemm")}
-        except (OSError, AttributeError):
-            found = {}
-        break
+        if os.path.exists(path):
+            try:
+                lib = ctypes.CDLL(path)
+                found = {k: ctypes.cast(getattr(lib, k + "_"), ctypes.c_void_p).value
+                         for k in kinds}
+            except (OSError, AttributeError):
+                found = {}
+            break
     source = "torch"
-    if len(found) != 2 or not all(_gemm_works(found[k], k) for k in ("sgemm", "dgemm")):
+    if len(found) != 2 or not all(_gemm_works(found[k], k) for k in kinds):
         from numba.core.extending import get_cython_function_address
-        found = {k: get_cython_function_address("scipy.linalg.cython_blas", k)
-                 for k in ("sgemm", "dgemm")}
+
+        found = {k: get_cython_function_address("scipy.linalg.cython_blas", k) for k in kinds}
         source = "scipy"
     llvmlite.binding.add_symbol(GEMM_SYMBOLS["float32"], found["sgemm"])
     llvmlite.binding.add_symbol(GEMM_SYMBOLS["float64"], found["dgemm"])
