@@ -58,7 +58,8 @@ def gru(
         return impl.run(input, hx, weights, batch_first=batch_first,
                         batch_sizes=batch_sizes, **args)
     x, lengths = _to_padded(input, batch_first, batch_sizes)
-    out, h_n, _ = _layers(x, lengths, hx, weights, impl.run, reset_after, **args)
+    out, h_n, _ = _layers(x, lengths, hx, weights, impl.run, reset_after, pair=impl.pair,
+                          **args)
     return _from_padded(out, lengths, batch_first, batch_sizes), h_n
 
 
@@ -111,28 +112,37 @@ def gru_cell(
 
 
 def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layers,
-            dropout, training, bidirectional, collect_gates=False):
-    """Run the stack on padded time-major x (T, B, I). Returns (out, h_n, gate traces)."""
+            dropout, training, bidirectional, collect_gates=False, pair=None):
+    """Run the stack on padded time-major x (T, B, I). Returns (out, h_n, gate traces).
+    ``pair``: the backend's call for both directions at once, if it has one."""
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     h_n, traces = [], []
     layer_input = x
     for layer in range(num_layers):
-        outs = []
-        for d in range(dirs):
+        def part(d, layer_input=layer_input, layer=layer):
+            """Direction d's core arguments: gi = W_ih x + b_ih (T, B, 3H), reversed
+            within each length for d = 1, and its h0, w_hh, b_hh."""
             k = layer * dirs + d
             w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
             b_ih, b_hh = biases if has_biases else (None, None)
-            gi = F.linear(layer_input, w_ih, b_ih)  # (T, B, 3H)
-            if d == 1:
-                gi = _reverse(gi, lengths)
-            if collect_gates:
-                out, trace = core(gi, hx[k], w_hh, b_hh, lengths, reset_after, return_gates=True)
+            gi = F.linear(layer_input, w_ih, b_ih)
+            return (_reverse(gi, lengths) if d else gi), hx[k], w_hh, b_hh
+
+        if collect_gates:
+            results = []
+            for d in range(dirs):
+                out, trace = core(*part(d), lengths, reset_after, return_gates=True)
                 traces.append(GateTrace(*(_reverse(v, lengths) if d else v for v in trace)))
-            else:
-                out = core(gi, hx[k], w_hh, b_hh, lengths, reset_after)
+                results.append(out)
+        elif dirs == 2 and pair is not None:
+            results = pair(*zip(part(0), part(1), strict=True), lengths, reset_after)
+        else:  # one direction at a time, each gi made when its turn comes
+            results = [core(*part(d), lengths, reset_after) for d in range(dirs)]
+        outs = []
+        for d, out in enumerate(results):
             h_n.append(_last(out, lengths))
-            outs.append(_reverse(out, lengths) if d == 1 else out)
+            outs.append(_reverse(out, lengths) if d else out)
         layer_output = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = _dropout(layer_output, dropout, lengths)

@@ -3,6 +3,7 @@
 outputs and every gradient, both formulations, lengths, float32 and float64. The sweep in
 tests/test_parity_torch.py only reaches the fused loop (its sizes are small)."""
 
+import os
 import platform
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from helpers import BACKENDS, assert_close
 
+import flashgru
 from flashgru.backends import _cpu_kernels, cpu, reference
 
 pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and SciPy")
@@ -109,3 +111,45 @@ def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
     finally:
         monkeypatch.undo()
         assert _cpu_kernels._register_gemm() == _cpu_kernels.GEMM_FROM
+
+
+def _bidirectional_in_child(queue):
+    gru = flashgru.GRU(3, 4, bidirectional=True, backend="cpu")
+    with torch.no_grad():
+        queue.put(tuple(gru(torch.randn(5, 2, 3))[0].shape))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_both_directions_side_by_side_and_after_a_fork():
+    """A bidirectional layer runs its directions side by side (the second on a worker
+    thread): same numbers as one at a time, and a forked child, where the parent's worker
+    thread does not exist, makes its own instead of waiting forever."""
+    import multiprocessing
+
+    from flashgru.backends import BACKENDS
+
+    torch.manual_seed(0)
+    gru = flashgru.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, backend="cpu")
+    ref = flashgru.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, backend="reference")
+    ref.load_state_dict(gru.state_dict())
+    assert BACKENDS["cpu"].pair is cpu.core_pair
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, h_n = gru(x)
+    ref_out, ref_h = ref(x)
+    assert_close("out", ref_out, out, 1e-12)
+    assert_close("h_n", ref_h, h_n, 1e-12)
+    grads = torch.autograd.grad(out.sum() + h_n.sum(), (x, *gru.parameters()))
+    ref_grads = torch.autograd.grad(ref_out.sum() + ref_h.sum(), (x, *ref.parameters()))
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert_close("grad", r, g, 1e-12, rtol=1e-12)
+    assert cpu._WORKER is not None  # the parent has its worker now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_bidirectional_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert queue.get(timeout=5) == (5, 2, 8)

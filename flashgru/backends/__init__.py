@@ -25,6 +25,8 @@ class Backend:
     missing: returns None when the backend can run here, else what to install.
     devices, dtypes: what it runs on (None: anything torch's GRU takes).
     double_backward: whether its gradients are differentiable again.
+    pair: optional, both directions of a bidirectional layer in one call (``cpu.core_pair``
+      's contract), for a core that runs them side by side.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Backend:
     devices: tuple[str, ...] | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
     double_backward: bool = True
+    pair: Callable | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -42,7 +45,7 @@ BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", "stack", torch_native.gru_stack, reset_before=False),
     "cpu": Backend("cpu", "core", cpu.core, reset_before=True, missing=cpu.missing,
                    devices=("cpu",), dtypes=(torch.float32, torch.float64),
-                   double_backward=False),
+                   double_backward=False, pair=cpu.core_pair),
     "parallel": Backend("parallel", "core", parallel.core, reset_before=True,
                         dtypes=(torch.float32, torch.float64), double_backward=False),
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,

