@@ -153,3 +153,17 @@ def test_both_directions_side_by_side_and_after_a_fork():
         child.kill()
     assert not alive and child.exitcode == 0
     assert queue.get(timeout=5) == (5, 2, 8)
+
+
+@pytest.mark.parametrize("batch, side_by_side", [(2, True), (cpu.PAIR_MAX_BATCH + 1, False)])
+def test_directions_side_by_side_only_up_to_a_batch(batch, side_by_side, monkeypatch):
+    calls = []
+    real = cpu._side_by_side
+    monkeypatch.setattr(cpu, "_side_by_side", lambda *f: calls.append(1) or real(*f))
+    gru = flashgru.GRU(3, 4, bidirectional=True, backend="cpu")
+    ref = flashgru.GRU(3, 4, bidirectional=True, backend="reference")
+    ref.load_state_dict(gru.state_dict())
+    x = torch.randn(5, batch, 3)
+    with torch.no_grad():
+        assert_close("out", ref(x)[0], gru(x)[0], 1e-5)
+    assert bool(calls) == side_by_side

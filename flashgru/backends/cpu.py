@@ -451,20 +451,27 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)
 
 
+# Above this batch the directions run one after the other: side by side measured about
+# even at B=64 (0.96-1.22x) and 12% slower over a whole `flashgru train surnames` run
+# (batch 64, the worker thread competing with torch's own threads), against 1.2-1.7x at
+# B=1-16.
+PAIR_MAX_BATCH = 16
+
+
 def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
               w_hh: tuple[Tensor, Tensor], b_hh: tuple[Tensor | None, Tensor | None],
               lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
     """The two directions of a bidirectional layer at once, each argument a pair as
     ``core`` takes it (the second direction's input already reversed): the two time loops
     run side by side, the second on a worker thread (the kernels release the GIL), forward
-    and backward. Measured on 2 cores against one after the other: 1.1-1.8x (B=16, T=256,
-    H=128: 1.8x). Returns the pair of outputs."""
+    and backward, up to batch PAIR_MAX_BATCH. Returns the pair of outputs."""
     for x in h0:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {x.dtype} "
                              f"on {x.device}")
     gi = tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(gi, h0, strict=True))
-    if gi[0].shape[0] == 1:  # one step: the one-step kernels, one after the other
+    steps, batch = gi[0].shape[:2]
+    if steps == 1 or batch > PAIR_MAX_BATCH:  # one after the other
         return tuple(core(*args, lengths, reset_after)
                      for args in zip(gi, h0, w_hh, b_hh, strict=True))
     if not any(_needs_grad(*args) for args in zip(gi, h0, w_hh, b_hh, strict=True)):
