@@ -83,8 +83,8 @@ def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengt
 
 
 def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
-    """The fused loops' GEMM: torch's own BLAS where libtorch_cpu exports one, else
-    SciPy's; both give the product (float32 and float64, odd shapes)."""
+    """The fused loops' GEMM and batch-1 GEMV: torch's own BLAS where libtorch_cpu exports
+    it, else SciPy's; both give the product (float32 and float64, odd shapes)."""
     import numpy as np
 
     if sys.platform == "linux" and platform.machine() == "x86_64":
@@ -97,14 +97,22 @@ def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
         np.testing.assert_allclose(out, a @ w, rtol=tol, atol=tol)
         _cpu_kernels._gemm(a, w, out, 1.0)  # beta 1: accumulates
         np.testing.assert_allclose(out, 2 * (a @ w), rtol=tol, atol=tol)
+        for n_out in (9, _cpu_kernels.GEMV_BLAS_MIN // 64 + 1):  # ours, then BLAS's GEMV
+            rows, x = g.standard_normal((n_out, 64)).astype(dtype), a[:1, :1].repeat(64, 1)
+            y = np.full((1, n_out), np.nan, dtype=dtype)
+            _cpu_kernels._gemv(rows, x, y)
+            np.testing.assert_allclose(y, x @ rows.T, rtol=tol, atol=tol * 10)
     import ctypes
 
     from numba.core.extending import get_cython_function_address
 
-    assert _cpu_kernels._gemm_works(
-        get_cython_function_address("scipy.linalg.cython_blas", "dgemm"), "dgemm")
+    for kind in ("sgemm", "dgemm", "sgemv", "dgemv"):
+        assert _cpu_kernels._blas_works(
+            get_cython_function_address("scipy.linalg.cython_blas", kind), kind)
     idle = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(lambda *args: None)
-    assert not _cpu_kernels._gemm_works(ctypes.cast(idle, ctypes.c_void_p).value, "sgemm")
+    assert not _cpu_kernels._blas_works(ctypes.cast(idle, ctypes.c_void_p).value, "sgemm")
+    idle_v = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 11)(lambda *args: None)
+    assert not _cpu_kernels._blas_works(ctypes.cast(idle_v, ctypes.c_void_p).value, "dgemv")
     monkeypatch.setattr(torch, "__file__", "/nonexistent/torch/__init__.py")
     try:
         assert _cpu_kernels._register_gemm() == "scipy"
@@ -167,3 +175,26 @@ def test_directions_side_by_side_only_up_to_a_batch(batch, side_by_side, monkeyp
     with torch.no_grad():
         assert_close("out", ref(x)[0], gru(x)[0], 1e-5)
     assert bool(calls) == side_by_side
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_batch_one_with_large_weights_takes_blas_gemv(reset_after, dtype):
+    """At batch 1 from GEMV_BLAS_MIN weights the hidden product is BLAS's GEMV (H=256:
+    3H × H = 196608), forward and backward against the reference."""
+    assert 3 * 256 * 256 >= _cpu_kernels.GEMV_BLAS_MIN > 3 * 128 * 128
+    g = torch.Generator().manual_seed(2)
+    steps, hidden = 4, 256
+    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+                    for shape in ((steps, 1, 3 * hidden), (1, hidden),
+                                  (3 * hidden, hidden), (3 * hidden,)))
+    w = (w / 16).detach().requires_grad_()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    with torch.no_grad():
+        assert_close("out", reference.core(gi, h0, w, b, None, reset_after),
+                     cpu.core(gi, h0, w, b, None, reset_after), tol)
+    ref, out = (core(gi, h0, w, b, None, reset_after) for core in (reference.core, cpu.core))
+    assert_close("out", ref, out, tol)
+    for r, o in zip(torch.autograd.grad(ref.sum(), (gi, h0, w, b)),
+                    torch.autograd.grad(out.sum(), (gi, h0, w, b)), strict=True):
+        assert_close("grad", r, o, tol * 10, rtol=tol * 10)

@@ -128,6 +128,7 @@ def _gemv_rows(w, x, out):
 # Python in 8.0; 8x256 @ 256x768: 11.4 against 65.7 and 12.4), else SciPy's BLAS.
 
 GEMM_SYMBOLS = {"float32": "flashgru_sgemm", "float64": "flashgru_dgemm"}
+GEMV_SYMBOLS = {"float32": "flashgru_sgemv", "float64": "flashgru_dgemv"}
 
 
 def _register_gemm() -> str:
@@ -138,7 +139,7 @@ def _register_gemm() -> str:
     import llvmlite.binding
     import torch
 
-    kinds, found = ("sgemm", "dgemm"), {}
+    kinds, found = ("sgemm", "dgemm", "sgemv", "dgemv"), {}
     for file in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
         path = os.path.join(os.path.dirname(torch.__file__), "lib", file)
         if os.path.exists(path):
@@ -150,36 +151,45 @@ def _register_gemm() -> str:
                 found = {}
             break
     source = "torch"
-    if len(found) != 2 or not all(_gemm_works(found[k], k) for k in kinds):
+    if len(found) != 4 or not all(_blas_works(found[k], k) for k in kinds):
         from numba.core.extending import get_cython_function_address
 
         found = {k: get_cython_function_address("scipy.linalg.cython_blas", k) for k in kinds}
         source = "scipy"
-    llvmlite.binding.add_symbol(GEMM_SYMBOLS["float32"], found["sgemm"])
-    llvmlite.binding.add_symbol(GEMM_SYMBOLS["float64"], found["dgemm"])
+    for symbols, kind in ((GEMM_SYMBOLS, "gemm"), (GEMV_SYMBOLS, "gemv")):
+        llvmlite.binding.add_symbol(symbols["float32"], found["s" + kind])
+        llvmlite.binding.add_symbol(symbols["float64"], found["d" + kind])
     return source
 
 
-def _gemm_works(address: int, kind: str) -> bool:
-    """Whether the Fortran gemm at ``address`` computes a small product right, called as
-    the kernels call it (32-bit integers by reference, as torch's LP64 MKL takes them):
-    a guard against finding some other function or convention under the name."""
+def _blas_works(address: int, kind: str) -> bool:
+    """Whether the Fortran ``kind`` (sgemm, dgemm, sgemv, dgemv) at ``address`` computes a
+    small product right, called as the kernels call it (32-bit integers by reference, as
+    torch's LP64 MKL takes them): a guard against finding some other function or
+    convention under the name."""
     import ctypes
 
-    real = np.float32 if kind == "sgemm" else np.float64
-    p = ctypes.c_void_p
-    gemm = ctypes.CFUNCTYPE(None, *[p] * 13)(address)
-    a = np.arange(1, 7, dtype=real).reshape(2, 3)  # (m=2, k=3) column-major: lda = 2
-    b = np.arange(1, 13, dtype=real).reshape(3, 4)  # (k=3, n=4): ldb = 3
-    c = np.full((2, 4), np.nan, dtype=real)
-    ints = [np.array([v], dtype=np.int32) for v in (2, 4, 3, 2, 3, 2)]
-    scalars = [np.array([v], dtype=real) for v in (1.0, 0.0)]
-    af, bf, cf = np.asfortranarray(a), np.asfortranarray(b), np.asfortranarray(c)
+    real = np.float32 if kind[0] == "s" else np.float64
+    a = np.asfortranarray(np.arange(1, 7, dtype=real).reshape(2, 3))  # lda = 2
+    b = np.asfortranarray(np.arange(1, 13, dtype=real).reshape(3, 4))  # ldb = 3
     n = np.array([ord("N")], dtype=np.uint8)
-    gemm(n.ctypes.data, n.ctypes.data, *(i.ctypes.data for i in ints[:3]),
-         scalars[0].ctypes.data, af.ctypes.data, ints[3].ctypes.data, bf.ctypes.data,
-         ints[4].ctypes.data, scalars[1].ctypes.data, cf.ctypes.data, ints[5].ctypes.data)
-    return bool(np.array_equal(cf, a @ b))
+
+    def i32(*values):
+        return [np.array([v], dtype=np.int32) for v in values]
+
+    one, zero = np.array([1.0], dtype=real), np.array([0.0], dtype=real)
+    if kind[1:] == "gemm":
+        c, want = np.full((2, 4), np.nan, dtype=real, order="F"), a @ b
+        m_, n_, k_, lda, ldb, ldc = i32(2, 4, 3, 2, 3, 2)
+        args = [n, n, m_, n_, k_, one, a, lda, b, ldb, zero, c, ldc]
+    else:  # y (2,) = a (2, 3) @ x (3,)
+        c, want = np.full(2, np.nan, dtype=real), a @ b[:, 0]
+        m_, n_, lda, inc = i32(2, 3, 2, 1)
+        x = np.ascontiguousarray(b[:, 0])
+        args = [n, m_, n_, one, a, lda, x, inc, zero, c, inc]
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(args))(address)
+    fn(*(v.ctypes.data for v in args))
+    return bool(np.array_equal(c, want))
 
 
 @_intrinsic
@@ -225,11 +235,64 @@ def _gemm(a, w, out, beta):
                out.ctypes.data, n_out, out.dtype.type(beta))
 
 
+@_intrinsic
+def _gemv_call(typingctx, trans, m, n, a, lda, x, y, beta):
+    """Fortran ``?gemv(trans, m, n, 1, a, lda, x, 1, beta, y, 1)`` on raw addresses a, x,
+    y; ``trans`` the character's code; ``beta``, a float32 or float64, picks s or d."""
+    if not isinstance(beta, types.Float):
+        return None
+    name = GEMV_SYMBOLS[str(beta)]
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        i32, char = ir.IntType(32), ir.IntType(8)
+        real = context.get_value_type(beta)
+        m_, n_, lda = (cgutils.alloca_once_value(builder, builder.trunc(v, i32))
+                       for v in (args[1], args[2], args[4]))
+        inc = cgutils.alloca_once_value(builder, ir.Constant(i32, 1))
+        trans_ = cgutils.alloca_once_value(builder, builder.trunc(args[0], char))
+        alpha = cgutils.alloca_once_value(builder, ir.Constant(real, 1.0))
+        beta_ = cgutils.alloca_once_value(builder, args[7])
+        a_, x_, y_ = (builder.inttoptr(args[i], real.as_pointer()) for i in (3, 5, 6))
+        ptr = real.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [char.as_pointer(), i32.as_pointer(),
+                                               i32.as_pointer(), ptr, ptr, i32.as_pointer(),
+                                               ptr, i32.as_pointer(), ptr, ptr,
+                                               i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        builder.call(fn, [trans_, m_, n_, alpha, a_, lda, x_, inc, beta_, y_, inc])
+        return context.get_dummy_value()
+
+    return types.none(trans, m, n, a, lda, x, y, beta), codegen
+
+
+GEMV_BLAS_MIN = 1 << 17  # weights from which BLAS's GEMV beats _gemv_rows at batch 1
+
+
+@_jit(boundscheck=False)
+def _gemv(w, x, out):
+    """out (1, N) = x (1, K) @ w (N, K)ᵀ, w as stored (C-contiguous): from GEMV_BLAS_MIN
+    weights BLAS's ?gemv (torch's MKL runs it on both cores, each reading half of w from
+    its own L2: measured 16 against 28 µs at H=384, 30 against 85-93 at H=512, 8.2-8.5
+    against 8.6-11.6 at H=256), below it ``_gemv_rows`` (faster at H ≤ 128)."""
+    n_out, n_in = w.shape
+    if n_out * n_in < GEMV_BLAS_MIN:
+        _gemv_rows(w, x, out)
+    else:
+        _gemv_call(84, n_in, n_out, w.ctypes.data, n_in, x.ctypes.data, out.ctypes.data,
+                   out.dtype.type(0))  # 84: 'T'; w row-major is wᵀ column-major
+
+
 @_jit(boundscheck=False)
 def _matmul(a, w, out):
     """out (B, N) = a (B, K) @ w (K, N), all C-contiguous."""
-    if a.shape[0] == 1:
+    if a.shape[0] == 1 and w.size < GEMV_BLAS_MIN:
         _matvec(a[0], w, out[0])
+    elif a.shape[0] == 1:  # 78: 'N'; w row-major (K, N) is (N, K) column-major
+        _gemv_call(78, w.shape[1], w.shape[0], w.ctypes.data, w.shape[1], a.ctypes.data,
+                   out.ctypes.data, out.dtype.type(0))
     elif a.shape[0] > 1:
         _gemm(a, w, out, 0.0)
 
@@ -237,10 +300,13 @@ def _matmul(a, w, out):
 @_jit(boundscheck=False)
 def _matmul_add(a, w, out, scratch):
     """out (B, N) += a (B, K) @ w (K, N), all C-contiguous; ``scratch`` (≥ N,) for B=1."""
-    if a.shape[0] == 1:
+    if a.shape[0] == 1 and w.size < GEMV_BLAS_MIN:
         _matvec(a[0], w, scratch)
         for j in range(out.shape[1]):
             out[0, j] += scratch[j]
+    elif a.shape[0] == 1:
+        _gemv_call(78, w.shape[1], w.shape[0], w.ctypes.data, w.shape[1], a.ctypes.data,
+                   out.ctypes.data, out.dtype.type(1))
     elif a.shape[0] > 1:
         _gemm(a, w, out, 1.0)
 

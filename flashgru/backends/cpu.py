@@ -30,7 +30,7 @@ from ._cpu_kernels import (
     GATE_FLAGS,
     _gates_after,
     _gemm,
-    _gemv_rows,
+    _gemv,
     _jit,
     _matmul,
     _matmul_add,
@@ -195,7 +195,8 @@ def _hidden_product(h, w, out, stored):
     per step as the transposed layout, measured, and no transpose per call); else w (K, N)
     transposed, for BLAS's GEMM (which is slower on the stored layout)."""
     if stored:
-        _gemv_rows(w, h, out)
+        if h.shape[0] == 1:
+            _gemv(w, h, out)
     elif h.shape[0] > 0:
         _gemm(h, w, out, 0.0)
 
