@@ -117,6 +117,20 @@ def test_cell_large_hidden_and_input(cell_calls):
     assert len(cell_calls) == 1
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cell_with_blas_sized_weights(reset_after, dtype, cell_calls):
+    """B=1 with 3H × I ≥ GEMV_BLAS_MIN: the products are BLAS's GEMV (I=H=256)."""
+    assert 3 * 256 * 256 >= _cpu_kernels.GEMV_BLAS_MIN
+    torch.manual_seed(0)
+    cell = flashgru.GRUCell(256, 256, dtype=dtype, reset_after=reset_after)
+    x, h = inputs(1, dtype, 256, 256)
+    with torch.no_grad():
+        assert_close("h'", reference_step(cell, x, h), cell(x, h),
+                     1e-12 if dtype == torch.float64 else 1e-5)
+    assert len(cell_calls) == 1
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_cell_gradients_take_the_ordinary_path(reset_after, cell_calls):
     torch.manual_seed(0)

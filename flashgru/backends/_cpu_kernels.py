@@ -273,12 +273,12 @@ GEMV_BLAS_MIN = 1 << 17  # weights from which BLAS's GEMV beats _gemv_rows at ba
 
 @_jit(boundscheck=False)
 def _gemv(w, x, out):
-    """out (1, N) = x (1, K) @ w (N, K)ᵀ, w as stored (C-contiguous): from GEMV_BLAS_MIN
-    weights BLAS's ?gemv (torch's MKL runs it on both cores, each reading half of w from
-    its own L2: measured 16 against 28 µs at H=384, 30 against 85-93 at H=512, 8.2-8.5
-    against 8.6-11.6 at H=256), below it ``_gemv_rows`` (faster at H ≤ 128)."""
+    """out (B, N) = x (B, K) @ w (N, K)ᵀ, w as stored (C-contiguous): at batch 1 from
+    GEMV_BLAS_MIN weights BLAS's ?gemv (torch's MKL runs it on both cores, each reading
+    half of w from its own L2: measured 16 against 28 µs at H=384, 30 against 85-93 at
+    H=512, 8.2-8.5 against 8.6-11.6 at H=256), else ``_gemv_rows`` (faster at H ≤ 128)."""
     n_out, n_in = w.shape
-    if n_out * n_in < GEMV_BLAS_MIN:
+    if x.shape[0] != 1 or n_out * n_in < GEMV_BLAS_MIN:
         _gemv_rows(w, x, out)
     else:
         _gemv_call(84, n_in, n_out, w.ctypes.data, n_in, x.ctypes.data, out.ctypes.data,

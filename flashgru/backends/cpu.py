@@ -195,8 +195,7 @@ def _hidden_product(h, w, out, stored):
     per step as the transposed layout, measured, and no transpose per call); else w (K, N)
     transposed, for BLAS's GEMM (which is slower on the stored layout)."""
     if stored:
-        if h.shape[0] == 1:
-            _gemv(w, h, out)
+        _gemv(w, h, out)
     elif h.shape[0] > 0:
         _gemm(h, w, out, 0.0)
 

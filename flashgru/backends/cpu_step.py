@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._cpu_kernels import _gates_after, _gemv_rows, _jit, _n_before, _rz_before, _view, numba
+from ._cpu_kernels import _gates_after, _gemv, _jit, _n_before, _rz_before, _view, numba
 
 AVAILABLE = numba is not None
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}  # the kernel's dtype
@@ -45,7 +45,7 @@ def _step_after(gi, h, w, b, out):
     out (B, H)."""
     batch, hidden = out.shape
     gh = np.empty_like(gi)
-    _gemv_rows(w, h, gh)
+    _gemv(w, h, gh)
     scratch = np.empty((4, batch, hidden), dtype=out.dtype)  # r, z, n, W_hn h + b_hn
     _gates_after(0, gi, gh, b, h, np.ones(batch, dtype=np.int64), out, scratch[0],
                  scratch[1], scratch[2], scratch[3])
@@ -56,12 +56,12 @@ def _step_before(gi, h, w, b, out):
     """One step of reset_after=False for inference; arguments as in ``_step_after``."""
     batch, hidden = out.shape
     gh = np.empty((batch, 2 * hidden), dtype=out.dtype)
-    _gemv_rows(w[: 2 * hidden], h, gh)
+    _gemv(w[: 2 * hidden], h, gh)
     z, rh = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
     r, n = np.empty((batch, hidden), dtype=out.dtype), np.empty((batch, hidden), out.dtype)
     _rz_before(gi, gh, b, h, r, z, rh)
     ghn = np.empty((batch, hidden), dtype=out.dtype)
-    _gemv_rows(w[2 * hidden :], rh, ghn)
+    _gemv(w[2 * hidden :], rh, ghn)
     _n_before(0, gi, ghn, b, h, np.ones(batch, dtype=np.int64), out, r, z, n)
 
 
@@ -99,7 +99,7 @@ def _cell(x_at, h_at, w_ih_at, w_hh_at, b_ih_at, b_hh_at, out_at, batch, n_in, h
     w_hh = _view(w_hh_at, (3 * hidden, hidden), like)
     out = _view(out_at, (batch, hidden), like)
     gi = np.empty((batch, 3 * hidden), dtype=out.dtype)
-    _gemv_rows(w_ih, x, gi)
+    _gemv(w_ih, x, gi)
     if b_ih_at != 0:
         b_ih = _view(b_ih_at, (3 * hidden,), like)
         for i in range(batch):
