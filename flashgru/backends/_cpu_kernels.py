@@ -192,33 +192,42 @@ def _blas_works(address: int, kind: str) -> bool:
     return bool(np.array_equal(c, want))
 
 
+def _fortran_call(builder, name, real, args):
+    """Codegen: call the void Fortran routine ``name`` with every argument by reference.
+    ``args``: (kind, value) pairs, kind "char" or "int" (a Python number or an integer
+    value, passed as i8 / i32), "real" (a number or a value of type ``real``) or "ptr"
+    (an integer address of ``real`` elements, passed as is)."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    types_ = {"char": ir.IntType(8), "int": ir.IntType(32), "real": real}
+    refs = []
+    for kind, value in args:
+        if kind == "ptr":
+            refs.append(builder.inttoptr(value, real.as_pointer()))
+            continue
+        if isinstance(value, (int, float)):
+            value = ir.Constant(types_[kind], value)
+        elif kind != "real":
+            value = builder.trunc(value, types_[kind])
+        refs.append(cgutils.alloca_once_value(builder, value))
+    fnty = ir.FunctionType(ir.VoidType(), [ref.type for ref in refs])
+    builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), refs)
+
+
 @_intrinsic
 def _gemm_call(typingctx, m, n, k, a, lda, b, ldb, c, ldc, beta):
     """Fortran ``?gemm('N', 'N', m, n, k, 1, a, lda, b, ldb, beta, c, ldc)`` on raw
     addresses a, b, c (integers); ``beta``, a float32 or float64, picks s or d."""
     if not isinstance(beta, types.Float):
         return None
-    name = GEMM_SYMBOLS[str(beta)]
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-        from numba.core import cgutils
-
-        i32, char = ir.IntType(32), ir.IntType(8)
-        real = context.get_value_type(beta)
-        ints = [cgutils.alloca_once_value(builder, builder.trunc(v, i32))
-                for v in (args[0], args[1], args[2], args[4], args[6], args[8])]
-        trans = cgutils.alloca_once_value(builder, ir.Constant(char, ord("N")))
-        alpha = cgutils.alloca_once_value(builder, ir.Constant(real, 1.0))
-        beta_ = cgutils.alloca_once_value(builder, args[9])
-        a_, b_, c_ = (builder.inttoptr(args[i], real.as_pointer()) for i in (3, 5, 7))
-        fnty = ir.FunctionType(ir.VoidType(), [char.as_pointer()] * 2
-                               + [i32.as_pointer()] * 3 + [real.as_pointer()] * 2
-                               + [i32.as_pointer(), real.as_pointer(), i32.as_pointer()]
-                               + [real.as_pointer()] * 2 + [i32.as_pointer()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        builder.call(fn, [trans, trans, ints[0], ints[1], ints[2], alpha, a_, ints[3], b_,
-                          ints[4], beta_, c_, ints[5]])
+        m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_, beta_ = args
+        _fortran_call(builder, GEMM_SYMBOLS[str(beta)], context.get_value_type(beta), [
+            ("char", ord("N")), ("char", ord("N")), ("int", m_), ("int", n_), ("int", k_),
+            ("real", 1.0), ("ptr", a_), ("int", lda_), ("ptr", b_), ("int", ldb_),
+            ("real", beta_), ("ptr", c_), ("int", ldc_)])
         return context.get_dummy_value()
 
     return types.none(m, n, k, a, lda, b, ldb, c, ldc, beta), codegen
@@ -241,28 +250,13 @@ def _gemv_call(typingctx, trans, m, n, a, lda, x, y, beta):
     y; ``trans`` the character's code; ``beta``, a float32 or float64, picks s or d."""
     if not isinstance(beta, types.Float):
         return None
-    name = GEMV_SYMBOLS[str(beta)]
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-        from numba.core import cgutils
-
-        i32, char = ir.IntType(32), ir.IntType(8)
-        real = context.get_value_type(beta)
-        m_, n_, lda = (cgutils.alloca_once_value(builder, builder.trunc(v, i32))
-                       for v in (args[1], args[2], args[4]))
-        inc = cgutils.alloca_once_value(builder, ir.Constant(i32, 1))
-        trans_ = cgutils.alloca_once_value(builder, builder.trunc(args[0], char))
-        alpha = cgutils.alloca_once_value(builder, ir.Constant(real, 1.0))
-        beta_ = cgutils.alloca_once_value(builder, args[7])
-        a_, x_, y_ = (builder.inttoptr(args[i], real.as_pointer()) for i in (3, 5, 6))
-        ptr = real.as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [char.as_pointer(), i32.as_pointer(),
-                                               i32.as_pointer(), ptr, ptr, i32.as_pointer(),
-                                               ptr, i32.as_pointer(), ptr, ptr,
-                                               i32.as_pointer()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        builder.call(fn, [trans_, m_, n_, alpha, a_, lda, x_, inc, beta_, y_, inc])
+        trans_, m_, n_, a_, lda_, x_, y_, beta_ = args
+        _fortran_call(builder, GEMV_SYMBOLS[str(beta)], context.get_value_type(beta), [
+            ("char", trans_), ("int", m_), ("int", n_), ("real", 1.0), ("ptr", a_),
+            ("int", lda_), ("ptr", x_), ("int", 1), ("real", beta_), ("ptr", y_),
+            ("int", 1)])
         return context.get_dummy_value()
 
     return types.none(trans, m, n, a, lda, x, y, beta), codegen
@@ -407,6 +401,15 @@ if numba is not None:
 # arrays are the step's (B, ·) slices; h = h_{t−1} is only read; h_t goes to ``out``. Rows
 # with t ≥ lengths[i] are past their sequence: their outputs and gates are set to 0.
 
+@_jit(boundscheck=False, inline="always")
+def _past_length(i, out, r_s, z_s, n_s):
+    """Row i is past its sequence's length: its output and saved gates are 0."""
+    out[i] = 0.0
+    r_s[i] = 0.0
+    z_s[i] = 0.0
+    n_s[i] = 0.0
+
+
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
 def _gates_after(t, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
     """Step t of reset_after=True: from gi (B, 3H), gh = h W_hhᵀ (B, 3H) without bias,
@@ -416,10 +419,7 @@ def _gates_after(t, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
     one, two = h.dtype.type(1.0), h.dtype.type(2.0)  # float32 math stays float32
     for i in range(batch):
         if t >= lengths[i]:
-            out[i] = 0.0
-            r_s[i] = 0.0
-            z_s[i] = 0.0
-            n_s[i] = 0.0
+            _past_length(i, out, r_s, z_s, n_s)
             ghn_s[i] = 0.0
             continue
         for j in range(hidden):
@@ -458,10 +458,7 @@ def _n_before(t, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
     one, two = h.dtype.type(1.0), h.dtype.type(2.0)
     for i in range(batch):
         if t >= lengths[i]:
-            out[i] = 0.0
-            r_s[i] = 0.0
-            z_s[i] = 0.0
-            n_s[i] = 0.0
+            _past_length(i, out, r_s, z_s, n_s)
             continue
         for j in range(hidden):
             n = one - two / (one + _exp(two * (gi[i, 2 * hidden + j] + ghn[i, j]
