@@ -124,14 +124,15 @@ def test_gemm_runs_on_torchs_blas_or_falls_back_to_scipys(monkeypatch):
 def _bidirectional_in_child(queue):
     gru = flashgru.GRU(3, 4, bidirectional=True, backend="cpu")
     with torch.no_grad():
-        queue.put(tuple(gru(torch.randn(5, 2, 3))[0].shape))
+        queue.put((tuple(gru(torch.randn(5, 1, 3))[0].shape),  # directions side by side
+                   tuple(gru(torch.randn(5, 3, 3))[0].shape)))  # rows over the threads
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_both_directions_side_by_side_and_after_a_fork():
-    """A bidirectional layer runs its directions side by side (the second on a worker
-    thread): same numbers as one at a time, and a forked child, where the parent's worker
-    thread does not exist, makes its own instead of waiting forever."""
+def test_both_directions_side_by_side_and_after_a_fork(monkeypatch):
+    """A bidirectional layer at batch 1 runs its directions side by side (the second on a
+    worker thread): same numbers as one at a time, and a forked child, where the parent's
+    worker threads do not exist, makes its own instead of waiting forever."""
     import multiprocessing
 
     from flashgru.backends import BACKENDS
@@ -141,7 +142,12 @@ def test_both_directions_side_by_side_and_after_a_fork():
     ref = flashgru.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, backend="reference")
     ref.load_state_dict(gru.state_dict())
     assert BACKENDS["cpu"].pair is cpu.core_pair
-    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert cpu.pairs(1) == (torch.get_num_threads() > 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    together = []
+    real = cpu._together
+    monkeypatch.setattr(cpu, "_together", lambda tasks: together.append(len(tasks)) or real(tasks))
+    x = torch.randn(6, 1, 3, dtype=torch.float64, requires_grad=True)
     out, h_n = gru(x)
     ref_out, ref_h = ref(x)
     assert_close("out", ref_out, out, 1e-12)
@@ -150,7 +156,7 @@ def test_both_directions_side_by_side_and_after_a_fork():
     ref_grads = torch.autograd.grad(ref_out.sum() + ref_h.sum(), (x, *ref.parameters()))
     for g, r in zip(grads, ref_grads, strict=True):
         assert_close("grad", r, g, 1e-12, rtol=1e-12)
-    assert cpu._WORKER is not None  # the parent has its worker now
+    assert [n for n in together if n > 1] == [2] * 4  # 2 layers, forward and backward
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_bidirectional_in_child, args=(queue,))
@@ -160,11 +166,18 @@ def test_both_directions_side_by_side_and_after_a_fork():
     if alive:
         child.kill()
     assert not alive and child.exitcode == 0
-    assert queue.get(timeout=5) == (5, 2, 8)
+    assert queue.get(timeout=5) == ((5, 1, 8), (5, 3, 8))
 
 
-@pytest.mark.parametrize("batch, side_by_side", [(2, True), (cpu.PAIR_MAX_BATCH + 1, False)])
-def test_directions_side_by_side_only_up_to_a_batch(batch, side_by_side, monkeypatch):
+@pytest.mark.parametrize("split", [False, True], ids=["rows-not-split", "rows-split"])
+@pytest.mark.parametrize("batch", [1, 2, cpu.PAIR_MAX_BATCH + 1])
+def test_directions_side_by_side_only_where_rows_do_not_split(batch, split, monkeypatch):
+    """Side by side up to PAIR_MAX_BATCH rows where the rows do not go over the threads
+    (batch 1, or without torch's OpenMP team); else one after the other."""
+    monkeypatch.setattr(cpu, "_parts", lambda b: min(b, 2) if split else 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    side_by_side = batch == 1 or (not split and batch <= cpu.PAIR_MAX_BATCH)
+    assert cpu.pairs(batch) == side_by_side
     calls = []
     real = cpu._side_by_side
     monkeypatch.setattr(cpu, "_side_by_side", lambda *f: calls.append(1) or real(*f))
@@ -198,3 +211,81 @@ def test_batch_one_with_large_weights_takes_blas_gemv(reset_after, dtype):
     for r, o in zip(torch.autograd.grad(ref.sum(), (gi, h0, w, b)),
                     torch.autograd.grad(out.sum(), (gi, h0, w, b)), strict=True):
         assert_close("grad", r, o, tol * 10, rtol=tol * 10)
+
+
+def test_row_ranges_cover_the_batch_with_even_work():
+    lengths = cpu.np.array([9, 9, 8, 5, 3, 2, 2, 1, 1, 1])
+    for parts in range(1, 11):
+        ranges = cpu._ranges(lengths, parts)
+        assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == 10
+        assert all(lo < hi for lo, hi in ranges)
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    work = [int(lengths[lo:hi].sum()) for lo, hi in cpu._ranges(lengths, 2)]
+    assert work == [26, 15]  # rows 0-2 against 3-9: the closest cut to half of 41
+    assert cpu._ranges(cpu.np.full(4, 5), 2) == [(0, 2), (2, 4)]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 7, 1, 5], [7, 7, 5, 3, 1]],
+                         ids=["full", "lengths", "sorted-lengths"])
+def test_rows_over_threads_match_reference(parts, reset_after, dtype, lengths, monkeypatch):
+    """Each part's time loop on its own thread writes only its rows: outputs, every
+    gradient and the inference path against the reference, with the call split into
+    ``parts`` row ranges (whatever this machine's thread count)."""
+    monkeypatch.setattr(cpu, "_parts", lambda batch: min(parts, batch))
+    seen = []
+    real = cpu._in_parts
+    monkeypatch.setattr(cpu, "_in_parts", lambda run, ranges: seen.append(ranges) or real(
+        run, ranges))
+    g = torch.Generator().manual_seed(1)
+    steps, batch, hidden = 7, 5, 6
+    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
+                                  (3 * hidden, hidden), (3 * hidden,)))
+    lens = None if lengths is None else torch.tensor(lengths)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    ref = reference.core(gi, h0, w, b, lens, reset_after)
+    out = cpu.core(gi, h0, w, b, lens, reset_after)
+    assert_close("out", ref, out, tol)
+    dout = torch.randn(ref.shape, generator=g, dtype=dtype)
+    for r, o in zip(torch.autograd.grad(ref, (gi, h0, w, b), dout),
+                    torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
+        assert_close("grad", r, o, tol * 10, rtol=tol * 10)
+    with torch.no_grad():
+        assert_close("out", ref, cpu.core(gi, h0, w, b, lens, reset_after), tol)
+    assert [len(r) for r in seen] == [parts] * 3  # forward, backward, inference
+
+
+def test_rows_over_threads_by_default_and_mkl_restored(monkeypatch):
+    """With torch's OpenMP team and MKL's per-thread control (torch's Linux x86 wheels) a
+    call of several rows splits over torch's threads, the calling thread's MKL setting is
+    left as it was, and torch set to one thread means one part."""
+    if cpu._OPENMP is None or cpu._MKL_LOCAL is None:
+        assert cpu._parts(8) == 1
+        return
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert (cpu._parts(8), cpu.pairs(1)) == (1, False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert (cpu._parts(1), cpu._parts(8), cpu.pairs(1)) == (1, 2, True)
+    before = cpu._MKL_LOCAL(0)  # 0: no setting of this thread's own
+    x = torch.randn(5, 4, 3)
+    gru = flashgru.GRU(3, 8, backend="cpu")
+    with torch.no_grad():
+        assert_close("out", flashgru.GRU.from_torch(gru.to_torch(), backend="reference")(x)[0],
+                     gru(x)[0], 1e-5)
+    assert cpu._MKL_LOCAL(before) == 0
+
+
+def test_a_failing_part_raises_after_every_part_ends():
+    done = []
+
+    def run(lo, hi):
+        if lo:
+            raise ValueError("part failed")
+        done.append((lo, hi))
+
+    with pytest.raises(ValueError, match="part failed"):
+        cpu._in_parts(run, [(0, 1), (1, 2), (2, 3)])
+    assert done == [(0, 1)]

@@ -127,41 +127,46 @@ def _grad_r_before(t, h, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
             g_n[j] = dn_i[j]
 
 
-# Step t of each pass, slicing the whole (T, B, ·) arrays inside numba (cheaper than in
-# Python): the wide path calls these once per step. ts is the index into the saved arrays
-# (0 when only one step's worth is kept, for inference); h = h_{t−1} (B, H).
+# Step t of each pass for the rows lo:hi, slicing the whole (T, B, ·) arrays inside numba
+# (cheaper than in Python): the wide path calls these once per step. ts is the index into
+# the saved arrays (0 when only one step's worth is kept, for inference); h = h_{t−1}, gh,
+# ghn, rh, dh, dn_t, drz_t and d_rh are the rows' own (hi − lo, ·) arrays.
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s):
-    _gates_after(t, gi[t], gh, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts], ghn_s[ts])
-
-
-@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh):
-    _rz_before(gi[t], gh, b, h, r_s[ts], z_s[ts], rh)
+def _rows_after(t, ts, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi):
+    _gates_after(t, gi[t][lo:hi], gh, b, h, lengths[lo:hi], out[t][lo:hi], r_s[ts][lo:hi],
+                 z_s[ts][lo:hi], n_s[ts][lo:hi], ghn_s[ts][lo:hi])
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s):
-    _n_before(t, gi[t], ghn, b, h, lengths, out[t], r_s[ts], z_s[ts], n_s[ts])
+def _rows_rz_before(t, ts, gi, gh, b, h, r_s, z_s, rh, lo, hi):
+    _rz_before(gi[t][lo:hi], gh, b, h, r_s[ts][lo:hi], z_s[ts][lo:hi], rh)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh):
-    h = h0 if t == 0 else out[t - 1]
-    _grad_after(t, dout[t], h, r_s[t], z_s[t], n_s[t], ghn_s[t], lengths, dh, dgi[t], dgh[t])
+def _rows_n_before(t, ts, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, lo, hi):
+    _n_before(t, gi[t][lo:hi], ghn, b, h, lengths[lo:hi], out[t][lo:hi], r_s[ts][lo:hi],
+              z_s[ts][lo:hi], n_s[ts][lo:hi])
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t):
-    h = h0 if t == 0 else out[t - 1]
-    _grad_nz_before(t, dout[t], h, z_s[t], n_s[t], lengths, dh, dn_t, drz_t)
+def _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh, lo, hi):
+    h = (h0 if t == 0 else out[t - 1])[lo:hi]
+    _grad_after(t, dout[t][lo:hi], h, r_s[t][lo:hi], z_s[t][lo:hi], n_s[t][lo:hi],
+                ghn_s[t][lo:hi], lengths[lo:hi], dh, dgi[t][lo:hi], dgh[t][lo:hi])
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
-def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi):
-    h = h0 if t == 0 else out[t - 1]
-    _grad_r_before(t, h, r_s[t], lengths, d_rh, dn_t, drz_t, dh, dgi[t])
+def _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t, lo, hi):
+    h = (h0 if t == 0 else out[t - 1])[lo:hi]
+    _grad_nz_before(t, dout[t][lo:hi], h, z_s[t][lo:hi], n_s[t][lo:hi], lengths[lo:hi], dh,
+                    dn_t, drz_t)
+
+
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
+def _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi, lo, hi):
+    h = (h0 if t == 0 else out[t - 1])[lo:hi]
+    _grad_r_before(t, h, r_s[t][lo:hi], lengths[lo:hi], d_rh, dn_t, drz_t, dh, dgi[t][lo:hi])
 
 
 # ---- the fused loops ---------------------------------------------------------------------
@@ -201,72 +206,72 @@ def _hidden_product(h, w, out, stored):
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s):
-    """reset_after=True. gi (T, B, 3H); w = W_hh in ``_weights``' layout; b (3H,). Writes
-    out and the saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved
-    arrays of one step (1, B, H) are scratch, for inference."""
+def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi):
+    """reset_after=True, rows lo:hi (the others are another call's, maybe on another
+    thread). gi (T, B, 3H); w = W_hh in ``_weights``' layout; b (3H,). Writes out and the
+    saved r, z, n, W_hn h + b_hn (all (T, B, H), 0 past each length); saved arrays of one
+    step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    stored, ordered = batch == 1, _decreasing(lengths)
-    gh = np.zeros((batch, 3 * hidden), dtype=h0.dtype)
+    stored, ordered = batch == 1, _decreasing(lengths[lo:hi])
+    gh = np.zeros((hi - lo, 3 * hidden), dtype=h0.dtype)
     for t in range(steps):
-        h, live = (h0 if t == 0 else out[t - 1]), _live(lengths, t, ordered)
+        h, live = (h0 if t == 0 else out[t - 1])[lo:hi], _live(lengths[lo:hi], t, ordered)
         _hidden_product(h[:live], w, gh[:live], stored)
-        _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s)
+        _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s):
-    """reset_after=False. w_rz = W_hr,z and w_n = W_hn in ``_weights``' layout. Saved
-    arrays as in _fwd_after."""
+def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s, lo, hi):
+    """reset_after=False, rows lo:hi. w_rz = W_hr,z and w_n = W_hn in ``_weights``'
+    layout. Saved arrays as in _fwd_after."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    stored, ordered = batch == 1, _decreasing(lengths)
-    gh = np.zeros((batch, 2 * hidden), dtype=h0.dtype)
-    rh = np.zeros((batch, hidden), dtype=h0.dtype)
-    ghn = np.zeros((batch, hidden), dtype=h0.dtype)
+    stored, ordered = batch == 1, _decreasing(lengths[lo:hi])
+    gh = np.zeros((hi - lo, 2 * hidden), dtype=h0.dtype)
+    rh = np.zeros((hi - lo, hidden), dtype=h0.dtype)
+    ghn = np.zeros((hi - lo, hidden), dtype=h0.dtype)
     for t in range(steps):
-        h, live = (h0 if t == 0 else out[t - 1]), _live(lengths, t, ordered)
+        h, live = (h0 if t == 0 else out[t - 1])[lo:hi], _live(lengths[lo:hi], t, ordered)
         _hidden_product(h[:live], w_rz, gh[:live], stored)
-        _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh)
+        _rows_rz_before(t, t * keep, gi, gh, b, h, r_s, z_s, rh, lo, hi)
         _hidden_product(rh[:live], w_n, ghn[:live], stored)
-        _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s)
+        _rows_n_before(t, t * keep, gi, ghn, b, h, lengths, out, r_s, z_s, n_s, lo, hi)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh):
-    """Reverse recurrence, reset_after=True. w = W_hh (3H, H). Writes dgi = ∂L/∂gi and
-    dgh = ∂L/∂(W_hh h + b_hh) per step; returns ∂L/∂h0."""
+def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, w, lengths, dgi, dgh, dh0, lo, hi):
+    """Reverse recurrence, reset_after=True, rows lo:hi. w = W_hh (3H, H). Writes dgi =
+    ∂L/∂gi and dgh = ∂L/∂(W_hh h + b_hh) per step, and ∂L/∂h0 to dh0 (B, H), which must
+    start at 0."""
     steps, batch, hidden = out.shape
-    ordered = _decreasing(lengths)
-    dh = np.zeros((batch, hidden), dtype=h0.dtype)
+    ordered = _decreasing(lengths[lo:hi])
+    dh = dh0[lo:hi]
     scratch = np.empty(hidden, dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
-        _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh)
-        live = _live(lengths, t, ordered)  # rows past their length have dgh = 0
-        _matmul_add(dgh[t, :live], w, dh[:live], scratch)  # dh = d ⊙ z + dgh W_hh
-    return dh
+        _grad_rows_after(t, dout, h0, out, r_s, z_s, n_s, ghn_s, lengths, dh, dgi, dgh, lo, hi)
+        live = _live(lengths[lo:hi], t, ordered)  # rows past their length have dgh = 0
+        _matmul_add(dgh[t][lo : lo + live], w, dh[:live], scratch)  # dh = d ⊙ z + dgh W_hh
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi):
-    """Reverse recurrence, reset_after=False. w_rz = W_hr,z (2H, H); w_n = W_hn (H, H).
-    Writes dgi = [dr, dz, dn] (the gradients of the r, z, n pre-activations); returns
-    ∂L/∂h0."""
+def _bwd_before(dout, h0, out, r_s, z_s, n_s, w_rz, w_n, lengths, dgi, dh0, lo, hi):
+    """Reverse recurrence, reset_after=False, rows lo:hi. w_rz = W_hr,z (2H, H); w_n =
+    W_hn (H, H). Writes dgi = [dr, dz, dn] (the gradients of the r, z, n pre-activations)
+    and ∂L/∂h0 to dh0 (B, H), which must start at 0."""
     steps, batch, hidden = out.shape
-    ordered = _decreasing(lengths)
-    dh = np.zeros((batch, hidden), dtype=h0.dtype)
-    dn_t = np.zeros((batch, hidden), dtype=h0.dtype)
-    drz_t = np.zeros((batch, 2 * hidden), dtype=h0.dtype)
-    d_rh = np.zeros((batch, hidden), dtype=h0.dtype)
+    ordered = _decreasing(lengths[lo:hi])
+    dh = dh0[lo:hi]
+    dn_t = np.zeros((hi - lo, hidden), dtype=h0.dtype)
+    drz_t = np.zeros((hi - lo, 2 * hidden), dtype=h0.dtype)
+    d_rh = np.zeros((hi - lo, hidden), dtype=h0.dtype)
     scratch = np.empty(hidden, dtype=h0.dtype)
     for t in range(steps - 1, -1, -1):
-        live = _live(lengths, t, ordered)  # rows past their length have dn_t, drz_t = 0
-        _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t)
+        live = _live(lengths[lo:hi], t, ordered)  # rows past their length: dn_t, drz_t = 0
+        _grad_rows_nz_before(t, dout, h0, out, z_s, n_s, lengths, dh, dn_t, drz_t, lo, hi)
         _matmul(dn_t[:live], w_n, d_rh[:live])
-        _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi)
+        _grad_rows_r_before(t, h0, out, r_s, lengths, d_rh, dn_t, drz_t, dh, dgi, lo, hi)
         _matmul_add(drz_t[:live], w_rz, dh[:live], scratch)
-    return dh
 
 
 # ---- the wide path: torch's GEMM per step, numba for the gates ---------------------------
@@ -297,7 +302,8 @@ def _fwd_wide(gi, h0, w_hh, b, lengths, out, saved, reset_after):
         gh_n = gh.numpy()
         for t in range(steps):
             torch.mm(states[t], w_t, out=gh)
-            _rows_after(t, t * keep, gi_n, gh_n, b_n, states_n[t], len_n, out_n, *saved_n)
+            _rows_after(t, t * keep, gi_n, gh_n, b_n, states_n[t], len_n, out_n, *saved_n,
+                        0, batch)
         return
     w_rz_t, w_n_t = w[: 2 * hidden].t(), w[2 * hidden:].t()
     gh, ghn = torch.empty(batch, 2 * hidden, dtype=h0.dtype), torch.empty_like(h0)
@@ -305,10 +311,11 @@ def _fwd_wide(gi, h0, w_hh, b, lengths, out, saved, reset_after):
     gh_n, ghn_n, rh_n = gh.numpy(), ghn.numpy(), rh.numpy()
     for t in range(steps):
         torch.mm(states[t], w_rz_t, out=gh)
-        _rows_rz_before(t, t * keep, gi_n, gh_n, b_n, states_n[t], *saved_n[:2], rh_n)
+        _rows_rz_before(t, t * keep, gi_n, gh_n, b_n, states_n[t], *saved_n[:2], rh_n, 0,
+                        batch)
         torch.mm(rh, w_n_t, out=ghn)
         _rows_n_before(t, t * keep, gi_n, ghn_n, b_n, states_n[t], len_n, out_n,
-                       *saved_n[:3])
+                       *saved_n[:3], 0, batch)
 
 
 def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
@@ -324,7 +331,7 @@ def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
     if reset_after:
         dgh_n = dgh.numpy()
         for t in range(steps - 1, -1, -1):
-            _grad_rows_after(t, *common, *s_n[:4], len_n, dh_n, dgi_n, dgh_n)
+            _grad_rows_after(t, *common, *s_n[:4], len_n, dh_n, dgi_n, dgh_n, 0, batch)
             torch.mm(dgh[t], w, out=carry)
             dh += carry
         return dh
@@ -334,13 +341,154 @@ def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
     d_rh = torch.empty_like(dn_t)
     dn_n, drz_n, d_rh_n = dn_t.numpy(), drz_t.numpy(), d_rh.numpy()
     for t in range(steps - 1, -1, -1):
-        _grad_rows_nz_before(t, *common, s_n[1], s_n[2], len_n, dh_n, dn_n, drz_n)
+        _grad_rows_nz_before(t, *common, s_n[1], s_n[2], len_n, dh_n, dn_n, drz_n, 0,
+                             batch)
         torch.mm(dn_t, w_n, out=d_rh)
         _grad_rows_r_before(t, common[1], common[2], s_n[0], len_n, d_rh_n, dn_n, drz_n,
-                            dh_n, dgi_n)
+                            dh_n, dgi_n, 0, batch)
         torch.mm(drz_t, w_rz, out=carry)
         dh += carry
     return dh
+
+
+# ---- threads over the batch ---------------------------------------------------------------
+# The rows of a batch do not meet in the recurrence, forward or backward, so a call splits
+# its batch into contiguous parts of about equal work, one time loop per part, each on a
+# thread of torch's own OpenMP team (GOMP_parallel in the libgomp torch loaded), with
+# MKL's GEMM single-threaded inside: no synchronisation per step, and the gate passes run
+# on every core too. Forward at B=16, T=256, H=128 on the 2-core machine: the loop 4.1 ->
+# 2.35 ms (MKL's own two threads on one 16×128 by 128×384 product per step spent more time
+# meeting than multiplying). torch's team, not threads of our own: its threads spin for a
+# while after each of torch's parallel ops (the input projection just before), and a
+# thread of ours beside a spinning one ran no faster than one thread (6.5 ms, against
+# 4.1 with the team). Where torch's libgomp or MKL's per-thread control is not found, in
+# a forked child (GNU OpenMP's team does not survive fork: torch's own matmul hangs there)
+# or with torch set to one thread, a call runs in one part.
+
+def _find_openmp():
+    """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, callback type) from the
+    libgomp torch runs on, or None."""
+    import ctypes
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+    try:
+        lib = ctypes.CDLL(path)
+        parallel, thread, threads = (lib.GOMP_parallel, lib.omp_get_thread_num,
+                                     lib.omp_get_num_threads)
+    except (OSError, AttributeError):
+        return None
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    parallel.argtypes = [callback, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    thread.restype = threads.restype = ctypes.c_int
+    return parallel, thread, threads, callback
+
+
+def _mkl_local_threads():
+    """MKL's C ``MKL_Set_Num_Threads_Local(n) -> previous`` from torch's own library, when
+    the kernels' GEMM is torch's (``GEMM_FROM == "torch"``), else None."""
+    if getattr(_cpu_kernels, "GEMM_FROM", None) != "torch":
+        return None
+    import ctypes
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+    return fn
+
+
+_OPENMP = _find_openmp() if numba is not None else None
+_MKL_LOCAL = _mkl_local_threads() if numba is not None else None
+_FORKED = False  # set in a forked child
+
+
+def _parts(batch: int) -> int:
+    """Into how many row ranges a call of ``batch`` rows splits: one per thread of torch's,
+    at most one per row; 1 where the team or MKL's control is missing, or after fork."""
+    if _OPENMP is None or _MKL_LOCAL is None or _FORKED:
+        return 1
+    return max(1, min(torch.get_num_threads(), batch))
+
+
+def _ranges(lengths: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous row ranges (lo, hi) of about equal work, the sum of their
+    rows' lengths (sequences sorted by decreasing length put their long rows first)."""
+    work = np.cumsum(np.maximum(lengths, 1))
+    bounds = [0]
+    for k in range(1, parts):
+        cut = int(np.searchsorted(work, work[-1] * k / parts)) + 1
+        bounds.append(min(max(cut, bounds[-1] + 1), len(lengths) - (parts - k)))
+    bounds.append(len(lengths))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _in_parts(run, ranges: list[tuple[int, int]]) -> None:
+    """``run(lo, hi)`` for every range, at once (``_together``)."""
+    _together([lambda lo=lo, hi=hi: run(lo, hi) for lo, hi in ranges])
+
+
+def _together(tasks: list) -> list:
+    """The results of the zero-argument callables ``tasks``, run at once: on torch's
+    OpenMP team (this thread is its first member), MKL single-threaded in each; without
+    it, the first here and the others on flashgru's worker threads. An exception in any
+    task is raised here once every task has ended."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    results, errors = [None] * len(tasks), []
+    if _OPENMP is None or _FORKED:
+        futures = [_workers().submit(task) for task in tasks[1:]]
+        try:
+            results[0] = tasks[0]()
+        finally:
+            for k, future in enumerate(futures, 1):
+                results[k] = future.result()  # waits for it even when the first raised
+        return results
+    parallel, thread, threads, callback = _OPENMP
+
+    def member(_):
+        before = _MKL_LOCAL(1) if _MKL_LOCAL is not None else 0
+        try:
+            k, n = thread(), threads()  # the team may have fewer threads than tasks
+            for i in range(k, len(tasks), n):
+                results[i] = tasks[i]()
+        except BaseException as e:  # (ctypes would print and drop it)
+            errors.append(e)
+        finally:
+            if _MKL_LOCAL is not None:
+                _MKL_LOCAL(before)
+
+    body = callback(member)
+    parallel(body, None, len(tasks), 0)
+    if errors:
+        raise errors[0]
+    return results
+
+
+_WORKERS = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    """flashgru's worker threads, where torch's OpenMP team is not at hand (made on first
+    use, as many as the machine has cores but one)."""
+    global _WORKERS
+    if _WORKERS is None:
+        _WORKERS = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1),
+                                      thread_name_prefix="flashgru-cpu")
+    return _WORKERS
+
+
+def _after_fork_in_child() -> None:
+    """The parent's worker threads and OpenMP team do not exist in a forked child: make
+    new worker threads when needed, and run every call in one part."""
+    global _WORKERS, _FORKED
+    _WORKERS, _FORKED = None, True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---- launchers ---------------------------------------------------------------------------
@@ -365,8 +513,9 @@ def wide(batch: int, hidden: int) -> bool:
     return batch * 3 * hidden * hidden >= WIDE_WORK
 
 
-def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
-    """Run the forward loop; returns out and, with ``save``, what backward needs."""
+def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
+    """Run the forward loop, in ``parts`` row ranges (default ``_parts(batch)``); returns
+    out and, with ``save``, what backward needs."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
@@ -375,27 +524,37 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save):
     if wide(batch, hidden):
         _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
         return out, saved
-    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch), _np(b_hh), lengths.numpy(),
+    lens = lengths.numpy()
+    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch), _np(b_hh), lens,
             out.numpy(), *(t.numpy() for t in saved)]
-    (_fwd_after if reset_after else _fwd_before)(*args)
+    kernel = _fwd_after if reset_after else _fwd_before
+    _in_parts(lambda lo, hi: kernel(*args, lo, hi),
+              _ranges(lens, _parts(batch) if parts is None else parts))
     return out, saved
 
 
-def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after):
-    """Run the backward kernel; returns dgi, dh0, dW_hh, db_hh."""
+def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
+    """Run the backward kernel (in ``parts`` row ranges, as ``_fwd``); returns dgi, dh0,
+    dW_hh, db_hh."""
     steps, batch, hidden = out.shape
     dgi = torch.empty(steps, batch, 3 * hidden, dtype=out.dtype)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
     common = (_np(dout), _np(h0), out.numpy(), *(s.numpy() for s in saved[:3]))
     dgh = torch.empty_like(dgi) if reset_after else None
     if wide(batch, hidden):
-        dh0 = _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after).numpy()
-    elif reset_after:
-        dh0 = _bwd_after(*common, saved[3].numpy(), _np(w_hh), lengths.numpy(), dgi.numpy(),
-                         dgh.numpy())
+        dh0 = _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after)
     else:
-        dh0 = _bwd_before(*common, _np(w_hh[: 2 * hidden]), _np(w_hh[2 * hidden :]),
-                          lengths.numpy(), dgi.numpy())
+        dh0, lens = torch.zeros(batch, hidden, dtype=out.dtype), lengths.numpy()
+        if reset_after:
+            args = (*common, saved[3].numpy(), _np(w_hh), lens, dgi.numpy(), dgh.numpy(),
+                    dh0.numpy())
+            kernel = _bwd_after
+        else:
+            args = (*common, _np(w_hh[: 2 * hidden]), _np(w_hh[2 * hidden :]), lens,
+                    dgi.numpy(), dh0.numpy())
+            kernel = _bwd_before
+        _in_parts(lambda lo, hi: kernel(*args, lo, hi),
+                  _ranges(lens, _parts(batch) if parts is None else parts))
     if reset_after:
         dw_hh = dgh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
         db_hh = dgh.sum((0, 1))
@@ -405,7 +564,7 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after):
         dw_hh = torch.cat([flat[:, : 2 * hidden].t() @ h_prev.flatten(0, 1),
                            flat[:, 2 * hidden :].t() @ rh])
         db_hh = flat.sum(0)
-    return dgi, torch.from_numpy(dh0), dw_hh, db_hh
+    return dgi, dh0, dw_hh, db_hh
 
 
 class _FusedGRU(torch.autograd.Function):
@@ -428,6 +587,12 @@ class _FusedGRU(torch.autograd.Function):
         return dgi, dh0, dw_hh, db_hh if ctx.has_bias else None, None, None
 
 
+def _check(h0: Tensor) -> None:
+    if h0.device.type != "cpu" or h0.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {h0.dtype} "
+                         f"on {h0.device}")
+
+
 def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
          reset_after: bool) -> Tensor:
     """The recurrent core (see ``reference.core`` for the contract), fused on the CPU.
@@ -435,9 +600,7 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,) or None, lengths (B,) or None;
     CPU tensors, float32 or float64. Returns out (T, B, H).
     """
-    if h0.device.type != "cpu" or h0.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {h0.dtype} "
-                         f"on {h0.device}")
+    _check(h0)
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
     if not _needs_grad(gi, h0, w_hh, b_hh):
@@ -451,72 +614,57 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     return _FusedGRU.apply(gi, h0, w_hh, b_hh, lengths.to(torch.int64).cpu(), reset_after)
 
 
-# Above this batch the directions run one after the other: side by side measured about
-# even at B=64 (0.96-1.22x) and 12% slower over a whole `flashgru train surnames` run
-# (batch 64, the worker thread competing with torch's own threads), against 1.2-1.7x at
-# B=1-16.
+# Both directions of a layer side by side, one per thread, where the batch does not split
+# over the threads (batch 1, or no OpenMP team) and up to this batch: measured about even
+# at B=64 (0.96-1.22x) and 12% slower over a whole `flashgru train surnames` run (batch 64,
+# the worker thread competing with torch's own threads), against 1.2-1.7x at B=1-16.
 PAIR_MAX_BATCH = 16
+
+
+def pairs(batch: int) -> bool:
+    """Whether a bidirectional layer of ``batch`` rows runs its directions side by side
+    (not when torch is set to one thread)."""
+    return torch.get_num_threads() > 1 and _parts(batch) == 1 and batch <= PAIR_MAX_BATCH
 
 
 def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
               w_hh: tuple[Tensor, Tensor], b_hh: tuple[Tensor | None, Tensor | None],
               lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
-    """The two directions of a bidirectional layer at once, each argument a pair as
-    ``core`` takes it (the second direction's input already reversed): the two time loops
-    run side by side, the second on a worker thread (the kernels release the GIL), forward
-    and backward, up to batch PAIR_MAX_BATCH. Returns the pair of outputs."""
+    """The two directions of a bidirectional layer, each argument a pair as ``core`` takes
+    it (the second direction's input already reversed). Where ``pairs(batch)``, the two
+    time loops run side by side, the second on a worker thread (the kernels release the
+    GIL), forward and backward; else one after the other, each over the threads by rows.
+    Returns the pair of outputs."""
     for x in h0:
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {x.dtype} "
-                             f"on {x.device}")
+        _check(x)
     gi = tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(gi, h0, strict=True))
     steps, batch = gi[0].shape[:2]
-    if steps == 1 or batch > PAIR_MAX_BATCH:  # one after the other
+    if steps == 1 or not pairs(batch):  # one after the other
         return tuple(core(*args, lengths, reset_after)
                      for args in zip(gi, h0, w_hh, b_hh, strict=True))
     if not any(_needs_grad(*args) for args in zip(gi, h0, w_hh, b_hh, strict=True)):
         return _side_by_side(*(lambda d=d: _infer(gi[d], h0[d], w_hh[d], b_hh[d], lengths,
-                                                   reset_after) for d in (0, 1)))
+                                                   reset_after, parts=1) for d in (0, 1)))
     if lengths is None:
         lengths = torch.full((gi[0].shape[1],), gi[0].shape[0], dtype=torch.int64)
     return _FusedPair.apply(*gi, *h0, *w_hh, *b_hh, lengths.to(torch.int64).cpu(),
                             reset_after)
 
 
-_WORKER = None
-
-
-def _forget_worker() -> None:
-    """In a forked child the worker thread does not exist: make a new one when needed."""
-    global _WORKER
-    _WORKER = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_worker)
-
-
 def _side_by_side(first, second):
-    """(first(), second()), the second on flashgru's worker thread (made on first use)
-    while the first runs here; no autograd recording on either."""
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = ThreadPoolExecutor(1, thread_name_prefix="flashgru-cpu")
-
+    """(first(), second()) at once (``_together``), no autograd recording in either."""
     def quietly(fn):
-        with torch.no_grad():
-            return fn()
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
 
-    future = _WORKER.submit(quietly, second)
-    try:
-        a = quietly(first)
-    finally:
-        b = future.result()  # waits for it even when the first raised
-    return a, b
+    return tuple(_together([quietly(first), quietly(second)]))
 
 
 class _FusedPair(torch.autograd.Function):
-    """``_FusedGRU`` for both directions of a layer, each pass run side by side."""
+    """``_FusedGRU`` for both directions of a layer, each pass run side by side (each
+    direction in one part: the worker threads are the directions')."""
 
     @staticmethod
     def forward(ctx, gi0, gi1, h00, h01, w0, w1, b0, b1, lengths, reset_after):
@@ -524,8 +672,8 @@ class _FusedPair(torch.autograd.Function):
         biases = [b if b is not None else g.new_zeros(g.shape[-1])
                   for b, g in ((b0, gi0), (b1, gi1))]
         (out0, saved0), (out1, saved1) = _side_by_side(
-            lambda: _fwd(gi0, h00, w0, biases[0], lengths, reset_after, save),
-            lambda: _fwd(gi1, h01, w1, biases[1], lengths, reset_after, save))
+            lambda: _fwd(gi0, h00, w0, biases[0], lengths, reset_after, save, parts=1),
+            lambda: _fwd(gi1, h01, w1, biases[1], lengths, reset_after, save, parts=1))
         ctx.save_for_backward(h00, h01, w0, w1, out0, out1, lengths, *saved0, *saved1)
         ctx.reset_after, ctx.has_bias = reset_after, (b0 is not None, b1 is not None)
         return out0, out1
@@ -538,16 +686,17 @@ class _FusedPair(torch.autograd.Function):
         h00, h01, w0, w1, out0, out1, lengths, *saved = ctx.saved_tensors
         half = len(saved) // 2
         g0, g1 = _side_by_side(
-            lambda: _bwd(dout0, h00, w0, out0, saved[:half], lengths, ctx.reset_after),
-            lambda: _bwd(dout1, h01, w1, out1, saved[half:], lengths, ctx.reset_after))
+            lambda: _bwd(dout0, h00, w0, out0, saved[:half], lengths, ctx.reset_after, 1),
+            lambda: _bwd(dout1, h01, w1, out1, saved[half:], lengths, ctx.reset_after, 1))
         return (g0[0], g1[0], g0[1], g1[1], g0[2], g1[2],
                 g0[3] if ctx.has_bias[0] else None, g1[3] if ctx.has_bias[1] else None,
                 None, None)
 
 
-def _infer(gi, h0, w_hh, b_hh, lengths, reset_after) -> Tensor:
-    """The forward loop for inference: no autograd bookkeeping, numpy scratch for one
-    step's gates (a short call's fixed cost is mostly this Python)."""
+def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
+    """The forward loop for inference (in ``parts`` row ranges, as ``_fwd``): no autograd
+    bookkeeping, numpy scratch for one step's gates (a short call's fixed cost is mostly
+    this Python)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     gi_n = _np(gi)
@@ -560,9 +709,11 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after) -> Tensor:
         return out
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
     scratch = np.empty((3 + reset_after, 1, batch, hidden), dtype=bias.dtype)
-    (_fwd_after if reset_after else _fwd_before)(
-        gi_n, _np(h0), *_weights(w_hh, reset_after, batch), bias, lens, out.numpy(),
-        *scratch)
+    args = (gi_n, _np(h0), *_weights(w_hh, reset_after, batch), bias, lens, out.numpy(),
+            *scratch)
+    kernel = _fwd_after if reset_after else _fwd_before
+    _in_parts(lambda lo, hi: kernel(*args, lo, hi),
+              _ranges(lens, _parts(batch) if parts is None else parts))
     return out
 
 
