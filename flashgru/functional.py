@@ -11,6 +11,8 @@ skips those checks, as calling ``torch._VF.gru`` does.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,10 +59,13 @@ def gru(
     if impl.kind == "stack":
         return impl.run(input, hx, weights, batch_first=batch_first,
                         batch_sizes=batch_sizes, **args)
-    x, lengths = _to_padded(input, batch_first, batch_sizes)
-    out, h_n, _ = _layers(x, lengths, hx, weights, impl.run, reset_after, pair=impl.pair,
-                          **args)
-    return _from_padded(out, lengths, batch_first, batch_sizes), h_n
+    if batch_sizes is not None:  # the layers read and write packed data
+        packed = _Packed.of(batch_sizes.to(input.device))
+        return _layers(input, packed.lengths, hx, weights, impl.run, reset_after,
+                       pair=impl.pair, packed=packed, **args)[:2]
+    x = input.transpose(0, 1) if batch_first else input
+    out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair, **args)
+    return (out.transpose(0, 1) if batch_first else out), h_n
 
 
 def gru_gates(
@@ -111,9 +116,36 @@ def gru_cell(
     return reference.step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, reset_after=False).h
 
 
+class _Packed(NamedTuple):
+    """Where a packed sequence's rows go in the padded time-major layout (T, B, ·),
+    flattened to T·B rows: ``forward[k]`` for packed row k = (step t, sequence b) is
+    t·B + b; ``reverse[k]`` is the row of the same input in time reversed within b's
+    length, (len_b − 1 − t)·B + b."""
+
+    forward: Tensor
+    reverse: Tensor
+    lengths: Tensor
+    steps: int
+    batch: int
+
+    @staticmethod
+    def of(batch_sizes: Tensor) -> _Packed:
+        steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+        device = batch_sizes.device
+        t = torch.repeat_interleave(torch.arange(steps, device=device), batch_sizes)
+        starts = torch.cumsum(batch_sizes, 0) - batch_sizes
+        b = torch.arange(t.numel(), device=device) - starts[t]
+        lengths = (batch_sizes.unsqueeze(0) > torch.arange(batch, device=device)
+                   .unsqueeze(1)).sum(1)
+        return _Packed(t * batch + b, (lengths[b] - 1 - t) * batch + b, lengths.cpu(), steps,
+                       batch)
+
+
 def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layers,
-            dropout, training, bidirectional, collect_gates=False, pair=None):
-    """Run the stack on padded time-major x (T, B, I). Returns (out, h_n, gate traces).
+            dropout, training, bidirectional, collect_gates=False, pair=None, packed=None):
+    """Run the stack on padded time-major x (T, B, I), or with ``packed`` (a ``_Packed``)
+    on a packed sequence's data x (N, I): each layer's input projection then runs on the
+    N real rows only, and the output stays packed. Returns (out, h_n, gate traces).
     ``pair``: the backend's call for both directions at once, if it has one."""
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
@@ -127,7 +159,12 @@ def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layer
             w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
             b_ih, b_hh = biases if has_biases else (None, None)
             gi = F.linear(layer_input, w_ih, b_ih)
-            return (_reverse(gi, lengths) if d else gi), hx[k], w_hh, b_hh
+            if packed is not None:
+                gi = _Spread.apply(gi, packed.reverse if d else packed.forward,
+                                   packed.steps, packed.batch)
+            elif d:
+                gi = _reverse(gi, lengths)
+            return gi, hx[k], w_hh, b_hh
 
         if collect_gates:
             results = []
@@ -142,12 +179,32 @@ def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layer
         outs = []
         for d, out in enumerate(results):
             h_n.append(_last(out, lengths))
-            outs.append(_reverse(out, lengths) if d else out)
+            if packed is not None:  # back to packed rows, in input time order
+                rows = packed.reverse if d else packed.forward
+                outs.append(out.reshape(-1, out.shape[-1]).index_select(0, rows))
+            else:
+                outs.append(_reverse(out, lengths) if d else out)
         layer_output = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_output = _dropout(layer_output, dropout, lengths)
+            layer_output = _dropout(layer_output, dropout, None if packed else lengths)
         layer_input = layer_output
     return layer_input, torch.stack(h_n), traces
+
+
+class _Spread(torch.autograd.Function):
+    """Packed rows x (N, F) into a zero (T, B, F), row k at flat row ``rows[k]``; the
+    gradient reads them back."""
+
+    @staticmethod
+    def forward(ctx, x, rows, steps, batch):
+        ctx.save_for_backward(rows)
+        out = x.new_zeros(steps * batch, x.shape[-1])
+        return out.index_copy_(0, rows, x).view(steps, batch, x.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        return grad.reshape(-1, grad.shape[-1]).index_select(0, rows), None, None, None
 
 
 def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:
