@@ -137,3 +137,27 @@ def test_cell_matches_torch():
     cell.load_state_dict(ref.state_dict())
     x, h = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     assert_close("h'", ref(x, h), cell(x, h), 1e-12)
+
+
+def test_packed_rows_spread_to_padded_and_reversed_layouts():
+    """The packed path puts packed row (t, b) at t·B + b, and at (len_b − 1 − t)·B + b for
+    the reverse direction: the same as padding the packed data, and reversing that
+    within each length; the gradient reads the rows back."""
+    from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
+
+    from flashgru import functional
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randn(n, 3, generator=g) for n in (6, 4, 4, 2, 1)]
+    packed = pack_sequence(seqs)
+    padded, lengths = pad_packed_sequence(packed)
+    where = functional._Packed.of(packed.batch_sizes)
+    assert where.lengths.tolist() == [6, 4, 4, 2, 1] and (where.steps, where.batch) == (6, 5)
+    data = packed.data.clone().requires_grad_()
+    forward = functional._Spread.apply(data, where.forward, 6, 5)
+    reverse = functional._Spread.apply(data, where.reverse, 6, 5)
+    assert torch.equal(forward, padded)
+    assert torch.equal(reverse, functional._reverse(padded, lengths))
+    weights = torch.randn(6, 5, 3, generator=g)
+    (grad,) = torch.autograd.grad((forward * weights).sum(), data)
+    assert torch.equal(grad, weights.reshape(-1, 3)[where.forward])
