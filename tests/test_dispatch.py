@@ -13,7 +13,10 @@ from flashgru.backends import BACKENDS, Backend, reference
 CPU_FUSED = BACKENDS["cpu"].missing() is None
 
 
-def test_auto_rules():
+def test_auto_rules(monkeypatch):
+    from flashgru.backends import cpu
+
+    monkeypatch.setattr(cpu, "_parts", lambda batch: 1)  # rows not split over threads
     fused = "cpu" if CPU_FUSED else None
     for reset_after, fallback in ((False, "reference"), (True, "torch")):
         for dtype in (torch.float32, torch.float64):
@@ -36,6 +39,11 @@ def test_auto_rules():
         fused or "torch")
     assert flashgru.select_backend("auto", reset_after=False, batch=128, hidden=512).name == (
         fused or "reference")
+    monkeypatch.setattr(cpu, "_parts", lambda batch: min(batch, 2))  # split over 2 threads
+    for batch, hidden, name in ((128, 512, fused), (256, 512, fused), (257, 512, "torch"),
+                                (64, 1024, "torch")):
+        assert flashgru.select_backend("auto", reset_after=True, batch=batch,
+                                       hidden=hidden).name == (name or "torch")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
     if gpu:
@@ -120,6 +128,9 @@ def test_unavailable_backend_names_what_to_install(monkeypatch):
 
 
 def test_module_reports_its_choice_and_uses_it(monkeypatch):
+    from flashgru.backends import cpu
+
+    monkeypatch.setattr(cpu, "_parts", lambda batch: 1)
     gru = flashgru.GRU(3, 4, batch_first=True)
     expected = "cpu" if CPU_FUSED else "torch"
     assert gru.which_backend(torch.randn(2, 7, 3)).name == expected

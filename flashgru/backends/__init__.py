@@ -57,8 +57,12 @@ BACKENDS: dict[str, Backend] = {
 # torch's formulation stays on torch's CPU GRU above this batch × hidden (and above batch 16):
 # measured 2026-11-26 on 2 cores, T=64, the cpu backend 1.02-2.4x faster forward and
 # 1.04-4.0x forward+backward for B ∈ {16, 32, 64, 128} × H ∈ {64, ..., 512} up to it,
-# 0.98x / 0.88x at B=128, H=512 beyond it
+# 0.98x / 0.88x at B=128, H=512 beyond it. Where a call's rows go over torch's threads
+# (``cpu._parts``), up to the second bound, H ≤ 512: measured 1.01-1.75x (forward+backward)
+# and 1.07-1.62x (forward) at B=64-512, H=128-512 up to B × H = 131072 (B=128, H=512:
+# 1.08x / 1.08x); at H=1024 forward 0.93-0.97x.
 CPU_MAX_BATCH, CPU_MAX_BATCH_HIDDEN = 16, 32768
+CPU_SPLIT_MAX_BATCH_HIDDEN, CPU_SPLIT_MAX_HIDDEN = 131072, 512
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
 
 
@@ -158,7 +162,9 @@ def select_backend(
     fused = BACKENDS["cpu"]
     if fused.missing() is None and _runs(fused, device, dtype) and (
             not reset_after or batch <= CPU_MAX_BATCH
-            or batch * hidden <= CPU_MAX_BATCH_HIDDEN):
+            or batch * hidden <= CPU_MAX_BATCH_HIDDEN
+            or (batch * hidden <= CPU_SPLIT_MAX_BATCH_HIDDEN and hidden <= CPU_SPLIT_MAX_HIDDEN
+                and cpu._parts(batch) > 1)):
         return BackendChoice("cpu", f"{device.type}, {dtype}, batch {batch}: flashgru's "
                                     "fused CPU kernels")
     gpu = BACKENDS["triton"]
