@@ -289,3 +289,19 @@ def test_a_failing_part_raises_after_every_part_ends():
     with pytest.raises(ValueError, match="part failed"):
         cpu._in_parts(run, [(0, 1), (1, 2), (2, 3)])
     assert done == [(0, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_weights_transposed_by_mkl_or_torch(dtype, monkeypatch):
+    """W_hh transposed once per call (batch > 1) is the exact transpose, both ways: MKL's
+    omatcopy where torch's library has it (torch's x86 wheels), else torch's copy; and
+    each half of the reset_after=False split."""
+    w = torch.randn(3 * 6, 6, dtype=dtype)
+    for table in (cpu._MKL_TRANSPOSE, {}):
+        monkeypatch.setattr(cpu, "_MKL_TRANSPOSE", table)
+        assert torch.equal(torch.from_numpy(cpu._transposed(w)), w.t())
+        rz, n = cpu._weights(w, False, batch=4)
+        assert torch.equal(torch.from_numpy(rz), w[:12].t())
+        assert torch.equal(torch.from_numpy(n), w[12:].t())
+        (stored,) = cpu._weights(w, True, batch=1)
+        assert torch.equal(torch.from_numpy(stored), w)
