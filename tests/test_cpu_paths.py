@@ -303,5 +303,29 @@ def test_weights_transposed_by_mkl_or_torch(dtype, monkeypatch):
         rz, n = cpu._weights(w, False, batch=4)
         assert torch.equal(torch.from_numpy(rz), w[:12].t())
         assert torch.equal(torch.from_numpy(n), w[12:].t())
-        (stored,) = cpu._weights(w, True, batch=1)
-        assert torch.equal(torch.from_numpy(stored), w)
+        (small,) = cpu._weights(w, True, batch=1)  # H ≤ 64: transposed at batch 1 too
+        assert torch.equal(torch.from_numpy(small), w.t())
+        big = torch.randn(3 * 65, 65, dtype=dtype)
+        (stored,) = cpu._weights(big, True, batch=1)
+        assert torch.equal(torch.from_numpy(stored), big)
+
+
+@pytest.mark.parametrize("hidden", [64, 65], ids=["transposed", "stored"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_batch_one_either_weight_layout_matches_reference(hidden, reset_after):
+    """At batch 1 the forward reads W_hhᵀ up to H=64 and W_hh as stored above (dot
+    products per row): both against the reference, forward, backward and inference."""
+    assert (3 * hidden * hidden <= cpu.BATCH1_TRANSPOSED_MAX) == (hidden == 64)
+    g = torch.Generator().manual_seed(3)
+    steps, dtype = 5, torch.float64
+    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+                    for shape in ((steps, 1, 3 * hidden), (1, hidden),
+                                  (3 * hidden, hidden), (3 * hidden,)))
+    with torch.no_grad():
+        assert_close("out", reference.core(gi, h0, w, b, None, reset_after),
+                     cpu.core(gi, h0, w, b, None, reset_after), 1e-12)
+    ref, out = (core(gi, h0, w, b, None, reset_after) for core in (reference.core, cpu.core))
+    assert_close("out", ref, out, 1e-12)
+    for r, o in zip(torch.autograd.grad(ref.sum(), (gi, h0, w, b)),
+                    torch.autograd.grad(out.sum(), (gi, h0, w, b)), strict=True):
+        assert_close("grad", r, o, 1e-11, rtol=1e-11)

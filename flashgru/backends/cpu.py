@@ -1,10 +1,11 @@
 """The fused CPU backend: the whole time loop of one layer-direction in one numba kernel,
 forward and backward through time, both formulations, sequence lengths, float32/float64.
 
-Per step, the hidden product is a dot product per row of W_hh as stored at batch 1
-(measured faster than a BLAS call there, and nothing to transpose per call) and a BLAS
-GEMM on W_hhᵀ above (torch's own BLAS, called from the kernel; SciPy's if torch's is not
-found); the gate math is one vectorised pass (the building blocks are in
+Per step, the hidden product at batch 1 is a product with W_hh as stored (a dot product
+per row, or BLAS's GEMV for large H; nothing to transpose per call), except for small H,
+where one pass over W_hhᵀ is faster; above batch 1 a BLAS GEMM on W_hhᵀ (torch's own
+BLAS, called from the kernel; SciPy's if torch's is not found). A call's rows split over
+torch's threads (``_parts``). The gate math is one vectorised pass (the building blocks are in
 ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward saves r, z, n (and
 W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one kernel and
 computes the weight gradients as GEMMs over all steps afterwards. With SciPy's BLAS, from
@@ -29,7 +30,6 @@ from . import _cpu_kernels, cpu_step
 from ._cpu_kernels import (
     GATE_FLAGS,
     _gates_after,
-    _gemm,
     _gemv,
     _jit,
     _matmul,
@@ -196,13 +196,12 @@ def _decreasing(lengths):
 @_jit(boundscheck=False)
 def _hidden_product(h, w, out, stored):
     """out (b, N) = h (b, K) times the weights ``w`` in the layout ``_weights`` gives:
-    ``stored`` (a call at batch 1) w (N, K) as stored, a dot product per row of w (as fast
-    per step as the transposed layout, measured, and no transpose per call); else w (K, N)
-    transposed, for BLAS's GEMM (which is slower on the stored layout)."""
+    ``stored``, w (N, K) as stored (``_gemv``); else w (K, N) transposed (``_matmul``:
+    BLAS's GEMM, which is slower on the stored layout, or one pass over w for one row)."""
     if stored:
         _gemv(w, h, out)
-    elif h.shape[0] > 0:
-        _gemm(h, w, out, 0.0)
+    else:
+        _matmul(h, w, out)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -213,7 +212,7 @@ def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi):
     step (1, B, H) are scratch, for inference."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    stored, ordered = batch == 1, _decreasing(lengths[lo:hi])
+    stored, ordered = w.shape[0] != hidden, _decreasing(lengths[lo:hi])  # (3H, H) or (H, 3H)
     gh = np.zeros((hi - lo, 3 * hidden), dtype=h0.dtype)
     for t in range(steps):
         h, live = (h0 if t == 0 else out[t - 1])[lo:hi], _live(lengths[lo:hi], t, ordered)
@@ -227,7 +226,7 @@ def _fwd_before(gi, h0, w_rz, w_n, b, lengths, out, r_s, z_s, n_s, lo, hi):
     layout. Saved arrays as in _fwd_after."""
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    stored, ordered = batch == 1, _decreasing(lengths[lo:hi])
+    stored, ordered = w_rz.shape[0] != hidden, _decreasing(lengths[lo:hi])  # (2H, H)?
     gh = np.zeros((hi - lo, 2 * hidden), dtype=h0.dtype)
     rh = np.zeros((hi - lo, hidden), dtype=h0.dtype)
     ghn = np.zeros((hi - lo, hidden), dtype=h0.dtype)
@@ -530,14 +529,23 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
+# At batch 1 up to this many weights (H ≤ 64) the forward reads W_hhᵀ, one pass over it
+# per step: B=1, T=256 against onnxruntime's timings in the same process, 1.10-1.19x
+# faster than the dot products on W_hh at H=64, 1.22x at H=32, even at H=96-128, slower
+# at H=256 (where BLAS's GEMV on the stored layout runs).
+BATCH1_TRANSPOSED_MAX = 3 * 64 * 64
+
+
 def _weights(w_hh: Tensor, reset_after: bool, batch: int) -> list[np.ndarray]:
     """W_hh in the layout the forward kernel reads (``_hidden_product``): as stored at
-    batch 1, else transposed, once per call. (Not cached across calls: an in-place change
-    through ``.data`` would not show in any key.)"""
+    batch 1 above BATCH1_TRANSPOSED_MAX weights, else transposed, once per call. (Not
+    cached across calls: an in-place change through ``.data`` would not show in any
+    key.)"""
     w = w_hh.detach().contiguous()
     hidden = w.shape[1]
     parts = [w] if reset_after else [w[: 2 * hidden], w[2 * hidden :]]
-    return [part.numpy() if batch == 1 else _transposed(part) for part in parts]
+    stored = batch == 1 and w.numel() > BATCH1_TRANSPOSED_MAX
+    return [part.numpy() if stored else _transposed(part) for part in parts]
 
 
 def _transposed(w: Tensor) -> np.ndarray:
