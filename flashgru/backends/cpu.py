@@ -529,22 +529,23 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-# At batch 1 up to this many weights (H ≤ 64) the forward reads W_hhᵀ, one pass over it
-# per step: B=1, T=256 against onnxruntime's timings in the same process, 1.10-1.19x
-# faster than the dot products on W_hh at H=64, 1.22x at H=32, even at H=96-128, slower
-# at H=256 (where BLAS's GEMV on the stored layout runs).
-BATCH1_TRANSPOSED_MAX = 3 * 64 * 64
+# At batch 1 up to this many weights (H ≤ 64), from BATCH1_TRANSPOSED_STEPS steps on, the
+# forward reads W_hhᵀ, one pass over it per step: B=1, T=256 against onnxruntime's
+# timings in the same process, 1.10-1.19x faster than the dot products on W_hh at H=64,
+# 1.22x at H=32, even at H=96-128, slower at H=256 (where BLAS's GEMV on the stored
+# layout runs). The transpose costs ~8 µs a call, ~40 steps' gain.
+BATCH1_TRANSPOSED_MAX, BATCH1_TRANSPOSED_STEPS = 3 * 64 * 64, 64
 
 
-def _weights(w_hh: Tensor, reset_after: bool, batch: int) -> list[np.ndarray]:
+def _weights(w_hh: Tensor, reset_after: bool, batch: int, steps: int) -> list[np.ndarray]:
     """W_hh in the layout the forward kernel reads (``_hidden_product``): as stored at
-    batch 1 above BATCH1_TRANSPOSED_MAX weights, else transposed, once per call. (Not
-    cached across calls: an in-place change through ``.data`` would not show in any
-    key.)"""
+    batch 1 (but for small H and long calls), else transposed, once per call. (Not cached
+    across calls: an in-place change through ``.data`` would not show in any key.)"""
     w = w_hh.detach().contiguous()
     hidden = w.shape[1]
     parts = [w] if reset_after else [w[: 2 * hidden], w[2 * hidden :]]
-    stored = batch == 1 and w.numel() > BATCH1_TRANSPOSED_MAX
+    stored = batch == 1 and (w.numel() > BATCH1_TRANSPOSED_MAX
+                             or steps < BATCH1_TRANSPOSED_STEPS)
     return [part.numpy() if stored else _transposed(part) for part in parts]
 
 
@@ -580,7 +581,7 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
         _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
         return out, saved
     lens = lengths.numpy()
-    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch), _np(b_hh), lens,
+    args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch, steps), _np(b_hh), lens,
             out.numpy(), *(t.numpy() for t in saved)]
     kernel = _fwd_after if reset_after else _fwd_before
     _run_parts(kernel, args, lens, parts)
@@ -785,7 +786,8 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
         return out
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
     scratch = np.empty((3 + reset_after, 1, batch, hidden), dtype=bias.dtype)
-    args = (gi_n, _np(h0), *_weights(w_hh, reset_after, batch), bias, lens, out.numpy(),
+    args = (gi_n, _np(h0), *_weights(w_hh, reset_after, batch, steps), bias, lens,
+            out.numpy(),
             *scratch)
     kernel = _fwd_after if reset_after else _fwd_before
     _run_parts(kernel, args, lens, parts)
