@@ -19,7 +19,10 @@ itself unavailable and flashgru works on the others. No double backward: use "re
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -367,8 +370,6 @@ def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
 def _find_openmp():
     """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, callback type) from the
     libgomp torch runs on, or None."""
-    import ctypes
-
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
     try:
         lib = ctypes.CDLL(path)
@@ -388,8 +389,6 @@ def _mkl_local_threads():
     the kernels' GEMM is torch's (``GEMM_FROM == "torch"``), else None."""
     if getattr(_cpu_kernels, "GEMM_FROM", None) != "torch":
         return None
-    import ctypes
-
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
         fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
@@ -401,8 +400,6 @@ def _mkl_local_threads():
 
 def _mkl_transposes() -> dict:
     """MKL's ``mkl_?omatcopy`` (C interface) from torch's library by dtype, or {}."""
-    import ctypes
-
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     found = {}
     try:
@@ -478,25 +475,41 @@ def _together(tasks: list) -> list:
             for k, future in enumerate(futures, 1):
                 results[k] = future.result()  # waits for it even when the first raised
         return results
-    parallel, thread, threads, callback = _OPENMP
-
-    def member(_):
-        before = _MKL_LOCAL(1) if _MKL_LOCAL is not None else 0
-        try:
-            k, n = thread(), threads()  # the team may have fewer threads than tasks
-            for i in range(k, len(tasks), n):
-                results[i] = tasks[i]()
-        except BaseException as e:  # (ctypes would print and drop it)
-            errors.append(e)
-        finally:
-            if _MKL_LOCAL is not None:
-                _MKL_LOCAL(before)
-
-    body = callback(member)
-    parallel(body, None, len(tasks), 0)
+    key = next(_JOB_KEYS)
+    _JOBS[key] = tasks, results, errors
+    try:
+        _OPENMP[0](_MEMBER, key, len(tasks), 0)  # GOMP_parallel(fn, data, threads, flags)
+    finally:
+        del _JOBS[key]
     if errors:
         raise errors[0]
     return results
+
+
+def _member(key) -> None:
+    """One thread of the team in ``_together``: its share of job ``key``'s tasks. It
+    keeps a Python thread state of its own from its first call on (ctypes would make and
+    drop one per call: 10 µs of a 2-thread call's 34), and the ctypes callback calling it
+    is made once (making it per call cost 10 µs more)."""
+    _, thread, threads, _ = _OPENMP
+    k, n = thread(), threads()  # the team may have fewer threads than tasks
+    if k and threading.get_ident() not in _PINNED:
+        ctypes.pythonapi.PyGILState_Ensure()  # never released: the state stays
+        _PINNED.add(threading.get_ident())
+    tasks, results, errors = _JOBS[key]
+    before = _MKL_LOCAL(1) if _MKL_LOCAL is not None else 0
+    try:
+        for i in range(k, len(tasks), n):
+            results[i] = tasks[i]()
+    except BaseException as e:  # (ctypes would print and drop it)
+        errors.append(e)
+    finally:
+        if _MKL_LOCAL is not None:
+            _MKL_LOCAL(before)
+
+
+_JOBS, _JOB_KEYS, _PINNED = {}, itertools.count(1), set()
+_MEMBER = _OPENMP[3](_member) if _OPENMP is not None else None
 
 
 _WORKERS = None
