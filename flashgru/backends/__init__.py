@@ -123,8 +123,10 @@ def select_backend(
        or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels. Measured on 2 cores
        against torch.nn.GRU: 2–12× faster forward and 5–20× forward+backward at batch 1,
        1.06–2.4× / 1.4–4.0× at batch 16, 1.02–1.9× / 1.04–2.9× at batch 32–128 up to
-       that size; at batch 128, hidden 512 slower (0.98× / 0.88×), where torch keeps the
-       call. No double backward: ask for "reference" for gradients of gradients.
+       that size. Where a call's rows split over torch's threads (``cpu._parts``), also
+       up to ``batch × hidden`` ≤ 131072 at ``hidden`` ≤ 512: 1.07–1.62× / 1.01–1.75× at
+       batch 64–512 (at hidden 1024 the forward measured 0.93–0.97×, and torch keeps the
+       call). No double backward: ask for "reference" for gradients of gradients.
     2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256,
        bfloat16, or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
