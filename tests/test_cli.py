@@ -271,3 +271,20 @@ def test_backend_help_names_every_backend():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     action = next(a for a in sub.choices["train"]._actions if a.dest == "backend")
     assert set(flashgru.BACKENDS) <= set(action.help.replace(",", " ").split())
+
+
+def test_the_command_line_keeps_freed_memory_on_linux():
+    """glibc's malloc keeps freed memory in the command line's own process (the library
+    never changes it); elsewhere the call does nothing and says so."""
+    import sys
+
+    from flashgru.cli.common import keep_freed_memory
+
+    assert keep_freed_memory() == (sys.platform.startswith("linux")
+                                   and _glibc())
+
+
+def _glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"

@@ -125,6 +125,9 @@ def _common(p, train=True, seed=True):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
+    from .common import keep_freed_memory
+
+    keep_freed_memory()
 
     try:
         return getattr(commands, args.command)(args) or 0

@@ -28,6 +28,28 @@ class CLIError(Exception):
     """A user mistake: printed as one line, exit code 2, no traceback."""
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in this process instead of handing it back
+    to the kernel, so that the next step's arrays of the same sizes do not fault their
+    pages in again (a training step allocates tens of MB afresh). The command line owns
+    its process, so it may; the library never does. Measured on the 2-core machine: a
+    surnames training step 8.9 -> 7.9 ms on the cpu backend (torch's unchanged), B=16,
+    T=256, H=128 forward+backward 5-13% faster on cpu, 4-7% on torch. Returns whether
+    it took effect (Linux with glibc only)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold,
+                                                                       32 << 20))
+
+
 def need(module: str):
     """Import an optional dependency of the command line, or say how to install it."""
     try:
