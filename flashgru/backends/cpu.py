@@ -622,11 +622,11 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
             kernel = _bwd_before
         _run_parts(kernel, args, lens, parts)
     rows = _running_rows(lengths, steps)
-    h_prev = _previous_states(h0, out, rows)  # (n, H): h_{t−1} of each running row
     if reset_after:
         db_hh = dgh.sum((0, 1))
-        dw_hh = _rows_of(dgh, rows).t() @ h_prev
+        dw_hh = _times_previous(_rows_of(dgh, rows), h0, out, rows)
     else:
+        h_prev = _previous_states(h0, out, rows)  # (n, H): h_{t−1} of each running row
         db_hh = dgi.sum((0, 1))
         flat = _rows_of(dgi, rows)
         rh = _rows_of(saved[0], rows) * h_prev
@@ -646,6 +646,16 @@ def _rows_of(x: Tensor, rows: Tensor | None) -> Tensor:
     """x (T, B, F) as (T·B, F), or only its ``rows``."""
     flat = x.flatten(0, 1)
     return flat if rows is None else flat.index_select(0, rows)
+
+
+def _times_previous(g: Tensor, h0: Tensor, out: Tensor, rows: Tensor | None) -> Tensor:
+    """Σ gᵀ h_{t−1} over the running rows, g (n, F) one row each in ``_rows_of`` order;
+    returns (F, H). The first B rows are t = 0 (h0's); the others' states are read from
+    ``out`` in place, without copying all the states into one array first."""
+    batch = h0.shape[0]
+    earlier = out[:-1].flatten(0, 1)
+    later = earlier if rows is None else earlier.index_select(0, rows[batch:] - batch)
+    return (g[batch:].t() @ later).addmm_(g[:batch].t(), h0.detach())
 
 
 def _previous_states(h0: Tensor, out: Tensor, rows: Tensor | None) -> Tensor:
