@@ -17,6 +17,13 @@ from flashgru.backends import _cpu_kernels, cpu, reference
 pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and SciPy")
 
 
+def _core_inputs(g, steps, batch, hidden, dtype):
+    """gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,): random, wanting gradients."""
+    return (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+            for shape in ((steps, batch, 3 * hidden), (batch, hidden), (3 * hidden, hidden),
+                          (3 * hidden,)))
+
+
 @pytest.mark.parametrize("path", ["fused", "wide"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -28,9 +35,7 @@ def test_paths_match_reference(path, reset_after, dtype, lengths, monkeypatch):
     monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
     g = torch.Generator().manual_seed(0)
     steps, batch, hidden = 7, 5, 6
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
     lens = None if lengths is None else torch.tensor(lengths)
     ref = reference.core(gi, h0, w, b, lens, reset_after)
     out = cpu.core(gi, h0, w, b, lens, reset_after)
@@ -70,9 +75,7 @@ def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengt
     monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
     g = torch.Generator().manual_seed(1)
     steps, hidden = 7, 6
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
     b = b if bias else None
     lens = None if lengths is None else torch.tensor(lengths)
     with torch.no_grad():
@@ -198,9 +201,7 @@ def test_batch_one_with_large_weights_takes_blas_gemv(reset_after, dtype):
     assert 3 * 256 * 256 >= _cpu_kernels.GEMV_BLAS_MIN > 3 * 128 * 128
     g = torch.Generator().manual_seed(2)
     steps, hidden = 4, 256
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, 1, 3 * hidden), (1, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = _core_inputs(g, steps, 1, hidden, dtype)
     w = (w / 16).detach().requires_grad_()
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     with torch.no_grad():
@@ -241,9 +242,7 @@ def test_rows_over_threads_match_reference(parts, reset_after, dtype, lengths, m
         run, ranges))
     g = torch.Generator().manual_seed(1)
     steps, batch, hidden = 7, 5, 6
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
     lens = None if lengths is None else torch.tensor(lengths)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     ref = reference.core(gi, h0, w, b, lens, reset_after)
@@ -321,9 +320,7 @@ def test_batch_one_either_weight_layout_matches_reference(hidden, reset_after):
     assert (3 * hidden * hidden <= cpu.BATCH1_TRANSPOSED_MAX) == (hidden == 64)
     g = torch.Generator().manual_seed(3)
     steps, dtype = cpu.BATCH1_TRANSPOSED_STEPS, torch.float64
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, 1, 3 * hidden), (1, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = _core_inputs(g, steps, 1, hidden, dtype)
     w = (w / hidden**0.5).detach().requires_grad_()  # a stable recurrence over 64 steps
     with torch.no_grad():
         assert_close("out", reference.core(gi, h0, w, b, None, reset_after),
