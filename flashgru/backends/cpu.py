@@ -367,12 +367,16 @@ def _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after):
 # a forked child (GNU OpenMP's team does not survive fork: torch's own matmul hangs there)
 # or with torch set to one thread, a call runs in one part.
 
+def _torch_library(name: str) -> ctypes.CDLL:
+    """One of the shared libraries in torch's wheel (OSError when it is not there)."""
+    return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", name))
+
+
 def _find_openmp():
     """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, callback type) from the
     libgomp torch runs on, or None."""
-    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
     try:
-        lib = ctypes.CDLL(path)
+        lib = _torch_library("libgomp.so.1")
         parallel, thread, threads = (lib.GOMP_parallel, lib.omp_get_thread_num,
                                      lib.omp_get_num_threads)
     except (OSError, AttributeError):
@@ -389,9 +393,8 @@ def _mkl_local_threads():
     the kernels' GEMM is torch's (``GEMM_FROM == "torch"``), else None."""
     if getattr(_cpu_kernels, "GEMM_FROM", None) != "torch":
         return None
-    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
+        fn = _torch_library("libtorch_cpu.so").MKL_Set_Num_Threads_Local
     except (OSError, AttributeError):
         return None
     fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
@@ -400,10 +403,9 @@ def _mkl_local_threads():
 
 def _mkl_transposes() -> dict:
     """MKL's ``mkl_?omatcopy`` (C interface) from torch's library by dtype, or {}."""
-    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     found = {}
     try:
-        lib = ctypes.CDLL(path)
+        lib = _torch_library("libtorch_cpu.so")
         for dtype, name, real in ((torch.float32, "MKL_Somatcopy", ctypes.c_float),
                                   (torch.float64, "MKL_Domatcopy", ctypes.c_double)):
             fn = getattr(lib, name)
