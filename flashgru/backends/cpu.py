@@ -374,9 +374,14 @@ def _torch_library(name: str) -> ctypes.CDLL:
 
 def _find_openmp():
     """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, callback type) from the
-    libgomp torch runs on, or None."""
+    libgomp torch runs on, or None. Where torch's wheel ships GNU OpenMP, the library is
+    opened by its soname: the loader then hands back the copy already loaded, the one
+    torch's own ops use even if another package loaded its libgomp first."""
+    if not os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib",
+                                       "libgomp.so.1")):
+        return None
     try:
-        lib = _torch_library("libgomp.so.1")
+        lib = ctypes.CDLL("libgomp.so.1")
         parallel, thread, threads = (lib.GOMP_parallel, lib.omp_get_thread_num,
                                      lib.omp_get_num_threads)
     except (OSError, AttributeError):
