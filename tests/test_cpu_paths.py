@@ -330,3 +330,31 @@ def test_batch_one_either_weight_layout_matches_reference(hidden, reset_after):
     for r, o in zip(torch.autograd.grad(ref.sum(), (gi, h0, w, b)),
                     torch.autograd.grad(out.sum(), (gi, h0, w, b)), strict=True):
         assert_close("grad", r, o, 1e-10, rtol=1e-11)
+
+
+def test_calls_from_several_python_threads_at_once(monkeypatch):
+    """Three Python threads, each splitting its calls over two parts (each its own
+    OpenMP team where torch's is at hand): every result as the reference's."""
+    import threading
+
+    monkeypatch.setattr(cpu, "_parts", lambda batch: min(batch, 2))
+    ref = flashgru.GRU(3, 5, dtype=torch.float64, backend="reference")
+    gru = flashgru.GRU(3, 5, dtype=torch.float64, backend="cpu")
+    gru.load_state_dict(ref.state_dict())
+    errors = []
+
+    def work(seed):
+        try:
+            x = torch.randn(6, 4, 3, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(seed))
+            for _ in range(10):
+                assert_close("out", ref(x)[0], gru(x)[0], 1e-12)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
