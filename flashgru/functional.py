@@ -186,7 +186,7 @@ def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layer
                 outs.append(_reverse(out, lengths) if d else out)
         layer_output = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_output = _dropout(layer_output, dropout, None if packed else lengths)
+            layer_output = _dropout(layer_output, dropout, None)  # unpadded, or packed rows
         layer_input = layer_output
     return layer_input, torch.stack(h_n), traces
 
