@@ -149,7 +149,8 @@ def test_both_directions_side_by_side_and_after_a_fork(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     together = []
     real = cpu._together
-    monkeypatch.setattr(cpu, "_together", lambda tasks: together.append(len(tasks)) or real(tasks))
+    monkeypatch.setattr(cpu, "_together",
+                        lambda tasks, **kw: together.append(len(tasks)) or real(tasks, **kw))
     x = torch.randn(6, 1, 3, dtype=torch.float64, requires_grad=True)
     out, h_n = gru(x)
     ref_out, ref_h = ref(x)

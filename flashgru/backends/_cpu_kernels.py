@@ -120,6 +120,112 @@ def _gemv_rows(w, x, out):
             out[i, j] = a0
 
 
+# ---- meeting points between threads ------------------------------------------------------
+# For kernels whose threads share one recurrence (``_cpu_units``): each thread publishes
+# how far it has got in an int64 counter of its own (a cache line each) with a release
+# store, and waits for the others' with acquire loads, so whatever a thread wrote before
+# its store is seen by a thread that has read it. While it waits it pauses; after
+# SPIN_BEFORE_YIELD polls it also gives its core away each poll (sched_yield), so a
+# machine with fewer free cores than threads slows down instead of stalling.
+
+SPIN_BEFORE_YIELD = 2000
+
+
+@_intrinsic
+def _load_acquire(typingctx, address):
+    """The int64 at ``address``, an atomic load with acquire ordering."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(address), codegen
+
+
+@_intrinsic
+def _store_release(typingctx, address, value):
+    """Store the int64 ``value`` at ``address``, atomically with release ordering."""
+    if not isinstance(address, types.Integer) or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        stored = context.cast(builder, args[1], signature.args[1], types.int64)
+        builder.store_atomic(stored, pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(address, value), codegen
+
+
+@_intrinsic
+def _pause(typingctx):
+    """x86's ``pause`` (a spin-wait hint) where LLVM targets x86, else nothing."""
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        if "86" in builder.module.triple:
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, fnty,
+                                                        "llvm.x86.sse2.pause"), [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@_intrinsic
+def _yield_core(typingctx):
+    """POSIX ``sched_yield()``: let another runnable thread have this core."""
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@_jit(boundscheck=False)
+def _arrive(sync, part, count):
+    """Part ``part`` has done ``count`` things the others may wait for."""
+    _store_release(sync.ctypes.data + 64 * part, count)
+
+
+@_jit(boundscheck=False)
+def _meet(sync, part, parts, count):
+    """Wait until every part but ``part`` has arrived at ``count``; False when a part gave
+    up meanwhile (``_give_up``), True otherwise. ``sync``: int64, 8 · (parts + 1) zeros
+    at the start (one cache line per part, the last for giving up)."""
+    base = sync.ctypes.data
+    for other in range(parts):
+        if other == part:
+            continue
+        polls = 0
+        while _load_acquire(base + 64 * other) < count:
+            if _load_acquire(base + 64 * parts) != 0:
+                return False
+            polls += 1
+            if polls > SPIN_BEFORE_YIELD:
+                _yield_core()
+            else:
+                _pause()
+    return True
+
+
+@_jit(boundscheck=False)
+def _give_up(sync, parts):
+    """Tell every part waiting in ``_meet`` to stop."""
+    _store_release(sync.ctypes.data + 64 * parts, 1)
+
+
 # ---- GEMM through the BLAS torch runs on ----------------------------------------------
 # The kernels call a Fortran ``?gemm`` by the names below, registered with LLVM at import
 # (so the cached machine code refers to a name, not to this process's address): torch's
@@ -307,7 +413,7 @@ def _matmul_add(a, w, out, scratch):
 
 # ---- the on-disk cache -------------------------------------------------------------------
 
-KERNEL_FILES = ("_cpu_kernels.py", "cpu.py", "cpu_step.py")
+KERNEL_FILES = ("_cpu_kernels.py", "_cpu_units.py", "cpu.py", "cpu_step.py")
 
 
 def _drop_stale_cache(probe) -> None:

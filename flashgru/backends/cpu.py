@@ -5,7 +5,8 @@ Per step, the hidden product at batch 1 is a product with W_hh as stored (a dot 
 per row, or BLAS's GEMV for large H; nothing to transpose per call), except for small H,
 where one pass over W_hhᵀ is faster; above batch 1 a BLAS GEMM on W_hhᵀ (torch's own
 BLAS, called from the kernel; SciPy's if torch's is not found). A call's rows split over
-torch's threads (``_parts``). The gate math is one vectorised pass (the building blocks are in
+torch's threads (``_parts``); at batch 1, from UNITS_MIN_HIDDEN units, its hidden units
+do (``_cpu_units``). The gate math is one vectorised pass (the building blocks are in
 ``_cpu_kernels``). Inference skips autograd (``_infer``). Backward saves r, z, n (and
 W_hn h + b_hn for reset_after=True), runs the reverse recurrence in one kernel and
 computes the weight gradients as GEMMs over all steps afterwards. With SciPy's BLAS, from
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _cpu_kernels, cpu_step
+from . import _cpu_kernels, _cpu_units, cpu_step
 from ._cpu_kernels import (
     GATE_FLAGS,
     _gates_after,
@@ -466,14 +467,23 @@ def _run_parts(kernel, args: tuple, lengths: np.ndarray, parts: int | None) -> N
         _in_parts(lambda lo, hi: kernel(*args, lo, hi), _ranges(lengths, parts))
 
 
-def _together(tasks: list) -> list:
+class NotAtOnce(RuntimeError):
+    """``_together(..., at_once=True)`` could not run every task on a thread of its own;
+    none of them ran."""
+
+
+def _together(tasks: list, at_once: bool = False) -> list:
     """The results of the zero-argument callables ``tasks``, run at once: on torch's
     OpenMP team (this thread is its first member), MKL single-threaded in each; without
     it, the first here and the others on flashgru's worker threads. An exception in any
-    task is raised here once every task has ended."""
+    task is raised here once every task has ended. With ``at_once`` (tasks that wait for
+    each other) every task must get a thread of the team: where the team is missing or
+    smaller, none runs and NotAtOnce is raised."""
     if len(tasks) == 1:
         return [tasks[0]()]
     results, errors = [None] * len(tasks), []
+    if at_once and (_OPENMP is None or _FORKED):
+        raise NotAtOnce("no OpenMP team")
     if _OPENMP is None or _FORKED:
         futures = [_workers().submit(task) for task in tasks[1:]]
         try:
@@ -483,7 +493,7 @@ def _together(tasks: list) -> list:
                 results[k] = future.result()  # waits for it even when the first raised
         return results
     key = next(_JOB_KEYS)
-    _JOBS[key] = tasks, results, errors
+    _JOBS[key] = tasks, results, errors, at_once
     try:
         _OPENMP[0](_MEMBER, key, len(tasks), 0)  # GOMP_parallel(fn, data, threads, flags)
     finally:
@@ -503,7 +513,11 @@ def _member(key) -> None:
     if k and threading.get_ident() not in _PINNED:
         ctypes.pythonapi.PyGILState_Ensure()  # never released: the state stays
         _PINNED.add(threading.get_ident())
-    tasks, results, errors = _JOBS[key]
+    tasks, results, errors, at_once = _JOBS[key]
+    if at_once and n < len(tasks):
+        if k == 0:
+            errors.append(NotAtOnce(f"a team of {n} threads for {len(tasks)} tasks"))
+        return
     before = _MKL_LOCAL(1) if _MKL_LOCAL is not None else 0
     try:
         for i in range(k, len(tasks), n):
@@ -541,6 +555,59 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---- batch 1: the hidden units over the threads (``_cpu_units``) -------------------------
+# From this many units a batch-1 call splits its units over torch's threads. B=1, T=256,
+# forward, 2 threads, against the one-part kernel in the same process: 1.02x at H=64,
+# 1.43x at H=128, 1.71x at H=256, 1.48x at H=512.
+UNITS_MIN_HIDDEN = 128
+
+
+def _unit_parts(batch: int, hidden: int, parts: int | None) -> int:
+    """Into how many unit ranges a call splits: at batch 1 from UNITS_MIN_HIDDEN units,
+    one per thread of torch's team (as ``_parts``); else, or where the caller fixed its
+    ``parts``, 1."""
+    if batch != 1 or parts is not None or hidden < UNITS_MIN_HIDDEN:
+        return 1
+    return _parts(hidden // _cpu_units.UNIT_ALIGN)
+
+
+def _run_units(kernel, args: tuple, hidden: int, parts: int) -> bool:
+    """``kernel`` over ``parts`` unit ranges at once; False (nothing run) where the team
+    cannot give every part a thread."""
+    try:
+        _together(_cpu_units.tasks(kernel, args, hidden, parts), at_once=True)
+    except NotAtOnce:
+        return False
+    return True
+
+
+def _fwd_units(gi, h0, w_hh, b, length, out, saved, reset_after, parts) -> bool:
+    """The forward loop at batch 1 over ``parts`` unit ranges (arrays as ``_fwd``'s
+    kernels take them, W_hh as stored); False where it could not run."""
+    if reset_after:
+        args, kernel = (gi, h0, w_hh, b, length, out, *saved), _cpu_units._fwd_after
+    else:
+        rh = torch.from_numpy(out).new_empty(1, h0.shape[-1]).numpy()  # shared by the parts
+        args, kernel = (gi, h0, w_hh, b, length, out, *saved, rh), _cpu_units._fwd_before
+    return _run_units(kernel, args, h0.shape[-1], parts)
+
+
+def _bwd_units(common, saved, w_hh, length, dgi, dgh, dh0, reset_after, parts) -> bool:
+    """The reverse recurrence at batch 1 over ``parts`` unit ranges (``common``: dout, h0,
+    out, r, z, n as arrays); False where it could not run."""
+    hidden = w_hh.shape[1]
+    if reset_after:
+        args = (*common, saved[3].numpy(), _transposed(w_hh.detach().contiguous()), length,
+                dgi.numpy(), dgh.numpy(), dh0.numpy())
+        kernel = _cpu_units._bwd_after
+    else:
+        w = w_hh.detach().contiguous()
+        args = (*common, _transposed(w[: 2 * hidden]), _transposed(w[2 * hidden :]), length,
+                dgi.numpy(), dh0.numpy())
+        kernel = _cpu_units._bwd_before
+    return _run_units(kernel, args, hidden, parts)
 
 
 # ---- launchers ---------------------------------------------------------------------------
@@ -601,6 +668,10 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
         _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
         return out, saved
     lens = lengths.numpy()
+    units = _unit_parts(batch, hidden, parts)
+    if units > 1 and _fwd_units(_np(gi), _np(h0), _np(w_hh), _np(b_hh), int(lens[0]),
+                                out.numpy(), [t.numpy() for t in saved], reset_after, units):
+        return out, saved
     args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch, steps), _np(b_hh), lens,
             out.numpy(), *(t.numpy() for t in saved)]
     kernel = _fwd_after if reset_after else _fwd_before
@@ -619,15 +690,10 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
         dh0 = _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after)
     else:
         dh0, lens = torch.zeros(batch, hidden, dtype=out.dtype), lengths.numpy()
-        if reset_after:
-            args = (*common, saved[3].numpy(), _np(w_hh), lens, dgi.numpy(), dgh.numpy(),
-                    dh0.numpy())
-            kernel = _bwd_after
-        else:
-            args = (*common, _np(w_hh[: 2 * hidden]), _np(w_hh[2 * hidden :]), lens,
-                    dgi.numpy(), dh0.numpy())
-            kernel = _bwd_before
-        _run_parts(kernel, args, lens, parts)
+        units = _unit_parts(batch, hidden, parts)
+        if not (units > 1 and _bwd_units(common, saved, w_hh, int(lens[0]), dgi, dgh, dh0,
+                                         reset_after, units)):
+            _bwd_rows(common, saved, w_hh, lens, dgi, dgh, dh0, reset_after, parts)
     rows = _running_rows(lengths, steps)
     if reset_after:
         db_hh = dgh.sum((0, 1))
@@ -639,6 +705,21 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
         rh = _rows_of(saved[0], rows) * h_prev
         dw_hh = torch.cat([flat[:, : 2 * hidden].t() @ h_prev, flat[:, 2 * hidden :].t() @ rh])
     return dgi, dh0, dw_hh, db_hh
+
+
+def _bwd_rows(common, saved, w_hh, lens, dgi, dgh, dh0, reset_after, parts) -> None:
+    """The reverse recurrence over the rows in ``parts`` ranges (``_bwd_units``'
+    arguments, but the lengths as an array)."""
+    hidden = w_hh.shape[1]
+    if reset_after:
+        args = (*common, saved[3].numpy(), _np(w_hh), lens, dgi.numpy(), dgh.numpy(),
+                dh0.numpy())
+        kernel = _bwd_after
+    else:
+        args = (*common, _np(w_hh[: 2 * hidden]), _np(w_hh[2 * hidden :]), lens,
+                dgi.numpy(), dh0.numpy())
+        kernel = _bwd_before
+    _run_parts(kernel, args, lens, parts)
 
 
 def _running_rows(lengths: Tensor, steps: int) -> Tensor | None:
@@ -815,7 +896,11 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
                       reset_after, save=False)
         return out
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
-    scratch = np.empty((3 + reset_after, 1, batch, hidden), dtype=bias.dtype)
+    scratch = torch.empty(3 + reset_after, 1, batch, hidden, dtype=gi.dtype).numpy()
+    units = _unit_parts(batch, hidden, parts)  # (torch's scratch: 64-byte aligned rows)
+    if units > 1 and _fwd_units(gi_n, _np(h0), _np(w_hh), bias, int(lens[0]), out.numpy(),
+                                list(scratch), reset_after, units):
+        return out
     args = (gi_n, _np(h0), *_weights(w_hh, reset_after, batch, steps), bias, lens,
             out.numpy(),
             *scratch)
