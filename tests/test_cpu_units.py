@@ -19,11 +19,10 @@ needs_team = pytest.mark.skipif(cpu._OPENMP is None or cpu._MKL_LOCAL is None,
 
 
 def _spy_units(monkeypatch, parts):
-    """Split every batch-1 call into ``parts`` unit ranges; returns the list that records
-    whether each split call ran."""
+    """Split every call into ``parts`` unit ranges (unless the caller fixed its parts);
+    returns the list that records whether each split call ran."""
     monkeypatch.setattr(cpu, "_unit_parts",
-                        lambda batch, hidden, fixed: parts if batch == 1 and fixed is None
-                        else 1)
+                        lambda batch, hidden, fixed: parts if fixed is None else 1)
     ran, real = [], cpu._run_units
     monkeypatch.setattr(cpu, "_run_units", lambda *a: ran.append(real(*a)) or ran[-1])
     return ran
@@ -33,17 +32,19 @@ def _spy_units(monkeypatch, parts):
 @pytest.mark.parametrize("parts", [2, 3])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("length", [None, 5, 1], ids=["full", "length-5", "length-1"])
-def test_units_over_threads_match_reference(parts, reset_after, dtype, length, monkeypatch):
+@pytest.mark.parametrize("lengths", [None, [5], [1], [7, 3, 5], [6, 6, 2]],
+                         ids=["full", "length-5", "length-1", "3-rows", "3-rows-short"])
+def test_units_over_threads_match_reference(parts, reset_after, dtype, lengths, monkeypatch):
     """H=40 splits into units 0-16 | 16-40 (2 parts) or 0-16 | 16-32 | 32-40 (3 parts,
-    more threads than this machine's cores: the waits give their core away)."""
+    more threads than this machine's cores: the waits give their core away); one row or
+    three, every step or fewer, lengths in any order."""
     ran = _spy_units(monkeypatch, parts)
     g = torch.Generator().manual_seed(2)
-    steps, hidden = 7, 40
+    steps, hidden, batch = 7, 40, 1 if lengths is None else len(lengths)
     gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, 1, 3 * hidden), (1, hidden),
+                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
                                   (3 * hidden, hidden), (3 * hidden,)))
-    lens = None if length is None else torch.tensor([length])
+    lens = None if lengths is None else torch.tensor(lengths)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     ref = reference.core(gi, h0, w, b, lens, reset_after)
     out = cpu.core(gi, h0, w, b, lens, reset_after)
@@ -87,13 +88,15 @@ def test_meeting_points():
 @needs_team
 @pytest.mark.parametrize("hidden", [128, 127], ids=["split", "too-few-units"])
 def test_units_by_default_at_batch_one(hidden, monkeypatch):
-    """Where torch has more than one thread, a batch-1 call of ≥ UNITS_MIN_HIDDEN units
-    splits them (not above batch 1, nor where the caller fixed its parts, nor with one
-    thread): the module against torch.nn.GRU, outputs and every gradient."""
+    """Where torch has more than one thread, a call of ≤ UNITS_MAX_BATCH rows and ≥
+    UNITS_MIN_HIDDEN units splits them (not with more rows, nor where the caller fixed its
+    parts, nor with one thread): the module against torch.nn.GRU, outputs and every
+    gradient."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert cpu.UNITS_MIN_HIDDEN == 128
     assert cpu._unit_parts(1, hidden, None) == (2 if hidden == 128 else 1)
-    assert cpu._unit_parts(2, 128, None) == cpu._unit_parts(1, 128, 1) == 1
+    assert cpu._unit_parts(cpu.UNITS_MAX_BATCH + 1, 128, None) == 1
+    assert cpu._unit_parts(1, 128, 1) == 1
     ran, real = [], cpu._run_units
     monkeypatch.setattr(cpu, "_run_units", lambda *a: ran.append(real(*a)) or ran[-1])
     torch.manual_seed(0)
@@ -157,7 +160,8 @@ def test_a_failing_unit_part_stops_the_others():
             raise ValueError("part 1 failed")
         returned.append(_cpu_units._fwd_after(*args))
 
-    tasks = _cpu_units.tasks(kernel, (*arrays, steps, out, *saved), hidden, 2)
+    lengths = np.full(1, steps, dtype=np.int64)
+    tasks = _cpu_units.tasks(kernel, (*arrays, lengths, out, *saved), hidden, 2)
     with pytest.raises(ValueError, match="part 1 failed"):
         cpu._together(tasks, at_once=True)
     assert returned == [False]

@@ -1,22 +1,24 @@
-"""Batch 1 over several threads: each thread owns a range of the hidden units.
+"""A few rows over several threads: each thread owns a range of the hidden units.
 
-At batch 1 the rows cannot split over the threads (``cpu._parts``), but the hidden units
-can: part p computes the rows of W_hh's three gates that belong to its units (its share
-of the weights stays in its core's L2), the gates of its units, and its slice of h_t.
-Every part needs all of h_{t−1}, so the parts meet once per step (twice for
-reset_after=False, whose W_hn multiplies r ⊙ h): each publishes a step counter
-(``_cpu_kernels._arrive``) and waits for the others' (``_meet``), spinning, with no lock
-and no Python in the loop. Backward splits the same way: a part's units' gate gradients
-need only its own units of ∂L/∂h_t, and its units of ∂L/∂h_{t−1} read every unit's gate
-gradients through W_hhᵀ's rows for its units (transposed once per call).
+At batch 1 the rows cannot split over the threads (``cpu._parts``); the hidden units can
+(``cpu._unit_parts`` decides where). Part p computes the rows of W_hh's three gates that
+belong to its units (its share of the weights stays in its core's L2), the gates of its
+units, and its slice of h_t. Every part needs all of h_{t−1}, so the parts meet once per
+step (twice for reset_after=False, whose W_hn multiplies r ⊙ h): each publishes a step
+counter (``_cpu_kernels._arrive``) and waits for the others' (``_meet``), spinning, with
+no lock and no Python in the loop. Backward splits the same way: a part's units' gate
+gradients need only its own units of ∂L/∂h_t, and its units of ∂L/∂h_{t−1} read every
+unit's gate gradients through W_hhᵀ's rows for its units (transposed once per call). The
+kernels take any number of rows, each with its own length.
 
 Every array a part reads after a meeting is written once per call (out, the per-step
 saved gates, dgi, dgh), or is written again only after a later meeting (r ⊙ h), so one
 meeting per product is all the ordering there is.
 
-Launch: ``run`` hands one task per part to ``cpu._together`` and insists that they run at
-once; where they cannot (a team smaller than the parts, e.g. inside another parallel
-region) nothing has run and the caller runs the one-part kernel instead.
+Launch: ``tasks`` makes one task per part for ``cpu._together(..., at_once=True)``; where
+the parts cannot all run at once (a team smaller than the parts, e.g. inside another
+parallel region) none runs and the caller runs the one-part kernel instead. A part that
+raises makes the others stop waiting (``_give_up``).
 """
 
 from __future__ import annotations
@@ -152,9 +154,11 @@ def _units_grad_r_before(h, r_s, d_rh, dh, dgi, u0, u1):
 
 @_jit(boundscheck=False, inline="always")
 def _units_add(dh, extra, u0):
-    """dh[u0 : u0 + n] += extra (n,)."""
-    for j in range(extra.shape[0]):
-        dh[u0 + j] += extra[j]
+    """dh[:, u0 : u0 + n] += extra (B, n)."""
+    for i in range(extra.shape[0]):
+        dh_i, extra_i = dh[i], extra[i]
+        for j in range(extra.shape[1]):
+            dh_i[u0 + j] += extra_i[j]
 
 
 @_jit(boundscheck=False, inline="always")
@@ -172,120 +176,147 @@ def _units_zero(row, u0, u1):
 
 
 # ---- kernels -----------------------------------------------------------------------------
+# A few rows (B small): each step multiplies all rows (``_gemv_rows`` reads each weight
+# once for two rows); rows past their length get zeros (forward) or no gradient.
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _fwd_after(gi, h0, w, b, length, out, r_s, z_s, n_s, ghn_s, sync, part, parts, u0, u1):
-    """reset_after=True, batch 1, part ``part`` of ``parts`` owning units u0:u1. gi (T, 1,
-    3H); h0 (1, H); w = W_hh (3H, H) as stored; b (3H,); the sequence runs ``length``
-    steps (out and the saved gates are 0 after). Saved arrays as in ``cpu._fwd_after``
-    (one step's worth: scratch, for inference). Returns False when another part gave up."""
-    steps, _, hidden = out.shape
+def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, sync, part, parts, u0, u1):
+    """reset_after=True, part ``part`` of ``parts`` owning units u0:u1. gi (T, B, 3H); h0
+    (B, H); w = W_hh (3H, H) as stored; b (3H,); lengths (B,). Writes the units of out and
+    of the saved r, z, n, W_hn h + b_hn (T, B, H; one step's worth: scratch, for
+    inference), 0 past each length. Returns False when another part gave up."""
+    steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
-    n = u1 - u0
-    gh = np.empty((3, n), dtype=h0.dtype)
+    gh = np.empty((batch, 3, u1 - u0), dtype=h0.dtype)
     rows = (w[u0:u1], w[hidden + u0 : hidden + u1], w[2 * hidden + u0 : 2 * hidden + u1])
-    for t in range(length):
+    for t in range(min(steps, lengths.max())):
         if t > 0 and not _meet(sync, part, parts, t):  # all of h_{t−1} is written
             return False
-        h = h0 if t == 0 else out[t - 1]
+        h, ts = (h0 if t == 0 else out[t - 1]), t * keep
         for g in range(3):
-            _gemv_rows(rows[g], h, gh[g : g + 1])
-        ts = t * keep
-        _units_after(gi[t, 0], gh, b, h[0], out[t, 0], r_s[ts, 0], z_s[ts, 0], n_s[ts, 0],
-                     ghn_s[ts, 0], u0, hidden)
+            _gemv_rows(rows[g], h, gh[:, g])
+        for i in range(batch):
+            if t < lengths[i]:
+                _units_after(gi[t, i], gh[i], b, h[i], out[t, i], r_s[ts, i], z_s[ts, i],
+                             n_s[ts, i], ghn_s[ts, i], u0, hidden)
+            else:
+                for row in (out[t, i], r_s[ts, i], z_s[ts, i], n_s[ts, i], ghn_s[ts, i]):
+                    _units_zero(row, u0, u1)
         _arrive(sync, part, t + 1)
-    for t in range(length, steps):
+    for t in range(min(steps, lengths.max()), steps):
         ts = t * keep
-        for row in (out[t, 0], r_s[ts, 0], z_s[ts, 0], n_s[ts, 0], ghn_s[ts, 0]):
-            _units_zero(row, u0, u1)
+        for i in range(batch):
+            for row in (out[t, i], r_s[ts, i], z_s[ts, i], n_s[ts, i], ghn_s[ts, i]):
+                _units_zero(row, u0, u1)
     return True
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _fwd_before(gi, h0, w, b, length, out, r_s, z_s, n_s, rh, sync, part, parts, u0, u1):
-    """reset_after=False, batch 1, units u0:u1 (as ``_fwd_after``); w = W_hh (3H, H) as
-    stored; rh (1, H), shared by the parts: r ⊙ h_{t−1}, which W_hn multiplies."""
-    steps, _, hidden = out.shape
+def _fwd_before(gi, h0, w, b, lengths, out, r_s, z_s, n_s, rh, sync, part, parts, u0, u1):
+    """reset_after=False, units u0:u1 (as ``_fwd_after``); w = W_hh (3H, H) as stored;
+    rh (B, H), shared by the parts: r ⊙ h_{t−1}, which W_hn multiplies."""
+    steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
     n = u1 - u0
-    gh, ghn = np.empty((2, n), dtype=h0.dtype), np.empty((1, n), dtype=h0.dtype)
+    gh, ghn = np.empty((batch, 2, n), dtype=h0.dtype), np.empty((batch, n), dtype=h0.dtype)
     rows_rz = (w[u0:u1], w[hidden + u0 : hidden + u1])
     rows_n = w[2 * hidden + u0 : 2 * hidden + u1]
-    for t in range(length):
+    for t in range(min(steps, lengths.max())):
         if t > 0 and not _meet(sync, part, parts, 2 * t):  # all of h_{t−1}
             return False
         h, ts = (h0 if t == 0 else out[t - 1]), t * keep
         for g in range(2):
-            _gemv_rows(rows_rz[g], h, gh[g : g + 1])
-        _units_rz_before(gi[t, 0], gh, b, h[0], r_s[ts, 0], z_s[ts, 0], rh[0], u0, hidden)
+            _gemv_rows(rows_rz[g], h, gh[:, g])
+        for i in range(batch):
+            _units_rz_before(gi[t, i], gh[i], b, h[i], r_s[ts, i], z_s[ts, i], rh[i], u0,
+                             hidden)
         _arrive(sync, part, 2 * t + 1)
         if not _meet(sync, part, parts, 2 * t + 1):  # all of r ⊙ h_{t−1}
             return False
         _gemv_rows(rows_n, rh, ghn)
-        _units_n_before(gi[t, 0], ghn[0], b, h[0], out[t, 0], z_s[ts, 0], n_s[ts, 0], u0,
-                        hidden)
+        for i in range(batch):
+            if t < lengths[i]:
+                _units_n_before(gi[t, i], ghn[i], b, h[i], out[t, i], z_s[ts, i],
+                                n_s[ts, i], u0, hidden)
+            else:
+                for row in (out[t, i], r_s[ts, i], z_s[ts, i], n_s[ts, i]):
+                    _units_zero(row, u0, u1)
         _arrive(sync, part, 2 * t + 2)
-    for t in range(length, steps):
+    for t in range(min(steps, lengths.max()), steps):
         ts = t * keep
-        for row in (out[t, 0], r_s[ts, 0], z_s[ts, 0], n_s[ts, 0]):
-            _units_zero(row, u0, u1)
+        for i in range(batch):
+            for row in (out[t, i], r_s[ts, i], z_s[ts, i], n_s[ts, i]):
+                _units_zero(row, u0, u1)
     return True
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, wt, length, dgi, dgh, dh0, sync, part,
+def _bwd_after(dout, h0, out, r_s, z_s, n_s, ghn_s, wt, lengths, dgi, dgh, dh0, sync, part,
                parts, u0, u1):
-    """Reverse recurrence, reset_after=True, batch 1, units u0:u1. wt = W_hhᵀ (H, 3H).
-    Writes the units of dgi and dgh (T, 1, 3H) and of ∂L/∂h0 in dh0 (1, H), which must
-    start at 0. Returns False when another part gave up."""
-    steps, _, hidden = out.shape
-    rows = wt[u0:u1]
-    dh, extra = dh0[0], np.empty((1, u1 - u0), dtype=h0.dtype)
-    for t in range(steps - 1, length - 1, -1):  # past the length: no gradient
-        _units_zero_gates(dgi[t, 0], u0, u1, hidden)
-        _units_zero_gates(dgh[t, 0], u0, u1, hidden)
+    """Reverse recurrence, reset_after=True, units u0:u1. wt = W_hhᵀ (H, 3H). Writes the
+    units of dgi and dgh (T, B, 3H; 0 past each length) and of ∂L/∂h0 in dh0 (B, H), which
+    must start at 0. Returns False when another part gave up."""
+    steps, batch, hidden = out.shape
+    rows, extra = wt[u0:u1], np.empty((batch, u1 - u0), dtype=h0.dtype)
     done = 0
-    for t in range(min(length, steps) - 1, -1, -1):
-        h = h0[0] if t == 0 else out[t - 1, 0]
-        _units_grad_after(dout[t, 0], h, r_s[t, 0], z_s[t, 0], n_s[t, 0], ghn_s[t, 0], dh,
-                          dgi[t, 0], dgh[t, 0], u0, u1)
+    for t in range(steps - 1, -1, -1):
+        h = h0 if t == 0 else out[t - 1]
+        for i in range(batch):
+            if t < lengths[i]:
+                _units_grad_after(dout[t, i], h[i], r_s[t, i], z_s[t, i], n_s[t, i],
+                                  ghn_s[t, i], dh0[i], dgi[t, i], dgh[t, i], u0, u1)
+            else:  # past the length: no gradient, dh stays
+                _units_zero_gates(dgi[t, i], u0, u1, hidden)
+                _units_zero_gates(dgh[t, i], u0, u1, hidden)
+        if t >= lengths.max():
+            continue
         done += 1
         _arrive(sync, part, done)
         if not _meet(sync, part, parts, done):  # every unit's dgh at t
             return False
         _gemv_rows(rows, dgh[t], extra)
-        _units_add(dh, extra[0], u0)
+        _units_add(dh0, extra, u0)
     return True
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
-def _bwd_before(dout, h0, out, r_s, z_s, n_s, wt_rz, wt_n, length, dgi, dh0, sync, part,
+def _bwd_before(dout, h0, out, r_s, z_s, n_s, wt_rz, wt_n, lengths, dgi, dh0, sync, part,
                 parts, u0, u1):
-    """Reverse recurrence, reset_after=False, batch 1, units u0:u1. wt_rz = W_hr,zᵀ (H,
-    2H), wt_n = W_hnᵀ (H, H). Writes the units of dgi = [dr, dz, dn] (T, 1, 3H) and of
-    ∂L/∂h0 in dh0 (1, H), which must start at 0."""
-    steps, _, hidden = out.shape
+    """Reverse recurrence, reset_after=False, units u0:u1. wt_rz = W_hr,zᵀ (H, 2H), wt_n =
+    W_hnᵀ (H, H). Writes the units of dgi = [dr, dz, dn] (T, B, 3H; 0 past each length)
+    and of ∂L/∂h0 in dh0 (B, H), which must start at 0."""
+    steps, batch, hidden = out.shape
     rows_rz, rows_n = wt_rz[u0:u1], wt_n[u0:u1]
-    dh = dh0[0]
-    d_rh, extra = np.empty((1, u1 - u0), dtype=h0.dtype), np.empty((1, u1 - u0), h0.dtype)
-    for t in range(steps - 1, length - 1, -1):
-        _units_zero_gates(dgi[t, 0], u0, u1, hidden)
+    d_rh, extra = np.empty((batch, u1 - u0), dtype=h0.dtype), np.empty((batch, u1 - u0),
+                                                                      h0.dtype)
+    dn, drz = np.empty((batch, hidden), h0.dtype), np.empty((batch, 2 * hidden), h0.dtype)
     done = 0
-    for t in range(min(length, steps) - 1, -1, -1):
-        h, g = (h0[0] if t == 0 else out[t - 1, 0]), dgi[t]
-        _units_grad_nz_before(dout[t, 0], h, z_s[t, 0], n_s[t, 0], dh, g[0], u0, u1)
+    for t in range(steps - 1, -1, -1):
+        h = h0 if t == 0 else out[t - 1]
+        for i in range(batch):
+            if t < lengths[i]:
+                _units_grad_nz_before(dout[t, i], h[i], z_s[t, i], n_s[t, i], dh0[i],
+                                      dgi[t, i], u0, u1)
+            else:
+                _units_zero_gates(dgi[t, i], u0, u1, hidden)
+        if t >= lengths.max():
+            continue
         _arrive(sync, part, done + 1)
         if not _meet(sync, part, parts, done + 1):  # every unit's dn at t
             return False
-        _gemv_rows(rows_n, g[0, 2 * hidden :].reshape((1, hidden)), d_rh)
-        _units_grad_r_before(h, r_s[t, 0], d_rh[0], dh, g[0], u0, u1)
+        dn[:] = dgi[t, :, 2 * hidden :]  # (contiguous rows: the dot products vectorise)
+        _gemv_rows(rows_n, dn, d_rh)
+        for i in range(batch):
+            if t < lengths[i]:
+                _units_grad_r_before(h[i], r_s[t, i], d_rh[i], dh0[i], dgi[t, i], u0, u1)
         done += 2
         _arrive(sync, part, done)
         if not _meet(sync, part, parts, done):  # every unit's dr (dz came before)
             return False
-        _gemv_rows(rows_rz, g[0, : 2 * hidden].reshape((1, 2 * hidden)), extra)
-        _units_add(dh, extra[0], u0)
+        drz[:] = dgi[t, :, : 2 * hidden]
+        _gemv_rows(rows_rz, drz, extra)
+        _units_add(dh0, extra, u0)
     return True
 
 

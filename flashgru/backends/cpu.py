@@ -557,18 +557,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# ---- batch 1: the hidden units over the threads (``_cpu_units``) -------------------------
-# From this many units a batch-1 call splits its units over torch's threads. B=1, T=256,
-# forward, 2 threads, against the one-part kernel in the same process: 1.02x at H=64,
-# 1.43x at H=128, 1.71x at H=256, 1.48x at H=512.
-UNITS_MIN_HIDDEN = 128
+# ---- a few rows: the hidden units over the threads (``_cpu_units``) ----------------------
+# From UNITS_MIN_HIDDEN units, a call of up to UNITS_MAX_BATCH rows splits its units over
+# torch's threads. B=1, T=256, forward, 2 threads, against the one-part kernel in the same
+# process: 1.02x at H=64, 1.43x at H=128, 1.71x at H=256, 1.48x at H=512 (kernels alone);
+# the module 1.26-1.44x at H=256, forward and forward+backward. Above one row the rows
+# split instead (T=128, forward / forward+backward, units against rows): B=2 1.01x /
+# 0.99x at H=128, 1.11x / 0.96x at H=256; B=4 0.80x / 0.80x at H=128, 0.92x / 0.88x at
+# H=256; B=8 0.69x / 0.71x at H=256.
+UNITS_MIN_HIDDEN, UNITS_MAX_BATCH = 128, 1
 
 
 def _unit_parts(batch: int, hidden: int, parts: int | None) -> int:
-    """Into how many unit ranges a call splits: at batch 1 from UNITS_MIN_HIDDEN units,
-    one per thread of torch's team (as ``_parts``); else, or where the caller fixed its
-    ``parts``, 1."""
-    if batch != 1 or parts is not None or hidden < UNITS_MIN_HIDDEN:
+    """Into how many unit ranges a call splits: up to UNITS_MAX_BATCH rows from
+    UNITS_MIN_HIDDEN units, one per thread of torch's team (as ``_parts``); else, or where
+    the caller fixed its ``parts``, 1."""
+    if batch > UNITS_MAX_BATCH or parts is not None or hidden < UNITS_MIN_HIDDEN:
         return 1
     return _parts(hidden // _cpu_units.UNIT_ALIGN)
 
@@ -583,28 +587,28 @@ def _run_units(kernel, args: tuple, hidden: int, parts: int) -> bool:
     return True
 
 
-def _fwd_units(gi, h0, w_hh, b, length, out, saved, reset_after, parts) -> bool:
+def _fwd_units(gi, h0, w_hh, b, lengths, out, saved, reset_after, parts) -> bool:
     """The forward loop at batch 1 over ``parts`` unit ranges (arrays as ``_fwd``'s
     kernels take them, W_hh as stored); False where it could not run."""
     if reset_after:
-        args, kernel = (gi, h0, w_hh, b, length, out, *saved), _cpu_units._fwd_after
+        args, kernel = (gi, h0, w_hh, b, lengths, out, *saved), _cpu_units._fwd_after
     else:
-        rh = torch.from_numpy(out).new_empty(1, h0.shape[-1]).numpy()  # shared by the parts
-        args, kernel = (gi, h0, w_hh, b, length, out, *saved, rh), _cpu_units._fwd_before
+        rh = torch.from_numpy(out).new_empty(h0.shape).numpy()  # shared by the parts
+        args, kernel = (gi, h0, w_hh, b, lengths, out, *saved, rh), _cpu_units._fwd_before
     return _run_units(kernel, args, h0.shape[-1], parts)
 
 
-def _bwd_units(common, saved, w_hh, length, dgi, dgh, dh0, reset_after, parts) -> bool:
+def _bwd_units(common, saved, w_hh, lengths, dgi, dgh, dh0, reset_after, parts) -> bool:
     """The reverse recurrence at batch 1 over ``parts`` unit ranges (``common``: dout, h0,
     out, r, z, n as arrays); False where it could not run."""
     hidden = w_hh.shape[1]
     if reset_after:
-        args = (*common, saved[3].numpy(), _transposed(w_hh.detach().contiguous()), length,
+        args = (*common, saved[3].numpy(), _transposed(w_hh.detach().contiguous()), lengths,
                 dgi.numpy(), dgh.numpy(), dh0.numpy())
         kernel = _cpu_units._bwd_after
     else:
         w = w_hh.detach().contiguous()
-        args = (*common, _transposed(w[: 2 * hidden]), _transposed(w[2 * hidden :]), length,
+        args = (*common, _transposed(w[: 2 * hidden]), _transposed(w[2 * hidden :]), lengths,
                 dgi.numpy(), dh0.numpy())
         kernel = _cpu_units._bwd_before
     return _run_units(kernel, args, hidden, parts)
@@ -669,8 +673,8 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
         return out, saved
     lens = lengths.numpy()
     units = _unit_parts(batch, hidden, parts)
-    if units > 1 and _fwd_units(_np(gi), _np(h0), _np(w_hh), _np(b_hh), int(lens[0]),
-                                out.numpy(), [t.numpy() for t in saved], reset_after, units):
+    if units > 1 and _fwd_units(_np(gi), _np(h0), _np(w_hh), _np(b_hh), lens, out.numpy(),
+                                [t.numpy() for t in saved], reset_after, units):
         return out, saved
     args = [_np(gi), _np(h0), *_weights(w_hh, reset_after, batch, steps), _np(b_hh), lens,
             out.numpy(), *(t.numpy() for t in saved)]
@@ -691,7 +695,7 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
     else:
         dh0, lens = torch.zeros(batch, hidden, dtype=out.dtype), lengths.numpy()
         units = _unit_parts(batch, hidden, parts)
-        if not (units > 1 and _bwd_units(common, saved, w_hh, int(lens[0]), dgi, dgh, dh0,
+        if not (units > 1 and _bwd_units(common, saved, w_hh, lens, dgi, dgh, dh0,
                                          reset_after, units)):
             _bwd_rows(common, saved, w_hh, lens, dgi, dgh, dh0, reset_after, parts)
     rows = _running_rows(lengths, steps)
@@ -898,7 +902,7 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
     scratch = torch.empty(3 + reset_after, 1, batch, hidden, dtype=gi.dtype).numpy()
     units = _unit_parts(batch, hidden, parts)  # (torch's scratch: 64-byte aligned rows)
-    if units > 1 and _fwd_units(gi_n, _np(h0), _np(w_hh), bias, int(lens[0]), out.numpy(),
+    if units > 1 and _fwd_units(gi_n, _np(h0), _np(w_hh), bias, lens, out.numpy(),
                                 list(scratch), reset_after, units):
         return out
     args = (gi_n, _np(h0), *_weights(w_hh, reset_after, batch, steps), bias, lens,
