@@ -22,7 +22,7 @@ def _spy_units(monkeypatch, parts):
     """Split every call into ``parts`` unit ranges (unless the caller fixed its parts);
     returns the list that records whether each split call ran."""
     monkeypatch.setattr(cpu, "_unit_parts",
-                        lambda batch, hidden, fixed: parts if fixed is None else 1)
+                        lambda batch, hidden, steps, fixed: parts if fixed is None else 1)
     ran, real = [], cpu._run_units
     monkeypatch.setattr(cpu, "_run_units", lambda *a: ran.append(real(*a)) or ran[-1])
     return ran
@@ -88,21 +88,23 @@ def test_meeting_points():
 @needs_team
 @pytest.mark.parametrize("hidden", [128, 127], ids=["split", "too-few-units"])
 def test_units_by_default_at_batch_one(hidden, monkeypatch):
-    """Where torch has more than one thread, a call of ≤ UNITS_MAX_BATCH rows and ≥
-    UNITS_MIN_HIDDEN units splits them (not with more rows, nor where the caller fixed its
-    parts, nor with one thread): the module against torch.nn.GRU, outputs and every
-    gradient."""
+    """Where torch has more than one thread, a call of ≤ UNITS_MAX_BATCH rows, ≥
+    UNITS_MIN_HIDDEN units and ≥ UNITS_MIN_STEPS steps splits its units (not with more
+    rows or fewer steps, nor where the caller fixed its parts, nor with one thread): the
+    module against torch.nn.GRU, outputs and every gradient."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert cpu.UNITS_MIN_HIDDEN == 128
-    assert cpu._unit_parts(1, hidden, None) == (2 if hidden == 128 else 1)
-    assert cpu._unit_parts(cpu.UNITS_MAX_BATCH + 1, 128, None) == 1
-    assert cpu._unit_parts(1, 128, 1) == 1
+    steps = cpu.UNITS_MIN_STEPS
+    assert (cpu.UNITS_MIN_HIDDEN, cpu.UNITS_MAX_BATCH, steps) == (128, 1, 64)
+    assert cpu._unit_parts(1, hidden, steps, None) == (2 if hidden == 128 else 1)
+    assert cpu._unit_parts(cpu.UNITS_MAX_BATCH + 1, 128, steps, None) == 1
+    assert cpu._unit_parts(1, 128, steps - 1, None) == 1
+    assert cpu._unit_parts(1, 128, steps, 1) == 1
     ran, real = [], cpu._run_units
     monkeypatch.setattr(cpu, "_run_units", lambda *a: ran.append(real(*a)) or ran[-1])
     torch.manual_seed(0)
     gru = flashgru.GRU(5, hidden, backend="cpu")
     ref = gru.to_torch()
-    x = torch.randn(9, 1, 5, requires_grad=True)
+    x = torch.randn(steps, 1, 5, requires_grad=True)
     out, h_n = gru(x)
     ref_out, ref_h = ref(x)
     assert_close("out", ref_out, out, 1e-5)
@@ -114,7 +116,7 @@ def test_units_by_default_at_batch_one(hidden, monkeypatch):
         assert_close(name, r, o, 1e-5, rtol=1e-5)
     assert ran == ([True] * 2 if hidden == 128 else [])
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert cpu._unit_parts(1, 128, None) == 1
+    assert cpu._unit_parts(1, 128, steps, None) == 1
 
 
 @needs_team
@@ -168,9 +170,9 @@ def test_a_failing_unit_part_stops_the_others():
 
 
 def _units_in_child(queue):
-    gru = flashgru.GRU(3, 128, backend="cpu")
+    gru = flashgru.GRU(3, 128, backend="cpu")  # a call that splits its units in the parent
     with torch.no_grad():
-        queue.put(tuple(gru(torch.randn(4, 1, 3))[0].shape))
+        queue.put(tuple(gru(torch.randn(cpu.UNITS_MIN_STEPS, 1, 3))[0].shape))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -187,4 +189,4 @@ def test_units_after_a_fork():
     if alive:
         child.kill()
     assert not alive and child.exitcode == 0
-    assert queue.get(timeout=5) == (4, 1, 128)
+    assert queue.get(timeout=5) == (cpu.UNITS_MIN_STEPS, 1, 128)

@@ -564,15 +564,19 @@ if hasattr(os, "register_at_fork"):
 # the module 1.26-1.44x at H=256, forward and forward+backward. Above one row the rows
 # split instead (T=128, forward / forward+backward, units against rows): B=2 1.01x /
 # 0.99x at H=128, 1.11x / 0.96x at H=256; B=4 0.80x / 0.80x at H=128, 0.92x / 0.88x at
-# H=256; B=8 0.69x / 0.71x at H=256.
-UNITS_MIN_HIDDEN, UNITS_MAX_BATCH = 128, 1
+# H=256; B=8 0.69x / 0.71x at H=256. A split call costs ~20-50 µs more to start, so short
+# calls stay on one thread (module at B=1, units against one thread, forward /
+# forward+backward: T=32 0.99x / 0.90x at H=128, 1.10x / 0.96x at H=256; T=64 1.06x /
+# 1.02x and 1.18x / 1.06x; T=128 1.11x / 1.09x and 1.30x / 1.14x; below T=32 0.76-0.98x).
+UNITS_MIN_HIDDEN, UNITS_MAX_BATCH, UNITS_MIN_STEPS = 128, 1, 64
 
 
-def _unit_parts(batch: int, hidden: int, parts: int | None) -> int:
+def _unit_parts(batch: int, hidden: int, steps: int, parts: int | None) -> int:
     """Into how many unit ranges a call splits: up to UNITS_MAX_BATCH rows from
-    UNITS_MIN_HIDDEN units, one per thread of torch's team (as ``_parts``); else, or where
-    the caller fixed its ``parts``, 1."""
-    if batch > UNITS_MAX_BATCH or parts is not None or hidden < UNITS_MIN_HIDDEN:
+    UNITS_MIN_HIDDEN units and UNITS_MIN_STEPS steps, one per thread of torch's team (as
+    ``_parts``); else, or where the caller fixed its ``parts``, 1."""
+    if (batch > UNITS_MAX_BATCH or parts is not None or hidden < UNITS_MIN_HIDDEN
+            or steps < UNITS_MIN_STEPS):
         return 1
     return _parts(hidden // _cpu_units.UNIT_ALIGN)
 
@@ -672,7 +676,7 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
         _fwd_wide(gi, h0, w_hh, b_hh, lengths, out, saved, reset_after)
         return out, saved
     lens = lengths.numpy()
-    units = _unit_parts(batch, hidden, parts)
+    units = _unit_parts(batch, hidden, steps, parts)
     if units > 1 and _fwd_units(_np(gi), _np(h0), _np(w_hh), _np(b_hh), lens, out.numpy(),
                                 [t.numpy() for t in saved], reset_after, units):
         return out, saved
@@ -694,7 +698,7 @@ def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
         dh0 = _bwd_wide(dout, h0, w_hh, out, saved, lengths, dgi, dgh, reset_after)
     else:
         dh0, lens = torch.zeros(batch, hidden, dtype=out.dtype), lengths.numpy()
-        units = _unit_parts(batch, hidden, parts)
+        units = _unit_parts(batch, hidden, steps, parts)
         if not (units > 1 and _bwd_units(common, saved, w_hh, lens, dgi, dgh, dh0,
                                          reset_after, units)):
             _bwd_rows(common, saved, w_hh, lens, dgi, dgh, dh0, reset_after, parts)
@@ -901,7 +905,7 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
         return out
     out = torch.empty(steps, batch, hidden, dtype=gi.dtype)
     scratch = torch.empty(3 + reset_after, 1, batch, hidden, dtype=gi.dtype).numpy()
-    units = _unit_parts(batch, hidden, parts)  # (torch's scratch: 64-byte aligned rows)
+    units = _unit_parts(batch, hidden, steps, parts)  # (torch's scratch: 64-byte aligned rows)
     if units > 1 and _fwd_units(gi_n, _np(h0), _np(w_hh), bias, lens, out.numpy(),
                                 list(scratch), reset_after, units):
         return out
