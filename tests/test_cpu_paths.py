@@ -237,6 +237,7 @@ def test_rows_over_threads_match_reference(parts, reset_after, dtype, lengths, m
     gradient and the inference path against the reference, with the call split into
     ``parts`` row ranges (whatever this machine's thread count)."""
     monkeypatch.setattr(cpu, "_parts", lambda batch: min(parts, batch))
+    monkeypatch.setattr(cpu, "SPLIT_MIN_WORK", 0)  # these sizes split too
     seen = []
     real = cpu._in_parts
     monkeypatch.setattr(cpu, "_in_parts", lambda run, ranges: seen.append(ranges) or real(
@@ -276,6 +277,28 @@ def test_rows_over_threads_by_default_and_mkl_restored(monkeypatch):
         assert_close("out", flashgru.GRU.from_torch(gru.to_torch(), backend="reference")(x)[0],
                      gru(x)[0], 1e-5)
     assert cpu._MKL_LOCAL(before) == 0
+
+
+def test_rows_split_only_from_enough_work(monkeypatch):
+    """A call's rows split over the threads (``_parts``) from SPLIT_MIN_WORK multiply-adds
+    of the hidden product on; a fixed ``parts`` is kept; an unsplit call is one part."""
+    monkeypatch.setattr(cpu, "_parts", lambda batch: min(batch, 2))
+    hidden = 128
+    steps = -(-cpu.SPLIT_MIN_WORK // (16 * 3 * hidden * hidden))  # just enough at batch 16
+    assert cpu._row_parts(16, steps, hidden, None) == 2
+    assert cpu._row_parts(16, steps - 1, hidden, None) == 1
+    assert cpu._row_parts(16, 1, hidden, 3) == 3
+    seen = []
+    real = cpu._in_parts
+    monkeypatch.setattr(cpu, "_in_parts", lambda run, ranges: seen.append(ranges) or real(
+        run, ranges))
+    g = torch.Generator().manual_seed(5)
+    for t in (steps - 1, steps):
+        gi, h0, w, b = (x.detach() for x in _core_inputs(g, t, 16, hidden, torch.float32))
+        with torch.no_grad():
+            assert_close("out", reference.core(gi, h0, w / hidden, b, None, True),
+                         cpu.core(gi, h0, w / hidden, b, None, True), 1e-5)
+    assert [len(r) for r in seen] == [2]  # the longer call only
 
 
 def test_a_failing_part_raises_after_every_part_ends():
@@ -339,6 +362,7 @@ def test_calls_from_several_python_threads_at_once(monkeypatch):
     import threading
 
     monkeypatch.setattr(cpu, "_parts", lambda batch: min(batch, 2))
+    monkeypatch.setattr(cpu, "SPLIT_MIN_WORK", 0)
     ref = flashgru.GRU(3, 5, dtype=torch.float64, backend="reference")
     gru = flashgru.GRU(3, 5, dtype=torch.float64, backend="cpu")
     gru.load_state_dict(ref.state_dict())
