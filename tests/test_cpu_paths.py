@@ -145,7 +145,9 @@ def test_both_directions_side_by_side_and_after_a_fork(monkeypatch):
     ref = flashgru.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, backend="reference")
     ref.load_state_dict(gru.state_dict())
     assert BACKENDS["cpu"].pair is cpu.core_pair
-    assert cpu.pairs(1) == (torch.get_num_threads() > 1)
+    assert cpu.pairs(1, cpu.PAIR_MIN_STEPS) == (torch.get_num_threads() > 1)
+    assert not cpu.pairs(1, cpu.PAIR_MIN_STEPS - 1)
+    monkeypatch.setattr(cpu, "PAIR_MIN_STEPS", 2)  # these short calls too
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     together = []
     real = cpu._together
@@ -181,7 +183,9 @@ def test_directions_side_by_side_only_where_rows_do_not_split(batch, split, monk
     monkeypatch.setattr(cpu, "_parts", lambda b: min(b, 2) if split else 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     side_by_side = batch == 1 or (not split and batch <= cpu.PAIR_MAX_BATCH)
-    assert cpu.pairs(batch) == side_by_side
+    assert cpu.pairs(batch, cpu.PAIR_MIN_STEPS) == side_by_side
+    assert not cpu.pairs(batch, cpu.PAIR_MIN_STEPS - 1)
+    monkeypatch.setattr(cpu, "PAIR_MIN_STEPS", 5)  # the call below
     calls = []
     real = cpu._side_by_side
     monkeypatch.setattr(cpu, "_side_by_side", lambda *f: calls.append(1) or real(*f))
@@ -267,9 +271,9 @@ def test_rows_over_threads_by_default_and_mkl_restored(monkeypatch):
         assert cpu._parts(8) == 1
         return
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert (cpu._parts(8), cpu.pairs(1)) == (1, False)
+    assert (cpu._parts(8), cpu.pairs(1, 64)) == (1, False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert (cpu._parts(1), cpu._parts(8), cpu.pairs(1)) == (1, 2, True)
+    assert (cpu._parts(1), cpu._parts(8), cpu.pairs(1, 64)) == (1, 2, True)
     before = cpu._MKL_LOCAL(0)  # 0: no setting of this thread's own
     x = torch.randn(5, 4, 3)
     gru = flashgru.GRU(3, 8, backend="cpu")

@@ -830,21 +830,27 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
 # Both directions of a layer side by side, one per thread, where the batch does not split
 # over the threads (batch 1, or no OpenMP team) and up to this batch: measured about even
 # at B=64 (0.96-1.22x) and 12% slower over a whole `flashgru train surnames` run (batch 64,
-# the worker thread competing with torch's own threads), against 1.2-1.7x at B=1-16.
-PAIR_MAX_BATCH = 16
+# the worker thread competing with torch's own threads), against 1.2-1.7x at B=1-16;
+# and from PAIR_MIN_STEPS steps: a side-by-side call costs ~20-50 µs more to start (B=1,
+# side by side against one after the other, forward / forward+backward: H=64 T=8-32
+# 0.66x / 0.66-0.72x, H=128 T=16 0.72x / 0.76x; H=64 T=64 0.98x / 1.18x, T=256 1.31x /
+# 1.42x; H=128 T=64 1.03x / 1.13x, T=128 1.09x / 1.12x; H=256 T=128-256 0.85x / 1.02-1.03x,
+# where one after the other splits each direction's units).
+PAIR_MAX_BATCH, PAIR_MIN_STEPS = 16, 64
 
 
-def pairs(batch: int) -> bool:
-    """Whether a bidirectional layer of ``batch`` rows runs its directions side by side
-    (not when torch is set to one thread)."""
-    return torch.get_num_threads() > 1 and _parts(batch) == 1 and batch <= PAIR_MAX_BATCH
+def pairs(batch: int, steps: int) -> bool:
+    """Whether a bidirectional layer of ``batch`` rows and ``steps`` steps runs its
+    directions side by side (not when torch is set to one thread)."""
+    return (torch.get_num_threads() > 1 and _parts(batch) == 1 and batch <= PAIR_MAX_BATCH
+            and steps >= PAIR_MIN_STEPS)
 
 
 def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
               w_hh: tuple[Tensor, Tensor], b_hh: tuple[Tensor | None, Tensor | None],
               lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
     """The two directions of a bidirectional layer, each argument a pair as ``core`` takes
-    it (the second direction's input already reversed). Where ``pairs(batch)``, the two
+    it (the second direction's input already reversed). Where ``pairs(batch, steps)``, the two
     time loops run side by side, the second on a worker thread (the kernels release the
     GIL), forward and backward; else one after the other, each over the threads by rows.
     Returns the pair of outputs."""
@@ -852,7 +858,7 @@ def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
         _check(x)
     gi = tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(gi, h0, strict=True))
     steps, batch = gi[0].shape[:2]
-    if steps == 1 or not pairs(batch):  # one after the other
+    if not pairs(batch, steps):  # one after the other
         return tuple(core(*args, lengths, reset_after)
                      for args in zip(gi, h0, w_hh, b_hh, strict=True))
     if not any(_needs_grad(*args) for args in zip(gi, h0, w_hh, b_hh, strict=True)):
