@@ -8,6 +8,7 @@ from helpers import BACKENDS as CPU_BACKENDS
 from helpers import assert_close
 
 import flashgru
+from flashgru import backends
 from flashgru.backends import BACKENDS, Backend, reference
 
 CPU_FUSED = BACKENDS["cpu"].missing() is None
@@ -33,17 +34,18 @@ def test_auto_rules(monkeypatch):
     assert flashgru.select_backend("auto", reset_after=True, batch=128, hidden=512).name == (
         "torch")
     assert flashgru.select_backend("auto", reset_after=True, batch=32769).name == "torch"
-    assert flashgru.select_backend("auto", reset_after=True, batch=64, hidden=512).name == (
-        fused or "torch")
-    assert flashgru.select_backend("auto", reset_after=True, batch=17, hidden=1).name == (
-        fused or "torch")
+    steps = backends.CPU_MIN_STEPS
+    assert flashgru.select_backend("auto", reset_after=True, batch=64, hidden=512,
+                                   steps=steps).name == (fused or "torch")
+    assert flashgru.select_backend("auto", reset_after=True, batch=17, hidden=1,
+                                   steps=steps).name == (fused or "torch")
     assert flashgru.select_backend("auto", reset_after=False, batch=128, hidden=512).name == (
         fused or "reference")
     monkeypatch.setattr(cpu, "_parts", lambda batch: min(batch, 2))  # split over 2 threads
     for batch, hidden, name in ((128, 512, fused), (256, 512, fused), (257, 512, "torch"),
                                 (64, 1024, "torch")):
-        assert flashgru.select_backend("auto", reset_after=True, batch=batch,
-                                       hidden=hidden).name == (name or "torch")
+        assert flashgru.select_backend("auto", reset_after=True, batch=batch, hidden=hidden,
+                                       steps=steps).name == (name or "torch")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
     long = flashgru.select_backend("auto", device="cuda", steps=65536)
     if gpu:
@@ -125,6 +127,27 @@ def test_unavailable_backend_names_what_to_install(monkeypatch):
     monkeypatch.setitem(BACKENDS, "fancy", missing)
     with pytest.raises(flashgru.BackendUnavailableError, match=r"pip install 'flashgru\[fancy\]'"):
         flashgru.GRU(3, 4, backend="fancy")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_auto_leaves_short_calls_to_torch(grad):
+    """Torch's formulation with fewer than CPU_MIN_STEPS steps runs on torch's kernels
+    (faster to start), except one inference step the streaming kernel takes; the paper's
+    formulation stays on the fused kernels at any length (torch has none)."""
+    fused = "cpu" if CPU_FUSED else "torch"
+    steps = backends.CPU_MIN_STEPS
+
+    def pick(steps, batch=1, hidden=64, reset_after=True):
+        return flashgru.select_backend("auto", reset_after=reset_after, steps=steps,
+                                       batch=batch, hidden=hidden, grad=grad)
+
+    assert pick(steps).name == fused
+    for short in range(2, steps):
+        choice = pick(short)
+        assert choice.name == "torch" and f"{short} steps" in choice.reason, choice
+    assert pick(1).name == ("torch" if grad else fused)  # the streaming kernel: batch 1
+    assert pick(1, batch=16).name == "torch"  # 16 × 6 · 64² > STEP_WORK: no streaming kernel
+    assert pick(1, reset_after=False).name == ("cpu" if CPU_FUSED else "reference")
 
 
 def test_module_reports_its_choice_and_uses_it(monkeypatch):

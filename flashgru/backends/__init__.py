@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import cpu, parallel, reference, torch_native, triton_gru
+from . import cpu, cpu_step, parallel, reference, torch_native, triton_gru
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,13 @@ BACKENDS: dict[str, Backend] = {
 # 1.08x / 1.08x); at H=1024 forward 0.93-0.97x.
 CPU_MAX_BATCH, CPU_MAX_BATCH_HIDDEN = 16, 32768
 CPU_SPLIT_MAX_BATCH_HIDDEN, CPU_SPLIT_MAX_HIDDEN = 131072, 512
+# Fewer steps than this, torch's formulation stays on torch's kernels: the fused call's
+# fixed cost (Python, the launch) is more than a short call saves. Measured (module, cpu
+# against torch.nn.GRU, B ∈ {1, 16, 64}, H ∈ {64, 256}): inference T=2 0.77-0.87x, T=4
+# 1.00-1.18x, T=8 1.17-1.75x; training T=1 0.66-0.73x, T=2 0.90-1.07x, T=4 1.08-1.43x.
+# One inference step that the streaming kernel takes (``cpu_step.step_fits``) is faster
+# (B=1: 1.39x at H=256, 1.78x at H=64; at B=16-64 it does not fit and measured 0.65-0.74x).
+CPU_MIN_STEPS = 4
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
 
 
@@ -119,8 +126,10 @@ def select_backend(
     to install or change; it is never silently replaced. For "auto" the rules are, first
     match wins:
 
-    1. CPU, float32/float64, numba installed, and ``reset_after=False``, ``batch`` ≤ 16
-       or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels. Measured on 2 cores
+    1. CPU, float32/float64, numba installed, and ``reset_after=False``, or ``steps`` ≥ 4
+       (or one inference step the streaming kernel takes, ``cpu_step.step_fits``) and
+       ``batch`` ≤ 16 or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels
+       (shorter calls measured 0.66–0.87× torch's). Measured on 2 cores
        against torch.nn.GRU: 2–12× faster forward and 5–20× forward+backward at batch 1,
        1.06–2.4× / 1.4–4.0× at batch 16, 1.02–1.9× / 1.04–2.9× at batch 32–128 up to
        that size. Where a call's rows split over torch's threads (``cpu._parts``), also
@@ -163,12 +172,16 @@ def select_backend(
         return BackendChoice(requested, "requested")
     fused = BACKENDS["cpu"]
     if fused.missing() is None and _runs(fused, device, dtype) and (
-            not reset_after or batch <= CPU_MAX_BATCH
-            or batch * hidden <= CPU_MAX_BATCH_HIDDEN
-            or (batch * hidden <= CPU_SPLIT_MAX_BATCH_HIDDEN and hidden <= CPU_SPLIT_MAX_HIDDEN
-                and cpu._parts(batch) > 1)):
+            not reset_after or (not _short_for_cpu(steps, batch, hidden, grad) and (
+                batch <= CPU_MAX_BATCH or batch * hidden <= CPU_MAX_BATCH_HIDDEN
+                or (batch * hidden <= CPU_SPLIT_MAX_BATCH_HIDDEN
+                    and hidden <= CPU_SPLIT_MAX_HIDDEN and cpu._parts(batch) > 1)))):
         return BackendChoice("cpu", f"{device.type}, {dtype}, batch {batch}: flashgru's "
                                     "fused CPU kernels")
+    if fused.missing() is None and _runs(fused, device, dtype) and reset_after and \
+            _short_for_cpu(steps, batch, hidden, grad):
+        return BackendChoice("torch", f"{steps} step{'s' * (steps != 1)}: torch's fused GRU "
+                                      "(ATen) starts faster than the fused CPU kernels")
     gpu = BACKENDS["triton"]
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
@@ -196,6 +209,15 @@ def select_backend(
                                       f"{batch}, hidden {hidden}: cuDNN's backward is faster "
                                       "than the Triton one here")
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
+
+
+def _short_for_cpu(steps: int, batch: int, hidden: int, grad: bool) -> bool:
+    """Whether a call of torch's formulation is too short for the fused CPU kernels:
+    fewer than CPU_MIN_STEPS steps, except one inference step that the streaming kernel
+    takes (``cpu_step.step_fits``, its input size taken as ``hidden``)."""
+    if steps >= CPU_MIN_STEPS:
+        return False
+    return not (steps == 1 and not grad and cpu_step.step_fits(batch, 6 * hidden * hidden))
 
 
 def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torch.dtype,
