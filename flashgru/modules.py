@@ -161,6 +161,8 @@ class GRU(nn.GRU):
     def forward(self, input, hx=None):
         if cpu_step.AVAILABLE and not self.bidirectional:
             streamed = self._stream(input, hx)
+            if streamed is None:
+                streamed = self._sequence(input, hx)
             if streamed is not None:
                 return streamed
         p = self._prepare(input, hx)
@@ -204,6 +206,52 @@ class GRU(nn.GRU):
                 return None
             states.append(x)
         return x.unsqueeze(time), torch.stack(states)
+
+    def _sequence(self, input, hx):
+        """A whole sequence of a one-direction GRU for inference on the ``cpu`` backend,
+        layer by layer straight to ``cpu.core``: the ops ``functional.gru`` runs for it
+        (the same numbers) without its general handling, which costs ~45 µs a call
+        (docs/performance.md). (output, h_n), or None where the ordinary path must run:
+        only a plain 3-D CPU tensor of the parameters' float dtype, hx None or a plain
+        (layers, B, H) tensor, no gradient wanted, no dropout between layers, no special
+        mode, and a call the dispatch rule gives to ``cpu``."""
+        p = self._parameters
+        layers, hidden = self.num_layers, self.hidden_size
+        if type(input) is not Tensor or input.dim() != 3 or cpu_step._special_mode() or (
+                layers > 1 and self.training and self.dropout > 0):
+            return None
+        dtype = input.dtype
+        if dtype not in (torch.float32, torch.float64):
+            return None
+        x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        steps, batch, features = x.shape
+        if not (x.is_cpu and features == self.input_size and steps > 0 and batch > 0):
+            return None
+        state = (layers, batch, hidden)
+        if hx is not None and not (type(hx) is Tensor and hx.dtype is dtype and hx.is_cpu
+                                   and hx.shape == state):
+            return None
+        if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype or not t.is_cpu
+               for t in p.values()):
+            return None
+        if torch.is_grad_enabled() and (input.requires_grad or (
+                hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values())):
+            return None
+        choice = select_backend(self.backend, reset_after=self.reset_after, dtype=dtype,
+                                steps=steps, batch=batch, hidden=hidden)
+        if choice.name != "cpu":
+            return None
+        from .backends import cpu
+
+        if hx is None:
+            hx = torch.zeros(state, dtype=dtype)
+        states = []
+        for k in range(layers):
+            gi = torch.nn.functional.linear(x, p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}"))
+            x = cpu.core(gi, hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None,
+                         self.reset_after)
+            states.append(x[-1])
+        return (x.transpose(0, 1) if self.batch_first else x), torch.stack(states)
 
     def gates(self, input, hx=None) -> GateTrace:
         """Run the GRU on the reference core and return every gate of every step.

@@ -27,6 +27,8 @@ class Backend:
     double_backward: whether its gradients are differentiable again.
     pair: optional, both directions of a bidirectional layer in one call (``cpu.core_pair``
       's contract), for a core that runs them side by side.
+    traceable: whether torch.jit.trace records it right (only torch ops, no values read
+      back into Python).
     """
 
     name: str
@@ -38,11 +40,14 @@ class Backend:
     dtypes: tuple[torch.dtype, ...] | None = None
     double_backward: bool = True
     pair: Callable | None = None
+    traceable: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend("reference", "core", reference.core, reset_before=True),
-    "torch": Backend("torch", "stack", torch_native.gru_stack, reset_before=False),
+    "reference": Backend("reference", "core", reference.core, reset_before=True,
+                         traceable=True),
+    "torch": Backend("torch", "stack", torch_native.gru_stack, reset_before=False,
+                     traceable=True),
     "cpu": Backend("cpu", "core", cpu.core, reset_before=True, missing=cpu.missing,
                    devices=("cpu",), dtypes=(torch.float32, torch.float64),
                    double_backward=False, pair=cpu.core_pair),
@@ -50,7 +55,7 @@ BACKENDS: dict[str, Backend] = {
                         dtypes=(torch.float32, torch.float64), double_backward=False),
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
                       missing=triton_gru.missing, devices=triton_gru.devices(),
-                      dtypes=triton_gru.DTYPES, double_backward=False),
+                      dtypes=triton_gru.DTYPES, double_backward=False, traceable=True),
 }
 
 
@@ -126,6 +131,11 @@ def select_backend(
     to install or change; it is never silently replaced. For "auto" the rules are, first
     match wins:
 
+    0. Under torch.jit.trace on the CPU → "torch" (``reset_after=False``: "reference"):
+       the ``cpu`` backend's numba kernels are not torch ops (a trace would keep their
+       outputs as constants) and ``parallel`` reads values back into Python. Asked for by
+       name while tracing, those two raise RuntimeError. (``triton``'s kernels are a
+       ``torch.library`` op, which a trace records.)
     1. CPU, float32/float64, numba installed, and ``reset_after=False``, or ``steps`` ≥ 4
        (or one inference step the streaming kernel takes, ``cpu_step.step_fits``) and
        ``batch`` ≤ 16 or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels
@@ -162,6 +172,7 @@ def select_backend(
     """
     check_backend(requested, reset_after)
     device = torch.device(device)
+    tracing = torch.jit.is_tracing()
     if requested != "auto":
         backend = BACKENDS[requested]
         if not _runs(backend, device, dtype):
@@ -169,7 +180,15 @@ def select_backend(
                 f"backend {requested!r} runs {_what(backend)}, not {dtype} on {device.type}; "
                 "use backend='auto' or 'reference'"
             )
+        if tracing and not backend.traceable:
+            raise RuntimeError(
+                f"backend {requested!r} cannot be recorded by torch.jit.trace (its kernels "
+                "are not torch ops); trace with backend='auto', 'torch' or 'reference'")
         return BackendChoice(requested, "requested")
+    if tracing and device.type == "cpu":
+        return (BackendChoice("torch", "torch.jit.trace records torch's fused GRU")
+                if reset_after else
+                BackendChoice("reference", "torch.jit.trace records the reference core"))
     fused = BACKENDS["cpu"]
     if fused.missing() is None and _runs(fused, device, dtype) and (
             not reset_after or (not _short_for_cpu(steps, batch, hidden, grad) and (
