@@ -99,6 +99,9 @@ def test_units_by_default_at_batch_one(hidden, monkeypatch):
     assert cpu._unit_parts(cpu.UNITS_MAX_BATCH + 1, 128, steps, None) == 1
     assert cpu._unit_parts(1, 128, steps - 1, None) == 1
     assert cpu._unit_parts(1, 128, steps, 1) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # ≥ UNITS_PER_PART units each
+    assert [cpu._unit_parts(1, h, steps, None) for h in (128, 255, 256, 1024)] == [2, 3, 4, 8]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     ran, real = [], cpu._run_units
     monkeypatch.setattr(cpu, "_run_units", lambda *a: ran.append(real(*a)) or ran[-1])
     torch.manual_seed(0)

@@ -585,16 +585,21 @@ if hasattr(os, "register_at_fork"):
 # forward+backward: T=32 0.99x / 0.90x at H=128, 1.10x / 0.96x at H=256; T=64 1.06x /
 # 1.02x and 1.18x / 1.06x; T=128 1.11x / 1.09x and 1.30x / 1.14x; below T=32 0.76-0.98x).
 UNITS_MIN_HIDDEN, UNITS_MAX_BATCH, UNITS_MIN_STEPS = 128, 1, 64
+# At least this many units per part (so 2 parts at H=128, 4 at H=256 on a machine with
+# the threads): a part's work per step has to outweigh its meeting (~0.2 µs); measured
+# only with 2 threads.
+UNITS_PER_PART = 64
 
 
 def _unit_parts(batch: int, hidden: int, steps: int, parts: int | None) -> int:
     """Into how many unit ranges a call splits: up to UNITS_MAX_BATCH rows from
     UNITS_MIN_HIDDEN units and UNITS_MIN_STEPS steps, one per thread of torch's team (as
-    ``_parts``); else, or where the caller fixed its ``parts``, 1."""
+    ``_parts``) but at least UNITS_PER_PART units each; else, or where the caller fixed
+    its ``parts``, 1."""
     if (batch > UNITS_MAX_BATCH or parts is not None or hidden < UNITS_MIN_HIDDEN
             or steps < UNITS_MIN_STEPS):
         return 1
-    return _parts(hidden // _cpu_units.UNIT_ALIGN)
+    return _parts(hidden // UNITS_PER_PART)
 
 
 def _run_units(kernel, args: tuple, hidden: int, parts: int) -> bool:
