@@ -184,28 +184,14 @@ class GRU(nn.GRU):
         """One step (T=1) of a one-direction GRU, layer by layer on the cpu backend's fused
         step, for streaming loops that carry h_n from call to call: (output, h_n), or None
         where the ordinary path must run (it then makes every check and error torch's).
-        Inference only; the same conditions as GRUCell's fast path (``cpu_step.step``), and
-        no dropout between layers (eval mode, or dropout 0)."""
+        Inference only; the same conditions as GRUCell's fast path (``cpu_step.stream``),
+        and no dropout between layers (eval mode, or dropout 0)."""
         layers = self.num_layers
-        if self.backend not in ("auto", "cpu") or type(input) is not Tensor or (
+        if self.backend not in ("auto", "cpu") or (
                 layers > 1 and self.training and self.dropout > 0):
             return None
-        dim = input.dim()
-        time = int(self.batch_first and dim == 3)
-        if dim not in (2, 3) or input.shape[time] != 1:
-            return None
-        if hx is not None and (type(hx) is not Tensor or hx.dim() != dim
-                               or hx.shape[0] != layers):
-            return None
-        p, x, states = self._parameters, input.select(time, 0), []
-        for k in range(layers):
-            x = cpu_step.step(x, None if hx is None else hx[k], p[f"weight_ih_l{k}"],
-                              p[f"weight_hh_l{k}"], p.get(f"bias_ih_l{k}"),
-                              p.get(f"bias_hh_l{k}"), self.hidden_size, self.reset_after)
-            if x is None:
-                return None
-            states.append(x)
-        return x.unsqueeze(time), torch.stack(states)
+        return cpu_step.stream(input, hx, self._parameters, layers, self.hidden_size,
+                               self.reset_after, self.batch_first)
 
     def _sequence(self, input, hx):
         """A whole sequence of a one-direction GRU for inference on the ``cpu`` backend,

@@ -360,3 +360,27 @@ def test_cached_kernels_are_dropped_when_any_kernel_source_changes(tmp_path, mon
     _cpu_kernels._drop_stale_cache(probe)  # changed sources: dropped again
     assert [p.name for p in tmp_path.glob("*.nb?")] == [other.name]
     assert stamp.read_text() != "an older build"
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("given_hx", [False, True], ids=["nohx", "hx"])
+def test_gru_one_step_layouts_and_no_aliasing(batch_first, given_hx, cell_calls):
+    """T=1 on the fast path in either layout, hx given or not: the reference's numbers;
+    the output and h_n are separate tensors, and hx is not written."""
+    torch.manual_seed(0)
+    ours = flashgru.GRU(5, 7, 2, batch_first=batch_first, dtype=torch.float64)
+    ref = flashgru.GRU(5, 7, 2, batch_first=batch_first, dtype=torch.float64,
+                       backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn((3, 1, 5) if batch_first else (1, 3, 5), dtype=torch.float64)
+    hx = torch.randn(2, 3, 7, dtype=torch.float64) if given_hx else None
+    before = None if hx is None else hx.clone()
+    with torch.no_grad():
+        out_ref, h_ref = ref(x, hx)
+        out, h_n = ours(x, hx)
+    assert len(cell_calls) == 2  # one per layer
+    assert_close("output", out_ref, out, 1e-12)
+    assert_close("h_n", h_ref, h_n, 1e-12)
+    assert hx is None or torch.equal(hx, before)
+    out.zero_()
+    assert_close("h_n after the output was zeroed", h_ref, h_n, 1e-12)

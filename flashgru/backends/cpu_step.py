@@ -91,9 +91,10 @@ def _core_step(gi_at, h_at, w_hh_at, b_hh_at, out_at, batch, hidden, reset_after
 
 @_jit(boundscheck=False)
 def _cell(x_at, h_at, w_ih_at, w_hh_at, b_ih_at, b_hh_at, out_at, batch, n_in, hidden,
-          reset_after, like):
+          reset_after, like, copy_at=0):
     """One cell step at raw addresses: x (B, I), h (B, H), w_ih (3H, I), w_hh (3H, H),
-    b_ih and b_hh (3H,) or address 0 for none; writes out (B, H)."""
+    b_ih and b_hh (3H,) or address 0 for none; writes out (B, H), and the same again at
+    ``copy_at`` unless it is 0."""
     x, h = _view(x_at, (batch, n_in), like), _view(h_at, (batch, hidden), like)
     w_ih = _view(w_ih_at, (3 * hidden, n_in), like)
     w_hh = _view(w_hh_at, (3 * hidden, hidden), like)
@@ -105,6 +106,10 @@ def _cell(x_at, h_at, w_ih_at, w_hh_at, b_ih_at, b_hh_at, out_at, batch, n_in, h
         for i in range(batch):
             gi[i] += b_ih
     _step(gi, h, w_hh, b_hh_at, out, reset_after, like)
+    if copy_at != 0:
+        copy = _view(copy_at, (batch, hidden), like)
+        for i in range(batch):
+            copy[i] = out[i]
 
 
 # ---- launchers ---------------------------------------------------------------------------
@@ -171,6 +176,68 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
           0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
           out.data_ptr(), rows, n_in, hidden, reset_after, like)
     return out
+
+
+def stream(input: Tensor, hx: Tensor | None, params: dict, layers: int, hidden: int,
+           reset_after: bool, batch_first: bool) -> tuple[Tensor, Tensor] | None:
+    """GRU's forward for one step (T=1) of a one-direction stack on the fast path: (output,
+    h_n), or None where the call must take the ordinary one (the conditions of ``step``,
+    every layer's; the caller has ruled out dropout between layers).
+
+    input (1, B, I), (B, 1, I) with ``batch_first``, or unbatched (1, I); hx (layers, B, H)
+    or (layers, H), or None (zeros); ``params``: the module's ``_parameters`` (torch's
+    names). Each layer's cell kernel reads the previous layer's state from h_n and writes
+    its own there (the last also to the output): no views made per call.
+    """
+    if type(input) is not Tensor:
+        return None
+    dtype = input.dtype
+    like = _LIKE.get(dtype)
+    if like is None or _special_mode():
+        return None
+    shape = input.shape
+    if len(shape) == 3:
+        rows, lead = shape[1 - batch_first], (shape[0], shape[1])
+        if shape[int(batch_first)] != 1:
+            return None
+    elif len(shape) == 2:
+        rows, lead = 1, (1,)
+        if shape[0] != 1:
+            return None
+    else:
+        return None
+    n_in = shape[-1]
+    state = (layers, rows, hidden) if len(shape) == 3 else (layers, hidden)
+    if not step_fits(rows, 3 * hidden * (max(n_in, hidden) + hidden)):
+        return None
+    if hx is None:
+        hx = torch.zeros(state, dtype=dtype)
+    if not (_plain(input, dtype, shape) and type(hx) is Tensor and _plain(hx, dtype, state)):
+        return None
+    weights, sizes = [], n_in
+    for k in range(layers):
+        w = [params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"],
+             params.get(f"bias_ih_l{k}"), params.get(f"bias_hh_l{k}")]
+        if not (_plain(w[0], dtype, (3 * hidden, sizes))
+                and _plain(w[1], dtype, (3 * hidden, hidden))
+                and all(b is None or _plain(b, dtype, (3 * hidden,)) for b in w[2:])):
+            return None
+        weights.append(w)
+        sizes = hidden
+    if torch.is_grad_enabled() and (input.requires_grad or hx.requires_grad or any(
+            t is not None and t.requires_grad for w in weights for t in w)):
+        return None
+    h_n, out = torch.empty(state, dtype=dtype), torch.empty(*lead, hidden, dtype=dtype)
+    step_bytes = rows * hidden * input.element_size()
+    x_at, sizes = input.data_ptr(), n_in
+    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        into = h_n.data_ptr() + k * step_bytes
+        _cell(x_at, hx.data_ptr() + k * step_bytes, w_ih.data_ptr(), w_hh.data_ptr(),
+              0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
+              into, rows, sizes, hidden, reset_after, like,
+              out.data_ptr() if k == layers - 1 else 0)
+        x_at, sizes = into, hidden
+    return out, h_n
 
 
 def _special_mode() -> bool:
