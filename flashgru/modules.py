@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, check_backend, cpu_step, select_backend
+from .backends import BackendChoice, check_backend, cpu, cpu_step, select_backend
 from .backends.reference import GateTrace
 
 
@@ -196,15 +196,16 @@ class GRU(nn.GRU):
     def _sequence(self, input, hx):
         """A whole sequence of a one-direction GRU for inference on the ``cpu`` backend,
         layer by layer straight to ``cpu.core``: the ops ``functional.gru`` runs for it
-        (the same numbers) without its general handling, which costs ~45 µs a call
+        (the same numbers) without its general handling, ~15-20 µs a call
         (docs/performance.md). (output, h_n), or None where the ordinary path must run:
         only a plain 3-D CPU tensor of the parameters' float dtype, hx None or a plain
         (layers, B, H) tensor, no gradient wanted, no dropout between layers, no special
         mode, and a call the dispatch rule gives to ``cpu``."""
         p = self._parameters
         layers, hidden = self.num_layers, self.hidden_size
-        if type(input) is not Tensor or input.dim() != 3 or cpu_step._special_mode() or (
-                layers > 1 and self.training and self.dropout > 0):
+        if self.backend not in ("auto", "cpu") or type(input) is not Tensor or (
+                input.dim() != 3 or cpu_step._special_mode()
+                or (layers > 1 and self.training and self.dropout > 0)):
             return None
         dtype = input.dtype
         if dtype not in (torch.float32, torch.float64):
@@ -227,8 +228,6 @@ class GRU(nn.GRU):
                                 steps=steps, batch=batch, hidden=hidden)
         if choice.name != "cpu":
             return None
-        from .backends import cpu
-
         if hx is None:
             hx = torch.zeros(state, dtype=dtype)
         states = []
