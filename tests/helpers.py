@@ -33,6 +33,23 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, atol: float, r
     assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e} (max |ref| {scale:.3e})"
 
 
+def in_forked_child(target):
+    """What ``target(queue)`` puts on its queue, run in a forked child; asserts that the
+    child ends (within 120 s, never hanging) and exits cleanly."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=target, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    return queue.get(timeout=5)
+
+
 def make_input(form, steps, batch, input_size, batch_first, dtype, seed=0, device="cpu"):
     """(input for both modules, lengths or None, leaf tensor to take the gradient of)."""
     g = torch.Generator().manual_seed(seed)

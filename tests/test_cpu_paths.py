@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import BACKENDS, assert_close
+from helpers import BACKENDS, assert_close, in_forked_child
 
 import flashgru
 from flashgru.backends import _cpu_kernels, cpu, reference
@@ -136,8 +136,6 @@ def test_both_directions_side_by_side_and_after_a_fork(monkeypatch):
     """A bidirectional layer at batch 1 runs its directions side by side (the second on a
     worker thread): same numbers as one at a time, and a forked child, where the parent's
     worker threads do not exist, makes its own instead of waiting forever."""
-    import multiprocessing
-
     from flashgru.backends import BACKENDS
 
     torch.manual_seed(0)
@@ -163,16 +161,7 @@ def test_both_directions_side_by_side_and_after_a_fork(monkeypatch):
     for g, r in zip(grads, ref_grads, strict=True):
         assert_close("grad", r, g, 1e-12, rtol=1e-12)
     assert [n for n in together if n > 1] == [2] * 4  # 2 layers, forward and backward
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_bidirectional_in_child, args=(queue,))
-    child.start()
-    child.join(timeout=120)
-    alive = child.is_alive()
-    if alive:
-        child.kill()
-    assert not alive and child.exitcode == 0
-    assert queue.get(timeout=5) == ((5, 1, 8), (5, 3, 8))
+    assert in_forked_child(_bidirectional_in_child) == ((5, 1, 8), (5, 3, 8))
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["rows-not-split", "rows-split"])

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import BACKENDS, assert_close
+from helpers import BACKENDS, assert_close, in_forked_child
 
 import flashgru
 from flashgru.backends import _cpu_kernels, _cpu_units, cpu, reference
@@ -181,15 +181,4 @@ def _units_in_child(queue):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_units_after_a_fork():
     """A forked child has no OpenMP team: its batch-1 calls run in one part."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_units_in_child, args=(queue,))
-    child.start()
-    child.join(timeout=120)
-    alive = child.is_alive()
-    if alive:
-        child.kill()
-    assert not alive and child.exitcode == 0
-    assert queue.get(timeout=5) == (cpu.UNITS_MIN_STEPS, 1, 128)
+    assert in_forked_child(_units_in_child) == (cpu.UNITS_MIN_STEPS, 1, 128)
