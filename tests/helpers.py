@@ -33,6 +33,30 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, atol: float, r
     assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3e} (max |ref| {scale:.3e})"
 
 
+def core_inputs(g, steps, batch, hidden, dtype):
+    """gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,) for a recurrent core: random
+    (from generator ``g``), wanting gradients."""
+    return (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+            for shape in ((steps, batch, 3 * hidden), (batch, hidden), (3 * hidden, hidden),
+                          (3 * hidden,)))
+
+
+def check_core(core, ref_core, g, gi, h0, w, b, lengths, reset_after, tol, grad_tol):
+    """``core`` against ``ref_core`` on the same arguments: the output (within ``tol``),
+    every gradient by name for a random upstream gradient (absolute and relative
+    ``grad_tol``), and the output again without autograd (the inference path)."""
+    ref = ref_core(gi, h0, w, b, lengths, reset_after)
+    out = core(gi, h0, w, b, lengths, reset_after)
+    assert_close("out", ref, out, tol)
+    dout = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
+    for name, r, o in zip(("dgi", "dh0", "dw_hh", "db_hh"),
+                          torch.autograd.grad(ref, (gi, h0, w, b), dout),
+                          torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
+        assert_close(name, r, o, grad_tol, rtol=grad_tol)
+    with torch.no_grad():
+        assert_close("out", ref, core(gi, h0, w, b, lengths, reset_after), tol)
+
+
 def in_forked_child(target):
     """What ``target(queue)`` puts on its queue, run in a forked child; asserts that the
     child ends (within 120 s, never hanging) and exits cleanly."""

@@ -9,19 +9,12 @@ import sys
 
 import pytest
 import torch
-from helpers import BACKENDS, assert_close, in_forked_child
+from helpers import BACKENDS, assert_close, check_core, core_inputs, in_forked_child
 
 import flashgru
 from flashgru.backends import _cpu_kernels, cpu, reference
 
 pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="needs numba and SciPy")
-
-
-def _core_inputs(g, steps, batch, hidden, dtype):
-    """gi (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,): random, wanting gradients."""
-    return (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-            for shape in ((steps, batch, 3 * hidden), (batch, hidden), (3 * hidden, hidden),
-                          (3 * hidden,)))
 
 
 @pytest.mark.parametrize("path", ["fused", "wide"])
@@ -35,7 +28,7 @@ def test_paths_match_reference(path, reset_after, dtype, lengths, monkeypatch):
     monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
     g = torch.Generator().manual_seed(0)
     steps, batch, hidden = 7, 5, 6
-    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
+    gi, h0, w, b = core_inputs(g, steps, batch, hidden, dtype)
     lens = None if lengths is None else torch.tensor(lengths)
     ref = reference.core(gi, h0, w, b, lens, reset_after)
     out = cpu.core(gi, h0, w, b, lens, reset_after)
@@ -75,7 +68,7 @@ def test_inference_path_matches_reference(path, reset_after, dtype, batch, lengt
     monkeypatch.setattr(cpu, "WIDE_WORK", 0 if path == "wide" else 1 << 62)
     g = torch.Generator().manual_seed(1)
     steps, hidden = 7, 6
-    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
+    gi, h0, w, b = core_inputs(g, steps, batch, hidden, dtype)
     b = b if bias else None
     lens = None if lengths is None else torch.tensor(lengths)
     with torch.no_grad():
@@ -195,7 +188,7 @@ def test_batch_one_with_large_weights_takes_blas_gemv(reset_after, dtype):
     assert 3 * 256 * 256 >= _cpu_kernels.GEMV_BLAS_MIN > 3 * 128 * 128
     g = torch.Generator().manual_seed(2)
     steps, hidden = 4, 256
-    gi, h0, w, b = _core_inputs(g, steps, 1, hidden, dtype)
+    gi, h0, w, b = core_inputs(g, steps, 1, hidden, dtype)
     w = (w / 16).detach().requires_grad_()
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     with torch.no_grad():
@@ -237,18 +230,10 @@ def test_rows_over_threads_match_reference(parts, reset_after, dtype, lengths, m
         run, ranges))
     g = torch.Generator().manual_seed(1)
     steps, batch, hidden = 7, 5, 6
-    gi, h0, w, b = _core_inputs(g, steps, batch, hidden, dtype)
+    gi, h0, w, b = core_inputs(g, steps, batch, hidden, dtype)
     lens = None if lengths is None else torch.tensor(lengths)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    ref = reference.core(gi, h0, w, b, lens, reset_after)
-    out = cpu.core(gi, h0, w, b, lens, reset_after)
-    assert_close("out", ref, out, tol)
-    dout = torch.randn(ref.shape, generator=g, dtype=dtype)
-    for r, o in zip(torch.autograd.grad(ref, (gi, h0, w, b), dout),
-                    torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
-        assert_close("grad", r, o, tol * 10, rtol=tol * 10)
-    with torch.no_grad():
-        assert_close("out", ref, cpu.core(gi, h0, w, b, lens, reset_after), tol)
+    check_core(cpu.core, reference.core, g, gi, h0, w, b, lens, reset_after, tol, tol * 10)
     assert [len(r) for r in seen] == [parts] * 3  # forward, backward, inference
 
 
@@ -287,7 +272,7 @@ def test_rows_split_only_from_enough_work(monkeypatch):
         run, ranges))
     g = torch.Generator().manual_seed(5)
     for t in (steps - 1, steps):
-        gi, h0, w, b = (x.detach() for x in _core_inputs(g, t, 16, hidden, torch.float32))
+        gi, h0, w, b = (x.detach() for x in core_inputs(g, t, 16, hidden, torch.float32))
         with torch.no_grad():
             assert_close("out", reference.core(gi, h0, w / hidden, b, None, True),
                          cpu.core(gi, h0, w / hidden, b, None, True), 1e-5)
@@ -337,7 +322,7 @@ def test_batch_one_either_weight_layout_matches_reference(hidden, reset_after):
     assert (3 * hidden * hidden <= cpu.BATCH1_TRANSPOSED_MAX) == (hidden == 64)
     g = torch.Generator().manual_seed(3)
     steps, dtype = cpu.BATCH1_TRANSPOSED_STEPS, torch.float64
-    gi, h0, w, b = _core_inputs(g, steps, 1, hidden, dtype)
+    gi, h0, w, b = core_inputs(g, steps, 1, hidden, dtype)
     w = (w / hidden**0.5).detach().requires_grad_()  # a stable recurrence over 64 steps
     with torch.no_grad():
         assert_close("out", reference.core(gi, h0, w, b, None, reset_after),

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import BACKENDS, assert_close, in_forked_child
+from helpers import BACKENDS, assert_close, check_core, core_inputs, in_forked_child
 
 import flashgru
 from flashgru.backends import _cpu_kernels, _cpu_units, cpu, reference
@@ -41,21 +41,10 @@ def test_units_over_threads_match_reference(parts, reset_after, dtype, lengths, 
     ran = _spy_units(monkeypatch, parts)
     g = torch.Generator().manual_seed(2)
     steps, hidden, batch = 7, 40, 1 if lengths is None else len(lengths)
-    gi, h0, w, b = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
-                    for shape in ((steps, batch, 3 * hidden), (batch, hidden),
-                                  (3 * hidden, hidden), (3 * hidden,)))
+    gi, h0, w, b = core_inputs(g, steps, batch, hidden, dtype)
     lens = None if lengths is None else torch.tensor(lengths)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    ref = reference.core(gi, h0, w, b, lens, reset_after)
-    out = cpu.core(gi, h0, w, b, lens, reset_after)
-    assert_close("out", ref, out, tol)
-    dout = torch.randn(ref.shape, generator=g, dtype=dtype)
-    for name, r, o in zip(("dgi", "dh0", "dw_hh", "db_hh"),
-                          torch.autograd.grad(ref, (gi, h0, w, b), dout),
-                          torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
-        assert_close(name, r, o, tol * 10, rtol=tol * 10)
-    with torch.no_grad():
-        assert_close("out", ref, cpu.core(gi, h0, w, b, lens, reset_after), tol)
+    check_core(cpu.core, reference.core, g, gi, h0, w, b, lens, reset_after, tol, tol * 10)
     assert ran == [True] * 3  # forward, backward, inference
 
 
