@@ -18,4 +18,4 @@ timeout "${PAR_S:-200}" python3 benchmarks/parallel.py ${PAR_ARGS:-} 2>&1 | tee 
   | grep -v "^ \|^Traceback\|^  File"
 timeout "${MIN_S:-60}" python3 benchmarks/mingru.py 2>&1 | tee "$OUT/mingru.log" | tail -5
 timeout "${BWD_S:-110}" python3 scripts/gpu_probe_backward.py 2>&1 | tee "$OUT/backward.log"
-timeout 60 python3 scripts/gpu_profile_module.py 2>&1 | tee "$OUT/profile.log" | head -30
+timeout "${PROF_S:-60}" python3 scripts/gpu_profile_module.py 2>&1 | tee "$OUT/profile.log" | head -30
