@@ -88,6 +88,25 @@ def test_dense_newton_converges_in_few_iterations(reset_after):
     assert stats.iterations <= 12 and stats.sequential_from is None, stats
 
 
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+@pytest.mark.parametrize("damping", [False, True])
+def test_fused_loop_takes_the_same_iterations(fused, jacobian, damping):
+    """The fused loop (two trajectory buffers, one kernel per update) against the torch-ops
+    loop, float64, lengths, weights 2x torch's scale (so damping halves steps): the same
+    iterations, residual, last guess, update and f(h)."""
+    if not fused:
+        pytest.skip("compares the fused loop with the torch-ops one")
+    gi, h0, w, b = (t.detach().to(WHERE["device"]) for t in
+                    _problem(37, 3, 6, torch.float64, scale=2.0, seed=3))
+    lengths = torch.tensor([37, 20, 1])
+    for budget in (2, 32):
+        args = (gi, h0, w, b, lengths, True, jacobian == "dense", budget, 1e-13, damping)
+        want, got = parallel._newton(*args), parallel._newton_fused(*args)
+        assert got[5] == want[5] and got[3] == pytest.approx(want[3], rel=1e-6, abs=1e-15)
+        for name, a, c in zip(("f(h)", "h", "update"), want[:3], got[:3], strict=True):
+            assert_close(name, a.cpu(), c.cpu(), 1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize("damping", [False, True])
 def test_budget_runs_out_and_the_prefix_is_exact(damping):
     """After k full iterations the first k steps are exact, so the sequential finish

@@ -223,33 +223,45 @@ def _use_fused(gi: Tensor, reset_after: bool) -> bool:
 def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
           reset_after: bool) -> Tensor:
     """The trajectory (T, B, H), steps past a length holding the last state (not yet 0)."""
-    from ..scan import scan_dense, scan_diag
-    from . import parallel_triton
-
     opts = _OPTIONS.get() or Options()
-    steps = gi.shape[0]
     dense = opts.jacobian == "dense"
     budget = opts.max_iters if opts.max_iters is not None else (32 if dense else 128)
     tol = opts.tol if opts.tol is not None else (1e-13 if h0.dtype == torch.float64 else 2e-6)
     size = _worst(h0)
     tol *= max(1.0, size) if size < math.inf else 1.0
+    loop = _newton_fused if _use_fused(gi, reset_after) else _newton
+    fh, h, step, res, step_size, iters = loop(gi, h0, w_hh, b_hh, lengths, reset_after,
+                                             dense, budget, tol, opts.damping)
+    first_bad = None
+    if res > tol or step_size > tol:  # not converged: finish sequentially from the
+        # first step whose residual or last update is too large
+        bad = ~((fh - h).abs() <= tol)
+        if step is not None:  # (the first `iters` steps are exact whatever their update)
+            bad[iters:] |= ~(step[iters:].abs() <= tol)
+        bad = bad.flatten(1).any(1)
+        first_bad = int(bad.nonzero()[0, 0]) if bad.any() else None
+        if first_bad is not None:
+            fh = _finish(gi, fh, h0, w_hh, b_hh, lengths, reset_after, first_bad)
+    _LAST[0] = SolveStats(iters, res, first_bad)
+    return fh
+
+
+def _newton(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, damping):
+    """Newton's iterations on torch ops (any device, both formulations). Returns f(h), the
+    last guess h, its update (None before the first), the largest residual and update, and
+    the iterations run."""
+    from ..scan import scan_dense, scan_diag
+
+    steps = gi.shape[0]
     valid = _valid(lengths, steps, gi)
-    fused = _use_fused(gi, reset_after)
-    lens = None if lengths is None else lengths.to(gi.device)
 
     def evaluate(h):
         """(f(h), f(h) − h, the Jacobian's data, max |f(h) − h| as a 0-d tensor)."""
-        if fused:
-            h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
-            gh = F.linear(h_prev, w_hh, b_hh)
-            return parallel_triton.point(gi, gh, h, h0, lens, w_hh, dense)
         h_prev, s, fh = _evaluate(gi, h, h0, w_hh, b_hh, valid, reset_after)
         rhs = fh - h
         return fh, rhs, (s, h_prev), _worst_tensor(rhs)
 
     def jacobian(data):
-        if fused:
-            return parallel_triton.jacobian(data, w_hh) if dense else data
         s, h_prev = data
         if dense:
             jac = _jacobian(s, h_prev, w_hh, reset_after)
@@ -271,30 +283,73 @@ def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
         del jac
         iters += 1
         scale = torch.ones(steps, 1, 1, dtype=h.dtype, device=h.device)
-        for _ in range(5 if opts.damping else 1):
+        for _ in range(5 if damping else 1):
             trial_step = scale * delta
             trial = h + trial_step
             t_fh, t_rhs, t_data, t_res = evaluate(trial)
             t_res, t_size = torch.stack([t_res, _worst_tensor(trial_step)]).tolist()
-            if t_res <= res or not opts.damping:
+            if t_res <= res or not damping:
                 break
             scale[iters:] /= 2  # the first `iters` steps are exact after a full step: keep
         if not t_res < math.inf:  # overflow or NaN: keep the last finite guess
             break
         h, fh, rhs, data, res = trial, t_fh, t_rhs, t_data, t_res
         step, step_size = trial_step, t_size
-    first_bad = None
-    if res > tol or step_size > tol:  # not converged: finish sequentially from the
-        # first step whose residual or last update is too large
-        bad = ~((fh - h).abs() <= tol)
-        if step is not None:  # (the first `iters` steps are exact whatever their update)
-            bad[iters:] |= ~(step[iters:].abs() <= tol)
-        bad = bad.flatten(1).any(1)
-        first_bad = int(bad.nonzero()[0, 0]) if bad.any() else None
-        if first_bad is not None:
-            fh = _finish(gi, fh, h0, w_hh, b_hh, lengths, reset_after, first_bad)
-    _LAST[0] = SolveStats(iters, res, first_bad)
-    return fh
+    return fh, h, step, res, step_size, iters
+
+
+def _newton_fused(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, damping):
+    """The same iterations on the fused Triton kernels (reset_after=True), lean on the
+    host: on a GPU an iteration was bound by launching small ops, not by arithmetic. Two
+    trajectory buffers (T + 1, B, H) hold h0 and a guess, so h_prev is a view; a guess's
+    update is written by one kernel with its block maxima, the point's residual by
+    another, and one reduction and one host sync per trial step read both."""
+    from .. import scan
+    from . import parallel_triton as pt
+
+    steps, batch, hidden = gi.shape[0], h0.shape[0], h0.shape[1]
+    impl = scan.choose_impl(DENSE_SCAN if dense else "auto", gi.device,
+                            hidden if dense else None)
+    gi = gi.contiguous()
+    lens = None if lengths is None else lengths.to(gi.device).contiguous()
+    w = w_hh.contiguous() if dense else pt.diagonals(w_hh)
+    zero = torch.zeros_like(h0)
+    partial = torch.empty(2, pt.blocks(steps * batch * hidden), dtype=gi.dtype,
+                          device=gi.device)
+
+    def buffer():
+        hp = torch.empty(steps + 1, batch, hidden, dtype=gi.dtype, device=gi.device)
+        hp[0] = h0
+        return hp, torch.empty_like(hp[1:])  # (h0 and a guess, the update that made it)
+
+    def evaluate(hp):
+        gh = F.linear(hp[:-1], w_hh, b_hh)
+        return pt.point(gi, gh, hp, lens, w, dense, partial[0])
+
+    cur, new = buffer(), buffer()
+    cur[0][1:] = h0
+    fh, rhs, data = evaluate(cur[0])
+    res, iters, step_size, stepped = partial[0].max().item(), 0, math.inf, False
+    while (res > tol or step_size > tol) and iters < budget:
+        jac = pt.jacobian(data, w_hh) if dense else data
+        if dense:
+            delta = scan._dense(jac, rhs, zero, False, False, impl)
+        else:
+            delta = scan._diag(jac, rhs, zero, False, impl)
+        del jac
+        iters += 1
+        for attempt in range(5 if damping else 1):
+            # the first `iters` steps are exact after a full step: only later ones halve
+            pt.trial(cur[0], delta, new[0], new[1], partial[1], iters, 0.5 ** attempt)
+            t_fh, t_rhs, t_data = evaluate(new[0])
+            t_res, t_size = partial.amax(1).tolist()
+            if t_res <= res or not damping:
+                break
+        if not t_res < math.inf:  # overflow or NaN: keep the last finite guess
+            break
+        cur, new = new, cur
+        fh, rhs, data, res, step_size, stepped = t_fh, t_rhs, t_data, t_res, t_size, True
+    return fh, cur[0][1:], cur[1] if stepped else None, res, step_size, iters
 
 
 def _finish(gi, h, h0, w_hh, b_hh, lengths, reset_after, start):

@@ -8,7 +8,9 @@ torch ops. Here, after the one GEMM ``gh = h_prev W_hhᵀ + b_hh``:
 - ``point``: one pass over all steps that evaluates the GRU step at the guess, writes
   f(h), the residual f(h) − h, the Jacobian's diagonal (quasi-Newton) or its per-unit
   coefficients (dense Newton), and each block's largest |residual| (a NaN counts as
-  infinite), so the caller needs one small reduction and one host sync;
+  infinite), so the caller needs one small reduction and one host sync per trial step;
+- ``trial``: a Newton update into the other trajectory buffer (T + 1, B, H), whose row 0
+  is h0 so that h_prev is a view and needs no copy, with each block's largest update;
 - ``jacobian``: the dense J_t = diag(z) + diag(u) W_hz + diag(v) W_hn + diag(w) W_hr,
   written once (torch's broadcasting wrote and re-read the (T, B, H, H) tensor four
   times).
@@ -45,11 +47,12 @@ def _sigmoid(x):
 
 
 @_jit
-def _point_kernel(gi, gh, h, h0, lengths, wdiag, fh, rhs, c_z, c_u, c_v, c_w, partial,
+def _point_kernel(gi, gh, hp, lengths, wdiag, fh, rhs, c_z, c_u, c_v, c_w, partial,
                   B, H, N, HAS_LEN: tl.constexpr, DENSE: tl.constexpr,
                   BLOCK: tl.constexpr):
-    """Element e = (t·B + b)·H + j of the (T, B, H) trajectory; gi, gh (T, B, 3H); h the
-    guess (T, B, H), h0 (B, H); wdiag (3, H) the diagonals of W_hr, W_hz, W_hn."""
+    """Element e = (t·B + b)·H + j of the (T, B, H) trajectory; gi, gh (T, B, 3H); hp
+    (T + 1, B, H) holds h0 then the guess, so h_{t−1} is hp[e] and h_t is hp[e + B·H];
+    wdiag (3, H) the diagonals of W_hr, W_hz, W_hn."""
     pid = tl.program_id(0)
     e = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = e < N
@@ -65,9 +68,7 @@ def _point_kernel(gi, gh, h, h0, lengths, wdiag, fh, rhs, c_z, c_u, c_v, c_w, pa
     gh_r = tl.load(gh + g, mask=m, other=0.0)
     gh_z = tl.load(gh + g + H, mask=m, other=0.0)
     gh_n = tl.load(gh + g + 2 * H, mask=m, other=0.0)
-    first = t == 0
-    h_prev = tl.where(first, tl.load(h0 + b * H + j, mask=m & first, other=0.0),
-                      tl.load(h + e - bh, mask=m & (t > 0), other=0.0))
+    h_prev = tl.load(hp + e, mask=m, other=0.0)
     r = _sigmoid(gi_r + gh_r)
     z = _sigmoid(gi_z + gh_z)
     n = 2.0 * _sigmoid(2.0 * (gi_n + r * gh_n)) - 1.0
@@ -83,7 +84,7 @@ def _point_kernel(gi, gh, h, h0, lengths, wdiag, fh, rhs, c_z, c_u, c_v, c_w, pa
         u = tl.where(valid, u, 0.0)
         v = tl.where(valid, v, 0.0)
         w = tl.where(valid, w, 0.0)
-    res = f - tl.load(h + e, mask=m, other=0.0)
+    res = f - tl.load(hp + bh + e, mask=m, other=0.0)
     tl.store(fh + e, f, mask=m)
     tl.store(rhs + e, res, mask=m)
     if DENSE:
@@ -96,9 +97,31 @@ def _point_kernel(gi, gh, h, h0, lengths, wdiag, fh, rhs, c_z, c_u, c_v, c_w, pa
         d_z = tl.load(wdiag + H + j, mask=m, other=0.0)
         d_n = tl.load(wdiag + 2 * H + j, mask=m, other=0.0)
         tl.store(c_z + e, z + u * d_z + v * d_n + w * d_r, mask=m)
-    size = tl.abs(res)
-    size = tl.where(size == size, size, float("inf"))  # NaN never passes for converged
-    tl.store(partial + pid, tl.max(tl.where(m, size, 0.0), axis=0))
+    tl.store(partial + pid, _block_max(res, m))
+
+
+@_jit
+def _block_max(x, m):
+    """The block's largest |x| over the mask, a NaN counting as infinite (never converged)."""
+    size = tl.abs(x)
+    size = tl.where(size == size, size, float("inf"))
+    return tl.max(tl.where(m, size, 0.0), axis=0)
+
+
+@_jit
+def _trial_kernel(hp, delta, trial, step, partial, N, BH, KEEP, factor,
+                  BLOCK: tl.constexpr):
+    """A Newton step into the other trajectory buffer: trial = h + s·δ with s = 1 for the
+    first KEEP elements (the steps a full update makes exact) and ``factor`` after them;
+    step = s·δ, and each block's largest |s·δ|. hp and trial (T + 1, B, H), row 0 h0."""
+    pid = tl.program_id(0)
+    e = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < N
+    d = tl.load(delta + e, mask=m, other=0.0)
+    d = tl.where(e < KEEP, d, d * factor)
+    tl.store(trial + BH + e, tl.load(hp + BH + e, mask=m, other=0.0) + d, mask=m)
+    tl.store(step + e, d, mask=m)
+    tl.store(partial + pid, _block_max(d, m))
 
 
 @_jit
@@ -135,27 +158,53 @@ def available(device: torch.device) -> bool:
     return device.type == "cuda" or scan.INTERPRET
 
 
-def point(gi: Tensor, gh: Tensor, h: Tensor, h0: Tensor, lengths: Tensor | None,
-          w_hh: Tensor, dense: bool):
-    """f(h), f(h) − h, the Jacobian's data (its diagonal (T, B, H), or the coefficients
-    (z, u, v, w) for ``jacobian``) and max |f(h) − h| as a 0-d tensor (NaN → inf)."""
-    steps, batch, hidden = h.shape
-    n = h.numel()
-    fh, rhs = torch.empty_like(h), torch.empty_like(h)
-    coef = [torch.empty_like(h) for _ in range(4 if dense else 1)]
-    blocks = max(1, triton.cdiv(n, BLOCK))
-    partial = torch.empty(blocks, dtype=h.dtype, device=h.device)
+def diagonals(w_hh: Tensor) -> Tensor:
+    """(3, H): the diagonals of W_hr, W_hz, W_hn (the quasi-Newton Jacobian reads them)."""
+    hidden = w_hh.shape[-1]
+    return w_hh.reshape(3, hidden, hidden).diagonal(dim1=1, dim2=2).contiguous()
+
+
+def blocks(n: int) -> int:
+    """How many per-block maxima ``point`` and ``trial`` write for n elements."""
+    return max(1, triton.cdiv(n, BLOCK))
+
+
+def point(gi: Tensor, gh: Tensor, hp: Tensor, lengths: Tensor | None, w: Tensor,
+          dense: bool, partial: Tensor):
+    """f(h), f(h) − h and the Jacobian's data (its diagonal (T, B, H), or the coefficients
+    (z, u, v, w) for ``jacobian``) at the guess h = hp[1:] (hp (T + 1, B, H) contiguous,
+    hp[0] = h0); each block's max |f(h) − h| (NaN → inf) into ``partial`` (``blocks(n)``
+    entries). w: W_hh for dense, else ``diagonals(W_hh)``."""
+    steps, batch, hidden = gh.shape[0], hp.shape[1], hp.shape[2]
+    n = steps * batch * hidden
+    like = hp[1:]
+    fh, rhs = torch.empty_like(like), torch.empty_like(like)
+    coef = [torch.empty_like(like) for _ in range(4 if dense else 1)]
     if n == 0:
-        return fh, rhs, coef if dense else coef[0], h.new_zeros(())
-    wdiag = w_hh.reshape(3, hidden, hidden).diagonal(dim1=1, dim2=2).contiguous()
-    lens = lengths.contiguous() if lengths is not None else h0  # (unused without HAS_LEN)
+        partial.zero_()
+        return fh, rhs, coef if dense else coef[0]
+    lens = lengths if lengths is not None else hp  # (unused without HAS_LEN)
     c = coef if dense else coef * 4
-    with on_device(h.device):
-        _point_kernel[(blocks,)](
-            gi.contiguous(), gh.contiguous(), h.contiguous(), h0.contiguous(), lens, wdiag,
-            fh, rhs, *c, partial, batch, hidden, n, HAS_LEN=lengths is not None,
-            DENSE=dense, BLOCK=BLOCK)
-    return fh, rhs, coef if dense else coef[0], partial.max()
+    with on_device(hp.device):
+        _point_kernel[(blocks(n),)](
+            gi, gh, hp, lens, w, fh, rhs, *c, partial, batch, hidden, n,
+            HAS_LEN=lengths is not None, DENSE=dense, BLOCK=BLOCK)
+    return fh, rhs, coef if dense else coef[0]
+
+
+def trial(hp: Tensor, delta: Tensor, out: Tensor, step: Tensor, partial: Tensor,
+          keep_steps: int, factor: float) -> None:
+    """out[1:] = hp[1:] + s·δ and step = s·δ, s = 1 for the first ``keep_steps`` steps and
+    ``factor`` after; each block's max |s·δ| (NaN → inf) into ``partial``. hp, out
+    (T + 1, B, H) contiguous; delta, step (T, B, H) contiguous."""
+    n = delta.numel()
+    if n == 0:
+        partial.zero_()
+        return
+    bh = hp[0].numel()
+    with on_device(hp.device):
+        _trial_kernel[(blocks(n),)](hp, delta.contiguous(), out, step, partial, n, bh,
+                                    keep_steps * bh, float(factor), BLOCK=BLOCK)
 
 
 def jacobian(coef: list[Tensor], w_hh: Tensor, out: Tensor | None = None) -> Tensor:
