@@ -31,8 +31,9 @@ impl:
   the same function (recursively), and a second launch re-scans each chunk from its start.
   Dense (H ≤ 64): per batch row, sequential over T with h and J_t in registers (no H³
   work) where the rows fill the GPU (B ≥ 64), for T < 256 and in float64; otherwise in
-  chunks of ≈ √T steps, parallel over (chunk, row): every chunk's map composed at once
-  (tl.dot, fp32 at three-pass TF32), the maps scanned, every chunk re-run from its start.
+  chunks, parallel over (chunk, row): every chunk's map composed at once (tl.dot, fp32 at
+  three-pass TF32), the maps scanned, every chunk re-run from its start. The chunk (16 to
+  256 steps, or ≈ √T) is measured on the card once per shape bucket (``_tuned_chunk``).
 - ``"auto"``: "triton" for CUDA tensors when Triton is installed (dense: H ≤ 64), else
   "torch". (Under the interpreter, CPU tensors get "torch": ask for "triton" by name.)
 
@@ -277,12 +278,59 @@ def _diag_triton(a: Tensor, b: Tensor, h0: Tensor, reverse: bool, chunk=None, bl
 
 
 def _dense_chunk(steps: int, batch: int, dtype: torch.dtype) -> int:
-    """Steps per chunk of the Triton dense scan: one chunk (a sequential scan per batch row)
-    where the rows alone fill the GPU, for short sequences and in float64 (tl.dot composes
-    the chunk maps in fp32); else ≈ √T, so chunks × rows fill it."""
+    """Steps per chunk of the Triton dense scan, before measuring: one chunk (a sequential
+    scan per batch row) where the rows alone fill the GPU, for short sequences and in
+    float64 (tl.dot composes the chunk maps in fp32); else ≈ √T, so chunks × rows fill
+    it."""
     if dtype == torch.float64 or batch >= 64 or steps < 256:
         return steps
     return max(16, math.isqrt(steps))
+
+
+# measured chunk per (⌈log2 T⌉, B, H, dtype, device, reverse, transpose): see _tuned_chunk
+_CHUNKS: dict[tuple, int] = {}
+TUNE = True  # False: always _dense_chunk's rule
+
+
+def _chunk_candidates(steps: int, batch: int, dtype: torch.dtype) -> list[int]:
+    first = _dense_chunk(steps, batch, dtype)
+    if first == steps:  # one chunk by the rule: nothing to choose
+        return [first]
+    return sorted({first, *(c for c in (16, 32, 64, 128, 256) if c < steps)})
+
+
+def _can_time(c: Tensor) -> bool:
+    return c.device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+
+def _time_chunk(J, c, h0, reverse, transpose, chunk) -> float:
+    """Milliseconds of one scan with this chunk, after one run that compiles and warms."""
+    _dense_triton(J, c, h0, reverse, transpose, chunk)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    _dense_triton(J, c, h0, reverse, transpose, chunk)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _tuned_chunk(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool) -> int:
+    """The chunk for this shape, measured on the GPU once per (length bucket, batch, H,
+    dtype, device, direction): every candidate is run twice and the fastest by CUDA
+    events kept (``_time_chunk``). The chunk trades the summary pass's sequential depth
+    (chunk steps of an H×H product per program) against the scan of the chunk maps
+    (T/chunk steps) and the programs in flight (chunks × rows against the
+    multiprocessors); where it lands depends on the card, so it is measured rather than
+    guessed."""
+    steps, batch, hidden = c.shape
+    candidates = _chunk_candidates(steps, batch, c.dtype)
+    if len(candidates) == 1 or not TUNE or not _can_time(c):
+        return _dense_chunk(steps, batch, c.dtype)
+    key = (steps.bit_length(), batch, hidden, c.dtype, c.device, reverse, transpose)
+    if key not in _CHUNKS:
+        times = {k: _time_chunk(J, c, h0, reverse, transpose, k) for k in candidates}
+        _CHUNKS[key] = min(times, key=times.get)
+    return _CHUNKS[key]
 
 
 def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool,
@@ -296,9 +344,9 @@ def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bo
         return out
     acc = torch.float64 if c.dtype == torch.float64 else torch.float32
     bh = max(2, _pow2(hidden))
-    size = chunk or _dense_chunk(steps, batch, c.dtype)
-    n = -(-steps // size)
     J, c = J.contiguous(), c.contiguous()
+    size = chunk or _tuned_chunk(J, c, h0, reverse, transpose)
+    n = -(-steps // size)
     consts = dict(REVERSE=reverse, TRANSPOSE=transpose, num_warps=4 if bh <= 64 else 8)
     if n == 1:
         starts = h0.contiguous().unsqueeze(0)

@@ -247,6 +247,32 @@ def test_dense_triton_chunking_rule():
     assert scan._dense_chunk(100, 1, torch.float32) == 100
 
 
+def test_dense_triton_chunk_is_measured_once_per_shape(monkeypatch):
+    """Where it can time (CUDA), the chunk is the fastest candidate, measured once per
+    (length bucket, B, H, dtype, device, direction); elsewhere the rule's."""
+    assert scan._chunk_candidates(32768, 1, torch.float32) == [16, 32, 64, 128, 181, 256]
+    assert scan._chunk_candidates(100, 1, torch.float32) == [100]  # one chunk: no choice
+    J, c, h0 = _dense_problem(300, 1, 4, torch.float32, device="cpu")
+    assert scan._tuned_chunk(J, c, h0, False, False) == 17  # no CUDA: the rule
+    timed = []
+
+    def fake_time(J, c, h0, reverse, transpose, chunk):
+        timed.append(chunk)
+        return abs(chunk - 64) + 1.0
+
+    monkeypatch.setattr(scan, "_CHUNKS", {})
+    monkeypatch.setattr(scan, "_can_time", lambda c: True)
+    monkeypatch.setattr(scan, "_time_chunk", fake_time)
+    assert scan._tuned_chunk(J, c, h0, False, False) == 64
+    assert timed == [16, 17, 32, 64, 128, 256]
+    assert scan._tuned_chunk(J, c[:270], h0, False, False) == 64  # same bucket: not again
+    assert len(timed) == 6
+    scan._tuned_chunk(J, c, h0, True, False)  # another direction: measured
+    assert len(timed) == 12
+    monkeypatch.setattr(scan, "TUNE", False)
+    assert scan._tuned_chunk(J, c, h0, False, True) == 17 and len(timed) == 12
+
+
 @needs_triton
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_triton_gradients(reverse):
