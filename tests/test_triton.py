@@ -119,6 +119,32 @@ def test_launch_splits(split, reset_after):
     _compare(4, 20, 30, reset_after, dtype, lengths=[4, 1, 3, 2] * 5, cfg=cfg)
 
 
+def test_backward_split_rule(monkeypatch):
+    """The backward takes the forward's split, except fp32 at batch 9-16 with
+    256 < H ≤ 4·SMs: 4 units per program, broadcast product (measured on an H100)."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32 = torch.float32
+    assert tg.choose_backward_config(16, 512, cuda, f32) == tg.Config(16, 4, 256, dot=False)
+    assert tg.choose_backward_config(12, 384, cuda, f32) == tg.Config(16, 4, 256, dot=False)
+    for batch, hidden, dtype in [(16, 1024, f32), (16, 256, f32), (8, 512, f32),
+                                 (32, 512, f32), (16, 512, torch.bfloat16)]:
+        assert tg.choose_backward_config(batch, hidden, cuda, dtype) == \
+            tg.choose_config(batch, hidden, cuda, dtype), (batch, hidden, dtype)
+    cpu = torch.device("cpu")
+    assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(16, 512, cpu, f32)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs at a barrier")
+def test_backward_split_at_batch_16_on_gpu():
+    """B=16, H=512, fp32: the default backward split (4 units per program) at 1e-5."""
+    _compare(256, 16, 512, True, torch.float32)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's limit")
 def test_interpreter_refuses_several_programs():
     gi, h0, w, b, _ = _problem(2, 1, 8, torch.float32)

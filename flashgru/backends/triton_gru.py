@@ -332,6 +332,20 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     return Config(block_batch, slice_, 64, dot=True)
 
 
+def choose_backward_config(batch: int, hidden: int, device: torch.device,
+                           dtype: torch.dtype) -> Config:
+    """The backward's split: the forward's, except at batch 9-16 with 256 < H ≤ 4 units per
+    multiprocessor in fp32, where 4 units per program with the broadcast product ran the
+    backward 1.3x faster than tl.dot's 32 (H100, B=16, H=512: 15.9 against 21.0 µs per
+    step; at H=1024 no split beat the forward's by more than noise;
+    scripts/gpu_probe_backward.py, docs/performance.md)."""
+    cfg = choose_config(batch, hidden, device, dtype)
+    if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
+            256 < hidden <= 4 * _grid_limit(device):
+        return Config(16, 4, 256, dot=False)
+    return cfg
+
+
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -405,7 +419,7 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dtype."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
-    cfg = cfg or choose_config(batch, hidden, out.device, out.dtype)
+    cfg = cfg or choose_backward_config(batch, hidden, out.device, out.dtype)
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
