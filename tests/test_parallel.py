@@ -3,6 +3,8 @@ dense and diagonal Jacobians, both formulations, lengths; convergence on random 
 trained weights; the prefix-exact property and the sequential finish when the budget runs
 out. (It also joins tests/test_parity_torch.py's sweep against torch.nn.GRU.)"""
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import assert_close
@@ -116,6 +118,19 @@ def test_budget_runs_out_and_the_prefix_is_exact(damping):
         stats = _compare(gi, h0, w, b, None, True, max_iters=budget, damping=damping)
         assert stats.iterations == budget
         assert stats.sequential_from is not None and stats.sequential_from >= budget, stats
+
+
+def test_sequential_finish_takes_a_fused_core(monkeypatch):
+    """An unconverged solve finishes on the fastest exact sequential core here: the fused
+    CPU kernels where numba is installed, else the reference."""
+    from flashgru.backends import BACKENDS
+    cpu_tensor = torch.zeros(1)
+    want = BACKENDS["cpu"].run if BACKENDS["cpu"].missing() is None else reference.core
+    assert parallel._sequential_core(cpu_tensor) is want
+    monkeypatch.setitem(BACKENDS, "cpu", dataclasses.replace(BACKENDS["cpu"],
+                                                             missing=lambda: "numba"))
+    assert parallel._sequential_core(cpu_tensor) is reference.core
+    assert parallel._sequential_core(cpu_tensor.to(torch.float16)) is reference.core
 
 
 def test_non_contractive_weights_are_still_exact():

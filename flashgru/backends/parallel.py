@@ -353,12 +353,27 @@ def _newton_fused(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, 
 
 
 def _finish(gi, h, h0, w_hh, b_hh, lengths, reset_after, start):
-    """h with steps start.. recomputed by the sequential reference core (0 past lengths,
-    which the caller masks anyway)."""
+    """h with steps start.. recomputed by a sequential core (0 past lengths, which the
+    caller masks anyway): the fastest exact one here, since this runs when Newton did not
+    converge and may cover most of a long sequence (the reference core's Python loop took
+    seconds at T=32768 on a GPU)."""
     h_start = h0 if start == 0 else h[start - 1]
     rest_lengths = None if lengths is None else (lengths.to(gi.device) - start).clamp(min=0)
-    rest = reference.core(gi[start:], h_start, w_hh, b_hh, rest_lengths, reset_after)
+    rest = _sequential_core(gi)(gi[start:], h_start, w_hh, b_hh, rest_lengths, reset_after)
     return torch.cat([h[:start], rest])
+
+
+def _sequential_core(gi: Tensor):
+    """The sequential core for ``_finish``: the Triton kernels on CUDA (any length; cuDNN
+    refuses T ≥ 65536), the fused CPU kernels on the CPU, else the reference."""
+    from . import BACKENDS, _runs
+
+    for name in ("triton", "cpu"):
+        backend = BACKENDS[name]
+        if backend.missing() is None and _runs(backend, gi.device, gi.dtype) and (
+                name == "cpu" or gi.device.type == "cuda"):
+            return backend.run
+    return reference.core
 
 
 # ---- gradients by the adjoint ------------------------------------------------------------
