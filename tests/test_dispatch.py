@@ -47,7 +47,7 @@ def test_auto_rules(monkeypatch):
         assert flashgru.select_backend("auto", reset_after=True, batch=batch, hidden=hidden,
                                        steps=steps).name == (name or "torch")
     assert "cuDNN" in flashgru.select_backend("auto", device="cuda", steps=512).reason
-    long = flashgru.select_backend("auto", device="cuda", steps=65536)
+    long = flashgru.select_backend("auto", device="cuda", steps=65536, hidden=128)
     if gpu:
         assert long.name == "triton" and "65536" in long.reason
     else:
@@ -82,6 +82,14 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=256).name == "triton" and "hidden 256" in pick(hidden=256).reason
     assert pick(hidden=128).name == "torch"
     assert pick(hidden=128, steps=65536).name == "triton"
+    # one long sequence with small H: the parallel-in-time solver
+    long = pick(hidden=64, steps=16384)
+    assert long.name == "parallel" and "16384 steps" in long.reason
+    assert pick(hidden=32, steps=65536).name == "parallel"
+    for other in (dict(steps=16383), dict(batch=2), dict(hidden=65),
+                  dict(reset_after=False), dict(dtype=torch.float64)):
+        assert pick(**{"hidden": 64, "steps": 16384, **other}).name != "parallel", other
+    assert pick(hidden=64, steps=16384, device="cpu").name != "parallel"
     assert pick(hidden=64, reset_after=False).name == "triton"
     assert pick(hidden=64, dtype=torch.bfloat16).name == "torch"  # a dtype it does not run
     assert pick(hidden=512, dtype=torch.float64).name == "torch"

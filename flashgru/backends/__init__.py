@@ -76,6 +76,13 @@ CPU_SPLIT_MAX_BATCH_HIDDEN, CPU_SPLIT_MAX_HIDDEN = 131072, 512
 # (B=1: 1.39x at H=256, 1.78x at H=64; at B=16-64 it does not fit and measured 0.65-0.74x).
 CPU_MIN_STEPS = 4
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
+# Long single sequences with small H go to the parallel-in-time solver on CUDA. Measured on
+# an H100 (2026-11-27, fp32, torch's init, dense Newton, 4 iterations), its fused solver
+# against cuDNN at B=1: H=32/64 T=8192 1.02/0.92x forward, 1.11/1.25x forward+backward;
+# T=32768 3.7x and 4.9-5.3x; with recurrent weights 3x torch's scale 2.5x / 4.1x at T=32768,
+# H=64; at T=65536 (cuDNN refuses) 14x / 25x the Triton kernels. At B=8 and at H=128 (no
+# Triton dense scan) it lost: 0.77x and 0.24x forward.
+PARALLEL_MIN_STEPS, PARALLEL_MAX_BATCH, PARALLEL_MAX_HIDDEN = 16384, 1, 64
 
 
 class BackendChoice(NamedTuple):
@@ -162,9 +169,13 @@ def select_backend(
        with ``steps`` ≥ 65536, which cuDNN refuses, it runs torch's native CUDA kernels
        with cuDNN disabled, so auto never picks a call that fails on length.
 
-    "parallel" (the Newton solver, parallel in time) is never picked by auto yet: its
-    crossover against the sequential kernels has not been measured on a GPU, and on a CPU
-    the sequential kernels win. Ask for it by name.
+    Between 1 and 2: CUDA, Triton installed, ``reset_after=True``, float32, ``batch`` 1,
+    ``hidden`` ≤ 64 and ``steps`` ≥ 16384, not under tracing or torch.compile →
+    "parallel": the Newton solver, parallel in time, with its fused Triton kernels (3.7x
+    cuDNN forward and 4.9-5.3x forward+backward at T=32768, H=32-64 on an H100; about even
+    at T=8192; at T ≥ 65536, which cuDNN refuses, 14x the Triton kernels). Its speed
+    depends on the weights (more iterations where the GRU is far from contractive; the
+    answer does not). On a CPU the sequential kernels win; ask for it by name there.
 
     ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
     call's; ``grad``: whether the call records gradients (autograd on and an input or
@@ -202,6 +213,12 @@ def select_backend(
         return BackendChoice("torch", f"{steps} step{'s' * (steps != 1)}: torch's fused GRU "
                                       "(ATen) starts faster than the fused CPU kernels")
     gpu = BACKENDS["triton"]
+    if device.type == "cuda" and gpu.missing() is None and reset_after and \
+            dtype == torch.float32 and batch <= PARALLEL_MAX_BATCH and \
+            hidden <= PARALLEL_MAX_HIDDEN and steps >= PARALLEL_MIN_STEPS and \
+            not tracing and not torch.compiler.is_compiling():
+        return BackendChoice("parallel", f"{steps} steps at batch {batch}, hidden {hidden}: "
+                                         "the parallel-in-time solver")
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
