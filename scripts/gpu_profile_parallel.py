@@ -38,3 +38,8 @@ for B, T, H, jac in CASES:
           f"CUDA kernels {gpu:.2f} ms", flush=True)
     print(ev.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
     print(ev.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
+
+from flashgru import scan  # noqa: E402
+
+print("dense scan chunks measured (length bucket, B, H, dtype, device, reverse, transpose):",
+      {k[:3] + k[5:]: v for k, v in scan._CHUNKS.items()})
