@@ -21,6 +21,7 @@ import time
 import torch
 
 import flashgru
+from flashgru import scan
 from flashgru.backends import parallel
 
 
@@ -112,6 +113,12 @@ def main() -> None:
     for b, t, h, s in long:  # cuDNN refuses this length: the parallel backend alone
         point(b, t, h, s, dev, ["dense", "diagonal"], ["triton"] if flashgru.BACKENDS[
             "triton"].missing() is None else ["reference"], reps=3)
+    if dev == "cuda":
+        print("the first point again, everything warm (allocator, compiled kernels, "
+              "measured scan chunks):", flush=True)
+        point(*main_points[0], dev, jacobians, anchors, reps=5)
+        print("dense scan chunks measured ((length bucket, B, H, reverse, transpose): "
+              "chunk):", {k[:3] + k[5:]: v for k, v in scan._CHUNKS.items()}, flush=True)
 
 
 if __name__ == "__main__":

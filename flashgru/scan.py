@@ -303,32 +303,39 @@ def _can_time(c: Tensor) -> bool:
     return c.device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
-def _time_chunk(J, c, h0, reverse, transpose, chunk) -> float:
-    """Milliseconds of one scan with this chunk, after one run that compiles and warms."""
-    _dense_triton(J, c, h0, reverse, transpose, chunk)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    _dense_triton(J, c, h0, reverse, transpose, chunk)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
+def _time_chunks(J, c, h0, reverse, transpose, chunks, rounds=3) -> dict[int, float]:
+    """Milliseconds of one scan per chunk: each run once to compile and warm, then timed
+    in ``rounds`` interleaved rounds, the fastest kept (one timing each picked badly
+    once the card's clocks moved between candidates)."""
+    for chunk in chunks:
+        _dense_triton(J, c, h0, reverse, transpose, chunk)
+    times = dict.fromkeys(chunks, math.inf)
+    for _ in range(rounds):
+        for chunk in chunks:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            _dense_triton(J, c, h0, reverse, transpose, chunk)
+            end.record()
+            end.synchronize()
+            times[chunk] = min(times[chunk], start.elapsed_time(end))
+    return times
 
 
 def _tuned_chunk(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool) -> int:
     """The chunk for this shape, measured on the GPU once per (length bucket, batch, H,
-    dtype, device, direction): every candidate is run twice and the fastest by CUDA
-    events kept (``_time_chunk``). The chunk trades the summary pass's sequential depth
-    (chunk steps of an H×H product per program) against the scan of the chunk maps
-    (T/chunk steps) and the programs in flight (chunks × rows against the
-    multiprocessors); where it lands depends on the card, so it is measured rather than
-    guessed."""
+    dtype, device, direction): the fastest candidate by CUDA events (``_time_chunks``).
+    The chunk trades the summary pass's sequential depth (chunk steps of an H×H product
+    per program) against the scan of the chunk maps (T/chunk steps) and the programs in
+    flight (chunks × rows against the multiprocessors); where it lands depends on the
+    card, so it is measured rather than guessed."""
     steps, batch, hidden = c.shape
     candidates = _chunk_candidates(steps, batch, c.dtype)
     if len(candidates) == 1 or not TUNE or not _can_time(c):
         return _dense_chunk(steps, batch, c.dtype)
     key = (steps.bit_length(), batch, hidden, c.dtype, c.device, reverse, transpose)
     if key not in _CHUNKS:
-        times = {k: _time_chunk(J, c, h0, reverse, transpose, k) for k in candidates}
+        times = _time_chunks(J, c, h0, reverse, transpose, candidates)
         _CHUNKS[key] = min(times, key=times.get)
     return _CHUNKS[key]
 

@@ -256,13 +256,13 @@ def test_dense_triton_chunk_is_measured_once_per_shape(monkeypatch):
     assert scan._tuned_chunk(J, c, h0, False, False) == 17  # no CUDA: the rule
     timed = []
 
-    def fake_time(J, c, h0, reverse, transpose, chunk):
-        timed.append(chunk)
-        return abs(chunk - 64) + 1.0
+    def fake_time(J, c, h0, reverse, transpose, chunks):
+        timed.extend(chunks)
+        return {k: abs(k - 64) + 1.0 for k in chunks}
 
     monkeypatch.setattr(scan, "_CHUNKS", {})
     monkeypatch.setattr(scan, "_can_time", lambda c: True)
-    monkeypatch.setattr(scan, "_time_chunk", fake_time)
+    monkeypatch.setattr(scan, "_time_chunks", fake_time)
     assert scan._tuned_chunk(J, c, h0, False, False) == 64
     assert timed == [16, 17, 32, 64, 128, 256]
     assert scan._tuned_chunk(J, c[:270], h0, False, False) == 64  # same bucket: not again
