@@ -78,10 +78,11 @@ CPU_MIN_STEPS = 4
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
 # Long single sequences with small H go to the parallel-in-time solver on CUDA. Measured on
 # an H100 (2026-11-27, fp32, torch's init, dense Newton, 4 iterations), its fused solver
-# against cuDNN at B=1: H=32/64 T=8192 1.02/0.92x forward, 1.11/1.25x forward+backward;
-# T=32768 3.7x and 4.9-5.3x; with recurrent weights 3x torch's scale 2.5x / 4.1x at T=32768,
-# H=64; at T=65536 (cuDNN refuses) 14x / 25x the Triton kernels. At B=8 and at H=128 (no
-# Triton dense scan) it lost: 0.77x and 0.24x forward.
+# against cuDNN at B=1, forward / forward+backward: T=8192 0.70x / 1.14x (H=32), 1.38x /
+# 1.64x (H=64); T=16384 1.60x / 2.27x, 1.20x / 3.36x; T=32768 4.0-4.8x / 5.6-6.8x; with
+# recurrent weights 3x torch's scale 3.0x / 4.8x (T=32768, H=64); at T=65536 (cuDNN
+# refuses) 15x / 25x the Triton kernels. At B=8 (0.78x forward) and at H=128 (no Triton
+# dense scan) the dense solver lost.
 PARALLEL_MIN_STEPS, PARALLEL_MAX_BATCH, PARALLEL_MAX_HIDDEN = 16384, 1, 64
 
 
@@ -171,9 +172,10 @@ def select_backend(
 
     Between 1 and 2: CUDA, Triton installed, ``reset_after=True``, float32, ``batch`` 1,
     ``hidden`` ≤ 64 and ``steps`` ≥ 16384, not under tracing or torch.compile →
-    "parallel": the Newton solver, parallel in time, with its fused Triton kernels (3.7x
-    cuDNN forward and 4.9-5.3x forward+backward at T=32768, H=32-64 on an H100; about even
-    at T=8192; at T ≥ 65536, which cuDNN refuses, 14x the Triton kernels). Its speed
+    "parallel": the Newton solver, parallel in time, with its fused Triton kernels (4.0-4.8x
+    cuDNN forward and 5.6-6.8x forward+backward at T=32768, H=32-64 on an H100; 1.2-1.6x /
+    2.3-3.4x at T=16384; about even at T=8192; at T ≥ 65536, which cuDNN refuses, 15x /
+    25x the Triton kernels). Its speed
     depends on the weights (more iterations where the GRU is far from contractive; the
     answer does not). On a CPU the sequential kernels win; ask for it by name there.
 
