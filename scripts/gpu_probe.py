@@ -4,6 +4,7 @@ whether three runs agree bit for bit, and the forward time per step at T=512 nex
 cuDNN's. A diagnostic, not a test.
 
     python scripts/gpu_probe.py            # on CUDA
+    python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
     TRITON_INTERPRET=1 python scripts/gpu_probe.py --smoke
 """
 import sys
@@ -17,8 +18,21 @@ SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
 C = tg.Config
 D = None  # the default split
+
+def resident(warps=4):
+    """The default split with its W tiles resident in registers (and these warps)."""
+    return lambda cfg: cfg._replace(resident=True, warps=warps)
+
+
+def warps8(cfg):
+    return cfg._replace(warps=8)
+
+
 if SMOKE:
-    PLAN = [(4, 16, [C(4, 16, 16, False), D])]
+    PLAN = [(4, 16, [C(4, 16, 16, False), D, resident()])]
+elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
+    PLAN = [(1, h, [D, resident(), warps8, resident(8)]) for h in (256, 512, 1024)] + [
+        (16, 256, [D, resident(), resident(8)])]
 else:
     PLAN = [
         (16, 1024, [C(16, 16, 32, False), C(16, 16, 64, False), C(16, 16, 128, False),
@@ -65,7 +79,8 @@ def probe(B, H, cfgs):
         with torch.no_grad():
             print(f"B={B} H={H} cuDNN fwd {timed(lambda: gru(xl)):.2f} us/step", flush=True)
     for cfg in cfgs:
-        cfg = cfg or tg.choose_config(B, H, gi.device, gi.dtype)
+        default = tg.choose_config(B, H, gi.device, gi.dtype)
+        cfg = cfg(default) if callable(cfg) else cfg or default
         try:
             runs = [tg.forward(gi, h0, w, b, lengths, True, False, cfg=cfg)[0] for _ in range(3)]
             us = timed(lambda c=cfg: tg.forward(gi_long, h0, w, b, lengths_long, True, False,

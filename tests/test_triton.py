@@ -103,12 +103,19 @@ if BACKENDS["triton"].missing() is None:
         "tiles": (torch.float64, tg.Config(2, 32, 8, dot=False)),
         "dot-f32": (torch.float32, tg.Config(16, 32, 16, dot=True)),
         "dot-f16": (torch.float16, tg.Config(16, 32, 16, dot=True)),
+        "resident": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True)),
+        "resident-f64": (torch.float64, tg.Config(4, 32, 32, dot=False, resident=True)),
+        "resident-dot": (torch.float32, tg.Config(16, 32, 32, dot=True, resident=True)),
     }
     if DEVICE == "cuda":
         SPLITS.update({
             "programs": (torch.float32, tg.Config(2, 4, 8, dot=False)),
             "programs-dot": (torch.float32, tg.Config(16, 16, 16, dot=True)),
             "dot-bf16": (torch.bfloat16, tg.Config(16, 16, 16, dot=True)),
+            "programs-resident": (torch.float32, tg.Config(2, 4, 32, dot=False,
+                                                           resident=True)),
+            # (the interpreter's bf16 tl.dot is wrong with or without resident tiles)
+            "resident-bf16": (torch.bfloat16, tg.Config(16, 32, 32, dot=True, resident=True)),
         })
 
 
@@ -117,6 +124,14 @@ if BACKENDS["triton"].missing() is None:
 def test_launch_splits(split, reset_after):
     dtype, cfg = SPLITS[split]
     _compare(4, 20, 30, reset_after, dtype, lengths=[4, 1, 3, 2] * 5, cfg=cfg)
+
+
+def test_resident_split_needs_all_of_k():
+    gi, h0, w, b, _ = _problem(2, 1, 40, torch.float32)
+    with pytest.raises(ValueError, match="block_k ≥ hidden"):
+        tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(),
+                   torch.tensor([2], device=DEVICE), True, False,
+                   tg.Config(1, 64, 32, dot=False, resident=True))
 
 
 def test_backward_split_rule(monkeypatch):
@@ -266,13 +281,22 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
                           PREC="tf32x3", ACC=tl.float32)
             if "SAVE" in kernel.arg_names:
-                consts["SAVE"] = True
+                consts.update(SAVE=True, RESIDENT=False)
             sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                    for a in kernel.arg_names}
             compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                       target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": 4})
             found[f"{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+# the forward with resident W tiles: the broadcast product must not become a dot either
+for dot in (False, True):
+    consts = dict(BB=16, S=16, BK=64, RESET_AFTER=True, DOT=dot, PREC="tf32x3",
+                  ACC=tl.float32, SAVE=True, RESIDENT=True)
+    sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+           for a in tg._forward_kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=tg._forward_kernel, signature=sig, constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    found[f"resident-{dot}"] = "tt.dot" in compiled.asm["ttgir"]
 # shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
 # dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
 shared = {}
@@ -281,7 +305,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts = dict(BB=64, S=64, BK=64, RESET_AFTER=True, DOT=True, PREC="tf32x3",
                       ACC=tl.float32)
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts.update(SAVE=True, RESIDENT=False)
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         for a in ("gi", "dout", "out", "w", "wt"):
@@ -328,6 +352,7 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     the interpreter never shows. The broadcast splits must compile without any dot; the
     tl.dot splits with one (so this check can fail)."""
     assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
+    assert not sm90["dots"]["resident-False"] and sm90["dots"]["resident-True"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
 
 

@@ -143,6 +143,25 @@ def _hidden_product(a, rows, rmask, w, cols, cmask, H,
 
 
 @_jit
+def _resident_tiles(w, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
+    """W_hh's three gate tiles for this program's units over all of K (BK ≥ H), loaded once
+    before the time loop and kept in registers (``Config.resident``)."""
+    ks = tl.arange(0, BK)
+    v, vmask = _w_tile(w, ks, ks < H, 1, cols, cmask, H, DOT)
+    return (tl.load(v, mask=vmask, other=0.0), tl.load(v + H * H, mask=vmask, other=0.0),
+            tl.load(v + 2 * H * H, mask=vmask, other=0.0))
+
+
+@_jit
+def _row_block(a, rows, rmask, H, BK: tl.constexpr):
+    """h (BB, BK) for this program's rows, all of K, from ``a`` (B, H) written by other
+    programs (read through L2)."""
+    ks = tl.arange(0, BK)
+    return tl.load(a + rows[:, None] * H + ks[None, :], mask=rmask[:, None] & (ks < H)[None, :],
+                   other=0.0, cache_modifier=".cg")
+
+
+@_jit
 def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr):
     """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
     unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
@@ -166,7 +185,8 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
                     B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
-                    DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+                    DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
+                    RESIDENT: tl.constexpr):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; w = W_hh (3H, H); b = b_hh (3H,); lengths (B,);
@@ -181,6 +201,8 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     sync += tl.program_id(1)
     h = tl.load(hbuf + (t_begin % 2) * B * H + own, mask=m, other=0.0)
+    if RESIDENT:
+        w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
@@ -188,8 +210,17 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
-        gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, BB, S, BK,
-                                           DOT, PREC, ACC, 3 if RESET_AFTER else 2)
+        if RESIDENT:
+            x = _row_block(cur, rows, rmask, H, BK)
+            gh_r = _product(x, w_r, DOT, PREC, ACC)
+            gh_z = _product(x, w_z, DOT, PREC, ACC)
+            if RESET_AFTER:
+                gh_n = _product(x, w_n, DOT, PREC, ACC)
+            else:
+                gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
+        else:
+            gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, BB, S,
+                                               BK, DOT, PREC, ACC, 3 if RESET_AFTER else 2)
         r = tl.sigmoid(gi_r + gh_r + b_r)
         z = tl.sigmoid(gi_z + gh_z + b_z)
         if RESET_AFTER:
@@ -198,8 +229,12 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         else:
             tl.store(rhbuf + own, r * h, mask=m)
             _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
-                      BB, S, BK, DOT, PREC, ACC) + b_n
+            if RESIDENT:
+                ghn = _product(_row_block(rhbuf, rows, rmask, H, BK), w_n, DOT, PREC,
+                               ACC) + b_n
+            else:
+                ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
+                          BB, S, BK, DOT, PREC, ACC) + b_n
             n = _tanh(gi_n + ghn)
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
@@ -287,7 +322,10 @@ class Config(NamedTuple):
     """How a launch splits the work. block_batch (BB) rows per tile; slice (S) hidden units
     per program; block_k (BK) the reduction chunk; dot: tl.dot (needs BB, S, BK ≥ 16) or
     a broadcast-and-sum product; warps per program; precision: tl.dot's for fp32 operands
-    ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee")."""
+    ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee");
+    resident: the forward loads its W_hh tiles once, before the time loop, and keeps them
+    in registers (needs block_k ≥ H: all of K in one tile), instead of reading them
+    through the caches at every step."""
 
     block_batch: int
     slice: int
@@ -295,6 +333,7 @@ class Config(NamedTuple):
     dot: bool
     warps: int = 4
     precision: str = "tf32x3"
+    resident: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -408,8 +447,11 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     if steps and batch:
         args = (gi.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, out, hbuf,
                 rhbuf, *saved[:3], ghn_s)
+        if cfg.resident and cfg.block_k < hidden:
+            raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
+                             f"{cfg.block_k}")
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype))
+                SAVE=save, ACC=_acc(gi.dtype), RESIDENT=cfg.resident)
     return out, saved
 
 
