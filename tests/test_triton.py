@@ -149,9 +149,18 @@ def test_backward_split_rule(monkeypatch):
     for batch, hidden, dtype in [(16, 1024, f32), (16, 256, f32), (8, 512, f32),
                                  (32, 512, f32), (16, 512, torch.bfloat16)]:
         assert tg.choose_backward_config(batch, hidden, cuda, dtype) == \
-            tg.choose_config(batch, hidden, cuda, dtype), (batch, hidden, dtype)
+            tg.choose_config(batch, hidden, cuda, dtype)._replace(resident=False), (
+                batch, hidden, dtype)
     cpu = torch.device("cpu")
-    assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(16, 512, cpu, f32)
+    assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(
+        16, 512, cpu, f32)._replace(resident=False)
+    # the forward keeps W resident where one tile covers H (batch ≤ 16, broadcast product)
+    assert tg.choose_config(1, 1024, cuda, f32) == tg.Config(1, 8, 1024, dot=False,
+                                                             resident=True)
+    assert tg.choose_config(16, 256, cuda, f32).resident
+    assert not tg.choose_config(16, 512, cuda, f32).resident  # tl.dot, 64-wide K chunks
+    assert not tg.choose_config(1, 256, cuda, torch.float64).resident
+    assert not tg.choose_config(1, 2048, cuda, f32).resident  # 16 units × 2048: would spill
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs at a barrier")

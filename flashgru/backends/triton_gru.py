@@ -340,19 +340,28 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+# The most W elements a program keeps resident (3 gates × units × K): B=1, H=1024's split
+# (8 units), which ptxas compiles to 255 registers per thread at 4 warps without spilling
+# (sm_90); larger tiles would spill.
+RESIDENT_MAX = 3 * 8 * 1024
+
+
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
     """The default split for a call, from timings on an H100 (docs/performance.md).
 
     Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
-    the broadcast product; but at batch 9-16 (a 16-row tile) with H > 256, 32 units per
-    program and tl.dot (three-pass TF32 for fp32, whose error stays at fp32's level):
-    1.5-2.4x faster there than the best broadcast split (H100, 2026-11-26). Batch > 16:
-    tiles of up to 64 rows, 16 units per program and tl.dot: the broadcast product was
-    slower there, erratically so.
+    the broadcast product, W's tiles resident in registers where one tile covers H (the
+    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27); but at batch 9-16
+    (a 16-row tile) with H > 256, 32 units per program and tl.dot (three-pass TF32 for
+    fp32, whose error stays at fp32's level): 1.5-2.4x faster there than the best
+    broadcast split (H100, 2026-11-26). Batch > 16: tiles of up to 64 rows, 16 units per
+    program and tl.dot: the broadcast product was slower there, erratically so.
     """
     hp = _pow2(hidden)
-    if device.type != "cuda":  # the interpreter: one program per tile, whole loop
-        return Config(_pow2(min(batch, 16)), hp, hp, dot=False)
+    if device.type != "cuda":  # the interpreter: one program per tile, whole loop (and,
+        # as the GPU default at small batches, W resident)
+        return Config(_pow2(min(batch, 16)), hp, hp, dot=False,
+                      resident=dtype != torch.float64)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
         block_batch = _pow2(min(batch, 16))
@@ -361,8 +370,12 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
         tiles = min(-(-batch // block_batch), sms)
         slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
         budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, S, BK) product
-        return Config(block_batch, slice_, max(8, min(hp, budget // (block_batch * slice_))),
-                      dot=False)
+        block_k = max(8, min(hp, budget // (block_batch * slice_)))
+        # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
+        # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
+        return Config(block_batch, slice_, block_k, dot=False,
+                      resident=block_k >= hidden and dtype != torch.float64
+                      and 3 * slice_ * block_k <= RESIDENT_MAX)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
     # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
@@ -378,7 +391,7 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     backward 1.3x faster than tl.dot's 32 (H100, B=16, H=512: 15.9 against 21.0 µs per
     step; at H=1024 no split beat the forward's by more than noise;
     scripts/gpu_probe_backward.py, docs/performance.md)."""
-    cfg = choose_config(batch, hidden, device, dtype)
+    cfg = choose_config(batch, hidden, device, dtype)._replace(resident=False)  # (forward)
     if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
             256 < hidden <= 4 * _grid_limit(device):
         return Config(16, 4, 256, dot=False)
