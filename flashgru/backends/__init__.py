@@ -157,8 +157,8 @@ def select_backend(
     2. CUDA, Triton installed, a float dtype, and ``reset_after=False``, ``hidden`` ≥ 256,
        bfloat16, or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
-       (H ≥ 256: 1.3-4.4x faster measured on an H100, fp32), is slow whatever the size
-       (bf16: 2.6-6.8x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
+       (H ≥ 256: 1.3-5.7x faster measured on an H100, fp32), is slow whatever the size
+       (bf16: 2.1-7.6x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
        kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
        Measured exceptions, where the Triton backward is slower though its forward wins:
        training (``grad``) in float32 at batch 9-16 with hidden > 512 (0.97x
