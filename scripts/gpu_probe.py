@@ -32,7 +32,11 @@ if SMOKE:
     PLAN = [(4, 16, [C(4, 16, 16, False), D, resident()])]
 elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident(), warps8, resident(8)]) for h in (256, 512, 1024)] + [
-        (16, 256, [D, resident(), resident(8)])]
+        (16, 256, [D, resident(), resident(8)]),
+        # B=16 beyond H=256 (unmeasured): tl.dot over all of K with 16 units resident
+        (16, 512, [D, C(16, 16, 512, True, resident=True), C(16, 8, 512, False,
+                                                               resident=True)]),
+        (16, 1024, [D, C(16, 8, 1024, False, resident=True)])]
 else:
     PLAN = [
         (16, 1024, [C(16, 16, 32, False), C(16, 16, 64, False), C(16, 16, 128, False),

@@ -5,6 +5,7 @@ against the float64 reference at T=64; cuDNN's forward and forward+backward per 
 the same process. A diagnostic, not a test.
 
     python scripts/gpu_probe_backward.py
+    python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
 import sys
@@ -19,8 +20,16 @@ SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
 C = tg.Config
 D = None  # the default split
+
+def resident(cfg):
+    """The default split with W_hhᵀ's tiles resident in registers."""
+    return cfg._replace(resident=True)
+
+
 if SMOKE:
-    PLAN = [(4, 16, [C(4, 16, 16, False)])]
+    PLAN = [(4, 16, [C(4, 16, 16, False), resident])]
+elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
+    PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
 else:
     SPLITS = [D, C(16, 16, 64, True), C(16, 32, 32, True), C(16, 32, 128, True),
               C(16, 64, 64, True), C(16, 16, 128, True), C(16, 8, 128, False),
@@ -61,7 +70,8 @@ def probe(B, H, cfgs):
         fb = timed(lambda: gru(xg)[0].backward(dy))
         print(f"B={B} H={H} cuDNN fwd {fwd:.2f}, fwd+bwd {fb:.2f} us/step", flush=True)
     for cfg in cfgs:
-        cfg = cfg or tg.choose_config(B, H, gi.device, gi.dtype)
+        default = tg.choose_backward_config(B, H, gi.device, gi.dtype)
+        cfg = cfg(default) if callable(cfg) else cfg or default
         try:
             out, saved = tg.forward(gi, h0, w, b, lengths, True, True, cfg)
             grads = tg.backward(dout, h0, w, out, saved, lengths, True, cfg)
@@ -70,12 +80,12 @@ def probe(B, H, cfgs):
             us = timed(lambda c=cfg, lo=lo, ls=lsaved: tg.backward(
                 long[4], long[1], long[2], lo, ls, long[5], True, c))
         except Exception as e:  # noqa: BLE001
-            print(f"B={B} H={H} {tuple(cfg)[:5]}: {type(e).__name__}: {str(e)[:100]}",
+            print(f"B={B} H={H} {tuple(cfg)}: {type(e).__name__}: {str(e)[:100]}",
                   flush=True)
             continue
         errs = [((g.double() - r).abs().max() / r.abs().max()).item()
                 for g, r in zip(grads, ref_grads, strict=False)]
-        print(f"B={B} H={H} {tuple(cfg)[:5]}: bwd {us:6.2f} us/step  rel err dgi/dh0/dW/db "
+        print(f"B={B} H={H} {tuple(cfg)}: bwd {us:6.2f} us/step  rel err dgi/dh0/dW/db "
               + " ".join(f"{e:.1e}" for e in errs), flush=True)
 
 

@@ -290,22 +290,28 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
                           PREC="tf32x3", ACC=tl.float32)
             if "SAVE" in kernel.arg_names:
-                consts.update(SAVE=True, RESIDENT=False)
+                consts["SAVE"] = True
+            consts["RESIDENT"] = False
             sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                    for a in kernel.arg_names}
             compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                       target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": 4})
             found[f"{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
-# the forward with resident W tiles: the broadcast product must not become a dot either
-for dot in (False, True):
-    consts = dict(BB=16, S=16, BK=64, RESET_AFTER=True, DOT=dot, PREC="tf32x3",
-                  ACC=tl.float32, SAVE=True, RESIDENT=True)
-    sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-           for a in tg._forward_kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=tg._forward_kernel, signature=sig, constexprs=consts),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    found[f"resident-{dot}"] = "tt.dot" in compiled.asm["ttgir"]
+# the kernels with resident W tiles: the broadcast product must not become a dot either
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for dot in (False, True):
+        for reset_after in (True, False):
+            consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
+                          PREC="tf32x3", ACC=tl.float32, RESIDENT=True)
+            if "SAVE" in kernel.arg_names:
+                consts["SAVE"] = True
+            sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+                   for a in kernel.arg_names}
+            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": 4})
+            found[f"resident-{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
 # shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
 # dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
 shared = {}
@@ -313,8 +319,9 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
     for dtype in ("fp32", "bf16"):
         consts = dict(BB=64, S=64, BK=64, RESET_AFTER=True, DOT=True, PREC="tf32x3",
                       ACC=tl.float32)
+        consts["RESIDENT"] = False
         if "SAVE" in kernel.arg_names:
-            consts.update(SAVE=True, RESIDENT=False)
+            consts["SAVE"] = True
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         for a in ("gi", "dout", "out", "w", "wt"):
@@ -361,7 +368,8 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     the interpreter never shows. The broadcast splits must compile without any dot; the
     tl.dot splits with one (so this check can fail)."""
     assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
-    assert not sm90["dots"]["resident-False"] and sm90["dots"]["resident-True"]
+    assert not sm90["dots"][f"resident-{kernel}-False-{reset_after}"]
+    assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
 
 

@@ -153,12 +153,22 @@ def _resident_tiles(w, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
 
 
 @_jit
-def _row_block(a, rows, rmask, H, BK: tl.constexpr):
-    """h (BB, BK) for this program's rows, all of K, from ``a`` (B, H) written by other
+def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
+    """The backward's three tiles V_g[k, s] = W_hh[g·H + k, s] for this program's units s
+    (k < H, BK ≥ H), read from wt = W_hhᵀ (H, 3H), loaded once and kept in registers."""
+    ks = tl.arange(0, BK)
+    v, vmask = _w_tile(wt, ks, ks < H, 1, cols, cmask, 3 * H, DOT)
+    return (tl.load(v, mask=vmask, other=0.0), tl.load(v + H, mask=vmask, other=0.0),
+            tl.load(v + 2 * H, mask=vmask, other=0.0))
+
+
+@_jit
+def _row_block(a, rows, rmask, H, stride, BK: tl.constexpr):
+    """(BB, BK): a[row·stride + k] for this program's rows and all k < H, written by other
     programs (read through L2)."""
     ks = tl.arange(0, BK)
-    return tl.load(a + rows[:, None] * H + ks[None, :], mask=rmask[:, None] & (ks < H)[None, :],
-                   other=0.0, cache_modifier=".cg")
+    return tl.load(a + rows[:, None] * stride + ks[None, :],
+                   mask=rmask[:, None] & (ks < H)[None, :], other=0.0, cache_modifier=".cg")
 
 
 @_jit
@@ -211,7 +221,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
         if RESIDENT:
-            x = _row_block(cur, rows, rmask, H, BK)
+            x = _row_block(cur, rows, rmask, H, H, BK)
             gh_r = _product(x, w_r, DOT, PREC, ACC)
             gh_z = _product(x, w_z, DOT, PREC, ACC)
             if RESET_AFTER:
@@ -230,7 +240,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
             tl.store(rhbuf + own, r * h, mask=m)
             _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
             if RESIDENT:
-                ghn = _product(_row_block(rhbuf, rows, rmask, H, BK), w_n, DOT, PREC,
+                ghn = _product(_row_block(rhbuf, rows, rmask, H, H, BK), w_n, DOT, PREC,
                                ACC) + b_n
             else:
                 ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
@@ -259,7 +269,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                     ACC: tl.constexpr):
+                     ACC: tl.constexpr, RESIDENT: tl.constexpr):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -272,6 +282,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     own3 = rows[:, None] * 3 * H + cols[None, :]
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
+    if RESIDENT:
+        v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
@@ -298,20 +310,39 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgh + g3 + own3 + H, dz, mask=m)
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
             _barrier(sync, (i + 1) * n_prog)
-            carry = _mm(dgh + g3, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H,
-                        BB, S, BK, DOT, PREC, ACC)
+            if RESIDENT:
+                a = dgh + g3
+                carry = _product(_row_block(a, rows, rmask, H, 3 * H, BK), v_r, DOT, PREC,
+                                 ACC)
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, BK), v_z, DOT,
+                                  PREC, ACC)
+                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, BK), v_n,
+                                  DOT, PREC, ACC)
+            else:
+                carry = _mm(dgh + g3, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H,
+                            BB, S, BK, DOT, PREC, ACC)
         else:
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             _barrier(sync, (2 * i + 1) * n_prog)
             a = dgi + g3
-            d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask, H,
-                       BB, S, BK, DOT, PREC, ACC)
+            if RESIDENT:
+                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, BK), v_n, DOT,
+                                PREC, ACC)
+            else:
+                d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
+                           H, BB, S, BK, DOT, PREC, ACC)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
             tl.store(dgi + g3 + own3, dr, mask=m)
             _barrier(sync, (2 * i + 2) * n_prog)
-            carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 2 * H,
-                                   BB, S, BK, DOT, PREC, ACC)
+            if RESIDENT:
+                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, BK), v_r,
+                                            DOT, PREC, ACC)
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, BK), v_z, DOT,
+                                  PREC, ACC)
+            else:
+                carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
+                                       2 * H, BB, S, BK, DOT, PREC, ACC)
         carried = tl.where(ok, d * z + carry, carried)
     tl.store(dh + own, carried, mask=m)
 
@@ -482,8 +513,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     if steps and batch:
         args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
                 ghn_s, lengths, dgi, dgh, dh)
+        if cfg.resident and cfg.block_k < hidden:
+            raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
+                             f"{cfg.block_k}")
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc))
+                ACC=_acc(acc), RESIDENT=cfg.resident)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).to(acc).flatten(0, 1)  # (T·B, H)
     if reset_after:
         flat = dgh.flatten(0, 1)
