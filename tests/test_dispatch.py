@@ -86,6 +86,9 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     long = pick(hidden=64, steps=16384)
     assert long.name == "parallel" and "16384 steps" in long.reason
     assert pick(hidden=32, steps=65536).name == "parallel"
+    assert pick(hidden=64, steps=65536).name == "parallel"  # 1 GiB of Jacobians
+    assert pick(hidden=64, steps=65537).name == "triton"  # more: sequential, any length
+    assert pick(hidden=32, steps=1 << 18).name == "parallel"
     for other in (dict(steps=16383), dict(batch=2), dict(hidden=65),
                   dict(reset_after=False), dict(dtype=torch.float64)):
         assert pick(**{"hidden": 64, "steps": 16384, **other}).name != "parallel", other

@@ -84,6 +84,9 @@ TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.
 # refuses) 15x / 25x the Triton kernels. At B=8 (0.78x forward) and at H=128 (no Triton
 # dense scan) the dense solver lost.
 PARALLEL_MIN_STEPS, PARALLEL_MAX_BATCH, PARALLEL_MAX_HIDDEN = 16384, 1, 64
+# ... while its dense Jacobians (T·B·H² numbers, held twice in training) stay within 2^28
+# numbers (1 GiB in fp32; T=65536 at H=64, measured); longer calls stay sequential.
+PARALLEL_MAX_JACOBIAN = 1 << 28
 
 
 class BackendChoice(NamedTuple):
@@ -171,7 +174,8 @@ def select_backend(
        with cuDNN disabled, so auto never picks a call that fails on length.
 
     Between 1 and 2: CUDA, Triton installed, ``reset_after=True``, float32, ``batch`` 1,
-    ``hidden`` ≤ 64 and ``steps`` ≥ 16384, not under tracing or torch.compile →
+    ``hidden`` ≤ 64 and ``steps`` ≥ 16384 with steps × hidden² ≤ 2^28 (the dense
+    Jacobians' memory: 1 GiB), not under tracing or torch.compile →
     "parallel": the Newton solver, parallel in time, with its fused Triton kernels (4.0-4.8x
     cuDNN forward and 5.6-6.8x forward+backward at T=32768, H=32-64 on an H100; 1.2-1.6x /
     2.3-3.4x at T=16384; about even at T=8192; at T ≥ 65536, which cuDNN refuses, 15x /
@@ -218,6 +222,7 @@ def select_backend(
     if device.type == "cuda" and gpu.missing() is None and reset_after and \
             dtype == torch.float32 and batch <= PARALLEL_MAX_BATCH and \
             hidden <= PARALLEL_MAX_HIDDEN and steps >= PARALLEL_MIN_STEPS and \
+            steps * batch * hidden * hidden <= PARALLEL_MAX_JACOBIAN and \
             not tracing and not torch.compiler.is_compiling():
         return BackendChoice("parallel", f"{steps} steps at batch {batch}, hidden {hidden}: "
                                          "the parallel-in-time solver")
