@@ -331,9 +331,11 @@ def _tuned_chunk(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: boo
     card, so it is measured rather than guessed."""
     steps, batch, hidden = c.shape
     candidates = _chunk_candidates(steps, batch, c.dtype)
-    if len(candidates) == 1 or not TUNE or not _can_time(c):
-        return _dense_chunk(steps, batch, c.dtype)
     key = (steps.bit_length(), batch, hidden, c.dtype, c.device, reverse, transpose)
+    if len(candidates) == 1 or not TUNE:
+        return _dense_chunk(steps, batch, c.dtype)
+    if key not in _CHUNKS and not _can_time(c):  # (under graph capture: the measured
+        return _dense_chunk(steps, batch, c.dtype)  # chunk if any, as in the warm-up)
     if key not in _CHUNKS:
         times = _time_chunks(J, c, h0, reverse, transpose, candidates)
         _CHUNKS[key] = min(times, key=times.get)

@@ -120,6 +120,32 @@ def test_budget_runs_out_and_the_prefix_is_exact(damping):
         assert stats.sequential_from is not None and stats.sequential_from >= budget, stats
 
 
+def test_autocast_does_not_lower_the_solver_precision():
+    """Under autocast the solver still computes in the state's dtype: bfloat16 products
+    had left a residual Newton could not bring under float32's tolerance (32 iterations,
+    then a sequential finish)."""
+    gi, h0, w, b = _problem(300, 1, 16, torch.float32, seed=5)
+    ref = reference.core(gi, h0, w, b, None, True)
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    want = torch.autograd.grad(ref, (gi, h0, w, b), dout)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = parallel.core(gi, h0, w, b, None, True)
+        stats = parallel.last_stats()
+    assert stats.iterations <= 12 and stats.sequential_from is None, stats
+    assert_close("out", ref.detach(), out.detach(), 2e-5, rtol=2e-5)
+    for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), want,
+                          torch.autograd.grad(out, (gi, h0, w, b), dout), strict=True):
+        assert_close(name, r, g, 2e-4, rtol=2e-4)
+
+
+def test_no_accepted_update_finishes_everything_sequentially():
+    """With no Newton update accepted (a budget of 0), small residuals prove nothing: the
+    whole sequence is finished sequentially."""
+    gi, h0, w, b = _problem(40, 2, 6, torch.float64)
+    stats = _compare(gi, h0, w, b, None, True, max_iters=0)
+    assert stats.iterations == 0 and stats.sequential_from == 0, stats
+
+
 def test_sequential_finish_takes_a_fused_core(monkeypatch):
     """An unconverged solve finishes on the fastest exact sequential core here: the fused
     CPU kernels where numba is installed, else the reference."""

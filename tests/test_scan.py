@@ -269,6 +269,9 @@ def test_dense_triton_chunk_is_measured_once_per_shape(monkeypatch):
     assert len(timed) == 6
     scan._tuned_chunk(J, c, h0, True, False)  # another direction: measured
     assert len(timed) == 12
+    monkeypatch.setattr(scan, "_can_time", lambda c: False)  # e.g. under graph capture:
+    assert scan._tuned_chunk(J, c, h0, False, False) == 64  # the measured chunk, if any
+    assert scan._tuned_chunk(J, c, h0, True, True) == 17  # else the rule
     monkeypatch.setattr(scan, "TUNE", False)
     assert scan._tuned_chunk(J, c, h0, False, True) == 17 and len(timed) == 12
 

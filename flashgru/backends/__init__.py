@@ -175,7 +175,8 @@ def select_backend(
 
     Between 1 and 2: CUDA, Triton installed, ``reset_after=True``, float32, ``batch`` 1,
     ``hidden`` ≤ 64 and ``steps`` ≥ 16384 with steps × hidden² ≤ 2^28 (the dense
-    Jacobians' memory: 1 GiB), not under tracing or torch.compile →
+    Jacobians' memory: 1 GiB), not under tracing, torch.compile, torch.func, autocast,
+    CUDA graph capture or TF32 matmuls (``_unmeasured_for_parallel``) →
     "parallel": the Newton solver, parallel in time, with its fused Triton kernels (4.0-4.8x
     cuDNN forward and 5.6-6.8x forward+backward at T=32768, H=32-64 on an H100; 1.2-1.6x /
     2.3-3.4x at T=16384; about even at T=8192; at T ≥ 65536, which cuDNN refuses, 15x /
@@ -223,7 +224,7 @@ def select_backend(
             dtype == torch.float32 and batch <= PARALLEL_MAX_BATCH and \
             hidden <= PARALLEL_MAX_HIDDEN and steps >= PARALLEL_MIN_STEPS and \
             steps * batch * hidden * hidden <= PARALLEL_MAX_JACOBIAN and \
-            not tracing and not torch.compiler.is_compiling():
+            not _unmeasured_for_parallel():
         return BackendChoice("parallel", f"{steps} steps at batch {batch}, hidden {hidden}: "
                                          "the parallel-in-time solver")
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
@@ -252,6 +253,16 @@ def select_backend(
                                       f"{batch}, hidden {hidden}: cuDNN's backward is faster "
                                       "than the Triton one here")
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
+
+
+def _unmeasured_for_parallel() -> bool:
+    """Modes where auto keeps a call off the parallel solver (it stays on cuDNN or the
+    Triton kernels): tracing, torch.compile, torch.func transforms, torch function or
+    dispatch modes and autocast (``cpu_step._special_mode``), CUDA graph capture (the
+    solver reads its residuals back to the host) and TF32 matmuls (its timings were
+    measured in full fp32)."""
+    return (cpu_step._special_mode() or torch.backends.cuda.matmul.allow_tf32 or (
+        torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()))
 
 
 def _short_for_cpu(steps: int, batch: int, hidden: int, grad: bool) -> bool:

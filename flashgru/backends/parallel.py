@@ -235,11 +235,13 @@ def solve(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
     first_bad = None
     if res > tol or step_size > tol:  # not converged: finish sequentially from the
         # first step whose residual or last update is too large
-        bad = ~((fh - h).abs() <= tol)
-        if step is not None:  # (the first `iters` steps are exact whatever their update)
-            bad[iters:] |= ~(step[iters:].abs() <= tol)
-        bad = bad.flatten(1).any(1)
-        first_bad = int(bad.nonzero()[0, 0]) if bad.any() else None
+        if step is None:  # no update accepted: small residuals alone do not bound the
+            first_bad = 0  # distance to the answer (see Options), so all of it
+        else:
+            bad = ~((fh - h).abs() <= tol)  # (the first `iters` steps are exact whatever
+            bad[iters:] |= ~(step[iters:].abs() <= tol)  # their update)
+            bad = bad.flatten(1).any(1)
+            first_bad = int(bad.nonzero()[0, 0]) if bad.any() else None
         if first_bad is not None:
             fh = _finish(gi, fh, h0, w_hh, b_hh, lengths, reset_after, first_bad)
     _LAST[0] = SolveStats(iters, res, first_bad)
@@ -434,10 +436,30 @@ def _adjoint(dout, gi, h0, w_hh, b_hh, out, lengths, reset_after):
     return dgi, dh0, dw_hh, db_hh
 
 
+@contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """The solver's products in its own dtype: no autocast and, on CUDA, no TF32 matmuls
+    (the GRU step evaluated at TF32's ~1e-3 relative error leaves a residual that Newton
+    can never bring under float32's tolerance: in a review's simulation, the product's
+    inputs rounded to TF32, the budget ran out and the sequential finish did the work; in
+    bfloat16 under autocast the same, measured). TF32 is turned off for the call and
+    restored after."""
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    with torch.autocast(device.type, enabled=False):
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            if tf32:
+                torch.backends.cuda.matmul.allow_tf32 = True
+
+
 class _ParallelGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, lengths, reset_after):
-        traj = solve(gi, h0, w_hh, b_hh, lengths, reset_after)
+        with _full_precision(gi.device):
+            traj = solve(gi, h0, w_hh, b_hh, lengths, reset_after)
         ctx.save_for_backward(gi, h0, w_hh, b_hh, traj, lengths)
         ctx.reset_after = reset_after
         valid = _valid(lengths, gi.shape[0], gi)
@@ -449,8 +471,9 @@ class _ParallelGRU(torch.autograd.Function):
             raise RuntimeError("backend 'parallel' has no double backward; use "
                                "backend='reference' for gradients of gradients")
         gi, h0, w_hh, b_hh, traj, lengths = ctx.saved_tensors
-        dgi, dh0, dw_hh, db_hh = _adjoint(dout, gi, h0, w_hh, b_hh, traj, lengths,
-                                          ctx.reset_after)
+        with _full_precision(gi.device):
+            dgi, dh0, dw_hh, db_hh = _adjoint(dout, gi, h0, w_hh, b_hh, traj, lengths,
+                                              ctx.reset_after)
         return dgi, dh0, dw_hh, db_hh if b_hh is not None else None, None, None
 
 
