@@ -96,8 +96,12 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     # modes it was not measured in (or cannot run in) keep the sequential kernels
     with torch.autocast("cpu"):
         assert pick(hidden=64, steps=16384).name == "torch"  # cuDNN
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert pick(hidden=64, steps=16384).name == "torch"
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # (a property: monkeypatch can't undo it)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert pick(hidden=64, steps=16384).name == "torch"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     assert pick(hidden=64, reset_after=False).name == "triton"
     assert pick(hidden=64, dtype=torch.bfloat16).name == "torch"  # a dtype it does not run
     assert pick(hidden=512, dtype=torch.float64).name == "torch"
