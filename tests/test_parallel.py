@@ -138,6 +138,21 @@ def test_autocast_does_not_lower_the_solver_precision():
         assert_close(name, r, g, 2e-4, rtol=2e-4)
 
 
+def test_full_precision_turns_tf32_off_for_the_call_only():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with parallel._full_precision(torch.device("cuda")):
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.is_autocast_enabled("cuda")
+        assert torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(KeyError), parallel._full_precision(torch.device("cuda")):
+            raise KeyError  # restored on the way out of an error too
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_no_accepted_update_finishes_everything_sequentially():
     """With no Newton update accepted (a budget of 0), small residuals prove nothing: the
     whole sequence is finished sequentially."""
