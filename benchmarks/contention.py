@@ -1,8 +1,8 @@
 """Calls at batch 1 while other processes compete for the cores: each of ``--procs``
 processes runs the same GRU call (B=1, T=256, H=256 inference by default) in a loop for
 ``--seconds`` and reports ms per call (median, 90th percentile, worst), for flashgru's
-cpu backend with its contention guard (``cpu._run_units``), without it, and torch.nn.GRU.
-One process alone first, as the anchor. Timings, not a test.
+cpu backend and torch.nn.GRU. One process alone first, as the anchor. Timings, not a
+test.
 
     python benchmarks/contention.py            # 2 processes, 8 s each
 """
@@ -19,13 +19,9 @@ def run(which: str, seconds: float, steps: int, hidden: int, queue) -> None:
     import torch
 
     import flashgru
-    from flashgru.backends import cpu
-
     torch.manual_seed(0)
     ref = torch.nn.GRU(hidden, hidden)
     model = ref if which == "torch" else flashgru.GRU.from_torch(ref, backend="cpu")
-    if which == "cpu, no guard":
-        cpu.UNITS_CONTENDED = 0
     x = torch.randn(steps, 1, hidden)
     times = []
     with torch.no_grad():
@@ -64,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     for which in ("cpu", "torch"):
         measure(which, 1, args)
-    for which in ("cpu", "cpu, no guard", "torch"):
+    for which in ("cpu", "torch"):
         measure(which, args.procs, args)
 
 

@@ -19,17 +19,3 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.fixture(autouse=True)
-def no_contention_guard(monkeypatch):
-    """The cpu backend's contention guard (``cpu._run_units``) changes how a batch-1 call
-    is scheduled, never its numbers, after a call that had to give its cores away: on a
-    busy test machine that would make the tests that check where a call runs flaky. Off
-    here; tests/test_cpu_units.py turns it on where it is the subject."""
-    try:
-        from flashgru.backends import cpu
-    except ImportError:  # pragma: no cover (flashgru itself is missing)
-        return
-    monkeypatch.setattr(cpu, "UNITS_CONTENDED", 0)
-    monkeypatch.setattr(cpu, "_CONTENDED_UNTIL", [0.0])

@@ -4,8 +4,6 @@ and inference, both formulations, lengths, unaligned unit ranges and more parts 
 cores; the meeting points; and every way it must fall back or stop instead of hanging."""
 
 import os
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -74,53 +72,6 @@ def test_meeting_points():
     _cpu_kernels._give_up(sync, 3)
     assert _cpu_kernels._meet(sync, 1, 3, 6) is False  # part 2 is at 5: would wait
     assert list(sync[::8]) == [9, 4, 5, 1]
-
-
-def test_a_meeting_that_gives_its_core_away_counts_it():
-    """A part that waits past SPIN_BEFORE_YIELD polls gives its core away at every poll
-    and counts it in its own line (the kernels run without the GIL: another thread
-    arrives meanwhile)."""
-    sync = _cpu_units.sync_for(2)
-    late = threading.Timer(0.05, _cpu_kernels._arrive, (sync, 1, 1))
-    late.start()
-    assert _cpu_kernels._meet(sync, 0, 2, 1)
-    late.join()
-    assert _cpu_units.yields(sync, 2) == sync[1] > 0 and sync[9] == 0
-    _cpu_kernels._arrive(sync, 0, 1)
-    assert _cpu_kernels._meet(sync, 1, 2, 1) and sync[9] == 0  # no wait: nothing counted
-
-
-@needs_team
-def test_contended_cores_send_batch_one_down_one_thread(monkeypatch):
-    """A unit-split call whose parts gave their cores away at more than one step in
-    UNITS_CONTENDED marks the cores contended for UNITS_COOLDOWN_S: batch-1 calls then run
-    in one part with MKL single-threaded, and split again after. The answer never
-    changes."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(cpu, "UNITS_CONTENDED", 8)  # (conftest turns the guard off)
-    steps = cpu.UNITS_MIN_STEPS
-    yielded = [0]  # as if the parts had given their cores away this often
-    monkeypatch.setattr(_cpu_units, "yields", lambda sync, parts: yielded[0])
-    mkl = []
-    if cpu._MKL_LOCAL is not None:
-        real_mkl = cpu._MKL_LOCAL
-        monkeypatch.setattr(cpu, "_MKL_LOCAL", lambda n: mkl.append(n) or real_mkl(n))
-    torch.manual_seed(0)
-    gru = flashgru.GRU(5, 128, backend="cpu")
-    x = torch.randn(steps, 1, 5)
-    with torch.no_grad():
-        want = gru.to_torch()(x)[0]
-        yielded[0] = steps // cpu.UNITS_CONTENDED  # not more than one step in 8: fine
-        assert_close("out", want, gru(x)[0], 1e-5)
-        assert not cpu._contended() and cpu._unit_parts(1, 128, steps, None) == 2
-        yielded[0] += 1
-        assert_close("out", want, gru(x)[0], 1e-5)
-        assert cpu._contended() and cpu._unit_parts(1, 128, steps, None) == 1
-        mkl.clear()
-        assert_close("out", want, gru(x)[0], 1e-5)  # one part, MKL single-threaded
-        assert mkl[:1] == ([1] if cpu._MKL_LOCAL is not None else [])
-        cpu._CONTENDED_UNTIL[0] = time.monotonic() - 1  # the cool-down has passed
-        assert cpu._unit_parts(1, 128, steps, None) == 2
 
 
 @needs_team

@@ -205,8 +205,7 @@ def _arrive(sync, part, count):
 def _meet(sync, part, parts, count):
     """Wait until every part but ``part`` has arrived at ``count``; False when a part gave
     up meanwhile (``_give_up``), True otherwise. ``sync``: int64, 8 · (parts + 1) zeros
-    at the start (one cache line per part, the last for giving up); sync[8·part + 1]
-    counts the times this part gave its core away while waiting."""
+    at the start (one cache line per part, the last for giving up)."""
     base = sync.ctypes.data
     for other in range(parts):
         if other == part:
@@ -218,7 +217,6 @@ def _meet(sync, part, parts, count):
             polls += 1
             if polls > SPIN_BEFORE_YIELD:
                 _yield_core()
-                sync[8 * part + 1] += 1  # (this part's own line: the caller reads it after)
             else:
                 _pause()
     return True

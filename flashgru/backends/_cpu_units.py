@@ -345,17 +345,11 @@ def sync_for(parts: int) -> np.ndarray:
     return np.zeros(8 * (parts + 1), dtype=np.int64)
 
 
-def yields(sync: np.ndarray, parts: int) -> int:
-    """How many times the parts gave their core away while waiting at a meeting."""
-    return int(sync[1: 8 * parts: 8].sum())
-
-
-def tasks(kernel, args: tuple, hidden: int, parts: int, sync: np.ndarray | None = None) -> list:
+def tasks(kernel, args: tuple, hidden: int, parts: int) -> list:
     """One zero-argument task per part: ``kernel(*args, sync, part, parts, u0, u1)``; a
     part that raises tells the others to stop waiting first. A task returns the kernel's
-    result (False: it stopped because another part gave up). ``sync``: a fresh
-    ``sync_for(parts)`` by default."""
-    sync = sync_for(parts) if sync is None else sync
+    result (False: it stopped because another part gave up)."""
+    sync = sync_for(parts)
 
     def task(part, u0, u1):
         def run():

@@ -24,7 +24,6 @@ import ctypes
 import itertools
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -478,13 +477,7 @@ def _run_parts(kernel, args: tuple, lengths: np.ndarray, parts: int | None) -> N
     ``_parts(batch)``); one part is a plain call."""
     batch = len(lengths)
     parts = _parts(batch) if parts is None else parts
-    if parts == 1 and batch == 1 and _contended() and _MKL_LOCAL is not None:
-        before = _MKL_LOCAL(1)  # (MKL's own threads would contend too)
-        try:
-            kernel(*args, 0, batch)
-        finally:
-            _MKL_LOCAL(before)
-    elif parts == 1:
+    if parts == 1:
         kernel(*args, 0, batch)
     else:
         _in_parts(lambda lo, hi: kernel(*args, lo, hi), _ranges(lengths, parts))
@@ -598,41 +591,24 @@ UNITS_MIN_HIDDEN, UNITS_MAX_BATCH, UNITS_MIN_STEPS = 128, 1, 64
 UNITS_PER_PART = 64
 
 
-# More busy threads than cores: the unit split meets at every step, so a thread that waits
-# for one the OS has descheduled gives its core away (sched_yield). A split call whose
-# parts did so more than once per UNITS_CONTENDED steps marks the cores contended for
-# UNITS_COOLDOWN_S seconds: batch-1 calls then run in one part with MKL single-threaded,
-# and the first call after tries the split again.
-UNITS_CONTENDED, UNITS_COOLDOWN_S = 8, 0.5
-_CONTENDED_UNTIL = [0.0]
-
-
-def _contended() -> bool:
-    return time.monotonic() < _CONTENDED_UNTIL[0]
-
-
 def _unit_parts(batch: int, hidden: int, steps: int, parts: int | None) -> int:
     """Into how many unit ranges a call splits: up to UNITS_MAX_BATCH rows from
     UNITS_MIN_HIDDEN units and UNITS_MIN_STEPS steps, one per thread of torch's team (as
-    ``_parts``) but at least UNITS_PER_PART units each; else, where the caller fixed its
-    ``parts``, or while the cores are contended (``_run_units``), 1."""
+    ``_parts``) but at least UNITS_PER_PART units each; else, or where the caller fixed
+    its ``parts``, 1."""
     if (batch > UNITS_MAX_BATCH or parts is not None or hidden < UNITS_MIN_HIDDEN
-            or steps < UNITS_MIN_STEPS or _contended()):
+            or steps < UNITS_MIN_STEPS):
         return 1
     return _parts(hidden // UNITS_PER_PART)
 
 
-def _run_units(kernel, args: tuple, hidden: int, parts: int, steps: int) -> bool:
+def _run_units(kernel, args: tuple, hidden: int, parts: int) -> bool:
     """``kernel`` over ``parts`` unit ranges at once; False (nothing run) where the team
-    cannot give every part a thread. Marks the cores contended where the parts had to
-    give their cores away while meeting (UNITS_CONTENDED)."""
-    sync = _cpu_units.sync_for(parts)
+    cannot give every part a thread."""
     try:
-        _together(_cpu_units.tasks(kernel, args, hidden, parts, sync), at_once=True)
+        _together(_cpu_units.tasks(kernel, args, hidden, parts), at_once=True)
     except NotAtOnce:
         return False
-    if _cpu_units.yields(sync, parts) * UNITS_CONTENDED > steps:
-        _CONTENDED_UNTIL[0] = time.monotonic() + UNITS_COOLDOWN_S
     return True
 
 
@@ -644,7 +620,7 @@ def _fwd_units(gi, h0, w_hh, b, lengths, out, saved, reset_after, parts) -> bool
     else:
         rh = torch.from_numpy(out).new_empty(h0.shape).numpy()  # shared by the parts
         args, kernel = (gi, h0, w_hh, b, lengths, out, *saved, rh), _cpu_units._fwd_before
-    return _run_units(kernel, args, h0.shape[-1], parts, gi.shape[0])
+    return _run_units(kernel, args, h0.shape[-1], parts)
 
 
 def _bwd_units(common, saved, w_hh, lengths, dgi, dgh, dh0, reset_after, parts) -> bool:
@@ -660,7 +636,7 @@ def _bwd_units(common, saved, w_hh, lengths, dgi, dgh, dh0, reset_after, parts) 
         args = (*common, _transposed(w[: 2 * hidden]), _transposed(w[2 * hidden :]), lengths,
                 dgi.numpy(), dh0.numpy())
         kernel = _cpu_units._bwd_before
-    return _run_units(kernel, args, hidden, parts, common[0].shape[0])
+    return _run_units(kernel, args, hidden, parts)
 
 
 # ---- launchers ---------------------------------------------------------------------------
