@@ -275,7 +275,7 @@ def test_wide_problem_on_gpu(batch, split):
 
 
 _SM90_PROBE = """
-import json, sys
+import itertools, json, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -283,35 +283,19 @@ from flashgru.backends import triton_gru as tg
 
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
          "t_begin": "i32", "t_end": "i32"}
-found = {}
+found = {}  # with resident W tiles too: the broadcast product must not become a dot either
 for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
-    for dot in (False, True):
-        for reset_after in (True, False):
-            consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
-                          PREC="tf32x3", ACC=tl.float32)
-            if "SAVE" in kernel.arg_names:
-                consts["SAVE"] = True
-            consts["RESIDENT"] = False
-            sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-                   for a in kernel.arg_names}
-            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                                      target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": 4})
-            found[f"{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
-# the kernels with resident W tiles: the broadcast product must not become a dot either
-for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
-    for dot in (False, True):
-        for reset_after in (True, False):
-            consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot,
-                          PREC="tf32x3", ACC=tl.float32, RESIDENT=True)
-            if "SAVE" in kernel.arg_names:
-                consts["SAVE"] = True
-            sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-                   for a in kernel.arg_names}
-            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                                      target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": 4})
-            found[f"resident-{name}-{dot}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+    for dot, reset_after, resident in itertools.product((False, True), repeat=3):
+        consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot, PREC="tf32x3",
+                      ACC=tl.float32, RESIDENT=resident)
+        if "SAVE" in kernel.arg_names:
+            consts["SAVE"] = True
+        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+               for a in kernel.arg_names}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        found[f"{'resident-' * resident}{name}-{dot}-{reset_after}"] = (
+            "tt.dot" in compiled.asm["ttgir"])
 # shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
 # dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
 shared = {}
