@@ -333,12 +333,10 @@ def _newton_fused(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, 
     fh, rhs, data = evaluate(cur[0])
     res, iters, step_size, stepped = partial[0].max().item(), 0, math.inf, False
     while (res > tol or step_size > tol) and iters < budget:
-        jac = pt.jacobian(data, w_hh) if dense else data
-        if dense:
-            delta = scan._dense(jac, rhs, zero, False, False, impl)
+        if dense:  # (the Jacobians, T·B·H² numbers, live only for the scan)
+            delta = scan._dense(pt.jacobian(data, w_hh), rhs, zero, False, False, impl)
         else:
-            delta = scan._diag(jac, rhs, zero, False, impl)
-        del jac
+            delta = scan._diag(data, rhs, zero, False, impl)
         iters += 1
         for attempt in range(5 if damping else 1):
             # the first `iters` steps are exact after a full step: only later ones halve
