@@ -180,9 +180,9 @@ def select_backend(
     "parallel": the Newton solver, parallel in time, with its fused Triton kernels (4.0-4.8x
     cuDNN forward and 5.6-6.8x forward+backward at T=32768, H=32-64 on an H100; 1.2-1.6x /
     2.3-3.4x at T=16384; about even at T=8192; at T ≥ 65536, which cuDNN refuses, 15x /
-    25x the Triton kernels). Its speed
-    depends on the weights (more iterations where the GRU is far from contractive; the
-    answer does not). On a CPU the sequential kernels win; ask for it by name there.
+    25x the Triton kernels). Its speed depends on the weights (more iterations where the
+    GRU is far from contractive; the answer does not). On a CPU the sequential kernels
+    win; ask for it by name there.
 
     ``device``, ``dtype``, ``steps`` (sequence length), ``batch`` and ``hidden`` are the
     call's; ``grad``: whether the call records gradients (autograd on and an input or
