@@ -333,7 +333,7 @@ def _tuned_chunk(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: boo
     candidates = _chunk_candidates(steps, batch, c.dtype)
     key = (steps.bit_length(), batch, hidden, c.dtype, c.device, reverse, transpose)
     if len(candidates) == 1 or not TUNE:
-        return candidates[0] if len(candidates) == 1 else _dense_chunk(steps, batch, c.dtype)
+        return _dense_chunk(steps, batch, c.dtype)
     if key not in _CHUNKS:
         if not _can_time(c):  # (under graph capture a chunk measured before still counts)
             return _dense_chunk(steps, batch, c.dtype)
