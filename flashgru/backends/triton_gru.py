@@ -354,9 +354,10 @@ class Config(NamedTuple):
     per program; block_k (BK) the reduction chunk; dot: tl.dot (needs BB, S, BK ≥ 16) or
     a broadcast-and-sum product; warps per program; precision: tl.dot's for fp32 operands
     ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee");
-    resident: the forward loads its W_hh tiles once, before the time loop, and keeps them
+    resident: the kernel loads its W_hh tiles once, before the time loop, and keeps them
     in registers (needs block_k ≥ H: all of K in one tile), instead of reading them
-    through the caches at every step."""
+    through the caches at every step (the forward's default where measured faster; the
+    backward's only when asked for)."""
 
     block_batch: int
     slice: int
@@ -438,6 +439,9 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     launch resident at once (the barrier needs that)."""
     programs = -(-hidden // cfg.slice)
     device = args[0].device
+    if cfg.resident and cfg.block_k < hidden:
+        raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
+                         f"{cfg.block_k}")
     if device.type != "cuda" and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -456,6 +460,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
+                RESIDENT=cfg.resident,
                 num_warps=cfg.warps, **launch, **consts)
 
 
@@ -491,11 +496,8 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     if steps and batch:
         args = (gi.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, out, hbuf,
                 rhbuf, *saved[:3], ghn_s)
-        if cfg.resident and cfg.block_k < hidden:
-            raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
-                             f"{cfg.block_k}")
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), RESIDENT=cfg.resident)
+                SAVE=save, ACC=_acc(gi.dtype))
     return out, saved
 
 
@@ -513,11 +515,8 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     if steps and batch:
         args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
                 ghn_s, lengths, dgi, dgh, dh)
-        if cfg.resident and cfg.block_k < hidden:
-            raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
-                             f"{cfg.block_k}")
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), RESIDENT=cfg.resident)
+                ACC=_acc(acc))
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).to(acc).flatten(0, 1)  # (T·B, H)
     if reset_after:
         flat = dgh.flatten(0, 1)
