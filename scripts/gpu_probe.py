@@ -5,6 +5,7 @@ cuDNN's. A diagnostic, not a test.
 
     python scripts/gpu_probe.py            # on CUDA
     python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
+    python scripts/gpu_probe.py --b16      # B=16, H=512 and 1024: resident splits
     TRITON_INTERPRET=1 python scripts/gpu_probe.py --smoke
 """
 import sys
@@ -40,6 +41,11 @@ elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
         (16, 512, [D, warps8, C(16, 8, 512, False, resident=True),
                    C(16, 8, 512, False, 8, resident=True)]),
         (16, 1024, [D, warps8, C(16, 8, 1024, False, 8, resident=True)])]
+elif "--b16" in sys.argv:  # B=16: a program per multiprocessor with W resident, as the
+    # backward's default there (4 units at H=512; 8 at H=1024, 4 warps spill)
+    PLAN = [(16, 512, [D, C(16, 4, 512, False, resident=True),
+                       C(16, 4, 512, False, 8, resident=True)]),
+            (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True)])]
 else:
     PLAN = [
         (16, 1024, [C(16, 16, 32, False), C(16, 16, 64, False), C(16, 16, 128, False),

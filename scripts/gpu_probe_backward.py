@@ -6,6 +6,7 @@ the same process. A diagnostic, not a test.
 
     python scripts/gpu_probe_backward.py
     python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
+    python scripts/gpu_probe_backward.py --b16        # B=16, H=512 and 1024
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
 import sys
@@ -30,6 +31,12 @@ if SMOKE:
     PLAN = [(4, 16, [C(4, 16, 16, False), resident])]
 elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
+elif "--b16" in sys.argv:  # B=16 beyond H=256: resident W_hhᵀ with 4 or 8 units
+    PLAN = [(16, 512, [D, C(16, 4, 512, False, resident=True),
+                       C(16, 4, 512, False, 8, resident=True),
+                       C(16, 8, 512, False, 8, resident=True)]),
+            (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True),
+                        C(16, 16, 64, True, 4), C(16, 8, 128, False)])]
 else:
     SPLITS = [D, C(16, 16, 64, True), C(16, 32, 32, True), C(16, 32, 128, True),
               C(16, 64, 64, True), C(16, 16, 128, True), C(16, 8, 128, False),

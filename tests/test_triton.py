@@ -135,8 +135,8 @@ def test_resident_split_needs_all_of_k():
 
 
 def test_backward_split_rule(monkeypatch):
-    """The backward takes the forward's split, except fp32 at batch 9-16 with
-    256 < H ≤ 4·SMs: 4 units per program, broadcast product (measured on an H100)."""
+    """The backward takes the forward's split, except fp32 at batch 9-16 with H > 256: a
+    program per SM with W_hhᵀ resident where its tiles fit (measured on an H200)."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -144,21 +144,34 @@ def test_backward_split_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32 = torch.float32
-    assert tg.choose_backward_config(16, 512, cuda, f32) == tg.Config(16, 4, 256, dot=False)
-    assert tg.choose_backward_config(12, 384, cuda, f32) == tg.Config(16, 4, 256, dot=False)
-    for batch, hidden, dtype in [(16, 1024, f32), (16, 256, f32), (8, 512, f32),
-                                 (32, 512, f32), (16, 512, torch.bfloat16)]:
+    spread = tg.Config(16, 4, 512, dot=False, resident=True)
+    assert tg.choose_backward_config(16, 512, cuda, f32) == spread
+    assert tg.choose_backward_config(12, 384, cuda, f32) == spread
+    assert tg.choose_config(16, 512, cuda, f32) == spread  # the forward's too, at 4 warps
+    wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True)
+    assert tg.choose_backward_config(16, 1024, cuda, f32) == wide
+    assert tg.choose_backward_config(16, 768, cuda, f32) == wide
+    assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    Props.multi_processor_count = 108  # 16 units × 1024 would spill: 4 units, not resident
+    assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
+                                                                     resident=True)
+    assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps
+    assert tg.choose_backward_config(16, 264, cuda, f32) == spread
+    assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512)
+    Props.multi_processor_count = 132
+    for batch, hidden, dtype in [(16, 256, f32), (8, 512, f32), (32, 512, f32),
+                                 (16, 512, torch.bfloat16), (1, 1024, f32)]:
         assert tg.choose_backward_config(batch, hidden, cuda, dtype) == \
-            tg.choose_config(batch, hidden, cuda, dtype)._replace(resident=False), (
-                batch, hidden, dtype)
+            tg.choose_config(batch, hidden, cuda, dtype), (batch, hidden, dtype)
     cpu = torch.device("cpu")
-    assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(
-        16, 512, cpu, f32)._replace(resident=False)
+    assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(16, 512, cpu, f32)
     # the forward keeps W resident where one tile covers H (batch ≤ 16, broadcast product)
     assert tg.choose_config(1, 1024, cuda, f32) == tg.Config(1, 8, 1024, dot=False,
                                                              resident=True)
     assert tg.choose_config(16, 256, cuda, f32).resident
-    assert not tg.choose_config(16, 512, cuda, f32).resident  # tl.dot, 64-wide K chunks
+    assert not tg.choose_config(16, 512, cuda, torch.bfloat16).resident  # tl.dot, 64-wide
     assert not tg.choose_config(1, 256, cuda, torch.float64).resident
     assert not tg.choose_config(1, 2048, cuda, f32).resident  # 16 units × 2048: would spill
 

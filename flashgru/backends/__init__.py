@@ -164,9 +164,10 @@ def select_backend(
        (bf16: 2.1-7.6x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
        kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
        Measured exceptions, where the Triton backward is slower though its forward wins:
-       training (``grad``) in float32 at batch 9-16 with hidden > 512 (0.97x
-       forward+backward at H=1024) and in bfloat16 at batch > 64 with hidden ≥ 1024
-       (0.93x at batch 128) goes to cuDNN.
+       training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
+       backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
+       without, 1.29x with; H > 1024 on 132 SMs) and in bfloat16 at batch > 64 with
+       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN.
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -230,7 +231,8 @@ def select_backend(
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
-        slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden)
+        slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden,
+                                              device)
         if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
                 slow_backward:
             why = ("reset_after=False" if not reset_after else
@@ -248,7 +250,7 @@ def select_backend(
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
     if device.type == "cuda" and _slow_triton_backward(grad, reset_after, False, dtype, batch,
-                                                       hidden):
+                                                       hidden, device):
         return BackendChoice("torch", f"{str(dtype).removeprefix('torch.')} training at batch "
                                       f"{batch}, hidden {hidden}: cuDNN's backward is faster "
                                       "than the Triton one here")
@@ -275,15 +277,16 @@ def _short_for_cpu(steps: int, batch: int, hidden: int, grad: bool) -> bool:
 
 
 def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torch.dtype,
-                          batch: int, hidden: int) -> bool:
-    """Where the Triton kernels lost to cuDNN forward+backward on an H100 (2026-11-26)
-    though winning forward: float32 at batch 9-16, H=1024 (0.97x), and bfloat16 at batch
-    128, H=1024 (0.93x). Only torch's formulation (cuDNN has no other) and lengths cuDNN
-    takes."""
+                          batch: int, hidden: int, device: torch.device) -> bool:
+    """Where the Triton kernels lost to cuDNN forward+backward though winning forward:
+    float32 at batch 9-16, H=1024, unless the backward's split keeps W_hhᵀ resident (0.90x
+    without, 1.29x with on an H200, 2026-11-27), and bfloat16 at batch 128, H=1024 (0.93x,
+    H100). Only torch's formulation (cuDNN has no other) and lengths cuDNN takes."""
     if not (grad and reset_after) or long:
         return False
-    return (dtype == torch.float32 and 8 < batch <= 16 and hidden > 512) or (
-        dtype == torch.bfloat16 and batch > 64 and hidden >= 1024)
+    if dtype == torch.float32 and 8 < batch <= 16 and hidden > 512:
+        return not triton_gru.choose_backward_config(batch, hidden, device, dtype).resident
+    return dtype == torch.bfloat16 and batch > 64 and hidden >= 1024
 
 
 def _runs(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:

@@ -356,8 +356,7 @@ class Config(NamedTuple):
     ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee");
     resident: the kernel loads its W_hh tiles once, before the time loop, and keeps them
     in registers (needs block_k ≥ H: all of K in one tile), instead of reading them
-    through the caches at every step (the forward's default where measured faster; the
-    backward's only when asked for)."""
+    through the caches at every step (the default where measured faster)."""
 
     block_batch: int
     slice: int
@@ -386,8 +385,11 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27); but at batch 9-16
     (a 16-row tile) with H > 256, 32 units per program and tl.dot (three-pass TF32 for
     fp32, whose error stays at fp32's level): 1.5-2.4x faster there than the best
-    broadcast split (H100, 2026-11-26). Batch > 16: tiles of up to 64 rows, 16 units per
-    program and tl.dot: the broadcast product was slower there, erratically so.
+    broadcast split that streams W (H100, 2026-11-26), except in fp32 where a program per
+    multiprocessor holds its units' W tiles at 4 warps (``_spread_resident``; H ≤ 512 on
+    132 SMs): 1.26x faster than tl.dot at H=512 (H200, 2026-11-27). Batch > 16: tiles of
+    up to 64 rows, 16 units per program and tl.dot: the broadcast product was slower there,
+    erratically so.
     """
     hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop (and,
@@ -398,6 +400,9 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
         block_batch = _pow2(min(batch, 16))
         if block_batch == 16 and hidden > 256 and dtype != torch.float64:
+            spread = _spread_resident(hidden, device)
+            if dtype == torch.float32 and spread is not None and spread.warps == 4:
+                return spread  # 9.6 → 7.6 µs per step at H=512 (H200, 2026-11-27)
             return Config(16, 32, 64, dot=True)
         tiles = min(-(-batch // block_batch), sms)
         slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
@@ -418,16 +423,30 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
 
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
                            dtype: torch.dtype) -> Config:
-    """The backward's split: the forward's, except at batch 9-16 with 256 < H ≤ 4 units per
-    multiprocessor in fp32, where 4 units per program with the broadcast product ran the
-    backward 1.3x faster than tl.dot's 32 (H100, B=16, H=512: 15.9 against 21.0 µs per
-    step; at H=1024 no split beat the forward's by more than noise;
-    scripts/gpu_probe_backward.py, docs/performance.md)."""
-    cfg = choose_config(batch, hidden, device, dtype)._replace(resident=False)  # (forward)
+    """The backward's split: the forward's, W_hhᵀ's tiles resident where the forward's W
+    tiles are (the backward kernel 1.07-1.55x faster so at B=1, H=256-1024 and B=16,
+    H=256; H200, fp32, 2026-11-27); and at batch 9-16 in fp32 above H=256, a program per
+    multiprocessor with its units' tiles resident where they fit (``_spread_resident``):
+    1.45x faster than 4 units per program unresident at H=512, 1.66x than tl.dot's 32
+    units at H=1024 (H200; scripts/gpu_probe_backward.py, docs/performance.md)."""
+    cfg = choose_config(batch, hidden, device, dtype)  # (the forward's)
     if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
-            256 < hidden <= 4 * _grid_limit(device):
-        return Config(16, 4, 256, dot=False)
+            hidden > 256:
+        # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
+        return _spread_resident(hidden, device) or cfg
     return cfg
+
+
+def _spread_resident(hidden: int, device: torch.device) -> Config | None:
+    """A 16-row tile spread over one program per multiprocessor, each holding its units'
+    W tiles resident (4 units at H=512 on 132 SMs, 8 at H=1024 with 8 warps: 4 would
+    spill), where those tiles fit in RESIDENT_MAX; else None."""
+    hp = _pow2(hidden)
+    slice_ = _pow2(-(-hidden // _grid_limit(device)))
+    if 3 * slice_ * hp > RESIDENT_MAX:
+        return None
+    return Config(16, slice_, hp, dot=False, warps=4 if slice_ * hp <= 2048 else 8,
+                  resident=True)
 
 
 def _acc(dtype: torch.dtype):
