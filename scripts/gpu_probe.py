@@ -43,8 +43,8 @@ elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
         (16, 1024, [D, warps8, C(16, 8, 1024, False, 8, resident=True)])]
 elif "--b16" in sys.argv:  # B=16: a program per multiprocessor with W resident, as the
     # backward's default there (4 units at H=512; 8 at H=1024, 4 warps spill)
-    PLAN = [(16, 512, [D, C(16, 4, 512, False, resident=True),
-                       C(16, 4, 512, False, 8, resident=True)]),
+    PLAN = [(16, 512, [D, C(16, 32, 64, True), C(16, 4, 512, False, 8, resident=True),
+                       C(8, 8, 512, False, resident=True)]),  # (two 8-row tiles)
             (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True)])]
 else:
     PLAN = [
