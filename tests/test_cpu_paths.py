@@ -334,6 +334,32 @@ def test_batch_one_either_weight_layout_matches_reference(hidden, reset_after):
         assert_close("grad", r, o, 1e-10, rtol=1e-11)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("length", [64, 40, 1], ids=["full", "shorter", "one"])
+def test_one_row_loop_matches_reference(dtype, length):
+    """One row with W_hhᵀ (batch 1, H ≤ 64, from BATCH1_TRANSPOSED_STEPS steps) runs its
+    own loop (``_fwd_after_row``): output, gradients and inference against the reference,
+    with lengths shorter than the call (the steps past them 0)."""
+    g = torch.Generator().manual_seed(5)
+    steps, hidden = cpu.BATCH1_TRANSPOSED_STEPS, 48
+    gi, h0, w, b = core_inputs(g, steps, 1, hidden, dtype)
+    w = (w / hidden**0.5).detach().requires_grad_()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    check_core(cpu.core, reference.core, g, gi, h0, w, b, torch.tensor([length]), True, tol,
+               1e-10 if dtype == torch.float64 else 1e-4)
+    out = torch.full((steps, 1, hidden), float("nan"), dtype=dtype).numpy()
+    saved = [torch.full((steps, 1, hidden), float("nan"), dtype=dtype).numpy()
+             for _ in range(4)]
+    (wt,) = cpu._weights(w, True, 1, steps)
+    assert wt.shape == (hidden, 3 * hidden)
+    lens = torch.tensor([length]).numpy()
+    cpu._fwd_after(*(t.detach().numpy() for t in (gi, h0)), wt, b.detach().numpy(), lens,
+                   out, *saved, 0, 1)
+    for kept in (out, *saved):
+        assert not torch.from_numpy(kept).isnan().any()
+        assert not torch.from_numpy(kept[length:]).any()
+
+
 def test_calls_from_several_python_threads_at_once(monkeypatch):
     """Three Python threads, each splitting its calls over two parts (each its own
     OpenMP team where torch's is at hand): every result as the reference's."""

@@ -33,11 +33,14 @@ from torch import Tensor
 from . import _cpu_kernels, _cpu_units, cpu_step
 from ._cpu_kernels import (
     GATE_FLAGS,
+    GEMV_BLAS_MIN,
+    _exp,
     _gates_after,
     _gemv,
     _jit,
     _matmul,
     _matmul_add,
+    _matvec,
     _n_before,
     _rz_before,
     numba,
@@ -217,11 +220,73 @@ def _fwd_after(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi):
     steps, batch, hidden = out.shape
     keep = 1 if r_s.shape[0] == steps else 0
     stored, ordered = w.shape[0] != hidden, _decreasing(lengths[lo:hi])  # (3H, H) or (H, 3H)
+    if hi - lo == 1 and not stored:
+        _fwd_after_row(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, lo)
+        return
     gh = np.zeros((hi - lo, 3 * hidden), dtype=h0.dtype)
     for t in range(steps):
         h, live = (h0 if t == 0 else out[t - 1])[lo:hi], _live(lengths[lo:hi], t, ordered)
         _hidden_product(h[:live], w, gh[:live], stored)
         _rows_after(t, t * keep, gi, gh, b, h, lengths, out, r_s, z_s, n_s, ghn_s, lo, hi)
+
+
+@_jit(fastmath=GATE_FLAGS, boundscheck=False, inline="always")
+def _unit_after(gr, gz, gn, pr, pz, pn, b_r, b_z, b_n, h, one, two):
+    """One unit of a reset_after=True step from its input parts gr, gz, gn, its hidden
+    product's pr, pz, pn (no bias), b_hh's b_r, b_z, b_n and h_{t−1}: r, z, n, W_hn h + b_hn
+    and h_t (``_gates_after``'s formulas)."""
+    r = one / (one + _exp(-(gr + pr + b_r)))
+    z = one / (one + _exp(-(gz + pz + b_z)))
+    ghn = pn + b_n
+    n = one - two / (one + _exp(two * (gn + r * ghn)))  # tanh
+    return r, z, n, ghn, (one - z) * n + z * h
+
+
+@_jit(fastmath=GATE_FLAGS, boundscheck=False)
+def _fwd_after_row(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, row):
+    """``_fwd_after`` for the one row ``row``, with W_hhᵀ (H, 3H): h_{t−1} in an array of
+    its own, the step's h_t computed into another, then copied to ``out``, and for
+    inference (saved arrays of one step, scratch) nothing else stored. The inference gate
+    loop writes one array, so LLVM vectorises it without runtime alias checks: B=1, H=64,
+    256 steps, 1.3-1.4x faster than the general loop (the two taking turns)."""
+    steps, hidden = out.shape[0], out.shape[2]
+    keep = r_s.shape[0] == steps
+    one, two = h0.dtype.type(1.0), h0.dtype.type(2.0)
+    h = h0[row:row + 1].copy()
+    h_new = np.empty(hidden, dtype=h0.dtype)
+    gh = np.zeros((1, 3 * hidden), dtype=h0.dtype)
+    b_r, b_z, b_n = b[:hidden], b[hidden:2 * hidden], b[2 * hidden:]
+    live = min(steps, max(lengths[row], 0))
+    small = w.size < GEMV_BLAS_MIN
+    for t in range(live):
+        g, p, hp = gi[t, row], gh[0], h[0]
+        if small:  # (_matmul's choice, without its 2-D views)
+            _matvec(hp, w, p)
+        else:
+            _matmul(h, w, gh)
+        g_r, g_z, g_n = g[:hidden], g[hidden:2 * hidden], g[2 * hidden:]
+        p_r, p_z, p_n = p[:hidden], p[hidden:2 * hidden], p[2 * hidden:]
+        if keep:
+            r_t, z_t, n_t, ghn_t = r_s[t, row], z_s[t, row], n_s[t, row], ghn_s[t, row]
+            for j in range(hidden):
+                r_t[j], z_t[j], n_t[j], ghn_t[j], h_new[j] = _unit_after(
+                    g_r[j], g_z[j], g_n[j], p_r[j], p_z[j], p_n[j], b_r[j], b_z[j], b_n[j],
+                    hp[j], one, two)
+        else:
+            for j in range(hidden):
+                h_new[j] = _unit_after(g_r[j], g_z[j], g_n[j], p_r[j], p_z[j], p_n[j], b_r[j],
+                                       b_z[j], b_n[j], hp[j], one, two)[4]
+        o = out[t, row]
+        for j in range(hidden):
+            hp[j] = h_new[j]
+            o[j] = h_new[j]
+    for t in range(live, steps):
+        out[t, row] = 0.0
+        ts = t if keep else 0
+        r_s[ts, row] = 0.0
+        z_s[ts, row] = 0.0
+        n_s[ts, row] = 0.0
+        ghn_s[ts, row] = 0.0
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
