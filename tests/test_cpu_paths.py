@@ -360,6 +360,29 @@ def test_one_row_loop_matches_reference(dtype, length):
         assert not torch.from_numpy(kept[length:]).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_one_row_inference_at_raw_addresses(dtype, monkeypatch):
+    """Inference of one row with W_hhᵀ runs one kernel call at raw addresses
+    (``_infer_row``, W_hh transposed inside) where every tensor is plain and contiguous,
+    with or without b_hh; a strided input takes the general path. All as the reference."""
+    g = torch.Generator().manual_seed(6)
+    steps, hidden = cpu.BATCH1_TRANSPOSED_STEPS + 3, 40
+    gi, h0, w, b = (t.detach() for t in core_inputs(g, steps, 1, hidden, dtype))
+    w = w / hidden**0.5
+    calls = []
+    raw = cpu._infer_row
+    monkeypatch.setattr(cpu, "_infer_row", lambda *args: calls.append(args) or raw(*args))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for bias in (b, None):
+        assert_close("out", reference.core(gi, h0, w, bias, None, True),
+                     cpu.core(gi, h0, w, bias, None, True), tol)
+    assert len(calls) == 2 and calls[1][3] == 0  # (no bias: address 0)
+    wide = torch.randn(steps, 1, 6 * hidden, generator=g, dtype=dtype)[..., ::2]
+    assert_close("out", reference.core(wide, h0, w, b, None, True),
+                 cpu.core(wide, h0, w, b, None, True), tol)
+    assert len(calls) == 2
+
+
 def test_calls_from_several_python_threads_at_once(monkeypatch):
     """Three Python threads, each splitting its calls over two parts (each its own
     OpenMP team where torch's is at hand): every result as the reference's."""

@@ -43,6 +43,7 @@ from ._cpu_kernels import (
     _matvec,
     _n_before,
     _rz_before,
+    _view,
     numba,
 )
 
@@ -287,6 +288,29 @@ def _fwd_after_row(gi, h0, w, b, lengths, out, r_s, z_s, n_s, ghn_s, row):
         z_s[ts, row] = 0.0
         n_s[ts, row] = 0.0
         ghn_s[ts, row] = 0.0
+
+
+@_jit(boundscheck=False)
+def _infer_row(gi_at, h0_at, w_hh_at, b_hh_at, out_at, steps, hidden, like):
+    """Inference of one row of reset_after=True (``_fwd_after_row``) at raw addresses:
+    gi (T, 1, 3H), h0 (1, H), w_hh (3H, H) as stored, transposed here, b_hh (3H,) or
+    address 0 for none; writes out (T, 1, H). ``like``: a scalar of the dtype. (What
+    ``_infer`` does around the kernel in Python — views, scratch, lengths, the transpose —
+    cost ~30 µs a call, a tenth of B=1, H=64, T=256.)"""
+    w = _view(w_hh_at, (3 * hidden, hidden), like)
+    w_t = np.empty((hidden, 3 * hidden), dtype=w.dtype)
+    for j in range(3 * hidden):
+        for k in range(hidden):
+            w_t[k, j] = w[j, k]
+    if b_hh_at != 0:
+        b = _view(b_hh_at, (3 * hidden,), like)
+    else:
+        b = np.zeros(3 * hidden, dtype=w.dtype)
+    scratch = np.empty((1, 1, hidden), dtype=w.dtype)
+    _fwd_after_row(_view(gi_at, (steps, 1, 3 * hidden), like), _view(h0_at, (1, hidden), like),
+                   w_t, b, np.full(1, steps, dtype=np.int64),
+                   _view(out_at, (steps, 1, hidden), like), scratch, scratch, scratch, scratch,
+                   0)
 
 
 @_jit(fastmath=GATE_FLAGS, boundscheck=False)
@@ -988,6 +1012,10 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
     this Python)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
+    if batch == 1 and reset_after and lengths is None and parts is None:
+        out = _infer_one(gi, h0, w_hh, b_hh, steps, hidden)
+        if out is not None:
+            return out
     gi_n = _np(gi)
     lens = (np.full(batch, steps, dtype=np.int64) if lengths is None
             else lengths.to(torch.int64).cpu().numpy())
@@ -1007,6 +1035,26 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
             *scratch)
     kernel = _fwd_after if reset_after else _fwd_before
     _run_parts(kernel, args, lens, _row_parts(batch, steps, hidden, parts))
+    return out
+
+
+def _infer_one(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, steps: int,
+               hidden: int) -> Tensor | None:
+    """``_infer`` for one row of reset_after=True where the loop reads W_hhᵀ (``_weights``)
+    and every tensor is plain and contiguous: one kernel call at raw addresses
+    (``_infer_row``); else None."""
+    dtype = gi.dtype
+    like = cpu_step._LIKE.get(dtype)
+    plain = cpu_step._plain
+    if like is None or 3 * hidden * hidden > BATCH1_TRANSPOSED_MAX or \
+            steps < BATCH1_TRANSPOSED_STEPS or not (
+            plain(gi, dtype, (steps, 1, 3 * hidden)) and plain(h0, dtype, (1, hidden))
+            and plain(w_hh, dtype, (3 * hidden, hidden))
+            and (b_hh is None or plain(b_hh, dtype, (3 * hidden,)))):
+        return None
+    out = torch.empty(steps, 1, hidden, dtype=dtype)
+    _infer_row(gi.data_ptr(), h0.data_ptr(), w_hh.data_ptr(),
+               0 if b_hh is None else b_hh.data_ptr(), out.data_ptr(), steps, hidden, like)
     return out
 
 
