@@ -6,6 +6,7 @@ cuDNN's. A diagnostic, not a test.
     python scripts/gpu_probe.py            # on CUDA
     python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
     python scripts/gpu_probe.py --b16      # B=16, H=512 and 1024: resident splits
+    python scripts/gpu_probe.py --b16 --bf16  # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe.py --smoke
 """
 import sys
@@ -17,6 +18,7 @@ import flashgru.backends.triton_gru as tg
 
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
+DTYPE = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
 C = tg.Config
 D = None  # the default split
 
@@ -74,6 +76,7 @@ def probe(B, H, cfgs):
     gi = torch.randn(T, B, 3 * H, device=dev)
     gi_long = torch.randn(TL, B, 3 * H, device=dev)
     h0 = torch.randn(B, H, device=dev) * 0.5
+    w, b, gi, gi_long, h0 = (t.to(DTYPE) for t in (w, b, gi, gi_long, h0))
     lengths = torch.full((B,), T, dtype=torch.int32, device=dev)
     lengths_long = torch.full((B,), TL, dtype=torch.int32, device=dev)
     ref = torch.empty(T, B, H, dtype=torch.float64, device=dev)
@@ -87,8 +90,8 @@ def probe(B, H, cfgs):
         h = (1 - z) * n + z * h
         ref[t] = h
     if not SMOKE:
-        gru = torch.nn.GRU(H, H, device=dev)
-        xl = torch.randn(TL, B, H, device=dev)
+        gru = torch.nn.GRU(H, H, device=dev, dtype=DTYPE)
+        xl = torch.randn(TL, B, H, device=dev, dtype=DTYPE)
         with torch.no_grad():
             print(f"B={B} H={H} cuDNN fwd {timed(lambda: gru(xl)):.2f} us/step", flush=True)
     for cfg in cfgs:

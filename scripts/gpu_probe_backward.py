@@ -7,6 +7,7 @@ the same process. A diagnostic, not a test.
     python scripts/gpu_probe_backward.py
     python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
     python scripts/gpu_probe_backward.py --b16        # B=16, H=512 and 1024
+    python scripts/gpu_probe_backward.py --b16 --bf16 # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
 import sys
@@ -19,6 +20,7 @@ from flashgru.backends import reference
 
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
+DTYPE = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
 C = tg.Config
 D = None  # the default split
 
@@ -62,18 +64,18 @@ def problem(B, H, steps, dtype=torch.float32):
 
 
 def probe(B, H, cfgs):
-    gi, h0, w, b, dout, lengths = problem(B, H, T)
+    gi, h0, w, b, dout, lengths = problem(B, H, T, DTYPE)
     leaves = [t.double().requires_grad_() for t in (gi, h0, w, b)]
     ref = reference.core(*leaves, None, True)
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
-    long = problem(B, H, TL)
+    long = problem(B, H, TL, DTYPE)
     if not SMOKE:
-        gru = torch.nn.GRU(H, H, device=dev)
-        x = torch.randn(TL, B, H, device=dev)
+        gru = torch.nn.GRU(H, H, device=dev, dtype=DTYPE)
+        x = torch.randn(TL, B, H, device=dev, dtype=DTYPE)
         with torch.no_grad():
             fwd = timed(lambda: gru(x))
         xg = x.requires_grad_()
-        dy = torch.randn(TL, B, H, device=dev)
+        dy = torch.randn(TL, B, H, device=dev, dtype=DTYPE)
         fb = timed(lambda: gru(xg)[0].backward(dy))
         print(f"B={B} H={H} cuDNN fwd {fwd:.2f}, fwd+bwd {fb:.2f} us/step", flush=True)
     for cfg in cfgs:
