@@ -48,6 +48,10 @@ elif "--b16" in sys.argv:  # B=16: a program per multiprocessor with W resident,
     PLAN = [(16, 512, [D, C(16, 32, 64, True), C(16, 4, 512, False, 8, resident=True),
                        C(8, 8, 512, False, resident=True)]),  # (two 8-row tiles)
             (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True)])]
+    if DTYPE == torch.bfloat16:  # tl.dot on resident bf16 tiles, 16 units (ptxas, sm_90a,
+        # offline: H=512 168 registers, no spills, 80 KB shared; H=1024 spills 744 bytes)
+        PLAN[0][2].append(C(16, 16, 512, True, resident=True))
+        PLAN[1][2].append(C(16, 16, 1024, True, resident=True))
 else:
     PLAN = [
         (16, 1024, [C(16, 16, 32, False), C(16, 16, 64, False), C(16, 16, 128, False),
