@@ -360,6 +360,25 @@ def test_one_row_loop_matches_reference(dtype, length):
         assert not torch.from_numpy(kept[length:]).any()
 
 
+@pytest.mark.parametrize("save", [True, False], ids=["training", "inference"])
+def test_one_row_ranges_with_blas_products(save):
+    """Rows split one per part (batch 2 over 2 parts) read W_hhᵀ, and at H=224 (above
+    GEMV_BLAS_MIN weights) the one-row loop takes BLAS's GEMV: the second part's row is
+    row 1 of the batch; outputs and saved gates as the reference's, 0 past each length."""
+    g = torch.Generator().manual_seed(7)
+    steps, hidden, dtype = 6, 224, torch.float64
+    assert 3 * hidden * hidden >= _cpu_kernels.GEMV_BLAS_MIN
+    gi, h0, w, b = (t.detach() for t in core_inputs(g, steps, 2, hidden, dtype))
+    w = w / hidden**0.5
+    lengths = torch.tensor([6, 4])
+    out, saved = cpu._fwd(gi, h0, w, b, lengths, True, save, parts=2)
+    assert_close("out", reference.core(gi, h0, w, b, lengths, True), out, 1e-12)
+    if save:
+        trace = reference.core(gi, h0, w, b, lengths, True, return_gates=True)[1]
+        for name, ref, got in zip("rzn", trace, saved, strict=False):
+            assert_close(name, ref, got, 1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_one_row_inference_at_raw_addresses(dtype, monkeypatch):
     """Inference of one row with W_hhᵀ runs one kernel call at raw addresses
@@ -377,10 +396,14 @@ def test_one_row_inference_at_raw_addresses(dtype, monkeypatch):
         assert_close("out", reference.core(gi, h0, w, bias, None, True),
                      cpu.core(gi, h0, w, bias, None, True), tol)
     assert len(calls) == 2 and calls[1][3] == 0  # (no bias: address 0)
+    with torch.no_grad():  # both directions side by side pass parts=1: the same call
+        assert_close("out", reference.core(gi, h0, w, b, None, True),
+                     cpu._infer(gi, h0, w, b, None, True, parts=1), tol)
+    assert len(calls) == 3
     wide = torch.randn(steps, 1, 6 * hidden, generator=g, dtype=dtype)[..., ::2]
     assert_close("out", reference.core(wide, h0, w, b, None, True),
                  cpu.core(wide, h0, w, b, None, True), tol)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_calls_from_several_python_threads_at_once(monkeypatch):

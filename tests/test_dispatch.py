@@ -111,6 +111,9 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     class Props:
         multi_processor_count = 132
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # nothing to size it on:
+    assert pick(hidden=1024, batch=16, grad=True).name == "torch"  # as measured unresident
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     assert pick(hidden=1024, batch=16, grad=True).name == "triton"
     assert pick(hidden=2048, batch=16).name == "triton"

@@ -153,7 +153,7 @@ def test_backward_split_rule(monkeypatch):
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
-    Props.multi_processor_count = 108  # 16 units × 1024 would spill: 4 units, not resident
+    Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
     assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
                                                                      resident=True)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)

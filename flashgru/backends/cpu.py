@@ -1012,7 +1012,7 @@ def _infer(gi, h0, w_hh, b_hh, lengths, reset_after, parts=None) -> Tensor:
     this Python)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
-    if batch == 1 and reset_after and lengths is None and parts is None:
+    if batch == 1 and reset_after and lengths is None and parts in (None, 1):
         out = _infer_one(gi, h0, w_hh, b_hh, steps, hidden)
         if out is not None:
             return out
