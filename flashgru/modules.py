@@ -22,8 +22,12 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, check_backend, cpu, cpu_step, select_backend
+from .backends import BackendChoice, check_backend, cpu, cpu_step, select_backend, triton_gru
 from .backends.reference import GateTrace
+
+# The backends whose inference ``GRU._sequence`` calls straight, and the call.
+_LEAN_CORES = {"cpu": cpu.core, "triton": triton_gru.infer}
+_LEAN_BACKENDS = ("auto", *_LEAN_CORES)
 
 
 class _Prepared(NamedTuple):
@@ -159,8 +163,8 @@ class GRU(nn.GRU):
         )
 
     def forward(self, input, hx=None):
-        if cpu_step.AVAILABLE and not self.bidirectional:
-            streamed = self._stream(input, hx)
+        if not self.bidirectional:
+            streamed = self._stream(input, hx) if cpu_step.AVAILABLE else None
             if streamed is None:
                 streamed = self._sequence(input, hx)
             if streamed is not None:
@@ -194,47 +198,53 @@ class GRU(nn.GRU):
                                self.reset_after, self.batch_first)
 
     def _sequence(self, input, hx):
-        """A whole sequence of a one-direction GRU for inference on the ``cpu`` backend,
-        layer by layer straight to ``cpu.core``: the ops ``functional.gru`` runs for it
-        (the same numbers) without its general handling, ~15-20 µs a call
-        (docs/performance.md). (output, h_n), or None where the ordinary path must run:
-        only a plain 3-D CPU tensor of the parameters' float dtype, hx None or a plain
-        (layers, B, H) tensor, no gradient wanted, no dropout between layers, no special
-        mode, and a call the dispatch rule gives to ``cpu``."""
+        """A whole sequence of a one-direction GRU for inference on the ``cpu`` or
+        ``triton`` backend, layer by layer straight to its core (``cpu.core``,
+        ``triton_gru.infer``): the ops ``functional.gru`` runs for it (the same numbers)
+        without its general handling, ~15-20 µs a call on the CPU (docs/performance.md);
+        on a GPU, host time that delays the kernel's start at small batches. (output,
+        h_n), or None where the ordinary path must run: only a plain 3-D tensor on one
+        device with the parameters, of their floating dtype, hx None or a plain (layers,
+        B, H) tensor, no gradient wanted, no dropout between layers, no special mode, and
+        a call the dispatch rule gives to ``cpu`` or ``triton``."""
         p = self._parameters
         layers, hidden = self.num_layers, self.hidden_size
-        if self.backend not in ("auto", "cpu") or type(input) is not Tensor or (
+        if self.backend not in _LEAN_BACKENDS or type(input) is not Tensor or (
                 input.dim() != 3 or cpu_step._special_mode()
                 or (layers > 1 and self.training and self.dropout > 0)):
             return None
-        dtype = input.dtype
-        if dtype not in (torch.float32, torch.float64):
+        dtype, device = input.dtype, input.device
+        if not dtype.is_floating_point:
             return None
         x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
         steps, batch, features = x.shape
-        if not (x.is_cpu and features == self.input_size and steps > 0 and batch > 0):
+        if not (features == self.input_size and steps > 0 and batch > 0):
             return None
         state = (layers, batch, hidden)
-        if hx is not None and not (type(hx) is Tensor and hx.dtype is dtype and hx.is_cpu
-                                   and hx.shape == state):
+        if hx is not None and not (type(hx) is Tensor and hx.dtype is dtype
+                                   and hx.device == device and hx.shape == state):
             return None
-        if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype or not t.is_cpu
-               for t in p.values()):
+        if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype
+               or t.device != device for t in p.values()):
             return None
         if torch.is_grad_enabled() and (input.requires_grad or (
                 hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values())):
             return None
-        choice = select_backend(self.backend, reset_after=self.reset_after, dtype=dtype,
-                                steps=steps, batch=batch, hidden=hidden)
-        if choice.name != "cpu":
+        try:  # (a backend asked for by name that can't run this: the ordinary path says so)
+            choice = select_backend(self.backend, reset_after=self.reset_after, device=device,
+                                    dtype=dtype, steps=steps, batch=batch, hidden=hidden)
+        except (ValueError, RuntimeError):
+            return None
+        core = _LEAN_CORES.get(choice.name)
+        if core is None:
             return None
         if hx is None:
-            hx = torch.zeros(state, dtype=dtype)
+            hx = torch.zeros(state, dtype=dtype, device=device)
         states = []
         for k in range(layers):
             gi = torch.nn.functional.linear(x, p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}"))
-            x = cpu.core(gi, hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None,
-                         self.reset_after)
+            x = core(gi, hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None,
+                     self.reset_after)
             states.append(x[-1])
         return (x.transpose(0, 1) if self.batch_first else x), torch.stack(states)
 

@@ -228,6 +228,39 @@ def test_module_on_triton_matches_torch():
     assert_close("h_n", h_ref, h, 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layers,batch_first,bias,given_hx",
+                         [(1, False, True, False), (2, True, False, True)],
+                         ids=["plain", "stacked-batch-first-nobias-hx"])
+def test_module_inference_skips_the_op(dtype, layers, batch_first, bias, given_hx,
+                                       monkeypatch):
+    """A one-direction inference call goes straight to the kernels (``triton_gru.infer``
+    from ``GRU._sequence``), not through the custom op: the same numbers, bit for bit,
+    as the ordinary path; a call that wants gradients takes the op."""
+    torch.manual_seed(0)
+    gru = flashgru.GRU(5, 7, layers, bias=bias, batch_first=batch_first, dtype=dtype,
+                       device=DEVICE, backend="triton")
+    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device=DEVICE)
+    hx = torch.randn(layers, 3, 7, dtype=dtype, device=DEVICE) if given_hx else None
+    lean, ordinary = [], []
+    infer, prepare = tg.infer, flashgru.GRU._prepare
+    monkeypatch.setitem(flashgru.modules._LEAN_CORES, "triton",
+                        lambda *a: (lean.append(1), infer(*a))[1])
+    monkeypatch.setattr(flashgru.GRU, "_prepare",
+                        lambda self, *a: (ordinary.append(1), prepare(self, *a))[1])
+    with torch.no_grad():
+        out, h_n = gru(x, hx)
+    assert len(lean) == layers and not ordinary
+    with torch.no_grad():
+        want = flashgru.functional.gru(
+            x, torch.zeros(layers, 3, 7, dtype=dtype, device=DEVICE) if hx is None else hx,
+            gru._flat_weights, has_biases=bias, num_layers=layers, batch_first=batch_first,
+            backend="triton")
+    assert torch.equal(out, want[0]) and torch.equal(h_n, want[1])
+    gru(x, hx)[0].sum().backward()  # gradients wanted: the op
+    assert len(lean) == layers and ordinary == [1]
+
+
 @pytest.mark.parametrize("case", list(_cases())[::23], ids=_ids)
 def test_module_matches_torch_sample(case):
     """Every 23rd case of tests/test_parity_torch.py's float64 sweep (all of it on a GPU,
