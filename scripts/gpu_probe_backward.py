@@ -36,7 +36,8 @@ elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time l
 elif "--b16" in sys.argv:  # B=16 beyond H=256: resident W_hhᵀ with 4 or 8 units
     PLAN = [(16, 512, [D, C(16, 4, 512, False, resident=True),
                        C(16, 4, 512, False, 8, resident=True),
-                       C(16, 8, 512, False, 8, resident=True)]),
+                       C(16, 8, 512, False, 8, resident=True),
+                       C(8, 8, 512, False, resident=True)]),  # (two 8-row tiles)
             (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True),
                         C(16, 16, 64, True, 4), C(16, 8, 128, False)])]
     if DTYPE == torch.bfloat16:  # tl.dot on resident bf16 tiles, 16 units (ptxas, sm_90a,
