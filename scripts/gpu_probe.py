@@ -5,7 +5,8 @@ cuDNN's. A diagnostic, not a test.
 
     python scripts/gpu_probe.py            # on CUDA
     python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
-    python scripts/gpu_probe.py --b16      # B=16, H=512 and 1024: resident splits
+    python scripts/gpu_probe.py --b1       # B=1: fewer programs per barrier
+    python scripts/gpu_probe.py --b16      # B=16, H=256-1024: resident splits
     python scripts/gpu_probe.py --b16 --bf16  # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe.py --smoke
 """
@@ -43,15 +44,26 @@ elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
         (16, 512, [D, warps8, C(16, 8, 512, False, resident=True),
                    C(16, 8, 512, False, 8, resident=True)]),
         (16, 1024, [D, warps8, C(16, 8, 1024, False, 8, resident=True)])]
+elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier of 8-64
+    # programs instead of 128; W resident)
+    PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),
+            (1, 512, [D] + [C(1, s, 512, False, resident=True) for s in (8, 16)])]
 elif "--b16" in sys.argv:  # B=16: a program per multiprocessor with W resident, as the
     # backward's default there (4 units at H=512; 8 at H=1024, 4 warps spill)
-    PLAN = [(16, 512, [D, C(16, 32, 64, True), C(16, 4, 512, False, 8, resident=True),
-                       C(8, 8, 512, False, resident=True)]),  # (two 8-row tiles)
+    # Smaller row tiles with fewer programs each (each tile its own recurrence and its
+    # own barrier: 8-32 programs meet there instead of 128), W resident in every tile
+    # (ptxas, sm_90a, offline: no spills but 4 bytes at (1, 32, 256))
+    PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),
+                       C(2, 16, 256, False, resident=True),
+                       C(4, 8, 256, False, resident=True)]),
+            (16, 512, [D, C(16, 32, 64, True), C(16, 4, 512, False, 8, resident=True),
+                       C(8, 8, 512, False, resident=True),  # (two 8-row tiles)
+                       C(4, 16, 512, False, 8, resident=True)]),
             (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True)])]
     if DTYPE == torch.bfloat16:  # tl.dot on resident bf16 tiles, 16 units (ptxas, sm_90a,
         # offline: H=512 168 registers, no spills, 80 KB shared; H=1024 spills 744 bytes)
-        PLAN[0][2].append(C(16, 16, 512, True, resident=True))
-        PLAN[1][2].append(C(16, 16, 1024, True, resident=True))
+        PLAN[1][2].append(C(16, 16, 512, True, resident=True))
+        PLAN[2][2].append(C(16, 16, 1024, True, resident=True))
 else:
     PLAN = [
         (16, 1024, [C(16, 16, 32, False), C(16, 16, 64, False), C(16, 16, 128, False),

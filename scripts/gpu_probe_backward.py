@@ -34,16 +34,20 @@ if SMOKE:
 elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
 elif "--b16" in sys.argv:  # B=16 beyond H=256: resident W_hhᵀ with 4 or 8 units
-    PLAN = [(16, 512, [D, C(16, 4, 512, False, resident=True),
+    PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),  # smaller row tiles, as
+                       C(2, 16, 256, False, resident=True),  # in gpu_probe.py --b16
+                       C(4, 8, 256, False, resident=True)]),
+            (16, 512, [D, C(16, 4, 512, False, resident=True),
                        C(16, 4, 512, False, 8, resident=True),
                        C(16, 8, 512, False, 8, resident=True),
-                       C(8, 8, 512, False, resident=True)]),  # (two 8-row tiles)
+                       C(8, 8, 512, False, resident=True),  # (two 8-row tiles)
+                       C(4, 16, 512, False, 8, resident=True)]),
             (16, 1024, [D, C(16, 8, 1024, False, 8, resident=True),
                         C(16, 16, 64, True, 4), C(16, 8, 128, False)])]
     if DTYPE == torch.bfloat16:  # tl.dot on resident bf16 tiles, 16 units (ptxas, sm_90a,
         # offline, no spills: H=512 198 registers, 80 KB shared; H=1024 8 warps 222, 160 KB)
-        PLAN[0][2].append(C(16, 16, 512, True, resident=True))
-        PLAN[1][2].append(C(16, 16, 1024, True, 8, resident=True))
+        PLAN[1][2].append(C(16, 16, 512, True, resident=True))
+        PLAN[2][2].append(C(16, 16, 1024, True, 8, resident=True))
 else:
     SPLITS = [D, C(16, 16, 64, True), C(16, 32, 32, True), C(16, 32, 128, True),
               C(16, 64, 64, True), C(16, 16, 128, True), C(16, 8, 128, False),
