@@ -48,11 +48,10 @@ elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier
     # programs instead of 128; W resident)
     PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),
             (1, 512, [D] + [C(1, s, 512, False, resident=True) for s in (8, 16)])]
-elif "--b16" in sys.argv:  # B=16: a program per multiprocessor with W resident, as the
-    # backward's default there (4 units at H=512; 8 at H=1024, 4 warps spill)
-    # Smaller row tiles with fewer programs each (each tile its own recurrence and its
-    # own barrier: 8-32 programs meet there instead of 128), W resident in every tile
-    # (ptxas, sm_90a, offline: no spills but 4 bytes at (1, 32, 256))
+elif "--b16" in sys.argv:  # B=16: resident splits against tl.dot, and smaller row tiles
+    # with fewer programs each (each tile its own recurrence and barrier: 8-64 programs
+    # meet there instead of 128), W resident in every tile (ptxas, sm_90a, offline: no
+    # spills but 4 bytes at (1, 32, 256))
     PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),
                        C(2, 16, 256, False, resident=True),
                        C(4, 8, 256, False, resident=True)]),

@@ -6,7 +6,7 @@ the same process. A diagnostic, not a test.
 
     python scripts/gpu_probe_backward.py
     python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
-    python scripts/gpu_probe_backward.py --b16        # B=16, H=512 and 1024
+    python scripts/gpu_probe_backward.py --b16        # B=16, H=256-1024
     python scripts/gpu_probe_backward.py --b16 --bf16 # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
@@ -33,12 +33,12 @@ if SMOKE:
     PLAN = [(4, 16, [C(4, 16, 16, False), resident])]
 elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
-elif "--b16" in sys.argv:  # B=16 beyond H=256: resident W_hhᵀ with 4 or 8 units
-    PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),  # smaller row tiles, as
-                       C(2, 16, 256, False, resident=True),  # in gpu_probe.py --b16
+elif "--b16" in sys.argv:  # B=16: resident W_hhᵀ splits and smaller row tiles, as in
+    # gpu_probe.py --b16 (the default at H=512 is (16, 4, 512) resident)
+    PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),
+                       C(2, 16, 256, False, resident=True),
                        C(4, 8, 256, False, resident=True)]),
-            (16, 512, [D, C(16, 4, 512, False, resident=True),
-                       C(16, 4, 512, False, 8, resident=True),
+            (16, 512, [D, C(16, 4, 512, False, 8, resident=True),
                        C(16, 8, 512, False, 8, resident=True),
                        C(8, 8, 512, False, resident=True),  # (two 8-row tiles)
                        C(4, 16, 512, False, 8, resident=True)]),

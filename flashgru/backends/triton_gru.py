@@ -613,11 +613,19 @@ def infer(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
     special modes (the caller has checked, as ``GRU._sequence`` does): the forward kernels
     without the custom op's dispatch, ~20 µs less host time a call, which at small batches
     delays the kernel's start (the op exists for torch.compile and autograd)."""
-    steps, batch = gi.shape[:2]
-    if lengths is None:
-        lengths = torch.full((batch,), steps, dtype=torch.int64, device=gi.device)
-    bias = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
+    lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
     return forward(gi, h0, w_hh, bias, lengths, reset_after, False)[0]
+
+
+def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+                      lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The kernels' lengths (int64 on gi's device, every row full when None) and b_hh (0
+    when None)."""
+    if lengths is None:
+        lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64, device=gi.device)
+    else:
+        lengths = lengths.to(device=gi.device, dtype=torch.int64)
+    return lengths, b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
 
 
 def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
@@ -632,12 +640,7 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
                          f"{', '.join(str(d) for d in DTYPES)}; got {h0.dtype} on {h0.device}")
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
-    steps, batch = gi.shape[:2]
-    if lengths is None:
-        lengths = torch.full((batch,), steps, dtype=torch.int64, device=gi.device)
-    else:
-        lengths = lengths.to(device=gi.device, dtype=torch.int64)
-    bias = b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
+    lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (gi, h0, w_hh, bias))
     return _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
