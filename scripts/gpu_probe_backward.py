@@ -7,6 +7,7 @@ the same process. A diagnostic, not a test.
     python scripts/gpu_probe_backward.py
     python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
     python scripts/gpu_probe_backward.py --b16        # B=16, H=256-1024
+    python scripts/gpu_probe_backward.py --stamped    # stamped exchange against barrier
     python scripts/gpu_probe_backward.py --b16 --bf16 # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
@@ -29,8 +30,25 @@ def resident(cfg):
     return cfg._replace(resident=True)
 
 
+def stamped(cfg):
+    """The default split exchanging stamped words instead of meeting at a barrier."""
+    return cfg._replace(stamped=True)
+
+
+def stamped_tile(bb, s, bk, warps=4):
+    """A resident, stamped split of bb-row tiles with s units per program."""
+    return C(bb, s, bk, False, warps, resident=True, stamped=True)
+
+
 if SMOKE:
-    PLAN = [(4, 16, [C(4, 16, 16, False), resident])]
+    PLAN = [(4, 16, [C(4, 16, 16, False), resident, stamped])]
+elif "--stamped" in sys.argv:  # as gpu_probe.py --stamped (ptxas, sm_90a, offline: B=1
+    # as the barrier's registers; (16, 2, 256) 255 registers against 160, no spills;
+    # (16, 4, 512) spills 600 bytes against none)
+    PLAN = [(1, h, [D, stamped]) for h in (256, 512, 1024)] + [
+        (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),
+        (16, 512, [D, stamped, stamped_tile(8, 8, 512)]),
+        (16, 1024, [D, stamped, stamped_tile(16, 8, 1024, 8)])]
 elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
 elif "--b16" in sys.argv:  # B=16: resident W_hhᵀ splits and smaller row tiles, as in

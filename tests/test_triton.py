@@ -106,6 +106,13 @@ if BACKENDS["triton"].missing() is None:
         "resident": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True)),
         "resident-f64": (torch.float64, tg.Config(4, 32, 32, dot=False, resident=True)),
         "resident-dot": (torch.float32, tg.Config(16, 32, 32, dot=True, resident=True)),
+        "stamped": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                             stamped=True)),
+        "stamped-chunks": (torch.float32, tg.Config(2, 32, 8, dot=False, stamped=True)),
+        "stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
+                                                   stamped=True)),
+        "stamped-f16-chunks": (torch.float16, tg.Config(4, 32, 16, dot=False,
+                                                        stamped=True)),
     }
     if DEVICE == "cuda":
         SPLITS.update({
@@ -116,6 +123,10 @@ if BACKENDS["triton"].missing() is None:
                                                            resident=True)),
             # (the interpreter's bf16 tl.dot is wrong with or without resident tiles)
             "resident-bf16": (torch.bfloat16, tg.Config(16, 32, 32, dot=True, resident=True)),
+            "programs-stamped": (torch.float32, tg.Config(2, 4, 32, dot=False, resident=True,
+                                                          stamped=True)),
+            "programs-stamped-dot": (torch.float32, tg.Config(16, 16, 16, dot=True,
+                                                              stamped=True)),
         })
 
 
@@ -132,6 +143,16 @@ def test_resident_split_needs_all_of_k():
         tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(),
                    torch.tensor([2], device=DEVICE), True, False,
                    tg.Config(1, 64, 32, dot=False, resident=True))
+
+
+def test_stamped_split_refuses_float64():
+    """The stamped exchange packs an fp32 value beside the step: float64 would lose
+    precision silently, so it is refused."""
+    gi, h0, w, b, _ = _problem(2, 1, 8, torch.float64)
+    with pytest.raises(ValueError, match="can't run float64"):
+        tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(),
+                   torch.tensor([2], device=DEVICE), True, False,
+                   tg.Config(1, 8, 8, dot=False, resident=True, stamped=True))
 
 
 def test_backward_split_rule(monkeypatch):
@@ -320,6 +341,18 @@ def test_wide_problem_on_gpu(batch, split):
     _compare(512, batch, 1024, True, torch.float32, cfg=cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-128 programs exchanging stamps")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("batch,split", [(1, (1, 2, 256)), (1, (1, 16, 256)),
+                                         (16, (16, 2, 256)), (16, (4, 8, 256))])
+def test_stamped_exchange_on_gpu(batch, split, reset_after):
+    """The stamped exchange (no barrier: readers wait on each word's step) with many
+    programs at once, T=512, fp32 at 1e-5, gradients included: a word read before its
+    step was written, or torn, would show here."""
+    cfg = tg.Config(*split, dot=False, resident=True, stamped=True)
+    _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
+
+
 _SM90_PROBE = """
 import itertools, json, sys
 import triton, triton.language as tl
@@ -330,18 +363,24 @@ from flashgru.backends import triton_gru as tg
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
          "t_begin": "i32", "t_end": "i32"}
 found = {}  # with resident W tiles too: the broadcast product must not become a dot either
+spins = {}  # the stamped exchange: each wait re-reads its words (volatile loads in a loop)
 for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
-    for dot, reset_after, resident in itertools.product((False, True), repeat=3):
+    for dot, reset_after, resident, stamped in itertools.product((False, True), repeat=4):
+        if stamped and (dot or not resident):
+            continue
         consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot, PREC="tf32x3",
-                      ACC=tl.float32, RESIDENT=resident)
+                      ACC=tl.float32, RESIDENT=resident, STAMPED=stamped)
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
+        if stamped:
+            sig.update({a: "*i64" for a in ("hbuf", "rhbuf", "xbuf") if a in sig})
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        found[f"{'resident-' * resident}{name}-{dot}-{reset_after}"] = (
-            "tt.dot" in compiled.asm["ttgir"])
+        key = f"{'stamped-' * stamped}{'resident-' * resident}{name}-{dot}-{reset_after}"
+        found[key] = "tt.dot" in compiled.asm["ttgir"]
+        spins[key] = compiled.asm["ptx"].count("ld.volatile.global.b64")
 # shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
 # dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
 shared = {}
@@ -349,7 +388,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
     for dtype in ("fp32", "bf16"):
         consts = dict(BB=64, S=64, BK=64, RESET_AFTER=True, DOT=True, PREC="tf32x3",
                       ACC=tl.float32)
-        consts["RESIDENT"] = False
+        consts["RESIDENT"] = consts["STAMPED"] = False
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
@@ -369,7 +408,7 @@ for bh in (64, 128):
                                         constexprs=consts), target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": 4 if bh <= 64 else 8})
     shared[f"dense-summary-{bh}"] = compiled.metadata.shared
-print(json.dumps({"dots": found, "shared": shared}))
+print(json.dumps({"dots": found, "shared": shared, "spins": spins}))
 """
 
 
@@ -399,8 +438,21 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     tl.dot splits with one (so this check can fail)."""
     assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"resident-{kernel}-False-{reset_after}"]
+    assert not sm90["dots"][f"stamped-resident-{kernel}-False-{reset_after}"]
     assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_stamped_waits_reread_memory(sm90, kernel, reset_after):
+    """A stamped wait must read its words again on every pass, from memory (volatile):
+    a load the compiler hoisted out of the loop would spin forever on a GPU, which the
+    interpreter (one program per tile, its own words already written) never shows. Every
+    wait has its first read and the loop's; the barrier's kernels have none."""
+    waits = (1 + (not reset_after)) if kernel == "forward" else 3
+    assert sm90["spins"][f"stamped-resident-{kernel}-False-{reset_after}"] >= 2 * waits
+    assert sm90["spins"][f"resident-{kernel}-False-{reset_after}"] == 0
 
 
 H100_SHARED = 232448  # bytes of shared memory one program may use on an H100

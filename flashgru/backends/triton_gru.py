@@ -19,6 +19,12 @@ call). The weight gradients are GEMMs over all steps afterwards.
 reset_after=False needs h ⊙ r, all of it, in the middle of a step, and its backward needs
 two whole gradient vectors: two barriers per step instead of one.
 
+A split may exchange the vectors stamped instead (``Config.stamped``; fp32 arithmetic):
+each value goes out as one 64-bit word with the step number in its high half, and a
+reader loads the words it needs until all carry the current step. Two buffers, used in
+turn, suffice: a program can write step t + 2's words into step t's buffer only after it
+has read every program's step t + 1, which each wrote after it had read all of step t.
+
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly): that is how they are
 tested without a GPU. The interpreter runs programs one after another, so a barrier among
 several programs would wait forever: there each batch tile gets one program (P = 1), which
@@ -103,37 +109,65 @@ def _w_tile(w, ks, kmask, stride_k, cols, cmask, stride_s, DOT: tl.constexpr):
 
 
 @_jit
-def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K,
+def _stamp(x, t):
+    """64-bit words for the stamped exchange (``Config.stamped``): x's fp32 bits in the low
+    half, the step t in the high half."""
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True).to(tl.uint32, bitcast=True)
+    return bits.to(tl.int64) | (tl.cast(t, tl.int64) << 32)
+
+
+@_jit
+def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr):
+    """(BB, BK): a[row·stride + k] for this program's rows and the ks, written by other
+    programs of this launch. After the step's barrier, fp32/fp64 read through L2; or,
+    STAMPED, 64-bit words from _stamp, read again until every one carries step t (a
+    word is written whole, so a reader sees its old or its new value, never a mix), then
+    unpacked to fp32."""
+    ptrs = a + rows[:, None] * stride + ks[None, :]
+    mask = rmask[:, None] & kmask[None, :]
+    if STAMPED:
+        words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+        waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+        while waiting > 0:
+            words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+            waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+        return words.to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+
+
+@_jit
+def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K, t,
         BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
-        PREC: tl.constexpr, ACC: tl.constexpr):
+        PREC: tl.constexpr, ACC: tl.constexpr, STAMPED: tl.constexpr):
     """(BB, S) = A[rows, :K] @ V[:K, cols], where A[i, k] = a[i·a_stride + k] was written
-    by other programs of this launch (read through L2) and V[k, s] =
+    by other programs of this launch (_shared_block, step t) and V[k, s] =
     w[k·stride_k + s·stride_s]."""
     acc = tl.zeros((BB, S), ACC)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
-        x = tl.load(a + rows[:, None] * a_stride + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+        x = _shared_block(a, rows, rmask, ks, kmask, a_stride, t, STAMPED)
         v, vmask = _w_tile(w, ks, kmask, stride_k, cols, cmask, stride_s, DOT)
         acc += _product(x, tl.load(v, mask=vmask, other=0.0), DOT, PREC, ACC)
     return acc
 
 
 @_jit
-def _hidden_product(a, rows, rmask, w, cols, cmask, H,
+def _hidden_product(a, rows, rmask, w, cols, cmask, H, t,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
-                    PREC: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr):
+                    PREC: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr,
+                    STAMPED: tl.constexpr):
     """The first GATES gate blocks of h @ W_hhᵀ for this program's hidden units, (BB, S)
-    each, in one pass over h: h (B, H) at ``a`` (written by other programs), w = W_hh."""
+    each, in one pass over h: h (B, H) at ``a`` (written by other programs; step t),
+    w = W_hh."""
     acc_r = tl.zeros((BB, S), ACC)
     acc_z = tl.zeros((BB, S), ACC)
     acc_n = tl.zeros((BB, S), ACC)
     for k0 in range(0, H, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < H
-        x = tl.load(a + rows[:, None] * H + ks[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+        x = _shared_block(a, rows, rmask, ks, kmask, H, t, STAMPED)
         v, vmask = _w_tile(w, ks, kmask, 1, cols, cmask, H, DOT)
         acc_r += _product(x, tl.load(v, mask=vmask, other=0.0), DOT, PREC, ACC)
         acc_z += _product(x, tl.load(v + H * H, mask=vmask, other=0.0), DOT, PREC, ACC)
@@ -163,12 +197,11 @@ def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
 
 
 @_jit
-def _row_block(a, rows, rmask, H, stride, BK: tl.constexpr):
+def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.constexpr):
     """(BB, BK): a[row·stride + k] for this program's rows and all k < H, written by other
-    programs (read through L2)."""
+    programs (_shared_block, step t)."""
     ks = tl.arange(0, BK)
-    return tl.load(a + rows[:, None] * stride + ks[None, :],
-                   mask=rmask[:, None] & (ks < H)[None, :], other=0.0, cache_modifier=".cg")
+    return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED)
 
 
 @_jit
@@ -191,18 +224,21 @@ def _tanh(x):
 
 
 @_jit
-def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, sync,
+def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, sync,
                     B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
-                    RESIDENT: tl.constexpr):
+                    RESIDENT: tl.constexpr, STAMPED: tl.constexpr):
     """Steps [t_begin, t_end) of one layer-direction.
 
-    gi (T, B, 3H) input projections; w = W_hh (3H, H); b = b_hh (3H,); lengths (B,);
-    out (T, B, H); hbuf (2, B, H) the state, hbuf[t % 2] = h before step t (fp32/fp64);
-    rhbuf (B, H) scratch for r ⊙ h; r_s, z_s, n_s, ghn_s (T, B, H) the saved gates
-    (with SAVE); sync: one int32 counter per batch tile, zero at launch.
+    gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
+    b = b_hh (3H,); lengths (B,); out (T, B, H); hbuf (2, B, H) the state, hbuf[t % 2] = h
+    before step t (fp32/fp64: the caller has written h0 to hbuf[t_begin % 2]; STAMPED: int64
+    words from _stamp, all stamped -1 at launch); rhbuf (B, H) scratch for r ⊙ h (likewise);
+    r_s, z_s, n_s, ghn_s (T, B, H) the saved gates (with SAVE); sync: one int32 counter per
+    batch tile, zero at launch (unused with STAMPED: readers wait on the stamps instead of
+    a barrier).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -210,7 +246,9 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
     b_z = tl.load(b + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     sync += tl.program_id(1)
-    h = tl.load(hbuf + (t_begin % 2) * B * H + own, mask=m, other=0.0)
+    h = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
+    if STAMPED:
+        tl.store(hbuf + (t_begin % 2) * B * H + own, _stamp(h, t_begin), mask=m)
     if RESIDENT:
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT)
     for t in range(t_begin, t_end):
@@ -221,7 +259,7 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
         if RESIDENT:
-            x = _row_block(cur, rows, rmask, H, H, BK)
+            x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
             gh_r = _product(x, w_r, DOT, PREC, ACC)
             gh_z = _product(x, w_z, DOT, PREC, ACC)
             if RESET_AFTER:
@@ -229,22 +267,26 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
             else:
                 gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
         else:
-            gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, BB, S,
-                                               BK, DOT, PREC, ACC, 3 if RESET_AFTER else 2)
+            gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, t, BB, S,
+                                               BK, DOT, PREC, ACC, 3 if RESET_AFTER else 2,
+                                               STAMPED)
         r = tl.sigmoid(gi_r + gh_r + b_r)
         z = tl.sigmoid(gi_z + gh_z + b_z)
         if RESET_AFTER:
             ghn = gh_n + b_n
             n = _tanh(gi_n + r * ghn)
         else:
-            tl.store(rhbuf + own, r * h, mask=m)
-            _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            if RESIDENT:
-                ghn = _product(_row_block(rhbuf, rows, rmask, H, H, BK), w_n, DOT, PREC,
-                               ACC) + b_n
+            if STAMPED:
+                tl.store(rhbuf + own, _stamp(r * h, t), mask=m)
             else:
-                ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H,
-                          BB, S, BK, DOT, PREC, ACC) + b_n
+                tl.store(rhbuf + own, r * h, mask=m)
+                _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
+            if RESIDENT:
+                ghn = _product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED), w_n, DOT,
+                               PREC, ACC) + b_n
+            else:
+                ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
+                          BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
             n = _tanh(gi_n + ghn)
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
@@ -257,25 +299,30 @@ def _forward_kernel(gi, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, s
             tl.store(n_s + at, tl.where(ok, n, 0.0), mask=m)
             if RESET_AFTER:
                 tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
-        tl.store(hbuf + ((t + 1) % 2) * B * H + own, h, mask=m)
-        if RESET_AFTER:
-            _barrier(sync, (t - t_begin + 1) * n_prog)
+        if STAMPED:
+            tl.store(hbuf + ((t + 1) % 2) * B * H + own, _stamp(h, t + 1), mask=m)
         else:
-            _barrier(sync, (2 * (t - t_begin) + 2) * n_prog)
+            tl.store(hbuf + ((t + 1) % 2) * B * H + own, h, mask=m)
+            if RESET_AFTER:
+                _barrier(sync, (t - t_begin + 1) * n_prog)
+            else:
+                _barrier(sync, (2 * (t - t_begin) + 2) * n_prog)
 
 
 @_jit
-def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
+def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh, xbuf,
                      sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                     ACC: tl.constexpr, RESIDENT: tl.constexpr):
+                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
     Writes dgi (T, B, 3H) = ∂L/∂gi and, for reset_after=True, dgh (T, B, 3H) =
     ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
-    at the end). sync as in the forward kernel.
+    at the end). The programs share each step's gradients through dgh (dgi) after a
+    barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
+    words from _stamp, all stamped -1 at launch, xbuf[i % 2] for the i-th step done.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -300,6 +347,13 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
         dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
         g3 = t64 * B * 3 * H
+        # where the step's whole gradients are read: the stamped exchange or dgh (dgi)
+        if STAMPED:
+            a = xbuf + (i % 2) * B * 3 * H
+        elif RESET_AFTER:
+            a = dgh + g3
+        else:
+            a = dgi + g3
         if RESET_AFTER:
             ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
@@ -309,40 +363,51 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgh + g3 + own3, dr, mask=m)
             tl.store(dgh + g3 + own3 + H, dz, mask=m)
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
-            _barrier(sync, (i + 1) * n_prog)
-            if RESIDENT:
-                a = dgh + g3
-                carry = _product(_row_block(a, rows, rmask, H, 3 * H, BK), v_r, DOT, PREC,
-                                 ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, BK), v_z, DOT,
-                                  PREC, ACC)
-                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, BK), v_n,
-                                  DOT, PREC, ACC)
+            if STAMPED:
+                xo = a + own3
+                tl.store(xo, _stamp(dr, i), mask=m)
+                tl.store(xo + H, _stamp(dz, i), mask=m)
+                tl.store(xo + 2 * H, _stamp(dn * r, i), mask=m)
             else:
-                carry = _mm(dgh + g3, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H,
-                            BB, S, BK, DOT, PREC, ACC)
+                _barrier(sync, (i + 1) * n_prog)
+            if RESIDENT:
+                carry = _product(_row_block(a, rows, rmask, H, 3 * H, i, BK, STAMPED), v_r,
+                                 DOT, PREC, ACC)
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                                  v_z, DOT, PREC, ACC)
+                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, i, BK,
+                                             STAMPED), v_n, DOT, PREC, ACC)
+            else:
+                carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, i,
+                            BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
-            _barrier(sync, (2 * i + 1) * n_prog)
-            a = dgi + g3
+            if STAMPED:
+                tl.store(a + own3 + 2 * H, _stamp(dn, i), mask=m)
+            else:
+                _barrier(sync, (2 * i + 1) * n_prog)
             if RESIDENT:
-                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, BK), v_n, DOT,
-                                PREC, ACC)
+                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                                v_n, DOT, PREC, ACC)
             else:
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
-                           H, BB, S, BK, DOT, PREC, ACC)
+                           H, i, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
             tl.store(dgi + g3 + own3, dr, mask=m)
-            _barrier(sync, (2 * i + 2) * n_prog)
+            if STAMPED:
+                tl.store(a + own3, _stamp(dr, i), mask=m)
+                tl.store(a + own3 + H, _stamp(dz, i), mask=m)
+            else:
+                _barrier(sync, (2 * i + 2) * n_prog)
             if RESIDENT:
-                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, BK), v_r,
-                                            DOT, PREC, ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, BK), v_z, DOT,
-                                  PREC, ACC)
+                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, i, BK,
+                                                       STAMPED), v_r, DOT, PREC, ACC)
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                                  v_z, DOT, PREC, ACC)
             else:
                 carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
-                                       2 * H, BB, S, BK, DOT, PREC, ACC)
+                                       2 * H, i, BB, S, BK, DOT, PREC, ACC, STAMPED)
         carried = tl.where(ok, d * z + carry, carried)
     tl.store(dh + own, carried, mask=m)
 
@@ -356,7 +421,12 @@ class Config(NamedTuple):
     ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee");
     resident: the kernel loads its W_hh tiles once, before the time loop, and keeps them
     in registers (needs block_k ≥ H: all of K in one tile), instead of reading them
-    through the caches at every step (the default where measured faster)."""
+    through the caches at every step (the default where measured faster); stamped: the
+    programs exchange each step's vectors as 64-bit words that carry the step number
+    beside the fp32 value, and a reader re-reads until every word it needs carries the
+    current step, instead of meeting the others at a barrier first (one trip through L2
+    a step instead of a store's fence, the counter's round trips and then the read; fp32
+    arithmetic only: not fp64)."""
 
     block_batch: int
     slice: int
@@ -365,6 +435,7 @@ class Config(NamedTuple):
     warps: int = 4
     precision: str = "tf32x3"
     resident: bool = False
+    stamped: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -461,6 +532,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     if cfg.resident and cfg.block_k < hidden:
         raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
                          f"{cfg.block_k}")
+    if cfg.stamped and consts["ACC"] == tl.float64:
+        raise ValueError("a stamped split carries fp32 values: it can't run float64")
     if device.type != "cuda" and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -471,7 +544,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
-        sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+        sync = torch.empty(1, dtype=torch.int32, device=device) if cfg.stamped else \
+            torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped: unused)
         # a cooperative launch fails, rather than hangs, if the programs can't all be
         # resident at once
         launch = {"launch_cooperative_grid": True} if device.type == "cuda" else {}
@@ -479,7 +553,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
-                RESIDENT=cfg.resident,
+                RESIDENT=cfg.resident, STAMPED=cfg.stamped,
                 num_warps=cfg.warps, **launch, **consts)
 
 
@@ -509,12 +583,16 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     saved = [_empty(kept, batch, hidden, dtype=acc, device=gi.device)
              for _ in range(3 + reset_after)]
     ghn_s = saved[3] if reset_after else saved[0]
-    hbuf = _empty(2, batch, hidden, dtype=acc, device=gi.device)
-    hbuf[0] = h0
-    rhbuf = _empty(batch, hidden, dtype=acc, device=gi.device) if not reset_after else hbuf
+    if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
+        hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
+                          device=gi.device)
+    else:
+        hbuf = _empty(2 + (not reset_after), batch, hidden, dtype=acc, device=gi.device)
+        hbuf[0] = h0
+    rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        args = (gi.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, out, hbuf,
-                rhbuf, *saved[:3], ghn_s)
+        args = (gi.contiguous(), h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+                lengths, out, hbuf, rhbuf, *saved[:3], ghn_s)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 SAVE=save, ACC=_acc(gi.dtype))
     return out, saved
@@ -531,9 +609,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
+    # the stamped exchange, every word stamped -1 (no step yet)
+    xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device) \
+        if cfg.stamped else dgh
     if steps and batch:
         args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
-                ghn_s, lengths, dgi, dgh, dh)
+                ghn_s, lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 ACC=_acc(acc))
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).to(acc).flatten(0, 1)  # (T·B, H)
