@@ -291,6 +291,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
         h = tl.where(ok, h_new, h)
+        if STAMPED:  # (published first: the other programs wait for it)
+            tl.store(hbuf + ((t + 1) % 2) * B * H + own, _stamp(h, t + 1), mask=m)
         at = t64 * B * H + own
         tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
         if SAVE:
@@ -299,9 +301,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             tl.store(n_s + at, tl.where(ok, n, 0.0), mask=m)
             if RESET_AFTER:
                 tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
-        if STAMPED:
-            tl.store(hbuf + ((t + 1) % 2) * B * H + own, _stamp(h, t + 1), mask=m)
-        else:
+        if not STAMPED:
             tl.store(hbuf + ((t + 1) % 2) * B * H + own, h, mask=m)
             if RESET_AFTER:
                 _barrier(sync, (t - t_begin + 1) * n_prog)
@@ -357,18 +357,17 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         if RESET_AFTER:
             ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
+            if STAMPED:  # (published first: the other programs wait for them)
+                tl.store(a + own3, _stamp(dr, i), mask=m)
+                tl.store(a + own3 + H, _stamp(dz, i), mask=m)
+                tl.store(a + own3 + 2 * H, _stamp(dn * r, i), mask=m)
             tl.store(dgi + g3 + own3, dr, mask=m)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             tl.store(dgh + g3 + own3, dr, mask=m)
             tl.store(dgh + g3 + own3 + H, dz, mask=m)
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
-            if STAMPED:
-                xo = a + own3
-                tl.store(xo, _stamp(dr, i), mask=m)
-                tl.store(xo + H, _stamp(dz, i), mask=m)
-                tl.store(xo + 2 * H, _stamp(dn * r, i), mask=m)
-            else:
+            if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
             if RESIDENT:
                 carry = _product(_row_block(a, rows, rmask, H, 3 * H, i, BK, STAMPED), v_r,
@@ -381,11 +380,11 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                 carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, i,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
-            tl.store(dgi + g3 + own3 + H, dz, mask=m)
-            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             if STAMPED:
                 tl.store(a + own3 + 2 * H, _stamp(dn, i), mask=m)
-            else:
+            tl.store(dgi + g3 + own3 + H, dz, mask=m)
+            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+            if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
             if RESIDENT:
                 d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, i, BK, STAMPED),
@@ -394,11 +393,11 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                            H, i, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
-            tl.store(dgi + g3 + own3, dr, mask=m)
             if STAMPED:
                 tl.store(a + own3, _stamp(dr, i), mask=m)
                 tl.store(a + own3 + H, _stamp(dz, i), mask=m)
-            else:
+            tl.store(dgi + g3 + own3, dr, mask=m)
+            if not STAMPED:
                 _barrier(sync, (2 * i + 2) * n_prog)
             if RESIDENT:
                 carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, i, BK,
