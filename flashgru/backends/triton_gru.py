@@ -117,23 +117,38 @@ def _stamp(x, t):
 
 
 @_jit
-def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr):
+def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
+                  WAIT: tl.constexpr = True):
     """(BB, BK): a[row·stride + k] for this program's rows and the ks, written by other
     programs of this launch. After the step's barrier, fp32/fp64 read through L2; or,
     STAMPED, 64-bit words from _stamp, read again until every one carries step t (a
     word is written whole, so a reader sees its old or its new value, never a mix), then
-    unpacked to fp32."""
+    unpacked to fp32; without WAIT once, where _await has seen them all carry t."""
     ptrs = a + rows[:, None] * stride + ks[None, :]
     mask = rmask[:, None] & kmask[None, :]
     if STAMPED:
-        words = tl.load(ptrs, mask=mask, other=0, volatile=True)
-        waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
-        while waiting > 0:
+        if WAIT:
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
             waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+            while waiting > 0:
+                words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+                waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+        else:
+            words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
         return words.to(tl.int32).to(tl.float32, bitcast=True)
     else:
         return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+
+
+@_jit
+def _await(a, rows, rmask, K, stride, t, BK: tl.constexpr):
+    """Wait until the stamped words a[row·stride + k], k < K, all carry step t, a chunk of
+    BK at a time (so that the product's loop over K after it reads them without waiting,
+    its loads pipelined; a word that carries t keeps it until every program has read
+    it)."""
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        _shared_block(a, rows, rmask, ks, ks < K, stride, t, True)
 
 
 @_jit
@@ -143,11 +158,13 @@ def _mm(a, a_stride, rows, rmask, w, stride_k, stride_s, cols, cmask, K, t,
     """(BB, S) = A[rows, :K] @ V[:K, cols], where A[i, k] = a[i·a_stride + k] was written
     by other programs of this launch (_shared_block, step t) and V[k, s] =
     w[k·stride_k + s·stride_s]."""
+    if STAMPED:
+        _await(a, rows, rmask, K, a_stride, t, BK)
     acc = tl.zeros((BB, S), ACC)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
-        x = _shared_block(a, rows, rmask, ks, kmask, a_stride, t, STAMPED)
+        x = _shared_block(a, rows, rmask, ks, kmask, a_stride, t, STAMPED, False)
         v, vmask = _w_tile(w, ks, kmask, stride_k, cols, cmask, stride_s, DOT)
         acc += _product(x, tl.load(v, mask=vmask, other=0.0), DOT, PREC, ACC)
     return acc
@@ -161,13 +178,15 @@ def _hidden_product(a, rows, rmask, w, cols, cmask, H, t,
     """The first GATES gate blocks of h @ W_hhᵀ for this program's hidden units, (BB, S)
     each, in one pass over h: h (B, H) at ``a`` (written by other programs; step t),
     w = W_hh."""
+    if STAMPED:
+        _await(a, rows, rmask, H, H, t, BK)
     acc_r = tl.zeros((BB, S), ACC)
     acc_z = tl.zeros((BB, S), ACC)
     acc_n = tl.zeros((BB, S), ACC)
     for k0 in range(0, H, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < H
-        x = _shared_block(a, rows, rmask, ks, kmask, H, t, STAMPED)
+        x = _shared_block(a, rows, rmask, ks, kmask, H, t, STAMPED, False)
         v, vmask = _w_tile(w, ks, kmask, 1, cols, cmask, H, DOT)
         acc_r += _product(x, tl.load(v, mask=vmask, other=0.0), DOT, PREC, ACC)
         acc_z += _product(x, tl.load(v + H * H, mask=vmask, other=0.0), DOT, PREC, ACC)
@@ -235,7 +254,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
     b = b_hh (3H,); lengths (B,); out (T, B, H); hbuf (2, B, H) the state, hbuf[t % 2] = h
     before step t (fp32/fp64: the caller has written h0 to hbuf[t_begin % 2]; STAMPED: int64
-    words from _stamp, all stamped -1 at launch); rhbuf (B, H) scratch for r ⊙ h (likewise);
+    words from _stamp, all stamped -1 at launch; the caller passes (3, B, H) for
+    reset_after=False); rhbuf (B, H) scratch for r ⊙ h (likewise; hbuf[2]);
     r_s, z_s, n_s, ghn_s (T, B, H) the saved gates (with SAVE); sync: one int32 counter per
     batch tile, zero at launch (unused with STAMPED: readers wait on the stamps instead of
     a barrier).
@@ -322,7 +342,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
     at the end). The programs share each step's gradients through dgh (dgi) after a
     barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
-    words from _stamp, all stamped -1 at launch, xbuf[i % 2] for the i-th step done.
+    words from _stamp, xbuf[t % 2] stamped t for step t, all stamped -1 at launch (as
+    forward's, a stamp is the step itself, so launches over parts of T may share it).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -349,7 +370,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         g3 = t64 * B * 3 * H
         # where the step's whole gradients are read: the stamped exchange or dgh (dgi)
         if STAMPED:
-            a = xbuf + (i % 2) * B * 3 * H
+            a = xbuf + (t % 2) * B * 3 * H
         elif RESET_AFTER:
             a = dgh + g3
         else:
@@ -358,9 +379,9 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
             if STAMPED:  # (published first: the other programs wait for them)
-                tl.store(a + own3, _stamp(dr, i), mask=m)
-                tl.store(a + own3 + H, _stamp(dz, i), mask=m)
-                tl.store(a + own3 + 2 * H, _stamp(dn * r, i), mask=m)
+                tl.store(a + own3, _stamp(dr, t), mask=m)
+                tl.store(a + own3 + H, _stamp(dz, t), mask=m)
+                tl.store(a + own3 + 2 * H, _stamp(dn * r, t), mask=m)
             tl.store(dgi + g3 + own3, dr, mask=m)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
@@ -370,43 +391,43 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
             if RESIDENT:
-                carry = _product(_row_block(a, rows, rmask, H, 3 * H, i, BK, STAMPED), v_r,
+                carry = _product(_row_block(a, rows, rmask, H, 3 * H, t, BK, STAMPED), v_r,
                                  DOT, PREC, ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, t, BK, STAMPED),
                                   v_z, DOT, PREC, ACC)
-                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, i, BK,
+                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, t, BK,
                                              STAMPED), v_n, DOT, PREC, ACC)
             else:
-                carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, i,
+                carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
             if STAMPED:
-                tl.store(a + own3 + 2 * H, _stamp(dn, i), mask=m)
+                tl.store(a + own3 + 2 * H, _stamp(dn, t), mask=m)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
             if RESIDENT:
-                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, t, BK, STAMPED),
                                 v_n, DOT, PREC, ACC)
             else:
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
-                           H, i, BB, S, BK, DOT, PREC, ACC, STAMPED)
+                           H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
             if STAMPED:
-                tl.store(a + own3, _stamp(dr, i), mask=m)
-                tl.store(a + own3 + H, _stamp(dz, i), mask=m)
+                tl.store(a + own3, _stamp(dr, t), mask=m)
+                tl.store(a + own3 + H, _stamp(dz, t), mask=m)
             tl.store(dgi + g3 + own3, dr, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 2) * n_prog)
             if RESIDENT:
-                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, i, BK,
+                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, t, BK,
                                                        STAMPED), v_r, DOT, PREC, ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, i, BK, STAMPED),
+                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, t, BK, STAMPED),
                                   v_z, DOT, PREC, ACC)
             else:
                 carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
-                                       2 * H, i, BB, S, BK, DOT, PREC, ACC, STAMPED)
+                                       2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
         carried = tl.where(ok, d * z + carry, carried)
     tl.store(dh + own, carried, mask=m)
 
