@@ -197,6 +197,35 @@ def test_backward_split_rule(monkeypatch):
     assert not tg.choose_config(1, 2048, cuda, f32).resident  # 16 units × 2048: would spill
 
 
+def test_stamped_default_rule(monkeypatch):
+    """STAMPED_MAX_WORDS (0 until measured) makes the default resident splits stamped
+    where their blocks hold at most that many words: on CUDA, not in fp64, and never a
+    split that streams W."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32 = torch.float32
+    assert not any(tg.choose_config(b, h, cuda, f32).stamped
+                   for b in (1, 16) for h in (256, 512, 1024))
+    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 512)
+    assert tg.choose_config(1, 256, cuda, f32) == tg.Config(1, 2, 256, dot=False,
+                                                            resident=True, stamped=True)
+    assert tg.choose_config(1, 512, cuda, torch.bfloat16).stamped
+    assert tg.choose_backward_config(1, 512, cuda, f32).stamped
+    assert not tg.choose_config(1, 1024, cuda, f32).stamped  # 1024 words
+    assert not tg.choose_config(16, 256, cuda, f32).stamped  # 16 × 256 words
+    assert not tg.choose_config(1, 256, cuda, torch.float64).stamped
+    assert not tg.choose_config(1, 256, torch.device("cpu"), f32).stamped
+    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 16 * 1024)
+    assert tg.choose_config(16, 512, cuda, f32).stamped  # the spread split
+    assert tg.choose_backward_config(16, 1024, cuda, f32).stamped
+    assert not tg.choose_config(16, 1024, cuda, f32).stamped  # tl.dot, streams W
+    assert not tg.choose_config(64, 256, cuda, f32).stamped
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs at a barrier")
 def test_backward_split_at_batch_16_on_gpu():
     """B=16, H=512, fp32: the default backward split (4 units per program) at 1e-5."""

@@ -468,6 +468,22 @@ def _pow2(n: int) -> int:
 RESIDENT_MAX = 3 * 8 * 1024
 
 
+# The largest block of words (rows × K) a default resident split reads stamped
+# (``Config.stamped``) instead of after a barrier: 0, none, until it is measured on a GPU
+# (scripts/gpu_next.sh; offline, ptxas gives B=1's splits the barrier's registers and
+# (16, 2, 256) 211 against 168).
+STAMPED_MAX_WORDS = 0
+
+
+def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, stamped where STAMPED_MAX_WORDS allows: a resident split on CUDA in fp32
+    arithmetic (not fp64) whose blocks hold at most that many words."""
+    if device.type == "cuda" and dtype != torch.float64 and cfg.resident and \
+            cfg.block_batch * cfg.block_k <= STAMPED_MAX_WORDS:
+        return cfg._replace(stamped=True)
+    return cfg
+
+
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
     """The default split for a call, from timings on an H100 (docs/performance.md).
 
@@ -493,7 +509,8 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
         if block_batch == 16 and hidden > 256 and dtype != torch.float64:
             spread = _spread_resident(hidden, device)
             if dtype == torch.float32 and spread is not None and spread.warps == 4:
-                return spread  # 9.6 → 7.6 µs per step at H=512 (H200, 2026-11-27)
+                # 9.6 → 7.6 µs per step at H=512 (H200, 2026-11-27)
+                return _stamped_where_set(spread, device, dtype)
             return Config(16, 32, 64, dot=True)
         tiles = min(-(-batch // block_batch), sms)
         slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
@@ -501,9 +518,10 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
         block_k = max(8, min(hp, budget // (block_batch * slice_)))
         # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
         # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
-        return Config(block_batch, slice_, block_k, dot=False,
-                      resident=block_k >= hidden and dtype != torch.float64
-                      and 3 * slice_ * block_k <= RESIDENT_MAX)
+        return _stamped_where_set(
+            Config(block_batch, slice_, block_k, dot=False,
+                   resident=block_k >= hidden and dtype != torch.float64
+                   and 3 * slice_ * block_k <= RESIDENT_MAX), device, dtype)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
     # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
@@ -524,7 +542,8 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
             hidden > 256:
         # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
-        return _spread_resident(hidden, device) or cfg
+        spread = _spread_resident(hidden, device)
+        return cfg if spread is None else _stamped_where_set(spread, device, dtype)
     return cfg
 
 
