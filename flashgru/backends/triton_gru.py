@@ -130,12 +130,15 @@ def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
         if WAIT:
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
             waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+            x = words.to(tl.int32).to(tl.float32, bitcast=True)
             while waiting > 0:
                 words = tl.load(ptrs, mask=mask, other=0, volatile=True)
                 waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+                x = words.to(tl.int32).to(tl.float32, bitcast=True)
+            return x
         else:
             words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
-        return words.to(tl.int32).to(tl.float32, bitcast=True)
+            return words.to(tl.int32).to(tl.float32, bitcast=True)
     else:
         return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
 
