@@ -16,7 +16,8 @@ OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
 (cd scripts && timeout 75 python3 gpu_probe.py --b16 2>&1 | tee "$OUT/forward.log")
 (cd scripts && timeout 75 python3 gpu_probe_backward.py --b16 2>&1 | tee "$OUT/backward.log")
 # where a module call spends its time beyond the kernel (B=1, H=256: 2.89 µs per step
-# against 2.13 for the kernel on an H200): the profiler's tables, CPU side last
-(cd scripts && timeout 50 python3 gpu_profile_module.py > "$OUT/profile.log" 2>&1)
-head -1 "$OUT/profile.log"; tail -22 "$OUT/profile.log"
+# against 2.13 for the kernel on an H200, but 1.98 at T=65536: a fixed ~0.4 ms a call):
+# each layer of the call at T=512 and 4096, then the profiler's tables, CPU side last
+(cd scripts && timeout 60 python3 gpu_profile_module.py > "$OUT/profile.log" 2>&1)
+head -12 "$OUT/profile.log"; tail -22 "$OUT/profile.log"
 BENCH_S=140 bash scripts/gpu_check.sh
