@@ -474,7 +474,7 @@ RESIDENT_MAX = 3 * 8 * 1024
 # The largest block of words (rows × K) a default resident split reads stamped
 # (``Config.stamped``) instead of after a barrier: 0, none, until it is measured on a GPU
 # (scripts/gpu_next.sh; offline, ptxas gives B=1's splits the barrier's registers and
-# (16, 2, 256) 211 against 168).
+# (16, 2, 256) 167 against 168; larger B=16 blocks spill more than the barrier's).
 STAMPED_MAX_WORDS = 0
 
 
