@@ -145,6 +145,31 @@ def test_resident_split_needs_all_of_k():
                    tg.Config(1, 64, 32, dot=False, resident=True))
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split", [(4, 32, 32, True), (2, 32, 8, False)],
+                         ids=["resident", "chunks"])
+def test_stamped_exchange_changes_no_number(split, reset_after):
+    """The stamped exchange moves the same fp32 values as the barrier's: outputs, saved
+    gates and gradients bit for bit equal to the same split with a barrier (in the
+    interpreter; on a GPU the compiler may schedule the arithmetic apart, within 1e-6)."""
+    bb, s, bk, resident = split
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(5, 7, 30, torch.float32))
+    lens = torch.tensor([5, 1, 3, 2, 5, 4, 5], device=DEVICE)
+    dout = torch.randn(5, 7, 30, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    results = []
+    for stamped in (False, True):
+        cfg = tg.Config(bb, s, bk, dot=False, resident=resident, stamped=stamped)
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
+        results.append([out, *saved, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        if DEVICE == "cpu":
+            assert torch.equal(got, want)
+        else:
+            assert_close("stamped", want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
 def test_stamped_split_refuses_float64():
     """The stamped exchange packs an fp32 value beside the step: float64 would lose
     precision silently, so it is refused."""
