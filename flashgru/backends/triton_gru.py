@@ -69,6 +69,11 @@ def _jit(fn):
     return fn if triton is None else triton.jit(fn)
 
 
+# (in the kernels: the interpreter runs one program per tile, so a stamped wait there must
+# find every word already written, or it would spin forever)
+_INTERPRETED = INTERPRET if triton is None else tl.constexpr(INTERPRET)
+
+
 # ---- kernels -----------------------------------------------------------------------------
 
 @_jit
@@ -131,10 +136,13 @@ def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
             waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
             x = words.to(tl.int32).to(tl.float32, bitcast=True)
-            while waiting > 0:
-                words = tl.load(ptrs, mask=mask, other=0, volatile=True)
-                waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
-                x = words.to(tl.int32).to(tl.float32, bitcast=True)
+            if _INTERPRETED:  # a word not there yet never will be: NaN, not a hang
+                x = tl.where(waiting > 0, float("nan"), x)
+            else:
+                while waiting > 0:
+                    words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+                    waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+                    x = words.to(tl.int32).to(tl.float32, bitcast=True)
             return x
         else:
             words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
