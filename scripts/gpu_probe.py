@@ -57,7 +57,7 @@ elif "--resident" in sys.argv:  # W_hh's tiles loaded once, before the time loop
         (16, 1024, [D, warps8, C(16, 8, 1024, False, 8, resident=True)])]
 elif "--stamped" in sys.argv:  # readers wait on each word's step, no barrier (ptxas,
     # sm_90a, offline: as many registers as the barrier's at B=1 and (16, 2, 256); (8, 8,
-    # 512) spills 84 bytes, (16, 4, 512) 376 against 28)
+    # 512) spills 84 bytes, (16, 4, 512) 56 against 28)
     PLAN = [(1, h, [D, stamped]) for h in (256, 512, 1024)] + [
         (1, 256, [stamped_tile(1, 8, 256), stamped_tile(1, 32, 256)]),
         (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),

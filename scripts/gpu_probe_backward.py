@@ -44,7 +44,7 @@ if SMOKE:
     PLAN = [(4, 16, [C(4, 16, 16, False), resident, stamped])]
 elif "--stamped" in sys.argv:  # as gpu_probe.py --stamped (ptxas, sm_90a, offline: B=1
     # as the barrier's registers; (16, 2, 256) 255 registers against 160, no spills;
-    # (8, 8, 512) spills 48 bytes, (16, 4, 512) 708 against none)
+    # (8, 8, 512) spills 48 bytes, (16, 4, 512) none, as the barrier's)
     PLAN = [(1, h, [D, stamped]) for h in (256, 512, 1024)] + [
         (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),
         (16, 512, [D, stamped, stamped_tile(8, 8, 512)]),

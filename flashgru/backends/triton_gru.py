@@ -226,12 +226,23 @@ def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
             tl.load(v + 2 * H, mask=vmask, other=0.0))
 
 
+# The most words a stamped wait re-reads as one block: a larger block (B=16 above H=256)
+# waits a chunk at a time and is then read once more, unpacked (its int64 words held all
+# at once spilled registers; ptxas, sm_90a).
+STAMPED_BLOCK = 4096 if triton is None else tl.constexpr(4096)
+
+
 @_jit
 def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.constexpr):
     """(BB, BK): a[row·stride + k] for this program's rows and all k < H, written by other
     programs (_shared_block, step t)."""
     ks = tl.arange(0, BK)
-    return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED)
+    BB: tl.constexpr = rows.shape[0]
+    if STAMPED and BB * BK > STAMPED_BLOCK:
+        _await(a, rows, rmask, H, stride, t, STAMPED_BLOCK // BB)
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, False)
+    else:
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED)
 
 
 @_jit
