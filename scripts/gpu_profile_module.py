@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+from gpu_timing import per_step
 
 import flashgru
 import flashgru.backends.triton_gru as tg
@@ -24,27 +25,6 @@ LENGTHS = (8, 16) if SMOKE else (512, 4096)
 torch.manual_seed(0)
 ref = torch.nn.GRU(H, H, device=dev)
 module = flashgru.GRU.from_torch(ref, backend="triton")
-
-
-def ms(fn, reps=10):
-    """Median milliseconds of fn() between CUDA events (host time before the launch
-    included, as benchmarks/gpu.py counts it); wall time under the interpreter."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if SMOKE:
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-            continue
-        torch.cuda.synchronize()
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def host_ms(fn, reps=10):
@@ -81,9 +61,9 @@ with torch.no_grad():
             "module": lambda x=x: module(x),
             "cuDNN": lambda x=x: ref(x),
         }
-        for name, fn in layers.items():
-            total = ms(fn)
-            print(f"T={steps:5d} {name:28s} {total:8.3f} ms  {total * 1e3 / steps:6.2f} µs/step"
+        for name, fn in layers.items():  # (CUDA events: host time before a launch counts)
+            us = per_step(fn, steps)
+            print(f"T={steps:5d} {name:28s} {us * steps / 1e3:8.3f} ms  {us:6.2f} µs/step"
                   f"  host {host_ms(fn):6.3f} ms", flush=True)
     x = torch.randn(LENGTHS[0], B, H, device=dev)
     if not SMOKE:
