@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The B=16 and stamped probes in bfloat16 (~5 minutes; split from gpu_next.sh to keep each call
-# within the 10-minute limit): resident splits, smaller row tiles, tl.dot on resident
-# bf16 tiles, forward and backward. Logs go to $OUT.
+# The B=16 and stamped probes in bfloat16 (~5 minutes; split from gpu_next.sh to keep
+# each call within the 10-minute limit): resident splits, smaller row tiles, tl.dot on
+# resident bf16 tiles, the stamped exchange; forward and backward. Logs go to $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
