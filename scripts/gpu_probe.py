@@ -14,7 +14,7 @@ cuDNN's. A diagnostic, not a test.
 import sys
 
 import torch
-from gpu_timing import per_step
+from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
 
@@ -143,6 +143,14 @@ def probe(B, H, cfgs):
         same = all(torch.equal(runs[0], x) for x in runs[1:])
         print(f"B={B} H={H} {tuple(cfg)}: fwd {us:6.2f} us/step  max err {err.max():.1e} "
               f"first bad t {int(bad[0]) if len(bad) else -1} deterministic {same}", flush=True)
+    if "--stamped" in sys.argv and stamped in cfgs:  # the pair again, timed in turn
+        default = tg.choose_config(B, H, gi.device, gi.dtype)
+        pair = {"barrier": default, "stamped": stamped(default)}
+        got = interleaved({k: lambda c=c: tg.forward(gi_long, h0, w, b, lengths_long, True,
+                                                     False, cfg=c) for k, c in pair.items()},
+                          TL)
+        print(f"B={B} H={H} default split in turn: barrier {got['barrier']:.2f}, stamped "
+              f"{got['stamped']:.2f} us/step", flush=True)
 
 
 for shape in PLAN:

@@ -14,7 +14,7 @@ the same process. A diagnostic, not a test.
 import sys
 
 import torch
-from gpu_timing import per_step
+from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
 from flashgru.backends import reference
@@ -123,6 +123,16 @@ def probe(B, H, cfgs):
                 for g, r in zip(grads, ref_grads, strict=False)]
         print(f"B={B} H={H} {tuple(cfg)}: bwd {us:6.2f} us/step  rel err dgi/dh0/dW/db "
               + " ".join(f"{e:.1e}" for e in errs), flush=True)
+    if "--stamped" in sys.argv and stamped in cfgs:  # the pair again, timed in turn
+        default = tg.choose_backward_config(B, H, gi.device, gi.dtype)
+        lo, lsaved = tg.forward(long[0], long[1], long[2], long[3], long[5], True, True,
+                                default)
+        pair = {"barrier": default, "stamped": stamped(default)}
+        got = interleaved({k: lambda c=c: tg.backward(long[4], long[1], long[2], lo, lsaved,
+                                                      long[5], True, c)
+                           for k, c in pair.items()}, TL)
+        print(f"B={B} H={H} default split in turn: barrier {got['barrier']:.2f}, stamped "
+              f"{got['stamped']:.2f} us/step", flush=True)
 
 
 print(torch.__version__, tg.triton.__version__, flush=True)

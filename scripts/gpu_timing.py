@@ -18,3 +18,13 @@ def per_step(fn, steps: int, reps: int = 10) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / steps)
     return sorted(times)[len(times) // 2]
+
+
+def interleaved(fns: dict, steps: int, rounds: int = 4, reps: int = 5) -> dict:
+    """Median µs per step of each fn, timed in turn over ``rounds`` rounds (so that a
+    drift of the card's clocks falls on all of them alike); NaN off CUDA."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(per_step(fn, steps, reps))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}

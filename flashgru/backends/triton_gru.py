@@ -23,8 +23,9 @@ A split may exchange the vectors stamped instead (``Config.stamped``; fp32 arith
 each value goes out as one 64-bit word with the step number in its high half, and a
 reader loads the words it needs until all carry the current step (the idea of NCCL's and
 MSCCL++'s LL protocol: 4 bytes of data beside a 4-byte flag, an aligned 8-byte word
-written whole). Two buffers, used in turn, suffice: a program can write step t + 2's words into step t's buffer only after it
-has read every program's step t + 1, which each wrote after it had read all of step t.
+written whole). Two buffers, used in turn, suffice: a program can write step t + 2's
+words into step t's buffer only after it has read every program's step t + 1, which each
+wrote after it had read all of step t.
 
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly): that is how they are
 tested without a GPU. The interpreter runs programs one after another, so a barrier among
