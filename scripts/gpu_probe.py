@@ -60,6 +60,12 @@ elif "--stamped" in sys.argv:  # readers wait on each word's step, no barrier (p
     # 512) spills 84 bytes, (16, 4, 512) 56 against 28)
     PLAN = [(1, h, [D, stamped]) for h in (256, 512, 1024)] + [
         (1, 256, [stamped_tile(1, 8, 256), stamped_tile(1, 32, 256)]),
+        # fewer warps, so the step's reductions need less or no shared memory (ptxas,
+        # sm_90a: (1, 2, 256) at 1 warp 103 registers with the barrier, 128 stamped, no
+        # shared memory; at 2 warps 64 / 66 and 16 bytes; (1, 4, 512) at 2 warps 163 / 158)
+        (1, 256, [C(1, 2, 256, False, w, resident=True, stamped=s)
+                  for w in (1, 2) for s in (False, True)]),
+        (1, 512, [C(1, 4, 512, False, 2, resident=True, stamped=s) for s in (False, True)]),
         (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),
         (16, 512, [D, stamped, stamped_tile(8, 8, 512), stamped_tile(4, 16, 512, 8)]),
         (16, 1024, [D, stamped, stamped_tile(16, 8, 1024, 8)])]

@@ -46,6 +46,11 @@ elif "--stamped" in sys.argv:  # as gpu_probe.py --stamped (ptxas, sm_90a, offli
     # as the barrier's registers; (16, 2, 256) 255 registers against 160, no spills;
     # (8, 8, 512) spills 48 bytes, (16, 4, 512) none, as the barrier's)
     PLAN = [(1, h, [D, stamped]) for h in (256, 512, 1024)] + [
+        # fewer warps (ptxas, sm_90a: (1, 2, 256) 1 warp 103 / 128 registers, stamped spills
+        # 16 bytes; 2 warps 64 / 64; (1, 4, 512) 2 warps 162 / 168, stamped spills 16)
+        (1, 256, [C(1, 2, 256, False, w, resident=True, stamped=s)
+                  for w in (1, 2) for s in (False, True)]),
+        (1, 512, [C(1, 4, 512, False, 2, resident=True, stamped=s) for s in (False, True)]),
         (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),
         (16, 512, [D, stamped, stamped_tile(8, 8, 512)]),
         (16, 1024, [D, stamped, stamped_tile(16, 8, 1024, 8)])]
