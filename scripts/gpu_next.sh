@@ -3,10 +3,11 @@
 # once on the fresh machine): the stamped exchange against the barrier (forward and
 # backward; B=1 with fewer programs or fewer warps, B=16 with smaller row tiles), the B=16
 # probes (resident splits, smaller row tiles, tl.dot), and the module's profile
-# (`gpu_probe.py --b1`, fewer programs with the barrier, when time allows). Logs go to $OUT. Then set
-# what wins as the default (STAMPED_MAX_WORDS, choose_config / choose_backward_config),
-# run `bash scripts/gpu_check.sh` (the GPU-only tests and issue 5's grid, ~4 minutes) and
-# record both in docs/performance.md. The bf16 probes: scripts/gpu_next_bf16.sh.
+# (`gpu_probe.py --b1`, fewer programs with the barrier, when time allows). Logs go to
+# $OUT. Then set what wins as the default (STAMPED_MAX_WORDS, choose_config /
+# choose_backward_config), run `bash scripts/gpu_check.sh` (the GPU-only tests and issue
+# 5's grid, ~4 minutes) and record both in docs/performance.md. The bf16 probes:
+# scripts/gpu_next_bf16.sh.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
