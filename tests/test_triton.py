@@ -108,7 +108,7 @@ if BACKENDS["triton"].missing() is None:
         "resident-dot": (torch.float32, tg.Config(16, 32, 32, dot=True, resident=True)),
         "stamped": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
                                              stamped=True)),
-        "stamped-chunks": (torch.float32, tg.Config(2, 32, 8, dot=False, stamped=True)),
+        "stamped-chunks": (torch.float32, tg.Config(2, 32, 16, dot=False, stamped=True)),
         # a block over STAMPED_BLOCK words: waited for a chunk at a time, then read
         "stamped-large-block": (torch.float32, tg.Config(16, 32, 512, dot=False,
                                                          resident=True, stamped=True)),
@@ -149,7 +149,7 @@ def test_resident_split_needs_all_of_k():
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("split", [(4, 32, 32, True), (2, 32, 8, False), (16, 32, 512, True)],
+@pytest.mark.parametrize("split", [(4, 32, 32, True), (2, 32, 16, False), (16, 32, 512, True)],
                          ids=["resident", "chunks", "large-block"])
 def test_stamped_exchange_changes_no_number(split, reset_after):
     """The stamped exchange moves the same fp32 values as the barrier's: outputs, saved
