@@ -6,6 +6,7 @@ cuDNN's. A diagnostic, not a test.
     python scripts/gpu_probe.py            # on CUDA
     python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
     python scripts/gpu_probe.py --stamped  # the stamped exchange against the barrier
+    python scripts/gpu_probe.py --kmajor   # the forward's K-major exchange and product
     python scripts/gpu_probe.py --b1       # B=1: fewer programs per barrier
     python scripts/gpu_probe.py --b16      # B=16, H=256-1024: resident splits
     python scripts/gpu_probe.py --b16 --bf16  # the same in bfloat16
@@ -69,6 +70,20 @@ elif "--stamped" in sys.argv:  # readers wait on each word's step, no barrier (p
         (16, 256, [D, stamped, stamped_tile(4, 8, 256), stamped_tile(2, 16, 256)]),
         (16, 512, [D, stamped, stamped_tile(8, 8, 512), stamped_tile(4, 16, 512, 8)]),
         (16, 1024, [D, stamped, stamped_tile(16, 8, 1024, 8)])]
+elif "--kmajor" in sys.argv:  # the state exchanged (H, B), products summed over K first
+    # (ptxas + nvdisasm, sm_90a, offline, instructions per thread in the kernel, 8 warps:
+    # (16, 2, 256) 760 against 2216 row-major, shuffles 10 against 768, no spills; (4, 8,
+    # 256) 640 against 2128; stamped 1080 / 712; at 4 warps they spill; at H=512, B=16 too)
+    def km(bb, s, bk, stamped=False):
+        return C(bb, s, bk, False, 8, resident=True, stamped=stamped, kmajor=True)
+
+    def rm8(bb, s, bk):
+        return C(bb, s, bk, False, 8, resident=True)
+
+    PLAN = [(16, 256, [D, rm8(16, 2, 256), km(16, 2, 256), km(16, 2, 256, True),
+                       rm8(4, 8, 256), km(4, 8, 256), km(4, 8, 256, True), km(2, 16, 256)]),
+            (1, 512, [D, rm8(1, 4, 512), km(1, 4, 512), km(1, 4, 512, True)]),
+            (1, 1024, [D, rm8(1, 8, 1024), km(1, 8, 1024), km(1, 8, 1024, True)])]
 elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier of 8-64
     # programs instead of 128; W resident)
     PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),

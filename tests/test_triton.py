@@ -68,7 +68,7 @@ def _compare(steps, batch, hidden, reset_after, dtype, lengths=None, cfg=None, b
         out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), bias_, lens,
                                 reset_after, True, cfg)
         grads = tg.backward(dout.to(dtype), h0.detach(), w.detach(), out, saved, lens,
-                            reset_after, cfg)[: 3 + bias]
+                            reset_after, cfg._replace(kmajor=False))[: 3 + bias]
     tol = TOL[dtype]
     assert_close("out", ref, out.double(), tol, rtol=tol)
     for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), ref_grads, grads, strict=False):
@@ -109,6 +109,10 @@ if BACKENDS["triton"].missing() is None:
         "stamped": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
                                              stamped=True)),
         "stamped-chunks": (torch.float32, tg.Config(2, 32, 16, dot=False, stamped=True)),
+        "kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                            kmajor=True)),
+        "kmajor-stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
+                                                          stamped=True, kmajor=True)),
         # a block over STAMPED_BLOCK words: waited for a chunk at a time, then read
         "stamped-large-block": (torch.float32, tg.Config(16, 32, 512, dot=False,
                                                          resident=True, stamped=True)),
@@ -130,6 +134,8 @@ if BACKENDS["triton"].missing() is None:
                                                           stamped=True)),
             "programs-stamped-dot": (torch.float32, tg.Config(16, 16, 16, dot=True,
                                                               stamped=True)),
+            "programs-kmajor": (torch.float32, tg.Config(4, 8, 32, dot=False, warps=8,
+                                                         resident=True, kmajor=True)),
         })
 
 
@@ -171,6 +177,19 @@ def test_stamped_exchange_changes_no_number(split, reset_after):
             assert torch.equal(got, want)
         else:
             assert_close("stamped", want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
+def test_kmajor_split_is_the_forwards():
+    """kmajor exists for the forward kernel with resident broadcast tiles: the backward,
+    and tl.dot or streamed splits, refuse it; the backward's default never carries it."""
+    gi, h0, w, b = (t.detach() for t in _problem(2, 1, 8, torch.float32)[:4])
+    lens = torch.tensor([2], device=DEVICE)
+    cfg = tg.Config(1, 8, 8, dot=False, resident=True, kmajor=True)
+    out, saved = tg.forward(gi, h0, w, b, lens, True, True, cfg)
+    with pytest.raises(ValueError, match="kmajor"):
+        tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, cfg)
+    with pytest.raises(ValueError, match="kmajor"):
+        tg.forward(gi, h0, w, b, lens, True, False, cfg._replace(resident=False))
 
 
 def test_stamped_split_refuses_float64():
@@ -410,6 +429,16 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")
+@pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
+@pytest.mark.parametrize("batch,split", [(16, (16, 2, 256)), (16, (4, 8, 256)),
+                                         (1, (1, 8, 1024))])
+def test_kmajor_on_gpu(batch, split, stamped):
+    """The forward's K-major exchange and product (8 warps) at T=512, fp32 at 1e-5."""
+    cfg = tg.Config(*split, dot=False, warps=8, resident=True, stamped=stamped, kmajor=True)
+    _compare(512, batch, split[2], True, torch.float32, cfg=cfg)
+
+
 _SM90_PROBE = """
 import itertools, json, sys
 import triton, triton.language as tl
@@ -428,7 +457,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=resident, STAMPED=stamped)
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts.update(SAVE=True, KMAJOR=False)
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         if stamped:
@@ -447,7 +476,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       ACC=tl.float32)
         consts["RESIDENT"] = consts["STAMPED"] = False
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts.update(SAVE=True, KMAJOR=False)
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         for a in ("gi", "dout", "out", "w", "wt"):
@@ -465,6 +494,14 @@ for bh in (64, 128):
                                         constexprs=consts), target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": 4 if bh <= 64 else 8})
     shared[f"dense-summary-{bh}"] = compiled.metadata.shared
+for reset_after in (False, True):  # the K-major product must not become a dot either
+    consts = dict(BB=16, S=2, BK=256, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
+                  ACC=tl.float32, RESIDENT=True, STAMPED=False, SAVE=True, KMAJOR=True)
+    kernel = tg._forward_kernel
+    sig = {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    found[f"kmajor-forward-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
 print(json.dumps({"dots": found, "shared": shared, "spins": spins}))
 """
 
@@ -496,6 +533,8 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"resident-{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"stamped-resident-{kernel}-False-{reset_after}"]
+    if kernel == "forward":
+        assert not sm90["dots"][f"kmajor-forward-{reset_after}"]
     assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
 

@@ -125,14 +125,19 @@ def _stamp(x, t):
 
 @_jit
 def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
-                  WAIT: tl.constexpr = True):
+                  WAIT: tl.constexpr = True, KMAJOR: tl.constexpr = False):
     """(BB, BK): a[row·stride + k] for this program's rows and the ks, written by other
-    programs of this launch. After the step's barrier, fp32/fp64 read through L2; or,
-    STAMPED, 64-bit words from _stamp, read again until every one carries step t (a
-    word is written whole, so a reader sees its old or its new value, never a mix), then
-    unpacked to fp32; without WAIT once, where _await has seen them all carry t."""
-    ptrs = a + rows[:, None] * stride + ks[None, :]
-    mask = rmask[:, None] & kmask[None, :]
+    programs of this launch; KMAJOR: (BK, BB), a[k·stride + row]. After the step's
+    barrier, fp32/fp64 read through L2; or, STAMPED, 64-bit words from _stamp, read again
+    until every one carries step t (a word is written whole, so a reader sees its old or
+    its new value, never a mix), then unpacked to fp32; without WAIT once, where _await
+    has seen them all carry t."""
+    if KMAJOR:
+        ptrs = a + ks[:, None] * stride + rows[None, :]
+        mask = kmask[:, None] & rmask[None, :]
+    else:
+        ptrs = a + rows[:, None] * stride + ks[None, :]
+        mask = rmask[:, None] & kmask[None, :]
     if STAMPED:
         if WAIT:
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
@@ -154,14 +159,14 @@ def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
 
 
 @_jit
-def _await(a, rows, rmask, K, stride, t, BK: tl.constexpr):
-    """Wait until the stamped words a[row·stride + k], k < K, all carry step t, a chunk of
-    BK at a time (so that the product's loop over K after it reads them without waiting,
-    its loads pipelined; a word that carries t keeps it until every program has read
-    it)."""
+def _await(a, rows, rmask, K, stride, t, BK: tl.constexpr, KMAJOR: tl.constexpr = False):
+    """Wait until the stamped words of _shared_block(a, rows, ..., k < K) all carry step t,
+    a chunk of BK at a time (so that the product's loop over K after it reads them
+    without waiting, its loads pipelined; a word that carries t keeps it until every
+    program has read it)."""
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
-        _shared_block(a, rows, rmask, ks, ks < K, stride, t, True)
+        _shared_block(a, rows, rmask, ks, ks < K, stride, t, True, True, KMAJOR)
 
 
 @_jit
@@ -235,16 +240,24 @@ STAMPED_BLOCK = 4096 if triton is None else tl.constexpr(4096)
 
 
 @_jit
-def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.constexpr):
-    """(BB, BK): a[row·stride + k] for this program's rows and all k < H, written by other
-    programs (_shared_block, step t)."""
+def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.constexpr,
+               KMAJOR: tl.constexpr = False):
+    """(BB, BK): a[row·stride + k] for this program's rows and all k < H (KMAJOR: (BK, BB),
+    a[k·stride + row]), written by other programs (_shared_block, step t)."""
     ks = tl.arange(0, BK)
     BB: tl.constexpr = rows.shape[0]
     if STAMPED and BB * BK > STAMPED_BLOCK:
-        _await(a, rows, rmask, H, stride, t, STAMPED_BLOCK // BB)
-        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, False)
+        _await(a, rows, rmask, H, stride, t, STAMPED_BLOCK // BB, KMAJOR)
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, False, KMAJOR)
     else:
-        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED)
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, True, KMAJOR)
+
+
+@_jit
+def _product_k(x, v, ACC: tl.constexpr):
+    """x (BK, BB) @ v (BK, S) → (BB, S) in ACC, a broadcast product summed over its first
+    axis, K (``Config.kmajor``)."""
+    return tl.sum(x.to(ACC)[:, :, None] * v.to(ACC)[:, None, :], axis=0)
 
 
 @_jit
@@ -272,7 +285,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
-                    RESIDENT: tl.constexpr, STAMPED: tl.constexpr):
+                    RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                    KMAJOR: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -282,7 +296,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     reset_after=False); rhbuf (B, H) scratch for r ⊙ h (likewise; hbuf[2]);
     r_s, z_s, n_s, ghn_s (T, B, H) the saved gates (with SAVE); sync: one int32 counter per
     batch tile, zero at launch (unused with STAMPED: readers wait on the stamps instead of
-    a barrier).
+    a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and rhbuf hold each
+    state transposed, (H, B), and the products are summed over their first axis.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -291,10 +306,14 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     sync += tl.program_id(1)
     h = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
+    if KMAJOR:  # where this program's units go in the exchanged (H, B) states
+        xown = cols[None, :] * B + rows[:, None]
+    else:
+        xown = own
     if STAMPED:
-        tl.store(hbuf + (t_begin % 2) * B * H + own, _stamp(h, t_begin), mask=m)
-    if RESIDENT:
-        w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT)
+        tl.store(hbuf + (t_begin % 2) * B * H + xown, _stamp(h, t_begin), mask=m)
+    if RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
+        w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
@@ -302,7 +321,15 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
-        if RESIDENT:
+        if KMAJOR:
+            x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
+            gh_r = _product_k(x, w_r, ACC)
+            gh_z = _product_k(x, w_z, ACC)
+            if RESET_AFTER:
+                gh_n = _product_k(x, w_n, ACC)
+            else:
+                gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
+        elif RESIDENT:
             x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
             gh_r = _product(x, w_r, DOT, PREC, ACC)
             gh_z = _product(x, w_z, DOT, PREC, ACC)
@@ -321,11 +348,14 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             n = _tanh(gi_n + r * ghn)
         else:
             if STAMPED:
-                tl.store(rhbuf + own, _stamp(r * h, t), mask=m)
+                tl.store(rhbuf + xown, _stamp(r * h, t), mask=m)
             else:
-                tl.store(rhbuf + own, r * h, mask=m)
+                tl.store(rhbuf + xown, r * h, mask=m)
                 _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            if RESIDENT:
+            if KMAJOR:
+                ghn = _product_k(_row_block(rhbuf, rows, rmask, H, B, t, BK, STAMPED, True),
+                                 w_n, ACC) + b_n
+            elif RESIDENT:
                 ghn = _product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED), w_n, DOT,
                                PREC, ACC) + b_n
             else:
@@ -336,7 +366,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         ok = m & (t < lens)[:, None]
         h = tl.where(ok, h_new, h)
         if STAMPED:  # (published first: the other programs wait for it)
-            tl.store(hbuf + ((t + 1) % 2) * B * H + own, _stamp(h, t + 1), mask=m)
+            tl.store(hbuf + ((t + 1) % 2) * B * H + xown, _stamp(h, t + 1), mask=m)
         at = t64 * B * H + own
         tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
         if SAVE:
@@ -346,7 +376,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             if RESET_AFTER:
                 tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
         if not STAMPED:
-            tl.store(hbuf + ((t + 1) % 2) * B * H + own, h, mask=m)
+            tl.store(hbuf + ((t + 1) % 2) * B * H + xown, h, mask=m)
             if RESET_AFTER:
                 _barrier(sync, (t - t_begin + 1) * n_prog)
             else:
@@ -470,7 +500,10 @@ class Config(NamedTuple):
     beside the fp32 value, and a reader re-reads until every word it needs carries the
     current step, instead of meeting the others at a barrier first (one trip through L2
     a step instead of a store's fence, the counter's round trips and then the read; fp32
-    arithmetic only: not fp64)."""
+    arithmetic only: not fp64); kmajor (the forward, with resident broadcast tiles): the
+    state is exchanged transposed, (H, B), and each product is summed over its first axis,
+    K, so the layout Triton picks keeps more of the sum within a thread (ptxas, sm_90a:
+    B=16, H=256 a third of the instructions, a tenth of the shuffles)."""
 
     block_batch: int
     slice: int
@@ -480,6 +513,7 @@ class Config(NamedTuple):
     precision: str = "tf32x3"
     resident: bool = False
     stamped: bool = False
+    kmajor: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -562,7 +596,8 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     multiprocessor with its units' tiles resident where they fit (``_spread_resident``):
     1.45x faster than 4 units per program unresident at H=512, 1.66x than tl.dot's 32
     units at H=1024 (H200; scripts/gpu_probe_backward.py, docs/performance.md)."""
-    cfg = choose_config(batch, hidden, device, dtype)  # (the forward's)
+    # (the forward's; kmajor is the forward kernel's alone)
+    cfg = choose_config(batch, hidden, device, dtype)._replace(kmajor=False)
     if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
             hidden > 256:
         # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
@@ -597,12 +632,16 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          f"{cfg.block_k}")
     if cfg.stamped and consts["ACC"] == tl.float64:
         raise ValueError("a stamped split carries fp32 values: it can't run float64")
+    if cfg.kmajor and not (kernel is _forward_kernel and cfg.resident and not cfg.dot):
+        raise ValueError("a kmajor split is the forward's, with resident tiles and the "
+                         "broadcast product")
     if device.type != "cuda" and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
     if programs > _grid_limit(device):
         raise ValueError(f"{programs} programs per batch tile can't all be resident on "
                          f"{_grid_limit(device)} multiprocessors: use a larger slice")
+    kmajor = {"KMAJOR": True} if cfg.kmajor else {}  # (the forward's only)
     tiles_per_launch = _grid_limit(device) // programs
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
@@ -616,7 +655,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
-                RESIDENT=cfg.resident, STAMPED=cfg.stamped,
+                RESIDENT=cfg.resident, STAMPED=cfg.stamped, **kmajor,
                 num_warps=cfg.warps, **launch, **consts)
 
 
@@ -651,7 +690,8 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
                           device=gi.device)
     else:
         hbuf = _empty(2 + (not reset_after), batch, hidden, dtype=acc, device=gi.device)
-        hbuf[0] = h0
+        # (kmajor: each state transposed, (H, B), in the same space)
+        hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
         args = (gi.contiguous(), h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
