@@ -2,7 +2,7 @@
 # The next GPU session's first call (~5-8 minutes, much of it Triton compiling each split
 # once on the fresh machine): the stamped exchange against the barrier (forward and
 # backward; B=1 with fewer programs or fewer warps, B=16 with smaller row tiles), the
-# forward's K-major product (B=16, H=256: a third of the instructions offline), the B=16
+# K-major product (B=16, H=256: a third of the instructions offline), the B=16
 # probes (resident splits, smaller row tiles, tl.dot), and the module's profile
 # (`gpu_probe.py --b1`, fewer programs with the barrier, when time allows). Logs go to
 # $OUT. Then set what wins as the default (STAMPED_MAX_WORDS, choose_config /
@@ -16,6 +16,8 @@ OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
 (cd scripts && timeout 120 python3 gpu_probe_backward.py --stamped 2>&1 \
   | tee "$OUT/backward-stamped.log")
 (cd scripts && timeout 90 python3 gpu_probe.py --kmajor 2>&1 | tee "$OUT/forward-kmajor.log")
+(cd scripts && timeout 80 python3 gpu_probe_backward.py --kmajor 2>&1 \
+  | tee "$OUT/backward-kmajor.log")
 (cd scripts && timeout 80 python3 gpu_probe.py --b16 2>&1 | tee "$OUT/forward.log")
 (cd scripts && timeout 80 python3 gpu_probe_backward.py --b16 2>&1 | tee "$OUT/backward.log")
 # where a module call spends its time beyond the kernel (B=1, H=256: 2.89 µs per step

@@ -6,7 +6,7 @@ cuDNN's. A diagnostic, not a test.
     python scripts/gpu_probe.py            # on CUDA
     python scripts/gpu_probe.py --resident # B=1 and 16: W tiles resident or not
     python scripts/gpu_probe.py --stamped  # the stamped exchange against the barrier
-    python scripts/gpu_probe.py --kmajor   # the forward's K-major exchange and product
+    python scripts/gpu_probe.py --kmajor   # the K-major exchange and product
     python scripts/gpu_probe.py --b1       # B=1: fewer programs per barrier
     python scripts/gpu_probe.py --b16      # B=16, H=256-1024: resident splits
     python scripts/gpu_probe.py --b16 --bf16  # the same in bfloat16

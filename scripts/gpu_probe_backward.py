@@ -8,6 +8,7 @@ the same process. A diagnostic, not a test.
     python scripts/gpu_probe_backward.py --resident   # W_hhᵀ resident or not
     python scripts/gpu_probe_backward.py --b16        # B=16, H=256-1024
     python scripts/gpu_probe_backward.py --stamped    # stamped exchange against barrier
+    python scripts/gpu_probe_backward.py --kmajor     # the K-major exchange and product
     python scripts/gpu_probe_backward.py --b16 --bf16 # the same in bfloat16
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
@@ -56,6 +57,18 @@ elif "--stamped" in sys.argv:  # as gpu_probe.py --stamped (ptxas, sm_90a, offli
         (16, 1024, [D, stamped, stamped_tile(16, 8, 1024, 8)])]
 elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time loop
     PLAN = [(1, h, [D, resident]) for h in (256, 512, 1024)] + [(16, 256, [D, resident])]
+elif "--kmajor" in sys.argv:  # as gpu_probe.py --kmajor (nvdisasm, sm_90a, instructions
+    # per thread, 8 warps: (4, 8, 256) 728 against 2176 row-major, (2, 16, 256) 808, (16, 2,
+    # 256) 1024 (spills 24 bytes); no spills stamped)
+    def km(bb, s, bk, stamped=False):
+        return C(bb, s, bk, False, 8, resident=True, stamped=stamped, kmajor=True)
+
+    def rm8(bb, s, bk):
+        return C(bb, s, bk, False, 8, resident=True)
+
+    PLAN = [(16, 256, [D, rm8(16, 2, 256), km(16, 2, 256), rm8(4, 8, 256), km(4, 8, 256),
+                       km(4, 8, 256, True), km(2, 16, 256)]),
+            (1, 1024, [D, rm8(1, 8, 1024), km(1, 8, 1024)])]
 elif "--b16" in sys.argv:  # B=16: resident W_hhᵀ splits and smaller row tiles, as in
     # gpu_probe.py --b16 (the default at H=512 is (16, 4, 512) resident)
     PLAN = [(16, 256, [D, C(1, 32, 256, False, resident=True),

@@ -261,6 +261,29 @@ def _product_k(x, v, ACC: tl.constexpr):
 
 
 @_jit
+def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
+                      STAMPED: tl.constexpr, KMAJOR: tl.constexpr, DOT: tl.constexpr,
+                      PREC: tl.constexpr, ACC: tl.constexpr):
+    """(BB, S): the block _row_block reads at a (KMAJOR: K-major) times the resident tile
+    v (from _resident_tiles_t)."""
+    if KMAJOR:
+        return _product_k(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED, True), v,
+                          ACC)
+    else:
+        return _product(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED), v, DOT, PREC,
+                        ACC)
+
+
+@_jit
+def _publish(p, value, mask, t, STAMPED: tl.constexpr):
+    """Write a step's values for the other programs: stamped words, or as they are."""
+    if STAMPED:
+        tl.store(p, _stamp(value, t), mask=mask)
+    else:
+        tl.store(p, value, mask=mask)
+
+
+@_jit
 def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr):
     """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
     unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
@@ -388,7 +411,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr):
+                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                     KMAJOR: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -398,6 +422,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
     words from _stamp, xbuf[t % 2] stamped t for step t, all stamped -1 at launch (as
     forward's, a stamp is the step itself, so launches over parts of T may share it).
+    KMAJOR (resident broadcast tiles): through xbuf too, each half transposed, (3H, B),
+    fp32 values after the barrier or stamped words, the products summed over K first.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -405,7 +431,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     if RESIDENT:
-        v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT)
+        v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
@@ -422,20 +448,30 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
         dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
         g3 = t64 * B * 3 * H
-        # where the step's whole gradients are read: the stamped exchange or dgh (dgi)
-        if STAMPED:
+        # where the step's whole gradients are read: an exchange buffer (stamped words or
+        # K-major) or dgh (dgi); gate g's block at a + g·gstep, its rows xstride apart,
+        # this program's part of it at xo
+        if STAMPED or KMAJOR:
             a = xbuf + (t % 2) * B * 3 * H
         elif RESET_AFTER:
             a = dgh + g3
         else:
             a = dgi + g3
+        if KMAJOR:
+            gstep = H * B
+            xstride = B
+            xo = cols[None, :] * B + rows[:, None]
+        else:
+            gstep = H
+            xstride = 3 * H
+            xo = own3
         if RESET_AFTER:
             ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
-            if STAMPED:  # (published first: the other programs wait for them)
-                tl.store(a + own3, _stamp(dr, t), mask=m)
-                tl.store(a + own3 + H, _stamp(dz, t), mask=m)
-                tl.store(a + own3 + 2 * H, _stamp(dn * r, t), mask=m)
+            if STAMPED or KMAJOR:  # (published first: the other programs wait for them)
+                _publish(a + xo, dr, m, t, STAMPED)
+                _publish(a + xo + gstep, dz, m, t, STAMPED)
+                _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
             tl.store(dgi + g3 + own3, dr, mask=m)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
@@ -445,40 +481,40 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
             if RESIDENT:
-                carry = _product(_row_block(a, rows, rmask, H, 3 * H, t, BK, STAMPED), v_r,
-                                 DOT, PREC, ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, t, BK, STAMPED),
-                                  v_z, DOT, PREC, ACC)
-                carry += _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, t, BK,
-                                             STAMPED), v_n, DOT, PREC, ACC)
+                carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
+                                          KMAJOR, DOT, PREC, ACC)
+                carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                           STAMPED, KMAJOR, DOT, PREC, ACC)
+                carry += _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                           STAMPED, KMAJOR, DOT, PREC, ACC)
             else:
                 carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
-            if STAMPED:
-                tl.store(a + own3 + 2 * H, _stamp(dn, t), mask=m)
+            if STAMPED or KMAJOR:
+                _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
             if RESIDENT:
-                d_rh = _product(_row_block(a + 2 * H, rows, rmask, H, 3 * H, t, BK, STAMPED),
-                                v_n, DOT, PREC, ACC)
+                d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                         STAMPED, KMAJOR, DOT, PREC, ACC)
             else:
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                            H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
-            if STAMPED:
-                tl.store(a + own3, _stamp(dr, t), mask=m)
-                tl.store(a + own3 + H, _stamp(dz, t), mask=m)
+            if STAMPED or KMAJOR:
+                _publish(a + xo, dr, m, t, STAMPED)
+                _publish(a + xo + gstep, dz, m, t, STAMPED)
             tl.store(dgi + g3 + own3, dr, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 2) * n_prog)
             if RESIDENT:
-                carry = r * d_rh + _product(_row_block(a, rows, rmask, H, 3 * H, t, BK,
-                                                       STAMPED), v_r, DOT, PREC, ACC)
-                carry += _product(_row_block(a + H, rows, rmask, H, 3 * H, t, BK, STAMPED),
-                                  v_z, DOT, PREC, ACC)
+                carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
+                                                     STAMPED, KMAJOR, DOT, PREC, ACC)
+                carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                           STAMPED, KMAJOR, DOT, PREC, ACC)
             else:
                 carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
                                        2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
@@ -500,10 +536,11 @@ class Config(NamedTuple):
     beside the fp32 value, and a reader re-reads until every word it needs carries the
     current step, instead of meeting the others at a barrier first (one trip through L2
     a step instead of a store's fence, the counter's round trips and then the read; fp32
-    arithmetic only: not fp64); kmajor (the forward, with resident broadcast tiles): the
-    state is exchanged transposed, (H, B), and each product is summed over its first axis,
-    K, so the layout Triton picks keeps more of the sum within a thread (ptxas, sm_90a:
-    B=16, H=256 a third of the instructions, a tenth of the shuffles)."""
+    arithmetic only: not fp64); kmajor (resident broadcast tiles): the state (the
+    backward's gradients) is exchanged transposed, (H, B) ((3H, B)), and each product is
+    summed over its first axis, K, so the layout Triton picks keeps more of the sum within
+    a thread (nvdisasm, sm_90a: B=16, H=256 at 8 warps a third of the instructions, a
+    tenth of the shuffles)."""
 
     block_batch: int
     slice: int
@@ -596,7 +633,7 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     multiprocessor with its units' tiles resident where they fit (``_spread_resident``):
     1.45x faster than 4 units per program unresident at H=512, 1.66x than tl.dot's 32
     units at H=1024 (H200; scripts/gpu_probe_backward.py, docs/performance.md)."""
-    # (the forward's; kmajor is the forward kernel's alone)
+    # (the forward's, but row-major: the backward's K-major split is measured apart)
     cfg = choose_config(batch, hidden, device, dtype)._replace(kmajor=False)
     if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
             hidden > 256:
@@ -632,16 +669,15 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          f"{cfg.block_k}")
     if cfg.stamped and consts["ACC"] == tl.float64:
         raise ValueError("a stamped split carries fp32 values: it can't run float64")
-    if cfg.kmajor and not (kernel is _forward_kernel and cfg.resident and not cfg.dot):
-        raise ValueError("a kmajor split is the forward's, with resident tiles and the "
-                         "broadcast product")
+    if cfg.kmajor and not (cfg.resident and not cfg.dot):
+        raise ValueError("a kmajor split needs resident tiles and the broadcast product")
     if device.type != "cuda" and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
     if programs > _grid_limit(device):
         raise ValueError(f"{programs} programs per batch tile can't all be resident on "
                          f"{_grid_limit(device)} multiprocessors: use a larger slice")
-    kmajor = {"KMAJOR": True} if cfg.kmajor else {}  # (the forward's only)
+    kmajor = {"KMAJOR": True} if cfg.kmajor else {}
     tiles_per_launch = _grid_limit(device) // programs
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
@@ -712,9 +748,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
-    # the stamped exchange, every word stamped -1 (no step yet)
-    xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device) \
-        if cfg.stamped else dgh
+    if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
+        xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
+    elif cfg.kmajor:  # the K-major exchange (each step written before it is read)
+        xbuf = _empty(2, batch, 3 * hidden, dtype=acc, device=out.device)
+    else:
+        xbuf = dgh
     if steps and batch:
         args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
                 ghn_s, lengths, dgi, dgh, dh, xbuf)
