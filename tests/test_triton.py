@@ -457,7 +457,8 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=resident, STAMPED=stamped)
         if "SAVE" in kernel.arg_names:
-            consts.update(SAVE=True, KMAJOR=False)
+            consts["SAVE"] = True
+        consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         if stamped:
@@ -476,7 +477,8 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       ACC=tl.float32)
         consts["RESIDENT"] = consts["STAMPED"] = False
         if "SAVE" in kernel.arg_names:
-            consts.update(SAVE=True, KMAJOR=False)
+            consts["SAVE"] = True
+        consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         for a in ("gi", "dout", "out", "w", "wt"):
@@ -494,14 +496,17 @@ for bh in (64, 128):
                                         constexprs=consts), target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": 4 if bh <= 64 else 8})
     shared[f"dense-summary-{bh}"] = compiled.metadata.shared
-for reset_after in (False, True):  # the K-major product must not become a dot either
-    consts = dict(BB=16, S=2, BK=256, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
-                  ACC=tl.float32, RESIDENT=True, STAMPED=False, SAVE=True, KMAJOR=True)
-    kernel = tg._forward_kernel
-    sig = {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    found[f"kmajor-forward-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for reset_after in (False, True):  # the K-major product must not become a dot either
+        consts = dict(BB=16, S=2, BK=256, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
+                      ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=True)
+        if "SAVE" in kernel.arg_names:
+            consts["SAVE"] = True
+        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+               for a in kernel.arg_names}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        found[f"kmajor-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
 print(json.dumps({"dots": found, "shared": shared, "spins": spins}))
 """
 
@@ -533,8 +538,7 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     assert not sm90["dots"][f"{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"resident-{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"stamped-resident-{kernel}-False-{reset_after}"]
-    if kernel == "forward":
-        assert not sm90["dots"][f"kmajor-forward-{reset_after}"]
+    assert not sm90["dots"][f"kmajor-{kernel}-{reset_after}"]
     assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
 
