@@ -334,7 +334,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     else:
         xown = own
     if STAMPED:
-        tl.store(hbuf + (t_begin % 2) * B * H + xown, _stamp(h, t_begin), mask=m)
+        _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
     if RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     for t in range(t_begin, t_end):
@@ -370,17 +370,12 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             ghn = gh_n + b_n
             n = _tanh(gi_n + r * ghn)
         else:
-            if STAMPED:
-                tl.store(rhbuf + xown, _stamp(r * h, t), mask=m)
-            else:
-                tl.store(rhbuf + xown, r * h, mask=m)
+            _publish(rhbuf + xown, r * h, m, t, STAMPED)
+            if not STAMPED:
                 _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            if KMAJOR:
-                ghn = _product_k(_row_block(rhbuf, rows, rmask, H, B, t, BK, STAMPED, True),
-                                 w_n, ACC) + b_n
-            elif RESIDENT:
-                ghn = _product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED), w_n, DOT,
-                               PREC, ACC) + b_n
+            if RESIDENT:
+                ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
+                                        STAMPED, KMAJOR, DOT, PREC, ACC) + b_n
             else:
                 ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
                           BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
@@ -388,8 +383,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         h_new = (1.0 - z) * n + z * h
         ok = m & (t < lens)[:, None]
         h = tl.where(ok, h_new, h)
-        if STAMPED:  # (published first: the other programs wait for it)
-            tl.store(hbuf + ((t + 1) % 2) * B * H + xown, _stamp(h, t + 1), mask=m)
+        # (published first: the other programs wait for it)
+        _publish(hbuf + ((t + 1) % 2) * B * H + xown, h, m, t + 1, STAMPED)
         at = t64 * B * H + own
         tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
         if SAVE:
@@ -399,7 +394,6 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             if RESET_AFTER:
                 tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
         if not STAMPED:
-            tl.store(hbuf + ((t + 1) % 2) * B * H + xown, h, mask=m)
             if RESET_AFTER:
                 _barrier(sync, (t - t_begin + 1) * n_prog)
             else:
