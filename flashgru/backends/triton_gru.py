@@ -265,7 +265,7 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
                       STAMPED: tl.constexpr, KMAJOR: tl.constexpr, DOT: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
     """(BB, S): the block _row_block reads at a (KMAJOR: K-major) times the resident tile
-    v (from _resident_tiles_t)."""
+    v (from _resident_tiles or _resident_tiles_t)."""
     if KMAJOR:
         return _product_k(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED, True), v,
                           ACC)
