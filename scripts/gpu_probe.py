@@ -15,6 +15,7 @@ cuDNN's. A diagnostic, not a test.
 import sys
 
 import torch
+from gpu_splits import C, D, kmajor_tile, row_major_tile, stamped, stamped_tile
 from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
@@ -22,8 +23,6 @@ import flashgru.backends.triton_gru as tg
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
 DTYPE = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
-C = tg.Config
-D = None  # the default split
 
 def resident(warps=4):
     """The default split with its W tiles resident in registers (and these warps)."""
@@ -32,16 +31,6 @@ def resident(warps=4):
 
 def warps8(cfg):
     return cfg._replace(warps=8)
-
-
-def stamped(cfg):
-    """The default split exchanging stamped words instead of meeting at a barrier."""
-    return cfg._replace(stamped=True)
-
-
-def stamped_tile(bb, s, bk, warps=4):
-    """A resident, stamped split of bb-row tiles with s units per program."""
-    return C(bb, s, bk, False, warps, resident=True, stamped=True)
 
 
 if SMOKE:
@@ -74,12 +63,7 @@ elif "--kmajor" in sys.argv:  # the state exchanged (H, B), products summed over
     # (ptxas + nvdisasm, sm_90a, offline, instructions per thread in the kernel, 8 warps:
     # (16, 2, 256) 760 against 2216 row-major, shuffles 10 against 768, no spills; (4, 8,
     # 256) 640 against 2128; stamped 1080 / 712; at 4 warps they spill; at H=512, B=16 too)
-    def km(bb, s, bk, stamped=False):
-        return C(bb, s, bk, False, 8, resident=True, stamped=stamped, kmajor=True)
-
-    def rm8(bb, s, bk):
-        return C(bb, s, bk, False, 8, resident=True)
-
+    km, rm8 = kmajor_tile, row_major_tile
     PLAN = [(16, 256, [D, rm8(16, 2, 256), km(16, 2, 256), km(16, 2, 256, True),
                        rm8(4, 8, 256), km(4, 8, 256), km(4, 8, 256, True), km(2, 16, 256)]),
             (1, 512, [D, rm8(1, 4, 512), km(1, 4, 512), km(1, 4, 512, True)]),

@@ -15,6 +15,7 @@ the same process. A diagnostic, not a test.
 import sys
 
 import torch
+from gpu_splits import C, D, kmajor_tile, row_major_tile, stamped, stamped_tile
 from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
@@ -23,22 +24,10 @@ from flashgru.backends import reference
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
 DTYPE = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
-C = tg.Config
-D = None  # the default split
 
 def resident(cfg):
     """The default split with W_hhᵀ's tiles resident in registers."""
     return cfg._replace(resident=True)
-
-
-def stamped(cfg):
-    """The default split exchanging stamped words instead of meeting at a barrier."""
-    return cfg._replace(stamped=True)
-
-
-def stamped_tile(bb, s, bk, warps=4):
-    """A resident, stamped split of bb-row tiles with s units per program."""
-    return C(bb, s, bk, False, warps, resident=True, stamped=True)
 
 
 if SMOKE:
@@ -60,12 +49,7 @@ elif "--resident" in sys.argv:  # W_hhᵀ's tiles loaded once, before the time l
 elif "--kmajor" in sys.argv:  # as gpu_probe.py --kmajor (nvdisasm, sm_90a, instructions
     # per thread, 8 warps: (4, 8, 256) 728 against 2176 row-major, (2, 16, 256) 808, (16, 2,
     # 256) 1024 (spills 24 bytes); no spills stamped)
-    def km(bb, s, bk, stamped=False):
-        return C(bb, s, bk, False, 8, resident=True, stamped=stamped, kmajor=True)
-
-    def rm8(bb, s, bk):
-        return C(bb, s, bk, False, 8, resident=True)
-
+    km, rm8 = kmajor_tile, row_major_tile
     PLAN = [(16, 256, [D, rm8(16, 2, 256), km(16, 2, 256), rm8(4, 8, 256), km(4, 8, 256),
                        km(4, 8, 256, True), km(2, 16, 256)]),
             (1, 1024, [D, rm8(1, 8, 1024), km(1, 8, 1024)])]

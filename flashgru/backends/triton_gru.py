@@ -671,7 +671,6 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     if programs > _grid_limit(device):
         raise ValueError(f"{programs} programs per batch tile can't all be resident on "
                          f"{_grid_limit(device)} multiprocessors: use a larger slice")
-    kmajor = {"KMAJOR": True} if cfg.kmajor else {}
     tiles_per_launch = _grid_limit(device) // programs
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
@@ -685,7 +684,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
-                RESIDENT=cfg.resident, STAMPED=cfg.stamped, **kmajor,
+                RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
                 num_warps=cfg.warps, **launch, **consts)
 
 
