@@ -18,7 +18,14 @@ pytestmark = [pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
               pytest.mark.usefixtures("no_tf32")]
 
 if BACKENDS["triton"].missing() is None:
+    import triton.language as tl
+
     from flashgru.backends import triton_gru as tg
+
+    @tg._jit
+    def _publish_nothing(p, value, mask, t, STAMPED: tl.constexpr):
+        """A broken _publish (test_a_missing_stamp_gives_nan_not_a_hang)."""
+        pass
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
@@ -177,6 +184,19 @@ def test_stamped_exchange_changes_no_number(split, reset_after):
             assert torch.equal(got, want)
         else:
             assert_close("stamped", want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's guard (on a GPU it would hang)")
+@pytest.mark.parametrize("split", [(2, 32, 32), (16, 32, 512)], ids=["resident", "large-block"])
+def test_a_missing_stamp_gives_nan_not_a_hang(monkeypatch, split):
+    """In the interpreter a stamped wait that finds a word not yet written (a broken
+    publish) gives NaN rather than spinning forever, so such a bug fails a test instead of
+    stalling CI."""
+    monkeypatch.setattr(tg, "_publish", _publish_nothing)
+    gi, h0, w, b = (t.detach() for t in _problem(3, 2, 30, torch.float32)[:4])
+    cfg = tg.Config(*split, dot=False, resident=True, stamped=True)
+    out, _ = tg.forward(gi, h0, w, b, torch.tensor([3, 3], device=DEVICE), True, False, cfg)
+    assert out.isnan().all()
 
 
 def test_kmajor_split_needs_resident_broadcast_tiles():

@@ -142,15 +142,13 @@ def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
         if WAIT:
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
             waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
-            x = words.to(tl.int32).to(tl.float32, bitcast=True)
-            if _INTERPRETED:  # a word not there yet never will be: NaN, not a hang
-                x = tl.where(waiting > 0, float("nan"), x)
+            if _INTERPRETED:  # a word not there yet never will be: NaN (its low half), not a hang
+                words = tl.where(waiting > 0, 0x7FC00000, words)
             else:
                 while waiting > 0:
                     words = tl.load(ptrs, mask=mask, other=0, volatile=True)
                     waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
-                    x = words.to(tl.int32).to(tl.float32, bitcast=True)
-            return x
+            return words.to(tl.int32).to(tl.float32, bitcast=True)
         else:
             words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
             return words.to(tl.int32).to(tl.float32, bitcast=True)
@@ -665,7 +663,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a stamped split carries fp32 values: it can't run float64")
     if cfg.kmajor and not (cfg.resident and not cfg.dot):
         raise ValueError("a kmajor split needs resident tiles and the broadcast product")
-    if device.type != "cuda" and programs > 1:
+    if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
     if programs > _grid_limit(device):
@@ -679,7 +677,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped: unused)
         # a cooperative launch fails, rather than hangs, if the programs can't all be
         # resident at once
-        launch = {"launch_cooperative_grid": True} if device.type == "cuda" else {}
+        launch = {} if INTERPRET else {"launch_cooperative_grid": True}
         with on_device(device):  # (kernels launch on the current CUDA device)
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
