@@ -1,0 +1,27 @@
+# Sourced by the lent-GPU call scripts (gpu_next.sh, gpu_next_bf16.sh, gpu_check.sh):
+# the environment, and a list of probes compiled all at once before any runs.
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
+
+# warm "SCRIPT ARGS" ...: compile, over all cores, every Triton kernel these commands will
+# launch (scripts/gpu_warm.py; paths from the repository root), so that each then finds
+# its kernels compiled instead of compiling them one after another inside its timeout
+warm() {
+  timeout -k 5 "${WARM_S:-150}" python3 scripts/gpu_warm.py "$@" 2>&1 | tail -6
+}
+
+# probes "LOG SECONDS SCRIPT ARGS" ...: warm them all, then run each (in scripts/) with
+# its timeout, its output shown and kept in $OUT/LOG.log
+probes() {
+  local line log seconds command commands=()
+  for line in "$@"; do
+    read -r log seconds command <<<"$line"
+    commands+=("scripts/$command")
+  done
+  warm "${commands[@]}"
+  for line in "$@"; do
+    read -r log seconds command <<<"$line"
+    # shellcheck disable=SC2086 (the probe's arguments, split)
+    (cd scripts && timeout "$seconds" python3 $command 2>&1 | tee "$OUT/$log.log")
+  done
+}

@@ -1,0 +1,210 @@
+"""Compile the Triton kernels some commands will launch, in parallel over this machine's
+cores, before the commands run.
+
+A lent GPU's machine starts bare, so each probe compiles every split it times, one after
+another, inside its own timeout: most of a call's minutes. This first runs each command
+with every Triton launch recorded instead of run, then compiles the distinct kernels in a
+process pool (``JITFunction.warmup``) into Triton's on-disk cache, where the commands,
+run afterwards as usual, find them.
+
+    python scripts/gpu_warm.py "scripts/gpu_probe.py --stamped" "-m pytest -q tests -k gpu"
+    python scripts/gpu_warm.py --offline COMMAND  # no GPU: for sm_90 (CPU tensors)
+
+While recording, no kernel runs: what the commands compute is meaningless, so their output
+is hidden and their failures ignored. ``--offline`` compiles for sm_90 instead of the
+current device, with no GPU (the commands' tensors on the CPU, Triton not interpreting):
+how this tool is tested, and what scripts/gpu_compile_check.py builds on. A launch that
+fails to compile is reported and left to its command, which compiles it again and says
+why.
+"""
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import torch
+import triton
+from triton.runtime.jit import KernelInterface
+
+
+def _int_class(v: int) -> tuple:
+    """What Triton specializes an integer argument on: 1, divisibility by 16, its width."""
+    return (v == 0, v == 1, v % 16 == 0, -2 ** 31 <= v < 2 ** 31, v >= 2 ** 63)
+
+
+def _arg(a):
+    """(what a launch compiles for, what warmup() is given): a tensor by its dtype and
+    16-byte alignment, an integer by its class (_int_class), anything else as it is."""
+    if isinstance(a, torch.Tensor):
+        aligned = a.data_ptr() % 16 == 0
+        return ("tensor", a.dtype, aligned), ("tensor", a.dtype, aligned)
+    if isinstance(a, int) and not isinstance(a, bool):
+        return ("int", _int_class(a)), a
+    return ("value", repr(a)), a
+
+
+@contextlib.contextmanager
+def recording():
+    """Within it, every Triton launch is recorded, not run: yields {key: (module, name,
+    args, kwargs)}, one per distinct compile."""
+    launches = {}
+
+    def launcher(kernel, grid):
+        def launch(*args, **kwargs):
+            fn = kernel.fn
+            pairs = [_arg(a) for a in args]
+            kw = {k: _arg(v) for k, v in kwargs.items()}
+            key = (fn.__module__, fn.__name__, tuple(p[0] for p in pairs),
+                   tuple(sorted((k, v[0]) for k, v in kw.items())))
+            launches.setdefault(key, (fn.__module__, fn.__name__, [p[1] for p in pairs],
+                                      {k: v[1] for k, v in kw.items()}))
+        return launch
+
+    getitem = KernelInterface.__getitem__
+    KernelInterface.__getitem__ = launcher
+    try:
+        yield launches
+    finally:
+        KernelInterface.__getitem__ = getitem
+
+
+def record(commands: list[str]) -> dict:
+    """Run each command ("path.py args" or "-m module args") in this process ``recording``."""
+    argv, path = sys.argv, list(sys.path)
+    with recording() as launches:
+        for command in commands:
+            words = shlex.split(command)
+            sys.argv = words[1:] if words[0] == "-m" else words
+            if words[0] != "-m":
+                sys.path[0] = os.path.dirname(os.path.abspath(words[0]))
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    if words[0] == "-m":
+                        runpy.run_module(words[1], run_name="__main__", alter_sys=True)
+                    else:
+                        runpy.run_path(words[0], run_name="__main__")
+            except BaseException as e:  # noqa: BLE001 (garbage numbers: anything may fail)
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+            finally:
+                sys.argv, sys.path[:] = argv, path
+    return launches
+
+
+class _Offline:
+    """A driver that targets sm_90 with no GPU (``--offline``): compiles, launches nothing."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+        return GPUTarget("cuda", 90, 32)
+
+
+OFFLINE = False  # (in a worker: whether it compiles for sm_90 with no GPU)
+
+
+def _start(offline: bool):
+    global OFFLINE
+    OFFLINE = offline
+    if offline:
+        triton.runtime.driver.set_active(_Offline())
+
+
+def _usage(kernel, offline: bool) -> str:
+    """A compiled kernel's registers per thread and spilled bytes: the driver's, or
+    offline ptxas's for sm_90a."""
+    if not offline:
+        kernel._init_handles()
+        return f"{kernel.n_regs} registers, {kernel.n_spills} bytes spilled"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        from triton.backends.nvidia.compiler import get_ptxas  # (the one Triton uses)
+        info = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name", "sm_90a", ptx,
+                               "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", info)
+    spills = re.search(r"(\d+) bytes spill stores", info)
+    return f"{regs and regs.group(1)} registers, {spills and spills.group(1)} bytes spilled"
+
+
+def _compile(launch) -> tuple[str, float, str | None, str]:
+    """Compile one recorded launch (in a worker): (its name and constexprs, seconds, error
+    or None, its registers and spills)."""
+    module, name, args, kwargs = launch
+    label = f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    start = time.perf_counter()
+    try:
+        kernel = getattr(importlib.import_module(module), name)
+        given = []
+        for a in args:
+            if isinstance(a, tuple) and a[:1] == ("tensor",):
+                _, dtype, aligned = a
+                # (warmup takes a torch dtype for an aligned tensor)
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+                given.append(dtype if aligned else
+                             torch.empty(2, dtype=dtype, device=device)[1:])
+            else:
+                given.append(a)
+        compiled = kernel.warmup(*given, grid=(1,), **kwargs)
+        seconds = time.perf_counter() - start
+        return label, seconds, None, _usage(compiled, OFFLINE)
+    except Exception as e:  # noqa: BLE001 (its command compiles it again and says why)
+        return label, time.perf_counter() - start, f"{type(e).__name__}: {str(e)[:300]}", ""
+
+
+def warm(launches: dict, jobs: int, offline: bool) -> list:
+    """Compile every launch over ``jobs`` worker processes: [(label, seconds, error,
+    usage)], as _compile."""
+    os.environ.pop("TRITON_INTERPRET", None)  # (the workers compile for real)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start,
+                             initargs=(offline,)) as pool:
+        return list(pool.map(_compile, launches.values()))
+
+
+def report(launches: dict, results: list, jobs: int, seconds: float, every: bool = False):
+    """Print the launches that did not compile (``every``: each launch, with its registers
+    and spills), then a line of totals."""
+    for label, took, error, usage in results:
+        if error:
+            print(f"gpu_warm: did not compile ({took:.1f} s): {label}: {error}")
+        elif every:
+            print(f"gpu_warm: {usage} ({took:.1f} s): {label}")
+    print(f"gpu_warm: {len(launches)} kernels compiled in {seconds:.1f} s on {jobs} processes"
+          f" ({sum(r[1] for r in results):.1f} s of compiling), "
+          f"{sum(bool(r[2]) for r in results)} failed", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("commands", nargs="+")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--offline", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    launches = record(args.commands)
+    print(f"gpu_warm: recorded in {time.perf_counter() - start:.1f} s", flush=True)
+    start = time.perf_counter()
+    results = warm(launches, args.jobs, args.offline) if launches else []
+    report(launches, results, args.jobs, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
