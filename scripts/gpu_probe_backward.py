@@ -140,5 +140,6 @@ def probe(B, H, cfgs):
 print(torch.__version__, tg.triton.__version__, flush=True)
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
-for shape in PLAN:
-    probe(*shape)
+if __name__ == "__main__":  # (scripts/gpu_compile_check.py reads PLAN)
+    for shape in PLAN:
+        probe(*shape)
