@@ -1,4 +1,4 @@
-# Sourced by the lent-GPU call scripts (gpu_next.sh, gpu_next_bf16.sh, gpu_check.sh):
+# Sourced by the lent-GPU probe calls (gpu_next.sh, gpu_next_bf16.sh):
 # the environment, and a list of probes compiled all at once before any runs.
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The next GPU session's first call (~3-5 minutes; each split compiled first, all cores at
-# once: scripts/gpu_warm.py): the stamped exchange against the barrier (forward and
-# backward; B=1 with fewer programs or fewer warps, B=16 with smaller row tiles), the
-# K-major product (B=16, H=256: a third of the instructions offline), the module's
-# profile, then the B=16 probes (resident splits, smaller row tiles, tl.dot). Logs go to
-# $OUT. Then set what wins as the default (STAMPED_MAX_WORDS, choose_config /
-# choose_backward_config), run `bash scripts/gpu_check.sh` (the GPU-only tests and issue
-# 5's grid) and record both in docs/performance.md. The bf16 probes:
-# scripts/gpu_next_bf16.sh.
+# The next GPU session's first call: the stamped exchange against the barrier (forward
+# and backward; B=1 with fewer programs or fewer warps, B=16 with smaller row tiles), the
+# K-major product (B=16, H=256: a third of the instructions offline), then the B=16
+# probes (resident splits, smaller row tiles, tl.dot) and the module's profile; every
+# split compiled first, all cores at once (scripts/gpu_warm.py: ~60 kernels, about 35 s
+# of compiling on one core). Logs go to $OUT. Then set what wins as the default
+# (STAMPED_MAX_WORDS, choose_config / choose_backward_config), run `bash
+# scripts/gpu_check.sh` (the GPU-only tests and issue 5's grid) and record both in
+# docs/performance.md. The bf16 probes: scripts/gpu_next_bf16.sh. Before the call,
+# `scripts/gpu_compile_check.py scripts/gpu_next.sh` under the GPU's Triton (3.6) checks
+# offline that every split compiles.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 # (in order of what matters most; the timeouts, sized for compiling, add up to ~500 s)
