@@ -12,7 +12,8 @@
 # offline that every split compiles.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-# (in order of what matters most; the timeouts, sized for compiling, add up to ~500 s)
+# (in order of what matters most; with the warm step's 90 s the timeouts, sized for
+# compiling should the warm step fail, add up to under the 600 s a call may take)
 probes "forward-stamped 110 gpu_probe.py --stamped" \
   "forward-kmajor 75 gpu_probe.py --kmajor" \
   "backward-stamped 90 gpu_probe_backward.py --stamped" \
