@@ -13,6 +13,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --sweep      # also time launch splits of the kernel (inference)
     python benchmarks/gpu.py --auto       # flashgru with backend="auto" instead of "triton"
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
+    python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
+                                          # candidate split (named in its line)
 
 Prints a short table last; ``--json FILE`` writes every number.
 """
@@ -97,6 +99,9 @@ def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
                 x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
                 row = compare(ref, x, backend)
                 row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
+                if tg.benchmark:  # the splits it kept: inference, training forward, backward
+                    row["splits"] = [tuple(cfg) for key, cfg in tg._tuned.items()
+                                     if key[2:5] == (b, h, dtype)]
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows
@@ -112,7 +117,8 @@ def _line(row: dict) -> str:
             f"×{row['fb_torch'] / row['fb_flashgru']:5.2f} | err out {row['err_flashgru']:.1e} "
             f"(torch {row['err_torch']:.1e}), max {row['maxerr_flashgru']:.1e} (torch "
             f"{row['maxerr_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
-            f"(torch {row['err_dx_torch']:.1e})")
+            f"(torch {row['err_dx_torch']:.1e})"
+            + (f" | kept {row['splits']}" if "splits" in row else ""))
 
 
 def sweep(points, steps) -> list[dict]:
@@ -180,6 +186,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--auto", action="store_true")
+    parser.add_argument("--benchmark", action="store_true")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -189,6 +196,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton",
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
+    tg.benchmark = args.benchmark
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)

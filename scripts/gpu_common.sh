@@ -1,5 +1,6 @@
-# Sourced by the lent-GPU probe calls (gpu_next.sh, gpu_next_bf16.sh):
-# the environment, and a list of probes compiled all at once before any runs.
+# Sourced by the lent-GPU calls that compile first (gpu_next.sh, gpu_next_bf16.sh,
+# gpu_tune.sh): the environment, warm, and a list of probes compiled all at once before
+# any runs.
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
 

@@ -211,6 +211,65 @@ def test_kmajor_split_needs_resident_broadcast_tiles():
         tg.forward(gi, h0, w, b, lens, True, False, cfg._replace(dot=True, resident=True))
 
 
+@pytest.fixture
+def benchmark_mode(monkeypatch):
+    """tg.benchmark on, with nothing measured before."""
+    monkeypatch.setattr(tg, "benchmark", True)
+    monkeypatch.setattr(tg, "_tuned", {})
+
+
+def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
+    """The first call of a kind times every candidate once and keeps the fastest; later
+    calls of that kind reuse it without timing, and compute what that split computes."""
+    gi, h0, w, b = (t.detach() for t in _problem(9, 3, 20, torch.float32)[:4])
+    lens = torch.tensor([9, 4, 7], device=DEVICE)
+    candidates = tg._candidates("forward", 3, 20, gi.device, gi.dtype)
+    assert len(candidates) >= 3 and candidates[0] == tg.choose_config(3, 20, gi.device,
+                                                                       gi.dtype)
+    fastest = candidates[2]
+    timed = []
+
+    def elapsed(run, device):  # (the third candidate timed is the fastest)
+        run()
+        timed.append(device)
+        return 0.5 if len(timed) == 3 else 1.0
+
+    monkeypatch.setattr(tg, "_elapsed", elapsed)
+    first = tg.forward(gi, h0, w, b, lens, True, False)[0]
+    assert len(timed) == len(candidates)
+    assert tg._tuned[("forward", gi.device, 3, 20, torch.float32, True, False)] == fastest
+    second = tg.forward(gi, h0, w, b, lens, True, False)[0]
+    assert len(timed) == len(candidates)  # (measured once)
+    want = tg.forward(gi, h0, w, b, lens, True, False, fastest)[0]
+    assert torch.equal(first, want) and torch.equal(second, want)
+    tg.forward(gi, h0, w, b, lens, True, True)  # another kind: saving the gates
+    assert len(timed) == 2 * len(candidates)
+
+
+def test_benchmark_mode_skips_a_split_that_cannot_run(benchmark_mode, monkeypatch):
+    """A candidate that fails (here a resident split narrower than H) is left out; a
+    default that fails raises, as it would without benchmark mode."""
+    gi, h0, w, b = (t.detach() for t in _problem(4, 2, 40, torch.float32)[:4])
+    lens = torch.tensor([4, 4], device=DEVICE)
+    default = tg.choose_config(2, 40, gi.device, gi.dtype)
+    broken = tg.Config(2, 64, 32, dot=False, resident=True)  # (block_k < hidden)
+    monkeypatch.setattr(tg, "_candidates", lambda *args: [default, broken])
+    tg.forward(gi, h0, w, b, lens, True, False)
+    assert tg._tuned[("forward", gi.device, 2, 40, torch.float32, True, False)] == default
+    monkeypatch.setattr(tg, "_tuned", {})
+    monkeypatch.setattr(tg, "_candidates", lambda *args: [broken, default])
+    with pytest.raises(ValueError, match="block_k ≥ hidden"):
+        tg.forward(gi, h0, w, b, lens, True, False)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_benchmark_mode_outputs_and_gradients(benchmark_mode, reset_after):
+    """Through the module's path (custom op, autograd) with benchmark mode choosing the
+    forward's and the backward's splits: the reference's outputs and every gradient."""
+    _compare(6, 3, 24, reset_after, torch.float32, lengths=[6, 2, 5])
+    assert {key[0] for key in tg._tuned} == {"forward", "backward"}
+
+
 def test_stamped_split_refuses_float64():
     """The stamped exchange packs an fp32 value beside the step: float64 would lose
     precision silently, so it is refused."""
@@ -446,6 +505,15 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     step was written, or torn, would show here."""
     cfg = tg.Config(*split, dot=False, resident=True, stamped=True)
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")
+@pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 256), (16, 512)])
+def test_benchmark_mode_on_gpu(benchmark_mode, batch, hidden):
+    """Benchmark mode timing every candidate (stamped, K-major, smaller row tiles, tl.dot)
+    on the card, then the splits it keeps, forward and backward, at T=512, fp32 at 1e-5."""
+    _compare(512, batch, hidden, True, torch.float32)
+    assert {key[0] for key in tg._tuned} == {"forward", "backward"}
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")
