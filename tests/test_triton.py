@@ -262,6 +262,16 @@ def test_benchmark_mode_skips_a_split_that_cannot_run(benchmark_mode, monkeypatc
         tg.forward(gi, h0, w, b, lens, True, False)
 
 
+def test_benchmark_mode_times_nothing_with_one_candidate(benchmark_mode, monkeypatch):
+    """float64 (no stamped exchange) on CUDA has one candidate: kept without a timing."""
+    gi, h0, w, b = (t.detach() for t in _problem(4, 2, 8, torch.float64)[:4])
+    default = tg.choose_config(2, 8, gi.device, gi.dtype)
+    monkeypatch.setattr(tg, "_candidates", lambda *args: [default])
+    monkeypatch.setattr(tg, "_elapsed", lambda run, device: pytest.fail("timed"))
+    tg.forward(gi, h0, w, b, torch.tensor([4, 4], device=DEVICE), True, False)
+    assert tg._tuned[("forward", gi.device, 2, 8, torch.float64, True, False)] == default
+
+
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_benchmark_mode_outputs_and_gradients(benchmark_mode, reset_after):
     """Through the module's path (custom op, autograd) with benchmark mode choosing the

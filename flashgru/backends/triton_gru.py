@@ -718,8 +718,8 @@ def _tuned_config(kind: str, key: tuple, batch: int, hidden: int, device: torch.
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
         candidates = _candidates(kind, batch, hidden, device, dtype)
-        times = {}
-        for cfg in candidates:
+        times = {candidates[0]: 0.0} if len(candidates) == 1 else {}  # (nothing to time)
+        for cfg in candidates[len(times):]:
             try:
                 times[cfg] = _elapsed(lambda c=cfg: run(c), device)
             except Exception:  # noqa: BLE001 (a split this card can't run: not a candidate)
