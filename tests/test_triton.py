@@ -223,9 +223,9 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     calls of that kind reuse it without timing, and compute what that split computes."""
     gi, h0, w, b = (t.detach() for t in _problem(9, 3, 20, torch.float32)[:4])
     lens = torch.tensor([9, 4, 7], device=DEVICE)
-    candidates = tg._candidates("forward", 3, 20, gi.device, gi.dtype)
-    assert len(candidates) >= 3 and candidates[0] == tg.choose_config(3, 20, gi.device,
-                                                                       gi.dtype)
+    default = tg.choose_config(3, 20, gi.device, gi.dtype)
+    candidates = tg._candidates(default, 3, 20, gi.device, gi.dtype)
+    assert len(candidates) >= 3 and candidates[0] == default
     fastest = candidates[2]
     timed = []
 
@@ -257,6 +257,7 @@ def test_benchmark_mode_skips_a_split_that_cannot_run(benchmark_mode, monkeypatc
     tg.forward(gi, h0, w, b, lens, True, False)
     assert tg._tuned[("forward", gi.device, 2, 40, torch.float32, True, False)] == default
     monkeypatch.setattr(tg, "_tuned", {})
+    monkeypatch.setattr(tg, "choose_config", lambda *args: broken)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [broken, default])
     with pytest.raises(ValueError, match="block_k ≥ hidden"):
         tg.forward(gi, h0, w, b, lens, True, False)

@@ -653,25 +653,23 @@ def _spread_resident(hidden: int, device: torch.device) -> Config | None:
 # torch.backends.cudnn.benchmark's counterpart. The default splits were measured on an
 # H100 and an H200; with ``benchmark = True`` the first call of each kind (forward or
 # backward), batch, hidden size, dtype and formulation times the splits of _candidates on
-# the call's first TUNE_STEPS steps and keeps the fastest for the later calls of that kind
-# (in this process). Every candidate computes the same recurrence; the split changes only
-# the order of the fp32 sums (differences ~1e-7). The first call also compiles each
-# candidate: seconds. Not under CUDA graph capture, which can't wait for a timing: there,
-# a split measured before, else the default.
+# the call's first TUNE_STEPS steps and keeps the fastest for the later calls of that
+# kind, in this process (_split). Every candidate computes the same recurrence; the split
+# changes only the order of the fp32 sums (differences ~1e-7). The first call also
+# compiles each candidate: seconds. Not under CUDA graph capture, which can't wait for a
+# timing: there, a split measured before, else the default.
 benchmark = False
 TUNE_STEPS = 64
 _tuned: dict[tuple, Config] = {}
 
 
-def _candidates(kind: str, batch: int, hidden: int, device: torch.device,
+def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype) -> list[Config]:
-    """The splits benchmark mode times for a call, the default first: the default with a
-    stamped exchange; at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its
-    own recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed
-    W against the resident spread split. Off CUDA (the interpreter: one program per tile),
-    the default, stamped and with W streamed."""
-    choose = choose_config if kind == "forward" else choose_backward_config
-    default = choose(batch, hidden, device, dtype)
+    """The splits benchmark mode times for a call, its default first: the default with
+    the other exchange (stamped or barrier); at batch 9-16, H ≤ 256, smaller row tiles with
+    W resident (each its own recurrence), row-major and K-major; at batch 9-16 above
+    H=256, tl.dot on streamed W against the resident spread split. Off CUDA (the
+    interpreter: one program per tile), the default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic:
@@ -707,23 +705,27 @@ def _elapsed(run, device: torch.device) -> float:
     return begin.elapsed_time(end) / 1e3
 
 
-def _tuned_config(kind: str, key: tuple, batch: int, hidden: int, device: torch.device,
-                  dtype: torch.dtype, run) -> Config | None:
-    """The split benchmark mode keeps for ``key``, timing each candidate with
-    ``run(cfg)`` on a cache miss; None where it is off (the caller's default then)."""
-    if not benchmark:
-        return None
+def _split(kind: str, batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+           key: tuple, run) -> Config:
+    """A call's split: the default (choose_config; for the backward,
+    choose_backward_config), or in benchmark mode the fastest of _candidates, timed with
+    ``run(cfg)`` at the first call of each kind, shape and ``key`` (run None: a call with
+    nothing to run, which takes the default)."""
+    default = (choose_config if kind == "forward" else choose_backward_config)(
+        batch, hidden, device, dtype)
+    if not benchmark or run is None:
+        return default
     key = (kind, device, batch, hidden, dtype, *key)
     if key not in _tuned:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        candidates = _candidates(kind, batch, hidden, device, dtype)
-        times = {candidates[0]: 0.0} if len(candidates) == 1 else {}  # (nothing to time)
+            return default
+        candidates = _candidates(default, batch, hidden, device, dtype)
+        times = {default: 0.0} if len(candidates) == 1 else {}  # (nothing to time)
         for cfg in candidates[len(times):]:
             try:
                 times[cfg] = _elapsed(lambda c=cfg: run(c), device)
             except Exception:  # noqa: BLE001 (a split this card can't run: not a candidate)
-                if cfg is candidates[0]:
+                if cfg is default:
                     raise  # (the default must run: its error is the call's)
         _tuned[key] = min(times, key=times.get)
     return _tuned[key]
@@ -788,12 +790,10 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
-    if cfg is None and steps and batch:
-        prefix = min(steps, TUNE_STEPS)
-        cfg = _tuned_config("forward", (reset_after, save), batch, hidden, gi.device, gi.dtype,
-                            lambda c: forward(gi[:prefix], h0, w_hh, b_hh, lengths,
-                                              reset_after, save, c))
-    cfg = cfg or choose_config(batch, hidden, gi.device, gi.dtype)
+    if cfg is None:
+        cfg = _split("forward", batch, hidden, gi.device, gi.dtype, (reset_after, save),
+                     (lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
+                                        save, c)) if steps and batch else None)
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
     kept = steps if save else 0
     saved = [_empty(kept, batch, hidden, dtype=acc, device=gi.device)
@@ -821,12 +821,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dtype."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
-    if cfg is None and steps and batch:
-        p = min(steps, TUNE_STEPS)
-        cfg = _tuned_config("backward", (reset_after,), batch, hidden, out.device, out.dtype,
-                            lambda c: backward(dout[:p], h0, w_hh, out[:p],
-                                               [s[:p] for s in saved], lengths, reset_after, c))
-    cfg = cfg or choose_backward_config(batch, hidden, out.device, out.dtype)
+    if cfg is None:
+        p = TUNE_STEPS
+        cfg = _split("backward", batch, hidden, out.device, out.dtype, (reset_after,),
+                     (lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
+                                         lengths, reset_after, c)) if steps and batch else None)
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
