@@ -2,7 +2,7 @@
 cores, before the commands run.
 
 A lent GPU's machine starts bare, so each probe compiles every split it times, one after
-another, inside its own timeout: about a minute of gpu_next.sh's call (~120 kernels at
+another, inside its own timeout: ~35 s of gpu_next.sh's call (~60 kernels at
 ~0.5 s each on one core, measured offline). This first runs each command
 with every Triton launch recorded instead of run, then compiles the distinct kernels in a
 process pool (``JITFunction.warmup``) into Triton's on-disk cache, where the commands,
