@@ -659,7 +659,7 @@ def _spread_resident(hidden: int, device: torch.device) -> Config | None:
 # compiles each candidate: seconds. Not under CUDA graph capture, which can't wait for a
 # timing: there, a split measured before, else the default.
 benchmark = False
-TUNE_STEPS = 64
+TUNE_STEPS = 256
 _tuned: dict[tuple, Config] = {}
 
 
@@ -689,20 +689,22 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
 
 
 def _elapsed(run, device: torch.device) -> float:
-    """Seconds of two calls of ``run`` after one (which compiles)."""
+    """Seconds of one call of ``run``: the least of three, after one (which compiles)."""
     run()
-    if device.type != "cuda":
-        start = time.perf_counter()
+    times = []
+    for _ in range(3):
+        if device.type != "cuda":
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+            continue
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         run()
-        run()
-        return time.perf_counter() - start
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    run()
-    run()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) / 1e3
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
+    return min(times)
 
 
 def _split(kind: str, batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
