@@ -99,9 +99,13 @@ def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
                 x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
                 row = compare(ref, x, backend)
                 row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
-                if tg.benchmark:  # the splits it kept: inference, training forward, backward
+                if tg.benchmark:  # the splits it kept (inference, training forward,
+                    # backward), and those it left out, with why
                     row["splits"] = [tuple(cfg) for key, cfg in tg._tuned.items()
                                      if key[2:5] == (b, h, dtype)]
+                    row["left_out"] = [f"{tuple(cfg)}: {why}" for key, trial in
+                                       tg.trials.items() if key[2:5] == (b, h, dtype)
+                                       for cfg, why in trial.items() if isinstance(why, str)]
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows
@@ -118,7 +122,8 @@ def _line(row: dict) -> str:
             f"(torch {row['err_torch']:.1e}), max {row['maxerr_flashgru']:.1e} (torch "
             f"{row['maxerr_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
             f"(torch {row['err_dx_torch']:.1e})"
-            + (f" | kept {row['splits']}" if "splits" in row else ""))
+            + (f" | kept {row['splits']}" if "splits" in row else "")
+            + (f" | left out {row['left_out']}" if row.get("left_out") else ""))
 
 
 def sweep(points, steps) -> list[dict]:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 
 import torch
 from torch import Tensor
@@ -303,23 +304,43 @@ def _can_time(c: Tensor) -> bool:
     return c.device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
-def _time_chunks(J, c, h0, reverse, transpose, chunks, rounds=3) -> dict[int, float]:
-    """Milliseconds of one scan per chunk: each run once to compile and warm, then timed
-    in ``rounds`` interleaved rounds, the fastest kept (one timing each picked badly
-    once the card's clocks moved between candidates)."""
-    for chunk in chunks:
-        _dense_triton(J, c, h0, reverse, transpose, chunk)
-    times = dict.fromkeys(chunks, math.inf)
-    for _ in range(rounds):
-        for chunk in chunks:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            _dense_triton(J, c, h0, reverse, transpose, chunk)
-            end.record()
-            end.synchronize()
-            times[chunk] = min(times[chunk], start.elapsed_time(end))
+def time_interleaved(runs: dict, device: torch.device, rounds: int = 3) -> dict:
+    """Seconds that one call of each of ``runs`` ({key: callable}, each called once before,
+    to compile) takes: the fastest of ``rounds`` interleaved rounds (one timing each picked
+    badly once the card's clocks moved between candidates). On CUDA a round is queued
+    whole, after one untimed call, so each timed call's kernels are already queued when
+    its start event fires: the host's time before a launch does not count."""
+    times = dict.fromkeys(runs, math.inf)
+    with on_device(device):
+        for _ in range(rounds):
+            if device.type != "cuda":
+                for key, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[key] = min(times[key], time.perf_counter() - start)
+                continue
+            next(iter(runs.values()))()  # (untimed: the GPU is busy from here on)
+            marks = []
+            for key, run in runs.items():
+                begin = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                begin.record()
+                run()
+                end.record()
+                marks.append((key, begin, end))
+            marks[-1][2].synchronize()
+            for key, begin, end in marks:
+                times[key] = min(times[key], begin.elapsed_time(end) / 1e3)
     return times
+
+
+def _time_chunks(J, c, h0, reverse, transpose, chunks) -> dict[int, float]:
+    """Seconds of one scan per chunk (time_interleaved), each run once first to compile."""
+    runs = {chunk: lambda chunk=chunk: _dense_triton(J, c, h0, reverse, transpose, chunk)
+            for chunk in chunks}
+    for run in runs.values():
+        run()
+    return time_interleaved(runs, c.device)
 
 
 def _tuned_chunk(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bool) -> int:

@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
 # launch (scripts/gpu_warm.py; paths from the repository root), so that each then finds
 # its kernels compiled instead of compiling them one after another inside its timeout
 warm() {
-  timeout -k 5 "${WARM_S:-90}" python3 scripts/gpu_warm.py "$@" 2>&1 | tail -6
+  timeout -k 5 "${WARM_S:-90}" python3 scripts/gpu_warm.py "$@" 2>&1 | tail -20
 }
 
 # probes "LOG SECONDS SCRIPT ARGS" ...: warm them all, then run each (in scripts/) with

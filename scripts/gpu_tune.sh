@@ -10,12 +10,12 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 PICK="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
-warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
+WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark"
-if timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 60 --timeout-method thread \
+if timeout -k 10 150 python3 -m pytest -q -p no:cacheprovider --timeout 60 --timeout-method thread \
     tests/test_triton.py -k "$PICK" 2>&1 | tee "$OUT/pytest-tune.log" | tail -6; then
   GRID+=(--benchmark)
 else
   echo "gpu_tune: a GPU-only test failed or hung: the grid runs the defaults only"
 fi
-timeout 300 python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | tail -14
+timeout -k 10 270 python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | tail -14

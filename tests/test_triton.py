@@ -216,11 +216,19 @@ def benchmark_mode(monkeypatch):
     """tg.benchmark on, with nothing measured before."""
     monkeypatch.setattr(tg, "benchmark", True)
     monkeypatch.setattr(tg, "_tuned", {})
+    monkeypatch.setattr(tg, "trials", {})
+
+
+def _key(batch, hidden, steps, dtype, *rest, kind="forward"):
+    """benchmark mode's key for a call on DEVICE (tg._split)."""
+    return (kind, torch.device(DEVICE), batch, hidden, dtype,
+            min(steps, tg.TUNE_STEPS).bit_length(), *rest)
 
 
 def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
-    """The first call of a kind times every candidate once and keeps the fastest; later
-    calls of that kind reuse it without timing, and compute what that split computes."""
+    """The first call of a kind times every candidate and keeps the fastest; later calls
+    of that kind and length bucket reuse it without timing, and compute what that split
+    computes."""
     gi, h0, w, b = (t.detach() for t in _problem(9, 3, 20, torch.float32)[:4])
     lens = torch.tensor([9, 4, 7], device=DEVICE)
     default = tg.choose_config(3, 20, gi.device, gi.dtype)
@@ -229,33 +237,38 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     fastest = candidates[2]
     timed = []
 
-    def elapsed(run, device):  # (the third candidate timed is the fastest)
-        run()
-        timed.append(device)
-        return 0.5 if len(timed) == 3 else 1.0
+    def time_interleaved(runs, device):
+        timed.append(list(runs))
+        for run in runs.values():
+            run()
+        return {cfg: 0.5 if cfg == fastest else 1.0 for cfg in runs}
 
-    monkeypatch.setattr(tg, "_elapsed", elapsed)
+    monkeypatch.setattr(tg, "time_interleaved", time_interleaved)
     first = tg.forward(gi, h0, w, b, lens, True, False)[0]
-    assert len(timed) == len(candidates)
-    assert tg._tuned[("forward", gi.device, 3, 20, torch.float32, True, False)] == fastest
+    assert timed == [candidates]
+    assert tg._tuned[_key(3, 20, 9, torch.float32, True, False)] == fastest
+    assert tg.trials[_key(3, 20, 9, torch.float32, True, False)][fastest] == 0.5
     second = tg.forward(gi, h0, w, b, lens, True, False)[0]
-    assert len(timed) == len(candidates)  # (measured once)
+    assert len(timed) == 1  # (measured once)
     want = tg.forward(gi, h0, w, b, lens, True, False, fastest)[0]
     assert torch.equal(first, want) and torch.equal(second, want)
     tg.forward(gi, h0, w, b, lens, True, True)  # another kind: saving the gates
-    assert len(timed) == 2 * len(candidates)
+    tg.forward(gi[:3], h0, w, b, lens, True, False)  # another length bucket
+    assert len(timed) == 3
 
 
-def test_benchmark_mode_skips_a_split_that_cannot_run(benchmark_mode, monkeypatch):
-    """A candidate that fails (here a resident split narrower than H) is left out; a
-    default that fails raises, as it would without benchmark mode."""
+def test_benchmark_mode_leaves_out_a_split_that_fails(benchmark_mode, monkeypatch):
+    """A candidate that fails (here a resident split narrower than H) is left out, with
+    why in ``trials``; a default that fails raises, as it would without benchmark mode."""
     gi, h0, w, b = (t.detach() for t in _problem(4, 2, 40, torch.float32)[:4])
     lens = torch.tensor([4, 4], device=DEVICE)
     default = tg.choose_config(2, 40, gi.device, gi.dtype)
     broken = tg.Config(2, 64, 32, dot=False, resident=True)  # (block_k < hidden)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [default, broken])
     tg.forward(gi, h0, w, b, lens, True, False)
-    assert tg._tuned[("forward", gi.device, 2, 40, torch.float32, True, False)] == default
+    key = _key(2, 40, 4, torch.float32, True, False)
+    assert tg._tuned[key] == default
+    assert "block_k ≥ hidden" in tg.trials[key][broken]
     monkeypatch.setattr(tg, "_tuned", {})
     monkeypatch.setattr(tg, "choose_config", lambda *args: broken)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [broken, default])
@@ -263,22 +276,46 @@ def test_benchmark_mode_skips_a_split_that_cannot_run(benchmark_mode, monkeypatc
         tg.forward(gi, h0, w, b, lens, True, False)
 
 
+def test_benchmark_mode_leaves_out_a_split_that_disagrees(benchmark_mode, monkeypatch):
+    """A candidate whose result differs from the default's (a broken split, however
+    fast) is never kept."""
+    gi, h0, w, b = (t.detach() for t in _problem(5, 2, 16, torch.float32)[:4])
+    lens = torch.tensor([5, 5], device=DEVICE)
+    default = tg.choose_config(2, 16, gi.device, gi.dtype)
+    wrong = default._replace(resident=False)
+    forward = tg.forward
+
+    def forward_wrong_for_one_split(*args):  # (the candidates' runs call tg.forward)
+        out, saved = forward(*args)
+        return (out + 1e-3 if args[-1] == wrong else out), saved
+
+    monkeypatch.setattr(tg, "forward", forward_wrong_for_one_split)
+    monkeypatch.setattr(tg, "_candidates", lambda *args: [default, wrong])
+    monkeypatch.setattr(tg, "time_interleaved",
+                        lambda runs, device: {c: 0.1 if c == wrong else 1.0 for c in runs})
+    forward(gi, h0, w, b, lens, True, False)
+    key = _key(2, 16, 5, torch.float32, True, False)
+    assert tg._tuned[key] == default and "differs" in tg.trials[key][wrong]
+
+
 def test_benchmark_mode_times_nothing_with_one_candidate(benchmark_mode, monkeypatch):
     """float64 (no stamped exchange) on CUDA has one candidate: kept without a timing."""
     gi, h0, w, b = (t.detach() for t in _problem(4, 2, 8, torch.float64)[:4])
     default = tg.choose_config(2, 8, gi.device, gi.dtype)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [default])
-    monkeypatch.setattr(tg, "_elapsed", lambda run, device: pytest.fail("timed"))
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: pytest.fail("timed"))
     tg.forward(gi, h0, w, b, torch.tensor([4, 4], device=DEVICE), True, False)
-    assert tg._tuned[("forward", gi.device, 2, 8, torch.float64, True, False)] == default
+    assert tg._tuned[_key(2, 8, 4, torch.float64, True, False)] == default
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_benchmark_mode_outputs_and_gradients(benchmark_mode, reset_after):
     """Through the module's path (custom op, autograd) with benchmark mode choosing the
-    forward's and the backward's splits: the reference's outputs and every gradient."""
+    forward's and the backward's splits, every candidate run and timed (none left out):
+    the reference's outputs and every gradient."""
     _compare(6, 3, 24, reset_after, torch.float32, lengths=[6, 2, 5])
     assert {key[0] for key in tg._tuned} == {"forward", "backward"}
+    assert all(isinstance(t, float) for trial in tg.trials.values() for t in trial.values())
 
 
 def test_stamped_split_refuses_float64():
@@ -522,9 +559,12 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
 @pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 256), (16, 512)])
 def test_benchmark_mode_on_gpu(benchmark_mode, batch, hidden):
     """Benchmark mode timing every candidate (stamped, K-major, smaller row tiles, tl.dot)
-    on the card, then the splits it keeps, forward and backward, at T=512, fp32 at 1e-5."""
+    on the card, none left out, then the splits it keeps, forward and backward, at T=512,
+    fp32 at 1e-5."""
     _compare(512, batch, hidden, True, torch.float32)
     assert {key[0] for key in tg._tuned} == {"forward", "backward"}
+    assert {cfg: t for trial in tg.trials.values() for cfg, t in trial.items()
+            if not isinstance(t, float)} == {}
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")

@@ -38,13 +38,12 @@ Needs Triton (``pip install 'flashgru[gpu]'``) and a CUDA GPU.
 from __future__ import annotations
 
 import os
-import time
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..scan import on_device
+from ..scan import on_device, time_interleaved
 
 try:
     import triton
@@ -651,16 +650,18 @@ def _spread_resident(hidden: int, device: torch.device) -> Config | None:
 # ---- benchmark mode: the fastest split on this card, measured at the first call -------------
 
 # torch.backends.cudnn.benchmark's counterpart. The default splits were measured on an
-# H100 and an H200; with ``benchmark = True`` the first call of each kind (forward or
-# backward), batch, hidden size, dtype and formulation times the splits of _candidates on
-# the call's first TUNE_STEPS steps and keeps the fastest for the later calls of that
-# kind, in this process (_split). Every candidate computes the same recurrence; the split
-# changes only the order of the fp32 sums (differences ~1e-7). The first call also
-# compiles each candidate: seconds. Not under CUDA graph capture, which can't wait for a
-# timing: there, a split measured before, else the default.
+# H100 and an H200; with ``benchmark = True`` the first call of each kind (inference
+# forward, training forward, backward), batch, hidden size, dtype, formulation and length
+# bucket (up to TUNE_STEPS) runs the splits of _candidates on its first TUNE_STEPS steps,
+# leaves out those that fail or disagree with the default, and keeps the fastest for the
+# later calls of that kind in this process (_split). The splits change only the order of
+# the fp32 sums (differences ~1e-7). The first call also compiles each candidate:
+# seconds. Not under CUDA graph capture, which can't wait for a timing: there, a split
+# measured before, else the default. ``trials`` keeps what was measured.
 benchmark = False
 TUNE_STEPS = 256
 _tuned: dict[tuple, Config] = {}
+trials: dict[tuple, dict[Config, float | str]] = {}  # seconds, or why a split was left out
 
 
 def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
@@ -688,48 +689,49 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     return list(dict.fromkeys(found))
 
 
-def _elapsed(run, device: torch.device) -> float:
-    """Seconds of one call of ``run``: the least of three, after one (which compiles)."""
-    run()
-    times = []
-    for _ in range(3):
-        if device.type != "cuda":
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+def _fastest(default: Config, candidates: list[Config], run, device: torch.device,
+             dtype: torch.dtype) -> tuple[Config, dict]:
+    """The fastest of the candidates that run and give the default's result (its first
+    tensor, within the dtype's rounding), and the trial: each split's seconds
+    (time_interleaved), or why it was left out. The default runs first: its error is the
+    call's."""
+    if len(candidates) == 1:
+        return default, {}
+    want = run(default)[0]
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    trial, runs = {}, {default: lambda: run(default)}
+    for cfg in candidates[1:]:
+        try:
+            got = run(cfg)[0]
+        except Exception as e:  # (a split this card can't run: left out)
+            if isinstance(e, getattr(torch, "AcceleratorError", ())):
+                raise  # (a CUDA error leaves the context unusable: not the split's alone)
+            trial[cfg] = f"{type(e).__name__}: {str(e)[:200]}"
             continue
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end) / 1e3)
-    return min(times)
+        if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().amax()),
+                              equal_nan=True):
+            trial[cfg] = "its result differs from the default's"
+            continue
+        runs[cfg] = lambda c=cfg: run(c)
+    trial.update(time_interleaved(runs, device))
+    return min(runs, key=trial.get), trial
 
 
-def _split(kind: str, batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
-           key: tuple, run) -> Config:
+def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
+           dtype: torch.dtype, key: tuple, run) -> Config:
     """A call's split: the default (choose_config; for the backward,
-    choose_backward_config), or in benchmark mode the fastest of _candidates, timed with
-    ``run(cfg)`` at the first call of each kind, shape and ``key`` (run None: a call with
-    nothing to run, which takes the default)."""
+    choose_backward_config), or in benchmark mode the fastest of _candidates, run with
+    ``run(cfg)`` at the first call of each kind, shape, length bucket and ``key``."""
     default = (choose_config if kind == "forward" else choose_backward_config)(
         batch, hidden, device, dtype)
-    if not benchmark or run is None:
+    if not (benchmark and steps and batch):
         return default
-    key = (kind, device, batch, hidden, dtype, *key)
+    key = (kind, device, batch, hidden, dtype, min(steps, TUNE_STEPS).bit_length(), *key)
     if key not in _tuned:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
-        candidates = _candidates(default, batch, hidden, device, dtype)
-        times = {default: 0.0} if len(candidates) == 1 else {}  # (nothing to time)
-        for cfg in candidates[len(times):]:
-            try:
-                times[cfg] = _elapsed(lambda c=cfg: run(c), device)
-            except Exception:  # noqa: BLE001 (a split this card can't run: not a candidate)
-                if cfg is default:
-                    raise  # (the default must run: its error is the call's)
-        _tuned[key] = min(times, key=times.get)
+        _tuned[key], trials[key] = _fastest(
+            default, _candidates(default, batch, hidden, device, dtype), run, device, dtype)
     return _tuned[key]
 
 
@@ -793,9 +795,9 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
     if cfg is None:
-        cfg = _split("forward", batch, hidden, gi.device, gi.dtype, (reset_after, save),
-                     (lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
-                                        save, c)) if steps and batch else None)
+        cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
+                     lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
+                                       save, c))
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
     kept = steps if save else 0
     saved = [_empty(kept, batch, hidden, dtype=acc, device=gi.device)
@@ -825,9 +827,9 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     acc = saved[0].dtype
     if cfg is None:
         p = TUNE_STEPS
-        cfg = _split("backward", batch, hidden, out.device, out.dtype, (reset_after,),
-                     (lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
-                                         lengths, reset_after, c)) if steps and batch else None)
+        cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
+                     lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
+                                        lengths, reset_after, c))
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
