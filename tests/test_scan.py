@@ -3,6 +3,7 @@ to 1e-12, float32 to rounding), forward and reverse, transposed, awkward T; grad
 gradcheck and against the loop's; the Triton kernels (in the interpreter without a GPU)
 with every output buffer poisoned with NaN before launch."""
 
+import contextlib
 import math
 
 import pytest
@@ -308,3 +309,37 @@ def test_dense_triton_refuses_large_hidden():
     j, c, g0 = _dense_problem(1, 1, scan.DENSE_TRITON_MAX_H + 1, torch.float32, device=DEVICE)
     with pytest.raises(ValueError, match="use impl='torch'"):
         scan_dense(j, c, g0, impl="triton")
+
+
+def test_time_interleaved_on_cuda_events(monkeypatch):
+    """time_interleaved's CUDA path, with stand-in events on a fake clock: each round is
+    queued whole after one untimed call, each run's time is the least over the rounds,
+    and the host waits once a round, on the last event."""
+    clock, calls, waits = [0.0], [], []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = clock[0]
+
+        def elapsed_time(self, other):  # milliseconds, as CUDA events
+            return (other.at - self.at) * 1e3
+
+        def synchronize(self):
+            waits.append(self.at)
+
+    def run(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds[len([c for c in calls if c == name]) % len(seconds)]
+        return call
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(scan, "on_device", lambda device: contextlib.nullcontext())
+    runs = {"a": run("a", [2.0, 3.0]), "b": run("b", [1.0, 5.0, 4.0])}
+    times = scan.time_interleaved(runs, torch.device("cuda"), rounds=3)
+    assert calls == ["a", "a", "b"] * 3  # (the untimed call, then the round)
+    assert times == {"a": 2.0, "b": 1.0}
+    assert len(waits) == 3
