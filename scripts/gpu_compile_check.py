@@ -8,12 +8,15 @@ environment for that:
         && /tmp/t36/bin/pip install --no-deps -e .
     /tmp/t36/bin/python scripts/gpu_compile_check.py scripts/gpu_next.sh scripts/gpu_next_bf16.sh
     /tmp/t36/bin/python scripts/gpu_compile_check.py "gpu_probe.py --stamped"
+    /tmp/t36/bin/python scripts/gpu_compile_check.py --benchmark  # gpu_tune.sh's candidates
 
 Each argument is a probe command ("gpu_probe.py ARGS" or "gpu_probe_backward.py ARGS") or
 a call script whose ``probes`` lines name them. A probe's PLAN is read without running it;
 each split is resolved as on a 132-multiprocessor GPU (an H100 or H200) and launched, at
 its shape, through ``triton_gru.forward`` / ``backward`` with every launch recorded
-(scripts/gpu_warm.py), then compiled in a process pool. Exits 1 if any failed.
+(scripts/gpu_warm.py), then compiled in a process pool. ``--benchmark`` adds benchmark
+mode's candidate splits (``triton_gru._candidates``) at issue 5's grid points, B ∈ {1,
+16}, H ∈ {256, 512, 1024}, fp32 and bf16. Exits 1 if any failed.
 """
 import argparse
 import contextlib
@@ -78,10 +81,28 @@ def launch(argv: list[str], batch: int, hidden: int, cfg, dtype: torch.dtype) ->
         tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, True, cfg)
 
 
+def benchmark_candidates() -> None:
+    """Launch (recorded) benchmark mode's candidates at issue 5's grid points: the
+    forward's for inference and training (the backward's run after it), and the
+    backward's."""
+    cuda = torch.device("cuda")
+    for dtype in (torch.float32, torch.bfloat16):
+        for batch in (1, 16):
+            for hidden in (256, 512, 1024):
+                for kind, choose in (("forward", tg.choose_config),
+                                     ("backward", tg.choose_backward_config)):
+                    default = choose(batch, hidden, cuda, dtype)
+                    for cfg in tg._candidates(default, batch, hidden, cuda, dtype):
+                        if kind == "forward":
+                            launch(["gpu_probe.py"], batch, hidden, cfg, dtype)
+                        launch(["gpu_probe_backward.py"], batch, hidden, cfg, dtype)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("commands", nargs="+")
+    parser.add_argument("commands", nargs="*")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--benchmark", action="store_true")
     args = parser.parse_args()
     if tg.INTERPRET:
         raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels, offline")
@@ -99,6 +120,8 @@ def main():
                         launch(argv, batch, hidden, cfg, dtype)
                     except ValueError as e:  # (the probe prints the same and goes on)
                         print(f"{' '.join(argv)}: B={batch} H={hidden} {cfg}: {e}")
+        if args.benchmark:
+            benchmark_candidates()
     print(f"{len(launches)} kernels to compile, from {len(args.commands)} arguments", flush=True)
     results = warm(launches, args.jobs, offline=True)
     report(launches, results, args.jobs, time.perf_counter() - start, every=True)
