@@ -106,6 +106,11 @@ def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
                     row["left_out"] = [f"{tuple(cfg)}: {why}" for key, trial in
                                        tg.trials.items() if key[2:5] == (b, h, dtype)
                                        for cfg, why in trial.items() if isinstance(why, str)]
+                    # (in --json only: every candidate's time per step, by kind)
+                    row["timed"] = {f"{key[0]}{key[6:]}": {
+                        str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
+                        for cfg, got in trial.items() if not isinstance(got, str)}
+                        for key, trial in tg.trials.items() if key[2:5] == (b, h, dtype)}
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows

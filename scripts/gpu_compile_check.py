@@ -66,7 +66,8 @@ def plan(argv: list[str]):
 
 def launch(argv: list[str], batch: int, hidden: int, cfg, dtype: torch.dtype) -> None:
     """Launch one probe's split at its shape (recorded, not run): the forward, and for the
-    backward probe the forward with its saved gates, then the backward."""
+    backward probe the forward with its saved gates, then (but for a stacked split) the
+    backward."""
     backward = "backward" in argv[0]
     cuda = torch.device("cuda")
     default = (tg.choose_backward_config if backward else tg.choose_config)(
@@ -77,7 +78,7 @@ def launch(argv: list[str], batch: int, hidden: int, cfg, dtype: torch.dtype) ->
     h0, w = torch.zeros(batch, hidden, dtype=dtype), torch.zeros(3 * hidden, hidden, dtype=dtype)
     b, lengths = torch.zeros(3 * hidden, dtype=dtype), torch.full((batch,), steps)
     out, saved = tg.forward(gi, h0, w, b, lengths, True, backward, cfg)
-    if backward:
+    if backward and not cfg.stacked:  # (a stacked split is the forward's alone)
         tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, True, cfg)
 
 
@@ -92,7 +93,8 @@ def benchmark_candidates() -> None:
                 for kind, choose in (("forward", tg.choose_config),
                                      ("backward", tg.choose_backward_config)):
                     default = choose(batch, hidden, cuda, dtype)
-                    for cfg in tg._candidates(default, batch, hidden, cuda, dtype):
+                    for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
+                                              kind == "forward"):
                         if kind == "forward":
                             launch(["gpu_probe.py"], batch, hidden, cfg, dtype)
                         launch(["gpu_probe_backward.py"], batch, hidden, cfg, dtype)

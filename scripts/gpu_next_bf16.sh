@@ -6,9 +6,10 @@
 # to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-probes "forward-bf16 90 gpu_probe.py --b16 --bf16" \
-  "backward-bf16 90 gpu_probe_backward.py --b16 --bf16" \
-  "forward-stamped-bf16 90 gpu_probe.py --stamped --bf16" \
-  "backward-stamped-bf16 90 gpu_probe_backward.py --stamped --bf16" \
-  "forward-kmajor-bf16 75 gpu_probe.py --kmajor --bf16" \
-  "backward-kmajor-bf16 65 gpu_probe_backward.py --kmajor --bf16"
+probes "forward-stacked-bf16 60 gpu_probe.py --stacked --bf16" \
+  "forward-bf16 80 gpu_probe.py --b16 --bf16" \
+  "backward-bf16 80 gpu_probe_backward.py --b16 --bf16" \
+  "forward-stamped-bf16 80 gpu_probe.py --stamped --bf16" \
+  "backward-stamped-bf16 80 gpu_probe_backward.py --stamped --bf16" \
+  "forward-kmajor-bf16 65 gpu_probe.py --kmajor --bf16" \
+  "backward-kmajor-bf16 55 gpu_probe_backward.py --kmajor --bf16"

@@ -10,12 +10,13 @@ cuDNN's. A diagnostic, not a test.
     python scripts/gpu_probe.py --b1       # B=1: fewer programs per barrier
     python scripts/gpu_probe.py --b16      # B=16, H=256-1024: resident splits
     python scripts/gpu_probe.py --b16 --bf16  # the same in bfloat16
+    python scripts/gpu_probe.py --stacked  # B=16: the gates' rows in one tensor-core tile
     TRITON_INTERPRET=1 python scripts/gpu_probe.py --smoke
 """
 import sys
 
 import torch
-from gpu_splits import C, D, kmajor_tile, row_major_tile, stamped, stamped_tile
+from gpu_splits import C, D, kmajor_tile, row_major_tile, stacked_tile, stamped, stamped_tile
 from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
@@ -68,6 +69,14 @@ elif "--kmajor" in sys.argv:  # the state exchanged (H, B), products summed over
                        rm8(4, 8, 256), km(4, 8, 256), km(4, 8, 256, True), km(2, 16, 256)]),
             (1, 512, [D, rm8(1, 4, 512), km(1, 4, 512), km(1, 4, 512, True)]),
             (1, 1024, [D, rm8(1, 8, 1024), km(1, 8, 1024), km(1, 8, 1024, True)])]
+elif "--stacked" in sys.argv:  # B=16: W's rows for the three gates stacked in one (64, K)
+    # tile kept in shared memory, one wgmma a step (three TF32 ones in fp32), 16 programs
+    # at H=256 (ptxas, sm_90a, Triton 3.6, offline: no spills with the barrier; fp32
+    # H=256 255 registers, 160 KB shared; bf16 H=1024 255 registers, 160 KB; stamped,
+    # bf16 H ≥ 512 spills 4-116 bytes)
+    st = stacked_tile
+    hidden = (256, 512, 1024) if DTYPE == torch.bfloat16 else (128, 256)
+    PLAN = [(16, h, [D, st(h), st(h, 8), st(h, 4, True)]) for h in hidden]
 elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier of 8-64
     # programs instead of 128; W resident)
     PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),

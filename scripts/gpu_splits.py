@@ -23,3 +23,9 @@ def kmajor_tile(bb, s, bk, stamps=False):
 def row_major_tile(bb, s, bk):
     """The same split row-major at 8 warps, kmajor_tile's comparison."""
     return C(bb, s, bk, False, 8, resident=True)
+
+
+def stacked_tile(bk, warps=4, stamps=False):
+    """The forward's stacked split (``Config.stacked``: 16 rows, 16 units, the gates' W rows
+    in one tile multiplied on the tensor cores), stamped or not."""
+    return C(16, 16, bk, True, warps, resident=True, stamped=stamps, stacked=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The next GPU session's first call (before gpu_next.sh's probes): the GPU-only tests of
-# the unmeasured splits (stamped, K-major) and of benchmark mode, then issue 5's B ∈ {1,
+# the unmeasured splits (stamped, K-major, stacked) and of benchmark mode, then issue 5's B ∈ {1,
 # 16} grid with benchmark mode on (triton_gru.benchmark: at each point the fastest of the
 # candidate splits, timed on the card, and named in the point's line: the data for the
 # defaults, end to end against cuDNN, in one call). Should a test fail or hang, the grid
@@ -8,7 +8,7 @@
 # cores at once (gpu_warm.py). Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-PICK="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
+PICK="stamped_exchange_on_gpu or kmajor_on_gpu or stacked or benchmark_mode_on_gpu"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark"

@@ -74,8 +74,9 @@ def _compare(steps, batch, hidden, reset_after, dtype, lengths=None, cfg=None, b
         bias_ = b.detach() if bias else w.new_zeros(3 * hidden).detach()
         out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), bias_, lens,
                                 reset_after, True, cfg)
+        # (a stacked split is the forward's: the backward runs it unstacked)
         grads = tg.backward(dout.to(dtype), h0.detach(), w.detach(), out, saved, lens,
-                            reset_after, cfg)[: 3 + bias]
+                            reset_after, cfg._replace(stacked=False))[: 3 + bias]
     tol = TOL[dtype]
     assert_close("out", ref, out.double(), tol, rtol=tol)
     for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), ref_grads, grads, strict=False):
@@ -151,6 +152,48 @@ if BACKENDS["triton"].missing() is None:
 def test_launch_splits(split, reset_after):
     dtype, cfg = SPLITS[split]
     _compare(4, 20, 30, reset_after, dtype, lengths=[4, 1, 3, 2] * 5, cfg=cfg)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16)] +
+                         ([(16, 40), (5, 256)] if DEVICE == "cuda" else []), ids=str)
+def test_stacked_split(size, dtype, reset_after):
+    """Config.stacked: the three gates' rows in one tile, one tl.dot a step (fp32 as three
+    TF32 products on a split W), the gates cut out of it: rows past B, units past H,
+    a second batch tile; saved gates and the backward's gradients from them."""
+    batch, hidden = size
+    cfg = tg.Config(16, 16, tg._pow2(hidden), dot=True, resident=True, stacked=True)
+    _compare(4, batch, hidden, reset_after, dtype, lengths=([4, 1, 3, 2] * 5)[:batch],
+             cfg=cfg)
+
+
+def test_tf32_parts_are_exact():
+    """W = hi + lo exactly, hi with TF32's 10-bit mantissa, lo below 2^-10 of W."""
+    w = torch.randn(300, dtype=torch.float64).to(torch.float32) * 10.0 ** torch.randint(
+        -30, 30, (300,))
+    hi, lo = tg._tf32_parts(w)
+    assert torch.equal(hi + lo, w)
+    assert not (hi.view(torch.int32) & 8191).any()
+    assert (lo.abs() <= w.abs() * 2.0 ** -10).all()
+
+
+def test_stacked_split_is_the_forwards_alone():
+    """A stacked split needs block_batch 16, slice 16, tl.dot and resident tiles, not
+    float64; the backward refuses it (its tiles are W_hhᵀ's)."""
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(2, 16, 16, torch.float32))
+    lens = torch.full((16,), 2, device=DEVICE)
+    good = tg.Config(16, 16, 16, dot=True, resident=True, stacked=True)
+    for cfg in (good._replace(block_batch=8), good._replace(slice=8),
+                good._replace(dot=False), good._replace(resident=False)):
+        with pytest.raises(ValueError, match="stacked"):
+            tg.forward(gi, h0, w, b, lens, True, False, cfg)
+    with pytest.raises(ValueError, match="stacked"):
+        tg.forward(gi.double(), h0.double(), w.double(), b.double(), lens, True, False, good)
+    out, saved = tg.forward(gi, h0, w, b, lens, True, True, good)
+    with pytest.raises(ValueError, match="stacked"):
+        tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, good)
 
 
 def test_resident_split_needs_all_of_k():
@@ -232,7 +275,7 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     gi, h0, w, b = (t.detach() for t in _problem(9, 3, 20, torch.float32)[:4])
     lens = torch.tensor([9, 4, 7], device=DEVICE)
     default = tg.choose_config(3, 20, gi.device, gi.dtype)
-    candidates = tg._candidates(default, 3, 20, gi.device, gi.dtype)
+    candidates = tg._candidates(default, 3, 20, gi.device, gi.dtype, True)
     assert len(candidates) >= 3 and candidates[0] == default
     fastest = candidates[2]
     timed = []
@@ -555,6 +598,19 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-64 programs, wgmma")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("steps,batch,hidden,dtype", [(512, 16, 256, torch.float32),
+                                                      (512, 9, 128, torch.float32),
+                                                      (64, 16, 1024, torch.bfloat16)],
+                         ids=["f32-256", "f32-128", "bf16-1024"])
+def test_stacked_on_gpu(steps, batch, hidden, dtype, reset_after):
+    """The stacked split on the tensor cores at its largest tiles, fp32 at 2e-5 over 512
+    steps (three TF32 products a step), gradients from its saved gates included."""
+    cfg = tg.Config(16, 16, hidden, dot=True, resident=True, stacked=True)
+    _compare(steps, batch, hidden, reset_after, dtype, cfg=cfg)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")
 @pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 256), (16, 512)])
 def test_benchmark_mode_on_gpu(benchmark_mode, batch, hidden):
@@ -596,7 +652,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=dot, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=resident, STAMPED=stamped)
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts["SAVE"], consts["STACKED"] = True, False
         consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
@@ -616,7 +672,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       ACC=tl.float32)
         consts["RESIDENT"] = consts["STAMPED"] = False
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts["SAVE"], consts["STACKED"] = True, False
         consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
@@ -640,13 +696,31 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts = dict(BB=16, S=16, BK=64, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=True)
         if "SAVE" in kernel.arg_names:
-            consts["SAVE"] = True
+            consts["SAVE"], consts["STACKED"] = True, False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         found[f"kmajor-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
-print(json.dumps({"dots": found, "shared": shared, "spins": spins}))
+# the stacked split: its tiles loaded once into shared memory, multiplied there by wgmma
+stacked = {}
+for dtype, bk in (("fp32", 256), ("bf16", 1024)):
+    for reset_after in (False, True):
+        consts = dict(BB=16, S=16, BK=bk, RESET_AFTER=reset_after, DOT=True, PREC="tf32x3",
+                      ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=False,
+                      STACKED=True, SAVE=False)
+        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+               for a in tg._forward_kernel.arg_names}
+        sig["w"] = "*" + dtype
+        compiled = triton.compile(ASTSource(fn=tg._forward_kernel, signature=sig,
+                                            constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        ttgir = compiled.asm["ttgir"]
+        loop = ttgir[ttgir.index("scf.for"):]
+        stacked[f"{dtype}-{reset_after}"] = {
+            "wgmma": loop.count("ttng.warp_group_dot "), "loads": loop.count("ttg.local_load"),
+            "shared": compiled.metadata.shared}
+print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked}))
 """
 
 
@@ -665,6 +739,20 @@ def sm90():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_stacked_tile_stays_in_shared_memory(sm90, dtype, reset_after):
+    """Config.stacked rests on what Triton makes of a dot operand loaded before the loop
+    and touched by no arithmetic: one shared-memory copy, which wgmma reads at every step
+    (three products a step in fp32, one in bf16; twice that for reset_after=False), with
+    nothing loaded back into registers in the loop; within an H100's 227 KiB at its
+    largest tiles (fp32 H=256: W's two parts, 128 KiB; bf16 H=1024)."""
+    got = sm90["stacked"][f"{dtype}-{reset_after}"]
+    assert got["wgmma"] == (3 if dtype == "fp32" else 1) * (1 if reset_after else 2)
+    assert got["loads"] == 0
+    assert got["shared"] <= 227 * 1024
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])

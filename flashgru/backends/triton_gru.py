@@ -231,6 +231,50 @@ def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
             tl.load(v + 2 * H, mask=vmask, other=0.0))
 
 
+@_jit
+def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr):
+    """``Config.stacked``: this program's S units' rows of the three gates of W_hh at w,
+    stacked with S zero rows into one (4S, BK) tile (4S = 64: one warpgroup's wgmma),
+    loaded once before the time loop (a dot operand that no arithmetic touches stays in
+    shared memory)."""
+    m = tl.arange(0, 4 * S)
+    gate = m // S
+    units = tl.program_id(0) * S + m % S
+    ks = tl.arange(0, BK)
+    return tl.load(w + (gate * H + units)[:, None] * H + ks[None, :],
+                   mask=((gate < 3) & (units < H))[:, None] & (ks < H)[None, :], other=0.0)
+
+
+@_jit
+def _tf32_hi(x):
+    """x rounded to TF32's 10-bit mantissa (to nearest; |x| well below fp32's largest)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+
+@_jit
+def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
+    """The three gate blocks (BB, S) of x (BB, K) @ W_gᵀ from stacked tiles
+    (_stacked_tile): the tile times xᵀ in one tl.dot, (4S, BB), then split by gate. fp32
+    as three TF32 products on W's parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped
+    W_lo·x_lo is below 2^-20 of the product, as tf32x3's); 16-bit weights: w_lo unused."""
+    BB: tl.constexpr = x.shape[0]
+    xt = tl.trans(x)
+    if w_hi.dtype == tl.float32:
+        x_hi = _tf32_hi(xt)
+        acc = tl.dot(w_lo, x_hi, input_precision="tf32")
+        acc = tl.dot(w_hi, xt - x_hi, acc, input_precision="tf32")
+        acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(w_hi, xt.to(w_hi.dtype))
+    # acc[g·S + s, b] → (b, s, g // 2, g % 2), then split twice: g = 0 (r), 1 (z), 2 (n)
+    q = tl.permute(tl.reshape(acc, (2, 2, S, BB)), (3, 2, 0, 1))
+    even, odd = tl.split(q)
+    r, n = tl.split(even)
+    z, _ = tl.split(odd)
+    return r, z, n
+
+
 # The most words a stamped wait re-reads as one block: a larger block (B=16 above H=256)
 # waits a chunk at a time and is then read once more, unpacked (its int64 words held all
 # at once spilled registers; ptxas, sm_90a).
@@ -307,7 +351,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
-                    KMAJOR: tl.constexpr = False):
+                    KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -319,6 +363,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     batch tile, zero at launch (unused with STAMPED: readers wait on the stamps instead of
     a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and rhbuf hold each
     state transposed, (H, B), and the products are summed over their first axis.
+    STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
+    its low parts, for fp32 weights.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -333,7 +379,12 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         xown = own
     if STAMPED:
         _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
-    if RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
+    if STACKED:  # (fp32: W_hh's high parts, then its low parts, _tf32_parts)
+        w_hi = _stacked_tile(w, H, BK, S)
+        w_lo = w_hi
+        if w.dtype.element_ty == tl.float32:
+            w_lo = _stacked_tile(w + 3 * H * H, H, BK, S)
+    elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
@@ -342,7 +393,10 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
         gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
         gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
-        if KMAJOR:
+        if STACKED:
+            gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
+                                                           STAMPED), w_hi, w_lo, S)
+        elif KMAJOR:
             x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
             gh_r = _product_k(x, w_r, ACC)
             gh_z = _product_k(x, w_z, ACC)
@@ -371,7 +425,10 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             _publish(rhbuf + xown, r * h, m, t, STAMPED)
             if not STAMPED:
                 _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            if RESIDENT:
+            if STACKED:  # (the stacked tile's n block; r and z's again, unused)
+                ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
+                                       w_hi, w_lo, S)[2] + b_n
+            elif RESIDENT:
                 ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
                                         STAMPED, KMAJOR, DOT, PREC, ACC) + b_n
             else:
@@ -543,6 +600,7 @@ class Config(NamedTuple):
     resident: bool = False
     stamped: bool = False
     kmajor: bool = False
+    stacked: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -665,12 +723,15 @@ trials: dict[tuple, dict[Config, float | str]] = {}  # seconds, or why a split w
 
 
 def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
-                dtype: torch.dtype) -> list[Config]:
-    """The splits benchmark mode times for a call, its default first: the default with
-    the other exchange (stamped or barrier); at batch 9-16, H ≤ 256, smaller row tiles with
-    W resident (each its own recurrence), row-major and K-major; at batch 9-16 above
-    H=256, tl.dot on streamed W against the resident spread split. Off CUDA (the
-    interpreter: one program per tile), the default, stamped and with W streamed."""
+                dtype: torch.dtype, forward: bool) -> list[Config]:
+    """The splits benchmark mode times for a call (``forward``: the forward's, else the
+    backward's), its default first: the default with the other exchange (stamped or
+    barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
+    recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed W
+    against the resident spread split; at batch 9-16, the forward's stacked tile on the
+    tensor cores where it fits in shared memory (H ≤ 256 in fp32, ≤ 1024 in 16-bit). Off
+    CUDA (the interpreter: one program per tile), the default, stamped and with W
+    streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic:
@@ -686,6 +747,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                       Config(2, 16, hp, dot=False, resident=True)]
         else:
             found.append(Config(16, 32, 64, dot=True))
+        if forward and hidden <= (256 if dtype == torch.float32 else 1024):
+            found.append(Config(16, 16, max(16, hp), dot=True, resident=True, stacked=True))
     return list(dict.fromkeys(found))
 
 
@@ -731,7 +794,8 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
         _tuned[key], trials[key] = _fastest(
-            default, _candidates(default, batch, hidden, device, dtype), run, device, dtype)
+            default, _candidates(default, batch, hidden, device, dtype, kind == "forward"),
+            run, device, dtype)
     return _tuned[key]
 
 
@@ -751,6 +815,11 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a stamped split carries fp32 values: it can't run float64")
     if cfg.kmajor and not (cfg.resident and not cfg.dot):
         raise ValueError("a kmajor split needs resident tiles and the broadcast product")
+    if cfg.stacked and not (kernel is _forward_kernel and cfg.resident and cfg.dot and
+                            cfg.block_batch == 16 and cfg.slice == 16 and not cfg.kmajor
+                            and consts["ACC"] != tl.float64):
+        raise ValueError("a stacked split is the forward's, with tl.dot, resident tiles, "
+                         "block_batch 16 and slice 16, not float64 and not kmajor")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -771,7 +840,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
-                num_warps=cfg.warps, **launch, **consts)
+                num_warps=cfg.warps, **launch, **consts,
+                **({"STACKED": True} if cfg.stacked else {}))
 
 
 def _grid_limit(device: torch.device) -> int:
@@ -785,6 +855,14 @@ def _grid_limit(device: torch.device) -> int:
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes comes from here (the tests fill them with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
+    """fp32 w = hi + lo exactly: hi, w truncated to TF32's 10-bit mantissa (the tensor
+    cores multiply it exactly), and lo, the rest (below 2^-10 of w; the cores keep its
+    top 11 bits)."""
+    hi = (w.view(torch.int32) & -8192).view(torch.float32)
+    return hi, w - hi
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
@@ -812,7 +890,10 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        args = (gi.contiguous(), h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+        w = w_hh.contiguous()
+        if cfg.stacked and w.dtype == torch.float32:
+            w = torch.cat(_tf32_parts(w))
+        args = (gi.contiguous(), h0.contiguous(), w, b_hh.contiguous(),
                 lengths, out, hbuf, rhbuf, *saved[:3], ghn_s)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 SAVE=save, ACC=_acc(gi.dtype))
