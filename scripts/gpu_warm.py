@@ -21,6 +21,7 @@ why.
 import argparse
 import contextlib
 import importlib
+import inspect
 import io
 import os
 import re
@@ -51,6 +52,11 @@ def _arg(a):
         return ("tensor", a.dtype, aligned), ("tensor", a.dtype, aligned)
     if isinstance(a, int) and not isinstance(a, bool):
         return ("int", _int_class(a)), a
+    return _value(a)
+
+
+def _value(a):
+    """_arg's pair for an argument that compiles by its value."""
     return ("value", repr(a)), a
 
 
@@ -63,8 +69,12 @@ def recording():
     def launcher(kernel, grid):
         def launch(*args, **kwargs):
             fn = kernel.fn
-            pairs = [_arg(a) for a in args]
-            kw = {k: _arg(v) for k, v in kwargs.items()}
+            # a runtime argument by what it is specialized on; a constexpr or a launch
+            # option (num_warps, ...) by its value: each value compiles apart
+            params = inspect.signature(fn).parameters
+            runtime = {n for n, p in params.items() if "constexpr" not in str(p.annotation)}
+            pairs = [_arg(a) if n in runtime else _value(a) for n, a in zip(params, args)]
+            kw = {k: _arg(v) if k in runtime else _value(v) for k, v in kwargs.items()}
             key = (fn.__module__, fn.__name__, tuple(p[0] for p in pairs),
                    tuple(sorted((k, v[0]) for k, v in kw.items())))
             launches.setdefault(key, (fn.__module__, fn.__name__, [p[1] for p in pairs],

@@ -76,3 +76,27 @@ def test_warmed_kernels_are_the_ones_the_launches_look_up(tmp_path):
     other = _run(["-c", RELAUNCH % (str(ROOT / "scripts"), COMMAND % "(17,)")], cache)
     assert other.returncode == 0, other.stderr
     assert _entries(cache) > compiled
+
+
+def test_constexprs_and_launch_options_record_apart():
+    """Launches that differ only in a constexpr (block_k 16 or 32, both divisible by 16) or
+    in num_warps are distinct kernels: recorded once each, not merged as the runtime
+    integers of one specialization are."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_warm
+    finally:
+        sys.path.pop(0)
+    import torch
+
+    import flashgru.backends.triton_gru as tg
+    B, H, T = 2, 16, 3
+    args = (torch.zeros(T, B, 3 * H), torch.zeros(B, H), torch.zeros(3 * H, H),
+            torch.zeros(3 * H), torch.full((B,), T), True, False)
+    with gpu_warm.recording() as launches:
+        for cfg in (tg.Config(2, 16, 16, dot=False), tg.Config(2, 16, 32, dot=False),
+                    tg.Config(2, 16, 16, dot=False, warps=8),
+                    tg.Config(2, 16, 16, dot=False)):  # (the first again: nothing new)
+            tg.forward(*args, cfg)
+    assert sorted((k["BK"], k["num_warps"]) for *_, k in launches.values()) == [
+        (16, 4), (16, 8), (32, 4)]
