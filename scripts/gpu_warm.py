@@ -73,7 +73,8 @@ def recording():
             # option (num_warps, ...) by its value: each value compiles apart
             params = inspect.signature(fn).parameters
             runtime = {n for n, p in params.items() if "constexpr" not in str(p.annotation)}
-            pairs = [_arg(a) if n in runtime else _value(a) for n, a in zip(params, args)]
+            pairs = [_arg(a) if n in runtime else _value(a)
+                     for n, a in zip(params, args, strict=False)]  # (then kwargs)
             kw = {k: _arg(v) if k in runtime else _value(v) for k, v in kwargs.items()}
             key = (fn.__module__, fn.__name__, tuple(p[0] for p in pairs),
                    tuple(sorted((k, v[0]) for k, v in kw.items())))

@@ -169,12 +169,16 @@ def test_stacked_split(size, dtype, reset_after):
 
 
 def test_tf32_parts_are_exact():
-    """W = hi + lo exactly, hi with TF32's 10-bit mantissa, lo below 2^-10 of W."""
+    """W = hi + lo exactly, hi with TF32's 10-bit mantissa, lo at most 2^-11 of W (2^-10
+    next to fp32's largest, where rounding up would overflow)."""
     w = torch.randn(300, dtype=torch.float64).to(torch.float32) * 10.0 ** torch.randint(
         -30, 30, (300,))
+    top = torch.finfo(torch.float32).max
+    w = torch.cat([w, torch.tensor([top, -top, top * (1 - 2.0 ** -12), 0.0])])
     hi, lo = tg._tf32_parts(w)
-    assert torch.equal(hi + lo, w)
+    assert torch.equal(hi + lo, w) and hi.isfinite().all()
     assert not (hi.view(torch.int32) & 8191).any()
+    assert (lo.abs()[:300] <= w.abs()[:300] * 2.0 ** -11).all()
     assert (lo.abs() <= w.abs() * 2.0 ** -10).all()
 
 

@@ -712,8 +712,9 @@ def _spread_resident(hidden: int, device: torch.device) -> Config | None:
 # forward, training forward, backward), batch, hidden size, dtype, formulation and length
 # bucket (up to TUNE_STEPS) runs the splits of _candidates on its first TUNE_STEPS steps,
 # leaves out those that fail or disagree with the default, and keeps the fastest for the
-# later calls of that kind in this process (_split). The splits change only the order of
-# the fp32 sums (differences ~1e-7). The first call also compiles each candidate:
+# later calls of that kind in this process (_split). The splits change the order of the
+# fp32 sums, and those on the tensor cores make fp32 products of three TF32 ones
+# (differences ~1e-7 to 1e-6). The first call also compiles each candidate:
 # seconds. Not under CUDA graph capture, which can't wait for a timing: there, a split
 # measured before, else the default. ``trials`` keeps what was measured.
 benchmark = False
@@ -858,10 +859,12 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
-    """fp32 w = hi + lo exactly: hi, w truncated to TF32's 10-bit mantissa (the tensor
-    cores multiply it exactly), and lo, the rest (below 2^-10 of w; the cores keep its
-    top 11 bits)."""
-    hi = (w.view(torch.int32) & -8192).view(torch.float32)
+    """fp32 w = hi + lo exactly: hi, w rounded to TF32's 10-bit mantissa (the tensor cores
+    multiply it exactly; truncated where rounding would overflow), and lo, the rest (at
+    most 2^-11 of w; the cores keep its top 11 bits)."""
+    bits = w.view(torch.int32)
+    hi = ((bits + 0x1000) & -8192).view(torch.float32)
+    hi = torch.where(hi.isinf() & w.isfinite(), (bits & -8192).view(torch.float32), hi)
     return hi, w - hi
 
 
