@@ -69,14 +69,20 @@ elif "--kmajor" in sys.argv:  # the state exchanged (H, B), products summed over
                        rm8(4, 8, 256), km(4, 8, 256), km(4, 8, 256, True), km(2, 16, 256)]),
             (1, 512, [D, rm8(1, 4, 512), km(1, 4, 512), km(1, 4, 512, True)]),
             (1, 1024, [D, rm8(1, 8, 1024), km(1, 8, 1024), km(1, 8, 1024, True)])]
-elif "--stacked" in sys.argv:  # B=16: W's rows for the three gates stacked in one (64, K)
-    # tile kept in shared memory, one wgmma a step (three TF32 ones in fp32), 16 programs
-    # at H=256 (ptxas, sm_90a, Triton 3.6, offline: no spills with the barrier; fp32
-    # H=256 255 registers, 160 KB shared; bf16 H=1024 255 registers, 160 KB; stamped,
-    # bf16 H ≥ 512 spills 4-116 bytes)
+elif "--stacked" in sys.argv:  # B=16: W's rows for the three gates stacked in one tile of
+    # 64 rows kept in shared memory, one wgmma a step (three TF32 ones in fp32), 16 / s
+    # folds of K side by side (ptxas, sm_90a, Triton 3.6, offline, no spills with the
+    # barrier: fp32 H=256 (s=16) 255 registers, 160 KB shared; fp32 H=512 (s=8) 255,
+    # 192 KB; (s=4) 128 KB; bf16 H=1024 (s=16) 255, 160 KB; (s=8) 220, 96 KB)
     st = stacked_tile
-    hidden = (256, 512, 1024) if DTYPE == torch.bfloat16 else (128, 256)
-    PLAN = [(16, h, [D, st(h), st(h, 8), st(h, 4, True)]) for h in hidden]
+    if DTYPE == torch.bfloat16:
+        PLAN = [(16, 256, [D, st(256), st(256, 8), st(256, 16, 4, True)]),
+                (16, 512, [D, st(512), st(512, 8), st(512, 4)]),
+                (16, 1024, [D, st(1024), st(1024, 8)])]
+    else:
+        PLAN = [(16, 128, [D, st(128), st(128, 8)]),
+                (16, 256, [D, st(256), st(256, 16, 8), st(256, 8), st(256, 16, 4, True)]),
+                (16, 512, [D, st(512, 8), st(512, 4), st(512, 8, 4, True)])]
 elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier of 8-64
     # programs instead of 128; W resident)
     PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),

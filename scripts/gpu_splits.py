@@ -25,7 +25,8 @@ def row_major_tile(bb, s, bk):
     return C(bb, s, bk, False, 8, resident=True)
 
 
-def stacked_tile(bk, warps=4, stamps=False):
-    """The forward's stacked split (``Config.stacked``: 16 rows, 16 units, the gates' W rows
-    in one tile multiplied on the tensor cores), stamped or not."""
-    return C(16, 16, bk, True, warps, resident=True, stamped=stamps, stacked=True)
+def stacked_tile(bk, s=16, warps=4, stamps=False):
+    """The forward's stacked split (``Config.stacked``: 16 rows, s units per program, the
+    gates' W rows in one tile multiplied on the tensor cores, 16 / s folds of K), stamped
+    or not."""
+    return C(16, s, bk, True, warps, resident=True, stamped=stamps, stacked=True)

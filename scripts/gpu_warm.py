@@ -139,11 +139,12 @@ def _start(offline: bool):
 
 
 def _usage(kernel, offline: bool) -> str:
-    """A compiled kernel's registers per thread and spilled bytes: the driver's, or
-    offline ptxas's for sm_90a."""
+    """A compiled kernel's registers per thread and spilled bytes (the driver's, or
+    offline ptxas's for sm_90a), and its shared memory."""
     if not offline:
         kernel._init_handles()
-        return f"{kernel.n_regs} registers, {kernel.n_spills} bytes spilled"
+        return (f"{kernel.n_regs} registers, {kernel.n_spills} bytes spilled, "
+                f"{kernel.metadata.shared} bytes shared")
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -154,7 +155,8 @@ def _usage(kernel, offline: bool) -> str:
                               capture_output=True, text=True).stderr
     regs = re.search(r"Used (\d+) registers", info)
     spills = re.search(r"(\d+) bytes spill stores", info)
-    return f"{regs and regs.group(1)} registers, {spills and spills.group(1)} bytes spilled"
+    return (f"{regs and regs.group(1)} registers, {spills and spills.group(1)} bytes spilled, "
+            f"{kernel.metadata.shared} bytes shared")
 
 
 def _compile(launch) -> tuple[str, float, str | None, str]:

@@ -27,6 +27,23 @@ if BACKENDS["triton"].missing() is None:
         """A broken _publish (test_a_missing_stamp_gives_nan_not_a_hang)."""
         pass
 
+    @tg._jit
+    def _stacked_gates(w, x, out, H, BK: tl.constexpr, S: tl.constexpr):
+        """out (3, 16, S): program 0's gate blocks of x (16, H) @ W_gᵀ from the stacked
+        tiles of w = W_hh (with its low parts after it in fp32), as the forward makes
+        them (test_stacked_folds)."""
+        w_hi = tg._stacked_tile(w, H, BK, S)
+        w_lo = w_hi
+        if w.dtype.element_ty == tl.float32:
+            w_lo = tg._stacked_tile(w + 3 * H * H, H, BK, S)
+        rows, ks = tl.arange(0, 16), tl.arange(0, BK)
+        xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
+        r, z, n = tg._stacked_product(xb, w_hi, w_lo, S)
+        o = out + rows[:, None] * S + tl.arange(0, S)[None, :]
+        tl.store(o, r)
+        tl.store(o + 16 * S, z)
+        tl.store(o + 32 * S, n)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
 
@@ -168,6 +185,26 @@ def test_stacked_split(size, dtype, reset_after):
              cfg=cfg)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("slice_,hidden", [(16, 64), (8, 64), (4, 64), (8, 50), (4, 40)],
+                         ids=str)
+def test_stacked_folds(slice_, hidden, dtype):
+    """The stacked tile's folds of K (16 / slice of them, side by side in one tl.dot) give
+    each gate's block of x @ W_gᵀ for the program's units, K past H masked: the folding
+    checked apart from the whole kernel, which the interpreter runs at one fold only (its
+    one program must cover H)."""
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(3 * hidden, hidden, generator=g) / hidden ** 0.5).to(dtype)
+    x = torch.randn(16, hidden, generator=g)
+    parts = torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
+    out = torch.full((3, 16, slice_), math.nan, device=DEVICE)
+    _stacked_gates[(1,)](parts.to(DEVICE), x.to(DEVICE), out, hidden, BK=64, S=slice_)
+    want = torch.stack([x.double() @ w.double()[g * hidden:g * hidden + slice_].t()
+                        for g in range(3)])
+    tol = 2e-6 if dtype == torch.float32 else 2e-3
+    assert_close("gates", want, out.double().cpu(), tol, rtol=tol)
+
+
 def test_tf32_parts_are_exact():
     """W = hi + lo exactly, hi with TF32's 10-bit mantissa, lo at most 2^-11 of W (2^-10
     next to fp32's largest, where rounding up would overflow)."""
@@ -180,6 +217,32 @@ def test_tf32_parts_are_exact():
     assert not (hi.view(torch.int32) & 8191).any()
     assert (lo.abs()[:300] <= w.abs()[:300] * 2.0 ** -11).all()
     assert (lo.abs() <= w.abs() * 2.0 ** -10).all()
+
+
+def test_stacked_splits_fit(monkeypatch):
+    """Benchmark mode's stacked candidates: 16, 8 or 4 units a program where the programs
+    fit on the card (132 SMs here) and the tile in STACKED_MAX_BYTES (fp32 up to H=512,
+    16-bit up to 1024), each with at least 16 of K per fold; the forward's only."""
+    monkeypatch.setattr(tg, "_grid_limit", lambda device: 132)
+    cuda = torch.device("cuda")
+
+    def units(hidden, dtype):
+        found = tg._stacked_splits(hidden, cuda, dtype)
+        assert all(c.block_k * c.slice >= 256 and c.block_k >= hidden for c in found)
+        return [c.slice for c in found]
+
+    assert units(256, torch.float32) == [16, 8, 4]
+    assert units(512, torch.float32) == [8, 4]
+    assert units(1024, torch.float32) == []
+    assert units(1024, torch.bfloat16) == [16, 8]
+    assert units(2048, torch.float16) == []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("P", (), {"multi_processor_count": 132}))
+    default = tg.choose_config(16, 512, cuda, torch.float32)
+    forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
+    assert [c.slice for c in forward if c.stacked] == [8, 4]
+    assert not any(c.stacked for c in tg._candidates(default, 16, 512, cuda, torch.float32,
+                                                       False))
 
 
 def test_stacked_split_is_the_forwards_alone():
@@ -602,16 +665,19 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-64 programs, wgmma")
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-128 programs, wgmma")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("steps,batch,hidden,dtype", [(512, 16, 256, torch.float32),
-                                                      (512, 9, 128, torch.float32),
-                                                      (64, 16, 1024, torch.bfloat16)],
-                         ids=["f32-256", "f32-128", "bf16-1024"])
-def test_stacked_on_gpu(steps, batch, hidden, dtype, reset_after):
-    """The stacked split on the tensor cores at its largest tiles, fp32 at 2e-5 over 512
-    steps (three TF32 products a step), gradients from its saved gates included."""
-    cfg = tg.Config(16, 16, hidden, dot=True, resident=True, stacked=True)
+@pytest.mark.parametrize("steps,batch,hidden,slice_,dtype", [
+    (512, 16, 256, 16, torch.float32), (512, 9, 128, 16, torch.float32),
+    (512, 16, 512, 8, torch.float32), (256, 16, 512, 4, torch.float32),
+    (64, 16, 1024, 16, torch.bfloat16), (64, 16, 1024, 8, torch.bfloat16)],
+    ids=["f32-256", "f32-128", "f32-512-two-folds", "f32-512-four-folds", "bf16-1024",
+         "bf16-1024-two-folds"])
+def test_stacked_on_gpu(steps, batch, hidden, slice_, dtype, reset_after):
+    """The stacked split on the tensor cores at its largest tiles, with one, two and four
+    folds of K, fp32 at 2e-5 over 512 steps (three TF32 products a step), gradients from
+    its saved gates included."""
+    cfg = tg.Config(16, slice_, hidden, dot=True, resident=True, stacked=True)
     _compare(steps, batch, hidden, reset_after, dtype, cfg=cfg)
 
 

@@ -233,16 +233,19 @@ def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
 
 @_jit
 def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr):
-    """``Config.stacked``: this program's S units' rows of the three gates of W_hh at w,
-    stacked with S zero rows into one (4S, BK) tile (4S = 64: one warpgroup's wgmma),
-    loaded once before the time loop (a dot operand that no arithmetic touches stays in
-    shared memory)."""
-    m = tl.arange(0, 4 * S)
-    gate = m // S
-    units = tl.program_id(0) * S + m % S
-    ks = tl.arange(0, BK)
-    return tl.load(w + (gate * H + units)[:, None] * H + ks[None, :],
-                   mask=((gate < 3) & (units < H))[:, None] & (ks < H)[None, :], other=0.0)
+    """``Config.stacked``: this program's S units' rows of the three gates of W_hh at w in
+    one (64, BK / F) tile for one warpgroup's wgmma, F = 16 / S folds of K: fold f (rows
+    4S·f to 4S·(f+1)) holds the gates' rows (r, z, n, then S zero rows) over K's f-th
+    part. Loaded once before the time loop (a dot operand that no arithmetic touches
+    stays in shared memory)."""
+    F: tl.constexpr = 16 // S
+    m = tl.arange(0, 64)
+    i = m % (4 * S)
+    gate = i // S
+    units = tl.program_id(0) * S + i % S
+    ks = (m // (4 * S) * (BK // F))[:, None] + tl.arange(0, BK // F)[None, :]
+    return tl.load(w + (gate * H + units)[:, None] * H + ks,
+                   mask=((gate < 3) & (units < H))[:, None] & (ks < H), other=0.0)
 
 
 @_jit
@@ -255,11 +258,17 @@ def _tf32_hi(x):
 @_jit
 def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
     """The three gate blocks (BB, S) of x (BB, K) @ W_gᵀ from stacked tiles
-    (_stacked_tile): the tile times xᵀ in one tl.dot, (4S, BB), then split by gate. fp32
-    as three TF32 products on W's parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped
-    W_lo·x_lo is below 2^-20 of the product, as tf32x3's); 16-bit weights: w_lo unused."""
+    (_stacked_tile): in one tl.dot, the tile times xᵀ with its F folds of K side by side,
+    (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate. fp32 as
+    three TF32 products on W's parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped
+    W_lo·x_lo is below 2^-21 of the product, as tf32x3's); 16-bit weights: w_lo unused."""
+    F: tl.constexpr = 16 // S
     BB: tl.constexpr = x.shape[0]
-    xt = tl.trans(x)
+    KF: tl.constexpr = x.shape[1] // F
+    if F == 1:
+        xt = tl.trans(x)
+    else:  # xt[k, f·BB + b] = x[b, f·KF + k]
+        xt = tl.reshape(tl.permute(tl.reshape(x, (BB, F, KF)), (2, 1, 0)), (KF, F * BB))
     if w_hi.dtype == tl.float32:
         x_hi = _tf32_hi(xt)
         acc = tl.dot(w_lo, x_hi, input_precision="tf32")
@@ -267,6 +276,11 @@ def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
         acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
     else:
         acc = tl.dot(w_hi, xt.to(w_hi.dtype))
+    if F > 1:  # fold f's rows times fold f's columns, summed over f
+        acc = tl.reshape(acc, (F, 4 * S, F, BB))
+        fold = tl.arange(0, F)
+        diagonal = fold[:, None, None, None] == fold[None, None, :, None]
+        acc = tl.sum(tl.sum(tl.where(diagonal, acc, 0.0), axis=2), axis=0)
     # acc[g·S + s, b] → (b, s, g // 2, g % 2), then split twice: g = 0 (r), 1 (z), 2 (n)
     q = tl.permute(tl.reshape(acc, (2, 2, S, BB)), (3, 2, 0, 1))
     even, odd = tl.split(q)
@@ -729,8 +743,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: the default with the other exchange (stamped or
     barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
     recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed W
-    against the resident spread split; at batch 9-16, the forward's stacked tile on the
-    tensor cores where it fits in shared memory (H ≤ 256 in fp32, ≤ 1024 in 16-bit). Off
+    against the resident spread split; at batch 9-16, the forward's stacked tiles on the
+    tensor cores where they fit (_stacked_splits). Off
     CUDA (the interpreter: one program per tile), the default, stamped and with W
     streamed."""
     found = [default]
@@ -748,9 +762,27 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                       Config(2, 16, hp, dot=False, resident=True)]
         else:
             found.append(Config(16, 32, 64, dot=True))
-        if forward and hidden <= (256 if dtype == torch.float32 else 1024):
-            found.append(Config(16, 16, max(16, hp), dot=True, resident=True, stacked=True))
+        if forward:
+            found += _stacked_splits(hidden, device, dtype)
     return list(dict.fromkeys(found))
+
+
+# The largest stacked tile (Config.stacked) benchmark mode tries, in bytes: its fp32 parts
+# at H=256 (one fold) or 512 (two), with room left in an H100's 227 KiB of shared memory
+# for the state's transpose (ptxas, sm_90a, Triton 3.6: 160-192 KiB in all).
+STACKED_MAX_BYTES = 128 * 1024
+
+
+def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype) -> list[Config]:
+    """The stacked splits for a 16-row tile at this H: 16, 8 or 4 units per program (1, 2
+    or 4 folds of K), where the programs fit on the device at once and the tile (64 rows,
+    K / folds, fp32's two parts or one 16-bit) in STACKED_MAX_BYTES."""
+    hp = max(16, _pow2(hidden))
+    size = 8 if dtype == torch.float32 else 2
+    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True)
+            for s in (16, 8, 4)
+            if -(-hidden // s) <= _grid_limit(device) and
+            64 * max(hp, 256 // s) * s // 16 * size <= STACKED_MAX_BYTES]
 
 
 def _fastest(default: Config, candidates: list[Config], run, device: torch.device,
@@ -817,10 +849,12 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     if cfg.kmajor and not (cfg.resident and not cfg.dot):
         raise ValueError("a kmajor split needs resident tiles and the broadcast product")
     if cfg.stacked and not (kernel is _forward_kernel and cfg.resident and cfg.dot and
-                            cfg.block_batch == 16 and cfg.slice == 16 and not cfg.kmajor
+                            cfg.block_batch == 16 and cfg.slice in (4, 8, 16) and
+                            cfg.block_k * cfg.slice >= 256 and not cfg.kmajor
                             and consts["ACC"] != tl.float64):
         raise ValueError("a stacked split is the forward's, with tl.dot, resident tiles, "
-                         "block_batch 16 and slice 16, not float64 and not kmajor")
+                         "block_batch 16, slice 4, 8 or 16 and block_k ≥ 16 per fold "
+                         "(16 / slice folds), not float64 and not kmajor")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
