@@ -15,6 +15,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
+    python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
 
 Prints a short table last; ``--json FILE`` writes every number.
 """
@@ -197,6 +198,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--auto", action="store_true")
     parser.add_argument("--benchmark", action="store_true")
+    parser.add_argument("--no-stacked", action="store_true",
+                        help="benchmark mode without the stacked splits (Config.stacked)")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -207,6 +210,8 @@ def main() -> None:
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
+    if args.no_stacked:
+        tg._stacked_splits = lambda *a: []
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)
