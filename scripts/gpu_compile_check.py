@@ -66,38 +66,41 @@ def plan(argv: list[str]):
 
 def launch(argv: list[str], batch: int, hidden: int, cfg, dtype: torch.dtype) -> None:
     """Launch one probe's split at its shape (recorded, not run): the forward, and for the
-    backward probe the forward with its saved gates, then (but for a stacked split) the
-    backward."""
+    backward probe the forward with its saved gates, then the backward."""
     backward = "backward" in argv[0]
-    cuda = torch.device("cuda")
     default = (tg.choose_backward_config if backward else tg.choose_config)(
-        batch, hidden, cuda, dtype)
+        batch, hidden, torch.device("cuda"), dtype)
     cfg = cfg(default) if callable(cfg) else cfg or default
+    run(batch, hidden, dtype, cfg, backward, cfg if backward else None)
+
+
+def run(batch: int, hidden: int, dtype: torch.dtype, cfg, save: bool, backward_cfg) -> None:
+    """The forward with split cfg (saving its gates or not), then with backward_cfg the
+    backward: launched through triton_gru, recorded."""
     steps = 16
     gi = torch.zeros(steps, batch, 3 * hidden, dtype=dtype)
     h0, w = torch.zeros(batch, hidden, dtype=dtype), torch.zeros(3 * hidden, hidden, dtype=dtype)
     b, lengths = torch.zeros(3 * hidden, dtype=dtype), torch.full((batch,), steps)
-    out, saved = tg.forward(gi, h0, w, b, lengths, True, backward, cfg)
-    if backward and not cfg.stacked:  # (a stacked split is the forward's alone)
-        tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, True, cfg)
+    out, saved = tg.forward(gi, h0, w, b, lengths, True, save, cfg)
+    if backward_cfg is not None:
+        tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, True, backward_cfg)
 
 
 def benchmark_candidates() -> None:
-    """Launch (recorded) benchmark mode's candidates at issue 5's grid points: the
-    forward's for inference and training (the backward's run after it), and the
-    backward's."""
+    """Launch (recorded) benchmark mode's candidates at issue 5's grid points, as it runs
+    them: the forward's for inference and training (its gates saved), and the
+    backward's (after the default forward)."""
     cuda = torch.device("cuda")
     for dtype in (torch.float32, torch.bfloat16):
         for batch in (1, 16):
             for hidden in (256, 512, 1024):
-                for kind, choose in (("forward", tg.choose_config),
-                                     ("backward", tg.choose_backward_config)):
-                    default = choose(batch, hidden, cuda, dtype)
-                    for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
-                                              kind == "forward"):
-                        if kind == "forward":
-                            launch(["gpu_probe.py"], batch, hidden, cfg, dtype)
-                        launch(["gpu_probe_backward.py"], batch, hidden, cfg, dtype)
+                forward = tg.choose_config(batch, hidden, cuda, dtype)
+                for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
+                    run(batch, hidden, dtype, cfg, False, None)
+                    run(batch, hidden, dtype, cfg, True, None)
+                default = tg.choose_backward_config(batch, hidden, cuda, dtype)
+                for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False):
+                    run(batch, hidden, dtype, forward, True, cfg)
 
 
 def main():

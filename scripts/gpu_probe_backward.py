@@ -10,12 +10,14 @@ the same process. A diagnostic, not a test.
     python scripts/gpu_probe_backward.py --stamped    # stamped exchange against barrier
     python scripts/gpu_probe_backward.py --kmajor     # the K-major exchange and product
     python scripts/gpu_probe_backward.py --b16 --bf16 # the same in bfloat16
+    python scripts/gpu_probe_backward.py --stacked    # B=16: W_gᵀ's rows in one tensor-core
+                                                      # tile (the forward stacked too)
     TRITON_INTERPRET=1 python scripts/gpu_probe_backward.py --smoke
 """
 import sys
 
 import torch
-from gpu_splits import C, D, kmajor_tile, row_major_tile, stamped, stamped_tile
+from gpu_splits import C, D, kmajor_tile, row_major_tile, stacked_tile, stamped, stamped_tile
 from gpu_timing import interleaved, per_step
 
 import flashgru.backends.triton_gru as tg
@@ -68,6 +70,19 @@ elif "--b16" in sys.argv:  # B=16: resident W_hhᵀ splits and smaller row tiles
         # offline, no spills: H=512 198 registers, 80 KB shared; H=1024 8 warps 222, 160 KB)
         PLAN[1][2].append(C(16, 16, 512, True, resident=True))
         PLAN[2][2].append(C(16, 16, 1024, True, 8, resident=True))
+elif "--stacked" in sys.argv:  # B=16: the gates' W_gᵀ rows stacked in one tile of 64 rows
+    # kept in shared memory, one wgmma a step (three TF32 ones in fp32) on the gates'
+    # gradients side by side (ptxas, sm_90a, Triton 3.6, offline: fp32 H=128 (s=16) 255
+    # registers, no spills, 128 KB shared; H=256 (s=8) 32-92 bytes spilled, 192 KB;
+    # bf16 H=512 (s=8) 212, 96 KB; H=1024 (s=8) 64-224 bytes spilled, 192 KB)
+    st = stacked_tile
+    if DTYPE == torch.bfloat16:
+        PLAN = [(16, 256, [D, st(256), st(256, 8)]),
+                (16, 512, [D, st(512), st(512, 8), st(512, 4)]),
+                (16, 1024, [D, st(1024, 8), st(1024, 8, 8)])]
+    else:
+        PLAN = [(16, 128, [D, st(128), st(128, 8)]),
+                (16, 256, [D, st(256, 8), st(256, 4), st(256, 8, 8), st(256, 8, 4, True)])]
 else:
     SPLITS = [D, C(16, 16, 64, True), C(16, 32, 32, True), C(16, 32, 128, True),
               C(16, 64, 64, True), C(16, 16, 128, True), C(16, 8, 128, False),

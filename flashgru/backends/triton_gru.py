@@ -232,19 +232,24 @@ def _resident_tiles_t(wt, cols, cmask, H, BK: tl.constexpr, DOT: tl.constexpr):
 
 
 @_jit
-def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr):
+def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr = False):
     """``Config.stacked``: this program's S units' rows of the three gates of W_hh at w in
     one (64, BK / F) tile for one warpgroup's wgmma, F = 16 / S folds of K: fold f (rows
     4S·f to 4S·(f+1)) holds the gates' rows (r, z, n, then S zero rows) over K's f-th
-    part. Loaded once before the time loop (a dot operand that no arithmetic touches
-    stays in shared memory)."""
+    part; TRANSPOSED (the backward's, from w = W_hhᵀ (H, 3H)): gate g's rows are those of
+    W_gᵀ, the units' columns of W_g. Loaded once before the time loop (a dot operand that
+    no arithmetic touches stays in shared memory)."""
     F: tl.constexpr = 16 // S
     m = tl.arange(0, 64)
     i = m % (4 * S)
     gate = i // S
     units = tl.program_id(0) * S + i % S
     ks = (m // (4 * S) * (BK // F))[:, None] + tl.arange(0, BK // F)[None, :]
-    return tl.load(w + (gate * H + units)[:, None] * H + ks,
+    if TRANSPOSED:
+        base = units * 3 * H + gate * H
+    else:
+        base = (gate * H + units) * H
+    return tl.load(w + base[:, None] + ks,
                    mask=((gate < 3) & (units < H))[:, None] & (ks < H), other=0.0)
 
 
@@ -256,12 +261,35 @@ def _tf32_hi(x):
 
 
 @_jit
+def _stacked_dot(w_hi, w_lo, xt):
+    """w_hi (64, K) @ xt (K, N) in fp32: with fp32 weights three TF32 products on W's
+    parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped W_lo·x_lo is below 2^-21 of
+    the product, as tf32x3's); with 16-bit weights one, w_lo unused."""
+    if w_hi.dtype == tl.float32:
+        x_hi = _tf32_hi(xt)
+        acc = tl.dot(w_lo, x_hi, input_precision="tf32")
+        acc = tl.dot(w_hi, xt - x_hi, acc, input_precision="tf32")
+        return tl.dot(w_hi, x_hi, acc, input_precision="tf32")
+    else:
+        return tl.dot(w_hi, xt.to(w_hi.dtype))
+
+
+@_jit
+def _diagonal_sum(acc, D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """(R, C): the sum of the D diagonal blocks of acc (D·R, D·C)."""
+    if D == 1:
+        return acc
+    acc = tl.reshape(acc, (D, R, D, C))
+    d = tl.arange(0, D)
+    diagonal = d[:, None, None, None] == d[None, None, :, None]
+    return tl.sum(tl.sum(tl.where(diagonal, acc, 0.0), axis=2), axis=0)
+
+
+@_jit
 def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
     """The three gate blocks (BB, S) of x (BB, K) @ W_gᵀ from stacked tiles
-    (_stacked_tile): in one tl.dot, the tile times xᵀ with its F folds of K side by side,
-    (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate. fp32 as
-    three TF32 products on W's parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped
-    W_lo·x_lo is below 2^-21 of the product, as tf32x3's); 16-bit weights: w_lo unused."""
+    (_stacked_tile): in one _stacked_dot, the tile times xᵀ with its F folds of K side by
+    side, (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate."""
     F: tl.constexpr = 16 // S
     BB: tl.constexpr = x.shape[0]
     KF: tl.constexpr = x.shape[1] // F
@@ -269,24 +297,23 @@ def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
         xt = tl.trans(x)
     else:  # xt[k, f·BB + b] = x[b, f·KF + k]
         xt = tl.reshape(tl.permute(tl.reshape(x, (BB, F, KF)), (2, 1, 0)), (KF, F * BB))
-    if w_hi.dtype == tl.float32:
-        x_hi = _tf32_hi(xt)
-        acc = tl.dot(w_lo, x_hi, input_precision="tf32")
-        acc = tl.dot(w_hi, xt - x_hi, acc, input_precision="tf32")
-        acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
-    else:
-        acc = tl.dot(w_hi, xt.to(w_hi.dtype))
-    if F > 1:  # fold f's rows times fold f's columns, summed over f
-        acc = tl.reshape(acc, (F, 4 * S, F, BB))
-        fold = tl.arange(0, F)
-        diagonal = fold[:, None, None, None] == fold[None, None, :, None]
-        acc = tl.sum(tl.sum(tl.where(diagonal, acc, 0.0), axis=2), axis=0)
+    acc = _diagonal_sum(_stacked_dot(w_hi, w_lo, xt), F, 4 * S, BB)
     # acc[g·S + s, b] → (b, s, g // 2, g % 2), then split twice: g = 0 (r), 1 (z), 2 (n)
     q = tl.permute(tl.reshape(acc, (2, 2, S, BB)), (3, 2, 0, 1))
     even, odd = tl.split(q)
     r, n = tl.split(even)
     z, _ = tl.split(odd)
     return r, z, n
+
+
+@_jit
+def _stacked_carry(xt, w_hi, w_lo, S: tl.constexpr):
+    """(BB, S): Σ_g x_g (BB, K) @ W_g[:, units] from the backward's stacked tiles
+    (_stacked_tile, TRANSPOSED) and xt from _stacked_gradients: one _stacked_dot, then
+    its 4F diagonal blocks (S, BB) summed."""
+    F: tl.constexpr = 16 // S
+    BB: tl.constexpr = xt.shape[1] // (4 * F)
+    return tl.trans(_diagonal_sum(_stacked_dot(w_hi, w_lo, xt), 4 * F, S, BB))
 
 
 # The most words a stamped wait re-reads as one block: a larger block (B=16 above H=256)
@@ -307,6 +334,33 @@ def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.const
         return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, False, KMAJOR)
     else:
         return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, True, KMAJOR)
+
+
+@_jit
+def _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK: tl.constexpr,
+                       S: tl.constexpr, STAMPED: tl.constexpr, GATES: tl.constexpr):
+    """The backward's stacked operand (K / F, 4F·BB), read at once in the tile's row order
+    (fold f, gate g): xt[k, (4f + g)·BB + b] = gate g's gradient at row b of this tile
+    (rows), f·K / F + k, gate g's block at a + g·gstep, its rows xstride apart (written
+    by other programs: _shared_block, step t); zero for the fourth gate and for those not
+    in GATES (bit g)."""
+    F: tl.constexpr = 16 // S
+    BB: tl.constexpr = rows.shape[0]
+    KF: tl.constexpr = BK // F
+    c = tl.arange(0, 4 * F * BB)
+    gate = c // BB % 4
+    row = tl.min(rows, axis=0) + c % BB
+    ks = (c // (4 * BB) * KF)[None, :] + tl.arange(0, KF)[:, None]
+    ptrs = a + (gate * gstep + row * xstride)[None, :] + ks
+    mask = ((((GATES >> gate) & 1) == 1) & (row < B))[None, :] & (ks < H)
+    if STAMPED:  # wait until each gate's block carries step t, then read it once
+        for g in tl.static_range(3):
+            if (GATES >> g) & 1:
+                _await(a + g * gstep, rows, rmask, H, xstride, t, STAMPED_BLOCK // BB)
+        words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
+        return words.to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
 
 
 @_jit
@@ -475,7 +529,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
-                     KMAJOR: tl.constexpr = False):
+                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -487,13 +541,20 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     forward's, a stamp is the step itself, so launches over parts of T may share it).
     KMAJOR (resident broadcast tiles): through xbuf too, each half transposed, (3H, B),
     fp32 values after the barrier or stamped words, the products summed over K first.
+    STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
+    its low parts, for fp32 weights.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
     own3 = rows[:, None] * 3 * H + cols[None, :]
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
-    if RESIDENT:
+    if STACKED:  # (fp32: W_hhᵀ's high parts, then its low parts, _tf32_parts)
+        w_hi = _stacked_tile(wt, H, BK, S, True)
+        w_lo = w_hi
+        if wt.dtype.element_ty == tl.float32:
+            w_lo = _stacked_tile(wt + 3 * H * H, H, BK, S, True)
+    elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
@@ -543,7 +604,11 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
             if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
-            if RESIDENT:
+            if STACKED:
+                carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                          xstride, t, BK, S, STAMPED, 7),
+                                       w_hi, w_lo, S)
+            elif RESIDENT:
                 carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
                                           KMAJOR, DOT, PREC, ACC)
                 carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
@@ -560,7 +625,11 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
-            if RESIDENT:
+            if STACKED:  # (the n gate's block alone)
+                d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                         xstride, t, BK, S, STAMPED, 4),
+                                      w_hi, w_lo, S)
+            elif RESIDENT:
                 d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
                                          STAMPED, KMAJOR, DOT, PREC, ACC)
             else:
@@ -573,7 +642,11 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgi + g3 + own3, dr, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 2) * n_prog)
-            if RESIDENT:
+            if STACKED:  # (r's and z's blocks)
+                carry = r * d_rh + _stacked_carry(
+                    _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
+                                       STAMPED, 3), w_hi, w_lo, S)
+            elif RESIDENT:
                 carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
                                                      STAMPED, KMAJOR, DOT, PREC, ACC)
                 carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
@@ -603,7 +676,13 @@ class Config(NamedTuple):
     backward's gradients) is exchanged transposed, (H, B) ((3H, B)), and each product is
     summed over its first axis, K, so the layout Triton picks keeps more of the sum within
     a thread (nvdisasm, sm_90a: B=16, H=256 at 8 warps a third of the instructions, a
-    tenth of the shuffles)."""
+    tenth of the shuffles); stacked (batch 9-16: block_batch 16, slice 4, 8 or 16,
+    tl.dot, resident): the program's rows of W_hh's three gates (the backward's: of
+    W_gᵀ) stacked into one (64, K / F) tile, F = 16 / slice folds of K, that Triton keeps
+    in shared memory and multiplies on the tensor cores (wgmma on sm90) by the state's
+    transpose (the backward's: the gates' gradients), its folds side by side, fp32 as
+    three TF32 products on W_hh split on the host (_tf32_parts); shared memory as
+    _stacked_bytes."""
 
     block_batch: int
     slice: int
@@ -743,10 +822,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: the default with the other exchange (stamped or
     barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
     recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed W
-    against the resident spread split; at batch 9-16, the forward's stacked tiles on the
-    tensor cores where they fit (_stacked_splits). Off
-    CUDA (the interpreter: one program per tile), the default, stamped and with W
-    streamed."""
+    against the resident spread split; at batch 9-16, the stacked tiles on the tensor cores
+    where they fit (_stacked_splits). Off CUDA (the interpreter: one program per tile),
+    the default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic:
@@ -762,27 +840,36 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                       Config(2, 16, hp, dot=False, resident=True)]
         else:
             found.append(Config(16, 32, 64, dot=True))
-        if forward:
-            found += _stacked_splits(hidden, device, dtype)
+        found += _stacked_splits(hidden, device, dtype, forward)
     return list(dict.fromkeys(found))
 
 
-# The largest stacked tile (Config.stacked) benchmark mode tries, in bytes: its fp32 parts
-# at H=256 (one fold) or 512 (two), with room left in an H100's 227 KiB of shared memory
-# for the state's transpose (ptxas, sm_90a, Triton 3.6: 160-192 KiB in all).
-STACKED_MAX_BYTES = 128 * 1024
+# The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
+# (_stacked_bytes), of an H100's 227 KiB.
+STACKED_MAX_BYTES = 200 * 1024
 
 
-def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype) -> list[Config]:
-    """The stacked splits for a 16-row tile at this H: 16, 8 or 4 units per program (1, 2
-    or 4 folds of K), where the programs fit on the device at once and the tile (64 rows,
-    K / folds, fp32's two parts or one 16-bit) in STACKED_MAX_BYTES."""
-    hp = max(16, _pow2(hidden))
+def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool) -> int:
+    """Shared memory of a stacked split: its tile, 64 rows of K / F (fp32: W's two parts;
+    16-bit: W), and the operand it multiplies, K / F by F·16 columns (the backward's:
+    4F·16, the four gate slots; fp32: two parts). ptxas (sm_90a, Triton 3.6) gives these
+    to the byte for the forward's: fp32 H=256 (slice 16) 160 KiB, H=512 (8) 192 KiB."""
+    folds = 16 // slice_
+    k = max(16, _pow2(hidden)) // folds
     size = 8 if dtype == torch.float32 else 2
+    return (64 + folds * 16 * (1 if forward else 4)) * k * size
+
+
+def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype,
+                    forward: bool) -> list[Config]:
+    """The stacked splits of a 16-row tile at this H, for the forward or the backward: 16,
+    8 or 4 units per program (1, 2 or 4 folds of K), where the programs fit on the device
+    at once and _stacked_bytes within STACKED_MAX_BYTES."""
+    hp = max(16, _pow2(hidden))
     return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True)
             for s in (16, 8, 4)
             if -(-hidden // s) <= _grid_limit(device) and
-            64 * max(hp, 256 // s) * s // 16 * size <= STACKED_MAX_BYTES]
+            _stacked_bytes(hidden, s, dtype, forward) <= STACKED_MAX_BYTES]
 
 
 def _fastest(default: Config, candidates: list[Config], run, device: torch.device,
@@ -848,13 +935,12 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a stamped split carries fp32 values: it can't run float64")
     if cfg.kmajor and not (cfg.resident and not cfg.dot):
         raise ValueError("a kmajor split needs resident tiles and the broadcast product")
-    if cfg.stacked and not (kernel is _forward_kernel and cfg.resident and cfg.dot and
-                            cfg.block_batch == 16 and cfg.slice in (4, 8, 16) and
-                            cfg.block_k * cfg.slice >= 256 and not cfg.kmajor
-                            and consts["ACC"] != tl.float64):
-        raise ValueError("a stacked split is the forward's, with tl.dot, resident tiles, "
-                         "block_batch 16, slice 4, 8 or 16 and block_k ≥ 16 per fold "
-                         "(16 / slice folds), not float64 and not kmajor")
+    if cfg.stacked and not (cfg.resident and cfg.dot and cfg.block_batch == 16 and
+                            cfg.slice in (4, 8, 16) and cfg.block_k * cfg.slice >= 256 and
+                            not cfg.kmajor and consts["ACC"] != tl.float64):
+        raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
+                         "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
+                         "not float64, not kmajor")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -959,7 +1045,10 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        args = (dout.contiguous(), h0.contiguous(), out, w_hh.t().contiguous(), *saved[:3],
+        wt = w_hh.t().contiguous()
+        if cfg.stacked and wt.dtype == torch.float32:
+            wt = torch.cat(_tf32_parts(wt))
+        args = (dout.contiguous(), h0.contiguous(), out, wt, *saved[:3],
                 ghn_s, lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 ACC=_acc(acc))
