@@ -78,11 +78,13 @@ elif "--stacked" in sys.argv:  # B=16: W's rows for the three gates stacked in o
     if DTYPE == torch.bfloat16:
         PLAN = [(16, 256, [D, st(256), st(256, 8), st(256, 16, 4, True)]),
                 (16, 512, [D, st(512), st(512, 8), st(512, 4)]),
-                (16, 1024, [D, st(1024), st(1024, 8)])]
-    else:
+                (16, 1024, [D, st(1024), st(1024, 8)]),
+                (1, 1024, [D, st(1024), st(1024, 8)])]
+    else:  # (and B=1: one row of the 16, a barrier of 16-64 programs instead of 128)
         PLAN = [(16, 128, [D, st(128), st(128, 8)]),
                 (16, 256, [D, st(256), st(256, 16, 8), st(256, 8), st(256, 16, 4, True)]),
-                (16, 512, [D, st(512, 8), st(512, 4), st(512, 8, 4, True)])]
+                (16, 512, [D, st(512, 8), st(512, 4), st(512, 8, 4, True)]),
+                (1, 256, [D, st(256), st(256, 8)]), (1, 512, [D, st(512, 8), st(512, 4)])]
 elif "--b1" in sys.argv:  # B=1: fewer programs, each with more units (a barrier of 8-64
     # programs instead of 128; W resident)
     PLAN = [(1, 256, [D] + [C(1, s, 256, False, resident=True) for s in (4, 8, 16, 32)]),

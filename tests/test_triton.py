@@ -189,16 +189,16 @@ def test_launch_splits(split, reset_after):
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16)] +
+@pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16), (1, 8)] +
                          ([(16, 40), (5, 256)] if DEVICE == "cuda" else []), ids=str)
 def test_stacked_split(size, dtype, reset_after, stamped):
     """Config.stacked, forward and backward: the three gates' rows in one tile, one
     tl.dot a step (fp32 as three TF32 products on a split W), the gates cut out of it
-    (the backward's summed): rows past B, units past H, a second batch tile, the barrier
-    or the stamped exchange; outputs, saved gates and every gradient."""
+    (the backward's summed): rows past B (one row of 16 too), units past H, a second batch
+    tile, the barrier or the stamped exchange; outputs, saved gates and every gradient."""
     batch, hidden = size
-    cfg = tg.Config(16, 16, tg._pow2(hidden), dot=True, resident=True, stacked=True,
-                    stamped=stamped)
+    cfg = tg.Config(16, 16, max(16, tg._pow2(hidden)), dot=True, resident=True,
+                    stacked=True, stamped=stamped)
     _compare(4, batch, hidden, reset_after, dtype, lengths=([4, 1, 3, 2] * 5)[:batch],
              cfg=cfg)
 
@@ -275,6 +275,12 @@ def test_stacked_splits_fit(monkeypatch):
     backward = tg._candidates(tg.choose_backward_config(16, 256, cuda, torch.float32), 16,
                               256, cuda, torch.float32, False)
     assert [c.slice for c in backward if c.stacked] == [8, 4]  # (its operand is 4x)
+    one = tg._candidates(tg.choose_config(1, 256, cuda, torch.float32), 1, 256, cuda,
+                         torch.float32, True)  # (a 16-row tile, 15 rows idle)
+    assert [c.slice for c in one if c.stacked] == [16, 8, 4]
+    big = tg.choose_config(17, 256, cuda, torch.float32)
+    assert not any(c.stacked for c in tg._candidates(big, 17, 256, cuda, torch.float32,
+                                                       True))
 
 
 def test_stacked_split_needs_its_tile():
@@ -706,9 +712,10 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
                                                      False),
     (256, 16, 512, (4, None), torch.float32, False),
     (64, 16, 1024, (16, 8), torch.bfloat16, False), (64, 16, 1024, (8, 8), torch.bfloat16,
-                                                     True)],
+                                                     True),
+    (512, 1, 256, (16, 8), torch.float32, False)],
     ids=["f32-256", "f32-256-stamped", "f32-128", "f32-512-two-folds", "f32-512-four-folds",
-         "bf16-1024", "bf16-1024-two-folds-stamped"])
+         "bf16-1024", "bf16-1024-two-folds-stamped", "f32-256-one-row"])
 def test_stacked_on_gpu(steps, batch, hidden, slices, dtype, stamped, reset_after):
     """The stacked splits on the tensor cores at their largest tiles, with one, two and
     four folds of K, the barrier or stamped words, forward (slices[0] units a program)

@@ -822,9 +822,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: the default with the other exchange (stamped or
     barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
     recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed W
-    against the resident spread split; at batch 9-16, the stacked tiles on the tensor cores
-    where they fit (_stacked_splits). Off CUDA (the interpreter: one program per tile),
-    the default, stamped and with W streamed."""
+    against the resident spread split; at batch ≤ 16, the stacked tiles on the tensor
+    cores where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for
+    a barrier of 16-128 programs). Off CUDA (the interpreter: one program per tile), the
+    default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic:
@@ -840,6 +841,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                       Config(2, 16, hp, dot=False, resident=True)]
         else:
             found.append(Config(16, 32, 64, dot=True))
+    if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
     return list(dict.fromkeys(found))
 
