@@ -32,10 +32,7 @@ if BACKENDS["triton"].missing() is None:
         """out (3, 16, S): program 0's gate blocks of x (16, H) @ W_gᵀ from the stacked
         tiles of w = W_hh (with its low parts after it in fp32), as the forward makes
         them (test_stacked_folds)."""
-        w_hi = tg._stacked_tile(w, H, BK, S)
-        w_lo = w_hi
-        if w.dtype.element_ty == tl.float32:
-            w_lo = tg._stacked_tile(w + 3 * H * H, H, BK, S)
+        w_hi, w_lo = tg._stacked_tiles(w, H, BK, S)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
         r, z, n = tg._stacked_product(xb, w_hi, w_lo, S)
@@ -49,10 +46,7 @@ if BACKENDS["triton"].missing() is None:
         """out (16, S): program 0's Σ_g x_g (16, H) @ W_g[:, units] from the backward's
         stacked tiles of wt = W_hhᵀ (its low parts after it in fp32), x (16, 3H) the three
         gates' blocks side by side, as the backward makes it (test_stacked_folds)."""
-        w_hi = tg._stacked_tile(wt, H, BK, S, True)
-        w_lo = w_hi
-        if wt.dtype.element_ty == tl.float32:
-            w_lo = tg._stacked_tile(wt + 3 * H * H, H, BK, S, True)
+        w_hi, w_lo = tg._stacked_tiles(wt, H, BK, S, True)
         rows = tl.arange(0, 16)
         xt = tg._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
         carry = tg._stacked_carry(xt, w_hi, w_lo, S)

@@ -254,6 +254,17 @@ def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.conste
 
 
 @_jit
+def _stacked_tiles(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+    """_stacked_tile's (high, low) tiles: with fp32 weights, w holds W's TF32-rounded
+    high parts, then (3H·H) its low parts (_tf32_parts); with 16-bit weights the one tile
+    twice (the low one unused)."""
+    hi = _stacked_tile(w, H, BK, S, TRANSPOSED)
+    if w.dtype.element_ty == tl.float32:
+        return hi, _stacked_tile(w + 3 * H * H, H, BK, S, TRANSPOSED)
+    return hi, hi
+
+
+@_jit
 def _tf32_hi(x):
     """x rounded to TF32's 10-bit mantissa (to nearest; |x| well below fp32's largest)."""
     bits = x.to(tl.int32, bitcast=True)
@@ -447,11 +458,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         xown = own
     if STAMPED:
         _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
-    if STACKED:  # (fp32: W_hh's high parts, then its low parts, _tf32_parts)
-        w_hi = _stacked_tile(w, H, BK, S)
-        w_lo = w_hi
-        if w.dtype.element_ty == tl.float32:
-            w_lo = _stacked_tile(w + 3 * H * H, H, BK, S)
+    if STACKED:
+        w_hi, w_lo = _stacked_tiles(w, H, BK, S)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     for t in range(t_begin, t_end):
@@ -549,11 +557,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     own3 = rows[:, None] * 3 * H + cols[None, :]
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
-    if STACKED:  # (fp32: W_hhᵀ's high parts, then its low parts, _tf32_parts)
-        w_hi = _stacked_tile(wt, H, BK, S, True)
-        w_lo = w_hi
-        if wt.dtype.element_ty == tl.float32:
-            w_lo = _stacked_tile(wt + 3 * H * H, H, BK, S, True)
+    if STACKED:
+        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     for i in range(t_end - t_begin):
