@@ -17,7 +17,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
 
-Prints a short table last; ``--json FILE`` writes every number.
+Prints a short table last; ``--json FILE`` writes every number (after each grid point,
+so a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 
@@ -90,7 +92,7 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str) -> dict:
     return row
 
 
-def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
+def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
     rows = []
     for dtype in dtypes:
         for h in hidden:
@@ -114,6 +116,8 @@ def grid(dtypes, hidden, batch, steps, backend) -> list[dict]:
                         for key, trial in tg.trials.items() if key[2:5] == (b, h, dtype)}
                 rows.append(row)
                 print(_line(row), flush=True)
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
@@ -217,13 +221,17 @@ def main() -> None:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)
     hidden, batch = ((64, 256, 1024), (1, 128)) if args.quick else (HIDDEN, BATCH)
     hidden, batch = args.hidden or hidden, args.batch or batch
-    results["grid"] = grid((torch.float32, torch.bfloat16), hidden, batch, args.steps,
-                           backend)
-    results["bidirectional"] = bidirectional(backend)
-    results["long"] = long_sequence()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    def save(**parts):  # (after every grid point: a run cut short keeps what it measured)
+        results.update(parts)
+        if args.json:
+            with open(args.json + ".part", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(args.json + ".part", args.json)
+
+    save(grid=grid((torch.float32, torch.bfloat16), hidden, batch, args.steps, backend,
+                   on_row=lambda rows: save(grid=rows)))
+    save(bidirectional=bidirectional(backend))
+    save(long=long_sequence())
     print("\nsummary (µs per step, speedup over cuDNN):")
     for row in results["grid"]:
         t = row["T"]
