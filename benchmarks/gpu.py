@@ -109,16 +109,25 @@ def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
                     row["left_out"] = [f"{tuple(cfg)}: {why}" for key, trial in
                                        tg.trials.items() if key[2:5] == (b, h, dtype)
                                        for cfg, why in trial.items() if isinstance(why, str)]
-                    # (in --json only: every candidate's time per step, by kind)
+                    # (in --json only: every candidate's time per step by kind, and
+                    # the default's split; scripts/tune_summary.py reads them)
                     row["timed"] = {f"{key[0]}{key[6:]}": {
-                        str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
-                        for cfg, got in trial.items() if not isinstance(got, str)}
+                        "default": str(tuple(_default(key[0], b, h, dtype))),
+                        "us_per_step": {str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
+                                        for cfg, got in trial.items()
+                                        if not isinstance(got, str)}}
                         for key, trial in tg.trials.items() if key[2:5] == (b, h, dtype)}
                 rows.append(row)
                 print(_line(row), flush=True)
                 if on_row is not None:
                     on_row(rows)
     return rows
+
+
+def _default(kind: str, batch: int, hidden: int, dtype: torch.dtype):
+    """The split a call of this kind gets without benchmark mode."""
+    choose = tg.choose_config if kind == "forward" else tg.choose_backward_config
+    return choose(batch, hidden, torch.device("cuda"), dtype)
 
 
 def _line(row: dict) -> str:

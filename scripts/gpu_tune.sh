@@ -6,8 +6,8 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test fail or hang, the grid runs the defaults only (a
 # candidate could hang it), or, where only the stacked splits' tests failed, benchmark
-# mode without them. Every kernel compiled first, all cores at once (gpu_warm.py). Logs
-# go to $OUT.
+# mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the
+# summary (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 PICK="stamped_exchange_on_gpu or kmajor_on_gpu or stacked_on_gpu or benchmark_mode_on_gpu"
@@ -28,3 +28,6 @@ else
   echo "gpu_tune: a GPU-only test failed or hung: the grid runs the defaults only"
 fi
 timeout -k 10 270 python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | tail -14
+# each point's default against its fastest candidate (what to make the defaults)
+[ -f "$OUT/tune.json" ] && python3 scripts/tune_summary.py "$OUT/tune.json" \
+  | tee "$OUT/tune-summary.log"

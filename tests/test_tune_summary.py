@@ -1,0 +1,42 @@
+"""scripts/tune_summary.py: benchmark mode's timings from benchmarks/gpu.py's JSON, the
+default against the fastest candidate for each grid point and kind of call."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import tune_summary  # noqa: E402
+
+import flashgru.backends.triton_gru as tg  # noqa: E402
+
+DEFAULT = str(tuple(tg.Config(16, 2, 256, False, resident=True)))
+STACKED = str(tuple(tg.Config(16, 16, 256, True, resident=True, stacked=True)))
+ROW = {"dtype": "float32", "H": 256, "B": 16, "timed": {
+    "forward(True, False)": {"default": DEFAULT,
+                             "us_per_step": {DEFAULT: 5.5, STACKED: 2.2}},
+    "backward(True,)": {"default": DEFAULT, "us_per_step": {}}}}
+
+
+def test_the_fastest_against_the_default():
+    lines = tune_summary.summarize([ROW, {"dtype": "bfloat16", "H": 512, "B": 1}])
+    assert lines == [" float32 H=256   B=16  forward(True, False)   default "
+                     "(16, 2, 256, bcast, 4w resident) 5.50 | fastest "
+                     "(16, 16, 256, dot, 4w resident stacked) 2.20 ×2.50"]
+
+
+def test_every_candidate_and_a_default_left_out(tmp_path):
+    row = json.loads(json.dumps(ROW))
+    del row["timed"]["forward(True, False)"]["us_per_step"][DEFAULT]  # (failed: not timed)
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps({"grid": [row]}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/tune_summary.py"), str(path),
+                           "--all"], capture_output=True, text=True, check=True)
+    assert "default (16, 2, 256, bcast, 4w resident) not timed | fastest " \
+           "(16, 16, 256, dot, 4w resident stacked) 2.20" in done.stdout
