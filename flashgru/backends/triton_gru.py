@@ -997,8 +997,9 @@ def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
             reset_after: bool, save: bool, cfg: Config | None = None):
-    """Returns out (T, B, H) in gi's dtype and, with ``save``, the gates r, z, n and (for
-    reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype."""
+    """Returns out (T, B, H) in gi's dtype and the saved gates: with ``save``, r, z, n and
+    (for reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype; else
+    none."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
@@ -1007,10 +1008,12 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
                                        save, c))
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
-    kept = steps if save else 0
-    saved = [_empty(kept, batch, hidden, dtype=acc, device=gi.device)
-             for _ in range(3 + reset_after)]
-    ghn_s = saved[3] if reset_after else saved[0]
+    if save:
+        saved = [_empty(steps, batch, hidden, dtype=acc, device=gi.device)
+                 for _ in range(3 + reset_after)]
+        gates = (*saved[:3], saved[3] if reset_after else saved[0])
+    else:  # (the kernel writes no gates: out stands in for their pointers)
+        saved, gates = [], (out,) * 4
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -1024,7 +1027,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         if cfg.stacked and w.dtype == torch.float32:
             w = torch.cat(_tf32_parts(w))
         args = (gi.contiguous(), h0.contiguous(), w, b_hh.contiguous(),
-                lengths, out, hbuf, rhbuf, *saved[:3], ghn_s)
+                lengths, out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 SAVE=save, ACC=_acc(gi.dtype))
     return out, saved
@@ -1082,6 +1085,8 @@ def _define_ops():
     def gru_op(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
                reset_after: bool, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         out, saved = forward(gi, h0, w_hh, b_hh, lengths, reset_after, save)
+        if not save:  # (the op's outputs all the same: empty, not saved)
+            saved = [_gates_like(gi, h0, 0) for _ in range(3 + reset_after)]
         ghn = saved[3] if reset_after else _gates_like(gi, h0, 0)
         return out, saved[0], saved[1], saved[2], ghn
 
