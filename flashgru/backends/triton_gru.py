@@ -681,7 +681,7 @@ class Config(NamedTuple):
     backward's gradients) is exchanged transposed, (H, B) ((3H, B)), and each product is
     summed over its first axis, K, so the layout Triton picks keeps more of the sum within
     a thread (nvdisasm, sm_90a: B=16, H=256 at 8 warps a third of the instructions, a
-    tenth of the shuffles); stacked (batch 9-16: block_batch 16, slice 4, 8 or 16,
+    tenth of the shuffles); stacked (a 16-row tile: block_batch 16, slice 4, 8 or 16,
     tl.dot, resident): the program's rows of W_hh's three gates (the backward's: of
     W_gᵀ) stacked into one (64, K / F) tile, F = 16 / slice folds of K, that Triton keeps
     in shared memory and multiplies on the tensor cores (wgmma on sm90) by the state's
@@ -968,8 +968,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
-                num_warps=cfg.warps, **launch, **consts,
-                **({"STACKED": True} if cfg.stacked else {}))
+                STACKED=cfg.stacked, num_warps=cfg.warps, **launch, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
@@ -983,6 +982,13 @@ def _grid_limit(device: torch.device) -> int:
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes comes from here (the tests fill them with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
+    """W_hh (or W_hhᵀ) as the kernels read it: contiguous; for a stacked split in fp32,
+    its TF32 high parts followed by its low parts (_tf32_parts)."""
+    w = w.contiguous()
+    return torch.cat(_tf32_parts(w)) if cfg.stacked and w.dtype == torch.float32 else w
 
 
 def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -1023,10 +1029,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        w = w_hh.contiguous()
-        if cfg.stacked and w.dtype == torch.float32:
-            w = torch.cat(_tf32_parts(w))
-        args = (gi.contiguous(), h0.contiguous(), w, b_hh.contiguous(),
+        args = (gi.contiguous(), h0.contiguous(), _kernel_weights(w_hh, cfg), b_hh.contiguous(),
                 lengths, out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 SAVE=save, ACC=_acc(gi.dtype))
@@ -1055,11 +1058,8 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        wt = w_hh.t().contiguous()
-        if cfg.stacked and wt.dtype == torch.float32:
-            wt = torch.cat(_tf32_parts(wt))
-        args = (dout.contiguous(), h0.contiguous(), out, wt, *saved[:3],
-                ghn_s, lengths, dgi, dgh, dh, xbuf)
+        args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
+                *saved[:3], ghn_s, lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 ACC=_acc(acc))
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).to(acc).flatten(0, 1)  # (T·B, H)
