@@ -107,3 +107,48 @@ def test_dropout_masks_match_torch_on_cpu():
             o, h = ours(x)
             assert_close(f"{backend}/{form} output", padded(o_ref), padded(o), 1e-12)
             assert_close(f"{backend}/{form} h_n", h_ref, h, 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where, value", [("hx", float("inf")), ("hx", -float("inf")),
+                                          ("hx", float("nan")), ("input", float("inf"))])
+@pytest.mark.parametrize("batch, steps", [(1, 6), (3, 6), (3, 1)])
+def test_non_finite_values_give_torchs_numbers(backend, where, value, batch, steps):
+    """An inf or NaN in hx or the input: torch's NaNs, infs and finite numbers in the
+    output, h_n and every gradient, with and without autograd (the inference paths
+    differ). (An inf state meets a gate of exactly 0 or 1: 0 · inf = NaN as in torch, not
+    a finite number from a gate's exp that stops short of 0.)"""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 5, dtype=torch.float64)
+    ours = flashgru.GRU.from_torch(ref, backend=backend)
+    x = torch.randn(steps, batch, 4, dtype=torch.float64)
+    hx = torch.randn(1, batch, 5, dtype=torch.float64)
+    (hx if where == "hx" else x)[0, batch - 1, 1] = value
+    with torch.no_grad():
+        for got, want in zip(ours(x, hx), ref(x, hx), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True)
+    results = []
+    for module in (ref, ours):
+        xs, hs = x.clone().requires_grad_(), hx.clone().requires_grad_()
+        out, h_n = module(xs, hs)
+        loss = (out * out).sum() + (h_n ** 3).sum()
+        results.append([out, h_n, *torch.autograd.grad(loss, [xs, hs, *module.parameters()])])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch", [None, 1, 3], ids=["unbatched", "B1", "B3"])
+def test_cell_with_a_non_finite_state_gives_torchs_numbers(value, dtype, batch):
+    """GRUCell's inference step kernel (and its ordinary path) on an inf or NaN in hx."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(4, 5, dtype=dtype)
+    ours = flashgru.GRUCell(4, 5, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    shape = (batch,) if batch else ()
+    x, hx = torch.randn(*shape, 4, dtype=dtype), torch.randn(*shape, 5, dtype=dtype)
+    hx[..., 1] = value
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, hx), ref(x, hx), equal_nan=True)
+    torch.testing.assert_close(ours(x, hx.requires_grad_()), ref(x, hx), equal_nan=True)

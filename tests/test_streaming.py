@@ -304,6 +304,10 @@ def test_gate_exp_relative_error(dtype, lo, hi, bound):
     assert got.dtype == dtype
     ref = np.exp(x.astype(np.float64))
     assert (np.abs(got - ref) / ref).max() <= bound
+    # beyond the range: exactly 0 and inf, as np.exp at ∓inf; NaN stays NaN
+    ends = np.array([-np.inf, -1e30, 2 * lo, 2 * hi, 1e30, np.inf, np.nan], dtype=dtype)
+    assert exp_all(ends).tolist()[:6] == [0.0, 0.0, 0.0, np.inf, np.inf, np.inf]
+    assert np.isnan(exp_all(ends)[6])
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

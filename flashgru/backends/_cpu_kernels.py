@@ -473,11 +473,14 @@ def _exp(x):
     """exp(x) for a float32 or float64 scalar, in its own precision and in arithmetic that
     LLVM vectorises inside the caller's loop (libm's exp does not): 2^k · P(r) with
     x = k·ln2 + r, 2^k built from its bits. Inlined into the caller (``_exp64``: relative
-    error ≤ 4e-16, argument clamped to ±708; ``_exp32``: ≤ 2 ulp, clamped to [-87, 88])."""
+    error ≤ 4e-16 on [-708, 708]; ``_exp32``: ≤ 2 ulp on [-87, 88]). The argument is
+    clamped where 2^k's exponent bits reach 0 or all ones, so far below the range it gives
+    exactly 0 and far above exactly inf, as libm's exp at ∓inf: a sigmoid of -inf is 0,
+    and an inf state makes 0 · inf = NaN as in torch, not a finite number. NaN stays NaN."""
 
 
 def _exp64(x):
-    v = min(max(x, -708.0), 708.0)
+    v = min(max(x, -709.0), 709.5)  # (k = -1023: 2^k's bits 0; k = 1024: inf)
     k = np.floor(v * 1.4426950408889634 + 0.5)
     r = v - k * 0.6931471803691238 - k * 1.9082149292705877e-10
     c = _EXP_TAYLOR
@@ -488,7 +491,7 @@ def _exp64(x):
 
 
 def _exp32(x):
-    v = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    v = min(max(x, np.float32(-88.0)), np.float32(88.5))  # (k = -127: 0; 128: inf)
     k = np.floor(v * _LOG2E_32 + _HALF_32)
     r = v - k * _LN2_HI_32 - k * _LN2_LO_32
     c = _EXP_TAYLOR_32
