@@ -87,11 +87,20 @@ def test_float32_matches_torch(backend, form, size):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_batch_size_zero(backend, batch_first):
+    """Empty results of torch's shapes, still connected to autograd: backward gives torch's
+    (zero) gradients."""
     ref = torch.nn.GRU(3, 4, 2, batch_first=batch_first, bidirectional=True)
     ours = flashgru.GRU.from_torch(ref, backend=backend)
     x = torch.randn((0, 5, 3) if batch_first else (5, 0, 3))
     (o_ref, h_ref), (o, h) = ref(x), ours(x)
     assert o.shape == o_ref.shape and h.shape == h_ref.shape
+    for module in (ref, ours):
+        xs = x.clone().requires_grad_()
+        out, h_n = module(xs)
+        (out.sum() + h_n.sum()).backward()
+        assert xs.grad.shape == x.shape
+    for (name, p_ref), p in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, msg=name)
 
 
 def test_dropout_masks_match_torch_on_cpu():

@@ -480,6 +480,7 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     """The recurrent core (see ``reference.core`` for the contract), parallel in time."""
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
-    if gi.shape[0] == 0 or gi.shape[1] == 0:
-        return gi.new_zeros(gi.shape[0], gi.shape[1], h0.shape[-1])
+    if gi.shape[0] == 0 or gi.shape[1] == 0:  # (nothing to solve: the reference's empty
+        # result, which autograd still connects to every input, as torch's is)
+        return reference.core(gi, h0, w_hh, b_hh, lengths, reset_after)
     return _ParallelGRU.apply(gi, h0, w_hh, b_hh, lengths, reset_after)
