@@ -80,24 +80,18 @@ class GRU(nn.GRU):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
+        *args,
         reset_after: bool = True,
         backend: str = "auto",
         **kwargs,
     ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            name = next(iter(kwargs))
-            raise TypeError(f"GRU.__init__() got an unexpected keyword argument {name!r}")
+        # the rest (proj_size, device, dtype: torch's RNNBase order) and any other keyword
+        # go to torch.nn.GRU as they came, for its checks and messages: device and dtype
+        # by name; proj_size, by name or non-zero, raises ValueError as there
         _check_bool("reset_after", reset_after)
         check_backend(backend, reset_after)  # raises for a bad choice
-        super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype,
-        )
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, *args, **kwargs)
         self.reset_after = reset_after
         self.backend = backend
 

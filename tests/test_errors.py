@@ -52,6 +52,34 @@ def test_constructor_errors_match_torch(case):
     assert got == expected
 
 
+POSITIONAL_CASES = {  # (torch.nn.GRU's order: RNNBase's, proj_size before device, dtype)
+    "proj_size 0": (0,),
+    "proj_size 0, device, dtype": (0, "cpu", torch.float64),
+    "proj_size 2": (2,),
+    "device in proj_size's place": ("cpu",),
+    "one too many": (0, None, None, None),
+}
+
+
+@pytest.mark.parametrize("case", POSITIONAL_CASES)
+def test_positional_arguments_in_torchs_order(case):
+    """Arguments past bidirectional, by position, mean what they mean to torch.nn.GRU, with
+    its errors; and its errors for keywords it does not take."""
+    args = (5, 6, 1, True, False, 0.0, False, *POSITIONAL_CASES[case])
+    expected = outcome(lambda: torch.nn.GRU(*args).weight_ih_l0)
+    assert outcome(lambda: flashgru.GRU(*args).weight_ih_l0) == expected
+    if expected[0] == "ok":
+        assert flashgru.GRU(*args).weight_ih_l0.dtype == torch.nn.GRU(*args).weight_ih_l0.dtype
+
+
+@pytest.mark.parametrize("kwargs", [dict(nonlinearity="tanh"), dict(mode="LSTM")],
+                         ids=["unknown", "mode"])
+def test_keyword_errors_match_torch(kwargs):
+    expected = outcome(lambda: torch.nn.GRU(5, 6, **kwargs))
+    assert expected[0] is not "ok"  # noqa: F632
+    assert outcome(lambda: flashgru.GRU(5, 6, **kwargs)) == expected
+
+
 def test_dropout_warning_matches_torch():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         flashgru.GRU(3, 4, dropout=0.5)
