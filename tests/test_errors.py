@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import flashgru
 
@@ -78,6 +78,36 @@ def test_keyword_errors_match_torch(kwargs):
     expected = outcome(lambda: torch.nn.GRU(5, 6, **kwargs))
     assert expected[0] is not "ok"  # noqa: F632
     assert outcome(lambda: flashgru.GRU(5, 6, **kwargs)) == expected
+
+
+MALFORMED_PACKED = {
+    "lengths past T": lambda: pack_padded_sequence(torch.randn(6, 3, 5), [7, 6, 2]),
+    "increasing": lambda: PackedSequence(torch.randn(6, 5), torch.tensor([1, 2, 3])),
+    "sum past the rows": lambda: PackedSequence(torch.randn(4, 5), torch.tensor([3, 2])),
+    "sum short of the rows": lambda: PackedSequence(torch.randn(6, 5), torch.tensor([3, 2])),
+    "negative": lambda: PackedSequence(torch.randn(3, 5), torch.tensor([3, -1])),
+}
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "cpu", "parallel", "torch"])
+@pytest.mark.parametrize("case", MALFORMED_PACKED)
+def test_malformed_packed_sequence_raises_runtime_error(case, backend):
+    """batch_sizes that can't describe the data: RuntimeError, as torch's kernels raise
+    (in their own words, which differ by case), never an IndexError or a number; also for
+    rows past their sum, which torch drops from its output."""
+    packed = MALFORMED_PACKED[case]()
+    with pytest.raises(RuntimeError, match="batch_sizes must be non-negative, non-increasing"):
+        flashgru.GRU(5, 6, backend=backend)(packed)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "cpu", "torch"])
+def test_packed_sequence_with_trailing_empty_steps_runs_as_in_torch(backend):
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(5, 6)
+    packed = PackedSequence(torch.randn(5, 5), torch.tensor([3, 2, 0]))
+    (out_ref, h_ref), (out, h) = ref(packed), flashgru.GRU.from_torch(ref, backend=backend)(packed)
+    torch.testing.assert_close(out.data, out_ref.data)
+    torch.testing.assert_close(h, h_ref)
 
 
 def test_dropout_warning_matches_torch():
