@@ -187,6 +187,7 @@ CELL_CASES = {
     "unbatched": lambda: (torch.randn(5),),
     "input on another device": lambda: (torch.randn(3, 5, device="meta"),),
     "hidden on another device": lambda: (torch.randn(3, 5), torch.randn(3, 6, device="meta")),
+    "a list": lambda: ([[0.0] * 5],),
 }
 
 

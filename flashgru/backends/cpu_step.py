@@ -149,9 +149,11 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
     caller's checks raise torch's errors for bad input. Every tensor is checked every call
     (``.data`` can be reassigned at any time), so no address can be stale.
     """
+    if type(input) is not Tensor:  # (a list: torch's own AttributeError, from the caller)
+        return None
     dtype = input.dtype
     like = _LIKE.get(dtype)
-    if like is None or type(input) is not Tensor or _special_mode():
+    if like is None or _special_mode():
         return None
     shape = input.shape
     if len(shape) not in (1, 2):
