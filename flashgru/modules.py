@@ -142,11 +142,14 @@ class GRU(nn.GRU):
         return module
 
     def which_backend(self, input: Tensor | PackedSequence) -> BackendChoice:
-        """The backend that ``self(input)`` would run on, and why."""
+        """The backend that ``self(input)`` would run on, and why (for input of the shape
+        forward takes: its error otherwise)."""
         if isinstance(input, PackedSequence):
             data, steps = input.data, input.batch_sizes.numel()
             batch = int(input.batch_sizes[0])
         else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
             data, steps = input, input.size(int(self.batch_first and input.dim() == 3))
             batch = 1 if input.dim() == 2 else input.size(int(not self.batch_first))
         return select_backend(

@@ -190,6 +190,9 @@ def test_module_reports_its_choice_and_uses_it(monkeypatch):
     assert gru.which_backend(torch.randn(2, 7, 3)).name == expected
     assert gru.which_backend(torch.randn(64, 7, 3)).name == expected
     assert gru.which_backend(torch.randn(8193, 7, 3)).name == "torch"  # 8193 × 4 > 32768
+    for shape in [(3,), (2, 7, 3, 1)]:  # (forward's error for a shape it refuses)
+        with pytest.raises(ValueError, match=f"Expected input to be 2D or 3D, got {len(shape)}D"):
+            gru.which_backend(torch.randn(shape))
     gru.reset_after = False
     assert gru.which_backend(torch.randn(7, 3, dtype=torch.bfloat16)).name == "reference"
     gru.backend = "reference"
