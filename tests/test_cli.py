@@ -111,10 +111,17 @@ def test_forecast_on_a_users_csv(tmp_path, capsys):
     assert "seasonal naive (24)" in metrics(run)["test"]["scores"]
 
 
-def test_bench_writes_table_and_chart(tmp_path, capsys):
+@pytest.mark.parametrize("interpret", [True, False], ids=["interpreter", "no-triton-here"])
+def test_bench_writes_table_and_chart(tmp_path, capsys, monkeypatch, interpret):
+    """Every backend that runs here timed; triton off CUDA named as not timed (its
+    interpreter, when on, times nothing; without it, its constructor would refuse)."""
+    from flashgru.backends import triton_gru
+
+    monkeypatch.setattr(triton_gru, "INTERPRET", interpret)
     assert main(["bench", "--grid", "1,4,8", "--repeats", "1", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "bench.md").read_text()
     assert "| 1,4,8 | torch.nn.GRU |" in table and "flashgru reference" in table
+    assert "| flashgru triton |" not in table and "Not timed here: flashgru triton" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -158,16 +165,27 @@ BAD = {
                                          _bad_csv(d, "file2", "x") + "/b"],
     "not a checkpoint": lambda d: ["evaluate", _fake_run(d)],
     "not a checkpoint (resume)": lambda d: ["train", "--resume", _fake_run(d)],
+    "a text file as checkpoint": lambda d: ["evaluate", _fake_run(d, b"hello\n")],
+    "options beside resume": lambda d: ["train", "--resume", str(d), "--epochs", "30",
+                                        "--hidden", "8"],
+    "limit leaves no validation": lambda d: ["train", "surnames", "--limit", "5"],
+    "nan learning rate": lambda d: ["train", "surnames", "--lr", "nan"],
+    "nan max-time": lambda d: ["train", "surnames", "--max-time", "nan"],
+    "out is a file": lambda d: ["train", "surnames", "--limit", "20", "--out",
+                                _bad_csv(d, "file3", "x")],
 }
 
 
-def _fake_run(d):
+def _fake_run(d, checkpoint: bytes | None = None):
     import torch
 
     run = d / "fake"
     run.mkdir()
     (run / "config.json").write_text('{"task": "surnames", "model": {}}')
-    torch.save({"x": 1}, run / "checkpoint.pt")
+    if checkpoint is None:
+        torch.save({"x": 1}, run / "checkpoint.pt")
+    else:
+        (run / "checkpoint.pt").write_bytes(checkpoint)
     return str(run)
 
 
@@ -186,6 +204,67 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
 def test_gates_out_must_be_a_file(surnames_run, tmp_path, capsys):
     assert main(["gates", str(surnames_run), "Rossi", "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+    # a path that ends in a slash means a directory, even one not there yet
+    assert main(["gates", str(surnames_run), "Rossi", "--out", f"{tmp_path}/new/"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_predict_refuses_an_empty_name(surnames_run, capsys):
+    assert main(["predict", str(surnames_run), "Rossi", " "]) == 2
+    assert "give non-empty names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit", ["lacks a key", "another model"])
+def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, edit):
+    """config.json edited or from another run beside checkpoint.pt: evaluate and resume
+    say so in one line (exit 2)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = json.loads((surnames_run / "config.json").read_text())
+    if edit == "lacks a key":
+        del config["classes"]
+    else:
+        config["model"]["hidden"] = 7
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoint.pt").write_bytes((surnames_run / "checkpoint.pt").read_bytes())
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("lacks 'classes'" in err[0] or
+                                  "don't describe one model: Error(s) in loading" in err[0])
+
+
+def test_a_file_system_that_refuses_a_write_is_one_line(surnames_run, tmp_path, capsys,
+                                                        monkeypatch):
+    """A read-only or full file system: one line naming the file, exit 2, no temporary
+    file left; a new run whose first checkpoint can't be written leaves no directory."""
+    import errno
+    import tempfile
+
+    import torch
+
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    out = tmp_path / "g.png"
+    assert main(["gates", str(surnames_run), "Rossi", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"flashgru gates: error: {out}: can't write: Read-only file system"]
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+
+    def full(obj, f, *args, **kwargs):  # (what torch's writer raises on a full disk)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", full)
+    run = tmp_path / "run"
+    assert main(TINY_SURNAMES + ["--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.pt: can't write: torch.save failed" in err[0], err
+    assert not run.exists()
 
 
 def test_predict_needs_only_a_window_of_rows(forecast_run, tmp_path, capsys):

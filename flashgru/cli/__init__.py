@@ -41,30 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model and write a run directory: checkpoint, "
                                        "config, metrics JSON and PNG plots.")
     train.add_argument("task", nargs="?", choices=["surnames", "forecast"])
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, with "
+                       "its own options (only --device may change)")
     train.add_argument("--out", metavar="RUN_DIR", help="where to write (default runs/TASK-TIME)")
     _common(train)
     g = train.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--epochs", type=int, default=20, help="at most this many (default 20)")
+    g.add_argument("--batch-size", type=int, default=64, help="default 64")
     g.add_argument("--lr", type=float, default=None, help="Adam's learning rate (surnames "
                    "3e-3, forecast 2e-3)")
     g.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights "
                         "(surnames 0.995, forecast 0: off)")
     g.add_argument("--patience", type=int, default=3, help="epochs without a better "
-                   "validation score before stopping early")
+                   "validation score before stopping early (default 3)")
     g.add_argument("--max-time", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this much training time (0: no limit)")
     g = train.add_argument_group("model")
     g.add_argument("--hidden", type=int, default=None, help="hidden size (surnames 128, "
                    "forecast 64)")
-    g.add_argument("--layers", type=int, default=1)
+    g.add_argument("--layers", type=int, default=1, help="GRU layers (default 1)")
     g.add_argument("--dropout", type=float, default=None, help="on the GRU's inputs (surnames), "
                    "between its layers and on its final state (surnames 0.25, forecast 0)")
-    g.add_argument("--embed", type=int, default=64, help="surnames: character embedding size")
+    g.add_argument("--embed", type=int, default=64, help="surnames: character embedding size "
+                   "(default 64)")
     g.add_argument("--label-smoothing", type=float, default=0.1,
-                   help="surnames: label smoothing of the training loss")
+                   help="surnames: label smoothing of the training loss (default 0.1)")
     g.add_argument("--paper", action="store_true",
                    help="the original paper's GRU (reset_after=False)")
     g = train.add_argument_group("data")
@@ -73,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", metavar="COLUMN", help="forecast: the column to predict")
     g.add_argument("--features", metavar="COLS", help="forecast: comma-separated input "
                    "columns (default: every numeric column)")
-    g.add_argument("--window", type=int, default=30, help="forecast: input steps")
-    g.add_argument("--horizon", type=int, default=7, help="forecast: steps to predict")
+    g.add_argument("--window", type=int, default=30, help="forecast: input steps (default 30)")
+    g.add_argument("--horizon", type=int, default=7, help="forecast: steps to predict "
+                   "(default 7)")
     g.add_argument("--season", type=int, default=None,
                    help="forecast: season length for the seasonal-naive baseline")
 
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "O'Brien Schmidt\n  flashgru predict runs/forecast-X")
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("names", nargs="*", metavar="NAME")
-    pr.add_argument("--top", type=int, default=3, help="languages to show per name")
+    pr.add_argument("--top", type=int, default=3, help="languages to show per name "
+                    "(default 3)")
     pr.add_argument("--csv", metavar="FILE", help="forecast runs: forecast after this file")
     _common(pr, train=False)
 
@@ -107,19 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="examples:\n  flashgru bench\n  flashgru bench --grid "
                                "1,256,64 16,256,128 --repeats 10 --out runs/bench")
     be.add_argument("--grid", nargs="*", metavar="B,T,H", help="points (default: a small grid)")
-    be.add_argument("--repeats", type=int, default=5)
+    be.add_argument("--repeats", type=int, default=5, help="timings per point, their median "
+                    "kept (default 5)")
     be.add_argument("--out", metavar="DIR", help="where to write bench.md and bench.png")
     _common(be, train=False, seed=False)
     return parser
 
 
 def _common(p, train=True, seed=True):
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     if train:
         p.add_argument("--backend", default="auto", help="flashgru backend: auto, reference, "
                        "torch, cpu, triton, parallel")
     if seed:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="default 0")
 
 
 def main(argv=None) -> int:

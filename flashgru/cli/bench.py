@@ -36,12 +36,30 @@ def median_ms(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def runnable(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The backends timed on ``device``, and why each other one is not: not installed, not
+    for this device, or (triton off CUDA) only its interpreter, whose times say nothing."""
+    names, skipped = [], {}
+    for name, backend in flashgru.BACKENDS.items():
+        why = backend.missing()
+        if why is None and backend.devices is not None and device.type not in backend.devices:
+            why = f"it runs on {'/'.join(backend.devices)}"
+        if why is None and name == "triton" and device.type != "cuda":
+            why = "off CUDA its kernels run in Triton's interpreter, which times nothing"
+        if why is None:
+            names.append(name)
+        else:
+            skipped[name] = why
+    return names, skipped
+
+
 def modules(hidden: int, device: torch.device):
     """(label, module) pairs sharing one set of weights; the first is the anchor."""
     torch.manual_seed(0)
     ref = torch.nn.GRU(hidden, hidden, device=device)
     out = [("torch.nn.GRU", ref)]
-    out += [(f"flashgru {b}", flashgru.GRU.from_torch(ref, backend=b)) for b in flashgru.BACKENDS]
+    out += [(f"flashgru {b}", flashgru.GRU.from_torch(ref, backend=b))
+            for b in runnable(device)[0]]
     paper = flashgru.GRU.from_torch(ref)
     paper.reset_after = False
     out.append(("flashgru reset_after=False", paper))
@@ -87,4 +105,8 @@ def markdown(rows: list[dict], device: torch.device) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['point']} | {r['module']} | {r['fwd_ms']:.2f} | {r['train_ms']:.2f} | "
               f"{r['fwd_speedup']:.2f}× | {r['train_speedup']:.2f}× |" for r in rows]
+    skipped = runnable(device)[1]
+    if skipped:
+        lines += [""] + [f"Not timed here: flashgru {name} ({why})."
+                         for name, why in skipped.items()]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from .common import (
     METRICS,
     CLIError,
     Dist,
+    consistent_run,
     default_dir,
     load_checkpoint,
     make_dir,
@@ -39,6 +41,7 @@ DEFAULTS = {"surnames": {"hidden": 128, "dropout": 0.25, "lr": 3e-3, "ema": 0.99
 def train(args) -> int:
     device = pick_device(args.device)
     if args.resume:
+        _refuse_ignored(args)
         run, config = read_run(args.resume)
         if args.task and args.task != config["task"]:
             raise CLIError(f"{args.resume} is a {config['task']} run, not {args.task}")
@@ -55,6 +58,9 @@ def train(args) -> int:
         opts = Options(args.epochs, args.batch_size, args.lr, args.patience, args.max_time,
                        args.seed, args.ema)
         run, ckpt = new_run_dir(args.out, config["task"]), None
+    if not config["model"]["reset_after"] and config["model"]["backend"] == "torch":
+        raise CLIError("--paper (the original GRU, reset_after=False) has no torch kernel: "
+                       "use --backend auto, reference or cpu")
     try:
         backend = flashgru.select_backend(config["model"]["backend"], device=device,
                                           reset_after=config["model"]["reset_after"])
@@ -75,12 +81,16 @@ def train(args) -> int:
 
 def _train(config, opts, ckpt, run, backend, device, dist) -> int:
     seed_everything(opts.seed)
-    task = TASKS[config["task"]](config)
-    trainer = Trainer(task, opts, device, dist, run)
-    if ckpt is not None:
-        trainer.restore(ckpt)
+    # (a resumed run's files, read back: checked to fit together)
+    with consistent_run(run) if ckpt is not None else contextlib.nullcontext():
+        task = TASKS[config["task"]](config)
+        trainer = Trainer(task, opts, device, dist, run)
+        if ckpt is not None:
+            trainer.restore(ckpt)
     log = print if dist.main else (lambda *a, **k: None)
-    if dist.main and ckpt is None:
+    new_run = dist.main and ckpt is None
+    if new_run:
+        existed = run.exists()  # (an empty directory named by --out)
         make_dir(run)
         write_json(run / CONFIG, config)
     log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation / "
@@ -93,6 +103,15 @@ def _train(config, opts, ckpt, run, backend, device, dist) -> int:
     except Interrupted:
         log(f"interrupted: checkpoint saved; continue with: flashgru train --resume {run}")
         return 130
+    except BaseException:
+        if new_run and not (run / CHECKPOINT).exists():  # (a run that can't be resumed:
+            # config.json alone, from a failure or a second Ctrl-C before the first
+            # checkpoint; taken away so that --out can name it again)
+            (run / CONFIG).unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    run.rmdir()
+        raise
     if dist.main:
         state.done = True
         save_torch(run / CHECKPOINT, trainer.checkpoint())
@@ -125,6 +144,24 @@ def finish(task, model, run: Path, config: dict, state, device) -> None:
           f"{'confusion.png' if config['task'] == 'surnames' else 'forecast.png'}")
 
 
+# What --resume takes beside the run: where to run it. The rest is the run's own.
+RESUME_TAKES = ("command", "task", "resume", "device")
+
+
+def _refuse_ignored(args) -> None:
+    """A resumed run keeps its options, model and data: options given beside --resume
+    would be ignored, so they are refused, by name."""
+    from . import build_parser
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    given = [name for name, value in vars(args).items()
+             if name not in RESUME_TAKES and value != defaults.get(name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"--resume continues a run with its own options; {flags} would be "
+                       "ignored (only --device may change): start a new run to change them")
+
+
 def _check_numbers(args) -> None:
     for name in ("epochs", "batch_size", "patience"):
         if getattr(args, name) < 1:
@@ -135,7 +172,7 @@ def _check_numbers(args) -> None:
         raise CLIError("--layers and --embed must be at least 1")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise CLIError("--dropout must be in [0, 1)")
-    if (args.lr is not None and args.lr <= 0) or args.max_time < 0 or args.limit < 0:
+    if (args.lr is not None and not args.lr > 0) or not args.max_time >= 0 or args.limit < 0:
         raise CLIError("--lr must be positive; --max-time and --limit at least 0")
     if args.season is not None and args.season < 1:
         raise CLIError("--season must be at least 1")
@@ -150,16 +187,17 @@ def _load(args):
     device = pick_device(args.device)
     run, config = read_run(args.run_dir)
     ckpt = load_checkpoint(run, device)
-    if config["task"] == "forecast":
-        task = forecast.ForecastTask(config, getattr(args, "csv", None),
-                                     need_test=args.command == "evaluate")
-    else:
-        if getattr(args, "csv", None):
-            raise CLIError("--csv applies to forecast runs only")
-        task = surnames.SurnameTask(config)
-    model = task.make_model().to(device)
-    model.load_state_dict(ckpt["best_model"])
-    return task, model.eval(), config, device
+    with consistent_run(run):
+        if config["task"] == "forecast":
+            task = forecast.ForecastTask(config, getattr(args, "csv", None),
+                                         need_test=args.command == "evaluate")
+        else:
+            if getattr(args, "csv", None):
+                raise CLIError("--csv applies to forecast runs only")
+            task = surnames.SurnameTask(config)
+        model = task.make_model()
+        model.load_state_dict(ckpt["best_model"])
+    return task, model.to(device).eval(), config, device
 
 
 def evaluate(args) -> int:
@@ -186,6 +224,8 @@ def predict(args) -> int:
         return 0
     if not args.names:
         raise CLIError("give one or more surnames to classify")
+    if not all(name.strip() for name in args.names):
+        raise CLIError("give non-empty names")
     if args.top < 1:
         raise CLIError("--top must be at least 1")
     for name, best in zip(args.names, task.predict(model, args.names, device, args.top),
@@ -201,8 +241,8 @@ def gates(args) -> int:
     if not args.name.strip():
         raise CLIError("give a non-empty name")
     out = Path(args.out) if args.out else Path(args.run_dir) / f"gates-{_safe(args.name)}.png"
-    if out.is_dir():
-        raise CLIError(f"{out} is a directory; give --out a PNG file name")
+    if out.is_dir() or (args.out and args.out.endswith(("/", os.sep))):
+        raise CLIError(f"{args.out or out} is a directory; give --out a PNG file name")
     if not out.parent.is_dir():
         raise CLIError(f"{out.parent}: no such directory")
     with torch.no_grad():
@@ -217,7 +257,7 @@ def gates(args) -> int:
 
 
 def bench(args) -> int:
-    from .bench import SMALL_GRID, markdown, run_grid
+    from .bench import SMALL_GRID, markdown, run_grid, runnable
     from .common import need
 
     device = pick_device(args.device)
@@ -233,13 +273,16 @@ def bench(args) -> int:
     out = Path(args.out) if args.out else default_dir("bench")
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"{out}: {parent} is not a directory")
     need("matplotlib")
-    make_dir(out)
-    bar = need("tqdm").tqdm(total=len(grid) * (2 + len(flashgru.BACKENDS)), desc="bench",
+    bar = need("tqdm").tqdm(total=len(grid) * (2 + len(runnable(device)[0])), desc="bench",
                             leave=False, file=sys.stderr, disable=None)
     rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
     bar.close()
     table = markdown(rows, device)
+    make_dir(out)  # (after the timings: a run that fails or is interrupted leaves nothing)
     write_text(out / "bench.md", table)
     plots.bench(out / "bench.png", rows)
     print(table)

@@ -7,7 +7,9 @@ import contextlib
 import importlib
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,17 +68,23 @@ def need(module: str):
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on
-    failure remove it. Readers see the old file or the new one, never half of one."""
+    failure remove it. Readers see the old file or the new one, never half of one. A file
+    system that refuses the write (read-only, full) is a CLIError naming the file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CLIError(f"{path}: can't write: {e.strerror}") from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CLIError(f"{path}: can't write: {e.strerror or e}") from None
         raise
 
 
@@ -92,7 +100,21 @@ def write_text(path: Path, text: str) -> None:
 
 def save_torch(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # (torch's writer on a full disk: "unexpected pos ...")
+            raise OSError(f"torch.save failed ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's first line, without terminal escapes, cut to ``limit`` characters:
+    torch's own messages run to several lines of advice."""
+    text = [t.strip() for t in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()
+            if t.strip()]
+    line = text[0] if text else type(error).__name__
+    if line.endswith(":") and len(text) > 1:  # ("Error(s) in loading state_dict ...:")
+        line += " " + text[1]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def save_figure(path: Path, figure) -> None:
@@ -126,10 +148,26 @@ def load_checkpoint(run: Path, device: torch.device) -> dict:
     try:
         ckpt = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's to fix
-        raise CLIError(f"{run}: unreadable {CHECKPOINT}: {e}") from e
+        why = _first_line(e) if isinstance(e, RuntimeError | pickle.UnpicklingError) else \
+            "not a checkpoint torch can read"
+        raise CLIError(f"{run}: unreadable {CHECKPOINT}: {why}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CLIError(f"{run}: {CHECKPOINT} is not a flashgru checkpoint")
     return ckpt
+
+
+@contextlib.contextmanager
+def consistent_run(run: Path):
+    """Around building a run's task and model from its config and loading its checkpoint:
+    a config that lacks a key or holds a wrong value, or a checkpoint of another model, is
+    a CLIError naming the run (a run directory whose files were mixed or edited)."""
+    try:
+        yield
+    except KeyError as e:
+        raise CLIError(f"{run}: {CONFIG} lacks {e} (not a whole flashgru run)") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CLIError(f"{run}: {CONFIG} and {CHECKPOINT} don't describe one model: "
+                       f"{_first_line(e)}") from None
 
 
 def make_dir(path: Path) -> None:
@@ -146,7 +184,9 @@ def new_run_dir(out: str | None, task: str) -> Path:
     for parent in run.parents:
         if parent.exists() and not parent.is_dir():
             raise CLIError(f"{run}: {parent} is not a directory")
-    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+    if run.exists() and not run.is_dir():
+        raise CLIError(f"{run} exists and is not a directory; choose another --out")
+    if run.exists() and any(run.iterdir()):
         raise CLIError(f"{run} already exists; continue it with --resume {run} "
                        "or choose another --out")
     return run

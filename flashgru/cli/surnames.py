@@ -136,6 +136,11 @@ class SurnameTask:
     def new_config(cls, args) -> dict:
         data = load_surnames(args.limit)
         splits = split_surnames(data)
+        empty = [{"val": "validation"}.get(name, name) for name, rows in splits.items()
+                 if not rows]
+        if empty:  # (a tiny --limit: the split's rounding leaves none for validation)
+            raise CLIError(f"--limit {args.limit} leaves no {' or '.join(empty)} names; "
+                           "give a larger --limit (0: all names)")
         vocab = sorted({c for name, _ in splits["train"] for c in name})
         return {"task": cls.name, "classes": sorted(data), "vocab": vocab, "limit": args.limit,
                 "label_smoothing": args.label_smoothing,
