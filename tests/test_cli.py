@@ -171,6 +171,8 @@ BAD = {
     "limit leaves no validation": lambda d: ["train", "surnames", "--limit", "5"],
     "nan learning rate": lambda d: ["train", "surnames", "--lr", "nan"],
     "nan max-time": lambda d: ["train", "surnames", "--max-time", "nan"],
+    "forecast options on surnames": lambda d: ["train", "surnames", "--window", "3"],
+    "surnames option on forecast": lambda d: ["train", "forecast", "--limit", "50"],
     "out is a file": lambda d: ["train", "surnames", "--limit", "20", "--out",
                                 _bad_csv(d, "file3", "x")],
 }

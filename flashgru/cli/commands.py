@@ -50,6 +50,7 @@ def train(args) -> int:
     else:
         if not args.task:
             raise CLIError("name a task (surnames or forecast) or --resume RUN_DIR")
+        _refuse_other_tasks_options(args)
         _check_numbers(args)
         for name, value in DEFAULTS[args.task].items():
             if getattr(args, name) is None:
@@ -151,15 +152,33 @@ RESUME_TAKES = ("command", "task", "resume", "device")
 def _refuse_ignored(args) -> None:
     """A resumed run keeps its options, model and data: options given beside --resume
     would be ignored, so they are refused, by name."""
+    given = _given(args, [name for name in vars(args) if name not in RESUME_TAKES])
+    if given:
+        flags = ", ".join(given)
+        raise CLIError(f"--resume continues a run with its own options; {flags} would be "
+                       "ignored (only --device may change): start a new run to change them")
+
+
+# Options of one task only ("surnames:" / "forecast:" in --help).
+TASK_OPTIONS = {"surnames": ("limit", "embed", "label_smoothing"),
+                "forecast": ("csv", "target", "features", "window", "horizon", "season")}
+
+
+def _given(args, names) -> list[str]:
+    """Those of ``names`` set on the command line to other than their defaults, as flags."""
     from . import build_parser
 
     defaults = vars(build_parser().parse_args(["train"]))
-    given = [name for name, value in vars(args).items()
-             if name not in RESUME_TAKES and value != defaults.get(name)]
+    return ["--" + name.replace("_", "-") for name in names
+            if getattr(args, name) != defaults.get(name)]
+
+
+def _refuse_other_tasks_options(args) -> None:
+    other = "forecast" if args.task == "surnames" else "surnames"
+    given = _given(args, TASK_OPTIONS[other])
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise CLIError(f"--resume continues a run with its own options; {flags} would be "
-                       "ignored (only --device may change): start a new run to change them")
+        raise CLIError(f"{', '.join(given)} {'is a' if len(given) == 1 else 'are'} {other} "
+                       f"option{'s' * (len(given) > 1)}, not for {args.task}")
 
 
 def _check_numbers(args) -> None:
