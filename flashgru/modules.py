@@ -160,7 +160,7 @@ class GRU(nn.GRU):
         )
 
     def forward(self, input, hx=None):
-        if not self.bidirectional:
+        if not self.bidirectional and _own_parameters(self, self._flat_weights_names):
             streamed = self._stream(input, hx) if cpu_step.AVAILABLE else None
             if streamed is None:
                 streamed = self._sequence(input, hx)
@@ -347,7 +347,8 @@ class GRUCell(nn.GRUCell):
         return s if self.reset_after else s + ", reset_after=False"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if cpu_step.AVAILABLE:  # the streaming fast path, inference only
+        if cpu_step.AVAILABLE and _own_parameters(self, _CELL_WEIGHTS):  # the streaming
+            # fast path, inference only
             p = self._parameters
             h = cpu_step.step(input, hx, p["weight_ih"], p["weight_hh"], p["bias_ih"],
                               p["bias_hh"], self.hidden_size, self.reset_after)
@@ -387,6 +388,18 @@ class GRUCell(nn.GRUCell):
             )
         _check_same_dtype(input, self.weight_ih)
         _check_same_dtype(hx, self.weight_hh)
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _own_parameters(module: nn.Module, names) -> bool:
+    """Whether each of these weights is the module's own parameter (or a None bias), as the
+    fast paths that read ``_parameters`` need: not parametrized (weight_norm,
+    spectral_norm), pruned or otherwise replaced by a tensor computed from others, which
+    the ordinary path reads as torch does, by attribute."""
+    params = module._parameters
+    return all(name in params for name in names)
 
 
 def _check_bool(name: str, value) -> None:

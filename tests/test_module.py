@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from helpers import assert_close
 
 import flashgru
@@ -161,3 +162,40 @@ def test_packed_rows_spread_to_padded_and_reversed_layouts():
     weights = torch.randn(6, 5, 3, generator=g)
     (grad,) = torch.autograd.grad((forward * weights).sum(), data)
     assert torch.equal(grad, weights.reshape(-1, 3)[where.forward])
+
+
+_REWEIGHTS = {
+    "weight_norm": lambda m, name: torch.nn.utils.parametrizations.weight_norm(m, name),
+    "pruned": lambda m, name: torch.nn.utils.prune.l1_unstructured(m, name, amount=0.5),
+    "old weight_norm": lambda m, name: torch.nn.utils.weight_norm(m, name),
+}
+
+
+@pytest.mark.parametrize("how", _REWEIGHTS)
+@pytest.mark.parametrize("steps", [1, 6])
+@pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
+def test_parametrized_and_pruned_weights_are_used(how, steps, backend):
+    """weight_norm, parametrizations and pruning put a computed tensor where a weight was:
+    the fast paths (which read the module's own parameters) step aside and the ordinary
+    one reads it by attribute, as torch does, with and without autograd."""
+    import warnings
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 5, 2)
+    ours = flashgru.GRU.from_torch(ref, backend=backend)
+    cell_ref = torch.nn.GRUCell(4, 5)
+    cell = flashgru.GRUCell(4, 5)
+    cell.load_state_dict(cell_ref.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.nn.utils.weight_norm is deprecated)
+        for module in (ref, ours):
+            _REWEIGHTS[how](module, "weight_hh_l1")
+            _REWEIGHTS[how](module, "bias_ih_l0")
+        for module in (cell_ref, cell):
+            _REWEIGHTS[how](module, "weight_hh")
+    x, h = torch.randn(steps, 3, 4), torch.randn(2, 3, 5)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            for got, want in zip(ours(x, h), ref(x, h), strict=True):
+                torch.testing.assert_close(got, want)
+            torch.testing.assert_close(cell(x[0], h[0]), cell_ref(x[0], h[0]))
