@@ -5,6 +5,7 @@ takes the ordinary path, with torch's results and errors. Each test asserts whic
 ran."""
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -147,6 +148,22 @@ def test_sequence_path_modes_take_the_ordinary_path(ordinary):
     gru.backend = "cpu"
     with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be recorded by torch.jit"):
         torch.jit.trace(gru, (x,), check_trace=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(backend="reference"), dict(reset_after=False)])
+def test_a_trace_of_the_reference_loop_warns_of_its_fixed_length(kwargs):
+    """A trace unrolls the reference core's loop over time (backend 'reference', or auto's
+    choice for reset_after=False): it says so, with the length it holds. (auto, for
+    reset_after=True, records torch's one op and says nothing of a length.)"""
+    gru = flashgru.GRU(5, 7, **kwargs)
+    x = torch.randn(6, 2, 5)
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning,
+                                       match="right results only for inputs of 6 steps"):
+        torch.jit.trace(gru, (x,), check_trace=False)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.jit.trace(flashgru.GRU(5, 7), (x,), check_trace=False)
+    assert not [w for w in seen if "reference core" in str(w.message)]
 
 
 def test_sequence_path_sees_replaced_parameters(ordinary):

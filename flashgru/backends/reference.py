@@ -22,6 +22,7 @@ where ``gi = W_ih x + b_ih`` is computed by the caller for all steps at once.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -89,6 +90,12 @@ def core(
     tensors, zero past each sequence's length.
     """
     steps = gi.size(0)
+    if torch.jit.is_tracing():  # (a trace unrolls the loop below: its length is fixed)
+        warnings.warn(
+            f"torch.jit.trace records the reference core's loop over this call's {steps} "
+            f"steps: the trace gives right results only for inputs of {steps} steps (backend "
+            "'torch', for reset_after=True, traces as one op of any length)",
+            torch.jit.TracerWarning, stacklevel=2)
     valid = None
     if lengths is not None:
         t = torch.arange(steps, device=gi.device).unsqueeze(1)  # (T, 1)
