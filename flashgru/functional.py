@@ -255,6 +255,24 @@ def _dropout(x: Tensor, p: float, lengths: Tensor | None) -> Tensor:
     return _to_padded(data, False, packed.batch_sizes)[0]
 
 
+def check_batch_sizes(rows: int, batch_sizes: Tensor) -> None:
+    """Raise RuntimeError unless a PackedSequence's batch_sizes can describe its ``rows``
+    rows of data: non-negative, non-increasing, summing to ``rows``. torch's kernels raise
+    RuntimeError where they notice, ours would index out of range, and torch's
+    pad_packed_sequence aborts the process on a negative size. (A PackedSequence built by
+    hand, or pack_padded_sequence given lengths past the tensor's, makes one.) Rows past
+    the sum are refused too, where torch drops them from its output without a word;
+    trailing zeros pass, as in torch."""
+    sizes = batch_sizes.cpu().numpy()  # (numpy on a short array: a third of torch's time)
+    if sizes.size == 0 or sizes[-1] < 0 or (sizes[1:] > sizes[:-1]).any() \
+            or int(sizes.sum()) != rows:
+        shown = sizes.tolist()[:16]
+        raise RuntimeError(
+            "a PackedSequence's batch_sizes must be non-negative, non-increasing and sum to "
+            f"its data's {rows} rows; got {shown}{' ...' if sizes.size > 16 else ''} "
+            f"(summing to {int(sizes.sum())})")
+
+
 def _to_padded(input: Tensor, batch_first: bool, batch_sizes: Tensor | None):
     """Time-major padded input (T, B, I) and lengths (B,) or None."""
     if batch_sizes is None:

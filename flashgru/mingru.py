@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _mingru_triton
-from .functional import _dropout, _from_padded, _last, _to_padded
+from .functional import _dropout, _from_padded, _last, _to_padded, check_batch_sizes
 from .scan import IMPLS
 
 
@@ -165,6 +165,7 @@ class MinGRU(nn.Module):
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, 2)
+            check_batch_sizes(data.size(0), batch_sizes)
             batch, is_batched = int(batch_sizes[0]), True
             if hx is not None:
                 self._check_hidden(hx, 3, batch)
@@ -316,6 +317,10 @@ class MinGRUCell(nn.Module):
         if hx.size(1) != self.hidden_size:
             raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
                                f"expected {self.hidden_size}")
+        if hx.dtype != self.weight_ih.dtype:  # (MinGRU's message; torch's cell's matmul
+            # on hx refuses it, this cell has none and would promote)
+            raise ValueError(f"hx dtype ({hx.dtype}) does not match weight dtype "
+                             f"({self.weight_ih.dtype})")
         h = min_gru_cell(input, hx, self.weight_ih, self.bias_ih)
         return h if is_batched else h.squeeze(0)
 

@@ -409,23 +409,13 @@ def _check_bool(name: str, value) -> None:
 
 
 def _check_steps(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
-    """torch's check of the sequence length; and for packed input, that batch_sizes can
-    describe its data (torch's kernels raise RuntimeError on such input, ours would index
-    out of range: a PackedSequence built by hand, or pack_padded_sequence given lengths
-    past the tensor's, makes one). Rows past batch_sizes' sum are refused too, where torch
-    drops them from its output without a word; trailing zeros pass, as in torch."""
+    """torch's check of the sequence length; for packed input, that batch_sizes can
+    describe its data (``functional.check_batch_sizes``)."""
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if steps == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    sizes = batch_sizes.cpu().numpy() if batch_sizes is not None else None  # (numpy's
-    # operations on a short array: a third of torch's time a call)
-    if sizes is not None and (sizes[-1] < 0 or (sizes[1:] > sizes[:-1]).any()
-                              or int(sizes.sum()) != input.size(0)):
-        raise RuntimeError(
-            "a PackedSequence's batch_sizes must be non-negative, non-increasing and sum to "
-            "its "
-            f"data's {input.size(0)} rows; got {batch_sizes.tolist()[:16]}"
-            f"{' ...' if steps > 16 else ''} (summing to {int(batch_sizes.sum())})")
+    if batch_sizes is not None:
+        functional.check_batch_sizes(input.size(0), batch_sizes)
 
 
 def _check_devices(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:

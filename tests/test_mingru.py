@@ -11,6 +11,7 @@ import torch
 from helpers import assert_close, make_input, padded
 from test_scan import DEVICE, TRITON_RUNS
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 import flashgru
 from flashgru import MinGRU, MinGRUCell
@@ -341,6 +342,19 @@ def test_own_errors():
         MinGRU(IN, H, 2).step(torch.randn(B, IN), torch.randn(1, B, H))
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         MinGRU(IN, H, dropout=0.5)
+    with pytest.raises(ValueError, match=r"hx dtype \(torch.float64\) does not match weight"):
+        MinGRUCell(IN, H)(torch.randn(B, IN), torch.randn(B, H, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sizes, rows", [([3, -1, 4], 6), ([1, 2, 3], 6), ([3, 2, 1], 9),
+                                         ([3, 2], 4)],
+                         ids=["negative", "increasing", "short of the rows", "past the rows"])
+def test_malformed_packed_sequence_raises(sizes, rows):
+    """batch_sizes that can't describe the data: GRU's RuntimeError, before torch's
+    pad_packed_sequence (which aborts the process on a negative size) sees them."""
+    packed = PackedSequence(torch.randn(rows, IN), torch.tensor(sizes))
+    with pytest.raises(RuntimeError, match="batch_sizes must be non-negative, non-increasing"):
+        MinGRU(IN, H)(packed)
 
 
 def test_exported_and_repr():
