@@ -231,3 +231,54 @@ def test_autocast_on_cpu_works_like_torch():
             out = flashgru.GRU.from_torch(ref, backend=name)(x)[0]
             assert out.dtype == expected.dtype, name
             assert_close(name, expected.float(), out.float(), 2e-2)
+
+
+def test_recording_names_the_mode():
+    """``recording`` names what records torch ops instead of running them; auto then keeps
+    the CPU's call on torch's ops and a backend of other kernels, asked for by name, says
+    it can't be recorded."""
+    from flashgru.backends import recording
+
+    seen = {}
+
+    def probe(x):
+        seen["mode"] = recording()
+        seen["auto"] = flashgru.select_backend(steps=64).name
+        return x * 2
+
+    assert recording() is None
+    torch.jit.trace(probe, torch.ones(2), check_trace=False)
+    assert seen == {"mode": "torch.jit.trace", "auto": "torch"}
+    torch.func.grad(lambda x: probe(x).sum())(torch.ones(2))
+    assert seen == {"mode": "torch.func", "auto": "torch"}
+    torch._dynamo.reset()
+    torch.compile(probe, fullgraph=True)(torch.ones(2))
+    assert seen == {"mode": "torch.compile", "auto": "torch"}
+    if CPU_FUSED:
+        with pytest.raises(RuntimeError, match="'cpu' cannot be recorded by torch.func"):
+            torch.func.grad(lambda x: flashgru.select_backend("cpu", steps=64) and x.sum())(
+                torch.ones(2))
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_torch_func_export_and_compile_run_the_default_backend(reset_after):
+    """A model on the default backend under torch.func.grad, torch.export and
+    torch.compile: torch's ops (or the reference core's), the eager numbers."""
+    torch.manual_seed(0)
+    gru = flashgru.GRU(3, 4, batch_first=True, reset_after=reset_after)
+    x = torch.randn(2, 6, 3)
+    params = dict(gru.named_parameters())
+
+    def loss(p, x):
+        return torch.func.functional_call(gru, p, (x,))[0].square().sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    want = torch.autograd.grad(loss(params, x), list(params.values()))
+    for (name, got), expected in zip(grads.items(), want, strict=True):
+        torch.testing.assert_close(got, expected, msg=name)
+    with torch.no_grad():
+        eager = gru(x)[0]
+        exported = torch.export.export(gru.eval(), (x,)).module()
+        torch.testing.assert_close(exported(x)[0], eager)
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(gru)(x)[0], eager)

@@ -142,11 +142,13 @@ def select_backend(
     to install or change; it is never silently replaced. For "auto" the rules are, first
     match wins:
 
-    0. Under torch.jit.trace on the CPU → "torch" (``reset_after=False``: "reference"):
-       the ``cpu`` backend's numba kernels are not torch ops (a trace would keep their
-       outputs as constants) and ``parallel`` reads values back into Python. Asked for by
-       name while tracing, those two raise RuntimeError. (``triton``'s kernels are a
-       ``torch.library`` op, which a trace records.)
+    0. While torch ops are recorded or transformed rather than run (``recording``:
+       torch.jit.trace, torch.compile, torch.export, torch.func transforms), on the CPU →
+       "torch" (``reset_after=False``: "reference"): the ``cpu`` backend's numba kernels
+       are not torch ops (a trace would keep their outputs as constants; dynamo, export's
+       fake tensors and functorch can't see into them) and ``parallel`` reads values back
+       into Python. Asked for by name there, those two raise RuntimeError. (``triton``'s
+       kernels are a ``torch.library`` op, which these record.)
     1. CPU, float32/float64, numba installed, and ``reset_after=False``, or ``steps`` ≥ 4
        (or one inference step the streaming kernel takes, ``cpu_step.step_fits``) and
        ``batch`` ≤ 16 or ``batch × hidden`` ≤ 32768 → "cpu": the fused CPU kernels
@@ -191,7 +193,7 @@ def select_backend(
     """
     check_backend(requested, reset_after)
     device = torch.device(device)
-    tracing = torch.jit.is_tracing()
+    mode = recording()
     if requested != "auto":
         backend = BACKENDS[requested]
         if not _runs(backend, device, dtype):
@@ -199,15 +201,15 @@ def select_backend(
                 f"backend {requested!r} runs {_what(backend)}, not {dtype} on {device.type}; "
                 "use backend='auto' or 'reference'"
             )
-        if tracing and not backend.traceable:
+        if mode and not backend.traceable:
             raise RuntimeError(
-                f"backend {requested!r} cannot be recorded by torch.jit.trace (its kernels "
-                "are not torch ops); trace with backend='auto', 'torch' or 'reference'")
+                f"backend {requested!r} cannot be recorded by {mode} (its kernels are not "
+                "torch ops); use backend='auto', 'torch' or 'reference' there")
         return BackendChoice(requested, "requested")
-    if tracing and device.type == "cpu":
-        return (BackendChoice("torch", "torch.jit.trace records torch's fused GRU")
+    if mode and device.type == "cpu":
+        return (BackendChoice("torch", f"{mode} records torch's fused GRU")
                 if reset_after else
-                BackendChoice("reference", "torch.jit.trace records the reference core"))
+                BackendChoice("reference", f"{mode} records the reference core"))
     fused = BACKENDS["cpu"]
     if fused.missing() is None and _runs(fused, device, dtype) and (
             not reset_after or (not _short_for_cpu(steps, batch, hidden, grad) and (
@@ -255,6 +257,21 @@ def select_backend(
                                       f"{batch}, hidden {hidden}: cuDNN's backward is faster "
                                       "than the Triton one here")
     return BackendChoice("torch", f"reset_after=True: torch's fused GRU ({where})")
+
+
+def recording() -> str | None:
+    """What records or transforms torch ops instead of running them on data, if anything
+    does: torch.jit.trace, torch.compile (dynamo), torch.export or a torch.func transform
+    (named, for messages); else None."""
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.compiler.is_compiling():
+        return "torch.compile"
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "torch.func"
+    return None
 
 
 def _unmeasured_for_parallel() -> bool:
