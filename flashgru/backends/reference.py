@@ -92,9 +92,10 @@ def core(
     steps = gi.size(0)
     if torch.jit.is_tracing():  # (a trace unrolls the loop below: its length is fixed)
         warnings.warn(
-            f"torch.jit.trace records the reference core's loop over this call's {steps} "
-            f"steps: the trace gives right results only for inputs of {steps} steps (backend "
-            "'torch', for reset_after=True, traces as one op of any length)",
+            f"a trace (torch.jit.trace, torch.onnx.export) records the reference core's "
+            f"loop over this call's {steps} steps: the trace gives right results only for "
+            f"inputs of {steps} steps (backend 'torch', for reset_after=True, traces as one "
+            "op of any length)",
             torch.jit.TracerWarning, stacklevel=2)
     valid = None
     if lengths is not None:
