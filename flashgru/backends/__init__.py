@@ -265,7 +265,7 @@ def recording() -> str | None:
     (named, for messages); else None."""
     if torch.jit.is_tracing():
         return "torch.jit.trace"
-    if torch.compiler.is_exporting():
+    if getattr(torch.compiler, "is_exporting", bool)():  # (torch ≥ 2.6: export's own flag)
         return "torch.export"
     if torch.compiler.is_compiling():
         return "torch.compile"
