@@ -354,6 +354,19 @@ def test_backend_help_names_every_backend():
     assert set(flashgru.BACKENDS) <= set(action.help.replace(",", " ").split())
 
 
+@pytest.mark.parametrize("command", [["evaluate", "runs/x"], ["predict", "runs/x", "Ng"],
+                                     ["gates", "runs/x", "Ng"], ["bench"]])
+def test_only_train_takes_a_seed(command, capsys):
+    """evaluate, predict, gates and bench draw nothing at random: they refuse --seed
+    rather than take one that changes nothing."""
+    from flashgru.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*command, "--seed", "1"])
+    assert e.value.code == 2 and "unrecognized arguments: --seed 1" in capsys.readouterr().err
+    assert build_parser().parse_args(["train", "surnames", "--seed", "1"]).seed == 1
+
+
 def test_the_command_line_keeps_freed_memory_on_linux():
     """glibc's malloc keeps freed memory in the command line's own process (the library
     never changes it); elsewhere the call does nothing and says so."""

@@ -114,16 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=int, default=5, help="timings per point, their median "
                     "kept (default 5)")
     be.add_argument("--out", metavar="DIR", help="where to write bench.md and bench.png")
-    _common(be, train=False, seed=False)
+    _common(be, train=False)
     return parser
 
 
-def _common(p, train=True, seed=True):
+def _common(p, train=True):
+    """--device; for train, --backend and --seed too (the other commands draw nothing at
+    random: a seed would change nothing)."""
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     if train:
         p.add_argument("--backend", default="auto", help="flashgru backend: auto, reference, "
                        "torch, cpu, triton, parallel")
-    if seed:
         p.add_argument("--seed", type=int, default=0, help="default 0")
 
 
