@@ -12,7 +12,8 @@ warm() {
 }
 
 # probes "LOG SECONDS SCRIPT ARGS" ...: warm them all, then run each (in scripts/) with
-# its timeout, its output shown and kept in $OUT/LOG.log
+# its timeout, its output shown and appended to $OUT/probes.log under a "==== LOG" line
+# (one file: a call brings back at most 8 from $OUT)
 probes() {
   local line log seconds command commands=()
   for line in "$@"; do
@@ -23,6 +24,7 @@ probes() {
   for line in "$@"; do
     read -r log seconds command <<<"$line"
     # shellcheck disable=SC2086 (the probe's arguments, split)
-    (cd scripts && timeout "$seconds" python3 $command 2>&1 | tee "$OUT/$log.log")
+    echo "==== $log: $command" >> "$OUT/probes.log"
+    (cd scripts && timeout "$seconds" python3 $command 2>&1 | tee -a "$OUT/probes.log")
   done
 }

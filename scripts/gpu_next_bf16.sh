@@ -3,7 +3,7 @@
 # within the 10-minute limit; each split compiled first, all cores at once): the stacked
 # tiles on the tensor cores, resident splits, smaller row tiles, tl.dot on resident bf16
 # tiles, the stamped exchange, the K-major product (at H=256; above it spills in bf16
-# too); forward and backward. Logs go to $OUT.
+# too); forward and backward. Logs go to $OUT/probes.log.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 probes "forward-stacked-bf16 55 gpu_probe.py --stacked --bf16" \

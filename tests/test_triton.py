@@ -363,8 +363,9 @@ def benchmark_mode(monkeypatch):
 
 
 def _key(batch, hidden, steps, dtype, *rest, kind="forward"):
-    """benchmark mode's key for a call on DEVICE (tg._split)."""
-    return (kind, torch.device(DEVICE), batch, hidden, dtype,
+    """benchmark mode's key for a call on DEVICE (tg._split, keyed on a tensor's device:
+    cuda:0, not cuda)."""
+    return (kind, torch.empty(0, device=DEVICE).device, batch, hidden, dtype,
             min(steps, tg.TUNE_STEPS).bit_length(), *rest)
 
 
