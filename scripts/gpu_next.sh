@@ -5,8 +5,8 @@
 # product (B=16, H=256: a third of the instructions offline), then the B=16 probes
 # (resident splits, smaller row tiles, tl.dot) and the module's profile; every split
 # compiled first, all cores at once (scripts/gpu_warm.py). Logs go to $OUT (probes.log,
-# profile.log). Then set
-# what wins as the default (STAMPED_MAX_WORDS, choose_config / choose_backward_config),
+# profile.log). Then set what wins as the default (STAMPED_MAX_WORDS, choose_config /
+# choose_backward_config),
 # run `bash scripts/gpu_check.sh` (the GPU-only tests and issue 5's grid) and record
 # both in docs/performance.md. The bf16 probes: scripts/gpu_next_bf16.sh. Before the
 # call, `scripts/gpu_compile_check.py scripts/gpu_next.sh` under the GPU's Triton (3.6)
