@@ -219,18 +219,31 @@ def test_auto_equals_every_explicit_backend():
         assert_close(f"{name} h_n", auto[1], out[1], 1e-12)
 
 
-def test_autocast_on_cpu_works_like_torch():
+@pytest.mark.parametrize("batch", [2, 40])
+def test_autocast_on_cpu_works_like_torch(batch):
     """Under CPU autocast the input projection is bfloat16; every backend still returns
-    torch.nn.GRU's float32 result."""
+    torch.nn.GRU's float32 result, and trains (a backward run inside autocast too: the
+    cpu backend's raised on its bfloat16 weight-gradient product), with torch's float32
+    gradients."""
     torch.manual_seed(0)
     ref = torch.nn.GRU(3, 5)
-    x = torch.randn(4, 2, 3)
+    x = torch.randn(4, batch, 3, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = ref(x)[0]
+        expected.sum().backward()
+        want = [x.grad, *(p.grad for p in ref.parameters())]
         for name in [*CPU_BACKENDS, "auto"]:
-            out = flashgru.GRU.from_torch(ref, backend=name)(x)[0]
+            gru = flashgru.GRU.from_torch(ref, backend=name)
+            x.grad = None
+            out = gru(x)[0]
             assert out.dtype == expected.dtype, name
             assert_close(name, expected.float(), out.float(), 2e-2)
+            out.sum().backward()
+            for w, (label, got) in zip(want, [("x", x.grad), *gru.named_parameters()],
+                                       strict=True):
+                got = got if label == "x" else got.grad
+                assert got.dtype == torch.float32, (name, label)
+                assert_close(f"{name} d{label}", w, got, 2e-2, rtol=2e-2)
 
 
 def test_recording_names_the_mode():

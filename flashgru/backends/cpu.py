@@ -797,9 +797,11 @@ def _fwd(gi, h0, w_hh, b_hh, lengths, reset_after, save, parts=None):
     return out, saved
 
 
+@torch.autocast("cpu", enabled=False)
 def _bwd(dout, h0, w_hh, out, saved, lengths, reset_after, parts=None):
     """Run the backward kernel (in ``parts`` row ranges, as ``_fwd``); returns dgi, dh0,
-    dW_hh, db_hh."""
+    dW_hh, db_hh. Its torch products stay in the weights' dtype when the backward runs
+    inside autocast (which made the weight gradient's product bfloat16 and failed)."""
     steps, batch, hidden = out.shape
     dgi = torch.empty(steps, batch, 3 * hidden, dtype=out.dtype)
     common = (_np(dout), _np(h0), out.numpy(), *(s.numpy() for s in saved[:3]))
