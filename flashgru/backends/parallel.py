@@ -58,16 +58,17 @@ class Options:
     max_iters: the iteration budget (None: 32 dense, 128 diagonal); tol: the largest
     residual |h_t − f(h_{t−1})| and the largest last update |δ_t| accepted, absolute (a
     GRU's state stays within [−1, 1] once h0 is; None: 1e-13 in float64, 2e-6 in
-    float32), the update times ρ / (1 − ρ) where the updates shrink by a ratio ρ > 1/2
-    (``_remaining``); damping: halve steps that make the residual grow (past the prefix a
-    full step makes exact).
+    float32), for "diagonal" the update times ρ / (1 − ρ) where the updates shrink by a
+    ratio ρ > 1/2 (``_remaining``), and a damped update at its full size; damping: halve
+    steps that make the residual grow (past the prefix a full step makes exact).
 
     Why absolute: a tolerance relative to the largest |h0| let one large entry loosen it
     for every row and step (a review measured 4.7e-2 in float32 on rows whose own h0 was
     ordinary, beside an entry of 1e6). Where |h| is large, the residual's rounding keeps
     those steps unconverged and the sequential finish computes them. Why the factor:
-    quasi-Newton converges linearly; at weights 2-3x torch's scale, stopping on the last
-    update alone left 1e-5 to 4e-5 in float32 (a review's fuzz).
+    quasi-Newton converges linearly; at weights 3x torch's scale, stopping on the last
+    update alone (or on a step that damping had halved) left 8e-6 to 3e-5 in float32 (a
+    review's fuzz).
 
     Why the last update too: the residuals alone do not bound the distance to the
     sequential answer, which sums them through the Jacobians; where the GRU remembers long
@@ -211,14 +212,21 @@ def _worst_tensor(x: Tensor) -> Tensor:
     return x.abs().nan_to_num(nan=math.inf).max() if x.numel() else x.new_zeros(())
 
 
+REMAINING_MAX = 16.0
+
+
 def _remaining(size: float, before: float) -> float:
-    """How far the guess may still be from the answer, as a multiple of its last update
-    (``size``; ``before``, the one before it): an iteration that converges linearly, at
-    ratio ρ = size / before between its updates (quasi-Newton's), leaves about
-    ρ / (1 − ρ) of its last update to go, which passes 1 from ρ = 1/2 and is unbounded
-    from ρ = 1; Newton's, quadratic, at most its last update (ρ ≪ 1: the factor 1)."""
+    """How far quasi-Newton's guess may still be from the answer, as a multiple of its
+    last update (``size``; ``before``, the one before it): an iteration that converges
+    linearly, at ratio ρ = size / before between its updates, leaves about ρ / (1 − ρ) of
+    its last update to go, which passes 1 from ρ = 1/2. (Newton's, quadratic, at most its
+    last update: the factor 1, which the dense loops keep.) At most REMAINING_MAX:
+    updates at the rounding's level shrink by no ratio (ρ near or above 1), and an update
+    that small then bounds what is left within float32's parity tolerance; unbounded, it
+    also sent dense Newton at B=1, H=64, T=4096 from 4 iterations to the sequential
+    finish."""
     rho = size / before if before > 0 else 0.0
-    return 1.0 if rho <= 0.5 else (rho / (1 - rho) if rho < 1 else math.inf)
+    return 1.0 if rho <= 0.5 else min(REMAINING_MAX, rho / (1 - rho) if rho < 1 else math.inf)
 
 
 # the fused Triton kernels for reset_after=True: "auto" (on CUDA), True (wherever Triton
@@ -315,7 +323,7 @@ def _newton(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, dampin
         h, fh, rhs, data, res = trial, t_fh, t_rhs, t_data, t_res
         if damped:  # a damped update says nothing of how near the answer is: its full one
             t_size = max(t_size, _worst_tensor(delta).item())
-        factor = _remaining(t_size, step_size)
+        factor = 1.0 if dense else _remaining(t_size, step_size)
         step, step_size = trial_step, t_size
     return fh, h, step, res, step_size, factor, iters
 
@@ -370,7 +378,7 @@ def _newton_fused(gi, h0, w_hh, b_hh, lengths, reset_after, dense, budget, tol, 
         cur, new = new, cur
         if attempt:  # a damped update says nothing of how near the answer is: its full one
             t_size = max(t_size, _worst_tensor(delta).item())
-        factor = _remaining(t_size, step_size)
+        factor = 1.0 if dense else _remaining(t_size, step_size)
         fh, rhs, data, res, step_size, stepped = t_fh, t_rhs, t_data, t_res, t_size, True
     return fh, cur[0][1:], cur[1] if stepped else None, res, step_size, factor, iters
 
