@@ -246,6 +246,29 @@ def test_autocast_on_cpu_works_like_torch(batch):
                 assert_close(f"{name} d{label}", w, got, 2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_output_changed_in_place_before_the_backward(batch_first):
+    """A residual's `out += x` on the GRU's output before the backward: torch.nn.GRU
+    allows it, and so does every backend (cpu, parallel and triton had saved the tensor
+    they returned, and the backward refused it as modified)."""
+    from helpers import INTERPRETED
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, 5, batch_first=batch_first)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    out = ref(x)[0]
+    out.add_(1.0)
+    (out ** 2).sum().backward()
+    want = [p.grad for p in ref.parameters()]
+    for name in [*CPU_BACKENDS, *INTERPRETED]:
+        gru = flashgru.GRU.from_torch(ref, backend=name)
+        out = gru(x)[0]
+        out.add_(1.0)
+        (out ** 2).sum().backward()
+        for w, (label, p) in zip(want, gru.named_parameters(), strict=True):
+            assert_close(f"{name} d{label}", w, p.grad, 1e-5, rtol=1e-5)
+
+
 def test_recording_names_the_mode():
     """``recording`` names what records torch ops instead of running them; auto then keeps
     the CPU's call on torch's ops and a backend of other kernels, asked for by name, says

@@ -884,7 +884,9 @@ class _FusedGRU(torch.autograd.Function):
         out, saved = _fwd(gi, h0, w_hh, bias, lengths, reset_after, save)
         ctx.save_for_backward(h0, w_hh, out, lengths, *saved)
         ctx.reset_after, ctx.has_bias = reset_after, b_hh is not None
-        return out
+        # a copy: the caller may change its output in place before the backward, as
+        # torch.nn.GRU's callers may (a residual's `out += x`)
+        return out.clone()
 
     @staticmethod
     def backward(ctx, dout):

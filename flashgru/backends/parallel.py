@@ -492,7 +492,9 @@ class _ParallelGRU(torch.autograd.Function):
         ctx.save_for_backward(gi, h0, w_hh, b_hh, traj, lengths)
         ctx.reset_after = reset_after
         valid = _valid(lengths, gi.shape[0], gi)
-        return traj if valid is None else torch.where(valid, traj, 0.0)
+        # (a new tensor either way: the caller may change its output in place before the
+        # backward, as torch.nn.GRU's callers may)
+        return traj.clone() if valid is None else torch.where(valid, traj, 0.0)
 
     @staticmethod
     def backward(ctx, dout):

@@ -1171,4 +1171,7 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (gi, h0, w_hh, bias))
-    return _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
+    out = _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
+    # (the op saves its output for the backward: a copy for the caller, who may change it
+    # in place before the backward, as torch.nn.GRU's callers may)
+    return out.clone() if save else out
