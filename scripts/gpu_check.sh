@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
-# A short lent-GPU call: the GPU-only Triton and MinGRU tests, then the B ∈ {1, 16} part
-# of benchmarks/gpu.py (fp32 and bf16, H ∈ {256, 512, 1024}). Logs go to $OUT.
+# A lent-GPU call that checks the default splits and times issue 5's grid with them: the
+# kernels compiled first, all cores at once (gpu_warm.py); the default splits' own test
+# (tests/test_triton.py::test_default_splits_on_gpu); the B ∈ {1, 16} part of
+# benchmarks/gpu.py (fp32 and bf16, H ∈ {256, 512, 1024}, with the errors against
+# float64); the other GPU-only Triton, MinGRU and CUDA parity tests; then the module's
+# profile at B=1, H=256 as time allows (each part bounded, ~9 minutes in all). Logs go
+# to $OUT.
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
-timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 60 --timeout-method thread \
-  tests/test_triton.py tests/test_mingru.py -k "gpu or cuda" 2>&1 | tee "$OUT/pytest.log" | tail -4
-timeout "${BENCH_S:-160}" python3 benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16 \
-  --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -14
+source "$(dirname "$0")/gpu_common.sh"
+TESTS=(tests/test_triton.py tests/test_mingru.py tests/test_cuda.py)
+GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
+pytest() {  # pytest SECONDS LOG ARGS...
+  local seconds=$1 log=$2
+  shift 2
+  timeout -k 10 "$seconds" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
+    --timeout-method thread "$@" > "$OUT/$log" 2>&1
+  tail -4 "$OUT/$log"
+}
+WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" "${GRID[*]}"
+pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
+timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
+  | tee "$OUT/bench.log" | tail -15
+pytest 150 pytest.log "${TESTS[@]}" -k "(gpu or cuda) and not default_splits_on_gpu"
+left=$((560 - SECONDS))
+if [ "$left" -gt 20 ]; then
+  (cd scripts && timeout "$left" python3 gpu_profile_module.py > "$OUT/profile.log" 2>&1)
+  head -12 "$OUT/profile.log"
+fi

@@ -265,7 +265,15 @@ def test_stacked_splits_fit(monkeypatch):
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     default = tg.choose_config(16, 512, cuda, torch.float32)
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
-    assert [c.slice for c in forward if c.stacked] == [8, 4]
+    assert default.stacked and forward[0] == default  # (the default first, once)
+    assert [c.slice for c in forward if c.stacked] == [4, 8]
+    assert not any(c.stamped for c in forward)  # (no stamped stacked tile)
+    assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
+    assert tg.Config(16, 32, 64, dot=True) in forward
+    small = tg._candidates(tg.choose_config(16, 256, cuda, torch.float32), 16, 256, cuda,
+                           torch.float32, True)
+    assert small[0].kmajor and not any(c.stamped for c in small)
+    assert tg.Config(16, 2, 256, dot=False, resident=True) in small  # one 16-row tile
     backward = tg._candidates(tg.choose_backward_config(16, 256, cuda, torch.float32), 16,
                               256, cuda, torch.float32, False)
     assert [c.slice for c in backward if c.stacked] == [8, 4]  # (its operand is 4x)
@@ -473,51 +481,100 @@ def test_stamped_split_refuses_float64():
 
 
 def test_backward_split_rule(monkeypatch):
-    """The backward takes the forward's split, except fp32 at batch 9-16 with H > 256: a
-    program per SM with W_hhᵀ resident where its tiles fit (measured on an H200)."""
+    """The backward takes the forward's split, never stamped, except at batch 9-16 above
+    H=256: the stacked tiles with the fewest units where the backward's fit (16-bit), else
+    in fp32 a program per SM with W_hhᵀ resident where its tiles fit (measured on an
+    H200), else tl.dot on streamed W."""
     cuda = torch.device("cuda")
 
     class Props:
         multi_processor_count = 132
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
-    f32 = torch.float32
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     spread = tg.Config(16, 4, 512, dot=False, resident=True)
     assert tg.choose_backward_config(16, 512, cuda, f32) == spread
     assert tg.choose_backward_config(12, 384, cuda, f32) == spread
-    assert tg.choose_config(16, 512, cuda, f32) == spread  # the forward's too, at 4 warps
     wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == wide
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit
+        assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
+            16, 4, 512, dot=True, resident=True, stacked=True)
+        assert tg.choose_backward_config(10, 1024, cuda, dtype) == tg.Config(
+            16, 8, 1024, dot=True, resident=True, stacked=True)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
+                                                                             dot=True)
     Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
     assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
                                                                      resident=True)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
+    # programs) don't: tl.dot, not the forward's stacked split
+    assert tg.choose_config(16, 1024, cuda, bf16).stacked
+    assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps
     assert tg.choose_backward_config(16, 264, cuda, f32) == spread
     assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512)
     Props.multi_processor_count = 132
-    for batch, hidden, dtype in [(16, 256, f32), (8, 512, f32), (32, 512, f32),
-                                 (16, 512, torch.bfloat16), (1, 1024, f32)]:
+    for batch, hidden, dtype in [(16, 256, f32), (16, 256, bf16), (8, 512, f32),
+                                 (32, 512, f32), (16, 128, f32), (16, 256, torch.float64)]:
         assert tg.choose_backward_config(batch, hidden, cuda, dtype) == \
             tg.choose_config(batch, hidden, cuda, dtype), (batch, hidden, dtype)
+    for batch, hidden, dtype in [(1, 1024, f32), (1, 256, bf16), (4, 256, f32)]:
+        forward = tg.choose_config(batch, hidden, cuda, dtype)
+        assert forward.stamped and tg.choose_backward_config(batch, hidden, cuda, dtype) == \
+            forward._replace(stamped=False), (batch, hidden, dtype)
     cpu = torch.device("cpu")
     assert tg.choose_backward_config(16, 512, cpu, f32) == tg.choose_config(16, 512, cpu, f32)
-    # the forward keeps W resident where one tile covers H (batch ≤ 16, broadcast product)
+
+
+def test_forward_split_rule(monkeypatch):
+    """The forward's default splits (H200, benchmark mode, 2026-11-27): W resident where
+    one tile covers H at batch ≤ 16 (broadcast product); at batch 9-16 and H=129-256 four
+    4-row K-major tiles at 8 warps where they all fit at once; above H=256 the stacked
+    tiles where they fit (fp32: the fewest units; 16-bit: 8), else tl.dot; never in fp64."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32, bf16 = torch.float32, torch.bfloat16
     assert tg.choose_config(1, 1024, cuda, f32) == tg.Config(1, 8, 1024, dot=False,
+                                                             resident=True, stamped=True)
+    kmajor = tg.Config(4, 8, 256, dot=False, warps=8, resident=True, kmajor=True)
+    for batch, hidden, dtype in [(16, 256, f32), (9, 200, bf16), (12, 256, torch.float16)]:
+        assert tg.choose_config(batch, hidden, cuda, dtype) == kmajor, (batch, hidden)
+    assert tg.choose_config(16, 128, cuda, f32) == tg.Config(16, 1, 128, dot=False,
                                                              resident=True)
-    assert tg.choose_config(16, 256, cuda, f32).resident
-    assert not tg.choose_config(16, 512, cuda, torch.bfloat16).resident  # tl.dot, 64-wide
+    assert not tg.choose_config(16, 256, cuda, torch.float64).kmajor
+    stacked = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
+    assert tg.choose_config(16, 512, cuda, f32) == stacked
+    assert tg.choose_config(11, 300, cuda, f32) == stacked
+    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
+                                                               resident=True, stacked=True)
+    assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     assert not tg.choose_config(1, 256, cuda, torch.float64).resident
     assert not tg.choose_config(1, 2048, cuda, f32).resident  # 16 units × 2048: would spill
+    Props.multi_processor_count = 108
+    # 4 × 32 programs won't fit at once: one 16-row tile, as before
+    assert tg.choose_config(16, 256, cuda, f32) == tg.Config(16, 4, 128, dot=False)
+    # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do
+    assert tg.choose_config(16, 512, cuda, f32) == stacked._replace(slice=8)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
+                                                               resident=True, stacked=True)
+    Props.multi_processor_count = 60  # no stacked fp32 split at H=512 (64 programs): tl.dot
+    assert tg.choose_config(16, 512, cuda, f32) == tg.Config(16, 32, 64, dot=True)
 
 
 def test_stamped_default_rule(monkeypatch):
-    """STAMPED_MAX_WORDS (0 until measured) makes the default resident splits stamped
-    where their blocks hold at most that many words: on CUDA, not in fp64, and never a
-    split that streams W."""
+    """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200) makes the
+    default resident forward splits stamped where their blocks hold at most that many
+    words: on CUDA, not in fp64, never a split that streams W, never the backward."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -525,22 +582,21 @@ def test_stamped_default_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32 = torch.float32
-    assert not any(tg.choose_config(b, h, cuda, f32).stamped
-                   for b in (1, 16) for h in (256, 512, 1024))
-    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 512)
+    assert tg.STAMPED_MAX_WORDS == 1024
     assert tg.choose_config(1, 256, cuda, f32) == tg.Config(1, 2, 256, dot=False,
                                                             resident=True, stamped=True)
-    assert tg.choose_config(1, 512, cuda, torch.bfloat16).stamped
-    assert tg.choose_backward_config(1, 512, cuda, f32).stamped
-    assert not tg.choose_config(1, 1024, cuda, f32).stamped  # 1024 words
-    assert not tg.choose_config(16, 256, cuda, f32).stamped  # 16 × 256 words
+    assert all(tg.choose_config(1, h, cuda, d).stamped
+               for h in (256, 512, 1024) for d in (f32, torch.bfloat16))
+    assert not any(tg.choose_backward_config(1, h, cuda, f32).stamped for h in (256, 1024))
+    assert tg.choose_config(2, 512, cuda, f32).stamped  # 2 × 512 words
+    assert not tg.choose_config(2, 1024, cuda, f32).stamped  # 2 × 1024 words
+    assert not tg.choose_config(16, 256, cuda, f32).stamped
     assert not tg.choose_config(1, 256, cuda, torch.float64).stamped
     assert not tg.choose_config(1, 256, torch.device("cpu"), f32).stamped
-    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 16 * 1024)
-    assert tg.choose_config(16, 512, cuda, f32).stamped  # the spread split
-    assert tg.choose_backward_config(16, 1024, cuda, f32).stamped
-    assert not tg.choose_config(16, 1024, cuda, f32).stamped  # tl.dot, streams W
-    assert not tg.choose_config(64, 256, cuda, f32).stamped
+    assert not tg.choose_config(1, 2048, cuda, f32).stamped  # streams W
+    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 0)
+    assert not any(tg.choose_config(b, h, cuda, f32).stamped
+                   for b in (1, 2, 16) for h in (256, 512, 1024))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs at a barrier")
@@ -692,6 +748,20 @@ def test_wide_problem_on_gpu(batch, split):
     cfg = None if split == "default" else tg.Config(*map(int, split.split("-")[1].split("x")),
                                                     dot=False)
     _compare(512, batch, 1024, True, torch.float32, cfg=cfg)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits, 16-132 programs")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("batch,hidden", [(1, 256), (2, 512), (1, 1024), (9, 200), (16, 256),
+                                          (12, 384), (16, 512), (16, 1024)], ids=str)
+def test_default_splits_on_gpu(batch, hidden, dtype, reset_after):
+    """The default splits (stamped at B=1-2, K-major at B=9-16 H ≤ 256, stacked above,
+    the backward's spread or stacked ones) through the core as a call gets them, ragged
+    lengths, T=128, every gradient; fp32 at 2e-5."""
+    steps = 128
+    lengths = [steps - (37 * i) % steps for i in range(batch)]
+    _compare(steps, batch, hidden, reset_after, dtype, lengths=lengths)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-128 programs exchanging stamps")

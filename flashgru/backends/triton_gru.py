@@ -711,11 +711,12 @@ def _pow2(n: int) -> int:
 RESIDENT_MAX = 3 * 8 * 1024
 
 
-# The largest block of words (rows × K) a default resident split reads stamped
-# (``Config.stamped``) instead of after a barrier: 0, none, until it is measured on a GPU
-# (scripts/gpu_next.sh; offline, ptxas gives B=1's splits the barrier's registers and
-# (16, 2, 256) 167 against 168; larger B=16 blocks spill more than the barrier's).
-STAMPED_MAX_WORDS = 0
+# The largest block of words (rows × K) a default resident forward split reads stamped
+# (``Config.stamped``) instead of after a barrier: B=1's blocks up to H=1024. Measured in
+# benchmark mode on an H200 (2026-11-27, scripts/gpu_tune.sh): stamped, B=1's forward
+# 1.05-1.36x faster at H=256-1024 (fp32 and bf16), but the B=16, H=256 block (4096
+# words) 0.88x and every backward split 0.85-0.97x (choose_backward_config: never).
+STAMPED_MAX_WORDS = 1024
 
 
 def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
@@ -728,18 +729,22 @@ def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
 
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
-    """The default split for a call, from timings on an H100 (docs/performance.md).
+    """The default split for a call's forward, from timings on an H100 and an H200
+    (docs/performance.md).
 
     Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
     the broadcast product, W's tiles resident in registers where one tile covers H (the
-    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27); but at batch 9-16
-    (a 16-row tile) with H > 256, 32 units per program and tl.dot (three-pass TF32 for
-    fp32, whose error stays at fp32's level): 1.5-2.4x faster there than the best
-    broadcast split that streams W (H100, 2026-11-26), except in fp32 where a program per
-    multiprocessor holds its units' W tiles at 4 warps (``_spread_resident``; H ≤ 512 on
-    132 SMs): 1.26x faster than tl.dot at H=512 (H200, 2026-11-27). Batch > 16: tiles of
-    up to 64 rows, 16 units per program and tl.dot: the broadcast product was slower there,
-    erratically so.
+    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27), read stamped
+    where the block is small (STAMPED_MAX_WORDS). At batch 9-16 (a 16-row tile), in fp32
+    arithmetic (not fp64), from benchmark mode's timings on an H200 (2026-11-27): at
+    H=129-256 four 4-row tiles, 8 units per program at 8 warps, K-major (2.1-2.2x faster
+    than one 16-row tile); above H=256 the stacked tiles on the tensor cores where they fit
+    (_stacked_default; 1.6-1.8x faster than the next best: fp32 H=512 than a program per
+    multiprocessor with its units' W tiles resident, ``_spread_resident``, which had been
+    the default there), else 32 units per program and tl.dot on streamed W (three-pass
+    TF32 for fp32, whose error stays at fp32's level). Batch > 16: tiles of up to 64 rows,
+    16 units per program and tl.dot: the broadcast product was slower there, erratically
+    so.
     """
     hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop (and,
@@ -749,22 +754,16 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
         block_batch = _pow2(min(batch, 16))
-        if block_batch == 16 and hidden > 256 and dtype != torch.float64:
-            spread = _spread_resident(hidden, device)
-            if dtype == torch.float32 and spread is not None and spread.warps == 4:
-                # 9.6 → 7.6 µs per step at H=512 (H200, 2026-11-27)
-                return _stamped_where_set(spread, device, dtype)
-            return Config(16, 32, 64, dot=True)
-        tiles = min(-(-batch // block_batch), sms)
-        slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
-        budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, S, BK) product
-        block_k = max(8, min(hp, budget // (block_batch * slice_)))
-        # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
-        # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
-        return _stamped_where_set(
-            Config(block_batch, slice_, block_k, dot=False,
-                   resident=block_k >= hidden and dtype != torch.float64
-                   and 3 * slice_ * block_k <= RESIDENT_MAX), device, dtype)
+        if block_batch == 16 and dtype != torch.float64:
+            if hp == 256 and -(-batch // 4) * (hp // 8) <= sms:  # (all tiles at once)
+                # 4.1 → 1.9 µs per step at B=16 (fp32 and bf16, H200)
+                return Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True)
+            if hidden > 256:
+                stacked = _stacked_default(hidden, device, dtype, forward=True)
+                if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
+                    return stacked
+                return Config(16, 32, 64, dot=True)
+        return _stamped_where_set(_broadcast_split(batch, hidden, sms, dtype), device, dtype)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
     # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
@@ -773,22 +772,61 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
     return Config(block_batch, slice_, 64, dot=True)
 
 
+def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> Config:
+    """Batch ≤ 16's general split: one tile of the batch's rows (rounded up to a power of
+    two), as many programs as multiprocessors, the broadcast product, W's tiles resident
+    where one tile covers H and fits RESIDENT_MAX (not fp64)."""
+    block_batch = _pow2(min(batch, 16))
+    tiles = min(-(-batch // block_batch), sms)
+    slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
+    budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, S, BK) product
+    block_k = max(8, min(_pow2(hidden), budget // (block_batch * slice_)))
+    # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
+    # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
+    return Config(block_batch, slice_, block_k, dot=False,
+                  resident=block_k >= hidden and dtype != torch.float64
+                  and 3 * slice_ * block_k <= RESIDENT_MAX)
+
+
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
                            dtype: torch.dtype) -> Config:
-    """The backward's split: the forward's, W_hhᵀ's tiles resident where the forward's W
-    tiles are (the backward kernel 1.07-1.55x faster so at B=1, H=256-1024 and B=16,
-    H=256; H200, fp32, 2026-11-27); and at batch 9-16 in fp32 above H=256, a program per
-    multiprocessor with its units' tiles resident where they fit (``_spread_resident``):
-    1.45x faster than 4 units per program unresident at H=512, 1.66x than tl.dot's 32
-    units at H=1024 (H200; scripts/gpu_probe_backward.py, docs/performance.md)."""
-    # (the forward's, but row-major: the backward's K-major split is measured apart)
-    cfg = choose_config(batch, hidden, device, dtype)._replace(kmajor=False)
-    if device.type == "cuda" and dtype == torch.float32 and cfg.block_batch == 16 and \
-            hidden > 256:
-        # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
+    """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
+    tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
+    so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
+    forward is (B=16, H=256: 6.8 → 4.0 µs per step, fp32 and bf16, H200); at batch 9-16
+    above H=256 the stacked tiles where they fit (16-bit: 1.6-1.7x faster than tl.dot),
+    else in fp32 a program per multiprocessor with its units' tiles resident where they
+    fit (``_spread_resident``): 1.45x faster than 4 units per program unresident at
+    H=512, 1.66x than tl.dot's 32 units at H=1024 (H200; scripts/gpu_probe_backward.py,
+    docs/performance.md)."""
+    cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
+    if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
+            dtype != torch.float64:
+        stacked = _stacked_default(hidden, device, dtype, forward=False)
+        if stacked is not None:  # bf16 10.2 → 6.0 µs per step at H=512, 16.5 → 10.5 at 1024
+            return stacked
         spread = _spread_resident(hidden, device)
-        return cfg if spread is None else _stamped_where_set(spread, device, dtype)
+        if dtype == torch.float32 and spread is not None:
+            # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
+            return spread
+        # (the forward's stacked split, where the backward's operand doesn't fit)
+        return Config(16, 32, 64, dot=True) if cfg.stacked else cfg
     return cfg
+
+
+def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
+                     forward: bool) -> Config | None:
+    """The stacked split a 16-row tile takes by default (H > 256), or None where none fits
+    (_stacked_splits): the fewest units per program, except the 16-bit forward's 8 (H200,
+    2026-11-27, benchmark mode, µs per step: fp32 H=512 forward 4 units 4.18, 8 units 4.44;
+    bf16 forward H=512 8 units 2.61, 4 units 2.77, 16 units 3.43 (inference); backward
+    H=512 4 units 6.04, 8 units 7.46)."""
+    splits = _stacked_splits(hidden, device, dtype, forward)
+    if not splits:
+        return None
+    if forward and dtype != torch.float32:
+        return next((c for c in splits if c.slice == 8), splits[-1])
+    return splits[-1]
 
 
 def _spread_resident(hidden: int, device: torch.device) -> Config | None:
@@ -824,28 +862,32 @@ trials: dict[tuple, dict[Config, float | str]] = {}  # seconds, or why a split w
 def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
-    backward's), its default first: the default with the other exchange (stamped or
-    barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
-    recurrence), row-major and K-major; at batch 9-16 above H=256, tl.dot on streamed W
-    against the resident spread split; at batch ≤ 16, the stacked tiles on the tensor
-    cores where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for
-    a barrier of 16-128 programs). Off CUDA (the interpreter: one program per tile), the
-    default, stamped and with W streamed."""
+    backward's), its default first: a resident broadcast default with the other exchange
+    (stamped or barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each
+    its own recurrence), K-major and row-major, and one 16-row tile (_broadcast_split);
+    at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
+    split; at batch ≤ 16, the stacked tiles on the tensor cores where they fit
+    (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of 16-128
+    programs). Off CUDA (the interpreter: one program per tile), the default, stamped and
+    with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
-    if default.resident and fp32_arithmetic:
+    if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
         found.append(default._replace(stamped=not default.stamped))
     if device.type != "cuda":
         found.append(default._replace(resident=False, stamped=False))
         return found
     hp = _pow2(hidden)
-    if default.block_batch == 16 and fp32_arithmetic:
+    if _pow2(min(batch, 16)) == 16 and fp32_arithmetic:
+        one_tile = _broadcast_split(batch, hidden, _grid_limit(device), dtype)
         if hidden <= 256:
             found += [Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True),
                       Config(4, 8, hp, dot=False, resident=True),
-                      Config(2, 16, hp, dot=False, resident=True)]
+                      Config(2, 16, hp, dot=False, resident=True), one_tile]
         else:
-            found.append(Config(16, 32, 64, dot=True))
+            spread = _spread_resident(hidden, device)
+            found += [Config(16, 32, 64, dot=True)] + (
+                [spread] if spread is not None and dtype == torch.float32 else [])
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
     return list(dict.fromkeys(found))
