@@ -21,7 +21,7 @@ WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" 
 pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
-pytest 150 pytest.log "${TESTS[@]}" -k "(gpu or cuda) and not default_splits_on_gpu"
+pytest 230 pytest.log "${TESTS[@]}" -k "(gpu or cuda) and not default_splits_on_gpu"
 left=$((560 - SECONDS))
 if [ "$left" -gt 20 ]; then
   (cd scripts && timeout "$left" python3 gpu_profile_module.py > "$OUT/profile.log" 2>&1)

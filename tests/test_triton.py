@@ -129,6 +129,46 @@ def test_low_precision_storage(dtype, reset_after):
     _compare(5, 3, 13, reset_after, dtype, lengths=[5, 3, 1])
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_bf16_errors_within_twice_torchs(reset_after):
+    """Issue 5's bf16 target, every gradient included: against a float64 run of the same
+    weights and input, each of the module's bf16 results (output, h_n, the input's and
+    every parameter's gradient) is off by at most twice what torch's own bf16 GRU is
+    (torch's formulation; the paper's: flashgru's reference backend in bf16)."""
+    import copy
+    torch.manual_seed(0)
+    steps, batch, features, hidden = 24, 6, 40, 48
+    exact = flashgru.GRU(features, hidden, reset_after=reset_after, backend="reference",
+                         dtype=torch.float64, device=DEVICE)
+    x = torch.randn(steps, batch, features, dtype=torch.float64, device=DEVICE)
+    dout = torch.randn(steps, batch, hidden, dtype=torch.float64, device=DEVICE)
+
+    def results(module, dtype):
+        xg = x.to(dtype).detach().requires_grad_()
+        out, h_n = module(xg)
+        out.backward(dout.to(dtype))
+        return {"out": out, "h_n": h_n, "x": xg.grad} | {
+            name: p.grad for name, p in module.named_parameters()}
+
+    want = results(exact, torch.float64)
+    low = copy.deepcopy(exact).to(torch.bfloat16)
+    if reset_after:
+        theirs = torch.nn.GRU(features, hidden, dtype=torch.bfloat16, device=DEVICE)
+        theirs.load_state_dict(low.state_dict())
+    else:
+        theirs = low
+    theirs = results(theirs, torch.bfloat16)
+    low.backend = "triton"
+    ours = results(low, torch.bfloat16)
+
+    def err(got, name):
+        return ((got[name].double() - want[name]).norm() / want[name].norm()).item()
+
+    for name in want:
+        assert err(ours, name) <= 2 * err(theirs, name), (name, err(ours, name),
+                                                          err(theirs, name))
+
+
 # Launch splits: batch tiles (and, on a GPU, several programs per tile meeting at the
 # barrier), the tl.dot product, reduction chunks smaller than H.
 SPLITS = {}
