@@ -3,9 +3,9 @@
 # kernels compiled first, all cores at once (gpu_warm.py); the default splits' own test
 # (tests/test_triton.py::test_default_splits_on_gpu); the B ∈ {1, 16} part of
 # benchmarks/gpu.py (fp32 and bf16, H ∈ {256, 512, 1024}, with the errors against
-# float64); the other GPU-only Triton, MinGRU and CUDA parity tests; then the module's
-# profile at B=1, H=256 as time allows (each part bounded, ~9 minutes in all). Logs go
-# to $OUT.
+# float64); where a training call's time goes (scripts/gpu_profile_training.py); then
+# the other GPU-only Triton, MinGRU and CUDA parity tests as time allows (each part
+# bounded, under 10 minutes in all). Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TESTS=(tests/test_triton.py tests/test_mingru.py tests/test_cuda.py)
@@ -17,13 +17,13 @@ pytest() {  # pytest SECONDS LOG ARGS...
     --timeout-method thread "$@" > "$OUT/$log" 2>&1
   tail -4 "$OUT/$log"
 }
-WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" "${GRID[*]}"
+WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" "${GRID[*]}" \
+  scripts/gpu_profile_training.py
 pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
-pytest 230 pytest.log "${TESTS[@]}" -k "(gpu or cuda) and not default_splits_on_gpu"
-left=$((560 - SECONDS))
-if [ "$left" -gt 20 ]; then
-  (cd scripts && timeout "$left" python3 gpu_profile_module.py > "$OUT/profile.log" 2>&1)
-  head -12 "$OUT/profile.log"
-fi
+(cd scripts && timeout 100 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
+grep -v "^ *$" "$OUT/training.log" | head -80 | cut -c1-100
+left=$((575 - SECONDS))
+[ "$left" -gt 30 ] && pytest "$left" pytest.log "${TESTS[@]}" \
+  -k "(gpu or cuda) and not default_splits_on_gpu"

@@ -1,0 +1,85 @@
+"""Where a training call of flashgru.GRU(backend="triton") spends its time (issue 5: at
+B=16, H=512, bf16 on an H200 the grid's forward+backward took 10.81 µs per step, while
+benchmark mode timed the training forward at 2.69 and the backward, its weight-gradient
+GEMM included, at 6.04: ~2 µs per step unaccounted for). Times each part of the call at
+two lengths, so a fixed cost and a per-step one tell apart: the forward kernel saving
+the gates, the backward (kernel and dW_hh's GEMM), dW_hh's GEMM alone on fp32 and on bf16
+operands, the core's autograd forward+backward, the module's training step and cuDNN's;
+then torch.profiler's table of one module training step's CUDA work. A diagnostic for a
+lent GPU, not a test.
+
+    python scripts/gpu_profile_training.py
+    TRITON_INTERPRET=1 python scripts/gpu_profile_training.py --smoke
+"""
+import sys
+
+import torch
+from gpu_timing import per_step
+
+import flashgru
+import flashgru.backends.triton_gru as tg
+
+SMOKE = "--smoke" in sys.argv
+dev = "cpu" if SMOKE else "cuda"
+torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+POINTS = [(2, 8, torch.float32)] if SMOKE else [
+    (16, 512, torch.bfloat16), (16, 512, torch.float32), (16, 256, torch.float32),
+    (16, 1024, torch.bfloat16), (1, 256, torch.float32)]
+LENGTHS = (4, 8) if SMOKE else (512, 2048)
+
+
+def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
+    """The timed parts of one training call at this point: name → fn."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
+    ref.flatten_parameters()
+    module = flashgru.GRU.from_torch(ref, backend="triton")
+    w_hh, b_hh = ref.weight_hh_l0.detach(), ref.bias_hh_l0.detach()
+    x = torch.randn(steps, batch, hidden, device=dev, dtype=dtype)
+    dout = torch.randn(steps, batch, hidden, device=dev, dtype=dtype)
+    gi = torch.nn.functional.linear(x, ref.weight_ih_l0, ref.bias_ih_l0).detach()
+    h0 = torch.zeros(batch, hidden, device=dev, dtype=dtype)
+    lengths = torch.full((batch,), steps, dtype=torch.int64, device=dev)
+    out, saved = tg.forward(gi, h0, w_hh, b_hh, lengths, True, True)
+    dgh = torch.randn(steps * batch, 3 * hidden, device=dev)
+    h_prev = torch.randn(steps * batch, hidden, device=dev)
+
+    def core_step():
+        g = gi.detach().requires_grad_()
+        tg.core(g, h0, w_hh, b_hh, None, True).backward(dout)
+
+    def train_step(m):
+        xg = x.detach().requires_grad_()
+        m(xg)[0].backward(dout)
+
+    return {
+        "forward kernel (saving)": lambda: tg.forward(gi, h0, w_hh, b_hh, lengths, True, True),
+        "backward (kernel + dW_hh)": lambda: tg.backward(dout, h0, w_hh, out, saved, lengths,
+                                                         True),
+        "dW_hh GEMM, fp32 operands": lambda: dgh.t() @ h_prev,
+        "dW_hh GEMM, bf16 operands": lambda: dgh.bfloat16().t() @ h_prev.bfloat16(),
+        "core fwd+bwd (autograd)": core_step,
+        "module training step": lambda: train_step(module),
+        "cuDNN training step": lambda: train_step(ref),
+    }
+
+
+for batch, hidden, dtype in POINTS:
+    for steps in LENGTHS:
+        for name, fn in parts(batch, hidden, dtype, steps).items():
+            us = per_step(fn, steps)
+            print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:27s}"
+                  f" {us * steps / 1e3:8.3f} ms {us:7.2f} µs/step", flush=True)
+if not SMOKE:
+    batch, hidden, dtype = POINTS[0]
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
+    module = flashgru.GRU.from_torch(ref, backend="triton")
+    x = torch.randn(LENGTHS[0], batch, hidden, device=dev, dtype=dtype, requires_grad=True)
+    module(x)[0].sum().backward()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            module(x)[0].sum().backward()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
