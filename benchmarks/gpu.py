@@ -112,7 +112,7 @@ def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
                     # (in --json only: every candidate's time per step by kind, and
                     # the default's split; scripts/tune_summary.py reads them)
                     row["timed"] = {f"{key[0]}{key[6:]}": {
-                        "default": str(tuple(_default(key[0], b, h, dtype))),
+                        "default": str(tuple(_default(key, b, h, dtype))),
                         "us_per_step": {str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
                                         for cfg, got in trial.items()
                                         if not isinstance(got, str)}}
@@ -124,10 +124,13 @@ def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
     return rows
 
 
-def _default(kind: str, batch: int, hidden: int, dtype: torch.dtype):
-    """The split a call of this kind gets without benchmark mode."""
-    choose = tg.choose_config if kind == "forward" else tg.choose_backward_config
-    return choose(batch, hidden, torch.device("cuda"), dtype)
+def _default(key: tuple, batch: int, hidden: int, dtype: torch.dtype):
+    """The split a call of this kind (benchmark mode's key: kind, ..., reset_after and,
+    for the forward, save) gets without benchmark mode."""
+    cuda = torch.device("cuda")
+    if key[0] == "forward":
+        return tg.choose_config(batch, hidden, cuda, dtype, save=key[7])
+    return tg.choose_backward_config(batch, hidden, cuda, dtype)
 
 
 def _line(row: dict) -> str:

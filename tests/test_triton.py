@@ -575,7 +575,8 @@ def test_forward_split_rule(monkeypatch):
     """The forward's default splits (H200, benchmark mode, 2026-11-27): W resident where
     one tile covers H at batch ≤ 16 (broadcast product); at batch 9-16 and H=129-256 four
     4-row K-major tiles at 8 warps where they all fit at once; above H=256 the stacked
-    tiles where they fit (fp32: the fewest units; 16-bit: 8), else tl.dot; never in fp64."""
+    tiles where they fit (fp32: the fewest units; 16-bit: 8, 16 saving the gates), else
+    tl.dot; never in fp64."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -598,6 +599,13 @@ def test_forward_split_rule(monkeypatch):
     assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
                                                                resident=True, stacked=True)
     assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
+    # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest
+    for hidden in (512, 1024):
+        assert tg.choose_config(16, hidden, cuda, bf16, save=True) == tg.Config(
+            16, 16, hidden, dot=True, resident=True, stacked=True)
+    assert tg.choose_config(16, 512, cuda, f32, save=True) == stacked
+    assert tg.choose_config(1, 256, cuda, f32, save=True) == tg.choose_config(1, 256, cuda,
+                                                                              f32)
     assert not tg.choose_config(1, 256, cuda, torch.float64).resident
     assert not tg.choose_config(1, 2048, cuda, f32).resident  # 16 units × 2048: would spill
     Props.multi_processor_count = 108

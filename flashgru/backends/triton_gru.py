@@ -728,9 +728,10 @@ def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
     return cfg
 
 
-def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Config:
-    """The default split for a call's forward, from timings on an H100 and an H200
-    (docs/performance.md).
+def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+                  save: bool = False) -> Config:
+    """The default split for a call's forward (``save``: a training call's, which saves
+    the gates for the backward), from timings on an H100 and an H200 (docs/performance.md).
 
     Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
     the broadcast product, W's tiles resident in registers where one tile covers H (the
@@ -759,7 +760,7 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                 # 4.1 → 1.9 µs per step at B=16 (fp32 and bf16, H200)
                 return Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True)
             if hidden > 256:
-                stacked = _stacked_default(hidden, device, dtype, forward=True)
+                stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
                 if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
                     return stacked
                 return Config(16, 32, 64, dot=True)
@@ -815,17 +816,19 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
 
 
 def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
-                     forward: bool) -> Config | None:
+                     forward: bool, save: bool = False) -> Config | None:
     """The stacked split a 16-row tile takes by default (H > 256), or None where none fits
-    (_stacked_splits): the fewest units per program, except the 16-bit forward's 8 (H200,
-    2026-11-27, benchmark mode, µs per step: fp32 H=512 forward 4 units 4.18, 8 units 4.44;
-    bf16 forward H=512 8 units 2.61, 4 units 2.77, 16 units 3.43 (inference); backward
-    H=512 4 units 6.04, 8 units 7.46)."""
+    (_stacked_splits): the fewest units per program, except the 16-bit forward's 8, or 16
+    where it saves the gates (``save``). H200, 2026-11-27, benchmark mode, µs per step: fp32
+    H=512 forward 4 units 4.18 (training 3.98), 8 units 4.44 (4.47); bf16 inference H=512
+    8 units 2.61, 4 units 2.77, 16 units 3.43, H=1024 8 units 3.77, 16 units 5.84; bf16
+    training H=512 16 units 2.43, 8 units 2.69, 4 units 2.92, H=1024 16 units 3.35, 8 units
+    3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46."""
     splits = _stacked_splits(hidden, device, dtype, forward)
     if not splits:
         return None
     if forward and dtype != torch.float32:
-        return next((c for c in splits if c.slice == 8), splits[-1])
+        return next((c for c in splits if c.slice == (16 if save else 8)), splits[-1])
     return splits[-1]
 
 
@@ -950,12 +953,13 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
 
 
 def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
-           dtype: torch.dtype, key: tuple, run) -> Config:
-    """A call's split: the default (choose_config; for the backward,
-    choose_backward_config), or in benchmark mode the fastest of _candidates, run with
-    ``run(cfg)`` at the first call of each kind, shape, length bucket and ``key``."""
-    default = (choose_config if kind == "forward" else choose_backward_config)(
-        batch, hidden, device, dtype)
+           dtype: torch.dtype, key: tuple, run, save: bool = False) -> Config:
+    """A call's split: the default (choose_config, ``save`` for a training forward; for
+    the backward, choose_backward_config), or in benchmark mode the fastest of
+    _candidates, run with ``run(cfg)`` at the first call of each kind, shape, length
+    bucket and ``key``."""
+    default = (choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
+               choose_backward_config(batch, hidden, device, dtype))
     if not (benchmark and steps and batch):
         return default
     key = (kind, device, batch, hidden, dtype, min(steps, TUNE_STEPS).bit_length(), *key)
@@ -1054,7 +1058,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     if cfg is None:
         cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
-                                       save, c))
+                                       save, c), save)
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
     if save:
         saved = [_empty(steps, batch, hidden, dtype=acc, device=gi.device)
