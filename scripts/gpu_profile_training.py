@@ -5,12 +5,16 @@ GEMM included, at 6.04: ~2 µs per step unaccounted for). Times each part of the
 two lengths, so a fixed cost and a per-step one tell apart: the forward kernel saving
 the gates, the backward (kernel and dW_hh's GEMM), dW_hh's GEMM alone on fp32 and on bf16
 operands, the core's autograd forward+backward, the module's training step and cuDNN's;
-then torch.profiler's table of one module training step's CUDA work. A diagnostic for a
-lent GPU, not a test.
+then torch.profiler's table of one module training step's CUDA work, and cProfile's
+of the host's Python in 200 short inference and training calls (where a call's fixed
+~0.3 ms of host time before its kernel starts goes). A diagnostic for a lent GPU, not a
+test.
 
     python scripts/gpu_profile_training.py
     TRITON_INTERPRET=1 python scripts/gpu_profile_training.py --smoke
 """
+import cProfile
+import pstats
 import sys
 
 import torch
@@ -83,3 +87,26 @@ if not SMOKE:
             module(x)[0].sum().backward()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
+
+# the host's Python: 200 calls at T=16 (the kernels short; the GPU awaited once at the end)
+batch, hidden, dtype = POINTS[0]
+torch.manual_seed(0)
+ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
+module = flashgru.GRU.from_torch(ref, backend="triton")
+x = torch.randn(4 if SMOKE else 16, batch, hidden, device=dev, dtype=dtype)
+for name, grad in (("inference", False), ("training", True)):
+    xg = x.detach().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        module(xg)[0].sum().backward() if grad else module(xg)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(20 if SMOKE else 200):
+            if grad:
+                module(xg)[0].sum().backward()
+            else:
+                module(xg)
+        profiler.disable()
+    if not SMOKE:
+        torch.cuda.synchronize()
+    print(f"---- host Python, {name} calls (cProfile, by own time)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
