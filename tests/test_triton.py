@@ -310,6 +310,9 @@ def test_stacked_splits_fit(monkeypatch):
     assert not any(c.stamped for c in forward)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
     assert tg.Config(16, 32, 64, dot=True) in forward
+    assert {c for c in forward if c.block_batch < 16} == {  # smaller row tiles, resident
+        tg.Config(8, 8, 512, dot=False, resident=True),
+        tg.Config(4, 16, 512, dot=False, warps=8, resident=True)}
     small = tg._candidates(tg.choose_config(16, 256, cuda, torch.float32), 16, 256, cuda,
                            torch.float32, True)
     assert small[0].kmajor and not any(c.stamped for c in small)

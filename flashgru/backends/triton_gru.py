@@ -869,7 +869,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     (stamped or barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each
     its own recurrence), K-major and row-major, and one 16-row tile (_broadcast_split);
     at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
-    split; at batch ≤ 16, the stacked tiles on the tensor cores where they fit
+    split, and at H=257-512 two 8-row or four 4-row tiles with W resident (not yet timed
+    on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where they fit
     (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of 16-128
     programs). Off CUDA (the interpreter: one program per tile), the default, stamped and
     with W streamed."""
@@ -891,6 +892,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             spread = _spread_resident(hidden, device)
             found += [Config(16, 32, 64, dot=True)] + (
                 [spread] if spread is not None and dtype == torch.float32 else [])
+            if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
+                found += [Config(8, 8, hp, dot=False, resident=True),
+                          Config(4, 16, hp, dot=False, warps=8, resident=True)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
     return list(dict.fromkeys(found))
