@@ -70,7 +70,9 @@ def in_forked_child(target):
     alive = child.is_alive()
     if alive:
         child.kill()
-    assert not alive and child.exitcode == 0
+    assert not alive and child.exitcode == 0, (
+        "the child hung (killed after 120 s)" if alive else
+        f"the child exited with {child.exitcode}")
     return queue.get(timeout=5)
 
 
