@@ -10,21 +10,25 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TESTS=(tests/test_triton.py tests/test_mingru.py tests/test_cuda.py)
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
+status=0  # the script's: the first failed (or timed-out) test run's
 pytest() {  # pytest SECONDS LOG ARGS...
-  local seconds=$1 log=$2
+  local seconds=$1 log=$2 rc=0
   shift 2
   timeout -k 10 "$seconds" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
-    --timeout-method thread "$@" > "$OUT/$log" 2>&1
+    --timeout-method thread "$@" > "$OUT/$log" 2>&1 || rc=$?
   tail -4 "$OUT/$log"
+  [ "$rc" = 0 ] || echo "gpu_check: $log: exit status $rc (124: out of time)"
+  [ "$status" != 0 ] || status=$rc
 }
 WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" "${GRID[*]}" \
   scripts/gpu_profile_training.py
 pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
-(cd scripts && timeout 100 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
+(cd scripts && timeout -k 10 100 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
 grep -v "^ *$" "$OUT/training.log" | head -80 | cut -c1-100
 left=$((${CHECK_S:-575} - SECONDS))  # (CHECK_S: the seconds this call may take)
 if [ "$left" -gt 30 ]; then
   pytest "$left" pytest.log "${TESTS[@]}" -k "(gpu or cuda) and not default_splits_on_gpu"
 fi
+exit "$status"

@@ -125,6 +125,11 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=1024, batch=8, grad=True).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
+    # hidden sizes the kernels can't hold at once (64 units × 108 SMs): torch / reference
+    assert pick(hidden=6912, batch=32).name == "triton"
+    assert pick(hidden=6913, batch=32).name == "torch"
+    assert pick(hidden=6913, reset_after=False).name == "reference"
+    assert pick(hidden=6913, steps=65536).name == "torch"
     monkeypatch.setitem(BACKENDS, "triton", Backend(
         "triton", "core", reference.core, True, devices=("cuda",),
         dtypes=(torch.float32, torch.bfloat16)))

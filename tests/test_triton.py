@@ -155,8 +155,8 @@ def test_bf16_errors_within_twice_torchs(reset_after):
     if reset_after:
         theirs = torch.nn.GRU(features, hidden, dtype=torch.bfloat16, device=DEVICE)
         theirs.load_state_dict(low.state_dict())
-    else:
-        theirs = low
+    else:  # (a copy: the triton run below must not add to its gradients)
+        theirs = copy.deepcopy(low)
     theirs = results(theirs, torch.bfloat16)
     low.backend = "triton"
     ours = results(low, torch.bfloat16)
@@ -326,6 +326,58 @@ def test_stacked_splits_fit(monkeypatch):
     big = tg.choose_config(17, 256, cuda, torch.float32)
     assert not any(c.stacked for c in tg._candidates(big, 17, 256, cuda, torch.float32,
                                                        True))
+
+
+def test_candidates_fit_the_card(monkeypatch):
+    """Benchmark mode's candidates: the 16-row tile's alternatives at batch 9-16 only, and
+    none whose programs for one tile can't all be resident on the card."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32 = torch.float32
+    for batch in (17, 32, 64):
+        found = tg._candidates(tg.choose_config(batch, 512, cuda, f32), batch, 512, cuda,
+                               f32, True)
+        assert not any(c.block_batch in (4, 8) or c.resident for c in found), batch
+    for sms in (16, 46, 66, 108, 132):
+        Props.multi_processor_count = sms
+        for batch, hidden in [(16, 256), (12, 512), (16, 1024), (16, 2048), (1, 1024)]:
+            found = tg._candidates(tg.choose_config(batch, hidden, cuda, f32), batch, hidden,
+                                   cuda, f32, True)
+            assert all(-(-hidden // c.slice) <= sms for c in found[1:]), (sms, batch, hidden)
+    Props.multi_processor_count = 46  # (8, 8, 512) needs 64 programs
+    found = tg._candidates(tg.choose_config(16, 512, cuda, f32), 16, 512, cuda, f32, True)
+    assert tg.Config(4, 16, 512, dot=False, warps=8, resident=True) in found
+    assert tg.Config(8, 8, 512, dot=False, resident=True) not in found
+
+
+def test_streamed_split_fits_the_card(monkeypatch):
+    """A 16-row tile's tl.dot split on streamed W takes 32 units a program, up to 64
+    where 32 would need more programs than the card has multiprocessors; above 64 × the
+    multiprocessors the kernels refuse the hidden size, with what to use instead."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 46
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for save in (False, True):
+            assert tg.choose_config(16, 2048, cuda, dtype, save) == tg.Config(16, 64, 64,
+                                                                              dot=True)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 64, 64,
+                                                                             dot=True)
+        assert tg.choose_config(16, 1400, cuda, dtype).slice in (32, 64)
+    assert tg.max_hidden(cuda) == 64 * 46
+    monkeypatch.setattr(tg, "_grid_limit", lambda device: 1)  # (the interpreter's CPU)
+    gi, h0, w, b, _ = _problem(2, 1, 65, torch.float32)
+    with pytest.raises(ValueError, match="hidden sizes up to 64 .* got 65: use backend="):
+        tg.core(gi, h0, w, b, None, True)
+    with pytest.raises(ValueError, match="hidden sizes up to 64"):
+        tg.infer(gi.detach(), h0.detach(), w.detach(), b.detach(), None, True)
 
 
 def test_stacked_split_needs_its_tile():
@@ -804,15 +856,24 @@ def test_wide_problem_on_gpu(batch, split):
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits, 16-132 programs")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("batch,hidden", [(1, 256), (2, 512), (1, 1024), (9, 200), (16, 256),
-                                          (12, 384), (16, 512), (16, 1024)], ids=str)
+@pytest.mark.parametrize("batch,hidden", [(1, 256), (2, 512), (1, 1024), (4, 256), (8, 128),
+                                          (9, 200), (16, 256), (12, 384), (16, 512),
+                                          (16, 1024)], ids=str)
 def test_default_splits_on_gpu(batch, hidden, dtype, reset_after):
-    """The default splits (stamped at B=1-2, K-major at B=9-16 H ≤ 256, stacked above,
-    the backward's spread or stacked ones) through the core as a call gets them, ragged
-    lengths, T=128, every gradient; fp32 at 2e-5."""
+    """The default splits (stamped at B=1-8 up to 1024 words a block, K-major at B=9-16
+    H ≤ 256, stacked above, the backward's spread or stacked ones) through the core as a
+    call gets them, ragged lengths, T=128: a training call, every gradient, and an
+    inference call (its own split: 16-bit's stacked forward takes fewer units); fp32 at
+    2e-5."""
     steps = 128
     lengths = [steps - (37 * i) % steps for i in range(batch)]
     _compare(steps, batch, hidden, reset_after, dtype, lengths=lengths)
+    gi, h0, w, b, lens = (t.detach() if isinstance(t, torch.Tensor) and t.requires_grad
+                          else t for t in _problem(steps, batch, hidden, dtype, lengths))
+    with torch.no_grad():
+        got = tg.core(gi, h0, w, b, lens, reset_after)
+    want = reference.core(gi.double(), h0.double(), w.double(), b.double(), lens, reset_after)
+    assert_close("inference out", want, got.double(), TOL[dtype], rtol=TOL[dtype])
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-128 programs exchanging stamps")

@@ -169,7 +169,9 @@ def select_backend(
        training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
        backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
        without, 1.29x with; H > 1024 on 132 SMs) and in bfloat16 at batch > 64 with
-       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN.
+       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN. Hidden sizes over 64 × the
+       GPU's multiprocessors (``triton_gru.max_hidden``: 8448 on 132 SMs), which the
+       kernels can't hold at once, go to torch (to "reference" for ``reset_after=False``).
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -230,7 +232,8 @@ def select_backend(
             not _unmeasured_for_parallel():
         return BackendChoice("parallel", f"{steps} steps at batch {batch}, hidden {hidden}: "
                                          "the parallel-in-time solver")
-    if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype):
+    if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype) and (
+            not torch.cuda.is_available() or hidden <= triton_gru.max_hidden(device)):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
         slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden,

@@ -710,9 +710,21 @@ def _pow2(n: int) -> int:
 # (sm_90); larger tiles would spill.
 RESIDENT_MAX = 3 * 8 * 1024
 
+# The most hidden units a program takes (tl.dot on streamed W; 128 need more shared memory
+# than an SM has, fp32): a tile's programs must all be resident at once (the barrier), so
+# H ≤ MAX_UNITS × multiprocessors (``max_hidden``).
+MAX_UNITS = 64
+
+
+def max_hidden(device: torch.device) -> int:
+    """The largest hidden size the kernels run on this device (every program of a batch
+    tile resident at once, MAX_UNITS units each)."""
+    return MAX_UNITS * _grid_limit(device)
+
 
 # The largest block of words (rows × K) a default resident forward split reads stamped
-# (``Config.stamped``) instead of after a barrier: B=1's blocks up to H=1024. Measured in
+# (``Config.stamped``) instead of after a barrier: B=1's blocks up to H=1024, and by the
+# same count B=2 up to H=512, B=3-4 up to 256, B=5-8 up to 128 (not timed). Measured in
 # benchmark mode on an H200 (2026-11-27, scripts/gpu_tune.sh): stamped, B=1's forward
 # 1.05-1.36x faster at H=256-1024 (fp32 and bf16), but the B=16, H=256 block (4096
 # words) 0.88x and every backward split 0.85-0.97x (choose_backward_config: never).
@@ -763,14 +775,22 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                 stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
                 if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
                     return stacked
-                return Config(16, 32, 64, dot=True)
+                return _streamed_dot(hidden, sms)
         return _stamped_where_set(_broadcast_split(batch, hidden, sms, dtype), device, dtype)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
     # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
     # tiles than fit at once run in several launches (_launch)
-    slice_ = min(64, max(16, _pow2(-(-hidden // max(1, sms // tiles)))))
+    slice_ = min(MAX_UNITS, max(16, _pow2(-(-hidden // max(1, sms // tiles)))))
     return Config(block_batch, slice_, 64, dot=True)
+
+
+def _streamed_dot(hidden: int, sms: int) -> Config:
+    """A 16-row tile's split with W streamed through the caches: tl.dot, 32 units per
+    program (measured fastest at H=1024 on an H100), or up to 64 where 32 would need more
+    programs than the card's multiprocessors (128 need more shared memory than an SM has,
+    fp32: larger H runs on no split, MAX_UNITS)."""
+    return Config(16, max(32, min(MAX_UNITS, _pow2(-(-hidden // sms)))), 64, dot=True)
 
 
 def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> Config:
@@ -811,7 +831,7 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
             # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
             return spread
         # (the forward's stacked split, where the backward's operand doesn't fit)
-        return Config(16, 32, 64, dot=True) if cfg.stacked else cfg
+        return _streamed_dot(hidden, _grid_limit(device)) if cfg.stacked else cfg
     return cfg
 
 
@@ -882,7 +902,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
         found.append(default._replace(resident=False, stamped=False))
         return found
     hp = _pow2(hidden)
-    if _pow2(min(batch, 16)) == 16 and fp32_arithmetic:
+    if 8 < batch <= 16 and fp32_arithmetic:
         one_tile = _broadcast_split(batch, hidden, _grid_limit(device), dtype)
         if hidden <= 256:
             found += [Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True),
@@ -897,7 +917,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
-    return list(dict.fromkeys(found))
+    # (not the splits whose programs for one tile can't all be resident on this card)
+    limit = _grid_limit(device)
+    return [cfg for cfg in dict.fromkeys(found)
+            if cfg == default or -(-hidden // cfg.slice) <= limit]
 
 
 # The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
@@ -1112,10 +1135,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                 *saved[:3], ghn_s, lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
                 ACC=_acc(acc))
-    # dW_hh over all steps, one GEMM: in bf16 (fp32's range) on bf16 operands with fp32
-    # accumulation, as autograd does the input projection's (the gradient is stored in bf16
-    # anyway; fp32 operands ran it on the CUDA cores, ~0.5 µs per step at B=16, H=512);
-    # fp16 (a narrow range) and fp32 on the arithmetic's dtype
+    # dW_hh over all steps, one GEMM: for bf16 outputs (fp32's range) on bf16 operands with
+    # fp32 accumulation, as autograd does the input projection's (bf16 weights store the
+    # gradient in bf16 anyway; under autocast, fp32 weights get it as autocast gives a
+    # linear layer's; fp32 operands ran it on the CUDA cores, ~0.5 µs per step at B=16,
+    # H=512); fp16 (a narrow range) and fp32 on the arithmetic's dtype
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).flatten(0, 1)  # (T·B, H)
     if reset_after:
@@ -1205,7 +1229,12 @@ def infer(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Te
 def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
                       lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     """The kernels' lengths (int64 on gi's device, every row full when None) and b_hh (0
-    when None)."""
+    when None); first, that the kernels run this hidden size on this device."""
+    hidden, most = w_hh.shape[1], max_hidden(gi.device)
+    if hidden > most:
+        raise ValueError(f"backend 'triton' runs hidden sizes up to {most} on this GPU "
+                         f"({_grid_limit(gi.device)} multiprocessors × {MAX_UNITS} units); "
+                         f"got {hidden}: use backend='torch'")
     if lengths is None:
         lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64, device=gi.device)
     else:
