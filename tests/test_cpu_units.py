@@ -4,6 +4,7 @@ and inference, both formulations, lengths, unaligned unit ranges and more parts 
 cores; the meeting points; and every way it must fall back or stop instead of hanging."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -162,12 +163,29 @@ def test_a_failing_unit_part_stops_the_others():
 
 
 def _units_in_child(queue):
-    gru = flashgru.GRU(3, 128, backend="cpu")  # a call that splits its units in the parent
+    # (the core alone, its input projection made before the fork: torch's own MKL GEMM
+    # can hang in a forked child once the parent has run a threaded one, measured with
+    # plain torch on an AMD EPYC host; torch's DataLoader workers set one thread for it)
+    gi, h0, w_hh, b_hh, want = _FORK_PROBLEM
     with torch.no_grad():
-        queue.put(tuple(gru(torch.randn(cpu.UNITS_MIN_STEPS, 1, 3))[0].shape))
+        got = cpu.core(gi, h0, w_hh, b_hh, None, True)
+    queue.put((cpu._unit_parts(1, 128, cpu.UNITS_MIN_STEPS, None), torch.equal(got, want)))
+
+
+_FORK_PROBLEM = ()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_units_after_a_fork():
-    """A forked child has no OpenMP team: its batch-1 calls run in one part."""
-    assert in_forked_child(_units_in_child) == (cpu.UNITS_MIN_STEPS, 1, 128)
+def test_units_after_a_fork(monkeypatch):
+    """A forked child has no OpenMP team: its batch-1 calls run in one part (the parent's
+    split its units), with the parent's numbers, and never wait for the parent's team."""
+    torch.manual_seed(0)
+    gi = torch.randn(cpu.UNITS_MIN_STEPS, 1, 384)
+    h0, w_hh, b_hh = torch.randn(1, 128), torch.randn(384, 128) * 0.1, torch.randn(384)
+    with torch.no_grad():
+        want = cpu.core(gi, h0, w_hh, b_hh, None, True)
+    parent = cpu._unit_parts(1, 128, cpu.UNITS_MIN_STEPS, None)
+    assert parent == min(torch.get_num_threads(), 128 // cpu.UNITS_PER_PART) or \
+        cpu._OPENMP is None or cpu._MKL_LOCAL is None
+    monkeypatch.setattr(sys.modules[__name__], "_FORK_PROBLEM", (gi, h0, w_hh, b_hh, want))
+    assert in_forked_child(_units_in_child) == (1, True)
