@@ -732,6 +732,36 @@ def test_inference_saves_nothing_and_matches(monkeypatch):
     assert_close("out", reference.core(gi, h0, w, b, None, True).detach(), out, 1e-5)
 
 
+def test_backward_makes_no_gradients_for_the_saved_gates():
+    """The op's saved gates are outputs no gradient flows into: autograd makes no zero
+    tensors for them (four of T·B·H in fp32 each backward, before: what the backward op
+    makes inside is not seen here), and the gradients stay right."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zeros_like,
+                                       torch.ops.aten.new_zeros):
+                self.made.append(func)
+            return func(*args, **(kwargs or {}))
+
+    steps, batch, hidden = 5, 3, 8
+    gi, h0, w, b, _ = _problem(steps, batch, hidden, torch.float32)
+    out = tg.core(gi, h0, w, b, None, True)
+    dout = torch.randn_like(out)
+    with Shapes() as mode:
+        grads = torch.autograd.grad(out, (gi, h0, w, b), dout)
+    assert mode.made == []
+    ref_in = [t.detach().double().requires_grad_() for t in (gi, h0, w, b)]
+    want = torch.autograd.grad(reference.core(*ref_in, None, True), ref_in, dout.double())
+    for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), want, grads, strict=True):
+        assert_close(name, r, g.double(), 2e-4, rtol=2e-4)
+
+
 def test_no_double_backward():
     gi, h0, w, b, _ = _problem(3, 2, 4, torch.float64)
     out = tg.core(gi, h0, w, b, None, True)

@@ -1193,8 +1193,10 @@ def _define_ops():
 
     def setup_context(ctx, inputs, output):
         gi, h0, w_hh, b_hh, lengths, reset_after, save = inputs
-        if not save:
-            ctx.mark_non_differentiable(*output)
+        # the gates are the backward's, not the caller's: no gradient flows into them, and
+        # none is made (autograd had filled four T·B·H fp32 tensors with zeros for them)
+        ctx.mark_non_differentiable(*(output[1:] if save else output))
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(h0, w_hh, output[0], *output[1:], lengths)
         ctx.reset_after = reset_after
         ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
@@ -1204,6 +1206,8 @@ def _define_ops():
             raise RuntimeError("backend 'triton' has no double backward; use "
                                "backend='reference' for gradients of gradients")
         h0, w_hh, out, r, z, n, ghn, lengths = ctx.saved_tensors
+        if dout is None:  # (no gradient reached the output)
+            dout = torch.zeros_like(out)
         grads = gru_backward_op(dout, h0, w_hh, out, r, z, n, ghn, lengths, ctx.reset_after)
         dgi, dh0, dw_hh, db_hh = (g.to(dtype) for g, dtype in zip(grads, ctx.dtypes,
                                                                    strict=True))
