@@ -74,11 +74,13 @@ for batch, hidden, dtype in POINTS:
             us = per_step(fn, steps)
             print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:27s}"
                   f" {us * steps / 1e3:8.3f} ms {us:7.2f} µs/step", flush=True)
+# the first point's module: the profiler's kernels of one training step, then the host's
+# Python over 200 calls at T=16 (the kernels short; the GPU awaited once at the end)
+batch, hidden, dtype = POINTS[0]
+torch.manual_seed(0)
+ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
+module = flashgru.GRU.from_torch(ref, backend="triton")
 if not SMOKE:
-    batch, hidden, dtype = POINTS[0]
-    torch.manual_seed(0)
-    ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
-    module = flashgru.GRU.from_torch(ref, backend="triton")
     x = torch.randn(LENGTHS[0], batch, hidden, device=dev, dtype=dtype, requires_grad=True)
     module(x)[0].sum().backward()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -87,12 +89,6 @@ if not SMOKE:
             module(x)[0].sum().backward()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
-
-# the host's Python: 200 calls at T=16 (the kernels short; the GPU awaited once at the end)
-batch, hidden, dtype = POINTS[0]
-torch.manual_seed(0)
-ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
-module = flashgru.GRU.from_torch(ref, backend="triton")
 x = torch.randn(4 if SMOKE else 16, batch, hidden, device=dev, dtype=dtype)
 for name, grad in (("inference", False), ("training", True)):
     xg = x.detach().requires_grad_(grad)
