@@ -7,8 +7,10 @@ the gates, the backward (kernel and dW_hh's GEMM), dW_hh's GEMM alone on fp32 an
 operands, the core's autograd forward+backward, the module's training step and cuDNN's;
 then torch.profiler's table of one module training step's CUDA work, and cProfile's
 of the host's Python in 200 short inference and training calls (where a call's fixed
-~0.3 ms of host time before its kernel starts goes). A diagnostic for a lent GPU, not a
-test.
+~0.3 ms of host time before its kernel starts goes). The forward and backward kernels are
+timed with their default splits as they are and with ``Config.prefetch`` flipped (a
+step's reads from memory issued a step ahead: at these lengths the saved gates have left
+L2). A diagnostic for a lent GPU, not a test.
 
     python scripts/gpu_profile_training.py
     TRITON_INTERPRET=1 python scripts/gpu_profile_training.py --smoke
@@ -18,7 +20,7 @@ import pstats
 import sys
 
 import torch
-from gpu_timing import per_step
+from gpu_timing import interleaved
 
 import flashgru
 import flashgru.backends.triton_gru as tg
@@ -56,10 +58,19 @@ def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
         xg = x.detach().requires_grad_()
         m(xg)[0].backward(dout)
 
+    # the default splits, with their reads a step ahead (Config.prefetch) and without
+    cuda = torch.device(dev)
+    fwd = tg.choose_config(batch, hidden, cuda, dtype, save=True)
+    bwd = tg.choose_backward_config(batch, hidden, cuda, dtype)
+    ahead = {"": (fwd._replace(prefetch=False), bwd._replace(prefetch=False)),
+             ", prefetch": (fwd._replace(prefetch=True), bwd._replace(prefetch=True))}
     return {
-        "forward kernel (saving)": lambda: tg.forward(gi, h0, w_hh, b_hh, lengths, True, True),
-        "backward (kernel + dW_hh)": lambda: tg.backward(dout, h0, w_hh, out, saved, lengths,
-                                                         True),
+        **{f"forward kernel (saving){k}": lambda f=f: tg.forward(gi, h0, w_hh, b_hh, lengths,
+                                                                  True, True, f)
+           for k, (f, _) in ahead.items()},
+        **{f"backward (kernel + dW_hh){k}": lambda b=b: tg.backward(dout, h0, w_hh, out, saved,
+                                                                     lengths, True, b)
+           for k, (_, b) in ahead.items()},
         "dW_hh GEMM, fp32 operands": lambda: dgh.t() @ h_prev,
         "dW_hh GEMM, bf16 operands": lambda: dgh.bfloat16().t() @ h_prev.bfloat16(),
         "core fwd+bwd (autograd)": core_step,
@@ -70,9 +81,10 @@ def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
 
 for batch, hidden, dtype in POINTS:
     for steps in LENGTHS:
-        for name, fn in parts(batch, hidden, dtype, steps).items():
-            us = per_step(fn, steps)
-            print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:27s}"
+        # (in turns, so that a drift of the card's clocks falls on every part alike)
+        for name, us in interleaved(parts(batch, hidden, dtype, steps), steps, rounds=3,
+                                    reps=3).items():
+            print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:35s}"
                   f" {us * steps / 1e3:8.3f} ms {us:7.2f} µs/step", flush=True)
 # the first point's module: the profiler's kernels of one training step, then the host's
 # Python over 200 calls at T=16 (the kernels short; the GPU awaited once at the end)

@@ -163,7 +163,9 @@ def _compile(launch) -> tuple[str, float, str | None, str]:
     """Compile one recorded launch (in a worker): (its name and constexprs, seconds, error
     or None, its registers and spills)."""
     module, name, args, kwargs = launch
-    label = f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    first = next((str(a[1]).removeprefix("torch.") for a in args
+                  if isinstance(a, tuple) and a[:1] == ("tensor",)), "")  # (its dtype)
+    label = f"{name}[{first}]({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     start = time.perf_counter()
     try:
         kernel = getattr(importlib.import_module(module), name)

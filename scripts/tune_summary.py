@@ -17,7 +17,8 @@ def label(split: str) -> str:
     """A split as benchmarks/gpu.py wrote it (a Config's tuple), shortly: rows, units, K,
     product, warps, and the options set."""
     cfg = tg.Config(*ast.literal_eval(split))
-    flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked")
+    flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
+                                            "prefetch")
                     if getattr(cfg, name))
     product = "dot" if cfg.dot else "bcast"
     return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"

@@ -194,6 +194,15 @@ if BACKENDS["triton"].missing() is None:
                                                    stamped=True)),
         "stamped-f16-chunks": (torch.float16, tg.Config(4, 32, 16, dot=False,
                                                         stamped=True)),
+        # a step's reads issued a step ahead (Config.prefetch)
+        "prefetch": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                              prefetch=True)),
+        "prefetch-tiles-f64": (torch.float64, tg.Config(2, 32, 8, dot=False, prefetch=True)),
+        "prefetch-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False,
+                                                          resident=True, stamped=True,
+                                                          prefetch=True)),
+        "prefetch-kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                                     kmajor=True, prefetch=True)),
     }
     if DEVICE == "cuda":
         SPLITS.update({
@@ -306,7 +315,9 @@ def test_stacked_splits_fit(monkeypatch):
     default = tg.choose_config(16, 512, cuda, torch.float32)
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
     assert default.stacked and forward[0] == default  # (the default first, once)
-    assert [c.slice for c in forward if c.stacked] == [4, 8]
+    assert forward[1] == default._replace(prefetch=True)  # (its reads a step ahead)
+    assert [c.slice for c in forward if c.stacked and not c.prefetch] == [4, 8]
+    assert sum(c.prefetch for c in forward) == 1
     assert not any(c.stamped for c in forward)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
     assert tg.Config(16, 32, 64, dot=True) in forward
@@ -320,9 +331,11 @@ def test_stacked_splits_fit(monkeypatch):
     backward = tg._candidates(tg.choose_backward_config(16, 256, cuda, torch.float32), 16,
                               256, cuda, torch.float32, False)
     assert [c.slice for c in backward if c.stacked] == [8, 4]  # (its operand is 4x)
+    assert backward[1] == backward[0]._replace(prefetch=True)
     one = tg._candidates(tg.choose_config(1, 256, cuda, torch.float32), 1, 256, cuda,
                          torch.float32, True)  # (a 16-row tile, 15 rows idle)
     assert [c.slice for c in one if c.stacked] == [16, 8, 4]
+    assert [c for c in one if c.prefetch] == [one[0]._replace(prefetch=True)]
     big = tg.choose_config(17, 256, cuda, torch.float32)
     assert not any(c.stacked for c in tg._candidates(big, 17, 256, cuda, torch.float32,
                                                        True))
@@ -430,6 +443,53 @@ def test_stamped_exchange_changes_no_number(split, reset_after):
             assert torch.equal(got, want)
         else:
             assert_close("stamped", want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
+PREFETCH_SPLITS = {  # (batch, hidden, split)
+    "resident": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True)),
+    "streamed": (7, 30, dict(block_batch=2, slice=32, block_k=8, dot=False)),
+    "dot": (7, 30, dict(block_batch=16, slice=32, block_k=32, dot=True, resident=True)),
+    "stacked": (7, 16, dict(block_batch=16, slice=16, block_k=32, dot=True, resident=True,
+                            stacked=True)),
+    "stamped": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True,
+                            stamped=True)),
+}
+if DEVICE == "cuda":  # several programs a tile, as the defaults at issue 5's grid points
+    PREFETCH_SPLITS.update({
+        "b1-stamped": (1, 256, dict(block_batch=1, slice=2, block_k=256, dot=False,
+                                    resident=True, stamped=True)),
+        "b16-kmajor": (16, 256, dict(block_batch=4, slice=8, block_k=256, dot=False, warps=8,
+                                     resident=True, kmajor=True)),
+        "b16-stacked": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
+                                      resident=True, stacked=True)),
+        "b16-spread": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=False,
+                                     resident=True)),
+    })
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split", list(PREFETCH_SPLITS))
+def test_prefetch_changes_no_number(split, reset_after):
+    """Config.prefetch only moves a step's reads a step earlier: outputs, saved gates and
+    every gradient bit for bit those of the same split without it (in the interpreter; on
+    a GPU within 1e-6), over ragged lengths and h0 read at the backward's last step."""
+    batch, hidden, fields = PREFETCH_SPLITS[split]
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(6, batch, hidden, torch.float32))
+    lens = torch.tensor([6, 1, 3, 2, 6, 4, 5] * 3, device=DEVICE)[:batch]
+    lens[0] = 6
+    dout = torch.randn(6, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    results = []
+    for prefetch in (False, True):
+        cfg = tg.Config(**fields, prefetch=prefetch)
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
+        results.append([out, *saved, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        if DEVICE == "cpu":
+            assert torch.equal(got, want)
+        else:
+            assert_close("prefetch", want.double(), got.double(), 1e-6, rtol=1e-6)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's guard (on a GPU it would hang)")
@@ -987,7 +1047,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       ACC=tl.float32, RESIDENT=resident, STAMPED=stamped)
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
-        consts["STACKED"] = False
+        consts["STACKED"] = consts["PREFETCH"] = False
         consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
@@ -1008,7 +1068,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         consts["RESIDENT"] = consts["STAMPED"] = False
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
-        consts["STACKED"] = False
+        consts["STACKED"] = consts["PREFETCH"] = False
         consts["KMAJOR"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
@@ -1033,7 +1093,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=True)
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
-        consts["STACKED"] = False
+        consts["STACKED"] = consts["PREFETCH"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
                for a in kernel.arg_names}
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
@@ -1050,7 +1110,7 @@ for name, kernel, dtype, bk, s in (
     for reset_after in (False, True):
         consts = dict(BB=16, S=s, BK=bk, RESET_AFTER=reset_after, DOT=True, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=False,
-                      STACKED=True)
+                      STACKED=True, PREFETCH=False)
         if name == "forward":
             consts["SAVE"] = False
         sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
@@ -1063,7 +1123,28 @@ for name, kernel, dtype, bk, s in (
         stacked[f"{name}-{dtype}-{reset_after}"] = {
             "wgmma": loop.count("ttng.warp_group_dot "), "loads": loop.count("ttg.local_load"),
             "shared": compiled.metadata.shared, "hidden": bk, "slice": s}
-print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked}))
+# Config.prefetch: the loads in the time loop, with and without (moved, none added); the
+# constants of kernels compiled above, so that only those with PREFETCH compile anew
+prefetch = {}
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for split, reset_after, ahead in itertools.product(("resident", "stacked"),
+                                                       (False, True), (False, True)):
+        tile = split == "stacked"
+        consts = dict(BB=16, S=16, BK=(256 if name == "forward" else 128) if tile else 64,
+                      RESET_AFTER=reset_after, DOT=tile, PREC="tf32x3", ACC=tl.float32,
+                      RESIDENT=True, STAMPED=False, KMAJOR=False, STACKED=tile,
+                      PREFETCH=ahead)
+        if name == "forward":
+            consts["SAVE"] = not tile
+        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
+               for a in kernel.arg_names}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        ttgir = compiled.asm["ttgir"]
+        prefetch[f"{name}-{split}-{reset_after}-{ahead}"] = ttgir[
+            ttgir.index("scf.for"):].count("tt.load ")
+print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
+                  "prefetch": prefetch}))
 """
 
 
@@ -1129,6 +1210,18 @@ def test_stamped_waits_reread_memory(sm90, kernel, reset_after):
     waits = (1 + (not reset_after)) if kernel == "forward" else 3
     assert sm90["spins"][f"stamped-resident-{kernel}-False-{reset_after}"] >= 2 * waits
     assert sm90["spins"][f"resident-{kernel}-False-{reset_after}"] == 0
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split", ["resident", "stacked"])
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_prefetch_compiles_and_adds_no_load(sm90, kernel, split, reset_after):
+    """Config.prefetch compiles for sm_90 (a name defined under a constexpr branch before
+    the loop, which the interpreter doesn't check) and moves a step's loads a step ahead
+    without adding any to the loop."""
+    with_, without = (sm90["prefetch"][f"{kernel}-{split}-{reset_after}-{ahead}"]
+                      for ahead in (True, False))
+    assert with_ == without > 0
 
 
 H100_SHARED = 232448  # bytes of shared memory one program may use on an H100

@@ -424,13 +424,44 @@ def _tanh(x):
 
 
 @_jit
+def _step_input(gi, t, B, H, rows, cols, m, ACC: tl.constexpr):
+    """Step t's input projections for this program's rows and units, (BB, S) per gate."""
+    g = gi + tl.cast(t, tl.int64) * B * 3 * H + rows[:, None] * 3 * H + cols[None, :]
+    return (tl.load(g, mask=m, other=0.0).to(ACC), tl.load(g + H, mask=m, other=0.0).to(ACC),
+            tl.load(g + 2 * H, mask=m, other=0.0).to(ACC))
+
+
+@_jit
+def _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H, own, m, ACC: tl.constexpr,
+                RESET_AFTER: tl.constexpr):
+    """What the backward reads at step t for this program's rows and units, (BB, S) each:
+    dL/dout, the state before the step, r, z, n and (RESET_AFTER, else n again) W_hn h +
+    b_hn."""
+    at = tl.cast(t, tl.int64) * B * H + own
+    d = tl.load(dout + at, mask=m, other=0.0).to(ACC)
+    if t > 0:
+        h_prev = tl.load(out + at - B * H, mask=m, other=0.0).to(ACC)
+    else:
+        h_prev = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
+    r = tl.load(r_s + at, mask=m, other=0.0)
+    z = tl.load(z_s + at, mask=m, other=0.0)
+    n = tl.load(n_s + at, mask=m, other=0.0)
+    if RESET_AFTER:
+        ghn = tl.load(ghn_s + at, mask=m, other=0.0)
+    else:
+        ghn = n
+    return d, h_prev, r, z, n, ghn
+
+
+@_jit
 def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, sync,
                     B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
-                    KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False):
+                    KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
+                    PREFETCH: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -443,7 +474,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and rhbuf hold each
     state transposed, (H, B), and the products are summed over their first axis.
     STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
-    its low parts, for fp32 weights.
+    its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
+    loaded at the start of step t.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -462,13 +494,18 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         w_hi, w_lo = _stacked_tiles(w, H, BK, S)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
+    if PREFETCH:
+        next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
-        g = gi + t64 * B * 3 * H + rows[:, None] * 3 * H + cols[None, :]
-        gi_r = tl.load(g, mask=m, other=0.0).to(ACC)
-        gi_z = tl.load(g + H, mask=m, other=0.0).to(ACC)
-        gi_n = tl.load(g + 2 * H, mask=m, other=0.0).to(ACC)
+        if PREFETCH:  # (step t + 1's loads in flight through this step)
+            gi_r, gi_z, gi_n = next_r, next_z, next_n
+            # (rows past their length read nothing)
+            next_r, next_z, next_n = _step_input(gi, t + 1, B, H, rows, cols,
+                                                 m & (t + 1 < lens)[:, None], ACC)
+        else:
+            gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
         if STACKED:
             gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
                                                            STAMPED), w_hi, w_lo, S)
@@ -537,7 +574,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
-                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False):
+                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
+                     PREFETCH: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -550,7 +588,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     KMAJOR (resident broadcast tiles): through xbuf too, each half transposed, (3H, B),
     fp32 values after the barrier or stamped words, the products summed over K first.
     STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
-    its low parts, for fp32 weights.
+    its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
+    (_saved_step) are issued during step t, after its first exchange.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -561,19 +600,20 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
+    if PREFETCH:
+        p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
+                                                   t_end - 1, B, H, own, m, ACC, RESET_AFTER)
+        first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
         ok = m & (t < lens)[:, None]
-        at = t64 * B * H + own
-        d = tl.load(dout + at, mask=m, other=0.0).to(ACC) + carried
-        if t > 0:
-            h_prev = tl.load(out + at - B * H, mask=m, other=0.0).to(ACC)
+        if PREFETCH:
+            d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
         else:
-            h_prev = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
-        r = tl.load(r_s + at, mask=m, other=0.0)
-        z = tl.load(z_s + at, mask=m, other=0.0)
-        n = tl.load(n_s + at, mask=m, other=0.0)
+            d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B,
+                                                  H, own, m, ACC, RESET_AFTER)
+        d += carried
         dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
         dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
         g3 = t64 * B * 3 * H
@@ -595,7 +635,6 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             xstride = 3 * H
             xo = own3
         if RESET_AFTER:
-            ghn = tl.load(ghn_s + at, mask=m, other=0.0)
             dr = dn * ghn * r * (1.0 - r)
             if STAMPED or KMAJOR:  # (published first: the other programs wait for them)
                 _publish(a + xo, dr, m, t, STAMPED)
@@ -609,6 +648,10 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
             if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
+            if PREFETCH:  # (step t - 1's reads in flight through this step's product)
+                p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                    dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                    m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
             if STACKED:
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
@@ -630,6 +673,10 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
             if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
+            if PREFETCH:
+                p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                    dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                    m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
             if STACKED:  # (the n gate's block alone)
                 d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                          xstride, t, BK, S, STAMPED, 4),
@@ -687,7 +734,10 @@ class Config(NamedTuple):
     in shared memory and multiplies on the tensor cores (wgmma on sm90) by the state's
     transpose (the backward's: the gates' gradients), its folds side by side, fp32 as
     three TF32 products on W_hh split on the host (_tf32_parts); shared memory as
-    _stacked_bytes."""
+    _stacked_bytes; prefetch: the loads a step needs from memory written before the
+    launch (the forward's gi, the backward's saved gates, dL/dout and the states) are
+    issued a step ahead, so their latency overlaps the step before instead of adding to
+    it (at T·B·H where they have left L2, HBM's latency every step of the backward)."""
 
     block_batch: int
     slice: int
@@ -699,6 +749,7 @@ class Config(NamedTuple):
     stamped: bool = False
     kmajor: bool = False
     stacked: bool = False
+    prefetch: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -886,8 +937,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
-    (stamped or barrier); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each
-    its own recurrence), K-major and row-major, and one 16-row tile (_broadcast_split);
+    (stamped or barrier); on CUDA the default with its reads a step ahead or not
+    (``Config.prefetch``; not yet timed on a GPU); at batch 9-16, H ≤ 256, smaller row
+    tiles with W resident (each its own recurrence), K-major and row-major, and one 16-row
+    tile (_broadcast_split);
     at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
     split, and at H=257-512 two 8-row or four 4-row tiles with W resident (not yet timed
     on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where they fit
@@ -901,6 +954,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     if device.type != "cuda":
         found.append(default._replace(resident=False, stamped=False))
         return found
+    found.append(default._replace(prefetch=not default.prefetch))
     hp = _pow2(hidden)
     if 8 < batch <= 16 and fp32_arithmetic:
         one_tile = _broadcast_split(batch, hidden, _grid_limit(device), dtype)
@@ -1041,7 +1095,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
-                STACKED=cfg.stacked, num_warps=cfg.warps, **launch, **consts)
+                STACKED=cfg.stacked, PREFETCH=cfg.prefetch, num_warps=cfg.warps, **launch,
+                **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
