@@ -94,10 +94,11 @@ def benchmark_candidates() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         for batch in (1, 16):
             for hidden in (256, 512, 1024):
-                forward = tg.choose_config(batch, hidden, cuda, dtype)
-                for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
-                    run(batch, hidden, dtype, cfg, False, None)
-                    run(batch, hidden, dtype, cfg, True, None)
+                for save in (False, True):  # (each with its own default, as benchmark
+                    # mode's inference and training forwards)
+                    forward = tg.choose_config(batch, hidden, cuda, dtype, save)
+                    for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
+                        run(batch, hidden, dtype, cfg, save, None)
                 default = tg.choose_backward_config(batch, hidden, cuda, dtype)
                 for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False):
                     run(batch, hidden, dtype, forward, True, cfg)

@@ -10,7 +10,7 @@
 # summary (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu or prefetch"
+OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu or prefetch or narrow"
 PICK="$OTHERS or stacked_on_gpu"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \

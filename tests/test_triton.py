@@ -378,11 +378,12 @@ def test_streamed_split_fits_the_card(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        narrow = dtype != torch.float32  # (a 16-bit exchange: Config.narrow)
         for save in (False, True):
-            assert tg.choose_config(16, 2048, cuda, dtype, save) == tg.Config(16, 64, 64,
-                                                                              dot=True)
-        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 64, 64,
-                                                                             dot=True)
+            assert tg.choose_config(16, 2048, cuda, dtype, save) == tg.Config(
+                16, 64, 64, dot=True, narrow=narrow)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(
+            16, 64, 64, dot=True, narrow=narrow)
         assert tg.choose_config(16, 1400, cuda, dtype).slice in (32, 64)
     assert tg.max_hidden(cuda) == 64 * 46
     monkeypatch.setattr(tg, "_grid_limit", lambda device: 1)  # (the interpreter's CPU)
@@ -490,6 +491,71 @@ def test_prefetch_changes_no_number(split, reset_after):
             assert torch.equal(got, want)
         else:
             assert_close("prefetch", want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
+NARROW_SPLITS = {  # (batch, hidden, split)
+    "stacked": (7, 16, dict(block_batch=16, slice=16, block_k=32, dot=True, resident=True,
+                            stacked=True)),
+    "stacked-folds": (9, 4, dict(block_batch=16, slice=4, block_k=64, dot=True,
+                                  resident=True, stacked=True)),
+    "streamed": (7, 30, dict(block_batch=16, slice=32, block_k=16, dot=True)),
+    "resident-dot": (7, 30, dict(block_batch=16, slice=32, block_k=32, dot=True,
+                                 resident=True)),
+}
+if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
+    NARROW_SPLITS.update({
+        "b16-stacked": (16, 512, dict(block_batch=16, slice=8, block_k=512, dot=True,
+                                      resident=True, stacked=True)),
+        "b16-stacked-4": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
+                                        resident=True, stacked=True)),
+        "b16-streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
+    })
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda"
+                                                     else []), ids=str)
+@pytest.mark.parametrize("split", list(NARROW_SPLITS))
+def test_narrow_exchange_changes_no_number(split, dtype, reset_after):
+    """Config.narrow exchanges the state (the backward's gradients) in W's 16-bit dtype,
+    which tl.dot rounds its operand to anyway: outputs, saved gates and every gradient bit
+    for bit those of the same split in fp32 words (on a GPU too: the same rounding)."""
+    batch, hidden, fields = NARROW_SPLITS[split]
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(6, batch, hidden, dtype))
+    lens = torch.tensor([6, 1, 3, 2, 6, 4, 5] * 3, device=DEVICE)[:batch]
+    lens[0] = 6
+    dout = torch.randn(6, batch, hidden, generator=torch.Generator().manual_seed(2)).to(
+        device=DEVICE, dtype=dtype)
+    results = []
+    for narrow in (False, True):
+        cfg = tg.Config(**fields, narrow=narrow)
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
+        results.append([out, *saved, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        assert torch.equal(got, want)
+
+
+def test_narrow_exchange_needs_a_16_bit_dot():
+    """A narrow split on fp32 weights, the broadcast product or the stamped exchange would
+    round values no product rounds: refused, before any launch."""
+    gi, h0, w, b = (t.detach() for t in _problem(2, 4, 16, torch.float32)[:4])
+    lens = torch.full((4,), 2, device=DEVICE)
+    for dtype, fields in [
+            (torch.float32, dict(block_batch=16, slice=16, block_k=16, dot=True)),
+            (torch.float16, dict(block_batch=4, slice=16, block_k=16, dot=False,
+                                 resident=True)),
+            (torch.float16, dict(block_batch=4, slice=16, block_k=16, dot=True,
+                                 stamped=True))]:
+        cfg = tg.Config(**fields, narrow=True)
+        with pytest.raises(ValueError, match="narrow split"):
+            tg.forward(gi.to(dtype), h0.to(dtype), w.to(dtype), b.to(dtype), lens, True, True,
+                       cfg)
+        out, saved = tg.forward(gi.to(dtype), h0.to(dtype), w.to(dtype), b.to(dtype), lens,
+                                True, True, cfg._replace(narrow=False))
+        with pytest.raises(ValueError, match="narrow split"):
+            tg.backward(out, h0.to(dtype), w.to(dtype), out, saved, lens, True, cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's guard (on a GPU it would hang)")
@@ -655,13 +721,14 @@ def test_backward_split_rule(monkeypatch):
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
-    for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit
+    for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit (narrow: a
+        # 16-bit exchange)
         assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
-            16, 4, 512, dot=True, resident=True, stacked=True)
+            16, 4, 512, dot=True, resident=True, stacked=True, narrow=True)
         assert tg.choose_backward_config(10, 1024, cuda, dtype) == tg.Config(
-            16, 8, 1024, dot=True, resident=True, stacked=True)
-        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
-                                                                             dot=True)
+            16, 8, 1024, dot=True, resident=True, stacked=True, narrow=True)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(
+            16, 32, 64, dot=True, narrow=True)
     Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
     assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
                                                                      resident=True)
@@ -669,7 +736,8 @@ def test_backward_split_rule(monkeypatch):
     # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
     # programs) don't: tl.dot, not the forward's stacked split
     assert tg.choose_config(16, 1024, cuda, bf16).stacked
-    assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
+    assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True,
+                                                                        narrow=True)
     Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps
     assert tg.choose_backward_config(16, 264, cuda, f32) == spread
     assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512)
@@ -710,14 +778,16 @@ def test_forward_split_rule(monkeypatch):
     stacked = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
     assert tg.choose_config(16, 512, cuda, f32) == stacked
     assert tg.choose_config(11, 300, cuda, f32) == stacked
-    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8)
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
-                                                               resident=True, stacked=True)
-    assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
+    # (16-bit tl.dot exchanges 16-bit values: Config.narrow)
+    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8, narrow=True)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(
+        16, 8, 1024, dot=True, resident=True, stacked=True, narrow=True)
+    assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True,
+                                                               narrow=True)
     # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest
     for hidden in (512, 1024):
         assert tg.choose_config(16, hidden, cuda, bf16, save=True) == tg.Config(
-            16, 16, hidden, dot=True, resident=True, stacked=True)
+            16, 16, hidden, dot=True, resident=True, stacked=True, narrow=True)
     assert tg.choose_config(16, 512, cuda, f32, save=True) == stacked
     assert tg.choose_config(1, 256, cuda, f32, save=True) == tg.choose_config(1, 256, cuda,
                                                                               f32)
@@ -728,10 +798,36 @@ def test_forward_split_rule(monkeypatch):
     assert tg.choose_config(16, 256, cuda, f32) == tg.Config(16, 4, 128, dot=False)
     # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do
     assert tg.choose_config(16, 512, cuda, f32) == stacked._replace(slice=8)
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
-                                                               resident=True, stacked=True)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(
+        16, 16, 1024, dot=True, resident=True, stacked=True, narrow=True)
     Props.multi_processor_count = 60  # no stacked fp32 split at H=512 (64 programs): tl.dot
     assert tg.choose_config(16, 512, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+
+
+def test_narrow_default_rule(monkeypatch):
+    """The defaults exchange 16-bit values (Config.narrow) wherever they multiply 16-bit
+    weights with tl.dot, forward and backward, on CUDA; never fp32's, the broadcast
+    product's or the interpreter's; benchmark mode also times the default without it."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        for batch, hidden in [(1, 256), (1, 1024), (4, 512), (16, 256), (16, 512),
+                              (16, 1024), (16, 3000), (64, 512)]:
+            for cfg in (tg.choose_config(batch, hidden, cuda, dtype),
+                        tg.choose_config(batch, hidden, cuda, dtype, save=True),
+                        tg.choose_backward_config(batch, hidden, cuda, dtype)):
+                assert cfg.narrow == (cfg.dot and dtype in (torch.bfloat16, torch.float16)
+                                      ), (dtype, batch, hidden, cfg)
+        assert not tg.choose_config(16, 512, torch.device("cpu"), dtype).narrow
+    bf16 = torch.bfloat16
+    default = tg.choose_backward_config(16, 1024, cuda, bf16)
+    found = tg._candidates(default, 16, 1024, cuda, bf16, False)
+    assert found[0] == default and default.narrow and default._replace(narrow=False) in found
+    assert all(c.narrow for c in found if c.dot and c != default._replace(narrow=False))
 
 
 def test_stamped_default_rule(monkeypatch):

@@ -397,11 +397,12 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
 
 @_jit
 def _publish(p, value, mask, t, STAMPED: tl.constexpr):
-    """Write a step's values for the other programs: stamped words, or as they are."""
+    """Write a step's values for the other programs: stamped words, or as they are (in
+    the exchange's dtype: ``Config.narrow``'s 16-bit, rounded as tl.dot rounds them)."""
     if STAMPED:
         tl.store(p, _stamp(value, t), mask=mask)
     else:
-        tl.store(p, value, mask=mask)
+        tl.store(p, value.to(p.dtype.element_ty), mask=mask)
 
 
 @_jit
@@ -461,7 +462,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
-                    PREFETCH: tl.constexpr = False):
+                    PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -475,7 +476,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     state transposed, (H, B), and the products are summed over their first axis.
     STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
-    loaded at the start of step t.
+    loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
+    16-bit dtype; the kernel is the same.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -575,7 +577,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                      KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
-                     PREFETCH: tl.constexpr = False):
+                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -589,7 +591,9 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     fp32 values after the barrier or stamped words, the products summed over K first.
     STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
-    (_saved_step) are issued during step t, after its first exchange.
+    (_saved_step) are issued during step t, after its first exchange. NARROW
+    (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
+    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -620,7 +624,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
         # where the step's whole gradients are read: an exchange buffer (stamped words or
         # K-major) or dgh (dgi); gate g's block at a + g·gstep, its rows xstride apart,
         # this program's part of it at xo
-        if STAMPED or KMAJOR:
+        if STAMPED or KMAJOR or NARROW:
             a = xbuf + (t % 2) * B * 3 * H
         elif RESET_AFTER:
             a = dgh + g3
@@ -636,7 +640,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             xo = own3
         if RESET_AFTER:
             dr = dn * ghn * r * (1.0 - r)
-            if STAMPED or KMAJOR:  # (published first: the other programs wait for them)
+            if STAMPED or KMAJOR or NARROW:  # (published first: the others wait for them)
                 _publish(a + xo, dr, m, t, STAMPED)
                 _publish(a + xo + gstep, dz, m, t, STAMPED)
                 _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
@@ -667,7 +671,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                 carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
-            if STAMPED or KMAJOR:
+            if STAMPED or KMAJOR or NARROW:
                 _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
@@ -688,7 +692,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                            H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
-            if STAMPED or KMAJOR:
+            if STAMPED or KMAJOR or NARROW:
                 _publish(a + xo, dr, m, t, STAMPED)
                 _publish(a + xo + gstep, dz, m, t, STAMPED)
             tl.store(dgi + g3 + own3, dr, mask=m)
@@ -737,7 +741,11 @@ class Config(NamedTuple):
     _stacked_bytes; prefetch: the loads a step needs from memory written before the
     launch (the forward's gi, the backward's saved gates, dL/dout and the states) are
     issued a step ahead, so their latency overlaps the step before instead of adding to
-    it (at T·B·H where they have left L2, HBM's latency every step of the backward)."""
+    it (at T·B·H where they have left L2, HBM's latency every step of the backward);
+    narrow (tl.dot on 16-bit weights, not stamped): the state (the backward's gradients) is
+    exchanged in the weights' dtype instead of fp32, half the bytes every program reads
+    from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
+    all the same."""
 
     block_batch: int
     slice: int
@@ -750,6 +758,7 @@ class Config(NamedTuple):
     kmajor: bool = False
     stacked: bool = False
     prefetch: bool = False
+    narrow: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -793,6 +802,24 @@ def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
                   save: bool = False) -> Config:
+    """_choose_config's split, exchanging 16-bit values where it can (_narrow_where_set)."""
+    return _narrow_where_set(_choose_config(batch, hidden, device, dtype, save), device,
+                             dtype)
+
+
+def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
+    16-bit weights, not stamped, on CUDA. Not yet timed on a GPU: it halves what every
+    program reads from L2 at every step (at B=16, H=1024 the backward's 128 programs read
+    all 16 × 3H gradients, 25 MB a step in fp32) and changes no number."""
+    if device.type == "cuda" and cfg.dot and not cfg.stamped and \
+            dtype in (torch.bfloat16, torch.float16):
+        return cfg._replace(narrow=True)
+    return cfg
+
+
+def _choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+                   save: bool = False) -> Config:
     """The default split for a call's forward (``save``: a training call's, which saves
     the gates for the backward), from timings on an H100 and an H200 (docs/performance.md).
 
@@ -862,6 +889,14 @@ def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> C
 
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
                            dtype: torch.dtype) -> Config:
+    """_choose_backward_config's split, exchanging 16-bit values where it can
+    (_narrow_where_set)."""
+    return _narrow_where_set(_choose_backward_config(batch, hidden, device, dtype), device,
+                             dtype)
+
+
+def _choose_backward_config(batch: int, hidden: int, device: torch.device,
+                            dtype: torch.dtype) -> Config:
     """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
     tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
     so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
@@ -871,7 +906,7 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     fit (``_spread_resident``): 1.45x faster than 4 units per program unresident at
     H=512, 1.66x than tl.dot's 32 units at H=1024 (H200; scripts/gpu_probe_backward.py,
     docs/performance.md)."""
-    cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
+    cfg = _choose_config(batch, hidden, device, dtype)._replace(stamped=False)
     if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
             dtype != torch.float64:
         stacked = _stacked_default(hidden, device, dtype, forward=False)
@@ -938,7 +973,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier); on CUDA the default with its reads a step ahead or not
-    (``Config.prefetch``; not yet timed on a GPU); at batch 9-16, H ≤ 256, smaller row
+    (``Config.prefetch``), and a narrow default (16-bit exchange) with fp32's (neither yet
+    timed on a GPU; the others narrow where they can be); at batch 9-16, H ≤ 256, smaller row
     tiles with W resident (each its own recurrence), K-major and row-major, and one 16-row
     tile (_broadcast_split);
     at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
@@ -971,6 +1007,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
+    # (16-bit exchanges where they can be, and the default's other exchange)
+    found = [found[0]] + [_narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
+    if default.narrow:
+        found.insert(1, default._replace(narrow=False))
     # (not the splits whose programs for one tile can't all be resident on this card)
     limit = _grid_limit(device)
     return [cfg for cfg in dict.fromkeys(found)
@@ -1095,8 +1135,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
-                STACKED=cfg.stacked, PREFETCH=cfg.prefetch, num_warps=cfg.warps, **launch,
-                **consts)
+                STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
+                num_warps=cfg.warps, **launch, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
@@ -1117,6 +1157,19 @@ def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
     its TF32 high parts followed by its low parts (_tf32_parts)."""
     w = w.contiguous()
     return torch.cat(_tf32_parts(w)) if cfg.stacked and w.dtype == torch.float32 else w
+
+
+def _narrow_only_for(cfg: Config, dtype: torch.dtype) -> Config:
+    """A default split, not narrow where the weights' dtype is not the storage's 16 bits
+    (a caller's own mix): _check_narrow refuses only a split asked for by name."""
+    return cfg._replace(narrow=False) if dtype not in (torch.bfloat16, torch.float16) else cfg
+
+
+def _check_narrow(cfg: Config, dtype: torch.dtype) -> None:
+    if cfg.narrow and not (cfg.dot and dtype in (torch.bfloat16, torch.float16) and
+                           not cfg.stamped):
+        raise ValueError("a narrow split exchanges 16-bit values: it needs tl.dot on 16-bit "
+                         f"weights and no stamped exchange; got {dtype} and {cfg}")
 
 
 def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -1141,6 +1194,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
                                        save, c), save)
+        cfg = _narrow_only_for(cfg, w_hh.dtype)
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
     if save:
         saved = [_empty(steps, batch, hidden, dtype=acc, device=gi.device)
@@ -1148,11 +1202,13 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         gates = (*saved[:3], saved[3] if reset_after else saved[0])
     else:  # (the kernel writes no gates: out stands in for their pointers)
         saved, gates = [], (out,) * 4
+    _check_narrow(cfg, w_hh.dtype)
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
     else:
-        hbuf = _empty(2 + (not reset_after), batch, hidden, dtype=acc, device=gi.device)
+        hbuf = _empty(2 + (not reset_after), batch, hidden,
+                      dtype=w_hh.dtype if cfg.narrow else acc, device=gi.device)
         # (kmajor: each state transposed, (H, B), in the same space)
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
@@ -1175,14 +1231,18 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c))
+        cfg = _narrow_only_for(cfg, w_hh.dtype)
+    _check_narrow(cfg, w_hh.dtype)
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
     if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
-    elif cfg.kmajor:  # the K-major exchange (each step written before it is read)
-        xbuf = _empty(2, batch, 3 * hidden, dtype=acc, device=out.device)
+    elif cfg.kmajor or cfg.narrow:  # the K-major or 16-bit exchange (each step written
+        # before it is read)
+        xbuf = _empty(2, batch, 3 * hidden, dtype=w_hh.dtype if cfg.narrow else acc,
+                      device=out.device)
     else:
         xbuf = dgh
     if steps and batch:
