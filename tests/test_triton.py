@@ -509,6 +509,10 @@ if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
         "b16-stacked-4": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
                                         resident=True, stacked=True)),
         "b16-streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
+        "b16-resident-dot": (16, 1024, dict(block_batch=16, slice=16, block_k=1024, dot=True,
+                                            warps=8, resident=True)),
+        "b16-resident-dot-32": (12, 1024, dict(block_batch=16, slice=32, block_k=1024,
+                                               dot=True, warps=8, resident=True)),
     })
 
 
@@ -828,6 +832,14 @@ def test_narrow_default_rule(monkeypatch):
     found = tg._candidates(default, 16, 1024, cuda, bf16, False)
     assert found[0] == default and default.narrow and default._replace(narrow=False) in found
     assert all(c.narrow for c in found if c.dot and c != default._replace(narrow=False))
+    # 16-bit up to H=1024: tl.dot on resident tiles too (mma.sync, no idle rows)
+    for units in (16, 32):
+        assert tg.Config(16, units, 1024, dot=True, warps=8, resident=True,
+                         narrow=True) in found
+    for dtype, hidden in [(torch.float32, 1024), (bf16, 2048), (bf16, 256)]:
+        found = tg._candidates(tg.choose_config(16, hidden, cuda, dtype), 16, hidden, cuda,
+                               dtype, True)
+        assert not any(c.dot and c.resident and not c.stacked for c in found), (dtype, hidden)
 
 
 def test_stamped_default_rule(monkeypatch):

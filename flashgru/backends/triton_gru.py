@@ -978,7 +978,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     tiles with W resident (each its own recurrence), K-major and row-major, and one 16-row
     tile (_broadcast_split);
     at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
-    split, and at H=257-512 two 8-row or four 4-row tiles with W resident (not yet timed
+    split, in 16 bits up to H=1024 tl.dot on resident tiles (16 and 32 units), and at
+    H=257-512 two 8-row or four 4-row tiles with W resident (not yet timed
     on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where they fit
     (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of 16-128
     programs). Off CUDA (the interpreter: one program per tile), the default, stamped and
@@ -1005,6 +1006,12 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
+            if dtype != torch.float32 and hp <= 1024:
+                # 16-bit: tl.dot on W's tiles held all the loop (mma.sync, M = 16 rows:
+                # none of the stacked tiles' idle rows and folds), 16 or 32 units at 8
+                # warps (ptxas, sm_90a: no spills; 64-224 KiB of shared memory)
+                found += [Config(16, s, hp, dot=True, warps=8, resident=True)
+                          for s in (16, 32)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
     # (16-bit exchanges where they can be, and the default's other exchange)
