@@ -16,11 +16,12 @@ each split is resolved as on a 132-multiprocessor GPU (an H100 or H200) and laun
 its shape, through ``triton_gru.forward`` / ``backward`` with every launch recorded
 (scripts/gpu_warm.py), then compiled in a process pool. ``--benchmark`` adds benchmark
 mode's candidate splits (``triton_gru._candidates``) at issue 5's grid points, B ∈ {1,
-16}, H ∈ {256, 512, 1024}, fp32 and bf16. Exits 1 if any failed.
+16}, H ∈ {256, 512, 1024}, fp32 and bf16, both formulations. Exits 1 if any failed.
 """
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import re
 import runpy
@@ -74,34 +75,36 @@ def launch(argv: list[str], batch: int, hidden: int, cfg, dtype: torch.dtype) ->
     run(batch, hidden, dtype, cfg, backward, cfg if backward else None)
 
 
-def run(batch: int, hidden: int, dtype: torch.dtype, cfg, save: bool, backward_cfg) -> None:
+def run(batch: int, hidden: int, dtype: torch.dtype, cfg, save: bool, backward_cfg,
+        reset_after: bool = True) -> None:
     """The forward with split cfg (saving its gates or not), then with backward_cfg the
     backward: launched through triton_gru, recorded."""
     steps = 16
     gi = torch.zeros(steps, batch, 3 * hidden, dtype=dtype)
     h0, w = torch.zeros(batch, hidden, dtype=dtype), torch.zeros(3 * hidden, hidden, dtype=dtype)
     b, lengths = torch.zeros(3 * hidden, dtype=dtype), torch.full((batch,), steps)
-    out, saved = tg.forward(gi, h0, w, b, lengths, True, save, cfg)
+    out, saved = tg.forward(gi, h0, w, b, lengths, reset_after, save, cfg)
     if backward_cfg is not None:
-        tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, True, backward_cfg)
+        tg.backward(torch.zeros_like(out), h0, w, out, saved, lengths, reset_after,
+                    backward_cfg)
 
 
 def benchmark_candidates() -> None:
     """Launch (recorded) benchmark mode's candidates at issue 5's grid points, as it runs
     them: the forward's for inference and training (its gates saved), and the
-    backward's (after the default forward)."""
+    backward's (after the default forward); both formulations (the grid runs torch's,
+    reset_after=True)."""
     cuda = torch.device("cuda")
-    for dtype in (torch.float32, torch.bfloat16):
-        for batch in (1, 16):
-            for hidden in (256, 512, 1024):
-                for save in (False, True):  # (each with its own default, as benchmark
-                    # mode's inference and training forwards)
-                    forward = tg.choose_config(batch, hidden, cuda, dtype, save)
-                    for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
-                        run(batch, hidden, dtype, cfg, save, None)
-                default = tg.choose_backward_config(batch, hidden, cuda, dtype)
-                for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False):
-                    run(batch, hidden, dtype, forward, True, cfg)
+    for dtype, batch, hidden, reset_after in itertools.product(
+            (torch.float32, torch.bfloat16), (1, 16), (256, 512, 1024), (True, False)):
+        for save in (False, True):  # (each with its own default, as benchmark mode's
+            # inference and training forwards)
+            forward = tg.choose_config(batch, hidden, cuda, dtype, save)
+            for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
+                run(batch, hidden, dtype, cfg, save, None, reset_after)
+        default = tg.choose_backward_config(batch, hidden, cuda, dtype)
+        for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False):
+            run(batch, hidden, dtype, forward, True, cfg, reset_after)
 
 
 def main():

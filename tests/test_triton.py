@@ -520,10 +520,21 @@ if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda"
                                                      else []), ids=str)
 @pytest.mark.parametrize("split", list(NARROW_SPLITS))
-def test_narrow_exchange_changes_no_number(split, dtype, reset_after):
+def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatch):
     """Config.narrow exchanges the state (the backward's gradients) in W's 16-bit dtype,
     which tl.dot rounds its operand to anyway: outputs, saved gates and every gradient bit
-    for bit those of the same split in fp32 words (on a GPU too: the same rounding)."""
+    for bit those of the same split in fp32 words (on a GPU too: the same rounding); the
+    kernels get 16-bit exchange buffers and NARROW."""
+    launched = []
+    launch = tg._launch
+
+    def spy(kernel, cfg, batch, hidden, steps, args, **consts):
+        # (the forward's hbuf, the backward's xbuf: where its gradients are exchanged)
+        exchange = args[6] if kernel is tg._forward_kernel else args[12]
+        launched.append((cfg.narrow, exchange.dtype))
+        launch(kernel, cfg, batch, hidden, steps, args, **consts)
+
+    monkeypatch.setattr(tg, "_launch", spy)
     batch, hidden, fields = NARROW_SPLITS[split]
     gi, h0, w, b, _ = (t.detach() if t is not None else None
                        for t in _problem(6, batch, hidden, dtype))
@@ -539,6 +550,32 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after):
         results.append([out, *saved, *grads])
     for got, want in zip(results[1], results[0], strict=True):
         assert torch.equal(got, want)
+    # (without narrow the backward exchanges through dgh or dgi, fp32)
+    assert launched == [(False, torch.float32)] * 2 + [(True, dtype)] * 2
+
+
+def test_narrow_only_with_16_bit_weights(benchmark_mode, monkeypatch):
+    """16-bit activations with fp32 weights (a caller's own mix): the default and
+    benchmark mode's candidates exchange fp32 (a narrow split would round values no
+    product rounds, and _check_narrow refuses it), in and out of benchmark mode; the
+    same activations with 16-bit weights get the narrow split. (The rule made to apply
+    in the interpreter: a tl.dot split, narrow where the storage is 16-bit.)"""
+    dot = tg.Config(16, 32, 32, dot=True, resident=True)
+    monkeypatch.setattr(tg, "_choose_config", lambda *a, **k: dot)
+    monkeypatch.setattr(tg, "_choose_backward_config", lambda *a, **k: dot)
+    monkeypatch.setattr(tg, "_narrow_where_set", lambda cfg, device, dtype: cfg._replace(
+        narrow=cfg.dot and dtype in (torch.float16, torch.bfloat16)))
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: {c: 1.0 for c in runs})
+    gi, h0, w, b = (t.detach() for t in _problem(3, 4, 20, torch.float16)[:4])
+    lens = torch.full((4,), 3, device=DEVICE)
+    for on in (False, True):
+        monkeypatch.setattr(tg, "benchmark", on)
+        for weights, narrow in ((torch.float32, False), (torch.float16, True)):
+            out, saved = tg.forward(gi, h0, w.to(weights), b.to(weights), lens, True, True)
+            tg.backward(torch.ones_like(out), h0, w.to(weights), out, saved, lens, True)
+            assert all(c.narrow == narrow for key, c in tg._tuned.items()
+                       if (weights == torch.float32) == (key[-1] == torch.float32))
+    assert len(tg._tuned) == 4  # (forward and backward, each weights' dtype apart)
 
 
 def test_narrow_exchange_needs_a_16_bit_dot():

@@ -498,14 +498,16 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     if PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
+        last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
     for t in range(t_begin, t_end):
         cur = hbuf + (t % 2) * B * H
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
         if PREFETCH:  # (step t + 1's loads in flight through this step)
             gi_r, gi_z, gi_n = next_r, next_z, next_n
-            # (rows past their length read nothing)
+            # (rows past their length read nothing, nor any row past the launch)
             next_r, next_z, next_n = _step_input(gi, t + 1, B, H, rows, cols,
-                                                 m & (t + 1 < lens)[:, None], ACC)
+                                                 m & ((t + 1 < lens) & (t + 1 < last))[:, None],
+                                                 ACC)
         else:
             gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
         if STACKED:
@@ -607,7 +609,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
                                                    t_end - 1, B, H, own, m, ACC, RESET_AFTER)
-        first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step)
+        first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step;
+        # a tensor: the interpreter's masks)
     for i in range(t_end - t_begin):
         t = t_end - 1 - i
         t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
@@ -1081,22 +1084,27 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
 
 
 def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
-           dtype: torch.dtype, key: tuple, run, save: bool = False) -> Config:
+           dtype: torch.dtype, key: tuple, run, save: bool = False,
+           weights: torch.dtype | None = None) -> Config:
     """A call's split: the default (choose_config, ``save`` for a training forward; for
     the backward, choose_backward_config), or in benchmark mode the fastest of
     _candidates, run with ``run(cfg)`` at the first call of each kind, shape, length
-    bucket and ``key``."""
-    default = (choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
-               choose_backward_config(batch, hidden, device, dtype))
+    bucket and ``key``; none narrow unless the weights (``weights``, else ``dtype``) are
+    16-bit too (_narrow_only_for)."""
+    weights = weights or dtype
+    default = _narrow_only_for(
+        choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
+        choose_backward_config(batch, hidden, device, dtype), weights)
     if not (benchmark and steps and batch):
         return default
-    key = (kind, device, batch, hidden, dtype, min(steps, TUNE_STEPS).bit_length(), *key)
+    key = (kind, device, batch, hidden, dtype, min(steps, TUNE_STEPS).bit_length(), *key,
+           *((weights,) if weights != dtype else ()))
     if key not in _tuned:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
-        _tuned[key], trials[key] = _fastest(
-            default, _candidates(default, batch, hidden, device, dtype, kind == "forward"),
-            run, device, dtype)
+        candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward")
+        candidates = list(dict.fromkeys(_narrow_only_for(c, weights) for c in candidates))
+        _tuned[key], trials[key] = _fastest(default, candidates, run, device, dtype)
     return _tuned[key]
 
 
@@ -1167,8 +1175,9 @@ def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
 
 
 def _narrow_only_for(cfg: Config, dtype: torch.dtype) -> Config:
-    """A default split, not narrow where the weights' dtype is not the storage's 16 bits
-    (a caller's own mix): _check_narrow refuses only a split asked for by name."""
+    """cfg, not narrow where the weights' dtype is not 16-bit (a caller's own mix with
+    16-bit activations): for _split's splits; _check_narrow refuses a split asked for by
+    name."""
     return cfg._replace(narrow=False) if dtype not in (torch.bfloat16, torch.float16) else cfg
 
 
@@ -1200,8 +1209,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     if cfg is None:
         cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
-                                       save, c), save)
-        cfg = _narrow_only_for(cfg, w_hh.dtype)
+                                       save, c), save, w_hh.dtype)
     out = _empty(steps, batch, hidden, dtype=gi.dtype, device=gi.device)
     if save:
         saved = [_empty(steps, batch, hidden, dtype=acc, device=gi.device)
@@ -1237,8 +1245,7 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         p = TUNE_STEPS
         cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
-                                        lengths, reset_after, c))
-        cfg = _narrow_only_for(cfg, w_hh.dtype)
+                                        lengths, reset_after, c), weights=w_hh.dtype)
     _check_narrow(cfg, w_hh.dtype)
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
