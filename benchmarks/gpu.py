@@ -16,6 +16,9 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
+    python benchmarks/gpu.py --no-narrow   # no 16-bit exchange, defaults or candidates
+    python benchmarks/gpu.py --benchmark --no-prefetch --no-resident-dot  # without those
+                                           # candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
 so a run cut short keeps what it measured).
@@ -208,6 +211,25 @@ def long_sequence(steps=65536, hidden=256) -> dict:
     return row
 
 
+def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
+             no_resident_dot: bool) -> None:
+    """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
+    tests failed): the stacked ones (benchmark mode's candidates), every 16-bit exchange
+    (Config.narrow: defaults too), or benchmark mode's prefetch and resident tl.dot
+    candidates (a default is never left out)."""
+    if no_stacked:
+        tg._stacked_splits = lambda *a: []
+    if no_narrow:
+        tg._narrow_where_set = lambda cfg, device, dtype: cfg
+    left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
+                                (lambda c: c.dot and c.resident and not c.stacked,
+                                 no_resident_dot)) if on]
+    if left_out:
+        candidates = tg._candidates
+        tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
+                                              c == default or not any(f(c) for f in left_out)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -216,6 +238,13 @@ def main() -> None:
     parser.add_argument("--benchmark", action="store_true")
     parser.add_argument("--no-stacked", action="store_true",
                         help="benchmark mode without the stacked splits (Config.stacked)")
+    parser.add_argument("--no-narrow", action="store_true",
+                        help="no split exchanges 16-bit values (Config.narrow), defaults "
+                             "included")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="benchmark mode without the prefetch candidates")
+    parser.add_argument("--no-resident-dot", action="store_true",
+                        help="benchmark mode without tl.dot on resident tiles")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -226,8 +255,7 @@ def main() -> None:
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
-    if args.no_stacked:
-        tg._stacked_splits = lambda *a: []
+    restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot)
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)

@@ -4,36 +4,52 @@
 # B ∈ {1, 16} grid with benchmark mode on (triton_gru.benchmark: at each point the
 # fastest of the candidate splits, timed on the card, and named in the point's line; every
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
-# cuDNN, in one call). Should a test fail or hang, the grid runs the defaults only (a
-# candidate could hang it), or, where only the stacked splits' tests failed, benchmark
-# mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the
+# cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
+# defaults only (a candidate could hang it); where only the newer splits' tests failed
+# (stacked, prefetch, narrow, resident tl.dot), benchmark mode without them (narrow, a
+# default, off everywhere). Every kernel compiled first, all cores at once (gpu_warm.py); the
 # summary (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu or prefetch or narrow"
-PICK="$OTHERS or stacked_on_gpu"
+OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
+# (the fourteenth session's, never run on a GPU: each its own gate and grid flag)
+PREFETCH="prefetch_changes_no_number"
+NARROW="narrow and not resident_dot"
+RDOT="narrow_exchange and resident_dot"
+PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark"
-# two test runs, the stacked splits' last and apart: a hang (pytest-timeout ends the run
+# the test runs apart, the newest splits' last: a hang (pytest-timeout ends the run
 # before its summary) or a CUDA error (every later test fails too) in the newest code
 # then costs only its own candidates
 gate() {  # gate SECONDS -k-EXPRESSION: the tests' exit status
   timeout -k 10 "$1" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
     --timeout-method thread tests/test_triton.py -k "$2" >> "$OUT/pytest-tune.log" 2>&1
 }
-gate 80 "$OTHERS"; others=$?
+gate 70 "$OTHERS"; others=$?
+gate 50 "$PREFETCH"; prefetch=$?
+gate 50 "$NARROW"; narrow=$?
+gate 40 "$RDOT"; rdot=$?
 gate 70 stacked_on_gpu; stacked=$?
 tail -8 "$OUT/pytest-tune.log"
-if [ "$others" = 0 ] && [ "$stacked" = 0 ]; then
+echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
+  "resident dot $rdot, stacked $stacked"
+[ "$narrow" = 0 ] || GRID+=(--no-narrow)  # (narrow is a default: off, defaults included)
+if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
-elif [ "$others" = 0 ]; then
-  echo "gpu_tune: a stacked-split test failed or hung: the grid runs benchmark mode without them"
-  GRID+=(--benchmark --no-stacked)
+  [ "$stacked" = 0 ] || GRID+=(--no-stacked)
+  [ "$prefetch" = 0 ] || GRID+=(--no-prefetch)
+  [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
 else
-  echo "gpu_tune: a GPU-only test failed or hung: the grid runs the defaults only"
+  echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \
+    "defaults only"
 fi
-timeout -k 10 270 python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | tail -14
+echo "gpu_tune: ${GRID[*]}"
+# (the grid within what's left of ~570 s, at most 270)
+left=$((570 - SECONDS)); [ "$left" -lt 270 ] || left=270
+timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" \
+  | tail -14
 # each point's default against its fastest candidate (what to make the defaults)
 [ -f "$OUT/tune.json" ] && python3 scripts/tune_summary.py "$OUT/tune.json" \
   | tee "$OUT/tune-summary.log"

@@ -504,14 +504,14 @@ NARROW_SPLITS = {  # (batch, hidden, split)
 }
 if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
     NARROW_SPLITS.update({
-        "b16-stacked": (16, 512, dict(block_batch=16, slice=8, block_k=512, dot=True,
+        "b16_stacked": (16, 512, dict(block_batch=16, slice=8, block_k=512, dot=True,
                                       resident=True, stacked=True)),
-        "b16-stacked-4": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
+        "b16_stacked_4": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
                                         resident=True, stacked=True)),
-        "b16-streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
-        "b16-resident-dot": (16, 1024, dict(block_batch=16, slice=16, block_k=1024, dot=True,
+        "b16_streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
+        "b16_resident_dot": (16, 1024, dict(block_batch=16, slice=16, block_k=1024, dot=True,
                                             warps=8, resident=True)),
-        "b16-resident-dot-32": (12, 1024, dict(block_batch=16, slice=32, block_k=1024,
+        "b16_resident_dot_32": (12, 1024, dict(block_batch=16, slice=32, block_k=1024,
                                                dot=True, warps=8, resident=True)),
     })
 

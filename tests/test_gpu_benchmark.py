@@ -1,0 +1,60 @@
+"""benchmarks/gpu.py's fallbacks for a lent GPU (``restrict``): the splits a failed GPU
+test leaves out of the grid are out of the defaults and of benchmark mode's candidates,
+and nothing else is."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from flashgru.backends import triton_gru as tg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def gpu_bench(monkeypatch):
+    """benchmarks/gpu.py as a module, triton_gru's functions restored afterwards, and a
+    132-multiprocessor card for the split rules."""
+    for name in ("_stacked_splits", "_narrow_where_set", "_candidates"):
+        monkeypatch.setattr(tg, name, getattr(tg, name))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("P", (), {"multi_processor_count": 132}))
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks/gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _found(dtype=torch.bfloat16, hidden=512, forward=True):
+    cuda = torch.device("cuda")
+    default = (tg.choose_config(16, hidden, cuda, dtype) if forward else
+               tg.choose_backward_config(16, hidden, cuda, dtype))
+    return default, tg._candidates(default, 16, hidden, cuda, dtype, forward)
+
+
+def test_nothing_left_out(gpu_bench):
+    gpu_bench.restrict(False, False, False, False)
+    default, found = _found()
+    assert default.narrow and default.stacked
+    assert any(c.prefetch for c in found) and any(c.narrow for c in found[1:])
+    assert any(c.dot and c.resident and not c.stacked for c in found)
+
+
+@pytest.mark.parametrize("left_out", ["stacked", "narrow", "prefetch", "resident_dot"])
+def test_each_left_out(gpu_bench, left_out):
+    gpu_bench.restrict(*(name == left_out for name in
+                         ("stacked", "narrow", "prefetch", "resident_dot")))
+    for forward in (True, False):
+        default, found = _found(forward=forward)
+        others = found[1:]
+        assert found[0] == default
+        assert any(c.stacked for c in others) == (left_out != "stacked")
+        assert any(c.prefetch for c in others) == (left_out != "prefetch")
+        assert any(c.narrow for c in found) == (left_out != "narrow")
+        if forward:
+            assert any(c.dot and c.resident and not c.stacked for c in others) == (
+                left_out != "resident_dot")
