@@ -27,7 +27,7 @@ WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" 
 pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
-(cd scripts && timeout -k 10 100 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
+(cd scripts && timeout -k 10 130 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
 grep -v "^ *$" "$OUT/training.log" | head -80 | cut -c1-100
 left=$((${CHECK_S:-575} - SECONDS))  # (CHECK_S: the seconds this call may take)
 if [ "$left" -gt 30 ]; then

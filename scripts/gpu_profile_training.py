@@ -9,8 +9,9 @@ then torch.profiler's table of one module training step's CUDA work, and cProfil
 of the host's Python in 200 short inference and training calls (where a call's fixed
 ~0.3 ms of host time before its kernel starts goes). The forward and backward kernels are
 timed with their default splits as they are and with ``Config.prefetch`` flipped (a
-step's reads from memory issued a step ahead: at these lengths the saved gates have left
-L2). A diagnostic for a lent GPU, not a test.
+step's reads from memory issued a step ahead: at these lengths gi and the saved gates
+have left L2, where benchmark mode's first 256 steps may keep them). A diagnostic for a
+lent GPU, not a test.
 
     python scripts/gpu_profile_training.py
     TRITON_INTERPRET=1 python scripts/gpu_profile_training.py --smoke
@@ -60,17 +61,21 @@ def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
 
     # the default splits, with their reads a step ahead (Config.prefetch) and without
     cuda = torch.device(dev)
+    inf = tg.choose_config(batch, hidden, cuda, dtype)
     fwd = tg.choose_config(batch, hidden, cuda, dtype, save=True)
     bwd = tg.choose_backward_config(batch, hidden, cuda, dtype)
-    ahead = {"": (fwd._replace(prefetch=False), bwd._replace(prefetch=False)),
-             ", prefetch": (fwd._replace(prefetch=True), bwd._replace(prefetch=True))}
+    ahead = {k: tuple(c._replace(prefetch=on) for c in (inf, fwd, bwd))
+             for k, on in (("", False), (", prefetch", True))}
     return {
+        **{f"forward kernel (inference){k}": lambda f=f: tg.forward(gi, h0, w_hh, b_hh,
+                                                                     lengths, True, False, f)
+           for k, (f, _, _) in ahead.items()},
         **{f"forward kernel (saving){k}": lambda f=f: tg.forward(gi, h0, w_hh, b_hh, lengths,
                                                                   True, True, f)
-           for k, (f, _) in ahead.items()},
+           for k, (_, f, _) in ahead.items()},
         **{f"backward (kernel + dW_hh){k}": lambda b=b: tg.backward(dout, h0, w_hh, out, saved,
                                                                      lengths, True, b)
-           for k, (_, b) in ahead.items()},
+           for k, (_, _, b) in ahead.items()},
         "dW_hh GEMM, fp32 operands": lambda: dgh.t() @ h_prev,
         "dW_hh GEMM, bf16 operands": lambda: dgh.bfloat16().t() @ h_prev.bfloat16(),
         "core fwd+bwd (autograd)": core_step,
