@@ -421,6 +421,33 @@ def test_resident_split_needs_all_of_k():
                    tg.Config(1, 64, 32, dot=False, resident=True))
 
 
+def _same_numbers(name, configs, steps, batch, hidden, lengths, reset_after,
+                  dtype=torch.float32, exact=DEVICE == "cpu"):
+    """Two splits that should change no number, forward (saving) and backward on the same
+    problem: outputs, saved gates and every gradient bit for bit equal (``exact``; on a
+    GPU the compiler may schedule the arithmetic apart: within 1e-6)."""
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(steps, batch, hidden, dtype))
+    lens = torch.tensor(lengths, device=DEVICE)
+    dout = torch.randn(steps, batch, hidden, generator=torch.Generator().manual_seed(2)).to(
+        device=DEVICE, dtype=dtype)
+    results = []
+    for cfg in configs:
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
+        results.append([out, *saved, *grads])
+    for got, want in zip(results[1], results[0], strict=True):
+        if exact:
+            assert torch.equal(got, want), name
+        else:
+            assert_close(name, want.double(), got.double(), 1e-6, rtol=1e-6)
+
+
+def _ragged(batch: int, steps: int = 6) -> list[int]:
+    """Lengths for _same_numbers: the first row full, the others ragged."""
+    return [steps] + ([1, 3, 2, steps, 4, 5] * 3)[: batch - 1]
+
+
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("split", [(4, 32, 32, True), (2, 32, 16, False), (16, 32, 512, True)],
                          ids=["resident", "chunks", "large-block"])
@@ -429,21 +456,9 @@ def test_stamped_exchange_changes_no_number(split, reset_after):
     gates and gradients bit for bit equal to the same split with a barrier (in the
     interpreter; on a GPU the compiler may schedule the arithmetic apart, within 1e-6)."""
     bb, s, bk, resident = split
-    gi, h0, w, b, _ = (t.detach() if t is not None else None
-                       for t in _problem(5, 7, 30, torch.float32))
-    lens = torch.tensor([5, 1, 3, 2, 5, 4, 5], device=DEVICE)
-    dout = torch.randn(5, 7, 30, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    results = []
-    for stamped in (False, True):
-        cfg = tg.Config(bb, s, bk, dot=False, resident=resident, stamped=stamped)
-        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
-        results.append([out, *saved, *grads])
-    for got, want in zip(results[1], results[0], strict=True):
-        if DEVICE == "cpu":
-            assert torch.equal(got, want)
-        else:
-            assert_close("stamped", want.double(), got.double(), 1e-6, rtol=1e-6)
+    _same_numbers("stamped", [tg.Config(bb, s, bk, dot=False, resident=resident,
+                                        stamped=stamped) for stamped in (False, True)],
+                  5, 7, 30, [5, 1, 3, 2, 5, 4, 5], reset_after)
 
 
 PREFETCH_SPLITS = {  # (batch, hidden, split)
@@ -475,22 +490,8 @@ def test_prefetch_changes_no_number(split, reset_after):
     every gradient bit for bit those of the same split without it (in the interpreter; on
     a GPU within 1e-6), over ragged lengths and h0 read at the backward's last step."""
     batch, hidden, fields = PREFETCH_SPLITS[split]
-    gi, h0, w, b, _ = (t.detach() if t is not None else None
-                       for t in _problem(6, batch, hidden, torch.float32))
-    lens = torch.tensor([6, 1, 3, 2, 6, 4, 5] * 3, device=DEVICE)[:batch]
-    lens[0] = 6
-    dout = torch.randn(6, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    results = []
-    for prefetch in (False, True):
-        cfg = tg.Config(**fields, prefetch=prefetch)
-        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
-        results.append([out, *saved, *grads])
-    for got, want in zip(results[1], results[0], strict=True):
-        if DEVICE == "cpu":
-            assert torch.equal(got, want)
-        else:
-            assert_close("prefetch", want.double(), got.double(), 1e-6, rtol=1e-6)
+    _same_numbers("prefetch", [tg.Config(**fields, prefetch=on) for on in (False, True)],
+                  6, batch, hidden, _ragged(batch), reset_after)
 
 
 NARROW_SPLITS = {  # (batch, hidden, split)
@@ -536,20 +537,8 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 
     monkeypatch.setattr(tg, "_launch", spy)
     batch, hidden, fields = NARROW_SPLITS[split]
-    gi, h0, w, b, _ = (t.detach() if t is not None else None
-                       for t in _problem(6, batch, hidden, dtype))
-    lens = torch.tensor([6, 1, 3, 2, 6, 4, 5] * 3, device=DEVICE)[:batch]
-    lens[0] = 6
-    dout = torch.randn(6, batch, hidden, generator=torch.Generator().manual_seed(2)).to(
-        device=DEVICE, dtype=dtype)
-    results = []
-    for narrow in (False, True):
-        cfg = tg.Config(**fields, narrow=narrow)
-        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-        grads = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
-        results.append([out, *saved, *grads])
-    for got, want in zip(results[1], results[0], strict=True):
-        assert torch.equal(got, want)
+    _same_numbers("narrow", [tg.Config(**fields, narrow=on) for on in (False, True)], 6,
+                  batch, hidden, _ragged(batch), reset_after, dtype, exact=True)
     # (without narrow the backward exchanges through dgh or dgi, fp32)
     assert launched == [(False, torch.float32)] * 2 + [(True, dtype)] * 2
 
