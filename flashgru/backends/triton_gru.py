@@ -977,16 +977,15 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier); on CUDA the default with its reads a step ahead or not
     (``Config.prefetch``), and a narrow default (16-bit exchange) with fp32's (neither yet
-    timed on a GPU; the others narrow where they can be); at batch 9-16, H ≤ 256, smaller row
-    tiles with W resident (each its own recurrence), K-major and row-major, and one 16-row
-    tile (_broadcast_split);
-    at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread
-    split, in 16 bits up to H=1024 tl.dot on resident tiles (16 and 32 units), and at
-    H=257-512 two 8-row or four 4-row tiles with W resident (not yet timed
-    on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where they fit
-    (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of 16-128
-    programs). Off CUDA (the interpreter: one program per tile), the default, stamped and
-    with W streamed."""
+    timed on a GPU; the others narrow where they can be); at batch 9-16, H ≤ 256, smaller
+    row tiles with W resident (each its own recurrence), K-major and row-major, and one
+    16-row tile (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and,
+    in fp32, the resident spread split, in 16 bits up to H=1024 tl.dot on resident tiles
+    (16 and 32 units), and at H=257-512 two 8-row or four 4-row tiles with W resident
+    (not yet timed on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where
+    they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier
+    of 16-128 programs). Off CUDA (the interpreter: one program per tile), the default,
+    stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
