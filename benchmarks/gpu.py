@@ -16,9 +16,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
-    python benchmarks/gpu.py --no-narrow   # no 16-bit exchange, defaults or candidates
-    python benchmarks/gpu.py --benchmark --no-prefetch --no-resident-dot  # without those
-                                           # candidates
+    python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot
+                                           # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
 so a run cut short keeps what it measured).
@@ -214,9 +213,8 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
-    tests failed): the stacked ones (benchmark mode's candidates), every 16-bit exchange
-    (Config.narrow: defaults too), or benchmark mode's prefetch and resident tl.dot
-    candidates (a default is never left out)."""
+    tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
+    exchanges (Config.narrow), prefetch and resident tl.dot candidates."""
     if no_stacked:
         tg._stacked_splits = lambda *a: []
     if no_narrow:
@@ -239,8 +237,8 @@ def main() -> None:
     parser.add_argument("--no-stacked", action="store_true",
                         help="benchmark mode without the stacked splits (Config.stacked)")
     parser.add_argument("--no-narrow", action="store_true",
-                        help="no split exchanges 16-bit values (Config.narrow), defaults "
-                             "included")
+                        help="benchmark mode without the candidates that exchange 16-bit "
+                             "values (Config.narrow)")
     parser.add_argument("--no-prefetch", action="store_true",
                         help="benchmark mode without the prefetch candidates")
     parser.add_argument("--no-resident-dot", action="store_true",

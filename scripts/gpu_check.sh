@@ -9,7 +9,7 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TESTS=(tests/test_triton.py tests/test_mingru.py tests/test_cuda.py)
-# (GRID_FLAGS: e.g. --no-narrow, where gpu_tune.sh's narrow tests failed)
+# (GRID_FLAGS: e.g. --no-stacked, where gpu_tune.sh's stacked tests failed)
 read -r -a flags <<<"${GRID_FLAGS:-}"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16 "${flags[@]}")
 status=0  # the script's: the first failed (or timed-out) test run's

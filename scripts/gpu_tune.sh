@@ -6,9 +6,9 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
 # defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot), benchmark mode without them (narrow, a
-# default, off everywhere). Every kernel compiled first, all cores at once (gpu_warm.py); the
-# summary (scripts/tune_summary.py) last. Logs go to $OUT.
+# (stacked, prefetch, narrow, resident tl.dot), benchmark mode without them. Every
+# kernel compiled first, all cores at once (gpu_warm.py); the summary
+# (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
@@ -35,10 +35,10 @@ gate 70 stacked_on_gpu; stacked=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked"
-[ "$narrow" = 0 ] || GRID+=(--no-narrow)  # (narrow is a default: off, defaults included)
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
   [ "$stacked" = 0 ] || GRID+=(--no-stacked)
+  [ "$narrow" = 0 ] || GRID+=(--no-narrow)
   [ "$prefetch" = 0 ] || GRID+=(--no-prefetch)
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
 else

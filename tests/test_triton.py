@@ -378,12 +378,11 @@ def test_streamed_split_fits_the_card(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        narrow = dtype != torch.float32  # (a 16-bit exchange: Config.narrow)
         for save in (False, True):
-            assert tg.choose_config(16, 2048, cuda, dtype, save) == tg.Config(
-                16, 64, 64, dot=True, narrow=narrow)
-        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(
-            16, 64, 64, dot=True, narrow=narrow)
+            assert tg.choose_config(16, 2048, cuda, dtype, save) == tg.Config(16, 64, 64,
+                                                                              dot=True)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 64, 64,
+                                                                             dot=True)
         assert tg.choose_config(16, 1400, cuda, dtype).slice in (32, 64)
     assert tg.max_hidden(cuda) == 64 * 46
     monkeypatch.setattr(tg, "_grid_limit", lambda device: 1)  # (the interpreter's CPU)
@@ -544,17 +543,18 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 
 
 def test_narrow_only_with_16_bit_weights(benchmark_mode, monkeypatch):
-    """16-bit activations with fp32 weights (a caller's own mix): the default and
-    benchmark mode's candidates exchange fp32 (a narrow split would round values no
-    product rounds, and _check_narrow refuses it), in and out of benchmark mode; the
-    same activations with 16-bit weights get the narrow split. (The rule made to apply
-    in the interpreter: a tl.dot split, narrow where the storage is 16-bit.)"""
+    """16-bit activations with fp32 weights (a caller's own mix): benchmark mode's
+    candidates exchange fp32 (a narrow split would round values no product rounds, and
+    _check_narrow refuses it); the same activations with 16-bit weights keep the narrow
+    candidate (here the fastest). (The candidates made to apply in the interpreter: a
+    tl.dot split, and it narrow.)"""
     dot = tg.Config(16, 32, 32, dot=True, resident=True)
-    monkeypatch.setattr(tg, "_choose_config", lambda *a, **k: dot)
-    monkeypatch.setattr(tg, "_choose_backward_config", lambda *a, **k: dot)
-    monkeypatch.setattr(tg, "_narrow_where_set", lambda cfg, device, dtype: cfg._replace(
-        narrow=cfg.dot and dtype in (torch.float16, torch.bfloat16)))
-    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: {c: 1.0 for c in runs})
+    monkeypatch.setattr(tg, "choose_config", lambda *a, **k: dot)
+    monkeypatch.setattr(tg, "choose_backward_config", lambda *a, **k: dot)
+    monkeypatch.setattr(tg, "_candidates", lambda default, *a: [default, dot._replace(
+        narrow=True)])
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: {
+        c: 0.5 if c.narrow else 1.0 for c in runs})
     gi, h0, w, b = (t.detach() for t in _problem(3, 4, 20, torch.float16)[:4])
     lens = torch.full((4,), 3, device=DEVICE)
     for on in (False, True):
@@ -751,14 +751,13 @@ def test_backward_split_rule(monkeypatch):
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
-    for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit (narrow: a
-        # 16-bit exchange)
+    for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit
         assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
-            16, 4, 512, dot=True, resident=True, stacked=True, narrow=True)
+            16, 4, 512, dot=True, resident=True, stacked=True)
         assert tg.choose_backward_config(10, 1024, cuda, dtype) == tg.Config(
-            16, 8, 1024, dot=True, resident=True, stacked=True, narrow=True)
-        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(
-            16, 32, 64, dot=True, narrow=True)
+            16, 8, 1024, dot=True, resident=True, stacked=True)
+        assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
+                                                                             dot=True)
     Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
     assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
                                                                      resident=True)
@@ -766,8 +765,7 @@ def test_backward_split_rule(monkeypatch):
     # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
     # programs) don't: tl.dot, not the forward's stacked split
     assert tg.choose_config(16, 1024, cuda, bf16).stacked
-    assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True,
-                                                                        narrow=True)
+    assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps
     assert tg.choose_backward_config(16, 264, cuda, f32) == spread
     assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512)
@@ -808,16 +806,14 @@ def test_forward_split_rule(monkeypatch):
     stacked = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
     assert tg.choose_config(16, 512, cuda, f32) == stacked
     assert tg.choose_config(11, 300, cuda, f32) == stacked
-    # (16-bit tl.dot exchanges 16-bit values: Config.narrow)
-    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8, narrow=True)
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(
-        16, 8, 1024, dot=True, resident=True, stacked=True, narrow=True)
-    assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True,
-                                                               narrow=True)
+    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
+                                                               resident=True, stacked=True)
+    assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest
     for hidden in (512, 1024):
         assert tg.choose_config(16, hidden, cuda, bf16, save=True) == tg.Config(
-            16, 16, hidden, dot=True, resident=True, stacked=True, narrow=True)
+            16, 16, hidden, dot=True, resident=True, stacked=True)
     assert tg.choose_config(16, 512, cuda, f32, save=True) == stacked
     assert tg.choose_config(1, 256, cuda, f32, save=True) == tg.choose_config(1, 256, cuda,
                                                                               f32)
@@ -828,16 +824,17 @@ def test_forward_split_rule(monkeypatch):
     assert tg.choose_config(16, 256, cuda, f32) == tg.Config(16, 4, 128, dot=False)
     # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do
     assert tg.choose_config(16, 512, cuda, f32) == stacked._replace(slice=8)
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(
-        16, 16, 1024, dot=True, resident=True, stacked=True, narrow=True)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
+                                                               resident=True, stacked=True)
     Props.multi_processor_count = 60  # no stacked fp32 split at H=512 (64 programs): tl.dot
     assert tg.choose_config(16, 512, cuda, f32) == tg.Config(16, 32, 64, dot=True)
 
 
-def test_narrow_default_rule(monkeypatch):
-    """The defaults exchange 16-bit values (Config.narrow) wherever they multiply 16-bit
-    weights with tl.dot, forward and backward, on CUDA; never fp32's, the broadcast
-    product's or the interpreter's; benchmark mode also times the default without it."""
+def test_narrow_candidates_rule(monkeypatch):
+    """No default exchanges 16-bit values (Config.narrow has not yet run on a GPU);
+    benchmark mode times, wherever the default multiplies 16-bit weights with tl.dot on
+    CUDA, that default narrow too, and its other tl.dot candidates narrow; never in fp32,
+    with the broadcast product or in the interpreter."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -845,19 +842,24 @@ def test_narrow_default_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        sixteen = dtype in (torch.float16, torch.bfloat16)
         for batch, hidden in [(1, 256), (1, 1024), (4, 512), (16, 256), (16, 512),
                               (16, 1024), (16, 3000), (64, 512)]:
-            for cfg in (tg.choose_config(batch, hidden, cuda, dtype),
-                        tg.choose_config(batch, hidden, cuda, dtype, save=True),
-                        tg.choose_backward_config(batch, hidden, cuda, dtype)):
-                assert cfg.narrow == (cfg.dot and dtype in (torch.bfloat16, torch.float16)
-                                      ), (dtype, batch, hidden, cfg)
-        assert not tg.choose_config(16, 512, torch.device("cpu"), dtype).narrow
+            for forward, cfg in ((True, tg.choose_config(batch, hidden, cuda, dtype)),
+                                 (True, tg.choose_config(batch, hidden, cuda, dtype, True)),
+                                 (False, tg.choose_backward_config(batch, hidden, cuda,
+                                                                   dtype))):
+                assert not cfg.narrow
+                found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
+                assert (cfg._replace(narrow=True) in found) == (cfg.dot and sixteen)
+                assert all(c.narrow == (c.dot and sixteen and not c.stamped)
+                           for c in found[1:]), (dtype, batch, hidden, cfg)
+        cpu = torch.device("cpu")
+        cfg = tg.choose_config(16, 512, cpu, dtype)
+        assert not any(c.narrow for c in tg._candidates(cfg, 16, 512, cpu, dtype, True))
     bf16 = torch.bfloat16
-    default = tg.choose_backward_config(16, 1024, cuda, bf16)
-    found = tg._candidates(default, 16, 1024, cuda, bf16, False)
-    assert found[0] == default and default.narrow and default._replace(narrow=False) in found
-    assert all(c.narrow for c in found if c.dot and c != default._replace(narrow=False))
+    found = tg._candidates(tg.choose_backward_config(16, 1024, cuda, bf16), 16, 1024, cuda,
+                           bf16, False)
     # 16-bit up to H=1024: tl.dot on resident tiles too (mma.sync, no idle rows)
     for units in (16, 32):
         assert tg.Config(16, units, 1024, dot=True, warps=8, resident=True,

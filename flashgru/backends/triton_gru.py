@@ -803,26 +803,20 @@ def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
     return cfg
 
 
-def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
-                  save: bool = False) -> Config:
-    """_choose_config's split, exchanging 16-bit values where it can (_narrow_where_set)."""
-    return _narrow_where_set(_choose_config(batch, hidden, device, dtype, save), device,
-                             dtype)
-
-
 def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
     """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
-    16-bit weights, not stamped, on CUDA. Not yet timed on a GPU: it halves what every
-    program reads from L2 at every step (at B=16, H=1024 the backward's 128 programs read
-    all 16 × 3H gradients, 25 MB a step in fp32) and changes no number."""
+    16-bit weights, not stamped, on CUDA. Benchmark mode's candidates only, until timed on
+    a GPU (it has not yet run on one): it halves what every program reads from L2 at
+    every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
+    25 MB a step in fp32) and changes no number."""
     if device.type == "cuda" and cfg.dot and not cfg.stamped and \
             dtype in (torch.bfloat16, torch.float16):
         return cfg._replace(narrow=True)
     return cfg
 
 
-def _choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
-                   save: bool = False) -> Config:
+def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+                  save: bool = False) -> Config:
     """The default split for a call's forward (``save``: a training call's, which saves
     the gates for the backward), from timings on an H100 and an H200 (docs/performance.md).
 
@@ -892,14 +886,6 @@ def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> C
 
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
                            dtype: torch.dtype) -> Config:
-    """_choose_backward_config's split, exchanging 16-bit values where it can
-    (_narrow_where_set)."""
-    return _narrow_where_set(_choose_backward_config(batch, hidden, device, dtype), device,
-                             dtype)
-
-
-def _choose_backward_config(batch: int, hidden: int, device: torch.device,
-                            dtype: torch.dtype) -> Config:
     """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
     tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
     so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
@@ -909,7 +895,7 @@ def _choose_backward_config(batch: int, hidden: int, device: torch.device,
     fit (``_spread_resident``): 1.45x faster than 4 units per program unresident at
     H=512, 1.66x than tl.dot's 32 units at H=1024 (H200; scripts/gpu_probe_backward.py,
     docs/performance.md)."""
-    cfg = _choose_config(batch, hidden, device, dtype)._replace(stamped=False)
+    cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
     if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
             dtype != torch.float64:
         stacked = _stacked_default(hidden, device, dtype, forward=False)
@@ -976,16 +962,16 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier); on CUDA the default with its reads a step ahead or not
-    (``Config.prefetch``), and a narrow default (16-bit exchange) with fp32's (neither yet
-    timed on a GPU; the others narrow where they can be); at batch 9-16, H ≤ 256, smaller
-    row tiles with W resident (each its own recurrence), K-major and row-major, and one
-    16-row tile (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and,
-    in fp32, the resident spread split, in 16 bits up to H=1024 tl.dot on resident tiles
-    (16 and 32 units), and at H=257-512 two 8-row or four 4-row tiles with W resident
-    (not yet timed on a GPU); at batch ≤ 16, the stacked tiles on the tensor cores where
-    they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier
-    of 16-128 programs). Off CUDA (the interpreter: one program per tile), the default,
-    stamped and with W streamed."""
+    (``Config.prefetch``), and with the other exchange where a 16-bit one can be
+    (``Config.narrow``; neither yet timed on a GPU; the others narrow where they can be);
+    at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own recurrence),
+    K-major and row-major, and one 16-row tile (_broadcast_split); at batch 9-16 above
+    H=256, tl.dot on streamed W and, in fp32, the resident spread split, in 16 bits up to
+    H=1024 tl.dot on resident tiles (16 and 32 units), and at H=257-512 two 8-row or four
+    4-row tiles with W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
+    on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
+    rows idle, for a barrier of 16-128 programs). Off CUDA (the interpreter: one program
+    per tile), the default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
@@ -1016,10 +1002,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                           for s in (16, 32)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
-    # (16-bit exchanges where they can be, and the default's other exchange)
+    # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [_narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
-    if default.narrow:
-        found.insert(1, default._replace(narrow=False))
+    if default.narrow or _narrow_where_set(default, device, dtype).narrow:
+        found.insert(1, default._replace(narrow=not default.narrow))
     # (not the splits whose programs for one tile can't all be resident on this card)
     limit = _grid_limit(device)
     return [cfg for cfg in dict.fromkeys(found)
