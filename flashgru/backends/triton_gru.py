@@ -53,6 +53,7 @@ except ImportError:  # the backend is then unavailable; see missing()
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 
 
 def missing() -> str | None:
@@ -809,10 +810,13 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
     a GPU (it has not yet run on one): it halves what every program reads from L2 at
     every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
     25 MB a step in fp32) and changes no number."""
-    if device.type == "cuda" and cfg.dot and not cfg.stamped and \
-            dtype in (torch.bfloat16, torch.float16):
-        return cfg._replace(narrow=True)
-    return cfg
+    return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
+
+
+def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
+    """Whether cfg's exchange may be 16-bit with weights of this dtype: tl.dot on 16-bit
+    weights (which rounds its operand so anyway), not the stamped exchange (fp32 words)."""
+    return cfg.dot and not cfg.stamped and dtype in SIXTEEN_BIT
 
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
@@ -1163,12 +1167,11 @@ def _narrow_only_for(cfg: Config, dtype: torch.dtype) -> Config:
     """cfg, not narrow where the weights' dtype is not 16-bit (a caller's own mix with
     16-bit activations): for _split's splits; _check_narrow refuses a split asked for by
     name."""
-    return cfg._replace(narrow=False) if dtype not in (torch.bfloat16, torch.float16) else cfg
+    return cfg._replace(narrow=False) if dtype not in SIXTEEN_BIT else cfg
 
 
 def _check_narrow(cfg: Config, dtype: torch.dtype) -> None:
-    if cfg.narrow and not (cfg.dot and dtype in (torch.bfloat16, torch.float16) and
-                           not cfg.stamped):
+    if cfg.narrow and not _can_narrow(cfg, dtype):
         raise ValueError("a narrow split exchanges 16-bit values: it needs tl.dot on 16-bit "
                          f"weights and no stamped exchange; got {dtype} and {cfg}")
 
