@@ -25,8 +25,8 @@ from . import functional
 from .backends import BackendChoice, check_backend, cpu, cpu_step, select_backend, triton_gru
 from .backends.reference import GateTrace
 
-# The backends whose inference ``GRU._sequence`` calls straight, and the call.
-_LEAN_CORES = {"cpu": cpu.core, "triton": triton_gru.infer}
+# The backends whose cores ``GRU._sequence`` calls straight.
+_LEAN_CORES = {"cpu": cpu.core, "triton": triton_gru.core}
 _LEAN_BACKENDS = ("auto", *_LEAN_CORES)
 
 
@@ -195,15 +195,15 @@ class GRU(nn.GRU):
                                self.reset_after, self.batch_first)
 
     def _sequence(self, input, hx):
-        """A whole sequence of a one-direction GRU for inference on the ``cpu`` or
-        ``triton`` backend, layer by layer straight to its core (``cpu.core``,
-        ``triton_gru.infer``): the ops ``functional.gru`` runs for it (the same numbers)
-        without its general handling, ~15-20 µs a call on the CPU (docs/performance.md);
-        on a GPU, host time that delays the kernel's start at small batches. (output,
-        h_n), or None where the ordinary path must run: only a plain 3-D tensor on one
-        device with the parameters, of their floating dtype, hx None or a plain (layers,
-        B, H) tensor, no gradient wanted, no dropout between layers, no special mode, and
-        a call the dispatch rule gives to ``cpu`` or ``triton``."""
+        """A whole sequence of a one-direction GRU on the ``cpu`` or ``triton`` backend,
+        layer by layer straight to its core (``cpu.core``, ``triton_gru.core``): the ops
+        ``functional.gru`` runs for it (the same numbers and gradients) without its
+        general handling, ~15-20 µs a call on the CPU for inference and ~30 µs for a
+        training forward (docs/performance.md); on a GPU, host time that delays the
+        kernel's start in short calls. (output, h_n), or None where the ordinary path must
+        run: only a plain 3-D tensor on one device with the parameters, of their floating
+        dtype, hx None or a plain (layers, B, H) tensor, no dropout between layers, no
+        special mode, and a call the dispatch rule gives to ``cpu`` or ``triton``."""
         p = self._parameters
         layers, hidden = self.num_layers, self.hidden_size
         if self.backend not in _LEAN_BACKENDS or type(input) is not Tensor or (
@@ -224,12 +224,12 @@ class GRU(nn.GRU):
         if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype
                or t.device != device for t in p.values()):
             return None
-        if torch.is_grad_enabled() and (input.requires_grad or (
-                hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values())):
-            return None
+        grad = torch.is_grad_enabled() and (input.requires_grad or (
+            hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values()))
         try:  # (a backend asked for by name that can't run this: the ordinary path says so)
             choice = select_backend(self.backend, reset_after=self.reset_after, device=device,
-                                    dtype=dtype, steps=steps, batch=batch, hidden=hidden)
+                                    dtype=dtype, steps=steps, batch=batch, hidden=hidden,
+                                    grad=grad)
         except (ValueError, RuntimeError):
             return None
         core = _LEAN_CORES.get(choice.name)

@@ -55,8 +55,8 @@ with torch.no_grad():
             "input projection (linear)": lambda x=x: torch.nn.functional.linear(x, w_ih, b_ih),
             "kernel (tg.forward)": lambda gi=gi, h0=h0, lengths=lengths: tg.forward(
                 gi, h0, w_hh, b_hh, lengths, True, False),
-            "tg.infer": lambda gi=gi, h0=h0: tg.infer(gi, h0, w_hh, b_hh, None, True),
-            "linear + tg.infer": lambda x=x, h0=h0: tg.infer(
+            "tg.core": lambda gi=gi, h0=h0: tg.core(gi, h0, w_hh, b_hh, None, True),
+            "linear + tg.core": lambda x=x, h0=h0: tg.core(
                 torch.nn.functional.linear(x, w_ih, b_ih), h0, w_hh, b_hh, None, True),
             "module": lambda x=x: module(x),
             "cuDNN": lambda x=x: ref(x),

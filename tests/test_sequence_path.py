@@ -1,6 +1,6 @@
-"""GRU's sequence fast path (``GRU._sequence``): a one-direction inference call on the
-``cpu`` backend goes straight to ``cpu.core``, layer by layer. The same numbers as the
-ordinary path (bit for bit: the same ops), every input form it takes; everything else
+"""GRU's sequence fast path (``GRU._sequence``): a one-direction call on the ``cpu``
+backend goes straight to ``cpu.core``, layer by layer. The same numbers and gradients as
+the ordinary path (bit for bit: the same ops), every input form it takes; everything else
 takes the ordinary path, with torch's results and errors. Each test asserts which path
 ran."""
 
@@ -65,6 +65,35 @@ def test_sequence_path_matches_the_ordinary_path(dtype, reset_after, layers, bat
     assert_close("h_n", ref_h, h_n, tol)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("given_hx", [False, True], ids=["nohx", "hx"])
+def test_sequence_path_trains_as_the_ordinary_path(reset_after, layers, given_hx, ordinary):
+    """A call that wants gradients takes the fast path too (no dropout between layers):
+    the ordinary path's output, h_n and gradients (input, hx, every parameter), bit for
+    bit, and the reference's within float64's rounding."""
+    gru, ref = _pair(layers, reset_after, torch.float64, batch_first=True)
+    x = torch.randn(3, CPU_MIN_STEPS + 3, 5, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(layers, 3, 7, dtype=torch.float64, requires_grad=True) \
+        if given_hx else None
+    inputs = [x, *([hx] if given_hx else []), *gru.parameters()]
+    out, h_n = gru(x, hx)
+    assert not ordinary
+    want = functional.gru(
+        x, torch.zeros(layers, 3, 7, dtype=torch.float64) if hx is None else hx,
+        gru._flat_weights, has_biases=True, num_layers=layers, batch_first=True,
+        reset_after=reset_after, backend="cpu")
+    assert torch.equal(out, want[0]) and torch.equal(h_n, want[1])
+    d_out, d_h = torch.randn_like(out), torch.randn_like(h_n)
+    got = torch.autograd.grad((out, h_n), inputs, (d_out, d_h))
+    for g, w in zip(got, torch.autograd.grad(want, inputs, (d_out, d_h)), strict=True):
+        assert torch.equal(g, w)
+    ref_inputs = [x, *([hx] if given_hx else []), *ref.parameters()]
+    for g, w in zip(got, torch.autograd.grad(ref(x, hx), ref_inputs, (d_out, d_h)),
+                    strict=True):
+        assert_close("gradient", w, g, 1e-12, rtol=1e-12)
+
+
 def test_sequence_path_in_inference_mode_and_eval_with_dropout(ordinary):
     gru, ref = _pair(layers=2)
     gru.dropout = ref.dropout = 0.5
@@ -82,7 +111,6 @@ def _torch_gru():
 
 
 ORDINARY = {  # (how to call, whether torch.nn.GRU gives the same result or error)
-    "gradient wanted": lambda m, x: m(x.requires_grad_()),
     "short call (auto keeps torch's kernels)": lambda m, x: m(x[: CPU_MIN_STEPS - 1]),
     "unbatched input": lambda m, x: m(x[:, 0]),
     "packed input": lambda m, x: m(torch.nn.utils.rnn.pack_padded_sequence(
@@ -103,13 +131,14 @@ def test_outside_the_sequence_path_is_unchanged(case, ordinary):
     x = torch.randn(CPU_MIN_STEPS + 1, 2, 5)
     call = ORDINARY[case]
     try:
-        with torch.no_grad() if case != "gradient wanted" else torch.enable_grad():
+        with torch.no_grad():
             expected = call(ref, x.clone())
     except (RuntimeError, ValueError) as e:
         with pytest.raises(type(e), match=re.escape(str(e).split("\n")[0])):
             call(gru, x.clone())
     else:
-        got = call(gru, x.clone())
+        with torch.no_grad():
+            got = call(gru, x.clone())
         for name, r, g in zip(("output", "h_n"), expected, got, strict=True):
             r = r.data if isinstance(r, torch.nn.utils.rnn.PackedSequence) else r
             g = g.data if isinstance(g, torch.nn.utils.rnn.PackedSequence) else g

@@ -390,7 +390,7 @@ def test_streamed_split_fits_the_card(monkeypatch):
     with pytest.raises(ValueError, match="hidden sizes up to 64 .* got 65: use backend="):
         tg.core(gi, h0, w, b, None, True)
     with pytest.raises(ValueError, match="hidden sizes up to 64"):
-        tg.infer(gi.detach(), h0.detach(), w.detach(), b.detach(), None, True)
+        tg.core(gi.detach(), h0.detach(), w.detach(), b.detach(), None, True)
 
 
 def test_stacked_split_needs_its_tile():
@@ -928,10 +928,22 @@ def test_inference_saves_nothing_and_matches(monkeypatch):
     assert_close("out", reference.core(gi, h0, w, b, None, True).detach(), out, 1e-5)
 
 
-def test_backward_makes_no_gradients_for_the_saved_gates():
+def _through_the_op(gi, h0, w, b, lengths, reset_after):
+    """``core``'s call as torch.compile and the other special modes make it: the custom
+    op, its output copied."""
+    lengths, b = tg._lengths_and_bias(gi, w, b, lengths)
+    return tg._gru_op(gi, h0, w, b, lengths, reset_after, True)[0].clone()
+
+
+PATHS = {"eager": tg.core, "op": _through_the_op}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_backward_makes_no_gradients_for_the_saved_gates(path):
     """The op's saved gates are outputs no gradient flows into: autograd makes no zero
     tensors for them (four of T·B·H in fp32 each backward, before: what the backward op
-    makes inside is not seen here), and the gradients stay right."""
+    makes inside is not seen here), and the gradients stay right; the eager call
+    (``_Eager``) returns no gates."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Shapes(TorchDispatchMode):
@@ -940,29 +952,61 @@ def test_backward_makes_no_gradients_for_the_saved_gates():
             self.made = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            made = func(*args, **(kwargs or {}))
             if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zeros_like,
                                        torch.ops.aten.new_zeros):
-                self.made.append(func)
-            return func(*args, **(kwargs or {}))
+                self.made.append(tuple(made.shape))
+            return made
 
     steps, batch, hidden = 5, 3, 8
     gi, h0, w, b, _ = _problem(steps, batch, hidden, torch.float32)
-    out = tg.core(gi, h0, w, b, None, True)
+    out = PATHS[path](gi, h0, w, b, None, True)
     dout = torch.randn_like(out)
     with Shapes() as mode:
         grads = torch.autograd.grad(out, (gi, h0, w, b), dout)
-    assert mode.made == []
+    # (the eager backward's own buffers are seen: dh (B, H) and the barrier's counter)
+    assert (steps, batch, hidden) not in mode.made
+    assert len(mode.made) == (2 if path == "eager" else 0)
     ref_in = [t.detach().double().requires_grad_() for t in (gi, h0, w, b)]
     want = torch.autograd.grad(reference.core(*ref_in, None, True), ref_in, dout.double())
     for name, r, g in zip(("dgi", "dh0", "dw_hh", "db_hh"), want, grads, strict=True):
         assert_close(name, r, g.double(), 2e-4, rtol=2e-4)
 
 
-def test_no_double_backward():
+@pytest.mark.parametrize("path", PATHS)
+def test_no_double_backward(path):
     gi, h0, w, b, _ = _problem(3, 2, 4, torch.float64)
-    out = tg.core(gi, h0, w, b, None, True)
+    out = PATHS[path](gi, h0, w, b, None, True)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(out.sum(), gi, create_graph=True)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_eager_call_is_the_op_without_its_dispatch(reset_after, monkeypatch):
+    """Outside the special modes a training call runs ``_Eager``, not the custom op: the
+    same output and gradients, bit for bit, ragged lengths and no bias too; under a
+    special mode (here a torch function mode, as torch.compile's tracing is one) the op."""
+    from torch.overrides import TorchFunctionMode
+
+    gi, h0, w, _, lengths = _problem(6, 3, 5, torch.float32, lengths=[6, 2, 4])
+    lengths = lengths.to(DEVICE)
+    dout = torch.randn(6, 3, 5, device=DEVICE)
+    op, calls = tg._gru_op, []
+    monkeypatch.setattr(tg, "_gru_op", lambda *a: (calls.append(1), op(*a))[1])
+    results = {}
+    for name, run in PATHS.items():
+        out = run(gi, h0, w, None, lengths, reset_after)
+        results[name] = (out, *torch.autograd.grad(out, (gi, h0, w), dout))
+    assert calls == [1]  # (the op path's own call)
+    for got, want in zip(results["eager"], results["op"], strict=True):
+        assert torch.equal(got, want)
+    class Through(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Through():
+        tg.core(gi, h0, w, None, lengths, reset_after)
+    assert calls == [1, 1]
 
 
 def test_custom_op_registration():
@@ -991,33 +1035,42 @@ def test_module_on_triton_matches_torch():
 @pytest.mark.parametrize("layers,batch_first,bias,given_hx",
                          [(1, False, True, False), (2, True, False, True)],
                          ids=["plain", "stacked-batch-first-nobias-hx"])
-def test_module_inference_skips_the_op(dtype, layers, batch_first, bias, given_hx,
-                                       monkeypatch):
-    """A one-direction inference call goes straight to the kernels (``triton_gru.infer``
-    from ``GRU._sequence``), not through the custom op: the same numbers, bit for bit,
-    as the ordinary path; a call that wants gradients takes the op."""
+def test_module_calls_skip_the_op(dtype, layers, batch_first, bias, given_hx, monkeypatch):
+    """A one-direction call goes from ``GRU._sequence`` straight to ``triton_gru.core``
+    layer by layer, and that to the kernels (inference) or ``_Eager`` (training), never
+    through the custom op nor the ordinary path: the same output, h_n and gradients, bit
+    for bit, as ``functional.gru``."""
     torch.manual_seed(0)
     gru = flashgru.GRU(5, 7, layers, bias=bias, batch_first=batch_first, dtype=dtype,
                        device=DEVICE, backend="triton")
-    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device=DEVICE)
-    hx = torch.randn(layers, 3, 7, dtype=dtype, device=DEVICE) if given_hx else None
-    lean, ordinary = [], []
-    infer, prepare = tg.infer, flashgru.GRU._prepare
+    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device=DEVICE,
+                    requires_grad=True)
+    hx = torch.randn(layers, 3, 7, dtype=dtype, device=DEVICE, requires_grad=True) \
+        if given_hx else None
+    lean, ordinary, ops = [], [], []
+    core, prepare, op = tg.core, flashgru.GRU._prepare, tg._gru_op
     monkeypatch.setitem(flashgru.modules._LEAN_CORES, "triton",
-                        lambda *a: (lean.append(1), infer(*a))[1])
+                        lambda *a: (lean.append(1), core(*a))[1])
     monkeypatch.setattr(flashgru.GRU, "_prepare",
                         lambda self, *a: (ordinary.append(1), prepare(self, *a))[1])
+    monkeypatch.setattr(tg, "_gru_op", lambda *a: (ops.append(1), op(*a))[1])
     with torch.no_grad():
         out, h_n = gru(x, hx)
-    assert len(lean) == layers and not ordinary
-    with torch.no_grad():
-        want = flashgru.functional.gru(
-            x, torch.zeros(layers, 3, 7, dtype=dtype, device=DEVICE) if hx is None else hx,
-            gru._flat_weights, has_biases=bias, num_layers=layers, batch_first=batch_first,
-            backend="triton")
+    want = flashgru.functional.gru(
+        x, torch.zeros(layers, 3, 7, dtype=dtype, device=DEVICE) if hx is None else hx,
+        gru._flat_weights, has_biases=bias, num_layers=layers, batch_first=batch_first,
+        backend="triton")
     assert torch.equal(out, want[0]) and torch.equal(h_n, want[1])
-    gru(x, hx)[0].sum().backward()  # gradients wanted: the op
-    assert len(lean) == layers and ordinary == [1]
+    inputs = [x, *([hx] if given_hx else []), *gru.parameters()]
+    d_out, d_h = torch.randn_like(out), torch.randn_like(h_n)
+    wanted = torch.autograd.grad(want, inputs, (d_out, d_h))
+    lean.clear()
+    out, h_n = gru(x, hx)  # gradients wanted
+    assert len(lean) == layers and not ordinary and not ops
+    assert torch.equal(out, want[0]) and torch.equal(h_n, want[1])
+    for got, w in zip(torch.autograd.grad((out, h_n), inputs, (d_out, d_h)), wanted,
+                      strict=True):
+        assert torch.equal(got, w)
 
 
 @pytest.mark.parametrize("case", list(_cases())[::23], ids=_ids)

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..scan import on_device, time_interleaved
+from .cpu_step import _special_mode
 
 try:
     import triton
@@ -1271,6 +1272,44 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     return dgi, dh, dw_hh.to(acc), flat.sum(0)
 
 
+def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates) -> None:
+    """What a training call's backward needs (the op's and _Eager's)."""
+    ctx.save_for_backward(h0, w_hh, out, lengths, *gates)
+    ctx.reset_after = reset_after
+    ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
+
+
+def _gradients(ctx, dout, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dgi, dh0, dW_hh, db_hh in the inputs' dtypes, from what _keep kept: ``run`` is
+    ``backward`` or the op that calls it. Refuses create_graph=True: never a silent
+    zero."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("backend 'triton' has no double backward; use "
+                           "backend='reference' for gradients of gradients")
+    h0, w_hh, out, lengths, *gates = ctx.saved_tensors
+    if dout is None:  # (no gradient reached the output)
+        dout = torch.zeros_like(out)
+    grads = run(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
+    return tuple(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes, strict=True))
+
+
+class _Eager(torch.autograd.Function):
+    """An eager training call: the op's forward and backward, the same kernels and
+    numbers, without torch.library's dispatch, which costs host time before the kernels
+    start (on this machine's CPU, the launches stubbed: ~30 µs a forward, ~70 µs a
+    forward+backward). The op stays for torch.compile and the other special modes."""
+
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh, lengths, reset_after):
+        out, saved = forward(gi, h0, w_hh, b_hh, lengths, reset_after, True)
+        _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return *_gradients(ctx, dout, backward), None, None
+
+
 # ---- the op: torch.library, so torch.compile sees one opaque call -------------------------
 
 def _gates_like(gi: Tensor, h0: Tensor, kept: int) -> Tensor:
@@ -1314,37 +1353,19 @@ def _define_ops():
         # none is made (autograd had filled four T·B·H fp32 tensors with zeros for them)
         ctx.mark_non_differentiable(*(output[1:] if save else output))
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h0, w_hh, output[0], *output[1:], lengths)
-        ctx.reset_after = reset_after
-        ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
+        _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, output[0], output[1:])
 
     def backward_fn(ctx, dout, *_):
-        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
-            raise RuntimeError("backend 'triton' has no double backward; use "
-                               "backend='reference' for gradients of gradients")
-        h0, w_hh, out, r, z, n, ghn, lengths = ctx.saved_tensors
-        if dout is None:  # (no gradient reached the output)
-            dout = torch.zeros_like(out)
-        grads = gru_backward_op(dout, h0, w_hh, out, r, z, n, ghn, lengths, ctx.reset_after)
-        dgi, dh0, dw_hh, db_hh = (g.to(dtype) for g, dtype in zip(grads, ctx.dtypes,
-                                                                   strict=True))
-        return dgi, dh0, dw_hh, db_hh, None, None, None
+        def run(dout, h0, w_hh, out, gates, lengths, reset_after):
+            return gru_backward_op(dout, h0, w_hh, out, *gates, lengths, reset_after)
+
+        return *_gradients(ctx, dout, run), None, None, None
 
     gru_op.register_autograd(backward_fn, setup_context=setup_context)
     return gru_op
 
 
 _gru_op = _define_ops() if triton is not None else None
-
-
-def infer(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
-          reset_after: bool) -> Tensor:
-    """``core`` for a call that wants no gradient, outside tracing, compile and the other
-    special modes (the caller has checked, as ``GRU._sequence`` does): the forward kernels
-    without the custom op's dispatch, ~20 µs less host time a call, which at small batches
-    delays the kernel's start (the op exists for torch.compile and autograd)."""
-    lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
-    return forward(gi, h0, w_hh, bias, lengths, reset_after, False)[0]
 
 
 def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
@@ -1378,7 +1399,12 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (gi, h0, w_hh, bias))
-    out = _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
-    # (the op saves its output for the backward: a copy for the caller, who may change it
+    if _special_mode():  # (torch.compile, tracing and the other modes see one op)
+        out = _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
+    elif save:
+        out = _Eager.apply(gi, h0, w_hh, bias, lengths, reset_after)
+    else:  # (nothing to record: the kernels, no dispatch)
+        return forward(gi, h0, w_hh, bias, lengths, reset_after, False)[0]
+    # (the backward reads the output it saved: a copy for the caller, who may change it
     # in place before the backward, as torch.nn.GRU's callers may)
     return out.clone() if save else out
