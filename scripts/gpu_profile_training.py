@@ -5,9 +5,10 @@ GEMM included, at 6.04: ~2 µs per step unaccounted for). Times each part of the
 two lengths, so a fixed cost and a per-step one tell apart: the forward kernel saving
 the gates, the backward (kernel and dW_hh's GEMM), dW_hh's GEMM alone on fp32 and on bf16
 operands, the core's autograd forward+backward, the module's training step and cuDNN's;
-then torch.profiler's table of one module training step's CUDA work, and cProfile's
-of the host's Python in 200 short inference and training calls (where a call's fixed
-~0.3 ms of host time before its kernel starts goes). The forward and backward kernels are
+then short calls back to back (T=16-64) against cuDNN's, per call; torch.profiler's
+table of one module training step's CUDA work, and cProfile's of the host's Python in
+200 short inference and training calls (where a call's fixed ~0.3 ms of host time
+before its kernel starts goes). The forward and backward kernels are
 timed with their default splits as they are and with ``Config.prefetch`` flipped (a
 step's reads from memory issued a step ahead: at these lengths gi and the saved gates
 have left L2, where benchmark mode's first 256 steps may keep them). A diagnostic for a
@@ -91,6 +92,62 @@ for batch, hidden, dtype in POINTS:
                                     reps=3).items():
             print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:35s}"
                   f" {us * steps / 1e3:8.3f} ms {us:7.2f} µs/step", flush=True)
+
+
+def per_call(fn, calls: int = 50, reps: int = 5) -> float:
+    """Median µs per call of ``calls`` calls of fn() back to back, as a training loop makes
+    them (the host's work for one call overlaps the GPU's for the one before; CUDA
+    events around the whole run); NaN off CUDA."""
+    fn()
+    if not torch.cuda.is_available():
+        return float("nan")
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+# short calls back to back (T=16-64, as RL and streaming training make them), where the
+# host's time before the kernels start can set the pace: the module against cuDNN, in
+# turns, three rounds
+SHORT = [(2, 8, 4, torch.float32)] if SMOKE else [
+    (16, 256, 16, torch.float32), (16, 256, 64, torch.float32), (1, 256, 16, torch.float32),
+    (16, 512, 16, torch.bfloat16), (64, 256, 32, torch.float32)]
+for batch, hidden, steps, dtype in SHORT:
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
+    module = flashgru.GRU.from_torch(ref, backend="triton")
+    x = torch.randn(steps, batch, hidden, device=dev, dtype=dtype)
+    xg = x.detach().requires_grad_()
+
+    def train(m, xg=xg):
+        m(xg)[0].sum().backward()
+
+    def infer(m, x=x):
+        with torch.no_grad():
+            m(x)
+
+    calls = {f"{kind} {name}": (lambda f=f, m=m: f(m))
+             for kind, f in (("training", train), ("inference", infer))
+             for name, m in (("flashgru", module), ("cuDNN", ref))}
+    us = {name: [] for name in calls}
+    for _ in range(3):
+        for name, fn in calls.items():
+            us[name].append(per_call(fn))
+    us = {name: sorted(t)[1] for name, t in us.items()}
+    for kind in ("training", "inference"):
+        ours, theirs = us[f"{kind} flashgru"], us[f"{kind} cuDNN"]
+        print(f"short {str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<3} {kind:9s}"
+              f" flashgru {ours:8.1f} µs a call, cuDNN {theirs:8.1f}: {theirs / ours:5.2f}x",
+              flush=True)
+
 # the first point's module: the profiler's kernels of one training step, then the host's
 # Python over 200 calls at T=16 (the kernels short; the GPU awaited once at the end)
 batch, hidden, dtype = POINTS[0]
