@@ -16,7 +16,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
-    python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot
+    python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
+        --no-split16
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -211,17 +212,19 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 
 
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
-             no_resident_dot: bool) -> None:
+             no_resident_dot: bool, no_split16: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
-    exchanges (Config.narrow), prefetch and resident tl.dot candidates."""
+    exchanges (Config.narrow), prefetch, resident tl.dot and fp16-part (Config.split16)
+    candidates."""
     if no_stacked:
-        tg._stacked_splits = lambda *a: []
+        tg._stacked_splits = lambda *a, **k: []
     if no_narrow:
         tg._narrow_where_set = lambda cfg, device, dtype: cfg
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
-                                 no_resident_dot)) if on]
+                                 no_resident_dot),
+                                (lambda c: c.split16, no_split16)) if on]
     if left_out:
         candidates = tg._candidates
         tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
@@ -243,6 +246,9 @@ def main() -> None:
                         help="benchmark mode without the prefetch candidates")
     parser.add_argument("--no-resident-dot", action="store_true",
                         help="benchmark mode without tl.dot on resident tiles")
+    parser.add_argument("--no-split16", action="store_true",
+                        help="benchmark mode without the fp32 stacked forward on fp16 parts "
+                             "(Config.split16)")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -253,7 +259,8 @@ def main() -> None:
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
-    restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot)
+    restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot,
+             args.no_split16)
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)

@@ -6,7 +6,7 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
 # defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot), benchmark mode without them. Every
+# (stacked, prefetch, narrow, resident tl.dot, split16), benchmark mode without them. Every
 # kernel compiled first, all cores at once (gpu_warm.py); the summary
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
@@ -16,7 +16,9 @@ OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
 PREFETCH="prefetch_changes_no_number"
 NARROW="narrow and not resident_dot"
 RDOT="narrow_exchange and resident_dot"
-PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow"
+# (the fifteenth session's: fp32's stacked forward on fp16 parts)
+SPLIT16="split16_on_gpu"
+PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark"
@@ -32,15 +34,17 @@ gate 50 "$PREFETCH"; prefetch=$?
 gate 50 "$NARROW"; narrow=$?
 gate 40 "$RDOT"; rdot=$?
 gate 70 stacked_on_gpu; stacked=$?
+gate 50 "$SPLIT16"; split16=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
-  "resident dot $rdot, stacked $stacked"
+  "resident dot $rdot, stacked $stacked, split16 $split16"
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
   [ "$stacked" = 0 ] || GRID+=(--no-stacked)
   [ "$narrow" = 0 ] || GRID+=(--no-narrow)
   [ "$prefetch" = 0 ] || GRID+=(--no-prefetch)
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
+  [ "$split16" = 0 ] || GRID+=(--no-split16)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \
     "defaults only"

@@ -28,14 +28,16 @@ if BACKENDS["triton"].missing() is None:
         pass
 
     @tg._jit
-    def _stacked_gates(w, x, out, H, BK: tl.constexpr, S: tl.constexpr):
+    def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
+                       SPLIT16: tl.constexpr = False):
         """out (3, 16, S): program 0's gate blocks of x (16, H) @ W_gᵀ from the stacked
-        tiles of w = W_hh (with its low parts after it in fp32), as the forward makes
-        them (test_stacked_folds)."""
-        w_hi, w_lo = tg._stacked_tiles(w, H, BK, S)
+        tiles of w = W_hh (with its low parts after it in fp32; SPLIT16: its fp16 parts
+        and their scales), as the forward makes them (test_stacked_folds)."""
+        w_hi, w_lo = tg._stacked_tiles(w, H, BK, S, False, SPLIT16)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
-        r, z, n = tg._stacked_product(xb, w_hi, w_lo, S)
+        r, z, n = tg._stacked_product(xb, w_hi, w_lo, S, tl.load(scale),
+                                      tl.load(scale + 1), SPLIT16)
         o = out + rows[:, None] * S + tl.arange(0, S)[None, :]
         tl.store(o, r)
         tl.store(o + 16 * S, z)
@@ -246,7 +248,8 @@ def test_stacked_split(size, dtype, reset_after, stamped):
              cfg=cfg)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, "split16"],
+                         ids=["f32", "f16", "f32-split16"])
 @pytest.mark.parametrize("slice_,hidden", [(16, 64), (8, 64), (4, 64), (8, 50), (4, 40)],
                          ids=str)
 def test_stacked_folds(slice_, hidden, dtype):
@@ -255,16 +258,25 @@ def test_stacked_folds(slice_, hidden, dtype):
     and fold blocks side by side) Σ_g dg_g @ W_g's columns, K past H masked: the folding
     checked apart from the whole kernels, which the interpreter runs at one fold only
     (its one program must cover H)."""
+    split16, dtype = dtype == "split16", torch.float32 if dtype == "split16" else dtype
     g = torch.Generator().manual_seed(3)
     w = (torch.randn(3 * hidden, hidden, generator=g) / hidden ** 0.5).to(dtype)
     x = torch.randn(16, hidden, generator=g)
-    parts = torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
+    scale = torch.ones(2)
+    if split16:  # (an x past fp16's range, scaled by s_x)
+        x[3, 5] = 1e6
+        parts, scale = tg._fp16_parts(w, x)
+    else:
+        parts = torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
     out = torch.full((3, 16, slice_), math.nan, device=DEVICE)
-    _stacked_gates[(1,)](parts.to(DEVICE), x.to(DEVICE), out, hidden, BK=64, S=slice_)
+    _stacked_gates[(1,)](parts.to(DEVICE), x.to(DEVICE), out, scale.to(DEVICE), hidden,
+                         BK=64, S=slice_, SPLIT16=split16)
     want = torch.stack([x.double() @ w.double()[g * hidden:g * hidden + slice_].t()
                         for g in range(3)])
     tol = 2e-6 if dtype == torch.float32 else 2e-3
     assert_close("gates", want, out.double().cpu(), tol, rtol=tol)
+    if split16:  # (the forward's only)
+        return
     # the backward's: Σ_g dg_g @ W_g[:, units], from W_hhᵀ's tiles
     dg = torch.randn(16, 3 * hidden, generator=g)
     wt = w.t().contiguous()
@@ -289,6 +301,59 @@ def test_tf32_parts_are_exact():
     assert (lo.abs() <= w.abs() * 2.0 ** -10).all()
 
 
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-6, 1.0, 1e6, 1e30])
+def test_fp16_parts(magnitude):
+    """fp32 W = s_w·(hi + lo·2^-11) within 2^-22 of W's largest magnitude, at any scale
+    (s_w a power of two, the parts finite fp16); s_x a power of two that keeps the state
+    below 2^14 (1 unless h0 reaches it); an all-zero W."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(30, 20, generator=g) * magnitude
+    w[0, 0] = magnitude * 0.5 ** 30  # (one far below the rest)
+    for h0, s_x in ((torch.zeros(3, 20), 1.0), (torch.full((3, 20), -0.5), 1.0),
+                    (torch.full((3, 20), 3e4), 2.0), (torch.full((3, 20), 1e9), 2.0 ** 16)):
+        parts, scale = tg._fp16_parts(w, h0)
+        hi, lo = parts.view(2, 30, 20).float()
+        s_w = scale[0] / s_x
+        assert parts.dtype == torch.float16 and parts.isfinite().all()
+        assert scale[1] == 1 / s_x and torch.frexp(s_w).mantissa == 0.5
+        assert w.abs().amax() <= s_w < 2 * w.abs().amax()
+        back = s_w.double() * (hi.double() + lo.double() * 2.0 ** -11)
+        assert ((back - w.double()).abs() <= s_w * 2.0 ** -22).all()
+        assert (h0.abs().amax() / s_x < 2 ** 14)
+    parts, scale = tg._fp16_parts(torch.zeros(6, 2), torch.zeros(1, 2))
+    assert not parts.any() and scale.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16), (1, 8)], ids=str)
+def test_split16_stacked_forward(size, reset_after):
+    """Config.split16: the stacked forward's products from fp16 parts of fp32 W_hh and the
+    state, outputs and saved gates (the backward its own split) at fp32's tolerance;
+    weights of any scale, an h0 past fp16's range; the backward refuses it."""
+    batch, hidden = size
+    cfg = tg.Config(16, 16, max(16, tg._pow2(hidden)), dot=True, resident=True,
+                    stacked=True, split16=True)
+    lengths = ([4, 1, 3, 2] * 5)[:batch]
+    _compare(4, batch, hidden, reset_after, torch.float32, lengths=lengths, cfg=cfg,
+             backward_cfg=cfg._replace(split16=False))
+    gi, h0, w, b = (t.detach() for t in _problem(4, batch, hidden, torch.float32)[:4])
+    lens = torch.tensor(lengths, device=DEVICE)
+    for w_, h0_ in ((w * 1e-20, h0), (w * 1e4, h0), (w, h0 * 1e6)):
+        # (large weights make any fp32 arithmetic's error large: fp32's own products the
+        # measure; a lost low part would be ~1000x theirs, an overflow NaN)
+        want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
+                              reset_after)
+        errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
+                   want).abs().max()
+                  for c in (cfg, tg.Config(32, 16, 16, dot=False, resident=True))]
+        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
+    out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+    with pytest.raises(ValueError, match="the backward has none"):
+        tg.backward(torch.ones_like(out), h0, w, out, saved, lens, reset_after, cfg)
+    with pytest.raises(ValueError, match="split16 split is for fp32 weights"):
+        tg.forward(gi, h0, w.double(), b, lens, reset_after, False, cfg)
+
+
 def test_stacked_splits_fit(monkeypatch):
     """Benchmark mode's stacked candidates: 16, 8 or 4 units a program where the programs
     fit on the card (132 SMs here) and the shared memory in STACKED_MAX_BYTES (the
@@ -297,9 +362,10 @@ def test_stacked_splits_fit(monkeypatch):
     monkeypatch.setattr(tg, "_grid_limit", lambda device: 132)
     cuda = torch.device("cuda")
 
-    def units(hidden, dtype, forward=True):
-        found = tg._stacked_splits(hidden, cuda, dtype, forward)
+    def units(hidden, dtype, forward=True, split16=False):
+        found = tg._stacked_splits(hidden, cuda, dtype, forward, split16)
         assert all(c.block_k * c.slice >= 256 and c.block_k >= hidden for c in found)
+        assert all(c.split16 == split16 for c in found)
         return [c.slice for c in found]
 
     assert units(256, torch.float32) == [16, 8, 4]
@@ -310,13 +376,18 @@ def test_stacked_splits_fit(monkeypatch):
     assert units(256, torch.float32, False) == [8, 4]
     assert units(512, torch.float32, False) == []
     assert units(1024, torch.bfloat16, False) == [8]
+    # fp32's forward on fp16 parts: half the bytes, up to H=1024; nowhere else
+    assert units(512, torch.float32, split16=True) == [16, 8, 4]
+    assert units(1024, torch.float32, split16=True) == [8]
+    assert units(256, torch.float32, False, True) == units(256, torch.bfloat16, True, True) == []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     default = tg.choose_config(16, 512, cuda, torch.float32)
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
     assert default.stacked and forward[0] == default  # (the default first, once)
     assert forward[1] == default._replace(prefetch=True)  # (its reads a step ahead)
-    assert [c.slice for c in forward if c.stacked and not c.prefetch] == [4, 8]
+    assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [4, 8]
+    assert [c.slice for c in forward if c.split16] == [16, 8, 4]
     assert sum(c.prefetch for c in forward) == 1
     assert not any(c.stamped for c in forward)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
@@ -530,7 +601,7 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 
     def spy(kernel, cfg, batch, hidden, steps, args, **consts):
         # (the forward's hbuf, the backward's xbuf: where its gradients are exchanged)
-        exchange = args[6] if kernel is tg._forward_kernel else args[12]
+        exchange = args[7] if kernel is tg._forward_kernel else args[12]
         launched.append((cfg.narrow, exchange.dtype))
         launch(kernel, cfg, batch, hidden, steps, args, **consts)
 
@@ -1192,6 +1263,30 @@ def test_stacked_on_gpu(steps, batch, hidden, slices, dtype, stamped, reset_afte
                                                                 torch.device(DEVICE), dtype))
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs, wgmma")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("hidden,slice_", [(512, 16), (512, 8), (512, 4), (1024, 8), (200, 16)],
+                         ids=str)
+def test_split16_on_gpu(hidden, slice_, reset_after):
+    """Config.split16 at its tiles (one, two and four folds of K; H=1024's 128 programs;
+    an H short of the tile) on the tensor cores: fp32 at 2e-5 over 512 steps, ragged
+    lengths, the backward its default split; and a weight scale and an h0 past fp16's
+    range at the default's error."""
+    cfg = tg.Config(16, slice_, tg._pow2(hidden), dot=True, resident=True, stacked=True,
+                    split16=True)
+    backward = tg.choose_backward_config(16, hidden, torch.device(DEVICE), torch.float32)
+    _compare(512, 16, hidden, reset_after, torch.float32, lengths=[512, 300] * 8, cfg=cfg,
+             backward_cfg=backward)
+    gi, h0, w, b = (t.detach() for t in _problem(64, 16, hidden, torch.float32)[:4])
+    lens = torch.full((16,), 64, device=DEVICE)
+    for w_, h0_ in ((w * 1e-20, h0), (w * 30, h0), (w, h0 * 1e6)):
+        want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
+                              reset_after)
+        errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
+                   want).abs().max() for c in (cfg, cfg._replace(split16=False))]
+        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")
 @pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 256), (16, 512)])
 def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
@@ -1226,6 +1321,17 @@ from flashgru.backends import triton_gru as tg
 
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
          "t_begin": "i32", "t_end": "i32"}
+
+
+def signature(kernel, consts):
+    # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
+    # types says, else fp32 pointers
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16"):
+        if flag in kernel.arg_names:
+            consts.setdefault(flag, False)
+    return {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
+
+
 found = {}  # with resident W tiles too: the broadcast product must not become a dot either
 spins = {}  # the stamped exchange: each wait re-reads its words (volatile loads in a loop)
 for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
@@ -1238,8 +1344,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             consts["SAVE"] = True
         consts["STACKED"] = consts["PREFETCH"] = False
         consts["KMAJOR"] = False
-        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-               for a in kernel.arg_names}
+        sig = signature(kernel, consts)
         if stamped:
             sig.update({a: "*i64" for a in ("hbuf", "rhbuf", "xbuf") if a in sig})
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
@@ -1259,8 +1364,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             consts["SAVE"] = True
         consts["STACKED"] = consts["PREFETCH"] = False
         consts["KMAJOR"] = False
-        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-               for a in kernel.arg_names}
+        sig = signature(kernel, consts)
         for a in ("gi", "dout", "out", "w", "wt"):
             if a in sig and dtype == "bf16":
                 sig[a] = "*bf16"
@@ -1283,8 +1387,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         if "SAVE" in kernel.arg_names:
             consts["SAVE"] = True
         consts["STACKED"] = consts["PREFETCH"] = False
-        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-               for a in kernel.arg_names}
+        sig = signature(kernel, consts)
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         found[f"kmajor-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
@@ -1294,6 +1397,7 @@ stacked = {}
 for name, kernel, dtype, bk, s in (
         ("forward", tg._forward_kernel, "fp32", 256, 16),
         ("forward", tg._forward_kernel, "bf16", 1024, 16),
+        ("forward", tg._forward_kernel, "split16", 1024, 8),
         ("backward", tg._backward_kernel, "fp32", 128, 16),
         ("backward", tg._backward_kernel, "bf16", 1024, 8)):
     for reset_after in (False, True):
@@ -1302,9 +1406,9 @@ for name, kernel, dtype, bk, s in (
                       STACKED=True, PREFETCH=False)
         if name == "forward":
             consts["SAVE"] = False
-        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-               for a in kernel.arg_names}
-        sig["w" if name == "forward" else "wt"] = "*" + dtype
+            consts["SPLIT16"] = dtype == "split16"
+        sig = signature(kernel, consts)
+        sig["w" if name == "forward" else "wt"] = "*fp16" if dtype == "split16" else "*" + dtype
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         ttgir = compiled.asm["ttgir"]
@@ -1325,8 +1429,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                       PREFETCH=ahead)
         if name == "forward":
             consts["SAVE"] = not tile
-        sig = {a: "constexpr" if a in consts else types.get(a, "*fp32")
-               for a in kernel.arg_names}
+        sig = signature(kernel, consts)
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         ttgir = compiled.asm["ttgir"]
@@ -1355,22 +1458,23 @@ def sm90():
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("kernel", ["forward", "backward"])
+@pytest.mark.parametrize("kernel,dtype", [("forward", "fp32"), ("forward", "bf16"),
+                                          ("forward", "split16"), ("backward", "fp32"),
+                                          ("backward", "bf16")])
 def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     """Config.stacked rests on what Triton makes of a dot operand loaded before the loop
     and touched by no arithmetic: one shared-memory copy, which wgmma reads at every step
-    (three products a step in fp32, one in bf16; twice that for reset_after=False), with
-    nothing loaded back into registers in the loop; and on _stacked_bytes, which benchmark
-    mode's candidates are sized by: it must be the compiled kernel's shared memory (here
-    the forward's largest tiles, fp32 H=256 and bf16 H=1024, and the backward's at one
-    and two folds)."""
+    (three products a step in fp32, TF32 or fp16 parts, one in bf16; twice that for
+    reset_after=False), with nothing loaded back into registers in the loop; and on
+    _stacked_bytes, which benchmark mode's candidates are sized by: it must be the
+    compiled kernel's shared memory (here the forward's largest tiles, fp32 H=256, bf16
+    and fp32 on fp16 parts H=1024, and the backward's at one and two folds)."""
     got = sm90["stacked"][f"{kernel}-{dtype}-{reset_after}"]
-    assert got["wgmma"] == (3 if dtype == "fp32" else 1) * (1 if reset_after else 2)
+    assert got["wgmma"] == (1 if dtype == "bf16" else 3) * (1 if reset_after else 2)
     assert got["loads"] == 0
-    torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     assert got["shared"] == tg._stacked_bytes(got["hidden"], got["slice"], torch_dtype,
-                                              kernel == "forward")
+                                              kernel == "forward", dtype == "split16")
     assert got["shared"] <= tg.STACKED_MAX_BYTES
 
 

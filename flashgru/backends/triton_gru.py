@@ -256,12 +256,13 @@ def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.conste
 
 
 @_jit
-def _stacked_tiles(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+def _stacked_tiles(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr = False,
+                   SPLIT16: tl.constexpr = False):
     """_stacked_tile's (high, low) tiles: with fp32 weights, w holds W's TF32-rounded
-    high parts, then (3H·H) its low parts (_tf32_parts); with 16-bit weights the one tile
-    twice (the low one unused)."""
+    high parts, then (3H·H) its low parts (_tf32_parts), or with SPLIT16 its two fp16
+    parts (_fp16_parts); with 16-bit weights the one tile twice (the low one unused)."""
     hi = _stacked_tile(w, H, BK, S, TRANSPOSED)
-    if w.dtype.element_ty == tl.float32:
+    if w.dtype.element_ty == tl.float32 or SPLIT16:
         return hi, _stacked_tile(w + 3 * H * H, H, BK, S, TRANSPOSED)
     return hi, hi
 
@@ -274,11 +275,20 @@ def _tf32_hi(x):
 
 
 @_jit
-def _stacked_dot(w_hi, w_lo, xt):
+def _stacked_dot(w_hi, w_lo, xt, SPLIT16: tl.constexpr = False):
     """w_hi (64, K) @ xt (K, N) in fp32: with fp32 weights three TF32 products on W's
     parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped W_lo·x_lo is below 2^-21 of
-    the product, as tf32x3's); with 16-bit weights one, w_lo unused."""
-    if w_hi.dtype == tl.float32:
+    the product, as tf32x3's); with SPLIT16 three fp16 products on W's fp16 parts
+    (_fp16_parts: W = hi + lo·2^-11) and x's, made alike here (|xt| < 2^14: the caller
+    scales it), (W_lo·x_hi + W_hi·x_lo)·2^-11 + W_hi·x_hi, each part's 11 bits exact in
+    the products as TF32's; with 16-bit weights one, w_lo unused."""
+    if SPLIT16:
+        x_hi = xt.to(tl.float16)
+        x_lo = ((xt - x_hi.to(tl.float32)) * 2048.0).to(tl.float16)
+        acc = tl.dot(w_lo, x_hi)
+        acc = tl.dot(w_hi, x_lo, acc)
+        return tl.dot(w_hi, x_hi, acc * (1.0 / 2048.0))
+    elif w_hi.dtype == tl.float32:
         x_hi = _tf32_hi(xt)
         acc = tl.dot(w_lo, x_hi, input_precision="tf32")
         acc = tl.dot(w_hi, xt - x_hi, acc, input_precision="tf32")
@@ -299,18 +309,25 @@ def _diagonal_sum(acc, D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
 
 
 @_jit
-def _stacked_product(x, w_hi, w_lo, S: tl.constexpr):
+def _stacked_product(x, w_hi, w_lo, S: tl.constexpr, scale=1.0, inv_x=1.0,
+                     SPLIT16: tl.constexpr = False):
     """The three gate blocks (BB, S) of x (BB, K) @ W_gᵀ from stacked tiles
     (_stacked_tile): in one _stacked_dot, the tile times xᵀ with its F folds of K side by
-    side, (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate."""
+    side, (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate.
+    SPLIT16 (``Config.split16``): x times inv_x (1/s_x) before, the product times
+    ``scale`` (s_w·s_x) after."""
     F: tl.constexpr = 16 // S
+    if SPLIT16:
+        x = x * inv_x
     BB: tl.constexpr = x.shape[0]
     KF: tl.constexpr = x.shape[1] // F
     if F == 1:
         xt = tl.trans(x)
     else:  # xt[k, f·BB + b] = x[b, f·KF + k]
         xt = tl.reshape(tl.permute(tl.reshape(x, (BB, F, KF)), (2, 1, 0)), (KF, F * BB))
-    acc = _diagonal_sum(_stacked_dot(w_hi, w_lo, xt), F, 4 * S, BB)
+    acc = _diagonal_sum(_stacked_dot(w_hi, w_lo, xt, SPLIT16), F, 4 * S, BB)
+    if SPLIT16:
+        acc = acc * scale
     # acc[g·S + s, b] → (b, s, g // 2, g % 2), then split twice: g = 0 (r), 1 (z), 2 (n)
     q = tl.permute(tl.reshape(acc, (2, 2, S, BB)), (3, 2, 0, 1))
     even, odd = tl.split(q)
@@ -457,14 +474,15 @@ def _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H, own, m, ACC: tl.co
 
 
 @_jit
-def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s, sync,
-                    B, H, row0, t_begin, t_end,
+def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s,
+                    sync, B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
                     DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
-                    PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False):
+                    PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
+                    SPLIT16: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -479,7 +497,9 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
     loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
-    16-bit dtype; the kernel is the same.
+    16-bit dtype; the kernel is the same. SPLIT16 (``Config.split16``, with STACKED): w
+    holds fp32 W_hh's two fp16 parts (_fp16_parts) and ``scale`` (2,) s_w·s_x and 1/s_x
+    (else unread).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -495,9 +515,15 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     if STAMPED:
         _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
     if STACKED:
-        w_hi, w_lo = _stacked_tiles(w, H, BK, S)
+        w_hi, w_lo = _stacked_tiles(w, H, BK, S, False, SPLIT16)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
+    if SPLIT16:
+        w_scale = tl.load(scale)
+        x_scale = tl.load(scale + 1)
+    else:
+        w_scale = 1.0
+        x_scale = 1.0
     if PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
         last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
@@ -514,7 +540,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
         if STACKED:
             gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
-                                                           STAMPED), w_hi, w_lo, S)
+                                                           STAMPED), w_hi, w_lo, S,
+                                                w_scale, x_scale, SPLIT16)
         elif KMAJOR:
             x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
             gh_r = _product_k(x, w_r, ACC)
@@ -546,7 +573,7 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
                 _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
             if STACKED:  # (the stacked tile's n block; r and z's again, unused)
                 ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
-                                       w_hi, w_lo, S)[2] + b_n
+                                       w_hi, w_lo, S, w_scale, x_scale, SPLIT16)[2] + b_n
             elif RESIDENT:
                 ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
                                         STAMPED, KMAJOR, DOT, PREC, ACC) + b_n
@@ -750,7 +777,10 @@ class Config(NamedTuple):
     narrow (tl.dot on 16-bit weights, not stamped): the state (the backward's gradients) is
     exchanged in the weights' dtype instead of fp32, half the bytes every program reads
     from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
-    all the same."""
+    all the same; split16 (a stacked forward split on fp32 weights): the three products on
+    the tensor cores in fp16 instead of TF32, on W's two fp16 parts and the state's
+    (_fp16_parts: scaled by powers of two into fp16's range; the same 22 bits of each, at
+    twice TF32's rate and half its shared memory, which fits a stacked split at H=1024)."""
 
     block_batch: int
     slice: int
@@ -764,6 +794,7 @@ class Config(NamedTuple):
     stacked: bool = False
     prefetch: bool = False
     narrow: bool = False
+    split16: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -975,8 +1006,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     H=1024 tl.dot on resident tiles (16 and 32 units), and at H=257-512 two 8-row or four
     4-row tiles with W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
     on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
-    rows idle, for a barrier of 16-128 programs). Off CUDA (the interpreter: one program
-    per tile), the default, stamped and with W streamed."""
+    rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked forward
+    on fp16 parts (``Config.split16``: up to H=1024; not yet timed on a GPU). Off CUDA
+    (the interpreter: one program per tile), the default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
@@ -1007,6 +1039,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                           for s in (16, 32)]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
+        if batch > 8:  # (fp32's forward on fp16 parts: not yet timed on a GPU)
+            found += _stacked_splits(hidden, device, dtype, forward, True)
     # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [_narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
     if default.narrow or _narrow_where_set(default, device, dtype).narrow:
@@ -1022,27 +1056,33 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
 STACKED_MAX_BYTES = 200 * 1024
 
 
-def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool) -> int:
+def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool,
+                   split16: bool = False) -> int:
     """Shared memory of a stacked split: its tile, 64 rows of K / F (fp32: W's two parts;
     16-bit: W), and the operand it multiplies, K / F by F·16 columns (the backward's:
-    4F·16, the four gate slots; fp32: two parts). ptxas (sm_90a, Triton 3.6) gives these
-    to the byte for the forward's: fp32 H=256 (slice 16) 160 KiB, H=512 (8) 192 KiB."""
+    4F·16, the four gate slots; fp32: two parts; split16: two fp16 parts of each). ptxas
+    (sm_90a, Triton 3.6) gives these to the byte for the forward's: fp32 H=256 (slice
+    16) 160 KiB, H=512 (8) 192 KiB."""
     folds = 16 // slice_
     k = max(16, _pow2(hidden)) // folds
-    size = 8 if dtype == torch.float32 else 2
+    size = 4 if split16 else 8 if dtype == torch.float32 else 2
     return (64 + folds * 16 * (1 if forward else 4)) * k * size
 
 
 def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype,
-                    forward: bool) -> list[Config]:
+                    forward: bool, split16: bool = False) -> list[Config]:
     """The stacked splits of a 16-row tile at this H, for the forward or the backward: 16,
     8 or 4 units per program (1, 2 or 4 folds of K), where the programs fit on the device
-    at once and _stacked_bytes within STACKED_MAX_BYTES."""
+    at once and _stacked_bytes within STACKED_MAX_BYTES; ``split16``: the fp32 forward's
+    in fp16 parts (``Config.split16``; none elsewhere)."""
+    if split16 and not (forward and dtype == torch.float32):
+        return []
     hp = max(16, _pow2(hidden))
-    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True)
+    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True,
+                   split16=split16)
             for s in (16, 8, 4)
             if -(-hidden // s) <= _grid_limit(device) and
-            _stacked_bytes(hidden, s, dtype, forward) <= STACKED_MAX_BYTES]
+            _stacked_bytes(hidden, s, dtype, forward, split16) <= STACKED_MAX_BYTES]
 
 
 def _fastest(default: Config, candidates: list[Config], run, device: torch.device,
@@ -1079,10 +1119,10 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
     """A call's split: the default (choose_config, ``save`` for a training forward; for
     the backward, choose_backward_config), or in benchmark mode the fastest of
     _candidates, run with ``run(cfg)`` at the first call of each kind, shape, length
-    bucket and ``key``; none narrow unless the weights (``weights``, else ``dtype``) are
-    16-bit too (_narrow_only_for)."""
+    bucket and ``key``; each as the weights (``weights``, else ``dtype``) allow
+    (_for_weights)."""
     weights = weights or dtype
-    default = _narrow_only_for(
+    default = _for_weights(
         choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
         choose_backward_config(batch, hidden, device, dtype), weights)
     if not (benchmark and steps and batch):
@@ -1093,7 +1133,7 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
         candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward")
-        candidates = list(dict.fromkeys(_narrow_only_for(c, weights) for c in candidates))
+        candidates = list(dict.fromkeys(_for_weights(c, weights) for c in candidates))
         _tuned[key], trials[key] = _fastest(default, candidates, run, device, dtype)
     return _tuned[key]
 
@@ -1120,6 +1160,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
                          "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
                          "not float64, not kmajor")
+    if consts.get("SPLIT16") and not (cfg.stacked and consts["ACC"] == tl.float32):
+        raise ValueError("a split16 split is a stacked forward split on fp32 weights")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -1164,11 +1206,12 @@ def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
     return torch.cat(_tf32_parts(w)) if cfg.stacked and w.dtype == torch.float32 else w
 
 
-def _narrow_only_for(cfg: Config, dtype: torch.dtype) -> Config:
-    """cfg, not narrow where the weights' dtype is not 16-bit (a caller's own mix with
-    16-bit activations): for _split's splits; _check_narrow refuses a split asked for by
-    name."""
-    return cfg._replace(narrow=False) if dtype not in SIXTEEN_BIT else cfg
+def _for_weights(cfg: Config, dtype: torch.dtype) -> Config:
+    """cfg for weights of this dtype (a caller's own mix with activations of another):
+    not narrow unless they are 16-bit, not split16 unless fp32. For _split's splits;
+    _check_narrow and forward refuse a split asked for by name."""
+    return cfg._replace(narrow=cfg.narrow and dtype in SIXTEEN_BIT,
+                        split16=cfg.split16 and dtype == torch.float32)
 
 
 def _check_narrow(cfg: Config, dtype: torch.dtype) -> None:
@@ -1185,6 +1228,24 @@ def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
     hi = ((bits + 0x1000) & -8192).view(torch.float32)
     hi = torch.where(hi.isinf() & w.isfinite(), (bits & -8192).view(torch.float32), hi)
     return hi, w - hi
+
+
+def _fp16_parts(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """``Config.split16``: fp32 w as fp16 parts, w = s_w·(hi + lo·2^-11) to ~2^-22 of w's
+    largest magnitude, hi then lo in one tensor, and the kernel's scales (s_w·s_x, 1/s_x),
+    made on the device (no wait for it). s_w: the power of two above w's largest
+    magnitude (w / s_w within ±1, where fp16's 11 bits reach down to 2^-24). s_x: 1, or
+    where h0 reaches 2^14 the power of two that brings it below (a state never leaves
+    [-max(1, |h0|), max(1, |h0|)]), so that no part overflows fp16."""
+    def above(a: Tensor) -> Tensor:  # the power of two above a ≥ 0 (1 for 0)
+        return torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)
+
+    s_w = above(w.abs().amax())
+    s_x = above(h0.abs().amax().float() * 2.0 ** -14).clamp_min(1.0)
+    ws = w / s_w
+    hi = ws.half()
+    lo = ((ws - hi.float()) * 2048.0).half()
+    return torch.cat([hi.flatten(), lo.flatten()]), torch.stack([s_w * s_x, 1.0 / s_x])
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
@@ -1217,10 +1278,16 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        args = (gi.contiguous(), h0.contiguous(), _kernel_weights(w_hh, cfg), b_hh.contiguous(),
-                lengths, out, hbuf, rhbuf, *gates)
+        if cfg.split16:
+            if w_hh.dtype != torch.float32:
+                raise ValueError(f"a split16 split is for fp32 weights; got {w_hh.dtype}")
+            weights, scale = _fp16_parts(w_hh.contiguous(), h0)
+        else:  # (scale: unread)
+            weights, scale = _kernel_weights(w_hh, cfg), b_hh
+        args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
+                out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype))
+                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16)
     return out, saved
 
 
@@ -1236,6 +1303,8 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c), weights=w_hh.dtype)
     _check_narrow(cfg, w_hh.dtype)
+    if cfg.split16:
+        raise ValueError("split16 is the stacked forward's: the backward has none")
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
