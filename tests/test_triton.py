@@ -44,14 +44,16 @@ if BACKENDS["triton"].missing() is None:
         tl.store(o + 32 * S, n)
 
     @tg._jit
-    def _stacked_carry_of(wt, x, out, H, BK: tl.constexpr, S: tl.constexpr):
+    def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
+                          SPLIT16: tl.constexpr = False):
         """out (16, S): program 0's Σ_g x_g (16, H) @ W_g[:, units] from the backward's
-        stacked tiles of wt = W_hhᵀ (its low parts after it in fp32), x (16, 3H) the three
-        gates' blocks side by side, as the backward makes it (test_stacked_folds)."""
-        w_hi, w_lo = tg._stacked_tiles(wt, H, BK, S, True)
+        stacked tiles of wt = W_hhᵀ (its low parts after it in fp32; SPLIT16: its fp16
+        parts and their scale), x (16, 3H) the three gates' blocks side by side, as the
+        backward makes it (test_stacked_folds)."""
+        w_hi, w_lo = tg._stacked_tiles(wt, H, BK, S, True, SPLIT16)
         rows = tl.arange(0, 16)
         xt = tg._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
-        carry = tg._stacked_carry(xt, w_hi, w_lo, S)
+        carry = tg._stacked_carry(xt, w_hi, w_lo, S, tl.load(scale), SPLIT16)
         tl.store(out + rows[:, None] * S + tl.arange(0, S)[None, :], carry)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -257,13 +259,14 @@ def test_stacked_folds(slice_, hidden, dtype):
     each gate's block of x @ W_gᵀ for the program's units, and the backward's tile (gate
     and fold blocks side by side) Σ_g dg_g @ W_g's columns, K past H masked: the folding
     checked apart from the whole kernels, which the interpreter runs at one fold only
-    (its one program must cover H)."""
+    (its one program must cover H). split16: W, x and the gradients past fp16's range."""
     split16, dtype = dtype == "split16", torch.float32 if dtype == "split16" else dtype
     g = torch.Generator().manual_seed(3)
     w = (torch.randn(3 * hidden, hidden, generator=g) / hidden ** 0.5).to(dtype)
     x = torch.randn(16, hidden, generator=g)
     scale = torch.ones(2)
-    if split16:  # (an x past fp16's range, scaled by s_x)
+    if split16:  # (scaled by s_w and s_x)
+        w *= 1e6
         x[3, 5] = 1e6
         parts, scale = tg._fp16_parts(w, x)
     else:
@@ -275,14 +278,16 @@ def test_stacked_folds(slice_, hidden, dtype):
                         for g in range(3)])
     tol = 2e-6 if dtype == torch.float32 else 2e-3
     assert_close("gates", want, out.double().cpu(), tol, rtol=tol)
-    if split16:  # (the forward's only)
-        return
     # the backward's: Σ_g dg_g @ W_g[:, units], from W_hhᵀ's tiles
-    dg = torch.randn(16, 3 * hidden, generator=g)
+    dg = torch.randn(16, 3 * hidden, generator=g) * (1e-30 if split16 else 1)
     wt = w.t().contiguous()
-    parts = torch.cat(tg._tf32_parts(wt)) if dtype == torch.float32 else wt
+    if split16:  # (the gradients scaled in the kernel)
+        parts, scale = tg._fp16_parts(wt)
+    else:
+        parts = torch.cat(tg._tf32_parts(wt)) if dtype == torch.float32 else wt
     carry = torch.full((16, slice_), math.nan, device=DEVICE)
-    _stacked_carry_of[(1,)](parts.to(DEVICE), dg.to(DEVICE), carry, hidden, BK=64, S=slice_)
+    _stacked_carry_of[(1,)](parts.to(DEVICE), dg.to(DEVICE), carry, scale.to(DEVICE), hidden,
+                            BK=64, S=slice_, SPLIT16=split16)
     want = dg.double() @ w.double()[:, :slice_]
     assert_close("carry", want, carry.double().cpu(), tol, rtol=tol)
 
@@ -324,32 +329,43 @@ def test_fp16_parts(magnitude):
     assert not parts.any() and scale.tolist() == [1.0, 1.0]
 
 
+def _split16_errors(cfg, gi, h0, w, b, lens, reset_after, dout, plain=None):
+    """Max errors against float64 of split16's output and gradients (dgi, dh0, dW_hh), and
+    of other splits' on the same inputs (``plain``: forward's and backward's, else the
+    broadcast split, fp32 products), and the largest magnitudes (fp32's own error the
+    measure: a lost low part would be ~1000x it, an overflow NaN)."""
+    ref_in = [t.double().requires_grad_() for t in (gi, h0, w, b)]
+    ref = reference.core(*ref_in, lens, reset_after)
+    want = [ref, *torch.autograd.grad(ref, ref_in[:3], dout.double())]
+    errors = []
+    plain = plain or (tg.Config(32, 16, max(16, cfg.block_k), dot=False, resident=True),) * 2
+    for f, c in ((cfg, cfg), plain):
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, f)
+        got = [out, *tg.backward(dout, h0, w, out, saved, lens, reset_after, c)[:3]]
+        errors.append([(g.double() - r).abs().max() for g, r in zip(got, want, strict=True)])
+    return errors, [r.abs().max() for r in want]
+
+
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16), (1, 8)], ids=str)
-def test_split16_stacked_forward(size, reset_after):
-    """Config.split16: the stacked forward's products from fp16 parts of fp32 W_hh and the
-    state, outputs and saved gates (the backward its own split) at fp32's tolerance;
-    weights of any scale, an h0 past fp16's range; the backward refuses it."""
+def test_split16_stacked(size, reset_after):
+    """Config.split16: the stacked forward's and backward's products from fp16 parts of
+    fp32 W_hh (and the state, the gates' gradients), outputs, saved gates and every
+    gradient at fp32's tolerance; tiny weights, an h0 past fp16's range, gradients tiny
+    and huge (large weights: test_stacked_folds); fp32 weights only."""
     batch, hidden = size
     cfg = tg.Config(16, 16, max(16, tg._pow2(hidden)), dot=True, resident=True,
                     stacked=True, split16=True)
     lengths = ([4, 1, 3, 2] * 5)[:batch]
-    _compare(4, batch, hidden, reset_after, torch.float32, lengths=lengths, cfg=cfg,
-             backward_cfg=cfg._replace(split16=False))
+    _compare(4, batch, hidden, reset_after, torch.float32, lengths=lengths, cfg=cfg)
     gi, h0, w, b = (t.detach() for t in _problem(4, batch, hidden, torch.float32)[:4])
     lens = torch.tensor(lengths, device=DEVICE)
-    for w_, h0_ in ((w * 1e-20, h0), (w * 1e4, h0), (w, h0 * 1e6)):
-        # (large weights make any fp32 arithmetic's error large: fp32's own products the
-        # measure; a lost low part would be ~1000x theirs, an overflow NaN)
-        want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
-                              reset_after)
-        errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
-                   want).abs().max()
-                  for c in (cfg, tg.Config(32, 16, 16, dot=False, resident=True))]
-        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
-    out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-    with pytest.raises(ValueError, match="the backward has none"):
-        tg.backward(torch.ones_like(out), h0, w, out, saved, lens, reset_after, cfg)
+    dout = torch.randn(4, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    for w_, h0_, d in ((w * 1e-20, h0, dout), (w, h0 * 1e6, dout), (w, h0, dout * 1e-30),
+                       (w, h0, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0_, w_, b, lens, reset_after, d)
+        for e, p, t in zip(ours, plain, top, strict=True):
+            assert e <= 4 * p + 1e-6 * t
     with pytest.raises(ValueError, match="split16 split is for fp32 weights"):
         tg.forward(gi, h0, w.double(), b, lens, reset_after, False, cfg)
 
@@ -376,10 +392,13 @@ def test_stacked_splits_fit(monkeypatch):
     assert units(256, torch.float32, False) == [8, 4]
     assert units(512, torch.float32, False) == []
     assert units(1024, torch.bfloat16, False) == [8]
-    # fp32's forward on fp16 parts: half the bytes, up to H=1024; nowhere else
+    # fp32 on fp16 parts: half the bytes, the forward up to H=1024, the backward to 512
     assert units(512, torch.float32, split16=True) == [16, 8, 4]
     assert units(1024, torch.float32, split16=True) == [8]
-    assert units(256, torch.float32, False, True) == units(256, torch.bfloat16, True, True) == []
+    assert units(256, torch.float32, False, True) == [16, 8, 4]
+    assert units(512, torch.float32, False, True) == [8, 4]
+    assert units(1024, torch.float32, False, True) == []
+    assert units(256, torch.bfloat16, True, True) == []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     default = tg.choose_config(16, 512, cuda, torch.float32)
@@ -401,7 +420,8 @@ def test_stacked_splits_fit(monkeypatch):
     assert tg.Config(16, 2, 256, dot=False, resident=True) in small  # one 16-row tile
     backward = tg._candidates(tg.choose_backward_config(16, 256, cuda, torch.float32), 16,
                               256, cuda, torch.float32, False)
-    assert [c.slice for c in backward if c.stacked] == [8, 4]  # (its operand is 4x)
+    assert [c.slice for c in backward if c.stacked and not c.split16] == [8, 4]  # (4x operand)
+    assert [c.slice for c in backward if c.split16] == [16, 8, 4]
     assert backward[1] == backward[0]._replace(prefetch=True)
     one = tg._candidates(tg.choose_config(1, 256, cuda, torch.float32), 1, 256, cuda,
                          torch.float32, True)  # (a 16-row tile, 15 rows idle)
@@ -601,7 +621,7 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 
     def spy(kernel, cfg, batch, hidden, steps, args, **consts):
         # (the forward's hbuf, the backward's xbuf: where its gradients are exchanged)
-        exchange = args[7] if kernel is tg._forward_kernel else args[12]
+        exchange = args[7] if kernel is tg._forward_kernel else args[13]
         launched.append((cfg.narrow, exchange.dtype))
         launch(kernel, cfg, batch, hidden, steps, args, **consts)
 
@@ -1270,21 +1290,35 @@ def test_stacked_on_gpu(steps, batch, hidden, slices, dtype, stamped, reset_afte
 def test_split16_on_gpu(hidden, slice_, reset_after):
     """Config.split16 at its tiles (one, two and four folds of K; H=1024's 128 programs;
     an H short of the tile) on the tensor cores: fp32 at 2e-5 over 512 steps, ragged
-    lengths, the backward its default split; and a weight scale and an h0 past fp16's
-    range at the default's error."""
+    lengths, every gradient (the backward's on fp16 parts too where they fit, H ≤ 512,
+    else its default split); and tiny weights, an h0 past fp16's range and tiny and huge
+    gradients at plain fp32 products' error."""
     cfg = tg.Config(16, slice_, tg._pow2(hidden), dot=True, resident=True, stacked=True,
                     split16=True)
-    backward = tg.choose_backward_config(16, hidden, torch.device(DEVICE), torch.float32)
+    device = torch.device(DEVICE)
+    backward = cfg if cfg in tg._stacked_splits(hidden, device, torch.float32, False, True) \
+        else tg.choose_backward_config(16, hidden, device, torch.float32)
     _compare(512, 16, hidden, reset_after, torch.float32, lengths=[512, 300] * 8, cfg=cfg,
              backward_cfg=backward)
     gi, h0, w, b = (t.detach() for t in _problem(64, 16, hidden, torch.float32)[:4])
     lens = torch.full((16,), 64, device=DEVICE)
-    for w_, h0_ in ((w * 1e-20, h0), (w * 30, h0), (w, h0 * 1e6)):
-        want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
-                              reset_after)
-        errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
-                   want).abs().max() for c in (cfg, cfg._replace(split16=False))]
-        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
+    dout = torch.randn(64, 16, hidden, device=DEVICE)
+    if backward != cfg:  # (the forward alone)
+        for w_, h0_ in ((w * 1e-20, h0), (w, h0 * 1e6)):
+            want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
+                                  reset_after)
+            errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
+                       want).abs().max() for c in (cfg, cfg._replace(split16=False))]
+            assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
+        return
+    defaults = (tg.choose_config(16, hidden, device, torch.float32, True),
+                tg.choose_backward_config(16, hidden, device, torch.float32))
+    for w_, h0_, d in ((w * 1e-20, h0, dout), (w, h0 * 1e6, dout), (w, h0, dout * 1e-30),
+                       (w, h0, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0_, w_, b, lens, reset_after, d,
+                                             defaults)
+        for e, p, t in zip(ours, plain, top, strict=True):
+            assert e <= 4 * p + 1e-6 * t
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")
@@ -1399,14 +1433,15 @@ for name, kernel, dtype, bk, s in (
         ("forward", tg._forward_kernel, "bf16", 1024, 16),
         ("forward", tg._forward_kernel, "split16", 1024, 8),
         ("backward", tg._backward_kernel, "fp32", 128, 16),
-        ("backward", tg._backward_kernel, "bf16", 1024, 8)):
+        ("backward", tg._backward_kernel, "bf16", 1024, 8),
+        ("backward", tg._backward_kernel, "split16", 512, 8)):
     for reset_after in (False, True):
         consts = dict(BB=16, S=s, BK=bk, RESET_AFTER=reset_after, DOT=True, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=False,
                       STACKED=True, PREFETCH=False)
+        consts["SPLIT16"] = dtype == "split16"
         if name == "forward":
             consts["SAVE"] = False
-            consts["SPLIT16"] = dtype == "split16"
         sig = signature(kernel, consts)
         sig["w" if name == "forward" else "wt"] = "*fp16" if dtype == "split16" else "*" + dtype
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
@@ -1460,7 +1495,7 @@ def sm90():
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("kernel,dtype", [("forward", "fp32"), ("forward", "bf16"),
                                           ("forward", "split16"), ("backward", "fp32"),
-                                          ("backward", "bf16")])
+                                          ("backward", "bf16"), ("backward", "split16")])
 def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     """Config.stacked rests on what Triton makes of a dot operand loaded before the loop
     and touched by no arithmetic: one shared-memory copy, which wgmma reads at every step
@@ -1468,7 +1503,8 @@ def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     reset_after=False), with nothing loaded back into registers in the loop; and on
     _stacked_bytes, which benchmark mode's candidates are sized by: it must be the
     compiled kernel's shared memory (here the forward's largest tiles, fp32 H=256, bf16
-    and fp32 on fp16 parts H=1024, and the backward's at one and two folds)."""
+    and fp32 on fp16 parts H=1024, and the backward's at one and two folds, fp32 on fp16
+    parts at H=512)."""
     got = sm90["stacked"][f"{kernel}-{dtype}-{reset_after}"]
     assert got["wgmma"] == (1 if dtype == "bf16" else 3) * (1 if reset_after else 2)
     assert got["loads"] == 0

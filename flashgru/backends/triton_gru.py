@@ -337,12 +337,29 @@ def _stacked_product(x, w_hi, w_lo, S: tl.constexpr, scale=1.0, inv_x=1.0,
 
 
 @_jit
-def _stacked_carry(xt, w_hi, w_lo, S: tl.constexpr):
+def _scale_of(amax):
+    """(s, 1/s): the power of two above amax ≥ 0, from its exponent bits (2^-126 for 0
+    and below; at most 2^126)."""
+    e = tl.minimum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 252)
+    return ((e + 1) << 23).to(tl.float32, bitcast=True), \
+        ((253 - e) << 23).to(tl.float32, bitcast=True)
+
+
+@_jit
+def _stacked_carry(xt, w_hi, w_lo, S: tl.constexpr, w_scale=1.0,
+                   SPLIT16: tl.constexpr = False):
     """(BB, S): Σ_g x_g (BB, K) @ W_g[:, units] from the backward's stacked tiles
     (_stacked_tile, TRANSPOSED) and xt from _stacked_gradients: one _stacked_dot, then
-    its 4F diagonal blocks (S, BB) summed."""
+    its 4F diagonal blocks (S, BB) summed. SPLIT16 (``Config.split16``): xt scaled into
+    ±1 by the power of two above its largest magnitude (the gradients have no bound known
+    before the step: every program reads the same block, so all scale alike), and the
+    product scaled back, times W's scale (w_scale)."""
     F: tl.constexpr = 16 // S
     BB: tl.constexpr = xt.shape[1] // (4 * F)
+    if SPLIT16:
+        s, inv = _scale_of(tl.max(tl.abs(xt)))
+        acc = _stacked_dot(w_hi, w_lo, xt * inv, True)
+        return tl.trans(_diagonal_sum(acc, 4 * F, S, BB)) * (s * w_scale)
     return tl.trans(_diagonal_sum(_stacked_dot(w_hi, w_lo, xt), 4 * F, S, BB))
 
 
@@ -602,13 +619,14 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
 
 
 @_jit
-def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh, xbuf,
-                     sync, B, H, row0, t_begin, t_end,
+def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
+                     xbuf, sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                      KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
-                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False):
+                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
+                     SPLIT16: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -624,7 +642,9 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
     (_saved_step) are issued during step t, after its first exchange. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
-    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same).
+    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
+    (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts
+    (_fp16_parts) and ``scale`` their s_w (else unread).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -632,9 +652,13 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     if STACKED:
-        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True)
+        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
+    if SPLIT16:
+        w_scale = tl.load(scale)
+    else:
+        w_scale = 1.0
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
                                                    t_end - 1, B, H, own, m, ACC, RESET_AFTER)
@@ -691,7 +715,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             if STACKED:
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
-                                       w_hi, w_lo, S)
+                                       w_hi, w_lo, S, w_scale, SPLIT16)
             elif RESIDENT:
                 carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
                                           KMAJOR, DOT, PREC, ACC)
@@ -716,7 +740,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             if STACKED:  # (the n gate's block alone)
                 d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                          xstride, t, BK, S, STAMPED, 4),
-                                      w_hi, w_lo, S)
+                                      w_hi, w_lo, S, w_scale, SPLIT16)
             elif RESIDENT:
                 d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
                                          STAMPED, KMAJOR, DOT, PREC, ACC)
@@ -733,7 +757,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             if STACKED:  # (r's and z's blocks)
                 carry = r * d_rh + _stacked_carry(
                     _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
-                                       STAMPED, 3), w_hi, w_lo, S)
+                                       STAMPED, 3), w_hi, w_lo, S, w_scale, SPLIT16)
             elif RESIDENT:
                 carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
                                                      STAMPED, KMAJOR, DOT, PREC, ACC)
@@ -777,10 +801,12 @@ class Config(NamedTuple):
     narrow (tl.dot on 16-bit weights, not stamped): the state (the backward's gradients) is
     exchanged in the weights' dtype instead of fp32, half the bytes every program reads
     from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
-    all the same; split16 (a stacked forward split on fp32 weights): the three products on
-    the tensor cores in fp16 instead of TF32, on W's two fp16 parts and the state's
-    (_fp16_parts: scaled by powers of two into fp16's range; the same 22 bits of each, at
-    twice TF32's rate and half its shared memory, which fits a stacked split at H=1024)."""
+    all the same; split16 (a stacked split on fp32 weights): the three products on the
+    tensor cores in fp16 instead of TF32, on W's two fp16 parts and the operand's (the
+    state; the backward's gradients), each scaled by a power of two into fp16's range
+    (_fp16_parts; _stacked_carry): the same 22 bits of each at twice TF32's rate and in
+    half its shared memory, where the forward's split fits up to H=1024 and the
+    backward's up to 512."""
 
     block_batch: int
     slice: int
@@ -1006,8 +1032,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     H=1024 tl.dot on resident tiles (16 and 32 units), and at H=257-512 two 8-row or four
     4-row tiles with W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
     on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
-    rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked forward
-    on fp16 parts (``Config.split16``: up to H=1024; not yet timed on a GPU). Off CUDA
+    rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits
+    on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up to
+    512; not yet timed on a GPU). Off CUDA
     (the interpreter: one program per tile), the default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
@@ -1073,9 +1100,9 @@ def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype,
                     forward: bool, split16: bool = False) -> list[Config]:
     """The stacked splits of a 16-row tile at this H, for the forward or the backward: 16,
     8 or 4 units per program (1, 2 or 4 folds of K), where the programs fit on the device
-    at once and _stacked_bytes within STACKED_MAX_BYTES; ``split16``: the fp32 forward's
-    in fp16 parts (``Config.split16``; none elsewhere)."""
-    if split16 and not (forward and dtype == torch.float32):
+    at once and _stacked_bytes within STACKED_MAX_BYTES; ``split16``: fp32's in fp16
+    parts (``Config.split16``; none in other dtypes)."""
+    if split16 and dtype != torch.float32:
         return []
     hp = max(16, _pow2(hidden))
     return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True,
@@ -1160,8 +1187,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
                          "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
                          "not float64, not kmajor")
-    if consts.get("SPLIT16") and not (cfg.stacked and consts["ACC"] == tl.float32):
-        raise ValueError("a split16 split is a stacked forward split on fp32 weights")
+    if cfg.split16 and not (cfg.stacked and consts["ACC"] == tl.float32):
+        raise ValueError("a split16 split is a stacked split on fp32 weights")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -1199,11 +1226,20 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
-    """W_hh (or W_hhᵀ) as the kernels read it: contiguous; for a stacked split in fp32,
-    its TF32 high parts followed by its low parts (_tf32_parts)."""
+def _kernel_weights(w: Tensor, cfg: Config, h0: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """W_hh (or W_hhᵀ) as the kernels read it, and the scale tensor they read with
+    ``Config.split16``: contiguous, W itself the unread scale; for a stacked split in
+    fp32, its TF32 high parts followed by its low parts (_tf32_parts), or with split16 its
+    fp16 parts and their scales (_fp16_parts; h0: the forward's)."""
     w = w.contiguous()
-    return torch.cat(_tf32_parts(w)) if cfg.stacked and w.dtype == torch.float32 else w
+    if cfg.split16:
+        if w.dtype != torch.float32:
+            raise ValueError(f"a split16 split is for fp32 weights; got {w.dtype}")
+        return _fp16_parts(w, h0)
+    if cfg.stacked and w.dtype == torch.float32:
+        w = torch.cat(_tf32_parts(w))
+    return w, w
 
 
 def _for_weights(cfg: Config, dtype: torch.dtype) -> Config:
@@ -1230,18 +1266,20 @@ def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
     return hi, w - hi
 
 
-def _fp16_parts(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+def _fp16_parts(w: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``Config.split16``: fp32 w as fp16 parts, w = s_w·(hi + lo·2^-11) to ~2^-22 of w's
     largest magnitude, hi then lo in one tensor, and the kernel's scales (s_w·s_x, 1/s_x),
     made on the device (no wait for it). s_w: the power of two above w's largest
     magnitude (w / s_w within ±1, where fp16's 11 bits reach down to 2^-24). s_x: 1, or
     where h0 reaches 2^14 the power of two that brings it below (a state never leaves
-    [-max(1, |h0|), max(1, |h0|)]), so that no part overflows fp16."""
+    [-max(1, |h0|), max(1, |h0|)]), so that no part overflows fp16; 1 without h0 (the
+    backward's, which scales its operand itself)."""
     def above(a: Tensor) -> Tensor:  # the power of two above a ≥ 0 (1 for 0)
         return torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)
 
     s_w = above(w.abs().amax())
-    s_x = above(h0.abs().amax().float() * 2.0 ** -14).clamp_min(1.0)
+    s_x = s_w.new_ones(()) if h0 is None else \
+        above(h0.abs().amax().float() * 2.0 ** -14).clamp_min(1.0)
     ws = w / s_w
     hi = ws.half()
     lo = ((ws - hi.float()) * 2048.0).half()
@@ -1278,12 +1316,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        if cfg.split16:
-            if w_hh.dtype != torch.float32:
-                raise ValueError(f"a split16 split is for fp32 weights; got {w_hh.dtype}")
-            weights, scale = _fp16_parts(w_hh.contiguous(), h0)
-        else:  # (scale: unread)
-            weights, scale = _kernel_weights(w_hh, cfg), b_hh
+        weights, scale = _kernel_weights(w_hh, cfg, h0)
         args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
                 out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
@@ -1303,8 +1336,6 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c), weights=w_hh.dtype)
     _check_narrow(cfg, w_hh.dtype)
-    if cfg.split16:
-        raise ValueError("split16 is the stacked forward's: the backward has none")
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
@@ -1318,10 +1349,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
-                *saved[:3], ghn_s, lengths, dgi, dgh, dh, xbuf)
+        weights, scale = _kernel_weights(w_hh.t(), cfg)
+        args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
+                lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc))
+                ACC=_acc(acc), SPLIT16=cfg.split16)
     # dW_hh over all steps, one GEMM: for bf16 outputs (fp32's range) on bf16 operands with
     # fp32 accumulation, as autograd does the input projection's (bf16 weights store the
     # gradient in bf16 anyway; under autocast, fp32 weights get it as autocast gives a
