@@ -34,7 +34,7 @@ gate 50 "$PREFETCH"; prefetch=$?
 gate 50 "$NARROW"; narrow=$?
 gate 40 "$RDOT"; rdot=$?
 gate 70 stacked_on_gpu; stacked=$?
-gate 50 "$SPLIT16"; split16=$?
+gate 60 "$SPLIT16"; split16=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked, split16 $split16"

@@ -256,6 +256,18 @@ def _stacked_tile(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.conste
 
 
 @_jit
+def _stacked_scales(scale, H, S: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+    """``Config.split16``: the (64,) scales of _stacked_tile's rows, from _fp16_parts' (one
+    per run of H along K: W_hh's row g·H + unit; TRANSPOSED, W_hhᵀ's row unit, gate g's
+    run, 3·unit + g), 0 for the zero rows."""
+    i = tl.arange(0, 64) % (4 * S)
+    gate = i // S
+    units = tl.program_id(0) * S + i % S
+    at = units * 3 + gate if TRANSPOSED else gate * H + units
+    return tl.load(scale + at, mask=(gate < 3) & (units < H), other=0.0)
+
+
+@_jit
 def _stacked_tiles(w, H, BK: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr = False,
                    SPLIT16: tl.constexpr = False):
     """_stacked_tile's (high, low) tiles: with fp32 weights, w holds W's TF32-rounded
@@ -275,19 +287,33 @@ def _tf32_hi(x):
 
 
 @_jit
-def _stacked_dot(w_hi, w_lo, xt, SPLIT16: tl.constexpr = False):
+def _scale_of(amax):
+    """(s, 1/s): the power of two above amax ≥ 0, from its exponent bits (2^-126 for 0
+    and below; at most 2^126)."""
+    e = tl.minimum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 252)
+    return ((e + 1) << 23).to(tl.float32, bitcast=True), \
+        ((253 - e) << 23).to(tl.float32, bitcast=True)
+
+
+@_jit
+def _stacked_dot(w_hi, w_lo, xt, w_rows=1.0, SPLIT16: tl.constexpr = False):
     """w_hi (64, K) @ xt (K, N) in fp32: with fp32 weights three TF32 products on W's
     parts, W_lo·x_hi + W_hi·x_lo + W_hi·x_hi (the dropped W_lo·x_lo is below 2^-21 of
     the product, as tf32x3's); with SPLIT16 three fp16 products on W's fp16 parts
-    (_fp16_parts: W = hi + lo·2^-11) and x's, made alike here (|xt| < 2^14: the caller
-    scales it), (W_lo·x_hi + W_hi·x_lo)·2^-11 + W_hi·x_hi, each part's 11 bits exact in
-    the products as TF32's; with 16-bit weights one, w_lo unused."""
+    (_fp16_parts: each row W = w_rows·(hi + lo·2^-11)) and xt's, made alike here, each
+    column scaled into ±1 by the power of two above its largest magnitude: (W_lo·x_hi +
+    W_hi·x_lo)·2^-11 + W_hi·x_hi, each part's 11 bits exact in the products as TF32's,
+    then scaled back by row and column (so that every row and column keeps 22 bits of
+    its own largest); with 16-bit weights one, w_lo unused."""
     if SPLIT16:
-        x_hi = xt.to(tl.float16)
-        x_lo = ((xt - x_hi.to(tl.float32)) * 2048.0).to(tl.float16)
+        s, inv = _scale_of(tl.max(tl.abs(xt), axis=0))
+        x = xt * inv[None, :]
+        x_hi = x.to(tl.float16)
+        x_lo = ((x - x_hi.to(tl.float32)) * 2048.0).to(tl.float16)
         acc = tl.dot(w_lo, x_hi)
         acc = tl.dot(w_hi, x_lo, acc)
-        return tl.dot(w_hi, x_hi, acc * (1.0 / 2048.0))
+        acc = tl.dot(w_hi, x_hi, acc * (1.0 / 2048.0))
+        return acc * w_rows[:, None] * s[None, :]  # (one factor at a time: no inf·0)
     elif w_hi.dtype == tl.float32:
         x_hi = _tf32_hi(xt)
         acc = tl.dot(w_lo, x_hi, input_precision="tf32")
@@ -309,25 +335,20 @@ def _diagonal_sum(acc, D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
 
 
 @_jit
-def _stacked_product(x, w_hi, w_lo, S: tl.constexpr, scale=1.0, inv_x=1.0,
+def _stacked_product(x, w_hi, w_lo, S: tl.constexpr, w_rows=1.0,
                      SPLIT16: tl.constexpr = False):
     """The three gate blocks (BB, S) of x (BB, K) @ W_gᵀ from stacked tiles
     (_stacked_tile): in one _stacked_dot, the tile times xᵀ with its F folds of K side by
-    side, (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate.
-    SPLIT16 (``Config.split16``): x times inv_x (1/s_x) before, the product times
-    ``scale`` (s_w·s_x) after."""
+    side, (K / F, F·BB), then the F diagonal blocks (4S, BB) summed and split by gate
+    (SPLIT16: the rows' scales w_rows, _stacked_scales)."""
     F: tl.constexpr = 16 // S
-    if SPLIT16:
-        x = x * inv_x
     BB: tl.constexpr = x.shape[0]
     KF: tl.constexpr = x.shape[1] // F
     if F == 1:
         xt = tl.trans(x)
     else:  # xt[k, f·BB + b] = x[b, f·KF + k]
         xt = tl.reshape(tl.permute(tl.reshape(x, (BB, F, KF)), (2, 1, 0)), (KF, F * BB))
-    acc = _diagonal_sum(_stacked_dot(w_hi, w_lo, xt, SPLIT16), F, 4 * S, BB)
-    if SPLIT16:
-        acc = acc * scale
+    acc = _diagonal_sum(_stacked_dot(w_hi, w_lo, xt, w_rows, SPLIT16), F, 4 * S, BB)
     # acc[g·S + s, b] → (b, s, g // 2, g % 2), then split twice: g = 0 (r), 1 (z), 2 (n)
     q = tl.permute(tl.reshape(acc, (2, 2, S, BB)), (3, 2, 0, 1))
     even, odd = tl.split(q)
@@ -337,30 +358,16 @@ def _stacked_product(x, w_hi, w_lo, S: tl.constexpr, scale=1.0, inv_x=1.0,
 
 
 @_jit
-def _scale_of(amax):
-    """(s, 1/s): the power of two above amax ≥ 0, from its exponent bits (2^-126 for 0
-    and below; at most 2^126)."""
-    e = tl.minimum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 252)
-    return ((e + 1) << 23).to(tl.float32, bitcast=True), \
-        ((253 - e) << 23).to(tl.float32, bitcast=True)
-
-
-@_jit
-def _stacked_carry(xt, w_hi, w_lo, S: tl.constexpr, w_scale=1.0,
+def _stacked_carry(xt, w_hi, w_lo, S: tl.constexpr, w_rows=1.0,
                    SPLIT16: tl.constexpr = False):
     """(BB, S): Σ_g x_g (BB, K) @ W_g[:, units] from the backward's stacked tiles
     (_stacked_tile, TRANSPOSED) and xt from _stacked_gradients: one _stacked_dot, then
-    its 4F diagonal blocks (S, BB) summed. SPLIT16 (``Config.split16``): xt scaled into
-    ±1 by the power of two above its largest magnitude (the gradients have no bound known
-    before the step: every program reads the same block, so all scale alike), and the
-    product scaled back, times W's scale (w_scale)."""
+    its 4F diagonal blocks (S, BB) summed (SPLIT16: the rows' scales w_rows,
+    _stacked_scales)."""
     F: tl.constexpr = 16 // S
     BB: tl.constexpr = xt.shape[1] // (4 * F)
-    if SPLIT16:
-        s, inv = _scale_of(tl.max(tl.abs(xt)))
-        acc = _stacked_dot(w_hi, w_lo, xt * inv, True)
-        return tl.trans(_diagonal_sum(acc, 4 * F, S, BB)) * (s * w_scale)
-    return tl.trans(_diagonal_sum(_stacked_dot(w_hi, w_lo, xt), 4 * F, S, BB))
+    return tl.trans(_diagonal_sum(_stacked_dot(w_hi, w_lo, xt, w_rows, SPLIT16), 4 * F, S,
+                                  BB))
 
 
 # The most words a stamped wait re-reads as one block: a larger block (B=16 above H=256)
@@ -515,8 +522,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
     loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
     16-bit dtype; the kernel is the same. SPLIT16 (``Config.split16``, with STACKED): w
-    holds fp32 W_hh's two fp16 parts (_fp16_parts) and ``scale`` (2,) s_w·s_x and 1/s_x
-    (else unread).
+    holds fp32 W_hh's two fp16 parts and ``scale`` (3H,) its rows' scales (_fp16_parts;
+    else unread).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -536,11 +543,9 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
-        w_scale = tl.load(scale)
-        x_scale = tl.load(scale + 1)
+        w_rows = _stacked_scales(scale, H, S)
     else:
-        w_scale = 1.0
-        x_scale = 1.0
+        w_rows = 1.0
     if PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
         last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
@@ -558,7 +563,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         if STACKED:
             gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
                                                            STAMPED), w_hi, w_lo, S,
-                                                w_scale, x_scale, SPLIT16)
+                                                w_rows, SPLIT16)
         elif KMAJOR:
             x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
             gh_r = _product_k(x, w_r, ACC)
@@ -590,7 +595,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                 _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
             if STACKED:  # (the stacked tile's n block; r and z's again, unused)
                 ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
-                                       w_hi, w_lo, S, w_scale, x_scale, SPLIT16)[2] + b_n
+                                       w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
             elif RESIDENT:
                 ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
                                         STAMPED, KMAJOR, DOT, PREC, ACC) + b_n
@@ -643,8 +648,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     (_saved_step) are issued during step t, after its first exchange. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
     dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
-    (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts
-    (_fp16_parts) and ``scale`` their s_w (else unread).
+    (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
+    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread).
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -656,9 +661,9 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
-        w_scale = tl.load(scale)
+        w_rows = _stacked_scales(scale, H, S, True)
     else:
-        w_scale = 1.0
+        w_rows = 1.0
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
                                                    t_end - 1, B, H, own, m, ACC, RESET_AFTER)
@@ -715,7 +720,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             if STACKED:
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
-                                       w_hi, w_lo, S, w_scale, SPLIT16)
+                                       w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
                                           KMAJOR, DOT, PREC, ACC)
@@ -740,7 +745,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             if STACKED:  # (the n gate's block alone)
                 d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                          xstride, t, BK, S, STAMPED, 4),
-                                      w_hi, w_lo, S, w_scale, SPLIT16)
+                                      w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
                                          STAMPED, KMAJOR, DOT, PREC, ACC)
@@ -757,7 +762,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             if STACKED:  # (r's and z's blocks)
                 carry = r * d_rh + _stacked_carry(
                     _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
-                                       STAMPED, 3), w_hi, w_lo, S, w_scale, SPLIT16)
+                                       STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
                                                      STAMPED, KMAJOR, DOT, PREC, ACC)
@@ -803,10 +808,10 @@ class Config(NamedTuple):
     from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
     all the same; split16 (a stacked split on fp32 weights): the three products on the
     tensor cores in fp16 instead of TF32, on W's two fp16 parts and the operand's (the
-    state; the backward's gradients), each scaled by a power of two into fp16's range
-    (_fp16_parts; _stacked_carry): the same 22 bits of each at twice TF32's rate and in
-    half its shared memory, where the forward's split fits up to H=1024 and the
-    backward's up to 512."""
+    state; the backward's gradients), W's rows and the operand's columns each scaled by
+    a power of two into ±1 (_fp16_parts, _stacked_dot): 22 bits of each row's and
+    column's largest at twice TF32's rate and in half its shared memory, where the
+    forward's split fits up to H=1024 and the backward's up to 512."""
 
     block_batch: int
     slice: int
@@ -1226,17 +1231,16 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _kernel_weights(w: Tensor, cfg: Config, h0: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor]:
+def _kernel_weights(w: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
     """W_hh (or W_hhᵀ) as the kernels read it, and the scale tensor they read with
     ``Config.split16``: contiguous, W itself the unread scale; for a stacked split in
     fp32, its TF32 high parts followed by its low parts (_tf32_parts), or with split16 its
-    fp16 parts and their scales (_fp16_parts; h0: the forward's)."""
+    fp16 parts and their scales (_fp16_parts)."""
     w = w.contiguous()
     if cfg.split16:
         if w.dtype != torch.float32:
             raise ValueError(f"a split16 split is for fp32 weights; got {w.dtype}")
-        return _fp16_parts(w, h0)
+        return _fp16_parts(w)
     if cfg.stacked and w.dtype == torch.float32:
         w = torch.cat(_tf32_parts(w))
     return w, w
@@ -1266,24 +1270,20 @@ def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
     return hi, w - hi
 
 
-def _fp16_parts(w: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``Config.split16``: fp32 w as fp16 parts, w = s_w·(hi + lo·2^-11) to ~2^-22 of w's
-    largest magnitude, hi then lo in one tensor, and the kernel's scales (s_w·s_x, 1/s_x),
-    made on the device (no wait for it). s_w: the power of two above w's largest
-    magnitude (w / s_w within ±1, where fp16's 11 bits reach down to 2^-24). s_x: 1, or
-    where h0 reaches 2^14 the power of two that brings it below (a state never leaves
-    [-max(1, |h0|), max(1, |h0|)]), so that no part overflows fp16; 1 without h0 (the
-    backward's, which scales its operand itself)."""
-    def above(a: Tensor) -> Tensor:  # the power of two above a ≥ 0 (1 for 0)
-        return torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)
-
-    s_w = above(w.abs().amax())
-    s_x = s_w.new_ones(()) if h0 is None else \
-        above(h0.abs().amax().float() * 2.0 ** -14).clamp_min(1.0)
-    ws = w / s_w
+def _fp16_parts(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``Config.split16``: fp32 w (W_hh (3H, H), or W_hhᵀ (H, 3H)) as fp16 parts, each run
+    of H along a row (W_hh's rows; W_hhᵀ's rows gate by gate) w = s·(hi + lo·2^-11) to
+    ~2^-22 of the run's largest magnitude, hi then lo in one tensor, and the runs' scales
+    s (3H,), made on the device (no wait for it): the powers of two above each run's
+    largest magnitude, so that w / s lies within ±1 and no part overflows fp16."""
+    hidden = min(w.shape)
+    runs = w.reshape(-1, hidden)
+    s = torch.ldexp(torch.ones(runs.shape[0], device=w.device),
+                    torch.frexp(runs.abs().amax(1)).exponent)
+    ws = runs / s[:, None]
     hi = ws.half()
     lo = ((ws - hi.float()) * 2048.0).half()
-    return torch.cat([hi.flatten(), lo.flatten()]), torch.stack([s_w * s_x, 1.0 / s_x])
+    return torch.cat([hi.flatten(), lo.flatten()]), s
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
@@ -1316,7 +1316,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        weights, scale = _kernel_weights(w_hh, cfg, h0)
+        weights, scale = _kernel_weights(w_hh, cfg)
         args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
                 out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
