@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--no-resident-dot", action="store_true",
                         help="benchmark mode without tl.dot on resident tiles")
     parser.add_argument("--no-split16", action="store_true",
-                        help="benchmark mode without the fp32 stacked forward on fp16 parts "
+                        help="benchmark mode without fp32's stacked splits on fp16 parts "
                              "(Config.split16)")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")

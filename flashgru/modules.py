@@ -198,12 +198,12 @@ class GRU(nn.GRU):
         """A whole sequence of a one-direction GRU on the ``cpu`` or ``triton`` backend,
         layer by layer straight to its core (``cpu.core``, ``triton_gru.core``): the ops
         ``functional.gru`` runs for it (the same numbers and gradients) without its
-        general handling, ~15-20 µs a call on the CPU for inference and ~30 µs for a
-        training forward (docs/performance.md); on a GPU, host time that delays the
-        kernel's start in short calls. (output, h_n), or None where the ordinary path must
-        run: only a plain 3-D tensor on one device with the parameters, of their floating
-        dtype, hx None or a plain (layers, B, H) tensor, no dropout between layers, no
-        special mode, and a call the dispatch rule gives to ``cpu`` or ``triton``."""
+        general handling, ~15-20 µs a call on the CPU, training calls' too
+        (docs/performance.md); on a GPU, host time that delays the kernel's start in short
+        calls. (output, h_n), or None where the ordinary path must run: only a plain 3-D
+        tensor on one device with the parameters, of their floating dtype, hx None or a
+        plain (layers, B, H) tensor, no dropout between layers, no special mode, and a
+        call the dispatch rule gives to ``cpu`` or ``triton``."""
         p = self._parameters
         layers, hidden = self.num_layers, self.hidden_size
         if self.backend not in _LEAN_BACKENDS or type(input) is not Tensor or (

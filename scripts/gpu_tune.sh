@@ -16,7 +16,7 @@ OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
 PREFETCH="prefetch_changes_no_number"
 NARROW="narrow and not resident_dot"
 RDOT="narrow_exchange and resident_dot"
-# (the fifteenth session's: fp32's stacked forward on fp16 parts)
+# (the fifteenth session's: fp32's stacked splits on fp16 parts)
 SPLIT16="split16_on_gpu"
 PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
