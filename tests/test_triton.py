@@ -30,9 +30,9 @@ if BACKENDS["triton"].missing() is None:
     @tg._jit
     def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                        SPLIT16: tl.constexpr = False):
-        """out (3, 16, S): program 0's gate blocks of x (16, H) @ W_gᵀ from the stacked
-        tiles of w = W_hh (with its low parts after it in fp32; SPLIT16: its fp16 parts
-        and their scales), as the forward makes them (test_stacked_folds)."""
+        """out (3, 16, P·S): each program's gate blocks of x (16, H) @ W_gᵀ (its S units)
+        from the stacked tiles of w = W_hh (with its low parts after it in fp32; SPLIT16:
+        its fp16 parts and their scales), as the forward makes them (test_stacked_folds)."""
         w_hi, w_lo = tg._stacked_tiles(w, H, BK, S, False, SPLIT16)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
@@ -41,18 +41,19 @@ if BACKENDS["triton"].missing() is None:
         else:
             w_rows = 1.0
         r, z, n = tg._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
-        o = out + rows[:, None] * S + tl.arange(0, S)[None, :]
+        width = tl.num_programs(0) * S
+        o = out + rows[:, None] * width + tl.program_id(0) * S + tl.arange(0, S)[None, :]
         tl.store(o, r)
-        tl.store(o + 16 * S, z)
-        tl.store(o + 32 * S, n)
+        tl.store(o + 16 * width, z)
+        tl.store(o + 32 * width, n)
 
     @tg._jit
     def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                           SPLIT16: tl.constexpr = False):
-        """out (16, S): program 0's Σ_g x_g (16, H) @ W_g[:, units] from the backward's
-        stacked tiles of wt = W_hhᵀ (its low parts after it in fp32; SPLIT16: its fp16
-        parts and their scale), x (16, 3H) the three gates' blocks side by side, as the
-        backward makes it (test_stacked_folds)."""
+        """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
+        the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32;
+        SPLIT16: its fp16 parts and their scales), x (16, 3H) the three gates' blocks side
+        by side, as the backward makes it (test_stacked_folds)."""
         w_hi, w_lo = tg._stacked_tiles(wt, H, BK, S, True, SPLIT16)
         rows = tl.arange(0, 16)
         xt = tg._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
@@ -61,7 +62,8 @@ if BACKENDS["triton"].missing() is None:
         else:
             w_rows = 1.0
         carry = tg._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
-        tl.store(out + rows[:, None] * S + tl.arange(0, S)[None, :], carry)
+        cols = tl.program_id(0) * S + tl.arange(0, S)
+        tl.store(out + rows[:, None] * tl.num_programs(0) * S + cols[None, :], carry)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
@@ -271,32 +273,40 @@ def test_stacked_folds(slice_, hidden, dtype):
     g = torch.Generator().manual_seed(3)
     w = (torch.randn(3 * hidden, hidden, generator=g) / hidden ** 0.5).to(dtype)
     x = torch.randn(16, hidden, generator=g)
+    dg = torch.randn(16, 3 * hidden, generator=g)
     scale = torch.ones(2)
-    if split16:  # (scaled by each row's and column's power of two)
-        w *= 1e6
+    if split16:  # W's rows, x's and the gradients' rows each at their own powers of two,
+        # some past fp16's range (each scaled by its own)
+        w *= 2.0 ** torch.randint(-6, 7, (3 * hidden, 1), generator=g) * 1e4
+        x *= 2.0 ** torch.randint(-30, 31, (16, 1), generator=g)
         x[3, 5] = 1e6
-        parts, scale = tg._fp16_parts(w)
-    else:
-        parts = torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
-    out = torch.full((3, 16, slice_), math.nan, device=DEVICE)
-    _stacked_gates[(1,)](parts.to(DEVICE), x.to(DEVICE), out, scale.to(DEVICE), hidden,
-                         BK=64, S=slice_, SPLIT16=split16)
-    want = torch.stack([x.double() @ w.double()[g * hidden:g * hidden + slice_].t()
-                        for g in range(3)])
-    tol = 2e-6 if dtype == torch.float32 else 2e-3
-    assert_close("gates", want, out.double().cpu(), tol, rtol=tol)
-    # the backward's: Σ_g dg_g @ W_g[:, units], from W_hhᵀ's tiles
-    dg = torch.randn(16, 3 * hidden, generator=g) * (1e-30 if split16 else 1)
+        dg *= 2.0 ** torch.randint(-60, 61, (16, 1), generator=g)
+        dg[7] *= 1e-30
+    programs = -(-hidden // slice_)
+    tol = 1e-5 if split16 else 2e-6 if dtype == torch.float32 else 2e-3
+
+    def check(name, got, exact, bound):  # (each to its sum's error bound)
+        assert ((got.double().cpu() - exact).abs() <= tol * bound).all(), name
+
+    parts = tg._fp16_parts(w)[0] if split16 else \
+        torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
+    if split16:
+        scale = tg._fp16_parts(w)[1]
+    out = torch.full((3, 16, programs * slice_), math.nan, device=DEVICE)
+    _stacked_gates[(programs,)](parts.to(DEVICE), x.to(DEVICE), out, scale.to(DEVICE),
+                                hidden, BK=64, S=slice_, SPLIT16=split16)
+    w_g = w.double().view(3, hidden, hidden)
+    check("gates", out[..., :hidden], x.double() @ w_g.transpose(1, 2),
+          x.double().abs() @ w_g.abs().transpose(1, 2))
+    # the backward's: Σ_g dg_g @ W_g, from W_hhᵀ's tiles
     wt = w.t().contiguous()
-    if split16:  # (the gradients scaled in the kernel)
-        parts, scale = tg._fp16_parts(wt)
-    else:
-        parts = torch.cat(tg._tf32_parts(wt)) if dtype == torch.float32 else wt
-    carry = torch.full((16, slice_), math.nan, device=DEVICE)
-    _stacked_carry_of[(1,)](parts.to(DEVICE), dg.to(DEVICE), carry, scale.to(DEVICE), hidden,
-                            BK=64, S=slice_, SPLIT16=split16)
-    want = dg.double() @ w.double()[:, :slice_]
-    assert_close("carry", want, carry.double().cpu(), tol, rtol=tol)
+    parts, scale = tg._fp16_parts(wt) if split16 else (
+        torch.cat(tg._tf32_parts(wt)) if dtype == torch.float32 else wt, scale)
+    carry = torch.full((16, programs * slice_), math.nan, device=DEVICE)
+    _stacked_carry_of[(programs,)](parts.to(DEVICE), dg.to(DEVICE), carry, scale.to(DEVICE),
+                                   hidden, BK=64, S=slice_, SPLIT16=split16)
+    check("carry", carry[:, :hidden], dg.double() @ w.double(),
+          dg.double().abs() @ w.double().abs())
 
 
 def test_tf32_parts_are_exact():
@@ -317,7 +327,8 @@ def test_tf32_parts_are_exact():
 def test_fp16_parts(magnitude):
     """fp32 W_hh (3H, H) and W_hhᵀ (H, 3H): each run of H along a row w = s·(hi +
     lo·2^-11) within 2^-22 of the run's largest magnitude, at any scale and with runs far
-    apart (s a power of two, the parts finite fp16, 3H scales); an all-zero run."""
+    apart (s a power of two, the parts finite fp16, 3H scales); an all-zero run; fp32's
+    largest value."""
     g = torch.Generator().manual_seed(0)
     hidden = 20
     w = torch.randn(3 * hidden, hidden, generator=g) * magnitude
@@ -334,6 +345,13 @@ def test_fp16_parts(magnitude):
         assert ((top <= scale) & ((scale < 2 * top) | (top == 0))).all()
         back = scale[:, None].double() * (hi.double() + lo.double() * 2.0 ** -11)
         assert ((back - runs.double()).abs() <= top[:, None] * 2.0 ** -22).all()
+    big = torch.tensor([[torch.finfo(torch.float32).max, -1.0], [1.0, 2.0], [0.0, 0.0]])
+    parts, scale = tg._fp16_parts(big)  # (H=2: three runs; the first's s capped at 2^127)
+    hi, lo = parts.view(2, 3, 2).double()
+    back = scale[:, None].double() * (hi + lo * 2.0 ** -11)
+    assert parts.isfinite().all() and scale.tolist() == [2.0 ** 127, 4.0, 1.0]
+    assert ((back - big.double()).abs() <= big.double().abs().amax(1, keepdim=True)
+            * 2.0 ** -22).all()
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
@@ -376,6 +394,22 @@ def test_split16_keeps_each_rows_precision(reset_after):
     assert ((saved[3].double() - exact).abs() <= 1e-5 * bound).all()
 
 
+def _split16_product_error(cfg, gi, h0, w):
+    """The largest error of split16's saved W_hn h (reset_after=True, no bias, every row
+    full length) relative to its sum's error bound, |h| @ |W_n|ᵀ, on the kernel's own
+    states: the product alone, whatever W's scale (an output would not show a tiny W's
+    product, nor a huge one's once its gates saturate)."""
+    steps, batch, _ = gi.shape
+    hidden = h0.shape[-1]
+    lens = torch.full((batch,), steps, device=DEVICE)
+    out, saved = tg.forward(gi, h0, w, torch.zeros(3 * hidden, device=DEVICE), lens, True,
+                            True, cfg)
+    h_prev = torch.cat([h0[None], out[:-1]]).double()
+    w_n = w[2 * hidden:].double()
+    return ((saved[3].double() - h_prev @ w_n.t()).abs() / (h_prev.abs() @ w_n.abs().t())
+            ).nan_to_num(0.0).max()
+
+
 def _split16_errors(cfg, gi, h0, w, b, lens, reset_after, dout, plain=None):
     """Max errors against float64 of split16's output and gradients (dgi, dh0, dW_hh), and
     of other splits' on the same inputs (``plain``: forward's and backward's, else the
@@ -408,11 +442,12 @@ def test_split16_stacked(size, reset_after):
     gi, h0, w, b = (t.detach() for t in _problem(4, batch, hidden, torch.float32)[:4])
     lens = torch.tensor(lengths, device=DEVICE)
     dout = torch.randn(4, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    for w_, h0_, d in ((w * 1e-20, h0, dout), (w, h0 * 1e6, dout), (w, h0, dout * 1e-30),
-                       (w, h0, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0_, w_, b, lens, reset_after, d)
+    for h0_, d in ((h0 * 1e6, dout), (h0, dout * 1e-30), (h0, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0_, w, b, lens, reset_after, d)
         for e, p, t in zip(ours, plain, top, strict=True):
             assert e <= 4 * p + 1e-6 * t
+    for scale in (1e-20, 1e20):  # (W's product itself, at fp32's relative error)
+        assert _split16_product_error(cfg, gi, h0, w * scale) <= 1e-5
     with pytest.raises(ValueError, match="split16 split is for fp32 weights"):
         tg.forward(gi, h0, w.double(), b, lens, reset_after, False, cfg)
 
@@ -1338,8 +1373,8 @@ def test_split16_on_gpu(hidden, slice_, reset_after):
     """Config.split16 at its tiles (one, two and four folds of K; H=1024's 128 programs;
     an H short of the tile) on the tensor cores: fp32 at 2e-5 over 512 steps, ragged
     lengths, every gradient (the backward's on fp16 parts too where they fit, H ≤ 512,
-    else its default split); and tiny weights, an h0 past fp16's range and tiny and huge
-    gradients at plain fp32 products' error."""
+    else its default split); an h0 past fp16's range and tiny and huge gradients at the
+    default splits' error; W's product at any scale."""
     cfg = tg.Config(16, slice_, tg._pow2(hidden), dot=True, resident=True, stacked=True,
                     split16=True)
     device = torch.device(DEVICE)
@@ -1350,21 +1385,21 @@ def test_split16_on_gpu(hidden, slice_, reset_after):
     gi, h0, w, b = (t.detach() for t in _problem(64, 16, hidden, torch.float32)[:4])
     lens = torch.full((16,), 64, device=DEVICE)
     dout = torch.randn(64, 16, hidden, device=DEVICE)
-    if backward != cfg:  # (the forward alone, against the default's: at these sizes the
-        # TF32 parts' stacked tile does not fit)
+    if reset_after:
+        for scale in (1e-20, 1e20):
+            assert _split16_product_error(cfg, gi, h0, w * scale) <= 1e-5
+    if backward != cfg:  # (the forward alone, against the default's)
         default = tg.choose_config(16, hidden, device, torch.float32)
-        for w_, h0_ in ((w * 1e-20, h0), (w, h0 * 1e6)):
-            want = reference.core(gi.double(), h0_.double(), w_.double(), b.double(), lens,
-                                  reset_after)
-            errors = [(tg.forward(gi, h0_, w_, b, lens, reset_after, False, c)[0].double() -
-                       want).abs().max() for c in (cfg, default)]
-            assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
+        want = reference.core(gi.double(), h0.double() * 1e6, w.double(), b.double(), lens,
+                              reset_after)
+        errors = [(tg.forward(gi, h0 * 1e6, w, b, lens, reset_after, False, c)[0].double() -
+                   want).abs().max() for c in (cfg, default)]
+        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
         return
     defaults = (tg.choose_config(16, hidden, device, torch.float32, True),
                 tg.choose_backward_config(16, hidden, device, torch.float32))
-    for w_, h0_, d in ((w * 1e-20, h0, dout), (w, h0 * 1e6, dout), (w, h0, dout * 1e-30),
-                       (w, h0, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0_, w_, b, lens, reset_after, d,
+    for h0_, d in ((h0 * 1e6, dout), (h0, dout * 1e-30), (h0, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0_, w, b, lens, reset_after, d,
                                              defaults)
         for e, p, t in zip(ours, plain, top, strict=True):
             assert e <= 4 * p + 1e-6 * t

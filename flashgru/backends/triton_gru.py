@@ -1275,11 +1275,12 @@ def _fp16_parts(w: Tensor) -> tuple[Tensor, Tensor]:
     of H along a row (W_hh's rows; W_hhᵀ's rows gate by gate) w = s·(hi + lo·2^-11) to
     ~2^-22 of the run's largest magnitude, hi then lo in one tensor, and the runs' scales
     s (3H,), made on the device (no wait for it): the powers of two above each run's
-    largest magnitude, so that w / s lies within ±1 and no part overflows fp16."""
+    largest magnitude (at most 2^127), so that w / s lies within ±1 (±2) and no part
+    overflows fp16."""
     hidden = min(w.shape)
     runs = w.reshape(-1, hidden)
-    s = torch.ldexp(torch.ones(runs.shape[0], device=w.device),
-                    torch.frexp(runs.abs().amax(1)).exponent)
+    top = torch.frexp(runs.abs().amax(1)).exponent.clamp_max(127)  # (fp32's largest / s < 2)
+    s = torch.ldexp(torch.ones(runs.shape[0], device=w.device), top)
     ws = runs / s[:, None]
     hi = ws.half()
     lo = ((ws - hi.float()) * 2048.0).half()
