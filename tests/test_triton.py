@@ -718,7 +718,7 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 def test_narrow_only_with_16_bit_weights(benchmark_mode, monkeypatch):
     """16-bit activations with fp32 weights (a caller's own mix): benchmark mode's
     candidates exchange fp32 (a narrow split would round values no product rounds, and
-    _check_narrow refuses it); the same activations with 16-bit weights keep the narrow
+    _check_weights refuses it); the same activations with 16-bit weights keep the narrow
     candidate (here the fastest). (The candidates made to apply in the interpreter: a
     tl.dot split, and it narrow.)"""
     dot = tg.Config(16, 32, 32, dot=True, resident=True)

@@ -654,6 +654,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
     own3 = rows[:, None] * 3 * H + cols[None, :]
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     if STACKED:
@@ -685,7 +686,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
         # where the step's whole gradients are read: an exchange buffer (stamped words or
         # K-major) or dgh (dgi); gate g's block at a + g·gstep, its rows xstride apart,
         # this program's part of it at xo
-        if STAMPED or KMAJOR or NARROW:
+        if XBUF:
             a = xbuf + (t % 2) * B * 3 * H
         elif RESET_AFTER:
             a = dgh + g3
@@ -701,7 +702,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             xo = own3
         if RESET_AFTER:
             dr = dn * ghn * r * (1.0 - r)
-            if STAMPED or KMAJOR or NARROW:  # (published first: the others wait for them)
+            if XBUF:  # (published first: the others wait for them)
                 _publish(a + xo, dr, m, t, STAMPED)
                 _publish(a + xo + gstep, dz, m, t, STAMPED)
                 _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
@@ -732,7 +733,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
         else:
-            if STAMPED or KMAJOR or NARROW:
+            if XBUF:
                 _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
@@ -753,7 +754,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                            H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
             dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
-            if STAMPED or KMAJOR or NARROW:
+            if XBUF:
                 _publish(a + xo, dr, m, t, STAMPED)
                 _publish(a + xo + gstep, dz, m, t, STAMPED)
             tl.store(dgi + g3 + own3, dr, mask=m)
@@ -1039,8 +1040,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
     rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits
     on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up to
-    512; not yet timed on a GPU). Off CUDA
-    (the interpreter: one program per tile), the default, stamped and with W streamed."""
+    512; not yet timed on a GPU). Off CUDA (the interpreter: one program per tile), the
+    default, stamped and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
@@ -1238,8 +1239,6 @@ def _kernel_weights(w: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
     fp16 parts and their scales (_fp16_parts)."""
     w = w.contiguous()
     if cfg.split16:
-        if w.dtype != torch.float32:
-            raise ValueError(f"a split16 split is for fp32 weights; got {w.dtype}")
         return _fp16_parts(w)
     if cfg.stacked and w.dtype == torch.float32:
         w = torch.cat(_tf32_parts(w))
@@ -1249,15 +1248,18 @@ def _kernel_weights(w: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
 def _for_weights(cfg: Config, dtype: torch.dtype) -> Config:
     """cfg for weights of this dtype (a caller's own mix with activations of another):
     not narrow unless they are 16-bit, not split16 unless fp32. For _split's splits;
-    _check_narrow and forward refuse a split asked for by name."""
+    _check_weights refuses a split asked for by name."""
     return cfg._replace(narrow=cfg.narrow and dtype in SIXTEEN_BIT,
                         split16=cfg.split16 and dtype == torch.float32)
 
 
-def _check_narrow(cfg: Config, dtype: torch.dtype) -> None:
+def _check_weights(cfg: Config, dtype: torch.dtype) -> None:
+    """Refuse a split that can't run on weights of this dtype (_for_weights' rules)."""
     if cfg.narrow and not _can_narrow(cfg, dtype):
         raise ValueError("a narrow split exchanges 16-bit values: it needs tl.dot on 16-bit "
                          f"weights and no stamped exchange; got {dtype} and {cfg}")
+    if cfg.split16 and dtype != torch.float32:
+        raise ValueError(f"a split16 split is for fp32 weights; got {dtype}")
 
 
 def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -1306,7 +1308,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         gates = (*saved[:3], saved[3] if reset_after else saved[0])
     else:  # (the kernel writes no gates: out stands in for their pointers)
         saved, gates = [], (out,) * 4
-    _check_narrow(cfg, w_hh.dtype)
+    _check_weights(cfg, w_hh.dtype)
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -1336,7 +1338,7 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c), weights=w_hh.dtype)
-    _check_narrow(cfg, w_hh.dtype)
+    _check_weights(cfg, w_hh.dtype)
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
