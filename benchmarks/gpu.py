@@ -17,7 +17,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-split16
+        --no-split16 --no-chunked
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -212,11 +212,11 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 
 
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
-             no_resident_dot: bool, no_split16: bool = False) -> None:
+             no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
-    exchanges (Config.narrow), prefetch, resident tl.dot and fp16-part (Config.split16)
-    candidates."""
+    exchanges (Config.narrow), prefetch, resident tl.dot, fp16-part (Config.split16) and
+    chunked-product (Config.chunked) candidates."""
     if no_stacked:
         tg._stacked_splits = lambda *a, **k: []
     if no_narrow:
@@ -224,7 +224,8 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
                                  no_resident_dot),
-                                (lambda c: c.split16, no_split16)) if on]
+                                (lambda c: c.split16, no_split16),
+                                (lambda c: c.chunked, no_chunked)) if on]
     if left_out:
         candidates = tg._candidates
         tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
@@ -249,6 +250,9 @@ def main() -> None:
     parser.add_argument("--no-split16", action="store_true",
                         help="benchmark mode without fp32's stacked splits on fp16 parts "
                              "(Config.split16)")
+    parser.add_argument("--no-chunked", action="store_true",
+                        help="benchmark mode without the chunked-product candidates "
+                             "(Config.chunked)")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -260,7 +264,7 @@ def main() -> None:
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
     restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot,
-             args.no_split16)
+             args.no_split16, args.no_chunked)
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)

@@ -6,8 +6,8 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
 # defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot, split16), benchmark mode without them. Every
-# kernel compiled first, all cores at once (gpu_warm.py); the summary
+# (stacked, prefetch, narrow, resident tl.dot, split16, chunked), benchmark mode without
+# them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -18,7 +18,9 @@ NARROW="narrow and not resident_dot"
 RDOT="narrow_exchange and resident_dot"
 # (the fifteenth session's: fp32's stacked splits on fp16 parts)
 SPLIT16="split16_on_gpu"
-PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16"
+# (the sixteenth session's: the broadcast product over K in chunks)
+CHUNKED="chunked_on_gpu"
+PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED"
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 1 16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark"
@@ -35,9 +37,10 @@ gate 50 "$NARROW"; narrow=$?
 gate 40 "$RDOT"; rdot=$?
 gate 70 stacked_on_gpu; stacked=$?
 gate 60 "$SPLIT16"; split16=$?
+gate 50 "$CHUNKED"; chunked=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
-  "resident dot $rdot, stacked $stacked, split16 $split16"
+  "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked"
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
   [ "$stacked" = 0 ] || GRID+=(--no-stacked)
@@ -45,6 +48,7 @@ if [ "$others" = 0 ]; then
   [ "$prefetch" = 0 ] || GRID+=(--no-prefetch)
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
   [ "$split16" = 0 ] || GRID+=(--no-split16)
+  [ "$chunked" = 0 ] || GRID+=(--no-chunked)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \
     "defaults only"

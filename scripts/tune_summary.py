@@ -18,7 +18,7 @@ def label(split: str) -> str:
     product, warps, and the options set."""
     cfg = tg.Config(*ast.literal_eval(split))
     flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
-                                            "prefetch", "narrow", "split16")
+                                            "prefetch", "narrow", "split16", "chunked")
                     if getattr(cfg, name))
     product = "dot" if cfg.dot else "bcast"
     return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"

@@ -216,6 +216,11 @@ if BACKENDS["triton"].missing() is None:
                                                           prefetch=True)),
         "prefetch-kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
                                                      kmajor=True, prefetch=True)),
+        # the product over K in chunks of a warp's lanes (Config.chunked)
+        "chunked": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                             chunked=True)),
+        "chunked-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False, resident=True,
+                                                         stamped=True, chunked=True)),
     }
     if DEVICE == "cuda":
         SPLITS.update({
@@ -240,6 +245,40 @@ if BACKENDS["triton"].missing() is None:
 def test_launch_splits(split, reset_after):
     dtype, cfg = SPLITS[split]
     _compare(4, 20, 30, reset_after, dtype, lengths=[4, 1, 3, 2] * 5, cfg=cfg)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,stamped", [(torch.float32, False), (torch.float32, True),
+                                           (torch.float16, False), (torch.float16, True),
+                                           (torch.float64, False)],
+                         ids=["f32", "f32-stamped", "f16", "f16-stamped", "f64"])
+@pytest.mark.parametrize("size", [(3, 100), (16, 64), (1, 33)], ids=str)
+def test_chunked_split(size, dtype, stamped, reset_after):
+    """Config.chunked, forward and backward: K in chunks of 32 (four at H=100, the last
+    part past H; two at 64 and 33, the second nearly all past H), rows past B, the barrier
+    or the stamped exchange (fp32 words: not fp64); outputs, saved gates and every
+    gradient."""
+    batch, hidden = size
+    cfg = tg.Config(tg._pow2(batch), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+                    resident=True, stamped=stamped, chunked=True)
+    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
+             cfg=cfg)
+
+
+def test_chunked_split_needs_resident_broadcast_tiles():
+    """Config.chunked: resident tiles, the broadcast product, not K-major, block_k ≥ 32
+    (a chunk per warp's lanes); a ValueError before any launch otherwise."""
+    gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
+    lens = torch.tensor([2, 2], device=DEVICE)
+    args = (gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, False)
+    assert tg.forward(*args, tg.Config(2, 16, 32, dot=False, resident=True,
+                                       chunked=True))[0].isfinite().all()
+    for cfg in (tg.Config(2, 16, 16, dot=False, resident=True, chunked=True),
+                tg.Config(2, 16, 32, dot=False, chunked=True),
+                tg.Config(16, 16, 32, dot=True, resident=True, chunked=True),
+                tg.Config(2, 16, 32, dot=False, resident=True, kmajor=True, chunked=True)):
+        with pytest.raises(ValueError, match="chunked"):
+            tg.forward(*args, cfg)
 
 
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
@@ -1043,6 +1082,42 @@ def test_narrow_candidates_rule(monkeypatch):
         assert not any(c.dot and c.resident and not c.stacked for c in found), (dtype, hidden)
 
 
+def test_chunked_candidates_rule(monkeypatch):
+    """No default takes Config.chunked (not yet run on a GPU); benchmark mode times it
+    beside each resident broadcast default (and its stamped twin) where K covers a warp's
+    lanes, and at batch 9-16 above H=256 the spread split chunked, at 8 warps and up to
+    H=512 at 4, in any dtype but fp64; never with tl.dot, K-major or the stacked tiles."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32, bf16 = torch.float32, torch.bfloat16
+    for dtype in (f32, bf16, torch.float64):
+        for batch, hidden in [(1, 16), (1, 256), (1, 1024), (4, 512), (16, 256), (16, 512),
+                              (16, 1024), (64, 512)]:
+            for forward, cfg in ((True, tg.choose_config(batch, hidden, cuda, dtype)),
+                                 (False, tg.choose_backward_config(batch, hidden, cuda,
+                                                                   dtype))):
+                assert not cfg.chunked
+                found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
+                assert (cfg._replace(chunked=True) in found) == tg._can_chunk(cfg) == (
+                    cfg.resident and not (cfg.dot or cfg.kmajor) and hidden >= 32)
+                assert all(tg._can_chunk(c) for c in found if c.chunked)
+    for dtype in (f32, bf16):
+        for hidden, slice_, warps in [(512, 4, (4, 8)), (1024, 8, (8,))]:
+            found = tg._candidates(tg.choose_backward_config(16, hidden, cuda, dtype), 16,
+                                   hidden, cuda, dtype, False)
+            assert {c.warps for c in found if c.chunked} == set(warps)
+            for w in warps:
+                assert tg.Config(16, slice_, hidden, dot=False, warps=w, resident=True,
+                                 chunked=True) in found
+    found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
+    assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} >= {
+        (True, True), (False, True)}
+
+
 def test_stamped_default_rule(monkeypatch):
     """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200) makes the
     default resident forward splits stamped where their blocks hold at most that many
@@ -1419,6 +1494,23 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
             if not isinstance(t, float)} == {}
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 64-128 programs")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,batch,split,warps,stamped", [
+    (torch.float32, 16, (16, 4, 512), 4, False), (torch.float32, 16, (16, 4, 512), 8, False),
+    (torch.float32, 16, (16, 8, 1024), 8, False), (torch.bfloat16, 16, (16, 8, 1024), 8, False),
+    (torch.float32, 1, (1, 8, 1024), 4, True), (torch.float32, 12, (16, 2, 256), 8, False)],
+    ids=["f32-512-4w", "f32-512-8w", "f32-1024", "bf16-1024", "f32-1024-one-row-stamped",
+         "f32-256-12-rows"])
+def test_chunked_on_gpu(dtype, batch, split, warps, stamped, reset_after):
+    """Config.chunked at the splits benchmark mode tries (the spread split at 4 and 8
+    warps, B=1's stamped split, rows past B): T=512, ragged lengths, outputs and every
+    gradient at the dtype's tolerance."""
+    cfg = tg.Config(*split, dot=False, warps=warps, resident=True, stamped=stamped,
+                    chunked=True)
+    _compare(512, batch, split[2], reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
 @pytest.mark.parametrize("batch,split", [(16, (16, 2, 256)), (16, (4, 8, 256)),
@@ -1444,7 +1536,7 @@ types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
     return {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
@@ -1509,6 +1601,24 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         found[f"kmajor-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+        consts.update(KMAJOR=False, CHUNKED=True)  # nor the chunked product
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
+                                            constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        found[f"chunked-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
+# Config.chunked at a GPU's size (16 rows, 8 units, H=1024, 8 warps): the shuffles in the
+# time loop (PTX), chunked or not
+shuffles = {}
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for chunked in (False, True):
+        consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=True, DOT=False, PREC="tf32x3",
+                      ACC=tl.float32, RESIDENT=True, STAMPED=False, CHUNKED=chunked)
+        if name == "forward":
+            consts["SAVE"] = False
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
+                                            constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        shuffles[f"{name}-{chunked}"] = compiled.asm["ptx"].count("shfl.sync")
 # the stacked split: its tiles loaded once into shared memory, multiplied there by wgmma
 # (the forward's largest tiles; the backward's at one and two folds)
 stacked = {}
@@ -1555,7 +1665,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         prefetch[f"{name}-{split}-{reset_after}-{ahead}"] = ttgir[
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
-                  "prefetch": prefetch}))
+                  "prefetch": prefetch, "shuffles": shuffles}))
 """
 
 
@@ -1609,8 +1719,19 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     assert not sm90["dots"][f"resident-{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"stamped-resident-{kernel}-False-{reset_after}"]
     assert not sm90["dots"][f"kmajor-{kernel}-{reset_after}"]
+    assert not sm90["dots"][f"chunked-{kernel}-{reset_after}"]
     assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
+
+
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_chunked_product_sums_within_threads(sm90, kernel):
+    """Config.chunked rests on the layout Triton picks for its product: each thread sums
+    its own chunks of K, the lanes meet once per row and unit. At B=16, H=1024 (8 units, 8
+    warps) the plain broadcast product's sum is shuffles between lanes; chunked, a
+    fraction of them remains (nvdisasm: 240 a step against ~1960)."""
+    plain, chunked = (sm90["shuffles"][f"{kernel}-{c}"] for c in (False, True))
+    assert 0 < 4 * chunked < plain, (plain, chunked)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])

@@ -91,18 +91,54 @@ def _barrier(sync, arrivals):
 
 
 @_jit
-def _product(x, v, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+def _product(x, v, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
+             CHUNKED: tl.constexpr = False):
     """x (BB, BK) @ v in ACC, v from _w_tile: tl.dot on v (BK, S) (fp32 at PREC; fp16/bf16
     operands with fp32 accumulation), or on v (S, BK) a broadcast product summed over the
-    last axis. (Summed over the middle axis, Triton's combine pass rewrites the broadcast
-    product into a TF32 tl.dot once BB, S ≥ 16: a 5e-4 error, measured on an H100.)"""
-    if DOT:
+    last axis; CHUNKED, on v (BK / LANES, S, LANES) from _chunked_tiles (_chunked_product).
+    (Summed over the middle axis, Triton's combine pass rewrites the broadcast product
+    into a TF32 tl.dot once BB, S ≥ 16: a 5e-4 error, measured on an H100.)"""
+    if CHUNKED:
+        return _chunked_product(x, v, ACC)
+    elif DOT:
         if v.dtype == tl.float32:
             return tl.dot(x, v, input_precision=PREC)
         else:
             return tl.dot(x.to(v.dtype), v).to(ACC)
     else:
         return tl.sum(x.to(ACC)[:, None, :] * v.to(ACC)[None, :, :], axis=2)
+
+
+# ``Config.chunked``: the width of K's chunks, a warp's lanes (WARP_LANES for the host).
+WARP_LANES = 32
+LANES = WARP_LANES if triton is None else tl.constexpr(WARP_LANES)
+
+
+@_jit
+def _chunked_tiles(w, cols, cmask, H, stride_s, gstep, BK: tl.constexpr):
+    """The three resident gate tiles of ``Config.chunked``, (BK / LANES, S, LANES) each:
+    V_g[c, s, i] = w[g·gstep + k + s·stride_s] at k = LANES·c + i < H (zero past H), for
+    _chunked_product: the forward's W_hh (stride_s H, gstep H²) or the backward's W_hhᵀ
+    (3H, H), as _resident_tiles and _resident_tiles_t read them."""
+    k = tl.arange(0, BK // LANES)[:, None, None] * LANES + tl.arange(0, LANES)[None, None, :]
+    p = w + k + cols[None, :, None] * stride_s
+    mask = (k < H) & cmask[None, :, None]
+    return (tl.load(p, mask=mask, other=0.0), tl.load(p + gstep, mask=mask, other=0.0),
+            tl.load(p + 2 * gstep, mask=mask, other=0.0))
+
+
+@_jit
+def _chunked_product(x, v, ACC: tl.constexpr):
+    """x (BB, BK) @ V in ACC, v (BK / LANES, S, LANES) from _chunked_tiles
+    (``Config.chunked``): the broadcast product over K in chunks of LANES, summed over the
+    chunks first, then over a chunk. Triton lays the lanes along a chunk and the warps
+    along the units (the axis before), so each thread sums its chunks itself and the lanes
+    meet once per row and unit (nvdisasm, sm_90a, B=16, H=1024, 8 units, 8 warps: ~2300
+    instructions a step instead of ~7000, 240 shuffles instead of ~1960, no spills)."""
+    BB: tl.constexpr = x.shape[0]
+    NC: tl.constexpr = v.shape[0]
+    xc = tl.reshape(x.to(ACC), (BB, NC, LANES))[:, :, None, :]
+    return tl.sum(tl.sum(xc * v.to(ACC)[None, :, :, :], axis=1), axis=2)
 
 
 @_jit
@@ -427,7 +463,7 @@ def _product_k(x, v, ACC: tl.constexpr):
 @_jit
 def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
                       STAMPED: tl.constexpr, KMAJOR: tl.constexpr, DOT: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr):
+                      PREC: tl.constexpr, ACC: tl.constexpr, CHUNKED: tl.constexpr = False):
     """(BB, S): the block _row_block reads at a (KMAJOR: K-major) times the resident tile
     v (from _resident_tiles or _resident_tiles_t)."""
     if KMAJOR:
@@ -435,7 +471,7 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
                           ACC)
     else:
         return _product(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED), v, DOT, PREC,
-                        ACC)
+                        ACC, CHUNKED)
 
 
 @_jit
@@ -506,7 +542,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                    SPLIT16: tl.constexpr = False):
+                    SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -540,6 +576,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
     if STACKED:
         w_hi, w_lo = _stacked_tiles(w, H, BK, S, False, SPLIT16)
+    elif CHUNKED:
+        w_r, w_z, w_n = _chunked_tiles(w, cols, cmask, H, H, H * H, BK)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
@@ -574,10 +612,10 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                 gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
         elif RESIDENT:
             x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
-            gh_r = _product(x, w_r, DOT, PREC, ACC)
-            gh_z = _product(x, w_z, DOT, PREC, ACC)
+            gh_r = _product(x, w_r, DOT, PREC, ACC, CHUNKED)
+            gh_z = _product(x, w_z, DOT, PREC, ACC, CHUNKED)
             if RESET_AFTER:
-                gh_n = _product(x, w_n, DOT, PREC, ACC)
+                gh_n = _product(x, w_n, DOT, PREC, ACC, CHUNKED)
             else:
                 gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
         else:
@@ -598,7 +636,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                                        w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
             elif RESIDENT:
                 ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
-                                        STAMPED, KMAJOR, DOT, PREC, ACC) + b_n
+                                        STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED) + b_n
             else:
                 ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
                           BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
@@ -631,7 +669,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                      KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                      PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                     SPLIT16: tl.constexpr = False):
+                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -659,6 +697,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     carried = tl.load(dh + own, mask=m, other=0.0)
     if STACKED:
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
+    elif CHUNKED:
+        v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
@@ -724,11 +764,11 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                                        w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
-                                          KMAJOR, DOT, PREC, ACC)
+                                          KMAJOR, DOT, PREC, ACC, CHUNKED)
                 carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC)
+                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
                 carry += _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC)
+                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
             else:
                 carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                             BB, S, BK, DOT, PREC, ACC, STAMPED)
@@ -749,7 +789,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                                       w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
-                                         STAMPED, KMAJOR, DOT, PREC, ACC)
+                                         STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
             else:
                 d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                            H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
@@ -766,9 +806,9 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                                        STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
             elif RESIDENT:
                 carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
-                                                     STAMPED, KMAJOR, DOT, PREC, ACC)
+                                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
                 carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC)
+                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
             else:
                 carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
                                        2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
@@ -812,7 +852,11 @@ class Config(NamedTuple):
     state; the backward's gradients), W's rows and the operand's columns each scaled by
     a power of two into ±1 (_fp16_parts, _stacked_dot): 22 bits of each row's and
     column's largest at twice TF32's rate and in half its shared memory, where the
-    forward's split fits up to H=1024 and the backward's up to 512."""
+    forward's split fits up to H=1024 and the backward's up to 512; chunked (resident
+    broadcast tiles, not K-major, block_k ≥ LANES): the product over K in chunks of a
+    warp's lanes, each thread summing its chunks before the lanes meet
+    (_chunked_product), where the plain broadcast product's sum over K is all shuffles
+    between lanes and warps; W's tiles are laid out to match (_chunked_tiles)."""
 
     block_batch: int
     slice: int
@@ -827,6 +871,7 @@ class Config(NamedTuple):
     prefetch: bool = False
     narrow: bool = False
     split16: bool = False
+    chunked: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -875,6 +920,13 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
     every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
     25 MB a step in fp32) and changes no number."""
     return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
+
+
+def _can_chunk(cfg: Config) -> bool:
+    """Whether cfg can be ``Config.chunked``: resident broadcast tiles, not K-major, K at
+    least a warp's lanes."""
+    return (cfg.resident and not (cfg.dot or cfg.kmajor or cfg.stacked) and
+            cfg.block_k >= WARP_LANES)
 
 
 def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
@@ -1029,12 +1081,15 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
-    (stamped or barrier); on CUDA the default with its reads a step ahead or not
+    (stamped or barrier), and each of these two with the product over K in chunks
+    (``Config.chunked``; not yet timed on a GPU); on CUDA the default with its reads a
+    step ahead or not
     (``Config.prefetch``), and with the other exchange where a 16-bit one can be
     (``Config.narrow``; neither yet timed on a GPU; the others narrow where they can be);
     at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own recurrence),
     K-major and row-major, and one 16-row tile (_broadcast_split); at batch 9-16 above
-    H=256, tl.dot on streamed W and, in fp32, the resident spread split, in 16 bits up to
+    H=256, tl.dot on streamed W and, in fp32, the resident spread split (in any dtype
+    chunked, at 8 warps and up to H=512 at 4), in 16 bits up to
     H=1024 tl.dot on resident tiles (16 and 32 units), and at H=257-512 two 8-row or four
     4-row tiles with W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
     on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
@@ -1046,6 +1101,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
         found.append(default._replace(stamped=not default.stamped))
+    # (the resident broadcast splits with the product over K in chunks, Config.chunked)
+    found += [cfg._replace(chunked=True) for cfg in list(found) if _can_chunk(cfg)]
     if device.type != "cuda":
         found.append(default._replace(resident=False, stamped=False))
         return found
@@ -1061,6 +1118,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             spread = _spread_resident(hidden, device)
             found += [Config(16, 32, 64, dot=True)] + (
                 [spread] if spread is not None and dtype == torch.float32 else [])
+            if spread is not None:  # (chunked at 8 warps, and at 4 up to H=512: ptxas,
+                # sm_90a, no spills but 64 bytes in the backward at H=1024)
+                found += [spread._replace(warps=w, chunked=True)
+                          for w in ((4, 8) if hp <= 512 else (8,))]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -1195,6 +1256,9 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          "not float64, not kmajor")
     if cfg.split16 and not (cfg.stacked and consts["ACC"] == tl.float32):
         raise ValueError("a split16 split is a stacked split on fp32 weights")
+    if cfg.chunked and not _can_chunk(cfg):
+        raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
+                         f"kmajor) and block_k ≥ {WARP_LANES}; got {cfg}")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -1216,7 +1280,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
                 STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
-                num_warps=cfg.warps, **launch, **consts)
+                CHUNKED=cfg.chunked, num_warps=cfg.warps, **launch, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
