@@ -58,3 +58,18 @@ def test_each_left_out(gpu_bench, left_out):
         if forward:
             assert any(c.dot and c.resident and not c.stacked for c in others) == (
                 left_out != "resident_dot")
+
+
+@pytest.mark.parametrize("left_out", ["split16", "chunked"])
+def test_fp32_candidates_left_out(gpu_bench, left_out):
+    """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
+    --no-chunked the chunked products, each nothing else."""
+    names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked")
+    gpu_bench.restrict(*(name == left_out for name in names))
+    for forward in (True, False):
+        default, found = _found(torch.float32, forward=forward)
+        others = found[1:]
+        assert found[0] == default
+        assert any(c.split16 for c in others) == (left_out != "split16")
+        assert any(c.chunked for c in others) == (left_out != "chunked")
+        assert any(c.prefetch for c in others)
