@@ -48,6 +48,21 @@ if BACKENDS["triton"].missing() is None:
         tl.store(o + 32 * width, n)
 
     @tg._jit
+    def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr):
+        """out (3, 16, P·S): each program's x (16, H) @ V_g for its S units, from
+        Config.chunked's tiles of w (the forward's W_hh or the backward's W_hhᵀ, by
+        stride_s and gstep) (test_chunked_tiles_of_every_program)."""
+        cols = tl.program_id(0) * S + tl.arange(0, S)
+        v_r, v_z, v_n = tg._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK)
+        rows, ks = tl.arange(0, 16), tl.arange(0, BK)
+        xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
+        width = tl.num_programs(0) * S
+        o = out + rows[:, None] * width + cols[None, :]
+        tl.store(o, tg._chunked_product(xb, v_r, tl.float32))
+        tl.store(o + 16 * width, tg._chunked_product(xb, v_z, tl.float32))
+        tl.store(o + 32 * width, tg._chunked_product(xb, v_n, tl.float32))
+
+    @tg._jit
     def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                           SPLIT16: tl.constexpr = False):
         """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
@@ -263,6 +278,30 @@ def test_chunked_split(size, dtype, stamped, reset_after):
                     resident=True, stamped=stamped, chunked=True)
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg)
+
+
+@pytest.mark.parametrize("layout", ["forward", "backward"])
+def test_chunked_tiles_of_every_program(layout):
+    """Config.chunked's tiles and product for every program of a launch (the kernels'
+    tests run one program a tile in the interpreter: here each program's column offset),
+    the last one past H (H=100, 16 units, 7 programs), four chunks of K, the last partly
+    past H: the forward's W_hh (x @ W_gᵀ) and the backward's W_hhᵀ (x @ W_hh's gate
+    block g)."""
+    hidden, slice_ = 100, 16
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
+    x = torch.randn(16, hidden, generator=g, dtype=torch.float64)
+    programs = -(-hidden // slice_)
+    out = torch.full((3, 16, programs * slice_), math.nan, device=DEVICE)
+    if layout == "forward":
+        given, stride_s, gstep = w, hidden, hidden * hidden
+        want = x @ w.view(3, hidden, hidden).transpose(1, 2)
+    else:
+        given, stride_s, gstep = w.t().contiguous(), 3 * hidden, hidden
+        want = x @ w.view(3, hidden, hidden)
+    _chunked_gates[(programs,)](given.float().to(DEVICE), x.float().to(DEVICE), out, hidden,
+                                stride_s, gstep, BK=128, S=slice_)
+    assert_close("gates", want, out[..., :hidden].double().cpu(), 1e-5, rtol=1e-5)
 
 
 def test_chunked_split_needs_resident_broadcast_tiles():
@@ -1496,19 +1535,22 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 64-128 programs")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype,batch,split,warps,stamped", [
-    (torch.float32, 16, (16, 4, 512), 4, False), (torch.float32, 16, (16, 4, 512), 8, False),
-    (torch.float32, 16, (16, 8, 1024), 8, False), (torch.bfloat16, 16, (16, 8, 1024), 8, False),
-    (torch.float32, 1, (1, 8, 1024), 4, True), (torch.float32, 12, (16, 2, 256), 8, False)],
+@pytest.mark.parametrize("dtype,batch,hidden,split,warps,stamped", [
+    (torch.float32, 16, 512, (16, 4, 512), 4, False),
+    (torch.float32, 16, 512, (16, 4, 512), 8, False),
+    (torch.float32, 16, 1024, (16, 8, 1024), 8, False),
+    (torch.bfloat16, 16, 1024, (16, 8, 1024), 8, False),
+    (torch.float32, 1, 1024, (1, 8, 1024), 4, True),
+    (torch.float32, 12, 1020, (16, 8, 1024), 8, False)],
     ids=["f32-512-4w", "f32-512-8w", "f32-1024", "bf16-1024", "f32-1024-one-row-stamped",
-         "f32-256-12-rows"])
-def test_chunked_on_gpu(dtype, batch, split, warps, stamped, reset_after):
+         "f32-1020-12-rows"])
+def test_chunked_on_gpu(dtype, batch, hidden, split, warps, stamped, reset_after):
     """Config.chunked at the splits benchmark mode tries (the spread split at 4 and 8
-    warps, B=1's stamped split, rows past B): T=512, ragged lengths, outputs and every
-    gradient at the dtype's tolerance."""
+    warps, B=1's stamped split; rows past B and a last program half past H): T=512,
+    ragged lengths, outputs and every gradient at the dtype's tolerance."""
     cfg = tg.Config(*split, dot=False, warps=warps, resident=True, stamped=stamped,
                     chunked=True)
-    _compare(512, batch, split[2], reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")

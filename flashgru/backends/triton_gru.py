@@ -119,7 +119,7 @@ def _chunked_tiles(w, cols, cmask, H, stride_s, gstep, BK: tl.constexpr):
     """The three resident gate tiles of ``Config.chunked``, (BK / LANES, S, LANES) each:
     V_g[c, s, i] = w[g·gstep + k + s·stride_s] at k = LANES·c + i < H (zero past H), for
     _chunked_product: the forward's W_hh (stride_s H, gstep H²) or the backward's W_hhᵀ
-    (3H, H), as _resident_tiles and _resident_tiles_t read them."""
+    (stride_s 3H, gstep H), as _resident_tiles and _resident_tiles_t read them."""
     k = tl.arange(0, BK // LANES)[:, None, None] * LANES + tl.arange(0, LANES)[None, None, :]
     p = w + k + cols[None, :, None] * stride_s
     mask = (k < H) & cmask[None, :, None]
@@ -465,7 +465,7 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
                       STAMPED: tl.constexpr, KMAJOR: tl.constexpr, DOT: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr, CHUNKED: tl.constexpr = False):
     """(BB, S): the block _row_block reads at a (KMAJOR: K-major) times the resident tile
-    v (from _resident_tiles or _resident_tiles_t)."""
+    v (from _resident_tiles or _resident_tiles_t; CHUNKED, _chunked_tiles)."""
     if KMAJOR:
         return _product_k(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED, True), v,
                           ACC)
@@ -1096,7 +1096,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits
     on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up to
     512; not yet timed on a GPU). Off CUDA (the interpreter: one program per tile), the
-    default, stamped and with W streamed."""
+    default, stamped, each chunked, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
@@ -1119,7 +1119,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             found += [Config(16, 32, 64, dot=True)] + (
                 [spread] if spread is not None and dtype == torch.float32 else [])
             if spread is not None:  # (chunked at 8 warps, and at 4 up to H=512: ptxas,
-                # sm_90a, no spills but 64 bytes in the backward at H=1024)
+                # sm_90a, at most 100 bytes spilled; 4 warps at H=1024 spill 18 KB)
                 found += [spread._replace(warps=w, chunked=True)
                           for w in ((4, 8) if hp <= 512 else (8,))]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
