@@ -1083,15 +1083,14 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier), and each of these two with the product over K in chunks
     (``Config.chunked``; not yet timed on a GPU); on CUDA the default with its reads a
-    step ahead or not
-    (``Config.prefetch``), and with the other exchange where a 16-bit one can be
-    (``Config.narrow``; neither yet timed on a GPU; the others narrow where they can be);
-    at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own recurrence),
-    K-major and row-major, and one 16-row tile (_broadcast_split); at batch 9-16 above
-    H=256, tl.dot on streamed W and, in fp32, the resident spread split (in any dtype
-    chunked, at 8 warps and up to H=512 at 4), in 16 bits up to
-    H=1024 tl.dot on resident tiles (16 and 32 units), and at H=257-512 two 8-row or four
-    4-row tiles with W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
+    step ahead or not (``Config.prefetch``), and with the other exchange where a 16-bit
+    one can be (``Config.narrow``; neither yet timed on a GPU; the others narrow where
+    they can be); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
+    recurrence), K-major and row-major, and one 16-row tile (_broadcast_split); at batch
+    9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread split (in
+    any dtype chunked, at 8 warps and up to H=512 at 4), in 16 bits up to H=1024 tl.dot on
+    resident tiles (16 and 32 units), and at H=257-512 two 8-row or four 4-row tiles with
+    W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
     on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
     rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits
     on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up to
