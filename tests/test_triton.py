@@ -270,11 +270,11 @@ def test_launch_splits(split, reset_after):
 @pytest.mark.parametrize("size", [(3, 100), (16, 64), (1, 33)], ids=str)
 def test_chunked_split(size, dtype, stamped, reset_after):
     """Config.chunked, forward and backward: K in chunks of 32 (four at H=100, the last
-    part past H; two at 64 and 33, the second nearly all past H), rows past B, the barrier
-    or the stamped exchange (fp32 words: not fp64); outputs, saved gates and every
-    gradient."""
+    part past H; two at 64 and 33, the second nearly all past H), rows past B, a second
+    batch tile (16 rows in tiles of 8), the barrier or the stamped exchange (fp32 words:
+    not fp64); outputs, saved gates and every gradient."""
     batch, hidden = size
-    cfg = tg.Config(tg._pow2(batch), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
                     resident=True, stamped=stamped, chunked=True)
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg)
@@ -284,10 +284,10 @@ def test_chunked_split(size, dtype, stamped, reset_after):
 def test_chunked_tiles_of_every_program(layout):
     """Config.chunked's tiles and product for every program of a launch (the kernels'
     tests run one program a tile in the interpreter: here each program's column offset),
-    the last one past H (H=100, 16 units, 7 programs), four chunks of K, the last partly
+    the last one past H (H=100, 8 units, 13 programs), four chunks of K, the last partly
     past H: the forward's W_hh (x @ W_gᵀ) and the backward's W_hhᵀ (x @ W_hh's gate
     block g)."""
-    hidden, slice_ = 100, 16
+    hidden, slice_ = 100, 8
     g = torch.Generator().manual_seed(5)
     w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
     x = torch.randn(16, hidden, generator=g, dtype=torch.float64)
@@ -306,13 +306,15 @@ def test_chunked_tiles_of_every_program(layout):
 
 def test_chunked_split_needs_resident_broadcast_tiles():
     """Config.chunked: resident tiles, the broadcast product, not K-major, block_k ≥ 32
-    (a chunk per warp's lanes); a ValueError before any launch otherwise."""
+    (a chunk per warp's lanes), fewer than 16 rows or units (Triton 3.6 fails to compile
+    16 of both); a ValueError before any launch otherwise."""
     gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
     lens = torch.tensor([2, 2], device=DEVICE)
     args = (gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, False)
     assert tg.forward(*args, tg.Config(2, 16, 32, dot=False, resident=True,
                                        chunked=True))[0].isfinite().all()
     for cfg in (tg.Config(2, 16, 16, dot=False, resident=True, chunked=True),
+                tg.Config(16, 16, 32, dot=False, resident=True, chunked=True),
                 tg.Config(2, 16, 32, dot=False, chunked=True),
                 tg.Config(16, 16, 32, dot=True, resident=True, chunked=True),
                 tg.Config(2, 16, 32, dot=False, resident=True, kmajor=True, chunked=True)):
@@ -1142,7 +1144,8 @@ def test_chunked_candidates_rule(monkeypatch):
                 assert not cfg.chunked
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
                 assert (cfg._replace(chunked=True) in found) == tg._can_chunk(cfg) == (
-                    cfg.resident and not (cfg.dot or cfg.kmajor) and hidden >= 32)
+                    cfg.resident and not (cfg.dot or cfg.kmajor) and hidden >= 32 and
+                    min(cfg.block_batch, cfg.slice) < 16)
                 assert all(tg._can_chunk(c) for c in found if c.chunked)
     for dtype in (f32, bf16):
         for hidden, slice_, warps in [(512, 4, (4, 8)), (1024, 8, (8,))]:
@@ -1155,6 +1158,14 @@ def test_chunked_candidates_rule(monkeypatch):
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
     assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} >= {
         (True, True), (False, True)}
+    for sms in (16, 24, 46, 66):  # (smaller cards: 16 units a program and more)
+        Props.multi_processor_count = sms
+        for batch, hidden in [(16, 384), (16, 512), (16, 1024), (4, 512), (1, 1024)]:
+            for forward in (True, False):
+                cfg = (tg.choose_config if forward else tg.choose_backward_config)(
+                    batch, hidden, cuda, f32)
+                found = tg._candidates(cfg, batch, hidden, cuda, f32, forward)
+                assert all(tg._can_chunk(c) for c in found if c.chunked), (sms, batch, hidden)
 
 
 def test_stamped_default_rule(monkeypatch):
@@ -1643,7 +1654,8 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         found[f"kmajor-{name}-{reset_after}"] = "tt.dot" in compiled.asm["ttgir"]
-        consts.update(KMAJOR=False, CHUNKED=True)  # nor the chunked product
+        consts.update(KMAJOR=False, CHUNKED=True, S=8)  # nor the chunked product (< 16
+        # units: _can_chunk)
         compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
                                             constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

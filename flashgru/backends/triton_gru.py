@@ -853,10 +853,10 @@ class Config(NamedTuple):
     a power of two into ±1 (_fp16_parts, _stacked_dot): 22 bits of each row's and
     column's largest at twice TF32's rate and in half its shared memory, where the
     forward's split fits up to H=1024 and the backward's up to 512; chunked (resident
-    broadcast tiles, not K-major, block_k ≥ LANES): the product over K in chunks of a
-    warp's lanes, each thread summing its chunks before the lanes meet
-    (_chunked_product), where the plain broadcast product's sum over K is all shuffles
-    between lanes and warps; W's tiles are laid out to match (_chunked_tiles)."""
+    broadcast tiles, not K-major, block_k ≥ LANES, fewer than 16 rows or units): the
+    product over K in chunks of a warp's lanes, each thread summing its chunks before the
+    lanes meet (_chunked_product), where the plain broadcast product's sum over K is all
+    shuffles between lanes and warps; W's tiles are laid out to match (_chunked_tiles)."""
 
     block_batch: int
     slice: int
@@ -924,9 +924,11 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
 
 def _can_chunk(cfg: Config) -> bool:
     """Whether cfg can be ``Config.chunked``: resident broadcast tiles, not K-major, K at
-    least a warp's lanes."""
+    least a warp's lanes, and fewer than 16 rows or 16 units (with both, Triton 3.6's
+    combine pass fails on the product, taking it for a tl.dot: sm_90a, 2026-11-27; 3.9
+    compiles it)."""
     return (cfg.resident and not (cfg.dot or cfg.kmajor or cfg.stacked) and
-            cfg.block_k >= WARP_LANES)
+            cfg.block_k >= WARP_LANES and min(cfg.block_batch, cfg.slice) < 16)
 
 
 def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
@@ -1117,8 +1119,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             spread = _spread_resident(hidden, device)
             found += [Config(16, 32, 64, dot=True)] + (
                 [spread] if spread is not None and dtype == torch.float32 else [])
-            if spread is not None:  # (chunked at 8 warps, and at 4 up to H=512: ptxas,
-                # sm_90a, at most 100 bytes spilled; 4 warps at H=1024 spill 18 KB)
+            if spread is not None and _can_chunk(spread):  # (chunked at 8 warps, and at 4
+                # up to H=512: ptxas, sm_90a, at most 100 bytes spilled; 4 warps at H=1024
+                # spill 18 KB)
                 found += [spread._replace(warps=w, chunked=True)
                           for w in ((4, 8) if hp <= 512 else (8,))]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
@@ -1257,7 +1260,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a split16 split is a stacked split on fp32 weights")
     if cfg.chunked and not _can_chunk(cfg):
         raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
-                         f"kmajor) and block_k ≥ {WARP_LANES}; got {cfg}")
+                         f"kmajor), block_k ≥ {WARP_LANES} and fewer than 16 rows or units; "
+                         f"got {cfg}")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
