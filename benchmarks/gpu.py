@@ -13,6 +13,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --sweep      # also time launch splits of the kernel (inference)
     python benchmarks/gpu.py --auto       # flashgru with backend="auto" instead of "triton"
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
+    python benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid  # without the other cases
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--no-chunked", action="store_true",
                         help="benchmark mode without the chunked-product candidates "
                              "(Config.chunked)")
+    parser.add_argument("--only-grid", action="store_true",
+                        help="the grid alone, without the bidirectional and long cases")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
@@ -279,8 +282,9 @@ def main() -> None:
 
     save(grid=grid((torch.float32, torch.bfloat16), hidden, batch, args.steps, backend,
                    on_row=lambda rows: save(grid=rows)))
-    save(bidirectional=bidirectional(backend))
-    save(long=long_sequence())
+    if not args.only_grid:
+        save(bidirectional=bidirectional(backend))
+        save(long=long_sequence())
     print("\nsummary (µs per step, speedup over cuDNN):")
     for row in results["grid"]:
         t = row["T"]

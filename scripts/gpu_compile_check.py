@@ -16,7 +16,8 @@ each split is resolved as on a 132-multiprocessor GPU (an H100 or H200) and laun
 its shape, through ``triton_gru.forward`` / ``backward`` with every launch recorded
 (scripts/gpu_warm.py), then compiled in a process pool. ``--benchmark`` adds benchmark
 mode's candidate splits (``triton_gru._candidates``) at issue 5's grid points, B ∈ {1,
-16}, H ∈ {256, 512, 1024}, fp32 and bf16, both formulations. Exits 1 if any failed.
+16}, H ∈ {256, 512, 1024}, and at B=8, H=1024 (scripts/gpu_tune.sh's extra point), fp32
+and bf16, both formulations. Exits 1 if any failed.
 """
 import argparse
 import contextlib
@@ -95,8 +96,9 @@ def benchmark_candidates() -> None:
     backward's (after the default forward); both formulations (the grid runs torch's,
     reset_after=True)."""
     cuda = torch.device("cuda")
-    for dtype, batch, hidden, reset_after in itertools.product(
-            (torch.float32, torch.bfloat16), (1, 16), (256, 512, 1024), (True, False)):
+    points = [*itertools.product((1, 16), (256, 512, 1024)), (8, 1024)]  # (gpu_tune.sh's)
+    for dtype, (batch, hidden), reset_after in itertools.product(
+            (torch.float32, torch.bfloat16), points, (True, False)):
         for save in (False, True):  # (each with its own default, as benchmark mode's
             # inference and training forwards)
             forward = tg.choose_config(batch, hidden, cuda, dtype, save)

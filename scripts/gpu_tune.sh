@@ -23,8 +23,11 @@ CHUNKED="chunked_on_gpu"
 PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED"
 # (B=16 first at each H: its points choose the most, should the grid's limit cut it short)
 GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 16 1)
+# (and, time left, B=8 at H=1024: never timed; auto sends it to cuDNN by count, and
+# benchmark mode tries resident chunked splits there)
+EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
-  "${GRID[*]} --benchmark"
+  "${GRID[*]} --benchmark" "${EIGHT[*]} --benchmark"
 # the test runs apart, the newest splits' last: a hang (pytest-timeout ends the run
 # before its summary) or a CUDA error (every later test fails too) in the newest code
 # then costs only its own candidates
@@ -50,6 +53,7 @@ if [ "$others" = 0 ]; then
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
   [ "$split16" = 0 ] || GRID+=(--no-split16)
   [ "$chunked" = 0 ] || GRID+=(--no-chunked)
+  EIGHT+=("${GRID[@]:8}")  # (the same flags)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \
     "defaults only"
@@ -59,6 +63,13 @@ echo "gpu_tune: ${GRID[*]}"
 left=$((570 - SECONDS)); [ "$left" -lt 270 ] || left=270
 timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" \
   | tail -14
+left=$((570 - SECONDS))
+if [ "$left" -ge 45 ]; then
+  echo "gpu_tune: ${EIGHT[*]}" | tee -a "$OUT/tune.log"
+  timeout -k 10 "$left" python3 "${EIGHT[@]}" --json "$OUT/tune-b8.json" 2>&1 \
+    | tee -a "$OUT/tune.log" | tail -4
+fi
 # each point's default against its fastest candidate (what to make the defaults)
-[ -f "$OUT/tune.json" ] && python3 scripts/tune_summary.py "$OUT/tune.json" \
-  | tee "$OUT/tune-summary.log"
+for f in "$OUT/tune.json" "$OUT/tune-b8.json"; do
+  [ -f "$f" ] && python3 scripts/tune_summary.py "$f"
+done | tee "$OUT/tune-summary.log"

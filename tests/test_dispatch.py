@@ -122,9 +122,26 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     Props.multi_processor_count = 108
     assert pick(hidden=1024, batch=16, grad=True).name == "torch"
     assert pick(hidden=512, batch=16, grad=True).name == "triton"
-    assert pick(hidden=1024, batch=8, grad=True).name == "triton"
+    assert pick(hidden=1024, batch=4, grad=True).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
+    # batch 5-8 above H=512: the default split streams W_hh through the broadcast
+    # product in more than four chunks of K, slower than cuDNN by count: cuDNN, but for
+    # the lengths and the formulation it lacks
+    Props.multi_processor_count = 132
+    for batch, hidden in [(5, 1024), (8, 1024), (8, 640), (6, 2048)]:
+        for grad in (False, True):
+            got = pick(hidden=hidden, batch=batch, grad=grad)
+            assert got.name == "torch" and "streams W_hh" in got.reason, (batch, hidden)
+        assert pick(hidden=hidden, batch=batch, steps=65536).name == "triton"
+        assert pick(hidden=hidden, batch=batch, reset_after=False).name == "triton"
+    for batch, hidden in [(4, 1024), (8, 512), (8, 528), (2, 2048), (1, 1024), (9, 1024)]:
+        assert pick(hidden=hidden, batch=batch).name == "triton", (batch, hidden)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (132 SMs assumed)
+    assert pick(hidden=1024, batch=8).name == "torch"
+    assert pick(hidden=1024, batch=4).name == "triton"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    Props.multi_processor_count = 108
     # hidden sizes the kernels can't hold at once (64 units × 108 SMs): torch / reference
     assert pick(hidden=6912, batch=32).name == "triton"
     assert pick(hidden=6913, batch=32).name == "torch"

@@ -1158,14 +1158,29 @@ def test_chunked_candidates_rule(monkeypatch):
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
     assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} >= {
         (True, True), (False, True)}
+    # batch ≤ 8 where the default streams W through the broadcast product: resident and
+    # chunked instead
+    for dtype in (f32, bf16):
+        for batch, hidden, split in [(8, 1024, (8, 8, 1024, 8)), (4, 1024, (4, 8, 1024, 8)),
+                                     (2, 1024, (2, 8, 1024, 8)), (8, 512, (8, 4, 512, 4))]:
+            for forward in (True, False):
+                cfg = (tg.choose_config if forward else tg.choose_backward_config)(
+                    batch, hidden, cuda, dtype)
+                assert not (cfg.resident or cfg.dot), (batch, hidden)
+                bb, s, k, w = split
+                assert tg.Config(bb, s, k, dot=False, warps=w, resident=True,
+                                 chunked=True) in tg._candidates(cfg, batch, hidden, cuda,
+                                                                 dtype, forward)
     for sms in (16, 24, 46, 66):  # (smaller cards: 16 units a program and more)
         Props.multi_processor_count = sms
-        for batch, hidden in [(16, 384), (16, 512), (16, 1024), (4, 512), (1, 1024)]:
+        for batch, hidden in [(16, 384), (16, 512), (16, 1024), (4, 512), (1, 1024),
+                              (8, 512), (8, 1024)]:
             for forward in (True, False):
                 cfg = (tg.choose_config if forward else tg.choose_backward_config)(
                     batch, hidden, cuda, f32)
                 found = tg._candidates(cfg, batch, hidden, cuda, f32, forward)
-                assert all(tg._can_chunk(c) for c in found if c.chunked), (sms, batch, hidden)
+                assert all(tg._can_chunk(c) and 3 * c.slice * c.block_k <= tg.RESIDENT_MAX
+                           for c in found if c.chunked), (sms, batch, hidden)
 
 
 def test_stamped_default_rule(monkeypatch):
@@ -1552,13 +1567,15 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
     (torch.float32, 16, 1024, (16, 8, 1024), 8, False),
     (torch.bfloat16, 16, 1024, (16, 8, 1024), 8, False),
     (torch.float32, 1, 1024, (1, 8, 1024), 4, True),
-    (torch.float32, 12, 1020, (16, 8, 1024), 8, False)],
+    (torch.float32, 12, 1020, (16, 8, 1024), 8, False),
+    (torch.float32, 7, 1024, (8, 8, 1024), 8, False)],
     ids=["f32-512-4w", "f32-512-8w", "f32-1024", "bf16-1024", "f32-1024-one-row-stamped",
-         "f32-1020-12-rows"])
+         "f32-1020-12-rows", "f32-1024-7-rows"])
 def test_chunked_on_gpu(dtype, batch, hidden, split, warps, stamped, reset_after):
     """Config.chunked at the splits benchmark mode tries (the spread split at 4 and 8
-    warps, B=1's stamped split; rows past B and a last program half past H): T=512,
-    ragged lengths, outputs and every gradient at the dtype's tolerance."""
+    warps, B=1's stamped split, batch ≤ 8's resident split where the default streams W;
+    rows past B and a last program half past H): T=512, ragged lengths, outputs and every
+    gradient at the dtype's tolerance."""
     cfg = tg.Config(*split, dot=False, warps=warps, resident=True, stamped=stamped,
                     chunked=True)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)

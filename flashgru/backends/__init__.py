@@ -169,9 +169,12 @@ def select_backend(
        training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
        backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
        without, 1.29x with; H > 1024 on 132 SMs) and in bfloat16 at batch > 64 with
-       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN. Hidden sizes over 64 × the
-       GPU's multiprocessors (``triton_gru.max_hidden``: 8448 on 132 SMs), which the
-       kernels can't hold at once, go to torch (to "reference" for ``reset_after=False``).
+       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN; so does batch 5-8 above H=512
+       (on 132 SMs), where the forward's split streams W_hh through the broadcast
+       product (``_streamed_split``: slower than cuDNN by count, not yet timed). Hidden
+       sizes over 64 × the GPU's multiprocessors (``triton_gru.max_hidden``: 8448 on 132
+       SMs), which the kernels can't hold at once, go to torch (to "reference" for
+       ``reset_after=False``).
     3. ``reset_after=False`` → "reference": torch has no kernel for the reset-before-matmul
        formulation and no fused backend of ours runs this call.
     4. otherwise → "torch": torch's own fused GRU (cuDNN on CUDA, ATen on CPU). On CUDA
@@ -238,8 +241,9 @@ def select_backend(
         bf16 = dtype == torch.bfloat16
         slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden,
                                               device)
+        streamed = reset_after and not long and _streamed_split(batch, hidden, device, dtype)
         if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
-                slow_backward:
+                (slow_backward or streamed):
             why = ("reset_after=False" if not reset_after else
                    f"{steps} steps ≥ 65536" if long else
                    f"hidden {hidden} ≥ 256" if hidden >= TRITON_MIN_HIDDEN else
@@ -254,6 +258,11 @@ def select_backend(
             "torch", f"{steps} steps ≥ 65536, which cuDNN refuses: torch's native CUDA kernels"
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
+    if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype) and \
+            hidden >= TRITON_MIN_HIDDEN and _streamed_split(batch, hidden, device, dtype):
+        return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton split "
+                                      "there streams W_hh through the broadcast product, "
+                                      "slower than cuDNN by count (not yet timed)")
     if device.type == "cuda" and _slow_triton_backward(grad, reset_after, False, dtype, batch,
                                                        hidden, device):
         return BackendChoice("torch", f"{str(dtype).removeprefix('torch.')} training at batch "
@@ -309,6 +318,22 @@ def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torc
             return True
         return not triton_gru.choose_backward_config(batch, hidden, device, dtype).resident
     return dtype == torch.bfloat16 and batch > 64 and hidden >= 1024
+
+
+def _streamed_split(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Where the Triton forward's default split streams W_hh through the broadcast
+    product in more than four chunks of K (batch 5-8 above H=512 on 132 SMs): by count
+    (scripts/sass_profile.py, sm_90a) ~87,000 instructions per multiprocessor a step at
+    B=8, H=1024, twice the streamed tl.dot split at B=16 that took 18 µs on an H200,
+    against cuDNN's 11-25 µs at B=1-16. Never timed on a GPU, so auto keeps these calls
+    on cuDNN (benchmark mode times resident chunked splits there, Config.chunked). Not
+    fp64. A query with no device to size the split on takes 132 multiprocessors."""
+    if batch > 8 or dtype == torch.float64:
+        return False
+    sms = (torch.cuda.get_device_properties(device).multi_processor_count
+           if torch.cuda.is_available() else 132)
+    cfg = triton_gru._broadcast_split(batch, hidden, sms, dtype)
+    return not (cfg.dot or cfg.resident) and hidden > 4 * cfg.block_k
 
 
 def _runs(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:

@@ -1085,7 +1085,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier), and each of these two with the product over K in chunks
     (``Config.chunked``; not yet timed on a GPU); on CUDA the default with its reads a
-    step ahead or not (``Config.prefetch``), and with the other exchange where a 16-bit
+    step ahead or not (``Config.prefetch``); at batch ≤ 8 where the default streams W
+    through the broadcast product, its tiles resident and chunked where they fit; and
+    the default with the other exchange where a 16-bit
     one can be (``Config.narrow``; neither yet timed on a GPU; the others narrow where
     they can be); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
     recurrence), K-major and row-major, and one 16-row tile (_broadcast_split); at batch
@@ -1109,6 +1111,14 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
         return found
     found.append(default._replace(prefetch=not default.prefetch))
     hp = _pow2(hidden)
+    if batch <= 8 and fp32_arithmetic and not (default.dot or default.resident):
+        # (W streamed through the broadcast product: its units' tiles resident instead,
+        # chunked, where they fit; 8 warps from H=1024. ptxas, sm_90a: no spills at B=4-8,
+        # H=512-1024)
+        resident = Config(default.block_batch, default.slice, hp, dot=False,
+                          warps=8 if hp >= 1024 else 4, resident=True, chunked=True)
+        if 3 * resident.slice * hp <= RESIDENT_MAX and _can_chunk(resident):
+            found.append(resident)
     if 8 < batch <= 16 and fp32_arithmetic:
         one_tile = _broadcast_split(batch, hidden, _grid_limit(device), dtype)
         if hidden <= 256:
