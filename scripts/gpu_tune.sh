@@ -63,7 +63,7 @@ echo "gpu_tune: ${GRID[*]}"
 left=$((570 - SECONDS)); [ "$left" -lt 270 ] || left=270
 timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" \
   | tail -14
-left=$((570 - SECONDS))
+left=$((560 - SECONDS))  # (and ~10 s for the summaries)
 if [ "$left" -ge 45 ]; then
   echo "gpu_tune: ${EIGHT[*]}" | tee -a "$OUT/tune.log"
   timeout -k 10 "$left" python3 "${EIGHT[@]}" --json "$OUT/tune-b8.json" 2>&1 \
@@ -71,5 +71,5 @@ if [ "$left" -ge 45 ]; then
 fi
 # each point's default against its fastest candidate (what to make the defaults)
 for f in "$OUT/tune.json" "$OUT/tune-b8.json"; do
-  [ -f "$f" ] && python3 scripts/tune_summary.py "$f"
+  if [ -f "$f" ]; then python3 scripts/tune_summary.py "$f"; fi
 done | tee "$OUT/tune-summary.log"

@@ -122,7 +122,7 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     Props.multi_processor_count = 108
     assert pick(hidden=1024, batch=16, grad=True).name == "torch"
     assert pick(hidden=512, batch=16, grad=True).name == "triton"
-    assert pick(hidden=1024, batch=4, grad=True).name == "triton"
+    assert pick(hidden=1024, batch=8, grad=True).name == "triton"  # (4 chunks of 256 here)
     assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
     # batch 5-8 above H=512: the default split streams W_hh through the broadcast
@@ -135,8 +135,16 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
             assert got.name == "torch" and "streams W_hh" in got.reason, (batch, hidden)
         assert pick(hidden=hidden, batch=batch, steps=65536).name == "triton"
         assert pick(hidden=hidden, batch=batch, reset_after=False).name == "triton"
-    for batch, hidden in [(4, 1024), (8, 512), (8, 528), (2, 2048), (1, 1024), (9, 1024)]:
+    for batch, hidden in [(4, 1024), (8, 512), (8, 528), (2, 4096), (1, 8192), (9, 1024),
+                          (4, 2048)]:
         assert pick(hidden=hidden, batch=batch).name == "triton", (batch, hidden)
+    assert "streams" not in pick(hidden=8449, batch=8).reason  # (past the kernels' limit)
+    from flashgru.backends import _streamed_split  # (fp64 runs other splits: not it)
+    cuda = torch.device("cuda")
+    assert _streamed_split(8, 1024, cuda, torch.float32)
+    assert _streamed_split(8, 1024, cuda, torch.bfloat16)
+    assert not _streamed_split(8, 1024, cuda, torch.float64)
+    assert not _streamed_split(4, 2048, cuda, torch.float32)  # (batch 5-8 only)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (132 SMs assumed)
     assert pick(hidden=1024, batch=8).name == "torch"
     assert pick(hidden=1024, batch=4).name == "triton"

@@ -1171,6 +1171,10 @@ def test_chunked_candidates_rule(monkeypatch):
                 assert tg.Config(bb, s, k, dot=False, warps=w, resident=True,
                                  chunked=True) in tg._candidates(cfg, batch, hidden, cuda,
                                                                  dtype, forward)
+    f64 = torch.float64  # (no resident tiles in fp64: none chunked)
+    for forward in (True, False):
+        cfg = (tg.choose_config if forward else tg.choose_backward_config)(8, 1024, cuda, f64)
+        assert not any(c.chunked for c in tg._candidates(cfg, 8, 1024, cuda, f64, forward))
     for sms in (16, 24, 46, 66):  # (smaller cards: 16 units a program and more)
         Props.multi_processor_count = sms
         for batch, hidden in [(16, 384), (16, 512), (16, 1024), (4, 512), (1, 1024),

@@ -169,7 +169,7 @@ def select_backend(
        training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
        backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
        without, 1.29x with; H > 1024 on 132 SMs) and in bfloat16 at batch > 64 with
-       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN; so does batch 5-8 above H=512
+       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN; so does batch 5-8 above H=528
        (on 132 SMs), where the forward's split streams W_hh through the broadcast
        product (``_streamed_split``: slower than cuDNN by count, not yet timed). Hidden
        sizes over 64 × the GPU's multiprocessors (``triton_gru.max_hidden``: 8448 on 132
@@ -259,7 +259,9 @@ def select_backend(
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype) and \
-            hidden >= TRITON_MIN_HIDDEN and _streamed_split(batch, hidden, device, dtype):
+            hidden >= TRITON_MIN_HIDDEN and (not torch.cuda.is_available() or
+                                             hidden <= triton_gru.max_hidden(device)) and \
+            _streamed_split(batch, hidden, device, dtype):
         return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton split "
                                       "there streams W_hh through the broadcast product, "
                                       "slower than cuDNN by count (not yet timed)")
@@ -321,14 +323,16 @@ def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torc
 
 
 def _streamed_split(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> bool:
-    """Where the Triton forward's default split streams W_hh through the broadcast
-    product in more than four chunks of K (batch 5-8 above H=512 on 132 SMs): by count
-    (scripts/sass_profile.py, sm_90a) ~87,000 instructions per multiprocessor a step at
-    B=8, H=1024, twice the streamed tl.dot split at B=16 that took 18 µs on an H200,
-    against cuDNN's 11-25 µs at B=1-16. Never timed on a GPU, so auto keeps these calls
-    on cuDNN (benchmark mode times resident chunked splits there, Config.chunked). Not
-    fp64. A query with no device to size the split on takes 132 multiprocessors."""
-    if batch > 8 or dtype == torch.float64:
+    """Where the Triton forward's default split at batch 5-8 streams W_hh through the
+    broadcast product in more than four chunks of K (above H=528 on 132 SMs; on other
+    cards where its chunks fall so): by count (scripts/sass_profile.py, sm_90a) ~87,000
+    instructions per multiprocessor a step at B=8, H=1024 (fp32; bf16 and fp16 run the
+    same fp32 product), twice the streamed tl.dot split at B=16 that took 18 µs on an
+    H200, against cuDNN's 11-25 µs at B=1-16 (bf16: 17-21). Never timed on a GPU, so
+    auto keeps these calls on cuDNN (benchmark mode times resident chunked splits there,
+    Config.chunked). Not fp64. A query with no device to size the split on takes 132
+    multiprocessors."""
+    if not 4 < batch <= 8 or dtype == torch.float64:
         return False
     sms = (torch.cuda.get_device_properties(device).multi_processor_count
            if torch.cuda.is_available() else 132)
