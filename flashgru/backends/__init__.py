@@ -241,9 +241,13 @@ def select_backend(
         bf16 = dtype == torch.bfloat16
         slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden,
                                               device)
-        streamed = reset_after and not long and _streamed_split(batch, hidden, device, dtype)
         if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
-                (slow_backward or streamed):
+                slow_backward:
+            if reset_after and not long and _streamed_split(batch, hidden, device, dtype):
+                return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton "
+                                              "split there streams W_hh through the broadcast "
+                                              "product, slower than cuDNN by count (not yet "
+                                              "timed)")
             why = ("reset_after=False" if not reset_after else
                    f"{steps} steps ≥ 65536" if long else
                    f"hidden {hidden} ≥ 256" if hidden >= TRITON_MIN_HIDDEN else
@@ -258,13 +262,6 @@ def select_backend(
             "torch", f"{steps} steps ≥ 65536, which cuDNN refuses: torch's native CUDA kernels"
         )
     where = "cuDNN" if device.type == "cuda" else f"ATen on {device.type}"
-    if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype) and \
-            hidden >= TRITON_MIN_HIDDEN and (not torch.cuda.is_available() or
-                                             hidden <= triton_gru.max_hidden(device)) and \
-            _streamed_split(batch, hidden, device, dtype):
-        return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton split "
-                                      "there streams W_hh through the broadcast product, "
-                                      "slower than cuDNN by count (not yet timed)")
     if device.type == "cuda" and _slow_triton_backward(grad, reset_after, False, dtype, batch,
                                                        hidden, device):
         return BackendChoice("torch", f"{str(dtype).removeprefix('torch.')} training at batch "
