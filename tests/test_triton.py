@@ -1126,8 +1126,10 @@ def test_narrow_candidates_rule(monkeypatch):
 def test_chunked_candidates_rule(monkeypatch):
     """No default takes Config.chunked (not yet run on a GPU); benchmark mode times it
     beside each resident broadcast default (and its stamped twin) where K covers a warp's
-    lanes, and at batch 9-16 above H=256 the spread split chunked, at 8 warps and up to
-    H=512 at 4, in any dtype but fp64; never with tl.dot, K-major or the stacked tiles."""
+    lanes, at batch 9-16 above H=256 the spread split chunked, at 8 warps and up to H=512
+    at 4, and at batch ≤ 8 where the default streams W the same rows and units resident
+    and chunked; in any dtype but fp64, never with tl.dot, K-major or the stacked tiles,
+    nor 16 rows and 16 units at once (on smaller cards too)."""
     cuda = torch.device("cuda")
 
     class Props:
