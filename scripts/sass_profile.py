@@ -148,16 +148,9 @@ def profile(item: tuple) -> dict:
             "counts": dict(counts.most_common()), "waits": waits}
 
 
-def describe(fields: tuple) -> str:
-    import flashgru.backends.triton_gru as tg
-    cfg = tg.Config(*fields)
-    flags = [f for f in cfg._fields[5:] if f != "precision" and getattr(cfg, f)]
-    return (f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {'dot' if cfg.dot else 'bcast'}, "
-            f"{cfg.warps}w{''.join(' ' + f for f in flags)})")
-
-
 def line(item: tuple, got: dict, us: float | None = None) -> str:
-    head = f"{item[2]:>8} B={item[0]:<2} H={item[1]:<4} {item[3]:<9} {describe(item[4]):<46}"
+    from tune_summary import label  # (a split's short name, as the tune's summary has it)
+    head = f"{item[2]:>8} B={item[0]:<2} H={item[1]:<4} {item[3]:<9} {label(str(item[4])):<46}"
     if "error" in got:
         return f"{head} {got['error']}"
     kinds = ("FFMA", "FADD", "SHFL", "HGMMA", "HMMA", "LDS", "LDSM", "STS", "LDG")
