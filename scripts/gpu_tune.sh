@@ -59,11 +59,12 @@ else
     "defaults only"
 fi
 echo "gpu_tune: ${GRID[*]}"
-# (the grid within what's left of ~570 s, at most 270)
-left=$((570 - SECONDS)); [ "$left" -lt 270 ] || left=270
+# (the grid within what's left of TUNE_S (~570 s), at most 270)
+TUNE_S=${TUNE_S:-570}
+left=$((TUNE_S - SECONDS)); [ "$left" -lt 270 ] || left=270
 timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" \
   | tail -14
-left=$((560 - SECONDS))  # (and ~10 s for the summaries)
+left=$((TUNE_S - 10 - SECONDS))  # (and ~10 s for the summaries)
 if [ "$left" -ge 45 ]; then
   echo "gpu_tune: ${EIGHT[*]}" | tee -a "$OUT/tune.log"
   timeout -k 10 "$left" python3 "${EIGHT[@]}" --json "$OUT/tune-b8.json" 2>&1 \
