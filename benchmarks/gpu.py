@@ -14,6 +14,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --auto       # flashgru with backend="auto" instead of "triton"
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
     python benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid  # without the other cases
+    python benchmarks/gpu.py --dtype bfloat16  # the grid in bfloat16 alone
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -217,9 +218,11 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
     exchanges (Config.narrow), prefetch, resident tl.dot, fp16-part (Config.split16) and
-    chunked-product (Config.chunked) candidates."""
+    chunked-product (Config.chunked; from the defaults too) candidates."""
     if no_stacked:
         tg._stacked_splits = lambda *a, **k: []
+    if no_chunked:
+        tg._chunked_where_set = lambda cfg, device, dtype: cfg
     if no_narrow:
         tg._narrow_where_set = lambda cfg, device, dtype: cfg
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
@@ -259,6 +262,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
+    parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
+                        default=("float32", "bfloat16"), help="the grid's dtypes")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -280,7 +285,7 @@ def main() -> None:
                 json.dump(results, f, indent=1)
             os.replace(args.json + ".part", args.json)
 
-    save(grid=grid((torch.float32, torch.bfloat16), hidden, batch, args.steps, backend,
+    save(grid=grid([getattr(torch, d) for d in args.dtype], hidden, batch, args.steps, backend,
                    on_row=lambda rows: save(grid=rows)))
     if not args.only_grid:
         save(bidirectional=bidirectional(backend))

@@ -130,6 +130,11 @@ class _Offline:
 
 OFFLINE = False  # (in a worker: whether it compiles for sm_90 with no GPU)
 
+# The most shared memory a block may take on sm_90 (an H100's and an H200's 227 KiB), the
+# limit Triton checks only when it loads a kernel on the card: offline, a kernel over it
+# compiles but would fail there (OutOfResources), so it counts as failed here.
+SM90_MAX_SHARED = 232448
+
 
 def _start(offline: bool):
     global OFFLINE
@@ -181,6 +186,9 @@ def _compile(launch) -> tuple[str, float, str | None, str]:
                 given.append(a)
         compiled = kernel.warmup(*given, grid=(1,), **kwargs)
         seconds = time.perf_counter() - start
+        if OFFLINE and compiled.metadata.shared > SM90_MAX_SHARED:
+            return label, seconds, (f"OutOfResources: shared memory {compiled.metadata.shared}"
+                                    f" bytes, sm_90's limit {SM90_MAX_SHARED}"), ""
         return label, seconds, None, _usage(compiled, OFFLINE)
     except Exception as e:  # noqa: BLE001 (its command compiles it again and says why)
         return label, time.perf_counter() - start, f"{type(e).__name__}: {str(e)[:300]}", ""

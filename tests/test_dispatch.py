@@ -125,29 +125,31 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     assert pick(hidden=1024, batch=8, grad=True).name == "triton"  # (4 chunks of 256 here)
     assert pick(hidden=1024, batch=16, grad=True, steps=65536).name == "triton"
     assert pick(hidden=1024, batch=16, grad=True, reset_after=False).name == "triton"
-    # batch 5-8 above H=512: the default split streams W_hh through the broadcast
-    # product in more than four chunks of K, slower than cuDNN by count: cuDNN, but for
-    # the lengths and the formulation it lacks
+    # batch 5-8 above H=1024: the default split streams W_hh through the broadcast
+    # product in more than four chunks of K (its tiles won't fit in registers), slower
+    # than cuDNN: cuDNN, but for the lengths and the formulation it lacks
     Props.multi_processor_count = 132
-    for batch, hidden in [(5, 1024), (8, 1024), (8, 640), (6, 2048)]:
+    for batch, hidden in [(5, 1100), (8, 1025), (8, 2048), (6, 2048)]:
         for grad in (False, True):
             got = pick(hidden=hidden, batch=batch, grad=grad)
             assert got.name == "torch" and "streams W_hh" in got.reason, (batch, hidden)
         assert pick(hidden=hidden, batch=batch, steps=65536).name == "triton"
         assert pick(hidden=hidden, batch=batch, reset_after=False).name == "triton"
-    for batch, hidden in [(4, 1024), (8, 512), (8, 528), (2, 4096), (1, 8192), (9, 1024),
-                          (4, 2048)]:
+    for batch, hidden in [(4, 1024), (8, 512), (8, 528), (8, 640), (5, 1024), (8, 1024),
+                          (2, 4096), (1, 8192), (9, 1024), (4, 2048)]:
         assert pick(hidden=hidden, batch=batch).name == "triton", (batch, hidden)
     assert "streams" not in pick(hidden=8449, batch=8).reason  # (past the kernels' limit)
     from flashgru.backends import _streamed_split  # (fp64 runs other splits: not it)
     cuda = torch.device("cuda")
-    assert _streamed_split(8, 1024, cuda, torch.float32)
-    assert _streamed_split(8, 1024, cuda, torch.bfloat16)
-    assert not _streamed_split(8, 1024, cuda, torch.float64)
+    assert _streamed_split(8, 2048, cuda, torch.float32)
+    assert _streamed_split(8, 2048, cuda, torch.bfloat16)
+    assert not _streamed_split(8, 1024, cuda, torch.float32)  # (resident, chunked)
+    assert not _streamed_split(8, 2048, cuda, torch.float64)
     assert not _streamed_split(4, 2048, cuda, torch.float32)  # (batch 5-8 only)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (132 SMs assumed)
-    assert pick(hidden=1024, batch=8).name == "torch"
-    assert pick(hidden=1024, batch=4).name == "triton"
+    assert pick(hidden=2048, batch=8).name == "torch"
+    assert pick(hidden=1024, batch=8).name == "triton"
+    assert pick(hidden=2048, batch=4).name == "triton"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     Props.multi_processor_count = 108
     # hidden sizes the kernels can't hold at once (64 units × 108 SMs): torch / reference

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def gpu_bench(monkeypatch):
     """benchmarks/gpu.py as a module, triton_gru's functions restored afterwards, and a
     132-multiprocessor card for the split rules."""
-    for name in ("_stacked_splits", "_narrow_where_set", "_candidates"):
+    for name in ("_stacked_splits", "_narrow_where_set", "_candidates",
+                 "_chunked_where_set"):
         monkeypatch.setattr(tg, name, getattr(tg, name))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("P", (), {"multi_processor_count": 132}))
@@ -63,7 +64,8 @@ def test_each_left_out(gpu_bench, left_out):
 @pytest.mark.parametrize("left_out", ["split16", "chunked"])
 def test_fp32_candidates_left_out(gpu_bench, left_out):
     """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
-    --no-chunked the chunked products, each nothing else."""
+    --no-chunked the chunked products (the default's too: the stacked split, as before
+    chunked won), each nothing else."""
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked")
     gpu_bench.restrict(*(name == left_out for name in names))
     for forward in (True, False):
@@ -73,3 +75,7 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
         assert any(c.split16 for c in others) == (left_out != "split16")
         assert any(c.chunked for c in others) == (left_out != "chunked")
         assert any(c.prefetch for c in others)
+        assert default.chunked == (left_out != "chunked")
+        assert default.stacked == (forward and left_out == "chunked")
+    cuda = torch.device("cuda")  # (batch 8, H=1024: W resident and chunked, else streamed)
+    assert tg.choose_config(8, 1024, cuda, torch.float32).resident == (left_out != "chunked")

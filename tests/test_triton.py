@@ -565,13 +565,19 @@ def test_stacked_splits_fit(monkeypatch):
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     default = tg.choose_config(16, 512, cuda, torch.float32)
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
-    assert default.stacked and forward[0] == default  # (the default first, once)
-    assert forward[1] == default._replace(prefetch=True)  # (its reads a step ahead)
-    assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [4, 8]
+    assert default.chunked and forward[0] == default  # (the default first, once)
+    # (stamped or not, the product chunked or not, its reads a step ahead)
+    assert forward[1:5] == [default._replace(stamped=True), default._replace(chunked=False),
+                            default._replace(stamped=True, chunked=False),
+                            default._replace(prefetch=True)]
+    assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [8, 4]
     assert [c.slice for c in forward if c.split16] == [16, 8, 4]
     assert sum(c.prefetch for c in forward) == 1
-    assert not any(c.stamped for c in forward)  # (no stamped stacked tile)
+    assert not any(c.stamped for c in forward if c.stacked)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
+    # (split16 not where H falls short of the tile: H=300's 512)
+    assert not any(c.split16 for c in tg._candidates(
+        tg.choose_config(16, 300, cuda, torch.float32), 16, 300, cuda, torch.float32, True))
     assert tg.Config(16, 32, 64, dot=True) in forward
     assert {c for c in forward if c.block_batch < 16} == {  # smaller row tiles, resident
         tg.Config(8, 8, 512, dot=False, resident=True),
@@ -713,7 +719,7 @@ def test_stamped_exchange_changes_no_number(split, reset_after):
                   5, 7, 30, [5, 1, 3, 2, 5, 4, 5], reset_after)
 
 
-PREFETCH_SPLITS = {  # (batch, hidden, split)
+PREFETCH_SPLITS = {  # (batch, hidden, split[, dtype: fp32 unless named])
     "resident": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True)),
     "streamed": (7, 30, dict(block_batch=2, slice=32, block_k=8, dot=False)),
     "dot": (7, 30, dict(block_batch=16, slice=32, block_k=32, dot=True, resident=True)),
@@ -721,6 +727,8 @@ PREFETCH_SPLITS = {  # (batch, hidden, split)
                             stacked=True)),
     "stamped": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True,
                             stamped=True)),
+    "chunked": (7, 40, dict(block_batch=8, slice=64, block_k=64, dot=False, resident=True,
+                            chunked=True)),
 }
 if DEVICE == "cuda":  # several programs a tile, as the defaults at issue 5's grid points
     PREFETCH_SPLITS.update({
@@ -728,10 +736,14 @@ if DEVICE == "cuda":  # several programs a tile, as the defaults at issue 5's gr
                                     resident=True, stamped=True)),
         "b16-kmajor": (16, 256, dict(block_batch=4, slice=8, block_k=256, dot=False, warps=8,
                                      resident=True, kmajor=True)),
+        # (bf16: fp32's stacked backward at H=512 needs 320 KiB of shared memory, over an
+        # SM's 227: OutOfResources on an H200, 2026-11-27)
         "b16-stacked": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
-                                      resident=True, stacked=True)),
+                                      resident=True, stacked=True), torch.bfloat16),
         "b16-spread": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=False,
                                      resident=True)),
+        "b16-chunked": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, dot=False,
+                                       warps=8, resident=True, chunked=True)),
     })
 
 
@@ -741,9 +753,9 @@ def test_prefetch_changes_no_number(split, reset_after):
     """Config.prefetch only moves a step's reads a step earlier: outputs, saved gates and
     every gradient bit for bit those of the same split without it (in the interpreter; on
     a GPU within 1e-6), over ragged lengths and h0 read at the backward's last step."""
-    batch, hidden, fields = PREFETCH_SPLITS[split]
+    batch, hidden, fields, *dtype = PREFETCH_SPLITS[split]
     _same_numbers("prefetch", [tg.Config(**fields, prefetch=on) for on in (False, True)],
-                  6, batch, hidden, _ragged(batch), reset_after)
+                  6, batch, hidden, _ragged(batch), reset_after, *dtype)
 
 
 NARROW_SPLITS = {  # (batch, hidden, split)
@@ -764,8 +776,8 @@ if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
         "b16_streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
         "b16_resident_dot": (16, 1024, dict(block_batch=16, slice=16, block_k=1024, dot=True,
                                             warps=8, resident=True)),
-        "b16_resident_dot_32": (12, 1024, dict(block_batch=16, slice=32, block_k=1024,
-                                               dot=True, warps=8, resident=True)),
+        "b16_resident_dot_32": (12, 512, dict(block_batch=16, slice=32, block_k=512,
+                                              dot=True, warps=8, resident=True)),
     })
 
 
@@ -987,8 +999,8 @@ def test_stamped_split_refuses_float64():
 def test_backward_split_rule(monkeypatch):
     """The backward takes the forward's split, never stamped, except at batch 9-16 above
     H=256: the stacked tiles with the fewest units where the backward's fit (16-bit), else
-    in fp32 a program per SM with W_hhᵀ resident where its tiles fit (measured on an
-    H200), else tl.dot on streamed W."""
+    in fp32 a program per SM with W_hhᵀ resident where its tiles fit, its product chunked
+    at 4 warps or K ≥ 1024 (measured on an H200), else tl.dot on streamed W."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -996,13 +1008,14 @@ def test_backward_split_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
-    spread = tg.Config(16, 4, 512, dot=False, resident=True)
+    spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
     assert tg.choose_backward_config(16, 512, cuda, f32) == spread
     assert tg.choose_backward_config(12, 384, cuda, f32) == spread
-    wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True)
+    wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == wide
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
-    assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    assert tg.choose_config(16, 1024, cuda, f32) == wide  # (the forward's too)
+    assert tg.choose_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit
         assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
@@ -1012,22 +1025,23 @@ def test_backward_split_rule(monkeypatch):
         assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
                                                                              dot=True)
     Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
-    assert tg.choose_backward_config(16, 432, cuda, f32) == tg.Config(16, 4, 512, dot=False,
-                                                                     resident=True)
+    assert tg.choose_backward_config(16, 432, cuda, f32) == spread
     assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
     # programs) don't: tl.dot, not the forward's stacked split
     assert tg.choose_config(16, 1024, cuda, bf16).stacked
     assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
-    Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps
+    Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps (K=512:
+    # not chunked, as 8 warps with 4 units at K=512 lost chunked on 132 SMs)
     assert tg.choose_backward_config(16, 264, cuda, f32) == spread
-    assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512)
+    assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512,
+                                                                           chunked=False)
     Props.multi_processor_count = 132
     for batch, hidden, dtype in [(16, 256, f32), (16, 256, bf16), (8, 512, f32),
                                  (32, 512, f32), (16, 128, f32), (16, 256, torch.float64)]:
         assert tg.choose_backward_config(batch, hidden, cuda, dtype) == \
             tg.choose_config(batch, hidden, cuda, dtype), (batch, hidden, dtype)
-    for batch, hidden, dtype in [(1, 1024, f32), (1, 256, bf16), (4, 256, f32)]:
+    for batch, hidden, dtype in [(1, 512, f32), (1, 256, bf16), (4, 256, f32)]:
         forward = tg.choose_config(batch, hidden, cuda, dtype)
         assert forward.stamped and tg.choose_backward_config(batch, hidden, cuda, dtype) == \
             forward._replace(stamped=False), (batch, hidden, dtype)
@@ -1037,10 +1051,13 @@ def test_backward_split_rule(monkeypatch):
 
 def test_forward_split_rule(monkeypatch):
     """The forward's default splits (H200, benchmark mode, 2026-11-27): W resident where
-    one tile covers H at batch ≤ 16 (broadcast product); at batch 9-16 and H=129-256 four
-    4-row K-major tiles at 8 warps where they all fit at once; above H=256 the stacked
-    tiles where they fit (fp32: the fewest units; 16-bit: 8, 16 saving the gates), else
-    tl.dot; never in fp64."""
+    one tile covers H at batch ≤ 16 (broadcast product), chunked from K=512; at batch 2-8
+    where a tile covering H won't fit the product's budget, W resident all the same and
+    chunked where its tiles fit; at batch 9-16 and H=129-256 four 4-row K-major tiles at 8
+    warps where they all fit at once; above H=256 in fp32 a program per SM with its units'
+    tiles resident, chunked, where they fit, else (and in 16 bits) the stacked tiles where
+    they fit (fp32: the fewest units; 16-bit: 8, 16 saving the gates), else tl.dot; never
+    in fp64."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1049,16 +1066,37 @@ def test_forward_split_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16 = torch.float32, torch.bfloat16
     assert tg.choose_config(1, 1024, cuda, f32) == tg.Config(1, 8, 1024, dot=False,
-                                                             resident=True, stamped=True)
+                                                             resident=True, chunked=True)
+    assert tg.choose_config(1, 512, cuda, f32) == tg.Config(1, 4, 512, dot=False,
+                                                            resident=True, stamped=True,
+                                                            chunked=True)
+    assert tg.choose_config(1, 256, cuda, f32) == tg.Config(1, 2, 256, dot=False,
+                                                            resident=True, stamped=True)
+    # batch 2-8: W resident and chunked where a tile covering H would stream it
+    for batch, hidden, split in [(8, 1024, (8, 8, 1024, 8)), (5, 600, (8, 8, 1024, 8)),
+                                 (2, 1024, (2, 8, 1024, 8)), (8, 512, (8, 4, 512, 4))]:
+        for dtype in (f32, bf16):
+            bb, units, k, warps = split
+            assert tg.choose_config(batch, hidden, cuda, dtype) == tg.Config(
+                bb, units, k, dot=False, warps=warps, resident=True, chunked=True), batch
+    assert tg.choose_config(4, 512, cuda, f32) == tg.Config(4, 4, 512, dot=False,
+                                                            resident=True, chunked=True)
+    for batch in (2, 8):  # (W_hh too large for registers: streamed)
+        assert not tg.choose_config(batch, 1025, cuda, f32).resident
+        assert not tg.choose_config(batch, 512, cuda, torch.float64).chunked
     kmajor = tg.Config(4, 8, 256, dot=False, warps=8, resident=True, kmajor=True)
     for batch, hidden, dtype in [(16, 256, f32), (9, 200, bf16), (12, 256, torch.float16)]:
         assert tg.choose_config(batch, hidden, cuda, dtype) == kmajor, (batch, hidden)
     assert tg.choose_config(16, 128, cuda, f32) == tg.Config(16, 1, 128, dot=False,
                                                              resident=True)
     assert not tg.choose_config(16, 256, cuda, torch.float64).kmajor
+    spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
+    for save in (False, True):
+        assert tg.choose_config(16, 512, cuda, f32, save) == spread
+        assert tg.choose_config(11, 300, cuda, f32, save) == spread
+        assert tg.choose_config(16, 1024, cuda, f32, save) == tg.Config(
+            16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
     stacked = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
-    assert tg.choose_config(16, 512, cuda, f32) == stacked
-    assert tg.choose_config(11, 300, cuda, f32) == stacked
     assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8)
     assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
                                                                resident=True, stacked=True)
@@ -1067,7 +1105,6 @@ def test_forward_split_rule(monkeypatch):
     for hidden in (512, 1024):
         assert tg.choose_config(16, hidden, cuda, bf16, save=True) == tg.Config(
             16, 16, hidden, dot=True, resident=True, stacked=True)
-    assert tg.choose_config(16, 512, cuda, f32, save=True) == stacked
     assert tg.choose_config(1, 256, cuda, f32, save=True) == tg.choose_config(1, 256, cuda,
                                                                               f32)
     assert not tg.choose_config(1, 256, cuda, torch.float64).resident
@@ -1075,12 +1112,19 @@ def test_forward_split_rule(monkeypatch):
     Props.multi_processor_count = 108
     # 4 × 32 programs won't fit at once: one 16-row tile, as before
     assert tg.choose_config(16, 256, cuda, f32) == tg.Config(16, 4, 128, dot=False)
-    # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do
+    # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do; the spread split there
+    # (8 units at 8 warps, K=512) isn't chunked (it lost so at 4 units on 132 SMs), and
+    # unchunked it lost to the stacked split: the stacked split
     assert tg.choose_config(16, 512, cuda, f32) == stacked._replace(slice=8)
+    assert tg.choose_config(16, 432, cuda, f32) == spread
     assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
                                                                resident=True, stacked=True)
-    Props.multi_processor_count = 60  # no stacked fp32 split at H=512 (64 programs): tl.dot
-    assert tg.choose_config(16, 512, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    Props.multi_processor_count = 60  # no spread or stacked fp32 split at H=1024 (16 units
+    # won't fit in registers, stacked needs 64 programs): tl.dot
+    assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
+    Props.multi_processor_count = 132
+    stacked_f32 = tg._stacked_default(512, cuda, f32, forward=True)  # (fp32 H=512: still
+    assert stacked_f32 == stacked  # what the stacked split would be, benchmark mode's)
 
 
 def test_narrow_candidates_rule(monkeypatch):
@@ -1113,9 +1157,14 @@ def test_narrow_candidates_rule(monkeypatch):
     bf16 = torch.bfloat16
     found = tg._candidates(tg.choose_backward_config(16, 1024, cuda, bf16), 16, 1024, cuda,
                            bf16, False)
-    # 16-bit up to H=1024: tl.dot on resident tiles too (mma.sync, no idle rows)
+    # 16-bit up to H=1024: tl.dot on resident tiles too (mma.sync, no idle rows), 32
+    # units only where they fit in shared memory (not at H=1024: 256 KiB)
+    assert tg.Config(16, 16, 1024, dot=True, warps=8, resident=True, narrow=True) in found
+    assert not any(c.dot and c.resident and c.slice == 32 for c in found)
+    found = tg._candidates(tg.choose_backward_config(16, 512, cuda, bf16), 16, 512, cuda,
+                           bf16, False)
     for units in (16, 32):
-        assert tg.Config(16, units, 1024, dot=True, warps=8, resident=True,
+        assert tg.Config(16, units, 512, dot=True, warps=8, resident=True,
                          narrow=True) in found
     for dtype, hidden in [(torch.float32, 1024), (bf16, 2048), (bf16, 256)]:
         found = tg._candidates(tg.choose_config(16, hidden, cuda, dtype), 16, hidden, cuda,
@@ -1124,12 +1173,11 @@ def test_narrow_candidates_rule(monkeypatch):
 
 
 def test_chunked_candidates_rule(monkeypatch):
-    """No default takes Config.chunked (not yet run on a GPU); benchmark mode times it
-    beside each resident broadcast default (and its stamped twin) where K covers a warp's
-    lanes, at batch 9-16 above H=256 the spread split chunked, at 8 warps and up to H=512
-    at 4, and at batch ≤ 8 where the default streams W the same rows and units resident
-    and chunked; in any dtype but fp64, never with tl.dot, K-major or the stacked tiles,
-    nor 16 rows and 16 units at once (on smaller cards too)."""
+    """Benchmark mode times each resident broadcast default (and its stamped twin) where K
+    covers a warp's lanes both chunked and not (Config.chunked), at batch 9-16 above
+    H=256 the spread split chunked, at 8 warps and up to H=512 at 4, and unchunked in
+    fp32; in any dtype but fp64, never with tl.dot, K-major or the stacked tiles, nor 16
+    rows and 16 units at once (on smaller cards too)."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1138,16 +1186,16 @@ def test_chunked_candidates_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16 = torch.float32, torch.bfloat16
     for dtype in (f32, bf16, torch.float64):
-        for batch, hidden in [(1, 16), (1, 256), (1, 1024), (4, 512), (16, 256), (16, 512),
-                              (16, 1024), (64, 512)]:
+        for batch, hidden in [(1, 16), (1, 256), (1, 1024), (4, 512), (8, 1024), (16, 256),
+                              (16, 512), (16, 1024), (64, 512)]:
             for forward, cfg in ((True, tg.choose_config(batch, hidden, cuda, dtype)),
                                  (False, tg.choose_backward_config(batch, hidden, cuda,
                                                                    dtype))):
-                assert not cfg.chunked
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
-                assert (cfg._replace(chunked=True) in found) == tg._can_chunk(cfg) == (
-                    cfg.resident and not (cfg.dot or cfg.kmajor) and hidden >= 32 and
-                    min(cfg.block_batch, cfg.slice) < 16)
+                assert (cfg._replace(chunked=not cfg.chunked) in found) == \
+                    tg._can_chunk(cfg) == (cfg.resident and not (cfg.dot or cfg.kmajor) and
+                                           hidden >= 32 and
+                                           min(cfg.block_batch, cfg.slice) < 16)
                 assert all(tg._can_chunk(c) for c in found if c.chunked)
     for dtype in (f32, bf16):
         for hidden, slice_, warps in [(512, 4, (4, 8)), (1024, 8, (8,))]:
@@ -1157,22 +1205,12 @@ def test_chunked_candidates_rule(monkeypatch):
             for w in warps:
                 assert tg.Config(16, slice_, hidden, dot=False, warps=w, resident=True,
                                  chunked=True) in found
+            unchunked = tg.Config(16, slice_, hidden, dot=False, warps=warps[0],
+                                  resident=True)
+            assert (unchunked in found) == (dtype == f32)
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
-    assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} >= {
-        (True, True), (False, True)}
-    # batch ≤ 8 where the default streams W through the broadcast product: resident and
-    # chunked instead
-    for dtype in (f32, bf16):
-        for batch, hidden, split in [(8, 1024, (8, 8, 1024, 8)), (4, 1024, (4, 8, 1024, 8)),
-                                     (2, 1024, (2, 8, 1024, 8)), (8, 512, (8, 4, 512, 4))]:
-            for forward in (True, False):
-                cfg = (tg.choose_config if forward else tg.choose_backward_config)(
-                    batch, hidden, cuda, dtype)
-                assert not (cfg.resident or cfg.dot), (batch, hidden)
-                bb, s, k, w = split
-                assert tg.Config(bb, s, k, dot=False, warps=w, resident=True,
-                                 chunked=True) in tg._candidates(cfg, batch, hidden, cuda,
-                                                                 dtype, forward)
+    assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} == {
+        (True, True), (False, True), (True, False), (False, False)}
     f64 = torch.float64  # (no resident tiles in fp64: none chunked)
     for forward in (True, False):
         cfg = (tg.choose_config if forward else tg.choose_backward_config)(8, 1024, cuda, f64)
@@ -1190,9 +1228,10 @@ def test_chunked_candidates_rule(monkeypatch):
 
 
 def test_stamped_default_rule(monkeypatch):
-    """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200) makes the
-    default resident forward splits stamped where their blocks hold at most that many
-    words: on CUDA, not in fp64, never a split that streams W, never the backward."""
+    """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200; for a
+    chunked split CHUNKED_STAMPED_MAX_WORDS, 512) makes the default resident forward
+    splits stamped where their blocks hold at most that many words: on CUDA, not in fp64,
+    never a split that streams W, never the backward."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1203,16 +1242,25 @@ def test_stamped_default_rule(monkeypatch):
     assert tg.STAMPED_MAX_WORDS == 1024
     assert tg.choose_config(1, 256, cuda, f32) == tg.Config(1, 2, 256, dot=False,
                                                             resident=True, stamped=True)
+    assert tg.CHUNKED_STAMPED_MAX_WORDS == 512
     assert all(tg.choose_config(1, h, cuda, d).stamped
-               for h in (256, 512, 1024) for d in (f32, torch.bfloat16))
+               for h in (256, 512) for d in (f32, torch.bfloat16))
     assert not any(tg.choose_backward_config(1, h, cuda, f32).stamped for h in (256, 1024))
-    assert tg.choose_config(2, 512, cuda, f32).stamped  # 2 × 512 words
+    assert tg.choose_config(2, 256, cuda, f32).stamped  # 2 × 256 words
+    # chunked: B=1, H=1024 (1024 words) and B=2, H=512 (1024) on the barrier
+    for batch, hidden in [(1, 1024), (2, 512)]:
+        cfg = tg.choose_config(batch, hidden, cuda, f32)
+        assert cfg.chunked and not cfg.stamped, (batch, hidden)
+    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 1024)
+    assert tg.choose_config(1, 1024, cuda, f32).stamped
+    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 512)
     assert not tg.choose_config(2, 1024, cuda, f32).stamped  # 2 × 1024 words
     assert not tg.choose_config(16, 256, cuda, f32).stamped
     assert not tg.choose_config(1, 256, cuda, torch.float64).stamped
     assert not tg.choose_config(1, 256, torch.device("cpu"), f32).stamped
     assert not tg.choose_config(1, 2048, cuda, f32).stamped  # streams W
     monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 0)
+    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 0)
     assert not any(tg.choose_config(b, h, cuda, f32).stamped
                    for b in (1, 2, 16) for h in (256, 512, 1024))
 
@@ -1455,14 +1503,15 @@ def test_wide_problem_on_gpu(batch, split):
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("batch,hidden", [(1, 256), (2, 512), (1, 1024), (4, 256), (8, 128),
-                                          (9, 200), (16, 256), (12, 384), (16, 512),
-                                          (16, 1024)], ids=str)
+                                          (8, 1024), (9, 200), (16, 256), (12, 384),
+                                          (16, 512), (16, 1024)], ids=str)
 def test_default_splits_on_gpu(batch, hidden, dtype, reset_after):
-    """The default splits (stamped at B=1-8 up to 1024 words a block, K-major at B=9-16
-    H ≤ 256, stacked above, the backward's spread or stacked ones) through the core as a
-    call gets them, ragged lengths, T=128: a training call, every gradient, and an
-    inference call (its own split: 16-bit's stacked forward takes fewer units); fp32 at
-    2e-5."""
+    """The default splits (stamped at B=1-8 up to 1024 words a block, chunked from K=512,
+    B=8's resident chunked tiles where a tile covering H would stream W, K-major at B=9-16
+    H ≤ 256, above that fp32's chunked spread split and 16-bit's stacked ones, the
+    backward's spread or stacked ones) through the core as a call gets them, ragged
+    lengths, T=128: a training call, every gradient, and an inference call (its own
+    split: 16-bit's stacked forward takes fewer units); fp32 at 2e-5."""
     steps = 128
     lengths = [steps - (37 * i) % steps for i in range(batch)]
     _compare(steps, batch, hidden, reset_after, dtype, lengths=lengths)

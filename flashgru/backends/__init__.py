@@ -168,10 +168,12 @@ def select_backend(
        Measured exceptions, where the Triton backward is slower though its forward wins:
        training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
        backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
-       without, 1.29x with; H > 1024 on 132 SMs) and in bfloat16 at batch > 64 with
-       hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN; so does batch 5-8 above H=528
-       (on 132 SMs), where the forward's split streams W_hh through the broadcast
-       product (``_streamed_split``: slower than cuDNN by count, not yet timed). Hidden
+       without, 1.29x with, 2.05x with its product chunked; H > 1024 on 132 SMs) and in
+       bfloat16 at batch > 64 with hidden ≥ 1024 (0.93x at batch 128) goes to cuDNN; so
+       does batch 5-8 above H=1024 (on 132 SMs), where the forward's split streams W_hh
+       through the broadcast product, its tiles too large to keep in registers
+       (``_streamed_split``: slower than cuDNN; up to H=1024 they stay resident, 2.5-3.9x
+       cuDNN at B=8). Hidden
        sizes over 64 × the GPU's multiprocessors (``triton_gru.max_hidden``: 8448 on 132
        SMs), which the kernels can't hold at once, go to torch (to "reference" for
        ``reset_after=False``).
@@ -246,8 +248,8 @@ def select_backend(
             if reset_after and not long and _streamed_split(batch, hidden, device, dtype):
                 return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton "
                                               "split there streams W_hh through the broadcast "
-                                              "product, slower than cuDNN by count (not yet "
-                                              "timed)")
+                                              "product (its tiles too large for registers), "
+                                              "slower than cuDNN")
             why = ("reset_after=False" if not reset_after else
                    f"{steps} steps ≥ 65536" if long else
                    f"hidden {hidden} ≥ 256" if hidden >= TRITON_MIN_HIDDEN else
@@ -308,8 +310,9 @@ def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torc
                           batch: int, hidden: int, device: torch.device) -> bool:
     """Where the Triton kernels lost to cuDNN forward+backward though winning forward:
     float32 at batch 9-16, H=1024, unless the backward's split keeps W_hhᵀ resident (0.90x
-    without, 1.29x with on an H200, 2026-11-27), and bfloat16 at batch 128, H=1024 (0.93x,
-    H100). Only torch's formulation (cuDNN has no other) and lengths cuDNN takes."""
+    without, 1.29x with on an H200, 2026-11-27; 2.05x chunked, Config.chunked), and
+    bfloat16 at batch 128, H=1024 (0.93x, H100). Only torch's formulation (cuDNN has no
+    other) and lengths cuDNN takes."""
     if not (grad and reset_after) or long:
         return False
     if dtype == torch.float32 and 8 < batch <= 16 and hidden > 512:
@@ -321,14 +324,13 @@ def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torc
 
 def _streamed_split(batch: int, hidden: int, device: torch.device, dtype: torch.dtype) -> bool:
     """Where the Triton forward's default split at batch 5-8 streams W_hh through the
-    broadcast product in more than four chunks of K (above H=528 on 132 SMs; on other
-    cards where its chunks fall so): by count (scripts/sass_profile.py, sm_90a) ~87,000
-    instructions per multiprocessor a step at B=8, H=1024 (fp32; bf16 and fp16 run the
-    same fp32 product), twice the streamed tl.dot split at B=16 that took 18 µs on an
-    H200, against cuDNN's 11-25 µs at B=1-16 (bf16: 17-21). Never timed on a GPU, so
-    auto keeps these calls on cuDNN (benchmark mode times resident chunked splits there,
-    Config.chunked). Not fp64. A query with no device to size the split on takes 132
-    multiprocessors."""
+    broadcast product in more than four chunks of K: where its units' tiles don't fit in
+    registers (above H=1024 on 132 SMs; on other cards where its chunks fall so). By
+    count (scripts/sass_profile.py, sm_90a) ~87,000 instructions per multiprocessor a step
+    at B=8, H=1024 (fp32; bf16 and fp16 run the same fp32 product), which took 41 µs a
+    step on an H200 (2026-11-27) against cuDNN's 15, before the tiles there were kept
+    resident (4.5 µs): auto keeps the larger sizes on cuDNN. Not fp64. A query with no
+    device to size the split on takes 132 multiprocessors."""
     if not 4 < batch <= 8 or dtype == torch.float64:
         return False
     sms = (torch.cuda.get_device_properties(device).multi_processor_count

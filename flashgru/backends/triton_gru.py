@@ -904,19 +904,46 @@ def max_hidden(device: torch.device) -> int:
 STAMPED_MAX_WORDS = 1024
 
 
+# A chunked split's (Config.chunked) STAMPED_MAX_WORDS: at B=1 (H200, 2026-11-27) the
+# stamped exchange won at H=512 (forward 1.61 → 1.21 µs per step), the barrier at H=1024
+# (1.62 against 1.74 stamped).
+CHUNKED_STAMPED_MAX_WORDS = 512
+
+
 def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
-    """cfg, stamped where STAMPED_MAX_WORDS allows: a resident split on CUDA in fp32
-    arithmetic (not fp64) whose blocks hold at most that many words."""
+    """cfg, stamped where STAMPED_MAX_WORDS (chunked: CHUNKED_STAMPED_MAX_WORDS) allows: a
+    resident split on CUDA in fp32 arithmetic (not fp64) whose blocks hold at most that
+    many words."""
+    most = CHUNKED_STAMPED_MAX_WORDS if cfg.chunked else STAMPED_MAX_WORDS
     if device.type == "cuda" and dtype != torch.float64 and cfg.resident and \
-            cfg.block_batch * cfg.block_k <= STAMPED_MAX_WORDS:
+            cfg.block_batch * cfg.block_k <= most:
         return cfg._replace(stamped=True)
+    return cfg
+
+
+# The smallest K a default split sums in chunks (Config.chunked): measured on an H200
+# (benchmark mode, fp32, 2026-11-27), chunked won at K=512 and 1024 (B=1 forward 1.2-1.5x,
+# backward 1.1x; B=16 forward 1.3x and 2.3x, backward 1.4x and 1.5x) and lost at K=256
+# (B=1: 0.94x forward, 0.99x backward).
+CHUNKED_MIN_K = 512
+
+
+def _chunked_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, chunked (``Config.chunked``) where it was measured to win: a split that can be
+    (_can_chunk) on CUDA with K ≥ CHUNKED_MIN_K, at 4 warps or, at 8, K ≥ 1024 (B=16,
+    H=512: 4 units at 8 warps chunked took 19.9 µs a step against 9.55 unchunked, H200;
+    8 units of K=1024 at 8 warps won, 14.8 against 22.5)."""
+    if device.type == "cuda" and dtype != torch.float64 and _can_chunk(cfg) and \
+            cfg.block_k >= CHUNKED_MIN_K and (cfg.warps <= 4 or cfg.block_k >= 1024):
+        return cfg._replace(chunked=True)
     return cfg
 
 
 def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
     """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
     16-bit weights, not stamped, on CUDA. Benchmark mode's candidates only, until timed on
-    a GPU (it has not yet run on one): it halves what every program reads from L2 at
+    a GPU where it might matter (bf16 B=16 above H=256; its GPU tests pass): it halves what
+    every program reads from L2 at
     every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
     25 MB a step in fp32) and changes no number."""
     return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
@@ -944,17 +971,20 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
 
     Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
     the broadcast product, W's tiles resident in registers where one tile covers H (the
-    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27), read stamped
-    where the block is small (STAMPED_MAX_WORDS). At batch 9-16 (a 16-row tile), in fp32
+    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27), and at batch 2-8
+    where they fit though such a tile wouldn't (_broadcast_split), the product over K in
+    chunks from K=512 (``_chunked_where_set``), read stamped where the block is small
+    (STAMPED_MAX_WORDS, CHUNKED_STAMPED_MAX_WORDS). At batch 9-16 (a 16-row tile), in fp32
     arithmetic (not fp64), from benchmark mode's timings on an H200 (2026-11-27): at
     H=129-256 four 4-row tiles, 8 units per program at 8 warps, K-major (2.1-2.2x faster
-    than one 16-row tile); above H=256 the stacked tiles on the tensor cores where they fit
-    (_stacked_default; 1.6-1.8x faster than the next best: fp32 H=512 than a program per
-    multiprocessor with its units' W tiles resident, ``_spread_resident``, which had been
-    the default there), else 32 units per program and tl.dot on streamed W (three-pass
-    TF32 for fp32, whose error stays at fp32's level). Batch > 16: tiles of up to 64 rows,
-    16 units per program and tl.dot: the broadcast product was slower there, erratically
-    so.
+    than one 16-row tile); above H=256 in fp32 a program per multiprocessor with its
+    units' W tiles resident and the product chunked (``_spread_resident``; 1.3x faster
+    than the stacked tiles at H=512, 2.3x than tl.dot at H=1024), else (and in 16 bits)
+    the stacked tiles on the tensor cores where they fit (_stacked_default; 16-bit 1.6-1.8x
+    faster than the next best), else 32 units per program and tl.dot on streamed W
+    (three-pass TF32 for fp32, whose error stays at fp32's level). Batch > 16: tiles of up
+    to 64 rows, 16 units per program and tl.dot: the broadcast product was slower there,
+    erratically so.
     """
     hp = _pow2(hidden)
     if device.type != "cuda":  # the interpreter: one program per tile, whole loop (and,
@@ -969,11 +999,19 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                 # 4.1 → 1.9 µs per step at B=16 (fp32 and bf16, H200)
                 return Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True)
             if hidden > 256:
+                spread = _spread_resident(hidden, device)
+                if dtype == torch.float32 and spread is not None:
+                    spread = _chunked_where_set(spread, device, dtype)
+                    if spread.chunked:  # fp32 H=512 4.25 → 3.28 µs per step, H=1024
+                        # 15.7 → 6.9 (H200); unchunked, it lost to the stacked split
+                        return spread
                 stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
                 if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
                     return stacked
                 return _streamed_dot(hidden, sms)
-        return _stamped_where_set(_broadcast_split(batch, hidden, sms, dtype), device, dtype)
+        return _stamped_where_set(
+            _chunked_where_set(_broadcast_split(batch, hidden, sms, dtype), device, dtype),
+            device, dtype)
     block_batch = _pow2(min(batch, 64))
     tiles = min(-(-batch // block_batch), sms)
     # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
@@ -1001,9 +1039,22 @@ def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> C
     block_k = max(8, min(_pow2(hidden), budget // (block_batch * slice_)))
     # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
     # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
-    return Config(block_batch, slice_, block_k, dot=False,
-                  resident=block_k >= hidden and dtype != torch.float64
-                  and 3 * slice_ * block_k <= RESIDENT_MAX)
+    cfg = Config(block_batch, slice_, block_k, dot=False,
+                 resident=block_k >= hidden and dtype != torch.float64
+                 and 3 * slice_ * block_k <= RESIDENT_MAX)
+    hp = _pow2(hidden)
+    if not cfg.resident and batch <= 8 and dtype != torch.float64:
+        # where a tile of 2-8 rows would stream W through the product in chunks of K: its
+        # units' tiles resident instead, K whole and summed in chunks (Config.chunked), 8
+        # warps from H=1024, where they fit. fp32, H200 (2026-11-27, benchmark mode), µs
+        # per step forward / backward: B=4, H=1024 14.0 → 2.9 / 16.9 → 6.2; B=8, H=512
+        # 7.1 → 2.8 / 10.6 → 5.1; B=8, H=1024 40.9 → 4.5 / 41.6 → 9.8
+        wide = _chunked_where_set(Config(block_batch, slice_, hp, dot=False,
+                                         warps=8 if hp >= 1024 else 4, resident=True),
+                                  torch.device("cuda"), dtype)
+        if 3 * slice_ * hp <= RESIDENT_MAX and wide.chunked:
+            return wide
+    return cfg
 
 
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
@@ -1011,11 +1062,12 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
     tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
     so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
-    forward is (B=16, H=256: 6.8 → 4.0 µs per step, fp32 and bf16, H200); at batch 9-16
-    above H=256 the stacked tiles where they fit (16-bit: 1.6-1.7x faster than tl.dot),
-    else in fp32 a program per multiprocessor with its units' tiles resident where they
-    fit (``_spread_resident``): 1.45x faster than 4 units per program unresident at
-    H=512, 1.66x than tl.dot's 32 units at H=1024 (H200; scripts/gpu_probe_backward.py,
+    forward is (B=16, H=256: 6.8 → 4.0 µs per step, fp32 and bf16, H200), chunked where the
+    forward is; at batch 9-16 above H=256 the stacked tiles where they fit (16-bit:
+    1.6-1.7x faster than tl.dot), else in fp32 a program per multiprocessor with its
+    units' tiles resident where they fit (``_spread_resident``): 1.45x faster than 4
+    units per program unresident at H=512, 1.66x than tl.dot's 32 units at H=1024, and
+    its product chunked 1.4-1.5x faster again (H200; scripts/gpu_probe_backward.py,
     docs/performance.md)."""
     cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
     if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
@@ -1025,8 +1077,9 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
             return stacked
         spread = _spread_resident(hidden, device)
         if dtype == torch.float32 and spread is not None:
-            # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200)
-            return spread
+            # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200); chunked
+            # 9.55 → 6.84 at H=512, 22.5 → 14.8 at H=1024 (H200)
+            return _chunked_where_set(spread, device, dtype)
         # (the forward's stacked split, where the backward's operand doesn't fit)
         return _streamed_dot(hidden, _grid_limit(device)) if cfg.stacked else cfg
     return cfg
@@ -1083,42 +1136,34 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
-    (stamped or barrier), and each of these two with the product over K in chunks
-    (``Config.chunked``; not yet timed on a GPU); on CUDA the default with its reads a
-    step ahead or not (``Config.prefetch``); at batch ≤ 8 where the default streams W
-    through the broadcast product, its tiles resident and chunked where they fit; and
-    the default with the other exchange where a 16-bit
-    one can be (``Config.narrow``; neither yet timed on a GPU; the others narrow where
-    they can be); at batch 9-16, H ≤ 256, smaller row tiles with W resident (each its own
-    recurrence), K-major and row-major, and one 16-row tile (_broadcast_split); at batch
-    9-16 above H=256, tl.dot on streamed W and, in fp32, the resident spread split (in
-    any dtype chunked, at 8 warps and up to H=512 at 4), in 16 bits up to H=1024 tl.dot on
-    resident tiles (16 and 32 units), and at H=257-512 two 8-row or four 4-row tiles with
-    W resident (not yet timed on a GPU); at batch ≤ 16, the stacked tiles
-    on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's other
-    rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits
-    on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up to
-    512; not yet timed on a GPU). Off CUDA (the interpreter: one program per tile), the
-    default, stamped, each chunked, and with W streamed."""
+    (stamped or barrier), and each of these two with the product over K in chunks or not
+    (``Config.chunked``); on CUDA the default with its reads a step ahead or not
+    (``Config.prefetch``; not yet timed on a GPU); and the default with the other exchange
+    where a 16-bit one can be (``Config.narrow``; timed on a GPU only at bf16 B=16, H=256;
+    the others narrow where they can be); at batch 9-16, H ≤ 256, smaller row tiles with W
+    resident (each its own recurrence), K-major and row-major, and one 16-row tile
+    (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
+    resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
+    4), in 16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit
+    in shared memory; not yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
+    tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
+    fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of
+    16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
+    (``Config.split16``: the forward's up to H=1024, the backward's up to 512, where H
+    fills the tile; not yet timed on a GPU). Off CUDA (the interpreter: one program per
+    tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
         found.append(default._replace(stamped=not default.stamped))
-    # (the resident broadcast splits with the product over K in chunks, Config.chunked)
-    found += [cfg._replace(chunked=True) for cfg in list(found) if _can_chunk(cfg)]
+    # (the resident broadcast splits with the product over K in chunks, Config.chunked,
+    # and without where the default is)
+    found += [cfg._replace(chunked=not cfg.chunked) for cfg in list(found) if _can_chunk(cfg)]
     if device.type != "cuda":
         found.append(default._replace(resident=False, stamped=False))
         return found
     found.append(default._replace(prefetch=not default.prefetch))
     hp = _pow2(hidden)
-    if batch <= 8 and fp32_arithmetic and not (default.dot or default.resident):
-        # (W streamed through the broadcast product: its units' tiles resident instead,
-        # chunked, where they fit; 8 warps from H=1024. ptxas, sm_90a: no spills at B=4-8,
-        # H=512-1024)
-        resident = Config(default.block_batch, default.slice, hp, dot=False,
-                          warps=8 if hp >= 1024 else 4, resident=True, chunked=True)
-        if 3 * resident.slice * hp <= RESIDENT_MAX and _can_chunk(resident):
-            found.append(resident)
     if 8 < batch <= 16 and fp32_arithmetic:
         one_tile = _broadcast_split(batch, hidden, _grid_limit(device), dtype)
         if hidden <= 256:
@@ -1140,12 +1185,16 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             if dtype != torch.float32 and hp <= 1024:
                 # 16-bit: tl.dot on W's tiles held all the loop (mma.sync, M = 16 rows:
                 # none of the stacked tiles' idle rows and folds), 16 or 32 units at 8
-                # warps (ptxas, sm_90a: no spills; 64-224 KiB of shared memory)
+                # warps (ptxas, sm_90a: no spills), where they fit in shared memory: 32
+                # units of K=1024 take 256 KiB, over an SM's 227 (OutOfResources on an
+                # H200, 2026-11-27)
                 found += [Config(16, s, hp, dot=True, warps=8, resident=True)
-                          for s in (16, 32)]
+                          for s in (16, 32) if s * hp <= 16 * 1024]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
-        if batch > 8:  # (fp32's forward on fp16 parts: not yet timed on a GPU)
+        if batch > 8 and hidden == hp:  # (fp32's forward on fp16 parts. Not where H
+            # falls short of the tile: at H=200, tiny gradients (dL/dout × 1e-30) came out
+            # of split16's backward with a 13% error on an H200, 2026-11-27, not yet found)
             found += _stacked_splits(hidden, device, dtype, forward, True)
     # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [_narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
