@@ -24,7 +24,7 @@ pytest() {  # pytest SECONDS LOG ARGS...
 }
 WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" "${GRID[*]}" \
   scripts/gpu_profile_training.py
-pytest 90 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
+pytest 150 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
 (cd scripts && timeout -k 10 130 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)

@@ -21,11 +21,14 @@ SPLIT16="split16_on_gpu"
 # (the sixteenth session's: the broadcast product over K in chunks)
 CHUNKED="chunked_on_gpu"
 PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED"
-# (B=16 first at each H: its points choose the most, should the grid's limit cut it short)
-GRID=(benchmarks/gpu.py --hidden 256 512 1024 --batch 16 1)
-# (and, time left, B=8 at H=1024: never timed; auto sends it to cuDNN by count, and
-# benchmark mode tries resident chunked splits there)
-EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid)
+# (bf16 first: the seventeenth session's grid timed fp32's points and was cut before
+# bf16's above H=256; B=16 first at each H: its points choose the most, should the
+# grid's limit cut it short)
+GRID=(benchmarks/gpu.py --hidden 512 1024 256 --batch 16 1 --dtype bfloat16 float32
+      --only-grid)
+# (and, time left, B=8 at H=1024 in bf16: fp32's resident chunked split there, the
+# default since the seventeenth session, was timed in fp32 only)
+EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid --dtype bfloat16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark" "${EIGHT[*]} --benchmark"
 # the test runs apart, the newest splits' last: a hang (pytest-timeout ends the run
@@ -45,6 +48,7 @@ gate 50 "$CHUNKED"; chunked=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked"
+base=${#GRID[@]}  # (the flags appended after it go to EIGHT too)
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
   [ "$stacked" = 0 ] || GRID+=(--no-stacked)
@@ -53,7 +57,7 @@ if [ "$others" = 0 ]; then
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
   [ "$split16" = 0 ] || GRID+=(--no-split16)
   [ "$chunked" = 0 ] || GRID+=(--no-chunked)
-  EIGHT+=("${GRID[@]:8}")  # (the same flags)
+  EIGHT+=("${GRID[@]:$base}")  # (the same flags)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \
     "defaults only"

@@ -100,3 +100,29 @@ def test_constexprs_and_launch_options_record_apart():
             tg.forward(*args, cfg)
     assert sorted((k["BK"], k["num_warps"]) for *_, k in launches.values()) == [
         (16, 4), (16, 8), (32, 4)]
+
+
+# A launch whose kernel takes more shared memory than an sm_90 block may (16-bit tl.dot
+# on 32 units' resident tiles of K=1024: 256 KiB, over 227): it compiles, but the card
+# refuses to load it (OutOfResources on an H200, 2026-11-27).
+TOO_LARGE = """
+import torch
+import flashgru.backends.triton_gru as tg
+B, H, T = 16, 1024, 16
+w = torch.zeros(3 * H, H, dtype=torch.bfloat16)
+gi = torch.zeros(T, B, 3 * H, dtype=torch.bfloat16)
+h0, b = torch.zeros(B, H, dtype=torch.bfloat16), torch.zeros(3 * H, dtype=torch.bfloat16)
+tg.forward(gi, h0, w, b, torch.full((B,), T), True, False,
+           tg.Config(16, 32, H, dot=True, warps=8, resident=True))
+"""
+
+
+def test_offline_a_kernel_over_the_shared_memory_limit_fails(tmp_path):
+    command = tmp_path / "command.py"
+    command.write_text(TOO_LARGE)
+    warmed = _run([str(ROOT / "scripts/gpu_warm.py"), "--offline", "--jobs", "1",
+                   str(command)], tmp_path / "cache")
+    assert warmed.returncode == 0, warmed.stderr
+    assert "did not compile" in warmed.stdout and "shared memory" in warmed.stdout, \
+        warmed.stdout
+    assert "232448" in warmed.stdout and ", 1 failed" in warmed.stdout, warmed.stdout
