@@ -942,10 +942,9 @@ def _chunked_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
 def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
     """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
     16-bit weights, not stamped, on CUDA. Benchmark mode's candidates only, until timed on
-    a GPU where it might matter (bf16 B=16 above H=256; its GPU tests pass): it halves what
-    every program reads from L2 at
-    every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
-    25 MB a step in fp32) and changes no number."""
+    a GPU where it might matter (bf16 B=16 above H=256; its GPU tests pass): it halves
+    what every program reads from L2 at every step (at B=16, H=1024 the backward's 128
+    programs read all 16 × 3H gradients, 25 MB a step in fp32) and changes no number."""
     return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
 
 
@@ -1051,7 +1050,7 @@ def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> C
         # 7.1 → 2.8 / 10.6 → 5.1; B=8, H=1024 40.9 → 4.5 / 41.6 → 9.8
         wide = _chunked_where_set(Config(block_batch, slice_, hp, dot=False,
                                          warps=8 if hp >= 1024 else 4, resident=True),
-                                  torch.device("cuda"), dtype)
+                                  torch.device("cuda"), dtype)  # (a CUDA split)
         if 3 * slice_ * hp <= RESIDENT_MAX and wide.chunked:
             return wide
     return cfg
