@@ -507,6 +507,46 @@ def _split16_errors(cfg, gi, h0, w, b, lens, reset_after, dout, plain=None):
     return errors, [r.abs().max() for r in want]
 
 
+def _assert_split16_errors(ours, plain, top, saturated):
+    """split16's errors (_split16_errors) within 4x the plain split's: out, dgi, dh0 and
+    dW_hh, but at an h0 past fp16's range (``saturated``: its gates saturate) dW_hh only
+    finite and within half its largest, as its rounding there moves it by percents
+    whatever the arithmetic (test_saturated_weight_gradient_is_ill_conditioned)."""
+    for i, (e, p, t) in enumerate(zip(ours, plain, top, strict=True)):
+        if saturated and i == 3:
+            assert torch.isfinite(e) and e <= 0.5 * t, (e, t)
+        else:
+            assert e <= 4 * p + 1e-6 * t, (i, e, p, t)
+
+
+def test_saturated_weight_gradient_is_ill_conditioned():
+    """Why the split16 tests hold dW_hh at h0 × 1e6 to no overflow only: the gates
+    saturate, dW_hh sums their derivatives (e^-|x| at preactivations ~1e6), and W_hh's
+    rounding to fp32 alone (relative noise 2^-24, all else in float64) moves it by over a
+    percent of its largest, where out, dgi and dh0 move by no more than 1e-20. On an H200
+    split16's dW_hh there erred by 13% of its largest, the default split's by 1.3%, at
+    H=200 (2026-11-27); an fp32 emulation of both products erred by 1-20% over seeds."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    hidden = 200
+    gi, h0 = rand(64, 16, 3 * hidden), rand(16, hidden) * 1e6
+    w, b, dout = rand(3 * hidden, hidden, scale=hidden ** -0.5), rand(3 * hidden), \
+        rand(64, 16, hidden)
+
+    def answers(w_):
+        inputs = [t.detach().requires_grad_() for t in (gi, h0, w_, b)]
+        out = reference.core(*inputs, None, True)
+        return [out, *torch.autograd.grad(out, inputs[:3], dout)]
+
+    exact, rounded = answers(w), answers(w * (1 + 2.0 ** -24 * rand(3 * hidden, hidden)))
+    moved = [((a - r).abs().max() / a.abs().max()).item()
+             for a, r in zip(exact, rounded, strict=True)]
+    assert max(moved[:3]) <= 1e-20 and moved[3] > 1e-2, moved
+
+
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16), (1, 8)], ids=str)
 def test_split16_stacked(size, reset_after):
@@ -522,10 +562,10 @@ def test_split16_stacked(size, reset_after):
     gi, h0, w, b = (t.detach() for t in _problem(4, batch, hidden, torch.float32)[:4])
     lens = torch.tensor(lengths, device=DEVICE)
     dout = torch.randn(4, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    for h0_, d in ((h0 * 1e6, dout), (h0, dout * 1e-30), (h0, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0_, w, b, lens, reset_after, d)
-        for e, p, t in zip(ours, plain, top, strict=True):
-            assert e <= 4 * p + 1e-6 * t
+    for scale, d in ((1e6, dout), (1, dout * 1e-30), (1, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0 * scale, w, b, lens, reset_after,
+                                             d)
+        _assert_split16_errors(ours, plain, top, saturated=scale > 1)
     for scale in (1e-20, 1e20):  # (W's product itself, at fp32's relative error)
         assert _split16_product_error(cfg, gi, h0, w * scale) <= 1e-5
     with pytest.raises(ValueError, match="split16 split is for fp32 weights"):
@@ -575,9 +615,6 @@ def test_stacked_splits_fit(monkeypatch):
     assert sum(c.prefetch for c in forward) == 1
     assert not any(c.stamped for c in forward if c.stacked)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
-    # (split16 not where H falls short of the tile: H=300's 512)
-    assert not any(c.split16 for c in tg._candidates(
-        tg.choose_config(16, 300, cuda, torch.float32), 16, 300, cuda, torch.float32, True))
     assert tg.Config(16, 32, 64, dot=True) in forward
     assert {c for c in forward if c.block_batch < 16} == {  # smaller row tiles, resident
         tg.Config(8, 8, 512, dot=False, resident=True),
@@ -1593,11 +1630,10 @@ def test_split16_on_gpu(hidden, slice_, reset_after):
         return
     defaults = (tg.choose_config(16, hidden, device, torch.float32, True),
                 tg.choose_backward_config(16, hidden, device, torch.float32))
-    for h0_, d in ((h0 * 1e6, dout), (h0, dout * 1e-30), (h0, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0_, w, b, lens, reset_after, d,
-                                             defaults)
-        for e, p, t in zip(ours, plain, top, strict=True):
-            assert e <= 4 * p + 1e-6 * t
+    for scale, d in ((1e6, dout), (1, dout * 1e-30), (1, dout * 1e30)):
+        (ours, plain), top = _split16_errors(cfg, gi, h0 * scale, w, b, lens, reset_after,
+                                             d, defaults)
+        _assert_split16_errors(ours, plain, top, saturated=scale > 1)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")

