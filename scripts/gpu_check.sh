@@ -3,7 +3,8 @@
 # kernels compiled first, all cores at once (gpu_warm.py); the default splits' own test
 # (tests/test_triton.py::test_default_splits_on_gpu); the B ∈ {1, 16} part of
 # benchmarks/gpu.py (fp32 and bf16, H ∈ {256, 512, 1024}, with the errors against
-# float64); where a training call's time goes (scripts/gpu_profile_training.py); then
+# float64); fp32 GEMMs against three TF32 ones (scripts/gpu_probe_gemm.py); where a
+# training call's time goes (scripts/gpu_profile_training.py); then
 # the other GPU-only Triton, MinGRU and CUDA parity tests as time allows (each part
 # bounded, under 10 minutes in all). Logs go to $OUT.
 set -uo pipefail
@@ -27,6 +28,8 @@ WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" 
 pytest 150 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
+# (one fp32 GEMM against three TF32 ones at the grid's GEMM shapes: seconds)
+(cd scripts && timeout -k 10 60 python3 gpu_probe_gemm.py 2>&1 | tee "$OUT/gemm.log")
 (cd scripts && timeout -k 10 130 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
 grep -v "^ *$" "$OUT/training.log" | head -80 | cut -c1-100
 left=$((${CHECK_S:-575} - SECONDS))  # (CHECK_S: the seconds this call may take)
