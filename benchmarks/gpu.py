@@ -15,6 +15,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
     python benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid  # without the other cases
     python benchmarks/gpu.py --dtype bfloat16  # the grid in bfloat16 alone
+    python benchmarks/gpu.py --tf32x3-gemms  # fp32's GEMMs as three TF32 ones
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -38,7 +39,7 @@ import time
 import torch
 
 import flashgru
-from flashgru.backends import reference
+from flashgru.backends import reference, tf32x3
 from flashgru.backends import triton_gru as tg
 
 HIDDEN = (64, 128, 256, 512, 1024)
@@ -262,6 +263,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--hidden", type=int, nargs="*", help="grid hidden sizes")
     parser.add_argument("--batch", type=int, nargs="*", help="grid batch sizes")
+    parser.add_argument("--tf32x3-gemms", action="store_true",
+                        help="the triton backend's fp32 GEMMs as three TF32 ones "
+                             "(flashgru.backends.tf32x3.enabled)")
     parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
                         default=("float32", "bfloat16"), help="the grid's dtypes")
     parser.add_argument("--json")
@@ -271,6 +275,7 @@ def main() -> None:
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
+    tf32x3.enabled = args.tf32x3_gemms
     restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot,
              args.no_split16, args.no_chunked)
     results = {}

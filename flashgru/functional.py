@@ -62,9 +62,10 @@ def gru(
     if batch_sizes is not None:  # the layers read and write packed data
         packed = _Packed.of(batch_sizes.to(input.device))
         return _layers(input, packed.lengths, hx, weights, impl.run, reset_after,
-                       pair=impl.pair, packed=packed, **args)[:2]
+                       pair=impl.pair, packed=packed, linear=impl.linear, **args)[:2]
     x = input.transpose(0, 1) if batch_first else input
-    out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair, **args)
+    out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair,
+                          linear=impl.linear, **args)
     return (out.transpose(0, 1) if batch_first else out), h_n
 
 
@@ -142,11 +143,13 @@ class _Packed(NamedTuple):
 
 
 def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layers,
-            dropout, training, bidirectional, collect_gates=False, pair=None, packed=None):
+            dropout, training, bidirectional, collect_gates=False, pair=None, packed=None,
+            linear=F.linear):
     """Run the stack on padded time-major x (T, B, I), or with ``packed`` (a ``_Packed``)
     on a packed sequence's data x (N, I): each layer's input projection then runs on the
     N real rows only, and the output stays packed. Returns (out, h_n, gate traces).
-    ``pair``: the backend's call for both directions at once, if it has one."""
+    ``pair``: the backend's call for both directions at once, if it has one; ``linear``:
+    its input projection (Backend.linear)."""
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     h_n, traces = [], []
@@ -158,7 +161,7 @@ def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layer
             k = layer * dirs + d
             w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
             b_ih, b_hh = biases if has_biases else (None, None)
-            gi = F.linear(layer_input, w_ih, b_ih)
+            gi = linear(layer_input, w_ih, b_ih)
             if packed is not None:
                 gi = _Spread.apply(gi, packed.reverse if d else packed.forward,
                                    packed.steps, packed.batch)

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from .backends import BackendChoice, check_backend, cpu, cpu_step, select_backend, triton_gru
+from .backends import (
+    BACKENDS,
+    BackendChoice,
+    check_backend,
+    cpu,
+    cpu_step,
+    select_backend,
+    triton_gru,
+)
 from .backends.reference import GateTrace
 
 # The backends whose cores ``GRU._sequence`` calls straight.
@@ -237,9 +245,10 @@ class GRU(nn.GRU):
             return None
         if hx is None:
             hx = torch.zeros(state, dtype=dtype, device=device)
+        linear = BACKENDS[choice.name].linear  # (the backend's input projection)
         states = []
         for k in range(layers):
-            gi = torch.nn.functional.linear(x, p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}"))
+            gi = linear(x, p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}"))
             x = core(gi, hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None,
                      self.reset_after)
             states.append(x[-1])

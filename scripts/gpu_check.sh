@@ -28,8 +28,11 @@ WARM_S=100 warm "-m pytest -q -p no:cacheprovider ${TESTS[*]} -k 'gpu or cuda'" 
 pytest 150 pytest-defaults.log tests/test_triton.py -k default_splits_on_gpu
 timeout -k 10 "${BENCH_S:-170}" python3 "${GRID[@]}" --json "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | tail -15
-# (one fp32 GEMM against three TF32 ones at the grid's GEMM shapes: seconds)
+# (one fp32 GEMM against three TF32 ones at the grid's GEMM shapes: seconds; then fp32's
+# B=16 points with the triton backend's GEMMs so, end to end)
 (cd scripts && timeout -k 10 60 python3 gpu_probe_gemm.py 2>&1 | tee "$OUT/gemm.log")
+timeout -k 10 90 python3 benchmarks/gpu.py --hidden 512 1024 --batch 16 --dtype float32 \
+  --only-grid --tf32x3-gemms 2>&1 | grep "H=" | tee -a "$OUT/gemm.log"
 (cd scripts && timeout -k 10 130 python3 gpu_profile_training.py > "$OUT/training.log" 2>&1)
 grep -v "^ *$" "$OUT/training.log" | head -80 | cut -c1-100
 left=$((${CHECK_S:-575} - SECONDS))  # (CHECK_S: the seconds this call may take)

@@ -6,51 +6,31 @@ peak (docs/performance.md). Split into TF32-exact parts (a = hi + lo), a·b ≈ 
 hi·lo + lo·hi on the tensor cores keeps fp32's accuracy (the dropped lo·lo is ~2^-22 of
 it), as the stacked splits' in-kernel products do. This times, at the GEMMs' shapes
 (T·B rows, I = H), one fp32 GEMM against the three TF32 ones (the split included), and
-prints each's max error against float64 relative to the product's largest. No kernel of
-flashgru's uses it yet: the numbers say whether one should.
+prints each's max error against float64 relative to the product's largest
+(flashgru.backends.tf32x3.mm: the triton backend's GEMMs where tf32x3.enabled; off until
+these numbers say it should be on).
 
     python scripts/gpu_probe_gemm.py            # on a GPU
     python scripts/gpu_probe_gemm.py --smoke    # the arithmetic alone, small, on the CPU
 """
 import argparse
-import contextlib
 
 import torch
 from gpu_timing import interleaved
 
-
-def tf32_split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 a as (hi, lo): hi rounded to TF32's 10-bit mantissa (to nearest), lo = a - hi,
-    exact in fp32 (triton_gru._tf32_hi's rounding)."""
-    hi = ((a.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
-    return hi, a - hi
-
-
-@contextlib.contextmanager
-def tf32(on: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+from flashgru.backends import tf32x3
 
 
 def mm_fp32(a, b):
-    with tf32(False):
-        return a @ b
-
-
-def mm_tf32x3(a, b):
-    (a_hi, a_lo), (b_hi, b_lo) = tf32_split(a), tf32_split(b)
-    with tf32(True):
-        return a_lo @ b_hi + a_hi @ b_lo + a_hi @ b_hi
+    return a @ b  # (TF32 off: main's setting)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False  # (issue 5's setting; tf32x3.mm turns
+    # it on for its own products)
     device = "cpu" if args.smoke else "cuda"
     rows = 64 if args.smoke else 16 * 512
     if not args.smoke:
@@ -61,9 +41,9 @@ def main() -> None:
         w = (torch.randn(hidden, 3 * hidden, generator=g) * hidden ** -0.5).to(device)
         want = x.double() @ w.double()
         errors = {name: ((mm(x, w).double() - want).abs().max() / want.abs().max()).item()
-                  for name, mm in (("fp32", mm_fp32), ("tf32x3", mm_tf32x3))}
+                  for name, mm in (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))}
         times = interleaved({name: (lambda mm=mm, x=x, w=w: mm(x, w)) for name, mm in
-                             (("fp32", mm_fp32), ("tf32x3", mm_tf32x3))},
+                             (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))},
                             steps=rows // 16)  # (µs per step of a B=16 call)
         print(f"H={hidden:5d} ({rows} x {hidden} @ {hidden} x {3 * hidden}): "
               f"fp32 {times['fp32']:.2f} µs/step (error {errors['fp32']:.1e}), "

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
-from . import cpu, cpu_step, parallel, reference, torch_native, triton_gru
+from . import cpu, cpu_step, parallel, reference, tf32x3, torch_native, triton_gru
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Backend:
       's contract), for a core that runs them side by side.
     traceable: whether torch.jit.trace records it right (only torch ops, no values read
       back into Python).
+    linear: a core backend's input projection, F.linear's contract (the triton backend's:
+      ``tf32x3.linear``, its fp32 GEMMs as three TF32 ones where enabled).
     """
 
     name: str
@@ -41,6 +44,7 @@ class Backend:
     double_backward: bool = True
     pair: Callable | None = None
     traceable: bool = False
+    linear: Callable = F.linear
 
 
 BACKENDS: dict[str, Backend] = {
@@ -55,7 +59,8 @@ BACKENDS: dict[str, Backend] = {
                         dtypes=(torch.float32, torch.float64), double_backward=False),
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
                       missing=triton_gru.missing, devices=triton_gru.devices(),
-                      dtypes=triton_gru.DTYPES, double_backward=False, traceable=True),
+                      dtypes=triton_gru.DTYPES, double_backward=False, traceable=True,
+                      linear=tf32x3.linear),
 }
 
 

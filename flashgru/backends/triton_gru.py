@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..scan import on_device, time_interleaved
+from . import tf32x3
 from .cpu_step import _special_mode
 
 try:
@@ -1487,7 +1488,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     # H=512); fp16 (a narrow range) and fp32 on the arithmetic's dtype
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).flatten(0, 1)  # (T·B, H)
-    if reset_after:
+    if reset_after and tf32x3.applies(dgh, h_prev):  # (fp32: three TF32 GEMMs, where
+        # enabled)
+        flat = dgh.flatten(0, 1)
+        dw_hh = tf32x3.mm(flat.t(), h_prev)
+    elif reset_after:
         flat = dgh.flatten(0, 1)
         dw_hh = flat.to(gemm).t() @ h_prev.to(gemm)
     else:

@@ -1,0 +1,100 @@
+"""fp32 GEMMs as three TF32 ones: the triton backend's input projection, its gradients and
+dW_hh on the tensor cores at fp32's accuracy (opt-in, ``enabled``, until timed on a GPU).
+
+With TF32 off (torch's default for matmuls, and issue 5's setting), an fp32 GEMM runs on
+the CUDA cores: a B=16, H=1024 training call's four (the input projection, its two
+gradients, dW_hh) come to ~6 µs a step at an H200's fp32 peak. Split into TF32-exact
+parts, a = a_hi + a_lo (a_hi rounded to TF32's 10-bit mantissa, a_lo = a - a_hi exact),
+a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi: three TF32 products, each exact in its fp32
+accumulation, whose sum misses only a_lo·b_lo (~2^-22 of each product), as the stacked
+splits' in-kernel products do (triton_gru._stacked_dot). On the A100 and H100/H200 TF32's
+rate is 7-8x fp32's, so three of them should take well under one fp32 GEMM's time
+(scripts/gpu_probe_gemm.py measures it); on the consumer parts the two rates are alike,
+and this would be slower. Off CUDA the three products run in fp32: the same numbers to
+fp32's rounding, slower, for the tests.
+
+The products turn torch.backends.cuda.matmul.allow_tf32 on for their own duration (a
+process-wide flag; restored after). Not where something records or transforms the call
+(backends.recording(): tracing, torch.compile, torch.func): there F.linear.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Off until a GPU has timed it (scripts/gpu_probe_gemm.py, benchmarks/gpu.py
+# --tf32x3-gemms): the triton backend's fp32 GEMMs as three TF32 ones.
+enabled = False
+
+
+def applies(*tensors: Tensor) -> bool:
+    """Whether the GEMMs of these operands go through ``mm``: ``enabled``, all fp32, TF32
+    not already allowed (a plain matmul then runs on the tensor cores, faster), nothing
+    recording the call."""
+    if not enabled:  # (first: a call's host time)
+        return False
+    from . import recording  # (the package imports this module)
+
+    return (all(t.dtype == torch.float32 for t in tensors) and
+            not torch.backends.cuda.matmul.allow_tf32 and recording() is None)
+
+
+def split(a: Tensor) -> tuple[Tensor, Tensor]:
+    """fp32 a as (hi, lo): hi rounded to nearest at TF32's 10-bit mantissa, lo = a - hi
+    (exact in fp32)."""
+    hi = ((a.contiguous().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    return hi, a - hi
+
+
+@contextlib.contextmanager
+def _tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b (fp32, 2-D) as three TF32 products of their parts (``split``)."""
+    (a_hi, a_lo), (b_hi, b_lo) = split(a), split(b)
+    with _tf32():
+        return torch.addmm(torch.addmm(a_lo @ b_hi, a_hi, b_lo), a_hi, b_hi)
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear's x @ wᵀ + b with every GEMM, forward and backward, through ``mm``."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.bias = b is not None
+        flat = x.reshape(-1, x.shape[-1])
+        out = mm(flat, w.t())
+        if b is not None:
+            out = out + b
+        return out.reshape(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        g = grad.reshape(-1, w.shape[0])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = mm(g, w).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = mm(g.t(), x.reshape(-1, x.shape[-1]))
+        if ctx.bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """F.linear(x, w, b), its GEMMs through ``mm`` where ``applies``."""
+    if applies(x, w) and (b is None or b.dtype == torch.float32):
+        return _Linear.apply(x, w, b)
+    return F.linear(x, w, b)

@@ -1,0 +1,122 @@
+"""flashgru.backends.tf32x3: fp32 GEMMs as three TF32 ones (opt-in), their numbers at
+fp32's level, where they apply, and the triton backend's GEMMs through them when enabled.
+(On the CPU the three products run in fp32: the arithmetic, not the tensor cores.)"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flashgru
+from flashgru.backends import BACKENDS, tf32x3
+
+
+@pytest.fixture
+def tf32_flag():
+    """torch.backends.cuda.matmul.allow_tf32 set by the test, restored after (monkeypatch
+    can't: torch's flag is no plain attribute)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture
+def enabled(monkeypatch, tf32_flag):
+    monkeypatch.setattr(tf32x3, "enabled", True)
+
+
+def test_split_is_exact_and_its_high_part_fits_tf32():
+    a = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.randint(
+        -30, 30, (4096,), generator=torch.Generator().manual_seed(1))
+    hi, lo = tf32x3.split(a)
+    assert torch.equal(hi + lo, a)  # (lo = a - hi, exact)
+    assert torch.all(hi.view(torch.int32) & 0x1FFF == 0)  # (13 low mantissa bits clear)
+    nonzero = hi != 0
+    assert torch.all((lo[nonzero] / hi[nonzero]).abs() <= 2.0 ** -11)  # (to nearest)
+    hi_t, lo_t = tf32x3.split(a.reshape(64, 64).t())  # (a transposed view: its values)
+    assert torch.equal(hi_t + lo_t, a.reshape(64, 64).t())
+
+
+def test_three_products_keep_fp32s_error():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 128, generator=g), torch.randn(128, 384, generator=g)
+    want = x.double() @ w.double()
+    got = tf32x3.mm(x, w).double()
+    # (the dropped lo·lo term is ~2^-22 of each product, summed over 128)
+    assert (got - want).abs().max() <= 4e-6 * want.abs().max()
+    # the high parts alone (one TF32 product's operands) lose ~2^-11: the test can fail
+    hi = tf32x3.split(x)[0] @ tf32x3.split(w)[0]
+    assert (hi.double() - want).abs().max() > 1e-4 * want.abs().max()
+    assert not torch.backends.cuda.matmul.allow_tf32  # (restored)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_and_its_gradients_at_fp32s_error(enabled, bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, 24, generator=g, requires_grad=True)
+    w = torch.randn(36, 24, generator=g, requires_grad=True)
+    b = torch.randn(36, generator=g, requires_grad=True) if bias else None
+    dout = torch.randn(7, 5, 36, generator=g)
+    inputs = [t for t in (x, w, b) if t is not None]
+    got = tf32x3.linear(x, w, b)
+    grads = torch.autograd.grad(got, inputs, dout)
+    wide = [t.detach().double().requires_grad_() for t in inputs]
+    want = F.linear(wide[0], wide[1], wide[2] if bias else None)
+    want_grads = torch.autograd.grad(want, wide, dout.double())
+    for name, a, r in zip(["out", "dx", "dw", "db"], [got, *grads], [want, *want_grads],
+                          strict=False):
+        assert (a.double() - r).abs().max() <= 4e-6 * r.abs().max(), name
+    # only the gradients asked for
+    x2 = x.detach()
+    assert torch.autograd.grad(tf32x3.linear(x2, w, b).sum(), w)[0].shape == w.shape
+
+
+def test_where_it_applies(enabled, monkeypatch):
+    f32 = torch.zeros(2, 2)
+    assert tf32x3.applies(f32, f32)
+    assert not tf32x3.applies(f32, f32.double())
+    assert not tf32x3.applies(f32.bfloat16())
+    torch.backends.cuda.matmul.allow_tf32 = True  # (already TF32: plain matmuls)
+    assert not tf32x3.applies(f32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    import flashgru.backends as backends
+    monkeypatch.setattr(backends, "recording", lambda: "torch.compile")
+    assert not tf32x3.applies(f32)
+    monkeypatch.setattr(tf32x3, "enabled", False)
+    monkeypatch.setattr(backends, "recording", lambda: None)
+    assert not tf32x3.applies(f32)
+
+
+def test_only_the_triton_backend_projects_so():
+    assert BACKENDS["triton"].linear is tf32x3.linear
+    assert all(b.linear is F.linear for name, b in BACKENDS.items() if name != "triton")
+    assert not tf32x3.enabled  # (opt-in until a GPU has timed it)
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("on", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["lean", "functional"])
+def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeypatch,
+                                                      tf32_flag):
+    """Enabled, a triton training call's input projection (forward, dx, dW_ih) and dW_hh
+    go through tf32x3.mm, with torch's numbers at fp32's tolerance, on the module's lean
+    path (one direction) and through functional._layers (both); not enabled, none
+    does."""
+    monkeypatch.setattr(tf32x3, "enabled", on)
+    calls = []
+    mm = tf32x3.mm
+    monkeypatch.setattr(tf32x3, "mm", lambda a, b: calls.append(a.shape) or mm(a, b))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(12, 16, device=device, bidirectional=bidirectional)
+    ours = flashgru.GRU.from_torch(ref, backend="triton")
+    x = torch.randn(5, 3, 12, device=device, requires_grad=True)
+    (o_ref, h_ref), (o, h) = ref(x), ours(x)
+    dout = torch.randn_like(o)
+    g_ref = torch.autograd.grad(o_ref, [x, *ref.parameters()], dout)
+    g = torch.autograd.grad(o, [x, *ours.parameters()], dout)
+    # (each direction's projection, dx, dW_ih, dW_hh)
+    assert len(calls) == (4 * (1 + bidirectional) if on else 0)
+    for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
+        assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
