@@ -82,8 +82,12 @@ def test_where_it_applies(enabled, monkeypatch):
     import flashgru.backends as backends
     monkeypatch.setattr(backends, "recording", lambda: "torch.compile")
     assert not tf32x3.applies(f32)
-    monkeypatch.setattr(tf32x3, "enabled", False)
     monkeypatch.setattr(backends, "recording", lambda: None)
+    assert tf32x3.applies(f32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (autocast recasts F.linear's)
+        assert not tf32x3.applies(f32)
+        assert tf32x3.linear(f32, f32, None).dtype == torch.bfloat16
+    monkeypatch.setattr(tf32x3, "enabled", False)
     assert not tf32x3.applies(f32)
 
 

@@ -14,8 +14,9 @@ and this would be slower. Off CUDA the three products run in fp32: the same numb
 fp32's rounding, slower, for the tests.
 
 The products turn torch.backends.cuda.matmul.allow_tf32 on for their own duration (a
-process-wide flag; restored after). Not where something records or transforms the call
-(backends.recording(): tracing, torch.compile, torch.func): there F.linear.
+process-wide flag; restored after). Not where something records, transforms or recasts
+the call (backends.recording(), cpu_step._special_mode(): tracing, torch.compile,
+torch.export, torch.func, autocast, torch function or dispatch modes): there F.linear.
 """
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ enabled = False
 def applies(*tensors: Tensor) -> bool:
     """Whether the GEMMs of these operands go through ``mm``: ``enabled``, all fp32, TF32
     not already allowed (a plain matmul then runs on the tensor cores, faster), nothing
-    recording the call."""
+    recording, transforming or autocasting the call."""
     if not enabled:  # (first: a call's host time)
         return False
-    from . import recording  # (the package imports this module)
+    from . import cpu_step, recording  # (the package imports this module)
 
     return (all(t.dtype == torch.float32 for t in tensors) and
-            not torch.backends.cuda.matmul.allow_tf32 and recording() is None)
+            not torch.backends.cuda.matmul.allow_tf32 and recording() is None and
+            not cpu_step._special_mode())
 
 
 def split(a: Tensor) -> tuple[Tensor, Tensor]:
