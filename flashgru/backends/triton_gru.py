@@ -1488,13 +1488,10 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     # H=512); fp16 (a narrow range) and fp32 on the arithmetic's dtype
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).flatten(0, 1)  # (T·B, H)
-    if reset_after and tf32x3.applies(dgh, h_prev):  # (fp32: three TF32 GEMMs, where
-        # enabled)
+    if reset_after:
         flat = dgh.flatten(0, 1)
-        dw_hh = tf32x3.mm(flat.t(), h_prev)
-    elif reset_after:
-        flat = dgh.flatten(0, 1)
-        dw_hh = flat.to(gemm).t() @ h_prev.to(gemm)
+        dw_hh = (tf32x3.mm(flat.t(), h_prev) if tf32x3.applies(flat, h_prev)  # (fp32:
+                 else flat.to(gemm).t() @ h_prev.to(gemm))  # three TF32 GEMMs, if enabled)
     else:
         flat = dgi.flatten(0, 1)
         rh = (saved[0].flatten(0, 1) * h_prev.to(acc)).to(gemm)
