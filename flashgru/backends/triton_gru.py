@@ -1386,14 +1386,8 @@ def _check_weights(cfg: Config, dtype: torch.dtype) -> None:
         raise ValueError(f"a split16 split is for fp32 weights; got {dtype}")
 
 
-def _tf32_parts(w: Tensor) -> tuple[Tensor, Tensor]:
-    """fp32 w = hi + lo exactly: hi, w rounded to TF32's 10-bit mantissa (the tensor cores
-    multiply it exactly; truncated where rounding would overflow), and lo, the rest (at
-    most 2^-11 of w; the cores keep its top 11 bits)."""
-    bits = w.view(torch.int32)
-    hi = ((bits + 0x1000) & -8192).view(torch.float32)
-    hi = torch.where(hi.isinf() & w.isfinite(), (bits & -8192).view(torch.float32), hi)
-    return hi, w - hi
+# fp32 w = hi + lo exactly, hi rounded to TF32 (the stacked splits' W_hh parts)
+_tf32_parts = tf32x3.split
 
 
 def _fp16_parts(w: Tensor) -> tuple[Tensor, Tensor]:
