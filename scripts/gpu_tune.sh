@@ -6,8 +6,8 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
 # defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot, split16, chunked), benchmark mode without
-# them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
+# (stacked, prefetch, narrow, resident tl.dot, split16, chunked, chunk shapes), benchmark
+# mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -20,12 +20,15 @@ RDOT="narrow_exchange and resident_dot"
 SPLIT16="split16_on_gpu"
 # (the sixteenth session's: the broadcast product over K in chunks)
 CHUNKED="chunked_on_gpu"
-PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED"
-# (bf16 first: the seventeenth session's grid timed fp32's points and was cut before
-# bf16's above H=256; B=16 first at each H: its points choose the most, should the
-# grid's limit cut it short)
-GRID=(benchmarks/gpu.py --hidden 512 1024 256 --batch 16 1 --dtype bfloat16 float32
-      --only-grid)
+# (the eighteenth session's, never run on a GPU: chunked splits whose lanes and warps
+# split the units and K, Config.unit_lanes and thread_units)
+SHAPES="chunk_shapes_on_gpu"
+PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED or $SHAPES"
+# (B=16 above H=256 alone: the points short of issue 5's targets, whose defaults B=1's
+# and H=256's don't share; the seventeenth session's grid of 12 points timed 7 in its
+# 270 s. fp32 first, for the chunk shapes SPREAD_CHUNK_SHAPES adds, then bf16, whose
+# B=16 candidates above H=256 were cut short then)
+GRID=(benchmarks/gpu.py --hidden 1024 512 --batch 16 --dtype float32 bfloat16 --only-grid)
 # (and, time left, B=8 at H=1024 in bf16: fp32's resident chunked split there, the
 # default since the seventeenth session, was timed in fp32 only)
 EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid --dtype bfloat16)
@@ -45,9 +48,11 @@ gate 40 "$RDOT"; rdot=$?
 gate 70 stacked_on_gpu; stacked=$?
 gate 60 "$SPLIT16"; split16=$?
 gate 50 "$CHUNKED"; chunked=$?
+gate 40 "$SHAPES"; shapes=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
-  "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked"
+  "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked," \
+  "chunk shapes $shapes"
 base=${#GRID[@]}  # (the flags appended after it go to EIGHT too)
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
@@ -57,6 +62,7 @@ if [ "$others" = 0 ]; then
   [ "$rdot" = 0 ] || GRID+=(--no-resident-dot)
   [ "$split16" = 0 ] || GRID+=(--no-split16)
   [ "$chunked" = 0 ] || GRID+=(--no-chunked)
+  [ "$shapes" = 0 ] || GRID+=(--no-chunk-shapes)
   EIGHT+=("${GRID[@]:$base}")  # (the same flags)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \

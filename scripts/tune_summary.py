@@ -20,6 +20,8 @@ def label(split: str) -> str:
     flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
                                             "prefetch", "narrow", "split16", "chunked")
                     if getattr(cfg, name))
+    if (cfg.unit_lanes, cfg.thread_units) != (1, 1):
+        flags += f" u{cfg.unit_lanes}x{cfg.thread_units}"
     product = "dot" if cfg.dot else "bcast"
     return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"
 

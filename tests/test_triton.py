@@ -48,12 +48,15 @@ if BACKENDS["triton"].missing() is None:
         tl.store(o + 32 * width, n)
 
     @tg._jit
-    def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr):
+    def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr,
+                       CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr):
         """out (3, 16, P·S): each program's x (16, H) @ V_g for its S units, from
         Config.chunked's tiles of w (the forward's W_hh or the backward's W_hhᵀ, by
-        stride_s and gstep) (test_chunked_tiles_of_every_program)."""
+        stride_s and gstep), in chunks of CHUNK over KW warps along K, SI units a thread
+        (test_chunked_tiles_of_every_program)."""
         cols = tl.program_id(0) * S + tl.arange(0, S)
-        v_r, v_z, v_n = tg._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK)
+        v_r, v_z, v_n = tg._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK, CHUNK,
+                                          KW, SI)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
         width = tl.num_programs(0) * S
@@ -280,13 +283,59 @@ def test_chunked_split(size, dtype, stamped, reset_after):
              cfg=cfg)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,stamped", [(torch.float32, False), (torch.float16, True)],
+                         ids=["f32", "f16-stamped"])
+@pytest.mark.parametrize("hidden,warps,lanes,inner,shape",
+                         [(30, 8, 16, 1, (2, 4)), (30, 8, 4, 2, (8, 2)),
+                          (100, 4, 4, 1, (8, 1)), (100, 8, 8, 4, (4, 2))], ids=str)
+def test_chunked_unit_lanes_split(hidden, warps, lanes, inner, shape, dtype, stamped,
+                                  reset_after):
+    """Config.unit_lanes and Config.thread_units, forward and backward: a chunked split
+    with a warp's lanes along the units too and each thread's units, its chunks (2, 8, 8
+    and 4 of K) spread over 4, 2, 1 and 2 warps along K (_chunk_shape), the last chunks
+    past H, the backward's gates summed before their lanes meet; outputs, saved gates and
+    every gradient."""
+    hp = tg._pow2(hidden)
+    cfg = tg.Config(4, hp, hp, dot=False, warps=warps, resident=True, stamped=stamped,
+                    chunked=True, unit_lanes=lanes, thread_units=inner)
+    assert tg._chunk_shape(cfg) == shape
+    _compare(5, 6, hidden, reset_after, dtype, lengths=[5, 1, 3, 2, 5, 4], cfg=cfg)
+
+
+def test_chunk_shape():
+    """_chunk_shape: chunks of 32 / unit_lanes, the warps along the units first (one unit,
+    or thread_units, a thread), the rest along K; and which unit_lanes and thread_units a
+    split can take (_can_chunk)."""
+    cfg = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
+    assert tg._chunk_shape(cfg) == (32, 1)
+    assert tg._chunk_shape(cfg._replace(slice=4)) == (32, 1)  # (as Triton lays it out)
+    assert tg._chunk_shape(cfg._replace(unit_lanes=4)) == (8, 4)  # 2 warps along units
+    assert tg._chunk_shape(cfg._replace(unit_lanes=8)) == (4, 8)
+    assert tg._chunk_shape(cfg._replace(unit_lanes=4, thread_units=2)) == (8, 8)
+    assert tg._chunk_shape(cfg._replace(thread_units=2)) == (32, 2)  # 4 along units
+    assert tg._chunk_shape(cfg._replace(unit_lanes=2, warps=4)) == (16, 1)
+    assert tg._can_chunk(cfg._replace(unit_lanes=8))
+    assert tg._can_chunk(cfg._replace(unit_lanes=4, thread_units=2))
+    for lanes, inner in ((0, 1), (3, 1), (16, 1), (1, 3), (4, 4), (1, 16)):
+        # (not powers of two, or more lanes times thread units than units)
+        assert not tg._can_chunk(cfg._replace(unit_lanes=lanes, thread_units=inner))
+    # (chunks of 1 over 8 warps: 8 of K, not a whole number of them in 4)
+    assert not tg._can_chunk(tg.Config(1, 32, 4, dot=False, warps=8, resident=True,
+                                       unit_lanes=32))
+
+
+@pytest.mark.parametrize("chunk,kwarps,inner", [(32, 1, 1), (8, 4, 1), (4, 8, 1), (16, 2, 1),
+                                                (8, 2, 2), (32, 1, 4)], ids=str)
 @pytest.mark.parametrize("layout", ["forward", "backward"])
-def test_chunked_tiles_of_every_program(layout):
+def test_chunked_tiles_of_every_program(layout, chunk, kwarps, inner):
     """Config.chunked's tiles and product for every program of a launch (the kernels'
     tests run one program a tile in the interpreter: here each program's column offset),
     the last one past H (H=100, 8 units, 13 programs), four chunks of K, the last partly
     past H: the forward's W_hh (x @ W_gᵀ) and the backward's W_hhᵀ (x @ W_hh's gate
-    block g)."""
+    block g); chunks of a warp's 32 lanes, or with Config.unit_lanes narrower chunks
+    spread over warps along K, and with Config.thread_units 2 or 4 units a thread
+    (_chunk_shape)."""
     hidden, slice_ = 100, 8
     g = torch.Generator().manual_seed(5)
     w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
@@ -300,7 +349,8 @@ def test_chunked_tiles_of_every_program(layout):
         given, stride_s, gstep = w.t().contiguous(), 3 * hidden, hidden
         want = x @ w.view(3, hidden, hidden)
     _chunked_gates[(programs,)](given.float().to(DEVICE), x.float().to(DEVICE), out, hidden,
-                                stride_s, gstep, BK=128, S=slice_)
+                                stride_s, gstep, BK=128, S=slice_, CHUNK=chunk, KW=kwarps,
+                                SI=inner)
     assert_close("gates", want, out[..., :hidden].double().cpu(), 1e-5, rtol=1e-5)
 
 
@@ -317,7 +367,10 @@ def test_chunked_split_needs_resident_broadcast_tiles():
                 tg.Config(16, 16, 32, dot=False, resident=True, chunked=True),
                 tg.Config(2, 16, 32, dot=False, chunked=True),
                 tg.Config(16, 16, 32, dot=True, resident=True, chunked=True),
-                tg.Config(2, 16, 32, dot=False, resident=True, kmajor=True, chunked=True)):
+                tg.Config(2, 16, 32, dot=False, resident=True, kmajor=True, chunked=True),
+                tg.Config(2, 16, 32, dot=False, resident=True, chunked=True, unit_lanes=32),
+                tg.Config(2, 16, 32, dot=False, resident=True, unit_lanes=2),
+                tg.Config(2, 16, 32, dot=False, resident=True, thread_units=2)):
         with pytest.raises(ValueError, match="chunked"):
             tg.forward(*args, cfg)
 
@@ -1245,6 +1298,16 @@ def test_chunked_candidates_rule(monkeypatch):
             unchunked = tg.Config(16, slice_, hidden, dot=False, warps=warps[0],
                                   resident=True)
             assert (unchunked in found) == (dtype == f32)
+            for forward in (True, False):  # (and in SPREAD_CHUNK_SHAPES's shapes)
+                found = tg._candidates(tg.choose_backward_config(16, hidden, cuda, dtype)
+                                       if not forward else
+                                       tg.choose_config(16, hidden, cuda, dtype, True), 16,
+                                       hidden, cuda, dtype, forward)
+                shapes = {(c.warps, c.unit_lanes, c.thread_units) for c in found
+                          if (c.unit_lanes, c.thread_units) != (1, 1)}
+                assert shapes == set(tg.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
+                assert all(tg._can_chunk(c) and c.slice == slice_ for c in found
+                           if c.chunked)
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
     assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} == {
         (True, True), (False, True), (True, False), (False, False)}
@@ -1262,6 +1325,9 @@ def test_chunked_candidates_rule(monkeypatch):
                 found = tg._candidates(cfg, batch, hidden, cuda, f32, forward)
                 assert all(tg._can_chunk(c) and 3 * c.slice * c.block_k <= tg.RESIDENT_MAX
                            for c in found if c.chunked), (sms, batch, hidden)
+                # (SPREAD_CHUNK_SHAPES's were counted at 132 SMs' units a program)
+                assert not any(c.unit_lanes > 1 or c.thread_units > 1 for c in found
+                               if c.slice != {512: 4, 1024: 8}.get(hidden))
 
 
 def test_stamped_default_rule(monkeypatch):
@@ -1672,6 +1738,26 @@ def test_chunked_on_gpu(dtype, batch, hidden, split, warps, stamped, reset_after
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
+_SHAPES = sorted({(slice_, hidden, shape) for (slice_, hidden, _), shapes in
+                  tg.SPREAD_CHUNK_SHAPES.items() for shape in shapes})
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 64-128 programs")
+@pytest.mark.parametrize("dtype,batch,reset_after,at", [
+    *[(torch.float32, 16, True, i) for i in range(len(_SHAPES))],
+    (torch.float32, 12, False, len(_SHAPES) - 1), (torch.bfloat16, 16, True, 0),
+    (torch.float32, 16, False, 0)], ids=str)
+def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
+    """Benchmark mode's chunked spread splits with Config.unit_lanes and thread_units
+    (SPREAD_CHUNK_SHAPES: their sums across warps through shared memory, the backward's
+    gates summed before the lanes meet), each forward and backward: T=512, ragged
+    lengths, rows past B, outputs and every gradient at the dtype's tolerance."""
+    slice_, hidden, (warps, lanes, inner) = _SHAPES[at]
+    cfg = tg.Config(16, slice_, hidden, dot=False, warps=warps, resident=True, chunked=True,
+                    unit_lanes=lanes, thread_units=inner)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
 @pytest.mark.parametrize("batch,split", [(16, (16, 2, 256)), (16, (4, 8, 256)),
@@ -1700,6 +1786,9 @@ def signature(kernel, consts):
     for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
+    if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
+        consts.setdefault("CHUNK", 32)
+        consts.setdefault("KW", 1)
     return {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
 
 

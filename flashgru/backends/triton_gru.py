@@ -116,16 +116,60 @@ LANES = WARP_LANES if triton is None else tl.constexpr(WARP_LANES)
 
 
 @_jit
-def _chunked_tiles(w, cols, cmask, H, stride_s, gstep, BK: tl.constexpr):
+def _chunked_tiles(w, cols, cmask, H, stride_s, gstep, BK: tl.constexpr,
+                   CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr):
     """The three resident gate tiles of ``Config.chunked``, (BK / LANES, S, LANES) each:
     V_g[c, s, i] = w[g·gstep + k + s·stride_s] at k = LANES·c + i < H (zero past H), for
     _chunked_product: the forward's W_hh (stride_s H, gstep H²) or the backward's W_hhᵀ
-    (stride_s 3H, gstep H), as _resident_tiles and _resident_tiles_t read them."""
-    k = tl.arange(0, BK // LANES)[:, None, None] * LANES + tl.arange(0, LANES)[None, None, :]
-    p = w + k + cols[None, :, None] * stride_s
-    mask = (k < H) & cmask[None, :, None]
+    (stride_s 3H, gstep H), as _resident_tiles and _resident_tiles_t read them. With
+    ``Config.unit_lanes`` or ``Config.thread_units`` (_chunk_shape: chunks of CHUNK, KW
+    warps along K, SI units a thread): (BK / (KW·CHUNK), SI, KW, S / SI, CHUNK),
+    V_g[c, a, j, o, i] at k = (KW·c + j)·CHUNK + i and unit a·S / SI + o."""
+    if KW == 1 and CHUNK == LANES and SI == 1:
+        k = tl.arange(0, BK // LANES)[:, None, None] * LANES + \
+            tl.arange(0, LANES)[None, None, :]
+        p = w + k + cols[None, :, None] * stride_s
+        mask = (k < H) & cmask[None, :, None]
+    else:
+        SO: tl.constexpr = cols.shape[0] // SI
+        k = ((tl.arange(0, BK // (KW * CHUNK))[:, None, None, None, None] * KW +
+              tl.arange(0, KW)[None, None, :, None, None]) * CHUNK +
+             tl.arange(0, CHUNK)[None, None, None, None, :])
+        units = tl.reshape(cols, (SI, SO))[None, :, None, :, None]
+        inside = tl.reshape(cmask, (SI, SO))[None, :, None, :, None]
+        p = w + k + units * stride_s
+        mask = (k < H) & inside
     return (tl.load(p, mask=mask, other=0.0), tl.load(p + gstep, mask=mask, other=0.0),
             tl.load(p + 2 * gstep, mask=mask, other=0.0))
+
+
+@_jit
+def _chunked_partial(x, v, ACC: tl.constexpr):
+    """_chunked_product's sum over K not yet complete: with a (NC, S, LANES) tile, the
+    product summed over the chunks, (BB, S, LANES); with a 5-axis tile (NC, SI, KW, SO,
+    CHUNK), (BB, SI, KW, SO, CHUNK) summed over NC. What's left is _chunked_sum's."""
+    BB: tl.constexpr = x.shape[0]
+    NC: tl.constexpr = v.shape[0]
+    if len(v.shape) == 3:
+        xc = tl.reshape(x.to(ACC), (BB, NC, LANES))[:, :, None, :]
+        return tl.sum(xc * v.to(ACC)[None, :, :, :], axis=1)
+    else:
+        KW: tl.constexpr = v.shape[2]
+        CHUNK: tl.constexpr = v.shape[4]
+        xc = tl.reshape(x.to(ACC), (BB, NC, KW, CHUNK))[:, :, None, :, None, :]
+        return tl.sum(xc * v.to(ACC)[None, :, :, :, :, :], axis=1)
+
+
+@_jit
+def _chunked_sum(part):
+    """(BB, S) from _chunked_partial's sums (or a sum of several): over a chunk's lanes,
+    then (5 axes) over the warps along K, units back in order."""
+    if len(part.shape) == 3:
+        return tl.sum(part, axis=2)
+    else:
+        BB: tl.constexpr = part.shape[0]
+        S: tl.constexpr = part.shape[1] * part.shape[3]
+        return tl.reshape(tl.sum(tl.sum(part, axis=4), axis=2), (BB, S))
 
 
 @_jit
@@ -135,11 +179,14 @@ def _chunked_product(x, v, ACC: tl.constexpr):
     chunks first, then over a chunk. Triton lays the lanes along a chunk and the warps
     along the units (the axis before), so each thread sums its chunks itself and the lanes
     meet once per row and unit (nvdisasm, sm_90a, B=16, H=1024, 8 units, 8 warps: ~2300
-    instructions a step instead of ~7000, 240 shuffles instead of ~1960, no spills)."""
-    BB: tl.constexpr = x.shape[0]
-    NC: tl.constexpr = v.shape[0]
-    xc = tl.reshape(x.to(ACC), (BB, NC, LANES))[:, :, None, :]
-    return tl.sum(tl.sum(xc * v.to(ACC)[None, :, :, :], axis=1), axis=2)
+    instructions a step instead of ~7000, 240 shuffles instead of ~1960, no spills).
+    With a 5-axis tile (NC, SI, KW, SO, CHUNK), Triton's default layout for the product
+    (BB, NC, SI, KW, SO, CHUNK) fills a warp's lanes along the chunk, then the units
+    (SO), and the warps along SO, then KW (_chunk_shape makes them fill it all), each
+    thread holding NC chunks of SI units: the sum runs within a thread, then between
+    lanes, then between the KW warps (through shared memory, (BB, S) values a warp), and
+    each operand value a thread reads serves its SI units."""
+    return _chunked_sum(_chunked_partial(x, v, ACC))
 
 
 @_jit
@@ -476,6 +523,22 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
 
 
 @_jit
+def _chunked_gates(a, gstep, rows, rmask, H, stride, t, v_a, v_b, v_c, BK: tl.constexpr,
+                   STAMPED: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr):
+    """Σ_g (BB, H) block g @ v_g over GATES (2 or 3) gates, the blocks _row_block reads at
+    a + g·gstep, for a chunked split's 5-axis tiles (``Config.thread_units``,
+    ``Config.unit_lanes``): the gates' partial sums added in each thread before the lanes
+    and warps meet once (_chunked_sum), instead of once a gate."""
+    part = _chunked_partial(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED), v_a, ACC)
+    part += _chunked_partial(_row_block(a + gstep, rows, rmask, H, stride, t, BK, STAMPED),
+                             v_b, ACC)
+    if GATES == 3:
+        part += _chunked_partial(_row_block(a + 2 * gstep, rows, rmask, H, stride, t, BK,
+                                            STAMPED), v_c, ACC)
+    return _chunked_sum(part)
+
+
+@_jit
 def _publish(p, value, mask, t, STAMPED: tl.constexpr):
     """Write a step's values for the other programs: stamped words, or as they are (in
     the exchange's dtype: ``Config.narrow``'s 16-bit, rounded as tl.dot rounds them)."""
@@ -543,7 +606,9 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                    SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False):
+                    SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+                    CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
+                    SI: tl.constexpr = 1):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -578,7 +643,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     if STACKED:
         w_hi, w_lo = _stacked_tiles(w, H, BK, S, False, SPLIT16)
     elif CHUNKED:
-        w_r, w_z, w_n = _chunked_tiles(w, cols, cmask, H, H, H * H, BK)
+        w_r, w_z, w_n = _chunked_tiles(w, cols, cmask, H, H, H * H, BK, CHUNK, KW, SI)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
@@ -670,7 +735,9 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                      KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                      PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False):
+                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
+                     SI: tl.constexpr = 1):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -699,7 +766,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     if STACKED:
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
     elif CHUNKED:
-        v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK)
+        v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK, CHUNK, KW,
+                                        SI)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
     if SPLIT16:
@@ -763,6 +831,9 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
                                        w_hi, w_lo, S, w_rows, SPLIT16)
+            elif CHUNKED and not (KW == 1 and CHUNK == LANES and SI == 1):
+                carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
+                                       STAMPED, ACC, 3)
             elif RESIDENT:
                 carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
                                           KMAJOR, DOT, PREC, ACC, CHUNKED)
@@ -805,6 +876,9 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 carry = r * d_rh + _stacked_carry(
                     _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
                                        STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
+            elif CHUNKED and not (KW == 1 and CHUNK == LANES and SI == 1):
+                carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
+                                                  v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
             elif RESIDENT:
                 carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
                                                      STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
@@ -857,7 +931,17 @@ class Config(NamedTuple):
     broadcast tiles, not K-major, block_k ≥ LANES, fewer than 16 rows or units): the
     product over K in chunks of a warp's lanes, each thread summing its chunks before the
     lanes meet (_chunked_product), where the plain broadcast product's sum over K is all
-    shuffles between lanes and warps; W's tiles are laid out to match (_chunked_tiles)."""
+    shuffles between lanes and warps; W's tiles are laid out to match (_chunked_tiles);
+    unit_lanes (chunked; 1, or a power of two up to slice): a warp's lanes along the
+    units, the rest along K's chunks (_chunk_shape), and the warps along the units as far
+    as they go, then along K, summed across warps through shared memory once per product:
+    where a warp covers every unit of the program's, as at 8 warps of 8 units, each warp
+    reads every operand value from shared memory; this way a warp reads 1 / (warps along
+    K) of them; thread_units (chunked; 1, or a power of two, times unit_lanes at most
+    slice): each thread's units at the same K, so that each operand value a thread reads
+    from shared memory serves that many units (the backward's three gates summed in each
+    thread before the lanes meet: _chunked_gates). Benchmark mode's candidates, not yet
+    timed on a GPU (SPREAD_CHUNK_SHAPES)."""
 
     block_batch: int
     slice: int
@@ -873,6 +957,8 @@ class Config(NamedTuple):
     narrow: bool = False
     split16: bool = False
     chunked: bool = False
+    unit_lanes: int = 1
+    thread_units: int = 1
 
 
 def _pow2(n: int) -> int:
@@ -953,9 +1039,29 @@ def _can_chunk(cfg: Config) -> bool:
     """Whether cfg can be ``Config.chunked``: resident broadcast tiles, not K-major, K at
     least a warp's lanes, and fewer than 16 rows or 16 units (with both, Triton 3.6's
     combine pass fails on the product, taking it for a tl.dot: sm_90a, 2026-11-27; 3.9
-    compiles it)."""
-    return (cfg.resident and not (cfg.dot or cfg.kmajor or cfg.stacked) and
-            cfg.block_k >= WARP_LANES and min(cfg.block_batch, cfg.slice) < 16)
+    compiles it); with ``Config.unit_lanes`` and ``Config.thread_units``, powers of two
+    whose product is at most the units, and K a whole number of _chunk_shape's chunks
+    across its warps."""
+    lanes, inner = cfg.unit_lanes, cfg.thread_units
+    if not (cfg.resident and not (cfg.dot or cfg.kmajor or cfg.stacked) and
+            cfg.block_k >= WARP_LANES and min(cfg.block_batch, cfg.slice) < 16 and
+            min(lanes, inner) >= 1 and lanes & (lanes - 1) == 0 and inner & (inner - 1) == 0
+            and lanes <= WARP_LANES and lanes * inner <= cfg.slice):
+        return False
+    chunk, kwarps = _chunk_shape(cfg)
+    return cfg.block_k % (chunk * kwarps) == 0
+
+
+def _chunk_shape(cfg: Config) -> tuple[int, int]:
+    """A ``Config.chunked`` product's chunk (a warp's lanes along K) and its warps along K:
+    with ``Config.unit_lanes`` u, chunks of LANES / u; the warps along the units as far
+    as slice / (u · thread_units) go, the rest along K; (32, 1) at unit_lanes and
+    thread_units 1."""
+    if (cfg.unit_lanes, cfg.thread_units) == (1, 1):  # (Triton's layout: warps along
+        return WARP_LANES, 1  # the units, any left over along the chunks)
+    outer = max(1, cfg.slice // cfg.thread_units)
+    unit_warps = max(1, min(cfg.warps, outer // cfg.unit_lanes))
+    return WARP_LANES // cfg.unit_lanes, max(1, cfg.warps // unit_warps)
 
 
 def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
@@ -1144,8 +1250,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     resident (each its own recurrence), K-major and row-major, and one 16-row tile
     (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
     resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
-    4), in 16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit
-    in shared memory; not yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
+    4, and in SPREAD_CHUNK_SHAPES's shapes: not yet timed on a GPU), in 16 bits up to
+    H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in shared memory; not
+    yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
     tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
     fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of
     16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
@@ -1179,6 +1286,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 # spill 18 KB)
                 found += [spread._replace(warps=w, chunked=True)
                           for w in ((4, 8) if hp <= 512 else (8,))]
+                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i)
+                          for w, u, i in SPREAD_CHUNK_SHAPES.get(
+                              (spread.slice, hp, forward), ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -1202,6 +1312,23 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     limit = _grid_limit(device)
     return [cfg for cfg in dict.fromkeys(found)
             if cfg == default or -(-hidden // cfg.slice) <= limit]
+
+
+# Benchmark mode's chunked spread splits with a warp's lanes along the units and K's chunks
+# over warps (Config.unit_lanes, Config.thread_units), at batch 9-16: (units, K, forward)
+# → (warps, unit_lanes, thread_units). Chosen offline, not yet timed on a GPU: by
+# scripts/sass_profile.py (sm_90a, fp32, B=16, 132 SMs), those whose time loop reads the
+# fewest shared-memory bytes and shuffles least (ldmatrix ×4 + shuffles a thread, times
+# warps: the backward's largest floor) without spilling more than a few words:
+#   H=512 forward, 4 warps: 1984 → 1696 (4, 1); backward 4032 → 2064 (2, 2) at 4 warps,
+#   2608 at 8; H=1024 forward, 8 warps: 6016 → 5440 (4, 1), 4736 (4, 2); backward
+#   14208 → 7040 (4, 2), 7232 (2, 2).
+SPREAD_CHUNK_SHAPES = {
+    (4, 512, True): ((4, 4, 1),),
+    (4, 512, False): ((4, 2, 2), (8, 2, 2)),
+    (8, 1024, True): ((8, 4, 1), (8, 4, 2)),
+    (8, 1024, False): ((8, 4, 2), (8, 2, 2)),
+}
 
 
 # The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
@@ -1317,8 +1444,11 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError("a split16 split is a stacked split on fp32 weights")
     if cfg.chunked and not _can_chunk(cfg):
         raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
-                         f"kmajor), block_k ≥ {WARP_LANES} and fewer than 16 rows or units; "
-                         f"got {cfg}")
+                         f"kmajor), block_k ≥ {WARP_LANES}, fewer than 16 rows or units, and "
+                         f"unit_lanes and thread_units powers of two, their product at most "
+                         f"the slice, whose chunks divide block_k; got {cfg}")
+    if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
+        raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
     if INTERPRET and programs > 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
@@ -1326,6 +1456,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError(f"{programs} programs per batch tile can't all be resident on "
                          f"{_grid_limit(device)} multiprocessors: use a larger slice")
     tiles_per_launch = _grid_limit(device) // programs
+    chunk, kwarps = _chunk_shape(cfg)
     rows_per_launch = cfg.block_batch * tiles_per_launch
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
@@ -1340,7 +1471,9 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
                 STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
-                CHUNKED=cfg.chunked, num_warps=cfg.warps, **launch, **consts)
+                CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
+                num_warps=cfg.warps,
+                **launch, **consts)
 
 
 def _grid_limit(device: torch.device) -> int:
