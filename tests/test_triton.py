@@ -1770,7 +1770,7 @@ def test_kmajor_on_gpu(batch, split, stamped):
 
 
 _SM90_PROBE = """
-import itertools, json, sys
+import itertools, json, re, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -1789,6 +1789,7 @@ def signature(kernel, consts):
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
         consts.setdefault("CHUNK", 32)
         consts.setdefault("KW", 1)
+        consts.setdefault("SI", 1)
     return {a: "constexpr" if a in consts else types.get(a, "*fp32") for a in kernel.arg_names}
 
 
@@ -1870,6 +1871,25 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                                             constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         shuffles[f"{name}-{chunked}"] = compiled.asm["ptx"].count("shfl.sync")
+# the backward's chunked product with 2 units a thread and 4 lanes along them
+# (Config.thread_units, unit_lanes: chunks of 8 over 8 warps): its shared-memory reads
+# (ldmatrix) and shuffles beside the plain chunked one's
+reads = {}
+for shape in ((32, 1, 1), (8, 8, 2)):
+    consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=True, DOT=False, PREC="tf32x3",
+                  ACC=tl.float32, RESIDENT=True, STAMPED=False, CHUNKED=True,
+                  CHUNK=shape[0], KW=shape[1], SI=shape[2])
+    kernel = tg._backward_kernel
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
+                                        constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    ptx = compiled.asm["ptx"]
+    # (32-bit words a thread reads: ld.shared, its .v2 and .v4, or ldmatrix .x1-.x4,
+    # whichever this Triton emits)
+    words = sum({"v2": 2, "v4": 4, "x2": 2, "x4": 4}.get(width, 1) for width in
+                re.findall("(?:ld[.]shared|ldmatrix[.]sync[.]aligned[.]m8n8)[.]([a-z0-9]+)",
+                           ptx))
+    reads[str(shape[2])] = {"words": words, "shuffles": ptx.count("shfl.sync")}
 # the stacked split: its tiles loaded once into shared memory, multiplied there by wgmma
 # (the forward's largest tiles; the backward's at one and two folds)
 stacked = {}
@@ -1916,7 +1936,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         prefetch[f"{name}-{split}-{reset_after}-{ahead}"] = ttgir[
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
-                  "prefetch": prefetch, "shuffles": shuffles}))
+                  "prefetch": prefetch, "shuffles": shuffles, "reads": reads}))
 """
 
 
@@ -1983,6 +2003,17 @@ def test_chunked_product_sums_within_threads(sm90, kernel):
     fraction of them remains (nvdisasm: 240 a step against ~1960)."""
     plain, chunked = (sm90["shuffles"][f"{kernel}-{c}"] for c in (False, True))
     assert 0 < 4 * chunked < plain, (plain, chunked)
+
+
+def test_thread_units_halve_the_backwards_reads(sm90):
+    """Config.thread_units rests on the layout Triton picks for the 5-axis product: each
+    thread's two units share the operand values it reads, so the backward at B=16, H=1024
+    (8 units, 8 warps) reads half as much from shared memory (ldmatrix: nvdisasm counted
+    193 a step against 384, each 4 words a thread), and with the gates summed before the
+    lanes meet, shuffles less (108 against 240)."""
+    plain, two = sm90["reads"]["1"], sm90["reads"]["2"]
+    assert 0 < 2 * two["words"] <= 1.1 * plain["words"], (plain, two)
+    assert 0 < two["shuffles"] < plain["shuffles"], (plain, two)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
