@@ -761,6 +761,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     n_prog = tl.num_programs(0)
     own3 = rows[:, None] * 3 * H + cols[None, :]
     XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
+    # (chunked 5-axis tiles, Config.unit_lanes or thread_units: the gates summed at once)
+    SHAPED: tl.constexpr = CHUNKED and (KW > 1 or CHUNK != LANES or SI > 1)
     sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     if STACKED:
@@ -831,7 +833,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
                                        w_hi, w_lo, S, w_rows, SPLIT16)
-            elif CHUNKED and not (KW == 1 and CHUNK == LANES and SI == 1):
+            elif SHAPED:
                 carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
                                        STAMPED, ACC, 3)
             elif RESIDENT:
@@ -876,7 +878,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 carry = r * d_rh + _stacked_carry(
                     _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
                                        STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
-            elif CHUNKED and not (KW == 1 and CHUNK == LANES and SI == 1):
+            elif SHAPED:
                 carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
                                                   v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
             elif RESIDENT:
