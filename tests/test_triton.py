@@ -1327,7 +1327,8 @@ def test_chunked_candidates_rule(monkeypatch):
                            for c in found if c.chunked), (sms, batch, hidden)
                 # (SPREAD_CHUNK_SHAPES's were counted at 132 SMs' units a program)
                 assert not any(c.unit_lanes > 1 or c.thread_units > 1 for c in found
-                               if c.slice != {512: 4, 1024: 8}.get(hidden))
+                               if c.slice != {h: s for s, h, _ in tg.SPREAD_CHUNK_SHAPES}
+                               .get(hidden))
 
 
 def test_stamped_default_rule(monkeypatch):
@@ -1872,8 +1873,8 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         shuffles[f"{name}-{chunked}"] = compiled.asm["ptx"].count("shfl.sync")
 # the backward's chunked product with 2 units a thread and 4 lanes along them
-# (Config.thread_units, unit_lanes: chunks of 8 over 8 warps): its shared-memory reads
-# (ldmatrix) and shuffles beside the plain chunked one's
+# (Config.thread_units, unit_lanes: chunks of 8 over 8 warps): the words it reads from
+# shared memory and its shuffles beside the plain chunked one's
 reads = {}
 for shape in ((32, 1, 1), (8, 8, 2)):
     consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=True, DOT=False, PREC="tf32x3",
