@@ -66,6 +66,32 @@ if BACKENDS["triton"].missing() is None:
         tl.store(o + 32 * width, tg._chunked_product(xb, v_n, tl.float32))
 
     @tg._jit
+    def _partials_published(w, g, xbuf, H, BK: tl.constexpr, S: tl.constexpr,
+                            PP: tl.constexpr):
+        """Each program's partial products Σ_g G_g[rows, units] @ W_g[units, :] (g (3,
+        2·16, H): two batch tiles of 16 rows, three gates) from Config.partials's tiles of
+        w = W_hh, published as exchange 1 (test_partials_of_every_program)."""
+        cols = tl.program_id(0) * S + tl.arange(0, S)
+        cmask = cols < H
+        v_r, v_z, v_n = tg._partial_tiles(w, cols, cmask, H, BK)
+        rows = tl.program_id(1) * 16 + tl.arange(0, 16)
+        at = g + rows[:, None] * H + cols[None, :]
+        m = cmask[None, :]
+        part = tg._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
+        part += tg._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
+        part += tg._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
+        tg._publish_partials(xbuf, part, 1, 16, S, PP)
+
+    @tg._jit
+    def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
+        """out (2·16, H): each program's sums of exchange 1's partial products at its units
+        (test_partials_of_every_program)."""
+        cols = tl.program_id(0) * S + tl.arange(0, S)
+        rows = tl.program_id(1) * 16 + tl.arange(0, 16)
+        tl.store(out + rows[:, None] * H + cols[None, :],
+                 tg._summed_partials(xbuf, 1, 16, S, PP), mask=(cols < H)[None, :])
+
+    @tg._jit
     def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                           SPLIT16: tl.constexpr = False):
         """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
@@ -373,6 +399,67 @@ def test_chunked_split_needs_resident_broadcast_tiles():
                 tg.Config(2, 16, 32, dot=False, resident=True, thread_units=2)):
         with pytest.raises(ValueError, match="chunked"):
             tg.forward(*args, cfg)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,prefetch", [(torch.float32, False), (torch.float16, False),
+                                            (torch.float64, False), (torch.float32, True)],
+                         ids=["f32", "f16", "f64", "f32-prefetch"])
+@pytest.mark.parametrize("size", [(3, 100), (16, 64), (1, 33)], ids=str)
+def test_partials_split(size, dtype, prefetch, reset_after):
+    """Config.partials, the backward: its units' gradients times its rows of W_hh,
+    exchanged and summed (reset_before's two exchanges a step), K in chunks of 32 (four
+    at H=100, the last part past H), rows past B and a second batch tile (16 rows in tiles
+    of 8), with and without the reads a step ahead; every gradient, after the resident
+    forward."""
+    batch, hidden = size
+    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+                    resident=True)
+    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
+             cfg=cfg, backward_cfg=cfg._replace(partials=True, prefetch=prefetch))
+
+
+def test_partials_of_every_program():
+    """Config.partials's tiles, products and exchange for every program of a launch and
+    two batch tiles (the kernels' tests run one program a tile in the interpreter: here
+    13 programs of 8 units, the last past H=100, K in four chunks of 32, the last partly
+    past H): published by every program in one launch, summed by each in the next, they
+    make Σ_g G_g @ W_g for each tile's rows."""
+    hidden, slice_ = 100, 8
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
+    grads = torch.randn(3, 32, hidden, generator=g, dtype=torch.float64)
+    programs = -(-hidden // slice_)
+    pp = tg._pow2(programs)
+    xbuf = torch.full((2, 2, programs, pp, 16, slice_), math.nan, device=DEVICE)
+    out = torch.full((32, hidden), math.nan, device=DEVICE)
+    _partials_published[(programs, 2)](w.float().to(DEVICE), grads.float().to(DEVICE), xbuf,
+                                       hidden, BK=128, S=slice_, PP=pp)
+    assert xbuf[:, 0].isnan().all()  # (exchange 1 in the second region alone)
+    _partials_summed[(programs, 2)](xbuf, out, hidden, S=slice_, PP=pp)
+    want = sum(grads[i] @ w[i * hidden:(i + 1) * hidden] for i in range(3))
+    assert_close("partials", want, out.double().cpu(), 1e-5, rtol=1e-5)
+
+
+def test_partials_split_needs_resident_broadcast_tiles():
+    """Config.partials: the backward's, on resident tiles with the broadcast product,
+    block_k ≥ 32, and no other product or exchange but prefetch; a ValueError before any
+    launch otherwise, and for the forward."""
+    gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
+    lens = torch.tensor([2, 2], device=DEVICE)
+    cfg = tg.Config(2, 32, 32, dot=False, resident=True)
+    out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True,
+                            True, cfg)
+    args = (torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True)
+    assert tg.backward(*args, cfg._replace(partials=True))[0].isfinite().all()
+    for bad in (cfg._replace(resident=False), cfg._replace(block_k=16, slice=16),
+                cfg._replace(dot=True), cfg._replace(stamped=True),
+                cfg._replace(kmajor=True), cfg._replace(chunked=True)):
+        with pytest.raises(ValueError, match="partials"):
+            tg.backward(*args, bad._replace(partials=True))
+    with pytest.raises(ValueError, match="partials"):
+        tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, True,
+                   cfg._replace(partials=True))
 
 
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
@@ -1331,6 +1418,45 @@ def test_chunked_candidates_rule(monkeypatch):
                                .get(hidden))
 
 
+def test_partials_candidates_rule(monkeypatch):
+    """Benchmark mode times the spread backward split exchanging partial products
+    (Config.partials) at batch 9-16 in PARTIAL_SPREADS's sizes (132 SMs' units a program:
+    4 of K=512 at 4 and 8 warps, 8 of K=1024 at 8), fp32 and bf16 alike; never for the
+    forward, at other batches or sizes, or in fp64; on other cards only where the spread
+    split has those units and K."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for batch, hidden in [(1, 1024), (8, 1024), (16, 256), (16, 512), (16, 1024),
+                              (12, 1000), (64, 512)]:
+            for forward in (True, False):
+                cfg = (tg.choose_config if forward else tg.choose_backward_config)(
+                    batch, hidden, cuda, dtype)
+                found = [c for c in tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
+                         if c.partials]
+                counted = tg.PARTIAL_SPREADS.get((tg._pow2(hidden) // 128, tg._pow2(hidden)))
+                if forward or dtype == torch.float64 or not 8 < batch <= 16 or not counted:
+                    assert not found, (dtype, batch, hidden, forward)
+                    continue
+                assert {c.warps for c in found} == set(counted)
+                assert all(tg._can_partial(c) and c.block_batch == 16 and
+                           c.slice * 128 >= hidden for c in found)
+    offered = set()
+    for sms in (16, 24, 46, 66, 108):  # (smaller cards: other units a program)
+        Props.multi_processor_count = sms
+        for hidden in (384, 512, 1024):
+            cfg = tg.choose_backward_config(16, hidden, cuda, torch.float32)
+            found = [c for c in tg._candidates(cfg, 16, hidden, cuda, torch.float32, False)
+                     if c.partials]
+            assert all(c.warps in tg.PARTIAL_SPREADS[(c.slice, c.block_k)] for c in found)
+            offered |= {(sms, hidden) for c in found}
+    assert offered == {(108, 384)}  # (4 units of K=512 a program)
+
+
 def test_stamped_default_rule(monkeypatch):
     """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200; for a
     chunked split CHUNKED_STAMPED_MAX_WORDS, 512) makes the default resident forward
@@ -1757,6 +1883,23 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     cfg = tg.Config(16, slice_, hidden, dot=False, warps=warps, resident=True, chunked=True,
                     unit_lanes=lanes, thread_units=inner)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs")
+@pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,reset_after", [
+    (torch.float32, 16, 512, 4, 4, True), (torch.float32, 16, 512, 4, 8, True),
+    (torch.float32, 16, 1024, 8, 8, True), (torch.float32, 16, 1024, 8, 8, False),
+    (torch.bfloat16, 16, 1024, 8, 8, True), (torch.float32, 12, 1020, 8, 8, True)],
+    ids=str)
+def test_partials_on_gpu(dtype, batch, hidden, slice_, warps, reset_after):
+    """Benchmark mode's spread backward splits exchanging partial products (Config.partials,
+    PARTIAL_SPREADS), after the chunked forward: T=512, ragged lengths, rows past B and a
+    last program partly past H, both formulations, every gradient at the dtype's
+    tolerance."""
+    hp = tg._pow2(hidden)
+    cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
+             cfg=cfg._replace(chunked=True), backward_cfg=cfg._replace(partials=True))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")

@@ -539,6 +539,64 @@ def _chunked_gates(a, gstep, rows, rmask, H, stride, t, v_a, v_b, v_c, BK: tl.co
 
 
 @_jit
+def _partial_tiles(w, cols, cmask, H, BK: tl.constexpr):
+    """``Config.partials``: this program's rows of W_hh (w, (3H, H)), gate by gate, each
+    (S, BK / LANES, LANES): V_g[s, c, i] = W_hh[g·H + cols[s], LANES·c + i], zero past H.
+    In _partial_product Triton lays a warp's lanes along the last axis and the warps along
+    the chunks, so each thread holds all S units at its columns."""
+    k = tl.arange(0, BK // LANES)[:, None] * LANES + tl.arange(0, LANES)[None, :]
+    p = w + cols[:, None, None] * H + k[None, :, :]
+    mask = cmask[:, None, None] & (k < H)[None, :, :]
+    return (tl.load(p, mask=mask, other=0.0), tl.load(p + H * H, mask=mask, other=0.0),
+            tl.load(p + 2 * H * H, mask=mask, other=0.0))
+
+
+@_jit
+def _partial_product(g, v, ACC: tl.constexpr):
+    """Σ_s g[b, s]·V[s, c, i], (BB, BK / LANES, LANES) in ACC: this program's units'
+    gradients g (BB, S) times its rows of W (V from _partial_tiles), at every column of
+    W, each thread summing over the units itself."""
+    return tl.sum(g.to(ACC)[:, :, None, None] * v.to(ACC)[None, :, :, :], axis=1)
+
+
+@_jit
+def _partials_region(xbuf, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+    """Where exchange e of this program's batch tile lies in ``Config.partials``'s buffer
+    (tiles, 2, P, PP, BB, S), PP a power of two ≥ the programs P: exchanges alternate
+    between two regions, so a program a step ahead never writes over what another is
+    still reading."""
+    return xbuf + (tl.program_id(1) * 2 + e % 2).to(tl.int64) * tl.num_programs(0) * \
+        (PP * BB * S)
+
+
+@_jit
+def _publish_partials(xbuf, part, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+    """Write this program's partial products (BB, NC, LANES) (_partial_product) for
+    exchange e, each column's values at [program owning that unit, this program, row,
+    unit] of the region (_partials_region), where its owner reads them all in one block
+    (strides of compile-time sizes: a thread's addresses are one register plus
+    constants)."""
+    NC: tl.constexpr = part.shape[1]
+    k = tl.arange(0, NC)[:, None] * LANES + tl.arange(0, LANES)[None, :]
+    at = ((k // S) * PP + tl.program_id(0)) * (BB * S) + k % S
+    p = _partials_region(xbuf, e, BB, S, PP) + at[None, :, :] + \
+        tl.arange(0, BB)[:, None, None] * S
+    tl.store(p, part, mask=(k < tl.num_programs(0) * S)[None, :, :])
+
+
+@_jit
+def _summed_partials(xbuf, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+    """(BB, S): the sum of every program's partial products of exchange e
+    (_publish_partials) at this program's units."""
+    src = tl.arange(0, PP)
+    p = _partials_region(xbuf, e, BB, S, PP) + (tl.program_id(0) * PP + src[:, None]) * \
+        (BB * S) + tl.arange(0, BB * S)[None, :]
+    n = tl.num_programs(0)
+    got = tl.load(p, mask=(src < n)[:, None], other=0.0, cache_modifier=".cg")
+    return tl.reshape(tl.sum(got, axis=0), (BB, S))
+
+
+@_jit
 def _publish(p, value, mask, t, STAMPED: tl.constexpr):
     """Write a step's values for the other programs: stamped words, or as they are (in
     the exchange's dtype: ``Config.narrow``'s 16-bit, rounded as tl.dot rounds them)."""
@@ -737,7 +795,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
                      SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                      CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                     SI: tl.constexpr = 1):
+                     SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
+                     PP: tl.constexpr = 1):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -755,7 +814,11 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
     dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
     (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
-    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread).
+    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PARTIALS
+    (``Config.partials``): wt is W_hh itself, (3H, H), each program multiplies its own
+    units' gradients by its rows of W_hh and the programs exchange the (B, H) partial
+    products through xbuf (tiles, 2, P, PP, BB, S) (_publish_partials), each summing those
+    of its units (_summed_partials); PP a power of two ≥ the programs.
     """
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
@@ -767,6 +830,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     carried = tl.load(dh + own, mask=m, other=0.0)
     if STACKED:
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
+    elif PARTIALS:
+        v_r, v_z, v_n = _partial_tiles(wt, cols, cmask, H, BK)
     elif CHUNKED:
         v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK, CHUNK, KW,
                                         SI)
@@ -823,13 +888,19 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             tl.store(dgh + g3 + own3, dr, mask=m)
             tl.store(dgh + g3 + own3 + H, dz, mask=m)
             tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
+            if PARTIALS:
+                _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                                  _partial_product(dz, v_z, ACC) +
+                                  _partial_product(dn * r, v_n, ACC), i, BB, S, PP)
             if not STAMPED:
                 _barrier(sync, (i + 1) * n_prog)
             if PREFETCH:  # (step t - 1's reads in flight through this step's product)
                 p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
                     dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
                     m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
-            if STACKED:
+            if PARTIALS:
+                carry = _summed_partials(xbuf, i, BB, S, PP)
+            elif STACKED:
                 carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                           xstride, t, BK, S, STAMPED, 7),
                                        w_hi, w_lo, S, w_rows, SPLIT16)
@@ -851,13 +922,17 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
             tl.store(dgi + g3 + own3 + H, dz, mask=m)
             tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+            if PARTIALS:
+                _publish_partials(xbuf, _partial_product(dn, v_n, ACC), 2 * i, BB, S, PP)
             if not STAMPED:
                 _barrier(sync, (2 * i + 1) * n_prog)
             if PREFETCH:
                 p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
                     dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
                     m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
-            if STACKED:  # (the n gate's block alone)
+            if PARTIALS:
+                d_rh = _summed_partials(xbuf, 2 * i, BB, S, PP)
+            elif STACKED:  # (the n gate's block alone)
                 d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                          xstride, t, BK, S, STAMPED, 4),
                                       w_hi, w_lo, S, w_rows, SPLIT16)
@@ -872,9 +947,14 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 _publish(a + xo, dr, m, t, STAMPED)
                 _publish(a + xo + gstep, dz, m, t, STAMPED)
             tl.store(dgi + g3 + own3, dr, mask=m)
+            if PARTIALS:
+                _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                                  _partial_product(dz, v_z, ACC), 2 * i + 1, BB, S, PP)
             if not STAMPED:
                 _barrier(sync, (2 * i + 2) * n_prog)
-            if STACKED:  # (r's and z's blocks)
+            if PARTIALS:
+                carry = r * d_rh + _summed_partials(xbuf, 2 * i + 1, BB, S, PP)
+            elif STACKED:  # (r's and z's blocks)
                 carry = r * d_rh + _stacked_carry(
                     _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
                                        STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
@@ -943,7 +1023,15 @@ class Config(NamedTuple):
     slice): each thread's units at the same K, so that each operand value a thread reads
     from shared memory serves that many units (the backward's three gates summed in each
     thread before the lanes meet: _chunked_gates). Benchmark mode's candidates, not yet
-    timed on a GPU (SPREAD_CHUNK_SHAPES)."""
+    timed on a GPU (SPREAD_CHUNK_SHAPES); partials (the backward's; resident broadcast
+    tiles, block_k ≥ LANES, none of the above but prefetch): each program multiplies its
+    own units' gradients by its rows of W_hh, summing over its units within each thread,
+    and the programs exchange these (B, H) partial products, each summing every
+    program's at its own units (_publish_partials, _summed_partials): 2·P·B·H values
+    through L2 a step, against P·B·3H when every program reads all the gradients (a
+    third less; at B=16, H=1024, 128 programs, 16.8 MB against 25 MB; reset_before's
+    two exchanges a step 33.6 against 25); a benchmark-mode candidate, not yet timed on
+    a GPU."""
 
     block_batch: int
     slice: int
@@ -961,6 +1049,7 @@ class Config(NamedTuple):
     chunked: bool = False
     unit_lanes: int = 1
     thread_units: int = 1
+    partials: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -1052,6 +1141,15 @@ def _can_chunk(cfg: Config) -> bool:
         return False
     chunk, kwarps = _chunk_shape(cfg)
     return cfg.block_k % (chunk * kwarps) == 0
+
+
+def _can_partial(cfg: Config) -> bool:
+    """Whether cfg's backward can be ``Config.partials``: resident broadcast tiles with K
+    at least a warp's lanes, and none of the other products or exchanges (prefetch
+    aside)."""
+    return cfg.resident and cfg.block_k >= WARP_LANES and not (
+        cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
+        cfg.chunked)
 
 
 def _chunk_shape(cfg: Config) -> tuple[int, int]:
@@ -1252,7 +1350,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     resident (each its own recurrence), K-major and row-major, and one 16-row tile
     (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
     resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
-    4, and in SPREAD_CHUNK_SHAPES's shapes: not yet timed on a GPU), in 16 bits up to
+    4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
+    products, in PARTIAL_SPREADS's: not yet timed on a GPU), in 16 bits up to
     H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in shared memory; not
     yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
     tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
@@ -1291,6 +1390,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i)
                           for w, u, i in SPREAD_CHUNK_SHAPES.get(
                               (spread.slice, hp, forward), ())]
+            if spread is not None and not forward:
+                found += [spread._replace(warps=w, partials=True)
+                          for w in PARTIAL_SPREADS.get((spread.slice, hp), ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -1331,6 +1433,19 @@ SPREAD_CHUNK_SHAPES = {
     (8, 1024, True): ((8, 4, 1), (8, 4, 2)),
     (8, 1024, False): ((8, 4, 2), (8, 2, 2)),
 }
+
+
+# Benchmark mode's spread backward splits exchanging partial products (Config.partials), at
+# batch 9-16: (units, K) → warps. Chosen offline, not yet timed on a GPU: by
+# scripts/sass_profile.py (sm_90a, fp32, B=16, 132 SMs; warp-instructions a step per
+# multiprocessor, against the chunked splits' in SPREAD_CHUNK_SHAPES): H=512 6,396 at 4
+# warps (108 bytes spilled), 7,624 at 8 (none; chunked 8,168 as timed, 6,992 at (4, 2,
+# 2)); H=1024 21,440 at 8 warps (512 bytes spilled; chunked 24,120 as timed, 21,136 at
+# (8, 4, 2)). What they save is what the count leaves out: a third of the exchange
+# through L2 (H=1024: 16.8 MB a step against 25) and nearly all the shared-memory reads
+# of the operand (each thread reads the program's own gradients, the same words as
+# every other thread: broadcasts).
+PARTIAL_SPREADS = {(4, 512): (4, 8), (8, 1024): (8,)}
 
 
 # The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
@@ -1427,7 +1542,6 @@ def _acc(dtype: torch.dtype):
 def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
     """Run ``kernel`` over all rows and steps, in batch chunks that keep every program of a
     launch resident at once (the barrier needs that)."""
-    programs = -(-hidden // cfg.slice)
     device = args[0].device
     if cfg.resident and cfg.block_k < hidden:
         raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
@@ -1451,12 +1565,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          f"the slice, whose chunks divide block_k; got {cfg}")
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
         raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
-    if INTERPRET and programs > 1:
-        raise ValueError("the Triton interpreter runs one program per batch tile: "
-                         f"slice {cfg.slice} must cover all {hidden} hidden units")
-    if programs > _grid_limit(device):
-        raise ValueError(f"{programs} programs per batch tile can't all be resident on "
-                         f"{_grid_limit(device)} multiprocessors: use a larger slice")
+    programs = _programs(cfg, hidden, device)
     tiles_per_launch = _grid_limit(device) // programs
     chunk, kwarps = _chunk_shape(cfg)
     rows_per_launch = cfg.block_batch * tiles_per_launch
@@ -1476,6 +1585,18 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
                 num_warps=cfg.warps,
                 **launch, **consts)
+
+
+def _programs(cfg: Config, hidden: int, device: torch.device) -> int:
+    """The programs of a batch tile, refused where they can't all run at once."""
+    programs = -(-hidden // cfg.slice)
+    if INTERPRET and programs > 1:
+        raise ValueError("the Triton interpreter runs one program per batch tile: "
+                         f"slice {cfg.slice} must cover all {hidden} hidden units")
+    if programs > _grid_limit(device):
+        raise ValueError(f"{programs} programs per batch tile can't all be resident on "
+                         f"{_grid_limit(device)} multiprocessors: use a larger slice")
+    return programs
 
 
 def _grid_limit(device: torch.device) -> int:
@@ -1562,6 +1683,8 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     else:  # (the kernel writes no gates: out stands in for their pointers)
         saved, gates = [], (out,) * 4
     _check_weights(cfg, w_hh.dtype)
+    if cfg.partials:
+        raise ValueError(f"partials is a backward split's: got {cfg} for the forward")
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -1596,7 +1719,18 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
-    if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
+    consts = {}
+    if cfg.partials:  # the partial products' two regions for each batch tile of a launch
+        if not _can_partial(cfg):
+            raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
+                             f"block_k ≥ {WARP_LANES}, and no other product or exchange "
+                             f"(prefetch aside); got {cfg}")
+        programs = _programs(cfg, hidden, out.device)
+        tiles = min(-(-batch // cfg.block_batch), _grid_limit(out.device) // programs)
+        xbuf = _empty(max(tiles, 1), 2, programs, _pow2(programs), cfg.block_batch,
+                      cfg.slice, dtype=acc, device=out.device)
+        consts = {"PARTIALS": True, "PP": _pow2(programs)}
+    elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
     elif cfg.kmajor or cfg.narrow:  # the K-major or 16-bit exchange (each step written
         # before it is read)
@@ -1605,11 +1739,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        weights, scale = _kernel_weights(w_hh.t(), cfg)
+        # (partials: W_hh's own rows)
+        weights, scale = _kernel_weights(w_hh if cfg.partials else w_hh.t(), cfg)
         args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
                 lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), SPLIT16=cfg.split16)
+                ACC=_acc(acc), SPLIT16=cfg.split16, **consts)
     # dW_hh over all steps, one GEMM: for bf16 outputs (fp32's range) on bf16 operands with
     # fp32 accumulation, as autograd does the input projection's (bf16 weights store the
     # gradient in bf16 anyway; under autocast, fp32 weights get it as autocast gives a
