@@ -1924,12 +1924,22 @@ types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32
          "t_begin": "i32", "t_end": "i32"}
 
 
+def shared_words(ptx):
+    # 32-bit words a thread reads from shared memory: ld.shared, its .v2 and .v4, or
+    # ldmatrix .x1-.x4, whichever this Triton emits
+    return sum({"v2": 2, "v4": 4, "x2": 2, "x4": 4}.get(width, 1) for width in
+               re.findall("(?:ld[.]shared|ldmatrix[.]sync[.]aligned[.]m8n8)[.]([a-z0-9]+)",
+                          ptx))
+
+
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PARTIALS"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
+    if "PP" in kernel.arg_names:  # (Config.partials's programs, rounded up: unread)
+        consts.setdefault("PP", 1)
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
         consts.setdefault("CHUNK", 32)
         consts.setdefault("KW", 1)
@@ -2027,13 +2037,21 @@ for shape in ((32, 1, 1), (8, 8, 2)):
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
                                         constexprs=consts),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    ptx = compiled.asm["ptx"]
-    # (32-bit words a thread reads: ld.shared, its .v2 and .v4, or ldmatrix .x1-.x4,
-    # whichever this Triton emits)
-    words = sum({"v2": 2, "v4": 4, "x2": 2, "x4": 4}.get(width, 1) for width in
-                re.findall("(?:ld[.]shared|ldmatrix[.]sync[.]aligned[.]m8n8)[.]([a-z0-9]+)",
-                           ptx))
-    reads[str(shape[2])] = {"words": words, "shuffles": ptx.count("shfl.sync")}
+    reads[str(shape[2])] = {"words": shared_words(compiled.asm["ptx"]),
+                            "shuffles": compiled.asm["ptx"].count("shfl.sync")}
+# the backward exchanging partial products (Config.partials) at the same size: whether its
+# 4-axis product became a tl.dot, its shuffles and the words it reads from shared memory
+partials = {}
+for reset_after in (True, False):
+    consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
+                  ACC=tl.float32, RESIDENT=True, STAMPED=False, PARTIALS=True, PP=128)
+    kernel = tg._backward_kernel
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
+                                        constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    partials[str(reset_after)] = {"dot": "tt.dot" in compiled.asm["ttgir"],
+                                  "words": shared_words(compiled.asm["ptx"]),
+                                  "shuffles": compiled.asm["ptx"].count("shfl.sync")}
 # the stacked split: its tiles loaded once into shared memory, multiplied there by wgmma
 # (the forward's largest tiles; the backward's at one and two folds)
 stacked = {}
@@ -2080,7 +2098,8 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         prefetch[f"{name}-{split}-{reset_after}-{ahead}"] = ttgir[
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
-                  "prefetch": prefetch, "shuffles": shuffles, "reads": reads}))
+                  "prefetch": prefetch, "shuffles": shuffles, "reads": reads,
+                  "partials": partials}))
 """
 
 
@@ -2158,6 +2177,20 @@ def test_thread_units_halve_the_backwards_reads(sm90):
     plain, two = sm90["reads"]["1"], sm90["reads"]["2"]
     assert 0 < 2 * two["words"] <= 1.1 * plain["words"], (plain, two)
     assert 0 < two["shuffles"] < plain["shuffles"], (plain, two)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_partials_sum_within_threads(sm90, reset_after):
+    """Config.partials rests on the layout Triton picks for its 4-axis product at B=16,
+    H=1024 (8 units, 8 warps): no tl.dot (the combine pass takes a 3-axis one for a TF32
+    dot), each thread summing over its units, so the time loop shuffles only to sum the
+    exchange (PTX: under an eighth of the chunked split's shuffles); and what it reads
+    from shared memory is its own gradients, the same words in every thread, fewer than
+    half the chunked product's."""
+    got = sm90["partials"][str(reset_after)]
+    assert not got["dot"]
+    assert 0 < 8 * got["shuffles"] < sm90["shuffles"]["backward-True"], got
+    assert 0 < 2 * got["words"] < sm90["reads"]["1"]["words"], (got, sm90["reads"])
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
