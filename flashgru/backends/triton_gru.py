@@ -1565,6 +1565,10 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          f"the slice, whose chunks divide block_k; got {cfg}")
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
         raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
+    if cfg.partials and not _can_partial(cfg):
+        raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
+                         f"block_k ≥ {WARP_LANES}, and no other product or exchange "
+                         f"(prefetch aside); got {cfg}")
     programs = _programs(cfg, hidden, device)
     tiles_per_launch = _grid_limit(device) // programs
     chunk, kwarps = _chunk_shape(cfg)
@@ -1721,10 +1725,6 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     ghn_s = saved[3] if reset_after else saved[0]
     consts = {}
     if cfg.partials:  # the partial products' two regions for each batch tile of a launch
-        if not _can_partial(cfg):
-            raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
-                             f"block_k ≥ {WARP_LANES}, and no other product or exchange "
-                             f"(prefetch aside); got {cfg}")
         programs = _programs(cfg, hidden, out.device)
         tiles = min(-(-batch // cfg.block_batch), _grid_limit(out.device) // programs)
         xbuf = _empty(max(tiles, 1), 2, programs, _pow2(programs), cfg.block_batch,
