@@ -40,3 +40,18 @@ def test_every_candidate_and_a_default_left_out(tmp_path):
                            "--all"], capture_output=True, text=True, check=True)
     assert "default (16, 2, 256, bcast, 4w resident) not timed | fastest " \
            "(16, 16, 256, dot, 4w resident stacked) 2.20" in done.stdout
+
+
+def test_labels_name_every_option():
+    """A split's label names the options it sets: the chunk shapes as u(lanes)x(units),
+    and the backward's partial products (a split tuple from an older run, without the
+    newer fields, reads as their defaults)."""
+    shaped = tg.Config(16, 8, 1024, False, warps=8, resident=True, chunked=True,
+                       unit_lanes=4, thread_units=2)
+    partials = tg.Config(16, 8, 1024, False, warps=8, resident=True, partials=True)
+    assert tune_summary.label(str(tuple(shaped))) == \
+        "(16, 8, 1024, bcast, 8w resident chunked u4x2)"
+    assert tune_summary.label(str(tuple(partials))) == \
+        "(16, 8, 1024, bcast, 8w resident partials)"
+    assert tune_summary.label(str(tuple(partials)[:-1])) == \
+        "(16, 8, 1024, bcast, 8w resident)"
