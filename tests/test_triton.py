@@ -441,10 +441,39 @@ def test_partials_of_every_program():
     assert_close("partials", want, out.double().cpu(), 1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("reset_after,steps", [(True, 2), (False, 1)],
+                         ids=["after", "before"])
+def test_partials_exchanges_alternate_regions(monkeypatch, reset_after, steps):
+    """Consecutive exchanges of Config.partials use the buffer's two regions in turn (a
+    program a step ahead must not overwrite what another still reads, which the
+    interpreter, one program at a time, can't show): reset_after's two steps, and
+    reset_before's two exchanges in one step, each fill a region of its own."""
+    buffers = []
+    empty = tg._empty
+
+    def recorded(*shape, dtype, device):
+        buffers.append(empty(*shape, dtype=dtype, device=device))
+        return buffers[-1]
+
+    monkeypatch.setattr(tg, "_empty", recorded)
+    gi, h0, w, b, _ = _problem(steps, 3, 40, torch.float32)
+    lens = torch.full((3,), steps, device=DEVICE)
+    cfg = tg.Config(4, 64, 64, dot=False, resident=True)
+    out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens,
+                            reset_after, True, cfg)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    tg.backward(dout, h0.detach(), w.detach(), out, saved, lens, reset_after,
+                cfg._replace(partials=True))
+    xbuf = next(x for x in buffers if x.dim() == 6)  # (tiles, 2, P, PP, BB, S)
+    first, second = xbuf[0, 0, 0, 0, :3, :40], xbuf[0, 1, 0, 0, :3, :40]
+    assert first.isfinite().all() and second.isfinite().all()
+    assert (first - second).abs().max() > 1e-3
+
+
 def test_partials_split_needs_resident_broadcast_tiles():
     """Config.partials: the backward's, on resident tiles with the broadcast product,
-    block_k ≥ 32, and no other product or exchange but prefetch; a ValueError before any
-    launch otherwise, and for the forward."""
+    block_k a power of two ≥ 32, and no other product or exchange but prefetch; a
+    ValueError before any launch otherwise, and for the forward."""
     gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
     lens = torch.tensor([2, 2], device=DEVICE)
     cfg = tg.Config(2, 32, 32, dot=False, resident=True)
@@ -453,6 +482,7 @@ def test_partials_split_needs_resident_broadcast_tiles():
     args = (torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True)
     assert tg.backward(*args, cfg._replace(partials=True))[0].isfinite().all()
     for bad in (cfg._replace(resident=False), cfg._replace(block_k=16, slice=16),
+                cfg._replace(block_k=48),  # (its tiles would miss K past 32: no error)
                 cfg._replace(dot=True), cfg._replace(stamped=True),
                 cfg._replace(kmajor=True), cfg._replace(chunked=True)):
         with pytest.raises(ValueError, match="partials"):
@@ -1885,17 +1915,19 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs")
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")
 @pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,reset_after", [
     (torch.float32, 16, 512, 4, 4, True), (torch.float32, 16, 512, 4, 8, True),
     (torch.float32, 16, 1024, 8, 8, True), (torch.float32, 16, 1024, 8, 8, False),
-    (torch.bfloat16, 16, 1024, 8, 8, True), (torch.float32, 12, 1020, 8, 8, True)],
+    (torch.bfloat16, 16, 1024, 8, 8, True), (torch.float32, 12, 1020, 8, 8, True),
+    (torch.float32, 16, 996, 8, 8, False), (torch.float32, 100, 120, 4, 4, True)],
     ids=str)
 def test_partials_on_gpu(dtype, batch, hidden, slice_, warps, reset_after):
     """Benchmark mode's spread backward splits exchanging partial products (Config.partials,
     PARTIAL_SPREADS), after the chunked forward: T=512, ragged lengths, rows past B and a
     last program partly past H, both formulations, every gradient at the dtype's
-    tolerance."""
+    tolerance; and fewer programs than the buffer's power of two (125 of 128, 30 of 32),
+    several batch tiles a launch and several launches (100 rows, 4 tiles a launch)."""
     hp = tg._pow2(hidden)
     cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),

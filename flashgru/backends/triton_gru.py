@@ -1145,9 +1145,10 @@ def _can_chunk(cfg: Config) -> bool:
 
 def _can_partial(cfg: Config) -> bool:
     """Whether cfg's backward can be ``Config.partials``: resident broadcast tiles with K
-    at least a warp's lanes, and none of the other products or exchanges (prefetch
-    aside)."""
-    return cfg.resident and cfg.block_k >= WARP_LANES and not (
+    a power of two, at least a warp's lanes (its tiles cover K in whole chunks of them),
+    and none of the other products or exchanges (prefetch aside)."""
+    return cfg.resident and cfg.block_k >= WARP_LANES and _pow2(cfg.block_k) == cfg.block_k \
+        and not (
         cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
         cfg.chunked)
 
@@ -1567,8 +1568,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
     if cfg.partials and not _can_partial(cfg):
         raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
-                         f"block_k ≥ {WARP_LANES}, and no other product or exchange "
-                         f"(prefetch aside); got {cfg}")
+                         f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
+                         f"exchange (prefetch aside); got {cfg}")
     programs = _programs(cfg, hidden, device)
     tiles_per_launch = _grid_limit(device) // programs
     chunk, kwarps = _chunk_shape(cfg)
