@@ -20,7 +20,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-split16 --no-chunked --no-chunk-shapes --no-partials
+        --no-split16 --no-chunked --no-chunk-shapes --no-partials --no-groups
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -216,13 +216,14 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False,
-             no_chunk_shapes: bool = False, no_partials: bool = False) -> None:
+             no_chunk_shapes: bool = False, no_partials: bool = False,
+             no_groups: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
     exchanges (Config.narrow), prefetch, resident tl.dot, fp16-part (Config.split16),
     chunked-product (Config.chunked; from the defaults too), chunk-shape
-    (Config.unit_lanes, Config.thread_units) and partial-product (Config.partials)
-    candidates."""
+    (Config.unit_lanes, Config.thread_units), partial-product (Config.partials) and
+    grouped (Config.groups) candidates."""
     if no_stacked:
         tg._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -236,7 +237,8 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
                                 (lambda c: c.chunked, no_chunked),
                                 (lambda c: (c.unit_lanes, c.thread_units) != (1, 1),
                                  no_chunk_shapes),
-                                (lambda c: c.partials, no_partials)) if on]
+                                (lambda c: c.partials, no_partials),
+                                (lambda c: c.groups != 1, no_groups)) if on]
     if left_out:
         candidates = tg._candidates
         tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
@@ -271,6 +273,9 @@ def main() -> None:
     parser.add_argument("--no-partials", action="store_true",
                         help="benchmark mode without the backward splits that exchange "
                              "partial products (Config.partials)")
+    parser.add_argument("--no-groups", action="store_true",
+                        help="benchmark mode without the forward splits that take the rows "
+                             "in two groups (Config.groups)")
     parser.add_argument("--only-grid", action="store_true",
                         help="the grid alone, without the bidirectional and long cases")
     parser.add_argument("--steps", type=int, default=512)
@@ -290,7 +295,8 @@ def main() -> None:
     tg.benchmark = args.benchmark
     tf32x3.enabled = args.tf32x3_gemms
     restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot,
-             args.no_split16, args.no_chunked, args.no_chunk_shapes, args.no_partials)
+             args.no_split16, args.no_chunked, args.no_chunk_shapes, args.no_partials,
+             args.no_groups)
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)

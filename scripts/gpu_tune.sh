@@ -6,8 +6,8 @@
 # candidate's time in $OUT/tune.json: the data for the defaults, end to end against
 # cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
 # defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot, split16, chunked, chunk shapes, partials),
-# benchmark mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
+# (stacked, prefetch, narrow, resident tl.dot, split16, chunked, chunk shapes, partials,
+# groups), benchmark mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -26,8 +26,10 @@ SHAPES="chunk_shapes_on_gpu"
 # (the nineteenth session's, never run on a GPU: backward splits that exchange partial
 # products, Config.partials)
 PARTIALS="partials_on_gpu"
+# (and forward splits whose rows go in two groups, each its own barrier, Config.groups)
+GROUPS="groups_on_gpu"
 PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED or $SHAPES"
-PICK="$PICK or $PARTIALS"
+PICK="$PICK or $PARTIALS or $GROUPS"
 # (B=16 above H=256 alone: the points short of issue 5's targets, whose defaults B=1's
 # and H=256's don't share; the seventeenth session's grid of 12 points timed 7 in its
 # 270 s. fp32 first, for the chunk shapes SPREAD_CHUNK_SHAPES adds, then bf16, whose
@@ -54,10 +56,11 @@ gate 60 "$SPLIT16"; split16=$?
 gate 50 "$CHUNKED"; chunked=$?
 gate 40 "$SHAPES"; shapes=$?
 gate 30 "$PARTIALS"; partials=$?
+gate 30 "$GROUPS"; groups=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked," \
-  "chunk shapes $shapes, partials $partials"
+  "chunk shapes $shapes, partials $partials, groups $groups"
 base=${#GRID[@]}  # (the flags appended after it go to EIGHT too)
 if [ "$others" = 0 ]; then
   GRID+=(--benchmark)
@@ -69,6 +72,7 @@ if [ "$others" = 0 ]; then
   [ "$chunked" = 0 ] || GRID+=(--no-chunked)
   [ "$shapes" = 0 ] || GRID+=(--no-chunk-shapes)
   [ "$partials" = 0 ] || GRID+=(--no-partials)
+  [ "$groups" = 0 ] || GRID+=(--no-groups)
   EIGHT+=("${GRID[@]:$base}")  # (the same flags)
 else
   echo "gpu_tune: a GPU-only test of the older splits failed or hung: the grid runs the" \

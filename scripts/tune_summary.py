@@ -23,6 +23,8 @@ def label(split: str) -> str:
                     if getattr(cfg, name))
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1):
         flags += f" u{cfg.unit_lanes}x{cfg.thread_units}"
+    if cfg.groups != 1:
+        flags += f" g{cfg.groups}"
     product = "dot" if cfg.dot else "bcast"
     return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"
 

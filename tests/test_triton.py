@@ -402,6 +402,44 @@ def test_chunked_split_needs_resident_broadcast_tiles():
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,chunked", [(torch.float32, True), (torch.float32, False),
+                                           (torch.float16, True), (torch.float64, False)],
+                         ids=["f32-chunked", "f32", "f16-chunked", "f64"])
+@pytest.mark.parametrize("size", [(3, 100), (16, 64), (2, 33)], ids=str)
+def test_grouped_forward(size, dtype, chunked, reset_after):
+    """Config.groups, the forward: a tile's rows in two groups, each its own recurrence
+    and barrier counter, their steps in turn (K in chunks or not; groups of 2, 4 and 1
+    rows, the second partly or wholly past B at 3 rows, two batch tiles at 16); outputs,
+    saved gates and every gradient after it."""
+    batch, hidden = size
+    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+                    resident=True, chunked=chunked)
+    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
+             cfg=cfg._replace(groups=2), backward_cfg=cfg)
+
+
+def test_groups_need_resident_broadcast_tiles():
+    """Config.groups: 1, or 2 on resident broadcast tiles with an even block_batch, not
+    stamped, K-major or prefetch; the forward's alone; a ValueError before any launch
+    otherwise."""
+    gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
+    lens = torch.tensor([2, 2], device=DEVICE)
+    args = (gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, True)
+    cfg = tg.Config(2, 16, 16, dot=False, resident=True, groups=2)
+    out, saved = tg.forward(*args, cfg)
+    assert out.isfinite().all()
+    for bad in (cfg._replace(groups=3), cfg._replace(groups=4), cfg._replace(block_batch=1),
+                cfg._replace(resident=False), cfg._replace(dot=True),
+                cfg._replace(stamped=True), cfg._replace(kmajor=True),
+                cfg._replace(prefetch=True)):
+        with pytest.raises(ValueError, match="groups"):
+            tg.forward(*args, bad)
+    with pytest.raises(ValueError, match="groups"):
+        tg.backward(torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True,
+                    cfg)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype,prefetch", [(torch.float32, False), (torch.float16, False),
                                             (torch.float64, False), (torch.float32, True)],
                          ids=["f32", "f16", "f64", "f32-prefetch"])
@@ -1487,6 +1525,37 @@ def test_partials_candidates_rule(monkeypatch):
     assert offered == {(108, 384)}  # (4 units of K=512 a program)
 
 
+def test_groups_candidates_rule(monkeypatch):
+    """Benchmark mode times the chunked spread forward split with its rows in two groups
+    (Config.groups) at batch 9-16 in GROUPED_SPREADS's sizes (132 SMs: 4 units of K=512 at
+    4 warps, 8 of K=1024 at 8 warps, with unit_lanes 1 and 4), for inference and training,
+    fp32 and bf16; never for the backward, at other batches or sizes, or in fp64."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for batch, hidden in [(1, 1024), (8, 1024), (16, 256), (16, 512), (16, 1024),
+                              (12, 1000), (64, 512)]:
+            for save in (False, True):
+                for forward in (True, False):
+                    cfg = (tg.choose_config(batch, hidden, cuda, dtype, save) if forward else
+                           tg.choose_backward_config(batch, hidden, cuda, dtype))
+                    found = [c for c in tg._candidates(cfg, batch, hidden, cuda, dtype,
+                                                       forward) if c.groups != 1]
+                    hp = tg._pow2(hidden)
+                    shapes = tg.GROUPED_SPREADS.get((hp // 128, hp))
+                    if not forward or dtype == torch.float64 or not 8 < batch <= 16 or \
+                            not shapes:
+                        assert not found, (dtype, batch, hidden, forward)
+                        continue
+                    assert {(c.warps, c.unit_lanes) for c in found} == set(shapes)
+                    assert all(tg._can_group(c) and c.chunked and tg._can_chunk(c) and
+                               c.block_batch == 16 for c in found)
+
+
 def test_stamped_default_rule(monkeypatch):
     """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200; for a
     chunked split CHUNKED_STAMPED_MAX_WORDS, 512) makes the default resident forward
@@ -1915,6 +1984,25 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs")
+@pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,lanes,reset_after", [
+    (torch.float32, 16, 512, 4, 4, 1, True), (torch.float32, 16, 1024, 8, 8, 1, True),
+    (torch.float32, 16, 1024, 8, 8, 4, False), (torch.bfloat16, 16, 1024, 8, 8, 4, True),
+    (torch.float32, 12, 1020, 8, 8, 1, True), (torch.float32, 9, 996, 8, 8, 4, False)],
+    ids=str)
+def test_groups_on_gpu(dtype, batch, hidden, slice_, warps, lanes, reset_after):
+    """Benchmark mode's chunked spread forward splits in two groups of rows
+    (Config.groups, GROUPED_SPREADS), each group's barrier under way while the other
+    computes: T=512, ragged lengths, rows past B (at 9 rows the second group has one),
+    a last program partly past H, both formulations; outputs, saved gates and every
+    gradient after it at the dtype's tolerance."""
+    hp = tg._pow2(hidden)
+    cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True, chunked=True,
+                    unit_lanes=lanes)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
+             cfg=cfg._replace(groups=2), backward_cfg=cfg._replace(unit_lanes=1))
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")
 @pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,reset_after", [
     (torch.float32, 16, 512, 4, 4, True), (torch.float32, 16, 512, 4, 8, True),
@@ -1972,6 +2060,8 @@ def signature(kernel, consts):
             consts.setdefault(flag, False)
     if "PP" in kernel.arg_names:  # (Config.partials's programs, rounded up: unread)
         consts.setdefault("PP", 1)
+    if "GROUPS" in kernel.arg_names:  # (Config.groups: one)
+        consts.setdefault("GROUPS", 1)
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
         consts.setdefault("CHUNK", 32)
         consts.setdefault("KW", 1)

@@ -82,13 +82,26 @@ _INTERPRETED = INTERPRET if triton is None else tl.constexpr(INTERPRET)
 # ---- kernels -----------------------------------------------------------------------------
 
 @_jit
-def _barrier(sync, arrivals):
-    """Arrive at the counter ``sync`` and wait until ``arrivals`` arrivals in all."""
+def _arrive(sync):
+    """Arrive at the counter ``sync``, this program's writes before it visible to whoever
+    sees the arrival."""
     tl.debug_barrier()
     tl.atomic_add(sync, 1, sem="release", scope="gpu")
+
+
+@_jit
+def _wait(sync, arrivals):
+    """Wait until the counter ``sync`` has had ``arrivals`` arrivals in all."""
     while tl.atomic_add(sync, 0, sem="acquire", scope="gpu") < arrivals:
         pass
     tl.debug_barrier()
+
+
+@_jit
+def _barrier(sync, arrivals):
+    """Arrive at the counter ``sync`` and wait until ``arrivals`` arrivals in all."""
+    _arrive(sync)
+    _wait(sync, arrivals)
 
 
 @_jit
@@ -607,11 +620,15 @@ def _publish(p, value, mask, t, STAMPED: tl.constexpr):
 
 
 @_jit
-def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr):
+def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr, group=0,
+          BG: tl.constexpr = 0):
     """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
     unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
-    lengths."""
-    rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
+    lengths; with BG, those of the tile's ``group``-th BG rows alone (``Config.groups``)."""
+    if BG:
+        rows = row0 + tl.program_id(1) * BB + group * BG + tl.arange(0, BG)
+    else:
+        rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
     rmask = rows < B
     cols = tl.program_id(0) * S + tl.arange(0, S)
     cmask = cols < H
@@ -666,7 +683,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                    SI: tl.constexpr = 1):
+                    SI: tl.constexpr = 1, GROUPS: tl.constexpr = 1):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -675,22 +692,25 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     words from _stamp, all stamped -1 at launch; the caller passes (3, B, H) for
     reset_after=False); rhbuf (B, H) scratch for r ⊙ h (likewise; hbuf[2]);
     r_s, z_s, n_s, ghn_s (T, B, H) the saved gates (with SAVE); sync: one int32 counter per
-    batch tile, zero at launch (unused with STAMPED: readers wait on the stamps instead of
-    a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and rhbuf hold each
-    state transposed, (H, B), and the products are summed over their first axis.
-    STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
+    batch tile (GROUPS per tile), zero at launch (unused with STAMPED: readers wait on the
+    stamps instead of a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and
+    rhbuf hold each state transposed, (H, B), and the products are summed over their first
+    axis. STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
     loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
     16-bit dtype; the kernel is the same. SPLIT16 (``Config.split16``, with STACKED): w
     holds fp32 W_hh's two fp16 parts and ``scale`` (3H,) its rows' scales (_fp16_parts;
-    else unread).
+    else unread). GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups,
+    each its own recurrence with its own counter, their steps taken in turn
+    (_forward_step).
     """
-    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
+    BG: tl.constexpr = BB // GROUPS
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)
     b_r = tl.load(b + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_z = tl.load(b + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    sync += tl.program_id(1)
+    sync += tl.program_id(1) * GROUPS
     h = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
     if KMAJOR:  # where this program's units go in the exchanged (H, B) states
         xown = cols[None, :] * B + rows[:, None]
@@ -698,6 +718,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         xown = own
     if STAMPED:
         _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
+    # (W as the product needs it; the names a split doesn't use stand for W's pointer)
+    w_hi, w_lo, w_r, w_z, w_n = w, w, w, w, w
     if STACKED:
         w_hi, w_lo = _stacked_tiles(w, H, BK, S, False, SPLIT16)
     elif CHUNKED:
@@ -708,81 +730,116 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         w_rows = _stacked_scales(scale, H, S)
     else:
         w_rows = 1.0
+    last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
     if PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
-        last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
+    else:
+        next_r, next_z, next_n = h, h, h
+    if GROUPS == 2:  # (the second group's rows: its own recurrence and counter)
+        rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
+                                                            BG)
+        h2 = tl.load(h0 + own2, mask=m2, other=0.0).to(ACC)
     for t in range(t_begin, t_end):
-        cur = hbuf + (t % 2) * B * H
-        t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
-        if PREFETCH:  # (step t + 1's loads in flight through this step)
-            gi_r, gi_z, gi_n = next_r, next_z, next_n
-            # (rows past their length read nothing, nor any row past the launch)
-            next_r, next_z, next_n = _step_input(gi, t + 1, B, H, rows, cols,
-                                                 m & ((t + 1 < lens) & (t + 1 < last))[:, None],
-                                                 ACC)
-        else:
-            gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
-        if STACKED:
-            gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
-                                                           STAMPED), w_hi, w_lo, S,
-                                                w_rows, SPLIT16)
-        elif KMAJOR:
-            x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
-            gh_r = _product_k(x, w_r, ACC)
-            gh_z = _product_k(x, w_z, ACC)
-            if RESET_AFTER:
-                gh_n = _product_k(x, w_n, ACC)
-            else:
-                gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
-        elif RESIDENT:
-            x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
-            gh_r = _product(x, w_r, DOT, PREC, ACC, CHUNKED)
-            gh_z = _product(x, w_z, DOT, PREC, ACC, CHUNKED)
-            if RESET_AFTER:
-                gh_n = _product(x, w_n, DOT, PREC, ACC, CHUNKED)
-            else:
-                gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
-        else:
-            gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, t, BB, S,
-                                               BK, DOT, PREC, ACC, 3 if RESET_AFTER else 2,
-                                               STAMPED)
-        r = tl.sigmoid(gi_r + gh_r + b_r)
-        z = tl.sigmoid(gi_z + gh_z + b_z)
+        h, next_r, next_z, next_n = _forward_step(
+            gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out, r_s,
+            z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z, next_n,
+            rows, rmask, cols, cmask, m, own, xown, lens, last, BG, S, BK, RESET_AFTER, SAVE,
+            DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, SPLIT16, CHUNKED)
+        if GROUPS == 2:
+            h2, next_r, next_z, next_n = _forward_step(
+                gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
+                r_s, z_s, n_s, ghn_s, sync + 1, n_prog, B, H, t, t_begin, h2, next_r,
+                next_z, next_n, rows2, rmask2, cols, cmask, m2, own2, own2, lens2, last, BG,
+                S, BK, RESET_AFTER, SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
+                PREFETCH, SPLIT16, CHUNKED)
+
+
+@_jit
+def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
+                  r_s, z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z,
+                  next_n, rows, rmask, cols, cmask, m, own, xown, lens, last,
+                  BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                  RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr,
+                  PREC: tl.constexpr, ACC: tl.constexpr, RESIDENT: tl.constexpr,
+                  STAMPED: tl.constexpr, KMAJOR: tl.constexpr, STACKED: tl.constexpr,
+                  PREFETCH: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr):
+    """Step t of _forward_kernel for the rows ``rows`` (a tile, or one of its groups, whose
+    counter is ``sync``): waits until every program has published the state before step
+    t, publishes the state after it and arrives, without waiting, so that another group's
+    step runs while this one's arrivals come in. Returns the new state (h) and, with
+    PREFETCH, step t + 1's input projections (else next_* as given)."""
+    cur = hbuf + (t % 2) * B * H
+    t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
+    if not STAMPED:  # (the state before step t published; reset_after=False: and r ⊙ h
+        # of the step before, two arrivals a step)
+        _wait(sync, (t - t_begin) * (1 + (not RESET_AFTER)) * n_prog)
+    if PREFETCH:  # (step t + 1's loads in flight through this step)
+        gi_r, gi_z, gi_n = next_r, next_z, next_n
+        # (rows past their length read nothing, nor any row past the launch)
+        next_r, next_z, next_n = _step_input(gi, t + 1, B, H, rows, cols,
+                                             m & ((t + 1 < lens) & (t + 1 < last))[:, None],
+                                             ACC)
+    else:
+        gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
+    if STACKED:
+        gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
+                                                       STAMPED), w_hi, w_lo, S,
+                                            w_rows, SPLIT16)
+    elif KMAJOR:
+        x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
+        gh_r = _product_k(x, w_r, ACC)
+        gh_z = _product_k(x, w_z, ACC)
         if RESET_AFTER:
-            ghn = gh_n + b_n
-            n = _tanh(gi_n + r * ghn)
+            gh_n = _product_k(x, w_n, ACC)
         else:
-            _publish(rhbuf + xown, r * h, m, t, STAMPED)
-            if not STAMPED:
-                _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
-            if STACKED:  # (the stacked tile's n block; r and z's again, unused)
-                ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
-                                       w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
-            elif RESIDENT:
-                ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
-                                        STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED) + b_n
-            else:
-                ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
-                          BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
-            n = _tanh(gi_n + ghn)
-        h_new = (1.0 - z) * n + z * h
-        ok = m & (t < lens)[:, None]
-        h = tl.where(ok, h_new, h)
-        # (published first: the other programs wait for it)
-        _publish(hbuf + ((t + 1) % 2) * B * H + xown, h, m, t + 1, STAMPED)
-        at = t64 * B * H + own
-        tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
-        if SAVE:
-            tl.store(r_s + at, tl.where(ok, r, 0.0), mask=m)
-            tl.store(z_s + at, tl.where(ok, z, 0.0), mask=m)
-            tl.store(n_s + at, tl.where(ok, n, 0.0), mask=m)
-            if RESET_AFTER:
-                tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
+            gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
+    elif RESIDENT:
+        x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
+        gh_r = _product(x, w_r, DOT, PREC, ACC, CHUNKED)
+        gh_z = _product(x, w_z, DOT, PREC, ACC, CHUNKED)
+        if RESET_AFTER:
+            gh_n = _product(x, w_n, DOT, PREC, ACC, CHUNKED)
+        else:
+            gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
+    else:
+        gh_r, gh_z, gh_n = _hidden_product(cur, rows, rmask, w, cols, cmask, H, t, BB, S,
+                                           BK, DOT, PREC, ACC, 3 if RESET_AFTER else 2,
+                                           STAMPED)
+    r = tl.sigmoid(gi_r + gh_r + b_r)
+    z = tl.sigmoid(gi_z + gh_z + b_z)
+    if RESET_AFTER:
+        ghn = gh_n + b_n
+        n = _tanh(gi_n + r * ghn)
+    else:
+        _publish(rhbuf + xown, r * h, m, t, STAMPED)
         if not STAMPED:
-            if RESET_AFTER:
-                _barrier(sync, (t - t_begin + 1) * n_prog)
-            else:
-                _barrier(sync, (2 * (t - t_begin) + 2) * n_prog)
+            _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
+        if STACKED:  # (the stacked tile's n block; r and z's again, unused)
+            ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
+                                   w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
+        elif RESIDENT:
+            ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
+                                    STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED) + b_n
+        else:
+            ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
+                      BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
+        n = _tanh(gi_n + ghn)
+    h_new = (1.0 - z) * n + z * h
+    ok = m & (t < lens)[:, None]
+    h = tl.where(ok, h_new, h)
+    # (published first: the other programs wait for it)
+    _publish(hbuf + ((t + 1) % 2) * B * H + xown, h, m, t + 1, STAMPED)
+    at = t64 * B * H + own
+    tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
+    if SAVE:
+        tl.store(r_s + at, tl.where(ok, r, 0.0), mask=m)
+        tl.store(z_s + at, tl.where(ok, z, 0.0), mask=m)
+        tl.store(n_s + at, tl.where(ok, n, 0.0), mask=m)
+        if RESET_AFTER:
+            tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
+    if not STAMPED:
+        _arrive(sync)
+    return h, next_r, next_z, next_n
 
 
 @_jit
@@ -1031,7 +1088,11 @@ class Config(NamedTuple):
     through L2 a step, against P·B·3H when every program reads all the gradients (a
     third less; at B=16, H=1024, 128 programs, 16.8 MB against 25 MB; reset_before's
     two exchanges a step 33.6 against 25); a benchmark-mode candidate, not yet timed on
-    a GPU."""
+    a GPU; groups (the forward's; 1, or 2 with resident broadcast tiles, not stamped,
+    K-major or prefetch): the tile's rows in that many groups, each its own recurrence
+    with its own barrier, whose steps a program takes in turn, so that each group's
+    barrier and exchange are under way while the other computes (_forward_step; a
+    benchmark-mode candidate, not yet timed on a GPU)."""
 
     block_batch: int
     slice: int
@@ -1050,6 +1111,7 @@ class Config(NamedTuple):
     unit_lanes: int = 1
     thread_units: int = 1
     partials: bool = False
+    groups: int = 1
 
 
 def _pow2(n: int) -> int:
@@ -1151,6 +1213,15 @@ def _can_partial(cfg: Config) -> bool:
         and not (
         cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
         cfg.chunked)
+
+
+def _can_group(cfg: Config) -> bool:
+    """Whether cfg's forward can take its rows in ``Config.groups`` groups: 1, or 2 with
+    resident broadcast tiles, not stamped (no barrier to wait at), K-major or prefetch,
+    and an even block_batch."""
+    return cfg.groups == 1 or (cfg.groups == 2 and cfg.block_batch % 2 == 0 and
+                               cfg.resident and not (cfg.dot or cfg.stamped or cfg.kmajor or
+                                                     cfg.stacked or cfg.prefetch))
 
 
 def _chunk_shape(cfg: Config) -> tuple[int, int]:
@@ -1352,7 +1423,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
     resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
     4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
-    products, in PARTIAL_SPREADS's: not yet timed on a GPU), in 16 bits up to
+    products, in PARTIAL_SPREADS's, and the forward's chunked in two groups of rows, in
+    GROUPED_SPREADS's: not yet timed on a GPU), in 16 bits up to
     H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in shared memory; not
     yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
     tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
@@ -1394,6 +1466,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             if spread is not None and not forward:
                 found += [spread._replace(warps=w, partials=True)
                           for w in PARTIAL_SPREADS.get((spread.slice, hp), ())]
+            if spread is not None and forward:
+                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, groups=2)
+                          for w, u in GROUPED_SPREADS.get((spread.slice, hp), ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -1447,6 +1522,19 @@ SPREAD_CHUNK_SHAPES = {
 # of the operand (each thread reads the program's own gradients, the same words as
 # every other thread: broadcasts).
 PARTIAL_SPREADS = {(4, 512): (4, 8), (8, 1024): (8,)}
+
+
+# Benchmark mode's chunked spread forward splits with the tile's rows in two groups
+# (Config.groups), at batch 9-16: (units, K) → (warps, unit_lanes). Not yet timed on a GPU.
+# What they may save is a step's wait: at fp32 B=16 the chunked forward took ~1.5 µs a
+# step more than its instructions (H200: 3.28 µs at H=512, 6.91 at 1024, for 6,472 and
+# 19,592 warp-instructions a multiprocessor: 1.5 µs + 0.28 ns each), about a B=1 step,
+# which is mostly the barrier and the exchange's latency. Two groups take their steps in
+# turn, so each group's barrier and exchange are under way while the other computes (~2.7
+# µs at H=1024). They cost 4-8% more instructions (scripts/sass_profile.py, sm_90a,
+# training: H=512 6,544 → 7,076 at 4 warps; H=1024 19,736 → 20,736 at 8 warps, 19,928
+# with unit_lanes 4), and up to 52 bytes spilled.
+GROUPED_SPREADS = {(4, 512): ((4, 1),), (8, 1024): ((8, 1), (8, 4))}
 
 
 # The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
@@ -1566,6 +1654,9 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                          f"the slice, whose chunks divide block_k; got {cfg}")
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
         raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
+    if not _can_group(cfg):
+        raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
+                         f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
     if cfg.partials and not _can_partial(cfg):
         raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
                          f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
@@ -1577,7 +1668,8 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
         sync = torch.empty(1, dtype=torch.int32, device=device) if cfg.stamped else \
-            torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped: unused)
+            torch.zeros(tiles * cfg.groups, dtype=torch.int32, device=device)  # (stamped:
+        # unused)
         # a cooperative launch fails, rather than hangs, if the programs can't all be
         # resident at once
         launch = {} if INTERPRET else {"launch_cooperative_grid": True}
@@ -1690,6 +1782,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     _check_weights(cfg, w_hh.dtype)
     if cfg.partials:
         raise ValueError(f"partials is a backward split's: got {cfg} for the forward")
+
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -1704,7 +1797,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
                 out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16)
+                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, GROUPS=cfg.groups)
     return out, saved
 
 
@@ -1720,6 +1813,8 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c), weights=w_hh.dtype)
     _check_weights(cfg, w_hh.dtype)
+    if cfg.groups != 1:
+        raise ValueError(f"groups is a forward split's: got {cfg} for the backward")
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
