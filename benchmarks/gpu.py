@@ -274,8 +274,8 @@ def main() -> None:
                         help="benchmark mode without the backward splits that exchange "
                              "partial products (Config.partials)")
     parser.add_argument("--no-groups", action="store_true",
-                        help="benchmark mode without the forward splits that take the rows "
-                             "in two groups (Config.groups)")
+                        help="benchmark mode without the splits that take the rows in two "
+                             "groups (Config.groups)")
     parser.add_argument("--only-grid", action="store_true",
                         help="the grid alone, without the bidirectional and long cases")
     parser.add_argument("--steps", type=int, default=512)

@@ -26,7 +26,7 @@ SHAPES="chunk_shapes_on_gpu"
 # (the nineteenth session's, never run on a GPU: backward splits that exchange partial
 # products, Config.partials)
 PARTIALS="partials_on_gpu"
-# (and forward splits whose rows go in two groups, each its own barrier, Config.groups)
+# (and splits whose rows go in two groups, each its own barrier, Config.groups)
 GROUPS="groups_on_gpu"
 PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED or $SHAPES"
 PICK="$PICK or $PARTIALS or $GROUPS"

@@ -80,7 +80,7 @@ if BACKENDS["triton"].missing() is None:
         part = tg._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
         part += tg._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
         part += tg._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
-        tg._publish_partials(xbuf, part, 1, 16, S, PP)
+        tg._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
 
     @tg._jit
     def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
@@ -89,7 +89,8 @@ if BACKENDS["triton"].missing() is None:
         cols = tl.program_id(0) * S + tl.arange(0, S)
         rows = tl.program_id(1) * 16 + tl.arange(0, 16)
         tl.store(out + rows[:, None] * H + cols[None, :],
-                 tg._summed_partials(xbuf, 1, 16, S, PP), mask=(cols < H)[None, :])
+                 tg._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
+                 mask=(cols < H)[None, :])
 
     @tg._jit
     def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
@@ -418,9 +419,29 @@ def test_grouped_forward(size, dtype, chunked, reset_after):
              cfg=cfg._replace(groups=2), backward_cfg=cfg)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype,product", [(torch.float32, "chunked"),
+                                           (torch.float32, "partials"),
+                                           (torch.float32, "plain"),
+                                           (torch.float16, "chunked"),
+                                           (torch.float64, "partials")], ids=str)
+@pytest.mark.parametrize("size", [(3, 100), (16, 64), (2, 33)], ids=str)
+def test_grouped_backward(size, dtype, product, reset_after):
+    """Config.groups, the backward: a tile's rows in two groups, each step's two phases
+    rotated between them (_backward_gates, _backward_carry), with the chunked, partial or
+    plain broadcast product (partials: each group's own regions); groups of 2, 4 and 1
+    rows, one partly or wholly past B, two batch tiles at 16; every gradient."""
+    batch, hidden = size
+    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+                    resident=True, chunked=product == "chunked",
+                    partials=product == "partials")
+    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
+             cfg=cfg._replace(partials=False), backward_cfg=cfg._replace(groups=2))
+
+
 def test_groups_need_resident_broadcast_tiles():
     """Config.groups: 1, or 2 on resident broadcast tiles with an even block_batch, not
-    stamped, K-major or prefetch; the forward's alone; a ValueError before any launch
+    stamped, K-major or prefetch, forward and backward; a ValueError before any launch
     otherwise."""
     gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
     lens = torch.tensor([2, 2], device=DEVICE)
@@ -428,15 +449,16 @@ def test_groups_need_resident_broadcast_tiles():
     cfg = tg.Config(2, 16, 16, dot=False, resident=True, groups=2)
     out, saved = tg.forward(*args, cfg)
     assert out.isfinite().all()
+    grads = (torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True)
+    assert tg.backward(*grads, cfg)[0].isfinite().all()
     for bad in (cfg._replace(groups=3), cfg._replace(groups=4), cfg._replace(block_batch=1),
                 cfg._replace(resident=False), cfg._replace(dot=True),
                 cfg._replace(stamped=True), cfg._replace(kmajor=True),
                 cfg._replace(prefetch=True)):
         with pytest.raises(ValueError, match="groups"):
             tg.forward(*args, bad)
-    with pytest.raises(ValueError, match="groups"):
-        tg.backward(torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True,
-                    cfg)
+        with pytest.raises(ValueError, match="groups"):
+            tg.backward(*grads, bad)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
@@ -1526,10 +1548,10 @@ def test_partials_candidates_rule(monkeypatch):
 
 
 def test_groups_candidates_rule(monkeypatch):
-    """Benchmark mode times the chunked spread forward split with its rows in two groups
-    (Config.groups) at batch 9-16 in GROUPED_SPREADS's sizes (132 SMs: 4 units of K=512 at
-    4 warps, 8 of K=1024 at 8 warps, with unit_lanes 1 and 4), for inference and training,
-    fp32 and bf16; never for the backward, at other batches or sizes, or in fp64."""
+    """Benchmark mode times the chunked spread splits with their rows in two groups
+    (Config.groups) at batch 9-16 in GROUPED_SPREADS's sizes and shapes (132 SMs: 4 units
+    of K=512 at 4 warps, 8 of K=1024 at 8 warps), inference, training and backward, fp32
+    and bf16; never at other batches or sizes, or in fp64."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1546,14 +1568,14 @@ def test_groups_candidates_rule(monkeypatch):
                     found = [c for c in tg._candidates(cfg, batch, hidden, cuda, dtype,
                                                        forward) if c.groups != 1]
                     hp = tg._pow2(hidden)
-                    shapes = tg.GROUPED_SPREADS.get((hp // 128, hp))
-                    if not forward or dtype == torch.float64 or not 8 < batch <= 16 or \
-                            not shapes:
+                    shapes = tg.GROUPED_SPREADS.get((hp // 128, hp, forward))
+                    if dtype == torch.float64 or not 8 < batch <= 16 or not shapes:
                         assert not found, (dtype, batch, hidden, forward)
                         continue
-                    assert {(c.warps, c.unit_lanes) for c in found} == set(shapes)
+                    assert {(c.warps, c.unit_lanes, c.thread_units) for c in found} == \
+                        set(shapes)
                     assert all(tg._can_group(c) and c.chunked and tg._can_chunk(c) and
-                               c.block_batch == 16 for c in found)
+                               not c.partials and c.block_batch == 16 for c in found)
 
 
 def test_stamped_default_rule(monkeypatch):
@@ -1991,16 +2013,17 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     (torch.float32, 12, 1020, 8, 8, 1, True), (torch.float32, 9, 996, 8, 8, 4, False)],
     ids=str)
 def test_groups_on_gpu(dtype, batch, hidden, slice_, warps, lanes, reset_after):
-    """Benchmark mode's chunked spread forward splits in two groups of rows
-    (Config.groups, GROUPED_SPREADS), each group's barrier under way while the other
-    computes: T=512, ragged lengths, rows past B (at 9 rows the second group has one),
-    a last program partly past H, both formulations; outputs, saved gates and every
-    gradient after it at the dtype's tolerance."""
+    """Benchmark mode's chunked spread splits in two groups of rows (Config.groups,
+    GROUPED_SPREADS), each group's barrier under way while the other computes, forward
+    and backward (with unit_lanes 4 the backward's 2 units a thread): T=512, ragged
+    lengths, rows past B (at 9 rows the second group has one), a last program partly
+    past H, both formulations; outputs, saved gates and every gradient at the dtype's
+    tolerance."""
     hp = tg._pow2(hidden)
     cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True, chunked=True,
-                    unit_lanes=lanes)
-    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
-             cfg=cfg._replace(groups=2), backward_cfg=cfg._replace(unit_lanes=1))
+                    unit_lanes=lanes, groups=2)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg,
+             backward_cfg=cfg._replace(thread_units=2 if lanes > 1 else 1))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")

@@ -573,17 +573,17 @@ def _partial_product(g, v, ACC: tl.constexpr):
 
 
 @_jit
-def _partials_region(xbuf, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
-    """Where exchange e of this program's batch tile lies in ``Config.partials``'s buffer
-    (tiles, 2, P, PP, BB, S), PP a power of two ≥ the programs P: exchanges alternate
-    between two regions, so a program a step ahead never writes over what another is
-    still reading."""
-    return xbuf + (tl.program_id(1) * 2 + e % 2).to(tl.int64) * tl.num_programs(0) * \
-        (PP * BB * S)
+def _partials_region(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+    """Where exchange e of the rows at ``slot`` (a batch tile's, or a group's of it,
+    ``Config.groups``) lies in ``Config.partials``'s buffer (slots, 2, P, PP, BB, S), PP
+    a power of two ≥ the programs P: exchanges alternate between two regions, so a
+    program a step ahead never writes over what another is still reading."""
+    return xbuf + (slot * 2 + e % 2).to(tl.int64) * tl.num_programs(0) * (PP * BB * S)
 
 
 @_jit
-def _publish_partials(xbuf, part, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+def _publish_partials(xbuf, part, slot, e, BB: tl.constexpr, S: tl.constexpr,
+                      PP: tl.constexpr):
     """Write this program's partial products (BB, NC, LANES) (_partial_product) for
     exchange e, each column's values at [program owning that unit, this program, row,
     unit] of the region (_partials_region), where its owner reads them all in one block
@@ -592,18 +592,19 @@ def _publish_partials(xbuf, part, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.c
     NC: tl.constexpr = part.shape[1]
     k = tl.arange(0, NC)[:, None] * LANES + tl.arange(0, LANES)[None, :]
     at = ((k // S) * PP + tl.program_id(0)) * (BB * S) + k % S
-    p = _partials_region(xbuf, e, BB, S, PP) + at[None, :, :] + \
+    p = _partials_region(xbuf, slot, e, BB, S, PP) + at[None, :, :] + \
         tl.arange(0, BB)[:, None, None] * S
     tl.store(p, part, mask=(k < tl.num_programs(0) * S)[None, :, :])
 
 
 @_jit
-def _summed_partials(xbuf, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+def _summed_partials(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr,
+                     PP: tl.constexpr):
     """(BB, S): the sum of every program's partial products of exchange e
     (_publish_partials) at this program's units."""
     src = tl.arange(0, PP)
-    p = _partials_region(xbuf, e, BB, S, PP) + (tl.program_id(0) * PP + src[:, None]) * \
-        (BB * S) + tl.arange(0, BB * S)[None, :]
+    p = _partials_region(xbuf, slot, e, BB, S, PP) + \
+        (tl.program_id(0) * PP + src[:, None]) * (BB * S) + tl.arange(0, BB * S)[None, :]
     n = tl.num_programs(0)
     got = tl.load(p, mask=(src < n)[:, None], other=0.0, cache_modifier=".cg")
     return tl.reshape(tl.sum(got, axis=0), (BB, S))
@@ -853,7 +854,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                      CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
                      SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
-                     PP: tl.constexpr = 1):
+                     PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -874,17 +875,20 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PARTIALS
     (``Config.partials``): wt is W_hh itself, (3H, H), each program multiplies its own
     units' gradients by its rows of W_hh and the programs exchange the (B, H) partial
-    products through xbuf (tiles, 2, P, PP, BB, S) (_publish_partials), each summing those
-    of its units (_summed_partials); PP a power of two ≥ the programs.
+    products through xbuf (tiles · GROUPS, 2, P, PP, BB / GROUPS, S) (_publish_partials),
+    each summing those of its units (_summed_partials); PP a power of two ≥ the programs.
+    GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups, each its own
+    recurrence with its own counter; a step is two phases (_backward_gates, then
+    _backward_carry, whose wait the other group's phases cover).
     """
-    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
+    BG: tl.constexpr = BB // GROUPS
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)
-    own3 = rows[:, None] * 3 * H + cols[None, :]
-    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
-    # (chunked 5-axis tiles, Config.unit_lanes or thread_units: the gates summed at once)
-    SHAPED: tl.constexpr = CHUNKED and (KW > 1 or CHUNK != LANES or SI > 1)
-    sync += tl.program_id(1)
+    sync += tl.program_id(1) * GROUPS
+    slot = tl.program_id(1) * GROUPS  # (the partial products' regions of the first group)
     carried = tl.load(dh + own, mask=m, other=0.0)
+    # (W as the product needs it; the names a split doesn't use stand for W's pointer)
+    w_hi, w_lo, v_r, v_z, v_n = wt, wt, wt, wt, wt
     if STACKED:
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
     elif PARTIALS:
@@ -898,136 +902,239 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
         w_rows = _stacked_scales(scale, H, S, True)
     else:
         w_rows = 1.0
+    first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step; a
+    # tensor: the interpreter's masks)
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
                                                    t_end - 1, B, H, own, m, ACC, RESET_AFTER)
-        first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step;
-        # a tensor: the interpreter's masks)
-    for i in range(t_end - t_begin):
-        t = t_end - 1 - i
-        t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
-        ok = m & (t < lens)[:, None]
-        if PREFETCH:
-            d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
-        else:
-            d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B,
-                                                  H, own, m, ACC, RESET_AFTER)
-        d += carried
-        dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
-        dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
-        g3 = t64 * B * 3 * H
-        # where the step's whole gradients are read: an exchange buffer (stamped words or
-        # K-major) or dgh (dgi); gate g's block at a + g·gstep, its rows xstride apart,
-        # this program's part of it at xo
-        if XBUF:
-            a = xbuf + (t % 2) * B * 3 * H
-        elif RESET_AFTER:
-            a = dgh + g3
-        else:
-            a = dgi + g3
-        if KMAJOR:
-            gstep = H * B
-            xstride = B
-            xo = cols[None, :] * B + rows[:, None]
-        else:
-            gstep = H
-            xstride = 3 * H
-            xo = own3
-        if RESET_AFTER:
-            dr = dn * ghn * r * (1.0 - r)
-            if XBUF:  # (published first: the others wait for them)
-                _publish(a + xo, dr, m, t, STAMPED)
-                _publish(a + xo + gstep, dz, m, t, STAMPED)
-                _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
-            tl.store(dgi + g3 + own3, dr, mask=m)
-            tl.store(dgi + g3 + own3 + H, dz, mask=m)
-            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
-            tl.store(dgh + g3 + own3, dr, mask=m)
-            tl.store(dgh + g3 + own3 + H, dz, mask=m)
-            tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
-            if PARTIALS:
-                _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
-                                  _partial_product(dz, v_z, ACC) +
-                                  _partial_product(dn * r, v_n, ACC), i, BB, S, PP)
-            if not STAMPED:
-                _barrier(sync, (i + 1) * n_prog)
-            if PREFETCH:  # (step t - 1's reads in flight through this step's product)
-                p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
-                    dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
-                    m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
-            if PARTIALS:
-                carry = _summed_partials(xbuf, i, BB, S, PP)
-            elif STACKED:
-                carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
-                                                          xstride, t, BK, S, STAMPED, 7),
-                                       w_hi, w_lo, S, w_rows, SPLIT16)
-            elif SHAPED:
-                carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
-                                       STAMPED, ACC, 3)
-            elif RESIDENT:
-                carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
-                                          KMAJOR, DOT, PREC, ACC, CHUNKED)
-                carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
-                carry += _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
-            else:
-                carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
-                            BB, S, BK, DOT, PREC, ACC, STAMPED)
-        else:
-            if XBUF:
-                _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
-            tl.store(dgi + g3 + own3 + H, dz, mask=m)
-            tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
-            if PARTIALS:
-                _publish_partials(xbuf, _partial_product(dn, v_n, ACC), 2 * i, BB, S, PP)
-            if not STAMPED:
-                _barrier(sync, (2 * i + 1) * n_prog)
-            if PREFETCH:
-                p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
-                    dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
-                    m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
-            if PARTIALS:
-                d_rh = _summed_partials(xbuf, 2 * i, BB, S, PP)
-            elif STACKED:  # (the n gate's block alone)
-                d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
-                                                         xstride, t, BK, S, STAMPED, 4),
-                                      w_hi, w_lo, S, w_rows, SPLIT16)
-            elif RESIDENT:
-                d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
-                                         STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
-            else:
-                d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
-                           H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
-            dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
-            if XBUF:
-                _publish(a + xo, dr, m, t, STAMPED)
-                _publish(a + xo + gstep, dz, m, t, STAMPED)
-            tl.store(dgi + g3 + own3, dr, mask=m)
-            if PARTIALS:
-                _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
-                                  _partial_product(dz, v_z, ACC), 2 * i + 1, BB, S, PP)
-            if not STAMPED:
-                _barrier(sync, (2 * i + 2) * n_prog)
-            if PARTIALS:
-                carry = r * d_rh + _summed_partials(xbuf, 2 * i + 1, BB, S, PP)
-            elif STACKED:  # (r's and z's blocks)
-                carry = r * d_rh + _stacked_carry(
-                    _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
-                                       STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
-            elif SHAPED:
-                carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
-                                                  v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
-            elif RESIDENT:
-                carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
-                                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
-                carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
-                                           STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
-            else:
-                carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
-                                       2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
-        carried = tl.where(ok, d * z + carry, carried)
+    else:  # (unused)
+        p_d, p_h, p_r, p_z, p_n, p_g = carried, carried, carried, carried, carried, carried
+    if GROUPS == 1:
+        for i in range(t_end - t_begin):
+            d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
+                cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
+                RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            carried = _backward_carry(
+                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
+                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
+                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+    else:  # (two groups, each step's phases rotated: group a's wait comes after group b's
+        # phases, and the other way round)
+        rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
+                                                            BG)
+        carried2 = tl.load(dh + own2, mask=m2, other=0.0)
+        d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog, B, H,
+            t_end, 0, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask,
+            m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK, RESET_AFTER, DOT,
+            PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16,
+            CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+        d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1, n_prog,
+            B, H, t_end, 0, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first, rows2, rmask2,
+            cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
+            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
+            NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+        for i in range(t_end - t_begin):
+            carried = _backward_carry(
+                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
+                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
+                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            if i + 1 < t_end - t_begin:
+                d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                    B, H, t_end, i + 1, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows,
+                    rmask, cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
+                    BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
+                    STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            carried2 = _backward_carry(
+                dgi, dgh, xbuf, sync + 1, slot + 1, n_prog, B, H, t_end, i, carried2, d2, z2,
+                r2, d_rh2, rows2, rmask2, cols, cmask, m2, lens2, wt, w_hi, w_lo, w_rows, v_r,
+                v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
+                STACKED, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            if i + 1 < t_end - t_begin:
+                d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1,
+                    n_prog, B, H, t_end, i + 1, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first,
+                    rows2, rmask2, cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r,
+                    v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED,
+                    KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI,
+                    PARTIALS, PP)
+        tl.store(dh + own2, carried2, mask=m2)
     tl.store(dh + own, carried, mask=m)
+
+
+@_jit
+def _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols, RESET_AFTER: tl.constexpr,
+                     XBUF: tl.constexpr, KMAJOR: tl.constexpr):
+    """Where step t's whole gradients are read (_backward_carry) and this program's are
+    published: an exchange buffer (stamped words, K-major or 16-bit) or dgh (dgi); gate
+    g's block at a + g·gstep, its rows xstride apart, this program's part of it at xo."""
+    if XBUF:
+        a = xbuf + (t % 2) * B * 3 * H
+    elif RESET_AFTER:
+        a = dgh + tl.cast(t, tl.int64) * B * 3 * H
+    else:
+        a = dgi + tl.cast(t, tl.int64) * B * 3 * H
+    if KMAJOR:
+        return a, H * B, B, cols[None, :] * B + rows[:, None]
+    else:
+        return a, H, 3 * H, rows[:, None] * 3 * H + cols[None, :]
+
+
+@_jit
+def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                    B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
+                    cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
+                    BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                    KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
+                    NARROW: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
+                    CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
+                    PARTIALS: tl.constexpr, PP: tl.constexpr):
+    """Step t = t_end - 1 - i's first phase for the rows ``rows`` (a tile, or one of its
+    groups, whose counter is ``sync``): the gates' gradients, stored and published, then
+    an arrival without waiting (reset_before: after the n gate's exchange, which it waits
+    for). Returns what _backward_carry needs (dL/dh + carried, z, r and ∂L/∂(r ⊙ h)) and,
+    with PREFETCH, step t - 1's reads (else p_* as given)."""
+    t = t_end - 1 - i
+    ok = m & (t < lens)[:, None]
+    if PREFETCH:
+        d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
+    else:
+        d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H,
+                                              own, m, ACC, RESET_AFTER)
+    d += carried
+    dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
+    dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
+    own3 = rows[:, None] * 3 * H + cols[None, :]
+    g3 = tl.cast(t, tl.int64) * B * 3 * H
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
+    a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
+                                             RESET_AFTER, XBUF, KMAJOR)
+    if RESET_AFTER:
+        dr = dn * ghn * r * (1.0 - r)
+        if XBUF:  # (published first: the others wait for them)
+            _publish(a + xo, dr, m, t, STAMPED)
+            _publish(a + xo + gstep, dz, m, t, STAMPED)
+            _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
+        tl.store(dgi + g3 + own3, dr, mask=m)
+        tl.store(dgi + g3 + own3 + H, dz, mask=m)
+        tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+        tl.store(dgh + g3 + own3, dr, mask=m)
+        tl.store(dgh + g3 + own3 + H, dz, mask=m)
+        tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                              _partial_product(dz, v_z, ACC) +
+                              _partial_product(dn * r, v_n, ACC), slot, i, BB, S, PP)
+        d_rh = dn  # (unused)
+    else:
+        if XBUF:
+            _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
+        tl.store(dgi + g3 + own3 + H, dz, mask=m)
+        tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dn, v_n, ACC), slot, 2 * i, BB, S, PP)
+        if not STAMPED:
+            _barrier(sync, (2 * i + 1) * n_prog)
+        if PARTIALS:
+            d_rh = _summed_partials(xbuf, slot, 2 * i, BB, S, PP)
+        elif STACKED:  # (the n gate's block alone)
+            d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                     xstride, t, BK, S, STAMPED, 4),
+                                  w_hi, w_lo, S, w_rows, SPLIT16)
+        elif RESIDENT:
+            d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
+                       H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
+        dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
+        if XBUF:
+            _publish(a + xo, dr, m, t, STAMPED)
+            _publish(a + xo + gstep, dz, m, t, STAMPED)
+        tl.store(dgi + g3 + own3, dr, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                              _partial_product(dz, v_z, ACC), slot, 2 * i + 1, BB, S, PP)
+    if not STAMPED:
+        _arrive(sync)
+    if PREFETCH:  # (step t - 1's reads in flight through this step's product)
+        p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+            dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+            m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
+    return d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g
+
+
+@_jit
+def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r,
+                    d_rh, rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r,
+                    v_z, v_n, BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                    KMAJOR: tl.constexpr, STACKED: tl.constexpr, NARROW: tl.constexpr,
+                    SPLIT16: tl.constexpr, CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
+                    KW: tl.constexpr, SI: tl.constexpr, PARTIALS: tl.constexpr,
+                    PP: tl.constexpr):
+    """Step t = t_end - 1 - i's second phase (after _backward_gates): waits until every
+    program has published the step's gradients, multiplies them by W_hh for this
+    program's units and returns dL/dh before the step (carried where the step is past a
+    row's length)."""
+    t = t_end - 1 - i
+    ok = m & (t < lens)[:, None]
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW
+    # (chunked 5-axis tiles, Config.unit_lanes or thread_units: the gates summed at once)
+    SHAPED: tl.constexpr = CHUNKED and (KW > 1 or CHUNK != LANES or SI > 1)
+    a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
+                                             RESET_AFTER, XBUF, KMAJOR)
+    if not STAMPED:
+        _wait(sync, (i + 1) * (1 + (not RESET_AFTER)) * n_prog)
+    if RESET_AFTER:
+        if PARTIALS:
+            carry = _summed_partials(xbuf, slot, i, BB, S, PP)
+        elif STACKED:
+            carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                      xstride, t, BK, S, STAMPED, 7),
+                                   w_hi, w_lo, S, w_rows, SPLIT16)
+        elif SHAPED:
+            carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
+                                   STAMPED, ACC, 3)
+        elif RESIDENT:
+            carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
+                                      KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
+                        BB, S, BK, DOT, PREC, ACC, STAMPED)
+    else:
+        if PARTIALS:
+            carry = r * d_rh + _summed_partials(xbuf, slot, 2 * i + 1, BB, S, PP)
+        elif STACKED:  # (r's and z's blocks)
+            carry = r * d_rh + _stacked_carry(
+                _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
+                                   STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
+        elif SHAPED:
+            carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
+                                              v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
+        elif RESIDENT:
+            carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
+                                                 STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
+                                   2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
+    return tl.where(ok, d * z + carry, carried)
 
 
 # ---- launch configuration ----------------------------------------------------------------
@@ -1088,11 +1195,12 @@ class Config(NamedTuple):
     through L2 a step, against P·B·3H when every program reads all the gradients (a
     third less; at B=16, H=1024, 128 programs, 16.8 MB against 25 MB; reset_before's
     two exchanges a step 33.6 against 25); a benchmark-mode candidate, not yet timed on
-    a GPU; groups (the forward's; 1, or 2 with resident broadcast tiles, not stamped,
-    K-major or prefetch): the tile's rows in that many groups, each its own recurrence
-    with its own barrier, whose steps a program takes in turn, so that each group's
-    barrier and exchange are under way while the other computes (_forward_step; a
-    benchmark-mode candidate, not yet timed on a GPU)."""
+    a GPU; groups (1, or 2 with resident broadcast tiles, not stamped, K-major or
+    prefetch): the tile's rows in that many groups, each its own recurrence with its own
+    barrier, whose steps a program takes in turn, so that each group's barrier and
+    exchange are under way while the other computes (_forward_step; the backward's step
+    in two phases, rotated between the groups: _backward_gates, _backward_carry); a
+    benchmark-mode candidate, not yet timed on a GPU."""
 
     block_batch: int
     slice: int
@@ -1216,9 +1324,9 @@ def _can_partial(cfg: Config) -> bool:
 
 
 def _can_group(cfg: Config) -> bool:
-    """Whether cfg's forward can take its rows in ``Config.groups`` groups: 1, or 2 with
-    resident broadcast tiles, not stamped (no barrier to wait at), K-major or prefetch,
-    and an even block_batch."""
+    """Whether cfg can take its rows in ``Config.groups`` groups: 1, or 2 with resident
+    broadcast tiles, not stamped (no barrier to wait at), K-major or prefetch, and an even
+    block_batch."""
     return cfg.groups == 1 or (cfg.groups == 2 and cfg.block_batch % 2 == 0 and
                                cfg.resident and not (cfg.dot or cfg.stamped or cfg.kmajor or
                                                      cfg.stacked or cfg.prefetch))
@@ -1423,7 +1531,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
     resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
     4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
-    products, in PARTIAL_SPREADS's, and the forward's chunked in two groups of rows, in
+    products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
     GROUPED_SPREADS's: not yet timed on a GPU), in 16 bits up to
     H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in shared memory; not
     yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
@@ -1466,9 +1574,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
             if spread is not None and not forward:
                 found += [spread._replace(warps=w, partials=True)
                           for w in PARTIAL_SPREADS.get((spread.slice, hp), ())]
-            if spread is not None and forward:
-                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, groups=2)
-                          for w, u in GROUPED_SPREADS.get((spread.slice, hp), ())]
+            if spread is not None:
+                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
+                                          groups=2)
+                          for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -1524,17 +1633,24 @@ SPREAD_CHUNK_SHAPES = {
 PARTIAL_SPREADS = {(4, 512): (4, 8), (8, 1024): (8,)}
 
 
-# Benchmark mode's chunked spread forward splits with the tile's rows in two groups
-# (Config.groups), at batch 9-16: (units, K) → (warps, unit_lanes). Not yet timed on a GPU.
-# What they may save is a step's wait: at fp32 B=16 the chunked forward took ~1.5 µs a
-# step more than its instructions (H200: 3.28 µs at H=512, 6.91 at 1024, for 6,472 and
+# Benchmark mode's chunked spread splits with the tile's rows in two groups (Config.groups),
+# at batch 9-16: (units, K, forward) → (warps, unit_lanes, thread_units). Not yet timed on a
+# GPU. What they may save is a step's wait: at fp32 B=16 the chunked forward took ~1.5 µs
+# a step more than its instructions (H200: 3.28 µs at H=512, 6.91 at 1024, for 6,472 and
 # 19,592 warp-instructions a multiprocessor: 1.5 µs + 0.28 ns each), about a B=1 step,
-# which is mostly the barrier and the exchange's latency. Two groups take their steps in
-# turn, so each group's barrier and exchange are under way while the other computes (~2.7
-# µs at H=1024). They cost 4-8% more instructions (scripts/sass_profile.py, sm_90a,
-# training: H=512 6,544 → 7,076 at 4 warps; H=1024 19,736 → 20,736 at 8 warps, 19,928
-# with unit_lanes 4), and up to 52 bytes spilled.
-GROUPED_SPREADS = {(4, 512): ((4, 1),), (8, 1024): ((8, 1), (8, 4))}
+# which is mostly the barrier and the exchange's latency (the backward's B=1 step: 2.5-3.5
+# µs). Two groups take their steps in turn, so each group's barrier and exchange are under
+# way while the other computes. They cost 4-8% more instructions (scripts/sass_profile.py,
+# sm_90a, fp32, a multiprocessor's warp-instructions a step: training H=512 6,544 → 7,076
+# at 4 warps, H=1024 19,736 → 20,736 at 8, 19,928 with unit_lanes 4; backward H=512
+# 8,168 → 8,732, H=1024 24,120 → 25,152, (8, 4, 2) 21,136 → 21,984), up to 96 bytes
+# spilled. (The partials backward in two groups spilled 3.6 KB at H=1024: left out.)
+GROUPED_SPREADS = {
+    (4, 512, True): ((4, 1, 1),),
+    (4, 512, False): ((4, 1, 1),),
+    (8, 1024, True): ((8, 1, 1), (8, 4, 1)),
+    (8, 1024, False): ((8, 1, 1), (8, 4, 2)),
+}
 
 
 # The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
@@ -1813,18 +1929,17 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
                                         lengths, reset_after, c), weights=w_hh.dtype)
     _check_weights(cfg, w_hh.dtype)
-    if cfg.groups != 1:
-        raise ValueError(f"groups is a forward split's: got {cfg} for the backward")
     dgi = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
     consts = {}
     if cfg.partials:  # the partial products' two regions for each batch tile of a launch
+        # (or each group of its rows)
         programs = _programs(cfg, hidden, out.device)
         tiles = min(-(-batch // cfg.block_batch), _grid_limit(out.device) // programs)
-        xbuf = _empty(max(tiles, 1), 2, programs, _pow2(programs), cfg.block_batch,
-                      cfg.slice, dtype=acc, device=out.device)
+        xbuf = _empty(max(tiles, 1) * cfg.groups, 2, programs, _pow2(programs),
+                      cfg.block_batch // cfg.groups, cfg.slice, dtype=acc, device=out.device)
         consts = {"PARTIALS": True, "PP": _pow2(programs)}
     elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
@@ -1840,7 +1955,7 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
                 lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), SPLIT16=cfg.split16, **consts)
+                ACC=_acc(acc), SPLIT16=cfg.split16, GROUPS=cfg.groups, **consts)
     # dW_hh over all steps, one GEMM: for bf16 outputs (fp32's range) on bf16 operands with
     # fp32 accumulation, as autograd does the input projection's (bf16 weights store the
     # gradient in bf16 anyway; under autocast, fp32 weights get it as autocast gives a
