@@ -868,7 +868,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     fp32 values after the barrier or stamped words, the products summed over K first.
     STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
-    (_saved_step) are issued during step t, after its first exchange. NARROW
+    (_saved_step) are issued during step t, once its gradients are published. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
     dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
     (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
