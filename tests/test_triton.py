@@ -410,8 +410,8 @@ def test_chunked_split_needs_resident_broadcast_tiles():
 def test_grouped_forward(size, dtype, chunked, reset_after):
     """Config.groups, the forward: a tile's rows in two groups, each its own recurrence
     and barrier counter, their steps in turn (K in chunks or not; groups of 2, 4 and 1
-    rows, the second partly or wholly past B at 3 rows, two batch tiles at 16); outputs,
-    saved gates and every gradient after it."""
+    rows, the second partly past B at 3 rows, two batch tiles at 16); outputs, saved gates
+    and every gradient after it."""
     batch, hidden = size
     cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
                     resident=True, chunked=chunked)
@@ -430,13 +430,58 @@ def test_grouped_backward(size, dtype, product, reset_after):
     """Config.groups, the backward: a tile's rows in two groups, each step's two phases
     rotated between them (_backward_gates, _backward_carry), with the chunked, partial or
     plain broadcast product (partials: each group's own regions); groups of 2, 4 and 1
-    rows, one partly or wholly past B, two batch tiles at 16; every gradient."""
+    rows, one partly past B, two batch tiles at 16; every gradient."""
     batch, hidden = size
     cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
                     resident=True, chunked=product == "chunked",
                     partials=product == "partials")
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg._replace(partials=False), backward_cfg=cfg._replace(groups=2))
+
+
+if BACKENDS["triton"].missing() is None:
+    @tg._jit
+    def _exact_wait(sync, arrivals):
+        """_wait, in the interpreter: one program a tile, so every arrival a wait counts on
+        has come in, and no more (a wait for too few would pass on the CPU, and race on a
+        GPU)."""
+        got = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
+        want = arrivals.handle.data if hasattr(arrivals, "handle") else arrivals
+        if not (got.handle.data == want).all():
+            raise AssertionError(f"a wait for {want} found the counter at {got.handle.data}")
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's check")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("groups,partials", [(1, False), (2, False), (2, True), (1, True)],
+                         ids=str)
+def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
+    """Each barrier wait counts exactly the arrivals made before it, forward and backward,
+    one group or two, two batch tiles (each group and tile its own counter), with the
+    partial products' exchange or not; and every counter ends at the launch's arrivals,
+    one a step per group (reset_before: two)."""
+    monkeypatch.setattr(tg, "_wait", _exact_wait)
+    counters = []
+    zeros = torch.zeros
+
+    def recorded(*shape, **kwargs):
+        made = zeros(*shape, **kwargs)
+        if kwargs.get("dtype") == torch.int32:  # (the launches' counters)
+            counters.append(made)
+        return made
+
+    monkeypatch.setattr(tg.torch, "zeros", recorded)
+    steps, batch, hidden = 4, 16, 40
+    gi, h0, w, b, _ = _problem(steps, batch, hidden, torch.float32)
+    lens = torch.tensor([4, 1, 3, 2] * 4, device=DEVICE)
+    cfg = tg.Config(8, 64, 64, dot=False, resident=True, groups=groups)
+    out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens,
+                            reset_after, True, cfg)
+    each = steps * (1 if reset_after else 2)
+    assert counters[-1].tolist() == [each] * (2 * groups)
+    tg.backward(torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, reset_after,
+                cfg._replace(partials=partials))
+    assert counters[-1].tolist() == [each] * (2 * groups)
 
 
 def test_groups_need_resident_broadcast_tiles():
@@ -2006,24 +2051,30 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs")
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")
 @pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,lanes,reset_after", [
     (torch.float32, 16, 512, 4, 4, 1, True), (torch.float32, 16, 1024, 8, 8, 1, True),
     (torch.float32, 16, 1024, 8, 8, 4, False), (torch.bfloat16, 16, 1024, 8, 8, 4, True),
-    (torch.float32, 12, 1020, 8, 8, 1, True), (torch.float32, 9, 996, 8, 8, 4, False)],
+    (torch.float32, 12, 1020, 8, 8, 1, True), (torch.float32, 9, 996, 8, 8, 4, False),
+    (torch.float32, 100, 120, 4, 4, 1, True), (torch.float32, 100, 120, 4, 4, 1, False)],
     ids=str)
 def test_groups_on_gpu(dtype, batch, hidden, slice_, warps, lanes, reset_after):
     """Benchmark mode's chunked spread splits in two groups of rows (Config.groups,
     GROUPED_SPREADS), each group's barrier under way while the other computes, forward
     and backward (with unit_lanes 4 the backward's 2 units a thread): T=512, ragged
     lengths, rows past B (at 9 rows the second group has one), a last program partly
-    past H, both formulations; outputs, saved gates and every gradient at the dtype's
+    past H, both formulations; several batch tiles a launch and several launches (100
+    rows at H=120: 30 programs, 4 tiles a launch, each group its own counter), the
+    backward with partials there; outputs, saved gates and every gradient at the dtype's
     tolerance."""
     hp = tg._pow2(hidden)
     cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True, chunked=True,
                     unit_lanes=lanes, groups=2)
+    backward_cfg = cfg._replace(thread_units=2 if lanes > 1 else 1)
+    if batch > 16:  # (partials in two groups: each its own regions)
+        backward_cfg = backward_cfg._replace(chunked=False, partials=True)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg,
-             backward_cfg=cfg._replace(thread_units=2 if lanes > 1 else 1))
+             backward_cfg=backward_cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")

@@ -705,6 +705,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     each its own recurrence with its own counter, their steps taken in turn
     (_forward_step).
     """
+    tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
+                     "groups: not stamped, K-major, prefetch or stacked (_can_group)")
     BG: tl.constexpr = BB // GROUPS
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)
@@ -868,7 +870,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     fp32 values after the barrier or stamped words, the products summed over K first.
     STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
-    (_saved_step) are issued during step t, once its gradients are published. NARROW
+    (_saved_step) are issued during step t, after its first exchange. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
     dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
     (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
@@ -881,6 +883,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     recurrence with its own counter; a step is two phases (_backward_gates, then
     _backward_carry, whose wait the other group's phases cover).
     """
+    tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
+                     "groups: not stamped, K-major, prefetch or stacked (_can_group)")
     BG: tl.constexpr = BB // GROUPS
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)
@@ -1044,6 +1048,10 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
             _publish_partials(xbuf, _partial_product(dn, v_n, ACC), slot, 2 * i, BB, S, PP)
         if not STAMPED:
             _barrier(sync, (2 * i + 1) * n_prog)
+        if PREFETCH:  # (step t - 1's reads in flight through this step's products)
+            p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
         if PARTIALS:
             d_rh = _summed_partials(xbuf, slot, 2 * i, BB, S, PP)
         elif STACKED:  # (the n gate's block alone)
@@ -1066,7 +1074,8 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
                               _partial_product(dz, v_z, ACC), slot, 2 * i + 1, BB, S, PP)
     if not STAMPED:
         _arrive(sync)
-    if PREFETCH:  # (step t - 1's reads in flight through this step's product)
+    if PREFETCH and RESET_AFTER:  # (step t - 1's reads in flight through this step's
+        # product; reset_before: issued after its first exchange, above)
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
             dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
             m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
