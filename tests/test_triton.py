@@ -1553,43 +1553,51 @@ def test_chunked_candidates_rule(monkeypatch):
                                .get(hidden))
 
 
+def _spread_points(monkeypatch, sms=132):
+    """(dtype, batch, hidden, forward, benchmark mode's candidates) on a card of ``sms``
+    multiprocessors, at sizes in and around the spread split's (batch 9-16 above H=256),
+    for the inference and training forwards and the backward."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = sms
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for batch, hidden in [(1, 1024), (8, 1024), (16, 256), (16, 384), (16, 512),
+                              (16, 1024), (12, 1000), (64, 512)]:
+            for kind in ("forward", "training", "backward"):
+                forward = kind != "backward"
+                cfg = (tg.choose_config(batch, hidden, cuda, dtype, kind == "training")
+                       if forward else tg.choose_backward_config(batch, hidden, cuda, dtype))
+                yield dtype, batch, hidden, forward, tg._candidates(cfg, batch, hidden, cuda,
+                                                                   dtype, forward)
+
+
 def test_partials_candidates_rule(monkeypatch):
     """Benchmark mode times the spread backward split exchanging partial products
     (Config.partials) at batch 9-16 in PARTIAL_SPREADS's sizes (132 SMs' units a program:
     4 of K=512 at 4 and 8 warps, 8 of K=1024 at 8), fp32 and bf16 alike; never for the
     forward, at other batches or sizes, or in fp64; on other cards only where the spread
     split has those units and K."""
-    cuda = torch.device("cuda")
-
-    class Props:
-        multi_processor_count = 132
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        for batch, hidden in [(1, 1024), (8, 1024), (16, 256), (16, 512), (16, 1024),
-                              (12, 1000), (64, 512)]:
-            for forward in (True, False):
-                cfg = (tg.choose_config if forward else tg.choose_backward_config)(
-                    batch, hidden, cuda, dtype)
-                found = [c for c in tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
-                         if c.partials]
-                counted = tg.PARTIAL_SPREADS.get((tg._pow2(hidden) // 128, tg._pow2(hidden)))
-                if forward or dtype == torch.float64 or not 8 < batch <= 16 or not counted:
-                    assert not found, (dtype, batch, hidden, forward)
-                    continue
-                assert {c.warps for c in found} == set(counted)
-                assert all(tg._can_partial(c) and c.block_batch == 16 and
-                           c.slice * 128 >= hidden for c in found)
+    for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
+        found = [c for c in found if c.partials]
+        hp = tg._pow2(hidden)
+        counted = tg.PARTIAL_SPREADS.get((tg._pow2(-(-hidden // 132)), hp))
+        if forward or dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or \
+                not counted:
+            assert not found, (dtype, batch, hidden, forward)
+            continue
+        assert {c.warps for c in found} == set(counted)
+        assert all(tg._can_partial(c) and c.block_batch == 16 and c.slice * 128 >= hidden
+                   for c in found)
     offered = set()
     for sms in (16, 24, 46, 66, 108):  # (smaller cards: other units a program)
-        Props.multi_processor_count = sms
-        for hidden in (384, 512, 1024):
-            cfg = tg.choose_backward_config(16, hidden, cuda, torch.float32)
-            found = [c for c in tg._candidates(cfg, 16, hidden, cuda, torch.float32, False)
-                     if c.partials]
+        for _, batch, hidden, _, found in _spread_points(monkeypatch, sms):
+            found = [c for c in found if c.partials]
             assert all(c.warps in tg.PARTIAL_SPREADS[(c.slice, c.block_k)] for c in found)
-            offered |= {(sms, hidden) for c in found}
-    assert offered == {(108, 384)}  # (4 units of K=512 a program)
+            offered |= {(sms, batch, hidden) for c in found}
+    assert offered == {(108, 16, 384)}  # (4 units of K=512 a program)
 
 
 def test_groups_candidates_rule(monkeypatch):
@@ -1597,30 +1605,16 @@ def test_groups_candidates_rule(monkeypatch):
     (Config.groups) at batch 9-16 in GROUPED_SPREADS's sizes and shapes (132 SMs: 4 units
     of K=512 at 4 warps, 8 of K=1024 at 8 warps), inference, training and backward, fp32
     and bf16; never at other batches or sizes, or in fp64."""
-    cuda = torch.device("cuda")
-
-    class Props:
-        multi_processor_count = 132
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        for batch, hidden in [(1, 1024), (8, 1024), (16, 256), (16, 512), (16, 1024),
-                              (12, 1000), (64, 512)]:
-            for save in (False, True):
-                for forward in (True, False):
-                    cfg = (tg.choose_config(batch, hidden, cuda, dtype, save) if forward else
-                           tg.choose_backward_config(batch, hidden, cuda, dtype))
-                    found = [c for c in tg._candidates(cfg, batch, hidden, cuda, dtype,
-                                                       forward) if c.groups != 1]
-                    hp = tg._pow2(hidden)
-                    shapes = tg.GROUPED_SPREADS.get((hp // 128, hp, forward))
-                    if dtype == torch.float64 or not 8 < batch <= 16 or not shapes:
-                        assert not found, (dtype, batch, hidden, forward)
-                        continue
-                    assert {(c.warps, c.unit_lanes, c.thread_units) for c in found} == \
-                        set(shapes)
-                    assert all(tg._can_group(c) and c.chunked and tg._can_chunk(c) and
-                               not c.partials and c.block_batch == 16 for c in found)
+    for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
+        found = [c for c in found if c.groups != 1]
+        hp = tg._pow2(hidden)
+        shapes = tg.GROUPED_SPREADS.get((tg._pow2(-(-hidden // 132)), hp, forward))
+        if dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or not shapes:
+            assert not found, (dtype, batch, hidden, forward)
+            continue
+        assert {(c.warps, c.unit_lanes, c.thread_units) for c in found} == set(shapes)
+        assert all(tg._can_group(c) and c.chunked and tg._can_chunk(c) and
+                   not c.partials and c.block_batch == 16 for c in found)
 
 
 def test_stamped_default_rule(monkeypatch):
