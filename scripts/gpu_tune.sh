@@ -55,8 +55,8 @@ gate 70 stacked_on_gpu; stacked=$?
 gate 60 "$SPLIT16"; split16=$?
 gate 50 "$CHUNKED"; chunked=$?
 gate 40 "$SHAPES"; shapes=$?
-gate 30 "$PARTIALS"; partials=$?
-gate 30 "$GROUPS"; groups=$?
+gate 45 "$PARTIALS"; partials=$?
+gate 45 "$GROUPS"; groups=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked," \
