@@ -245,37 +245,30 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
                                               c == default or not any(f(c) for f in left_out)]
 
 
+# The candidate families --no-NAME leaves out (restrict's arguments, in order): what each is.
+LEAVE_OUT = {
+    "stacked": "the stacked splits (Config.stacked)",
+    "narrow": "the candidates that exchange 16-bit values (Config.narrow)",
+    "prefetch": "the prefetch candidates",
+    "resident-dot": "tl.dot on resident tiles",
+    "split16": "fp32's stacked splits on fp16 parts (Config.split16)",
+    "chunked": "the chunked-product candidates (Config.chunked)",
+    "chunk-shapes": "the chunked candidates whose lanes and warps split the units and K "
+                    "(Config.unit_lanes, Config.thread_units)",
+    "partials": "the backward splits that exchange partial products (Config.partials)",
+    "groups": "the splits that take the rows in two groups (Config.groups)",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--auto", action="store_true")
     parser.add_argument("--benchmark", action="store_true")
-    parser.add_argument("--no-stacked", action="store_true",
-                        help="benchmark mode without the stacked splits (Config.stacked)")
-    parser.add_argument("--no-narrow", action="store_true",
-                        help="benchmark mode without the candidates that exchange 16-bit "
-                             "values (Config.narrow)")
-    parser.add_argument("--no-prefetch", action="store_true",
-                        help="benchmark mode without the prefetch candidates")
-    parser.add_argument("--no-resident-dot", action="store_true",
-                        help="benchmark mode without tl.dot on resident tiles")
-    parser.add_argument("--no-split16", action="store_true",
-                        help="benchmark mode without fp32's stacked splits on fp16 parts "
-                             "(Config.split16)")
-    parser.add_argument("--no-chunked", action="store_true",
-                        help="benchmark mode without the chunked-product candidates "
-                             "(Config.chunked)")
-    parser.add_argument("--no-chunk-shapes", action="store_true",
-                        help="benchmark mode without the chunked candidates whose lanes "
-                             "and warps split the units and K (Config.unit_lanes, "
-                             "Config.thread_units)")
-    parser.add_argument("--no-partials", action="store_true",
-                        help="benchmark mode without the backward splits that exchange "
-                             "partial products (Config.partials)")
-    parser.add_argument("--no-groups", action="store_true",
-                        help="benchmark mode without the splits that take the rows in two "
-                             "groups (Config.groups)")
+    for name, what in LEAVE_OUT.items():  # (restrict's, in its order)
+        parser.add_argument(f"--no-{name}", action="store_true",
+                            help=f"benchmark mode without {what}")
     parser.add_argument("--only-grid", action="store_true",
                         help="the grid alone, without the bidirectional and long cases")
     parser.add_argument("--steps", type=int, default=512)
@@ -294,9 +287,7 @@ def main() -> None:
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
     tf32x3.enabled = args.tf32x3_gemms
-    restrict(args.no_stacked, args.no_narrow, args.no_prefetch, args.no_resident_dot,
-             args.no_split16, args.no_chunked, args.no_chunk_shapes, args.no_partials,
-             args.no_groups)
+    restrict(*(getattr(args, "no_" + name.replace("-", "_")) for name in LEAVE_OUT))
     results = {}
     if args.sweep:
         results["sweep"] = sweep([(16, 1024), (128, 1024), (128, 256)], args.steps)
