@@ -16,6 +16,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid  # without the other cases
     python benchmarks/gpu.py --dtype bfloat16  # the grid in bfloat16 alone
     python benchmarks/gpu.py --tf32x3-gemms  # fp32's GEMMs as three TF32 ones
+    python benchmarks/gpu.py --tf32x3-beside  # fp32 also so, in the same process
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -30,6 +31,7 @@ so a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -70,8 +72,11 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref).norm() / ref.norm()).item()
 
 
-def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str) -> dict:
-    """Time and check torch's module against flashgru's on the same weights and input."""
+def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
+            tf32x3_beside: bool = False) -> dict:
+    """Time and check torch's module against flashgru's on the same weights and input;
+    ``tf32x3_beside`` (fp32): flashgru's once more with its GEMMs as three TF32 ones
+    (``tf32x3``, the row's ``*_tf32x3``), in the same process as the other two."""
     ours = flashgru.GRU.from_torch(ref, backend=backend)
     exact = copy.deepcopy(ref).double()
     dout = torch.randn(x.shape[:-1] + (ref.hidden_size * (1 + ref.bidirectional),),
@@ -81,24 +86,45 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str) -> dict:
     y64.backward(dout.double())
     row = {"backend": ours.which_backend(x).name}
     ref.flatten_parameters()  # cuDNN's weights in one buffer (it warned for bf16 otherwise)
-    for name, module in (("torch", ref), ("flashgru", ours)):
-        xg = x.detach().requires_grad_()
-        y = module(xg)[0]
-        y.backward(dout)
-        row[f"err_{name}"] = rel_err(y.detach(), y64.detach())
-        row[f"maxerr_{name}"] = (y.detach().double() - y64.detach()).abs().max().item()
-        row[f"err_dx_{name}"] = rel_err(xg.grad, x64.grad)
-        with torch.no_grad():
-            row[f"fwd_{name}"] = timed(lambda m=module: m(x))
-
-        def train_step(m=module, xg=xg):
-            m(xg)[0].backward(dout)
-
-        row[f"fb_{name}"] = timed(train_step)
+    runs = [("torch", ref, tf32x3.enabled), ("flashgru", ours, tf32x3.enabled)]
+    if tf32x3_beside and x.dtype == torch.float32:
+        runs.append(("tf32x3", ours, True))
+    for name, module, gemms in runs:
+        with _tf32x3_gemms(gemms):
+            _compare_one(row, name, module, x, dout, x64, y64)
     return row
 
 
-def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
+@contextlib.contextmanager
+def _tf32x3_gemms(on: bool):
+    """flashgru's fp32 GEMMs as three TF32 ones (tf32x3.enabled) or not, for a block."""
+    saved, tf32x3.enabled = tf32x3.enabled, on
+    try:
+        yield
+    finally:
+        tf32x3.enabled = saved
+
+
+def _compare_one(row, name, module, x, dout, x64, y64) -> None:
+    """The row's err_NAME, maxerr_NAME, err_dx_NAME (against float64), fwd_NAME (no
+    autograd) and fb_NAME (forward+backward) milliseconds, for one module."""
+    xg = x.detach().requires_grad_()
+    y = module(xg)[0]
+    y.backward(dout)
+    row[f"err_{name}"] = rel_err(y.detach(), y64.detach())
+    row[f"maxerr_{name}"] = (y.detach().double() - y64.detach()).abs().max().item()
+    row[f"err_dx_{name}"] = rel_err(xg.grad, x64.grad)
+    with torch.no_grad():
+        row[f"fwd_{name}"] = timed(lambda m=module: m(x))
+
+    def train_step(m=module, xg=xg):
+        m(xg)[0].backward(dout)
+
+    row[f"fb_{name}"] = timed(train_step)
+
+
+def grid(dtypes, hidden, batch, steps, backend, on_row=None,
+         tf32x3_beside: bool = False) -> list[dict]:
     rows = []
     for dtype in dtypes:
         for h in hidden:
@@ -106,7 +132,7 @@ def grid(dtypes, hidden, batch, steps, backend, on_row=None) -> list[dict]:
                 torch.manual_seed(0)
                 ref = torch.nn.GRU(h, h, device="cuda", dtype=dtype)
                 x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
-                row = compare(ref, x, backend)
+                row = compare(ref, x, backend, tf32x3_beside)
                 row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
                 if tg.benchmark:  # the splits it kept (inference, training forward,
                     # backward), and those it left out, with why
@@ -150,8 +176,23 @@ def _line(row: dict) -> str:
             f"(torch {row['err_torch']:.1e}), max {row['maxerr_flashgru']:.1e} (torch "
             f"{row['maxerr_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
             f"(torch {row['err_dx_torch']:.1e})"
+            + _tf32x3_part(row)
             + (f" | kept {row['splits']}" if "splits" in row else "")
             + (f" | left out {row['left_out']}" if row.get("left_out") else ""))
+
+
+def _tf32x3_part(row: dict) -> str:
+    """The line's timing of flashgru with its GEMMs as three TF32 ones (--tf32x3-beside),
+    speedups over cuDNN and over flashgru's own fp32 GEMMs; empty where not timed."""
+    if "fwd_tf32x3" not in row:
+        return ""
+    t = row["T"]
+    return (f" | tf32x3 GEMMs fwd {row['fwd_tf32x3'] * 1e3 / t:.2f} "
+            f"×{row['fwd_torch'] / row['fwd_tf32x3']:.2f} "
+            f"(×{row['fwd_flashgru'] / row['fwd_tf32x3']:.2f} ours) f+b "
+            f"{row['fb_tf32x3'] * 1e3 / t:.2f} ×{row['fb_torch'] / row['fb_tf32x3']:.2f} "
+            f"(×{row['fb_flashgru'] / row['fb_tf32x3']:.2f} ours) err "
+            f"{row['err_tf32x3']:.1e} dx {row['err_dx_tf32x3']:.1e}")
 
 
 def sweep(points, steps) -> list[dict]:
@@ -277,6 +318,9 @@ def main() -> None:
     parser.add_argument("--tf32x3-gemms", action="store_true",
                         help="the triton backend's fp32 GEMMs as three TF32 ones "
                              "(flashgru.backends.tf32x3.enabled)")
+    parser.add_argument("--tf32x3-beside", action="store_true",
+                        help="each fp32 point timed also with the triton backend's GEMMs "
+                             "as three TF32 ones, in the same process")
     parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
                         default=("float32", "bfloat16"), help="the grid's dtypes")
     parser.add_argument("--json")
@@ -301,7 +345,7 @@ def main() -> None:
             os.replace(args.json + ".part", args.json)
 
     save(grid=grid([getattr(torch, d) for d in args.dtype], hidden, batch, args.steps, backend,
-                   on_row=lambda rows: save(grid=rows)))
+                   on_row=lambda rows: save(grid=rows), tf32x3_beside=args.tf32x3_beside))
     if not args.only_grid:
         save(bidirectional=bidirectional(backend))
         save(long=long_sequence())
@@ -312,7 +356,10 @@ def main() -> None:
               f"fwd {row['fwd_flashgru'] * 1e3 / t:6.2f}"
               f" ×{row['fwd_torch'] / row['fwd_flashgru']:5.2f}  f+b "
               f"{row['fb_flashgru'] * 1e3 / t:6.2f} ×{row['fb_torch'] / row['fb_flashgru']:5.2f}"
-              f"  err {row['err_flashgru']:.0e}/{row['err_torch']:.0e}")
+              f"  err {row['err_flashgru']:.0e}/{row['err_torch']:.0e}"
+              + (f"  tf32x3 GEMMs fwd ×{row['fwd_torch'] / row['fwd_tf32x3']:5.2f} f+b "
+                 f"×{row['fb_torch'] / row['fb_tf32x3']:5.2f}" if "fwd_tf32x3" in row
+                 else ""))
 
 
 if __name__ == "__main__":

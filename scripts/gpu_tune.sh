@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The next GPU session's first call (before gpu_next.sh's probes): the GPU-only tests of
-# the unmeasured splits (stamped, K-major, stacked) and of benchmark mode, then issue 5's
-# B ∈ {1, 16} grid with benchmark mode on (triton_gru.benchmark: at each point the
-# fastest of the candidate splits, timed on the card, and named in the point's line; every
-# candidate's time in $OUT/tune.json: the data for the defaults, end to end against
-# cuDNN, in one call). Should a test of the older splits fail or hang, the grid runs the
-# defaults only (a candidate could hang it); where only the newer splits' tests failed
-# (stacked, prefetch, narrow, resident tl.dot, split16, chunked, chunk shapes, partials,
-# groups), benchmark mode without them. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
+# The next GPU session's first call: the GPU-only tests of every candidate family (the
+# gates), then issue 5's B=16 points above H=256 with benchmark mode on
+# (triton_gru.benchmark: at each point the fastest of the candidate splits, timed on the
+# card, and named in the point's line; every candidate's time in $OUT/tune.json: the data
+# for the defaults, end to end against cuDNN, in one call; fp32's points also with the
+# GEMMs as three TF32 ones, --tf32x3-beside). Should a test of the oldest splits (stamped,
+# K-major, benchmark mode) fail or hang, the grid runs the defaults only (a candidate
+# could hang it); where only a newer family's tests failed (stacked, prefetch, narrow,
+# resident tl.dot, split16, chunked, chunk shapes, partials, groups), benchmark mode
+# without it. Every kernel compiled first, all cores at once (gpu_warm.py); the summary
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -34,7 +35,10 @@ PICK="$PICK or $PARTIALS or $GROUPS"
 # and H=256's don't share; the seventeenth session's grid of 12 points timed 7 in its
 # 270 s. fp32 first, for the chunk shapes SPREAD_CHUNK_SHAPES adds, then bf16, whose
 # B=16 candidates above H=256 were cut short then)
-GRID=(benchmarks/gpu.py --hidden 1024 512 --batch 16 --dtype float32 bfloat16 --only-grid)
+# (--tf32x3-beside: each fp32 point also with the GEMMs as three TF32 ones, in the same
+# process: whether tf32x3 should be on, in this call)
+GRID=(benchmarks/gpu.py --hidden 1024 512 --batch 16 --dtype float32 bfloat16 --only-grid
+      --tf32x3-beside)
 # (and, time left, B=8 at H=1024 in bf16: fp32's resident chunked split there, the
 # default since the seventeenth session, was timed in fp32 only)
 EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid --dtype bfloat16)
@@ -43,17 +47,28 @@ WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK
 # the test runs apart, the newest splits' last: a hang (pytest-timeout ends the run
 # before its summary) or a CUDA error (every later test fails too) in the newest code
 # then costs only its own candidates
-gate() {  # gate SECONDS -k-EXPRESSION: the tests' exit status
+gate() {  # gate SECONDS -k-EXPRESSION [PYTEST ARGUMENTS]: the tests' exit status
   timeout -k 10 "$1" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
-    --timeout-method thread tests/test_triton.py -k "$2" >> "$OUT/pytest-tune.log" 2>&1
+    --timeout-method thread tests/test_triton.py -k "$2" "${@:3}" \
+    >> "$OUT/pytest-tune.log" 2>&1
 }
-gate 70 "$OTHERS"; others=$?
-gate 50 "$PREFETCH"; prefetch=$?
-gate 50 "$NARROW"; narrow=$?
-gate 40 "$RDOT"; rdot=$?
-gate 70 stacked_on_gpu; stacked=$?
-gate 60 "$SPLIT16"; split16=$?
-gate 50 "$CHUNKED"; chunked=$?
+# (the families timed on a GPU before, whose gates all passed in the seventeenth session
+# or failed only for test configurations since fixed, in one run: one start instead of
+# seven; should any test fail or hang, it stops there and each family runs apart)
+gate 200 "$OTHERS or $PREFETCH or narrow or stacked_on_gpu or $SPLIT16 or $CHUNKED" -x
+older=$?
+if [ "$older" = 0 ]; then
+  others=0 prefetch=0 narrow=0 rdot=0 stacked=0 split16=0 chunked=0
+else
+  echo "gpu_tune: the older families' tests together: exit status $older; each apart"
+  gate 70 "$OTHERS"; others=$?
+  gate 50 "$PREFETCH"; prefetch=$?
+  gate 50 "$NARROW"; narrow=$?
+  gate 40 "$RDOT"; rdot=$?
+  gate 70 stacked_on_gpu; stacked=$?
+  gate 60 "$SPLIT16"; split16=$?
+  gate 50 "$CHUNKED"; chunked=$?
+fi
 gate 40 "$SHAPES"; shapes=$?
 gate 45 "$PARTIALS"; partials=$?
 gate 45 "$GROUPS"; groups=$?

@@ -34,6 +34,7 @@ def summarize(grid: list[dict], every: bool = False) -> list[str]:
     lines = []
     for row in grid:
         point = f"{row['dtype']:>8} H={row['H']:<5} B={row['B']:<3}"
+        lines += _end_to_end(point, row)
         for kind, got in sorted(row.get("timed", {}).items()):
             times = got["us_per_step"]
             if not times:
@@ -50,6 +51,20 @@ def summarize(grid: list[dict], every: bool = False) -> list[str]:
             if every:
                 lines += [f"{'':>24}{label(s)} {times[s]:.2f}" for s in ranked[1:]]
     return lines
+
+
+def _end_to_end(point: str, row: dict) -> list[str]:
+    """The point's line of µs per step end to end with the splits kept, and speedups over
+    cuDNN (forward, forward+backward), for flashgru and, where timed beside it
+    (--tf32x3-beside), flashgru with its GEMMs as three TF32 ones."""
+    if "fwd_flashgru" not in row:
+        return []
+    t = row["T"]
+    return [f"{point} end to end, µs a step (× cuDNN): {name} fwd "
+            f"{row['fwd_' + key] * 1e3 / t:.2f} (×{row['fwd_torch'] / row['fwd_' + key]:.2f})"
+            f" f+b {row['fb_' + key] * 1e3 / t:.2f} (×{row['fb_torch'] / row['fb_' + key]:.2f})"
+            for key, name in (("flashgru", "ours"), ("tf32x3", "tf32x3 GEMMs"))
+            if "fwd_" + key in row]
 
 
 def main():

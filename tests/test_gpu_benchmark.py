@@ -90,3 +90,30 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
         assert default.stacked == (forward and left_out == "chunked")
     cuda = torch.device("cuda")  # (batch 8, H=1024: W resident and chunked, else streamed)
     assert tg.choose_config(8, 1024, cuda, torch.float32).resident == (left_out != "chunked")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tf32x3_beside(gpu_bench, monkeypatch, dtype):
+    """--tf32x3-beside: an fp32 point's row has flashgru timed once more with its GEMMs
+    as three TF32 ones (tf32x3.enabled during those timings alone, restored after), its
+    errors too, and the line names them; other dtypes get no such run. (On the CPU, the
+    timer replaced by one that records the flag.)"""
+    from flashgru.backends import tf32x3
+
+    flags = []
+    monkeypatch.setattr(gpu_bench, "timed", lambda fn: (fn(), flags.append(tf32x3.enabled),
+                                                         2.0 if tf32x3.enabled else 4.0)[2])
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(8, 8, dtype=dtype)
+    x = torch.randn(5, 3, 8, dtype=dtype)
+    row = gpu_bench.compare(ref, x, "reference", tf32x3_beside=True)
+    assert tf32x3.enabled is False
+    fp32 = dtype == torch.float32
+    assert flags == [False] * 4 + [True] * 2 * fp32  # (torch, flashgru: fwd, fb each)
+    assert ("fwd_tf32x3" in row) == ("fb_tf32x3" in row) == ("err_dx_tf32x3" in row) == fp32
+    row.update(T=5, H=8, B=3, dtype="float32")
+    line = gpu_bench._line(row)
+    assert ("| tf32x3 GEMMs fwd 400.00 ×2.00 (×2.00 ours) f+b 400.00 ×2.00 (×2.00 ours)" in
+            line) == fp32
+    if fp32:  # (the reference backend's GEMMs are torch's: the same numbers either way)
+        assert row["err_tf32x3"] == pytest.approx(row["err_flashgru"], rel=1e-3)

@@ -57,3 +57,17 @@ def test_labels_name_every_option():
         "(16, 8, 1024, bcast, 8w resident chunked u4x2 g2)"
     assert tune_summary.label(str(tuple(partials)[:-2])) == \
         "(16, 8, 1024, bcast, 8w resident)"
+
+
+def test_end_to_end_lines():
+    """A row timed end to end (benchmarks/gpu.py's grid) gets a line of µs per step and
+    speedups over cuDNN, and one for the tf32x3 GEMMs where --tf32x3-beside timed them."""
+    row = dict(ROW, T=512, fwd_torch=10.24, fwd_flashgru=2.56, fb_torch=20.48,
+               fb_flashgru=10.24)
+    lines = tune_summary.summarize([row])
+    assert lines[0] == (" float32 H=256   B=16  end to end, µs a step (× cuDNN): ours fwd "
+                        "5.00 (×4.00) f+b 20.00 (×2.00)")
+    assert len(lines) == 2  # (then the timed kinds', as before)
+    lines = tune_summary.summarize([dict(row, fwd_tf32x3=2.048, fb_tf32x3=5.12)])
+    assert lines[1] == (" float32 H=256   B=16  end to end, µs a step (× cuDNN): "
+                        "tf32x3 GEMMs fwd 4.00 (×5.00) f+b 10.00 (×4.00)")
