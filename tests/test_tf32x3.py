@@ -124,3 +124,23 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     assert len(calls) == (4 * (1 + bidirectional) if on else 0)
     for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
+
+
+def test_fast_applies_on_fast_tf32_cards_only(monkeypatch, tf32_flag):
+    """enabled = FAST: the GEMMs go through ``mm`` only where every operand is on a CUDA
+    card of FAST_TF32 (A100, H100/H200), not on the CPU nor on a card whose TF32 rate is
+    near its fp32 rate (compute capability 8.6, the consumer Ampere parts). (No GPU here:
+    the capability and the device check stand in.)"""
+    monkeypatch.setattr(tf32x3, "enabled", tf32x3.FAST)
+    monkeypatch.setattr(tf32x3, "_fast", {})
+    f32 = torch.zeros(2, 2)
+    assert not tf32x3.applies(f32, f32)  # (the CPU)
+    capability = {0: (9, 0), 1: (8, 6)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device: capability[device.index])
+    assert tf32x3._fast_tf32(torch.device("cuda", 0))
+    assert not tf32x3._fast_tf32(torch.device("cuda", 1))
+    assert not tf32x3._fast_tf32(torch.device("cpu"))
+    monkeypatch.setattr(tf32x3, "_fast_tf32", lambda device: True)
+    assert tf32x3.applies(f32, f32)
+    assert not tf32x3.applies(f32, f32.double())

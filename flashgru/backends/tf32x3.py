@@ -27,19 +27,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Off until a GPU has timed it (scripts/gpu_probe_gemm.py, benchmarks/gpu.py
-# --tf32x3-gemms): the triton backend's fp32 GEMMs as three TF32 ones.
-enabled = False
+# --tf32x3-beside): the triton backend's fp32 GEMMs as three TF32 ones. True: wherever
+# they apply; FAST: only on CUDA cards of FAST_TF32 (what a timing that wins on an H100 or
+# H200 would make the default: the consumer parts' TF32 rate is near their fp32 rate).
+enabled: bool | str = False
+FAST = "fast"
+# (compute capabilities whose TF32 tensor-core rate is 7-8x the fp32 rate, by the
+# vendor's figures: the A100, the H100 and H200)
+FAST_TF32 = frozenset({(8, 0), (9, 0)})
+_fast: dict[torch.device, bool] = {}
+
+
+def _fast_tf32(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA card of FAST_TF32 (cached per device)."""
+    if device.type != "cuda":
+        return False
+    if device not in _fast:
+        _fast[device] = torch.cuda.get_device_capability(device) in FAST_TF32
+    return _fast[device]
 
 
 def applies(*tensors: Tensor) -> bool:
-    """Whether the GEMMs of these operands go through ``mm``: ``enabled``, all fp32, TF32
-    not already allowed (a plain matmul then runs on the tensor cores, faster), nothing
-    recording, transforming or autocasting the call."""
+    """Whether the GEMMs of these operands go through ``mm``: ``enabled`` (FAST: the
+    operands on a FAST_TF32 card), all fp32, TF32 not already allowed (a plain matmul then
+    runs on the tensor cores, faster), nothing recording, transforming or autocasting the
+    call."""
     if not enabled:  # (first: a call's host time)
         return False
     from . import cpu_step, recording  # (the package imports this module)
 
     return (all(t.dtype == torch.float32 for t in tensors) and
+            (enabled != FAST or all(_fast_tf32(t.device) for t in tensors)) and
             not torch.backends.cuda.matmul.allow_tf32 and recording() is None and
             not cpu_step._special_mode())
 
