@@ -54,8 +54,10 @@ gate() {  # gate SECONDS -k-EXPRESSION [PYTEST ARGUMENTS]: the tests' exit statu
 }
 # (the families timed on a GPU before, whose gates all passed in the seventeenth session
 # or failed only for test configurations since fixed, in one run: one start instead of
-# seven; should any test fail or hang, it stops there and each family runs apart)
-gate 200 "$OTHERS or $PREFETCH or narrow or stacked_on_gpu or $SPLIT16 or $CHUNKED" -x
+# seven; should any test fail or hang (pytest-timeout: 60 s a test), it stops there and
+# each family runs apart; 300 s: the seven gates and the compile took at most ~220 s in
+# the seventeenth session)
+gate 300 "$OTHERS or $PREFETCH or narrow or stacked_on_gpu or $SPLIT16 or $CHUNKED" -x
 older=$?
 if [ "$older" = 0 ]; then
   others=0 prefetch=0 narrow=0 rdot=0 stacked=0 split16=0 chunked=0
