@@ -15,6 +15,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --hidden 512 1024 --batch 16   # a part of the grid
     python benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid  # without the other cases
     python benchmarks/gpu.py --dtype bfloat16  # the grid in bfloat16 alone
+    python benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16  # these, in order
     python benchmarks/gpu.py --tf32x3-gemms  # fp32's GEMMs as three TF32 ones
     python benchmarks/gpu.py --tf32x3-beside  # fp32 also so, in the same process
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
@@ -123,37 +124,43 @@ def _compare_one(row, name, module, x, dout, x64, y64) -> None:
     row[f"fb_{name}"] = timed(train_step)
 
 
-def grid(dtypes, hidden, batch, steps, backend, on_row=None,
-         tf32x3_beside: bool = False) -> list[dict]:
+def grid(points, steps, backend, on_row=None, tf32x3_beside: bool = False) -> list[dict]:
+    """A row per point (dtype, H, B), in the order given (points_of)."""
     rows = []
-    for dtype in dtypes:
-        for h in hidden:
-            for b in batch:
-                torch.manual_seed(0)
-                ref = torch.nn.GRU(h, h, device="cuda", dtype=dtype)
-                x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
-                row = compare(ref, x, backend, tf32x3_beside)
-                row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
-                if tg.benchmark:  # the splits it kept (inference, training forward,
-                    # backward), and those it left out, with why
-                    row["splits"] = [tuple(cfg) for key, cfg in tg._tuned.items()
-                                     if key[2:5] == (b, h, dtype)]
-                    row["left_out"] = [f"{tuple(cfg)}: {why}" for key, trial in
-                                       tg.trials.items() if key[2:5] == (b, h, dtype)
-                                       for cfg, why in trial.items() if isinstance(why, str)]
-                    # (in --json only: every candidate's time per step by kind, and
-                    # the default's split; scripts/tune_summary.py reads them)
-                    row["timed"] = {f"{key[0]}{key[6:]}": {
-                        "default": str(tuple(_default(key, b, h, dtype))),
-                        "us_per_step": {str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
-                                        for cfg, got in trial.items()
-                                        if not isinstance(got, str)}}
-                        for key, trial in tg.trials.items() if key[2:5] == (b, h, dtype)}
-                rows.append(row)
-                print(_line(row), flush=True)
-                if on_row is not None:
-                    on_row(rows)
+    for dtype, h, b in points:
+        torch.manual_seed(0)
+        ref = torch.nn.GRU(h, h, device="cuda", dtype=dtype)
+        x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
+        row = compare(ref, x, backend, tf32x3_beside)
+        row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
+        if tg.benchmark:  # the splits it kept (inference, training forward,
+            # backward), and those it left out, with why
+            row["splits"] = [tuple(cfg) for key, cfg in tg._tuned.items()
+                             if key[2:5] == (b, h, dtype)]
+            row["left_out"] = [f"{tuple(cfg)}: {why}" for key, trial in
+                               tg.trials.items() if key[2:5] == (b, h, dtype)
+                               for cfg, why in trial.items() if isinstance(why, str)]
+            # (in --json only: every candidate's time per step by kind, and
+            # the default's split; scripts/tune_summary.py reads them)
+            row["timed"] = {f"{key[0]}{key[6:]}": {
+                "default": str(tuple(_default(key, b, h, dtype))),
+                "us_per_step": {str(tuple(cfg)): got * 1e6 / min(steps, tg.TUNE_STEPS)
+                                for cfg, got in trial.items()
+                                if not isinstance(got, str)}}
+                for key, trial in tg.trials.items() if key[2:5] == (b, h, dtype)}
+        rows.append(row)
+        print(_line(row), flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
+
+
+def points_of(dtypes, hidden, batch, given=None) -> list[tuple]:
+    """The grid's points (dtype, H, B): ``given`` (from --points, in its order), else every
+    dtype, H and B, in that nesting."""
+    if given:
+        return list(given)
+    return [(getattr(torch, d), h, b) for d in dtypes for h in hidden for b in batch]
 
 
 def _default(key: tuple, batch: int, hidden: int, dtype: torch.dtype):
@@ -193,6 +200,19 @@ def _tf32x3_part(row: dict) -> str:
             f"{row['fb_tf32x3'] * 1e3 / t:.2f} ×{row['fb_torch'] / row['fb_tf32x3']:.2f} "
             f"(×{row['fb_flashgru'] / row['fb_tf32x3']:.2f} ours) err "
             f"{row['err_tf32x3']:.1e} dx {row['err_dx_tf32x3']:.1e}")
+
+
+def point(text: str) -> tuple:
+    """--points' DTYPE:H:B, as bfloat16:1024:16, as (torch dtype, H, B)."""
+    try:
+        dtype, h, b = text.split(":")
+        if dtype not in ("float32", "bfloat16") or int(h) < 1 or int(b) < 1:
+            raise ValueError
+        return getattr(torch, dtype), int(h), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want DTYPE:H:B (float32 or bfloat16, sizes ≥ 1), as bfloat16:1024:16"
+        ) from None
 
 
 def sweep(points, steps) -> list[dict]:
@@ -323,6 +343,9 @@ def main() -> None:
                              "as three TF32 ones, in the same process")
     parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
                         default=("float32", "bfloat16"), help="the grid's dtypes")
+    parser.add_argument("--points", nargs="*", type=point, metavar="DTYPE:H:B",
+                        help="the grid's points in this order (instead of --dtype, --hidden "
+                             "and --batch)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -344,7 +367,7 @@ def main() -> None:
                 json.dump(results, f, indent=1)
             os.replace(args.json + ".part", args.json)
 
-    save(grid=grid([getattr(torch, d) for d in args.dtype], hidden, batch, args.steps, backend,
+    save(grid=grid(points_of(args.dtype, hidden, batch, args.points), args.steps, backend,
                    on_row=lambda rows: save(grid=rows), tf32x3_beside=args.tf32x3_beside))
     if not args.only_grid:
         save(bidirectional=bidirectional(backend))

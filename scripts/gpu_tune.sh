@@ -33,12 +33,12 @@ PICK="$OTHERS or stacked_on_gpu or $PREFETCH or narrow or $SPLIT16 or $CHUNKED o
 PICK="$PICK or $PARTIALS or $GROUPS"
 # (B=16 above H=256 alone: the points short of issue 5's targets, whose defaults B=1's
 # and H=256's don't share; the seventeenth session's grid of 12 points timed 7 in its
-# 270 s. fp32 first, for the chunk shapes SPREAD_CHUNK_SHAPES adds, then bf16, whose
-# B=16 candidates above H=256 were cut short then)
-# (--tf32x3-beside: each fp32 point also with the GEMMs as three TF32 ones, in the same
+# 270 s. Nearest the target first: bf16 H=1024, whose forward+backward is 6% short; fp32
+# H=512, 23% and 36%; fp32 H=1024, 50% and 95%; then bf16 H=512, whose targets are met.
+# --tf32x3-beside: each fp32 point also with the GEMMs as three TF32 ones, in the same
 # process: whether tf32x3 should be on, in this call)
-GRID=(benchmarks/gpu.py --hidden 1024 512 --batch 16 --dtype float32 bfloat16 --only-grid
-      --tf32x3-beside)
+GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
+      bfloat16:512:16 --only-grid --tf32x3-beside)
 # (and, time left, B=8 at H=1024 in bf16: fp32's resident chunked split there, the
 # default since the seventeenth session, was timed in fp32 only)
 EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid --dtype bfloat16)

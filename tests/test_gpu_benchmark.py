@@ -117,3 +117,17 @@ def test_tf32x3_beside(gpu_bench, monkeypatch, dtype):
             line) == fp32
     if fp32:  # (the reference backend's GEMMs are torch's: the same numbers either way)
         assert row["err_tf32x3"] == pytest.approx(row["err_flashgru"], rel=1e-3)
+
+
+def test_points_in_the_order_given(gpu_bench):
+    """--points DTYPE:H:B ... gives the grid's points in that order; without it, every
+    dtype, H and B; a malformed point is argparse's error, not a grid that skips it."""
+    given = [gpu_bench.point(p) for p in ("bfloat16:1024:16", "float32:512:16")]
+    assert gpu_bench.points_of(["float32"], [256], [1], given) == [
+        (torch.bfloat16, 1024, 16), (torch.float32, 512, 16)]
+    assert gpu_bench.points_of(["float32", "bfloat16"], [512, 1024], [16]) == [
+        (torch.float32, 512, 16), (torch.float32, 1024, 16), (torch.bfloat16, 512, 16),
+        (torch.bfloat16, 1024, 16)]
+    for bad in ("float32:512", "nn:512:16", "float32:0:16", "float32:a:16", "float64:8:1"):
+        with pytest.raises(gpu_bench.argparse.ArgumentTypeError, match="DTYPE:H:B"):
+            gpu_bench.point(bad)
