@@ -12,6 +12,9 @@
 # (scripts/tune_summary.py) last. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
+TUNE_S=${TUNE_S:-570}  # (the seconds this call may take)
+GRID_MIN=150  # (what the gates leave the grid at least: a gate that would eat into it
+# doesn't run, and its family is left out)
 OTHERS="stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
 # (the fourteenth session's, never run on a GPU: each its own gate and grid flag)
 PREFETCH="prefetch_changes_no_number"
@@ -44,36 +47,48 @@ GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
 EIGHT=(benchmarks/gpu.py --hidden 1024 --batch 8 --only-grid --dtype bfloat16)
 WARM_S=120 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$PICK'" \
   "${GRID[*]} --benchmark" "${EIGHT[*]} --benchmark"
-# the test runs apart, the newest splits' last: a hang (pytest-timeout ends the run
-# before its summary) or a CUDA error (every later test fails too) in the newest code
-# then costs only its own candidates
-gate() {  # gate SECONDS -k-EXPRESSION [PYTEST ARGUMENTS]: the tests' exit status
-  timeout -k 10 "$1" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
+# the test runs apart: a hang (pytest-timeout ends the run before its summary) or a CUDA
+# error (every later test fails too) then costs only its own family's candidates
+gate() {  # gate SECONDS -k-EXPRESSION [PYTEST ARGUMENTS]: the tests' exit status, at
+  # most what leaves the grid GRID_MIN; 124 without a run where less than 20 s would
+  local limit=$1 left=$((TUNE_S - GRID_MIN - SECONDS))
+  [ "$left" -ge "$limit" ] || limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "gpu_tune: no time left for the tests of $2: left out" | tee -a "$OUT/pytest-tune.log"
+    return 124
+  fi
+  local start=$SECONDS status
+  timeout -k 10 "$limit" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
     --timeout-method thread tests/test_triton.py -k "$2" "${@:3}" \
     >> "$OUT/pytest-tune.log" 2>&1
+  status=$?
+  echo "gpu_tune: exit status $status in $((SECONDS - start)) s: -k '$2'"
+  return $status
 }
-# (the families timed on a GPU before, whose gates all passed in the seventeenth session
-# or failed only for test configurations since fixed, in one run: one start instead of
-# seven; should any test fail or hang (pytest-timeout: 60 s a test), it stops there and
-# each family runs apart; 300 s: the seven gates and the compile took at most ~220 s in
-# the seventeenth session)
-gate 300 "$OTHERS or $PREFETCH or narrow or stacked_on_gpu or $SPLIT16 or $CHUNKED" -x
-older=$?
+# (the oldest splits first, alone: should they fail, the grid runs the defaults only.
+# Then the chunked product's, the default at B=16 since the seventeenth session (should
+# they fail, the defaults and candidates go without it); then the three families never
+# run on a GPU, built for the targets still short, each apart. Then the other families
+# run on a GPU before, whose gates all passed in the seventeenth session or failed only
+# for test configurations since fixed, in one run: one start instead of five; should any
+# test fail or hang (pytest-timeout: 60 s a test), it stops there and each family runs
+# apart, as time allows)
+gate 70 "$OTHERS"; others=$?
+gate 50 "$CHUNKED"; chunked=$?
+gate 40 "$SHAPES"; shapes=$?
+gate 45 "$PARTIALS"; partials=$?
+gate 45 "$GROUPED"; groups=$?
+gate 240 "$PREFETCH or narrow or stacked_on_gpu or $SPLIT16" -x; older=$?
 if [ "$older" = 0 ]; then
-  others=0 prefetch=0 narrow=0 rdot=0 stacked=0 split16=0 chunked=0
+  prefetch=0 narrow=0 rdot=0 stacked=0 split16=0
 else
   echo "gpu_tune: the older families' tests together: exit status $older; each apart"
-  gate 70 "$OTHERS"; others=$?
   gate 50 "$PREFETCH"; prefetch=$?
   gate 50 "$NARROW"; narrow=$?
   gate 40 "$RDOT"; rdot=$?
   gate 70 stacked_on_gpu; stacked=$?
   gate 60 "$SPLIT16"; split16=$?
-  gate 50 "$CHUNKED"; chunked=$?
 fi
-gate 40 "$SHAPES"; shapes=$?
-gate 45 "$PARTIALS"; partials=$?
-gate 45 "$GROUPED"; groups=$?
 tail -8 "$OUT/pytest-tune.log"
 echo "gpu_tune: tests' exit status: others $others, prefetch $prefetch, narrow $narrow," \
   "resident dot $rdot, stacked $stacked, split16 $split16, chunked $chunked," \
@@ -96,11 +111,15 @@ else
     "defaults only"
 fi
 echo "gpu_tune: ${GRID[*]}"
-# (the grid within what's left of TUNE_S (~570 s), at most 270)
-TUNE_S=${TUNE_S:-570}
+# (the grid within what's left of TUNE_S, at most 270 s)
 left=$((TUNE_S - SECONDS)); [ "$left" -lt 270 ] || left=270
-timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" \
-  | tail -14
+if [ "$left" -lt 30 ]; then
+  echo "gpu_tune: only ${left} s left of TUNE_S=$TUNE_S: no grid"
+else
+  timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 \
+    | tee "$OUT/tune.log" | tail -14
+  echo "gpu_tune: the grid's exit status ${PIPESTATUS[0]} (124: out of its ${left} s)"
+fi
 left=$((TUNE_S - 10 - SECONDS))  # (and ~10 s for the summaries)
 if [ "$left" -ge 45 ]; then
   echo "gpu_tune: ${EIGHT[*]}" | tee -a "$OUT/tune.log"
