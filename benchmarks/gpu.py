@@ -87,12 +87,16 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
     y64.backward(dout.double())
     row = {"backend": ours.which_backend(x).name}
     ref.flatten_parameters()  # cuDNN's weights in one buffer (it warned for bf16 otherwise)
-    runs = [("torch", ref, tf32x3.enabled), ("flashgru", ours, tf32x3.enabled)]
+    for name, module in (("torch", ref), ("flashgru", ours)):
+        _compare_one(row, name, module, x, dout, x64, y64)
     if tf32x3_beside and x.dtype == torch.float32:
-        runs.append(("tf32x3", ours, True))
-    for name, module, gemms in runs:
-        with _tf32x3_gemms(gemms):
-            _compare_one(row, name, module, x, dout, x64, y64)
+        try:  # (never yet run on a GPU: its failure costs its own columns, not the row)
+            with _tf32x3_gemms(True):
+                _compare_one(row, "tf32x3", ours, x, dout, x64, y64)
+        except Exception as e:  # noqa: BLE001 (reported in the row and its line)
+            if isinstance(e, getattr(torch, "AcceleratorError", ())):
+                raise  # (a CUDA error leaves the context unusable: not this run's alone)
+            row["tf32x3_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     return row
 
 
@@ -191,6 +195,8 @@ def _line(row: dict) -> str:
 def _tf32x3_part(row: dict) -> str:
     """The line's timing of flashgru with its GEMMs as three TF32 ones (--tf32x3-beside),
     speedups over cuDNN and over flashgru's own fp32 GEMMs; empty where not timed."""
+    if "tf32x3_error" in row:
+        return f" | tf32x3 GEMMs failed: {row['tf32x3_error']}"
     if "fwd_tf32x3" not in row:
         return ""
     t = row["T"]
@@ -342,18 +348,24 @@ def main() -> None:
                         help="each fp32 point timed also with the triton backend's GEMMs "
                              "as three TF32 ones, in the same process")
     parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
-                        default=("float32", "bfloat16"), help="the grid's dtypes")
-    parser.add_argument("--points", nargs="*", type=point, metavar="DTYPE:H:B",
+                        help="the grid's dtypes (float32 and bfloat16)")
+    parser.add_argument("--points", nargs="+", type=point, metavar="DTYPE:H:B",
                         help="the grid's points in this order (instead of --dtype, --hidden "
                              "and --batch)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.points and (args.dtype or args.hidden or args.batch):
+        parser.error("--points names the grid's points: not with --dtype, --hidden, --batch")
+    if args.tf32x3_gemms and args.tf32x3_beside:
+        parser.error("--tf32x3-beside times the tf32x3 GEMMs beside fp32's: not with "
+                     "--tf32x3-gemms, which makes every run use them")
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton",
           tg.triton.__version__, flush=True)
     backend = "auto" if args.auto else "triton"
     tg.benchmark = args.benchmark
-    tf32x3.enabled = args.tf32x3_gemms
+    if args.tf32x3_gemms:  # (else the library's own setting)
+        tf32x3.enabled = True
     restrict(*(getattr(args, "no_" + name.replace("-", "_")) for name in LEAVE_OUT))
     results = {}
     if args.sweep:
@@ -367,7 +379,8 @@ def main() -> None:
                 json.dump(results, f, indent=1)
             os.replace(args.json + ".part", args.json)
 
-    save(grid=grid(points_of(args.dtype, hidden, batch, args.points), args.steps, backend,
+    dtypes = args.dtype or ("float32", "bfloat16")
+    save(grid=grid(points_of(dtypes, hidden, batch, args.points), args.steps, backend,
                    on_row=lambda rows: save(grid=rows), tf32x3_beside=args.tf32x3_beside))
     if not args.only_grid:
         save(bidirectional=bidirectional(backend))

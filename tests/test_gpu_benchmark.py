@@ -131,3 +131,26 @@ def test_points_in_the_order_given(gpu_bench):
     for bad in ("float32:512", "nn:512:16", "float32:0:16", "float32:a:16", "float64:8:1"):
         with pytest.raises(gpu_bench.argparse.ArgumentTypeError, match="DTYPE:H:B"):
             gpu_bench.point(bad)
+
+
+def test_a_failed_tf32x3_run_costs_its_columns_alone(gpu_bench, monkeypatch):
+    """An exception in the tf32x3 run (never yet run on a GPU) is the row's
+    tf32x3_error, named in its line; the torch and flashgru columns stand, and the flag
+    is restored."""
+    from flashgru.backends import tf32x3
+
+    def timed(fn):
+        if tf32x3.enabled:
+            raise RuntimeError("no TF32 here")
+        fn()
+        return 4.0
+
+    monkeypatch.setattr(gpu_bench, "timed", timed)
+    torch.manual_seed(0)
+    row = gpu_bench.compare(torch.nn.GRU(8, 8), torch.randn(5, 3, 8), "reference",
+                            tf32x3_beside=True)
+    assert tf32x3.enabled is False
+    assert row["tf32x3_error"] == "RuntimeError: no TF32 here"
+    assert row["fwd_flashgru"] == row["fb_torch"] == 4.0 and "fwd_tf32x3" not in row
+    row.update(T=5, H=8, B=3, dtype="float32")
+    assert gpu_bench._line(row).endswith("| tf32x3 GEMMs failed: RuntimeError: no TF32 here")

@@ -144,3 +144,6 @@ def test_fast_applies_on_fast_tf32_cards_only(monkeypatch, tf32_flag):
     monkeypatch.setattr(tf32x3, "_fast_tf32", lambda device: True)
     assert tf32x3.applies(f32, f32)
     assert not tf32x3.applies(f32, f32.double())
+    monkeypatch.setattr(tf32x3, "enabled", "FAST")  # (a misspelt mode: an error, not "on")
+    with pytest.raises(ValueError, match="False, True or tf32x3.FAST"):
+        tf32x3.applies(f32, f32)

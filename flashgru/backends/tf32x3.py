@@ -54,12 +54,15 @@ def applies(*tensors: Tensor) -> bool:
     call."""
     if not enabled:  # (first: a call's host time)
         return False
+    if enabled is not True and enabled != FAST:
+        raise ValueError(f"tf32x3.enabled is False, True or tf32x3.FAST ({FAST!r}); got "
+                         f"{enabled!r}")
     from . import cpu_step, recording  # (the package imports this module)
 
     return (all(t.dtype == torch.float32 for t in tensors) and
-            (enabled != FAST or all(_fast_tf32(t.device) for t in tensors)) and
             not torch.backends.cuda.matmul.allow_tf32 and recording() is None and
-            not cpu_step._special_mode())
+            not cpu_step._special_mode() and
+            (enabled is True or all(_fast_tf32(t.device) for t in tensors)))
 
 
 def split(a: Tensor) -> tuple[Tensor, Tensor]:
