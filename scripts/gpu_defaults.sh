@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The short second call after scripts/gpu_tune.sh (~250 s; DEFAULTS_S, the seconds it
 # may take): the defaults as then set, checked and timed. The kernels compiled first, all
-# cores at once (gpu_warm.py); the default splits' GPU tests (the first 120 s of them);
+# cores at once (gpu_warm.py); the default splits' GPU tests (at most 120 s, leaving the
+# grid 130);
 # issue 5's B ∈ {1, 16} grid with the defaults (benchmarks/gpu.py, fp32 and bf16, with
 # the errors against float64; fp32's points also with the triton backend's GEMMs as three
 # TF32 ones, --tf32x3-beside, in the same process); then, time left, one fp32 GEMM against
@@ -15,7 +16,8 @@ WARM_S=70 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$K'" "
 # (the tests within what leaves the grid 130 s, at most 120)
 left=$((DEFAULTS_S - 130 - SECONDS)); [ "$left" -lt 120 ] || left=120
 if [ "$left" -lt 20 ]; then
-  echo "gpu_defaults: only $((DEFAULTS_S - SECONDS)) s left: no time for the tests, the grid takes it"
+  echo "gpu_defaults: only $((DEFAULTS_S - SECONDS)) s left: no time for the tests," \
+    "the grid takes it"
 else
   timeout -k 5 "$left" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
     tests/test_triton.py -k "$K" > "$OUT/pytest.log" 2>&1
