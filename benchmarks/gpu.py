@@ -44,6 +44,7 @@ import torch
 import flashgru
 from flashgru.backends import reference, tf32x3
 from flashgru.backends import triton_gru as tg
+from flashgru.backends._triton import splits
 
 HIDDEN = (64, 128, 256, 512, 1024)
 BATCH = (1, 16, 128)
@@ -292,11 +293,11 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     (Config.unit_lanes, Config.thread_units), partial-product (Config.partials) and
     grouped (Config.groups) candidates."""
     if no_stacked:
-        tg._stacked_splits = lambda *a, **k: []
+        splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
-        tg._chunked_where_set = lambda cfg, device, dtype: cfg
+        splits._chunked_where_set = lambda cfg, device, dtype: cfg
     if no_narrow:
-        tg._narrow_where_set = lambda cfg, device, dtype: cfg
+        splits._narrow_where_set = lambda cfg, device, dtype: cfg
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
                                  no_resident_dot),

@@ -34,6 +34,7 @@ import torch
 from gpu_warm import recording, report, warm
 
 import flashgru.backends.triton_gru as tg
+from flashgru.backends._triton import splits
 
 SMS = 132
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,7 +121,7 @@ def main():
     # as on an H100 or H200, for the default splits and the launch's checks
     torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(
         multi_processor_count=SMS)
-    tg._grid_limit = lambda device: SMS
+    splits._grid_limit = lambda device: SMS
     start = time.perf_counter()
     with recording() as launches:
         for argv in probe_commands(args.commands):

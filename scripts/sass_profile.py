@@ -37,14 +37,16 @@ ARITHMETIC = ("FFMA", "FADD", "FMUL", "HMMA", "HGMMA", "HFMA2")
 
 def _as_gpu() -> None:
     """Resolve splits as on a 132-multiprocessor GPU (an H100 or H200), with none here."""
-    import flashgru.backends.triton_gru as tg
+    from flashgru.backends._triton import splits
     torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(
         multi_processor_count=SMS)
-    tg._grid_limit = lambda device: SMS
+    splits._grid_limit = lambda device: SMS
 
 
 def compiled_split(batch: int, hidden: int, dtype: torch.dtype, kind: str, cfg):
     """The kernel a call of this kind launches with split cfg, compiled for sm_90a."""
+    import importlib
+
     import triton
     from gpu_compile_check import run
     from gpu_warm import _Offline, recording
@@ -61,7 +63,7 @@ def compiled_split(batch: int, hidden: int, dtype: torch.dtype, kind: str, cfg):
     os.environ.pop("TRITON_INTERPRET", None)
     triton.runtime.driver.set_active(_Offline())
     given = [a[1] if isinstance(a, tuple) and a[:1] == ("tensor",) else a for a in args]
-    return getattr(tg, name).warmup(*given, grid=(1,), **kwargs)
+    return getattr(importlib.import_module(module), name).warmup(*given, grid=(1,), **kwargs)
 
 
 def disassemble(compiled) -> tuple[str, str]:

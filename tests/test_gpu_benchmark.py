@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from flashgru.backends import triton_gru as tg  # noqa: E402
+from flashgru.backends._triton import splits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def gpu_bench(monkeypatch):
     """benchmarks/gpu.py as a module, triton_gru's functions restored afterwards, and a
     132-multiprocessor card for the split rules."""
-    for name in ("_stacked_splits", "_narrow_where_set", "_candidates",
-                 "_chunked_where_set"):
-        monkeypatch.setattr(tg, name, getattr(tg, name))
+    for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set"):
+        monkeypatch.setattr(splits, name, getattr(splits, name))
+    monkeypatch.setattr(tg, "_candidates", tg._candidates)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks/gpu.py")

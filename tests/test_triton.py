@@ -21,33 +21,44 @@ if BACKENDS["triton"].missing() is None:
     import triton.language as tl
 
     from flashgru.backends import triton_gru as tg
+    from flashgru.backends._triton import backward as backward_kernel
+    from flashgru.backends._triton import (
+        candidates,
+        exchange,
+        lang,
+        launch,
+        products,
+        splits,
+        stacked,
+    )
+    from flashgru.backends._triton import forward as forward_kernel
 
-    @tg._jit
+    @lang._jit
     def _publish_nothing(p, value, mask, t, STAMPED: tl.constexpr):
         """A broken _publish (test_a_missing_stamp_gives_nan_not_a_hang)."""
         pass
 
-    @tg._jit
+    @lang._jit
     def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                        SPLIT16: tl.constexpr = False):
         """out (3, 16, P·S): each program's gate blocks of x (16, H) @ W_gᵀ (its S units)
         from the stacked tiles of w = W_hh (with its low parts after it in fp32; SPLIT16:
         its fp16 parts and their scales), as the forward makes them (test_stacked_folds)."""
-        w_hi, w_lo = tg._stacked_tiles(w, H, BK, S, False, SPLIT16)
+        w_hi, w_lo = stacked._stacked_tiles(w, H, BK, S, False, SPLIT16)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
         if SPLIT16:
-            w_rows = tg._stacked_scales(scale, H, S)
+            w_rows = stacked._stacked_scales(scale, H, S)
         else:
             w_rows = 1.0
-        r, z, n = tg._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
+        r, z, n = stacked._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
         width = tl.num_programs(0) * S
         o = out + rows[:, None] * width + tl.program_id(0) * S + tl.arange(0, S)[None, :]
         tl.store(o, r)
         tl.store(o + 16 * width, z)
         tl.store(o + 32 * width, n)
 
-    @tg._jit
+    @lang._jit
     def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr,
                        CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr):
         """out (3, 16, P·S): each program's x (16, H) @ V_g for its S units, from
@@ -55,17 +66,17 @@ if BACKENDS["triton"].missing() is None:
         stride_s and gstep), in chunks of CHUNK over KW warps along K, SI units a thread
         (test_chunked_tiles_of_every_program)."""
         cols = tl.program_id(0) * S + tl.arange(0, S)
-        v_r, v_z, v_n = tg._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK, CHUNK,
+        v_r, v_z, v_n = products._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK, CHUNK,
                                           KW, SI)
         rows, ks = tl.arange(0, 16), tl.arange(0, BK)
         xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
         width = tl.num_programs(0) * S
         o = out + rows[:, None] * width + cols[None, :]
-        tl.store(o, tg._chunked_product(xb, v_r, tl.float32))
-        tl.store(o + 16 * width, tg._chunked_product(xb, v_z, tl.float32))
-        tl.store(o + 32 * width, tg._chunked_product(xb, v_n, tl.float32))
+        tl.store(o, products._chunked_product(xb, v_r, tl.float32))
+        tl.store(o + 16 * width, products._chunked_product(xb, v_z, tl.float32))
+        tl.store(o + 32 * width, products._chunked_product(xb, v_n, tl.float32))
 
-    @tg._jit
+    @lang._jit
     def _partials_published(w, g, xbuf, H, BK: tl.constexpr, S: tl.constexpr,
                             PP: tl.constexpr):
         """Each program's partial products Σ_g G_g[rows, units] @ W_g[units, :] (g (3,
@@ -73,40 +84,40 @@ if BACKENDS["triton"].missing() is None:
         w = W_hh, published as exchange 1 (test_partials_of_every_program)."""
         cols = tl.program_id(0) * S + tl.arange(0, S)
         cmask = cols < H
-        v_r, v_z, v_n = tg._partial_tiles(w, cols, cmask, H, BK)
+        v_r, v_z, v_n = products._partial_tiles(w, cols, cmask, H, BK)
         rows = tl.program_id(1) * 16 + tl.arange(0, 16)
         at = g + rows[:, None] * H + cols[None, :]
         m = cmask[None, :]
-        part = tg._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
-        part += tg._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
-        part += tg._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
-        tg._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
+        part = products._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
+        part += products._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
+        part += products._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
+        exchange._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
 
-    @tg._jit
+    @lang._jit
     def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
         """out (2·16, H): each program's sums of exchange 1's partial products at its units
         (test_partials_of_every_program)."""
         cols = tl.program_id(0) * S + tl.arange(0, S)
         rows = tl.program_id(1) * 16 + tl.arange(0, 16)
         tl.store(out + rows[:, None] * H + cols[None, :],
-                 tg._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
+                 exchange._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
                  mask=(cols < H)[None, :])
 
-    @tg._jit
+    @lang._jit
     def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                           SPLIT16: tl.constexpr = False):
         """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
         the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32;
         SPLIT16: its fp16 parts and their scales), x (16, 3H) the three gates' blocks side
         by side, as the backward makes it (test_stacked_folds)."""
-        w_hi, w_lo = tg._stacked_tiles(wt, H, BK, S, True, SPLIT16)
+        w_hi, w_lo = stacked._stacked_tiles(wt, H, BK, S, True, SPLIT16)
         rows = tl.arange(0, 16)
-        xt = tg._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
+        xt = stacked._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
         if SPLIT16:
-            w_rows = tg._stacked_scales(scale, H, S, True)
+            w_rows = stacked._stacked_scales(scale, H, S, True)
         else:
             w_rows = 1.0
-        carry = tg._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
+        carry = stacked._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
         cols = tl.program_id(0) * S + tl.arange(0, S)
         tl.store(out + rows[:, None] * tl.num_programs(0) * S + cols[None, :], carry)
 
@@ -121,6 +132,16 @@ def poisoned(monkeypatch):
         return torch.full(shape, math.nan, dtype=dtype, device=device)
 
     monkeypatch.setattr(tg, "_empty", empty)
+
+
+def _patch_kernels(monkeypatch, name, fn):
+    """Replace the device function ``name`` in every kernel module that holds it: a
+    kernel finds a function it calls in its own module's names (the interpreter at each
+    call)."""
+    holders = [m for m in (exchange, forward_kernel, backward_kernel) if hasattr(m, name)]
+    assert holders, name
+    for module in holders:
+        monkeypatch.setattr(module, name, fn)
 
 
 def _problem(steps, batch, hidden, dtype, lengths=None, seed=0):
@@ -304,7 +325,8 @@ def test_chunked_split(size, dtype, stamped, reset_after):
     batch tile (16 rows in tiles of 8), the barrier or the stamped exchange (fp32 words:
     not fp64); outputs, saved gates and every gradient."""
     batch, hidden = size
-    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+    hp = splits._pow2(hidden)
+    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
                     resident=True, stamped=stamped, chunked=True)
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg)
@@ -323,10 +345,10 @@ def test_chunked_unit_lanes_split(hidden, warps, lanes, inner, shape, dtype, sta
     and 4 of K) spread over 4, 2, 1 and 2 warps along K (_chunk_shape), the last chunks
     past H, the backward's gates summed before their lanes meet; outputs, saved gates and
     every gradient."""
-    hp = tg._pow2(hidden)
+    hp = splits._pow2(hidden)
     cfg = tg.Config(4, hp, hp, dot=False, warps=warps, resident=True, stamped=stamped,
                     chunked=True, unit_lanes=lanes, thread_units=inner)
-    assert tg._chunk_shape(cfg) == shape
+    assert splits._chunk_shape(cfg) == shape
     _compare(5, 6, hidden, reset_after, dtype, lengths=[5, 1, 3, 2, 5, 4], cfg=cfg)
 
 
@@ -335,20 +357,20 @@ def test_chunk_shape():
     or thread_units, a thread), the rest along K; and which unit_lanes and thread_units a
     split can take (_can_chunk)."""
     cfg = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
-    assert tg._chunk_shape(cfg) == (32, 1)
-    assert tg._chunk_shape(cfg._replace(slice=4)) == (32, 1)  # (as Triton lays it out)
-    assert tg._chunk_shape(cfg._replace(unit_lanes=4)) == (8, 4)  # 2 warps along units
-    assert tg._chunk_shape(cfg._replace(unit_lanes=8)) == (4, 8)
-    assert tg._chunk_shape(cfg._replace(unit_lanes=4, thread_units=2)) == (8, 8)
-    assert tg._chunk_shape(cfg._replace(thread_units=2)) == (32, 2)  # 4 along units
-    assert tg._chunk_shape(cfg._replace(unit_lanes=2, warps=4)) == (16, 1)
-    assert tg._can_chunk(cfg._replace(unit_lanes=8))
-    assert tg._can_chunk(cfg._replace(unit_lanes=4, thread_units=2))
+    assert splits._chunk_shape(cfg) == (32, 1)
+    assert splits._chunk_shape(cfg._replace(slice=4)) == (32, 1)  # (as Triton lays it out)
+    assert splits._chunk_shape(cfg._replace(unit_lanes=4)) == (8, 4)  # 2 warps along units
+    assert splits._chunk_shape(cfg._replace(unit_lanes=8)) == (4, 8)
+    assert splits._chunk_shape(cfg._replace(unit_lanes=4, thread_units=2)) == (8, 8)
+    assert splits._chunk_shape(cfg._replace(thread_units=2)) == (32, 2)  # 4 along units
+    assert splits._chunk_shape(cfg._replace(unit_lanes=2, warps=4)) == (16, 1)
+    assert splits._can_chunk(cfg._replace(unit_lanes=8))
+    assert splits._can_chunk(cfg._replace(unit_lanes=4, thread_units=2))
     for lanes, inner in ((0, 1), (3, 1), (16, 1), (1, 3), (4, 4), (1, 16)):
         # (not powers of two, or more lanes times thread units than units)
-        assert not tg._can_chunk(cfg._replace(unit_lanes=lanes, thread_units=inner))
+        assert not splits._can_chunk(cfg._replace(unit_lanes=lanes, thread_units=inner))
     # (chunks of 1 over 8 warps: 8 of K, not a whole number of them in 4)
-    assert not tg._can_chunk(tg.Config(1, 32, 4, dot=False, warps=8, resident=True,
+    assert not splits._can_chunk(tg.Config(1, 32, 4, dot=False, warps=8, resident=True,
                                        unit_lanes=32))
 
 
@@ -413,7 +435,8 @@ def test_grouped_forward(size, dtype, chunked, reset_after):
     rows, the second partly past B at 3 rows, two batch tiles at 16); outputs, saved gates
     and every gradient after it."""
     batch, hidden = size
-    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+    hp = splits._pow2(hidden)
+    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
                     resident=True, chunked=chunked)
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg._replace(groups=2), backward_cfg=cfg)
@@ -432,7 +455,8 @@ def test_grouped_backward(size, dtype, product, reset_after):
     plain broadcast product (partials: each group's own regions); groups of 2, 4 and 1
     rows, one partly past B, two batch tiles at 16; every gradient."""
     batch, hidden = size
-    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+    hp = splits._pow2(hidden)
+    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
                     resident=True, chunked=product == "chunked",
                     partials=product == "partials")
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
@@ -440,7 +464,7 @@ def test_grouped_backward(size, dtype, product, reset_after):
 
 
 if BACKENDS["triton"].missing() is None:
-    @tg._jit
+    @lang._jit
     def _exact_wait(sync, arrivals):
         """_wait, in the interpreter: one program a tile, so every arrival a wait counts on
         has come in, and no more (a wait for too few would pass on the CPU, and race on a
@@ -460,7 +484,7 @@ def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
     one group or two, two batch tiles (each group and tile its own counter), with the
     partial products' exchange or not; and every counter ends at the launch's arrivals,
     one a step per group (reset_before: two)."""
-    monkeypatch.setattr(tg, "_wait", _exact_wait)
+    _patch_kernels(monkeypatch, "_wait", _exact_wait)
     counters = []
     zeros = torch.zeros
 
@@ -518,7 +542,8 @@ def test_partials_split(size, dtype, prefetch, reset_after):
     of 8), with and without the reads a step ahead; every gradient, after the resident
     forward."""
     batch, hidden = size
-    cfg = tg.Config(min(8, tg._pow2(batch)), tg._pow2(hidden), tg._pow2(hidden), dot=False,
+    hp = splits._pow2(hidden)
+    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
                     resident=True)
     _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
              cfg=cfg, backward_cfg=cfg._replace(partials=True, prefetch=prefetch))
@@ -535,7 +560,7 @@ def test_partials_of_every_program():
     w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
     grads = torch.randn(3, 32, hidden, generator=g, dtype=torch.float64)
     programs = -(-hidden // slice_)
-    pp = tg._pow2(programs)
+    pp = splits._pow2(programs)
     xbuf = torch.full((2, 2, programs, pp, 16, slice_), math.nan, device=DEVICE)
     out = torch.full((32, hidden), math.nan, device=DEVICE)
     _partials_published[(programs, 2)](w.float().to(DEVICE), grads.float().to(DEVICE), xbuf,
@@ -608,7 +633,7 @@ def test_stacked_split(size, dtype, reset_after, stamped):
     (the backward's summed): rows past B (one row of 16 too), units past H, a second batch
     tile, the barrier or the stamped exchange; outputs, saved gates and every gradient."""
     batch, hidden = size
-    cfg = tg.Config(16, 16, max(16, tg._pow2(hidden)), dot=True, resident=True,
+    cfg = tg.Config(16, 16, max(16, splits._pow2(hidden)), dot=True, resident=True,
                     stacked=True, stamped=stamped)
     _compare(4, batch, hidden, reset_after, dtype, lengths=([4, 1, 3, 2] * 5)[:batch],
              cfg=cfg)
@@ -643,10 +668,10 @@ def test_stacked_folds(slice_, hidden, dtype):
     def check(name, got, exact, bound):  # (each to its sum's error bound)
         assert ((got.double().cpu() - exact).abs() <= tol * bound).all(), name
 
-    parts = tg._fp16_parts(w)[0] if split16 else \
-        torch.cat(tg._tf32_parts(w)) if dtype == torch.float32 else w
+    parts = launch._fp16_parts(w)[0] if split16 else \
+        torch.cat(launch._tf32_parts(w)) if dtype == torch.float32 else w
     if split16:
-        scale = tg._fp16_parts(w)[1]
+        scale = launch._fp16_parts(w)[1]
     out = torch.full((3, 16, programs * slice_), math.nan, device=DEVICE)
     _stacked_gates[(programs,)](parts.to(DEVICE), x.to(DEVICE), out, scale.to(DEVICE),
                                 hidden, BK=64, S=slice_, SPLIT16=split16)
@@ -655,8 +680,8 @@ def test_stacked_folds(slice_, hidden, dtype):
           x.double().abs() @ w_g.abs().transpose(1, 2))
     # the backward's: Σ_g dg_g @ W_g, from W_hhᵀ's tiles
     wt = w.t().contiguous()
-    parts, scale = tg._fp16_parts(wt) if split16 else (
-        torch.cat(tg._tf32_parts(wt)) if dtype == torch.float32 else wt, scale)
+    parts, scale = launch._fp16_parts(wt) if split16 else (
+        torch.cat(launch._tf32_parts(wt)) if dtype == torch.float32 else wt, scale)
     carry = torch.full((16, programs * slice_), math.nan, device=DEVICE)
     _stacked_carry_of[(programs,)](parts.to(DEVICE), dg.to(DEVICE), carry, scale.to(DEVICE),
                                    hidden, BK=64, S=slice_, SPLIT16=split16)
@@ -671,7 +696,7 @@ def test_tf32_parts_are_exact():
         -30, 30, (300,))
     top = torch.finfo(torch.float32).max
     w = torch.cat([w, torch.tensor([top, -top, top * (1 - 2.0 ** -12), 0.0])])
-    hi, lo = tg._tf32_parts(w)
+    hi, lo = launch._tf32_parts(w)
     assert torch.equal(hi + lo, w) and hi.isfinite().all()
     assert not (hi.view(torch.int32) & 8191).any()
     assert (lo.abs()[:300] <= w.abs()[:300] * 2.0 ** -11).all()
@@ -691,7 +716,7 @@ def test_fp16_parts(magnitude):
     w[5] *= 1e-9  # (a run far below the others)
     w[7] = 0.0
     for m in (w, w.t().contiguous()):
-        parts, scale = tg._fp16_parts(m)
+        parts, scale = launch._fp16_parts(m)
         runs = m.reshape(-1, hidden)
         hi, lo = parts.view(2, *runs.shape).float()
         assert parts.dtype == torch.float16 and parts.isfinite().all()
@@ -701,7 +726,7 @@ def test_fp16_parts(magnitude):
         back = scale[:, None].double() * (hi.double() + lo.double() * 2.0 ** -11)
         assert ((back - runs.double()).abs() <= top[:, None] * 2.0 ** -22).all()
     big = torch.tensor([[torch.finfo(torch.float32).max, -1.0], [1.0, 2.0], [0.0, 0.0]])
-    parts, scale = tg._fp16_parts(big)  # (H=2: three runs; the first's s capped at 2^127)
+    parts, scale = launch._fp16_parts(big)  # (H=2: three runs; the first's s capped at 2^127)
     hi, lo = parts.view(2, 3, 2).double()
     back = scale[:, None].double() * (hi + lo * 2.0 ** -11)
     assert parts.isfinite().all() and scale.tolist() == [2.0 ** 127, 4.0, 1.0]
@@ -830,7 +855,7 @@ def test_split16_stacked(size, reset_after):
     gradient at fp32's tolerance; tiny weights, an h0 past fp16's range, gradients tiny
     and huge (large weights: test_stacked_folds); fp32 weights only."""
     batch, hidden = size
-    cfg = tg.Config(16, 16, max(16, tg._pow2(hidden)), dot=True, resident=True,
+    cfg = tg.Config(16, 16, max(16, splits._pow2(hidden)), dot=True, resident=True,
                     stacked=True, split16=True)
     lengths = ([4, 1, 3, 2] * 5)[:batch]
     _compare(4, batch, hidden, reset_after, torch.float32, lengths=lengths, cfg=cfg)
@@ -852,11 +877,11 @@ def test_stacked_splits_fit(monkeypatch):
     fit on the card (132 SMs here) and the shared memory in STACKED_MAX_BYTES (the
     forward's fp32 up to H=512, 16-bit up to 1024; the backward's, with a 4x operand,
     fp32 up to 256), each with at least 16 of K per fold."""
-    monkeypatch.setattr(tg, "_grid_limit", lambda device: 132)
+    monkeypatch.setattr(splits, "_grid_limit", lambda device: 132)
     cuda = torch.device("cuda")
 
     def units(hidden, dtype, forward=True, split16=False):
-        found = tg._stacked_splits(hidden, cuda, dtype, forward, split16)
+        found = splits._stacked_splits(hidden, cuda, dtype, forward, split16)
         assert all(c.block_k * c.slice >= 256 and c.block_k >= hidden for c in found)
         assert all(c.split16 == split16 for c in found)
         return [c.slice for c in found]
@@ -956,7 +981,7 @@ def test_streamed_split_fits_the_card(monkeypatch):
                                                                              dot=True)
         assert tg.choose_config(16, 1400, cuda, dtype).slice in (32, 64)
     assert tg.max_hidden(cuda) == 64 * 46
-    monkeypatch.setattr(tg, "_grid_limit", lambda device: 1)  # (the interpreter's CPU)
+    monkeypatch.setattr(splits, "_grid_limit", lambda device: 1)  # (the interpreter's CPU)
     gi, h0, w, b, _ = _problem(2, 1, 65, torch.float32)
     with pytest.raises(ValueError, match="hidden sizes up to 64 .* got 65: use backend="):
         tg.core(gi, h0, w, b, None, True)
@@ -1103,13 +1128,13 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
     for bit those of the same split in fp32 words (on a GPU too: the same rounding); the
     kernels get 16-bit exchange buffers and NARROW."""
     launched = []
-    launch = tg._launch
+    real_launch = tg._launch
 
     def spy(kernel, cfg, batch, hidden, steps, args, **consts):
         # (the forward's hbuf, the backward's xbuf: where its gradients are exchanged)
-        exchange = args[7] if kernel is tg._forward_kernel else args[13]
-        launched.append((cfg.narrow, exchange.dtype))
-        launch(kernel, cfg, batch, hidden, steps, args, **consts)
+        xbuf = args[7] if kernel is tg._forward_kernel else args[13]
+        launched.append((cfg.narrow, xbuf.dtype))
+        real_launch(kernel, cfg, batch, hidden, steps, args, **consts)
 
     monkeypatch.setattr(tg, "_launch", spy)
     batch, hidden, fields = NARROW_SPLITS[split]
@@ -1126,8 +1151,8 @@ def test_narrow_only_with_16_bit_weights(benchmark_mode, monkeypatch):
     candidate (here the fastest). (The candidates made to apply in the interpreter: a
     tl.dot split, and it narrow.)"""
     dot = tg.Config(16, 32, 32, dot=True, resident=True)
-    monkeypatch.setattr(tg, "choose_config", lambda *a, **k: dot)
-    monkeypatch.setattr(tg, "choose_backward_config", lambda *a, **k: dot)
+    monkeypatch.setattr(splits, "choose_config", lambda *a, **k: dot)
+    monkeypatch.setattr(splits, "choose_backward_config", lambda *a, **k: dot)
     monkeypatch.setattr(tg, "_candidates", lambda default, *a: [default, dot._replace(
         narrow=True)])
     monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: {
@@ -1171,7 +1196,7 @@ def test_a_missing_stamp_gives_nan_not_a_hang(monkeypatch, split):
     """In the interpreter a stamped wait that finds a word not yet written (a broken
     publish) gives NaN rather than spinning forever, so such a bug fails a test instead of
     stalling CI."""
-    monkeypatch.setattr(tg, "_publish", _publish_nothing)
+    _patch_kernels(monkeypatch, "_publish", _publish_nothing)
     gi, h0, w, b = (t.detach() for t in _problem(3, 2, 30, torch.float32)[:4])
     cfg = tg.Config(*split, dot=False, resident=True, stamped=True)
     out, _ = tg.forward(gi, h0, w, b, torch.tensor([3, 3], device=DEVICE), True, False, cfg)
@@ -1212,9 +1237,9 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     gi, h0, w, b = (t.detach() for t in _problem(9, 3, 20, torch.float32)[:4])
     lens = torch.tensor([9, 4, 7], device=DEVICE)
     default = tg.choose_config(3, 20, gi.device, gi.dtype)
-    candidates = tg._candidates(default, 3, 20, gi.device, gi.dtype, True)
-    assert len(candidates) >= 3 and candidates[0] == default
-    fastest = candidates[2]
+    found = tg._candidates(default, 3, 20, gi.device, gi.dtype, True)
+    assert len(found) >= 3 and found[0] == default
+    fastest = found[2]
     timed = []
 
     def time_interleaved(runs, device):
@@ -1225,7 +1250,7 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
 
     monkeypatch.setattr(tg, "time_interleaved", time_interleaved)
     first = tg.forward(gi, h0, w, b, lens, True, False)[0]
-    assert timed == [candidates]
+    assert timed == [found]
     assert tg._tuned[_key(3, 20, 9, torch.float32, True, False)] == fastest
     assert tg.trials[_key(3, 20, 9, torch.float32, True, False)][fastest] == 0.5
     second = tg.forward(gi, h0, w, b, lens, True, False)[0]
@@ -1250,7 +1275,7 @@ def test_benchmark_mode_leaves_out_a_split_that_fails(benchmark_mode, monkeypatc
     assert tg._tuned[key] == default
     assert "block_k ≥ hidden" in tg.trials[key][broken]
     monkeypatch.setattr(tg, "_tuned", {})
-    monkeypatch.setattr(tg, "choose_config", lambda *args: broken)
+    monkeypatch.setattr(splits, "choose_config", lambda *args: broken)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [broken, default])
     with pytest.raises(ValueError, match="block_k ≥ hidden"):
         tg.forward(gi, h0, w, b, lens, True, False)
@@ -1408,8 +1433,8 @@ def test_forward_split_rule(monkeypatch):
         assert tg.choose_config(11, 300, cuda, f32, save) == spread
         assert tg.choose_config(16, 1024, cuda, f32, save) == tg.Config(
             16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
-    stacked = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
-    assert tg.choose_config(16, 512, cuda, bf16) == stacked._replace(slice=8)
+    stacked_cfg = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
+    assert tg.choose_config(16, 512, cuda, bf16) == stacked_cfg._replace(slice=8)
     assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
                                                                resident=True, stacked=True)
     assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
@@ -1427,7 +1452,7 @@ def test_forward_split_rule(monkeypatch):
     # fp32 H=512: 128 programs of 4 units won't fit, 64 of 8 do; the spread split there
     # (8 units at 8 warps, K=512) isn't chunked (it lost so at 4 units on 132 SMs), and
     # unchunked it lost to the stacked split: the stacked split
-    assert tg.choose_config(16, 512, cuda, f32) == stacked._replace(slice=8)
+    assert tg.choose_config(16, 512, cuda, f32) == stacked_cfg._replace(slice=8)
     assert tg.choose_config(16, 432, cuda, f32) == spread
     assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
                                                                resident=True, stacked=True)
@@ -1435,8 +1460,8 @@ def test_forward_split_rule(monkeypatch):
     # won't fit in registers, stacked needs 64 programs): tl.dot
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     Props.multi_processor_count = 132
-    stacked_f32 = tg._stacked_default(512, cuda, f32, forward=True)  # (fp32 H=512: still
-    assert stacked_f32 == stacked  # what the stacked split would be, benchmark mode's)
+    stacked_f32 = splits._stacked_default(512, cuda, f32, forward=True)  # (fp32 H=512: still
+    assert stacked_f32 == stacked_cfg  # what the stacked split would be, benchmark mode's)
 
 
 def test_narrow_candidates_rule(monkeypatch):
@@ -1505,10 +1530,10 @@ def test_chunked_candidates_rule(monkeypatch):
                                                                    dtype))):
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
                 assert (cfg._replace(chunked=not cfg.chunked) in found) == \
-                    tg._can_chunk(cfg) == (cfg.resident and not (cfg.dot or cfg.kmajor) and
+                    splits._can_chunk(cfg) == (cfg.resident and not (cfg.dot or cfg.kmajor) and
                                            hidden >= 32 and
                                            min(cfg.block_batch, cfg.slice) < 16)
-                assert all(tg._can_chunk(c) for c in found if c.chunked)
+                assert all(splits._can_chunk(c) for c in found if c.chunked)
     for dtype in (f32, bf16):
         for hidden, slice_, warps in [(512, 4, (4, 8)), (1024, 8, (8,))]:
             found = tg._candidates(tg.choose_backward_config(16, hidden, cuda, dtype), 16,
@@ -1527,8 +1552,8 @@ def test_chunked_candidates_rule(monkeypatch):
                                        hidden, cuda, dtype, forward)
                 shapes = {(c.warps, c.unit_lanes, c.thread_units) for c in found
                           if (c.unit_lanes, c.thread_units) != (1, 1)}
-                assert shapes == set(tg.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
-                assert all(tg._can_chunk(c) and c.slice == slice_ for c in found
+                assert shapes == set(candidates.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
+                assert all(splits._can_chunk(c) and c.slice == slice_ for c in found
                            if c.chunked)
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
     assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} == {
@@ -1545,11 +1570,11 @@ def test_chunked_candidates_rule(monkeypatch):
                 cfg = (tg.choose_config if forward else tg.choose_backward_config)(
                     batch, hidden, cuda, f32)
                 found = tg._candidates(cfg, batch, hidden, cuda, f32, forward)
-                assert all(tg._can_chunk(c) and 3 * c.slice * c.block_k <= tg.RESIDENT_MAX
+                assert all(splits._can_chunk(c) and 3 * c.slice * c.block_k <= splits.RESIDENT_MAX
                            for c in found if c.chunked), (sms, batch, hidden)
                 # (SPREAD_CHUNK_SHAPES's were counted at 132 SMs' units a program)
                 assert not any(c.unit_lanes > 1 or c.thread_units > 1 for c in found
-                               if c.slice != {h: s for s, h, _ in tg.SPREAD_CHUNK_SHAPES}
+                               if c.slice != {h: s for s, h, _ in candidates.SPREAD_CHUNK_SHAPES}
                                .get(hidden))
 
 
@@ -1582,20 +1607,20 @@ def test_partials_candidates_rule(monkeypatch):
     split has those units and K."""
     for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
         found = [c for c in found if c.partials]
-        hp = tg._pow2(hidden)
-        counted = tg.PARTIAL_SPREADS.get((tg._pow2(-(-hidden // 132)), hp))
+        hp = splits._pow2(hidden)
+        counted = candidates.PARTIAL_SPREADS.get((splits._pow2(-(-hidden // 132)), hp))
         if forward or dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or \
                 not counted:
             assert not found, (dtype, batch, hidden, forward)
             continue
         assert {c.warps for c in found} == set(counted)
-        assert all(tg._can_partial(c) and c.block_batch == 16 and c.slice * 128 >= hidden
+        assert all(splits._can_partial(c) and c.block_batch == 16 and c.slice * 128 >= hidden
                    for c in found)
     offered = set()
     for sms in (16, 24, 46, 66, 108):  # (smaller cards: other units a program)
         for _, batch, hidden, _, found in _spread_points(monkeypatch, sms):
             found = [c for c in found if c.partials]
-            assert all(c.warps in tg.PARTIAL_SPREADS[(c.slice, c.block_k)] for c in found)
+            assert all(c.warps in candidates.PARTIAL_SPREADS[(c.slice, c.block_k)] for c in found)
             offered |= {(sms, batch, hidden) for c in found}
     assert offered == {(108, 16, 384)}  # (4 units of K=512 a program)
 
@@ -1607,13 +1632,13 @@ def test_groups_candidates_rule(monkeypatch):
     and bf16; never at other batches or sizes, or in fp64."""
     for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
         found = [c for c in found if c.groups != 1]
-        hp = tg._pow2(hidden)
-        shapes = tg.GROUPED_SPREADS.get((tg._pow2(-(-hidden // 132)), hp, forward))
+        hp = splits._pow2(hidden)
+        shapes = candidates.GROUPED_SPREADS.get((splits._pow2(-(-hidden // 132)), hp, forward))
         if dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or not shapes:
             assert not found, (dtype, batch, hidden, forward)
             continue
         assert {(c.warps, c.unit_lanes, c.thread_units) for c in found} == set(shapes)
-        assert all(tg._can_group(c) and c.chunked and tg._can_chunk(c) and
+        assert all(splits._can_group(c) and c.chunked and splits._can_chunk(c) and
                    not c.partials and c.block_batch == 16 for c in found)
 
 
@@ -1629,10 +1654,10 @@ def test_stamped_default_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32 = torch.float32
-    assert tg.STAMPED_MAX_WORDS == 1024
+    assert splits.STAMPED_MAX_WORDS == 1024
     assert tg.choose_config(1, 256, cuda, f32) == tg.Config(1, 2, 256, dot=False,
                                                             resident=True, stamped=True)
-    assert tg.CHUNKED_STAMPED_MAX_WORDS == 512
+    assert splits.CHUNKED_STAMPED_MAX_WORDS == 512
     assert all(tg.choose_config(1, h, cuda, d).stamped
                for h in (256, 512) for d in (f32, torch.bfloat16))
     assert not any(tg.choose_backward_config(1, h, cuda, f32).stamped for h in (256, 1024))
@@ -1641,16 +1666,16 @@ def test_stamped_default_rule(monkeypatch):
     for batch, hidden in [(1, 1024), (2, 512)]:
         cfg = tg.choose_config(batch, hidden, cuda, f32)
         assert cfg.chunked and not cfg.stamped, (batch, hidden)
-    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 1024)
+    monkeypatch.setattr(splits, "CHUNKED_STAMPED_MAX_WORDS", 1024)
     assert tg.choose_config(1, 1024, cuda, f32).stamped
-    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 512)
+    monkeypatch.setattr(splits, "CHUNKED_STAMPED_MAX_WORDS", 512)
     assert not tg.choose_config(2, 1024, cuda, f32).stamped  # 2 × 1024 words
     assert not tg.choose_config(16, 256, cuda, f32).stamped
     assert not tg.choose_config(1, 256, cuda, torch.float64).stamped
     assert not tg.choose_config(1, 256, torch.device("cpu"), f32).stamped
     assert not tg.choose_config(1, 2048, cuda, f32).stamped  # streams W
-    monkeypatch.setattr(tg, "STAMPED_MAX_WORDS", 0)
-    monkeypatch.setattr(tg, "CHUNKED_STAMPED_MAX_WORDS", 0)
+    monkeypatch.setattr(splits, "STAMPED_MAX_WORDS", 0)
+    monkeypatch.setattr(splits, "CHUNKED_STAMPED_MAX_WORDS", 0)
     assert not any(tg.choose_config(b, h, cuda, f32).stamped
                    for b in (1, 2, 16) for h in (256, 512, 1024))
 
@@ -1960,10 +1985,10 @@ def test_split16_on_gpu(hidden, slice_, reset_after):
     lengths, every gradient (the backward's on fp16 parts too where they fit, H ≤ 512,
     else its default split); an h0 past fp16's range and tiny and huge gradients at the
     default splits' error; W's product at any scale."""
-    cfg = tg.Config(16, slice_, tg._pow2(hidden), dot=True, resident=True, stacked=True,
+    cfg = tg.Config(16, slice_, splits._pow2(hidden), dot=True, resident=True, stacked=True,
                     split16=True)
     device = torch.device(DEVICE)
-    backward = cfg if cfg in tg._stacked_splits(hidden, device, torch.float32, False, True) \
+    backward = cfg if cfg in splits._stacked_splits(hidden, device, torch.float32, False, True) \
         else tg.choose_backward_config(16, hidden, device, torch.float32)
     _compare(512, 16, hidden, reset_after, torch.float32, lengths=[512, 300] * 8, cfg=cfg,
              backward_cfg=backward)
@@ -1997,10 +2022,10 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
     fp32 at 1e-5. (Without the stacked splits, the chunk shapes, partials and groups, each
     tested apart: scripts/gpu_tune.sh runs the grid in benchmark mode with or without
     them by these tests' outcome, so a fault in one of them can't cost the others.)"""
-    monkeypatch.setattr(tg, "_stacked_splits", lambda *args: [])
-    candidates = tg._candidates
+    monkeypatch.setattr(splits, "_stacked_splits", lambda *args: [])
+    every = tg._candidates
     monkeypatch.setattr(tg, "_candidates", lambda *args: [
-        c for c in candidates(*args) if not (c.partials or c.groups != 1 or
+        c for c in every(*args) if not (c.partials or c.groups != 1 or
                                              (c.unit_lanes, c.thread_units) != (1, 1))])
     _compare(512, batch, hidden, True, torch.float32)
     assert {key[0] for key in tg._tuned} == {"forward", "backward"}
@@ -2031,7 +2056,7 @@ def test_chunked_on_gpu(dtype, batch, hidden, split, warps, stamped, reset_after
 
 
 _SHAPES = sorted({(slice_, hidden, shape) for (slice_, hidden, _), shapes in
-                  tg.SPREAD_CHUNK_SHAPES.items() for shape in shapes})
+                  candidates.SPREAD_CHUNK_SHAPES.items() for shape in shapes})
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 64-128 programs")
@@ -2066,7 +2091,7 @@ def test_groups_on_gpu(dtype, batch, hidden, slice_, warps, lanes, reset_after):
     rows at H=120: 30 programs, 4 tiles a launch, each group its own counter), the
     backward with partials there; outputs, saved gates and every gradient at the dtype's
     tolerance."""
-    hp = tg._pow2(hidden)
+    hp = splits._pow2(hidden)
     cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True, chunked=True,
                     unit_lanes=lanes, groups=2)
     backward_cfg = cfg._replace(thread_units=2 if lanes > 1 else 1)
@@ -2089,7 +2114,7 @@ def test_partials_on_gpu(dtype, batch, hidden, slice_, warps, reset_after):
     last program partly past H, both formulations, every gradient at the dtype's
     tolerance; and fewer programs than the buffer's power of two (125 of 128, 30 of 32),
     several batch tiles a launch and several launches (100 rows, 4 tiles a launch)."""
-    hp = tg._pow2(hidden)
+    hp = splits._pow2(hidden)
     cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
              cfg=cfg._replace(chunked=True), backward_cfg=cfg._replace(partials=True))
@@ -2332,9 +2357,9 @@ def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     assert got["wgmma"] == (1 if dtype == "bf16" else 3) * (1 if reset_after else 2)
     assert got["loads"] == 0
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    assert got["shared"] == tg._stacked_bytes(got["hidden"], got["slice"], torch_dtype,
+    assert got["shared"] == splits._stacked_bytes(got["hidden"], got["slice"], torch_dtype,
                                               kernel == "forward", dtype == "split16")
-    assert got["shared"] <= tg.STACKED_MAX_BYTES
+    assert got["shared"] <= splits.STACKED_MAX_BYTES
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu, cpu_step, parallel, reference, tf32x3, torch_native, triton_gru
+from ._triton import splits as triton_splits
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,7 @@ def _streamed_split(batch: int, hidden: int, device: torch.device, dtype: torch.
         return False
     sms = (torch.cuda.get_device_properties(device).multi_processor_count
            if torch.cuda.is_available() else 132)
-    cfg = triton_gru._broadcast_split(batch, hidden, sms, dtype)
+    cfg = triton_splits._broadcast_split(batch, hidden, sms, dtype)
     return not (cfg.dot or cfg.resident) and hidden > 4 * cfg.block_k
 
 

@@ -7,7 +7,7 @@ gradients, dW_hh) come to ~6 µs a step at an H200's fp32 peak. Split into TF32-
 parts, a = a_hi + a_lo (a_hi rounded to TF32's 10-bit mantissa, a_lo = a - a_hi exact),
 a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi: three TF32 products (each elementwise product
 exact, summed in fp32), missing only a_lo·b_lo (~2^-22 of each product), as the stacked
-splits' in-kernel products do (triton_gru._stacked_dot). On the A100 and H100/H200 TF32's
+splits' in-kernel products do (_triton.stacked._stacked_dot). On the A100 and H100/H200 TF32's
 rate is 7-8x fp32's, so three of them should take well under one fp32 GEMM's time
 (scripts/gpu_probe_gemm.py measures it); on the consumer parts the two rates are alike,
 and this would be slower. Off CUDA the three products run in fp32: the same numbers to

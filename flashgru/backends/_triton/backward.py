@@ -1,0 +1,341 @@
+"""The backward kernel: the reverse recurrence, steps t_end - 1 down to t_begin, writing
+the gates' gradients for the weight GEMMs that follow it (triton_gru.backward).
+"""
+
+from __future__ import annotations
+
+from .exchange import _arrive, _barrier, _publish, _publish_partials, _summed_partials, _tile, _wait
+from .lang import LANES, _jit, tl
+from .products import (
+    _chunked_gates,
+    _chunked_tiles,
+    _mm,
+    _partial_product,
+    _partial_tiles,
+    _resident_product,
+    _resident_tiles_t,
+)
+from .stacked import _stacked_carry, _stacked_gradients, _stacked_scales, _stacked_tiles
+
+
+@_jit
+def _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H, own, m, ACC: tl.constexpr,
+                RESET_AFTER: tl.constexpr):
+    """What the backward reads at step t for this program's rows and units, (BB, S) each:
+    dL/dout, the state before the step, r, z, n and (RESET_AFTER, else n again) W_hn h +
+    b_hn."""
+    at = tl.cast(t, tl.int64) * B * H + own
+    d = tl.load(dout + at, mask=m, other=0.0).to(ACC)
+    if t > 0:
+        h_prev = tl.load(out + at - B * H, mask=m, other=0.0).to(ACC)
+    else:
+        h_prev = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
+    r = tl.load(r_s + at, mask=m, other=0.0)
+    z = tl.load(z_s + at, mask=m, other=0.0)
+    n = tl.load(n_s + at, mask=m, other=0.0)
+    if RESET_AFTER:
+        ghn = tl.load(ghn_s + at, mask=m, other=0.0)
+    else:
+        ghn = n
+    return d, h_prev, r, z, n, ghn
+
+
+@_jit
+def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
+                     xbuf, sync, B, H, row0, t_begin, t_end,
+                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
+                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
+                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
+                     SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
+                     PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1):
+    """Steps t_end-1 down to t_begin of the reverse recurrence.
+
+    dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
+    Writes dgi (T, B, 3H) = ∂L/∂gi and, for reset_after=True, dgh (T, B, 3H) =
+    ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
+    at the end). The programs share each step's gradients through dgh (dgi) after a
+    barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
+    words from _stamp, xbuf[t % 2] stamped t for step t, all stamped -1 at launch (as
+    forward's, a stamp is the step itself, so launches over parts of T may share it).
+    KMAJOR (resident broadcast tiles): through xbuf too, each half transposed, (3H, B),
+    fp32 values after the barrier or stamped words, the products summed over K first.
+    STACKED (``Config.stacked``): wt holds W_hhᵀ's TF32-rounded high parts, then (H, 3H)
+    its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
+    (_saved_step) are issued during step t, after its first exchange. NARROW
+    (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
+    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
+    (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
+    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PARTIALS
+    (``Config.partials``): wt is W_hh itself, (3H, H), each program multiplies its own
+    units' gradients by its rows of W_hh and the programs exchange the (B, H) partial
+    products through xbuf (tiles · GROUPS, 2, P, PP, BB / GROUPS, S) (_publish_partials),
+    each summing those of its units (_summed_partials); PP a power of two ≥ the programs.
+    GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups, each its own
+    recurrence with its own counter; a step is two phases (_backward_gates, then
+    _backward_carry, whose wait the other group's phases cover).
+    """
+    tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
+                     "groups: not stamped, K-major, prefetch or stacked (_can_group)")
+    BG: tl.constexpr = BB // GROUPS
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
+    n_prog = tl.num_programs(0)
+    sync += tl.program_id(1) * GROUPS
+    slot = tl.program_id(1) * GROUPS  # (the partial products' regions of the first group)
+    carried = tl.load(dh + own, mask=m, other=0.0)
+    # (W as the product needs it; the names a split doesn't use stand for W's pointer)
+    w_hi, w_lo, v_r, v_z, v_n = wt, wt, wt, wt, wt
+    if STACKED:
+        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
+    elif PARTIALS:
+        v_r, v_z, v_n = _partial_tiles(wt, cols, cmask, H, BK)
+    elif CHUNKED:
+        v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK, CHUNK, KW,
+                                        SI)
+    elif RESIDENT:
+        v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
+    if SPLIT16:
+        w_rows = _stacked_scales(scale, H, S, True)
+    else:
+        w_rows = 1.0
+    first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step; a
+    # tensor: the interpreter's masks)
+    if PREFETCH:
+        p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
+                                                   t_end - 1, B, H, own, m, ACC, RESET_AFTER)
+    else:  # (unused)
+        p_d, p_h, p_r, p_z, p_n, p_g = carried, carried, carried, carried, carried, carried
+    if GROUPS == 1:
+        for i in range(t_end - t_begin):
+            d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
+                cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
+                RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            carried = _backward_carry(
+                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
+                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
+                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+    else:  # (two groups, each step's phases rotated: group a's wait comes after group b's
+        # phases, and the other way round)
+        rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
+                                                            BG)
+        carried2 = tl.load(dh + own2, mask=m2, other=0.0)
+        d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog, B, H,
+            t_end, 0, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask,
+            m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK, RESET_AFTER, DOT,
+            PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16,
+            CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+        d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1, n_prog,
+            B, H, t_end, 0, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first, rows2, rmask2,
+            cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
+            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
+            NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+        for i in range(t_end - t_begin):
+            carried = _backward_carry(
+                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
+                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
+                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            if i + 1 < t_end - t_begin:
+                d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                    B, H, t_end, i + 1, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows,
+                    rmask, cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
+                    BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
+                    STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            carried2 = _backward_carry(
+                dgi, dgh, xbuf, sync + 1, slot + 1, n_prog, B, H, t_end, i, carried2, d2, z2,
+                r2, d_rh2, rows2, rmask2, cols, cmask, m2, lens2, wt, w_hi, w_lo, w_rows, v_r,
+                v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
+                STACKED, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            if i + 1 < t_end - t_begin:
+                d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
+                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1,
+                    n_prog, B, H, t_end, i + 1, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first,
+                    rows2, rmask2, cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r,
+                    v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED,
+                    KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI,
+                    PARTIALS, PP)
+        tl.store(dh + own2, carried2, mask=m2)
+    tl.store(dh + own, carried, mask=m)
+
+
+@_jit
+def _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols, RESET_AFTER: tl.constexpr,
+                     XBUF: tl.constexpr, KMAJOR: tl.constexpr):
+    """Where step t's whole gradients are read (_backward_carry) and this program's are
+    published: an exchange buffer (stamped words, K-major or 16-bit) or dgh (dgi); gate
+    g's block at a + g·gstep, its rows xstride apart, this program's part of it at xo."""
+    if XBUF:
+        a = xbuf + (t % 2) * B * 3 * H
+    elif RESET_AFTER:
+        a = dgh + tl.cast(t, tl.int64) * B * 3 * H
+    else:
+        a = dgi + tl.cast(t, tl.int64) * B * 3 * H
+    if KMAJOR:
+        return a, H * B, B, cols[None, :] * B + rows[:, None]
+    else:
+        return a, H, 3 * H, rows[:, None] * 3 * H + cols[None, :]
+
+
+@_jit
+def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+                    B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
+                    cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
+                    BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                    KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
+                    NARROW: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
+                    CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
+                    PARTIALS: tl.constexpr, PP: tl.constexpr):
+    """Step t = t_end - 1 - i's first phase for the rows ``rows`` (a tile, or one of its
+    groups, whose counter is ``sync``): the gates' gradients, stored and published, then
+    an arrival without waiting (reset_before: after the n gate's exchange, which it waits
+    for). Returns what _backward_carry needs (dL/dh + carried, z, r and ∂L/∂(r ⊙ h)) and,
+    with PREFETCH, step t - 1's reads (else p_* as given)."""
+    t = t_end - 1 - i
+    ok = m & (t < lens)[:, None]
+    if PREFETCH:
+        d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
+    else:
+        d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H,
+                                              own, m, ACC, RESET_AFTER)
+    d += carried
+    dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
+    dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
+    own3 = rows[:, None] * 3 * H + cols[None, :]
+    g3 = tl.cast(t, tl.int64) * B * 3 * H
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
+    a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
+                                             RESET_AFTER, XBUF, KMAJOR)
+    if RESET_AFTER:
+        dr = dn * ghn * r * (1.0 - r)
+        if XBUF:  # (published first: the others wait for them)
+            _publish(a + xo, dr, m, t, STAMPED)
+            _publish(a + xo + gstep, dz, m, t, STAMPED)
+            _publish(a + xo + 2 * gstep, dn * r, m, t, STAMPED)
+        tl.store(dgi + g3 + own3, dr, mask=m)
+        tl.store(dgi + g3 + own3 + H, dz, mask=m)
+        tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+        tl.store(dgh + g3 + own3, dr, mask=m)
+        tl.store(dgh + g3 + own3 + H, dz, mask=m)
+        tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                              _partial_product(dz, v_z, ACC) +
+                              _partial_product(dn * r, v_n, ACC), slot, i, BB, S, PP)
+        d_rh = dn  # (unused)
+    else:
+        if XBUF:
+            _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
+        tl.store(dgi + g3 + own3 + H, dz, mask=m)
+        tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dn, v_n, ACC), slot, 2 * i, BB, S, PP)
+        if not STAMPED:
+            _barrier(sync, (2 * i + 1) * n_prog)
+        if PREFETCH:  # (step t - 1's reads in flight through this step's products)
+            p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
+        if PARTIALS:
+            d_rh = _summed_partials(xbuf, slot, 2 * i, BB, S, PP)
+        elif STACKED:  # (the n gate's block alone)
+            d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                     xstride, t, BK, S, STAMPED, 4),
+                                  w_hi, w_lo, S, w_rows, SPLIT16)
+        elif RESIDENT:
+            d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
+                       H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
+        dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
+        if XBUF:
+            _publish(a + xo, dr, m, t, STAMPED)
+            _publish(a + xo + gstep, dz, m, t, STAMPED)
+        tl.store(dgi + g3 + own3, dr, mask=m)
+        if PARTIALS:
+            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
+                              _partial_product(dz, v_z, ACC), slot, 2 * i + 1, BB, S, PP)
+    if not STAMPED:
+        _arrive(sync)
+    if PREFETCH and RESET_AFTER:  # (step t - 1's reads in flight through this step's
+        # product; reset_before: issued after its first exchange, above)
+        p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+            dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+            m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
+    return d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g
+
+
+@_jit
+def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r,
+                    d_rh, rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r,
+                    v_z, v_n, BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
+                    KMAJOR: tl.constexpr, STACKED: tl.constexpr, NARROW: tl.constexpr,
+                    SPLIT16: tl.constexpr, CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
+                    KW: tl.constexpr, SI: tl.constexpr, PARTIALS: tl.constexpr,
+                    PP: tl.constexpr):
+    """Step t = t_end - 1 - i's second phase (after _backward_gates): waits until every
+    program has published the step's gradients, multiplies them by W_hh for this
+    program's units and returns dL/dh before the step (carried where the step is past a
+    row's length)."""
+    t = t_end - 1 - i
+    ok = m & (t < lens)[:, None]
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW
+    # (chunked 5-axis tiles, Config.unit_lanes or thread_units: the gates summed at once)
+    SHAPED: tl.constexpr = CHUNKED and (KW > 1 or CHUNK != LANES or SI > 1)
+    a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
+                                             RESET_AFTER, XBUF, KMAJOR)
+    if not STAMPED:
+        _wait(sync, (i + 1) * (1 + (not RESET_AFTER)) * n_prog)
+    if RESET_AFTER:
+        if PARTIALS:
+            carry = _summed_partials(xbuf, slot, i, BB, S, PP)
+        elif STACKED:
+            carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
+                                                      xstride, t, BK, S, STAMPED, 7),
+                                   w_hi, w_lo, S, w_rows, SPLIT16)
+        elif SHAPED:
+            carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
+                                   STAMPED, ACC, 3)
+        elif RESIDENT:
+            carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
+                                      KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
+                        BB, S, BK, DOT, PREC, ACC, STAMPED)
+    else:
+        if PARTIALS:
+            carry = r * d_rh + _summed_partials(xbuf, slot, 2 * i + 1, BB, S, PP)
+        elif STACKED:  # (r's and z's blocks)
+            carry = r * d_rh + _stacked_carry(
+                _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
+                                   STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
+        elif SHAPED:
+            carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
+                                              v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
+        elif RESIDENT:
+            carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
+                                                 STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+            carry += _resident_product(a + gstep, rows, rmask, H, xstride, t, v_z, BK,
+                                       STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+        else:
+            carry = r * d_rh + _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask,
+                                   2 * H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
+    return tl.where(ok, d * z + carry, carried)

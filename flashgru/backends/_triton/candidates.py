@@ -1,0 +1,146 @@
+"""Benchmark mode's candidate splits for a call (triton_gru.benchmark): the default, and the
+others worth timing on this card at this shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import splits
+from .splits import Config
+
+
+def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
+                dtype: torch.dtype, forward: bool) -> list[Config]:
+    """The splits benchmark mode times for a call (``forward``: the forward's, else the
+    backward's), its default first: a resident broadcast default with the other exchange
+    (stamped or barrier), and each of these two with the product over K in chunks or not
+    (``Config.chunked``); on CUDA the default with its reads a step ahead or not
+    (``Config.prefetch``; not yet timed on a GPU); and the default with the other exchange
+    where a 16-bit one can be (``Config.narrow``; timed on a GPU only at bf16 B=16, H=256;
+    the others narrow where they can be); at batch 9-16, H ≤ 256, smaller row tiles with W
+    resident (each its own recurrence), K-major and row-major, and one 16-row tile
+    (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
+    resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at
+    4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
+    products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
+    GROUPED_SPREADS's: not yet timed on a GPU), in 16 bits up to
+    H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in shared memory; not
+    yet timed on a GPU), and at H=257-512 two 8-row or four 4-row
+    tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they
+    fit (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of
+    16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
+    (``Config.split16``: the forward's up to H=1024, the backward's up to 512; not yet
+    timed on a GPU). Off CUDA (the interpreter: one program per
+    tile), the default, stamped, each chunked or not, and with W streamed."""
+    found = [default]
+    fp32_arithmetic = dtype != torch.float64
+    if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
+        found.append(default._replace(stamped=not default.stamped))
+    # (the resident broadcast splits with the product over K in chunks, Config.chunked,
+    # and without where the default is)
+    found += [cfg._replace(chunked=not cfg.chunked) for cfg in list(found)
+              if splits._can_chunk(cfg)]
+    if device.type != "cuda":
+        found.append(default._replace(resident=False, stamped=False))
+        return found
+    found.append(default._replace(prefetch=not default.prefetch))
+    hp = splits._pow2(hidden)
+    if 8 < batch <= 16 and fp32_arithmetic:
+        one_tile = splits._broadcast_split(batch, hidden, splits._grid_limit(device), dtype)
+        if hidden <= 256:
+            found += [Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True),
+                      Config(4, 8, hp, dot=False, resident=True),
+                      Config(2, 16, hp, dot=False, resident=True), one_tile]
+        else:
+            spread = splits._spread_resident(hidden, device)
+            found += [Config(16, 32, 64, dot=True)] + (
+                [spread] if spread is not None and dtype == torch.float32 else [])
+            if spread is not None and splits._can_chunk(spread):  # (chunked at 8 warps, and at 4
+                # up to H=512: ptxas, sm_90a, at most 100 bytes spilled; 4 warps at H=1024
+                # spill 18 KB)
+                found += [spread._replace(warps=w, chunked=True)
+                          for w in ((4, 8) if hp <= 512 else (8,))]
+                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i)
+                          for w, u, i in SPREAD_CHUNK_SHAPES.get(
+                              (spread.slice, hp, forward), ())]
+            if spread is not None and not forward:
+                found += [spread._replace(warps=w, partials=True)
+                          for w in PARTIAL_SPREADS.get((spread.slice, hp), ())]
+            if spread is not None:
+                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
+                                          groups=2)
+                          for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
+            if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
+                found += [Config(8, 8, hp, dot=False, resident=True),
+                          Config(4, 16, hp, dot=False, warps=8, resident=True)]
+            if dtype != torch.float32 and hp <= 1024:
+                # 16-bit: tl.dot on W's tiles held all the loop (mma.sync, M = 16 rows:
+                # none of the stacked tiles' idle rows and folds), 16 or 32 units at 8
+                # warps (ptxas, sm_90a: no spills), where they fit in shared memory: 32
+                # units of K=1024 take 256 KiB, over an SM's 227 (OutOfResources on an
+                # H200, 2026-11-27)
+                found += [Config(16, s, hp, dot=True, warps=8, resident=True)
+                          for s in (16, 32) if s * hp <= 16 * 1024]
+    if batch <= 16 and fp32_arithmetic:
+        found += splits._stacked_splits(hidden, device, dtype, forward)
+        if batch > 8:  # (fp32's forward on fp16 parts: not yet timed on a GPU)
+            found += splits._stacked_splits(hidden, device, dtype, forward, True)
+    # (16-bit exchanges where they can be, and the default with the other exchange)
+    found = [found[0]] + [splits._narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
+    if default.narrow or splits._narrow_where_set(default, device, dtype).narrow:
+        found.insert(1, default._replace(narrow=not default.narrow))
+    # (not the splits whose programs for one tile can't all be resident on this card)
+    limit = splits._grid_limit(device)
+    return [cfg for cfg in dict.fromkeys(found)
+            if cfg == default or -(-hidden // cfg.slice) <= limit]
+
+
+# Benchmark mode's chunked spread splits with a warp's lanes along the units and K's chunks
+# over warps (Config.unit_lanes, Config.thread_units), at batch 9-16: (units, K, forward)
+# → (warps, unit_lanes, thread_units). Chosen offline, not yet timed on a GPU: by
+# scripts/sass_profile.py (sm_90a, fp32, B=16, 132 SMs), those whose time loop reads the
+# fewest shared-memory bytes and shuffles least (ldmatrix ×4 + shuffles a thread, times
+# warps: the backward's largest floor) without spilling more than a few words:
+#   H=512 forward, 4 warps: 1984 → 1696 (4, 1); backward 4032 → 2064 (2, 2) at 4 warps,
+#   2608 at 8; H=1024 forward, 8 warps: 6016 → 5440 (4, 1), 4736 (4, 2); backward
+#   14208 → 7040 (4, 2), 7232 (2, 2).
+SPREAD_CHUNK_SHAPES = {
+    (4, 512, True): ((4, 4, 1),),
+    (4, 512, False): ((4, 2, 2), (8, 2, 2)),
+    (8, 1024, True): ((8, 4, 1), (8, 4, 2)),
+    (8, 1024, False): ((8, 4, 2), (8, 2, 2)),
+}
+
+
+# Benchmark mode's spread backward splits exchanging partial products (Config.partials), at
+# batch 9-16: (units, K) → warps. Chosen offline, not yet timed on a GPU: by
+# scripts/sass_profile.py (sm_90a, fp32, B=16, 132 SMs; warp-instructions a step per
+# multiprocessor, against the chunked splits' in SPREAD_CHUNK_SHAPES): H=512 6,396 at 4
+# warps (108 bytes spilled), 7,624 at 8 (none; chunked 8,168 as timed, 6,992 at (4, 2,
+# 2)); H=1024 21,440 at 8 warps (512 bytes spilled; chunked 24,120 as timed, 21,136 at
+# (8, 4, 2)). What they save is what the count leaves out: a third of the exchange
+# through L2 (H=1024: 16.8 MB a step against 25) and nearly all the shared-memory reads
+# of the operand (each thread reads the program's own gradients, the same words as
+# every other thread: broadcasts).
+PARTIAL_SPREADS = {(4, 512): (4, 8), (8, 1024): (8,)}
+
+
+# Benchmark mode's chunked spread splits with the tile's rows in two groups (Config.groups),
+# at batch 9-16: (units, K, forward) → (warps, unit_lanes, thread_units). Not yet timed on a
+# GPU. What they may save is a step's wait: at fp32 B=16 the chunked forward took ~1.5 µs
+# a step more than its instructions (H200: 3.28 µs at H=512, 6.91 at 1024, for 6,472 and
+# 19,592 warp-instructions a multiprocessor: 1.5 µs + 0.28 ns each), about a B=1 step,
+# which is mostly the barrier and the exchange's latency (the backward's B=1 step: 2.5-3.5
+# µs). Two groups take their steps in turn, so each group's barrier and exchange are under
+# way while the other computes. They cost 4-8% more instructions (scripts/sass_profile.py,
+# sm_90a, fp32, a multiprocessor's warp-instructions a step: training H=512 6,544 → 7,076
+# at 4 warps, H=1024 19,736 → 20,736 at 8, 19,928 with unit_lanes 4; backward H=512
+# 8,168 → 8,732, H=1024 24,120 → 25,152, (8, 4, 2) 21,136 → 21,984), up to 96 bytes
+# spilled. (The partials backward in two groups spilled 3.6 KB at H=1024: left out.)
+GROUPED_SPREADS = {
+    (4, 512, True): ((4, 1, 1),),
+    (4, 512, False): ((4, 1, 1),),
+    (8, 1024, True): ((8, 1, 1), (8, 4, 1)),
+    (8, 1024, False): ((8, 1, 1), (8, 4, 2)),
+}

@@ -1,0 +1,164 @@
+"""How the programs of a launch meet and share a step's vectors: the barrier (a counter in
+global memory), the stamped words (``Config.stamped``), the reads of what other programs
+wrote, and the partial products' exchange (``Config.partials``); and which rows and units
+a program owns.
+"""
+
+from __future__ import annotations
+
+from .lang import _INTERPRETED, LANES, STAMPED_BLOCK, _jit, tl
+
+
+@_jit
+def _arrive(sync):
+    """Arrive at the counter ``sync``, this program's writes before it visible to whoever
+    sees the arrival."""
+    tl.debug_barrier()
+    tl.atomic_add(sync, 1, sem="release", scope="gpu")
+
+
+@_jit
+def _wait(sync, arrivals):
+    """Wait until the counter ``sync`` has had ``arrivals`` arrivals in all."""
+    while tl.atomic_add(sync, 0, sem="acquire", scope="gpu") < arrivals:
+        pass
+    tl.debug_barrier()
+
+
+@_jit
+def _barrier(sync, arrivals):
+    """Arrive at the counter ``sync`` and wait until ``arrivals`` arrivals in all."""
+    _arrive(sync)
+    _wait(sync, arrivals)
+
+
+@_jit
+def _stamp(x, t):
+    """64-bit words for the stamped exchange (``Config.stamped``): x's fp32 bits in the low
+    half, the step t in the high half."""
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True).to(tl.uint32, bitcast=True)
+    return bits.to(tl.int64) | (tl.cast(t, tl.int64) << 32)
+
+
+@_jit
+def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
+                  WAIT: tl.constexpr = True, KMAJOR: tl.constexpr = False):
+    """(BB, BK): a[row·stride + k] for this program's rows and the ks, written by other
+    programs of this launch; KMAJOR: (BK, BB), a[k·stride + row]. After the step's
+    barrier, fp32/fp64 read through L2; or, STAMPED, 64-bit words from _stamp, read again
+    until every one carries step t (a word is written whole, so a reader sees its old or
+    its new value, never a mix), then unpacked to fp32; without WAIT once, where _await
+    has seen them all carry t."""
+    if KMAJOR:
+        ptrs = a + ks[:, None] * stride + rows[None, :]
+        mask = kmask[:, None] & rmask[None, :]
+    else:
+        ptrs = a + rows[:, None] * stride + ks[None, :]
+        mask = rmask[:, None] & kmask[None, :]
+    if STAMPED:
+        if WAIT:
+            words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+            waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+            if _INTERPRETED:  # a word not there yet never will be: NaN (its low half), not a hang
+                words = tl.where(waiting > 0, 0x7FC00000, words)
+            else:
+                while waiting > 0:
+                    words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+                    waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+            return words.to(tl.int32).to(tl.float32, bitcast=True)
+        else:
+            words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
+            return words.to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+
+
+@_jit
+def _await(a, rows, rmask, K, stride, t, BK: tl.constexpr, KMAJOR: tl.constexpr = False):
+    """Wait until the stamped words of _shared_block(a, rows, ..., k < K) all carry step t,
+    a chunk of BK at a time (so that the product's loop over K after it reads them
+    without waiting, its loads pipelined; a word that carries t keeps it until every
+    program has read it)."""
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        _shared_block(a, rows, rmask, ks, ks < K, stride, t, True, True, KMAJOR)
+
+
+@_jit
+def _row_block(a, rows, rmask, H, stride, t, BK: tl.constexpr, STAMPED: tl.constexpr,
+               KMAJOR: tl.constexpr = False):
+    """(BB, BK): a[row·stride + k] for this program's rows and all k < H (KMAJOR: (BK, BB),
+    a[k·stride + row]), written by other programs (_shared_block, step t)."""
+    ks = tl.arange(0, BK)
+    BB: tl.constexpr = rows.shape[0]
+    if STAMPED and BB * BK > STAMPED_BLOCK:
+        _await(a, rows, rmask, H, stride, t, STAMPED_BLOCK // BB, KMAJOR)
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, False, KMAJOR)
+    else:
+        return _shared_block(a, rows, rmask, ks, ks < H, stride, t, STAMPED, True, KMAJOR)
+
+
+@_jit
+def _publish(p, value, mask, t, STAMPED: tl.constexpr):
+    """Write a step's values for the other programs: stamped words, or as they are (in
+    the exchange's dtype: ``Config.narrow``'s 16-bit, rounded as tl.dot rounds them)."""
+    if STAMPED:
+        tl.store(p, _stamp(value, t), mask=mask)
+    else:
+        tl.store(p, value.to(p.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr, group=0,
+          BG: tl.constexpr = 0):
+    """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
+    unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
+    lengths; with BG, those of the tile's ``group``-th BG rows alone (``Config.groups``)."""
+    if BG:
+        rows = row0 + tl.program_id(1) * BB + group * BG + tl.arange(0, BG)
+    else:
+        rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
+    rmask = rows < B
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    cmask = cols < H
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    return (rows, rmask, cols, cmask, rmask[:, None] & cmask[None, :],
+            rows[:, None] * H + cols[None, :], lens)
+
+
+@_jit
+def _partials_region(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
+    """Where exchange e of the rows at ``slot`` (a batch tile's, or a group's of it,
+    ``Config.groups``) lies in ``Config.partials``'s buffer (slots, 2, P, PP, BB, S), PP
+    a power of two ≥ the programs P: exchanges alternate between two regions, so a
+    program a step ahead never writes over what another is still reading."""
+    return xbuf + (slot * 2 + e % 2).to(tl.int64) * tl.num_programs(0) * (PP * BB * S)
+
+
+@_jit
+def _publish_partials(xbuf, part, slot, e, BB: tl.constexpr, S: tl.constexpr,
+                      PP: tl.constexpr):
+    """Write this program's partial products (BB, NC, LANES) (_partial_product) for
+    exchange e, each column's values at [program owning that unit, this program, row,
+    unit] of the region (_partials_region), where its owner reads them all in one block
+    (strides of compile-time sizes: a thread's addresses are one register plus
+    constants)."""
+    NC: tl.constexpr = part.shape[1]
+    k = tl.arange(0, NC)[:, None] * LANES + tl.arange(0, LANES)[None, :]
+    at = ((k // S) * PP + tl.program_id(0)) * (BB * S) + k % S
+    p = _partials_region(xbuf, slot, e, BB, S, PP) + at[None, :, :] + \
+        tl.arange(0, BB)[:, None, None] * S
+    tl.store(p, part, mask=(k < tl.num_programs(0) * S)[None, :, :])
+
+
+@_jit
+def _summed_partials(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr,
+                     PP: tl.constexpr):
+    """(BB, S): the sum of every program's partial products of exchange e
+    (_publish_partials) at this program's units."""
+    src = tl.arange(0, PP)
+    p = _partials_region(xbuf, slot, e, BB, S, PP) + \
+        (tl.program_id(0) * PP + src[:, None]) * (BB * S) + tl.arange(0, BB * S)[None, :]
+    n = tl.num_programs(0)
+    got = tl.load(p, mask=(src < n)[:, None], other=0.0, cache_modifier=".cg")
+    return tl.reshape(tl.sum(got, axis=0), (BB, S))

@@ -1,0 +1,137 @@
+"""Launching a kernel over all rows and steps, with the split's rules checked first, and W_hh
+laid out as the split's kernels read it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...scan import on_device
+from .. import tf32x3
+from . import splits
+from .lang import INTERPRET, WARP_LANES, tl
+from .splits import SIXTEEN_BIT, Config
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
+    """Run ``kernel`` over all rows and steps, in batch chunks that keep every program of a
+    launch resident at once (the barrier needs that)."""
+    device = args[0].device
+    if cfg.resident and cfg.block_k < hidden:
+        raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
+                         f"{cfg.block_k}")
+    if cfg.stamped and consts["ACC"] == tl.float64:
+        raise ValueError("a stamped split carries fp32 values: it can't run float64")
+    if cfg.kmajor and not (cfg.resident and not cfg.dot):
+        raise ValueError("a kmajor split needs resident tiles and the broadcast product")
+    if cfg.stacked and not (cfg.resident and cfg.dot and cfg.block_batch == 16 and
+                            cfg.slice in (4, 8, 16) and cfg.block_k * cfg.slice >= 256 and
+                            not cfg.kmajor and consts["ACC"] != tl.float64):
+        raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
+                         "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
+                         "not float64, not kmajor")
+    if cfg.split16 and not (cfg.stacked and consts["ACC"] == tl.float32):
+        raise ValueError("a split16 split is a stacked split on fp32 weights")
+    if cfg.chunked and not splits._can_chunk(cfg):
+        raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
+                         f"kmajor), block_k ≥ {WARP_LANES}, fewer than 16 rows or units, and "
+                         f"unit_lanes and thread_units powers of two, their product at most "
+                         f"the slice, whose chunks divide block_k; got {cfg}")
+    if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
+        raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
+    if not splits._can_group(cfg):
+        raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
+                         f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
+    if cfg.partials and not splits._can_partial(cfg):
+        raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
+                         f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
+                         f"exchange (prefetch aside); got {cfg}")
+    programs = _programs(cfg, hidden, device)
+    tiles_per_launch = splits._grid_limit(device) // programs
+    chunk, kwarps = splits._chunk_shape(cfg)
+    rows_per_launch = cfg.block_batch * tiles_per_launch
+    for row0 in range(0, batch, rows_per_launch):
+        tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+        sync = torch.empty(1, dtype=torch.int32, device=device) if cfg.stamped else \
+            torch.zeros(tiles * cfg.groups, dtype=torch.int32, device=device)  # (stamped:
+        # unused)
+        # a cooperative launch fails, rather than hangs, if the programs can't all be
+        # resident at once
+        launch = {} if INTERPRET else {"launch_cooperative_grid": True}
+        with on_device(device):  # (kernels launch on the current CUDA device)
+            kernel[(programs, tiles)](
+                *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
+                S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
+                RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
+                STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
+                CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
+                num_warps=cfg.warps,
+                **launch, **consts)
+
+
+def _programs(cfg: Config, hidden: int, device: torch.device) -> int:
+    """The programs of a batch tile, refused where they can't all run at once."""
+    programs = -(-hidden // cfg.slice)
+    if INTERPRET and programs > 1:
+        raise ValueError("the Triton interpreter runs one program per batch tile: "
+                         f"slice {cfg.slice} must cover all {hidden} hidden units")
+    if programs > splits._grid_limit(device):
+        raise ValueError(f"{programs} programs per batch tile can't all be resident on "
+                         f"{splits._grid_limit(device)} multiprocessors: use a larger slice")
+    return programs
+
+
+def _kernel_weights(w: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
+    """W_hh (or W_hhᵀ) as the kernels read it, and the scale tensor they read with
+    ``Config.split16``: contiguous, W itself the unread scale; for a stacked split in
+    fp32, its TF32 high parts followed by its low parts (_tf32_parts), or with split16 its
+    fp16 parts and their scales (_fp16_parts)."""
+    w = w.contiguous()
+    if cfg.split16:
+        return _fp16_parts(w)
+    if cfg.stacked and w.dtype == torch.float32:
+        w = torch.cat(_tf32_parts(w))
+    return w, w
+
+
+def _for_weights(cfg: Config, dtype: torch.dtype) -> Config:
+    """cfg for weights of this dtype (a caller's own mix with activations of another):
+    not narrow unless they are 16-bit, not split16 unless fp32. For _split's splits;
+    _check_weights refuses a split asked for by name."""
+    return cfg._replace(narrow=cfg.narrow and dtype in SIXTEEN_BIT,
+                        split16=cfg.split16 and dtype == torch.float32)
+
+
+def _check_weights(cfg: Config, dtype: torch.dtype) -> None:
+    """Refuse a split that can't run on weights of this dtype (_for_weights' rules)."""
+    if cfg.narrow and not splits._can_narrow(cfg, dtype):
+        raise ValueError("a narrow split exchanges 16-bit values: it needs tl.dot on 16-bit "
+                         f"weights and no stamped exchange; got {dtype} and {cfg}")
+    if cfg.split16 and dtype != torch.float32:
+        raise ValueError(f"a split16 split is for fp32 weights; got {dtype}")
+
+
+# fp32 w = hi + lo exactly, hi rounded to TF32 (the stacked splits' W_hh parts)
+_tf32_parts = tf32x3.split
+
+
+def _fp16_parts(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``Config.split16``: fp32 w (W_hh (3H, H), or W_hhᵀ (H, 3H)) as fp16 parts, each run
+    of H along a row (W_hh's rows; W_hhᵀ's rows gate by gate) w = s·(hi + lo·2^-11) to
+    ~2^-22 of the run's largest magnitude, hi then lo in one tensor, and the runs' scales
+    s (3H,), made on the device (no wait for it): the powers of two above each run's
+    largest magnitude (at most 2^127), so that w / s lies within ±1 (±2) and no part
+    overflows fp16."""
+    hidden = min(w.shape)
+    runs = w.reshape(-1, hidden)
+    top = torch.frexp(runs.abs().amax(1)).exponent.clamp_max(127)  # (fp32's largest / s < 2)
+    s = torch.ldexp(torch.ones(runs.shape[0], device=w.device), top)
+    ws = runs / s[:, None]
+    hi = ws.half()
+    lo = ((ws - hi.float()) * 2048.0).half()
+    return torch.cat([hi.flatten(), lo.flatten()]), s

@@ -1,0 +1,416 @@
+"""How a launch splits the work (``Config``) and the default splits (``choose_config``,
+``choose_backward_config``), with the timings behind them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .lang import WARP_LANES
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+
+
+class Config(NamedTuple):
+    """How a launch splits the work. block_batch (BB) rows per tile; slice (S) hidden units
+    per program; block_k (BK) the reduction chunk; dot: tl.dot (needs BB, S, BK ≥ 16) or
+    a broadcast-and-sum product; warps per program; precision: tl.dot's for fp32 operands
+    ("tf32x3": three TF32 products on the tensor cores, ~fp32 accuracy; or "ieee");
+    resident: the kernel loads its W_hh tiles once, before the time loop, and keeps them
+    in registers (needs block_k ≥ H: all of K in one tile), instead of reading them
+    through the caches at every step (the default where measured faster); stamped: the
+    programs exchange each step's vectors as 64-bit words that carry the step number
+    beside the fp32 value, and a reader re-reads until every word it needs carries the
+    current step, instead of meeting the others at a barrier first (one trip through L2
+    a step instead of a store's fence, the counter's round trips and then the read; fp32
+    arithmetic only: not fp64); kmajor (resident broadcast tiles): the state (the
+    backward's gradients) is exchanged transposed, (H, B) ((3H, B)), and each product is
+    summed over its first axis, K, so the layout Triton picks keeps more of the sum within
+    a thread (nvdisasm, sm_90a: B=16, H=256 at 8 warps a third of the instructions, a
+    tenth of the shuffles); stacked (a 16-row tile: block_batch 16, slice 4, 8 or 16,
+    tl.dot, resident): the program's rows of W_hh's three gates (the backward's: of
+    W_gᵀ) stacked into one (64, K / F) tile, F = 16 / slice folds of K, that Triton keeps
+    in shared memory and multiplies on the tensor cores (wgmma on sm90) by the state's
+    transpose (the backward's: the gates' gradients), its folds side by side, fp32 as
+    three TF32 products on W_hh split on the host (_tf32_parts); shared memory as
+    _stacked_bytes; prefetch: the loads a step needs from memory written before the
+    launch (the forward's gi, the backward's saved gates, dL/dout and the states) are
+    issued a step ahead, so their latency overlaps the step before instead of adding to
+    it (at T·B·H where they have left L2, HBM's latency every step of the backward);
+    narrow (tl.dot on 16-bit weights, not stamped): the state (the backward's gradients) is
+    exchanged in the weights' dtype instead of fp32, half the bytes every program reads
+    from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
+    all the same; split16 (a stacked split on fp32 weights): the three products on the
+    tensor cores in fp16 instead of TF32, on W's two fp16 parts and the operand's (the
+    state; the backward's gradients), W's rows and the operand's columns each scaled by
+    a power of two into ±1 (_fp16_parts, _stacked_dot): 22 bits of each row's and
+    column's largest at twice TF32's rate and in half its shared memory, where the
+    forward's split fits up to H=1024 and the backward's up to 512; chunked (resident
+    broadcast tiles, not K-major, block_k ≥ LANES, fewer than 16 rows or units): the
+    product over K in chunks of a warp's lanes, each thread summing its chunks before the
+    lanes meet (_chunked_product), where the plain broadcast product's sum over K is all
+    shuffles between lanes and warps; W's tiles are laid out to match (_chunked_tiles);
+    unit_lanes (chunked; 1, or a power of two up to slice): a warp's lanes along the
+    units, the rest along K's chunks (_chunk_shape), and the warps along the units as far
+    as they go, then along K, summed across warps through shared memory once per product:
+    where a warp covers every unit of the program's, as at 8 warps of 8 units, each warp
+    reads every operand value from shared memory; this way a warp reads 1 / (warps along
+    K) of them; thread_units (chunked; 1, or a power of two, times unit_lanes at most
+    slice): each thread's units at the same K, so that each operand value a thread reads
+    from shared memory serves that many units (the backward's three gates summed in each
+    thread before the lanes meet: _chunked_gates). Benchmark mode's candidates, not yet
+    timed on a GPU (SPREAD_CHUNK_SHAPES); partials (the backward's; resident broadcast
+    tiles, block_k ≥ LANES, none of the above but prefetch): each program multiplies its
+    own units' gradients by its rows of W_hh, summing over its units within each thread,
+    and the programs exchange these (B, H) partial products, each summing every
+    program's at its own units (_publish_partials, _summed_partials): 2·P·B·H values
+    through L2 a step, against P·B·3H when every program reads all the gradients (a
+    third less; at B=16, H=1024, 128 programs, 16.8 MB against 25 MB; reset_before's
+    two exchanges a step 33.6 against 25); a benchmark-mode candidate, not yet timed on
+    a GPU; groups (1, or 2 with resident broadcast tiles, not stamped, K-major or
+    prefetch): the tile's rows in that many groups, each its own recurrence with its own
+    barrier, whose steps a program takes in turn, so that each group's barrier and
+    exchange are under way while the other computes (_forward_step; the backward's step
+    in two phases, rotated between the groups: _backward_gates, _backward_carry); a
+    benchmark-mode candidate, not yet timed on a GPU."""
+
+    block_batch: int
+    slice: int
+    block_k: int
+    dot: bool
+    warps: int = 4
+    precision: str = "tf32x3"
+    resident: bool = False
+    stamped: bool = False
+    kmajor: bool = False
+    stacked: bool = False
+    prefetch: bool = False
+    narrow: bool = False
+    split16: bool = False
+    chunked: bool = False
+    unit_lanes: int = 1
+    thread_units: int = 1
+    partials: bool = False
+    groups: int = 1
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# The most W elements a program keeps resident (3 gates × units × K): B=1, H=1024's split
+# (8 units), which ptxas compiles to 255 registers per thread at 4 warps without spilling
+# (sm_90); larger tiles would spill.
+RESIDENT_MAX = 3 * 8 * 1024
+
+
+# The most hidden units a program takes (tl.dot on streamed W; 128 need more shared memory
+# than an SM has, fp32): a tile's programs must all be resident at once (the barrier), so
+# H ≤ MAX_UNITS × multiprocessors (``max_hidden``).
+MAX_UNITS = 64
+
+
+def max_hidden(device: torch.device) -> int:
+    """The largest hidden size the kernels run on this device (every program of a batch
+    tile resident at once, MAX_UNITS units each)."""
+    return MAX_UNITS * _grid_limit(device)
+
+
+def _grid_limit(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# The largest block of words (rows × K) a default resident forward split reads stamped
+# (``Config.stamped``) instead of after a barrier: B=1's blocks up to H=1024, and by the
+# same count B=2 up to H=512, B=3-4 up to 256, B=5-8 up to 128 (not timed). Measured in
+# benchmark mode on an H200 (2026-11-27, scripts/gpu_tune.sh): stamped, B=1's forward
+# 1.05-1.36x faster at H=256-1024 (fp32 and bf16), but the B=16, H=256 block (4096
+# words) 0.88x and every backward split 0.85-0.97x (choose_backward_config: never).
+STAMPED_MAX_WORDS = 1024
+
+
+# A chunked split's (Config.chunked) STAMPED_MAX_WORDS: at B=1 (H200, 2026-11-27) the
+# stamped exchange won at H=512 (forward 1.61 → 1.21 µs per step), the barrier at H=1024
+# (1.62 against 1.74 stamped).
+CHUNKED_STAMPED_MAX_WORDS = 512
+
+
+def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, stamped where STAMPED_MAX_WORDS (chunked: CHUNKED_STAMPED_MAX_WORDS) allows: a
+    resident split on CUDA in fp32 arithmetic (not fp64) whose blocks hold at most that
+    many words."""
+    most = CHUNKED_STAMPED_MAX_WORDS if cfg.chunked else STAMPED_MAX_WORDS
+    if device.type == "cuda" and dtype != torch.float64 and cfg.resident and \
+            cfg.block_batch * cfg.block_k <= most:
+        return cfg._replace(stamped=True)
+    return cfg
+
+
+# The smallest K a default split sums in chunks (Config.chunked): measured on an H200
+# (benchmark mode, fp32, 2026-11-27), chunked won at K=512 and 1024 (B=1 forward 1.2-1.5x,
+# backward 1.1x; B=16 forward 1.3x and 2.3x, backward 1.4x and 1.5x) and lost at K=256
+# (B=1: 0.94x forward, 0.99x backward).
+CHUNKED_MIN_K = 512
+
+
+def _chunked_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, chunked (``Config.chunked``) where it was measured to win: a split that can be
+    (_can_chunk) on CUDA with K ≥ CHUNKED_MIN_K, at 4 warps or, at 8, K ≥ 1024 (B=16,
+    H=512: 4 units at 8 warps chunked took 19.9 µs a step against 9.55 unchunked, H200;
+    8 units of K=1024 at 8 warps won, 14.8 against 22.5)."""
+    if device.type == "cuda" and dtype != torch.float64 and _can_chunk(cfg) and \
+            cfg.block_k >= CHUNKED_MIN_K and (cfg.warps <= 4 or cfg.block_k >= 1024):
+        return cfg._replace(chunked=True)
+    return cfg
+
+
+def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
+    """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
+    16-bit weights, not stamped, on CUDA. Benchmark mode's candidates only, until timed on
+    a GPU where it might matter (bf16 B=16 above H=256; its GPU tests pass): it halves
+    what every program reads from L2 at every step (at B=16, H=1024 the backward's 128
+    programs read all 16 × 3H gradients, 25 MB a step in fp32) and changes no number."""
+    return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
+
+
+def _can_chunk(cfg: Config) -> bool:
+    """Whether cfg can be ``Config.chunked``: resident broadcast tiles, not K-major, K at
+    least a warp's lanes, and fewer than 16 rows or 16 units (with both, Triton 3.6's
+    combine pass fails on the product, taking it for a tl.dot: sm_90a, 2026-11-27; 3.9
+    compiles it); with ``Config.unit_lanes`` and ``Config.thread_units``, powers of two
+    whose product is at most the units, and K a whole number of _chunk_shape's chunks
+    across its warps."""
+    lanes, inner = cfg.unit_lanes, cfg.thread_units
+    if not (cfg.resident and not (cfg.dot or cfg.kmajor or cfg.stacked) and
+            cfg.block_k >= WARP_LANES and min(cfg.block_batch, cfg.slice) < 16 and
+            min(lanes, inner) >= 1 and lanes & (lanes - 1) == 0 and inner & (inner - 1) == 0
+            and lanes <= WARP_LANES and lanes * inner <= cfg.slice):
+        return False
+    chunk, kwarps = _chunk_shape(cfg)
+    return cfg.block_k % (chunk * kwarps) == 0
+
+
+def _can_partial(cfg: Config) -> bool:
+    """Whether cfg's backward can be ``Config.partials``: resident broadcast tiles with K
+    a power of two, at least a warp's lanes (its tiles cover K in whole chunks of them),
+    and none of the other products or exchanges (prefetch aside)."""
+    return cfg.resident and cfg.block_k >= WARP_LANES and _pow2(cfg.block_k) == cfg.block_k \
+        and not (
+        cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
+        cfg.chunked)
+
+
+def _can_group(cfg: Config) -> bool:
+    """Whether cfg can take its rows in ``Config.groups`` groups: 1, or 2 with resident
+    broadcast tiles, not stamped (no barrier to wait at), K-major or prefetch, and an even
+    block_batch."""
+    return cfg.groups == 1 or (cfg.groups == 2 and cfg.block_batch % 2 == 0 and
+                               cfg.resident and not (cfg.dot or cfg.stamped or cfg.kmajor or
+                                                     cfg.stacked or cfg.prefetch))
+
+
+def _chunk_shape(cfg: Config) -> tuple[int, int]:
+    """A ``Config.chunked`` product's chunk (a warp's lanes along K) and its warps along K:
+    with ``Config.unit_lanes`` u, chunks of LANES / u; the warps along the units as far
+    as slice / (u · thread_units) go, the rest along K; (32, 1) at unit_lanes and
+    thread_units 1."""
+    if (cfg.unit_lanes, cfg.thread_units) == (1, 1):  # (Triton's layout: warps along
+        return WARP_LANES, 1  # the units, any left over along the chunks)
+    outer = max(1, cfg.slice // cfg.thread_units)
+    unit_warps = max(1, min(cfg.warps, outer // cfg.unit_lanes))
+    return WARP_LANES // cfg.unit_lanes, max(1, cfg.warps // unit_warps)
+
+
+def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
+    """Whether cfg's exchange may be 16-bit with weights of this dtype: tl.dot on 16-bit
+    weights (which rounds its operand so anyway), not the stamped exchange (fp32 words)."""
+    return cfg.dot and not cfg.stamped and dtype in SIXTEEN_BIT
+
+
+def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+                  save: bool = False) -> Config:
+    """The default split for a call's forward (``save``: a training call's, which saves
+    the gates for the backward), from timings on an H100 and an H200 (docs/performance.md).
+
+    Batch ≤ 16: one tile, as many programs as multiprocessors (a few hidden units each),
+    the broadcast product, W's tiles resident in registers where one tile covers H (the
+    forward 1.04-2.0x faster at B=1, H=256-1024 on an H100, 2026-11-27), and at batch 2-8
+    where they fit though such a tile wouldn't (_broadcast_split), the product over K in
+    chunks from K=512 (``_chunked_where_set``), read stamped where the block is small
+    (STAMPED_MAX_WORDS, CHUNKED_STAMPED_MAX_WORDS). At batch 9-16 (a 16-row tile), in fp32
+    arithmetic (not fp64), from benchmark mode's timings on an H200 (2026-11-27): at
+    H=129-256 four 4-row tiles, 8 units per program at 8 warps, K-major (2.1-2.2x faster
+    than one 16-row tile); above H=256 in fp32 a program per multiprocessor with its
+    units' W tiles resident and the product chunked (``_spread_resident``; 1.3x faster
+    than the stacked tiles at H=512, 2.3x than tl.dot at H=1024), else (and in 16 bits)
+    the stacked tiles on the tensor cores where they fit (_stacked_default; 16-bit 1.6-1.8x
+    faster than the next best), else 32 units per program and tl.dot on streamed W
+    (three-pass TF32 for fp32, whose error stays at fp32's level). Batch > 16: tiles of up
+    to 64 rows, 16 units per program and tl.dot: the broadcast product was slower there,
+    erratically so.
+    """
+    hp = _pow2(hidden)
+    if device.type != "cuda":  # the interpreter: one program per tile, whole loop (and,
+        # as the GPU default at small batches, W resident)
+        return Config(_pow2(min(batch, 16)), hp, hp, dot=False,
+                      resident=dtype != torch.float64)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
+        block_batch = _pow2(min(batch, 16))
+        if block_batch == 16 and dtype != torch.float64:
+            if hp == 256 and -(-batch // 4) * (hp // 8) <= sms:  # (all tiles at once)
+                # 4.1 → 1.9 µs per step at B=16 (fp32 and bf16, H200)
+                return Config(4, 8, hp, dot=False, warps=8, resident=True, kmajor=True)
+            if hidden > 256:
+                spread = _spread_resident(hidden, device)
+                if dtype == torch.float32 and spread is not None:
+                    spread = _chunked_where_set(spread, device, dtype)
+                    if spread.chunked:  # fp32 H=512 4.25 → 3.28 µs per step, H=1024
+                        # 15.7 → 6.9 (H200); unchunked, it lost to the stacked split
+                        return spread
+                stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
+                if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
+                    return stacked
+                return _streamed_dot(hidden, sms)
+        return _stamped_where_set(
+            _chunked_where_set(_broadcast_split(batch, hidden, sms, dtype), device, dtype),
+            device, dtype)
+    block_batch = _pow2(min(batch, 64))
+    tiles = min(-(-batch // block_batch), sms)
+    # ≤ 64 units per program: 128 need more shared memory than an SM has (fp32); more
+    # tiles than fit at once run in several launches (_launch)
+    slice_ = min(MAX_UNITS, max(16, _pow2(-(-hidden // max(1, sms // tiles)))))
+    return Config(block_batch, slice_, 64, dot=True)
+
+
+def _streamed_dot(hidden: int, sms: int) -> Config:
+    """A 16-row tile's split with W streamed through the caches: tl.dot, 32 units per
+    program (measured fastest at H=1024 on an H100), or up to 64 where 32 would need more
+    programs than the card's multiprocessors (128 need more shared memory than an SM has,
+    fp32: larger H runs on no split, MAX_UNITS)."""
+    return Config(16, max(32, min(MAX_UNITS, _pow2(-(-hidden // sms)))), 64, dot=True)
+
+
+def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> Config:
+    """Batch ≤ 16's general split: one tile of the batch's rows (rounded up to a power of
+    two), as many programs as multiprocessors, the broadcast product, W's tiles resident
+    where one tile covers H and fits RESIDENT_MAX (not fp64)."""
+    block_batch = _pow2(min(batch, 16))
+    tiles = min(-(-batch // block_batch), sms)
+    slice_ = _pow2(-(-hidden // max(1, sms // tiles)))
+    budget = 32768 if slice_ >= 16 else 8192  # elements of the (BB, S, BK) product
+    block_k = max(8, min(_pow2(hidden), budget // (block_batch * slice_)))
+    # W's tiles in registers where one tile covers H: measured on an H100 (fp32, B=1)
+    # 2.57 → 2.38 µs per step at H=256, 3.12 → 2.23 at H=512, 5.96 → 2.96 at H=1024
+    cfg = Config(block_batch, slice_, block_k, dot=False,
+                 resident=block_k >= hidden and dtype != torch.float64
+                 and 3 * slice_ * block_k <= RESIDENT_MAX)
+    hp = _pow2(hidden)
+    if not cfg.resident and batch <= 8 and dtype != torch.float64:
+        # where a tile of 2-8 rows would stream W through the product in chunks of K: its
+        # units' tiles resident instead, K whole and summed in chunks (Config.chunked), 8
+        # warps from H=1024, where they fit. fp32, H200 (2026-11-27, benchmark mode), µs
+        # per step forward / backward: B=4, H=1024 14.0 → 2.9 / 16.9 → 6.2; B=8, H=512
+        # 7.1 → 2.8 / 10.6 → 5.1; B=8, H=1024 40.9 → 4.5 / 41.6 → 9.8
+        wide = _chunked_where_set(Config(block_batch, slice_, hp, dot=False,
+                                         warps=8 if hp >= 1024 else 4, resident=True),
+                                  torch.device("cuda"), dtype)  # (a CUDA split)
+        if 3 * slice_ * hp <= RESIDENT_MAX and wide.chunked:
+            return wide
+    return cfg
+
+
+def choose_backward_config(batch: int, hidden: int, device: torch.device,
+                           dtype: torch.dtype) -> Config:
+    """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
+    tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
+    so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
+    forward is (B=16, H=256: 6.8 → 4.0 µs per step, fp32 and bf16, H200), chunked where the
+    forward is; at batch 9-16 above H=256 the stacked tiles where they fit (16-bit:
+    1.6-1.7x faster than tl.dot), else in fp32 a program per multiprocessor with its
+    units' tiles resident where they fit (``_spread_resident``): 1.45x faster than 4
+    units per program unresident at H=512, 1.66x than tl.dot's 32 units at H=1024, and
+    its product chunked 1.4-1.5x faster again (H200; scripts/gpu_probe_backward.py,
+    docs/performance.md)."""
+    cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
+    if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
+            dtype != torch.float64:
+        stacked = _stacked_default(hidden, device, dtype, forward=False)
+        if stacked is not None:  # bf16 10.2 → 6.0 µs per step at H=512, 16.5 → 10.5 at 1024
+            return stacked
+        spread = _spread_resident(hidden, device)
+        if dtype == torch.float32 and spread is not None:
+            # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200); chunked
+            # 9.55 → 6.84 at H=512, 22.5 → 14.8 at H=1024 (H200)
+            return _chunked_where_set(spread, device, dtype)
+        # (the forward's stacked split, where the backward's operand doesn't fit)
+        return _streamed_dot(hidden, _grid_limit(device)) if cfg.stacked else cfg
+    return cfg
+
+
+def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
+                     forward: bool, save: bool = False) -> Config | None:
+    """The stacked split a 16-row tile takes by default (H > 256), or None where none fits
+    (_stacked_splits): the fewest units per program, except the 16-bit forward's 8, or 16
+    where it saves the gates (``save``). H200, 2026-11-27, benchmark mode, µs per step: fp32
+    H=512 forward 4 units 4.18 (training 3.98), 8 units 4.44 (4.47); bf16 inference H=512
+    8 units 2.61, 4 units 2.77, 16 units 3.43, H=1024 8 units 3.77, 16 units 5.84; bf16
+    training H=512 16 units 2.43, 8 units 2.69, 4 units 2.92, H=1024 16 units 3.35, 8 units
+    3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46."""
+    splits = _stacked_splits(hidden, device, dtype, forward)
+    if not splits:
+        return None
+    if forward and dtype != torch.float32:
+        return next((c for c in splits if c.slice == (16 if save else 8)), splits[-1])
+    return splits[-1]
+
+
+def _spread_resident(hidden: int, device: torch.device) -> Config | None:
+    """A 16-row tile spread over one program per multiprocessor, each holding its units'
+    W tiles resident (4 units at H=512 on 132 SMs, 8 at H=1024 with 8 warps: 4 would
+    spill), where those tiles fit in RESIDENT_MAX; else None."""
+    hp = _pow2(hidden)
+    slice_ = _pow2(-(-hidden // _grid_limit(device)))
+    if 3 * slice_ * hp > RESIDENT_MAX:
+        return None
+    return Config(16, slice_, hp, dot=False, warps=4 if slice_ * hp <= 2048 else 8,
+                  resident=True)
+
+
+# The most shared memory a stacked split (Config.stacked) benchmark mode tries may need
+# (_stacked_bytes), of an H100's 227 KiB.
+STACKED_MAX_BYTES = 200 * 1024
+
+
+def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool,
+                   split16: bool = False) -> int:
+    """Shared memory of a stacked split: its tile, 64 rows of K / F (fp32: W's two parts;
+    16-bit: W), and the operand it multiplies, K / F by F·16 columns (the backward's:
+    4F·16, the four gate slots; fp32: two parts; split16: two fp16 parts of each). ptxas
+    (sm_90a, Triton 3.6) gives these to the byte for the forward's: fp32 H=256 (slice
+    16) 160 KiB, H=512 (8) 192 KiB."""
+    folds = 16 // slice_
+    k = max(16, _pow2(hidden)) // folds
+    size = 4 if split16 else 8 if dtype == torch.float32 else 2
+    return (64 + folds * 16 * (1 if forward else 4)) * k * size
+
+
+def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype,
+                    forward: bool, split16: bool = False) -> list[Config]:
+    """The stacked splits of a 16-row tile at this H, for the forward or the backward: 16,
+    8 or 4 units per program (1, 2 or 4 folds of K), where the programs fit on the device
+    at once and _stacked_bytes within STACKED_MAX_BYTES; ``split16``: fp32's in fp16
+    parts (``Config.split16``; none in other dtypes)."""
+    if split16 and dtype != torch.float32:
+        return []
+    hp = max(16, _pow2(hidden))
+    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True,
+                   split16=split16)
+            for s in (16, 8, 4)
+            if -(-hidden // s) <= _grid_limit(device) and
+            _stacked_bytes(hidden, s, dtype, forward, split16) <= STACKED_MAX_BYTES]
