@@ -350,3 +350,35 @@ def test_torch_func_export_and_compile_run_the_default_backend(reset_after):
         torch.testing.assert_close(exported(x)[0], eager)
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(gru)(x)[0], eager)
+
+
+def test_works_without_triton():
+    """With Triton not installed (its import fails), flashgru imports, runs on the reference
+    and torch paths, and a call that names the triton backend is told the command that
+    installs it (a fresh interpreter: Triton blocked before flashgru's first import)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["triton"] = None  # (import triton then raises ImportError)
+import torch
+import flashgru
+from flashgru.backends import BACKENDS
+assert BACKENDS["triton"].missing() == "it needs Triton: pip install 'flashgru[gpu]'"
+gru = flashgru.GRU(4, 8, backend="auto")
+ref = torch.nn.GRU(4, 8)
+ref.load_state_dict(gru.state_dict())
+x = torch.randn(5, 2, 4)
+assert torch.allclose(gru(x)[0], ref(x)[0], atol=1e-6)
+try:
+    flashgru.GRU(4, 8, backend="triton")
+except flashgru.BackendUnavailableError as e:
+    assert "pip install 'flashgru[gpu]'" in str(e), e
+else:
+    raise AssertionError("backend='triton' accepted without Triton")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
