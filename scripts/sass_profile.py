@@ -45,8 +45,6 @@ def _as_gpu() -> None:
 
 def compiled_split(batch: int, hidden: int, dtype: torch.dtype, kind: str, cfg):
     """The kernel a call of this kind launches with split cfg, compiled for sm_90a."""
-    import importlib
-
     import triton
     from gpu_compile_check import run
     from gpu_warm import _Offline, recording
@@ -63,7 +61,7 @@ def compiled_split(batch: int, hidden: int, dtype: torch.dtype, kind: str, cfg):
     os.environ.pop("TRITON_INTERPRET", None)
     triton.runtime.driver.set_active(_Offline())
     given = [a[1] if isinstance(a, tuple) and a[:1] == ("tensor",) else a for a in args]
-    return getattr(importlib.import_module(module), name).warmup(*given, grid=(1,), **kwargs)
+    return getattr(tg, name).warmup(*given, grid=(1,), **kwargs)
 
 
 def disassemble(compiled) -> tuple[str, str]:

@@ -14,7 +14,8 @@ import flashgru
 # (BACKENDS_CUDA), by the formulations it runs. The Triton backend in Triton's CPU
 # interpreter (no GPU here) is far too slow for the broad sweeps: tests/test_triton.py tests
 # it there, with a sample of the sweeps.
-INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
+INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" and \
+    flashgru.BACKENDS["triton"].missing() is None else set()
 _NATIVE = [n for n, b in flashgru.BACKENDS.items() if b.missing() is None and n not in INTERPRETED]
 BACKENDS = [n for n in _NATIVE if flashgru.BACKENDS[n].devices in (None, ("cpu",))]
 BACKENDS_RESET_BEFORE = [n for n in BACKENDS if flashgru.BACKENDS[n].reset_before]

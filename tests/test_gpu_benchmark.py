@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def gpu_bench(monkeypatch):
-    """benchmarks/gpu.py as a module, triton_gru's functions restored afterwards, and a
-    132-multiprocessor card for the split rules."""
+    """benchmarks/gpu.py as a module, the functions its restrict() replaces (in
+    _triton.splits and triton_gru) restored afterwards, and a 132-multiprocessor card for
+    the split rules."""
     for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set"):
         monkeypatch.setattr(splits, name, getattr(splits, name))
     monkeypatch.setattr(tg, "_candidates", tg._candidates)

@@ -12,114 +12,117 @@ from test_parity_torch import _cases, _ids, assert_pair_close, run_pair
 
 import flashgru
 from flashgru.backends import BACKENDS, reference
+from flashgru.backends import triton_gru as tg
+from flashgru.backends._triton import backward as backward_kernel
+from flashgru.backends._triton import (
+    candidates,
+    exchange,
+    lang,
+    launch,
+    products,
+    splits,
+    stacked,
+)
+from flashgru.backends._triton import forward as forward_kernel
+from flashgru.backends._triton.lang import tl  # (None without Triton: skipped below)
 
-pytestmark = [pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
-                                 reason="needs Triton, and a GPU or TRITON_INTERPRET=1"),
-              pytest.mark.usefixtures("no_tf32")]
+if BACKENDS["triton"].missing() is not None:
+    pytest.skip("needs Triton, and a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("no_tf32")
 
-if BACKENDS["triton"].missing() is None:
-    import triton.language as tl
 
-    from flashgru.backends import triton_gru as tg
-    from flashgru.backends._triton import backward as backward_kernel
-    from flashgru.backends._triton import (
-        candidates,
-        exchange,
-        lang,
-        launch,
-        products,
-        splits,
-        stacked,
-    )
-    from flashgru.backends._triton import forward as forward_kernel
+@lang._jit
+def _publish_nothing(p, value, mask, t, STAMPED: tl.constexpr):
+    """A broken _publish (test_a_missing_stamp_gives_nan_not_a_hang)."""
+    pass
 
-    @lang._jit
-    def _publish_nothing(p, value, mask, t, STAMPED: tl.constexpr):
-        """A broken _publish (test_a_missing_stamp_gives_nan_not_a_hang)."""
-        pass
 
-    @lang._jit
-    def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
-                       SPLIT16: tl.constexpr = False):
-        """out (3, 16, P·S): each program's gate blocks of x (16, H) @ W_gᵀ (its S units)
-        from the stacked tiles of w = W_hh (with its low parts after it in fp32; SPLIT16:
-        its fp16 parts and their scales), as the forward makes them (test_stacked_folds)."""
-        w_hi, w_lo = stacked._stacked_tiles(w, H, BK, S, False, SPLIT16)
-        rows, ks = tl.arange(0, 16), tl.arange(0, BK)
-        xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
-        if SPLIT16:
-            w_rows = stacked._stacked_scales(scale, H, S)
-        else:
-            w_rows = 1.0
-        r, z, n = stacked._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
-        width = tl.num_programs(0) * S
-        o = out + rows[:, None] * width + tl.program_id(0) * S + tl.arange(0, S)[None, :]
-        tl.store(o, r)
-        tl.store(o + 16 * width, z)
-        tl.store(o + 32 * width, n)
+@lang._jit
+def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
+                   SPLIT16: tl.constexpr = False):
+    """out (3, 16, P·S): each program's gate blocks of x (16, H) @ W_gᵀ (its S units)
+    from the stacked tiles of w = W_hh (with its low parts after it in fp32; SPLIT16:
+    its fp16 parts and their scales), as the forward makes them (test_stacked_folds)."""
+    w_hi, w_lo = stacked._stacked_tiles(w, H, BK, S, False, SPLIT16)
+    rows, ks = tl.arange(0, 16), tl.arange(0, BK)
+    xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
+    if SPLIT16:
+        w_rows = stacked._stacked_scales(scale, H, S)
+    else:
+        w_rows = 1.0
+    r, z, n = stacked._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
+    width = tl.num_programs(0) * S
+    o = out + rows[:, None] * width + tl.program_id(0) * S + tl.arange(0, S)[None, :]
+    tl.store(o, r)
+    tl.store(o + 16 * width, z)
+    tl.store(o + 32 * width, n)
 
-    @lang._jit
-    def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr,
-                       CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr):
-        """out (3, 16, P·S): each program's x (16, H) @ V_g for its S units, from
-        Config.chunked's tiles of w (the forward's W_hh or the backward's W_hhᵀ, by
-        stride_s and gstep), in chunks of CHUNK over KW warps along K, SI units a thread
-        (test_chunked_tiles_of_every_program)."""
-        cols = tl.program_id(0) * S + tl.arange(0, S)
-        v_r, v_z, v_n = products._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK, CHUNK,
-                                          KW, SI)
-        rows, ks = tl.arange(0, 16), tl.arange(0, BK)
-        xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
-        width = tl.num_programs(0) * S
-        o = out + rows[:, None] * width + cols[None, :]
-        tl.store(o, products._chunked_product(xb, v_r, tl.float32))
-        tl.store(o + 16 * width, products._chunked_product(xb, v_z, tl.float32))
-        tl.store(o + 32 * width, products._chunked_product(xb, v_n, tl.float32))
 
-    @lang._jit
-    def _partials_published(w, g, xbuf, H, BK: tl.constexpr, S: tl.constexpr,
-                            PP: tl.constexpr):
-        """Each program's partial products Σ_g G_g[rows, units] @ W_g[units, :] (g (3,
-        2·16, H): two batch tiles of 16 rows, three gates) from Config.partials's tiles of
-        w = W_hh, published as exchange 1 (test_partials_of_every_program)."""
-        cols = tl.program_id(0) * S + tl.arange(0, S)
-        cmask = cols < H
-        v_r, v_z, v_n = products._partial_tiles(w, cols, cmask, H, BK)
-        rows = tl.program_id(1) * 16 + tl.arange(0, 16)
-        at = g + rows[:, None] * H + cols[None, :]
-        m = cmask[None, :]
-        part = products._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
-        part += products._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
-        part += products._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
-        exchange._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
+@lang._jit
+def _chunked_gates(w, x, out, H, stride_s, gstep, BK: tl.constexpr, S: tl.constexpr,
+                   CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr):
+    """out (3, 16, P·S): each program's x (16, H) @ V_g for its S units, from
+    Config.chunked's tiles of w (the forward's W_hh or the backward's W_hhᵀ, by
+    stride_s and gstep), in chunks of CHUNK over KW warps along K, SI units a thread
+    (test_chunked_tiles_of_every_program)."""
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    v_r, v_z, v_n = products._chunked_tiles(w, cols, cols < H, H, stride_s, gstep, BK, CHUNK,
+                                            KW, SI)
+    rows, ks = tl.arange(0, 16), tl.arange(0, BK)
+    xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
+    width = tl.num_programs(0) * S
+    o = out + rows[:, None] * width + cols[None, :]
+    tl.store(o, products._chunked_product(xb, v_r, tl.float32))
+    tl.store(o + 16 * width, products._chunked_product(xb, v_z, tl.float32))
+    tl.store(o + 32 * width, products._chunked_product(xb, v_n, tl.float32))
 
-    @lang._jit
-    def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
-        """out (2·16, H): each program's sums of exchange 1's partial products at its units
-        (test_partials_of_every_program)."""
-        cols = tl.program_id(0) * S + tl.arange(0, S)
-        rows = tl.program_id(1) * 16 + tl.arange(0, 16)
-        tl.store(out + rows[:, None] * H + cols[None, :],
-                 exchange._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
-                 mask=(cols < H)[None, :])
 
-    @lang._jit
-    def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
-                          SPLIT16: tl.constexpr = False):
-        """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
-        the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32;
-        SPLIT16: its fp16 parts and their scales), x (16, 3H) the three gates' blocks side
-        by side, as the backward makes it (test_stacked_folds)."""
-        w_hi, w_lo = stacked._stacked_tiles(wt, H, BK, S, True, SPLIT16)
-        rows = tl.arange(0, 16)
-        xt = stacked._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
-        if SPLIT16:
-            w_rows = stacked._stacked_scales(scale, H, S, True)
-        else:
-            w_rows = 1.0
-        carry = stacked._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
-        cols = tl.program_id(0) * S + tl.arange(0, S)
-        tl.store(out + rows[:, None] * tl.num_programs(0) * S + cols[None, :], carry)
+@lang._jit
+def _partials_published(w, g, xbuf, H, BK: tl.constexpr, S: tl.constexpr,
+                        PP: tl.constexpr):
+    """Each program's partial products Σ_g G_g[rows, units] @ W_g[units, :] (g (3,
+    2·16, H): two batch tiles of 16 rows, three gates) from Config.partials's tiles of
+    w = W_hh, published as exchange 1 (test_partials_of_every_program)."""
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    cmask = cols < H
+    v_r, v_z, v_n = products._partial_tiles(w, cols, cmask, H, BK)
+    rows = tl.program_id(1) * 16 + tl.arange(0, 16)
+    at = g + rows[:, None] * H + cols[None, :]
+    m = cmask[None, :]
+    part = products._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
+    part += products._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
+    part += products._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
+    exchange._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
+
+
+@lang._jit
+def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
+    """out (2·16, H): each program's sums of exchange 1's partial products at its units
+    (test_partials_of_every_program)."""
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    rows = tl.program_id(1) * 16 + tl.arange(0, 16)
+    tl.store(out + rows[:, None] * H + cols[None, :],
+             exchange._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
+             mask=(cols < H)[None, :])
+
+
+@lang._jit
+def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
+                      SPLIT16: tl.constexpr = False):
+    """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
+    the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32;
+    SPLIT16: its fp16 parts and their scales), x (16, 3H) the three gates' blocks side
+    by side, as the backward makes it (test_stacked_folds)."""
+    w_hi, w_lo = stacked._stacked_tiles(wt, H, BK, S, True, SPLIT16)
+    rows = tl.arange(0, 16)
+    xt = stacked._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
+    if SPLIT16:
+        w_rows = stacked._stacked_scales(scale, H, S, True)
+    else:
+        w_rows = 1.0
+    carry = stacked._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
+    cols = tl.program_id(0) * S + tl.arange(0, S)
+    tl.store(out + rows[:, None] * tl.num_programs(0) * S + cols[None, :], carry)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
@@ -138,7 +141,8 @@ def _patch_kernels(monkeypatch, name, fn):
     """Replace the device function ``name`` in every kernel module that holds it: a
     kernel finds a function it calls in its own module's names (the interpreter at each
     call)."""
-    holders = [m for m in (exchange, forward_kernel, backward_kernel) if hasattr(m, name)]
+    holders = [m for m in (exchange, products, stacked, forward_kernel, backward_kernel)
+               if hasattr(m, name)]
     assert holders, name
     for module in holders:
         monkeypatch.setattr(module, name, fn)
@@ -251,59 +255,58 @@ def test_bf16_errors_within_twice_torchs(reset_after):
 # Launch splits: batch tiles (and, on a GPU, several programs per tile meeting at the
 # barrier), the tl.dot product, reduction chunks smaller than H.
 SPLITS = {}
-if BACKENDS["triton"].missing() is None:
-    SPLITS = {
-        "tiles": (torch.float64, tg.Config(2, 32, 8, dot=False)),
-        "dot-f32": (torch.float32, tg.Config(16, 32, 16, dot=True)),
-        "dot-f16": (torch.float16, tg.Config(16, 32, 16, dot=True)),
-        "resident": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True)),
-        "resident-f64": (torch.float64, tg.Config(4, 32, 32, dot=False, resident=True)),
-        "resident-dot": (torch.float32, tg.Config(16, 32, 32, dot=True, resident=True)),
-        "stamped": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
-                                             stamped=True)),
-        "stamped-chunks": (torch.float32, tg.Config(2, 32, 16, dot=False, stamped=True)),
-        "kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
-                                            kmajor=True)),
-        "kmajor-stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
-                                                          stamped=True, kmajor=True)),
-        # a block over STAMPED_BLOCK words: waited for a chunk at a time, then read
-        "stamped-large-block": (torch.float32, tg.Config(16, 32, 512, dot=False,
-                                                         resident=True, stamped=True)),
-        "stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
-                                                   stamped=True)),
-        "stamped-f16-chunks": (torch.float16, tg.Config(4, 32, 16, dot=False,
-                                                        stamped=True)),
-        # a step's reads issued a step ahead (Config.prefetch)
-        "prefetch": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
-                                              prefetch=True)),
-        "prefetch-tiles-f64": (torch.float64, tg.Config(2, 32, 8, dot=False, prefetch=True)),
-        "prefetch-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False,
-                                                          resident=True, stamped=True,
-                                                          prefetch=True)),
-        "prefetch-kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
-                                                     kmajor=True, prefetch=True)),
-        # the product over K in chunks of a warp's lanes (Config.chunked)
-        "chunked": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
-                                             chunked=True)),
-        "chunked-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False, resident=True,
-                                                         stamped=True, chunked=True)),
-    }
-    if DEVICE == "cuda":
-        SPLITS.update({
-            "programs": (torch.float32, tg.Config(2, 4, 8, dot=False)),
-            "programs-dot": (torch.float32, tg.Config(16, 16, 16, dot=True)),
-            "dot-bf16": (torch.bfloat16, tg.Config(16, 16, 16, dot=True)),
-            "programs-resident": (torch.float32, tg.Config(2, 4, 32, dot=False,
-                                                           resident=True)),
-            # (the interpreter's bf16 tl.dot is wrong with or without resident tiles)
-            "resident-bf16": (torch.bfloat16, tg.Config(16, 32, 32, dot=True, resident=True)),
-            "programs-stamped": (torch.float32, tg.Config(2, 4, 32, dot=False, resident=True,
+SPLITS = {
+    "tiles": (torch.float64, tg.Config(2, 32, 8, dot=False)),
+    "dot-f32": (torch.float32, tg.Config(16, 32, 16, dot=True)),
+    "dot-f16": (torch.float16, tg.Config(16, 32, 16, dot=True)),
+    "resident": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True)),
+    "resident-f64": (torch.float64, tg.Config(4, 32, 32, dot=False, resident=True)),
+    "resident-dot": (torch.float32, tg.Config(16, 32, 32, dot=True, resident=True)),
+    "stamped": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                         stamped=True)),
+    "stamped-chunks": (torch.float32, tg.Config(2, 32, 16, dot=False, stamped=True)),
+    "kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                        kmajor=True)),
+    "kmajor-stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
+                                                      stamped=True, kmajor=True)),
+    # a block over STAMPED_BLOCK words: waited for a chunk at a time, then read
+    "stamped-large-block": (torch.float32, tg.Config(16, 32, 512, dot=False,
+                                                     resident=True, stamped=True)),
+    "stamped-bf16": (torch.bfloat16, tg.Config(8, 32, 32, dot=False, resident=True,
+                                               stamped=True)),
+    "stamped-f16-chunks": (torch.float16, tg.Config(4, 32, 16, dot=False,
+                                                    stamped=True)),
+    # a step's reads issued a step ahead (Config.prefetch)
+    "prefetch": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                          prefetch=True)),
+    "prefetch-tiles-f64": (torch.float64, tg.Config(2, 32, 8, dot=False, prefetch=True)),
+    "prefetch-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False,
+                                                      resident=True, stamped=True,
+                                                      prefetch=True)),
+    "prefetch-kmajor": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                                 kmajor=True, prefetch=True)),
+    # the product over K in chunks of a warp's lanes (Config.chunked)
+    "chunked": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True,
+                                         chunked=True)),
+    "chunked-stamped-f16": (torch.float16, tg.Config(4, 32, 32, dot=False, resident=True,
+                                                     stamped=True, chunked=True)),
+}
+if DEVICE == "cuda":
+    SPLITS.update({
+        "programs": (torch.float32, tg.Config(2, 4, 8, dot=False)),
+        "programs-dot": (torch.float32, tg.Config(16, 16, 16, dot=True)),
+        "dot-bf16": (torch.bfloat16, tg.Config(16, 16, 16, dot=True)),
+        "programs-resident": (torch.float32, tg.Config(2, 4, 32, dot=False,
+                                                       resident=True)),
+        # (the interpreter's bf16 tl.dot is wrong with or without resident tiles)
+        "resident-bf16": (torch.bfloat16, tg.Config(16, 32, 32, dot=True, resident=True)),
+        "programs-stamped": (torch.float32, tg.Config(2, 4, 32, dot=False, resident=True,
+                                                      stamped=True)),
+        "programs-stamped-dot": (torch.float32, tg.Config(16, 16, 16, dot=True,
                                                           stamped=True)),
-            "programs-stamped-dot": (torch.float32, tg.Config(16, 16, 16, dot=True,
-                                                              stamped=True)),
-            "programs-kmajor": (torch.float32, tg.Config(4, 8, 32, dot=False, warps=8,
-                                                         resident=True, kmajor=True)),
-        })
+        "programs-kmajor": (torch.float32, tg.Config(4, 8, 32, dot=False, warps=8,
+                                                     resident=True, kmajor=True)),
+    })
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
@@ -371,7 +374,7 @@ def test_chunk_shape():
         assert not splits._can_chunk(cfg._replace(unit_lanes=lanes, thread_units=inner))
     # (chunks of 1 over 8 warps: 8 of K, not a whole number of them in 4)
     assert not splits._can_chunk(tg.Config(1, 32, 4, dot=False, warps=8, resident=True,
-                                       unit_lanes=32))
+                                           unit_lanes=32))
 
 
 @pytest.mark.parametrize("chunk,kwarps,inner", [(32, 1, 1), (8, 4, 1), (4, 8, 1), (16, 2, 1),
@@ -463,16 +466,19 @@ def test_grouped_backward(size, dtype, product, reset_after):
              cfg=cfg._replace(partials=False), backward_cfg=cfg._replace(groups=2))
 
 
-if BACKENDS["triton"].missing() is None:
-    @lang._jit
-    def _exact_wait(sync, arrivals):
-        """_wait, in the interpreter: one program a tile, so every arrival a wait counts on
-        has come in, and no more (a wait for too few would pass on the CPU, and race on a
-        GPU)."""
-        got = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
-        want = arrivals.handle.data if hasattr(arrivals, "handle") else arrivals
-        if not (got.handle.data == want).all():
-            raise AssertionError(f"a wait for {want} found the counter at {got.handle.data}")
+_WAITED = []  # (the arrivals each _exact_wait call waited for)
+
+
+@lang._jit
+def _exact_wait(sync, arrivals):
+    """_wait, in the interpreter: one program a tile, so every arrival a wait counts on
+    has come in, and no more (a wait for too few would pass on the CPU, and race on a
+    GPU)."""
+    got = tl.atomic_add(sync, 0, sem="acquire", scope="gpu")
+    want = arrivals.handle.data if hasattr(arrivals, "handle") else arrivals
+    if not (got.handle.data == want).all():
+        raise AssertionError(f"a wait for {want} found the counter at {got.handle.data}")
+    _WAITED.append(want)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's check")
@@ -483,8 +489,10 @@ def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
     """Each barrier wait counts exactly the arrivals made before it, forward and backward,
     one group or two, two batch tiles (each group and tile its own counter), with the
     partial products' exchange or not; and every counter ends at the launch's arrivals,
-    one a step per group (reset_before: two)."""
+    one a step per group (reset_before: two). (The checking wait is seen to run in both
+    kernels: the real one would pass here too.)"""
     _patch_kernels(monkeypatch, "_wait", _exact_wait)
+    _WAITED.clear()
     counters = []
     zeros = torch.zeros
 
@@ -503,9 +511,12 @@ def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
                             reset_after, True, cfg)
     each = steps * (1 if reset_after else 2)
     assert counters[-1].tolist() == [each] * (2 * groups)
+    assert _WAITED, "the forward's waits were not the checking one"
+    _WAITED.clear()
     tg.backward(torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, reset_after,
                 cfg._replace(partials=partials))
     assert counters[-1].tolist() == [each] * (2 * groups)
+    assert _WAITED, "the backward's waits were not the checking one"
 
 
 def test_groups_need_resident_broadcast_tiles():
@@ -1531,8 +1542,8 @@ def test_chunked_candidates_rule(monkeypatch):
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
                 assert (cfg._replace(chunked=not cfg.chunked) in found) == \
                     splits._can_chunk(cfg) == (cfg.resident and not (cfg.dot or cfg.kmajor) and
-                                           hidden >= 32 and
-                                           min(cfg.block_batch, cfg.slice) < 16)
+                                               hidden >= 32 and
+                                               min(cfg.block_batch, cfg.slice) < 16)
                 assert all(splits._can_chunk(c) for c in found if c.chunked)
     for dtype in (f32, bf16):
         for hidden, slice_, warps in [(512, 4, (4, 8)), (1024, 8, (8,))]:
@@ -2026,7 +2037,7 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
     every = tg._candidates
     monkeypatch.setattr(tg, "_candidates", lambda *args: [
         c for c in every(*args) if not (c.partials or c.groups != 1 or
-                                             (c.unit_lanes, c.thread_units) != (1, 1))])
+                                        (c.unit_lanes, c.thread_units) != (1, 1))])
     _compare(512, batch, hidden, True, torch.float32)
     assert {key[0] for key in tg._tuned} == {"forward", "backward"}
     assert {cfg: t for trial in tg.trials.values() for cfg, t in trial.items()
@@ -2358,7 +2369,7 @@ def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     assert got["loads"] == 0
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     assert got["shared"] == splits._stacked_bytes(got["hidden"], got["slice"], torch_dtype,
-                                              kernel == "forward", dtype == "split16")
+                                                  kernel == "forward", dtype == "split16")
     assert got["shared"] <= splits.STACKED_MAX_BYTES
 
 

@@ -244,7 +244,7 @@ def select_backend(
         return BackendChoice("parallel", f"{steps} steps at batch {batch}, hidden {hidden}: "
                                          "the parallel-in-time solver")
     if device.type == "cuda" and gpu.missing() is None and _runs(gpu, device, dtype) and (
-            not torch.cuda.is_available() or hidden <= triton_gru.max_hidden(device)):
+            not torch.cuda.is_available() or hidden <= triton_splits.max_hidden(device)):
         long = steps > torch_native.CUDNN_MAX_STEPS
         bf16 = dtype == torch.bfloat16
         slow_backward = _slow_triton_backward(grad, reset_after, long, dtype, batch, hidden,
@@ -324,7 +324,7 @@ def _slow_triton_backward(grad: bool, reset_after: bool, long: bool, dtype: torc
     if dtype == torch.float32 and 8 < batch <= 16 and hidden > 512:
         if not torch.cuda.is_available():  # a query with no device to size the split on
             return True
-        return not triton_gru.choose_backward_config(batch, hidden, device, dtype).resident
+        return not triton_splits.choose_backward_config(batch, hidden, device, dtype).resident
     return dtype == torch.bfloat16 and batch > 64 and hidden >= 1024
 
 

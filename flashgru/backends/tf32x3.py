@@ -68,8 +68,8 @@ def applies(*tensors: Tensor) -> bool:
 def split(a: Tensor) -> tuple[Tensor, Tensor]:
     """fp32 a = hi + lo exactly: hi, a rounded to TF32's 10-bit mantissa (the tensor cores
     multiply it exactly; truncated where rounding would overflow), and lo, the rest (at
-    most 2^-11 of a; the cores keep its top 11 bits). Also triton_gru's W_hh parts for
-    the stacked splits (_tf32_parts)."""
+    most 2^-11 of a; the cores keep its top 11 bits). Also the W_hh parts of the Triton
+    backend's stacked splits (_triton.launch._tf32_parts)."""
     bits = a.view(torch.int32)
     hi = ((bits + 0x1000) & -8192).view(torch.float32)
     hi = torch.where(hi.isinf() & a.isfinite(), (bits & -8192).view(torch.float32), hi)

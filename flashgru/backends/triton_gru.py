@@ -34,7 +34,7 @@ runs the same code, barrier included.
 
 The code, in the four layers of a kernel file: the kernels in ``_triton`` (``forward``,
 ``backward``, on the device functions of ``exchange``, ``products`` and ``stacked``); the
-launches (``_triton.launch``) and their splits (``_triton.config``, benchmark mode's
+launches (``_triton.launch``) and their splits (``_triton.splits``, benchmark mode's
 ``_triton.candidates``); then here the calls that allocate and launch (``forward``,
 ``backward``), the autograd function and torch.library op, and ``core``.
 
@@ -64,9 +64,12 @@ from ._triton.splits import (
 )
 from .cpu_step import _special_mode
 
-# (Config and the default splits' rules live in _triton.splits, re-exported here; this
-# module calls them as splits.f, so that a tool that replaces one there for a process, as
-# benchmarks/gpu.py's --no-* flags do, reaches every caller)
+# Config and the default splits' rules live in _triton.splits, re-exported here for
+# reading. Every caller calls them as splits.f, so a tool or test that replaces one for a
+# process (as benchmarks/gpu.py's --no-* flags do) replaces it in _triton.splits, not
+# here. What this module calls by its own names is replaced here: _candidates, _launch,
+# _empty, time_interleaved, forward; and a kernel's device functions in each kernel module
+# that holds them (tests/test_triton.py's _patch_kernels).
 __all__ = ["Config", "DTYPES", "backward", "benchmark", "choose_backward_config",
            "choose_config", "core", "devices", "forward", "max_hidden", "missing", "trials"]
 

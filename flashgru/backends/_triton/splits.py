@@ -362,12 +362,12 @@ def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
     8 units 2.61, 4 units 2.77, 16 units 3.43, H=1024 8 units 3.77, 16 units 5.84; bf16
     training H=512 16 units 2.43, 8 units 2.69, 4 units 2.92, H=1024 16 units 3.35, 8 units
     3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46."""
-    splits = _stacked_splits(hidden, device, dtype, forward)
-    if not splits:
+    found = _stacked_splits(hidden, device, dtype, forward)
+    if not found:
         return None
     if forward and dtype != torch.float32:
-        return next((c for c in splits if c.slice == (16 if save else 8)), splits[-1])
-    return splits[-1]
+        return next((c for c in found if c.slice == (16 if save else 8)), found[-1])
+    return found[-1]
 
 
 def _spread_resident(hidden: int, device: torch.device) -> Config | None:
