@@ -1051,7 +1051,8 @@ def _same_numbers(name, configs, steps, batch, hidden, lengths, reset_after,
 
 def _ragged(batch: int, steps: int = 6) -> list[int]:
     """Lengths for _same_numbers: the first row full, the others ragged."""
-    return [steps] + ([1, 3, 2, steps, 4, 5] * 3)[: batch - 1]
+    ragged = [1, 3, 2, steps, 4, 5]
+    return [steps] + [ragged[i % len(ragged)] for i in range(batch - 1)]
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
