@@ -173,8 +173,8 @@ def _default(key: tuple, batch: int, hidden: int, dtype: torch.dtype):
     for the forward, save) gets without benchmark mode."""
     cuda = torch.device("cuda")
     if key[0] == "forward":
-        return tg.choose_config(batch, hidden, cuda, dtype, save=key[7])
-    return tg.choose_backward_config(batch, hidden, cuda, dtype)
+        return splits.choose_config(batch, hidden, cuda, dtype, save=key[7])
+    return splits.choose_backward_config(batch, hidden, cuda, dtype)
 
 
 def _line(row: dict) -> str:
@@ -227,7 +227,7 @@ def sweep(points, steps) -> list[dict]:
     each split's error against the reference core in float64."""
     rows = []
     for b, h in points:
-        default = tg.choose_config(b, h, torch.device("cuda"), torch.float32)
+        default = splits.choose_config(b, h, torch.device("cuda"), torch.float32)
         candidates = {default, default._replace(dot=True, slice=max(16, default.slice),
                                                 block_k=64)}
         for block_batch in {default.block_batch, default.block_batch // 2,
@@ -287,17 +287,23 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_chunk_shapes: bool = False, no_partials: bool = False,
              no_groups: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
-    tests failed): the stacked ones (from the defaults too), or benchmark mode's 16-bit
-    exchanges (Config.narrow), prefetch, resident tl.dot, fp16-part (Config.split16),
-    chunked-product (Config.chunked; from the defaults too), chunk-shape
-    (Config.unit_lanes, Config.thread_units), partial-product (Config.partials) and
-    grouped (Config.groups) candidates."""
+    tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
+    products (Config.chunked) and chunk shapes (Config.unit_lanes, Config.thread_units),
+    from the defaults and benchmark mode's candidates both; and benchmark mode's resident
+    tl.dot, fp16-part (Config.split16), partial-product (Config.partials) and grouped
+    (Config.groups) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
         splits._chunked_where_set = lambda cfg, device, dtype: cfg
     if no_narrow:
         splits._narrow_where_set = lambda cfg, device, dtype: cfg
+    if no_chunk_shapes:
+        splits._chunk_shape_where_set = lambda cfg, forward: cfg
+    if no_prefetch:  # (only a backward default prefetches)
+        backward = splits.choose_backward_config
+        splits.choose_backward_config = lambda *a, **k: backward(*a, **k)._replace(
+            prefetch=False)
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
                                  no_resident_dot),

@@ -21,7 +21,8 @@ def gpu_bench(monkeypatch):
     """benchmarks/gpu.py as a module, the functions its restrict() replaces (in
     _triton.splits and triton_gru) restored afterwards, and a 132-multiprocessor card for
     the split rules."""
-    for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set"):
+    for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set",
+                 "_chunk_shape_where_set", "choose_backward_config"):
         monkeypatch.setattr(splits, name, getattr(splits, name))
     monkeypatch.setattr(tg, "_candidates", tg._candidates)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -34,15 +35,15 @@ def gpu_bench(monkeypatch):
 
 def _found(dtype=torch.bfloat16, hidden=512, forward=True):
     cuda = torch.device("cuda")
-    default = (tg.choose_config(16, hidden, cuda, dtype) if forward else
-               tg.choose_backward_config(16, hidden, cuda, dtype))
+    default = (splits.choose_config(16, hidden, cuda, dtype) if forward else
+               splits.choose_backward_config(16, hidden, cuda, dtype))
     return default, tg._candidates(default, 16, hidden, cuda, dtype, forward)
 
 
 def test_nothing_left_out(gpu_bench):
     gpu_bench.restrict(False, False, False, False)
     default, found = _found()
-    assert default.stacked and not default.narrow  # (narrow: candidates only)
+    assert default.stacked and not default.narrow  # (narrow at H=512: candidates only)
     assert any(c.prefetch for c in found) and any(c.narrow for c in found[1:])
     assert any(c.dot and c.resident and not c.stacked for c in found)
 
@@ -61,6 +62,13 @@ def test_each_left_out(gpu_bench, left_out):
         if forward:
             assert any(c.dot and c.resident and not c.stacked for c in others) == (
                 left_out != "resident_dot")
+        # (bf16 H=1024's defaults: narrow, the backward's with prefetch, each out of the
+        # default where its family is left out)
+        default, found = _found(hidden=1024, forward=forward)
+        assert default.stacked == (left_out != "stacked")
+        assert default.narrow == (left_out not in ("stacked", "narrow"))
+        assert default.prefetch == (not forward and left_out not in ("stacked", "prefetch"))
+        assert found[0] == default
 
 
 @pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "partials",
@@ -89,6 +97,8 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
             left_out not in ("groups", "chunked"))
         assert any(c.prefetch for c in others)
         assert default.chunked == (left_out != "chunked")
+        assert ((default.unit_lanes, default.thread_units) != (1, 1)) == (
+            left_out not in ("chunked", "chunk_shapes"))
         assert default.stacked == (forward and left_out == "chunked")
     cuda = torch.device("cuda")  # (batch 8, H=1024: W resident and chunked, else streamed)
     assert tg.choose_config(8, 1024, cuda, torch.float32).resident == (left_out != "chunked")

@@ -1112,6 +1112,9 @@ NARROW_SPLITS = {  # (batch, hidden, split)
                             stacked=True)),
     "stacked-folds": (9, 4, dict(block_batch=16, slice=4, block_k=64, dot=True,
                                   resident=True, stacked=True)),
+    # (with prefetch, as the 16-bit backward's default at K=1024)
+    "stacked-folds-prefetch": (9, 4, dict(block_batch=16, slice=4, block_k=64, dot=True,
+                                           resident=True, stacked=True, prefetch=True)),
     "streamed": (7, 30, dict(block_batch=16, slice=32, block_k=16, dot=True)),
     "resident-dot": (7, 30, dict(block_batch=16, slice=32, block_k=32, dot=True,
                                  resident=True)),
@@ -1123,6 +1126,11 @@ if DEVICE == "cuda":  # several programs a tile, as the 16-bit defaults at B=16
         "b16_stacked_4": (16, 512, dict(block_batch=16, slice=4, block_k=512, dot=True,
                                         resident=True, stacked=True)),
         "b16_streamed": (16, 1024, dict(block_batch=16, slice=32, block_k=64, dot=True)),
+        # (the 16-bit backward's default at B=16, H=1024; the forward's 16 units would
+        # need 256 KiB of shared memory in the backward, over an SM's 227)
+        "b16_stacked_1024_prefetch": (16, 1024, dict(block_batch=16, slice=8, block_k=1024,
+                                                     dot=True, resident=True, stacked=True,
+                                                     prefetch=True)),
         "b16_resident_dot": (16, 1024, dict(block_batch=16, slice=16, block_k=1024, dot=True,
                                             warps=8, resident=True)),
         "b16_resident_dot_32": (12, 512, dict(block_batch=16, slice=32, block_k=512,
@@ -1347,9 +1355,11 @@ def test_stamped_split_refuses_float64():
 
 def test_backward_split_rule(monkeypatch):
     """The backward takes the forward's split, never stamped, except at batch 9-16 above
-    H=256: the stacked tiles with the fewest units where the backward's fit (16-bit), else
-    in fp32 a program per SM with W_hhᵀ resident where its tiles fit, its product chunked
-    at 4 warps or K ≥ 1024 (measured on an H200), else tl.dot on streamed W."""
+    H=256: the stacked tiles with the fewest units where the backward's fit (16-bit; at
+    K=1024 with prefetch and the narrow exchange), else in fp32 a program per SM with
+    W_hhᵀ resident where its tiles fit, its product chunked at 4 warps or K ≥ 1024, in
+    SPREAD_CHUNK_DEFAULTS's chunk shape where it has one (measured on an H200), else
+    tl.dot on streamed W."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1358,9 +1368,12 @@ def test_backward_split_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
-    assert tg.choose_backward_config(16, 512, cuda, f32) == spread
-    assert tg.choose_backward_config(12, 384, cuda, f32) == spread
-    wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
+    assert tg.choose_backward_config(16, 512, cuda, f32) == spread._replace(
+        unit_lanes=2, thread_units=2)
+    assert tg.choose_backward_config(12, 384, cuda, f32) == spread._replace(
+        unit_lanes=2, thread_units=2)
+    wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True,
+                     unit_lanes=4, thread_units=2)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == wide
     assert tg.choose_backward_config(16, 768, cuda, f32) == wide
     assert tg.choose_config(16, 1024, cuda, f32) == wide  # (the forward's too)
@@ -1370,11 +1383,12 @@ def test_backward_split_rule(monkeypatch):
         assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
             16, 4, 512, dot=True, resident=True, stacked=True)
         assert tg.choose_backward_config(10, 1024, cuda, dtype) == tg.Config(
-            16, 8, 1024, dot=True, resident=True, stacked=True)
+            16, 8, 1024, dot=True, resident=True, stacked=True, prefetch=True, narrow=True)
         assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
                                                                              dot=True)
     Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
-    assert tg.choose_backward_config(16, 432, cuda, f32) == spread
+    assert tg.choose_backward_config(16, 432, cuda, f32) == spread._replace(
+        unit_lanes=2, thread_units=2)
     assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
     # programs) don't: tl.dot, not the forward's stacked split
@@ -1382,9 +1396,10 @@ def test_backward_split_rule(monkeypatch):
     assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps (K=512:
     # not chunked, as 8 warps with 4 units at K=512 lost chunked on 132 SMs)
-    assert tg.choose_backward_config(16, 264, cuda, f32) == spread
-    assert tg.choose_backward_config(16, 512, cuda, f32) == wide._replace(block_k=512,
-                                                                           chunked=False)
+    assert tg.choose_backward_config(16, 264, cuda, f32) == spread._replace(
+        unit_lanes=2, thread_units=2)
+    assert tg.choose_backward_config(16, 512, cuda, f32) == tg.Config(
+        16, 8, 512, dot=False, warps=8, resident=True)
     Props.multi_processor_count = 132
     for batch, hidden, dtype in [(16, 256, f32), (16, 256, bf16), (8, 512, f32),
                                  (32, 512, f32), (16, 128, f32), (16, 256, torch.float64)]:
@@ -1439,21 +1454,23 @@ def test_forward_split_rule(monkeypatch):
     assert tg.choose_config(16, 128, cuda, f32) == tg.Config(16, 1, 128, dot=False,
                                                              resident=True)
     assert not tg.choose_config(16, 256, cuda, torch.float64).kmajor
-    spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
+    spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True, unit_lanes=4)
     for save in (False, True):
         assert tg.choose_config(16, 512, cuda, f32, save) == spread
         assert tg.choose_config(11, 300, cuda, f32, save) == spread
         assert tg.choose_config(16, 1024, cuda, f32, save) == tg.Config(
-            16, 8, 1024, dot=False, warps=8, resident=True, chunked=True)
+            16, 8, 1024, dot=False, warps=8, resident=True, chunked=True, unit_lanes=4,
+            thread_units=2)
     stacked_cfg = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
     assert tg.choose_config(16, 512, cuda, bf16) == stacked_cfg._replace(slice=8)
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 8, 1024, dot=True,
-                                                               resident=True, stacked=True)
     assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
-    # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest
-    for hidden in (512, 1024):
-        assert tg.choose_config(16, hidden, cuda, bf16, save=True) == tg.Config(
-            16, 16, hidden, dot=True, resident=True, stacked=True)
+    # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest;
+    # at K=1024 16 units both ways, the exchange narrow
+    assert tg.choose_config(16, 512, cuda, bf16, save=True) == stacked_cfg._replace(slice=16)
+    for save in (False, True):
+        for hidden in (1024, 600):
+            assert tg.choose_config(16, hidden, cuda, bf16, save) == tg.Config(
+                16, 16, 1024, dot=True, resident=True, stacked=True, narrow=True)
     assert tg.choose_config(1, 256, cuda, f32, save=True) == tg.choose_config(1, 256, cuda,
                                                                               f32)
     assert not tg.choose_config(1, 256, cuda, torch.float64).resident
@@ -1466,8 +1483,8 @@ def test_forward_split_rule(monkeypatch):
     # unchunked it lost to the stacked split: the stacked split
     assert tg.choose_config(16, 512, cuda, f32) == stacked_cfg._replace(slice=8)
     assert tg.choose_config(16, 432, cuda, f32) == spread
-    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(16, 16, 1024, dot=True,
-                                                               resident=True, stacked=True)
+    assert tg.choose_config(16, 1024, cuda, bf16) == tg.Config(
+        16, 16, 1024, dot=True, resident=True, stacked=True, narrow=True)
     Props.multi_processor_count = 60  # no spread or stacked fp32 split at H=1024 (16 units
     # won't fit in registers, stacked needs 64 programs): tl.dot
     assert tg.choose_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
@@ -1477,10 +1494,11 @@ def test_forward_split_rule(monkeypatch):
 
 
 def test_narrow_candidates_rule(monkeypatch):
-    """No default exchanges 16-bit values (Config.narrow has not yet run on a GPU);
-    benchmark mode times, wherever the default multiplies 16-bit weights with tl.dot on
-    CUDA, that default narrow too, and its other tl.dot candidates narrow; never in fp32,
-    with the broadcast product or in the interpreter."""
+    """The defaults exchange 16-bit values (Config.narrow) only at batch 9-16 with 16-bit
+    weights at K=1024 (H=513-1024: the stacked tiles, timed on an H200); benchmark mode
+    times, wherever the default multiplies 16-bit weights with tl.dot on CUDA, that
+    default with the other exchange too, and its other tl.dot candidates narrow; never in
+    fp32, with the broadcast product or in the interpreter."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1495,11 +1513,12 @@ def test_narrow_candidates_rule(monkeypatch):
                                  (True, tg.choose_config(batch, hidden, cuda, dtype, True)),
                                  (False, tg.choose_backward_config(batch, hidden, cuda,
                                                                    dtype))):
-                assert not cfg.narrow
+                assert cfg.narrow == (sixteen and 8 < batch <= 16 and hidden == 1024), cfg
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
-                assert (cfg._replace(narrow=True) in found) == (cfg.dot and sixteen)
+                assert (cfg._replace(narrow=not cfg.narrow) in found) == (cfg.dot and sixteen)
                 assert all(c.narrow == (c.dot and sixteen and not c.stamped)
-                           for c in found[1:]), (dtype, batch, hidden, cfg)
+                           for c in found[1:] if c != cfg._replace(narrow=False)), \
+                    (dtype, batch, hidden, cfg)
         cpu = torch.device("cpu")
         cfg = tg.choose_config(16, 512, cpu, dtype)
         assert not any(c.narrow for c in tg._candidates(cfg, 16, 512, cpu, dtype, True))

@@ -171,11 +171,35 @@ def _chunked_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) ->
 
 def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
     """cfg, narrow (``Config.narrow``: its exchange in 16 bits) where it can be: tl.dot on
-    16-bit weights, not stamped, on CUDA. Benchmark mode's candidates only, until timed on
-    a GPU where it might matter (bf16 B=16 above H=256; its GPU tests pass): it halves
-    what every program reads from L2 at every step (at B=16, H=1024 the backward's 128
-    programs read all 16 × 3H gradients, 25 MB a step in fp32) and changes no number."""
+    16-bit weights, not stamped, on CUDA. It halves what every program reads from L2 at
+    every step (at B=16, H=1024 the backward's 128 programs read all 16 × 3H gradients,
+    25 MB a step in fp32) and changes no number. Benchmark mode's candidates, and the
+    16-bit stacked defaults where timed (_stacked_default: B=16, H=1024, H200)."""
     return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
+
+
+# The chunk shapes (Config.unit_lanes, Config.thread_units) a chunked spread split takes by
+# default at batch 9-16 (_spread_resident: fp32): (units, K, warps, forward) → (unit_lanes,
+# thread_units). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) → this: H=512
+# forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024 forward 6.96 →
+# 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product backward took
+# 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower.)
+SPREAD_CHUNK_DEFAULTS = {
+    (4, 512, 4, True): (4, 1),
+    (4, 512, 4, False): (2, 2),
+    (8, 1024, 8, True): (4, 2),
+    (8, 1024, 8, False): (4, 2),
+}
+
+
+def _chunk_shape_where_set(cfg: Config, forward: bool) -> Config:
+    """cfg with SPREAD_CHUNK_DEFAULTS's chunk shape where it is a chunked 16-row split of
+    that many units, K and warps (and the shape can be: _can_chunk); else cfg."""
+    shape = SPREAD_CHUNK_DEFAULTS.get((cfg.slice, cfg.block_k, cfg.warps, forward))
+    if not cfg.chunked or cfg.block_batch != 16 or shape is None:
+        return cfg
+    shaped = cfg._replace(unit_lanes=shape[0], thread_units=shape[1])
+    return shaped if _can_chunk(shaped) else cfg
 
 
 def _can_chunk(cfg: Config) -> bool:
@@ -272,7 +296,7 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                     spread = _chunked_where_set(spread, device, dtype)
                     if spread.chunked:  # fp32 H=512 4.25 → 3.28 µs per step, H=1024
                         # 15.7 → 6.9 (H200); unchunked, it lost to the stacked split
-                        return spread
+                        return _chunk_shape_where_set(spread, forward=True)
                 stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
                 if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
                     return stacked
@@ -346,8 +370,10 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
         spread = _spread_resident(hidden, device)
         if dtype == torch.float32 and spread is not None:
             # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200); chunked
-            # 9.55 → 6.84 at H=512, 22.5 → 14.8 at H=1024 (H200)
-            return _chunked_where_set(spread, device, dtype)
+            # 9.55 → 6.84 at H=512, 22.5 → 14.8 at H=1024 (H200), its chunk shape
+            # (SPREAD_CHUNK_DEFAULTS) 6.79 → 5.74 and 14.72 → 10.93
+            return _chunk_shape_where_set(_chunked_where_set(spread, device, dtype),
+                                          forward=False)
         # (the forward's stacked split, where the backward's operand doesn't fit)
         return _streamed_dot(hidden, _grid_limit(device)) if cfg.stacked else cfg
     return cfg
@@ -361,11 +387,23 @@ def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
     H=512 forward 4 units 4.18 (training 3.98), 8 units 4.44 (4.47); bf16 inference H=512
     8 units 2.61, 4 units 2.77, 16 units 3.43, H=1024 8 units 3.77, 16 units 5.84; bf16
     training H=512 16 units 2.43, 8 units 2.69, 4 units 2.92, H=1024 16 units 3.35, 8 units
-    3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46."""
+    3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46.
+
+    16-bit at K=1024 (H=513-1024), its exchange narrow (``_narrow_where_set``): the forward
+    16 units, the backward its fewest with prefetch too. H200, 2026-11-28, benchmark mode,
+    bf16 B=16, H=1024, µs per step: inference 8 units 3.62, narrow 2.92, 16 units narrow
+    2.78; training 16 units 5.74, narrow 2.83; backward 8 units 8.14, narrow 7.34,
+    prefetch and narrow 5.54. (At K=512 not yet timed narrow.)"""
     found = _stacked_splits(hidden, device, dtype, forward)
     if not found:
         return None
-    if forward and dtype != torch.float32:
+    if dtype == torch.float32:
+        return found[-1]
+    if _pow2(hidden) == 1024:
+        cfg = next((c for c in found if c.slice == 16), found[-1]) if forward else \
+            found[-1]._replace(prefetch=True)
+        return _narrow_where_set(cfg, device, dtype)
+    if forward:
         return next((c for c in found if c.slice == (16 if save else 8)), found[-1])
     return found[-1]
 
