@@ -1,15 +1,16 @@
-"""Where a training call of flashgru.GRU(backend="triton") spends its time (issue 5: at
-B=16, H=512, bf16 on an H200 the grid's forward+backward took 10.81 µs per step, while
-benchmark mode timed the training forward at 2.69 and the backward, its weight-gradient
-GEMM included, at 6.04: ~2 µs per step unaccounted for). Times each part of the call at
-two lengths, so a fixed cost and a per-step one tell apart: the forward kernel saving
-the gates, the backward (kernel and dW_hh's GEMM), dW_hh's GEMM alone on fp32 and on bf16
-operands, the core's autograd forward+backward, the module's training step and cuDNN's;
+"""Where a call of flashgru.GRU(backend="triton") spends its time (issue 5: at B=16 on an
+H200, 2026-11-28, the kernels of a bf16 H=1024 inference call took 2.78 µs a step in
+benchmark mode while the call took 3.45-4.09; fp32 H=1024's training kernels 5.93 +
+10.93, the call 23.5). Times each part of the call at two lengths, so a fixed cost and a
+per-step one tell apart: the forward kernel with and without saving the gates, the
+backward (kernel and dW_hh's GEMM), the input projection, dW_hh's GEMM alone on fp32 and
+on bf16 operands, the core's autograd forward+backward, the module's inference call and
+training step and cuDNN's;
 then short calls back to back (T=16-64) against cuDNN's, per call; torch.profiler's
 table of one module training step's CUDA work, and cProfile's of the host's Python in
 200 short inference and training calls (where a call's fixed ~0.3 ms of host time
 before its kernel starts goes). The forward and backward kernels are
-timed with their default splits as they are and with ``Config.prefetch`` flipped (a
+timed with their default splits, ``Config.prefetch`` off and on (a
 step's reads from memory issued a step ahead: at these lengths gi and the saved gates
 have left L2, where benchmark mode's first 256 steps may keep them). A diagnostic for a
 lent GPU, not a test.
@@ -30,9 +31,10 @@ import flashgru.backends.triton_gru as tg
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+# (issue 5's B=16 points short of 4x cuDNN on an H200, 2026-11-28, nearest first)
 POINTS = [(2, 8, torch.float32)] if SMOKE else [
-    (16, 512, torch.bfloat16), (16, 512, torch.float32), (16, 256, torch.float32),
-    (16, 1024, torch.bfloat16), (1, 256, torch.float32)]
+    (16, 1024, torch.bfloat16), (16, 512, torch.float32), (16, 1024, torch.float32),
+    (16, 512, torch.bfloat16)]
 LENGTHS = (4, 8) if SMOKE else (512, 2048)
 
 
@@ -60,7 +62,11 @@ def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
         xg = x.detach().requires_grad_()
         m(xg)[0].backward(dout)
 
-    # the default splits, with their reads a step ahead (Config.prefetch) and without
+    def infer(m):
+        with torch.no_grad():
+            m(x)
+
+    # the default splits, without their reads a step ahead (Config.prefetch) and with
     cuda = torch.device(dev)
     inf = tg.choose_config(batch, hidden, cuda, dtype)
     fwd = tg.choose_config(batch, hidden, cuda, dtype, save=True)
@@ -77,6 +83,10 @@ def parts(batch: int, hidden: int, dtype: torch.dtype, steps: int) -> dict:
         **{f"backward (kernel + dW_hh){k}": lambda b=b: tg.backward(dout, h0, w_hh, out, saved,
                                                                      lengths, True, b)
            for k, (_, _, b) in ahead.items()},
+        "input projection (F.linear)": lambda: torch.nn.functional.linear(
+            x, ref.weight_ih_l0, ref.bias_ih_l0),
+        "module inference": lambda: infer(module),
+        "cuDNN inference": lambda: infer(ref),
         "dW_hh GEMM, fp32 operands": lambda: dgh.t() @ h_prev,
         "dW_hh GEMM, bf16 operands": lambda: dgh.bfloat16().t() @ h_prev.bfloat16(),
         "core fwd+bwd (autograd)": core_step,
