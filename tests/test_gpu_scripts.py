@@ -1,6 +1,6 @@
 """The lent GPU's calls (scripts/gpu_tune.sh, scripts/gpu_defaults.sh) without a GPU:
-their gates (GPU-only test runs), what the gates' exit statuses make of the grid's
-command line, and the time limits each step gets. A fake ``python3`` and a fake
+the order of their steps, what a new family's gate (its GPU-only tests) makes of the
+grid's command line, and the time limits each step gets. A fake ``python3`` and a fake
 ``timeout`` first on PATH record each call; the fake python3 fails the test runs whose
 -k expression contains one of the given patterns; bash and the scripts run as on the
 lent machine. (With the fakes, no time passes: SECONDS stays ~0.)"""
@@ -51,8 +51,8 @@ def _run(tmp_path: Path, script: str, fail_k: str = "", **env) -> tuple[list[str
     return calls.read_text().splitlines(), done.stdout
 
 
-def _tune(tmp_path: Path, fail_k: str = "", budget: int = 480):
-    return _run(tmp_path, "scripts/gpu_tune.sh", fail_k, TUNE_S=str(budget))
+def _tune(tmp_path: Path, fail_k: str = "", budget: int = 400, new: str = ""):
+    return _run(tmp_path, "scripts/gpu_tune.sh", fail_k, TUNE_S=str(budget), TUNE_NEW=new)
 
 
 def _limited(calls: list[str], start: str) -> list[tuple[int, str]]:
@@ -62,7 +62,7 @@ def _limited(calls: list[str], start: str) -> list[tuple[int, str]]:
             if c.startswith(start) and i and calls[i - 1].startswith("timeout ")]
 
 
-def _gates(calls):
+def _tests(calls):
     return [c for _, c in _limited(calls, "-m pytest")]
 
 
@@ -71,18 +71,14 @@ def _grid(calls) -> str:
     return grid
 
 
-def test_every_gate_passed(tmp_path):
-    """The oldest splits' gate, the chunked one, the three newest apart, the other older
-    families in one run that stops at a failure; then the grid in benchmark mode with
-    every candidate family, fp32 also with the tf32x3 GEMMs, nearest the target first,
-    within TUNE_S and 270 s; every limit positive."""
+def test_the_grid_first(tmp_path):
+    """The grid first, in benchmark mode with every candidate family, fp32 also with the
+    tf32x3 GEMMs, nearest the target first, within TUNE_S less the tests' 30 s and at
+    most 270 s; then the GPU-only tests of the defaults and their families, then the
+    others', none twice; every limit positive."""
     calls, out = _tune(tmp_path)
-    gates = _gates(calls)
-    assert [g.split("-k ")[1].split(" -x")[0] for g in gates] == [
-        "stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu",
-        "chunked_on_gpu", "chunk_shapes_on_gpu", "partials_on_gpu", "groups_on_gpu",
-        "prefetch_changes_no_number or narrow or stacked_on_gpu or split16_on_gpu"]
-    assert gates[-1].endswith(" -x")
+    ran = [c.split()[0] for c in calls if not c.startswith("timeout ")]
+    assert ran == ["scripts/gpu_warm.py", "benchmarks/gpu.py", "-m", "-m"]
     grid = _grid(calls)
     assert "--benchmark" in grid and "--no-" not in grid and "--tf32x3-beside" in grid
     assert grid.index("bfloat16:1024:16") < grid.index("float32:512:16") < \
@@ -90,56 +86,42 @@ def test_every_gate_passed(tmp_path):
     limits = dict((c, t) for t, c in _limited(calls, ""))
     assert all(t > 0 for t in limits.values())
     assert limits[grid] == 270  # (no time passed: the grid's cap)
-    assert "exit status 0 in" in out  # (each gate's time, for the next plan)
+    first, rest = _tests(calls)
+    assert "default_splits_on_gpu" in first and "chunk_shapes_on_gpu" in first
+    assert "partials_on_gpu" in rest and "and not (default_splits_on_gpu" in rest
+    assert "exit status 0 in" in out  # (each test run's time, for the next plan)
     assert not any("tune_summary" in c for c in calls)  # (no tune.json: nothing to sum)
 
 
-FAMILIES = {  # a failing pattern → the flags the grid then gets
-    "chunked_on_gpu": ["--no-chunked"],
-    "chunk_shapes_on_gpu": ["--no-chunk-shapes"],
-    "partials_on_gpu": ["--no-partials"],
-    "groups_on_gpu": ["--no-groups"],
-    "prefetch_changes_no_number": ["--no-prefetch"],
-    "stacked_on_gpu": ["--no-stacked"],
-    "split16_on_gpu": ["--no-split16"],
-    "narrow": ["--no-narrow", "--no-resident-dot"],
-    "or narrow;narrow_exchange and resident_dot": ["--no-resident-dot"],
-}
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_new_family_is_gated(tmp_path, fails):
+    """A family never run on a GPU (TUNE_NEW) has its tests run before the grid, and
+    where they fail the grid goes without it; the others' flags stay off."""
+    new = "groups_on_gpu|--no-groups;partials_on_gpu|--no-partials"
+    calls, _ = _tune(tmp_path, "groups_on_gpu" if fails else "", new=new)
+    tests = _tests(calls)
+    assert tests[0].endswith("-k groups_on_gpu") and tests[1].endswith("-k partials_on_gpu")
+    assert calls.index(next(c for c in calls if c.startswith("benchmarks/gpu.py"))) > \
+        calls.index(next(c for c in calls if c.endswith("-k partials_on_gpu")))
+    flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
+    assert flags == (["--no-groups"] if fails else [])
+    (warm,) = [c for c in calls if c.startswith("scripts/gpu_warm.py")]
+    assert "groups_on_gpu" in warm  # (the gates' kernels compiled beforehand too)
 
 
-@pytest.mark.parametrize("fail_k", list(FAMILIES))
-def test_a_failed_family_is_left_out(tmp_path, fail_k):
-    """A family's failure leaves its candidates out of the grid, and only its: an older
-    family's failure in the joint run sends each older family to its own run."""
-    calls, _ = _tune(tmp_path, fail_k)
-    gates = _gates(calls)
-    (joint,) = [g for g in gates if g.endswith(" -x")]
-    older = any(p in joint for p in fail_k.split(";"))
-    assert len(gates) == (6 + 5 if older else 6)
-    grid = _grid(calls)
-    assert "--benchmark" in grid
-    assert [f for f in grid.split() if f.startswith("--no-")] == FAMILIES[fail_k]
-
-
-def test_the_oldest_failed_the_grid_runs_the_defaults(tmp_path):
-    """Should the stamped, K-major or benchmark-mode tests fail, the grid runs without
-    benchmark mode (a candidate could hang it)."""
-    grid = _grid(_tune(tmp_path, "stamped_exchange_on_gpu")[0])
-    assert "--benchmark" not in grid and "--no-" not in grid
-
-
-def test_the_gates_leave_the_grid_its_time(tmp_path):
-    """A gate gets at most what leaves the grid 150 s of TUNE_S; with less than 20 s for
-    it, it doesn't run and its family is out; with under 30 s for the grid, no grid."""
-    calls, out = _tune(tmp_path, budget=220)
-    limits = [t for t, _ in _limited(calls, "-m pytest")]
-    assert limits and max(limits) <= 70 and min(limits) > 0
-    calls, out = _tune(tmp_path / "short", budget=160)
-    assert not _gates(calls) and "no time left for the tests of" in out
-    assert "--benchmark" not in _grid(calls)  # (the oldest splits' gate didn't run)
-    calls, out = _tune(tmp_path / "none", budget=20)
+def test_the_time_limits(tmp_path):
+    """A gate gets at most 90 s, and what leaves the grid 150 s of TUNE_S: none where
+    under 20 s, its family then out; with under 30 s for the grid, no grid; the tests get
+    what is left, none where under 20 s."""
+    calls, out = _tune(tmp_path, budget=220, new="groups_on_gpu|--no-groups")
+    assert _limited(calls, "-m pytest")[0][0] == 70
+    calls, out = _tune(tmp_path / "short", budget=160, new="groups_on_gpu|--no-groups")
+    assert "no time left for the tests of groups_on_gpu" in out
+    assert "--no-groups" in _grid(calls)
+    assert _limited(calls, "benchmarks/gpu.py")[0][0] == 130
+    calls, out = _tune(tmp_path / "none", budget=25)
     assert not any(c.startswith("benchmarks/gpu.py --points") for c in calls)
-    assert "no grid" in out
+    assert "no grid" in out and not _tests(calls) and "no time left for the tests" in out
 
 
 def test_defaults_call(tmp_path):
