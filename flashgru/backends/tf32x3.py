@@ -1,5 +1,6 @@
 """fp32 GEMMs as three TF32 ones: the triton backend's input projection, its gradients and
-dW_hh on the tensor cores at fp32's accuracy (opt-in, ``enabled``, until timed on a GPU).
+dW_hh on the tensor cores at fp32's accuracy (opt-in, ``enabled``: slower in training on an
+H200, B=16, H=512 and 1024, 2026-11-28).
 
 With TF32 off (torch's default for matmuls, and issue 5's setting), an fp32 GEMM runs on
 the CUDA cores: a B=16, H=1024 training call's four (the input projection, its two
@@ -26,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Off until a GPU has timed it (scripts/gpu_probe_gemm.py, benchmarks/gpu.py
-# --tf32x3-beside): the triton backend's fp32 GEMMs as three TF32 ones. True: wherever
-# they apply; FAST: only on CUDA cards of FAST_TF32 (what a timing that wins on an H100 or
-# H200 would make the default: the consumer parts' TF32 rate is near their fp32 rate).
+# The triton backend's fp32 GEMMs as three TF32 ones: off, as they lost in training on an
+# H200 (benchmarks/gpu.py --tf32x3-beside, B=16: forward+backward 14.13 µs a step against
+# 11.25 at H=512, 25.51 against 23.31 at H=1024; 2026-11-28; scripts/gpu_probe_gemm.py
+# times the GEMMs apart). True: wherever they apply; FAST: only on CUDA cards of FAST_TF32
+# (the consumer parts' TF32 rate is near their fp32 rate).
 enabled: bool | str = False
 FAST = "fast"
 # (compute capabilities whose TF32 tensor-core rate is 7-8x the fp32 rate, by the

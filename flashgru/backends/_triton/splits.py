@@ -61,21 +61,23 @@ class Config(NamedTuple):
     K) of them; thread_units (chunked; 1, or a power of two, times unit_lanes at most
     slice): each thread's units at the same K, so that each operand value a thread reads
     from shared memory serves that many units (the backward's three gates summed in each
-    thread before the lanes meet: _chunked_gates). Benchmark mode's candidates, not yet
-    timed on a GPU (SPREAD_CHUNK_SHAPES); partials (the backward's; resident broadcast
-    tiles, block_k ≥ LANES, none of the above but prefetch): each program multiplies its
-    own units' gradients by its rows of W_hh, summing over its units within each thread,
-    and the programs exchange these (B, H) partial products, each summing every
-    program's at its own units (_publish_partials, _summed_partials): 2·P·B·H values
-    through L2 a step, against P·B·3H when every program reads all the gradients (a
-    third less; at B=16, H=1024, 128 programs, 16.8 MB against 25 MB; reset_before's
-    two exchanges a step 33.6 against 25); a benchmark-mode candidate, not yet timed on
-    a GPU; groups (1, or 2 with resident broadcast tiles, not stamped, K-major or
-    prefetch): the tile's rows in that many groups, each its own recurrence with its own
-    barrier, whose steps a program takes in turn, so that each group's barrier and
-    exchange are under way while the other computes (_forward_step; the backward's step
-    in two phases, rotated between the groups: _backward_gates, _backward_carry); a
-    benchmark-mode candidate, not yet timed on a GPU."""
+    thread before the lanes meet: _chunked_gates). The defaults' where they won on an H200
+    (SPREAD_CHUNK_DEFAULTS), benchmark mode's candidates (SPREAD_CHUNK_SHAPES); partials
+    (the backward's; resident broadcast tiles, block_k ≥ LANES, none of the above but
+    prefetch): each program multiplies its own units' gradients by its rows of W_hh, summing
+    over its units within each thread, and the programs exchange these (B, H) partial
+    products, each summing every program's at its own units (_publish_partials,
+    _summed_partials): 2·P·B·H values through L2 a step, against P·B·3H when every program
+    reads all the gradients (a third less; at B=16, H=1024, 128 programs, 16.8 MB against 25
+    MB; reset_before's two exchanges a step 33.6 against 25); a benchmark-mode candidate,
+    slower than the chunk shapes on an H200 (B=16: 5.92 µs a step against 5.74 at H=512,
+    12.99 against 10.93 at H=1024); groups (1, or 2 with resident broadcast tiles, not
+    stamped, K-major or prefetch): the tile's rows in that many groups, each its own
+    recurrence with its own barrier, whose steps a program takes in turn, so that each
+    group's barrier and exchange are under way while the other computes (_forward_step; the
+    backward's step in two phases, rotated between the groups: _backward_gates,
+    _backward_carry); a benchmark-mode candidate, slower everywhere it was timed (H200,
+    B=16, fp32 H=512 and bf16 H=1024: 1.3-1.8x the same split in one group)."""
 
     block_batch: int
     slice: int
@@ -393,7 +395,7 @@ def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
     16 units, the backward its fewest with prefetch too. H200, 2026-11-28, benchmark mode,
     bf16 B=16, H=1024, µs per step: inference 8 units 3.62, narrow 2.92, 16 units narrow
     2.78; training 16 units 5.74, narrow 2.83; backward 8 units 8.14, narrow 7.34,
-    prefetch and narrow 5.54. (At K=512 not yet timed narrow.)"""
+    prefetch and narrow 5.54. (At K=512 narrow is not yet timed.)"""
     found = _stacked_splits(hidden, device, dtype, forward)
     if not found:
         return None
