@@ -104,13 +104,15 @@ def test_only_the_triton_backend_projects_so():
 def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeypatch,
                                                       tf32_flag):
     """Enabled, a triton training call's input projection (forward, dx, dW_ih) and dW_hh
-    go through tf32x3.mm, with torch's numbers at fp32's tolerance, on the module's lean
+    go through the three TF32 products (tf32x3._mm_parts: tf32x3.mm's, and _Linear's on
+    operands split once), with torch's numbers at fp32's tolerance, on the module's lean
     path (one direction) and through functional._layers (both); not enabled, none
     does."""
     monkeypatch.setattr(tf32x3, "enabled", on)
     calls = []
-    mm = tf32x3.mm
-    monkeypatch.setattr(tf32x3, "mm", lambda a, b: calls.append(a.shape) or mm(a, b))
+    parts = tf32x3._mm_parts
+    monkeypatch.setattr(tf32x3, "_mm_parts",
+                        lambda a, b: calls.append(a[0].shape) or parts(a, b))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = torch.nn.GRU(12, 16, device=device, bidirectional=bidirectional)
@@ -147,3 +149,54 @@ def test_fast_applies_on_fast_tf32_cards_only(monkeypatch, tf32_flag):
     monkeypatch.setattr(tf32x3, "enabled", "FAST")  # (a misspelt mode: an error, not "on")
     with pytest.raises(ValueError, match="False, True or tf32x3.FAST"):
         tf32x3.applies(f32, f32)
+
+
+def _special_values() -> torch.Tensor:
+    """fp32 values whose rounding to TF32 is an edge: zeros, subnormals, the largest
+    finite values (whose rounding would overflow: truncated), infinities, NaNs of several
+    payloads (a carry can reach the exponent or wrap the sign), halfway cases."""
+    bits = [0x00000000, 0x80000000, 0x00000001, 0x00000FFF, 0x00001000, 0x00001FFF,
+            0x007FFFFF, 0x00800000, 0x3F800FFF, 0x3F801000, 0x3F801001, 0xBF801000,
+            0x7F7FEFFF, 0x7F7FF000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000,
+            0x7F800001, 0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFC00000]
+    return torch.tensor([b - (1 << 32) if b >= 1 << 31 else b for b in bits],
+                        dtype=torch.int32).view(torch.float32)
+
+
+def _same_parts(got, want):
+    """hi bit for bit; lo bit for bit except NaN, whose payload arithmetic may differ."""
+    assert got[0].shape == want[0].shape and got[1].shape == want[1].shape
+    assert torch.equal(got[0].view(torch.int32), want[0].view(torch.int32))
+    nan = want[1].isnan()
+    assert torch.equal(got[1].isnan(), nan)
+    assert torch.equal(got[1][~nan].view(torch.int32), want[1][~nan].view(torch.int32))
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # (the interpreter's inf - inf)
+def test_fused_split_gives_the_same_bits(monkeypatch):
+    """The one-pass split (_triton.tf32split, what ``split`` runs on CUDA) gives the torch
+    ops' bits: on the edge values, on random values over 60 decades in a size that leaves
+    a partial block, in 2-D, and on a transposed view (split as its contiguous transpose,
+    the parts transposed back)."""
+    from flashgru.backends._triton import tf32split
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(tf32x3, "FUSED_DEVICES", ("cuda", "cpu"))
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(tf32split.BLOCK + 905, generator=g) * 10.0 ** torch.randint(
+        -30, 30, (tf32split.BLOCK + 905,), generator=g)
+    for a in (_special_values(), wide, wide[: 64 * 70].reshape(64, 70)):
+        a = a.to(device)
+        _same_parts(tf32split.split(a), tf32x3._split_ops(a))
+        _same_parts(tf32x3.split(a), tf32x3._split_ops(a))
+    a = wide[: 64 * 70].reshape(64, 70).to(device).t()
+    calls = []
+    fused = tf32split.split
+    monkeypatch.setattr(tf32split, "split", lambda t: calls.append(t.is_contiguous()) or
+                        fused(t))
+    got = tf32x3.split(a)
+    assert calls == [True] and got[0].stride() == a.stride()  # (no copy: the transpose's)
+    _same_parts(got, tf32x3._split_ops(a))
+    assert tf32x3.split(a[:0])[0].shape == (0, 64)  # (empty: no launch)

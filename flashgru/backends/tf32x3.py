@@ -38,6 +38,9 @@ FAST = "fast"
 # vendor's figures: the A100, the H100 and H200)
 FAST_TF32 = frozenset({(8, 0), (9, 0)})
 _fast: dict[torch.device, bool] = {}
+# (the devices whose tensors ``split`` in one pass, by a Triton kernel: the tests add the
+# CPU's under TRITON_INTERPRET=1)
+FUSED_DEVICES = ("cuda",)
 
 
 def _fast_tf32(device: torch.device) -> bool:
@@ -71,7 +74,22 @@ def split(a: Tensor) -> tuple[Tensor, Tensor]:
     """fp32 a = hi + lo exactly: hi, a rounded to TF32's 10-bit mantissa (the tensor cores
     multiply it exactly; truncated where rounding would overflow), and lo, the rest (at
     most 2^-11 of a; the cores keep its top 11 bits). Also the W_hh parts of the Triton
-    backend's stacked splits (_triton.launch._tf32_parts)."""
+    backend's stacked splits (_triton.launch._tf32_parts). On CUDA with Triton, one pass
+    over memory (_triton.tf32split; the same bits), a 2-D transposed view split as its
+    contiguous transpose; elsewhere the torch ops of _split_ops."""
+    if a.device.type in FUSED_DEVICES and a.numel():
+        from ._triton import lang, tf32split
+
+        if lang.triton is not None:
+            if a.dim() == 2 and not a.is_contiguous() and a.t().is_contiguous():
+                hi, lo = tf32split.split(a.t())
+                return hi.t(), lo.t()
+            return tf32split.split(a)
+    return _split_ops(a)
+
+
+def _split_ops(a: Tensor) -> tuple[Tensor, Tensor]:
+    """split(a) in torch's elementwise ops (seven passes over a's memory)."""
     bits = a.view(torch.int32)
     hi = ((bits + 0x1000) & -8192).view(torch.float32)
     hi = torch.where(hi.isinf() & a.isfinite(), (bits & -8192).view(torch.float32), hi)
@@ -90,9 +108,19 @@ def _tf32():
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
     """a @ b (fp32, 2-D) as three TF32 products of their parts (``split``)."""
-    (a_hi, a_lo), (b_hi, b_lo) = split(a), split(b)
+    return _mm_parts(split(a), split(b))
+
+
+def _mm_parts(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> Tensor:
+    """a @ b from the parts (hi, lo) of each: a_lo·b_hi + a_hi·b_lo + a_hi·b_hi in TF32."""
+    (a_hi, a_lo), (b_hi, b_lo) = a, b
     with _tf32():
         return torch.addmm(torch.addmm(a_lo @ b_hi, a_hi, b_lo), a_hi, b_hi)
+
+
+def _t(parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The parts of a 2-D operand's transpose (views)."""
+    return parts[0].t(), parts[1].t()
 
 
 class _Linear(torch.autograd.Function):
@@ -103,7 +131,7 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.bias = b is not None
         flat = x.reshape(-1, x.shape[-1])
-        out = mm(flat, w.t())
+        out = _mm_parts(split(flat), _t(split(w)))  # (w split as stored, then transposed)
         if b is not None:
             out = out + b
         return out.reshape(*x.shape[:-1], w.shape[0])
@@ -113,10 +141,11 @@ class _Linear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         g = grad.reshape(-1, w.shape[0])
         dx = dw = db = None
+        g_parts = split(g)  # (once for both products: the largest operand)
         if ctx.needs_input_grad[0]:
-            dx = mm(g, w).reshape(x.shape)
+            dx = _mm_parts(g_parts, split(w)).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            dw = mm(g.t(), x.reshape(-1, x.shape[-1]))
+            dw = _mm_parts(_t(g_parts), split(x.reshape(-1, x.shape[-1])))
         if ctx.bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
