@@ -85,7 +85,7 @@ def test_the_grid_first(tmp_path):
         grid.index("float32:1024:16")
     limits = dict((c, t) for t, c in _limited(calls, ""))
     assert all(t > 0 for t in limits.values())
-    assert limits[grid] == 270  # (no time passed: the grid's cap)
+    assert limits[grid] == 270  # (the grid's cap, well under TUNE_S's 370 left)
     first, rest = _tests(calls)
     assert "default_splits_on_gpu" in first and "chunk_shapes_on_gpu" in first
     assert "partials_on_gpu" in rest and "and not (default_splits_on_gpu" in rest
@@ -114,11 +114,11 @@ def test_the_time_limits(tmp_path):
     under 20 s, its family then out; with under 30 s for the grid, no grid; the tests get
     what is left, none where under 20 s."""
     calls, out = _tune(tmp_path, budget=220, new="groups_on_gpu|--no-groups")
-    assert _limited(calls, "-m pytest")[0][0] == 70
+    assert 60 < _limited(calls, "-m pytest")[0][0] <= 70  # (a second may pass: SECONDS)
     calls, out = _tune(tmp_path / "short", budget=160, new="groups_on_gpu|--no-groups")
     assert "no time left for the tests of groups_on_gpu" in out
     assert "--no-groups" in _grid(calls)
-    assert _limited(calls, "benchmarks/gpu.py")[0][0] == 130
+    assert 120 < _limited(calls, "benchmarks/gpu.py")[0][0] <= 130
     calls, out = _tune(tmp_path / "none", budget=25)
     assert not any(c.startswith("benchmarks/gpu.py --points") for c in calls)
     assert "no grid" in out and not _tests(calls) and "no time left for the tests" in out
