@@ -42,13 +42,21 @@ def main() -> None:
         want = x.double() @ w.double()
         errors = {name: ((mm(x, w).double() - want).abs().max() / want.abs().max()).item()
                   for name, mm in (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))}
-        times = interleaved({name: (lambda mm=mm, x=x, w=w: mm(x, w)) for name, mm in
-                             (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))},
-                            steps=rows // 16)  # (µs per step of a B=16 call)
+        parts = tf32x3.split(x), tf32x3.split(w)
+        runs = {name: (lambda mm=mm, x=x, w=w: mm(x, w)) for name, mm in
+                (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))}
+        runs.update({  # (tf32x3's time in its parts: the split, one pass or torch's seven
+            # ops, and the three products on operands split beforehand)
+            "split": lambda x=x, w=w: (tf32x3.split(x), tf32x3.split(w)),
+            "split_ops": lambda x=x, w=w: (tf32x3._split_ops(x), tf32x3._split_ops(w)),
+            "products": lambda parts=parts: tf32x3._mm_parts(*parts)})
+        times = interleaved(runs, steps=rows // 16)  # (µs per step of a B=16 call)
         print(f"H={hidden:5d} ({rows} x {hidden} @ {hidden} x {3 * hidden}): "
               f"fp32 {times['fp32']:.2f} µs/step (error {errors['fp32']:.1e}), "
               f"tf32x3 {times['tf32x3']:.2f} (error {errors['tf32x3']:.1e}), "
-              f"{times['fp32'] / times['tf32x3']:.2f}x")
+              f"{times['fp32'] / times['tf32x3']:.2f}x; of which the split "
+              f"{times['split']:.2f} (torch's ops {times['split_ops']:.2f}), the three "
+              f"products {times['products']:.2f}")
 
 
 if __name__ == "__main__":

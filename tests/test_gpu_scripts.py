@@ -136,3 +136,23 @@ def test_defaults_call(tmp_path):
     (grid,) = _limited(calls, "benchmarks/gpu.py")
     assert "--tf32x3-beside" in grid[1] and "--benchmark" not in grid[1]
     assert 0 < grid[0] <= 130
+
+
+def test_profile_call(tmp_path):
+    """gpu_profile.sh: the kernels compiled first, then the training profile, the GEMM
+    probe and fp32's B=16 points with the tf32x3 GEMMs beside, each within its share of
+    PROFILE_S; with too little time left a step is skipped, not started."""
+    calls, _ = _run(tmp_path, "scripts/gpu_profile.sh", PROFILE_S="250")
+    ran = [c for c in calls if not c.startswith("timeout ")]
+    assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "gpu_profile_training.py",
+                                           "gpu_probe_gemm.py", "benchmarks/gpu.py"]
+    limits = [t for t, c in _limited(calls, "") if not c.startswith("scripts/gpu_warm")]
+    # (each its share of what is left, here all of it: with the fakes no time passes)
+    assert len(limits) == 3 and 0 < limits[0] <= 147 and 0 < limits[1] <= 61 and \
+        0 < limits[2] <= 245
+    (grid,) = [c for c in ran if c.startswith("benchmarks/gpu.py")]
+    assert "--tf32x3-beside" in grid and "float32:1024:16" in grid
+    calls, out = _run(tmp_path / "short", "scripts/gpu_profile.sh", PROFILE_S="15")
+    assert [c.split()[0] for c in calls if not c.startswith("timeout ")] == [
+        "scripts/gpu_warm.py"]
+    assert out.count("no time left") == 3

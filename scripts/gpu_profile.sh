@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The next lent GPU's call (~250 s; PROFILE_S, the seconds it may take): where issue 5's
+# B=16 calls spend their time beyond their kernels, and the tf32x3 GEMMs with their split
+# in one pass. In order: scripts/gpu_profile_training.py (each part of a call at T=512
+# and 2048, bf16 and fp32 at H=512 and 1024: kernels, input projection, dW_hh, the
+# module's and cuDNN's inference and training calls; short calls; the profiler's and
+# cProfile's tables), scripts/gpu_probe_gemm.py (one fp32 GEMM against three TF32 ones,
+# the split and the products apart), then fp32's B=16 points end to end with the GEMMs
+# both ways (benchmarks/gpu.py --tf32x3-beside). The kernels compiled first, all cores at
+# once (gpu_warm.py). Logs go to $OUT.
+set -uo pipefail
+source "$(dirname "$0")/gpu_common.sh"
+PROFILE_S=${PROFILE_S:-250}
+GRID=(benchmarks/gpu.py --points float32:1024:16 float32:512:16 --only-grid --tf32x3-beside)
+WARM_S=60 warm scripts/gpu_profile_training.py "${GRID[*]}"
+step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it (in scripts/ for a script
+  # there) within that share of PROFILE_S's time left, its output in $OUT/LOG
+  local log=$1 share=$2 left
+  shift 2
+  left=$(((PROFILE_S - 5 - SECONDS) * share / 100))
+  if [ "$left" -lt 15 ]; then
+    echo "gpu_profile: no time left for $*"
+    return
+  fi
+  timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
+  echo "gpu_profile: exit status $? (124: out of its $left s): $*"
+}
+(cd scripts && step profile.log 60 python3 gpu_profile_training.py)
+(cd scripts && step gemm.log 25 python3 gpu_probe_gemm.py)
+step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
+# (a short table last: each step's lines that matter, where it wrote them)
+grep -h "^H=" "$OUT/gemm.log" 2>/dev/null || true
+grep -h -A3 "^summary" "$OUT/grid.log" 2>/dev/null || true
+grep -h "B=16 H=1024 T=512 \|B=16 H=512  T=512 " "$OUT/profile.log" 2>/dev/null \
+  | cut -c1-90 || true
