@@ -1540,6 +1540,44 @@ def test_narrow_candidates_rule(monkeypatch):
         assert not any(c.dot and c.resident and not c.stacked for c in found), (dtype, hidden)
 
 
+def test_every_default_and_candidate_can_run(monkeypatch):
+    """Every default split and every benchmark-mode candidate, forward and backward, on a
+    132- and a 108-multiprocessor card, over batch and hidden sizes around issue 5's grid
+    and every dtype, passes the launch's own checks (_check_split, _check_weights): a
+    candidate made by changing one field of the default (chunked off, stamped, prefetch,
+    narrow) must not keep a field only the default's other fields allowed. (A default
+    chunked spread with a chunk shape once gave an unchunked candidate that kept its
+    shape: benchmark mode would have raised on a GPU.)"""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    checked = 0
+    for sms in (132, 108):
+        Props.multi_processor_count = sms
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            acc = launch._acc(dtype)
+            for batch in (1, 2, 4, 8, 12, 16, 17, 64, 128):
+                for hidden in (64, 200, 256, 384, 512, 600, 1024, 2048):
+                    for forward, default in (
+                            (True, splits.choose_config(batch, hidden, cuda, dtype)),
+                            (True, splits.choose_config(batch, hidden, cuda, dtype, True)),
+                            (False, splits.choose_backward_config(batch, hidden, cuda,
+                                                                  dtype))):
+                        for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
+                                                  forward):
+                            try:
+                                launch._check_split(cfg, hidden, acc)
+                                launch._check_weights(cfg, dtype)
+                            except ValueError as e:
+                                raise AssertionError((sms, dtype, batch, hidden, forward,
+                                                      default)) from e
+                            checked += 1
+    assert checked > 5000
+
+
 def test_chunked_candidates_rule(monkeypatch):
     """Benchmark mode times each resident broadcast default (and its stamped twin) where K
     covers a warp's lanes both chunked and not (Config.chunked), at batch 9-16 above
@@ -1560,7 +1598,8 @@ def test_chunked_candidates_rule(monkeypatch):
                                  (False, tg.choose_backward_config(batch, hidden, cuda,
                                                                    dtype))):
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
-                assert (cfg._replace(chunked=not cfg.chunked) in found) == \
+                other = cfg._replace(chunked=not cfg.chunked, unit_lanes=1, thread_units=1)
+                assert (other in found) == \
                     splits._can_chunk(cfg) == (cfg.resident and not (cfg.dot or cfg.kmajor) and
                                                hidden >= 32 and
                                                min(cfg.block_batch, cfg.slice) < 16)

@@ -22,35 +22,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     """Run ``kernel`` over all rows and steps, in batch chunks that keep every program of a
     launch resident at once (the barrier needs that)."""
     device = args[0].device
-    if cfg.resident and cfg.block_k < hidden:
-        raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
-                         f"{cfg.block_k}")
-    if cfg.stamped and consts["ACC"] == tl.float64:
-        raise ValueError("a stamped split carries fp32 values: it can't run float64")
-    if cfg.kmajor and not (cfg.resident and not cfg.dot):
-        raise ValueError("a kmajor split needs resident tiles and the broadcast product")
-    if cfg.stacked and not (cfg.resident and cfg.dot and cfg.block_batch == 16 and
-                            cfg.slice in (4, 8, 16) and cfg.block_k * cfg.slice >= 256 and
-                            not cfg.kmajor and consts["ACC"] != tl.float64):
-        raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
-                         "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
-                         "not float64, not kmajor")
-    if cfg.split16 and not (cfg.stacked and consts["ACC"] == tl.float32):
-        raise ValueError("a split16 split is a stacked split on fp32 weights")
-    if cfg.chunked and not splits._can_chunk(cfg):
-        raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
-                         f"kmajor), block_k ≥ {WARP_LANES}, fewer than 16 rows or units, and "
-                         f"unit_lanes and thread_units powers of two, their product at most "
-                         f"the slice, whose chunks divide block_k; got {cfg}")
-    if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
-        raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
-    if not splits._can_group(cfg):
-        raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
-                         f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
-    if cfg.partials and not splits._can_partial(cfg):
-        raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
-                         f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
-                         f"exchange (prefetch aside); got {cfg}")
+    _check_split(cfg, hidden, consts["ACC"])
     programs = _programs(cfg, hidden, device)
     tiles_per_launch = splits._grid_limit(device) // programs
     chunk, kwarps = splits._chunk_shape(cfg)
@@ -72,6 +44,40 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
                 num_warps=cfg.warps,
                 **launch, **consts)
+
+
+def _check_split(cfg: Config, hidden: int, acc) -> None:
+    """Raise ValueError where cfg can't run a problem of this H in arithmetic ``acc`` (the
+    kernels' ACC: tl.float32 or tl.float64)."""
+    if cfg.resident and cfg.block_k < hidden:
+        raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
+                         f"{cfg.block_k}")
+    if cfg.stamped and acc == tl.float64:
+        raise ValueError("a stamped split carries fp32 values: it can't run float64")
+    if cfg.kmajor and not (cfg.resident and not cfg.dot):
+        raise ValueError("a kmajor split needs resident tiles and the broadcast product")
+    if cfg.stacked and not (cfg.resident and cfg.dot and cfg.block_batch == 16 and
+                            cfg.slice in (4, 8, 16) and cfg.block_k * cfg.slice >= 256 and
+                            not cfg.kmajor and acc != tl.float64):
+        raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
+                         "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
+                         "not float64, not kmajor")
+    if cfg.split16 and not (cfg.stacked and acc == tl.float32):
+        raise ValueError("a split16 split is a stacked split on fp32 weights")
+    if cfg.chunked and not splits._can_chunk(cfg):
+        raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
+                         f"kmajor), block_k ≥ {WARP_LANES}, fewer than 16 rows or units, and "
+                         f"unit_lanes and thread_units powers of two, their product at most "
+                         f"the slice, whose chunks divide block_k; got {cfg}")
+    if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
+        raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
+    if not splits._can_group(cfg):
+        raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
+                         f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
+    if cfg.partials and not splits._can_partial(cfg):
+        raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
+                         f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
+                         f"exchange (prefetch aside); got {cfg}")
 
 
 def _programs(cfg: Config, hidden: int, device: torch.device) -> int:
