@@ -2,7 +2,8 @@
 # gpu_tune.sh): the environment, warm, and a list of probes compiled all at once before
 # any runs.
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/flashgru-gpu}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)  # (absolute: steps
+# run in scripts/ too)
 
 # warm "SCRIPT ARGS" ...: compile, over all cores, every Triton kernel these commands will
 # launch (scripts/gpu_warm.py; paths from the repository root), so that each then finds

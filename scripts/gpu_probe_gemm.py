@@ -7,8 +7,9 @@ hi·lo + lo·hi on the tensor cores keeps fp32's accuracy (the dropped lo·lo is
 it), as the stacked splits' in-kernel products do. This times, at the GEMMs' shapes
 (T·B rows, I = H), one fp32 GEMM against the three TF32 ones (the split included), and
 prints each's max error against float64 relative to the product's largest
-(flashgru.backends.tf32x3.mm: the triton backend's GEMMs where tf32x3.enabled; off until
-these numbers say it should be on).
+(flashgru.backends.tf32x3.mm: the triton backend's GEMMs where tf32x3.enabled; off, as
+it lost end to end on an H200, 2026-11-28, before its split was made one pass), and the
+split and the three products timed apart.
 
     python scripts/gpu_probe_gemm.py            # on a GPU
     python scripts/gpu_probe_gemm.py --smoke    # the arithmetic alone, small, on the CPU

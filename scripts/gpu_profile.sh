@@ -6,7 +6,9 @@
 # module's and cuDNN's inference and training calls; short calls; the profiler's and
 # cProfile's tables), scripts/gpu_probe_gemm.py (one fp32 GEMM against three TF32 ones,
 # the split and the products apart), then fp32's B=16 points end to end with the GEMMs
-# both ways (benchmarks/gpu.py --tf32x3-beside). The kernels compiled first, all cores at
+# both ways (benchmarks/gpu.py --tf32x3-beside). First, in seconds, tf32x3's tests: the
+# one-pass split (never yet run on a GPU, which the probe and the grid's tf32x3 lines
+# use) against the torch ops' bits. The kernels compiled first, all cores at
 # once (gpu_warm.py). Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -25,11 +27,12 @@ step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it (in scripts/ for 
   timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
   echo "gpu_profile: exit status $? (124: out of its $left s): $*"
 }
+step tf32x3.log 10 python3 -m pytest -q -p no:cacheprovider tests/test_tf32x3.py
+tail -2 "$OUT/tf32x3.log"
 (cd scripts && step profile.log 60 python3 gpu_profile_training.py)
 (cd scripts && step gemm.log 25 python3 gpu_probe_gemm.py)
 step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
 # (a short table last: each step's lines that matter, where it wrote them)
 grep -h "^H=" "$OUT/gemm.log" 2>/dev/null || true
 grep -h -A3 "^summary" "$OUT/grid.log" 2>/dev/null || true
-grep -h "B=16 H=1024 T=512 \|B=16 H=512  T=512 " "$OUT/profile.log" 2>/dev/null \
-  | cut -c1-90 || true
+grep -h "B=16 H=1024 T=512 \|B=16 H=512  T=512 " "$OUT/profile.log" 2>/dev/null || true

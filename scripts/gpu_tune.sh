@@ -20,6 +20,12 @@ source "$(dirname "$0")/gpu_common.sh"
 TUNE_S=${TUNE_S:-400}
 # (none now: every family has run on a GPU; TUNE_NEW, ";"-separated, adds to them)
 IFS=';' read -ra NEW <<< "${TUNE_NEW:-}"
+for entry in "${NEW[@]}"; do
+  case "$entry" in *"|--no-"*) ;; *)
+    echo "gpu_tune: TUNE_NEW's entries are '-k EXPRESSION|--no-FLAG'; got '$entry'" >&2
+    exit 2 ;;
+  esac
+done
 GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
       bfloat16:512:16 --only-grid --tf32x3-beside --benchmark)
 # the GPU-only tests: the defaults' and their families' (chunk shapes, narrow, prefetch),
@@ -48,12 +54,21 @@ for entry in "${NEW[@]}"; do  # (each gate at most 90 s, leaving the grid 150)
   left=$((TUNE_S - 150 - SECONDS)); [ "$left" -lt 90 ] || left=90
   tests "$left" "${entry%|*}" || GRID+=("${entry#*|}")
 done
-echo "gpu_tune: ${GRID[*]}"
 # (the grid within what leaves the tests 30 s, at most 270)
-left=$((TUNE_S - 30 - SECONDS)); [ "$left" -lt 270 ] || left=270
+left=$((TUNE_S - 30 - SECONDS))
 if [ "$left" -lt 30 ]; then
   echo "gpu_tune: only ${left} s left of TUNE_S=$TUNE_S: no grid"
 else
+  # (first tf32x3's tests, in seconds: the one-pass split the grid's tf32x3 lines use,
+  # against the torch ops' bits; should they fail, the grid goes without those lines)
+  if ! timeout -k 5 60 python3 -m pytest -q -p no:cacheprovider tests/test_tf32x3.py \
+      >> "$OUT/pytest-tune.log" 2>&1; then
+    echo "gpu_tune: tf32x3's tests failed: the grid without --tf32x3-beside"
+    for i in "${!GRID[@]}"; do [ "${GRID[$i]}" != --tf32x3-beside ] || unset "GRID[$i]"; done
+    GRID=("${GRID[@]}")
+  fi
+  echo "gpu_tune: ${GRID[*]}"
+  left=$((TUNE_S - 30 - SECONDS)); [ "$left" -lt 270 ] || left=270
   timeout -k 10 "$left" python3 "${GRID[@]}" --json "$OUT/tune.json" 2>&1 \
     | tee "$OUT/tune.log" | grep -A6 "^summary"
   echo "gpu_tune: the grid's exit status ${PIPESTATUS[0]} (124: out of its ${left} s)"

@@ -62,12 +62,16 @@ def test_each_left_out(gpu_bench, left_out):
         if forward:
             assert any(c.dot and c.resident and not c.stacked for c in others) == (
                 left_out != "resident_dot")
-        # (bf16 H=1024's defaults: narrow, the backward's with prefetch, each out of the
-        # default where its family is left out)
+        # (bf16 H=1024's defaults: narrow, the forward's of 16 units, the backward's with
+        # prefetch, each out of the default where its family is left out; without narrow,
+        # the splits before it, as they were timed: 8 units, no prefetch)
         default, found = _found(hidden=1024, forward=forward)
         assert default.stacked == (left_out != "stacked")
-        assert default.narrow == (left_out not in ("stacked", "narrow"))
-        assert default.prefetch == (not forward and left_out not in ("stacked", "prefetch"))
+        narrow = left_out not in ("stacked", "narrow")
+        assert default.narrow == narrow
+        assert default.prefetch == (not forward and narrow and left_out != "prefetch")
+        if default.stacked:
+            assert default.slice == (16 if forward and narrow else 8)
         assert found[0] == default
 
 

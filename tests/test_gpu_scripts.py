@@ -35,8 +35,10 @@ exec "$@"
 """
 
 
-def _run(tmp_path: Path, script: str, fail_k: str = "", **env) -> tuple[list[str], str]:
-    """The fakes' lines from one run of a script, and what it printed."""
+def _run(tmp_path: Path, script: str, fail_k: str = "", status: int = 0,
+         **env) -> tuple[list[str], str]:
+    """The fakes' lines from one run of a script (which exits ``status``), and what it
+    printed (its errors too)."""
     bin_ = tmp_path / "bin"
     bin_.mkdir(parents=True)
     for name, text in (("python3", PYTHON), ("timeout", TIMEOUT)):
@@ -47,8 +49,9 @@ def _run(tmp_path: Path, script: str, fail_k: str = "", **env) -> tuple[list[str
                FAIL_K=fail_k, OUT=str(tmp_path / "out"), **env)
     done = subprocess.run([shutil.which("bash") or "bash", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return calls.read_text().splitlines(), done.stdout
+    assert done.returncode == status, done.stderr
+    return (calls.read_text().splitlines() if calls.exists() else []), \
+        done.stdout + done.stderr
 
 
 def _tune(tmp_path: Path, fail_k: str = "", budget: int = 400, new: str = ""):
@@ -63,7 +66,8 @@ def _limited(calls: list[str], start: str) -> list[tuple[int, str]]:
 
 
 def _tests(calls):
-    return [c for _, c in _limited(calls, "-m pytest")]
+    """The runs of tests/test_triton.py's GPU-only tests (gates and the tests after)."""
+    return [c for _, c in _limited(calls, "-m pytest") if "tests/test_triton.py" in c]
 
 
 def _grid(calls) -> str:
@@ -78,7 +82,9 @@ def test_the_grid_first(tmp_path):
     others', none twice; every limit positive."""
     calls, out = _tune(tmp_path)
     ran = [c.split()[0] for c in calls if not c.startswith("timeout ")]
-    assert ran == ["scripts/gpu_warm.py", "benchmarks/gpu.py", "-m", "-m"]
+    assert ran == ["scripts/gpu_warm.py", "-m", "benchmarks/gpu.py", "-m", "-m"]
+    assert "tests/test_tf32x3.py" in calls[calls.index(next(  # (the one-pass split's bits
+        c for c in calls if c.startswith("-m")))]  # checked before the grid's tf32x3 lines)
     grid = _grid(calls)
     assert "--benchmark" in grid and "--no-" not in grid and "--tf32x3-beside" in grid
     assert grid.index("bfloat16:1024:16") < grid.index("float32:512:16") < \
@@ -91,6 +97,14 @@ def test_the_grid_first(tmp_path):
     assert "partials_on_gpu" in rest and "and not (default_splits_on_gpu" in rest
     assert "exit status 0 in" in out  # (each test run's time, for the next plan)
     assert not any("tune_summary" in c for c in calls)  # (no tune.json: nothing to sum)
+
+
+def test_tf32x3_failed_the_grid_goes_without_it(tmp_path):
+    """Should tf32x3's tests fail (the one-pass split's bits), the grid runs without its
+    tf32x3 lines, all else as before."""
+    grid = _grid(_tune(tmp_path, "tests/test_tf32x3.py")[0])
+    assert "--tf32x3-beside" not in grid and "--benchmark" in grid
+    assert "float32:1024:16" in grid
 
 
 @pytest.mark.parametrize("fails", [False, True])
@@ -107,6 +121,14 @@ def test_a_new_family_is_gated(tmp_path, fails):
     assert flags == (["--no-groups"] if fails else [])
     (warm,) = [c for c in calls if c.startswith("scripts/gpu_warm.py")]
     assert "groups_on_gpu" in warm  # (the gates' kernels compiled beforehand too)
+
+
+def test_a_new_family_without_its_flag_is_refused(tmp_path):
+    """A TUNE_NEW entry without its --no- flag stops the call before anything runs (the
+    expression would go to the grid as an argument and cost it)."""
+    calls, out = _run(tmp_path, "scripts/gpu_tune.sh", status=2, TUNE_S="400",
+                      TUNE_NEW="groups_on_gpu")
+    assert calls == [] and "'-k EXPRESSION|--no-FLAG'; got 'groups_on_gpu'" in out
 
 
 def test_the_time_limits(tmp_path):
@@ -144,15 +166,17 @@ def test_profile_call(tmp_path):
     PROFILE_S; with too little time left a step is skipped, not started."""
     calls, _ = _run(tmp_path, "scripts/gpu_profile.sh", PROFILE_S="250")
     ran = [c for c in calls if not c.startswith("timeout ")]
-    assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "gpu_profile_training.py",
-                                           "gpu_probe_gemm.py", "benchmarks/gpu.py"]
+    assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "-m",
+                                           "gpu_profile_training.py", "gpu_probe_gemm.py",
+                                           "benchmarks/gpu.py"]
+    assert "tests/test_tf32x3.py" in ran[1]  # (the one-pass split's bits first)
     limits = [t for t, c in _limited(calls, "") if not c.startswith("scripts/gpu_warm")]
-    # (each its share of what is left, here all of it: with the fakes no time passes)
-    assert len(limits) == 3 and 0 < limits[0] <= 147 and 0 < limits[1] <= 61 and \
-        0 < limits[2] <= 245
+    # (each its share of what is left: 10%, 60%, 25%, all; a second may pass)
+    assert len(limits) == 4 and 20 <= limits[0] <= 24 and 135 < limits[1] <= 147 and \
+        50 < limits[2] <= 61 and 230 < limits[3] <= 245
     (grid,) = [c for c in ran if c.startswith("benchmarks/gpu.py")]
     assert "--tf32x3-beside" in grid and "float32:1024:16" in grid
     calls, out = _run(tmp_path / "short", "scripts/gpu_profile.sh", PROFILE_S="15")
     assert [c.split()[0] for c in calls if not c.startswith("timeout ")] == [
         "scripts/gpu_warm.py"]
-    assert out.count("no time left") == 3
+    assert out.count("no time left") == 4

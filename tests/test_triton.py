@@ -918,8 +918,10 @@ def test_stacked_splits_fit(monkeypatch):
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
     assert default.chunked and forward[0] == default  # (the default first, once)
     # (stamped or not, the product chunked or not, its reads a step ahead)
-    assert forward[1:5] == [default._replace(stamped=True), default._replace(chunked=False),
-                            default._replace(stamped=True, chunked=False),
+    # (unchunked, in no chunk shape)
+    plain = dict(chunked=False, unit_lanes=1, thread_units=1)
+    assert forward[1:5] == [default._replace(stamped=True), default._replace(**plain),
+                            default._replace(stamped=True, **plain),
                             default._replace(prefetch=True)]
     assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [8, 4]
     assert [c.slice for c in forward if c.split16] == [16, 8, 4]
@@ -1078,6 +1080,9 @@ PREFETCH_SPLITS = {  # (batch, hidden, split[, dtype: fp32 unless named])
                             stamped=True)),
     "chunked": (7, 40, dict(block_batch=8, slice=64, block_k=64, dot=False, resident=True,
                             chunked=True)),
+    # (in a chunk shape, as benchmark mode's prefetch twin of fp32's B=16 defaults)
+    "chunk-shape": (7, 40, dict(block_batch=8, slice=64, block_k=64, dot=False, warps=8,
+                                resident=True, chunked=True, unit_lanes=4, thread_units=2)),
 }
 if DEVICE == "cuda":  # several programs a tile, as the defaults at issue 5's grid points
     PREFETCH_SPLITS.update({
@@ -1093,6 +1098,9 @@ if DEVICE == "cuda":  # several programs a tile, as the defaults at issue 5's gr
                                      resident=True)),
         "b16-chunked": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, dot=False,
                                        warps=8, resident=True, chunked=True)),
+        "b16-chunk-shape": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, dot=False,
+                                           warps=8, resident=True, chunked=True,
+                                           unit_lanes=4, thread_units=2)),
     })
 
 
@@ -2133,15 +2141,19 @@ _SHAPES = sorted({(slice_, hidden, shape) for (slice_, hidden, _), shapes in
 @pytest.mark.parametrize("dtype,batch,reset_after,at", [
     *[(torch.float32, 16, True, i) for i in range(len(_SHAPES))],
     (torch.float32, 12, False, len(_SHAPES) - 1), (torch.bfloat16, 16, True, 0),
-    (torch.float32, 16, False, 0)], ids=str)
+    (torch.float32, 16, False, 0), ("stamped", 16, True, 0),
+    ("stamped", 16, False, len(_SHAPES) - 1)], ids=str)
 def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     """Benchmark mode's chunked spread splits with Config.unit_lanes and thread_units
     (SPREAD_CHUNK_SHAPES: their sums across warps through shared memory, the backward's
-    gates summed before the lanes meet), each forward and backward: T=512, ragged
-    lengths, rows past B, outputs and every gradient at the dtype's tolerance."""
+    gates summed before the lanes meet), each forward and backward, and stamped (fp32:
+    benchmark mode's stamped twin of the shaped defaults): T=512, ragged lengths, rows
+    past B, outputs and every gradient at the dtype's tolerance."""
     slice_, hidden, (warps, lanes, inner) = _SHAPES[at]
+    stamped = dtype == "stamped"
     cfg = tg.Config(16, slice_, hidden, dot=False, warps=warps, resident=True, chunked=True,
-                    unit_lanes=lanes, thread_units=inner)
+                    unit_lanes=lanes, thread_units=inner, stamped=stamped)
+    dtype = torch.float32 if stamped else dtype
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 

@@ -89,7 +89,7 @@ def split(a: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _split_ops(a: Tensor) -> tuple[Tensor, Tensor]:
-    """split(a) in torch's elementwise ops (seven passes over a's memory)."""
+    """split(a) in torch's elementwise ops (eight passes over a's memory)."""
     bits = a.view(torch.int32)
     hi = ((bits + 0x1000) & -8192).view(torch.float32)
     hi = torch.where(hi.isinf() & a.isfinite(), (bits & -8192).view(torch.float32), hi)
@@ -141,7 +141,8 @@ class _Linear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         g = grad.reshape(-1, w.shape[0])
         dx = dw = db = None
-        g_parts = split(g)  # (once for both products: the largest operand)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            g_parts = split(g)  # (once for both products: the largest operand)
         if ctx.needs_input_grad[0]:
             dx = _mm_parts(g_parts, split(w)).reshape(x.shape)
         if ctx.needs_input_grad[1]:

@@ -1,10 +1,11 @@
 """fp32 a = hi + lo in one pass over memory (``tf32x3.split`` on CUDA): hi rounded to TF32's
 10-bit mantissa, lo the rest, the same bits as the torch ops of ``tf32x3._split_ops``.
 
-Those ops make seven passes over the operand (a view's add and mask, the overflow check's
-isinf, isfinite, and, where, the subtraction). At a B=16, H=1024 training call's largest
-operand, the gates' gradient (T·B × 3H fp32: 100 MB at T=512), that is ~1.7 GB of memory
-traffic a split, about as long as the three TF32 products it feeds. This kernel reads a
+Those ops make eight passes over the operand (the add and the mask, the overflow check's
+isinf, isfinite and their and, the truncated mask, where, the subtraction): 62 bytes moved
+an element. At a B=16, H=1024 training call's largest operand, the gates' gradient (T·B ×
+3H fp32: 100 MB at T=512), that is ~1.6 GB of memory traffic a split, about as long as the
+three TF32 products it feeds. This kernel reads a
 once and writes hi and lo: 12 bytes an element.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ...scan import on_device
 from .lang import _jit, tl, triton
 
 BLOCK = 4096  # (elements a program: 16 KiB read, 32 KiB written)
@@ -38,5 +40,6 @@ def split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi, lo = torch.empty_like(a), torch.empty_like(a)
     n = a.numel()
     if n:
-        _split_kernel[(triton.cdiv(n, BLOCK),)](a, hi, lo, n, BLOCK=BLOCK)
+        with on_device(a.device):  # (kernels launch on the current CUDA device)
+            _split_kernel[(triton.cdiv(n, BLOCK),)](a, hi, lo, n, BLOCK=BLOCK)
     return hi, lo
