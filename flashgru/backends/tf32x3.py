@@ -131,7 +131,7 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.bias = b is not None
         flat = x.reshape(-1, x.shape[-1])
-        out = _mm_parts(split(flat), split(w.t()))
+        out = _mm_parts(split(flat), _t(split(w)))  # (w split as stored, then transposed)
         if b is not None:
             out = out + b
         return out.reshape(*x.shape[:-1], w.shape[0])
