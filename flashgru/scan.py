@@ -304,17 +304,22 @@ def _can_time(c: Tensor) -> bool:
     return c.device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
-def time_interleaved(runs: dict, device: torch.device, rounds: int = 3) -> dict:
+def time_interleaved(runs: dict, device: torch.device, rounds: int = 3,
+                     before=None) -> dict:
     """Seconds that one call of each of ``runs`` ({key: callable}, each called once before,
     to compile) takes: the fastest of ``rounds`` interleaved rounds (one timing each picked
     badly once the card's clocks moved between candidates). On CUDA a round is queued
     whole, after one untimed call, so each timed call's kernels are already queued when
-    its start event fires: the host's time before a launch does not count."""
+    its start event fires: the host's time before a launch does not count. ``before``, if
+    given, is called before each timed call, outside its timing (triton_gru's benchmark
+    mode: an eviction of L2, l2_eviction)."""
     times = dict.fromkeys(runs, math.inf)
     with on_device(device):
         for _ in range(rounds):
             if device.type != "cuda":
                 for key, run in runs.items():
+                    if before is not None:
+                        before()
                     start = time.perf_counter()
                     run()
                     times[key] = min(times[key], time.perf_counter() - start)
@@ -322,6 +327,8 @@ def time_interleaved(runs: dict, device: torch.device, rounds: int = 3) -> dict:
             next(iter(runs.values()))()  # (untimed: the GPU is busy from here on)
             marks = []
             for key, run in runs.items():
+                if before is not None:
+                    before()
                 begin = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)
                 begin.record()
@@ -332,6 +339,18 @@ def time_interleaved(runs: dict, device: torch.device, rounds: int = 3) -> dict:
             for key, begin, end in marks:
                 times[key] = min(times[key], begin.elapsed_time(end) / 1e3)
     return times
+
+
+def l2_eviction(device: torch.device):
+    """A callable that evicts ``device``'s L2 cache (writes zeros over twice its size, as
+    triton.testing.do_bench does before each timing), or None off CUDA: so that a timed
+    call reads its inputs from memory, as a real call's kernels mostly do (the GRU's
+    input projections and saved gates are written long before, or are larger than L2),
+    not from the L2 a previous timing of the same inputs left them in."""
+    if device.type != "cuda":
+        return None
+    size = torch.cuda.get_device_properties(device).L2_cache_size
+    return torch.empty(max(2 * size, 1), dtype=torch.int8, device=device).zero_
 
 
 def _time_chunks(J, c, h0, reverse, transpose, chunks) -> dict[int, float]:

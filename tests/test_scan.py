@@ -5,6 +5,7 @@ with every output buffer poisoned with NaN before launch."""
 
 import contextlib
 import math
+import types
 
 import pytest
 import torch
@@ -311,6 +312,25 @@ def test_dense_triton_refuses_large_hidden():
         scan_dense(j, c, g0, impl="triton")
 
 
+def test_l2_eviction_writes_twice_the_cache(monkeypatch):
+    """l2_eviction: none off CUDA; on CUDA a callable that writes zeros over a buffer of
+    twice the card's L2 (stand-ins for the card's properties and its memory)."""
+    assert scan.l2_eviction(torch.device("cpu")) is None
+    made, empty = [], torch.empty
+
+    def on_card(size, dtype, device):
+        made.append((size, dtype, device))
+        return empty(size, dtype=dtype).fill_(1)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(L2_cache_size=1000))
+    monkeypatch.setattr(torch, "empty", on_card)
+    evict = scan.l2_eviction(torch.device("cuda"))
+    assert made == [(2000, torch.int8, torch.device("cuda"))]
+    buffer = evict()
+    assert buffer.numel() == 2000 and not buffer.any()
+
+
 def test_time_interleaved_on_cuda_events(monkeypatch):
     """time_interleaved's CUDA path, with stand-in events on a fake clock: each round is
     queued whole after one untimed call, each run's time is the least over the rounds,
@@ -343,3 +363,12 @@ def test_time_interleaved_on_cuda_events(monkeypatch):
     assert calls == ["a", "a", "b"] * 3  # (the untimed call, then the round)
     assert times == {"a": 2.0, "b": 1.0}
     assert len(waits) == 3
+
+    def evict():  # (a long one: outside the timings, it changes none)
+        calls.append("evict")
+        clock[0] += 100.0
+
+    calls.clear()
+    times = scan.time_interleaved(runs, torch.device("cuda"), rounds=3, before=evict)
+    assert calls == ["a", "evict", "a", "evict", "b"] * 3
+    assert times == {"a": 2.0, "b": 1.0}

@@ -1183,7 +1183,7 @@ def test_narrow_only_with_16_bit_weights(benchmark_mode, monkeypatch):
     monkeypatch.setattr(splits, "choose_backward_config", lambda *a, **k: dot)
     monkeypatch.setattr(tg, "_candidates", lambda default, *a: [default, dot._replace(
         narrow=True)])
-    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: {
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device, **_: {
         c: 0.5 if c.narrow else 1.0 for c in runs})
     gi, h0, w, b = (t.detach() for t in _problem(3, 4, 20, torch.float16)[:4])
     lens = torch.full((4,), 3, device=DEVICE)
@@ -1270,7 +1270,7 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     fastest = found[2]
     timed = []
 
-    def time_interleaved(runs, device):
+    def time_interleaved(runs, device, **_):
         timed.append(list(runs))
         for run in runs.values():
             run()
@@ -1288,6 +1288,27 @@ def test_benchmark_mode_keeps_the_fastest_split(benchmark_mode, monkeypatch):
     tg.forward(gi, h0, w, b, lens, True, True)  # another kind: saving the gates
     tg.forward(gi[:3], h0, w, b, lens, True, False)  # another length bucket
     assert len(timed) == 3
+
+
+def test_benchmark_mode_evicts_l2_before_each_timing(benchmark_mode, monkeypatch):
+    """Each timed run of a candidate comes right after an eviction of L2 (l2_eviction), so
+    that it reads its inputs from memory as a real call does; the untimed runs (the
+    default's result, each candidate's check) come without one."""
+    gi, h0, w, b = (t.detach() for t in _problem(4, 2, 16, torch.float32)[:4])
+    lens = torch.tensor([4, 3], device=DEVICE)
+    default = tg.choose_config(2, 16, gi.device, gi.dtype)
+    other = default._replace(stamped=not default.stamped)
+    log, forward = [], tg.forward
+
+    def logged(*args):
+        log.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(tg, "forward", logged)
+    monkeypatch.setattr(tg, "_candidates", lambda *args: [default, other])
+    monkeypatch.setattr(tg, "l2_eviction", lambda device: lambda: log.append("evict"))
+    forward(gi, h0, w, b, lens, True, False)
+    assert log == [default, other] + ["evict", default, "evict", other] * 3
 
 
 def test_benchmark_mode_leaves_out_a_split_that_fails(benchmark_mode, monkeypatch):
@@ -1324,8 +1345,8 @@ def test_benchmark_mode_leaves_out_a_split_that_disagrees(benchmark_mode, monkey
 
     monkeypatch.setattr(tg, "forward", forward_wrong_for_one_split)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [default, wrong])
-    monkeypatch.setattr(tg, "time_interleaved",
-                        lambda runs, device: {c: 0.1 if c == wrong else 1.0 for c in runs})
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device, **_: {
+        c: 0.1 if c == wrong else 1.0 for c in runs})
     forward(gi, h0, w, b, lens, True, False)
     key = _key(2, 16, 5, torch.float32, True, False)
     assert tg._tuned[key] == default and "differs" in tg.trials[key][wrong]
@@ -1336,7 +1357,7 @@ def test_benchmark_mode_times_nothing_with_one_candidate(benchmark_mode, monkeyp
     gi, h0, w, b = (t.detach() for t in _problem(4, 2, 8, torch.float64)[:4])
     default = tg.choose_config(2, 8, gi.device, gi.dtype)
     monkeypatch.setattr(tg, "_candidates", lambda *args: [default])
-    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device: pytest.fail("timed"))
+    monkeypatch.setattr(tg, "time_interleaved", lambda runs, device, **_: pytest.fail("timed"))
     tg.forward(gi, h0, w, b, torch.tensor([4, 4], device=DEVICE), True, False)
     assert tg._tuned[_key(2, 8, 4, torch.float64, True, False)] == default
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..scan import time_interleaved
+from ..scan import l2_eviction, time_interleaved
 from . import tf32x3
 from ._triton import splits
 from ._triton.backward import _backward_kernel
@@ -68,8 +68,8 @@ from .cpu_step import _special_mode
 # reading. Every caller calls them as splits.f, so a tool or test that replaces one for a
 # process (as benchmarks/gpu.py's --no-* flags do) replaces it in _triton.splits, not
 # here. What this module calls by its own names is replaced here: _candidates, _launch,
-# _empty, time_interleaved, forward; and a kernel's device functions in each kernel module
-# that holds them (tests/test_triton.py's _patch_kernels).
+# _empty, time_interleaved, l2_eviction, forward; and a kernel's device functions in each
+# kernel module that holds them (tests/test_triton.py's _patch_kernels).
 __all__ = ["Config", "DTYPES", "backward", "benchmark", "choose_backward_config",
            "choose_config", "core", "devices", "forward", "max_hidden", "missing", "trials"]
 
@@ -108,8 +108,9 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
              dtype: torch.dtype) -> tuple[Config, dict]:
     """The fastest of the candidates that run and give the default's result (its first
     tensor, within the dtype's rounding), and the trial: each split's seconds
-    (time_interleaved), or why it was left out. The default runs first: its error is the
-    call's."""
+    (time_interleaved, L2 evicted before each timing: a real call's kernels read their
+    inputs from memory, not from the L2 an earlier timing left them in), or why it was
+    left out. The default runs first: its error is the call's."""
     if len(candidates) == 1:
         return default, {}
     want = run(default)[0]
@@ -128,7 +129,7 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
             trial[cfg] = "its result differs from the default's"
             continue
         runs[cfg] = lambda c=cfg: run(c)
-    trial.update(time_interleaved(runs, device))
+    trial.update(time_interleaved(runs, device, before=l2_eviction(device)))
     return min(runs, key=trial.get), trial
 
 
