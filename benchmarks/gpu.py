@@ -22,7 +22,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-split16 --no-chunked --no-chunk-shapes --no-partials --no-groups
+        --no-split16 --no-chunked --no-chunk-shapes --no-partials --no-groups \
+        --no-permuted
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -285,13 +286,13 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False,
              no_chunk_shapes: bool = False, no_partials: bool = False,
-             no_groups: bool = False) -> None:
+             no_groups: bool = False, no_permuted: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
     products (Config.chunked) and chunk shapes (Config.unit_lanes, Config.thread_units),
     from the defaults and benchmark mode's candidates both; and benchmark mode's resident
-    tl.dot, fp16-part (Config.split16), partial-product (Config.partials) and grouped
-    (Config.groups) candidates."""
+    tl.dot, fp16-part (Config.split16), partial-product (Config.partials), grouped
+    (Config.groups) and permuted-exchange (Config.permuted) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -312,7 +313,8 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
                                 (lambda c: (c.unit_lanes, c.thread_units) != (1, 1),
                                  no_chunk_shapes),
                                 (lambda c: c.partials, no_partials),
-                                (lambda c: c.groups != 1, no_groups)) if on]
+                                (lambda c: c.groups != 1, no_groups),
+                                (lambda c: c.permuted, no_permuted)) if on]
     if left_out:
         candidates = tg._candidates
         tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
@@ -331,6 +333,7 @@ LEAVE_OUT = {
                     "(Config.unit_lanes, Config.thread_units)",
     "partials": "the backward splits that exchange partial products (Config.partials)",
     "groups": "the splits that take the rows in two groups (Config.groups)",
+    "permuted": "the splits that exchange in the product's order (Config.permuted)",
 }
 
 

@@ -18,8 +18,9 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TUNE_S=${TUNE_S:-400}
-# (none now: every family has run on a GPU; TUNE_NEW, ";"-separated, adds to them)
-IFS=';' read -ra NEW <<< "${TUNE_NEW:-}"
+# (unset: the permuted exchange's fp32 tests, the family never run on a GPU; TUNE_NEW,
+# ";"-separated, names others instead, or none where empty)
+IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and not f16|--no-permuted}"
 for entry in "${NEW[@]}"; do
   case "$entry" in *"|--no-"*) ;; *)
     echo "gpu_tune: TUNE_NEW's entries are '-k EXPRESSION|--no-FLAG'; got '$entry'" >&2
@@ -33,6 +34,7 @@ GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
 FIRST="default_splits_on_gpu or chunk_shapes_on_gpu or narrow_exchange or prefetch_changes"
 REST="chunked_on_gpu or partials_on_gpu or groups_on_gpu or stacked_on_gpu or"
 REST="$REST split16_on_gpu or stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
+REST="$REST or permuted_exchange"
 REST="($REST) and not ($FIRST)"
 gates=()
 for entry in "${NEW[@]}"; do gates+=("-m pytest -q -p no:cacheprovider tests/test_triton.py -k '${entry%|*}'"); done

@@ -76,15 +76,15 @@ def test_each_left_out(gpu_bench, left_out):
 
 
 @pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "partials",
-                                      "groups"])
+                                      "groups", "permuted"])
 def test_fp32_candidates_left_out(gpu_bench, left_out):
     """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
     --no-chunked the chunked products (the default's too: the stacked split, as before
     chunked won), --no-chunk-shapes the chunked ones with unit_lanes or thread_units,
-    --no-partials the backward's partial products, --no-groups the rows in groups, each
-    nothing else."""
+    --no-partials the backward's partial products, --no-groups the rows in groups,
+    --no-permuted the permuted exchanges, each nothing else."""
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "partials", "groups")
+             "chunk_shapes", "partials", "groups", "permuted")
     gpu_bench.restrict(*(name == left_out for name in names))
     for forward in (True, False):
         default, found = _found(torch.float32, forward=forward)
@@ -99,6 +99,8 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
         assert any(c.partials for c in others) == (left_out != "partials" and not forward)
         assert any(c.groups != 1 for c in others) == (
             left_out not in ("groups", "chunked"))
+        assert any(c.permuted for c in others) == (
+            left_out not in ("permuted", "chunked", "chunk_shapes"))
         assert any(c.prefetch for c in others)
         assert default.chunked == (left_out != "chunked")
         assert ((default.unit_lanes, default.thread_units) != (1, 1)) == (

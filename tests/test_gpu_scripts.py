@@ -123,6 +123,18 @@ def test_a_new_family_is_gated(tmp_path, fails):
     assert "groups_on_gpu" in warm  # (the gates' kernels compiled beforehand too)
 
 
+def test_the_permuted_exchange_is_gated_by_default(tmp_path):
+    """TUNE_NEW unset: the permuted exchange (never run on a GPU) is gated by its fp32
+    tests before the grid, which goes without it where they fail; its tests run again
+    with the others' after the grid."""
+    calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", "permuted_exchange and not f16",
+                    TUNE_S="400")
+    tests = _tests(calls)
+    assert tests[0].endswith("-k permuted_exchange and not f16")
+    assert [f for f in _grid(calls).split() if f.startswith("--no-")] == ["--no-permuted"]
+    assert "or permuted_exchange)" in tests[-1]
+
+
 def test_a_new_family_without_its_flag_is_refused(tmp_path):
     """A TUNE_NEW entry without its --no- flag stops the call before anything runs (the
     expression would go to the grid as an argument and cost it)."""

@@ -377,6 +377,89 @@ def test_chunk_shape():
                                            unit_lanes=32))
 
 
+def test_permuted_rule():
+    """Which splits can exchange in the product's order (_can_permute: a chunk shape whose
+    warps all lie along K, not stamped, one group, no partials; a ValueError at launch
+    otherwise), and _permutation: distinct places within block_k, every one of them at
+    hidden = block_k, in 16-byte runs a thread."""
+    cfg = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True,
+                    unit_lanes=4, thread_units=2)  # (fp32 B=16 H=1024's default shape)
+    assert splits._can_permute(cfg)
+    assert splits._can_permute(tg.Config(16, 4, 512, dot=False, resident=True, chunked=True,
+                                         unit_lanes=4))
+    refused = [cfg._replace(unit_lanes=2),  # (2 × 2 < 8 units: warps along the units)
+               cfg._replace(unit_lanes=1, thread_units=1),  # (no chunk shape)
+               cfg._replace(chunked=False), cfg._replace(stamped=True),
+               cfg._replace(groups=2), cfg._replace(partials=True)]
+    for bad in refused:
+        assert not splits._can_permute(bad)
+        with pytest.raises(ValueError, match="permuted"):
+            launch._check_split(bad._replace(permuted=True), 1024, tl.float32)
+    launch._check_split(cfg._replace(permuted=True), 1024, tl.float32)
+    at = splits._permutation(cfg, 1024)
+    assert sorted(at) == list(range(1024))
+    # (chunks of 8 lanes over 8 warps, 16 chunks: lane i of warp j holds chunks c = 4q..4q+3
+    # of k = (8c + j)·8 + i side by side)
+    assert [at[(8 * c + 3) * 8 + 5] for c in range(4)] == [3 * 128 + 5 * 4 + q
+                                                          for q in range(4)]
+    padded = splits._permutation(cfg, 1000)
+    assert len(set(padded)) == 1000 and max(padded) < 1024
+
+
+PERMUTED_SPLITS = {  # (batch, hidden, split): chunk shapes whose warps all lie along K
+    "u16x2": (7, 30, dict(block_batch=4, slice=32, block_k=32, warps=4, unit_lanes=16,
+                          thread_units=2)),  # (chunks of 2, 4 a thread: one 16-byte load)
+    "u16x2-8w": (7, 30, dict(block_batch=4, slice=32, block_k=32, warps=8, unit_lanes=16,
+                             thread_units=2)),  # (2 chunks a thread)
+    "u8x16": (6, 100, dict(block_batch=4, slice=128, block_k=128, warps=4, unit_lanes=8,
+                           thread_units=16)),  # (8 chunks: in halves)
+    "u32x4-prefetch": (3, 128, dict(block_batch=4, slice=128, block_k=128, warps=4,
+                                    unit_lanes=32, thread_units=4, prefetch=True)),
+}
+if DEVICE == "cuda":  # the B=16 shapes (64-128 programs), as benchmark mode tries them
+    PERMUTED_SPLITS.update({
+        "f32-512-u4x1": (16, 512, dict(block_batch=16, slice=4, block_k=512, unit_lanes=4)),
+        "f32-512-u2x2": (16, 512, dict(block_batch=16, slice=4, block_k=512, unit_lanes=2,
+                                       thread_units=2)),
+        "f32-1024-u4x2": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, warps=8,
+                                         unit_lanes=4, thread_units=2)),
+        "f32-1000-u4x2-12": (12, 1000, dict(block_batch=16, slice=8, block_k=1024, warps=8,
+                                            unit_lanes=4, thread_units=2, prefetch=True)),
+    })
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("split", list(PERMUTED_SPLITS))
+def test_permuted_exchange(split, dtype, reset_after, monkeypatch):
+    """Config.permuted: the state (the backward's gradients) exchanged in the order the
+    product's threads hold it, rows of block_k (zeros past H), read without a pass through
+    shared memory. Against the reference: outputs and every gradient, rows past B, a last
+    chunk past H, ragged lengths; against the same split unpermuted: bit for bit where
+    each thread's chunks are read at once (in the interpreter), within 1e-6 where the
+    forward reads them in halves (its sums in another order); the kernels get the
+    permuted buffers (the forward's hbuf of block_k, the backward's xbuf of 3·block_k)."""
+    batch, hidden, fields = PERMUTED_SPLITS[split]
+    cfg = tg.Config(**fields, dot=False, resident=True, chunked=True, permuted=True)
+    launched = []
+    real_launch = tg._launch
+
+    def spy(kernel, cfg, batch, hidden, steps, args, **consts):
+        xbuf = args[7] if kernel is tg._forward_kernel else args[13]
+        launched.append((cfg.permuted, xbuf.shape[-1]))
+        real_launch(kernel, cfg, batch, hidden, steps, args, **consts)
+
+    monkeypatch.setattr(tg, "_launch", spy)
+    steps = 512 if DEVICE == "cuda" else 5
+    _compare(steps, batch, hidden, reset_after, dtype, lengths=_ragged(batch, steps),
+             cfg=cfg)
+    assert launched == [(True, cfg.block_k), (True, 3 * cfg.block_k)]
+    chunk, kwarps = splits._chunk_shape(cfg)
+    halves = cfg.block_k // (chunk * kwarps) >= 8
+    _same_numbers("permuted", [cfg._replace(permuted=False), cfg], 6, batch, hidden,
+                  _ragged(batch), reset_after, dtype, exact=DEVICE == "cpu" and not halves)
+
+
 @pytest.mark.parametrize("chunk,kwarps,inner", [(32, 1, 1), (8, 4, 1), (4, 8, 1), (16, 2, 1),
                                                 (8, 2, 2), (32, 1, 4)], ids=str)
 @pytest.mark.parametrize("layout", ["forward", "backward"])
@@ -925,7 +1008,11 @@ def test_stacked_splits_fit(monkeypatch):
                             default._replace(prefetch=True)]
     assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [8, 4]
     assert [c.slice for c in forward if c.split16] == [16, 8, 4]
-    assert sum(c.prefetch for c in forward) == 1
+    assert sum(c.prefetch for c in forward if not c.permuted) == 1
+    # (its chunk shape's warps all along K: permuted too, with its reads a step ahead too)
+    assert {c for c in forward if c.permuted} == {default._replace(permuted=True),
+                                                  default._replace(prefetch=True,
+                                                                   permuted=True)}
     assert not any(c.stamped for c in forward if c.stacked)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
     assert tg.Config(16, 32, 64, dot=True) in forward
@@ -2256,7 +2343,8 @@ def shared_words(ptx):
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PARTIALS"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PARTIALS",
+                 "PERMUTED"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
     if "PP" in kernel.arg_names:  # (Config.partials's programs, rounded up: unread)

@@ -165,6 +165,24 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _padded(*shape: int, pad: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A ``Config.permuted`` exchange, rows of block_k values: the kernels write each value
+    of a k < H before they read it and read those past H as they are, so zeros where
+    ``pad`` (block_k > H)."""
+    return (torch.zeros if pad else _empty)(*shape, dtype=dtype, device=device)
+
+
+_permuted: dict[tuple, Tensor] = {}
+
+
+def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
+    """splits._permutation(cfg, hidden) on ``device`` (made once per split, H and device)."""
+    key = (cfg, hidden, device)
+    if key not in _permuted:
+        _permuted[key] = torch.tensor(splits._permutation(cfg, hidden), device=device)
+    return _permuted[key]
+
+
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
             reset_after: bool, save: bool, cfg: Config | None = None):
     """Returns out (T, B, H) in gi's dtype and the saved gates: with ``save``, r, z, n and
@@ -191,6 +209,10 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
+    elif cfg.permuted:  # rows of block_k in _permuted_at's order, zeros past H
+        hbuf = _padded(2 + (not reset_after), batch, cfg.block_k,
+                       pad=hidden < cfg.block_k, dtype=acc, device=gi.device)
+        hbuf[0][:, _positions(cfg, hidden, gi.device)] = h0.to(acc)
     else:
         hbuf = _empty(2 + (not reset_after), batch, hidden,
                       dtype=w_hh.dtype if cfg.narrow else acc, device=gi.device)
@@ -232,6 +254,9 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         consts = {"PARTIALS": True, "PP": splits._pow2(programs)}
     elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
+    elif cfg.permuted:  # each gate's row of block_k in _permuted_at's order, zeros past H
+        xbuf = _padded(2, batch, 3 * cfg.block_k, pad=hidden < cfg.block_k, dtype=acc,
+                       device=out.device)
     elif cfg.kmajor or cfg.narrow:  # the K-major or 16-bit exchange (each step written
         # before it is read)
         xbuf = _empty(2, batch, 3 * hidden, dtype=w_hh.dtype if cfg.narrow else acc,

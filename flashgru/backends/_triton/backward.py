@@ -12,6 +12,7 @@ from .products import (
     _mm,
     _partial_product,
     _partial_tiles,
+    _permuted_at,
     _resident_product,
     _resident_tiles_t,
 )
@@ -51,7 +52,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                      CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
                      SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
-                     PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1):
+                     PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
+                     PERMUTED: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -76,7 +78,10 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     each summing those of its units (_summed_partials); PP a power of two ≥ the programs.
     GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups, each its own
     recurrence with its own counter; a step is two phases (_backward_gates, then
-    _backward_carry, whose wait the other group's phases cover).
+    _backward_carry, whose wait the other group's phases cover). PERMUTED
+    (``Config.permuted``, a chunked split's 5-axis tiles): the gradients are exchanged
+    through xbuf (2, B, 3, BK), each gate's row of BK in _permuted_at's order (zeros past
+    H, the caller's), read in the product's own layout (_permuted_block).
     """
     tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
                      "groups: not stamped, K-major, prefetch or stacked (_can_group)")
@@ -115,12 +120,12 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                 B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
                 cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
                 RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
             carried = _backward_carry(
                 dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
                 rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
                 S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
     else:  # (two groups, each step's phases rotated: group a's wait comes after group b's
         # phases, and the other way round)
         rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
@@ -131,31 +136,32 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
             t_end, 0, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask,
             m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK, RESET_AFTER, DOT,
             PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16,
-            CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
         d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
             dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1, n_prog,
             B, H, t_end, 0, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first, rows2, rmask2,
             cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
             RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
-            NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+            NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
         for i in range(t_end - t_begin):
             carried = _backward_carry(
                 dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
                 rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
                 S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
             if i + 1 < t_end - t_begin:
                 d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
                     dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
                     B, H, t_end, i + 1, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows,
                     rmask, cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
                     BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
-                    STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+                    STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP,
+                    PERMUTED)
             carried2 = _backward_carry(
                 dgi, dgh, xbuf, sync + 1, slot + 1, n_prog, B, H, t_end, i, carried2, d2, z2,
                 r2, d_rh2, rows2, rmask2, cols, cmask, m2, lens2, wt, w_hi, w_lo, w_rows, v_r,
                 v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
-                STACKED, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP)
+                STACKED, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
             if i + 1 < t_end - t_begin:
                 d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
                     dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1,
@@ -163,18 +169,24 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                     rows2, rmask2, cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r,
                     v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED,
                     KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI,
-                    PARTIALS, PP)
+                    PARTIALS, PP, PERMUTED)
         tl.store(dh + own2, carried2, mask=m2)
     tl.store(dh + own, carried, mask=m)
 
 
 @_jit
 def _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols, RESET_AFTER: tl.constexpr,
-                     XBUF: tl.constexpr, KMAJOR: tl.constexpr):
+                     XBUF: tl.constexpr, KMAJOR: tl.constexpr, PERMUTED: tl.constexpr,
+                     BK: tl.constexpr, KW: tl.constexpr, CHUNK: tl.constexpr):
     """Where step t's whole gradients are read (_backward_carry) and this program's are
-    published: an exchange buffer (stamped words, K-major or 16-bit) or dgh (dgi); gate
-    g's block at a + g·gstep, its rows xstride apart, this program's part of it at xo."""
-    if XBUF:
+    published: an exchange buffer (stamped words, K-major, 16-bit or permuted) or dgh
+    (dgi); gate g's block at a + g·gstep, its rows xstride apart, this program's part of
+    it at xo."""
+    if PERMUTED:  # (each gate's row BK values, in _permuted_at's order)
+        a = xbuf + (t % 2) * B * 3 * BK
+        xo = rows[:, None] * 3 * BK + _permuted_at(cols, BK // (KW * CHUNK), KW, CHUNK)[None, :]
+        return a, BK, 3 * BK, xo
+    elif XBUF:
         a = xbuf + (t % 2) * B * 3 * H
     elif RESET_AFTER:
         a = dgh + tl.cast(t, tl.int64) * B * 3 * H
@@ -196,7 +208,7 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
                     NARROW: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
                     CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
-                    PARTIALS: tl.constexpr, PP: tl.constexpr):
+                    PARTIALS: tl.constexpr, PP: tl.constexpr, PERMUTED: tl.constexpr):
     """Step t = t_end - 1 - i's first phase for the rows ``rows`` (a tile, or one of its
     groups, whose counter is ``sync``): the gates' gradients, stored and published, then
     an arrival without waiting (reset_before: after the n gate's exchange, which it waits
@@ -214,9 +226,11 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
     dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
     own3 = rows[:, None] * 3 * H + cols[None, :]
     g3 = tl.cast(t, tl.int64) * B * 3 * H
-    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW  # (the gradients exchanged in xbuf)
+    # (the gradients exchanged in xbuf)
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW or PERMUTED
     a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
-                                             RESET_AFTER, XBUF, KMAJOR)
+                                             RESET_AFTER, XBUF, KMAJOR, PERMUTED, BK, KW,
+                                             CHUNK)
     if RESET_AFTER:
         dr = dn * ghn * r * (1.0 - r)
         if XBUF:  # (published first: the others wait for them)
@@ -255,7 +269,7 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
                                   w_hi, w_lo, S, w_rows, SPLIT16)
         elif RESIDENT:
             d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
-                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)
+                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED, PERMUTED)
         else:
             d_rh = _mm(a + 2 * H, 3 * H, rows, rmask, wt + 2 * H, 1, 3 * H, cols, cmask,
                        H, t, BB, S, BK, DOT, PREC, ACC, STAMPED)
@@ -286,18 +300,19 @@ def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried,
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, NARROW: tl.constexpr,
                     SPLIT16: tl.constexpr, CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
                     KW: tl.constexpr, SI: tl.constexpr, PARTIALS: tl.constexpr,
-                    PP: tl.constexpr):
+                    PP: tl.constexpr, PERMUTED: tl.constexpr):
     """Step t = t_end - 1 - i's second phase (after _backward_gates): waits until every
     program has published the step's gradients, multiplies them by W_hh for this
     program's units and returns dL/dh before the step (carried where the step is past a
     row's length)."""
     t = t_end - 1 - i
     ok = m & (t < lens)[:, None]
-    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW
+    XBUF: tl.constexpr = STAMPED or KMAJOR or NARROW or PERMUTED
     # (chunked 5-axis tiles, Config.unit_lanes or thread_units: the gates summed at once)
     SHAPED: tl.constexpr = CHUNKED and (KW > 1 or CHUNK != LANES or SI > 1)
     a, gstep, xstride, xo = _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols,
-                                             RESET_AFTER, XBUF, KMAJOR)
+                                             RESET_AFTER, XBUF, KMAJOR, PERMUTED, BK, KW,
+                                             CHUNK)
     if not STAMPED:
         _wait(sync, (i + 1) * (1 + (not RESET_AFTER)) * n_prog)
     if RESET_AFTER:
@@ -309,7 +324,7 @@ def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried,
                                    w_hi, w_lo, S, w_rows, SPLIT16)
         elif SHAPED:
             carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
-                                   STAMPED, ACC, 3)
+                                   STAMPED, ACC, 3, PERMUTED)
         elif RESIDENT:
             carry = _resident_product(a, rows, rmask, H, xstride, t, v_r, BK, STAMPED,
                                       KMAJOR, DOT, PREC, ACC, CHUNKED)
@@ -329,7 +344,8 @@ def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried,
                                    STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
         elif SHAPED:
             carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
-                                              v_z, v_z, BK, STAMPED, ACC, 2)  # (r, z)
+                                              v_z, v_z, BK, STAMPED, ACC, 2,
+                                              PERMUTED)  # (r, z)
         elif RESIDENT:
             carry = r * d_rh + _resident_product(a, rows, rmask, H, xstride, t, v_r, BK,
                                                  STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED)

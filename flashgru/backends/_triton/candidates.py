@@ -23,9 +23,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
     H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
     products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
-    GROUPED_SPREADS's), in 16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32
-    where they fit in shared memory), and at H=257-512 two 8-row or four 4-row tiles with W
-    resident; at batch ≤ 16, the stacked tiles on the tensor cores where they fit
+    GROUPED_SPREADS's; each shape whose warps all lie along K also with its exchange
+    permuted, ``Config.permuted``), in 16 bits up to H=1024 tl.dot on resident tiles (16
+    units, and 32 where they fit in shared memory), and at H=257-512 two 8-row or four
+    4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores where they fit
     (_stacked_splits; below 16 rows their tile's other rows idle, for a barrier of 16-128
     programs), and at batch 9-16 fp32's stacked splits on fp16 parts (``Config.split16``:
     the forward's up to H=1024, the backward's up to 512). On an H200 (B=16, 2026-11-28)
@@ -81,6 +82,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 # H200, 2026-11-27)
                 found += [Config(16, s, hp, dot=True, warps=8, resident=True)
                           for s in (16, 32) if s * hp <= 16 * 1024]
+    # (each chunk shape whose warps all lie along K with its exchange permuted, the
+    # default's too)
+    found += [cfg._replace(permuted=True) for cfg in found
+              if splits._can_permute(cfg) and not cfg.permuted]
     if batch <= 16 and fp32_arithmetic:
         found += splits._stacked_splits(hidden, device, dtype, forward)
         if batch > 8:  # (fp32 on fp16 parts)

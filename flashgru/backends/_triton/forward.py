@@ -10,6 +10,8 @@ from .products import (
     _chunked_tiles,
     _hidden_product,
     _mm,
+    _permuted_at,
+    _permuted_products,
     _product,
     _product_k,
     _resident_product,
@@ -42,7 +44,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                    SI: tl.constexpr = 1, GROUPS: tl.constexpr = 1):
+                    SI: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
+                    PERMUTED: tl.constexpr = False):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -61,7 +64,10 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     holds fp32 W_hh's two fp16 parts and ``scale`` (3H,) its rows' scales (_fp16_parts;
     else unread). GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups,
     each its own recurrence with its own counter, their steps taken in turn
-    (_forward_step).
+    (_forward_step). PERMUTED (``Config.permuted``, a chunked split's 5-axis tiles): hbuf
+    and rhbuf hold each row of BK values in the order _permuted_at gives (the caller wrote
+    h0 so, and zeros past H), and the products read them in their own layout
+    (_permuted_block).
     """
     tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
                      "groups: not stamped, K-major, prefetch or stacked (_can_group)")
@@ -75,10 +81,16 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     h = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
     if KMAJOR:  # where this program's units go in the exchanged (H, B) states
         xown = cols[None, :] * B + rows[:, None]
+    elif PERMUTED:  # (rows of BK, each in _permuted_at's order)
+        xown = rows[:, None] * BK + _permuted_at(cols, BK // (KW * CHUNK), KW, CHUNK)[None, :]
     else:
         xown = own
+    if PERMUTED:  # (the values of one state in the exchange)
+        XH = BK
+    else:
+        XH = H
     if STAMPED:
-        _publish(hbuf + (t_begin % 2) * B * H + xown, h, m, t_begin, True)
+        _publish(hbuf + (t_begin % 2) * B * XH + xown, h, m, t_begin, True)
     # (W as the product needs it; the names a split doesn't use stand for W's pointer)
     w_hi, w_lo, w_r, w_z, w_n = w, w, w, w, w
     if STACKED:
@@ -104,32 +116,35 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         h, next_r, next_z, next_n = _forward_step(
             gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out, r_s,
             z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z, next_n,
-            rows, rmask, cols, cmask, m, own, xown, lens, last, BG, S, BK, RESET_AFTER, SAVE,
-            DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, SPLIT16, CHUNKED)
+            rows, rmask, cols, cmask, m, own, xown, lens, last, XH, BG, S, BK, RESET_AFTER,
+            SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, SPLIT16,
+            CHUNKED, PERMUTED)
         if GROUPS == 2:
             h2, next_r, next_z, next_n = _forward_step(
                 gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
                 r_s, z_s, n_s, ghn_s, sync + 1, n_prog, B, H, t, t_begin, h2, next_r,
-                next_z, next_n, rows2, rmask2, cols, cmask, m2, own2, own2, lens2, last, BG,
-                S, BK, RESET_AFTER, SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
-                PREFETCH, SPLIT16, CHUNKED)
+                next_z, next_n, rows2, rmask2, cols, cmask, m2, own2, own2, lens2, last, XH,
+                BG, S, BK, RESET_AFTER, SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
+                STACKED, PREFETCH, SPLIT16, CHUNKED, PERMUTED)
 
 
 @_jit
 def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
                   r_s, z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z,
-                  next_n, rows, rmask, cols, cmask, m, own, xown, lens, last,
+                  next_n, rows, rmask, cols, cmask, m, own, xown, lens, last, XH,
                   BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                   RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr,
                   PREC: tl.constexpr, ACC: tl.constexpr, RESIDENT: tl.constexpr,
                   STAMPED: tl.constexpr, KMAJOR: tl.constexpr, STACKED: tl.constexpr,
-                  PREFETCH: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr):
+                  PREFETCH: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
+                  PERMUTED: tl.constexpr):
     """Step t of _forward_kernel for the rows ``rows`` (a tile, or one of its groups, whose
     counter is ``sync``): waits until every program has published the state before step
     t, publishes the state after it and arrives, without waiting, so that another group's
     step runs while this one's arrivals come in. Returns the new state (h) and, with
-    PREFETCH, step t + 1's input projections (else next_* as given)."""
-    cur = hbuf + (t % 2) * B * H
+    PREFETCH, step t + 1's input projections (else next_* as given). XH: the values of
+    one state in the exchange (H; PERMUTED, rows of BK)."""
+    cur = hbuf + (t % 2) * B * XH
     t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
     if not STAMPED:  # (the state before step t published; reset_after=False: and r ⊙ h
         # of the step before, two arrivals a step)
@@ -154,6 +169,9 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
             gh_n = _product_k(x, w_n, ACC)
         else:
             gh_n = gh_z  # (unused: the n gate's product is on r ⊙ h, below)
+    elif PERMUTED:
+        gh_r, gh_z, gh_n = _permuted_products(cur, rows, rmask, XH, w_r, w_z, w_n, ACC,
+                                              3 if RESET_AFTER else 2)
     elif RESIDENT:
         x = _row_block(cur, rows, rmask, H, H, t, BK, STAMPED)
         gh_r = _product(x, w_r, DOT, PREC, ACC, CHUNKED)
@@ -179,8 +197,9 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
             ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
                                    w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
         elif RESIDENT:
-            ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else H, t, w_n, BK,
-                                    STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED) + b_n
+            ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else XH, t, w_n, BK,
+                                    STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED,
+                                    PERMUTED) + b_n
         else:
             ghn = _mm(rhbuf, H, rows, rmask, w + 2 * H * H, 1, H, cols, cmask, H, t,
                       BB, S, BK, DOT, PREC, ACC, STAMPED) + b_n
@@ -189,7 +208,7 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
     ok = m & (t < lens)[:, None]
     h = tl.where(ok, h_new, h)
     # (published first: the other programs wait for it)
-    _publish(hbuf + ((t + 1) % 2) * B * H + xown, h, m, t + 1, STAMPED)
+    _publish(hbuf + ((t + 1) % 2) * B * XH + xown, h, m, t + 1, STAMPED)
     at = t64 * B * H + own
     tl.store(out + at, tl.where(ok, h_new, 0.0).to(out.dtype.element_ty), mask=m)
     if SAVE:

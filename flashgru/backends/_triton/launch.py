@@ -42,7 +42,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
                 STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
                 CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
-                num_warps=cfg.warps,
+                PERMUTED=cfg.permuted, num_warps=cfg.warps,
                 **launch, **consts)
 
 
@@ -74,6 +74,10 @@ def _check_split(cfg: Config, hidden: int, acc) -> None:
     if not splits._can_group(cfg):
         raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
                          f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
+    if cfg.permuted and not splits._can_permute(cfg):
+        raise ValueError(f"a permuted split needs a chunked split with unit_lanes or "
+                         f"thread_units above 1 and slice = unit_lanes · thread_units, not "
+                         f"stamped, in one group, without partials; got {cfg}")
     if cfg.partials and not splits._can_partial(cfg):
         raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
                          f"block_k a power of two ≥ {WARP_LANES}, and no other product or "

@@ -58,13 +58,107 @@ def _chunked_tiles(w, cols, cmask, H, stride_s, gstep, BK: tl.constexpr,
 
 
 @_jit
+def _permuted_at(k, NC: tl.constexpr, KW: tl.constexpr, CHUNK: tl.constexpr):
+    """Where K's index k lies in a row of ``Config.permuted``'s exchange (host:
+    splits._permutation): a 5-axis chunked tile's k = (KW·c + j)·CHUNK + i (c < NC, warp j,
+    lane i) at j·NC·CHUNK + (c // V)·V·CHUNK + i·V + c % V, V = min(4, NC): each thread's V
+    chunks side by side (one 16-byte load), the warp's lanes' next to each other (a
+    warp's load is 128 contiguous bytes), and each warp's part of K apart."""
+    V: tl.constexpr = 4 if NC >= 4 else NC
+    c = k // (KW * CHUNK)
+    return (k // CHUNK) % KW * (NC * CHUNK) + c // V * (V * CHUNK) + k % CHUNK * V + c % V
+
+
+@_jit
+def _permuted_block(a, rows, rmask, stride, v, NCF: tl.constexpr = 0, C0: tl.constexpr = 0):
+    """(BB, NC, KW, SO, CHUNK): x[row, k] for this program's rows (row 0's for rows past B)
+    and every k < NC·KW·CHUNK (zero past H, where the caller zeroed the row's end), from a
+    ``Config.permuted``
+    exchange (a[row·stride + _permuted_at(k)]), for the 5-axis tile v (NC, SI, KW, SO,
+    CHUNK) (_chunked_partial). Loaded in the product's own layout: Triton lays the load's
+    lanes along the chunk and then the units (SO: the same address for every unit, one
+    load serving them), its warps along KW, and V values a thread in one 16-byte load, as
+    the product lays its operand, so no pass through shared memory converts it (nvdisasm,
+    sm_90a, Triton 3.6; a row-major block goes through shared memory in one-row pieces,
+    two barriers each). With NCF, v is a piece of a tile of NCF chunks, from chunk C0
+    (_halves): that piece's block."""
+    NC: tl.constexpr = v.shape[0]
+    KW: tl.constexpr = v.shape[2]
+    SO: tl.constexpr = v.shape[3]
+    CHUNK: tl.constexpr = v.shape[4]
+    BB: tl.constexpr = rows.shape[0]
+    ALL: tl.constexpr = NCF if NCF else NC
+    V: tl.constexpr = 4 if ALL >= 4 else ALL
+    i = tl.arange(0, CHUNK)[:, None, None, None, None, None]
+    o = tl.zeros((SO,), tl.int32)[None, :, None, None, None, None]
+    j = tl.arange(0, KW)[None, None, :, None, None, None]
+    # (rows past B read row 0, not masked: a masked load zeroes its registers first, and
+    # those rows' results are never stored)
+    b = tl.where(rmask, rows, 0)[None, None, None, :, None, None]
+    c = tl.arange(0, NC // V)[None, None, None, None, :, None] + C0 // V
+    q = tl.arange(0, V)[None, None, None, None, None, :]
+    p = a + b * stride + (j * (ALL * CHUNK) + c * (V * CHUNK) + i * V + q + o)
+    x = tl.load(p, cache_modifier=".cg")
+    # (CHUNK, SO, KW, BB, NC / V, V) → (BB, NC / V, V, KW, SO, CHUNK) → (BB, NC, KW, SO, CHUNK)
+    return tl.reshape(tl.permute(x, (3, 4, 5, 2, 1, 0)), (BB, NC, KW, SO, CHUNK))
+
+
+@_jit
+def _halves(v):
+    """A 5-axis chunked tile (NC, SI, KW, SO, CHUNK) as its two halves along NC (each
+    thread holds all of NC: registers renamed, nothing moved)."""
+    NC: tl.constexpr = v.shape[0]
+    whole = tl.reshape(v, (2, NC // 2, v.shape[1], v.shape[2], v.shape[3], v.shape[4]))
+    return tl.split(tl.permute(whole, (1, 2, 3, 4, 5, 0)))
+
+
+@_jit
+def _permuted_products(a, rows, rmask, stride, v_r, v_z, v_n, ACC: tl.constexpr,
+                       GATES: tl.constexpr):
+    """The first GATES (2 or 3) gate products of the block _permuted_block reads at a
+    with the 5-axis tiles v_r, v_z, v_n, (BB, S) each (the last v_z again where GATES is
+    2). The block in two halves along K's chunks where each holds whole 16-byte loads, each
+    read and multiplied in turn: the whole block's loads at once would hold it all in
+    registers beside W (fp32 B=16, H=1024: ptxas spilled 0.4-6.6 KB, sm_90a)."""
+    NC: tl.constexpr = v_r.shape[0]
+    if NC >= 8:
+        r0, r1 = _halves(v_r)
+        z0, z1 = _halves(v_z)
+        n0, n1 = _halves(v_n)
+        x = _permuted_block(a, rows, rmask, stride, r0, NC, 0)
+        p_r = _chunked_partial(x, r0, ACC)
+        p_z = _chunked_partial(x, z0, ACC)
+        if GATES == 3:
+            p_n = _chunked_partial(x, n0, ACC)
+        x = _permuted_block(a, rows, rmask, stride, r1, NC, NC // 2)
+        p_r += _chunked_partial(x, r1, ACC)
+        p_z += _chunked_partial(x, z1, ACC)
+        if GATES == 3:
+            p_n += _chunked_partial(x, n1, ACC)
+    else:
+        x = _permuted_block(a, rows, rmask, stride, v_r)
+        p_r = _chunked_partial(x, v_r, ACC)
+        p_z = _chunked_partial(x, v_z, ACC)
+        if GATES == 3:
+            p_n = _chunked_partial(x, v_n, ACC)
+    gh_z = _chunked_sum(p_z)
+    if GATES == 3:
+        return _chunked_sum(p_r), gh_z, _chunked_sum(p_n)
+    else:
+        return _chunked_sum(p_r), gh_z, gh_z
+
+
+@_jit
 def _chunked_partial(x, v, ACC: tl.constexpr):
     """_chunked_product's sum over K not yet complete: with a (NC, S, LANES) tile, the
     product summed over the chunks, (BB, S, LANES); with a 5-axis tile (NC, SI, KW, SO,
-    CHUNK), (BB, SI, KW, SO, CHUNK) summed over NC. What's left is _chunked_sum's."""
+    CHUNK), (BB, SI, KW, SO, CHUNK) summed over NC, x (BB, K) or, from _permuted_block,
+    (BB, NC, KW, SO, CHUNK). What's left is _chunked_sum's."""
     BB: tl.constexpr = x.shape[0]
     NC: tl.constexpr = v.shape[0]
-    if len(v.shape) == 3:
+    if len(x.shape) == 5:  # (the block already in the product's shape: _permuted_block)
+        return tl.sum(x.to(ACC)[:, :, None, :, :, :] * v.to(ACC)[None, :, :, :, :, :], axis=1)
+    elif len(v.shape) == 3:
         xc = tl.reshape(x.to(ACC), (BB, NC, LANES))[:, :, None, :]
         return tl.sum(xc * v.to(ACC)[None, :, :, :], axis=1)
     else:
@@ -189,10 +283,14 @@ def _product_k(x, v, ACC: tl.constexpr):
 @_jit
 def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
                       STAMPED: tl.constexpr, KMAJOR: tl.constexpr, DOT: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr, CHUNKED: tl.constexpr = False):
-    """(BB, S): the block _row_block reads at a (KMAJOR: K-major) times the resident tile
-    v (from _resident_tiles or _resident_tiles_t; CHUNKED, _chunked_tiles)."""
-    if KMAJOR:
+                      PREC: tl.constexpr, ACC: tl.constexpr, CHUNKED: tl.constexpr = False,
+                      PERMUTED: tl.constexpr = False):
+    """(BB, S): the block _row_block reads at a (KMAJOR: K-major; PERMUTED,
+    _permuted_block's) times the resident tile v (from _resident_tiles or
+    _resident_tiles_t; CHUNKED, _chunked_tiles)."""
+    if PERMUTED:
+        return _chunked_product(_permuted_block(a, rows, rmask, stride, v), v, ACC)
+    elif KMAJOR:
         return _product_k(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED, True), v,
                           ACC)
     else:
@@ -201,18 +299,32 @@ def _resident_product(a, rows, rmask, H, stride, t, v, BK: tl.constexpr,
 
 
 @_jit
+def _gate_block(a, rows, rmask, H, stride, t, v, BK: tl.constexpr, STAMPED: tl.constexpr,
+                PERMUTED: tl.constexpr):
+    """The block of one gate at a for _chunked_partial with tile v: _row_block's, or
+    PERMUTED _permuted_block's."""
+    if PERMUTED:
+        return _permuted_block(a, rows, rmask, stride, v)
+    else:
+        return _row_block(a, rows, rmask, H, stride, t, BK, STAMPED)
+
+
+@_jit
 def _chunked_gates(a, gstep, rows, rmask, H, stride, t, v_a, v_b, v_c, BK: tl.constexpr,
-                   STAMPED: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr):
-    """Σ_g (BB, H) block g @ v_g over GATES (2 or 3) gates, the blocks _row_block reads at
-    a + g·gstep, for a chunked split's 5-axis tiles (``Config.thread_units``,
-    ``Config.unit_lanes``): the gates' partial sums added in each thread before the lanes
-    and warps meet once (_chunked_sum), instead of once a gate."""
-    part = _chunked_partial(_row_block(a, rows, rmask, H, stride, t, BK, STAMPED), v_a, ACC)
-    part += _chunked_partial(_row_block(a + gstep, rows, rmask, H, stride, t, BK, STAMPED),
-                             v_b, ACC)
+                   STAMPED: tl.constexpr, ACC: tl.constexpr, GATES: tl.constexpr,
+                   PERMUTED: tl.constexpr = False):
+    """Σ_g (BB, H) block g @ v_g over GATES (2 or 3) gates, the blocks _row_block (PERMUTED:
+    _permuted_block) reads at a + g·gstep, for a chunked split's 5-axis tiles
+    (``Config.thread_units``, ``Config.unit_lanes``): the gates' partial sums added in
+    each thread before the lanes and warps meet once (_chunked_sum), instead of once a
+    gate."""
+    part = _chunked_partial(_gate_block(a, rows, rmask, H, stride, t, v_a, BK, STAMPED,
+                                        PERMUTED), v_a, ACC)
+    part += _chunked_partial(_gate_block(a + gstep, rows, rmask, H, stride, t, v_b, BK,
+                                         STAMPED, PERMUTED), v_b, ACC)
     if GATES == 3:
-        part += _chunked_partial(_row_block(a + 2 * gstep, rows, rmask, H, stride, t, BK,
-                                            STAMPED), v_c, ACC)
+        part += _chunked_partial(_gate_block(a + 2 * gstep, rows, rmask, H, stride, t, v_c,
+                                             BK, STAMPED, PERMUTED), v_c, ACC)
     return _chunked_sum(part)
 
 

@@ -77,7 +77,14 @@ class Config(NamedTuple):
     group's barrier and exchange are under way while the other computes (_forward_step; the
     backward's step in two phases, rotated between the groups: _backward_gates,
     _backward_carry); a benchmark-mode candidate, slower everywhere it was timed (H200,
-    B=16, fp32 H=512 and bf16 H=1024: 1.3-1.8x the same split in one group)."""
+    B=16, fp32 H=512 and bf16 H=1024: 1.3-1.8x the same split in one group); permuted (a
+    chunked split with a chunk shape whose warps all lie along K: slice = unit_lanes ·
+    thread_units; not stamped, one group, no partials): the exchange holds each row's
+    values in the order the product's threads hold them (_permuted_at), so that each
+    thread loads its operand values itself, 16 bytes at a time, where a row-major block
+    goes through shared memory first, one row at a time with two barriers each (nvdisasm,
+    sm_90a, Triton 3.6, fp32 B=16: H=1024's forward ~32 barriers a step, its backward
+    ~100); a benchmark-mode candidate, not yet timed."""
 
     block_batch: int
     slice: int
@@ -97,6 +104,7 @@ class Config(NamedTuple):
     thread_units: int = 1
     partials: bool = False
     groups: int = 1
+    permuted: bool = False
 
 
 def _pow2(n: int) -> int:
@@ -229,6 +237,30 @@ def _can_partial(cfg: Config) -> bool:
         and not (
         cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
         cfg.chunked)
+
+
+def _can_permute(cfg: Config) -> bool:
+    """Whether cfg can be ``Config.permuted``: a chunked split (_can_chunk) with a chunk
+    shape (unit_lanes or thread_units above 1) whose warps all lie along K (slice =
+    unit_lanes · thread_units: the warps along the units would each load the same
+    values), not stamped, in one group, without partials."""
+    return (cfg.chunked and _can_chunk(cfg) and (cfg.unit_lanes, cfg.thread_units) != (1, 1)
+            and cfg.slice == cfg.unit_lanes * cfg.thread_units and not cfg.stamped and
+            cfg.groups == 1 and not cfg.partials)
+
+
+def _permutation(cfg: Config, hidden: int) -> list[int]:
+    """Where each k < hidden lies in a row of ``Config.permuted``'s exchange (the kernels'
+    _permuted_at)."""
+    chunk, kwarps = _chunk_shape(cfg)
+    chunks = cfg.block_k // (chunk * kwarps)
+    v = min(4, chunks)
+    at = []
+    for k in range(hidden):
+        c = k // (kwarps * chunk)
+        at.append((k // chunk) % kwarps * (chunks * chunk) + c // v * (v * chunk) +
+                  k % chunk * v + c % v)
+    return at
 
 
 def _can_group(cfg: Config) -> bool:
