@@ -1663,7 +1663,8 @@ def test_every_default_and_candidate_can_run(monkeypatch):
     candidate made by changing one field of the default (chunked off, stamped, prefetch,
     narrow) must not keep a field only the default's other fields allowed. (A default
     chunked spread with a chunk shape once gave an unchunked candidate that kept its
-    shape: benchmark mode would have raised on a GPU.)"""
+    shape: benchmark mode would have raised on a GPU.) Each permutable default permuted
+    too (Config.permuted: its unchunked and stamped twins not)."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1677,11 +1678,15 @@ def test_every_default_and_candidate_can_run(monkeypatch):
             acc = launch._acc(dtype)
             for batch in (1, 2, 4, 8, 12, 16, 17, 64, 128):
                 for hidden in (64, 200, 256, 384, 512, 600, 1024, 2048):
-                    for forward, default in (
-                            (True, splits.choose_config(batch, hidden, cuda, dtype)),
-                            (True, splits.choose_config(batch, hidden, cuda, dtype, True)),
-                            (False, splits.choose_backward_config(batch, hidden, cuda,
-                                                                  dtype))):
+                    defaults = [
+                        (True, splits.choose_config(batch, hidden, cuda, dtype)),
+                        (True, splits.choose_config(batch, hidden, cuda, dtype, True)),
+                        (False, splits.choose_backward_config(batch, hidden, cuda, dtype))]
+                    # (and where a default could be permuted, as it would be once timed)
+                    defaults += [(forward, default._replace(permuted=True))
+                                 for forward, default in defaults
+                                 if splits._can_permute(default)]
+                    for forward, default in defaults:
                         for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
                                                   forward):
                             try:

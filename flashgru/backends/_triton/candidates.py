@@ -36,10 +36,11 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
-        found.append(default._replace(stamped=not default.stamped))
+        found.append(default._replace(stamped=not default.stamped, permuted=False))
     # (the resident broadcast splits with the product over K in chunks, Config.chunked,
     # and without where the default is: without, in no chunk shape)
-    found += [cfg._replace(chunked=not cfg.chunked, unit_lanes=1, thread_units=1)
+    found += [cfg._replace(chunked=not cfg.chunked, unit_lanes=1, thread_units=1,
+                           permuted=False)
               for cfg in list(found) if splits._can_chunk(cfg)]
     if device.type != "cuda":
         found.append(default._replace(resident=False, stamped=False))
