@@ -123,15 +123,18 @@ def test_a_new_family_is_gated(tmp_path, fails):
     assert "groups_on_gpu" in warm  # (the gates' kernels compiled beforehand too)
 
 
-def test_the_permuted_exchange_is_gated_by_default(tmp_path):
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails):
     """TUNE_NEW unset: the permuted exchange (never run on a GPU) is gated by its fp32
-    tests before the grid, which goes without it where they fail; its tests run again
-    with the others' after the grid."""
-    calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", "permuted_exchange and not f16",
-                    TUNE_S="400")
+    tests at the B=16 shapes before the grid, which goes without it where they fail; its
+    tests run again with the others' after the grid."""
+    monkeypatch.delenv("TUNE_NEW", raising=False)
+    gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000"
+    calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="400")
     tests = _tests(calls)
-    assert tests[0].endswith("-k permuted_exchange and not f16")
-    assert [f for f in _grid(calls).split() if f.startswith("--no-")] == ["--no-permuted"]
+    assert tests[0].endswith(f"-k {gate}")
+    flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
+    assert flags == (["--no-permuted"] if fails else [])
     assert "or permuted_exchange)" in tests[-1]
 
 

@@ -314,7 +314,8 @@ def test_dense_triton_refuses_large_hidden():
 
 def test_l2_eviction_writes_twice_the_cache(monkeypatch):
     """l2_eviction: none off CUDA; on CUDA a callable that writes zeros over a buffer of
-    twice the card's L2 (stand-ins for the card's properties and its memory)."""
+    twice the card's L2, or none where the card has no room for it (stand-ins for the
+    card's properties and its memory)."""
     assert scan.l2_eviction(torch.device("cpu")) is None
     made, empty = [], torch.empty
 
@@ -329,6 +330,12 @@ def test_l2_eviction_writes_twice_the_cache(monkeypatch):
     assert made == [(2000, torch.int8, torch.device("cuda"))]
     buffer = evict()
     assert buffer.numel() == 2000 and not buffer.any()
+
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("no room")
+
+    monkeypatch.setattr(torch, "empty", full)  # (no room for it: timed warm, not failed)
+    assert scan.l2_eviction(torch.device("cuda")) is None
 
 
 def test_time_interleaved_on_cuda_events(monkeypatch):

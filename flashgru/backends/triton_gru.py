@@ -176,10 +176,18 @@ _permuted: dict[tuple, Tensor] = {}
 
 
 def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
-    """splits._permutation(cfg, hidden) on ``device`` (made once per split, H and device)."""
+    """splits._permutation(cfg, hidden) on ``device``, made there by torch's integer ops
+    (no copy from the host: a call under CUDA graph capture may make it), once per split,
+    H and device."""
     key = (cfg, hidden, device)
     if key not in _permuted:
-        _permuted[key] = torch.tensor(splits._permutation(cfg, hidden), device=device)
+        chunk, kwarps = splits._chunk_shape(cfg)
+        chunks = cfg.block_k // (chunk * kwarps)
+        v = min(4, chunks)
+        k = torch.arange(hidden, device=device)
+        c = k // (kwarps * chunk)
+        _permuted[key] = ((k // chunk) % kwarps * (chunks * chunk) + c // v * (v * chunk) +
+                          k % chunk * v + c % v)
     return _permuted[key]
 
 

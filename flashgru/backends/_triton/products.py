@@ -7,7 +7,7 @@ products of ``Config.partials``.
 from __future__ import annotations
 
 from .exchange import _await, _row_block, _shared_block
-from .lang import LANES, _jit, tl
+from .lang import LANES, LEADING_LANES, _jit, tl
 
 
 @_jit
@@ -79,8 +79,9 @@ def _permuted_block(a, rows, rmask, stride, v, NCF: tl.constexpr = 0, C0: tl.con
     lanes along the chunk and then the units (SO: the same address for every unit, one
     load serving them), its warps along KW, and V values a thread in one 16-byte load, as
     the product lays its operand, so no pass through shared memory converts it (nvdisasm,
-    sm_90a, Triton 3.6; a row-major block goes through shared memory in one-row pieces,
-    two barriers each). With NCF, v is a piece of a tile of NCF chunks, from chunk C0
+    sm_90a, Triton 3.6-3.9, the load's axes in the order each lays lanes along:
+    LEADING_LANES; a row-major block goes through shared memory in one-row pieces, two
+    barriers each). With NCF, v is a piece of a tile of NCF chunks, from chunk C0
     (_halves): that piece's block."""
     NC: tl.constexpr = v.shape[0]
     KW: tl.constexpr = v.shape[2]
@@ -89,18 +90,30 @@ def _permuted_block(a, rows, rmask, stride, v, NCF: tl.constexpr = 0, C0: tl.con
     BB: tl.constexpr = rows.shape[0]
     ALL: tl.constexpr = NCF if NCF else NC
     V: tl.constexpr = 4 if ALL >= 4 else ALL
-    i = tl.arange(0, CHUNK)[:, None, None, None, None, None]
-    o = tl.zeros((SO,), tl.int32)[None, :, None, None, None, None]
-    j = tl.arange(0, KW)[None, None, :, None, None, None]
     # (rows past B read row 0, not masked: a masked load zeroes its registers first, and
     # those rows' results are never stored)
-    b = tl.where(rmask, rows, 0)[None, None, None, :, None, None]
-    c = tl.arange(0, NC // V)[None, None, None, None, :, None] + C0 // V
+    b = tl.where(rmask, rows, 0)
+    if LEADING_LANES:  # (CHUNK, SO, KW, BB, NC / V, V), lanes along the first two
+        i = tl.arange(0, CHUNK)[:, None, None, None, None, None]
+        o = tl.zeros((SO,), tl.int32)[None, :, None, None, None, None]
+        j = tl.arange(0, KW)[None, None, :, None, None, None]
+        b = b[None, None, None, :, None, None]
+        c = tl.arange(0, NC // V)[None, None, None, None, :, None] + C0 // V
+    else:  # (BB, NC / V, KW, SO, CHUNK, V), lanes along CHUNK and SO
+        b = b[:, None, None, None, None, None]
+        c = tl.arange(0, NC // V)[None, :, None, None, None, None] + C0 // V
+        j = tl.arange(0, KW)[None, None, :, None, None, None]
+        o = tl.zeros((SO,), tl.int32)[None, None, None, :, None, None]
+        i = tl.arange(0, CHUNK)[None, None, None, None, :, None]
     q = tl.arange(0, V)[None, None, None, None, None, :]
-    p = a + b * stride + (j * (ALL * CHUNK) + c * (V * CHUNK) + i * V + q + o)
-    x = tl.load(p, cache_modifier=".cg")
-    # (CHUNK, SO, KW, BB, NC / V, V) → (BB, NC / V, V, KW, SO, CHUNK) → (BB, NC, KW, SO, CHUNK)
-    return tl.reshape(tl.permute(x, (3, 4, 5, 2, 1, 0)), (BB, NC, KW, SO, CHUNK))
+    x = tl.load(a + b * stride + (j * (ALL * CHUNK) + c * (V * CHUNK) + i * V + q + o),
+                cache_modifier=".cg")
+    # (→ (BB, NC / V, V, KW, SO, CHUNK) → (BB, NC, KW, SO, CHUNK))
+    if LEADING_LANES:
+        x = tl.permute(x, (3, 4, 5, 2, 1, 0))
+    else:
+        x = tl.permute(x, (0, 1, 5, 2, 3, 4))
+    return tl.reshape(x, (BB, NC, KW, SO, CHUNK))
 
 
 @_jit
