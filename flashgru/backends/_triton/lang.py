@@ -49,4 +49,3 @@ def _leading_lanes(version: str) -> bool:
 
 # (_permuted_block builds its load's axes in the order this Triton lays lanes along)
 LEADING_LANES = True if triton is None else tl.constexpr(_leading_lanes(triton.__version__))
-
