@@ -28,11 +28,11 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     units, and 32 where they fit in shared memory), and at H=257-512 two 8-row or four
     4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores
     where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a
-    barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts (``Config.split16``:
-    the forward's up to H=1024, the backward's up to 512). On an H200 (B=16, 2026-11-28)
-    partials, groups, split16 and 16-bit resident tl.dot lost wherever they were timed
-    (docs/performance.md). Off CUDA (the interpreter: one program per tile), the default,
-    stamped, each chunked or not, and with W streamed."""
+    barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
+    (``Config.split16``: the forward's up to H=1024, the backward's up to 512). On an H200
+    (B=16, 2026-11-28) partials, groups, split16 and 16-bit resident tl.dot lost wherever
+    they were timed (docs/performance.md). Off CUDA (the interpreter: one program per
+    tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
