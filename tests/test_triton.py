@@ -2547,6 +2547,26 @@ for shape in ((32, 1, 1), (8, 8, 2)):
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
     reads[str(shape[2])] = {"words": shared_words(compiled.asm["ptx"]),
                             "shuffles": compiled.asm["ptx"].count("shfl.sync")}
+# the chunked splits with 2 units a thread and 4 lanes along them (fp32 B=16 H=1024's
+# default shape), their exchange row-major or permuted (Config.permuted): the words each
+# reads from shared memory and its barriers
+permuted = {}
+for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_kernel)):
+    for on in (False, True):
+        consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=True, DOT=False, PREC="tf32x3",
+                      ACC=tl.float32, RESIDENT=True, STAMPED=False, CHUNKED=True, CHUNK=8,
+                      KW=8, SI=2, PERMUTED=on)
+        if name == "forward":
+            consts["SAVE"] = True
+        sig = signature(kernel, consts)
+        # (every pointer 16-byte aligned, as torch's tensors are: the loads' vectors)
+        aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names)
+                   if sig[a].startswith("*")}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts,
+                                            attrs=aligned),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        permuted[f"{name}-{on}"] = {"words": shared_words(compiled.asm["ptx"]),
+                                    "barriers": compiled.asm["ptx"].count("bar.sync")}
 # the backward exchanging partial products (Config.partials) at the same size: whether its
 # 4-axis product became a tl.dot, its shuffles and the words it reads from shared memory
 partials = {}
@@ -2607,7 +2627,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
                   "prefetch": prefetch, "shuffles": shuffles, "reads": reads,
-                  "partials": partials}))
+                  "partials": partials, "permuted": permuted}))
 """
 
 
@@ -2685,6 +2705,17 @@ def test_thread_units_halve_the_backwards_reads(sm90):
     plain, two = sm90["reads"]["1"], sm90["reads"]["2"]
     assert 0 < 2 * two["words"] <= 1.1 * plain["words"], (plain, two)
     assert 0 < two["shuffles"] < plain["shuffles"], (plain, two)
+
+
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_permuted_exchange_reads_no_shared_memory(sm90, kernel):
+    """Config.permuted rests on the layout Triton gives its load (LEADING_LANES: this
+    Triton's order): the product's own, so the exchanged operand is not converted through
+    shared memory, row by row with two barriers each, as the row-major block is (fp32,
+    B=16, H=1024, u4x2, 8 warps; PTX: what is left is the sums across warps)."""
+    plain, permuted = (sm90["permuted"][f"{kernel}-{on}"] for on in (False, True))
+    assert 4 * permuted["words"] < plain["words"], (plain, permuted)
+    assert 2 * permuted["barriers"] < plain["barriers"], (plain, permuted)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
