@@ -176,18 +176,10 @@ _permuted: dict[tuple, Tensor] = {}
 
 
 def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
-    """splits._permutation(cfg, hidden) on ``device``, made there by torch's integer ops
-    (no copy from the host: a call under CUDA graph capture may make it), once per split,
-    H and device."""
+    """splits._permuted_places(cfg, hidden, device), made once per split, H and device."""
     key = (cfg, hidden, device)
     if key not in _permuted:
-        chunk, kwarps = splits._chunk_shape(cfg)
-        chunks = cfg.block_k // (chunk * kwarps)
-        v = min(4, chunks)
-        k = torch.arange(hidden, device=device)
-        c = k // (kwarps * chunk)
-        _permuted[key] = ((k // chunk) % kwarps * (chunks * chunk) + c // v * (v * chunk) +
-                          k % chunk * v + c % v)
+        _permuted[key] = splits._permuted_places(cfg, hidden, device)
     return _permuted[key]
 
 

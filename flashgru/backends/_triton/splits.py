@@ -249,18 +249,22 @@ def _can_permute(cfg: Config) -> bool:
             cfg.groups == 1 and not cfg.partials)
 
 
-def _permutation(cfg: Config, hidden: int) -> list[int]:
+def _permuted_places(cfg: Config, hidden: int, device: torch.device) -> torch.Tensor:
     """Where each k < hidden lies in a row of ``Config.permuted``'s exchange (the kernels'
-    _permuted_at)."""
+    _permuted_at), made on ``device`` by torch's integer ops (no copy from the host: a
+    call under CUDA graph capture may make it)."""
     chunk, kwarps = _chunk_shape(cfg)
     chunks = cfg.block_k // (chunk * kwarps)
     v = min(4, chunks)
-    at = []
-    for k in range(hidden):
-        c = k // (kwarps * chunk)
-        at.append((k // chunk) % kwarps * (chunks * chunk) + c // v * (v * chunk) +
-                  k % chunk * v + c % v)
-    return at
+    k = torch.arange(hidden, device=device)
+    c = k // (kwarps * chunk)
+    return (k // chunk) % kwarps * (chunks * chunk) + c // v * (v * chunk) + k % chunk * v + \
+        c % v
+
+
+def _permutation(cfg: Config, hidden: int) -> list[int]:
+    """_permuted_places, as a list."""
+    return _permuted_places(cfg, hidden, torch.device("cpu")).tolist()
 
 
 def _can_group(cfg: Config) -> bool:
