@@ -126,6 +126,18 @@ def _halves(v):
 
 
 @_jit
+def _gate_partials(x, v_r, v_z, v_n, ACC: tl.constexpr, GATES: tl.constexpr):
+    """_chunked_partial of the block x with each of the first GATES (2 or 3) gates' tiles
+    (where GATES is 2, z's again for n's)."""
+    p_r = _chunked_partial(x, v_r, ACC)
+    p_z = _chunked_partial(x, v_z, ACC)
+    if GATES == 3:
+        return p_r, p_z, _chunked_partial(x, v_n, ACC)
+    else:
+        return p_r, p_z, p_z
+
+
+@_jit
 def _permuted_products(a, rows, rmask, stride, v_r, v_z, v_n, ACC: tl.constexpr,
                        GATES: tl.constexpr):
     """The first GATES (2 or 3) gate products of the block _permuted_block reads at a
@@ -138,22 +150,16 @@ def _permuted_products(a, rows, rmask, stride, v_r, v_z, v_n, ACC: tl.constexpr,
         r0, r1 = _halves(v_r)
         z0, z1 = _halves(v_z)
         n0, n1 = _halves(v_n)
-        x = _permuted_block(a, rows, rmask, stride, r0, NC, 0)
-        p_r = _chunked_partial(x, r0, ACC)
-        p_z = _chunked_partial(x, z0, ACC)
-        if GATES == 3:
-            p_n = _chunked_partial(x, n0, ACC)
-        x = _permuted_block(a, rows, rmask, stride, r1, NC, NC // 2)
-        p_r += _chunked_partial(x, r1, ACC)
-        p_z += _chunked_partial(x, z1, ACC)
-        if GATES == 3:
-            p_n += _chunked_partial(x, n1, ACC)
+        p_r, p_z, p_n = _gate_partials(_permuted_block(a, rows, rmask, stride, r0, NC, 0),
+                                       r0, z0, n0, ACC, GATES)
+        q_r, q_z, q_n = _gate_partials(_permuted_block(a, rows, rmask, stride, r1, NC,
+                                                       NC // 2), r1, z1, n1, ACC, GATES)
+        p_r += q_r
+        p_z += q_z
+        p_n += q_n
     else:
-        x = _permuted_block(a, rows, rmask, stride, v_r)
-        p_r = _chunked_partial(x, v_r, ACC)
-        p_z = _chunked_partial(x, v_z, ACC)
-        if GATES == 3:
-            p_n = _chunked_partial(x, v_n, ACC)
+        p_r, p_z, p_n = _gate_partials(_permuted_block(a, rows, rmask, stride, v_r), v_r,
+                                       v_z, v_n, ACC, GATES)
     gh_z = _chunked_sum(p_z)
     if GATES == 3:
         return _chunked_sum(p_r), gh_z, _chunked_sum(p_n)
