@@ -75,9 +75,12 @@ def train(args) -> int:
     # does rank 0 create the run directory.
     dist = Dist.from_env(device)
     try:
-        return _train(config, opts, ckpt, run, backend, device, dist)
-    finally:
-        dist.close()
+        result = _train(config, opts, ckpt, run, backend, device, dist)
+    except BaseException:
+        dist.close(finished=False)
+        raise
+    dist.close()
+    return result
 
 
 def _train(config, opts, ckpt, run, backend, device, dist) -> int:

@@ -249,9 +249,15 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group; where the run ``finished``, only once every process
+        has (a gloo peer that tears its connections down first can abort another, SIGABRT:
+        seen once in CI's two-process test, 2026-11-28, not reproduced). After an error,
+        at once: the others' next collective fails instead of waiting for this one."""
         if self.world_size > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if finished:
+                    dist.barrier()
                 dist.destroy_process_group()
