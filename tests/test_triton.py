@@ -512,6 +512,8 @@ if DEVICE == "cuda":  # the B=16 shapes (64-128 programs), as benchmark mode tri
                                        thread_units=2)),
         "f32-1024-u4x2": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, warps=8,
                                          unit_lanes=4, thread_units=2)),
+        "f32-1024-u8x1": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, warps=8,
+                                         unit_lanes=8)),
         "f32-1000-u4x2-12": (12, 1000, dict(block_batch=16, slice=8, block_k=1024, warps=8,
                                             unit_lanes=4, thread_units=2, prefetch=True)),
     })

@@ -111,10 +111,17 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
 #   H=512 forward, 4 warps: 1984 → 1696 (4, 1); backward 4032 → 2064 (2, 2) at 4 warps,
 #   2608 at 8; H=1024 forward, 8 warps: 6016 → 5440 (4, 1), 4736 (4, 2); backward
 #   14208 → 7040 (4, 2), 7232 (2, 2).
+# With the exchange permuted (Config.permuted: the operand loaded by each thread, no
+# shared memory), the fewest lanes along K win instead (twenty-fourth session, Triton 3.6,
+# warp-instructions a step per multiprocessor, permuted, against the default unpermuted):
+#   H=1024 forward (8, 1) 18,624 (174 registers, no spills), against (4, 2) 20,608 and
+#   permuted 20,792 (255 registers): its sums over K's lanes 123 shuffles a thread against
+#   324; H=512 backward (4, 1) 5,476 (134 registers), against (2, 2) 6,992 (40 bytes
+#   spilled) and permuted 5,844.
 SPREAD_CHUNK_SHAPES = {
     (4, 512, True): ((4, 4, 1),),
-    (4, 512, False): ((4, 2, 2), (8, 2, 2)),
-    (8, 1024, True): ((8, 4, 1), (8, 4, 2)),
+    (4, 512, False): ((4, 2, 2), (8, 2, 2), (4, 4, 1)),
+    (8, 1024, True): ((8, 4, 1), (8, 4, 2), (8, 8, 1)),
     (8, 1024, False): ((8, 4, 2), (8, 2, 2)),
 }
 
