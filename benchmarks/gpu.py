@@ -289,10 +289,10 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_groups: bool = False, no_permuted: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
-    products (Config.chunked) and chunk shapes (Config.unit_lanes, Config.thread_units),
-    from the defaults and benchmark mode's candidates both; and benchmark mode's resident
-    tl.dot, fp16-part (Config.split16), partial-product (Config.partials), grouped
-    (Config.groups) and permuted-exchange (Config.permuted) candidates."""
+    products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units) and
+    permuted exchanges (Config.permuted), from the defaults and benchmark mode's
+    candidates both; and benchmark mode's resident tl.dot, fp16-part (Config.split16),
+    partial-product (Config.partials) and grouped (Config.groups) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -301,10 +301,12 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
         splits._narrow_where_set = lambda cfg, device, dtype: cfg
     if no_chunk_shapes:
         splits._chunk_shape_where_set = lambda cfg, forward: cfg
-    if no_prefetch:  # (only a backward default prefetches)
-        backward = splits.choose_backward_config
-        splits.choose_backward_config = lambda *a, **k: backward(*a, **k)._replace(
-            prefetch=False)
+    off = {name: False for name, on in (("prefetch", no_prefetch),
+                                         ("permuted", no_permuted)) if on}
+    if off:  # (out of both defaults: each split is the same without them)
+        forward, backward = splits.choose_config, splits.choose_backward_config
+        splits.choose_config = lambda *a, **k: forward(*a, **k)._replace(**off)
+        splits.choose_backward_config = lambda *a, **k: backward(*a, **k)._replace(**off)
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
                                  no_resident_dot),

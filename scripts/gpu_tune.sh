@@ -18,9 +18,10 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TUNE_S=${TUNE_S:-400}
-# (unset: the permuted exchange's fp32 tests at the B=16 shapes, the family never run on a
-# GPU; TUNE_NEW, ";"-separated, names others instead, or none where empty)
-IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and (512 or 1024) and not f16 and not 1000|--no-permuted}"
+# (unset: the permuted exchange's fp32 tests at the B=16 shapes, reset_after=True (seven
+# splits: within the gate's 90 s), the family never run on a GPU; TUNE_NEW, ";"-separated,
+# names others instead, or none where empty)
+IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted}"
 for entry in "${NEW[@]}"; do
   case "$entry" in *"|--no-"*) ;; *)
     echo "gpu_tune: TUNE_NEW's entries are '-k EXPRESSION|--no-FLAG'; got '$entry'" >&2

@@ -22,7 +22,7 @@ def gpu_bench(monkeypatch):
     _triton.splits and triton_gru) restored afterwards, and a 132-multiprocessor card for
     the split rules."""
     for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set",
-                 "_chunk_shape_where_set", "choose_backward_config"):
+                 "_chunk_shape_where_set", "choose_config", "choose_backward_config"):
         monkeypatch.setattr(splits, name, getattr(splits, name))
     monkeypatch.setattr(tg, "_candidates", tg._candidates)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -172,3 +172,25 @@ def test_a_failed_tf32x3_run_costs_its_columns_alone(gpu_bench, monkeypatch):
     assert row["fwd_flashgru"] == row["fb_torch"] == 4.0 and "fwd_tf32x3" not in row
     row.update(T=5, H=8, B=3, dtype="float32")
     assert gpu_bench._line(row).endswith("| tf32x3 GEMMs failed: RuntimeError: no TF32 here")
+
+
+@pytest.mark.parametrize("left_out", ["prefetch", "permuted", None])
+def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeypatch,
+                                                              left_out):
+    """Where a default is permuted or prefetches (SPREAD_CHUNK_DEFAULTS can say so, and
+    two 8-row tiles), --no-permuted and --no-prefetch take that out of the forward's and
+    the backward's defaults, and nothing else."""
+    monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, True), dict(
+        block_batch=8, slice=8, unit_lanes=8, thread_units=1, permuted=True, prefetch=True))
+    monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, False), dict(
+        unit_lanes=4, thread_units=1, permuted=True, prefetch=True))
+    names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
+             "chunk_shapes", "partials", "groups", "permuted")
+    gpu_bench.restrict(*(name == left_out for name in names))
+    cuda = torch.device("cuda")
+    shaped = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True,
+                       permuted=left_out != "permuted", prefetch=left_out != "prefetch")
+    assert splits.choose_config(16, 512, cuda, torch.float32, True) == shaped._replace(
+        block_batch=8, slice=8, unit_lanes=8)
+    assert splits.choose_backward_config(12, 512, cuda, torch.float32) == shaped._replace(
+        unit_lanes=4)

@@ -129,7 +129,7 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     tests at the B=16 shapes before the grid, which goes without it where they fail; its
     tests run again with the others' after the grid."""
     monkeypatch.delenv("TUNE_NEW", raising=False)
-    gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000"
+    gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000 and after"
     calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="400")
     tests = _tests(calls)
     assert tests[0].endswith(f"-k {gate}")

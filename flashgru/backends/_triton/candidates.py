@@ -23,8 +23,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
     H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
     products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
-    GROUPED_SPREADS's; each shape whose warps all lie along K also with its exchange
-    permuted, ``Config.permuted``), in 16 bits up to H=1024 tl.dot on resident tiles (16
+    GROUPED_SPREADS's, and two 8-row tiles chunked, in HALF_ROW_SPREADS's; each shape
+    whose warps all lie along K also with its exchange permuted, ``Config.permuted``), in 16 bits up to H=1024 tl.dot on resident tiles (16
     units, and 32 where they fit in shared memory), and at H=257-512 two 8-row or four
     4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores
     where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a
@@ -72,6 +72,11 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
                                           groups=2)
                           for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
+            if spread is not None:  # (two 8-row tiles, each over half the programs)
+                found += [Config(8, 2 * spread.slice, hp, dot=False, warps=w, resident=True,
+                                 chunked=True, unit_lanes=u, thread_units=i)
+                          for w, u, i in HALF_ROW_SPREADS.get((spread.slice, hp, forward),
+                                                              ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -123,6 +128,24 @@ SPREAD_CHUNK_SHAPES = {
     (4, 512, False): ((4, 2, 2), (8, 2, 2), (4, 4, 1)),
     (8, 1024, True): ((8, 4, 1), (8, 4, 2), (8, 8, 1)),
     (8, 1024, False): ((8, 4, 2), (8, 2, 2)),
+}
+
+
+# Benchmark mode's chunked splits of 8-row tiles at batch 9-16, each tile over half the
+# programs with twice the spread split's units (_spread_resident): (units, K, forward) →
+# (warps, unit_lanes, thread_units), each also permuted. A program then reads half the
+# exchange a step (the backward's gradients: 96 KB at H=1024, against 192 KB; 12.6 MB a
+# step through L2 in all, against 25), and its barrier counts half the arrivals. Chosen
+# offline, untimed (twenty-fourth session, scripts/sass_profile.py, sm_90a, Triton 3.6,
+# fp32 B=16, warp-instructions a step per multiprocessor, permuted, against the defaults
+# unpermuted): H=512 forward (8 units, 4 warps, u8x1) 4,760 against 5,964, 60 shuffles a
+# thread against 156; H=512 backward (u4x2) 4,928 against 6,992 (no spills, against 40
+# bytes); H=1024 backward (16 units, 16 warps, u8x2) 20,912 against 21,112, 116 bytes
+# spilled against 148. At H=1024 the forward's 16 units spill 0.5-4.4 KB: none.
+HALF_ROW_SPREADS = {
+    (4, 512, True): ((4, 8, 1),),
+    (4, 512, False): ((4, 4, 2),),
+    (8, 1024, False): ((16, 8, 2),),
 }
 
 

@@ -188,28 +188,32 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
     return cfg._replace(narrow=True) if device.type == "cuda" and _can_narrow(cfg, dtype) else cfg
 
 
-# The chunk shapes (Config.unit_lanes, Config.thread_units) a chunked spread split takes by
-# default at batch 9-16 (_spread_resident: fp32): (units, K, warps, forward) → (unit_lanes,
-# thread_units). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) → this: H=512
-# forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024 forward 6.96 →
-# 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product backward took
-# 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower.)
+# What a chunked spread split (_spread_resident: fp32 at batch 9-16) takes by default:
+# (units, K, warps, forward) → the Config fields it changes: its chunk shape
+# (Config.unit_lanes, Config.thread_units), and where they win, the permuted exchange,
+# prefetch, or two 8-row tiles of twice the units (block_batch, slice, warps: benchmark
+# mode's HALF_ROW_SPREADS). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) →
+# this: H=512 forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024
+# forward 6.96 → 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product
+# backward took 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower.)
 SPREAD_CHUNK_DEFAULTS = {
-    (4, 512, 4, True): (4, 1),
-    (4, 512, 4, False): (2, 2),
-    (8, 1024, 8, True): (4, 2),
-    (8, 1024, 8, False): (4, 2),
+    (4, 512, 4, True): dict(unit_lanes=4, thread_units=1),
+    (4, 512, 4, False): dict(unit_lanes=2, thread_units=2),
+    (8, 1024, 8, True): dict(unit_lanes=4, thread_units=2),
+    (8, 1024, 8, False): dict(unit_lanes=4, thread_units=2),
 }
 
 
 def _chunk_shape_where_set(cfg: Config, forward: bool) -> Config:
-    """cfg with SPREAD_CHUNK_DEFAULTS's chunk shape where it is a chunked 16-row split of
-    that many units, K and warps (and the shape can be: _can_chunk); else cfg."""
-    shape = SPREAD_CHUNK_DEFAULTS.get((cfg.slice, cfg.block_k, cfg.warps, forward))
-    if not cfg.chunked or cfg.block_batch != 16 or shape is None:
+    """cfg with SPREAD_CHUNK_DEFAULTS's fields where it is a chunked 16-row split of that
+    many units, K and warps (and the split they make can run: _can_chunk, and
+    _can_permute where permuted); else cfg."""
+    fields = SPREAD_CHUNK_DEFAULTS.get((cfg.slice, cfg.block_k, cfg.warps, forward))
+    if not cfg.chunked or cfg.block_batch != 16 or fields is None:
         return cfg
-    shaped = cfg._replace(unit_lanes=shape[0], thread_units=shape[1])
-    return shaped if _can_chunk(shaped) else cfg
+    shaped = cfg._replace(**fields)
+    return shaped if _can_chunk(shaped) and (
+        _can_permute(shaped) or not shaped.permuted) else cfg
 
 
 def _can_chunk(cfg: Config) -> bool:
@@ -400,8 +404,8 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     its product chunked 1.4-1.5x faster again (H200; scripts/gpu_probe_backward.py,
     docs/performance.md)."""
     cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
-    if device.type == "cuda" and cfg.block_batch == 16 and hidden > 256 and \
-            dtype != torch.float64:
+    if device.type == "cuda" and 8 < batch <= 16 and hidden > 256 and \
+            dtype != torch.float64:  # (a 16-row tile's, whatever the forward's rows)
         stacked = _stacked_default(hidden, device, dtype, forward=False)
         if stacked is not None:  # bf16 10.2 → 6.0 µs per step at H=512, 16.5 → 10.5 at 1024
             return stacked
