@@ -24,8 +24,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
     products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
     GROUPED_SPREADS's, and two 8-row tiles chunked, in HALF_ROW_SPREADS's; each shape
-    whose warps all lie along K also with its exchange permuted, ``Config.permuted``), in 16 bits up to H=1024 tl.dot on resident tiles (16
-    units, and 32 where they fit in shared memory), and at H=257-512 two 8-row or four
+    whose warps all lie along K also with its exchange permuted, ``Config.permuted``), in
+    16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in
+    shared memory), and at H=257-512 two 8-row or four
     4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores
     where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a
     barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
