@@ -93,6 +93,12 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     # default's too)
     found += [cfg._replace(permuted=True) for cfg in found
               if splits._can_permute(cfg) and not cfg.permuted]
+    # (and each permuted one with its reads a step ahead too, on CUDA: prefetch costs them
+    # 0-1% more instructions and no spills, sm_90a, Triton 3.6, fp32 B=16, except the
+    # 8-row H=1024 backward's, 116 → 204 bytes; timed so, they show what a default made
+    # of them would take)
+    found += [cfg._replace(prefetch=True) for cfg in found
+              if cfg.permuted and not cfg.prefetch and device.type == "cuda"]
     if batch <= 16 and fp32_arithmetic:
         found += splits._stacked_splits(hidden, device, dtype, forward)
         if batch > 8:  # (fp32 on fp16 parts)
