@@ -5,7 +5,8 @@
 # point's line, and every candidate's time in $OUT/tune.json, the data for the defaults
 # (fp32's points also with the GEMMs as three TF32 ones, --tf32x3-beside). Then, in the
 # time left, the GPU-only tests: first those of the defaults and of the families they
-# could be made of, then the others. The summary (scripts/tune_summary.py) last. Logs go
+# could be made of, then the others. The summary (scripts/tune_summary.py, with the
+# SPREAD_CHUNK_DEFAULTS entries its fp32 timings call for) last. Logs go
 # to $OUT.
 #
 # Every candidate family has run its GPU tests on an H200 without a wrong number (the
@@ -80,5 +81,5 @@ tests $((TUNE_S - 10 - SECONDS)) "$FIRST"
 tests $((TUNE_S - 10 - SECONDS)) "$REST"
 tail -4 "$OUT/pytest-tune.log"
 if [ -f "$OUT/tune.json" ]; then
-  python3 scripts/tune_summary.py "$OUT/tune.json" | tee "$OUT/tune-summary.log"
+  python3 scripts/tune_summary.py "$OUT/tune.json" --defaults | tee "$OUT/tune-summary.log"
 fi

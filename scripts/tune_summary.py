@@ -4,7 +4,9 @@
 the fastest candidate's with its speedup; with --all, the others, fastest first. What to
 put into choose_config / choose_backward_config comes from these lines.
 
-    python scripts/tune_summary.py tune.json [--all]
+    python scripts/tune_summary.py tune.json [--all] [--defaults]
+
+--defaults prints splits.SPREAD_CHUNK_DEFAULTS's entries the fp32 timings call for.
 """
 import argparse
 import ast
@@ -67,14 +69,80 @@ def _end_to_end(point: str, row: dict) -> list[str]:
             if "fwd_" + key in row]
 
 
+# The fields a spread default may change (splits.SPREAD_CHUNK_DEFAULTS's values)
+SPREAD_FIELDS = ("block_batch", "slice", "warps", "unit_lanes", "thread_units", "permuted",
+                 "prefetch")
+
+
+def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
+    """splits.SPREAD_CHUNK_DEFAULTS's entries the timings call for: at each fp32 point of
+    batch 9-16 where a card of ``sms`` multiprocessors takes the chunked spread split, the
+    forward's fastest over inference and training together (timed in both) and the
+    backward's fastest, as the fields they change from the spread split; or why not (the
+    fastest is another kind of split: stacked, tl.dot, in groups or with partials)."""
+    lines = []
+    for row in grid:
+        if row.get("dtype") != "float32" or not 8 < row.get("B", 0) <= 16 or \
+                row.get("H", 0) <= 256 or "timed" not in row:  # (H ≤ 256: K-major tiles)
+            continue
+        spread = _spread(row["H"], sms)
+        if spread is None:
+            continue
+        for forward in (True, False):
+            kinds = [k for k in row["timed"] if k.startswith("forward" if forward else
+                                                            "backward")]
+            times = [row["timed"][k]["us_per_step"] for k in kinds]
+            both = set.intersection(*(set(t) for t in times)) if times else set()
+            if not both:
+                continue
+            best = min(both, key=lambda c: sum(t[c] for t in times))
+            cfg = tg.Config(*ast.literal_eval(best))
+            key = (spread.slice, spread.block_k, spread.warps, forward)
+            timing = ", ".join(
+                f"{k} {row['timed'][k]['us_per_step'].get(row['timed'][k]['default'], 0):.2f}"
+                f" → {t[best]:.2f}" for k, t in zip(kinds, times))
+            base = spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS})
+            if base != cfg or cfg.block_batch not in (16, 8) or \
+                    cfg.slice != spread.slice * (16 // cfg.block_batch):
+                lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: the "
+                             f"fastest, {label(best)}, is no spread split ({timing})")
+                continue
+            fields = ", ".join(f"{f}={getattr(cfg, f)}" for f in SPREAD_FIELDS
+                               if getattr(cfg, f) != getattr(spread, f) or
+                               f in ("unit_lanes", "thread_units"))
+            lines.append(f"SPREAD_CHUNK_DEFAULTS[{key}] = dict({fields})  # H={row['H']}: "
+                         f"{timing} µs a step")
+    return lines
+
+
+def _spread(hidden: int, sms: int):
+    """The chunked spread split (splits._spread_resident, then chunked) on a card of
+    ``sms`` multiprocessors, or None."""
+    from flashgru.backends._triton import splits
+    limit = splits._grid_limit
+    splits._grid_limit = lambda device: sms
+    try:
+        spread = splits._spread_resident(hidden, None)
+    finally:
+        splits._grid_limit = limit
+    if spread is None:
+        return None
+    chunked = spread._replace(chunked=True)
+    return chunked if splits._can_chunk(chunked) else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json")
     parser.add_argument("--all", action="store_true", help="every candidate's time too")
+    parser.add_argument("--defaults", action="store_true",
+                        help="splits.SPREAD_CHUNK_DEFAULTS's entries the timings call for")
     args = parser.parse_args()
     with open(args.json) as f:
         results = json.load(f)
     print("\n".join(summarize(results.get("grid", []), args.all)))
+    if args.defaults:
+        print("\n".join(spread_defaults(results.get("grid", []))))
 
 
 if __name__ == "__main__":

@@ -74,3 +74,34 @@ def test_end_to_end_lines():
     lines = tune_summary.summarize([dict(row, fwd_tf32x3=2.048, fb_tf32x3=5.12)])
     assert lines[1] == (" float32 H=256   B=16  end to end, µs a step (× cuDNN): "
                         "tf32x3 GEMMs fwd 4.00 (×5.00) f+b 10.00 (×4.00)")
+
+
+def test_spread_defaults():
+    """--defaults: SPREAD_CHUNK_DEFAULTS's entries at fp32 B=9-16 above H=256, the forward's
+    fastest over inference and training together (a split timed in one of them only is
+    not chosen), as the fields it changes from the chunked spread split; a line saying why
+    not where the fastest is another kind of split; nothing for other points."""
+    spread = tg.Config(16, 4, 512, False, resident=True, chunked=True)
+    default = spread._replace(unit_lanes=4)
+    halves = spread._replace(block_batch=8, slice=8, unit_lanes=8, permuted=True,
+                             prefetch=True)
+    lone = spread._replace(unit_lanes=2, thread_units=2)  # (timed in one kind only)
+    stacked = tg.Config(16, 4, 512, True, resident=True, stacked=True)
+    bwd = spread._replace(unit_lanes=2, thread_units=2)
+    d, h, o, s, b = (str(tuple(c)) for c in (default, halves, lone, stacked, bwd))
+    row = {"dtype": "float32", "H": 512, "B": 16, "timed": {
+        "forward(True, False)": {"default": d, "us_per_step": {d: 3.0, h: 2.5, o: 1.0}},
+        "forward(True, True)": {"default": d, "us_per_step": {d: 3.2, h: 2.6}},
+        "backward(True,)": {"default": b, "us_per_step": {b: 5.7, s: 5.0}}}}
+    lines = tune_summary.spread_defaults(
+        [row, dict(row, dtype="bfloat16"), dict(row, B=1), dict(row, H=256)])
+    assert lines == [
+        "SPREAD_CHUNK_DEFAULTS[(4, 512, 4, True)] = dict(block_batch=8, slice=8, "
+        "unit_lanes=8, thread_units=1, permuted=True, prefetch=True)  # H=512: "
+        "forward(True, False) 3.00 → 2.50, forward(True, True) 3.20 → 2.60 µs a step",
+        "# H=512 backward: the fastest, (16, 4, 512, dot, 4w resident stacked), is no "
+        "spread split (backward(True,) 5.70 → 5.00)"]
+    row["timed"]["backward(True,)"]["us_per_step"][s] = 9.0  # (the default's own shape)
+    assert tune_summary.spread_defaults([row])[1] == (
+        "SPREAD_CHUNK_DEFAULTS[(4, 512, 4, False)] = dict(unit_lanes=2, thread_units=2)  "
+        "# H=512: backward(True,) 5.70 → 5.70 µs a step")
