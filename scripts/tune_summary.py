@@ -98,9 +98,8 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             best = min(both, key=lambda c: sum(t[c] for t in times))
             cfg = tg.Config(*ast.literal_eval(best))
             key = (spread.slice, spread.block_k, spread.warps, forward)
-            timing = ", ".join(
-                f"{k} {row['timed'][k]['us_per_step'].get(row['timed'][k]['default'], 0):.2f}"
-                f" → {t[best]:.2f}" for k, t in zip(kinds, times))
+            timing = ", ".join(f"{k} {_was(row['timed'][k])} → {t[best]:.2f}"
+                               for k, t in zip(kinds, times, strict=True))
             base = spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS})
             if base != cfg or cfg.block_batch not in (16, 8) or \
                     cfg.slice != spread.slice * (16 // cfg.block_batch):
@@ -113,6 +112,12 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             lines.append(f"SPREAD_CHUNK_DEFAULTS[{key}] = dict({fields})  # H={row['H']}: "
                          f"{timing} µs a step")
     return lines
+
+
+def _was(got: dict) -> str:
+    """A kind's default's µs per step, or that it wasn't timed."""
+    default = got["us_per_step"].get(got["default"])
+    return "not timed" if default is None else f"{default:.2f}"
 
 
 def _spread(hidden: int, sms: int):
