@@ -92,8 +92,12 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             kinds = [k for k in row["timed"] if k.startswith("forward" if forward else
                                                             "backward")]
             times = [row["timed"][k]["us_per_step"] for k in kinds]
-            both = set.intersection(*(set(t) for t in times)) if times else set()
+            if not kinds:
+                continue
+            both = set.intersection(*(set(t) for t in times))
             if not both:
+                lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: no "
+                             f"split timed in every kind ({', '.join(kinds)})")
                 continue
             best = min(both, key=lambda c: sum(t[c] for t in times))
             cfg = tg.Config(*ast.literal_eval(best))
@@ -104,7 +108,8 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             if base != cfg or cfg.block_batch not in (16, 8) or \
                     cfg.slice != spread.slice * (16 // cfg.block_batch):
                 lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: the "
-                             f"fastest, {label(best)}, is no spread split ({timing})")
+                             f"fastest, {label(best)}, differs from the chunked spread "
+                             f"split outside SPREAD_FIELDS ({timing})")
                 continue
             fields = ", ".join(f"{f}={getattr(cfg, f)}" for f in SPREAD_FIELDS
                                if getattr(cfg, f) != getattr(spread, f) or
@@ -121,8 +126,11 @@ def _was(got: dict) -> str:
 
 
 def _spread(hidden: int, sms: int):
-    """The chunked spread split (splits._spread_resident, then chunked) on a card of
-    ``sms`` multiprocessors, or None."""
+    """The chunked spread split (splits._spread_resident, then _chunked_where_set, as
+    the fp32 defaults take it) on a card of ``sms`` multiprocessors, or None where it
+    isn't chunked."""
+    import torch
+
     from flashgru.backends._triton import splits
     limit = splits._grid_limit
     splits._grid_limit = lambda device: sms
@@ -132,8 +140,8 @@ def _spread(hidden: int, sms: int):
         splits._grid_limit = limit
     if spread is None:
         return None
-    chunked = spread._replace(chunked=True)
-    return chunked if splits._can_chunk(chunked) else None
+    chunked = splits._chunked_where_set(spread, torch.device("cuda"), torch.float32)
+    return chunked if chunked.chunked else None
 
 
 def main():

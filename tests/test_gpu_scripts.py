@@ -18,6 +18,9 @@ PYTHON = """#!/bin/sh
 # each call's arguments on a line; a pytest run whose arguments contain one of the
 # ;-separated patterns of $FAIL_K exits 1, as a failed gate
 echo "$*" >> "$CALLS"
+for arg in "$@"; do  # (a --no- flag must be an argument of its own)
+  case "$arg" in "--no-"*" "*) echo "joined flags: $arg" >> "$CALLS" ;; esac
+done
 case "$*" in *pytest*) ;; *) exit 0 ;; esac
 IFS=';'
 for pattern in $FAIL_K; do
@@ -126,15 +129,17 @@ def test_a_new_family_is_gated(tmp_path, fails):
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails):
     """TUNE_NEW unset: the permuted exchange (never run on a GPU) is gated by its fp32
-    tests at the B=16 shapes before the grid, which goes without it where they fail; its
-    tests run again with the others' after the grid."""
+    tests at the B=16 shapes before the grid, which goes without it and the 8-row tiles
+    (each split is compared with its unpermuted self) where they fail, each flag its own
+    argument; its tests run again with the others' after the grid."""
     monkeypatch.delenv("TUNE_NEW", raising=False)
     gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000 and after"
     calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="400")
     tests = _tests(calls)
     assert tests[0].endswith(f"-k {gate}")
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
-    assert flags == (["--no-permuted"] if fails else [])
+    assert flags == (["--no-permuted", "--no-half-rows"] if fails else [])
+    assert not any(c.startswith("joined flags") for c in calls)
     assert "or permuted_exchange)" in tests[-1]
 
 

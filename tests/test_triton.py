@@ -1856,14 +1856,14 @@ def test_chunked_candidates_rule(monkeypatch):
                 assert shapes == set(candidates.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
                 assert all(splits._can_chunk(c) and c.slice == slice_ for c in found
                            if c.chunked and c.block_batch == 16)
-                # (and two 8-row tiles of twice the units, in HALF_ROW_SPREADS's shapes,
-                # each also permuted, and permuted with prefetch)
+                # (and in fp32 two 8-row tiles of twice the units, in HALF_ROW_SPREADS's
+                # shapes, each also permuted, and permuted with prefetch)
                 halves = [c for c in found if c.block_batch != 16 and c.chunked]
                 want = {tg.Config(8, 2 * slice_, hidden, dot=False, warps=w, resident=True,
                                   chunked=True, unit_lanes=u, thread_units=i, permuted=p,
                                   prefetch=f)
                         for w, u, i in candidates.HALF_ROW_SPREADS.get(
-                            (slice_, hidden, forward), ())
+                            (slice_, hidden, forward), ()) if dtype == f32
                         for p, f in ((False, False), (True, False), (True, True))}
                 assert set(halves) == want and len(halves) == len(want)
                 assert all(splits._can_chunk(c) and splits._can_permute(c) for c in halves)

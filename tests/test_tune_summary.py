@@ -99,9 +99,19 @@ def test_spread_defaults():
         "SPREAD_CHUNK_DEFAULTS[(4, 512, 4, True)] = dict(block_batch=8, slice=8, "
         "unit_lanes=8, thread_units=1, permuted=True, prefetch=True)  # H=512: "
         "forward(True, False) 3.00 → 2.50, forward(True, True) 3.20 → 2.60 µs a step",
-        "# H=512 backward: the fastest, (16, 4, 512, dot, 4w resident stacked), is no "
-        "spread split (backward(True,) 5.70 → 5.00)"]
+        "# H=512 backward: the fastest, (16, 4, 512, dot, 4w resident stacked), differs "
+        "from the chunked spread split outside SPREAD_FIELDS (backward(True,) 5.70 → "
+        "5.00)"]
     row["timed"]["backward(True,)"]["us_per_step"][s] = 9.0  # (the default's own shape)
     assert tune_summary.spread_defaults([row])[1] == (
         "SPREAD_CHUNK_DEFAULTS[(4, 512, 4, False)] = dict(unit_lanes=2, thread_units=2)  "
         "# H=512: backward(True,) 5.70 → 5.70 µs a step")
+    # (a default not timed: said so; a kind with no split timed in both: said so)
+    del row["timed"]["backward(True,)"]["us_per_step"][b]
+    row["timed"]["forward(True, True)"]["us_per_step"] = {s: 1.0}
+    assert tune_summary.spread_defaults([row]) == [
+        "# H=512 forward: no split timed in every kind (forward(True, False), "
+        "forward(True, True))",
+        "# H=512 backward: the fastest, (16, 4, 512, dot, 4w resident stacked), differs "
+        "from the chunked spread split outside SPREAD_FIELDS (backward(True,) not timed → "
+        "9.00)"]

@@ -23,8 +23,9 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
     H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
     products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
-    GROUPED_SPREADS's, and two 8-row tiles chunked, in HALF_ROW_SPREADS's; each shape
-    whose warps all lie along K also with its exchange permuted, ``Config.permuted``), in
+    GROUPED_SPREADS's, and in fp32 two 8-row tiles chunked, in HALF_ROW_SPREADS's; each
+    shape whose warps all lie along K also with its exchange permuted,
+    ``Config.permuted``, and so with prefetch too), in
     16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in
     shared memory), and at H=257-512 two 8-row or four
     4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores
@@ -73,7 +74,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
                                           groups=2)
                           for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
-            if spread is not None:  # (two 8-row tiles, each over half the programs)
+            if spread is not None and dtype == torch.float32:  # (two 8-row tiles, each
+                # over half the programs)
                 found += [Config(8, 2 * spread.slice, hp, dot=False, warps=w, resident=True,
                                  chunked=True, unit_lanes=u, thread_units=i)
                           for w, u, i in HALF_ROW_SPREADS.get((spread.slice, hp, forward),
@@ -93,12 +95,11 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     # default's too)
     found += [cfg._replace(permuted=True) for cfg in found
               if splits._can_permute(cfg) and not cfg.permuted]
-    # (and each permuted one with its reads a step ahead too, on CUDA: prefetch costs them
+    # (and each permuted one with its reads a step ahead too: prefetch costs them
     # 0-1% more instructions and no spills, sm_90a, Triton 3.6, fp32 B=16, except the
     # 8-row H=1024 backward's, 116 → 204 bytes; timed so, they show what a default made
     # of them would take)
-    found += [cfg._replace(prefetch=True) for cfg in found
-              if cfg.permuted and not cfg.prefetch and device.type == "cuda"]
+    found += [cfg._replace(prefetch=True) for cfg in found if cfg.permuted and not cfg.prefetch]
     if batch <= 16 and fp32_arithmetic:
         found += splits._stacked_splits(hidden, device, dtype, forward)
         if batch > 8:  # (fp32 on fp16 parts)
