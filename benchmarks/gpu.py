@@ -287,15 +287,15 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False,
              no_chunk_shapes: bool = False, no_partials: bool = False,
              no_groups: bool = False, no_permuted: bool = False,
-             no_half_rows: bool = False) -> None:
+             no_row_tiles: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
     products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units;
     without them a spread split takes none of splits.SPREAD_CHUNK_DEFAULTS's fields) and
     permuted exchanges (Config.permuted), from the defaults and benchmark mode's
     candidates both; and benchmark mode's resident tl.dot, fp16-part (Config.split16),
-    partial-product (Config.partials), grouped (Config.groups) and 8-row spread
-    (candidates.HALF_ROW_SPREADS) candidates."""
+    partial-product (Config.partials), grouped (Config.groups) and smaller row tiles'
+    (candidates.ROW_TILE_SPREADS) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -304,7 +304,7 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
         splits._narrow_where_set = lambda cfg, device, dtype: cfg
     if no_chunk_shapes:
         splits._chunk_shape_where_set = lambda cfg, forward: cfg
-    if no_half_rows:  # (a default of 8-row tiles keeps its 16-row tile's split)
+    if no_row_tiles:  # (a default of 8- or 4-row tiles keeps its 16-row tile's split)
         shaped = splits._chunk_shape_where_set
         splits._chunk_shape_where_set = lambda cfg, forward: (
             lambda got: got if got.block_batch == cfg.block_batch else cfg)(
@@ -325,17 +325,17 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
                                 (lambda c: c.partials, no_partials),
                                 (lambda c: c.groups != 1, no_groups),
                                 (lambda c: c.permuted, no_permuted),
-                                (_half_rows, no_half_rows)) if on]
+                                (_row_tiles, no_row_tiles)) if on]
     if left_out:
         candidates = tg._candidates
         tg._candidates = lambda default, *a: [c for c in candidates(default, *a) if
                                               c == default or not any(f(c) for f in left_out)]
 
 
-def _half_rows(cfg) -> bool:
-    """Whether cfg is one of candidates.HALF_ROW_SPREADS's splits: chunked 8-row tiles of
-    a chunk shape."""
-    return cfg.chunked and cfg.block_batch == 8 and (cfg.unit_lanes, cfg.thread_units) != (1, 1)
+def _row_tiles(cfg) -> bool:
+    """Whether cfg is one of candidates.ROW_TILE_SPREADS's splits: chunked tiles of fewer
+    than 16 rows in a chunk shape."""
+    return cfg.chunked and cfg.block_batch < 16 and (cfg.unit_lanes, cfg.thread_units) != (1, 1)
 
 
 # The candidate families --no-NAME leaves out (restrict's arguments, in order): what each is.
@@ -351,8 +351,8 @@ LEAVE_OUT = {
     "partials": "the backward splits that exchange partial products (Config.partials)",
     "groups": "the splits that take the rows in two groups (Config.groups)",
     "permuted": "the splits that exchange in the product's order (Config.permuted)",
-    "half-rows": "the chunked splits of two 8-row tiles at batch 9-16 "
-                 "(candidates.HALF_ROW_SPREADS)",
+    "row-tiles": "the chunked splits of 8- and 4-row tiles at batch 9-16 "
+                 "(candidates.ROW_TILE_SPREADS)",
 }
 
 

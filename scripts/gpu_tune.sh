@@ -20,11 +20,11 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TUNE_S=${TUNE_S:-400}
 # (unset: the permuted exchange's fp32 tests at the B=16 shapes, reset_after=True (seven
-# splits: within the gate's 90 s), the family never run on a GPU, with the 8-row tiles
+# splits: within the gate's 90 s), the family never run on a GPU, with the row tiles
 # (each test compares its split with the same unpermuted, so a failure may be either's:
 # both families go); TUNE_NEW, ";"-separated, names others instead, or none where empty;
 # an entry's flags may be several)
-IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-half-rows}"
+IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-row-tiles}"
 for entry in "${NEW[@]}"; do
   case "$entry" in *"|--no-"*) ;; *)
     echo "gpu_tune: TUNE_NEW's entries are '-k EXPRESSION|--no-FLAG'; got '$entry'" >&2

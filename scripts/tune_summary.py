@@ -105,7 +105,7 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             timing = ", ".join(f"{k} {_was(row['timed'][k])} → {t[best]:.2f}"
                                for k, t in zip(kinds, times, strict=True))
             base = spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS})
-            if base != cfg or cfg.block_batch not in (16, 8) or \
+            if base != cfg or cfg.block_batch not in (16, 8, 4) or \
                     cfg.slice != spread.slice * (16 // cfg.block_batch):
                 lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: the "
                              f"fastest, {label(best)}, differs from the chunked spread "

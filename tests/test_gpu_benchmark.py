@@ -76,16 +76,16 @@ def test_each_left_out(gpu_bench, left_out):
 
 
 @pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "partials",
-                                      "groups", "permuted", "half_rows"])
+                                      "groups", "permuted", "row_tiles"])
 def test_fp32_candidates_left_out(gpu_bench, left_out):
     """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
     --no-chunked the chunked products (the default's too: the stacked split, as before
     chunked won), --no-chunk-shapes the chunked ones with unit_lanes or thread_units,
     --no-partials the backward's partial products, --no-groups the rows in groups,
-    --no-permuted the permuted exchanges, --no-half-rows the 8-row tiles, each nothing
+    --no-permuted the permuted exchanges, --no-row-tiles the 8- and 4-row tiles, each nothing
     else."""
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "partials", "groups", "permuted", "half_rows")
+             "chunk_shapes", "partials", "groups", "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     for forward in (True, False):
         default, found = _found(torch.float32, forward=forward)
@@ -102,10 +102,10 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
             left_out not in ("groups", "chunked"))
         assert any(c.permuted for c in others) == (
             left_out not in ("permuted", "chunked", "chunk_shapes"))
-        assert any(c.block_batch == 8 and c.chunked for c in others) == (
-            left_out not in ("half_rows", "chunked", "chunk_shapes"))
-        assert any(c.block_batch == 8 and c.permuted for c in others) == (
-            left_out not in ("half_rows", "permuted", "chunked", "chunk_shapes"))
+        assert any(c.block_batch < 16 and c.chunked for c in others) == (
+            left_out not in ("row_tiles", "chunked", "chunk_shapes"))
+        assert any(c.block_batch < 16 and c.permuted for c in others) == (
+            left_out not in ("row_tiles", "permuted", "chunked", "chunk_shapes"))
         assert any(c.prefetch for c in others)
         assert default.chunked == (left_out != "chunked")
         assert ((default.unit_lanes, default.thread_units) != (1, 1)) == (
@@ -179,26 +179,26 @@ def test_a_failed_tf32x3_run_costs_its_columns_alone(gpu_bench, monkeypatch):
     assert gpu_bench._line(row).endswith("| tf32x3 GEMMs failed: RuntimeError: no TF32 here")
 
 
-@pytest.mark.parametrize("left_out", ["prefetch", "permuted", "half_rows", None])
+@pytest.mark.parametrize("left_out", ["prefetch", "permuted", "row_tiles", None])
 def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeypatch,
                                                               left_out):
     """Where a default is permuted or prefetches (SPREAD_CHUNK_DEFAULTS can say so, and
     two 8-row tiles), --no-permuted and --no-prefetch take that out of the forward's and
-    the backward's defaults, and nothing else; --no-half-rows gives a default of 8-row
+    the backward's defaults, and nothing else; --no-row-tiles gives a default of 8-row
     tiles back its 16-row spread split, unshaped."""
     monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, True), dict(
         block_batch=8, slice=8, unit_lanes=8, thread_units=1, permuted=True, prefetch=True))
     monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, False), dict(
         unit_lanes=4, thread_units=1, permuted=True, prefetch=True))
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "partials", "groups", "permuted", "half_rows")
+             "chunk_shapes", "partials", "groups", "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     cuda = torch.device("cuda")
     spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
     shaped = spread._replace(permuted=left_out != "permuted",
                              prefetch=left_out != "prefetch")
     assert splits.choose_config(16, 512, cuda, torch.float32, True) == (
-        spread if left_out == "half_rows" else
+        spread if left_out == "row_tiles" else
         shaped._replace(block_batch=8, slice=8, unit_lanes=8))
     assert splits.choose_backward_config(12, 512, cuda, torch.float32) == shaped._replace(
         unit_lanes=4)

@@ -129,7 +129,7 @@ def test_a_new_family_is_gated(tmp_path, fails):
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails):
     """TUNE_NEW unset: the permuted exchange (never run on a GPU) is gated by its fp32
-    tests at the B=16 shapes before the grid, which goes without it and the 8-row tiles
+    tests at the B=16 shapes before the grid, which goes without it and the row tiles
     (each split is compared with its unpermuted self) where they fail, each flag its own
     argument; its tests run again with the others' after the grid."""
     monkeypatch.delenv("TUNE_NEW", raising=False)
@@ -138,7 +138,7 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     tests = _tests(calls)
     assert tests[0].endswith(f"-k {gate}")
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
-    assert flags == (["--no-permuted", "--no-half-rows"] if fails else [])
+    assert flags == (["--no-permuted", "--no-row-tiles"] if fails else [])
     assert not any(c.startswith("joined flags") for c in calls)
     assert "or permuted_exchange)" in tests[-1]
 

@@ -514,7 +514,7 @@ if DEVICE == "cuda":  # the B=16 shapes (64-128 programs), as benchmark mode tri
                                          unit_lanes=4, thread_units=2)),
         "f32-1024-u8x1": (16, 1024, dict(block_batch=16, slice=8, block_k=1024, warps=8,
                                          unit_lanes=8)),
-        # (two 8-row tiles over half the programs each: HALF_ROW_SPREADS)
+        # (8- and 4-row tiles over a half or a quarter of the programs: ROW_TILE_SPREADS)
         "f32-512-8rows-u8x1": (16, 512, dict(block_batch=8, slice=8, block_k=512,
                                              unit_lanes=8)),
         "f32-512-8rows-u4x2-12-prefetch": (12, 512, dict(block_batch=8, slice=8,
@@ -522,6 +522,8 @@ if DEVICE == "cuda":  # the B=16 shapes (64-128 programs), as benchmark mode tri
                                                          thread_units=2, prefetch=True)),
         "f32-1024-8rows-u8x2": (16, 1024, dict(block_batch=8, slice=16, block_k=1024,
                                                warps=16, unit_lanes=8, thread_units=2)),
+        "f32-512-4rows-u16x1": (16, 512, dict(block_batch=4, slice=16, block_k=512,
+                                              warps=8, unit_lanes=16)),
         "f32-1000-u4x2-12": (12, 1000, dict(block_batch=16, slice=8, block_k=1024, warps=8,
                                             unit_lanes=4, thread_units=2, prefetch=True)),
     })
@@ -1110,23 +1112,24 @@ def test_stacked_splits_fit(monkeypatch):
     assert [c.slice for c in forward if c.split16] == [16, 8, 4]
     assert sum(c.prefetch for c in forward if not c.permuted) == 1
     # (its chunk shape's warps all along K: permuted too, with its reads a step ahead too)
-    # (and two 8-row tiles of 8 units, chunked in HALF_ROW_SPREADS's shape, permuted too,
-    # and with prefetch: each permuted candidate with its reads a step ahead too)
+    # (and 8-row tiles of 8 units and 4-row tiles of 16, chunked in ROW_TILE_SPREADS's
+    # shapes, permuted too, and with prefetch: each permuted candidate with its reads a
+    # step ahead too)
     halves = tg.Config(8, 8, 512, dot=False, resident=True, chunked=True, unit_lanes=8)
+    quarters = tg.Config(4, 16, 512, dot=False, warps=8, resident=True, chunked=True,
+                         unit_lanes=16)
+    tiles = {t._replace(permuted=True, prefetch=f) for t in (halves, quarters)
+             for f in (False, True)}
     assert {c for c in forward if c.permuted} == {default._replace(permuted=True),
                                                   default._replace(prefetch=True,
-                                                                   permuted=True),
-                                                  halves._replace(permuted=True),
-                                                  halves._replace(permuted=True,
-                                                                  prefetch=True)}
+                                                                   permuted=True)} | tiles
     assert not any(c.stamped for c in forward if c.stacked)  # (no stamped stacked tile)
     assert tg.Config(16, 4, 512, dot=False, resident=True) in forward  # the spread split
     assert tg.Config(16, 32, 64, dot=True) in forward
     assert {c for c in forward if c.block_batch < 16} == {  # smaller row tiles, resident
         tg.Config(8, 8, 512, dot=False, resident=True),
         tg.Config(4, 16, 512, dot=False, warps=8, resident=True),
-        halves, halves._replace(permuted=True), halves._replace(permuted=True,
-                                                                prefetch=True)}
+        halves, quarters} | tiles
     small = tg._candidates(tg.choose_config(16, 256, cuda, torch.float32), 16, 256, cuda,
                            torch.float32, True)
     assert small[0].kmajor and not any(c.stamped for c in small)
@@ -1856,13 +1859,13 @@ def test_chunked_candidates_rule(monkeypatch):
                 assert shapes == set(candidates.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
                 assert all(splits._can_chunk(c) and c.slice == slice_ for c in found
                            if c.chunked and c.block_batch == 16)
-                # (and in fp32 two 8-row tiles of twice the units, in HALF_ROW_SPREADS's
-                # shapes, each also permuted, and permuted with prefetch)
+                # (and in fp32 8- and 4-row tiles of 2 and 4 times the units, in
+                # ROW_TILE_SPREADS's shapes, each also permuted, and permuted with prefetch)
                 halves = [c for c in found if c.block_batch != 16 and c.chunked]
-                want = {tg.Config(8, 2 * slice_, hidden, dot=False, warps=w, resident=True,
-                                  chunked=True, unit_lanes=u, thread_units=i, permuted=p,
-                                  prefetch=f)
-                        for w, u, i in candidates.HALF_ROW_SPREADS.get(
+                want = {tg.Config(rows, 16 // rows * slice_, hidden, dot=False, warps=w,
+                                  resident=True, chunked=True, unit_lanes=u, thread_units=i,
+                                  permuted=p, prefetch=f)
+                        for rows, w, u, i in candidates.ROW_TILE_SPREADS.get(
                             (slice_, hidden, forward), ()) if dtype == f32
                         for p, f in ((False, False), (True, False), (True, True))}
                 assert set(halves) == want and len(halves) == len(want)

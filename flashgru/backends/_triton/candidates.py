@@ -23,7 +23,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
     H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
     products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
-    GROUPED_SPREADS's, and in fp32 two 8-row tiles chunked, in HALF_ROW_SPREADS's; each
+    GROUPED_SPREADS's, and in fp32 8- or 4-row tiles chunked, in ROW_TILE_SPREADS's; each
     shape whose warps all lie along K also with its exchange permuted,
     ``Config.permuted``, and so with prefetch too), in
     16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in
@@ -74,12 +74,12 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
                                           groups=2)
                           for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
-            if spread is not None and dtype == torch.float32:  # (two 8-row tiles, each
-                # over half the programs)
-                found += [Config(8, 2 * spread.slice, hp, dot=False, warps=w, resident=True,
-                                 chunked=True, unit_lanes=u, thread_units=i)
-                          for w, u, i in HALF_ROW_SPREADS.get((spread.slice, hp, forward),
-                                                              ())]
+            if spread is not None and dtype == torch.float32:  # (8- or 4-row tiles, each
+                # over a half or a quarter of the programs)
+                found += [Config(rows, 16 // rows * spread.slice, hp, dot=False, warps=w,
+                                 resident=True, chunked=True, unit_lanes=u, thread_units=i)
+                          for rows, w, u, i in ROW_TILE_SPREADS.get(
+                              (spread.slice, hp, forward), ())]
             if hp == 512:  # smaller row tiles, W resident (ptxas, sm_90a: no spills)
                 found += [Config(8, 8, hp, dot=False, resident=True),
                           Config(4, 16, hp, dot=False, warps=8, resident=True)]
@@ -139,21 +139,24 @@ SPREAD_CHUNK_SHAPES = {
 }
 
 
-# Benchmark mode's chunked splits of 8-row tiles at batch 9-16, each tile over half the
-# programs with twice the spread split's units (_spread_resident): (units, K, forward) →
-# (warps, unit_lanes, thread_units), each also permuted. A program then reads half the
-# exchange a step (the backward's gradients: 96 KB at H=1024, against 192 KB; 12.6 MB a
-# step through L2 in all, against 25), and its barrier counts half the arrivals. Chosen
-# offline, untimed (twenty-fourth session, scripts/sass_profile.py, sm_90a, Triton 3.6,
-# fp32 B=16, warp-instructions a step per multiprocessor, permuted, against the defaults
-# unpermuted): H=512 forward (8 units, 4 warps, u8x1) 4,760 against 5,964, 60 shuffles a
-# thread against 156; H=512 backward (u4x2) 4,928 against 6,992 (no spills, against 40
-# bytes); H=1024 backward (16 units, 16 warps, u8x2) 20,912 against 21,112, 116 bytes
-# spilled against 148. At H=1024 the forward's 16 units spill 0.5-4.4 KB: none.
-HALF_ROW_SPREADS = {
-    (4, 512, True): ((4, 8, 1),),
-    (4, 512, False): ((4, 4, 2),),
-    (8, 1024, False): ((16, 8, 2),),
+# Benchmark mode's chunked splits of smaller row tiles at batch 9-16, in fp32: two 8-row
+# tiles, each over half the programs with twice the spread split's units
+# (_spread_resident), or four 4-row tiles over a quarter each with four times the units:
+# (units, K, forward) → (rows, warps, unit_lanes, thread_units), each also permuted. A
+# program then reads a half or a quarter of the exchange a step (the backward's gradients:
+# 96 KB at H=1024 in 8 rows, against 192 KB; 12.6 MB a step through L2 in all, against
+# 25), and its barrier counts as few arrivals. Chosen offline, untimed (twenty-fourth
+# session, scripts/sass_profile.py, sm_90a, Triton 3.6, fp32 B=16, warp-instructions a step
+# per multiprocessor, permuted, against the defaults unpermuted): H=512 forward 8 rows (8
+# units, 4 warps, u8x1) 4,760, 4 rows (16 units, 8 warps, u16x1) 5,720, against 5,964;
+# 60 and 24 shuffles a thread against 156; H=512 backward 8 rows (u4x2) 4,928, 4 rows (8
+# warps, u8x2) 5,640, against 6,992 (no spills, against 40 bytes); H=1024 backward 8 rows
+# (16 units, 16 warps, u8x2) 20,912 against 21,112, 116 bytes spilled against 148. At
+# H=1024 the forward's 16 units spill 0.5-4.4 KB, and 32 units don't fit: none.
+ROW_TILE_SPREADS = {
+    (4, 512, True): ((8, 4, 8, 1), (4, 8, 16, 1)),
+    (4, 512, False): ((8, 4, 4, 2), (4, 8, 8, 2)),
+    (8, 1024, False): ((8, 16, 8, 2),),
 }
 
 

@@ -191,8 +191,8 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
 # What a chunked spread split (_spread_resident: fp32 at batch 9-16) takes by default:
 # (units, K, warps, forward) → the Config fields it changes: its chunk shape
 # (Config.unit_lanes, Config.thread_units), and where they win, the permuted exchange,
-# prefetch, or two 8-row tiles of twice the units (block_batch, slice, warps: benchmark
-# mode's HALF_ROW_SPREADS). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) →
+# prefetch, or 8- or 4-row tiles of more units (block_batch, slice, warps: benchmark
+# mode's ROW_TILE_SPREADS). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) →
 # this: H=512 forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024
 # forward 6.96 → 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product
 # backward took 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower.)
