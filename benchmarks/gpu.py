@@ -259,12 +259,26 @@ def sweep(points, steps) -> list[dict]:
 
 
 def bidirectional(backend) -> dict:
+    """The 2-layer bidirectional case against cuDNN; on triton also with each layer's
+    directions in turn instead of in one launch (triton_gru.core_pair), in the same
+    process."""
     torch.manual_seed(0)
     ref = torch.nn.GRU(128, 256, 2, bidirectional=True, device="cuda")
     x = torch.randn(256, 32, 128, device="cuda")
     row = compare(ref, x, backend)
     row.update(dtype="float32", H=256, B=32, T=256)
     print("2-layer bidirectional, I=128:", _line(row), flush=True)
+    if backend == "triton":
+        pair_rows = tg._pair_rows
+        tg._pair_rows = lambda *a, **k: None
+        try:
+            turn = compare(ref, x, backend)
+        finally:
+            tg._pair_rows = pair_rows
+        row.update(fwd_in_turn=turn["fwd_flashgru"], fb_in_turn=turn["fb_flashgru"])
+        print(f"  the directions in one launch, against in turn: forward "
+              f"×{turn['fwd_flashgru'] / row['fwd_flashgru']:.2f}, forward+backward "
+              f"×{turn['fb_flashgru'] / row['fb_flashgru']:.2f}", flush=True)
     return row
 
 

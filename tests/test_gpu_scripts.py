@@ -140,7 +140,7 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
     assert flags == (["--no-permuted", "--no-row-tiles"] if fails else [])
     assert not any(c.startswith("joined flags") for c in calls)
-    assert "or permuted_exchange)" in tests[-1]
+    assert "or permuted_exchange or pair_runs)" in tests[-1]
 
 
 def test_a_new_family_without_its_flag_is_refused(tmp_path):

@@ -2458,7 +2458,8 @@ from triton.compiler import ASTSource
 from flashgru.backends import triton_gru as tg
 
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
-         "t_begin": "i32", "t_end": "i32"}
+         "t_begin": "i32", "t_end": "i32", "pair_rows": "i32", "w_stride": "i32",
+         "s_stride": "i32"}
 
 
 def shared_words(ptx):
@@ -2473,7 +2474,7 @@ def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
     for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PARTIALS",
-                 "PERMUTED"):
+                 "PERMUTED", "PAIR"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
     if "PP" in kernel.arg_names:  # (Config.partials's programs, rounded up: unread)
@@ -2804,3 +2805,116 @@ def test_largest_splits_fit_in_shared_memory(sm90):
         assert shared[key] <= H100_SHARED, (key, shared[key])
     assert scan.DENSE_TRITON_MAX_H == 64
     assert shared["dense-summary-64"] <= H100_SHARED < shared["dense-summary-128"]
+
+
+def _bidirectional_run(batch, steps, hidden, dtype, reset_after, packed, pair, monkeypatch,
+                       layers=2):
+    """A bidirectional GRU on backend "triton": outputs, h_n and every gradient, with the
+    directions in one launch (``pair``) or in turn (core_pair's fallback forced), and the
+    launches' row counts."""
+    with monkeypatch.context() as m:
+        if not pair:
+            m.setattr(tg, "_pair_rows", lambda *a: None)
+        launched = []
+        real_launch = tg._launch
+
+        def spy(kernel, cfg, batch_, hidden_, steps_, args, **consts):
+            launched.append((kernel is tg._forward_kernel, batch_, consts.get("PAIR", False)))
+            real_launch(kernel, cfg, batch_, hidden_, steps_, args, **consts)
+
+        m.setattr(tg, "_launch", spy)
+        return _bidirectional_results(batch, steps, hidden, dtype, reset_after, packed,
+                                      layers), launched
+
+
+def _bidirectional_results(batch, steps, hidden, dtype, reset_after, packed, layers):
+    torch.manual_seed(0)
+    module = flashgru.GRU(5, hidden, layers, bidirectional=True, reset_after=reset_after,
+                          backend="triton").to(DEVICE, dtype)
+    x = torch.randn(steps, batch, 5, device=DEVICE, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2 * layers, batch, hidden, device=DEVICE, dtype=dtype,
+                     requires_grad=True)
+    lengths = torch.tensor(_ragged(batch, steps))
+    if packed:
+        seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, h_n = module(seq, h0)
+        out = out.data
+    else:
+        out, h_n = module(x, h0)
+    (out.square().sum() + h_n.sum()).backward()
+    grads = [x.grad, h0.grad, *(p.grad for p in module.parameters())]
+    with torch.no_grad():  # (and the inference path)
+        inferred = module(x, h0)
+    return [out, h_n, *grads, *inferred]
+
+
+# (batch, packed, hidden): on a GPU where the directions fit on the card together (batch
+# above 16 at H=256: 16 programs a direction; batch 1 at H=64: 64)
+PAIR_CASES = [(3, False, 6), (5, True, 6), (1, False, 6)] if DEVICE != "cuda" else [
+    (32, False, 256), (20, True, 256), (1, False, 64)]
+
+
+@pytest.mark.parametrize("case,dtype,reset_after", [
+    (0, torch.float32, True), (0, torch.float32, False), (1, torch.float32, True),
+    (1, torch.float32, False), (2, torch.float32, True), (0, torch.float64, True),
+    (1, torch.float64, False), (0, torch.float16, True)],
+    ids=["padded-f32-after", "padded-f32-before", "packed-f32-after", "packed-f32-before",
+         "one-row-f32-after", "padded-f64-after", "packed-f64-before", "padded-f16-after"])
+def test_pair_runs_both_directions_in_one_launch(case, dtype, reset_after, monkeypatch):
+    """core_pair: a bidirectional layer's two directions in one launch per kernel, their
+    rows side by side, each padded to whole tiles (here 3 rows to 4, 5 to 8; on a GPU 20 to
+    32), each tile on its direction's weights: outputs, h_n, every gradient and the
+    inference forward bit for bit those of the directions in turn (a row's sums run as
+    they would alone), packed and padded, with h0, both formulations, two layers; each
+    launch twice a direction's rows (where the rule takes the pair: on a GPU not fp64's
+    splits at batch 20-32)."""
+    batch, packed, hidden = PAIR_CASES[case]
+    steps = 512 if DEVICE == "cuda" else 5
+    got, launched = _bidirectional_run(batch, steps, hidden, dtype, reset_after, packed,
+                                       True, monkeypatch)
+    want, alone = _bidirectional_run(batch, steps, hidden, dtype, reset_after, packed,
+                                     False, monkeypatch)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    rows = tg._pair_tiles(batch, hidden, torch.device(DEVICE), dtype, dtype)
+    # (two layers: a forward, an inference forward and a backward each, in one launch)
+    assert DEVICE == "cuda" or rows is not None
+    assert sorted(launched) == (sorted([(True, 2 * rows, True)] * 4 +
+                                       [(False, 2 * rows, True)] * 2) if rows else sorted(alone))
+    assert sorted(alone) == sorted([(True, batch, False)] * 8 + [(False, batch, False)] * 4)
+
+
+def test_pair_rule(monkeypatch):
+    """core_pair runs both directions in one launch only where each direction's default
+    splits (the training and inference forwards' and the backward's) fill at most half the
+    card (132 SMs here), its rows rounded up to whole tiles of them; and not in benchmark
+    mode, a special mode, or for tensors core would refuse or convert otherwise."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32, bf16 = torch.float32, torch.bfloat16
+
+    def rows(batch, hidden, dtype=f32):
+        return tg._pair_tiles(batch, hidden, cuda, dtype, dtype)
+
+    assert rows(32, 256) == 32  # (tl.dot, 16 units a program: 16 programs a direction)
+    assert rows(100, 256) == 128  # (tiles of 64 rows: 2 × 2 × 16 programs)
+    assert rows(128, 512) == 128  # (2 × 2 × 32 = 128 programs)
+    assert rows(128, 1024) is None  # (2 × 2 × 64: more than the card)
+    assert rows(16, 512) is None  # (the spread split: a program per multiprocessor)
+    assert rows(1, 256) is None
+    assert rows(1, 64) == 1  # (64 programs of one unit a direction)
+    assert rows(3, 32, bf16) == 4
+    # (the tensors' own checks: here, on the interpreter's CPU tensors)
+    gi, h0 = torch.zeros(4, 3, 18), torch.zeros(3, 6)
+    w, b = torch.zeros(18, 6), torch.zeros(18)
+    assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, b)) == 4
+    assert tg._pair_rows((gi, gi), (h0, h0), (w, w.double()), (b, b)) is None
+    assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, None)) is None
+    assert tg._pair_rows((gi, gi.double()), (h0, h0), (w, w), (b, b)) is None
+    assert tg._pair_rows((gi[:, :0], gi[:, :0]), (h0[:0], h0[:0]), (w, w), (b, b)) is None
+    monkeypatch.setattr(tg, "benchmark", True)
+    assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, b)) is None

@@ -61,7 +61,7 @@ BACKENDS: dict[str, Backend] = {
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
                       missing=triton_gru.missing, devices=triton_gru.devices(),
                       dtypes=triton_gru.DTYPES, double_backward=False, traceable=True,
-                      linear=tf32x3.linear),
+                      linear=tf32x3.linear, pair=triton_gru.core_pair),
 }
 
 

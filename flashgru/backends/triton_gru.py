@@ -71,7 +71,8 @@ from .cpu_step import _special_mode
 # _empty, time_interleaved, l2_eviction, forward; and a kernel's device functions in each
 # kernel module that holds them (tests/test_triton.py's _patch_kernels).
 __all__ = ["Config", "DTYPES", "backward", "benchmark", "choose_backward_config",
-           "choose_config", "core", "devices", "forward", "max_hidden", "missing", "trials"]
+           "choose_config", "core", "core_pair", "devices", "forward", "max_hidden",
+           "missing", "trials"]
 
 
 def missing() -> str | None:
@@ -183,11 +184,28 @@ def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
     return _permuted[key]
 
 
+def _paired_weights(w: Tensor, cfg: Config, pair_rows: int) -> dict:
+    """The kernels' weights and scale (_kernel_weights) and, for a pair (``pair_rows``:
+    w holds both directions' W_hh, or W_hhᵀ, stacked), both directions' one after the
+    other with the launch's PAIR arguments."""
+    if not pair_rows:
+        weights, scale = _kernel_weights(w, cfg)
+        return dict(weights=weights, scale=scale)
+    parts = [_kernel_weights(v, cfg) for v in w]
+    weights = torch.cat([v.reshape(-1) for v, _ in parts])
+    scale = torch.cat([c.reshape(-1) for _, c in parts]) if cfg.split16 else weights
+    return dict(weights=weights, scale=scale, PAIR=True, pair_rows=pair_rows,
+                w_stride=parts[0][0].numel(),
+                s_stride=parts[0][1].numel() if cfg.split16 else 0)
+
+
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
-            reset_after: bool, save: bool, cfg: Config | None = None):
+            reset_after: bool, save: bool, cfg: Config | None = None, pair_rows: int = 0):
     """Returns out (T, B, H) in gi's dtype and the saved gates: with ``save``, r, z, n and
     (for reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype; else
-    none."""
+    none. With ``pair_rows`` (core_pair; cfg given), the rows are a bidirectional layer's
+    two directions, pair_rows each, and w_hh (2, 3H, H) and b_hh (2, 3H) hold both
+    directions'."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
@@ -220,18 +238,23 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        weights, scale = _kernel_weights(w_hh, cfg)
+        paired = _paired_weights(w_hh, cfg, pair_rows)
+        weights, scale = paired.pop("weights"), paired.pop("scale")
         args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
                 out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, GROUPS=cfg.groups)
+                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, GROUPS=cfg.groups,
+                **paired)
     return out, saved
 
 
 def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Tensor],
-             lengths: Tensor, reset_after: bool, cfg: Config | None = None):
+             lengths: Tensor, reset_after: bool, cfg: Config | None = None,
+             pair_rows: int = 0, pair_batch: int = 0):
     """Returns dgi (T, B, 3H), dh0 (B, H), dW_hh (3H, H), db_hh (3H,), in the arithmetic's
-    dtype."""
+    dtype. With ``pair_rows`` (core_pair; cfg given), as forward's: w_hh (2, 3H, H), and
+    dW_hh (2, 3H, H) and db_hh (2, 3H) each direction's from its first ``pair_batch`` rows
+    (its padding's left out, so that the sums run as they would alone)."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
     if cfg is None:
@@ -265,29 +288,47 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         xbuf = dgh
     if steps and batch:
         # (partials: W_hh's own rows)
-        weights, scale = _kernel_weights(w_hh if cfg.partials else w_hh.t(), cfg)
+        paired = _paired_weights(w_hh if cfg.partials else w_hh.transpose(-1, -2), cfg,
+                                 pair_rows)
+        weights, scale = paired.pop("weights"), paired.pop("scale")
         args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
                 lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), SPLIT16=cfg.split16, GROUPS=cfg.groups, **consts)
-    # dW_hh over all steps, one GEMM: for bf16 outputs (fp32's range) on bf16 operands with
-    # fp32 accumulation, as autograd does the input projection's (bf16 weights store the
-    # gradient in bf16 anyway; under autocast, fp32 weights get it as autocast gives a
-    # linear layer's; fp32 operands ran it on the CUDA cores, ~0.5 µs per step at B=16,
-    # H=512); fp16 (a narrow range) and fp32 on the arithmetic's dtype
+                ACC=_acc(acc), SPLIT16=cfg.split16, GROUPS=cfg.groups, **consts, **paired)
+    # (dW_hh and db_hh over all steps: _weight_gradients)
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
-    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).flatten(0, 1)  # (T·B, H)
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
+    if not pair_rows:
+        dw_hh, db_hh = _weight_gradients(dgh if reset_after else dgi, h_prev, saved[0],
+                                         reset_after, gemm, acc)
+        return dgi, dh, dw_hh, db_hh
+    # (a pair: each direction's from its own rows)
+    grads = [_weight_gradients((dgh if reset_after else dgi)[:, rows], h_prev[:, rows],
+                               saved[0][:, rows], reset_after, gemm, acc)
+             for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
+    return dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
+
+
+def _weight_gradients(dg: Tensor, h_prev: Tensor, r: Tensor, reset_after: bool,
+                      gemm: torch.dtype, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dW_hh and db_hh over all steps, one GEMM, from dg (T, B, 3H): dgh, or for
+    reset_after=False dgi (with r, the reset gates, for the n block's r ⊙ h). For bf16
+    outputs (fp32's range) on bf16 operands with fp32 accumulation (``gemm``), as autograd
+    does the input projection's (bf16 weights store the gradient in bf16 anyway; under
+    autocast, fp32 weights get it as autocast gives a linear layer's; fp32 operands ran it
+    on the CUDA cores, ~0.5 µs per step at B=16, H=512); fp16 (a narrow range) and fp32 on
+    the arithmetic's dtype."""
+    hidden = h_prev.shape[-1]
+    flat, h_prev = dg.flatten(0, 1), h_prev.flatten(0, 1)  # (T·B, 3H), (T·B, H)
     if reset_after:
-        flat = dgh.flatten(0, 1)
         dw_hh = (tf32x3.mm(flat.t(), h_prev) if tf32x3.applies(flat, h_prev)  # (fp32:
                  else flat.to(gemm).t() @ h_prev.to(gemm))  # three TF32 GEMMs, if enabled)
     else:
-        flat = dgi.flatten(0, 1)
-        rh = (saved[0].flatten(0, 1) * h_prev.to(acc)).to(gemm)
+        rh = (r.flatten(0, 1) * h_prev.to(acc)).to(gemm)
         low = flat.to(gemm)
         dw_hh = torch.cat([low[:, : 2 * hidden].t() @ h_prev.to(gemm),
                            low[:, 2 * hidden:].t() @ rh])
-    return dgi, dh, dw_hh.to(acc), flat.sum(0)
+    return dw_hh.to(acc), flat.sum(0)
 
 
 def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates) -> None:
@@ -384,6 +425,138 @@ def _define_ops():
 
 
 _gru_op = _define_ops() if triton is not None else None
+
+
+# ---- a bidirectional layer's two directions in one launch ---------------------------------
+
+def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
+              w_hh: tuple[Tensor, Tensor], b_hh: tuple[Tensor | None, Tensor | None],
+              lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
+    """The two directions of a bidirectional layer (``cpu.core_pair``'s contract: each
+    argument a pair as ``core`` takes it, the second direction's input already reversed):
+    where a direction's default splits fill at most half the card (batch above 16 at
+    H ≤ 512, where tl.dot takes 16 units a program; small H), both run in one launch, each
+    direction's rows padded to whole tiles and set side by side, each tile on its
+    direction's weights (the kernels' PAIR): the two time loops at once instead of one
+    after the other. Else, in benchmark mode (whose splits may tile the rows otherwise),
+    and under torch.compile and the other special modes, ``core`` for each in turn. The
+    numbers are core's, bit for bit: a row's sums run as they would alone."""
+    rows = _pair_rows(gi, h0, w_hh, b_hh)
+    if rows is None:
+        return tuple(core(*args, lengths, reset_after)
+                     for args in zip(gi, h0, w_hh, b_hh, strict=True))
+    dtype = h0[0].dtype
+    gi = tuple(g if g.dtype == dtype else g.to(dtype) for g in gi)
+    lengths, bias0 = _lengths_and_bias(gi[0], w_hh[0], b_hh[0], lengths)
+    bias1 = b_hh[1] if b_hh[1] is not None else w_hh[1].new_zeros(w_hh[1].shape[0])
+    save = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (*gi, *h0, *w_hh, bias0, bias1))
+    if save:
+        return _EagerPair.apply(*gi, *h0, *w_hh, bias0, bias1, lengths, reset_after, rows)
+    stacked = _side_by_side(gi, h0, lengths, rows)
+    out = forward(*stacked[:2], torch.stack(w_hh), torch.stack([bias0, bias1]),
+                  stacked[2], reset_after, False,
+                  _for_weights(splits.choose_config(gi[0].shape[1], h0[0].shape[-1],
+                                                    gi[0].device, dtype), w_hh[0].dtype),
+                  rows)[0]
+    return _apart(out, gi[0].shape[1], rows)
+
+
+def _pair_rows(gi, h0, w_hh, b_hh) -> int | None:
+    """The rows each direction takes in core_pair's launch (its batch rounded up to whole
+    tiles of its forward's and backward's default splits), or None where core_pair runs
+    the directions in turn: benchmark mode, a special mode, tensors core would refuse or
+    convert otherwise, or a direction's launch that would fill more than half the card."""
+    if _special_mode() or benchmark:
+        return None
+    x = h0[0]
+    if x.device.type not in devices() or x.dtype not in DTYPES or any(
+            t.device != x.device or t.dtype != x.dtype for t in (h0[1], gi[1])) or \
+            gi[0].device != x.device or gi[0].dtype != gi[1].dtype or \
+            w_hh[0].dtype != w_hh[1].dtype or (b_hh[0] is None) != (b_hh[1] is None) or \
+            x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    batch, hidden = gi[0].shape[1], x.shape[-1]
+    if hidden > splits.max_hidden(x.device) or not batch or not gi[0].shape[0]:
+        return None
+    return _pair_tiles(batch, hidden, x.device, x.dtype, w_hh[0].dtype)
+
+
+def _pair_tiles(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+                weights: torch.dtype) -> int | None:
+    """_pair_rows' rule for these sizes: each direction's batch rounded up to whole tiles
+    of its default splits (the training and inference forwards' and the backward's), or
+    None where one of them would fill more than half the card."""
+    cfgs = [_for_weights(c, weights) for c in (
+        splits.choose_config(batch, hidden, device, dtype, True),
+        splits.choose_config(batch, hidden, device, dtype),
+        splits.choose_backward_config(batch, hidden, device, dtype))]
+    tile = max(c.block_batch for c in cfgs)
+    rows = -(-batch // tile) * tile
+    limit = splits._grid_limit(device)
+    if any(2 * (rows // c.block_batch) * -(-hidden // c.slice) > limit for c in cfgs):
+        return None
+    return rows
+
+
+def _side_by_side(gi, h0, lengths, rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """gi, h0 and lengths of core_pair's launch: each direction's rows padded to ``rows``
+    (zeros; lengths 0: the padding rows never step) and the second's after the first's."""
+    batch = gi[0].shape[1]
+
+    def padded(x, dim):
+        shape = list(x.shape)
+        shape[dim] = rows - batch
+        return torch.cat([x, x.new_zeros(shape)], dim) if rows > batch else x
+
+    return (torch.cat([padded(g, 1) for g in gi], 1),
+            torch.cat([padded(h, 0) for h in h0], 0),
+            torch.cat([padded(lengths, 0)] * 2, 0))
+
+
+def _apart(x: Tensor, batch: int, rows: int, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """Each direction's rows of a core_pair launch's (…, 2·rows, …) tensor along ``dim``."""
+    return x.narrow(dim, 0, batch), x.narrow(dim, rows, batch)
+
+
+class _EagerPair(torch.autograd.Function):
+    """core_pair's training call: _Eager's forward and backward for both directions, each
+    kernel one launch for the two."""
+
+    @staticmethod
+    def forward(ctx, gi0, gi1, h00, h01, w0, w1, b0, b1, lengths, reset_after, rows):
+        batch, hidden = gi0.shape[1], h00.shape[-1]
+        gi, h0, lens = _side_by_side((gi0, gi1), (h00, h01), lengths, rows)
+        w_hh = torch.stack([w0, w1])
+        cfg = _for_weights(splits.choose_config(batch, hidden, gi.device, gi.dtype, True),
+                           w0.dtype)
+        out, saved = forward(gi, h0, w_hh, torch.stack([b0, b1]), lens, reset_after, True,
+                             cfg, rows)
+        ctx.save_for_backward(h0, w_hh, out, lens, *saved)
+        ctx.reset_after, ctx.rows, ctx.batch = reset_after, rows, batch
+        ctx.dtypes = gi0.dtype, h00.dtype, w0.dtype, b0.dtype
+        # (copies: the backward reads the output it saved, as _Eager's callers get)
+        return tuple(x.clone() for x in _apart(out, batch, rows))
+
+    @staticmethod
+    def backward(ctx, dout0, dout1):
+        if torch.is_grad_enabled():
+            raise RuntimeError("backend 'triton' has no double backward; use "
+                               "backend='reference' for gradients of gradients")
+        h0, w_hh, out, lens, *saved = ctx.saved_tensors
+        rows, batch = ctx.rows, ctx.batch
+        dout = torch.zeros_like(out)
+        for d, grad in enumerate((dout0, dout1)):
+            if grad is not None:
+                dout[:, d * rows: d * rows + batch] = grad
+        cfg = _for_weights(splits.choose_backward_config(batch, h0.shape[-1], out.device,
+                                                         out.dtype), w_hh.dtype)
+        dgi, dh0, dw, db = backward(dout, h0, w_hh, out, saved, lens, ctx.reset_after, cfg,
+                                    rows, batch)
+        gi_t, h0_t, w_t, b_t = ctx.dtypes
+        dgi, dh0 = _apart(dgi, batch, rows), _apart(dh0, batch, rows, 0)
+        return (*(g.to(gi_t) for g in dgi), *(g.to(h0_t) for g in dh0),
+                *(g.to(w_t) for g in dw), *(g.to(b_t) for g in db), None, None, None)
 
 
 def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,

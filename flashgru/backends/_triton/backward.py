@@ -53,7 +53,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
                      SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
                      PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
-                     PERMUTED: tl.constexpr = False):
+                     PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                     pair_rows=1, w_stride=0, s_stride=0):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -81,10 +82,18 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     _backward_carry, whose wait the other group's phases cover). PERMUTED
     (``Config.permuted``, a chunked split's 5-axis tiles): the gradients are exchanged
     through xbuf (2, B, 3, BK), each gate's row of BK in _permuted_at's order (zeros past
-    H, the caller's), read in the product's own layout (_permuted_block).
+    H, the caller's), read in the product's own layout (_permuted_block). PAIR
+    (triton_gru.core_pair): the rows are a bidirectional layer's two directions side by
+    side, pair_rows each (a whole number of tiles), and wt and scale hold the second
+    direction's after the first's, w_stride and s_stride elements on: each tile takes its
+    direction's.
     """
     tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
                      "groups: not stamped, K-major, prefetch or stacked (_can_group)")
+    if PAIR:  # (this tile's direction's weights)
+        direction = (row0 + tl.program_id(1) * BB) // pair_rows
+        wt += direction * w_stride
+        scale += direction * s_stride
     BG: tl.constexpr = BB // GROUPS
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)

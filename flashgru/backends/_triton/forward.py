@@ -45,7 +45,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
                     SI: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
-                    PERMUTED: tl.constexpr = False):
+                    PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                    pair_rows=1, w_stride=0, s_stride=0):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -67,10 +68,18 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     (_forward_step). PERMUTED (``Config.permuted``, a chunked split's 5-axis tiles): hbuf
     and rhbuf hold each row of BK values in the order _permuted_at gives (the caller wrote
     h0 so, and zeros past H), and the products read them in their own layout
-    (_permuted_block).
+    (_permuted_block). PAIR (triton_gru.core_pair): the rows are a bidirectional layer's
+    two directions side by side, pair_rows each (a whole number of tiles), and w, b and
+    scale hold the second direction's after the first's, w_stride, 3H and s_stride
+    elements on: each tile takes its direction's.
     """
     tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
                      "groups: not stamped, K-major, prefetch or stacked (_can_group)")
+    if PAIR:  # (this tile's direction's weights)
+        direction = (row0 + tl.program_id(1) * BB) // pair_rows
+        w += direction * w_stride
+        b += direction * 3 * H
+        scale += direction * s_stride
     BG: tl.constexpr = BB // GROUPS
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
     n_prog = tl.num_programs(0)
