@@ -2828,14 +2828,18 @@ def _bidirectional_run(batch, steps, hidden, dtype, reset_after, packed, pair, m
 
 
 def _bidirectional_results(batch, steps, hidden, dtype, reset_after, packed, layers):
+    """``packed``: True (a packed sequence), False, or "batch_first" (batch-major input,
+    whose transposed input projection sums its bias's gradient over a strided view)."""
     torch.manual_seed(0)
+    first = packed == "batch_first"
     module = flashgru.GRU(5, hidden, layers, bidirectional=True, reset_after=reset_after,
-                          backend="triton").to(DEVICE, dtype)
-    x = torch.randn(steps, batch, 5, device=DEVICE, dtype=dtype, requires_grad=True)
+                          batch_first=first, backend="triton").to(DEVICE, dtype)
+    x = torch.randn(*((batch, steps) if first else (steps, batch)), 5, device=DEVICE,
+                    dtype=dtype, requires_grad=True)
     h0 = torch.randn(2 * layers, batch, hidden, device=DEVICE, dtype=dtype,
                      requires_grad=True)
     lengths = torch.tensor(_ragged(batch, steps))
-    if packed:
+    if packed is True:
         seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         out, h_n = module(seq, h0)
         out = out.data
@@ -2850,24 +2854,26 @@ def _bidirectional_results(batch, steps, hidden, dtype, reset_after, packed, lay
 
 # (batch, packed, hidden): on a GPU where the directions fit on the card together (batch
 # above 16 at H=256: 16 programs a direction; batch 1 at H=64: 64)
-PAIR_CASES = [(3, False, 6), (5, True, 6), (1, False, 6)] if DEVICE != "cuda" else [
-    (32, False, 256), (20, True, 256), (1, False, 64)]
+PAIR_CASES = [(3, False, 6), (5, True, 6), (1, False, 6), (8, "batch_first", 6)] \
+    if DEVICE != "cuda" else [(32, False, 256), (20, True, 256), (1, False, 64),
+                              (32, "batch_first", 256)]
 
 
 @pytest.mark.parametrize("case,dtype,reset_after", [
     (0, torch.float32, True), (0, torch.float32, False), (1, torch.float32, True),
-    (1, torch.float32, False), (2, torch.float32, True), (0, torch.float64, True),
-    (1, torch.float64, False), (0, torch.float16, True)],
+    (1, torch.float32, False), (2, torch.float32, True), (3, torch.float32, True),
+    (0, torch.float64, True), (1, torch.float64, False), (0, torch.float16, True)],
     ids=["padded-f32-after", "padded-f32-before", "packed-f32-after", "packed-f32-before",
-         "one-row-f32-after", "padded-f64-after", "packed-f64-before", "padded-f16-after"])
+         "one-row-f32-after", "batch-first-f32-after", "padded-f64-after",
+         "packed-f64-before", "padded-f16-after"])
 def test_pair_runs_both_directions_in_one_launch(case, dtype, reset_after, monkeypatch):
     """core_pair: a bidirectional layer's two directions in one launch per kernel, their
     rows side by side, each padded to whole tiles (here 3 rows to 4, 5 to 8; on a GPU 20 to
     32), each tile on its direction's weights: outputs, h_n, every gradient and the
     inference forward bit for bit those of the directions in turn (a row's sums run as
-    they would alone), packed and padded, with h0, both formulations, two layers; each
-    launch twice a direction's rows (where the rule takes the pair: on a GPU not fp64's
-    splits at batch 20-32)."""
+    they would alone), packed, padded and batch-first, with h0, both formulations, two
+    layers; each launch twice a direction's rows (where the rule takes the pair: on a GPU
+    not fp64's splits at batch 20-32)."""
     batch, packed, hidden = PAIR_CASES[case]
     steps = 512 if DEVICE == "cuda" else 5
     got, launched = _bidirectional_run(batch, steps, hidden, dtype, reset_after, packed,
@@ -2914,7 +2920,35 @@ def test_pair_rule(monkeypatch):
     assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, b)) == 4
     assert tg._pair_rows((gi, gi), (h0, h0), (w, w.double()), (b, b)) is None
     assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, None)) is None
+    assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, b.half())) is None
     assert tg._pair_rows((gi, gi.double()), (h0, h0), (w, w), (b, b)) is None
     assert tg._pair_rows((gi[:, :0], gi[:, :0]), (h0[:0], h0[:0]), (w, w), (b, b)) is None
     monkeypatch.setattr(tg, "benchmark", True)
     assert tg._pair_rows((gi, gi), (h0, h0), (w, w), (b, b)) is None
+
+
+def test_pair_leaves_a_direction_without_gradient_alone(monkeypatch):
+    """core_pair as core for each direction where only one direction's outputs enter the
+    loss (the same gradients, None where core's are None), and where only one direction
+    trains (its weights alone require grad: the directions in turn, each with core's own
+    split)."""
+    def run(pair, frozen):
+        with monkeypatch.context() as m:
+            if not pair:
+                m.setattr(tg, "_pair_rows", lambda *a: None)
+            torch.manual_seed(0)
+            module = flashgru.GRU(5, 6, bidirectional=True, backend="triton").to(DEVICE)
+            x = torch.randn(4, 3, 5, device=DEVICE)
+            if frozen:
+                for name, p in module.named_parameters():
+                    p.requires_grad_(not name.endswith("_reverse"))
+            out, _ = module(x)
+            out[..., :6].sum().backward()  # (the forward direction's outputs alone)
+            return {name: p.grad for name, p in module.named_parameters()}
+
+    for frozen in (False, True):
+        got, want = run(True, frozen), run(False, frozen)
+        assert got.keys() == want.keys()
+        for name in got:
+            assert (got[name] is None) == (want[name] is None), name
+            assert got[name] is None or torch.equal(got[name], want[name]), name

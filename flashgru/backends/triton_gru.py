@@ -434,13 +434,15 @@ def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
               lengths: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
     """The two directions of a bidirectional layer (``cpu.core_pair``'s contract: each
     argument a pair as ``core`` takes it, the second direction's input already reversed):
-    where a direction's default splits fill at most half the card (batch above 16 at
-    H ≤ 512, where tl.dot takes 16 units a program; small H), both run in one launch, each
+    where a direction's default splits fill at most half the card (on 132 SMs in fp32:
+    batch 17 up to 64-512 at H=128-1024, where tl.dot takes 16 units a program and more;
+    every batch at H ≤ 64), both run in one launch, each
     direction's rows padded to whole tiles and set side by side, each tile on its
     direction's weights (the kernels' PAIR): the two time loops at once instead of one
     after the other. Else, in benchmark mode (whose splits may tile the rows otherwise),
-    and under torch.compile and the other special modes, ``core`` for each in turn. The
-    numbers are core's, bit for bit: a row's sums run as they would alone."""
+    under torch.compile and the other special modes, and where one direction trains and
+    the other doesn't, ``core`` for each in turn. The numbers are core's, bit for bit: a
+    row's sums run as they would alone."""
     rows = _pair_rows(gi, h0, w_hh, b_hh)
     if rows is None:
         return tuple(core(*args, lengths, reset_after)
@@ -449,9 +451,13 @@ def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
     gi = tuple(g if g.dtype == dtype else g.to(dtype) for g in gi)
     lengths, bias0 = _lengths_and_bias(gi[0], w_hh[0], b_hh[0], lengths)
     bias1 = b_hh[1] if b_hh[1] is not None else w_hh[1].new_zeros(w_hh[1].shape[0])
-    save = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (*gi, *h0, *w_hh, bias0, bias1))
-    if save:
+    saves = [torch.is_grad_enabled() and any(t.requires_grad for t in args)
+             for args in ((gi[0], h0[0], w_hh[0], bias0), (gi[1], h0[1], w_hh[1], bias1))]
+    if saves[0] != saves[1]:  # (one direction training, the other not: core's splits
+        # for each, the inference forward's and the training forward's)
+        return tuple(core(*args, lengths, reset_after)
+                     for args in zip(gi, h0, w_hh, b_hh, strict=True))
+    if saves[0]:
         return _EagerPair.apply(*gi, *h0, *w_hh, bias0, bias1, lengths, reset_after, rows)
     stacked = _side_by_side(gi, h0, lengths, rows)
     out = forward(*stacked[:2], torch.stack(w_hh), torch.stack([bias0, bias1]),
@@ -474,6 +480,7 @@ def _pair_rows(gi, h0, w_hh, b_hh) -> int | None:
             t.device != x.device or t.dtype != x.dtype for t in (h0[1], gi[1])) or \
             gi[0].device != x.device or gi[0].dtype != gi[1].dtype or \
             w_hh[0].dtype != w_hh[1].dtype or (b_hh[0] is None) != (b_hh[1] is None) or \
+            b_hh[0] is not None and b_hh[0].dtype != b_hh[1].dtype or \
             x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return None
     batch, hidden = gi[0].shape[1], x.shape[-1]
@@ -535,6 +542,7 @@ class _EagerPair(torch.autograd.Function):
         ctx.save_for_backward(h0, w_hh, out, lens, *saved)
         ctx.reset_after, ctx.rows, ctx.batch = reset_after, rows, batch
         ctx.dtypes = gi0.dtype, h00.dtype, w0.dtype, b0.dtype
+        ctx.set_materialize_grads(False)  # (a direction no gradient reached gets none)
         # (copies: the backward reads the output it saved, as _Eager's callers get)
         return tuple(x.clone() for x in _apart(out, batch, rows))
 
@@ -546,6 +554,7 @@ class _EagerPair(torch.autograd.Function):
         h0, w_hh, out, lens, *saved = ctx.saved_tensors
         rows, batch = ctx.rows, ctx.batch
         dout = torch.zeros_like(out)
+        reached = [grad is not None for grad in (dout0, dout1)]
         for d, grad in enumerate((dout0, dout1)):
             if grad is not None:
                 dout[:, d * rows: d * rows + batch] = grad
@@ -553,10 +562,14 @@ class _EagerPair(torch.autograd.Function):
                                                          out.dtype), w_hh.dtype)
         dgi, dh0, dw, db = backward(dout, h0, w_hh, out, saved, lens, ctx.reset_after, cfg,
                                     rows, batch)
-        gi_t, h0_t, w_t, b_t = ctx.dtypes
-        dgi, dh0 = _apart(dgi, batch, rows), _apart(dh0, batch, rows, 0)
-        return (*(g.to(gi_t) for g in dgi), *(g.to(h0_t) for g in dh0),
-                *(g.to(w_t) for g in dw), *(g.to(b_t) for g in db), None, None, None)
+        # (each direction's: contiguous, as core's, so that the sums after them (the input
+        # projection's bias) run alike; None where no gradient reached it, as core, never
+        # called, gives)
+        grads = (_apart(dgi, batch, rows), _apart(dh0, batch, rows, 0), dw, db)
+        return (*(g.contiguous().to(dtype) if r else None
+                  for parts, dtype in zip(grads, ctx.dtypes, strict=True)
+                  for g, r in zip(parts, reached, strict=True)),
+                None, None, None)
 
 
 def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
