@@ -338,13 +338,18 @@ def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates) -> None:
     ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
 
 
+def _no_double_backward() -> None:
+    """Refuse create_graph=True: never a silent zero."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("backend 'triton' has no double backward; use "
+                           "backend='reference' for gradients of gradients")
+
+
 def _gradients(ctx, dout, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dgi, dh0, dW_hh, db_hh in the inputs' dtypes, from what _keep kept: ``run`` is
     ``backward`` or the op that calls it. Refuses create_graph=True: never a silent
     zero."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("backend 'triton' has no double backward; use "
-                           "backend='reference' for gradients of gradients")
+    _no_double_backward()
     h0, w_hh, out, lengths, *gates = ctx.saved_tensors
     if dout is None:  # (no gradient reached the output)
         dout = torch.zeros_like(out)
@@ -447,8 +452,7 @@ def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
     if rows is None:
         return tuple(core(*args, lengths, reset_after)
                      for args in zip(gi, h0, w_hh, b_hh, strict=True))
-    dtype = h0[0].dtype
-    gi = tuple(g if g.dtype == dtype else g.to(dtype) for g in gi)
+    dtype = h0[0].dtype  # (gi's too: _pair_rows refuses another)
     lengths, bias0 = _lengths_and_bias(gi[0], w_hh[0], b_hh[0], lengths)
     bias1 = b_hh[1] if b_hh[1] is not None else w_hh[1].new_zeros(w_hh[1].shape[0])
     saves = [torch.is_grad_enabled() and any(t.requires_grad for t in args)
@@ -548,9 +552,7 @@ class _EagerPair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout0, dout1):
-        if torch.is_grad_enabled():
-            raise RuntimeError("backend 'triton' has no double backward; use "
-                               "backend='reference' for gradients of gradients")
+        _no_double_backward()
         h0, w_hh, out, lens, *saved = ctx.saved_tensors
         rows, batch = ctx.rows, ctx.batch
         dout = torch.zeros_like(out)
