@@ -89,14 +89,14 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
         if spread is None:
             continue
         for forward in (True, False):
-            kinds = [k for k in row["timed"] if k.startswith("forward" if forward else
-                                                            "backward")]
+            name = "forward" if forward else "backward"
+            kinds = [k for k in row["timed"] if k.startswith(name)]
             times = [row["timed"][k]["us_per_step"] for k in kinds]
             if not kinds:
                 continue
             both = set.intersection(*(set(t) for t in times))
             if not both:
-                lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: no "
+                lines.append(f"# H={row['H']} {name}: no "
                              f"split timed in every kind ({', '.join(kinds)})")
                 continue
             best = min(both, key=lambda c: sum(t[c] for t in times))
@@ -107,7 +107,7 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
             base = spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS})
             if base != cfg or cfg.block_batch not in (16, 8, 4) or \
                     cfg.slice != spread.slice * (16 // cfg.block_batch):
-                lines.append(f"# H={row['H']} {'forward' if forward else 'backward'}: the "
+                lines.append(f"# H={row['H']} {name}: the "
                              f"fastest, {label(best)}, differs from the chunked spread "
                              f"split outside SPREAD_FIELDS ({timing})")
                 continue

@@ -448,28 +448,34 @@ def core_pair(gi: tuple[Tensor, Tensor], h0: tuple[Tensor, Tensor],
     under torch.compile and the other special modes, and where one direction trains and
     the other doesn't, ``core`` for each in turn. The numbers are core's, bit for bit: a
     row's sums run as they would alone."""
-    rows = _pair_rows(gi, h0, w_hh, b_hh)
-    if rows is None:
+    def in_turn():
         return tuple(core(*args, lengths, reset_after)
                      for args in zip(gi, h0, w_hh, b_hh, strict=True))
-    dtype = h0[0].dtype  # (gi's too: _pair_rows refuses another)
+
+    rows = _pair_rows(gi, h0, w_hh, b_hh)
+    if rows is None:
+        return in_turn()
     lengths, bias0 = _lengths_and_bias(gi[0], w_hh[0], b_hh[0], lengths)
     bias1 = b_hh[1] if b_hh[1] is not None else w_hh[1].new_zeros(w_hh[1].shape[0])
     saves = [torch.is_grad_enabled() and any(t.requires_grad for t in args)
              for args in ((gi[0], h0[0], w_hh[0], bias0), (gi[1], h0[1], w_hh[1], bias1))]
     if saves[0] != saves[1]:  # (one direction training, the other not: core's splits
         # for each, the inference forward's and the training forward's)
-        return tuple(core(*args, lengths, reset_after)
-                     for args in zip(gi, h0, w_hh, b_hh, strict=True))
+        return in_turn()
     if saves[0]:
         return _EagerPair.apply(*gi, *h0, *w_hh, bias0, bias1, lengths, reset_after, rows)
     stacked = _side_by_side(gi, h0, lengths, rows)
     out = forward(*stacked[:2], torch.stack(w_hh), torch.stack([bias0, bias1]),
-                  stacked[2], reset_after, False,
-                  _for_weights(splits.choose_config(gi[0].shape[1], h0[0].shape[-1],
-                                                    gi[0].device, dtype), w_hh[0].dtype),
+                  stacked[2], reset_after, False, _pair_split(gi[0], h0[0], w_hh[0], False),
                   rows)[0]
     return _apart(out, gi[0].shape[1], rows)
+
+
+def _pair_split(gi: Tensor, h0: Tensor, w_hh: Tensor, save: bool) -> Config:
+    """The forward's default split for one direction of a core_pair launch (``save``: a
+    training forward's), as _split gives core outside benchmark mode."""
+    return _for_weights(splits.choose_config(gi.shape[1], h0.shape[-1], gi.device, h0.dtype,
+                                             save), w_hh.dtype)
 
 
 def _pair_rows(gi, h0, w_hh, b_hh) -> int | None:
@@ -536,11 +542,10 @@ class _EagerPair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi0, gi1, h00, h01, w0, w1, b0, b1, lengths, reset_after, rows):
-        batch, hidden = gi0.shape[1], h00.shape[-1]
+        batch = gi0.shape[1]
+        cfg = _pair_split(gi0, h00, w0, True)
         gi, h0, lens = _side_by_side((gi0, gi1), (h00, h01), lengths, rows)
         w_hh = torch.stack([w0, w1])
-        cfg = _for_weights(splits.choose_config(batch, hidden, gi.device, gi.dtype, True),
-                           w0.dtype)
         out, saved = forward(gi, h0, w_hh, torch.stack([b0, b1]), lens, reset_after, True,
                              cfg, rows)
         ctx.save_for_backward(h0, w_hh, out, lens, *saved)
