@@ -22,8 +22,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-split16 --no-chunked --no-chunk-shapes --no-partials --no-groups \
-        --no-permuted
+        --no-split16 --no-chunked --no-chunk-shapes --no-permuted --no-row-tiles
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -299,17 +298,15 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False,
-             no_chunk_shapes: bool = False, no_partials: bool = False,
-             no_groups: bool = False, no_permuted: bool = False,
+             no_chunk_shapes: bool = False, no_permuted: bool = False,
              no_row_tiles: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
     products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units;
     without them a spread split takes none of splits.SPREAD_CHUNK_DEFAULTS's fields) and
     permuted exchanges (Config.permuted), from the defaults and benchmark mode's
-    candidates both; and benchmark mode's resident tl.dot, fp16-part (Config.split16),
-    partial-product (Config.partials), grouped (Config.groups) and smaller row tiles'
-    (candidates.ROW_TILE_SPREADS) candidates."""
+    candidates both; and benchmark mode's resident tl.dot, fp16-part (Config.split16) and
+    smaller row tiles' (candidates.ROW_TILE_SPREADS) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -336,8 +333,6 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
                                 (lambda c: c.chunked, no_chunked),
                                 (lambda c: (c.unit_lanes, c.thread_units) != (1, 1),
                                  no_chunk_shapes),
-                                (lambda c: c.partials, no_partials),
-                                (lambda c: c.groups != 1, no_groups),
                                 (lambda c: c.permuted, no_permuted),
                                 (_row_tiles, no_row_tiles)) if on]
     if left_out:
@@ -362,8 +357,6 @@ LEAVE_OUT = {
     "chunked": "the chunked-product candidates (Config.chunked)",
     "chunk-shapes": "the chunked candidates whose lanes and warps split the units and K "
                     "(Config.unit_lanes, Config.thread_units)",
-    "partials": "the backward splits that exchange partial products (Config.partials)",
-    "groups": "the splits that take the rows in two groups (Config.groups)",
     "permuted": "the splits that exchange in the product's order (Config.permuted)",
     "row-tiles": "the chunked splits of 8- and 4-row tiles at batch 9-16 "
                  "(candidates.ROW_TILE_SPREADS)",

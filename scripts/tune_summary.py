@@ -21,12 +21,10 @@ def label(split: str) -> str:
     cfg = tg.Config(*ast.literal_eval(split))
     flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
                                             "prefetch", "narrow", "split16", "chunked",
-                                            "partials", "permuted")
+                                            "permuted")
                     if getattr(cfg, name))
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1):
         flags += f" u{cfg.unit_lanes}x{cfg.thread_units}"
-    if cfg.groups != 1:
-        flags += f" g{cfg.groups}"
     product = "dot" if cfg.dot else "bcast"
     return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"
 
@@ -79,7 +77,7 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
     batch 9-16 where a card of ``sms`` multiprocessors takes the chunked spread split, the
     forward's fastest over inference and training together (timed in both) and the
     backward's fastest, as the fields they change from the spread split; or why not (the
-    fastest is another kind of split: stacked, tl.dot, in groups or with partials)."""
+    fastest is another kind of split: stacked or tl.dot)."""
     lines = []
     for row in grid:
         if row.get("dtype") != "float32" or not 8 < row.get("B", 0) <= 16 or \

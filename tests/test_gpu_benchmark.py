@@ -75,17 +75,16 @@ def test_each_left_out(gpu_bench, left_out):
         assert found[0] == default
 
 
-@pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "partials",
-                                      "groups", "permuted", "row_tiles"])
+@pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "permuted",
+                                      "row_tiles"])
 def test_fp32_candidates_left_out(gpu_bench, left_out):
     """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
     --no-chunked the chunked products (the default's too: the stacked split, as before
     chunked won), --no-chunk-shapes the chunked ones with unit_lanes or thread_units,
-    --no-partials the backward's partial products, --no-groups the rows in groups,
     --no-permuted the permuted exchanges, --no-row-tiles the 8- and 4-row tiles, each nothing
     else."""
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "partials", "groups", "permuted", "row_tiles")
+             "chunk_shapes", "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     for forward in (True, False):
         default, found = _found(torch.float32, forward=forward)
@@ -97,9 +96,6 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
             left_out not in ("chunked", "chunk_shapes"))
         assert any(c.chunked and (c.unit_lanes, c.thread_units) == (1, 1)
                    for c in others) == (left_out != "chunked")
-        assert any(c.partials for c in others) == (left_out != "partials" and not forward)
-        assert any(c.groups != 1 for c in others) == (
-            left_out not in ("groups", "chunked"))
         assert any(c.permuted for c in others) == (
             left_out not in ("permuted", "chunked", "chunk_shapes"))
         assert any(c.block_batch < 16 and c.chunked for c in others) == (
@@ -191,7 +187,7 @@ def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeyp
     monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, False), dict(
         unit_lanes=4, thread_units=1, permuted=True, prefetch=True))
     names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "partials", "groups", "permuted", "row_tiles")
+             "chunk_shapes", "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     cuda = torch.device("cuda")
     spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)

@@ -104,35 +104,6 @@ def _permuted_read(x, out, B, NC: tl.constexpr, SI: tl.constexpr, KW: tl.constex
 
 
 @lang._jit
-def _partials_published(w, g, xbuf, H, BK: tl.constexpr, S: tl.constexpr,
-                        PP: tl.constexpr):
-    """Each program's partial products Σ_g G_g[rows, units] @ W_g[units, :] (g (3,
-    2·16, H): two batch tiles of 16 rows, three gates) from Config.partials's tiles of
-    w = W_hh, published as exchange 1 (test_partials_of_every_program)."""
-    cols = tl.program_id(0) * S + tl.arange(0, S)
-    cmask = cols < H
-    v_r, v_z, v_n = products._partial_tiles(w, cols, cmask, H, BK)
-    rows = tl.program_id(1) * 16 + tl.arange(0, 16)
-    at = g + rows[:, None] * H + cols[None, :]
-    m = cmask[None, :]
-    part = products._partial_product(tl.load(at, mask=m, other=0.0), v_r, tl.float32)
-    part += products._partial_product(tl.load(at + 32 * H, mask=m, other=0.0), v_z, tl.float32)
-    part += products._partial_product(tl.load(at + 64 * H, mask=m, other=0.0), v_n, tl.float32)
-    exchange._publish_partials(xbuf, part, tl.program_id(1), 1, 16, S, PP)
-
-
-@lang._jit
-def _partials_summed(xbuf, out, H, S: tl.constexpr, PP: tl.constexpr):
-    """out (2·16, H): each program's sums of exchange 1's partial products at its units
-    (test_partials_of_every_program)."""
-    cols = tl.program_id(0) * S + tl.arange(0, S)
-    rows = tl.program_id(1) * 16 + tl.arange(0, 16)
-    tl.store(out + rows[:, None] * H + cols[None, :],
-             exchange._summed_partials(xbuf, tl.program_id(1), 1, 16, S, PP),
-             mask=(cols < H)[None, :])
-
-
-@lang._jit
 def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
                       SPLIT16: tl.constexpr = False):
     """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
@@ -405,7 +376,7 @@ def test_chunk_shape():
 
 def test_permuted_rule():
     """Which splits can exchange in the product's order (_can_permute: a chunk shape whose
-    warps all lie along K, not stamped, one group, no partials; a ValueError at launch
+    warps all lie along K, not stamped; a ValueError at launch
     otherwise), and _permutation: distinct places within block_k, every one of them at
     hidden = block_k, in 16-byte runs a thread."""
     cfg = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True,
@@ -415,8 +386,7 @@ def test_permuted_rule():
                                          unit_lanes=4))
     refused = [cfg._replace(unit_lanes=2),  # (2 × 2 < 8 units: warps along the units)
                cfg._replace(unit_lanes=1, thread_units=1),  # (no chunk shape)
-               cfg._replace(chunked=False), cfg._replace(stamped=True),
-               cfg._replace(groups=2), cfg._replace(partials=True)]
+               cfg._replace(chunked=False), cfg._replace(stamped=True)]
     for bad in refused:
         assert not splits._can_permute(bad)
         with pytest.raises(ValueError, match="permuted"):
@@ -612,45 +582,6 @@ def test_chunked_split_needs_resident_broadcast_tiles():
             tg.forward(*args, cfg)
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype,chunked", [(torch.float32, True), (torch.float32, False),
-                                           (torch.float16, True), (torch.float64, False)],
-                         ids=["f32-chunked", "f32", "f16-chunked", "f64"])
-@pytest.mark.parametrize("size", [(3, 100), (16, 64), (2, 33)], ids=str)
-def test_grouped_forward(size, dtype, chunked, reset_after):
-    """Config.groups, the forward: a tile's rows in two groups, each its own recurrence
-    and barrier counter, their steps in turn (K in chunks or not; groups of 2, 4 and 1
-    rows, the second partly past B at 3 rows, two batch tiles at 16); outputs, saved gates
-    and every gradient after it."""
-    batch, hidden = size
-    hp = splits._pow2(hidden)
-    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
-                    resident=True, chunked=chunked)
-    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
-             cfg=cfg._replace(groups=2), backward_cfg=cfg)
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype,product", [(torch.float32, "chunked"),
-                                           (torch.float32, "partials"),
-                                           (torch.float32, "plain"),
-                                           (torch.float16, "chunked"),
-                                           (torch.float64, "partials")], ids=str)
-@pytest.mark.parametrize("size", [(3, 100), (16, 64), (2, 33)], ids=str)
-def test_grouped_backward(size, dtype, product, reset_after):
-    """Config.groups, the backward: a tile's rows in two groups, each step's two phases
-    rotated between them (_backward_gates, _backward_carry), with the chunked, partial or
-    plain broadcast product (partials: each group's own regions); groups of 2, 4 and 1
-    rows, one partly past B, two batch tiles at 16; every gradient."""
-    batch, hidden = size
-    hp = splits._pow2(hidden)
-    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
-                    resident=True, chunked=product == "chunked",
-                    partials=product == "partials")
-    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
-             cfg=cfg._replace(partials=False), backward_cfg=cfg._replace(groups=2))
-
-
 _WAITED = []  # (the arrivals each _exact_wait call waited for)
 
 
@@ -668,13 +599,10 @@ def _exact_wait(sync, arrivals):
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's check")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("groups,partials", [(1, False), (2, False), (2, True), (1, True)],
-                         ids=str)
-def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
+def test_waits_count_every_arrival(monkeypatch, reset_after):
     """Each barrier wait counts exactly the arrivals made before it, forward and backward,
-    one group or two, two batch tiles (each group and tile its own counter), with the
-    partial products' exchange or not; and every counter ends at the launch's arrivals,
-    one a step per group (reset_before: two). (The checking wait is seen to run in both
+    two batch tiles (each its own counter); and every counter ends at the launch's
+    arrivals, one a step (reset_before: two). (The checking wait is seen to run in both
     kernels: the real one would pass here too.)"""
     _patch_kernels(monkeypatch, "_wait", _exact_wait)
     _WAITED.clear()
@@ -691,131 +619,17 @@ def test_waits_count_every_arrival(monkeypatch, reset_after, groups, partials):
     steps, batch, hidden = 4, 16, 40
     gi, h0, w, b, _ = _problem(steps, batch, hidden, torch.float32)
     lens = torch.tensor([4, 1, 3, 2] * 4, device=DEVICE)
-    cfg = tg.Config(8, 64, 64, dot=False, resident=True, groups=groups)
+    cfg = tg.Config(8, 64, 64, dot=False, resident=True)
     out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens,
                             reset_after, True, cfg)
     each = steps * (1 if reset_after else 2)
-    assert counters[-1].tolist() == [each] * (2 * groups)
+    assert counters[-1].tolist() == [each] * 2
     assert _WAITED, "the forward's waits were not the checking one"
     _WAITED.clear()
     tg.backward(torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, reset_after,
-                cfg._replace(partials=partials))
-    assert counters[-1].tolist() == [each] * (2 * groups)
+                cfg)
+    assert counters[-1].tolist() == [each] * 2
     assert _WAITED, "the backward's waits were not the checking one"
-
-
-def test_groups_need_resident_broadcast_tiles():
-    """Config.groups: 1, or 2 on resident broadcast tiles with an even block_batch, not
-    stamped, K-major or prefetch, forward and backward; a ValueError before any launch
-    otherwise."""
-    gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
-    lens = torch.tensor([2, 2], device=DEVICE)
-    args = (gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, True)
-    cfg = tg.Config(2, 16, 16, dot=False, resident=True, groups=2)
-    out, saved = tg.forward(*args, cfg)
-    assert out.isfinite().all()
-    grads = (torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True)
-    assert tg.backward(*grads, cfg)[0].isfinite().all()
-    for bad in (cfg._replace(groups=3), cfg._replace(groups=4), cfg._replace(block_batch=1),
-                cfg._replace(resident=False), cfg._replace(dot=True),
-                cfg._replace(stamped=True), cfg._replace(kmajor=True),
-                cfg._replace(prefetch=True)):
-        with pytest.raises(ValueError, match="groups"):
-            tg.forward(*args, bad)
-        with pytest.raises(ValueError, match="groups"):
-            tg.backward(*grads, bad)
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype,prefetch", [(torch.float32, False), (torch.float16, False),
-                                            (torch.float64, False), (torch.float32, True)],
-                         ids=["f32", "f16", "f64", "f32-prefetch"])
-@pytest.mark.parametrize("size", [(3, 100), (16, 64), (1, 33)], ids=str)
-def test_partials_split(size, dtype, prefetch, reset_after):
-    """Config.partials, the backward: its units' gradients times its rows of W_hh,
-    exchanged and summed (reset_before's two exchanges a step), K in chunks of 32 (four
-    at H=100, the last part past H), rows past B and a second batch tile (16 rows in tiles
-    of 8), with and without the reads a step ahead; every gradient, after the resident
-    forward."""
-    batch, hidden = size
-    hp = splits._pow2(hidden)
-    cfg = tg.Config(min(8, splits._pow2(batch)), hp, hp, dot=False,
-                    resident=True)
-    _compare(5, batch, hidden, reset_after, dtype, lengths=([5, 1, 3, 2] * 4)[:batch],
-             cfg=cfg, backward_cfg=cfg._replace(partials=True, prefetch=prefetch))
-
-
-def test_partials_of_every_program():
-    """Config.partials's tiles, products and exchange for every program of a launch and
-    two batch tiles (the kernels' tests run one program a tile in the interpreter: here
-    13 programs of 8 units, the last past H=100, K in four chunks of 32, the last partly
-    past H): published by every program in one launch, summed by each in the next, they
-    make Σ_g G_g @ W_g for each tile's rows."""
-    hidden, slice_ = 100, 8
-    g = torch.Generator().manual_seed(7)
-    w = torch.randn(3 * hidden, hidden, generator=g, dtype=torch.float64)
-    grads = torch.randn(3, 32, hidden, generator=g, dtype=torch.float64)
-    programs = -(-hidden // slice_)
-    pp = splits._pow2(programs)
-    xbuf = torch.full((2, 2, programs, pp, 16, slice_), math.nan, device=DEVICE)
-    out = torch.full((32, hidden), math.nan, device=DEVICE)
-    _partials_published[(programs, 2)](w.float().to(DEVICE), grads.float().to(DEVICE), xbuf,
-                                       hidden, BK=128, S=slice_, PP=pp)
-    assert xbuf[:, 0].isnan().all()  # (exchange 1 in the second region alone)
-    _partials_summed[(programs, 2)](xbuf, out, hidden, S=slice_, PP=pp)
-    want = sum(grads[i] @ w[i * hidden:(i + 1) * hidden] for i in range(3))
-    assert_close("partials", want, out.double().cpu(), 1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("reset_after,steps", [(True, 2), (False, 1)],
-                         ids=["after", "before"])
-def test_partials_exchanges_alternate_regions(monkeypatch, reset_after, steps):
-    """Consecutive exchanges of Config.partials use the buffer's two regions in turn (a
-    program a step ahead must not overwrite what another still reads, which the
-    interpreter, one program at a time, can't show): reset_after's two steps, and
-    reset_before's two exchanges in one step, each fill a region of its own."""
-    buffers = []
-    empty = tg._empty
-
-    def recorded(*shape, dtype, device):
-        buffers.append(empty(*shape, dtype=dtype, device=device))
-        return buffers[-1]
-
-    monkeypatch.setattr(tg, "_empty", recorded)
-    gi, h0, w, b, _ = _problem(steps, 3, 40, torch.float32)
-    lens = torch.full((3,), steps, device=DEVICE)
-    cfg = tg.Config(4, 64, 64, dot=False, resident=True)
-    out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens,
-                            reset_after, True, cfg)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    tg.backward(dout, h0.detach(), w.detach(), out, saved, lens, reset_after,
-                cfg._replace(partials=True))
-    xbuf = next(x for x in buffers if x.dim() == 6)  # (tiles, 2, P, PP, BB, S)
-    first, second = xbuf[0, 0, 0, 0, :3, :40], xbuf[0, 1, 0, 0, :3, :40]
-    assert first.isfinite().all() and second.isfinite().all()
-    assert (first - second).abs().max() > 1e-3
-
-
-def test_partials_split_needs_resident_broadcast_tiles():
-    """Config.partials: the backward's, on resident tiles with the broadcast product,
-    block_k a power of two ≥ 32, and no other product or exchange but prefetch; a
-    ValueError before any launch otherwise, and for the forward."""
-    gi, h0, w, b, _ = _problem(2, 2, 16, torch.float32)
-    lens = torch.tensor([2, 2], device=DEVICE)
-    cfg = tg.Config(2, 32, 32, dot=False, resident=True)
-    out, saved = tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True,
-                            True, cfg)
-    args = (torch.ones_like(out), h0.detach(), w.detach(), out, saved, lens, True)
-    assert tg.backward(*args, cfg._replace(partials=True))[0].isfinite().all()
-    for bad in (cfg._replace(resident=False), cfg._replace(block_k=16, slice=16),
-                cfg._replace(block_k=48),  # (its tiles would miss K past 32: no error)
-                cfg._replace(dot=True), cfg._replace(stamped=True),
-                cfg._replace(kmajor=True), cfg._replace(chunked=True)):
-        with pytest.raises(ValueError, match="partials"):
-            tg.backward(*args, bad._replace(partials=True))
-    with pytest.raises(ValueError, match="partials"):
-        tg.forward(gi.detach(), h0.detach(), w.detach(), b.detach(), lens, True, True,
-                   cfg._replace(partials=True))
 
 
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
@@ -1914,49 +1728,6 @@ def _spread_points(monkeypatch, sms=132):
                                                                    dtype, forward)
 
 
-def test_partials_candidates_rule(monkeypatch):
-    """Benchmark mode times the spread backward split exchanging partial products
-    (Config.partials) at batch 9-16 in PARTIAL_SPREADS's sizes (132 SMs' units a program:
-    4 of K=512 at 4 and 8 warps, 8 of K=1024 at 8), fp32 and bf16 alike; never for the
-    forward, at other batches or sizes, or in fp64; on other cards only where the spread
-    split has those units and K."""
-    for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
-        found = [c for c in found if c.partials]
-        hp = splits._pow2(hidden)
-        counted = candidates.PARTIAL_SPREADS.get((splits._pow2(-(-hidden // 132)), hp))
-        if forward or dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or \
-                not counted:
-            assert not found, (dtype, batch, hidden, forward)
-            continue
-        assert {c.warps for c in found} == set(counted)
-        assert all(splits._can_partial(c) and c.block_batch == 16 and c.slice * 128 >= hidden
-                   for c in found)
-    offered = set()
-    for sms in (16, 24, 46, 66, 108):  # (smaller cards: other units a program)
-        for _, batch, hidden, _, found in _spread_points(monkeypatch, sms):
-            found = [c for c in found if c.partials]
-            assert all(c.warps in candidates.PARTIAL_SPREADS[(c.slice, c.block_k)] for c in found)
-            offered |= {(sms, batch, hidden) for c in found}
-    assert offered == {(108, 16, 384)}  # (4 units of K=512 a program)
-
-
-def test_groups_candidates_rule(monkeypatch):
-    """Benchmark mode times the chunked spread splits with their rows in two groups
-    (Config.groups) at batch 9-16 in GROUPED_SPREADS's sizes and shapes (132 SMs: 4 units
-    of K=512 at 4 warps, 8 of K=1024 at 8 warps), inference, training and backward, fp32
-    and bf16; never at other batches or sizes, or in fp64."""
-    for dtype, batch, hidden, forward, found in _spread_points(monkeypatch):
-        found = [c for c in found if c.groups != 1]
-        hp = splits._pow2(hidden)
-        shapes = candidates.GROUPED_SPREADS.get((splits._pow2(-(-hidden // 132)), hp, forward))
-        if dtype == torch.float64 or not 8 < batch <= 16 or hidden <= 256 or not shapes:
-            assert not found, (dtype, batch, hidden, forward)
-            continue
-        assert {(c.warps, c.unit_lanes, c.thread_units) for c in found} == set(shapes)
-        assert all(splits._can_group(c) and c.chunked and splits._can_chunk(c) and
-                   not c.partials and c.block_batch == 16 for c in found)
-
-
 def test_stamped_default_rule(monkeypatch):
     """STAMPED_MAX_WORDS (1024: B=1's blocks up to H=1024, measured on an H200; for a
     chunked split CHUNKED_STAMPED_MAX_WORDS, 512) makes the default resident forward
@@ -2334,14 +2105,13 @@ def test_split16_on_gpu(hidden, slice_, reset_after):
 def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
     """Benchmark mode timing every candidate (stamped, K-major, smaller row tiles, tl.dot)
     on the card, none left out, then the splits it keeps, forward and backward, at T=512,
-    fp32 at 1e-5. (Without the stacked splits, the chunk shapes, partials and groups, each
-    tested apart: scripts/gpu_tune.sh runs the grid in benchmark mode with or without
-    them by these tests' outcome, so a fault in one of them can't cost the others.)"""
+    fp32 at 1e-5. (Without the stacked splits and the chunk shapes, each tested apart:
+    scripts/gpu_tune.sh runs the grid in benchmark mode with or without them by these
+    tests' outcome, so a fault in one of them can't cost the others.)"""
     monkeypatch.setattr(splits, "_stacked_splits", lambda *args: [])
     every = tg._candidates
     monkeypatch.setattr(tg, "_candidates", lambda *args: [
-        c for c in every(*args) if not (c.partials or c.groups != 1 or
-                                        (c.unit_lanes, c.thread_units) != (1, 1))])
+        c for c in every(*args) if (c.unit_lanes, c.thread_units) == (1, 1)])
     _compare(512, batch, hidden, True, torch.float32)
     assert {key[0] for key in tg._tuned} == {"forward", "backward"}
     assert {cfg: t for trial in tg.trials.values() for cfg, t in trial.items()
@@ -2394,51 +2164,6 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")
-@pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,lanes,reset_after", [
-    (torch.float32, 16, 512, 4, 4, 1, True), (torch.float32, 16, 1024, 8, 8, 1, True),
-    (torch.float32, 16, 1024, 8, 8, 4, False), (torch.bfloat16, 16, 1024, 8, 8, 4, True),
-    (torch.float32, 12, 1020, 8, 8, 1, True), (torch.float32, 9, 996, 8, 8, 4, False),
-    (torch.float32, 100, 120, 4, 4, 1, True), (torch.float32, 100, 120, 4, 4, 1, False)],
-    ids=str)
-def test_groups_on_gpu(dtype, batch, hidden, slice_, warps, lanes, reset_after):
-    """Benchmark mode's chunked spread splits in two groups of rows (Config.groups,
-    GROUPED_SPREADS), each group's barrier under way while the other computes, forward
-    and backward (with unit_lanes 4 the backward's 2 units a thread): T=512, ragged
-    lengths, rows past B (at 9 rows the second group has one), a last program partly
-    past H, both formulations; several batch tiles a launch and several launches (100
-    rows at H=120: 30 programs, 4 tiles a launch, each group its own counter), the
-    backward with partials there; outputs, saved gates and every gradient at the dtype's
-    tolerance."""
-    hp = splits._pow2(hidden)
-    cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True, chunked=True,
-                    unit_lanes=lanes, groups=2)
-    backward_cfg = cfg._replace(thread_units=2 if lanes > 1 else 1)
-    if batch > 16:  # (partials in two groups: each its own regions)
-        backward_cfg = backward_cfg._replace(chunked=False, partials=True)
-    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg,
-             backward_cfg=backward_cfg)
-
-
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 30-128 programs")
-@pytest.mark.parametrize("dtype,batch,hidden,slice_,warps,reset_after", [
-    (torch.float32, 16, 512, 4, 4, True), (torch.float32, 16, 512, 4, 8, True),
-    (torch.float32, 16, 1024, 8, 8, True), (torch.float32, 16, 1024, 8, 8, False),
-    (torch.bfloat16, 16, 1024, 8, 8, True), (torch.float32, 12, 1020, 8, 8, True),
-    (torch.float32, 16, 996, 8, 8, False), (torch.float32, 100, 120, 4, 4, True)],
-    ids=str)
-def test_partials_on_gpu(dtype, batch, hidden, slice_, warps, reset_after):
-    """Benchmark mode's spread backward splits exchanging partial products (Config.partials,
-    PARTIAL_SPREADS), after the chunked forward: T=512, ragged lengths, rows past B and a
-    last program partly past H, both formulations, every gradient at the dtype's
-    tolerance; and fewer programs than the buffer's power of two (125 of 128, 30 of 32),
-    several batch tiles a launch and several launches (100 rows, 4 tiles a launch)."""
-    hp = splits._pow2(hidden)
-    cfg = tg.Config(16, slice_, hp, dot=False, warps=warps, resident=True)
-    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
-             cfg=cfg._replace(chunked=True), backward_cfg=cfg._replace(partials=True))
-
-
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")
 @pytest.mark.parametrize("stamped", [False, True], ids=["barrier", "stamped"])
 @pytest.mark.parametrize("batch,split", [(16, (16, 2, 256)), (16, (4, 8, 256)),
@@ -2473,14 +2198,10 @@ def shared_words(ptx):
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PARTIALS",
-                 "PERMUTED", "PAIR"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PERMUTED",
+                 "PAIR"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
-    if "PP" in kernel.arg_names:  # (Config.partials's programs, rounded up: unread)
-        consts.setdefault("PP", 1)
-    if "GROUPS" in kernel.arg_names:  # (Config.groups: one)
-        consts.setdefault("GROUPS", 1)
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
         consts.setdefault("CHUNK", 32)
         consts.setdefault("KW", 1)
@@ -2600,19 +2321,6 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         permuted[f"{name}-{on}"] = {"words": shared_words(compiled.asm["ptx"]),
                                     "barriers": compiled.asm["ptx"].count("bar.sync")}
-# the backward exchanging partial products (Config.partials) at the same size: whether its
-# 4-axis product became a tl.dot, its shuffles and the words it reads from shared memory
-partials = {}
-for reset_after in (True, False):
-    consts = dict(BB=16, S=8, BK=1024, RESET_AFTER=reset_after, DOT=False, PREC="tf32x3",
-                  ACC=tl.float32, RESIDENT=True, STAMPED=False, PARTIALS=True, PP=128)
-    kernel = tg._backward_kernel
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts),
-                                        constexprs=consts),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    partials[str(reset_after)] = {"dot": "tt.dot" in compiled.asm["ttgir"],
-                                  "words": shared_words(compiled.asm["ptx"]),
-                                  "shuffles": compiled.asm["ptx"].count("shfl.sync")}
 # the stacked split: its tiles loaded once into shared memory, multiplied there by wgmma
 # (the forward's largest tiles; the backward's at one and two folds)
 stacked = {}
@@ -2660,7 +2368,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
                   "prefetch": prefetch, "shuffles": shuffles, "reads": reads,
-                  "partials": partials, "permuted": permuted}))
+                  "permuted": permuted}))
 """
 
 
@@ -2752,20 +2460,6 @@ def test_permuted_exchange_reads_no_shared_memory(sm90, kernel):
     plain, permuted = (sm90["permuted"][f"{kernel}-{on}"] for on in (False, True))
     assert 2 * permuted["words"] < plain["words"], (plain, permuted)
     assert 2 * permuted["barriers"] < plain["barriers"], (plain, permuted)
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-def test_partials_sum_within_threads(sm90, reset_after):
-    """Config.partials rests on the layout Triton picks for its 4-axis product at B=16,
-    H=1024 (8 units, 8 warps): no tl.dot (the combine pass takes a 3-axis one for a TF32
-    dot), each thread summing over its units, so the time loop shuffles only to sum the
-    exchange (PTX: under an eighth of the chunked split's shuffles); and what it reads
-    from shared memory is its own gradients, the same words in every thread, fewer than
-    half the chunked product's."""
-    got = sm90["partials"][str(reset_after)]
-    assert not got["dot"]
-    assert 0 < 8 * got["shuffles"] < sm90["shuffles"]["backward-True"], got
-    assert 0 < 2 * got["words"] < sm90["reads"]["1"]["words"], (got, sm90["reads"])
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])

@@ -44,21 +44,15 @@ def test_every_candidate_and_a_default_left_out(tmp_path):
 
 def test_labels_name_every_option():
     """A split's label names the options it sets: the chunk shapes as u(lanes)x(units),
-    the backward's partial products, the permuted exchange, and the forward's groups of
-    rows as g(groups) (a split tuple from an older run, without the newer fields, reads as
-    their defaults)."""
+    the permuted exchange, prefetch (a split tuple from an older run, without the newer
+    fields, reads as their defaults)."""
     shaped = tg.Config(16, 8, 1024, False, warps=8, resident=True, chunked=True,
                        unit_lanes=4, thread_units=2)
-    partials = tg.Config(16, 8, 1024, False, warps=8, resident=True, partials=True)
     assert tune_summary.label(str(tuple(shaped))) == \
         "(16, 8, 1024, bcast, 8w resident chunked u4x2)"
-    assert tune_summary.label(str(tuple(partials))) == \
-        "(16, 8, 1024, bcast, 8w resident partials)"
-    assert tune_summary.label(str(tuple(shaped._replace(groups=2)))) == \
-        "(16, 8, 1024, bcast, 8w resident chunked u4x2 g2)"
-    assert tune_summary.label(str(tuple(shaped._replace(permuted=True)))) == \
-        "(16, 8, 1024, bcast, 8w resident chunked permuted u4x2)"
-    assert tune_summary.label(str(tuple(partials)[:-3])) == \
+    assert tune_summary.label(str(tuple(shaped._replace(permuted=True, prefetch=True)))) == \
+        "(16, 8, 1024, bcast, 8w resident prefetch chunked permuted u4x2)"
+    assert tune_summary.label(str(tuple(shaped)[:-4])) == \
         "(16, 8, 1024, bcast, 8w resident)"
 
 

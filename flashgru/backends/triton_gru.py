@@ -53,7 +53,7 @@ from ._triton.backward import _backward_kernel
 from ._triton.candidates import _candidates
 from ._triton.forward import _forward_kernel
 from ._triton.lang import INTERPRET, triton
-from ._triton.launch import _acc, _check_weights, _for_weights, _kernel_weights, _launch, _programs
+from ._triton.launch import _acc, _check_weights, _for_weights, _kernel_weights, _launch
 from ._triton.splits import (
     DTYPES,
     MAX_UNITS,
@@ -221,9 +221,6 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     else:  # (the kernel writes no gates: out stands in for their pointers)
         saved, gates = [], (out,) * 4
     _check_weights(cfg, w_hh.dtype)
-    if cfg.partials:
-        raise ValueError(f"partials is a backward split's: got {cfg} for the forward")
-
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -243,8 +240,7 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
                 out, hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, GROUPS=cfg.groups,
-                **paired)
+                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, **paired)
     return out, saved
 
 
@@ -267,15 +263,7 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
-    consts = {}
-    if cfg.partials:  # the partial products' two regions for each batch tile of a launch
-        # (or each group of its rows)
-        programs = _programs(cfg, hidden, out.device)
-        tiles = min(-(-batch // cfg.block_batch), splits._grid_limit(out.device) // programs)
-        xbuf = _empty(max(tiles, 1) * cfg.groups, 2, programs, splits._pow2(programs),
-                      cfg.block_batch // cfg.groups, cfg.slice, dtype=acc, device=out.device)
-        consts = {"PARTIALS": True, "PP": splits._pow2(programs)}
-    elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
+    if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
     elif cfg.permuted:  # each gate's row of block_k in _permuted_at's order, zeros past H
         xbuf = _padded(2, batch, 3 * cfg.block_k, pad=hidden < cfg.block_k, dtype=acc,
@@ -287,14 +275,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        # (partials: W_hh's own rows)
-        paired = _paired_weights(w_hh if cfg.partials else w_hh.transpose(-1, -2), cfg,
-                                 pair_rows)
+        paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
         weights, scale = paired.pop("weights"), paired.pop("scale")
         args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
                 lengths, dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), SPLIT16=cfg.split16, GROUPS=cfg.groups, **consts, **paired)
+                ACC=_acc(acc), SPLIT16=cfg.split16, **paired)
     # (dW_hh and db_hh over all steps: _weight_gradients)
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)

@@ -4,14 +4,12 @@ the gates' gradients for the weight GEMMs that follow it (triton_gru.backward).
 
 from __future__ import annotations
 
-from .exchange import _arrive, _barrier, _publish, _publish_partials, _summed_partials, _tile, _wait
+from .exchange import _arrive, _barrier, _publish, _tile, _wait
 from .lang import LANES, _jit, tl
 from .products import (
     _chunked_gates,
     _chunked_tiles,
     _mm,
-    _partial_product,
-    _partial_tiles,
     _permuted_at,
     _resident_product,
     _resident_tiles_t,
@@ -51,9 +49,8 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                      PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
                      SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                      CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                     SI: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
-                     PP: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
-                     PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                     SI: tl.constexpr = 1, PERMUTED: tl.constexpr = False,
+                     PAIR: tl.constexpr = False,
                      pair_rows=1, w_stride=0, s_stride=0):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
@@ -72,14 +69,7 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
     dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
     (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
-    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PARTIALS
-    (``Config.partials``): wt is W_hh itself, (3H, H), each program multiplies its own
-    units' gradients by its rows of W_hh and the programs exchange the (B, H) partial
-    products through xbuf (tiles · GROUPS, 2, P, PP, BB / GROUPS, S) (_publish_partials),
-    each summing those of its units (_summed_partials); PP a power of two ≥ the programs.
-    GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups, each its own
-    recurrence with its own counter; a step is two phases (_backward_gates, then
-    _backward_carry, whose wait the other group's phases cover). PERMUTED
+    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PERMUTED
     (``Config.permuted``, a chunked split's 5-axis tiles): the gradients are exchanged
     through xbuf (2, B, 3, BK), each gate's row of BK in _permuted_at's order (zeros past
     H, the caller's), read in the product's own layout (_permuted_block). PAIR
@@ -88,24 +78,18 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     direction's after the first's, w_stride and s_stride elements on: each tile takes its
     direction's.
     """
-    tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
-                     "groups: not stamped, K-major, prefetch or stacked (_can_group)")
     if PAIR:  # (this tile's direction's weights)
         direction = (row0 + tl.program_id(1) * BB) // pair_rows
         wt += direction * w_stride
         scale += direction * s_stride
-    BG: tl.constexpr = BB // GROUPS
-    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
-    sync += tl.program_id(1) * GROUPS
-    slot = tl.program_id(1) * GROUPS  # (the partial products' regions of the first group)
+    sync += tl.program_id(1)
     carried = tl.load(dh + own, mask=m, other=0.0)
     # (W as the product needs it; the names a split doesn't use stand for W's pointer)
     w_hi, w_lo, v_r, v_z, v_n = wt, wt, wt, wt, wt
     if STACKED:
         w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
-    elif PARTIALS:
-        v_r, v_z, v_n = _partial_tiles(wt, cols, cmask, H, BK)
     elif CHUNKED:
         v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK, CHUNK, KW,
                                         SI)
@@ -122,64 +106,18 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
                                                    t_end - 1, B, H, own, m, ACC, RESET_AFTER)
     else:  # (unused)
         p_d, p_h, p_r, p_z, p_n, p_g = carried, carried, carried, carried, carried, carried
-    if GROUPS == 1:
-        for i in range(t_end - t_begin):
-            d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
-                dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
-                B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
-                cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
-                RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-            carried = _backward_carry(
-                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
-                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
-                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-    else:  # (two groups, each step's phases rotated: group a's wait comes after group b's
-        # phases, and the other way round)
-        rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
-                                                            BG)
-        carried2 = tl.load(dh + own2, mask=m2, other=0.0)
+    for i in range(t_end - t_begin):
         d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
-            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog, B, H,
-            t_end, 0, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask,
-            m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK, RESET_AFTER, DOT,
+            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n_prog, B, H, t_end,
+            i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask, m,
+            own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BB, S, BK, RESET_AFTER, DOT,
             PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16,
-            CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-        d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
-            dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1, n_prog,
-            B, H, t_end, 0, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first, rows2, rmask2,
-            cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG, S, BK,
-            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
-            NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-        for i in range(t_end - t_begin):
-            carried = _backward_carry(
-                dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r, d_rh,
-                rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BG,
-                S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED,
-                NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-            if i + 1 < t_end - t_begin:
-                d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
-                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
-                    B, H, t_end, i + 1, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows,
-                    rmask, cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
-                    BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
-                    STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP,
-                    PERMUTED)
-            carried2 = _backward_carry(
-                dgi, dgh, xbuf, sync + 1, slot + 1, n_prog, B, H, t_end, i, carried2, d2, z2,
-                r2, d_rh2, rows2, rmask2, cols, cmask, m2, lens2, wt, w_hi, w_lo, w_rows, v_r,
-                v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
-                STACKED, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI, PARTIALS, PP, PERMUTED)
-            if i + 1 < t_end - t_begin:
-                d2, z2, r2, d_rh2, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
-                    dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync + 1, slot + 1,
-                    n_prog, B, H, t_end, i + 1, carried2, p_d, p_h, p_r, p_z, p_n, p_g, first,
-                    rows2, rmask2, cols, cmask, m2, own2, lens2, wt, w_hi, w_lo, w_rows, v_r,
-                    v_z, v_n, BG, S, BK, RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED,
-                    KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16, CHUNKED, CHUNK, KW, SI,
-                    PARTIALS, PP, PERMUTED)
-        tl.store(dh + own2, carried2, mask=m2)
+            CHUNKED, CHUNK, KW, SI, PERMUTED)
+        carried = _backward_carry(
+            dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z, r, d_rh, rows,
+            rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BB, S, BK,
+            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, NARROW, SPLIT16,
+            CHUNKED, CHUNK, KW, SI, PERMUTED)
     tl.store(dh + own, carried, mask=m)
 
 
@@ -208,7 +146,7 @@ def _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols, RESET_AFTER: tl.conste
 
 
 @_jit
-def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, slot, n_prog,
+def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n_prog,
                     B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
                     cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
@@ -217,12 +155,12 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
                     NARROW: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
                     CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
-                    PARTIALS: tl.constexpr, PP: tl.constexpr, PERMUTED: tl.constexpr):
-    """Step t = t_end - 1 - i's first phase for the rows ``rows`` (a tile, or one of its
-    groups, whose counter is ``sync``): the gates' gradients, stored and published, then
-    an arrival without waiting (reset_before: after the n gate's exchange, which it waits
-    for). Returns what _backward_carry needs (dL/dh + carried, z, r and ∂L/∂(r ⊙ h)) and,
-    with PREFETCH, step t - 1's reads (else p_* as given)."""
+                    PERMUTED: tl.constexpr):
+    """Step t = t_end - 1 - i's first phase for the tile's rows ``rows`` (its counter
+    ``sync``): the gates' gradients, stored and published, then an arrival without
+    waiting (reset_before: after the n gate's exchange, which it waits for). Returns
+    what _backward_carry needs (dL/dh + carried, z, r and ∂L/∂(r ⊙ h)) and, with
+    PREFETCH, step t - 1's reads (else p_* as given)."""
     t = t_end - 1 - i
     ok = m & (t < lens)[:, None]
     if PREFETCH:
@@ -252,27 +190,19 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
         tl.store(dgh + g3 + own3, dr, mask=m)
         tl.store(dgh + g3 + own3 + H, dz, mask=m)
         tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
-        if PARTIALS:
-            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
-                              _partial_product(dz, v_z, ACC) +
-                              _partial_product(dn * r, v_n, ACC), slot, i, BB, S, PP)
         d_rh = dn  # (unused)
     else:
         if XBUF:
             _publish(a + xo + 2 * gstep, dn, m, t, STAMPED)
         tl.store(dgi + g3 + own3 + H, dz, mask=m)
         tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
-        if PARTIALS:
-            _publish_partials(xbuf, _partial_product(dn, v_n, ACC), slot, 2 * i, BB, S, PP)
         if not STAMPED:
             _barrier(sync, (2 * i + 1) * n_prog)
         if PREFETCH:  # (step t - 1's reads in flight through this step's products)
             p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
                 dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
                 m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
-        if PARTIALS:
-            d_rh = _summed_partials(xbuf, slot, 2 * i, BB, S, PP)
-        elif STACKED:  # (the n gate's block alone)
+        if STACKED:  # (the n gate's block alone)
             d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                      xstride, t, BK, S, STAMPED, 4),
                                   w_hi, w_lo, S, w_rows, SPLIT16)
@@ -287,9 +217,6 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
             _publish(a + xo, dr, m, t, STAMPED)
             _publish(a + xo + gstep, dz, m, t, STAMPED)
         tl.store(dgi + g3 + own3, dr, mask=m)
-        if PARTIALS:
-            _publish_partials(xbuf, _partial_product(dr, v_r, ACC) +
-                              _partial_product(dz, v_z, ACC), slot, 2 * i + 1, BB, S, PP)
     if not STAMPED:
         _arrive(sync)
     if PREFETCH and RESET_AFTER:  # (step t - 1's reads in flight through this step's
@@ -301,15 +228,14 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, s
 
 
 @_jit
-def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried, d, z, r,
+def _backward_carry(dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z, r,
                     d_rh, rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r,
                     v_z, v_n, BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, NARROW: tl.constexpr,
                     SPLIT16: tl.constexpr, CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
-                    KW: tl.constexpr, SI: tl.constexpr, PARTIALS: tl.constexpr,
-                    PP: tl.constexpr, PERMUTED: tl.constexpr):
+                    KW: tl.constexpr, SI: tl.constexpr, PERMUTED: tl.constexpr):
     """Step t = t_end - 1 - i's second phase (after _backward_gates): waits until every
     program has published the step's gradients, multiplies them by W_hh for this
     program's units and returns dL/dh before the step (carried where the step is past a
@@ -325,9 +251,7 @@ def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried,
     if not STAMPED:
         _wait(sync, (i + 1) * (1 + (not RESET_AFTER)) * n_prog)
     if RESET_AFTER:
-        if PARTIALS:
-            carry = _summed_partials(xbuf, slot, i, BB, S, PP)
-        elif STACKED:
+        if STACKED:
             carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                       xstride, t, BK, S, STAMPED, 7),
                                    w_hi, w_lo, S, w_rows, SPLIT16)
@@ -345,9 +269,7 @@ def _backward_carry(dgi, dgh, xbuf, sync, slot, n_prog, B, H, t_end, i, carried,
             carry = _mm(a, 3 * H, rows, rmask, wt, 1, 3 * H, cols, cmask, 3 * H, t,
                         BB, S, BK, DOT, PREC, ACC, STAMPED)
     else:
-        if PARTIALS:
-            carry = r * d_rh + _summed_partials(xbuf, slot, 2 * i + 1, BB, S, PP)
-        elif STACKED:  # (r's and z's blocks)
+        if STACKED:  # (r's and z's blocks)
             carry = r * d_rh + _stacked_carry(
                 _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
                                    STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)

@@ -21,19 +21,18 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     smaller row tiles with W resident (each its own recurrence), K-major and row-major, and
     one 16-row tile (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and,
     in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
-    H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; the backward's also exchanging partial
-    products, in PARTIAL_SPREADS's, and chunked in two groups of rows, in
-    GROUPED_SPREADS's, and in fp32 8- or 4-row tiles chunked, in ROW_TILE_SPREADS's; each
-    shape whose warps all lie along K also with its exchange permuted,
-    ``Config.permuted``, and so with prefetch too), in
-    16 bits up to H=1024 tl.dot on resident tiles (16 units, and 32 where they fit in
-    shared memory), and at H=257-512 two 8-row or four
-    4-row tiles with W resident; at batch ≤ 16, the stacked tiles on the tensor cores
-    where they fit (_stacked_splits; below 16 rows their tile's other rows idle, for a
-    barrier of 16-128 programs), and at batch 9-16 fp32's stacked splits on fp16 parts
-    (``Config.split16``: the forward's up to H=1024, the backward's up to 512). On an H200
-    (B=16, 2026-11-28) partials, groups, split16 and 16-bit resident tl.dot lost wherever
-    they were timed (docs/performance.md). Off CUDA (the interpreter: one program per
+    H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; and in fp32 8- or 4-row tiles chunked,
+    in ROW_TILE_SPREADS's; each shape whose warps all lie along K also with its exchange
+    permuted, ``Config.permuted``, and so with prefetch too), in 16 bits up to H=1024
+    tl.dot on resident tiles (16 units, and 32 where they fit in shared memory), and at
+    H=257-512 two 8-row or four 4-row tiles with W resident; at batch ≤ 16, the stacked
+    tiles on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's
+    other rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked
+    splits on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up
+    to 512). On an H200 (B=16, 2026-11-28) split16 and 16-bit resident tl.dot lost wherever
+    they were timed, as did two families since taken out: a backward exchanging partial
+    products, and a tile's rows in two groups (docs/performance.md). Off CUDA (the
+    interpreter: one program per
     tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
@@ -67,13 +66,6 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i)
                           for w, u, i in SPREAD_CHUNK_SHAPES.get(
                               (spread.slice, hp, forward), ())]
-            if spread is not None and not forward:
-                found += [spread._replace(warps=w, partials=True)
-                          for w in PARTIAL_SPREADS.get((spread.slice, hp), ())]
-            if spread is not None:
-                found += [spread._replace(warps=w, chunked=True, unit_lanes=u, thread_units=i,
-                                          groups=2)
-                          for w, u, i in GROUPED_SPREADS.get((spread.slice, hp, forward), ())]
             if spread is not None and dtype == torch.float32:  # (8- or 4-row tiles, each
                 # over a half or a quarter of the programs)
                 found += [Config(rows, 16 // rows * spread.slice, hp, dot=False, warps=w,
@@ -157,40 +149,4 @@ ROW_TILE_SPREADS = {
     (4, 512, True): ((8, 4, 8, 1), (4, 8, 16, 1)),
     (4, 512, False): ((8, 4, 4, 2), (4, 8, 8, 2)),
     (8, 1024, False): ((8, 16, 8, 2),),
-}
-
-
-# Benchmark mode's spread backward splits exchanging partial products (Config.partials), at
-# batch 9-16: (units, K) → warps. Slower than the chunk shapes on an H200 (B=16, 2026-11-28:
-# 5.92 µs a step at H=512 against 5.74, 12.99 at H=1024 against 10.93). Chosen offline: by
-# scripts/sass_profile.py (sm_90a, fp32, B=16, 132 SMs; warp-instructions a step per
-# multiprocessor, against the chunked splits' in SPREAD_CHUNK_SHAPES): H=512 6,396 at 4
-# warps (108 bytes spilled), 7,624 at 8 (none; chunked 8,168 as timed, 6,992 at (4, 2,
-# 2)); H=1024 21,440 at 8 warps (512 bytes spilled; chunked 24,120 as timed, 21,136 at
-# (8, 4, 2)). What they save is what the count leaves out: a third of the exchange
-# through L2 (H=1024: 16.8 MB a step against 25) and nearly all the shared-memory reads
-# of the operand (each thread reads the program's own gradients, the same words as
-# every other thread: broadcasts).
-PARTIAL_SPREADS = {(4, 512): (4, 8), (8, 1024): (8,)}
-
-
-# Benchmark mode's chunked spread splits with the tile's rows in two groups (Config.groups),
-# at batch 9-16: (units, K, forward) → (warps, unit_lanes, thread_units). Slower on an H200
-# (B=16, 2026-11-28): fp32 H=512 forward 5.8 µs a step against 3.2, backward 10.2 against
-# 6.8; bf16 H=1024 backward 11.9 against 8.8 in one group. What they may save is a step's
-# wait: at fp32 B=16 the chunked forward took ~1.5 µs a step more than its instructions
-# (H200: 3.28 µs at H=512, 6.91 at 1024, for 6,472 and 19,592 warp-instructions a
-# multiprocessor: 1.5 µs + 0.28 ns each), about a B=1 step, which is mostly the barrier and
-# the exchange's latency (the backward's B=1 step: 2.5-3.5 µs). Two groups take their steps
-# in turn, so each group's barrier and exchange are under way while the other computes. They
-# cost 4-8% more instructions (scripts/sass_profile.py, sm_90a, fp32, a multiprocessor's
-# warp-instructions a step: training H=512 6,544 → 7,076 at 4 warps, H=1024 19,736 → 20,736
-# at 8, 19,928 with unit_lanes 4; backward H=512 8,168 → 8,732, H=1024 24,120 → 25,152, (8,
-# 4, 2) 21,136 → 21,984), up to 96 bytes spilled. (The partials backward in two groups
-# spilled 3.6 KB at H=1024: left out.)
-GROUPED_SPREADS = {
-    (4, 512, True): ((4, 1, 1),),
-    (4, 512, False): ((4, 1, 1),),
-    (8, 1024, True): ((8, 1, 1), (8, 4, 1)),
-    (8, 1024, False): ((8, 1, 1), (8, 4, 2)),
 }

@@ -1,12 +1,11 @@
 """How the programs of a launch meet and share a step's vectors: the barrier (a counter in
-global memory), the stamped words (``Config.stamped``), the reads of what other programs
-wrote, and the partial products' exchange (``Config.partials``); and which rows and units
-a program owns.
+global memory), the stamped words (``Config.stamped``) and the reads of what other programs
+wrote; and which rows and units a program owns.
 """
 
 from __future__ import annotations
 
-from .lang import _INTERPRETED, LANES, STAMPED_BLOCK, _jit, tl
+from .lang import _INTERPRETED, STAMPED_BLOCK, _jit, tl
 
 
 @_jit
@@ -109,56 +108,14 @@ def _publish(p, value, mask, t, STAMPED: tl.constexpr):
 
 
 @_jit
-def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr, group=0,
-          BG: tl.constexpr = 0):
+def _tile(lengths, B, H, row0, BB: tl.constexpr, S: tl.constexpr):
     """This program's rows (its batch tile, axis 1) and hidden units (axis 0): the row and
     unit indices and masks, the (BB, S) mask, offsets in a (B, H) array, and the rows'
-    lengths; with BG, those of the tile's ``group``-th BG rows alone (``Config.groups``)."""
-    if BG:
-        rows = row0 + tl.program_id(1) * BB + group * BG + tl.arange(0, BG)
-    else:
-        rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
+    lengths."""
+    rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
     rmask = rows < B
     cols = tl.program_id(0) * S + tl.arange(0, S)
     cmask = cols < H
     lens = tl.load(lengths + rows, mask=rmask, other=0)
     return (rows, rmask, cols, cmask, rmask[:, None] & cmask[None, :],
             rows[:, None] * H + cols[None, :], lens)
-
-
-@_jit
-def _partials_region(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr, PP: tl.constexpr):
-    """Where exchange e of the rows at ``slot`` (a batch tile's, or a group's of it,
-    ``Config.groups``) lies in ``Config.partials``'s buffer (slots, 2, P, PP, BB, S), PP
-    a power of two ≥ the programs P: exchanges alternate between two regions, so a
-    program a step ahead never writes over what another is still reading."""
-    return xbuf + (slot * 2 + e % 2).to(tl.int64) * tl.num_programs(0) * (PP * BB * S)
-
-
-@_jit
-def _publish_partials(xbuf, part, slot, e, BB: tl.constexpr, S: tl.constexpr,
-                      PP: tl.constexpr):
-    """Write this program's partial products (BB, NC, LANES) (_partial_product) for
-    exchange e, each column's values at [program owning that unit, this program, row,
-    unit] of the region (_partials_region), where its owner reads them all in one block
-    (strides of compile-time sizes: a thread's addresses are one register plus
-    constants)."""
-    NC: tl.constexpr = part.shape[1]
-    k = tl.arange(0, NC)[:, None] * LANES + tl.arange(0, LANES)[None, :]
-    at = ((k // S) * PP + tl.program_id(0)) * (BB * S) + k % S
-    p = _partials_region(xbuf, slot, e, BB, S, PP) + at[None, :, :] + \
-        tl.arange(0, BB)[:, None, None] * S
-    tl.store(p, part, mask=(k < tl.num_programs(0) * S)[None, :, :])
-
-
-@_jit
-def _summed_partials(xbuf, slot, e, BB: tl.constexpr, S: tl.constexpr,
-                     PP: tl.constexpr):
-    """(BB, S): the sum of every program's partial products of exchange e
-    (_publish_partials) at this program's units."""
-    src = tl.arange(0, PP)
-    p = _partials_region(xbuf, slot, e, BB, S, PP) + \
-        (tl.program_id(0) * PP + src[:, None]) * (BB * S) + tl.arange(0, BB * S)[None, :]
-    n = tl.num_programs(0)
-    got = tl.load(p, mask=(src < n)[:, None], other=0.0, cache_modifier=".cg")
-    return tl.reshape(tl.sum(got, axis=0), (BB, S))

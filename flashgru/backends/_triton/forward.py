@@ -44,8 +44,8 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                    SI: tl.constexpr = 1, GROUPS: tl.constexpr = 1,
-                    PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                    SI: tl.constexpr = 1, PERMUTED: tl.constexpr = False,
+                    PAIR: tl.constexpr = False,
                     pair_rows=1, w_stride=0, s_stride=0):
     """Steps [t_begin, t_end) of one layer-direction.
 
@@ -55,7 +55,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     words from _stamp, all stamped -1 at launch; the caller passes (3, B, H) for
     reset_after=False); rhbuf (B, H) scratch for r ⊙ h (likewise; hbuf[2]);
     r_s, z_s, n_s, ghn_s (T, B, H) the saved gates (with SAVE); sync: one int32 counter per
-    batch tile (GROUPS per tile), zero at launch (unused with STAMPED: readers wait on the
+    batch tile, zero at launch (unused with STAMPED: readers wait on the
     stamps instead of a barrier). KMAJOR (with RESIDENT, the broadcast product): hbuf and
     rhbuf hold each state transposed, (H, B), and the products are summed over their first
     axis. STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
@@ -63,9 +63,7 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
     16-bit dtype; the kernel is the same. SPLIT16 (``Config.split16``, with STACKED): w
     holds fp32 W_hh's two fp16 parts and ``scale`` (3H,) its rows' scales (_fp16_parts;
-    else unread). GROUPS (``Config.groups``, 1 or 2): the tile's rows in that many groups,
-    each its own recurrence with its own counter, their steps taken in turn
-    (_forward_step). PERMUTED (``Config.permuted``, a chunked split's 5-axis tiles): hbuf
+    else unread). PERMUTED (``Config.permuted``, a chunked split's 5-axis tiles): hbuf
     and rhbuf hold each row of BK values in the order _permuted_at gives (the caller wrote
     h0 so, and zeros past H), and the products read them in their own layout
     (_permuted_block). PAIR (triton_gru.core_pair): the rows are a bidirectional layer's
@@ -73,20 +71,17 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     scale hold the second direction's after the first's, w_stride, 3H and s_stride
     elements on: each tile takes its direction's.
     """
-    tl.static_assert(GROUPS == 1 or not (STAMPED or KMAJOR or PREFETCH or STACKED),
-                     "groups: not stamped, K-major, prefetch or stacked (_can_group)")
     if PAIR:  # (this tile's direction's weights)
         direction = (row0 + tl.program_id(1) * BB) // pair_rows
         w += direction * w_stride
         b += direction * 3 * H
         scale += direction * s_stride
-    BG: tl.constexpr = BB // GROUPS
-    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S, 0, BG)
+    rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
     b_r = tl.load(b + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_z = tl.load(b + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     b_n = tl.load(b + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    sync += tl.program_id(1) * GROUPS
+    sync += tl.program_id(1)
     h = tl.load(h0 + own, mask=m, other=0.0).to(ACC)
     if KMAJOR:  # where this program's units go in the exchanged (H, B) states
         xown = cols[None, :] * B + rows[:, None]
@@ -117,24 +112,13 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
     else:
         next_r, next_z, next_n = h, h, h
-    if GROUPS == 2:  # (the second group's rows: its own recurrence and counter)
-        rows2, rmask2, cols, cmask, m2, own2, lens2 = _tile(lengths, B, H, row0, BB, S, 1,
-                                                            BG)
-        h2 = tl.load(h0 + own2, mask=m2, other=0.0).to(ACC)
     for t in range(t_begin, t_end):
         h, next_r, next_z, next_n = _forward_step(
             gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out, r_s,
             z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z, next_n,
-            rows, rmask, cols, cmask, m, own, xown, lens, last, XH, BG, S, BK, RESET_AFTER,
+            rows, rmask, cols, cmask, m, own, xown, lens, last, XH, BB, S, BK, RESET_AFTER,
             SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, SPLIT16,
             CHUNKED, PERMUTED)
-        if GROUPS == 2:
-            h2, next_r, next_z, next_n = _forward_step(
-                gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
-                r_s, z_s, n_s, ghn_s, sync + 1, n_prog, B, H, t, t_begin, h2, next_r,
-                next_z, next_n, rows2, rmask2, cols, cmask, m2, own2, own2, lens2, last, XH,
-                BG, S, BK, RESET_AFTER, SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR,
-                STACKED, PREFETCH, SPLIT16, CHUNKED, PERMUTED)
 
 
 @_jit
@@ -147,10 +131,9 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
                   STAMPED: tl.constexpr, KMAJOR: tl.constexpr, STACKED: tl.constexpr,
                   PREFETCH: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
                   PERMUTED: tl.constexpr):
-    """Step t of _forward_kernel for the rows ``rows`` (a tile, or one of its groups, whose
-    counter is ``sync``): waits until every program has published the state before step
-    t, publishes the state after it and arrives, without waiting, so that another group's
-    step runs while this one's arrivals come in. Returns the new state (h) and, with
+    """Step t of _forward_kernel for the tile's rows ``rows`` (its counter ``sync``): waits
+    until every program has published the state before step t, publishes the state after
+    it and arrives, without waiting. Returns the new state (h) and, with
     PREFETCH, step t + 1's input projections (else next_* as given). XH: the values of
     one state in the exchange (H; PERMUTED, rows of BK)."""
     cur = hbuf + (t % 2) * B * XH

@@ -30,7 +30,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
     for row0 in range(0, batch, rows_per_launch):
         tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
         sync = torch.empty(1, dtype=torch.int32, device=device) if cfg.stamped else \
-            torch.zeros(tiles * cfg.groups, dtype=torch.int32, device=device)  # (stamped:
+            torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped:
         # unused)
         # a cooperative launch fails, rather than hangs, if the programs can't all be
         # resident at once
@@ -71,17 +71,10 @@ def _check_split(cfg: Config, hidden: int, acc) -> None:
                          f"the slice, whose chunks divide block_k; got {cfg}")
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1) and not cfg.chunked:
         raise ValueError(f"unit_lanes and thread_units are a chunked split's: got {cfg}")
-    if not splits._can_group(cfg):
-        raise ValueError(f"groups is 1, or 2 on resident tiles with the broadcast product, an "
-                         f"even block_batch, and no stamped, K-major or prefetch; got {cfg}")
     if cfg.permuted and not splits._can_permute(cfg):
         raise ValueError(f"a permuted split needs a chunked split with unit_lanes or "
                          f"thread_units above 1 and slice = unit_lanes · thread_units, not "
-                         f"stamped, in one group, without partials; got {cfg}")
-    if cfg.partials and not splits._can_partial(cfg):
-        raise ValueError(f"a partials split needs resident tiles, the broadcast product, "
-                         f"block_k a power of two ≥ {WARP_LANES}, and no other product or "
-                         f"exchange (prefetch aside); got {cfg}")
+                         f"stamped; got {cfg}")
 
 
 def _programs(cfg: Config, hidden: int, device: torch.device) -> int:

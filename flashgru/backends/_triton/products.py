@@ -1,7 +1,6 @@
 """The hidden products of a step: x @ W for this program's units, on W streamed through the
 caches or resident in registers, as tl.dot or a broadcast product, summed over K in
-chunks (``Config.chunked``) or along K first (``Config.kmajor``), and the partial
-products of ``Config.partials``.
+chunks (``Config.chunked``) or along K first (``Config.kmajor``).
 """
 
 from __future__ import annotations
@@ -345,24 +344,3 @@ def _chunked_gates(a, gstep, rows, rmask, H, stride, t, v_a, v_b, v_c, BK: tl.co
         part += _chunked_partial(_gate_block(a + 2 * gstep, rows, rmask, H, stride, t, v_c,
                                              BK, STAMPED, PERMUTED), v_c, ACC)
     return _chunked_sum(part)
-
-
-@_jit
-def _partial_tiles(w, cols, cmask, H, BK: tl.constexpr):
-    """``Config.partials``: this program's rows of W_hh (w, (3H, H)), gate by gate, each
-    (S, BK / LANES, LANES): V_g[s, c, i] = W_hh[g·H + cols[s], LANES·c + i], zero past H.
-    In _partial_product Triton lays a warp's lanes along the last axis and the warps along
-    the chunks, so each thread holds all S units at its columns."""
-    k = tl.arange(0, BK // LANES)[:, None] * LANES + tl.arange(0, LANES)[None, :]
-    p = w + cols[:, None, None] * H + k[None, :, :]
-    mask = cmask[:, None, None] & (k < H)[None, :, :]
-    return (tl.load(p, mask=mask, other=0.0), tl.load(p + H * H, mask=mask, other=0.0),
-            tl.load(p + 2 * H * H, mask=mask, other=0.0))
-
-
-@_jit
-def _partial_product(g, v, ACC: tl.constexpr):
-    """Σ_s g[b, s]·V[s, c, i], (BB, BK / LANES, LANES) in ACC: this program's units'
-    gradients g (BB, S) times its rows of W (V from _partial_tiles), at every column of
-    W, each thread summing over the units itself."""
-    return tl.sum(g.to(ACC)[:, :, None, None] * v.to(ACC)[None, :, :, :], axis=1)

@@ -62,24 +62,9 @@ class Config(NamedTuple):
     slice): each thread's units at the same K, so that each operand value a thread reads
     from shared memory serves that many units (the backward's three gates summed in each
     thread before the lanes meet: _chunked_gates). The defaults' where they won on an H200
-    (SPREAD_CHUNK_DEFAULTS), benchmark mode's candidates (SPREAD_CHUNK_SHAPES); partials
-    (the backward's; resident broadcast tiles, block_k ≥ LANES, none of the above but
-    prefetch): each program multiplies its own units' gradients by its rows of W_hh, summing
-    over its units within each thread, and the programs exchange these (B, H) partial
-    products, each summing every program's at its own units (_publish_partials,
-    _summed_partials): 2·P·B·H values through L2 a step, against P·B·3H when every program
-    reads all the gradients (a third less; at B=16, H=1024, 128 programs, 16.8 MB against 25
-    MB; reset_before's two exchanges a step 33.6 against 25); a benchmark-mode candidate,
-    slower than the chunk shapes on an H200 (B=16: 5.92 µs a step against 5.74 at H=512,
-    12.99 against 10.93 at H=1024); groups (1, or 2 with resident broadcast tiles, not
-    stamped, K-major or prefetch): the tile's rows in that many groups, each its own
-    recurrence with its own barrier, whose steps a program takes in turn, so that each
-    group's barrier and exchange are under way while the other computes (_forward_step; the
-    backward's step in two phases, rotated between the groups: _backward_gates,
-    _backward_carry); a benchmark-mode candidate, slower everywhere it was timed (H200,
-    B=16, fp32 H=512 and bf16 H=1024: 1.3-1.8x the same split in one group); permuted (a
+    (SPREAD_CHUNK_DEFAULTS), benchmark mode's candidates (SPREAD_CHUNK_SHAPES); permuted (a
     chunked split with a chunk shape whose warps all lie along K: slice = unit_lanes ·
-    thread_units; not stamped, one group, no partials): the exchange holds each row's
+    thread_units; not stamped): the exchange holds each row's
     values in the order the product's threads hold them (_permuted_at), so that each
     thread loads its operand values itself, 16 bytes at a time, where a row-major block
     goes through shared memory first, one row at a time with two barriers each (nvdisasm,
@@ -102,8 +87,6 @@ class Config(NamedTuple):
     chunked: bool = False
     unit_lanes: int = 1
     thread_units: int = 1
-    partials: bool = False
-    groups: int = 1
     permuted: bool = False
 
 
@@ -233,24 +216,13 @@ def _can_chunk(cfg: Config) -> bool:
     return cfg.block_k % (chunk * kwarps) == 0
 
 
-def _can_partial(cfg: Config) -> bool:
-    """Whether cfg's backward can be ``Config.partials``: resident broadcast tiles with K
-    a power of two, at least a warp's lanes (its tiles cover K in whole chunks of them),
-    and none of the other products or exchanges (prefetch aside)."""
-    return cfg.resident and cfg.block_k >= WARP_LANES and _pow2(cfg.block_k) == cfg.block_k \
-        and not (
-        cfg.dot or cfg.stamped or cfg.kmajor or cfg.stacked or cfg.narrow or cfg.split16 or
-        cfg.chunked)
-
-
 def _can_permute(cfg: Config) -> bool:
     """Whether cfg can be ``Config.permuted``: a chunked split (_can_chunk) with a chunk
     shape (unit_lanes or thread_units above 1) whose warps all lie along K (slice =
     unit_lanes · thread_units: the warps along the units would each load the same
-    values), not stamped, in one group, without partials."""
+    values), not stamped."""
     return (cfg.chunked and _can_chunk(cfg) and (cfg.unit_lanes, cfg.thread_units) != (1, 1)
-            and cfg.slice == cfg.unit_lanes * cfg.thread_units and not cfg.stamped and
-            cfg.groups == 1 and not cfg.partials)
+            and cfg.slice == cfg.unit_lanes * cfg.thread_units and not cfg.stamped)
 
 
 def _permuted_places(cfg: Config, hidden: int, device: torch.device) -> torch.Tensor:
@@ -269,15 +241,6 @@ def _permuted_places(cfg: Config, hidden: int, device: torch.device) -> torch.Te
 def _permutation(cfg: Config, hidden: int) -> list[int]:
     """_permuted_places, as a list."""
     return _permuted_places(cfg, hidden, torch.device("cpu")).tolist()
-
-
-def _can_group(cfg: Config) -> bool:
-    """Whether cfg can take its rows in ``Config.groups`` groups: 1, or 2 with resident
-    broadcast tiles, not stamped (no barrier to wait at), K-major or prefetch, and an even
-    block_batch."""
-    return cfg.groups == 1 or (cfg.groups == 2 and cfg.block_batch % 2 == 0 and
-                               cfg.resident and not (cfg.dot or cfg.stamped or cfg.kmajor or
-                                                     cfg.stacked or cfg.prefetch))
 
 
 def _chunk_shape(cfg: Config) -> tuple[int, int]:
