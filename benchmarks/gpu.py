@@ -22,7 +22,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-split16 --no-chunked --no-chunk-shapes --no-permuted --no-row-tiles
+        --no-chunked --no-chunk-shapes --no-permuted --no-row-tiles
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -297,7 +297,7 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 
 
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
-             no_resident_dot: bool, no_split16: bool = False, no_chunked: bool = False,
+             no_resident_dot: bool, no_chunked: bool = False,
              no_chunk_shapes: bool = False, no_permuted: bool = False,
              no_row_tiles: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
@@ -305,8 +305,8 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units;
     without them a spread split takes none of splits.SPREAD_CHUNK_DEFAULTS's fields) and
     permuted exchanges (Config.permuted), from the defaults and benchmark mode's
-    candidates both; and benchmark mode's resident tl.dot, fp16-part (Config.split16) and
-    smaller row tiles' (candidates.ROW_TILE_SPREADS) candidates."""
+    candidates both; and benchmark mode's resident tl.dot and smaller row tiles'
+    (candidates.ROW_TILE_SPREADS) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
@@ -329,7 +329,6 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     left_out = [f for f, on in ((lambda c: c.prefetch, no_prefetch),
                                 (lambda c: c.dot and c.resident and not c.stacked,
                                  no_resident_dot),
-                                (lambda c: c.split16, no_split16),
                                 (lambda c: c.chunked, no_chunked),
                                 (lambda c: (c.unit_lanes, c.thread_units) != (1, 1),
                                  no_chunk_shapes),
@@ -353,7 +352,6 @@ LEAVE_OUT = {
     "narrow": "the candidates that exchange 16-bit values (Config.narrow)",
     "prefetch": "the prefetch candidates",
     "resident-dot": "tl.dot on resident tiles",
-    "split16": "fp32's stacked splits on fp16 parts (Config.split16)",
     "chunked": "the chunked-product candidates (Config.chunked)",
     "chunk-shapes": "the chunked candidates whose lanes and warps split the units and K "
                     "(Config.unit_lanes, Config.thread_units)",

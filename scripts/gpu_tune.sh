@@ -37,7 +37,7 @@ GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
 # then the other families'
 FIRST="default_splits_on_gpu or chunk_shapes_on_gpu or narrow_exchange or prefetch_changes"
 REST="chunked_on_gpu or stacked_on_gpu or"
-REST="$REST split16_on_gpu or stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
+REST="$REST stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
 REST="$REST or permuted_exchange or pair_runs"
 REST="($REST) and not ($FIRST)"
 gates=()

@@ -20,8 +20,7 @@ def label(split: str) -> str:
     product, warps, and the options set."""
     cfg = tg.Config(*ast.literal_eval(split))
     flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
-                                            "prefetch", "narrow", "split16", "chunked",
-                                            "permuted")
+                                            "prefetch", "narrow", "chunked", "permuted")
                     if getattr(cfg, name))
     if (cfg.unit_lanes, cfg.thread_units) != (1, 1):
         flags += f" u{cfg.unit_lanes}x{cfg.thread_units}"

@@ -75,22 +75,20 @@ def test_each_left_out(gpu_bench, left_out):
         assert found[0] == default
 
 
-@pytest.mark.parametrize("left_out", ["split16", "chunked", "chunk_shapes", "permuted",
-                                      "row_tiles"])
+@pytest.mark.parametrize("left_out", ["chunked", "chunk_shapes", "permuted", "row_tiles"])
 def test_fp32_candidates_left_out(gpu_bench, left_out):
-    """fp32 at B=16, H=512: --no-split16 leaves out the stacked splits on fp16 parts,
-    --no-chunked the chunked products (the default's too: the stacked split, as before
-    chunked won), --no-chunk-shapes the chunked ones with unit_lanes or thread_units,
-    --no-permuted the permuted exchanges, --no-row-tiles the 8- and 4-row tiles, each nothing
-    else."""
-    names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "permuted", "row_tiles")
+    """fp32 at B=16, H=512: --no-chunked leaves out the chunked products (the default's
+    too: the stacked split, as before chunked won), --no-chunk-shapes the chunked ones
+    with unit_lanes or thread_units, --no-permuted the permuted exchanges, --no-row-tiles
+    the 8- and 4-row tiles, each nothing else."""
+    names = ("stacked", "narrow", "prefetch", "resident_dot", "chunked", "chunk_shapes",
+             "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     for forward in (True, False):
         default, found = _found(torch.float32, forward=forward)
         others = found[1:]
         assert found[0] == default
-        assert any(c.split16 for c in others) == (left_out != "split16")
+        assert any(c.stacked for c in others) == forward  # (the backward's don't fit at H=512)
         assert any(c.chunked for c in others) == (left_out != "chunked")
         assert any((c.unit_lanes, c.thread_units) != (1, 1) for c in others) == (
             left_out not in ("chunked", "chunk_shapes"))
@@ -186,8 +184,8 @@ def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeyp
         block_batch=8, slice=8, unit_lanes=8, thread_units=1, permuted=True, prefetch=True))
     monkeypatch.setitem(splits.SPREAD_CHUNK_DEFAULTS, (4, 512, 4, False), dict(
         unit_lanes=4, thread_units=1, permuted=True, prefetch=True))
-    names = ("stacked", "narrow", "prefetch", "resident_dot", "split16", "chunked",
-             "chunk_shapes", "permuted", "row_tiles")
+    names = ("stacked", "narrow", "prefetch", "resident_dot", "chunked", "chunk_shapes",
+             "permuted", "row_tiles")
     gpu_bench.restrict(*(name == left_out for name in names))
     cuda = torch.device("cuda")
     spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)

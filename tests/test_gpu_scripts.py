@@ -114,16 +114,16 @@ def test_tf32x3_failed_the_grid_goes_without_it(tmp_path):
 def test_a_new_family_is_gated(tmp_path, fails):
     """A family never run on a GPU (TUNE_NEW) has its tests run before the grid, and
     where they fail the grid goes without it; the others' flags stay off."""
-    new = "split16_on_gpu|--no-split16;stacked_on_gpu|--no-stacked"
-    calls, _ = _tune(tmp_path, "split16_on_gpu" if fails else "", new=new)
+    new = "narrow_exchange|--no-narrow;stacked_on_gpu|--no-stacked"
+    calls, _ = _tune(tmp_path, "narrow_exchange" if fails else "", new=new)
     tests = _tests(calls)
-    assert tests[0].endswith("-k split16_on_gpu") and tests[1].endswith("-k stacked_on_gpu")
+    assert tests[0].endswith("-k narrow_exchange") and tests[1].endswith("-k stacked_on_gpu")
     assert calls.index(next(c for c in calls if c.startswith("benchmarks/gpu.py"))) > \
         calls.index(next(c for c in calls if c.endswith("-k stacked_on_gpu")))
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
-    assert flags == (["--no-split16"] if fails else [])
+    assert flags == (["--no-narrow"] if fails else [])
     (warm,) = [c for c in calls if c.startswith("scripts/gpu_warm.py")]
-    assert "split16_on_gpu" in warm  # (the gates' kernels compiled beforehand too)
+    assert "narrow_exchange" in warm  # (the gates' kernels compiled beforehand too)
 
 
 @pytest.mark.parametrize("fails", [False, True])
@@ -147,19 +147,19 @@ def test_a_new_family_without_its_flag_is_refused(tmp_path):
     """A TUNE_NEW entry without its --no- flag stops the call before anything runs (the
     expression would go to the grid as an argument and cost it)."""
     calls, out = _run(tmp_path, "scripts/gpu_tune.sh", status=2, TUNE_S="400",
-                      TUNE_NEW="split16_on_gpu")
-    assert calls == [] and "'-k EXPRESSION|--no-FLAG'; got 'split16_on_gpu'" in out
+                      TUNE_NEW="narrow_exchange")
+    assert calls == [] and "'-k EXPRESSION|--no-FLAG'; got 'narrow_exchange'" in out
 
 
 def test_the_time_limits(tmp_path):
     """A gate gets at most 90 s, and what leaves the grid 150 s of TUNE_S: none where
     under 20 s, its family then out; with under 30 s for the grid, no grid; the tests get
     what is left, none where under 20 s."""
-    calls, out = _tune(tmp_path, budget=220, new="split16_on_gpu|--no-split16")
+    calls, out = _tune(tmp_path, budget=220, new="narrow_exchange|--no-narrow")
     assert 60 < _limited(calls, "-m pytest")[0][0] <= 70  # (a second may pass: SECONDS)
-    calls, out = _tune(tmp_path / "short", budget=160, new="split16_on_gpu|--no-split16")
-    assert "no time left for the tests of split16_on_gpu" in out
-    assert "--no-split16" in _grid(calls)
+    calls, out = _tune(tmp_path / "short", budget=160, new="narrow_exchange|--no-narrow")
+    assert "no time left for the tests of narrow_exchange" in out
+    assert "--no-narrow" in _grid(calls)
     assert 120 < _limited(calls, "benchmarks/gpu.py")[0][0] <= 130
     calls, out = _tune(tmp_path / "none", budget=25)
     assert not any(c.startswith("benchmarks/gpu.py --points") for c in calls)

@@ -38,19 +38,14 @@ def _publish_nothing(p, value, mask, t, STAMPED: tl.constexpr):
 
 
 @lang._jit
-def _stacked_gates(w, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
-                   SPLIT16: tl.constexpr = False):
+def _stacked_gates(w, x, out, H, BK: tl.constexpr, S: tl.constexpr):
     """out (3, 16, P·S): each program's gate blocks of x (16, H) @ W_gᵀ (its S units)
-    from the stacked tiles of w = W_hh (with its low parts after it in fp32; SPLIT16:
-    its fp16 parts and their scales), as the forward makes them (test_stacked_folds)."""
-    w_hi, w_lo = stacked._stacked_tiles(w, H, BK, S, False, SPLIT16)
+    from the stacked tiles of w = W_hh (with its low parts after it in fp32), as the
+    forward makes them (test_stacked_folds)."""
+    w_hi, w_lo = stacked._stacked_tiles(w, H, BK, S, False)
     rows, ks = tl.arange(0, 16), tl.arange(0, BK)
     xb = tl.load(x + rows[:, None] * H + ks[None, :], mask=ks[None, :] < H, other=0.0)
-    if SPLIT16:
-        w_rows = stacked._stacked_scales(scale, H, S)
-    else:
-        w_rows = 1.0
-    r, z, n = stacked._stacked_product(xb, w_hi, w_lo, S, w_rows, SPLIT16)
+    r, z, n = stacked._stacked_product(xb, w_hi, w_lo, S)
     width = tl.num_programs(0) * S
     o = out + rows[:, None] * width + tl.program_id(0) * S + tl.arange(0, S)[None, :]
     tl.store(o, r)
@@ -104,20 +99,15 @@ def _permuted_read(x, out, B, NC: tl.constexpr, SI: tl.constexpr, KW: tl.constex
 
 
 @lang._jit
-def _stacked_carry_of(wt, x, out, scale, H, BK: tl.constexpr, S: tl.constexpr,
-                      SPLIT16: tl.constexpr = False):
+def _stacked_carry_of(wt, x, out, H, BK: tl.constexpr, S: tl.constexpr):
     """out (16, P·S): each program's Σ_g x_g (16, H) @ W_g[:, units] (its S units) from
-    the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32;
-    SPLIT16: its fp16 parts and their scales), x (16, 3H) the three gates' blocks side
-    by side, as the backward makes it (test_stacked_folds)."""
-    w_hi, w_lo = stacked._stacked_tiles(wt, H, BK, S, True, SPLIT16)
+    the backward's stacked tiles of wt = W_hhᵀ (its low parts after it in fp32), x (16,
+    3H) the three gates' blocks side by side, as the backward makes it
+    (test_stacked_folds)."""
+    w_hi, w_lo = stacked._stacked_tiles(wt, H, BK, S, True)
     rows = tl.arange(0, 16)
     xt = stacked._stacked_gradients(x, H, rows, rows < 16, 16, H, 3 * H, 0, BK, S, False, 7)
-    if SPLIT16:
-        w_rows = stacked._stacked_scales(scale, H, S, True)
-    else:
-        w_rows = 1.0
-    carry = stacked._stacked_carry(xt, w_hi, w_lo, S, w_rows, SPLIT16)
+    carry = stacked._stacked_carry(xt, w_hi, w_lo, S)
     cols = tl.program_id(0) * S + tl.arange(0, S)
     tl.store(out + rows[:, None] * tl.num_programs(0) * S + cols[None, :], carry)
 
@@ -515,7 +505,7 @@ def test_permuted_exchange(split, dtype, reset_after, monkeypatch):
     real_launch = tg._launch
 
     def spy(kernel, cfg, batch, hidden, steps, args, **consts):
-        xbuf = args[7] if kernel is tg._forward_kernel else args[13]
+        xbuf = args[kernel.arg_names.index("hbuf" if kernel is tg._forward_kernel else "xbuf")]
         launched.append((cfg.permuted, xbuf.shape[-1]))
         real_launch(kernel, cfg, batch, hidden, steps, args, **consts)
 
@@ -649,8 +639,7 @@ def test_stacked_split(size, dtype, reset_after, stamped):
              cfg=cfg)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, "split16"],
-                         ids=["f32", "f16", "f32-split16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("slice_,hidden", [(16, 64), (8, 64), (4, 64), (8, 50), (4, 40)],
                          ids=str)
 def test_stacked_folds(slice_, hidden, dtype):
@@ -658,43 +647,30 @@ def test_stacked_folds(slice_, hidden, dtype):
     each gate's block of x @ W_gᵀ for the program's units, and the backward's tile (gate
     and fold blocks side by side) Σ_g dg_g @ W_g's columns, K past H masked: the folding
     checked apart from the whole kernels, which the interpreter runs at one fold only
-    (its one program must cover H). split16: W, x and the gradients past fp16's range."""
-    split16, dtype = dtype == "split16", torch.float32 if dtype == "split16" else dtype
+    (its one program must cover H)."""
     g = torch.Generator().manual_seed(3)
     w = (torch.randn(3 * hidden, hidden, generator=g) / hidden ** 0.5).to(dtype)
     x = torch.randn(16, hidden, generator=g)
     dg = torch.randn(16, 3 * hidden, generator=g)
-    scale = torch.ones(2)
-    if split16:  # W's rows, x's and the gradients' rows each at their own powers of two,
-        # some past fp16's range (each scaled by its own)
-        w *= 2.0 ** torch.randint(-6, 7, (3 * hidden, 1), generator=g) * 1e4
-        x *= 2.0 ** torch.randint(-30, 31, (16, 1), generator=g)
-        x[3, 5] = 1e6
-        dg *= 2.0 ** torch.randint(-60, 61, (16, 1), generator=g)
-        dg[7] *= 1e-30
     programs = -(-hidden // slice_)
-    tol = 1e-5 if split16 else 2e-6 if dtype == torch.float32 else 2e-3
+    tol = 2e-6 if dtype == torch.float32 else 2e-3
 
     def check(name, got, exact, bound):  # (each to its sum's error bound)
         assert ((got.double().cpu() - exact).abs() <= tol * bound).all(), name
 
-    parts = launch._fp16_parts(w)[0] if split16 else \
-        torch.cat(launch._tf32_parts(w)) if dtype == torch.float32 else w
-    if split16:
-        scale = launch._fp16_parts(w)[1]
+    parts = torch.cat(launch._tf32_parts(w)) if dtype == torch.float32 else w
     out = torch.full((3, 16, programs * slice_), math.nan, device=DEVICE)
-    _stacked_gates[(programs,)](parts.to(DEVICE), x.to(DEVICE), out, scale.to(DEVICE),
-                                hidden, BK=64, S=slice_, SPLIT16=split16)
+    _stacked_gates[(programs,)](parts.to(DEVICE), x.to(DEVICE), out, hidden, BK=64,
+                                S=slice_)
     w_g = w.double().view(3, hidden, hidden)
     check("gates", out[..., :hidden], x.double() @ w_g.transpose(1, 2),
           x.double().abs() @ w_g.abs().transpose(1, 2))
     # the backward's: Σ_g dg_g @ W_g, from W_hhᵀ's tiles
     wt = w.t().contiguous()
-    parts, scale = launch._fp16_parts(wt) if split16 else (
-        torch.cat(launch._tf32_parts(wt)) if dtype == torch.float32 else wt, scale)
+    parts = torch.cat(launch._tf32_parts(wt)) if dtype == torch.float32 else wt
     carry = torch.full((16, programs * slice_), math.nan, device=DEVICE)
-    _stacked_carry_of[(programs,)](parts.to(DEVICE), dg.to(DEVICE), carry, scale.to(DEVICE),
-                                   hidden, BK=64, S=slice_, SPLIT16=split16)
+    _stacked_carry_of[(programs,)](parts.to(DEVICE), dg.to(DEVICE), carry, hidden, BK=64,
+                                   S=slice_)
     check("carry", carry[:, :hidden], dg.double() @ w.double(),
           dg.double().abs() @ w.double().abs())
 
@@ -713,175 +689,6 @@ def test_tf32_parts_are_exact():
     assert (lo.abs() <= w.abs() * 2.0 ** -10).all()
 
 
-@pytest.mark.parametrize("magnitude", [1e-30, 1e-6, 1.0, 1e6, 1e30])
-def test_fp16_parts(magnitude):
-    """fp32 W_hh (3H, H) and W_hhᵀ (H, 3H): each run of H along a row w = s·(hi +
-    lo·2^-11) within 2^-22 of the run's largest magnitude, at any scale and with runs far
-    apart (s a power of two, the parts finite fp16, 3H scales); an all-zero run; fp32's
-    largest value."""
-    g = torch.Generator().manual_seed(0)
-    hidden = 20
-    w = torch.randn(3 * hidden, hidden, generator=g) * magnitude
-    w[0, 0] = magnitude * 0.5 ** 30  # (one far below the rest of its run)
-    w[5] *= 1e-9  # (a run far below the others)
-    w[7] = 0.0
-    for m in (w, w.t().contiguous()):
-        parts, scale = launch._fp16_parts(m)
-        runs = m.reshape(-1, hidden)
-        hi, lo = parts.view(2, *runs.shape).float()
-        assert parts.dtype == torch.float16 and parts.isfinite().all()
-        assert scale.shape == (3 * hidden,) and (torch.frexp(scale).mantissa == 0.5).all()
-        top = runs.abs().amax(1)
-        assert ((top <= scale) & ((scale < 2 * top) | (top == 0))).all()
-        back = scale[:, None].double() * (hi.double() + lo.double() * 2.0 ** -11)
-        assert ((back - runs.double()).abs() <= top[:, None] * 2.0 ** -22).all()
-    big = torch.tensor([[torch.finfo(torch.float32).max, -1.0], [1.0, 2.0], [0.0, 0.0]])
-    parts, scale = launch._fp16_parts(big)  # (H=2: three runs; the first's s capped at 2^127)
-    hi, lo = parts.view(2, 3, 2).double()
-    back = scale[:, None].double() * (hi + lo * 2.0 ** -11)
-    assert parts.isfinite().all() and scale.tolist() == [2.0 ** 127, 4.0, 1.0]
-    assert ((back - big.double()).abs() <= big.double().abs().amax(1, keepdim=True)
-            * 2.0 ** -22).all()
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-def test_split16_keeps_each_rows_precision(reset_after):
-    """Config.split16 scales each column of its operand (a row's state, a row's gates'
-    gradients) and each row of W by its own power of two: rows a billion times smaller
-    than the others keep fp32's relative accuracy, in the backward's gradients (vanishing
-    ones beside others: one scale for the whole block had lost 1e-2 there) and in the
-    forward's product (W_hn h, saved: tiny states, a tiny row of W)."""
-    steps, batch, hidden = 6, 16, 16
-    cfg = tg.Config(16, 16, 16, dot=True, resident=True, stacked=True, split16=True)
-    gi, h0, w, b = (t.detach() for t in _problem(steps, batch, hidden, torch.float32)[:4])
-    lens = torch.full((batch,), steps, device=DEVICE)
-    tiny = torch.ones(batch, 1, device=DEVICE)
-    tiny[1:] = 1e-9
-
-    def by_row(x):  # (T, B, F) or (B, F) → (B, ·)
-        return (x.transpose(0, 1) if x.dim() == 3 else x).reshape(batch, -1)
-
-    # the backward: gradients a billion times smaller in all rows but one
-    dout = torch.randn(steps, batch, hidden, device=DEVICE) * tiny
-    ref_in = [t.double().requires_grad_() for t in (gi, h0)]
-    ref = reference.core(*ref_in, w.double(), b.double(), lens, reset_after)
-    want = torch.autograd.grad(ref, ref_in, dout.double())
-    out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-    got = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)[:2]
-    for name, g, r in zip(("dgi", "dh0"), got, want, strict=True):
-        err, top = by_row(g.double() - r).abs().amax(1), by_row(r).abs().amax(1)
-        assert (err <= 1e-5 * top).all(), (name, (err / top).max())
-    if not reset_after:  # (W_hn h is saved for reset_after=True only)
-        return
-    # the forward: tiny states in all rows but one (no bias: they stay tiny), and a tiny
-    # row of W (unit 3's n gate)
-    w[2 * hidden + 3] *= 1e-9
-    zero = torch.zeros_like(b)
-    out, saved = tg.forward(gi * tiny[None], h0 * tiny, w, zero, lens, True, True, cfg)
-    h_prev = torch.cat([(h0 * tiny)[None], out[:-1]]).double()
-    exact = h_prev @ w[2 * hidden:].double().t()
-    bound = h_prev.abs() @ w[2 * hidden:].double().abs().t()  # (what a sum's error is of)
-    assert ((saved[3].double() - exact).abs() <= 1e-5 * bound).all()
-
-
-def _split16_product_error(cfg, gi, h0, w):
-    """The largest error of split16's saved W_hn h (reset_after=True, no bias, every row
-    full length) relative to its sum's error bound, |h| @ |W_n|ᵀ, on the kernel's own
-    states: the product alone, whatever W's scale (an output would not show a tiny W's
-    product, nor a huge one's once its gates saturate)."""
-    steps, batch, _ = gi.shape
-    hidden = h0.shape[-1]
-    lens = torch.full((batch,), steps, device=DEVICE)
-    out, saved = tg.forward(gi, h0, w, torch.zeros(3 * hidden, device=DEVICE), lens, True,
-                            True, cfg)
-    h_prev = torch.cat([h0[None], out[:-1]]).double()
-    w_n = w[2 * hidden:].double()
-    return ((saved[3].double() - h_prev @ w_n.t()).abs() / (h_prev.abs() @ w_n.abs().t())
-            ).nan_to_num(0.0).max()
-
-
-def _split16_errors(cfg, gi, h0, w, b, lens, reset_after, dout, plain=None):
-    """Max errors against float64 of split16's output and gradients (dgi, dh0, dW_hh), and
-    of other splits' on the same inputs (``plain``: forward's and backward's, else the
-    broadcast split, fp32 products), and the largest magnitudes (fp32's own error the
-    measure: a lost low part would be ~1000x it, an overflow NaN)."""
-    ref_in = [t.double().requires_grad_() for t in (gi, h0, w, b)]
-    ref = reference.core(*ref_in, lens, reset_after)
-    want = [ref, *torch.autograd.grad(ref, ref_in[:3], dout.double())]
-    errors = []
-    plain = plain or (tg.Config(32, 16, max(16, cfg.block_k), dot=False, resident=True),) * 2
-    for f, c in ((cfg, cfg), plain):
-        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, f)
-        got = [out, *tg.backward(dout, h0, w, out, saved, lens, reset_after, c)[:3]]
-        errors.append([(g.double() - r).abs().max() for g, r in zip(got, want, strict=True)])
-    return errors, [r.abs().max() for r in want]
-
-
-def _assert_split16_errors(ours, plain, top, saturated):
-    """split16's errors (_split16_errors) within 4x the plain split's: out, dgi, dh0 and
-    dW_hh, but at an h0 past fp16's range (``saturated``: its gates saturate) dW_hh only
-    finite and within half its largest, as its rounding there moves it by percents
-    whatever the arithmetic (test_saturated_weight_gradient_is_ill_conditioned)."""
-    for i, (e, p, t) in enumerate(zip(ours, plain, top, strict=True)):
-        if saturated and i == 3:
-            assert torch.isfinite(e) and e <= 0.5 * t, (e, t)
-        else:
-            assert e <= 4 * p + 1e-6 * t, (i, e, p, t)
-
-
-def test_saturated_weight_gradient_is_ill_conditioned():
-    """Why the split16 tests hold dW_hh at h0 × 1e6 to no overflow only: the gates
-    saturate, dW_hh sums their derivatives (e^-|x| at preactivations ~1e6), and W_hh's
-    rounding to fp32 alone (relative noise 2^-24, all else in float64) moves it by over a
-    percent of its largest, where out, dgi and dh0 move by no more than 1e-20. On an H200
-    split16's dW_hh there erred by 13% of its largest, the default split's by 1.3%, at
-    H=200 (2026-11-27); an fp32 emulation of both products erred by 1-20% over seeds."""
-    g = torch.Generator().manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    hidden = 200
-    gi, h0 = rand(64, 16, 3 * hidden), rand(16, hidden) * 1e6
-    w, b, dout = rand(3 * hidden, hidden, scale=hidden ** -0.5), rand(3 * hidden), \
-        rand(64, 16, hidden)
-
-    def answers(w_):
-        inputs = [t.detach().requires_grad_() for t in (gi, h0, w_, b)]
-        out = reference.core(*inputs, None, True)
-        return [out, *torch.autograd.grad(out, inputs[:3], dout)]
-
-    exact, rounded = answers(w), answers(w * (1 + 2.0 ** -24 * rand(3 * hidden, hidden)))
-    moved = [((a - r).abs().max() / a.abs().max()).item()
-             for a, r in zip(exact, rounded, strict=True)]
-    assert max(moved[:3]) <= 1e-20 and moved[3] > 1e-2, moved
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("size", [(16, 16), (9, 13), (20, 16), (1, 8)], ids=str)
-def test_split16_stacked(size, reset_after):
-    """Config.split16: the stacked forward's and backward's products from fp16 parts of
-    fp32 W_hh (and the state, the gates' gradients), outputs, saved gates and every
-    gradient at fp32's tolerance; tiny weights, an h0 past fp16's range, gradients tiny
-    and huge (large weights: test_stacked_folds); fp32 weights only."""
-    batch, hidden = size
-    cfg = tg.Config(16, 16, max(16, splits._pow2(hidden)), dot=True, resident=True,
-                    stacked=True, split16=True)
-    lengths = ([4, 1, 3, 2] * 5)[:batch]
-    _compare(4, batch, hidden, reset_after, torch.float32, lengths=lengths, cfg=cfg)
-    gi, h0, w, b = (t.detach() for t in _problem(4, batch, hidden, torch.float32)[:4])
-    lens = torch.tensor(lengths, device=DEVICE)
-    dout = torch.randn(4, batch, hidden, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    for scale, d in ((1e6, dout), (1, dout * 1e-30), (1, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0 * scale, w, b, lens, reset_after,
-                                             d)
-        _assert_split16_errors(ours, plain, top, saturated=scale > 1)
-    for scale in (1e-20, 1e20):  # (W's product itself, at fp32's relative error)
-        assert _split16_product_error(cfg, gi, h0, w * scale) <= 1e-5
-    with pytest.raises(ValueError, match="split16 split is for fp32 weights"):
-        tg.forward(gi, h0, w.double(), b, lens, reset_after, False, cfg)
-
-
 def test_stacked_splits_fit(monkeypatch):
     """Benchmark mode's stacked candidates: 16, 8 or 4 units a program where the programs
     fit on the card (132 SMs here) and the shared memory in STACKED_MAX_BYTES (the
@@ -890,10 +697,9 @@ def test_stacked_splits_fit(monkeypatch):
     monkeypatch.setattr(splits, "_grid_limit", lambda device: 132)
     cuda = torch.device("cuda")
 
-    def units(hidden, dtype, forward=True, split16=False):
-        found = splits._stacked_splits(hidden, cuda, dtype, forward, split16)
+    def units(hidden, dtype, forward=True):
+        found = splits._stacked_splits(hidden, cuda, dtype, forward)
         assert all(c.block_k * c.slice >= 256 and c.block_k >= hidden for c in found)
-        assert all(c.split16 == split16 for c in found)
         return [c.slice for c in found]
 
     assert units(256, torch.float32) == [16, 8, 4]
@@ -904,13 +710,6 @@ def test_stacked_splits_fit(monkeypatch):
     assert units(256, torch.float32, False) == [8, 4]
     assert units(512, torch.float32, False) == []
     assert units(1024, torch.bfloat16, False) == [8]
-    # fp32 on fp16 parts: half the bytes, the forward up to H=1024, the backward to 512
-    assert units(512, torch.float32, split16=True) == [16, 8, 4]
-    assert units(1024, torch.float32, split16=True) == [8]
-    assert units(256, torch.float32, False, True) == [16, 8, 4]
-    assert units(512, torch.float32, False, True) == [8, 4]
-    assert units(1024, torch.float32, False, True) == []
-    assert units(256, torch.bfloat16, True, True) == []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     default = tg.choose_config(16, 512, cuda, torch.float32)
@@ -922,8 +721,7 @@ def test_stacked_splits_fit(monkeypatch):
     assert forward[1:5] == [default._replace(stamped=True), default._replace(**plain),
                             default._replace(stamped=True, **plain),
                             default._replace(prefetch=True)]
-    assert [c.slice for c in forward if c.stacked and not (c.prefetch or c.split16)] == [8, 4]
-    assert [c.slice for c in forward if c.split16] == [16, 8, 4]
+    assert [c.slice for c in forward if c.stacked and not c.prefetch] == [8, 4]
     assert sum(c.prefetch for c in forward if not c.permuted) == 1
     # (its chunk shape's warps all along K: permuted too, with its reads a step ahead too)
     # (and 8-row tiles of 8 units and 4-row tiles of 16, chunked in ROW_TILE_SPREADS's
@@ -950,8 +748,7 @@ def test_stacked_splits_fit(monkeypatch):
     assert tg.Config(16, 2, 256, dot=False, resident=True) in small  # one 16-row tile
     backward = tg._candidates(tg.choose_backward_config(16, 256, cuda, torch.float32), 16,
                               256, cuda, torch.float32, False)
-    assert [c.slice for c in backward if c.stacked and not c.split16] == [8, 4]  # (4x operand)
-    assert [c.slice for c in backward if c.split16] == [16, 8, 4]
+    assert [c.slice for c in backward if c.stacked] == [8, 4]  # (4x operand)
     assert backward[1] == backward[0]._replace(prefetch=True)
     one = tg._candidates(tg.choose_config(1, 256, cuda, torch.float32), 1, 256, cuda,
                          torch.float32, True)  # (a 16-row tile, 15 rows idle)
@@ -1172,7 +969,7 @@ def test_narrow_exchange_changes_no_number(split, dtype, reset_after, monkeypatc
 
     def spy(kernel, cfg, batch, hidden, steps, args, **consts):
         # (the forward's hbuf, the backward's xbuf: where its gradients are exchanged)
-        xbuf = args[7] if kernel is tg._forward_kernel else args[13]
+        xbuf = args[kernel.arg_names.index("hbuf" if kernel is tg._forward_kernel else "xbuf")]
         launched.append((cfg.narrow, xbuf.dtype))
         real_launch(kernel, cfg, batch, hidden, steps, args, **consts)
 
@@ -2061,45 +1858,6 @@ def test_stacked_on_gpu(steps, batch, hidden, slices, dtype, stamped, reset_afte
                                                                 torch.device(DEVICE), dtype))
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs, wgmma")
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("hidden,slice_", [(512, 16), (512, 8), (512, 4), (1024, 8), (200, 16)],
-                         ids=str)
-def test_split16_on_gpu(hidden, slice_, reset_after):
-    """Config.split16 at its tiles (one, two and four folds of K; H=1024's 128 programs;
-    an H short of the tile) on the tensor cores: fp32 at 2e-5 over 512 steps, ragged
-    lengths, every gradient (the backward's on fp16 parts too where they fit, H ≤ 512,
-    else its default split); an h0 past fp16's range and tiny and huge gradients at the
-    default splits' error; W's product at any scale."""
-    cfg = tg.Config(16, slice_, splits._pow2(hidden), dot=True, resident=True, stacked=True,
-                    split16=True)
-    device = torch.device(DEVICE)
-    backward = cfg if cfg in splits._stacked_splits(hidden, device, torch.float32, False, True) \
-        else tg.choose_backward_config(16, hidden, device, torch.float32)
-    _compare(512, 16, hidden, reset_after, torch.float32, lengths=[512, 300] * 8, cfg=cfg,
-             backward_cfg=backward)
-    gi, h0, w, b = (t.detach() for t in _problem(64, 16, hidden, torch.float32)[:4])
-    lens = torch.full((16,), 64, device=DEVICE)
-    dout = torch.randn(64, 16, hidden, device=DEVICE)
-    if reset_after:
-        for scale in (1e-20, 1e20):
-            assert _split16_product_error(cfg, gi, h0, w * scale) <= 1e-5
-    if backward != cfg:  # (the forward alone, against the default's)
-        default = tg.choose_config(16, hidden, device, torch.float32)
-        want = reference.core(gi.double(), h0.double() * 1e6, w.double(), b.double(), lens,
-                              reset_after)
-        errors = [(tg.forward(gi, h0 * 1e6, w, b, lens, reset_after, False, c)[0].double() -
-                   want).abs().max() for c in (cfg, default)]
-        assert errors[0] <= 4 * errors[1] + 1e-6 * want.abs().max()
-        return
-    defaults = (tg.choose_config(16, hidden, device, torch.float32, True),
-                tg.choose_backward_config(16, hidden, device, torch.float32))
-    for scale, d in ((1e6, dout), (1, dout * 1e-30), (1, dout * 1e30)):
-        (ours, plain), top = _split16_errors(cfg, gi, h0 * scale, w, b, lens, reset_after,
-                                             d, defaults)
-        _assert_split16_errors(ours, plain, top, saturated=scale > 1)
-
-
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: every candidate split of a call")
 @pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 256), (16, 512)])
 def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
@@ -2198,8 +1956,7 @@ def shared_words(ptx):
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "SPLIT16", "CHUNKED", "PERMUTED",
-                 "PAIR"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "CHUNKED", "PERMUTED", "PAIR"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
@@ -2327,19 +2084,16 @@ stacked = {}
 for name, kernel, dtype, bk, s in (
         ("forward", tg._forward_kernel, "fp32", 256, 16),
         ("forward", tg._forward_kernel, "bf16", 1024, 16),
-        ("forward", tg._forward_kernel, "split16", 1024, 8),
         ("backward", tg._backward_kernel, "fp32", 128, 16),
-        ("backward", tg._backward_kernel, "bf16", 1024, 8),
-        ("backward", tg._backward_kernel, "split16", 512, 8)):
+        ("backward", tg._backward_kernel, "bf16", 1024, 8)):
     for reset_after in (False, True):
         consts = dict(BB=16, S=s, BK=bk, RESET_AFTER=reset_after, DOT=True, PREC="tf32x3",
                       ACC=tl.float32, RESIDENT=True, STAMPED=False, KMAJOR=False,
                       STACKED=True, PREFETCH=False)
-        consts["SPLIT16"] = dtype == "split16"
         if name == "forward":
             consts["SAVE"] = False
         sig = signature(kernel, consts)
-        sig["w" if name == "forward" else "wt"] = "*fp16" if dtype == "split16" else "*" + dtype
+        sig["w" if name == "forward" else "wt"] = "*" + dtype
         compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         ttgir = compiled.asm["ttgir"]
@@ -2391,23 +2145,21 @@ def sm90():
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("kernel,dtype", [("forward", "fp32"), ("forward", "bf16"),
-                                          ("forward", "split16"), ("backward", "fp32"),
-                                          ("backward", "bf16"), ("backward", "split16")])
+                                          ("backward", "fp32"), ("backward", "bf16")])
 def test_stacked_tile_stays_in_shared_memory(sm90, kernel, dtype, reset_after):
     """Config.stacked rests on what Triton makes of a dot operand loaded before the loop
     and touched by no arithmetic: one shared-memory copy, which wgmma reads at every step
-    (three products a step in fp32, TF32 or fp16 parts, one in bf16; twice that for
+    (three products a step in fp32, on TF32 parts, one in bf16; twice that for
     reset_after=False), with nothing loaded back into registers in the loop; and on
     _stacked_bytes, which benchmark mode's candidates are sized by: it must be the
-    compiled kernel's shared memory (here the forward's largest tiles, fp32 H=256, bf16
-    and fp32 on fp16 parts H=1024, and the backward's at one and two folds, fp32 on fp16
-    parts at H=512)."""
+    compiled kernel's shared memory (here the forward's largest tiles, fp32 H=256 and
+    bf16 H=1024, and the backward's at one and two folds)."""
     got = sm90["stacked"][f"{kernel}-{dtype}-{reset_after}"]
     assert got["wgmma"] == (1 if dtype == "bf16" else 3) * (1 if reset_after else 2)
     assert got["loads"] == 0
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     assert got["shared"] == splits._stacked_bytes(got["hidden"], got["slice"], torch_dtype,
-                                                  kernel == "forward", dtype == "split16")
+                                                  kernel == "forward")
     assert got["shared"] <= splits.STACKED_MAX_BYTES
 
 

@@ -184,19 +184,15 @@ def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
     return _permuted[key]
 
 
-def _paired_weights(w: Tensor, cfg: Config, pair_rows: int) -> dict:
-    """The kernels' weights and scale (_kernel_weights) and, for a pair (``pair_rows``:
-    w holds both directions' W_hh, or W_hhᵀ, stacked), both directions' one after the
-    other with the launch's PAIR arguments."""
+def _paired_weights(w: Tensor, cfg: Config, pair_rows: int) -> tuple[Tensor, dict]:
+    """The kernels' weights (_kernel_weights) and, for a pair (``pair_rows``: w holds both
+    directions' W_hh, or W_hhᵀ, stacked), both directions' one after the other, with the
+    launch's PAIR arguments."""
     if not pair_rows:
-        weights, scale = _kernel_weights(w, cfg)
-        return dict(weights=weights, scale=scale)
+        return _kernel_weights(w, cfg), {}
     parts = [_kernel_weights(v, cfg) for v in w]
-    weights = torch.cat([v.reshape(-1) for v, _ in parts])
-    scale = torch.cat([c.reshape(-1) for _, c in parts]) if cfg.split16 else weights
-    return dict(weights=weights, scale=scale, PAIR=True, pair_rows=pair_rows,
-                w_stride=parts[0][0].numel(),
-                s_stride=parts[0][1].numel() if cfg.split16 else 0)
+    return torch.cat([v.reshape(-1) for v in parts]), dict(
+        PAIR=True, pair_rows=pair_rows, w_stride=parts[0].numel())
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
@@ -235,12 +231,11 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
-        paired = _paired_weights(w_hh, cfg, pair_rows)
-        weights, scale = paired.pop("weights"), paired.pop("scale")
-        args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), scale, lengths,
-                out, hbuf, rhbuf, *gates)
+        weights, paired = _paired_weights(w_hh, cfg, pair_rows)
+        args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), lengths, out,
+                hbuf, rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), SPLIT16=cfg.split16, **paired)
+                SAVE=save, ACC=_acc(gi.dtype), **paired)
     return out, saved
 
 
@@ -275,12 +270,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch:
-        paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
-        weights, scale = paired.pop("weights"), paired.pop("scale")
-        args = (dout.contiguous(), h0.contiguous(), out, weights, scale, *saved[:3], ghn_s,
-                lengths, dgi, dgh, dh, xbuf)
+        weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
+        args = (dout.contiguous(), h0.contiguous(), out, weights, *saved[:3], ghn_s, lengths,
+                dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), SPLIT16=cfg.split16, **paired)
+                ACC=_acc(acc), **paired)
     # (dW_hh and db_hh over all steps: _weight_gradients)
     gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)

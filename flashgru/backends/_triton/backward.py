@@ -14,7 +14,7 @@ from .products import (
     _resident_product,
     _resident_tiles_t,
 )
-from .stacked import _stacked_carry, _stacked_gradients, _stacked_scales, _stacked_tiles
+from .stacked import _stacked_carry, _stacked_gradients, _stacked_tiles
 
 
 @_jit
@@ -40,18 +40,17 @@ def _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B, H, own, m, ACC: tl.co
 
 
 @_jit
-def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
+def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, dh,
                      xbuf, sync, B, H, row0, t_begin, t_end,
                      BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                      RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                      KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                      PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                     SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
-                     CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                     SI: tl.constexpr = 1, PERMUTED: tl.constexpr = False,
-                     PAIR: tl.constexpr = False,
-                     pair_rows=1, w_stride=0, s_stride=0):
+                     CHUNKED: tl.constexpr = False, CHUNK: tl.constexpr = 32,
+                     KW: tl.constexpr = 1, SI: tl.constexpr = 1,
+                     PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                     pair_rows=1, w_stride=0):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -67,21 +66,17 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
     (_saved_step) are issued during step t, after its first exchange. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
-    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). SPLIT16
-    (``Config.split16``, with STACKED): wt holds fp32 W_hhᵀ's two fp16 parts and ``scale``
-    (3H,) the scales of its rows' runs of H (_fp16_parts; else unread). PERMUTED
+    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). PERMUTED
     (``Config.permuted``, a chunked split's 5-axis tiles): the gradients are exchanged
     through xbuf (2, B, 3, BK), each gate's row of BK in _permuted_at's order (zeros past
     H, the caller's), read in the product's own layout (_permuted_block). PAIR
     (triton_gru.core_pair): the rows are a bidirectional layer's two directions side by
-    side, pair_rows each (a whole number of tiles), and wt and scale hold the second
-    direction's after the first's, w_stride and s_stride elements on: each tile takes its
-    direction's.
+    side, pair_rows each (a whole number of tiles), and wt holds the second direction's
+    after the first's, w_stride elements on: each tile takes its direction's.
     """
     if PAIR:  # (this tile's direction's weights)
         direction = (row0 + tl.program_id(1) * BB) // pair_rows
         wt += direction * w_stride
-        scale += direction * s_stride
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
     sync += tl.program_id(1)
@@ -89,16 +84,12 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
     # (W as the product needs it; the names a split doesn't use stand for W's pointer)
     w_hi, w_lo, v_r, v_z, v_n = wt, wt, wt, wt, wt
     if STACKED:
-        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True, SPLIT16)
+        w_hi, w_lo = _stacked_tiles(wt, H, BK, S, True)
     elif CHUNKED:
         v_r, v_z, v_n = _chunked_tiles(wt, cols, cmask, H, 3 * H, H, BK, CHUNK, KW,
                                         SI)
     elif RESIDENT:
         v_r, v_z, v_n = _resident_tiles_t(wt, cols, cmask, H, BK, DOT or KMAJOR)
-    if SPLIT16:
-        w_rows = _stacked_scales(scale, H, S, True)
-    else:
-        w_rows = 1.0
     first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step; a
     # tensor: the interpreter's masks)
     if PREFETCH:
@@ -110,13 +101,13 @@ def _backward_kernel(dout, h0, out, wt, scale, r_s, z_s, n_s, ghn_s, lengths, dg
         d, z, r, d_rh, p_d, p_h, p_r, p_z, p_n, p_g = _backward_gates(
             dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n_prog, B, H, t_end,
             i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask, m,
-            own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BB, S, BK, RESET_AFTER, DOT,
-            PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW, SPLIT16,
+            own, lens, wt, w_hi, w_lo, v_r, v_z, v_n, BB, S, BK, RESET_AFTER, DOT,
+            PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW,
             CHUNKED, CHUNK, KW, SI, PERMUTED)
         carried = _backward_carry(
             dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z, r, d_rh, rows,
-            rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n, BB, S, BK,
-            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, NARROW, SPLIT16,
+            rmask, cols, cmask, m, lens, wt, w_hi, w_lo, v_r, v_z, v_n, BB, S, BK,
+            RESET_AFTER, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, NARROW,
             CHUNKED, CHUNK, KW, SI, PERMUTED)
     tl.store(dh + own, carried, mask=m)
 
@@ -148,12 +139,12 @@ def _gradient_blocks(dgi, dgh, xbuf, t, B, H, rows, cols, RESET_AFTER: tl.conste
 @_jit
 def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n_prog,
                     B, H, t_end, i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask,
-                    cols, cmask, m, own, lens, wt, w_hi, w_lo, w_rows, v_r, v_z, v_n,
+                    cols, cmask, m, own, lens, wt, w_hi, w_lo, v_r, v_z, v_n,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
-                    NARROW: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
+                    NARROW: tl.constexpr, CHUNKED: tl.constexpr,
                     CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
                     PERMUTED: tl.constexpr):
     """Step t = t_end - 1 - i's first phase for the tile's rows ``rows`` (its counter
@@ -205,7 +196,7 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n
         if STACKED:  # (the n gate's block alone)
             d_rh = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                      xstride, t, BK, S, STAMPED, 4),
-                                  w_hi, w_lo, S, w_rows, SPLIT16)
+                                  w_hi, w_lo, S)
         elif RESIDENT:
             d_rh = _resident_product(a + 2 * gstep, rows, rmask, H, xstride, t, v_n, BK,
                                      STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED, PERMUTED)
@@ -229,12 +220,12 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n
 
 @_jit
 def _backward_carry(dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z, r,
-                    d_rh, rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, w_rows, v_r,
+                    d_rh, rows, rmask, cols, cmask, m, lens, wt, w_hi, w_lo, v_r,
                     v_z, v_n, BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                     ACC: tl.constexpr, RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, NARROW: tl.constexpr,
-                    SPLIT16: tl.constexpr, CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
+                    CHUNKED: tl.constexpr, CHUNK: tl.constexpr,
                     KW: tl.constexpr, SI: tl.constexpr, PERMUTED: tl.constexpr):
     """Step t = t_end - 1 - i's second phase (after _backward_gates): waits until every
     program has published the step's gradients, multiplies them by W_hh for this
@@ -254,7 +245,7 @@ def _backward_carry(dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z,
         if STACKED:
             carry = _stacked_carry(_stacked_gradients(a, gstep, rows, rmask, B, H,
                                                       xstride, t, BK, S, STAMPED, 7),
-                                   w_hi, w_lo, S, w_rows, SPLIT16)
+                                   w_hi, w_lo, S)
         elif SHAPED:
             carry = _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r, v_z, v_n, BK,
                                    STAMPED, ACC, 3, PERMUTED)
@@ -272,7 +263,7 @@ def _backward_carry(dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z,
         if STACKED:  # (r's and z's blocks)
             carry = r * d_rh + _stacked_carry(
                 _stacked_gradients(a, gstep, rows, rmask, B, H, xstride, t, BK, S,
-                                   STAMPED, 3), w_hi, w_lo, S, w_rows, SPLIT16)
+                                   STAMPED, 3), w_hi, w_lo, S)
         elif SHAPED:
             carry = r * d_rh + _chunked_gates(a, gstep, rows, rmask, H, xstride, t, v_r,
                                               v_z, v_z, BK, STAMPED, ACC, 2,

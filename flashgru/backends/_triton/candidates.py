@@ -27,12 +27,10 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     tl.dot on resident tiles (16 units, and 32 where they fit in shared memory), and at
     H=257-512 two 8-row or four 4-row tiles with W resident; at batch ≤ 16, the stacked
     tiles on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's
-    other rows idle, for a barrier of 16-128 programs), and at batch 9-16 fp32's stacked
-    splits on fp16 parts (``Config.split16``: the forward's up to H=1024, the backward's up
-    to 512). On an H200 (B=16, 2026-11-28) split16 and 16-bit resident tl.dot lost wherever
-    they were timed, as did two families since taken out: a backward exchanging partial
-    products, and a tile's rows in two groups (docs/performance.md). Off CUDA (the
-    interpreter: one program per
+    other rows idle, for a barrier of 16-128 programs). On an H200 (B=16, 2026-11-28) 16-bit
+    resident tl.dot lost wherever it was timed, as did three families since taken out: a
+    backward exchanging partial products, a tile's rows in two groups, and fp32's stacked
+    splits on fp16 parts (docs/performance.md). Off CUDA (the interpreter: one program per
     tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
@@ -94,8 +92,6 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     found += [cfg._replace(prefetch=True) for cfg in found if cfg.permuted and not cfg.prefetch]
     if batch <= 16 and fp32_arithmetic:
         found += splits._stacked_splits(hidden, device, dtype, forward)
-        if batch > 8:  # (fp32 on fp16 parts)
-            found += splits._stacked_splits(hidden, device, dtype, forward, True)
     # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [splits._narrow_where_set(cfg, device, dtype) for cfg in found[1:]]
     if default.narrow or splits._narrow_where_set(default, device, dtype).narrow:

@@ -17,7 +17,7 @@ from .products import (
     _resident_product,
     _resident_tiles,
 )
-from .stacked import _stacked_product, _stacked_scales, _stacked_tiles
+from .stacked import _stacked_product, _stacked_tiles
 
 
 @_jit
@@ -34,7 +34,7 @@ def _step_input(gi, t, B, H, rows, cols, m, ACC: tl.constexpr):
 
 
 @_jit
-def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s,
+def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s,
                     sync, B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr,
@@ -42,11 +42,10 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
                     RESIDENT: tl.constexpr, STAMPED: tl.constexpr,
                     KMAJOR: tl.constexpr = False, STACKED: tl.constexpr = False,
                     PREFETCH: tl.constexpr = False, NARROW: tl.constexpr = False,
-                    SPLIT16: tl.constexpr = False, CHUNKED: tl.constexpr = False,
-                    CHUNK: tl.constexpr = 32, KW: tl.constexpr = 1,
-                    SI: tl.constexpr = 1, PERMUTED: tl.constexpr = False,
-                    PAIR: tl.constexpr = False,
-                    pair_rows=1, w_stride=0, s_stride=0):
+                    CHUNKED: tl.constexpr = False, CHUNK: tl.constexpr = 32,
+                    KW: tl.constexpr = 1, SI: tl.constexpr = 1,
+                    PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
+                    pair_rows=1, w_stride=0):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -61,21 +60,18 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     axis. STACKED (``Config.stacked``): w holds W_hh's TF32-rounded high parts, then (3H, H)
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t + 1's gi is
     loaded at the start of step t. NARROW (``Config.narrow``): the caller made hbuf W's
-    16-bit dtype; the kernel is the same. SPLIT16 (``Config.split16``, with STACKED): w
-    holds fp32 W_hh's two fp16 parts and ``scale`` (3H,) its rows' scales (_fp16_parts;
-    else unread). PERMUTED (``Config.permuted``, a chunked split's 5-axis tiles): hbuf
-    and rhbuf hold each row of BK values in the order _permuted_at gives (the caller wrote
-    h0 so, and zeros past H), and the products read them in their own layout
-    (_permuted_block). PAIR (triton_gru.core_pair): the rows are a bidirectional layer's
-    two directions side by side, pair_rows each (a whole number of tiles), and w, b and
-    scale hold the second direction's after the first's, w_stride, 3H and s_stride
+    16-bit dtype; the kernel is the same. PERMUTED (``Config.permuted``, a chunked split's
+    5-axis tiles): hbuf and rhbuf hold each row of BK values in the order _permuted_at
+    gives (the caller wrote h0 so, and zeros past H), and the products read them in their
+    own layout (_permuted_block). PAIR (triton_gru.core_pair): the rows are a
+    bidirectional layer's two directions side by side, pair_rows each (a whole number of
+    tiles), and w and b hold the second direction's after the first's, w_stride and 3H
     elements on: each tile takes its direction's.
     """
     if PAIR:  # (this tile's direction's weights)
         direction = (row0 + tl.program_id(1) * BB) // pair_rows
         w += direction * w_stride
         b += direction * 3 * H
-        scale += direction * s_stride
     rows, rmask, cols, cmask, m, own, lens = _tile(lengths, B, H, row0, BB, S)
     n_prog = tl.num_programs(0)
     b_r = tl.load(b + cols, mask=cmask, other=0.0).to(ACC)[None, :]
@@ -98,15 +94,11 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
     # (W as the product needs it; the names a split doesn't use stand for W's pointer)
     w_hi, w_lo, w_r, w_z, w_n = w, w, w, w, w
     if STACKED:
-        w_hi, w_lo = _stacked_tiles(w, H, BK, S, False, SPLIT16)
+        w_hi, w_lo = _stacked_tiles(w, H, BK, S, False)
     elif CHUNKED:
         w_r, w_z, w_n = _chunked_tiles(w, cols, cmask, H, H, H * H, BK, CHUNK, KW, SI)
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
-    if SPLIT16:
-        w_rows = _stacked_scales(scale, H, S)
-    else:
-        w_rows = 1.0
     last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
     if PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
@@ -114,22 +106,22 @@ def _forward_kernel(gi, h0, w, b, scale, lengths, out, hbuf, rhbuf, r_s, z_s, n_
         next_r, next_z, next_n = h, h, h
     for t in range(t_begin, t_end):
         h, next_r, next_z, next_n = _forward_step(
-            gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out, r_s,
+            gi, w, w_r, w_z, w_n, w_hi, w_lo, b_r, b_z, b_n, hbuf, rhbuf, out, r_s,
             z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z, next_n,
             rows, rmask, cols, cmask, m, own, xown, lens, last, XH, BB, S, BK, RESET_AFTER,
-            SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, SPLIT16,
+            SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
             CHUNKED, PERMUTED)
 
 
 @_jit
-def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf, rhbuf, out,
+def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, b_r, b_z, b_n, hbuf, rhbuf, out,
                   r_s, z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z,
                   next_n, rows, rmask, cols, cmask, m, own, xown, lens, last, XH,
                   BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                   RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr,
                   PREC: tl.constexpr, ACC: tl.constexpr, RESIDENT: tl.constexpr,
                   STAMPED: tl.constexpr, KMAJOR: tl.constexpr, STACKED: tl.constexpr,
-                  PREFETCH: tl.constexpr, SPLIT16: tl.constexpr, CHUNKED: tl.constexpr,
+                  PREFETCH: tl.constexpr, CHUNKED: tl.constexpr,
                   PERMUTED: tl.constexpr):
     """Step t of _forward_kernel for the tile's rows ``rows`` (its counter ``sync``): waits
     until every program has published the state before step t, publishes the state after
@@ -151,8 +143,7 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
         gi_r, gi_z, gi_n = _step_input(gi, t, B, H, rows, cols, m, ACC)
     if STACKED:
         gh_r, gh_z, gh_n = _stacked_product(_row_block(cur, rows, rmask, H, H, t, BK,
-                                                       STAMPED), w_hi, w_lo, S,
-                                            w_rows, SPLIT16)
+                                                       STAMPED), w_hi, w_lo, S)
     elif KMAJOR:
         x = _row_block(cur, rows, rmask, H, B, t, BK, STAMPED, True)
         gh_r = _product_k(x, w_r, ACC)
@@ -187,7 +178,7 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, w_rows, b_r, b_z, b_n, hbuf,
             _barrier(sync, (2 * (t - t_begin) + 1) * n_prog)
         if STACKED:  # (the stacked tile's n block; r and z's again, unused)
             ghn = _stacked_product(_row_block(rhbuf, rows, rmask, H, H, t, BK, STAMPED),
-                                   w_hi, w_lo, S, w_rows, SPLIT16)[2] + b_n
+                                   w_hi, w_lo, S)[2] + b_n
         elif RESIDENT:
             ghn = _resident_product(rhbuf, rows, rmask, H, B if KMAJOR else XH, t, w_n, BK,
                                     STAMPED, KMAJOR, DOT, PREC, ACC, CHUNKED,

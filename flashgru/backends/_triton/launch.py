@@ -62,8 +62,6 @@ def _check_split(cfg: Config, hidden: int, acc) -> None:
         raise ValueError("a stacked split needs tl.dot, resident tiles, block_batch 16, "
                          "slice 4, 8 or 16 and block_k ≥ 16 per fold (16 / slice folds); "
                          "not float64, not kmajor")
-    if cfg.split16 and not (cfg.stacked and acc == tl.float32):
-        raise ValueError("a split16 split is a stacked split on fp32 weights")
     if cfg.chunked and not splits._can_chunk(cfg):
         raise ValueError(f"a chunked split needs resident tiles, the broadcast product (not "
                          f"kmajor), block_k ≥ {WARP_LANES}, fewer than 16 rows or units, and "
@@ -89,25 +87,20 @@ def _programs(cfg: Config, hidden: int, device: torch.device) -> int:
     return programs
 
 
-def _kernel_weights(w: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
-    """W_hh (or W_hhᵀ) as the kernels read it, and the scale tensor they read with
-    ``Config.split16``: contiguous, W itself the unread scale; for a stacked split in
-    fp32, its TF32 high parts followed by its low parts (_tf32_parts), or with split16 its
-    fp16 parts and their scales (_fp16_parts)."""
+def _kernel_weights(w: Tensor, cfg: Config) -> Tensor:
+    """W_hh (or W_hhᵀ) as the kernels read it: contiguous; for a stacked split in fp32,
+    its TF32 high parts followed by its low parts (_tf32_parts)."""
     w = w.contiguous()
-    if cfg.split16:
-        return _fp16_parts(w)
     if cfg.stacked and w.dtype == torch.float32:
         w = torch.cat(_tf32_parts(w))
-    return w, w
+    return w
 
 
 def _for_weights(cfg: Config, dtype: torch.dtype) -> Config:
     """cfg for weights of this dtype (a caller's own mix with activations of another):
-    not narrow unless they are 16-bit, not split16 unless fp32. For _split's splits;
-    _check_weights refuses a split asked for by name."""
-    return cfg._replace(narrow=cfg.narrow and dtype in SIXTEEN_BIT,
-                        split16=cfg.split16 and dtype == torch.float32)
+    not narrow unless they are 16-bit. For _split's splits; _check_weights refuses a split
+    asked for by name."""
+    return cfg._replace(narrow=cfg.narrow and dtype in SIXTEEN_BIT)
 
 
 def _check_weights(cfg: Config, dtype: torch.dtype) -> None:
@@ -115,26 +108,7 @@ def _check_weights(cfg: Config, dtype: torch.dtype) -> None:
     if cfg.narrow and not splits._can_narrow(cfg, dtype):
         raise ValueError("a narrow split exchanges 16-bit values: it needs tl.dot on 16-bit "
                          f"weights and no stamped exchange; got {dtype} and {cfg}")
-    if cfg.split16 and dtype != torch.float32:
-        raise ValueError(f"a split16 split is for fp32 weights; got {dtype}")
 
 
 # fp32 w = hi + lo exactly, hi rounded to TF32 (the stacked splits' W_hh parts)
 _tf32_parts = tf32x3.split
-
-
-def _fp16_parts(w: Tensor) -> tuple[Tensor, Tensor]:
-    """``Config.split16``: fp32 w (W_hh (3H, H), or W_hhᵀ (H, 3H)) as fp16 parts, each run
-    of H along a row (W_hh's rows; W_hhᵀ's rows gate by gate) w = s·(hi + lo·2^-11) to
-    ~2^-22 of the run's largest magnitude, hi then lo in one tensor, and the runs' scales
-    s (3H,), made on the device (no wait for it): the powers of two above each run's
-    largest magnitude (at most 2^127), so that w / s lies within ±1 (±2) and no part
-    overflows fp16."""
-    hidden = min(w.shape)
-    runs = w.reshape(-1, hidden)
-    top = torch.frexp(runs.abs().amax(1)).exponent.clamp_max(127)  # (fp32's largest / s < 2)
-    s = torch.ldexp(torch.ones(runs.shape[0], device=w.device), top)
-    ws = runs / s[:, None]
-    hi = ws.half()
-    lo = ((ws - hi.float()) * 2048.0).half()
-    return torch.cat([hi.flatten(), lo.flatten()]), s

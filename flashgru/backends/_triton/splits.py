@@ -43,12 +43,7 @@ class Config(NamedTuple):
     narrow (tl.dot on 16-bit weights, not stamped): the state (the backward's gradients) is
     exchanged in the weights' dtype instead of fp32, half the bytes every program reads
     from L2 at every step, with no number changed: tl.dot rounds its operand to that dtype
-    all the same; split16 (a stacked split on fp32 weights): the three products on the
-    tensor cores in fp16 instead of TF32, on W's two fp16 parts and the operand's (the
-    state; the backward's gradients), W's rows and the operand's columns each scaled by
-    a power of two into ±1 (_fp16_parts, _stacked_dot): 22 bits of each row's and
-    column's largest at twice TF32's rate and in half its shared memory, where the
-    forward's split fits up to H=1024 and the backward's up to 512; chunked (resident
+    all the same; chunked (resident
     broadcast tiles, not K-major, block_k ≥ LANES, fewer than 16 rows or units): the
     product over K in chunks of a warp's lanes, each thread summing its chunks before the
     lanes meet (_chunked_product), where the plain broadcast product's sum over K is all
@@ -83,7 +78,6 @@ class Config(NamedTuple):
     stacked: bool = False
     prefetch: bool = False
     narrow: bool = False
-    split16: bool = False
     chunked: bool = False
     unit_lanes: int = 1
     thread_units: int = 1
@@ -433,30 +427,25 @@ def _spread_resident(hidden: int, device: torch.device) -> Config | None:
 STACKED_MAX_BYTES = 200 * 1024
 
 
-def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool,
-                   split16: bool = False) -> int:
+def _stacked_bytes(hidden: int, slice_: int, dtype: torch.dtype, forward: bool) -> int:
     """Shared memory of a stacked split: its tile, 64 rows of K / F (fp32: W's two parts;
     16-bit: W), and the operand it multiplies, K / F by F·16 columns (the backward's:
-    4F·16, the four gate slots; fp32: two parts; split16: two fp16 parts of each). ptxas
+    4F·16, the four gate slots; fp32: two parts). ptxas
     (sm_90a, Triton 3.6) gives these to the byte for the forward's: fp32 H=256 (slice
     16) 160 KiB, H=512 (8) 192 KiB."""
     folds = 16 // slice_
     k = max(16, _pow2(hidden)) // folds
-    size = 4 if split16 else 8 if dtype == torch.float32 else 2
+    size = 8 if dtype == torch.float32 else 2
     return (64 + folds * 16 * (1 if forward else 4)) * k * size
 
 
 def _stacked_splits(hidden: int, device: torch.device, dtype: torch.dtype,
-                    forward: bool, split16: bool = False) -> list[Config]:
+                    forward: bool) -> list[Config]:
     """The stacked splits of a 16-row tile at this H, for the forward or the backward: 16,
     8 or 4 units per program (1, 2 or 4 folds of K), where the programs fit on the device
-    at once and _stacked_bytes within STACKED_MAX_BYTES; ``split16``: fp32's in fp16
-    parts (``Config.split16``; none in other dtypes)."""
-    if split16 and dtype != torch.float32:
-        return []
+    at once and _stacked_bytes within STACKED_MAX_BYTES."""
     hp = max(16, _pow2(hidden))
-    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True,
-                   split16=split16)
+    return [Config(16, s, max(hp, 256 // s), dot=True, resident=True, stacked=True)
             for s in (16, 8, 4)
             if -(-hidden // s) <= _grid_limit(device) and
-            _stacked_bytes(hidden, s, dtype, forward, split16) <= STACKED_MAX_BYTES]
+            _stacked_bytes(hidden, s, dtype, forward) <= STACKED_MAX_BYTES]
