@@ -16,7 +16,6 @@ the default training forward). ``--tune FILE`` (benchmarks/gpu.py --benchmark --
 FILE) counts every split the file timed and prints each beside its µs per step.
 """
 import argparse
-import ast
 import collections
 import json
 import os
@@ -162,7 +161,9 @@ def line(item: tuple, got: dict, us: float | None = None) -> str:
 
 
 def tune_items(path: str) -> dict:
-    """{(batch, hidden, dtype, kind, fields): µs per step} of a benchmark-mode run."""
+    """{(batch, hidden, dtype, kind, fields): µs per step} of a benchmark-mode run (its
+    splits of families since taken out left out)."""
+    from tune_summary import config  # (older runs' splits read as the summary reads them)
     kinds = {"forward(True, False)": "forward", "forward(True, True)": "training",
              "backward(True,)": "backward"}
     items = {}
@@ -172,8 +173,9 @@ def tune_items(path: str) -> dict:
                 if key not in kinds:
                     continue
                 for split, us in got["us_per_step"].items():
-                    fields = tuple(ast.literal_eval(split))
-                    items[(row["B"], row["H"], row["dtype"], kinds[key], fields)] = us
+                    cfg = config(split)  # (None: a family since taken out, left out)
+                    if cfg is not None:
+                        items[(row["B"], row["H"], row["dtype"], kinds[key], tuple(cfg))] = us
     return items
 
 

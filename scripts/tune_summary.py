@@ -14,18 +14,51 @@ import json
 
 import flashgru.backends.triton_gru as tg
 
+# Config's fields as benchmarks/gpu.py wrote them before 2026-11-28's twenty-fifth session,
+# which took split16, partials and groups out (the tunes of 2026-11-27 and 2026-11-28):
+# each older run's tuple is a prefix of these
+OLD_FIELDS = (*tg.Config._fields[:12], "split16", *tg.Config._fields[12:15], "partials",
+              "groups", *tg.Config._fields[15:])
+# those fields' values in the splits that had none of them
+TAKEN_OUT = {"split16": False, "partials": False, "groups": 1}
+
+
+def fields(split: str) -> dict:
+    """A split as benchmarks/gpu.py wrote it (a Config's tuple), as {field: value}: in
+    Config's fields, or in OLD_FIELDS' for a run before split16, partials and groups were
+    taken out (a tuple of another length than Config's, or whose unit_lanes' place holds
+    a bool, an older run's chunked); the fields a run's tuple lacks at their defaults."""
+    values = ast.literal_eval(split)
+    names = tg.Config._fields
+    if len(values) > 12 and (len(values) != len(names) or type(values[13]) is bool):
+        names = OLD_FIELDS
+    return {**tg.Config._field_defaults, **TAKEN_OUT, **dict(zip(names, values, strict=False))}
+
+
+def config(split: str):
+    """The Config of a split as benchmarks/gpu.py wrote it (fields), or None for one of a
+    family since taken out (split16, partials, groups)."""
+    got = fields(split)
+    if any(got[name] != value for name, value in TAKEN_OUT.items()):
+        return None
+    return tg.Config(**{name: got[name] for name in tg.Config._fields})
+
 
 def label(split: str) -> str:
     """A split as benchmarks/gpu.py wrote it (a Config's tuple), shortly: rows, units, K,
-    product, warps, and the options set."""
-    cfg = tg.Config(*ast.literal_eval(split))
+    product, warps, and the options set (those of the families since taken out too)."""
+    cfg = fields(split)
     flags = "".join(f" {name}" for name in ("resident", "stamped", "kmajor", "stacked",
-                                            "prefetch", "narrow", "chunked", "permuted")
-                    if getattr(cfg, name))
-    if (cfg.unit_lanes, cfg.thread_units) != (1, 1):
-        flags += f" u{cfg.unit_lanes}x{cfg.thread_units}"
-    product = "dot" if cfg.dot else "bcast"
-    return f"({cfg.block_batch}, {cfg.slice}, {cfg.block_k}, {product}, {cfg.warps}w{flags})"
+                                            "prefetch", "narrow", "split16", "chunked",
+                                            "partials", "permuted")
+                    if cfg.get(name))
+    if (cfg["unit_lanes"], cfg["thread_units"]) != (1, 1):
+        flags += f" u{cfg['unit_lanes']}x{cfg['thread_units']}"
+    if cfg["groups"] != 1:
+        flags += f" g{cfg['groups']}"
+    product = "dot" if cfg["dot"] else "bcast"
+    return (f"({cfg['block_batch']}, {cfg['slice']}, {cfg['block_k']}, {product}, "
+            f"{cfg['warps']}w{flags})")
 
 
 def summarize(grid: list[dict], every: bool = False) -> list[str]:
@@ -76,7 +109,7 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
     batch 9-16 where a card of ``sms`` multiprocessors takes the chunked spread split, the
     forward's fastest over inference and training together (timed in both) and the
     backward's fastest, as the fields they change from the spread split; or why not (the
-    fastest is another kind of split: stacked or tl.dot)."""
+    fastest is another kind of split: stacked, tl.dot, or of a family since taken out)."""
     lines = []
     for row in grid:
         if row.get("dtype") != "float32" or not 8 < row.get("B", 0) <= 16 or \
@@ -97,21 +130,21 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
                              f"split timed in every kind ({', '.join(kinds)})")
                 continue
             best = min(both, key=lambda c: sum(t[c] for t in times))
-            cfg = tg.Config(*ast.literal_eval(best))
+            cfg = config(best)
             key = (spread.slice, spread.block_k, spread.warps, forward)
             timing = ", ".join(f"{k} {_was(row['timed'][k])} → {t[best]:.2f}"
                                for k, t in zip(kinds, times, strict=True))
-            base = spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS})
-            if base != cfg or cfg.block_batch not in (16, 8, 4) or \
+            if cfg is None or spread._replace(**{f: getattr(cfg, f) for f in SPREAD_FIELDS}) \
+                    != cfg or cfg.block_batch not in (16, 8, 4) or \
                     cfg.slice != spread.slice * (16 // cfg.block_batch):
                 lines.append(f"# H={row['H']} {name}: the "
                              f"fastest, {label(best)}, differs from the chunked spread "
                              f"split outside SPREAD_FIELDS ({timing})")
                 continue
-            fields = ", ".join(f"{f}={getattr(cfg, f)}" for f in SPREAD_FIELDS
-                               if getattr(cfg, f) != getattr(spread, f) or
-                               f in ("unit_lanes", "thread_units"))
-            lines.append(f"SPREAD_CHUNK_DEFAULTS[{key}] = dict({fields})  # H={row['H']}: "
+            changed = ", ".join(f"{f}={getattr(cfg, f)}" for f in SPREAD_FIELDS
+                                if getattr(cfg, f) != getattr(spread, f) or
+                                f in ("unit_lanes", "thread_units"))
+            lines.append(f"SPREAD_CHUNK_DEFAULTS[{key}] = dict({changed})  # H={row['H']}: "
                          f"{timing} µs a step")
     return lines
 

@@ -1885,14 +1885,16 @@ def test_benchmark_mode_on_gpu(benchmark_mode, monkeypatch, batch, hidden):
     (torch.bfloat16, 16, 1024, (16, 8, 1024), 8, False),
     (torch.float32, 1, 1024, (1, 8, 1024), 4, True),
     (torch.float32, 12, 1020, (16, 8, 1024), 8, False),
-    (torch.float32, 7, 1024, (8, 8, 1024), 8, False)],
+    (torch.float32, 7, 1024, (8, 8, 1024), 8, False),
+    (torch.float32, 100, 120, (16, 4, 128), 4, False)],
     ids=["f32-512-4w", "f32-512-8w", "f32-1024", "bf16-1024", "f32-1024-one-row-stamped",
-         "f32-1020-12-rows", "f32-1024-7-rows"])
+         "f32-1020-12-rows", "f32-1024-7-rows", "f32-120-100-rows"])
 def test_chunked_on_gpu(dtype, batch, hidden, split, warps, stamped, reset_after):
     """Config.chunked at the splits benchmark mode tries (the spread split at 4 and 8
     warps, B=1's stamped split, batch ≤ 8's resident split where the default streams W;
-    rows past B and a last program half past H): T=512, ragged lengths, outputs and every
-    gradient at the dtype's tolerance."""
+    rows past B and a last program half past H), and several batch tiles a launch over
+    several launches (100 rows at H=120: 30 programs, 4 tiles a launch): T=512, ragged
+    lengths, outputs and every gradient at the dtype's tolerance."""
     cfg = tg.Config(*split, dot=False, warps=warps, resident=True, stamped=stamped,
                     chunked=True)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
@@ -1941,8 +1943,7 @@ from triton.compiler import ASTSource
 from flashgru.backends import triton_gru as tg
 
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
-         "t_begin": "i32", "t_end": "i32", "pair_rows": "i32", "w_stride": "i32",
-         "s_stride": "i32"}
+         "t_begin": "i32", "t_end": "i32", "pair_rows": "i32", "w_stride": "i32"}
 
 
 def shared_words(ptx):

@@ -54,6 +54,34 @@ def test_labels_name_every_option():
         "(16, 8, 1024, bcast, 8w resident prefetch chunked permuted u4x2)"
     assert tune_summary.label(str(tuple(shaped)[:-4])) == \
         "(16, 8, 1024, bcast, 8w resident)"
+    assert tune_summary.config(str(tuple(shaped))) == shaped
+
+
+def test_older_runs_splits_read():
+    """Tuples that runs before split16, partials and groups were taken out wrote (19
+    fields, split16 after narrow, partials and groups before permuted; or a prefix of
+    them, as the 2026-11-27 runs' 18 and the older 16) read field by field as they were
+    written: labelled with those options, and as Config where none is set (None where
+    one is, a split that can no longer run)."""
+    old = (16, 8, 1024, False, 8, "tf32x3", True, False, False, False, True, False,
+           False, True, 4, 2, False, 1, True)  # (prefetch, chunked u4x2, permuted)
+    want = tg.Config(16, 8, 1024, False, warps=8, resident=True, prefetch=True,
+                     chunked=True, unit_lanes=4, thread_units=2, permuted=True)
+    assert tune_summary.config(str(old)) == want
+    assert tune_summary.label(str(old)) == tune_summary.label(str(tuple(want)))
+    assert tune_summary.config(str(old[:18])) == want._replace(permuted=False)
+    assert tune_summary.config(str(old[:16])) == want._replace(permuted=False)
+    grouped = old[:17] + (2, False)
+    partials = old[:13] + (False, 1, 1, True, 1, False)
+    split16 = old[:12] + (True,) + old[13:]
+    assert tune_summary.label(str(grouped)) == \
+        "(16, 8, 1024, bcast, 8w resident prefetch chunked u4x2 g2)"
+    assert tune_summary.label(str(partials)) == \
+        "(16, 8, 1024, bcast, 8w resident prefetch partials)"
+    assert "split16" in tune_summary.label(str(split16))
+    assert tune_summary.config(str(grouped)) is None
+    assert tune_summary.config(str(partials)) is None
+    assert tune_summary.config(str(split16)) is None
 
 
 def test_end_to_end_lines():

@@ -172,7 +172,8 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
 # mode's ROW_TILE_SPREADS). H200, benchmark mode, 2026-11-28, µs a step, shape (1, 1) →
 # this: H=512 forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024
 # forward 6.96 → 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product
-# backward took 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower.)
+# backward took 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower, and since
+# taken out.)
 SPREAD_CHUNK_DEFAULTS = {
     (4, 512, 4, True): dict(unit_lanes=4, thread_units=1),
     (4, 512, 4, False): dict(unit_lanes=2, thread_units=2),
