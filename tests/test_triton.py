@@ -715,12 +715,12 @@ def test_stacked_splits_fit(monkeypatch):
     default = tg.choose_config(16, 512, cuda, torch.float32)
     forward = tg._candidates(default, 16, 512, cuda, torch.float32, True)
     assert default.chunked and forward[0] == default  # (the default first, once)
-    # (stamped or not, the product chunked or not, its reads a step ahead)
+    # (the product chunked or not, its reads a step ahead; not stamped: 8192 words a
+    # block, over STAMPED_TWIN_MAX_WORDS)
     # (unchunked, in no chunk shape)
     plain = dict(chunked=False, unit_lanes=1, thread_units=1)
-    assert forward[1:5] == [default._replace(stamped=True), default._replace(**plain),
-                            default._replace(stamped=True, **plain),
-                            default._replace(prefetch=True)]
+    assert forward[1:3] == [default._replace(**plain), default._replace(prefetch=True)]
+    assert not any(c.stamped for c in forward)
     assert [c.slice for c in forward if c.stacked and not c.prefetch] == [8, 4]
     assert sum(c.prefetch for c in forward if not c.permuted) == 1
     # (its chunk shape's warps all along K: permuted too, with its reads a step ahead too)
@@ -1424,11 +1424,11 @@ def test_every_default_and_candidate_can_run(monkeypatch):
 
 
 def test_chunked_candidates_rule(monkeypatch):
-    """Benchmark mode times each resident broadcast default (and its stamped twin) where K
-    covers a warp's lanes both chunked and not (Config.chunked), at batch 9-16 above
-    H=256 the spread split chunked, at 8 warps and up to H=512 at 4, and unchunked in
-    fp32; in any dtype but fp64, never with tl.dot, K-major or the stacked tiles, nor 16
-    rows and 16 units at once (on smaller cards too)."""
+    """Benchmark mode times each resident broadcast default (and its stamped twin, where
+    there is one) where K covers a warp's lanes both chunked and not (Config.chunked), at
+    batch 9-16 above H=256 the spread split chunked, at 8 warps and up to H=512 at 4, and
+    unchunked in fp32; in any dtype but fp64, never with tl.dot, K-major or the stacked
+    tiles, nor 16 rows and 16 units at once (on smaller cards too)."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1561,6 +1561,34 @@ def test_stamped_default_rule(monkeypatch):
     monkeypatch.setattr(splits, "CHUNKED_STAMPED_MAX_WORDS", 0)
     assert not any(tg.choose_config(b, h, cuda, f32).stamped
                    for b in (1, 2, 16) for h in (256, 512, 1024))
+
+
+def test_stamped_twin_rule(monkeypatch):
+    """Benchmark mode offers a resident default's stamped twin only where its block holds
+    at most STAMPED_TWIN_MAX_WORDS (2048): larger blocks lost wherever timed (H200); a
+    stamped default always gets its barrier twin."""
+    cuda, f32 = torch.device("cuda"), torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("P", (), {"multi_processor_count": 132}))
+    assert splits.STAMPED_TWIN_MAX_WORDS == 2048
+
+    def twins(batch, hidden, forward=True):
+        default = (tg.choose_config if forward else tg.choose_backward_config)(
+            batch, hidden, cuda, f32)
+        assert default.resident and not (default.stacked or default.kmajor), (batch, hidden)
+        found = tg._candidates(default, batch, hidden, cuda, f32, forward)
+        return default, {c.stamped for c in found if c.resident and not c.stacked}
+
+    default, found = twins(1, 512)  # (512 words: a stamped default, its barrier twin)
+    assert default.stamped and found == {True, False}
+    for batch, hidden in [(2, 1024), (8, 256)]:  # (2048 words: untimed, offered)
+        assert twins(batch, hidden)[1] == {True, False}, (batch, hidden)
+        assert twins(batch, hidden, False)[1] == {True, False}, (batch, hidden)
+    for batch, hidden in [(4, 1024), (16, 512), (16, 1024)]:  # (4096-16384 words: lost)
+        assert twins(batch, hidden)[1] == {False}, (batch, hidden)
+        assert twins(batch, hidden, False)[1] == {False}, (batch, hidden)
+    monkeypatch.setattr(splits, "STAMPED_TWIN_MAX_WORDS", 8192)
+    assert twins(16, 512)[1] == {True, False}
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 128 programs at a barrier")
@@ -1908,19 +1936,15 @@ _SHAPES = sorted({(slice_, hidden, shape) for (slice_, hidden, _), shapes in
 @pytest.mark.parametrize("dtype,batch,reset_after,at", [
     *[(torch.float32, 16, True, i) for i in range(len(_SHAPES))],
     (torch.float32, 12, False, len(_SHAPES) - 1), (torch.bfloat16, 16, True, 0),
-    (torch.float32, 16, False, 0), ("stamped", 16, True, 0),
-    ("stamped", 16, False, len(_SHAPES) - 1)], ids=str)
+    (torch.float32, 16, False, 0)], ids=str)
 def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     """Benchmark mode's chunked spread splits with Config.unit_lanes and thread_units
     (SPREAD_CHUNK_SHAPES: their sums across warps through shared memory, the backward's
-    gates summed before the lanes meet), each forward and backward, and stamped (fp32:
-    benchmark mode's stamped twin of the shaped defaults): T=512, ragged lengths, rows
-    past B, outputs and every gradient at the dtype's tolerance."""
+    gates summed before the lanes meet), each forward and backward: T=512, ragged lengths,
+    rows past B, outputs and every gradient at the dtype's tolerance."""
     slice_, hidden, (warps, lanes, inner) = _SHAPES[at]
-    stamped = dtype == "stamped"
     cfg = tg.Config(16, slice_, hidden, dot=False, warps=warps, resident=True, chunked=True,
-                    unit_lanes=lanes, thread_units=inner, stamped=stamped)
-    dtype = torch.float32 if stamped else dtype
+                    unit_lanes=lanes, thread_units=inner)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 

@@ -14,27 +14,30 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
                 dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
-    (stamped or barrier), and each of these two with the product over K in chunks or not
-    (``Config.chunked``); on CUDA the default with its reads a step ahead or not
-    (``Config.prefetch``); and the default with the other exchange where a 16-bit one can be
-    (``Config.narrow``; the others narrow where they can be); at batch 9-16, H ≤ 256,
-    smaller row tiles with W resident (each its own recurrence), K-major and row-major, and
-    one 16-row tile (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and,
-    in fp32, the resident spread split unchunked (in any dtype chunked, at 8 warps and up to
-    H=512 at 4, and in SPREAD_CHUNK_SHAPES's shapes; and in fp32 8- or 4-row tiles chunked,
-    in ROW_TILE_SPREADS's; each shape whose warps all lie along K also with its exchange
+    (stamped or barrier; stamped where its block holds at most STAMPED_TWIN_MAX_WORDS), and
+    each of these two with the product over K in chunks or not (``Config.chunked``); on
+    CUDA the default with its reads a step ahead or not (``Config.prefetch``); and the
+    default with the other exchange where a 16-bit one can be (``Config.narrow``; the
+    others narrow where they can be); at batch 9-16, H ≤ 256, smaller row tiles with W
+    resident (each its own recurrence), K-major and row-major, and one 16-row tile
+    (_broadcast_split); at batch 9-16 above H=256, tl.dot on streamed W and, in fp32, the
+    resident spread split unchunked (in any dtype chunked, at 8 warps and up to H=512 at 4,
+    and in SPREAD_CHUNK_SHAPES's shapes; and in fp32 8- or 4-row tiles chunked, in
+    ROW_TILE_SPREADS's; each shape whose warps all lie along K also with its exchange
     permuted, ``Config.permuted``, and so with prefetch too), in 16 bits up to H=1024
     tl.dot on resident tiles (16 units, and 32 where they fit in shared memory), and at
     H=257-512 two 8-row or four 4-row tiles with W resident; at batch ≤ 16, the stacked
     tiles on the tensor cores where they fit (_stacked_splits; below 16 rows their tile's
-    other rows idle, for a barrier of 16-128 programs). On an H200 (B=16, 2026-11-28) 16-bit
-    resident tl.dot lost wherever it was timed, as did three families since taken out: a
-    backward exchanging partial products, a tile's rows in two groups, and fp32's stacked
-    splits on fp16 parts (docs/performance.md). Off CUDA (the interpreter: one program per
-    tile), the default, stamped, each chunked or not, and with W streamed."""
+    other rows idle, for a barrier of 16-128 programs). On an H200 (B=16, 2026-11-28)
+    16-bit resident tl.dot lost wherever it was timed, as did three families since taken
+    out: a backward exchanging partial products, a tile's rows in two groups, and fp32's
+    stacked splits on fp16 parts (docs/performance.md). Off CUDA (the interpreter: one
+    program per tile), the default, stamped, each chunked or not, and with W streamed."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
-    if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor):
+    if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor) and (
+            default.stamped or
+            default.block_batch * default.block_k <= splits.STAMPED_TWIN_MAX_WORDS):
         found.append(default._replace(stamped=not default.stamped, permuted=False))
     # (the resident broadcast splits with the product over K in chunks, Config.chunked,
     # and without where the default is: without, in no chunk shape)

@@ -127,6 +127,15 @@ STAMPED_MAX_WORDS = 1024
 CHUNKED_STAMPED_MAX_WORDS = 512
 
 
+# The largest block of words benchmark mode also times stamped (its stamped twin of a
+# resident default, candidates._candidates): a stamped wait polls every word of its block,
+# and on an H200 the larger blocks lost wherever timed: 4096 words (B=16, H=256) 0.88x the
+# barrier's speed (2026-11-27), 8192 and 16384 (fp32 B=16, H=512 and 1024, forward and
+# backward, chunked or not) 2.4-4.5x slower (2026-11-28). 2048 (B=2 at H=1024, B=8 at 256)
+# is untimed.
+STAMPED_TWIN_MAX_WORDS = 2048
+
+
 def _stamped_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> Config:
     """cfg, stamped where STAMPED_MAX_WORDS (chunked: CHUNKED_STAMPED_MAX_WORDS) allows: a
     resident split on CUDA in fp32 arithmetic (not fp64) whose blocks hold at most that
