@@ -51,6 +51,30 @@ def test_three_products_keep_fp32s_error():
 
 
 @pytest.mark.parametrize("bias", [True, False])
+def test_products_add_into_one_output(enabled, bias):
+    """The three products go into one output, the second and third added in place, the
+    bias with the first: no op makes a copy of the output or adds the bias apart (each a
+    pass over the output's memory), and the forward's numbers stay at fp32's error."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(35, 24, generator=g), torch.randn(36, 24, generator=g)
+    b = torch.randn(36, generator=g) if bias else None
+    parts = tf32x3.split(x), tf32x3._t(tf32x3.split(w))
+    seen = []
+    with Ops():
+        got = tf32x3._mm_parts(*parts, b)
+    assert seen == ["addmm" if bias else "mm", "addmm_", "addmm_"]
+    want = F.linear(x.double(), w.double(), b.double() if bias else None)
+    assert (got.double() - want).abs().max() <= 4e-6 * want.abs().max()
+
+
+@pytest.mark.parametrize("bias", [True, False])
 def test_linear_and_its_gradients_at_fp32s_error(enabled, bias):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, 24, generator=g, requires_grad=True)
@@ -135,7 +159,7 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     calls = []
     parts = tf32x3._mm_parts
     monkeypatch.setattr(tf32x3, "_mm_parts",
-                        lambda a, b: calls.append(a[0].shape) or parts(a, b))
+                        lambda a, b, *bias: calls.append(a[0].shape) or parts(a, b, *bias))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = torch.nn.GRU(12, 16, device=device, bidirectional=bidirectional)
