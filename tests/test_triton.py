@@ -199,6 +199,36 @@ def test_low_precision_storage(dtype, reset_after):
     _compare(5, 3, 13, reset_after, dtype, lengths=[5, 3, 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_16_bit_dgi_written_as_rounded(dtype, monkeypatch):
+    """reset_after=True: the backward's kernel writes a 16-bit call's dgi in 16 bits,
+    with the bits of its fp32 dgi rounded by torch (what the call converted before; in
+    the interpreter bf16 truncated); reset_after=False exchanges through dgi: fp32
+    still."""
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(5, 3, 13, dtype))
+    lens = torch.tensor([5, 2, 4], device=DEVICE)
+    dout = torch.randn(5, 3, 13, generator=torch.Generator().manual_seed(1)).to(
+        device=DEVICE, dtype=dtype)
+    for reset_after in (True, False):
+        out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True)
+        dgi = tg.backward(dout, h0, w, out, saved, lens, reset_after)[0]
+        assert dgi.dtype == (dtype if reset_after else torch.float32)
+    out, saved = tg.forward(gi, h0, w, b, lens, True, True)
+    empty = tg._empty  # (the poisoned buffers; the backward's 16-bit one made fp32)
+    monkeypatch.setattr(tg, "_empty", lambda *shape, dtype, device: empty(
+        *shape, dtype=torch.float32 if dtype == gi.dtype else dtype, device=device))
+    wide = tg.backward(dout, h0, w, out, saved, lens, True)[0]
+    assert wide.dtype == torch.float32
+    monkeypatch.setattr(tg, "_empty", empty)
+    rounded = wide.to(dtype)
+    if DEVICE == "cpu" and dtype == torch.bfloat16:  # (Triton's interpreter casts fp32 to
+        # bf16 by truncation, not to nearest as the GPU's cvt.rn does: its low 16 bits cut)
+        rounded = (wide.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+        assert not torch.equal(rounded, wide.to(dtype))
+    assert torch.equal(tg.backward(dout, h0, w, out, saved, lens, True)[0], rounded)
+
+
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_bf16_errors_within_twice_torchs(reset_after):
     """Issue 5's bf16 target, every gradient included: against a float64 run of the same
@@ -1710,6 +1740,15 @@ def test_custom_op_registration():
     for reset_after in (True, False):
         torch.library.opcheck(torch.ops.flashgru.triton_gru.default,
                               (gi, h0, w, b, lengths, reset_after, True))
+    # the backward's op too, in 16 bits (its dgi in gi's dtype for reset_after=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        gi, h0, w, b = (t.detach() for t in _problem(3, 2, 4, dtype)[:4])
+        for reset_after in (True, False):
+            out, *gates = torch.ops.flashgru.triton_gru(gi, h0, w, b, lengths, reset_after,
+                                                        True)
+            torch.library.opcheck(torch.ops.flashgru.triton_gru_backward.default,
+                                  (torch.ones_like(out), h0, w, out, *gates, lengths,
+                                   reset_after))
 
 
 def test_module_on_triton_matches_torch():

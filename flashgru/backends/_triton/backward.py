@@ -54,7 +54,8 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
-    Writes dgi (T, B, 3H) = ∂L/∂gi and, for reset_after=True, dgh (T, B, 3H) =
+    Writes dgi (T, B, 3H) = ∂L/∂gi (rounded to dgi's dtype: the caller's 16 bits where
+    the programs don't exchange through it) and, for reset_after=True, dgh (T, B, 3H) =
     ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
     at the end). The programs share each step's gradients through dgh (dgi) after a
     barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
@@ -66,7 +67,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
     its low parts, for fp32 weights. PREFETCH (``Config.prefetch``): step t - 1's reads
     (_saved_step) are issued during step t, after its first exchange. NARROW
     (``Config.narrow``): the gradients are exchanged through xbuf (2, B, 3H) in W's 16-bit
-    dtype, as dgh's rows (dgi and dgh are written in fp32 all the same). PERMUTED
+    dtype, as dgh's rows (dgh is written in fp32 all the same). PERMUTED
     (``Config.permuted``, a chunked split's 5-axis tiles): the gradients are exchanged
     through xbuf (2, B, 3, BK), each gate's row of BK in _permuted_at's order (zeros past
     H, the caller's), read in the product's own layout (_permuted_block). PAIR
