@@ -131,8 +131,8 @@ CHUNKED_STAMPED_MAX_WORDS = 512
 # resident default, candidates._candidates): a stamped wait polls every word of its block,
 # and on an H200 the larger blocks lost wherever timed: 4096 words (B=16, H=256) 0.88x the
 # barrier's speed (2026-11-27), 8192 and 16384 (fp32 B=16, H=512 and 1024, forward and
-# backward, chunked or not) 2.4-4.5x slower (2026-11-28). 2048 (B=2 at H=1024, B=8 at 256)
-# is untimed.
+# backward, chunked or not) 1.3-4.4x slower than the same split with the barrier
+# (2026-11-28). 2048 (B=2 at H=1024, B=8 at 256) is untimed.
 STAMPED_TWIN_MAX_WORDS = 2048
 
 
