@@ -137,8 +137,8 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.bias = b is not None
         flat = x.reshape(-1, x.shape[-1])
-        out = _mm_parts(split(flat), _t(split(w)), b)  # (w split as stored, then
-        # transposed)
+        # (w split as stored, then transposed)
+        out = _mm_parts(split(flat), _t(split(w)), b)
         return out.reshape(*x.shape[:-1], w.shape[0])
 
     @staticmethod

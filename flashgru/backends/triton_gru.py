@@ -257,8 +257,8 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     _check_weights(cfg, w_hh.dtype)
     # (reset_after=True: the kernels only write dgi, the programs exchange through dgh or
     # xbuf, so it goes in gi's dtype: a 16-bit call's dgi needs no pass to convert it
-    # after, 0.25 GB of memory traffic at bf16 B=16, H=1024, T=512; the kernels' store
-    # rounds as .to() does, to the same bits)
+    # after, 0.25 GB of memory traffic at bf16 B=16, H=1024, T=512; on a GPU the kernels'
+    # store rounds as .to() does, to the same bits; Triton's interpreter truncates bf16)
     dgi = _empty(steps, batch, 3 * hidden, dtype=out.dtype if reset_after else acc,
                  device=out.device)
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
