@@ -22,7 +22,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
     python benchmarks/gpu.py --benchmark --no-narrow --no-prefetch --no-resident-dot \
-        --no-chunked --no-chunk-shapes --no-permuted --no-row-tiles
+        --no-chunked --no-chunk-shapes --no-permuted --no-row-tiles --no-crossed
                                            # without those candidates
 
 Prints a short table last; ``--json FILE`` writes every number (after each grid point,
@@ -299,18 +299,21 @@ def long_sequence(steps=65536, hidden=256) -> dict:
 def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
              no_resident_dot: bool, no_chunked: bool = False,
              no_chunk_shapes: bool = False, no_permuted: bool = False,
-             no_row_tiles: bool = False) -> None:
+             no_row_tiles: bool = False, no_crossed: bool = False) -> None:
     """Leave splits out of triton_gru for this process (a lent GPU's fallback where their
     tests failed): the stacked ones, 16-bit exchanges (Config.narrow), prefetch, chunked
     products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units;
     without them a spread split takes none of splits.SPREAD_CHUNK_DEFAULTS's fields) and
     permuted exchanges (Config.permuted), from the defaults and benchmark mode's
-    candidates both; and benchmark mode's resident tl.dot and smaller row tiles'
-    (candidates.ROW_TILE_SPREADS) candidates."""
+    candidates both; and benchmark mode's resident tl.dot, smaller row tiles'
+    (candidates.ROW_TILE_SPREADS) and crossed backward (splits.CROSSED_SPLITS)
+    candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
         splits._chunked_where_set = lambda cfg, device, dtype: cfg
+    if no_crossed:
+        splits._crossed_splits = lambda hidden, dtype: []
     if no_narrow:
         splits._narrow_where_set = lambda cfg, device, dtype: cfg
     if no_chunk_shapes:
@@ -358,6 +361,7 @@ LEAVE_OUT = {
     "permuted": "the splits that exchange in the product's order (Config.permuted)",
     "row-tiles": "the chunked splits of 8- and 4-row tiles at batch 9-16 "
                  "(candidates.ROW_TILE_SPREADS)",
+    "crossed": "the crossed backward splits (Config.k_blocks, splits.CROSSED_SPLITS)",
 }
 
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# A lent GPU's tune (TUNE_S: the seconds it may take; the grid alone took ~110 s for three
-# points on an H200, 2026-11-28). Benchmark mode at issue 5's B=16 points above H=256: at
-# each point the fastest of the candidate splits, timed on the card and named in the
-# point's line, and every candidate's time in $OUT/tune.json, the data for the defaults
-# (fp32's points also with the GEMMs as three TF32 ones, --tf32x3-beside). Then, in the
-# time left, the GPU-only tests: first those of the defaults and of the families they
-# could be made of, then the others. The summary (scripts/tune_summary.py, with the
-# SPREAD_CHUNK_DEFAULTS entries its fp32 timings call for) last. Logs go
-# to $OUT.
+# A lent GPU's tune (TUNE_S: the seconds it may take, 480 with the two gates below; the
+# grid alone took ~110 s for three points on an H200, 2026-11-28). Benchmark mode at
+# issue 5's B=16 points above H=256: at each point the fastest of the candidate splits,
+# timed on the card and named in the point's line, and every candidate's time in
+# $OUT/tune.json, the data for the defaults (fp32's points also with the GEMMs as three
+# TF32 ones, --tf32x3-beside). Then, in the time left, the GPU-only tests: first those
+# of the defaults and of the families they could be made of, then the others. The summary
+# (scripts/tune_summary.py, with the SPREAD_CHUNK_DEFAULTS entries its fp32 timings call
+# for) last. Logs go to $OUT.
 #
-# Every candidate family has run its GPU tests on an H200 without a wrong number (the
-# seventeenth session and the twenty-second; docs/performance.md), so the grid runs first.
+# Every candidate family but the two gated below has run its GPU tests on an H200 without
+# a wrong number (the seventeenth session and the twenty-second; docs/performance.md), so
+# the grid runs first.
 # A family never yet run on a GPU goes in NEW, as "-k EXPRESSION|--no-FLAG": its tests
 # run first, as a gate, and where they fail or run out of time the grid goes without it
 # (a candidate could hang the grid). (The twenty-second session's first call gated every
@@ -19,12 +20,15 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 TUNE_S=${TUNE_S:-400}
-# (unset: the permuted exchange's fp32 tests at the B=16 shapes, reset_after=True (seven
-# splits: within the gate's 90 s), the family never run on a GPU, with the row tiles
+# (unset: the two families never run on a GPU: the permuted exchange's fp32 tests at the
+# B=16 shapes, reset_after=True (seven splits: within the gate's 90 s), with the row tiles
 # (each test compares its split with the same unpermuted, so a failure may be either's:
-# both families go); TUNE_NEW, ";"-separated, names others instead, or none where empty;
-# an entry's flags may be several)
-IFS=';' read -ra NEW <<< "${TUNE_NEW-permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-row-tiles}"
+# both families go); then the crossed backward's at its B=16 candidates (nine splits,
+# Config.k_blocks). TUNE_NEW, ";"-separated, names others instead, or none where empty;
+# an entry's flags may be several. Both gates and the grid fit TUNE_S=480.)
+PERMUTED_GATE="permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-row-tiles"
+CROSSED_GATE="crossed_on_gpu and not 1000 and not 300|--no-crossed"
+IFS=';' read -ra NEW <<< "${TUNE_NEW-$PERMUTED_GATE;$CROSSED_GATE}"
 for entry in "${NEW[@]}"; do
   case "$entry" in *"|--no-"*) ;; *)
     echo "gpu_tune: TUNE_NEW's entries are '-k EXPRESSION|--no-FLAG'; got '$entry'" >&2
@@ -38,7 +42,7 @@ GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
 FIRST="default_splits_on_gpu or chunk_shapes_on_gpu or narrow_exchange or prefetch_changes"
 REST="chunked_on_gpu or stacked_on_gpu or"
 REST="$REST stamped_exchange_on_gpu or kmajor_on_gpu or benchmark_mode_on_gpu"
-REST="$REST or permuted_exchange or pair_runs"
+REST="$REST or permuted_exchange or pair_runs or crossed_on_gpu"
 REST="($REST) and not ($FIRST)"
 gates=()
 for entry in "${NEW[@]}"; do gates+=("-m pytest -q -p no:cacheprovider tests/test_triton.py -k '${entry%|*}'"); done

@@ -55,8 +55,9 @@ def compiled_split(batch: int, hidden: int, dtype: torch.dtype, kind: str, cfg):
             run(batch, hidden, dtype, default, True, cfg)
         else:
             run(batch, hidden, dtype, cfg, kind == "training", None)
-    name = "_backward_kernel" if kind == "backward" else "_forward_kernel"
-    module, _, args, kwargs = [v for v in launches.values() if v[1] == name][-1]
+    names = ("_backward_kernel", "_crossed_kernel") if kind == "backward" else \
+        ("_forward_kernel",)
+    module, name, args, kwargs = [v for v in launches.values() if v[1] in names][-1]
     os.environ.pop("TRITON_INTERPRET", None)
     triton.runtime.driver.set_active(_Offline())
     given = [a[1] if isinstance(a, tuple) and a[:1] == ("tensor",) else a for a in args]

@@ -26,11 +26,12 @@ TAKEN_OUT = {"split16": False, "partials": False, "groups": 1}
 def fields(split: str) -> dict:
     """A split as benchmarks/gpu.py wrote it (a Config's tuple), as {field: value}: in
     Config's fields, or in OLD_FIELDS' for a run before split16, partials and groups were
-    taken out (a tuple of another length than Config's, or whose unit_lanes' place holds
-    a bool, an older run's chunked); the fields a run's tuple lacks at their defaults."""
+    taken out (a tuple whose unit_lanes' place holds a bool, an older run's chunked, or
+    of 13 values); the fields a run's tuple lacks at their defaults (k_blocks, added in
+    the twenty-seventh session, in a run before it)."""
     values = ast.literal_eval(split)
     names = tg.Config._fields
-    if len(values) > 12 and (len(values) != len(names) or type(values[13]) is bool):
+    if len(values) == 13 or (len(values) > 13 and type(values[13]) is bool):
         names = OLD_FIELDS
     return {**tg.Config._field_defaults, **TAKEN_OUT, **dict(zip(names, values, strict=False))}
 
@@ -56,6 +57,8 @@ def label(split: str) -> str:
         flags += f" u{cfg['unit_lanes']}x{cfg['thread_units']}"
     if cfg["groups"] != 1:
         flags += f" g{cfg['groups']}"
+    if cfg["k_blocks"] != 1:
+        flags += f" crossed k{cfg['k_blocks']}"
     product = "dot" if cfg["dot"] else "bcast"
     return (f"({cfg['block_batch']}, {cfg['slice']}, {cfg['block_k']}, {product}, "
             f"{cfg['warps']}w{flags})")

@@ -22,7 +22,8 @@ def gpu_bench(monkeypatch):
     _triton.splits and triton_gru) restored afterwards, and a 132-multiprocessor card for
     the split rules."""
     for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set",
-                 "_chunk_shape_where_set", "choose_config", "choose_backward_config"):
+                 "_chunk_shape_where_set", "choose_config", "choose_backward_config",
+                 "_crossed_splits"):
         monkeypatch.setattr(splits, name, getattr(splits, name))
     monkeypatch.setattr(tg, "_candidates", tg._candidates)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -196,3 +197,20 @@ def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeyp
         shaped._replace(block_batch=8, slice=8, unit_lanes=8))
     assert splits.choose_backward_config(12, 512, cuda, torch.float32) == shaped._replace(
         unit_lanes=4)
+
+
+@pytest.mark.parametrize("left_out", ["crossed", "chunked", "prefetch", None])
+def test_crossed_left_out(gpu_bench, left_out):
+    """--no-crossed takes the crossed backward splits (Config.k_blocks) out of benchmark
+    mode's candidates and nothing else; --no-chunked takes them out too (chunked tiles),
+    --no-prefetch those with prefetch alone."""
+    names = (*gpu_bench.LEAVE_OUT,)
+    gpu_bench.restrict(*(name.replace("-", "_") == left_out for name in names))
+    cuda = torch.device("cuda")
+    default = splits.choose_backward_config(16, 1024, cuda, torch.float32)
+    found = tg._candidates(default, 16, 1024, cuda, torch.float32, False, True)
+    crossed = [c for c in found if c.k_blocks != 1]
+    want = {"crossed": 0, "chunked": 0, "prefetch": 3, None: 4}[left_out]
+    assert len(crossed) == want
+    assert any(c.prefetch for c in found[1:]) == (left_out != "prefetch")
+    assert any(c.chunked and c.k_blocks == 1 for c in found) == (left_out != "chunked")

@@ -131,16 +131,21 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     """TUNE_NEW unset: the permuted exchange (never run on a GPU) is gated by its fp32
     tests at the B=16 shapes before the grid, which goes without it and the row tiles
     (each split is compared with its unpermuted self) where they fail, each flag its own
-    argument; its tests run again with the others' after the grid."""
+    argument; then the crossed backward by its tests, the grid without it alone where
+    they fail; their tests run again with the others' after the grid."""
     monkeypatch.delenv("TUNE_NEW", raising=False)
     gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000 and after"
-    calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="400")
+    crossed = "crossed_on_gpu and not 1000 and not 300"
+    calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="480")
     tests = _tests(calls)
-    assert tests[0].endswith(f"-k {gate}")
+    assert tests[0].endswith(f"-k {gate}") and tests[1].endswith(f"-k {crossed}")
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
     assert flags == (["--no-permuted", "--no-row-tiles"] if fails else [])
     assert not any(c.startswith("joined flags") for c in calls)
-    assert "or permuted_exchange or pair_runs)" in tests[-1]
+    assert "or permuted_exchange or pair_runs or crossed_on_gpu)" in tests[-1]
+    # (the crossed backward's gate failed: the grid without it alone)
+    calls, _ = _run(tmp_path / "crossed", "scripts/gpu_tune.sh", crossed, TUNE_S="480")
+    assert [f for f in _grid(calls).split() if f.startswith("--no-")] == ["--no-crossed"]
 
 
 def test_a_new_family_without_its_flag_is_refused(tmp_path):

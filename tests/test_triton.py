@@ -372,6 +372,110 @@ def test_chunked_unit_lanes_split(hidden, warps, lanes, inner, shape, dtype, sta
     _compare(5, 6, hidden, reset_after, dtype, lengths=[5, 1, 3, 2, 5, 4], cfg=cfg)
 
 
+# The crossed backward (Config.k_blocks), in the interpreter: (hidden, k_blocks, slice,
+# block_batch, warps, unit_lanes, thread_units, prefetch), each with the column blocks'
+# last partly past H and the K-blocks' last (or their block_k) partly past theirs
+CROSSED = {
+    "k2-3cols": (40, 2, 16, 4, 4, 1, 1, False),
+    "k3-u4x2": (40, 3, 16, 8, 4, 4, 2, False),
+    "k2-u2x2-prefetch": (33, 2, 8, 8, 2, 2, 2, True),
+    "k4-u8x4-16rows": (64, 4, 32, 16, 4, 8, 4, False),
+}
+
+
+def _crossed(hidden, k_blocks, slice_, block_batch, warps, lanes, inner, prefetch):
+    return tg.Config(block_batch, slice_, max(32, splits._pow2(-(-hidden // k_blocks))),
+                     dot=False, warps=warps, resident=True, prefetch=prefetch, chunked=True,
+                     unit_lanes=lanes, thread_units=inner, k_blocks=k_blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64],
+                         ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("split", list(CROSSED))
+def test_crossed_split(split, dtype):
+    """The crossed backward (Config.k_blocks): W_hh split over K-blocks and column blocks,
+    the programs exchanging partial sums of dL/dh, each program storing its rows' share
+    of its block's gradients; 6-9 rows over one or two batch tiles (rows past B), ragged
+    lengths; every gradient against the reference's. (The interpreter runs it a launch a
+    step: the step's loop is the GPU's, without the wait.)"""
+    hidden = CROSSED[split][0]
+    cfg = _crossed(*CROSSED[split])
+    assert launch._programs(cfg, hidden, torch.device(DEVICE)) > 1
+    batch = 9 if cfg.block_batch == 16 else 6
+    forward = tg.Config(8, splits._pow2(hidden), splits._pow2(hidden), dot=False,
+                        resident=dtype != torch.float64)
+    _compare(5, batch, hidden, True, dtype, lengths=_ragged(batch, 5), cfg=forward,
+             backward_cfg=cfg)
+
+
+def test_crossed_split_refusals():
+    """A crossed split runs reset_after=True's backward alone, with a chunked split's tiles
+    and block_k ≥ ceil(H / k_blocks), and none of the other exchanges: a ValueError
+    before any launch otherwise."""
+    gi, h0, w, b, _ = _problem(3, 2, 80, torch.float32)
+    gi, h0, w, b = gi.detach(), h0.detach(), w.detach(), b.detach()
+    lens = torch.tensor([3, 2], device=DEVICE)
+    cfg = _crossed(80, 2, 16, 4, 4, 1, 1, False)  # (block_k 64, 40 units a block)
+    plain = tg.Config(2, 128, 128, dot=False, resident=True)
+    out, saved = tg.forward(gi, h0, w, b, lens, True, True, plain)
+    with pytest.raises(ValueError, match="k_blocks is the backward's"):
+        tg.forward(gi, h0, w, b, lens, True, True, cfg)
+    out_before, saved_before = tg.forward(gi, h0, w, b, lens, False, True, plain)
+    with pytest.raises(ValueError, match="reset_after=True"):
+        tg.backward(torch.ones_like(out), h0, w, out_before, saved_before, lens, False, cfg)
+    for bad, match in ((cfg._replace(block_k=32), "block_k ≥ ceil"),
+                       (cfg._replace(stamped=True), "crossed split"),
+                       (cfg._replace(chunked=False), "crossed split"),
+                       (cfg._replace(permuted=True), "crossed split"),
+                       (cfg._replace(dot=True), "crossed split"),
+                       (cfg._replace(k_blocks=0), "crossed split")):
+        with pytest.raises(ValueError, match=match):
+            tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, bad)
+
+
+def test_crossed_candidates_rule(monkeypatch):
+    """Benchmark mode times the crossed backward splits (splits.CROSSED_SPLITS) for a
+    backward with reset_after=True (``crossed``) at batch 9-16 above H=256: all of H's in
+    fp32, the first in 16 bits, none in fp64; block_k ceil(H / k_blocks) as a power of two,
+    and as many programs as fit on the card (132: 128 at H=512 and 1024; none of H=1024's
+    128 on 108 multiprocessors). Not for a forward, nor without ``crossed``."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+
+    def crossed(batch, hidden, dtype, forward=False, on=True):
+        default = (splits.choose_config(batch, hidden, cuda, dtype) if forward else
+                   splits.choose_backward_config(batch, hidden, cuda, dtype))
+        return [c for c in tg._candidates(default, batch, hidden, cuda, dtype, forward, on)
+                if c.k_blocks != 1]
+
+    for hidden in (512, 1024):
+        found = crossed(16, hidden, torch.float32)
+        assert len(found) == len(splits.CROSSED_SPLITS[hidden]) > 1
+        for cfg, (k, s, w, u, i, p) in zip(found, splits.CROSSED_SPLITS[hidden], strict=True):
+            assert (cfg.k_blocks, cfg.slice, cfg.warps, cfg.unit_lanes, cfg.thread_units,
+                    cfg.prefetch) == (k, s, w, u, i, p)
+            assert cfg.block_k == hidden // k and cfg.block_batch == 16
+            assert splits._tile_programs(cfg, hidden) == 128
+            launch._check_split(cfg, hidden, tl.float32)
+        assert crossed(16, hidden, torch.bfloat16) == found[:1]
+        assert crossed(12, hidden, torch.float16) == found[:1]
+        assert crossed(16, hidden, torch.float64) == []
+        assert crossed(8, hidden, torch.float32) == []
+        assert crossed(16, hidden, torch.float32, forward=True) == []
+        assert crossed(16, hidden, torch.float32, on=False) == []
+    assert crossed(16, 256, torch.float32) == [] and crossed(16, 2048, torch.float32) == []
+    odd = crossed(16, 1000, torch.float32)  # (ceil(1000 / 16) = 63 units a block)
+    assert {c.block_k for c in odd} == {64, 128} and all(
+        splits._tile_programs(c, 1000) == 128 for c in odd)
+    Props.multi_processor_count = 108
+    assert crossed(16, 1024, torch.float32) == []
+    assert len(crossed(16, 384, torch.float32)) == 3  # (96 programs)
+
+
 def test_chunk_shape():
     """_chunk_shape: chunks of 32 / unit_lanes, the warps along the units first (one unit,
     or thread_units, a thread), the rest along K; and which unit_lanes and thread_units a
@@ -1442,7 +1546,7 @@ def test_every_default_and_candidate_can_run(monkeypatch):
                                  if splits._can_permute(default)]
                     for forward, default in defaults:
                         for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
-                                                  forward):
+                                                  forward, not forward):
                             try:
                                 launch._check_split(cfg, hidden, acc)
                                 launch._check_weights(cfg, dtype)
@@ -1985,6 +2089,26 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     cfg = tg.Config(16, slice_, hidden, dot=False, warps=warps, resident=True, chunked=True,
                     unit_lanes=lanes, thread_units=inner)
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
+
+
+_CROSSED_GPU = [(torch.float32, 16, hidden, at) for hidden, shapes in
+                splits.CROSSED_SPLITS.items() for at in range(len(shapes))] + [
+    (torch.bfloat16, 16, 1024, 0), (torch.bfloat16, 16, 512, 0), (torch.float32, 12, 1000, 0),
+    (torch.float32, 16, 300, 0)]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 80-128 programs at a barrier")
+@pytest.mark.parametrize("dtype,batch,hidden,at", _CROSSED_GPU, ids=str)
+def test_crossed_on_gpu(dtype, batch, hidden, at):
+    """Benchmark mode's crossed backward splits (splits.CROSSED_SPLITS, Config.k_blocks),
+    after the default training forward: T=512 in one launch (the barrier every step),
+    ragged lengths, rows past B, H=1000 and 300 (the last K-block and column block partly
+    past H); every gradient at the dtype's tolerance."""
+    k, slice_, warps, lanes, inner, prefetch = splits.CROSSED_SPLITS[splits._pow2(hidden)][at]
+    cfg = _crossed(hidden, k, slice_, 16, warps, lanes, inner, prefetch)
+    forward = tg.choose_config(batch, hidden, torch.device(DEVICE), dtype, True)
+    _compare(512, batch, hidden, True, dtype, lengths=_ragged(batch, 512), cfg=forward,
+             backward_cfg=cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")

@@ -52,9 +52,15 @@ def test_labels_name_every_option():
         "(16, 8, 1024, bcast, 8w resident chunked u4x2)"
     assert tune_summary.label(str(tuple(shaped._replace(permuted=True, prefetch=True)))) == \
         "(16, 8, 1024, bcast, 8w resident prefetch chunked permuted u4x2)"
-    assert tune_summary.label(str(tuple(shaped)[:-4])) == \
+    assert tune_summary.label(str(tuple(shaped)[:12])) == \
         "(16, 8, 1024, bcast, 8w resident)"
     assert tune_summary.config(str(tuple(shaped))) == shaped
+    # (a run's tuple before k_blocks: 16 fields; the crossed backward labelled)
+    assert tune_summary.config(str(tuple(shaped)[:16])) == shaped
+    crossed = shaped._replace(slice=128, block_k=64, k_blocks=16)
+    assert tune_summary.label(str(tuple(crossed))) == \
+        "(16, 128, 64, bcast, 8w resident chunked u4x2 crossed k16)"
+    assert tune_summary.config(str(tuple(crossed))) == crossed
 
 
 def test_older_runs_splits_read():

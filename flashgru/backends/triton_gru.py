@@ -51,9 +51,17 @@ from . import tf32x3
 from ._triton import splits
 from ._triton.backward import _backward_kernel
 from ._triton.candidates import _candidates
+from ._triton.crossed import _crossed_kernel
 from ._triton.forward import _forward_kernel
 from ._triton.lang import INTERPRET, triton
-from ._triton.launch import _acc, _check_weights, _for_weights, _kernel_weights, _launch
+from ._triton.launch import (
+    _acc,
+    _check_weights,
+    _for_weights,
+    _kernel_weights,
+    _launch,
+    _launch_crossed,
+)
 from ._triton.splits import (
     DTYPES,
     MAX_UNITS,
@@ -136,12 +144,13 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
 
 def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
            dtype: torch.dtype, key: tuple, run, save: bool = False,
-           weights: torch.dtype | None = None) -> Config:
+           weights: torch.dtype | None = None, crossed: bool = False) -> Config:
     """A call's split: the default (choose_config, ``save`` for a training forward; for
     the backward, choose_backward_config), or in benchmark mode the fastest of
     _candidates, run with ``run(cfg)`` at the first call of each kind, shape, length
     bucket and ``key``; each as the weights (``weights``, else ``dtype``) allow
-    (_for_weights)."""
+    (_for_weights); ``crossed``: the backward's candidates include the crossed splits
+    (reset_after=True's: Config.k_blocks)."""
     weights = weights or dtype
     default = _for_weights(
         splits.choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
@@ -153,7 +162,8 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
     if key not in _tuned:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
-        candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward")
+        candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward",
+                                 crossed)
         candidates = list(dict.fromkeys(_for_weights(c, weights) for c in candidates))
         _tuned[key], trials[key] = _fastest(default, candidates, run, device, dtype)
     return _tuned[key]
@@ -217,6 +227,8 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     else:  # (the kernel writes no gates: out stands in for their pointers)
         saved, gates = [], (out,) * 4
     _check_weights(cfg, w_hh.dtype)
+    if cfg.k_blocks != 1:
+        raise ValueError(f"k_blocks is the backward's (a crossed split); got {cfg}")
     if cfg.stamped:  # every word stamped -1: no step yet (the kernel stamps h0 with 0)
         hbuf = torch.full((2 + (not reset_after), batch, hidden), -1, dtype=torch.int64,
                           device=gi.device)
@@ -253,8 +265,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         p = TUNE_STEPS
         cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
-                                        lengths, reset_after, c), weights=w_hh.dtype)
+                                        lengths, reset_after, c), weights=w_hh.dtype,
+                     crossed=reset_after)
     _check_weights(cfg, w_hh.dtype)
+    if cfg.k_blocks != 1 and (pair_rows or not reset_after):
+        raise ValueError("a crossed split (Config.k_blocks) runs reset_after=True, one "
+                         f"direction at a time; got {cfg}")
     # (reset_after=True: the kernels only write dgi, the programs exchange through dgh or
     # xbuf, so it goes in gi's dtype: a 16-bit call's dgi needs no pass to convert it
     # after, 0.25 GB of memory traffic at bf16 B=16, H=1024, T=512; on a GPU the kernels'
@@ -264,7 +280,10 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
-    if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
+    if cfg.k_blocks != 1:  # the crossed exchange's partial sums, and what a launch
+        # leaves the next (_triton.crossed): zeros at t = T
+        xbuf = torch.zeros(2, cfg.k_blocks + 1, batch, hidden, dtype=acc, device=out.device)
+    elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
         xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
     elif cfg.permuted:  # each gate's row of block_k in _permuted_at's order, zeros past H
         xbuf = _padded(2, batch, 3 * cfg.block_k, pad=hidden < cfg.block_k, dtype=acc,
@@ -275,7 +294,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                       device=out.device)
     else:
         xbuf = dgh
-    if steps and batch:
+    if steps and batch and cfg.k_blocks != 1:
+        args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
+                *saved[:3], ghn_s, lengths, dgi, dgh, xbuf)
+        _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args, ACC=_acc(acc))
+        dh = xbuf[0].sum(0)  # (dL/dh0: step 0's partial sums and what it carried)
+    elif steps and batch:
         weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
         args = (dout.contiguous(), h0.contiguous(), out, weights, *saved[:3], ghn_s, lengths,
                 dgi, dgh, dh, xbuf)

@@ -46,9 +46,38 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 **launch, **consts)
 
 
+def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, args,
+                    **consts):
+    """_launch for the crossed backward (``Config.k_blocks``, _triton.crossed): k_blocks ·
+    ceil(H / slice) programs a tile; under the interpreter, which runs the programs one
+    after another, a launch a step (the kernel waits for no one within a launch of one
+    step: what it reads, the launch before wrote)."""
+    device = args[0].device
+    _check_split(cfg, hidden, consts["ACC"])
+    programs = _programs(cfg, hidden, device)
+    tiles_per_launch = splits._grid_limit(device) // programs
+    chunk, kwarps = splits._chunk_shape(cfg)
+    rows_per_launch = cfg.block_batch * tiles_per_launch
+    spans = [(t, t + 1) for t in reversed(range(steps))] if INTERPRET else [(0, steps)]
+    launch = {} if INTERPRET else {"launch_cooperative_grid": True}
+    for row0 in range(0, batch, rows_per_launch):
+        tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+        for t_begin, t_end in spans:
+            sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+            with on_device(device):
+                kernel[(programs, tiles)](
+                    *args, sync, batch, hidden, -(-hidden // cfg.k_blocks), row0, t_begin,
+                    t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
+                    KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
+                    SI=cfg.thread_units, num_warps=cfg.warps, **launch, **consts)
+
+
 def _check_split(cfg: Config, hidden: int, acc) -> None:
     """Raise ValueError where cfg can't run a problem of this H in arithmetic ``acc`` (the
     kernels' ACC: tl.float32 or tl.float64)."""
+    if cfg.k_blocks != 1:
+        _check_crossed(cfg, hidden)
+        return
     if cfg.resident and cfg.block_k < hidden:
         raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
                          f"{cfg.block_k}")
@@ -75,10 +104,21 @@ def _check_split(cfg: Config, hidden: int, acc) -> None:
                          f"stamped; got {cfg}")
 
 
+def _check_crossed(cfg: Config, hidden: int) -> None:
+    """_check_split's rules for the crossed backward (``Config.k_blocks``)."""
+    if not splits._can_cross(cfg):
+        raise ValueError(f"a crossed split (k_blocks {cfg.k_blocks}) needs k_blocks ≥ 2 and "
+                         f"a chunked split's tiles, with none of the other exchanges "
+                         f"(stamped, kmajor, narrow, permuted) or stacked tiles; got {cfg}")
+    if cfg.block_k < -(-hidden // cfg.k_blocks):
+        raise ValueError(f"a crossed split needs block_k ≥ ceil(hidden / k_blocks) "
+                         f"({-(-hidden // cfg.k_blocks)}); got {cfg.block_k}")
+
+
 def _programs(cfg: Config, hidden: int, device: torch.device) -> int:
     """The programs of a batch tile, refused where they can't all run at once."""
-    programs = -(-hidden // cfg.slice)
-    if INTERPRET and programs > 1:
+    programs = splits._tile_programs(cfg, hidden)
+    if INTERPRET and programs > 1 and cfg.k_blocks == 1:
         raise ValueError("the Triton interpreter runs one program per batch tile: "
                          f"slice {cfg.slice} must cover all {hidden} hidden units")
     if programs > splits._grid_limit(device):

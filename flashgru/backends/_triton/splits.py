@@ -64,7 +64,12 @@ class Config(NamedTuple):
     thread loads its operand values itself, 16 bytes at a time, where a row-major block
     goes through shared memory first, one row at a time with two barriers each (nvdisasm,
     sm_90a, Triton 3.6, fp32 B=16: H=1024's forward ~32 barriers a step, its backward
-    ~100); a benchmark-mode candidate, not yet timed."""
+    ~100); a benchmark-mode candidate, not yet timed; k_blocks (the backward's, a
+    chunked split, reset_after=True; 1: off): W_hh split over the programs both ways, the
+    gradients' units in k_blocks blocks of ceil(H / k_blocks) (block_k: that, a power of
+    two) and dL/dh's in slices, k_blocks · ceil(H / slice) programs a tile, which exchange
+    partial sums of dL/dh, B × H values a step, instead of the B × 3H gradients
+    (_triton.crossed); a benchmark-mode candidate, not yet timed."""
 
     block_batch: int
     slice: int
@@ -82,6 +87,7 @@ class Config(NamedTuple):
     unit_lanes: int = 1
     thread_units: int = 1
     permuted: bool = False
+    k_blocks: int = 1
 
 
 def _pow2(n: int) -> int:
@@ -92,6 +98,46 @@ def _pow2(n: int) -> int:
 # (8 units), which ptxas compiles to 255 registers per thread at 4 warps without spilling
 # (sm_90); larger tiles would spill.
 RESIDENT_MAX = 3 * 8 * 1024
+
+
+# Benchmark mode's crossed backward splits (Config.k_blocks, _triton.crossed) at batch
+# 9-16, reset_after=True: H padded to a power of two → (k_blocks, slice, warps,
+# unit_lanes, thread_units, prefetch), block_k = ceil(H / k_blocks) as a power of two; the
+# first of each in 16 bits too, all in fp32. 128 programs at H=512 and 1024, each reading
+# partial sums of dL/dh a step (16 × H values) instead of all 16 × 3H gradients: 8.4 MB
+# a step through L2 at H=1024 against 25 (and the saved gates of its K-block, 3.1 MB
+# more, read by the 8 programs of that block). Chosen offline, untimed (twenty-seventh
+# session, scripts/sass_profile.py, sm_90a, Triton 3.6, B=16, warp-instructions a step per
+# multiprocessor): fp32 H=1024 k16 u8x2 20,240 (68 bytes spilled), u16x2 21,752 (none),
+# with prefetch 21,976, k8 u8x2 22,584, against the default's 21,112 (148 bytes); H=512
+# k16 u8x4 7,124, u8x2 7,232 (none spilled), against 6,992 (40 bytes); bf16 H=1024 k16
+# u16x2 20,168, H=512 k16 u8x4 8,124. (k_blocks 32 at H=512 would leave block_k 16,
+# under a warp's lanes; k4 at H=1024 spilled 1.1 KB.)
+CROSSED_SPLITS = {
+    512: ((16, 64, 4, 8, 4, False), (16, 64, 4, 8, 2, False), (16, 64, 4, 8, 2, True)),
+    1024: ((16, 128, 8, 16, 2, False), (16, 128, 8, 8, 2, False), (16, 128, 8, 8, 2, True),
+           (8, 64, 8, 8, 2, False)),
+}
+
+
+def _crossed_splits(hidden: int, dtype: torch.dtype) -> list[Config]:
+    """Benchmark mode's crossed backward splits (CROSSED_SPLITS) for a 16-row tile at this
+    H: all in fp32, the first in 16 bits; none in fp64 (the chunked products' ACC is
+    fp32 there: untried) or where H isn't in the table."""
+    shapes = CROSSED_SPLITS.get(_pow2(hidden), ())
+    if dtype == torch.float64:
+        return []
+    if dtype != torch.float32:
+        shapes = shapes[:1]
+    return [Config(16, s, _pow2(-(-hidden // k)), dot=False, warps=w, resident=True,
+                   prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
+            for k, s, w, u, i, p in shapes]
+
+
+def _tile_programs(cfg: Config, hidden: int) -> int:
+    """The programs of one batch tile: a slice of units each, times k_blocks (the crossed
+    backward's)."""
+    return -(-hidden // cfg.slice) * cfg.k_blocks
 
 
 # The most hidden units a program takes (tl.dot on streamed W; 128 need more shared memory
@@ -218,6 +264,16 @@ def _can_chunk(cfg: Config) -> bool:
         return False
     chunk, kwarps = _chunk_shape(cfg)
     return cfg.block_k % (chunk * kwarps) == 0
+
+
+def _can_cross(cfg: Config) -> bool:
+    """Whether cfg can be the crossed backward (``Config.k_blocks`` ≥ 2): a chunked
+    split's tiles (_can_chunk's rules, with 16 rows and 16 or more units allowed: the
+    product's sum runs over 5 axes, which Triton's combine pass leaves alone), and none of
+    the other exchanges or stacked tiles."""
+    return (cfg.k_blocks >= 2 and cfg.chunked and
+            _can_chunk(cfg._replace(block_batch=min(cfg.block_batch, 8))) and
+            not (cfg.stamped or cfg.narrow or cfg.permuted))
 
 
 def _can_permute(cfg: Config) -> bool:

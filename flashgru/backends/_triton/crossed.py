@@ -1,0 +1,127 @@
+"""The crossed backward (``Config.k_blocks``): the reverse recurrence with W_hh split over
+the programs both ways, the gradients' units (K) in k_blocks blocks and dL/dh's units in
+slices, so that a program reads partial sums of dL/dh a step, B × H values, instead of all
+B × 3H gradients.
+
+Program (a, b) owns the units of K-block a, [a·KB, (a+1)·KB): it forms their gates'
+gradients itself (every program of block a forms the same ones, from the same reads), and
+multiplies them by W_hh's rows of those units and columns b·S .. (b+1)·S, a partial sum
+of dL/dh_{t-1} for those columns (``_chunked_partial``'s product over KB, resident). It
+writes the partial sum to its place in xbuf and arrives at the barrier; at the next step,
+each program sums the k_blocks partial sums at its block's units. At B=16, H=1024 on 128
+programs that is 8.4 MB a step read through L2 (the forward's own exchange), against the
+one-way split's 25 MB (every program reads all 16 × 3H gradients).
+
+xbuf (2, k_blocks + 1, B, H), zeros at first: step t's partial sums in xbuf[t % 2, a]
+(two buffers, used in turn, as the others' exchange), and in xbuf[t % 2, k_blocks] the
+elementwise part of dL/dh before it (dL/dh ⊙ z, or what a row past its length carries),
+each unit's by one program: a step starts from the sum of the k_blocks + 1 planes. So a
+launch may cover any part of T, one step too, with the same code: the Triton interpreter
+runs the programs one after another, and there each launch is one step, whose reads the
+launch before wrote (no wait within a launch of one step). dL/dh0 is the sum of
+xbuf[0]'s planes (the caller's).
+
+reset_after=True only: the paper's form needs the n gate's product, summed over every
+program, in the middle of a step.
+"""
+
+from __future__ import annotations
+
+from .backward import _saved_step
+from .exchange import _arrive, _wait
+from .lang import _jit, tl
+from .products import _chunked_partial, _chunked_sum, _chunked_tiles
+
+
+@_jit
+def _summed(xbuf, plane, own, m, PLANES: tl.constexpr):
+    """(BB, BK): the sum of xbuf's first PLANES planes (plane elements apart) at own."""
+    total = tl.load(xbuf + own, mask=m, other=0.0, cache_modifier=".cg")
+    for j in tl.static_range(1, PLANES):
+        total += tl.load(xbuf + j * plane + own, mask=m, other=0.0, cache_modifier=".cg")
+    return total
+
+
+@_jit
+def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, xbuf, sync,
+                    B, H, KB, row0, t_begin, t_end,
+                    BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
+                    KBLOCKS: tl.constexpr, ACC: tl.constexpr,
+                    PREFETCH: tl.constexpr = False, CHUNK: tl.constexpr = 32,
+                    KW: tl.constexpr = 1, SI: tl.constexpr = 1):
+    """Steps t_end-1 down to t_begin of the reverse recurrence, reset_after=True.
+
+    dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
+    Writes dgi (T, B, 3H), rounded to its dtype, and dgh (T, B, 3H), each unit's by one
+    program of its block (the tile's rows in col_blocks shares); KB the units of a
+    K-block (BK ≥ KB, a power of two). Program p: K-block a = p // col_blocks, columns
+    b = p % col_blocks, col_blocks = programs / KBLOCKS. PREFETCH: step t - 1's reads
+    issued during step t."""
+    n_prog = tl.num_programs(0)
+    col_blocks = n_prog // KBLOCKS
+    a = tl.program_id(0) // col_blocks
+    b = tl.program_id(0) % col_blocks
+    rows = row0 + tl.program_id(1) * BB + tl.arange(0, BB)
+    rmask = rows < B
+    lens = tl.load(lengths + rows, mask=rmask, other=0)
+    local = tl.arange(0, BK)
+    units = a * KB + local
+    m = rmask[:, None] & ((local < KB) & (units < H))[None, :]
+    own = rows[:, None] * H + units[None, :]
+    # (the rows whose gradients it stores, all the block's units of each: a mask along the
+    # rows alone keeps the stores along the units 16 bytes wide)
+    share = (BB + col_blocks - 1) // col_blocks
+    stores = m & (tl.arange(0, BB) // share == b)[:, None]
+    cols = b * S + tl.arange(0, S)
+    cmask = cols < H
+    sync += tl.program_id(1)
+    plane = B * H
+    # (W_hh[g·H + a·KB + k, col] for k < KB, from W_hhᵀ's rows)
+    v_r, v_z, v_n = _chunked_tiles(wt + a * KB, cols, cmask, tl.minimum(KB, H - a * KB),
+                                   3 * H, H, BK, CHUNK, KW, SI)
+    first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step)
+    if PREFETCH:
+        p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
+                                                   t_end - 1, B, H, own, m, ACC, True)
+    else:  # (unused)
+        p_d = tl.zeros((BB, BK), ACC)
+        p_h, p_r, p_z, p_n, p_g = p_d, p_d, p_d, p_d, p_d
+    for i in range(t_end - t_begin):
+        t = t_end - 1 - i
+        if i > 0:  # (step t + 1's partial sums, every program's: the launch before wrote
+            # its last step's)
+            _wait(sync, i * n_prog)
+        # dL/dh after step t: step t + 1's partial sums and its elementwise part (zeros
+        # at t = T)
+        carried = _summed(xbuf + ((t + 1) % 2) * (KBLOCKS + 1) * plane, plane, own, m,
+                          KBLOCKS + 1)
+        if PREFETCH:
+            d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
+        else:
+            d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B,
+                                                  H, own, m, ACC, True)
+        ok = m & (t < lens)[:, None]
+        d += carried
+        dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
+        dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
+        dr = dn * ghn * r * (1.0 - r)
+        dnr = dn * r
+        own3 = tl.cast(t, tl.int64) * B * 3 * H + rows[:, None] * 3 * H + units[None, :]
+        tl.store(dgi + own3, dr, mask=stores)
+        tl.store(dgi + own3 + H, dz, mask=stores)
+        tl.store(dgi + own3 + 2 * H, dn, mask=stores)
+        tl.store(dgh + own3, dr, mask=stores)
+        tl.store(dgh + own3 + H, dz, mask=stores)
+        tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
+        at = xbuf + (t % 2) * (KBLOCKS + 1) * plane
+        tl.store(at + KBLOCKS * plane + own, tl.where(ok, d * z, carried), mask=stores)
+        part = _chunked_partial(dr, v_r, ACC)
+        part += _chunked_partial(dz, v_z, ACC)
+        part += _chunked_partial(dnr, v_n, ACC)
+        tl.store(at + a * plane + rows[:, None] * H + cols[None, :], _chunked_sum(part),
+                 mask=rmask[:, None] & cmask[None, :])
+        if PREFETCH:  # (step t - 1's reads in flight through the barrier)
+            p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                m & ((t - 1 < lens) & (t > first))[:, None], ACC, True)
+        _arrive(sync)
