@@ -23,11 +23,11 @@ TUNE_S=${TUNE_S:-400}
 # (unset: the two families never run on a GPU: the permuted exchange's fp32 tests at the
 # B=16 shapes, reset_after=True (seven splits: within the gate's 90 s), with the row tiles
 # (each test compares its split with the same unpermuted, so a failure may be either's:
-# both families go); then the crossed backward's at its B=16 candidates (nine splits,
-# Config.k_blocks). TUNE_NEW, ";"-separated, names others instead, or none where empty;
+# both families go); then the crossed backward's (Config.k_blocks), the first chunked and
+# the first stacked split at each dtype and H (eight). TUNE_NEW, ";"-separated, names others instead, or none where empty;
 # an entry's flags may be several. Both gates and the grid fit TUNE_S=480.)
 PERMUTED_GATE="permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-row-tiles"
-CROSSED_GATE="crossed_on_gpu and not 1000 and not 300|--no-crossed"
+CROSSED_GATE="crossed_on_gpu and gate|--no-crossed"
 IFS=';' read -ra NEW <<< "${TUNE_NEW-$PERMUTED_GATE;$CROSSED_GATE}"
 for entry in "${NEW[@]}"; do
   case "$entry" in *"|--no-"*) ;; *)

@@ -202,7 +202,7 @@ def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeyp
 @pytest.mark.parametrize("left_out", ["crossed", "chunked", "prefetch", None])
 def test_crossed_left_out(gpu_bench, left_out):
     """--no-crossed takes the crossed backward splits (Config.k_blocks) out of benchmark
-    mode's candidates and nothing else; --no-chunked takes them out too (chunked tiles),
+    mode's candidates and nothing else; --no-chunked takes the chunked ones out too,
     --no-prefetch those with prefetch alone."""
     names = (*gpu_bench.LEAVE_OUT,)
     gpu_bench.restrict(*(name.replace("-", "_") == left_out for name in names))
@@ -210,7 +210,9 @@ def test_crossed_left_out(gpu_bench, left_out):
     default = splits.choose_backward_config(16, 1024, cuda, torch.float32)
     found = tg._candidates(default, 16, 1024, cuda, torch.float32, False, True)
     crossed = [c for c in found if c.k_blocks != 1]
-    want = {"crossed": 0, "chunked": 0, "prefetch": 3, None: 4}[left_out]
-    assert len(crossed) == want
+    assert crossed == [c for c in splits._crossed_splits(1024, torch.float32)
+                       if left_out is None or (left_out == "chunked" and not c.chunked) or
+                       (left_out == "prefetch" and not c.prefetch)]
+    assert any(c.stacked for c in crossed) == (left_out != "crossed")
     assert any(c.prefetch for c in found[1:]) == (left_out != "prefetch")
     assert any(c.chunked and c.k_blocks == 1 for c in found) == (left_out != "chunked")

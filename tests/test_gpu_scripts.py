@@ -135,7 +135,7 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     they fail; their tests run again with the others' after the grid."""
     monkeypatch.delenv("TUNE_NEW", raising=False)
     gate = "permuted_exchange and (512 or 1024) and not f16 and not 1000 and after"
-    crossed = "crossed_on_gpu and not 1000 and not 300"
+    crossed = "crossed_on_gpu and gate"
     calls, _ = _run(tmp_path, "scripts/gpu_tune.sh", gate if fails else "", TUNE_S="480")
     tests = _tests(calls)
     assert tests[0].endswith(f"-k {gate}") and tests[1].endswith(f"-k {crossed}")

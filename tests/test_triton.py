@@ -375,29 +375,42 @@ def test_chunked_unit_lanes_split(hidden, warps, lanes, inner, shape, dtype, sta
 # The crossed backward (Config.k_blocks), in the interpreter: (hidden, k_blocks, slice,
 # block_batch, warps, unit_lanes, thread_units, prefetch), each with the column blocks'
 # last partly past H and the K-blocks' last (or their block_k) partly past theirs
+# (lanes 0: the stacked product, tl.dot)
 CROSSED = {
     "k2-3cols": (40, 2, 16, 4, 4, 1, 1, False),
     "k3-u4x2": (40, 3, 16, 8, 4, 4, 2, False),
     "k2-u2x2-prefetch": (33, 2, 8, 8, 2, 2, 2, True),
     "k4-u8x4-16rows": (64, 4, 32, 16, 4, 8, 4, False),
+    "stacked-k2-3cols": (40, 2, 16, 16, 4, 0, 0, False),
+    "stacked-k3-prefetch": (33, 3, 32, 16, 4, 0, 0, True),
 }
 
 
 def _crossed(hidden, k_blocks, slice_, block_batch, warps, lanes, inner, prefetch):
-    return tg.Config(block_batch, slice_, max(32, splits._pow2(-(-hidden // k_blocks))),
-                     dot=False, warps=warps, resident=True, prefetch=prefetch, chunked=True,
-                     unit_lanes=lanes, thread_units=inner, k_blocks=k_blocks)
+    """A crossed split (Config.k_blocks), chunked in a chunk shape, or stacked where
+    lanes is 0."""
+    block_k = splits._pow2(-(-hidden // k_blocks))
+    if not lanes:
+        return tg.Config(block_batch, slice_, max(16, block_k), dot=True, warps=warps,
+                         resident=True, stacked=True, prefetch=prefetch, k_blocks=k_blocks)
+    return tg.Config(block_batch, slice_, max(32, block_k), dot=False, warps=warps,
+                     resident=True, prefetch=prefetch, chunked=True, unit_lanes=lanes,
+                     thread_units=inner, k_blocks=k_blocks)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64],
-                         ids=["f32", "f16", "f64"])
-@pytest.mark.parametrize("split", list(CROSSED))
+@pytest.mark.parametrize("split,dtype", [
+    (split, dtype) for split in CROSSED for dtype in (torch.float32, torch.float16,
+                                                      torch.float64)
+    if not (CROSSED[split][5] == 0 and dtype == torch.float64)],  # (stacked: not fp64)
+    ids=str)
 def test_crossed_split(split, dtype):
     """The crossed backward (Config.k_blocks): W_hh split over K-blocks and column blocks,
     the programs exchanging partial sums of dL/dh, each program storing its rows' share
-    of its block's gradients; 6-9 rows over one or two batch tiles (rows past B), ragged
-    lengths; every gradient against the reference's. (The interpreter runs it a launch a
-    step: the step's loop is the GPU's, without the wait.)"""
+    of its block's gradients; the product chunked or stacked (tl.dot on each gate's tile
+    of W_gᵀ; fp32 as three TF32 products: the interpreter's are fp32's); 6-9 rows over
+    one or two batch tiles (rows past B), ragged lengths; every gradient against the
+    reference's. (The interpreter runs it a launch a step: the step's loop is the GPU's,
+    without the wait.)"""
     hidden = CROSSED[split][0]
     cfg = _crossed(*CROSSED[split])
     assert launch._programs(cfg, hidden, torch.device(DEVICE)) > 1
@@ -431,14 +444,27 @@ def test_crossed_split_refusals():
                        (cfg._replace(k_blocks=0), "crossed split")):
         with pytest.raises(ValueError, match=match):
             tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, bad)
+    # (stacked: tl.dot's tiles, 16 rows, powers of two, not fp64)
+    stacked = _crossed(80, 2, 16, 16, 4, 0, 0, False)
+    for bad in (stacked._replace(block_batch=8), stacked._replace(slice=8),
+                stacked._replace(slice=24), stacked._replace(dot=False),
+                stacked._replace(chunked=True)):
+        with pytest.raises(ValueError, match="crossed split"):
+            tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, bad)
+    assert not splits._can_cross(stacked._replace(narrow=True))
+    assert not splits._can_narrow(stacked, torch.bfloat16)  # (no 16-bit partial sums)
+    with pytest.raises(ValueError, match="float64"):
+        launch._check_split(stacked, 80, tl.float64)
 
 
 def test_crossed_candidates_rule(monkeypatch):
-    """Benchmark mode times the crossed backward splits (splits.CROSSED_SPLITS) for a
-    backward with reset_after=True (``crossed``) at batch 9-16 above H=256: all of H's in
-    fp32, the first in 16 bits, none in fp64; block_k ceil(H / k_blocks) as a power of two,
-    and as many programs as fit on the card (132: 128 at H=512 and 1024; none of H=1024's
-    128 on 108 multiprocessors). Not for a forward, nor without ``crossed``."""
+    """Benchmark mode times the crossed backward splits for a backward with
+    reset_after=True (``crossed``) at batch 9-16 above H=256: the chunked ones
+    (splits.CROSSED_SPLITS) all in fp32, the first in 16 bits, and the stacked ones
+    (CROSSED_STACKED) in both where their tiles fit in shared memory (fp32 k8 at H=1024
+    doesn't); none in fp64; block_k ceil(H / k_blocks) as a power of two, and as many
+    programs as fit on the card (132: 128 or 64 at H=512 and 1024; none of H=1024's 128 on
+    108 multiprocessors). Not for a forward, nor without ``crossed``."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -452,17 +478,25 @@ def test_crossed_candidates_rule(monkeypatch):
         return [c for c in tg._candidates(default, batch, hidden, cuda, dtype, forward, on)
                 if c.k_blocks != 1]
 
+    def fields(cfg):
+        return (cfg.k_blocks, cfg.slice, cfg.warps) + (
+            (cfg.prefetch,) if cfg.stacked else
+            (cfg.unit_lanes, cfg.thread_units, cfg.prefetch))
+
     for hidden in (512, 1024):
+        chunked, stacked = splits.CROSSED_SPLITS[hidden], splits.CROSSED_STACKED[hidden]
         found = crossed(16, hidden, torch.float32)
-        assert len(found) == len(splits.CROSSED_SPLITS[hidden]) > 1
-        for cfg, (k, s, w, u, i, p) in zip(found, splits.CROSSED_SPLITS[hidden], strict=True):
-            assert (cfg.k_blocks, cfg.slice, cfg.warps, cfg.unit_lanes, cfg.thread_units,
-                    cfg.prefetch) == (k, s, w, u, i, p)
+        fits = stacked if hidden == 512 else stacked[:2]  # (fp32 k8 at H=1024: 384 KiB)
+        assert [fields(c) for c in found] == [*chunked, *fits]
+        sixteen = crossed(16, hidden, torch.bfloat16)
+        assert [fields(c) for c in sixteen] == [chunked[0], *stacked]
+        for cfg in found + sixteen:
+            k = cfg.k_blocks
             assert cfg.block_k == hidden // k and cfg.block_batch == 16
-            assert splits._tile_programs(cfg, hidden) == 128
+            assert cfg.stacked == cfg.dot != cfg.chunked
+            assert splits._tile_programs(cfg, hidden) == k * hidden // cfg.slice in (64, 128)
             launch._check_split(cfg, hidden, tl.float32)
-        assert crossed(16, hidden, torch.bfloat16) == found[:1]
-        assert crossed(12, hidden, torch.float16) == found[:1]
+        assert crossed(12, hidden, torch.float16) == sixteen
         assert crossed(16, hidden, torch.float64) == []
         assert crossed(8, hidden, torch.float32) == []
         assert crossed(16, hidden, torch.float32, forward=True) == []
@@ -472,8 +506,8 @@ def test_crossed_candidates_rule(monkeypatch):
     assert {c.block_k for c in odd} == {64, 128} and all(
         splits._tile_programs(c, 1000) == 128 for c in odd)
     Props.multi_processor_count = 108
-    assert crossed(16, 1024, torch.float32) == []
-    assert len(crossed(16, 384, torch.float32)) == 3  # (96 programs)
+    assert [c.k_blocks for c in crossed(16, 1024, torch.bfloat16)] == [8]  # (64 programs)
+    assert len(crossed(16, 384, torch.float32)) == 6  # (96 and 48 programs)
 
 
 def test_chunk_shape():
@@ -2091,21 +2125,40 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
-_CROSSED_GPU = [(torch.float32, 16, hidden, at) for hidden, shapes in
-                splits.CROSSED_SPLITS.items() for at in range(len(shapes))] + [
-    (torch.bfloat16, 16, 1024, 0), (torch.bfloat16, 16, 512, 0), (torch.float32, 12, 1000, 0),
-    (torch.float32, 16, 300, 0)]
+_CROSSED_GPU = [(dtype, 16, hidden, at) for dtype in (torch.float32, torch.bfloat16)
+                for hidden in (512, 1024) for at in range(
+                    len(splits._crossed_splits(hidden, dtype)))] + [
+    (torch.float32, 12, 1000, 0), (torch.float32, 16, 300, 0), (torch.float32, 12, 1000, -1),
+    (torch.bfloat16, 16, 300, -1)]
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 80-128 programs at a barrier")
-@pytest.mark.parametrize("dtype,batch,hidden,at", _CROSSED_GPU, ids=str)
+def _crossed_id(case) -> str:
+    """A case's id: dtype, B, H, the split's kind and place; "gate" on the first chunked and
+    the first stacked split at each dtype and H=512 and 1024, B=16 (scripts/gpu_tune.sh's
+    gate)."""
+    dtype, batch, hidden, at = case
+    found = splits._crossed_splits(hidden, dtype)
+    cfg = found[at]
+    kind = "stacked" if cfg.stacked else "chunked"
+    first = batch == 16 and hidden in (512, 1024) and cfg == next(
+        c for c in found if c.stacked == cfg.stacked)
+    return (f"{'gate-' if first else ''}{str(dtype)[6:]}-B{batch}-H{hidden}-{kind}"
+            f"{at % len(found)}")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 48-128 programs at a barrier")
+@pytest.mark.parametrize("dtype,batch,hidden,at", _CROSSED_GPU,
+                         ids=[_crossed_id(c) for c in _CROSSED_GPU])
 def test_crossed_on_gpu(dtype, batch, hidden, at):
-    """Benchmark mode's crossed backward splits (splits.CROSSED_SPLITS, Config.k_blocks),
-    after the default training forward: T=512 in one launch (the barrier every step),
-    ragged lengths, rows past B, H=1000 and 300 (the last K-block and column block partly
-    past H); every gradient at the dtype's tolerance."""
-    k, slice_, warps, lanes, inner, prefetch = splits.CROSSED_SPLITS[splits._pow2(hidden)][at]
-    cfg = _crossed(hidden, k, slice_, 16, warps, lanes, inner, prefetch)
+    """Benchmark mode's crossed backward splits (splits._crossed_splits, Config.k_blocks;
+    the chunked and the stacked), after the default training forward: T=512 in one launch
+    (the barrier every step), ragged lengths, rows past B, H=1000 and 300 (the last
+    K-block and column block partly past H); every gradient at the dtype's tolerance. The
+    "gate" cases, the first split of each kind at each dtype and H of B=16, run before
+    the tune's grid: a wrong number is left out by benchmark mode's own check, but a
+    hang or a fault would stop the grid, and the splits share all their code but the
+    product."""
+    cfg = splits._crossed_splits(hidden, dtype)[at]
     forward = tg.choose_config(batch, hidden, torch.device(DEVICE), dtype, True)
     _compare(512, batch, hidden, True, dtype, lengths=_ragged(batch, 512), cfg=forward,
              backward_cfg=cfg)

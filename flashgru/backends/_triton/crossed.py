@@ -31,6 +31,33 @@ from .backward import _saved_step
 from .exchange import _arrive, _wait
 from .lang import _jit, tl
 from .products import _chunked_partial, _chunked_sum, _chunked_tiles
+from .stacked import _stacked_dot
+
+
+@_jit
+def _crossed_tile(w, H, KB, cols, cmask, BK: tl.constexpr):
+    """A stacked crossed split's tile of one gate, (S, BK): V[s, k] = w[cols_s·3H + k] for
+    k < KB (w = W_hhᵀ at the gate's rows of this K-block: W_g[a·KB + k, col]), zero past
+    KB or H; loaded once (a dot operand, kept in shared memory)."""
+    ks = tl.arange(0, BK)
+    return tl.load(w + cols[:, None] * 3 * H + ks[None, :],
+                   mask=cmask[:, None] & (ks < KB)[None, :], other=0.0)
+
+
+@_jit
+def _crossed_tiles(wt, H, KB, cols, cmask, BK: tl.constexpr):
+    """The three gates' _crossed_tile, high and low parts each (fp32 weights: wt holds
+    W_hhᵀ's TF32-rounded high parts, then (H, 3H) its low parts; 16-bit: the one tile
+    twice), for _stacked_dot."""
+    r = _crossed_tile(wt, H, KB, cols, cmask, BK)
+    z = _crossed_tile(wt + H, H, KB, cols, cmask, BK)
+    n = _crossed_tile(wt + 2 * H, H, KB, cols, cmask, BK)
+    if wt.dtype.element_ty == tl.float32:
+        lo = wt + 3 * H * H
+        return (r, z, n, _crossed_tile(lo, H, KB, cols, cmask, BK),
+                _crossed_tile(lo + H, H, KB, cols, cmask, BK),
+                _crossed_tile(lo + 2 * H, H, KB, cols, cmask, BK))
+    return r, z, n, r, z, n
 
 
 @_jit
@@ -48,7 +75,8 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                     KBLOCKS: tl.constexpr, ACC: tl.constexpr,
                     PREFETCH: tl.constexpr = False, CHUNK: tl.constexpr = 32,
-                    KW: tl.constexpr = 1, SI: tl.constexpr = 1):
+                    KW: tl.constexpr = 1, SI: tl.constexpr = 1,
+                    STACKED: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence, reset_after=True.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
@@ -56,7 +84,10 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
     program of its block (the tile's rows in col_blocks shares); KB the units of a
     K-block (BK ≥ KB, a power of two). Program p: K-block a = p // col_blocks, columns
     b = p % col_blocks, col_blocks = programs / KBLOCKS. PREFETCH: step t - 1's reads
-    issued during step t."""
+    issued during step t. STACKED: the product on the tensor cores, each gate's (S, BK)
+    tile of W_g's transpose times the gradients' (tl.dot, M = S, N = BB; fp32 as three
+    TF32 products on W_hhᵀ's parts, as ``Config.stacked``'s), instead of the chunked
+    broadcast product (CHUNK, KW, SI)."""
     n_prog = tl.num_programs(0)
     col_blocks = n_prog // KBLOCKS
     a = tl.program_id(0) // col_blocks
@@ -77,8 +108,14 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
     sync += tl.program_id(1)
     plane = B * H
     # (W_hh[g·H + a·KB + k, col] for k < KB, from W_hhᵀ's rows)
-    v_r, v_z, v_n = _chunked_tiles(wt + a * KB, cols, cmask, tl.minimum(KB, H - a * KB),
-                                   3 * H, H, BK, CHUNK, KW, SI)
+    if STACKED:
+        v_r, v_z, v_n, l_r, l_z, l_n = _crossed_tiles(wt + a * KB, H,
+                                                      tl.minimum(KB, H - a * KB), cols,
+                                                      cmask, BK)
+    else:
+        v_r, v_z, v_n = _chunked_tiles(wt + a * KB, cols, cmask, tl.minimum(KB, H - a * KB),
+                                       3 * H, H, BK, CHUNK, KW, SI)
+        l_r, l_z, l_n = v_r, v_z, v_n  # (unused)
     first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step)
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
@@ -115,11 +152,18 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
         tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
         at = xbuf + (t % 2) * (KBLOCKS + 1) * plane
         tl.store(at + KBLOCKS * plane + own, tl.where(ok, d * z, carried), mask=stores)
-        part = _chunked_partial(dr, v_r, ACC)
-        part += _chunked_partial(dz, v_z, ACC)
-        part += _chunked_partial(dnr, v_n, ACC)
-        tl.store(at + a * plane + rows[:, None] * H + cols[None, :], _chunked_sum(part),
-                 mask=rmask[:, None] & cmask[None, :])
+        if STACKED:  # ((S, BB): the partial sums transposed)
+            part = _stacked_dot(v_r, l_r, tl.trans(dr))
+            part += _stacked_dot(v_z, l_z, tl.trans(dz))
+            part += _stacked_dot(v_n, l_n, tl.trans(dnr))
+            tl.store(at + a * plane + rows[None, :] * H + cols[:, None], part,
+                     mask=cmask[:, None] & rmask[None, :])
+        else:
+            part = _chunked_partial(dr, v_r, ACC)
+            part += _chunked_partial(dz, v_z, ACC)
+            part += _chunked_partial(dnr, v_n, ACC)
+            tl.store(at + a * plane + rows[:, None] * H + cols[None, :], _chunked_sum(part),
+                     mask=rmask[:, None] & cmask[None, :])
         if PREFETCH:  # (step t - 1's reads in flight through the barrier)
             p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
                 dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,

@@ -69,14 +69,15 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
                     *args, sync, batch, hidden, -(-hidden // cfg.k_blocks), row0, t_begin,
                     t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
                     KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
-                    SI=cfg.thread_units, num_warps=cfg.warps, **launch, **consts)
+                    SI=cfg.thread_units, STACKED=cfg.stacked, num_warps=cfg.warps,
+                    **launch, **consts)
 
 
 def _check_split(cfg: Config, hidden: int, acc) -> None:
     """Raise ValueError where cfg can't run a problem of this H in arithmetic ``acc`` (the
     kernels' ACC: tl.float32 or tl.float64)."""
     if cfg.k_blocks != 1:
-        _check_crossed(cfg, hidden)
+        _check_crossed(cfg, hidden, acc)
         return
     if cfg.resident and cfg.block_k < hidden:
         raise ValueError(f"a resident split needs block_k ≥ hidden ({hidden}); got "
@@ -104,12 +105,16 @@ def _check_split(cfg: Config, hidden: int, acc) -> None:
                          f"stamped; got {cfg}")
 
 
-def _check_crossed(cfg: Config, hidden: int) -> None:
+def _check_crossed(cfg: Config, hidden: int, acc) -> None:
     """_check_split's rules for the crossed backward (``Config.k_blocks``)."""
+    if cfg.stacked and acc == tl.float64:
+        raise ValueError("a stacked crossed split multiplies on the tensor cores: it can't "
+                         "run float64")
     if not splits._can_cross(cfg):
         raise ValueError(f"a crossed split (k_blocks {cfg.k_blocks}) needs k_blocks ≥ 2 and "
-                         f"a chunked split's tiles, with none of the other exchanges "
-                         f"(stamped, kmajor, narrow, permuted) or stacked tiles; got {cfg}")
+                         f"a chunked split's tiles or stacked ones (tl.dot, 16 rows, 16 "
+                         f"units or more, powers of two), with none of the other exchanges "
+                         f"(stamped, kmajor, narrow, permuted); got {cfg}")
     if cfg.block_k < -(-hidden // cfg.k_blocks):
         raise ValueError(f"a crossed split needs block_k ≥ ceil(hidden / k_blocks) "
                          f"({-(-hidden // cfg.k_blocks)}); got {cfg.block_k}")

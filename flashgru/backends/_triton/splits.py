@@ -120,18 +120,46 @@ CROSSED_SPLITS = {
 }
 
 
+# ... and on the tensor cores (Config.stacked: each gate's (slice, block_k) tile of W_gᵀ
+# times the gradients, tl.dot with M = slice, N = 16 rows; fp32 as three TF32 products):
+# H padded → (k_blocks, slice, warps, prefetch), in any dtype but fp64 where the tiles fit
+# (_crossed_bytes). Counted offline as the chunked ones (wgmma, no spills): fp32 H=1024
+# k16 6,488 warp-instructions (6,144 with prefetch), against the chunked default's
+# 21,112; H=512 k16 2,656, k8 (64 programs) 4,604, against 6,992; bf16 H=1024 k16 3,824,
+# k8 5,376, against the stacked default's 3,532 (which reads 98 KB of 16-bit gradients a
+# program a step, against 70 KB of fp32 partial sums); bf16 H=512 k16 2,104, k8 2,552.
+# (k8 at H=1024 in fp32 needs 384 KiB; at 4 warps fp32 H=1024 spilled 0.5-0.7 KB.)
+CROSSED_STACKED = {
+    512: ((16, 64, 4, False), (16, 64, 4, True), (8, 64, 4, False)),
+    1024: ((16, 128, 8, False), (16, 128, 8, True), (8, 128, 8, False)),
+}
+
+
+def _crossed_bytes(cfg: Config, dtype: torch.dtype) -> int:
+    """Shared memory of a stacked crossed split: its three gates' tiles (slice × block_k;
+    fp32: W's two parts) and the gradients' operand (block_k × 16; fp32: two parts)."""
+    size = 8 if dtype == torch.float32 else 2
+    return (3 * cfg.slice + cfg.block_batch) * cfg.block_k * size
+
+
 def _crossed_splits(hidden: int, dtype: torch.dtype) -> list[Config]:
-    """Benchmark mode's crossed backward splits (CROSSED_SPLITS) for a 16-row tile at this
-    H: all in fp32, the first in 16 bits; none in fp64 (the chunked products' ACC is
-    fp32 there: untried) or where H isn't in the table."""
-    shapes = CROSSED_SPLITS.get(_pow2(hidden), ())
+    """Benchmark mode's crossed backward splits for a 16-row tile at this H: the chunked
+    ones (CROSSED_SPLITS: all in fp32, the first in 16 bits), then the stacked ones
+    (CROSSED_STACKED, where _crossed_bytes is within STACKED_MAX_BYTES); none in fp64
+    (untried) or where H isn't in the tables."""
+    hp = _pow2(hidden)
     if dtype == torch.float64:
         return []
+    shapes = CROSSED_SPLITS.get(hp, ())
     if dtype != torch.float32:
         shapes = shapes[:1]
-    return [Config(16, s, _pow2(-(-hidden // k)), dot=False, warps=w, resident=True,
-                   prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
-            for k, s, w, u, i, p in shapes]
+    found = [Config(16, s, _pow2(-(-hidden // k)), dot=False, warps=w, resident=True,
+                    prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
+             for k, s, w, u, i, p in shapes]
+    stacked = [Config(16, s, _pow2(-(-hidden // k)), dot=True, warps=w, resident=True,
+                      stacked=True, prefetch=p, k_blocks=k)
+               for k, s, w, p in CROSSED_STACKED.get(hp, ())]
+    return found + [cfg for cfg in stacked if _crossed_bytes(cfg, dtype) <= STACKED_MAX_BYTES]
 
 
 def _tile_programs(cfg: Config, hidden: int) -> int:
@@ -267,13 +295,20 @@ def _can_chunk(cfg: Config) -> bool:
 
 
 def _can_cross(cfg: Config) -> bool:
-    """Whether cfg can be the crossed backward (``Config.k_blocks`` ≥ 2): a chunked
-    split's tiles (_can_chunk's rules, with 16 rows and 16 or more units allowed: the
-    product's sum runs over 5 axes, which Triton's combine pass leaves alone), and none of
-    the other exchanges or stacked tiles."""
-    return (cfg.k_blocks >= 2 and cfg.chunked and
-            _can_chunk(cfg._replace(block_batch=min(cfg.block_batch, 8))) and
-            not (cfg.stamped or cfg.narrow or cfg.permuted))
+    """Whether cfg can be the crossed backward (``Config.k_blocks`` ≥ 2), with none of the
+    other exchanges (stamped, kmajor, narrow, permuted): a chunked split's tiles
+    (_can_chunk's rules, with 16 rows and 16 or more units allowed: the product's sum runs
+    over 5 axes, which Triton's combine pass leaves alone), or stacked ones (tl.dot,
+    resident, 16 rows, 16 units or more and block_k ≥ 16, powers of two: tl.dot's
+    smallest)."""
+    if cfg.k_blocks < 2 or cfg.stamped or cfg.kmajor or cfg.narrow or cfg.permuted:
+        return False
+    if cfg.stacked:
+        return (cfg.dot and cfg.resident and not cfg.chunked and cfg.block_batch == 16 and
+                cfg.slice >= 16 and cfg.block_k >= 16 and
+                (cfg.unit_lanes, cfg.thread_units) == (1, 1) and
+                cfg.slice & (cfg.slice - 1) == 0 and cfg.block_k & (cfg.block_k - 1) == 0)
+    return cfg.chunked and _can_chunk(cfg._replace(block_batch=min(cfg.block_batch, 8)))
 
 
 def _can_permute(cfg: Config) -> bool:
@@ -317,8 +352,9 @@ def _chunk_shape(cfg: Config) -> tuple[int, int]:
 
 def _can_narrow(cfg: Config, dtype: torch.dtype) -> bool:
     """Whether cfg's exchange may be 16-bit with weights of this dtype: tl.dot on 16-bit
-    weights (which rounds its operand so anyway), not the stamped exchange (fp32 words)."""
-    return cfg.dot and not cfg.stamped and dtype in SIXTEEN_BIT
+    weights (which rounds its operand so anyway), not the stamped exchange (fp32 words),
+    nor the crossed one (partial sums, which no product rounds)."""
+    return cfg.dot and not cfg.stamped and cfg.k_blocks == 1 and dtype in SIXTEEN_BIT
 
 
 def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
