@@ -2129,7 +2129,7 @@ _CROSSED_GPU = [(dtype, 16, hidden, at) for dtype in (torch.float32, torch.bfloa
                 for hidden in (512, 1024) for at in range(
                     len(splits._crossed_splits(hidden, dtype)))] + [
     (torch.float32, 12, 1000, 0), (torch.float32, 16, 300, 0), (torch.float32, 12, 1000, -1),
-    (torch.bfloat16, 16, 300, -1)]
+    (torch.bfloat16, 16, 300, -1), (torch.float32, 40, 512, 0), (torch.bfloat16, 32, 1024, -1)]
 
 
 def _crossed_id(case) -> str:
@@ -2153,7 +2153,9 @@ def test_crossed_on_gpu(dtype, batch, hidden, at):
     """Benchmark mode's crossed backward splits (splits._crossed_splits, Config.k_blocks;
     the chunked and the stacked), after the default training forward: T=512 in one launch
     (the barrier every step), ragged lengths, rows past B, H=1000 and 300 (the last
-    K-block and column block partly past H); every gradient at the dtype's tolerance. The
+    K-block and column block partly past H), 40 rows in three launches of 128 programs
+    and 32 in one of two tiles (64 programs each); every gradient at the dtype's
+    tolerance. The
     "gate" cases, the first split of each kind at each dtype and H of B=16, run before
     the tune's grid: a wrong number is left out by benchmark mode's own check, but a
     hang or a fault would stop the grid, and the splits share all their code but the

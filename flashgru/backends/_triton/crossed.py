@@ -106,7 +106,7 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
     cols = b * S + tl.arange(0, S)
     cmask = cols < H
     sync += tl.program_id(1)
-    plane = B * H
+    plane = tl.cast(B, tl.int64) * H  # (2·(k_blocks + 1) planes: past 2^31 at B·H ~ 2^26)
     # (W_hh[g·H + a·KB + k, col] for k < KB, from W_hhᵀ's rows)
     if STACKED:
         v_r, v_z, v_n, l_r, l_z, l_n = _crossed_tiles(wt + a * KB, H,

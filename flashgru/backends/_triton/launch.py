@@ -18,23 +18,30 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
-    """Run ``kernel`` over all rows and steps, in batch chunks that keep every program of a
-    launch resident at once (the barrier needs that)."""
-    device = args[0].device
-    _check_split(cfg, hidden, consts["ACC"])
+# a cooperative launch fails, rather than hangs, if the programs can't all be resident at
+# once
+_COOPERATIVE = {} if INTERPRET else {"launch_cooperative_grid": True}
+
+
+def _launches(cfg: Config, batch: int, hidden: int, device: torch.device, acc):
+    """The split's rules checked (_check_split), each launch's (programs, row0, tiles): the
+    batch in chunks that keep every program of a launch resident at once (the barrier
+    needs that)."""
+    _check_split(cfg, hidden, acc)
     programs = _programs(cfg, hidden, device)
-    tiles_per_launch = splits._grid_limit(device) // programs
-    chunk, kwarps = splits._chunk_shape(cfg)
-    rows_per_launch = cfg.block_batch * tiles_per_launch
+    rows_per_launch = cfg.block_batch * (splits._grid_limit(device) // programs)
     for row0 in range(0, batch, rows_per_launch):
-        tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+        yield programs, row0, -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+
+
+def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
+    """Run ``kernel`` over all rows and steps (_launches)."""
+    device = args[0].device
+    chunk, kwarps = splits._chunk_shape(cfg)
+    for programs, row0, tiles in _launches(cfg, batch, hidden, device, consts["ACC"]):
         sync = torch.empty(1, dtype=torch.int32, device=device) if cfg.stamped else \
             torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped:
         # unused)
-        # a cooperative launch fails, rather than hangs, if the programs can't all be
-        # resident at once
-        launch = {} if INTERPRET else {"launch_cooperative_grid": True}
         with on_device(device):  # (kernels launch on the current CUDA device)
             kernel[(programs, tiles)](
                 *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
@@ -43,7 +50,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
                 STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
                 CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
                 PERMUTED=cfg.permuted, num_warps=cfg.warps,
-                **launch, **consts)
+                **_COOPERATIVE, **consts)
 
 
 def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, args,
@@ -51,17 +58,13 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
     """_launch for the crossed backward (``Config.k_blocks``, _triton.crossed): k_blocks ·
     ceil(H / slice) programs a tile; under the interpreter, which runs the programs one
     after another, a launch a step (the kernel waits for no one within a launch of one
-    step: what it reads, the launch before wrote)."""
+    step: what it reads, the launch before wrote). One stage: the time loop's wait sits in
+    a branch, so nothing but _arrive's barrier would keep Triton's pipeliner from issuing
+    a step's reads of the exchange a step early, before the wait."""
     device = args[0].device
-    _check_split(cfg, hidden, consts["ACC"])
-    programs = _programs(cfg, hidden, device)
-    tiles_per_launch = splits._grid_limit(device) // programs
     chunk, kwarps = splits._chunk_shape(cfg)
-    rows_per_launch = cfg.block_batch * tiles_per_launch
     spans = [(t, t + 1) for t in reversed(range(steps))] if INTERPRET else [(0, steps)]
-    launch = {} if INTERPRET else {"launch_cooperative_grid": True}
-    for row0 in range(0, batch, rows_per_launch):
-        tiles = -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
+    for programs, row0, tiles in _launches(cfg, batch, hidden, device, consts["ACC"]):
         for t_begin, t_end in spans:
             sync = torch.zeros(tiles, dtype=torch.int32, device=device)
             with on_device(device):
@@ -70,7 +73,7 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
                     t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
                     KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
                     SI=cfg.thread_units, STACKED=cfg.stacked, num_warps=cfg.warps,
-                    **launch, **consts)
+                    num_stages=1, **_COOPERATIVE, **consts)
 
 
 def _check_split(cfg: Config, hidden: int, acc) -> None:

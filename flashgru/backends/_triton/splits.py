@@ -109,11 +109,11 @@ RESIDENT_MAX = 3 * 8 * 1024
 # (and the saved gates of its K-block, 3.1 MB more, read by the 8 programs of that
 # block). Chosen offline, untimed (twenty-seventh session, scripts/sass_profile.py,
 # sm_90a, Triton 3.6, B=16, warp-instructions a step per multiprocessor): fp32 H=1024 k16
-# u16x2 21,176 (no spills), u8x2 21,624 (32 bytes spilled), with prefetch 21,136 (68),
-# k8 u8x2 21,456 (44), against the default's 21,112 (148); H=512 k16 u8x2 6,936, with
-# prefetch 6,940, u8x4 7,704 (none spilled), against 6,992 (40); bf16 H=1024 k16 u16x2
-# 21,352. (k_blocks 32 at H=512 would leave block_k 16, under a warp's lanes; k4 at
-# H=1024 spilled 1.1 KB.)
+# u16x2 21,328 (no spills), u8x2 22,080 (24 bytes spilled), with prefetch 21,856 (56),
+# k8 u8x2 21,544 (52), against the default's 21,112 (148); H=512 k16 u8x2 7,036, with
+# prefetch 7,096, u8x4 7,804 (none spilled), against 6,992 (40); bf16 H=1024 k16 u16x2
+# 21,168, H=512 u8x2 7,124. (k_blocks 32 at H=512 would leave block_k 16, under a warp's
+# lanes; k4 at H=1024 spilled 1.1 KB.)
 CROSSED_SPLITS = {
     512: ((16, 64, 4, 8, 2, False), (16, 64, 4, 8, 4, False), (16, 64, 4, 8, 2, True)),
     1024: ((16, 128, 8, 16, 2, False), (16, 128, 8, 8, 2, False), (16, 128, 8, 8, 2, True),
@@ -125,11 +125,11 @@ CROSSED_SPLITS = {
 # times the gradients, tl.dot with M = slice, N = 16 rows; fp32 as three TF32 products):
 # H padded → (k_blocks, slice, warps, prefetch), in any dtype but fp64 where the tiles fit
 # (_crossed_bytes). Counted offline as the chunked ones (wgmma, no spills): fp32 H=1024
-# k16 6,488 warp-instructions (6,144 with prefetch), against the chunked default's
-# 21,112; H=512 k16 2,656 (2,504), k8 (64 programs) 4,604, against 6,992; bf16 H=1024
-# k16 3,824 (3,760), k8 5,376, against the stacked default's 3,532 (which reads 98 KB of
+# k16 6,440 warp-instructions (6,560 with prefetch), against the chunked default's
+# 21,112; H=512 k16 2,644 (2,720), k8 (64 programs) 4,672, against 6,992; bf16 H=1024
+# k16 4,000 (4,160), k8 5,624, against the stacked default's 3,532 (which reads 98 KB of
 # 16-bit gradients a program a step, against 70 KB of fp32 partial sums); bf16 H=512 k16
-# 2,104 (1,792), k8 2,552, against 3,808. (k8 at H=1024 in fp32 needs 384 KiB; at 4
+# 1,912 (1,980), k8 2,820, against 3,808. (k8 at H=1024 in fp32 needs 384 KiB; at 4
 # warps fp32 H=1024 spilled 0.5-0.7 KB.)
 CROSSED_STACKED = {
     512: ((16, 64, 4, False), (16, 64, 4, True), (8, 64, 4, False)),
