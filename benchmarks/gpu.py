@@ -351,7 +351,7 @@ def _row_tiles(cfg) -> bool:
 
 # The candidate families --no-NAME leaves out (restrict's arguments, in order): what each is.
 LEAVE_OUT = {
-    "stacked": "the stacked splits (Config.stacked)",
+    "stacked": "the one-way stacked splits (Config.stacked; the crossed ones: --no-crossed)",
     "narrow": "the candidates that exchange 16-bit values (Config.narrow)",
     "prefetch": "the prefetch candidates",
     "resident-dot": "tl.dot on resident tiles",

@@ -106,7 +106,7 @@ def benchmark_candidates() -> None:
             for cfg in tg._candidates(forward, batch, hidden, cuda, dtype, True):
                 run(batch, hidden, dtype, cfg, save, None, reset_after)
         default = tg.choose_backward_config(batch, hidden, cuda, dtype)
-        for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False, reset_after):
+        for cfg in tg._candidates(default, batch, hidden, cuda, dtype, False):
             run(batch, hidden, dtype, forward, True, cfg, reset_after)
 
 

@@ -35,10 +35,13 @@ def gpu_bench(monkeypatch):
 
 
 def _found(dtype=torch.bfloat16, hidden=512, forward=True):
+    """The default and benchmark mode's candidates at B=16, without the crossed backward
+    splits (their own flag's: test_crossed_left_out)."""
     cuda = torch.device("cuda")
     default = (splits.choose_config(16, hidden, cuda, dtype) if forward else
                splits.choose_backward_config(16, hidden, cuda, dtype))
-    return default, tg._candidates(default, 16, hidden, cuda, dtype, forward)
+    return default, [c for c in tg._candidates(default, 16, hidden, cuda, dtype, forward)
+                     if c.k_blocks == 1]
 
 
 def test_nothing_left_out(gpu_bench):
@@ -199,19 +202,21 @@ def test_flags_take_permuted_and_prefetch_out_of_the_defaults(gpu_bench, monkeyp
         unit_lanes=4)
 
 
-@pytest.mark.parametrize("left_out", ["crossed", "chunked", "prefetch", None])
+@pytest.mark.parametrize("left_out", ["crossed", "chunked", "prefetch", "stacked", None])
 def test_crossed_left_out(gpu_bench, left_out):
     """--no-crossed takes the crossed backward splits (Config.k_blocks) out of benchmark
     mode's candidates and nothing else; --no-chunked takes the chunked ones out too,
-    --no-prefetch those with prefetch alone."""
+    --no-prefetch those with prefetch alone; --no-stacked (the one-way stacked splits')
+    none."""
     names = (*gpu_bench.LEAVE_OUT,)
     gpu_bench.restrict(*(name.replace("-", "_") == left_out for name in names))
     cuda = torch.device("cuda")
     default = splits.choose_backward_config(16, 1024, cuda, torch.float32)
-    found = tg._candidates(default, 16, 1024, cuda, torch.float32, False, True)
+    found = tg._candidates(default, 16, 1024, cuda, torch.float32, False)
     crossed = [c for c in found if c.k_blocks != 1]
     assert crossed == [c for c in splits._crossed_splits(1024, torch.float32)
-                       if left_out is None or (left_out == "chunked" and not c.chunked) or
+                       if left_out in (None, "stacked") or
+                       (left_out == "chunked" and not c.chunked) or
                        (left_out == "prefetch" and not c.prefetch)]
     assert any(c.stacked for c in crossed) == (left_out != "crossed")
     assert any(c.prefetch for c in found[1:]) == (left_out != "prefetch")

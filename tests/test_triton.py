@@ -398,32 +398,34 @@ def _crossed(hidden, k_blocks, slice_, block_batch, warps, lanes, inner, prefetc
                      thread_units=inner, k_blocks=k_blocks)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("split,dtype", [
     (split, dtype) for split in CROSSED for dtype in (torch.float32, torch.float16,
                                                       torch.float64)
     if not (CROSSED[split][5] == 0 and dtype == torch.float64)],  # (stacked: not fp64)
     ids=str)
-def test_crossed_split(split, dtype):
+def test_crossed_split(split, dtype, reset_after):
     """The crossed backward (Config.k_blocks): W_hh split over K-blocks and column blocks,
     the programs exchanging partial sums of dL/dh, each program storing its rows' share
     of its block's gradients; the product chunked or stacked (tl.dot on each gate's tile
-    of W_gᵀ; fp32 as three TF32 products: the interpreter's are fp32's); 6-9 rows over
+    of W_gᵀ; fp32 as three TF32 products: the interpreter's are fp32's); both
+    formulations (the paper's: the n gate's partial sums exchanged first); 6-9 rows over
     one or two batch tiles (rows past B), ragged lengths; every gradient against the
-    reference's. (The interpreter runs it a launch a step: the step's loop is the GPU's,
-    without the wait.)"""
+    reference's. (The interpreter runs it a launch a step, the paper's form a launch a
+    half-step: the step's loop is the GPU's, without the waits.)"""
     hidden = CROSSED[split][0]
     cfg = _crossed(*CROSSED[split])
     assert launch._programs(cfg, hidden, torch.device(DEVICE)) > 1
     batch = 9 if cfg.block_batch == 16 else 6
     forward = tg.Config(8, splits._pow2(hidden), splits._pow2(hidden), dot=False,
                         resident=dtype != torch.float64)
-    _compare(5, batch, hidden, True, dtype, lengths=_ragged(batch, 5), cfg=forward,
+    _compare(5, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 5), cfg=forward,
              backward_cfg=cfg)
 
 
 def test_crossed_split_refusals():
-    """A crossed split runs reset_after=True's backward alone, with a chunked split's tiles
-    and block_k ≥ ceil(H / k_blocks), and none of the other exchanges: a ValueError
+    """A crossed split runs the backward alone, with a chunked split's tiles or stacked
+    ones and block_k ≥ ceil(H / k_blocks), and none of the other exchanges: a ValueError
     before any launch otherwise."""
     gi, h0, w, b, _ = _problem(3, 2, 80, torch.float32)
     gi, h0, w, b = gi.detach(), h0.detach(), w.detach(), b.detach()
@@ -433,9 +435,6 @@ def test_crossed_split_refusals():
     out, saved = tg.forward(gi, h0, w, b, lens, True, True, plain)
     with pytest.raises(ValueError, match="k_blocks is the backward's"):
         tg.forward(gi, h0, w, b, lens, True, True, cfg)
-    out_before, saved_before = tg.forward(gi, h0, w, b, lens, False, True, plain)
-    with pytest.raises(ValueError, match="reset_after=True"):
-        tg.backward(torch.ones_like(out), h0, w, out_before, saved_before, lens, False, cfg)
     for bad, match in ((cfg._replace(block_k=32), "block_k ≥ ceil"),
                        (cfg._replace(stamped=True), "crossed split"),
                        (cfg._replace(chunked=False), "crossed split"),
@@ -458,13 +457,13 @@ def test_crossed_split_refusals():
 
 
 def test_crossed_candidates_rule(monkeypatch):
-    """Benchmark mode times the crossed backward splits for a backward with
-    reset_after=True (``crossed``) at batch 9-16 above H=256: the chunked ones
+    """Benchmark mode times the crossed backward splits for a backward at batch 9-16
+    above H=256: the chunked ones
     (splits.CROSSED_SPLITS) all in fp32, the first in 16 bits, and the stacked ones
     (CROSSED_STACKED) in both where their tiles fit in shared memory (fp32 k8 at H=1024
     doesn't); none in fp64; block_k ceil(H / k_blocks) as a power of two, and as many
     programs as fit on the card (132: 128 or 64 at H=512 and 1024; none of H=1024's 128 on
-    108 multiprocessors). Not for a forward, nor without ``crossed``."""
+    108 multiprocessors). Not for a forward."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -472,10 +471,10 @@ def test_crossed_candidates_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
 
-    def crossed(batch, hidden, dtype, forward=False, on=True):
+    def crossed(batch, hidden, dtype, forward=False):
         default = (splits.choose_config(batch, hidden, cuda, dtype) if forward else
                    splits.choose_backward_config(batch, hidden, cuda, dtype))
-        return [c for c in tg._candidates(default, batch, hidden, cuda, dtype, forward, on)
+        return [c for c in tg._candidates(default, batch, hidden, cuda, dtype, forward)
                 if c.k_blocks != 1]
 
     def fields(cfg):
@@ -500,7 +499,6 @@ def test_crossed_candidates_rule(monkeypatch):
         assert crossed(16, hidden, torch.float64) == []
         assert crossed(8, hidden, torch.float32) == []
         assert crossed(16, hidden, torch.float32, forward=True) == []
-        assert crossed(16, hidden, torch.float32, on=False) == []
     assert crossed(16, 256, torch.float32) == [] and crossed(16, 2048, torch.float32) == []
     odd = crossed(16, 1000, torch.float32)  # (ceil(1000 / 16) = 63 units a block)
     assert {c.block_k for c in odd} == {64, 128} and all(
@@ -1506,7 +1504,8 @@ def test_narrow_candidates_rule(monkeypatch):
     weights at K=1024 (H=513-1024: the stacked tiles, timed on an H200); benchmark mode
     times, wherever the default multiplies 16-bit weights with tl.dot on CUDA, that
     default with the other exchange too, and its other tl.dot candidates narrow; never in
-    fp32, with the broadcast product or in the interpreter."""
+    fp32, with the broadcast product, in a crossed split (its partial sums are no tl.dot's
+    operand) or in the interpreter."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1524,7 +1523,8 @@ def test_narrow_candidates_rule(monkeypatch):
                 assert cfg.narrow == (sixteen and 8 < batch <= 16 and hidden == 1024), cfg
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
                 assert (cfg._replace(narrow=not cfg.narrow) in found) == (cfg.dot and sixteen)
-                assert all(c.narrow == (c.dot and sixteen and not c.stamped)
+                assert all(c.narrow == (c.dot and sixteen and not c.stamped and
+                                        c.k_blocks == 1)
                            for c in found[1:] if c != cfg._replace(narrow=False)), \
                     (dtype, batch, hidden, cfg)
         cpu = torch.device("cpu")
@@ -1580,7 +1580,7 @@ def test_every_default_and_candidate_can_run(monkeypatch):
                                  if splits._can_permute(default)]
                     for forward, default in defaults:
                         for cfg in tg._candidates(default, batch, hidden, cuda, dtype,
-                                                  forward, not forward):
+                                                  forward):
                             try:
                                 launch._check_split(cfg, hidden, acc)
                                 launch._check_weights(cfg, dtype)
@@ -1596,13 +1596,16 @@ def test_chunked_candidates_rule(monkeypatch):
     there is one) where K covers a warp's lanes both chunked and not (Config.chunked), at
     batch 9-16 above H=256 the spread split chunked, at 8 warps and up to H=512 at 4, and
     unchunked in fp32; in any dtype but fp64, never with tl.dot, K-major or the stacked
-    tiles, nor 16 rows and 16 units at once (on smaller cards too)."""
+    tiles, nor 16 rows and 16 units at once (on smaller cards too). (The crossed
+    backward's chunked splits, whose rules are their own, left out here:
+    test_crossed_candidates_rule.)"""
     cuda = torch.device("cuda")
 
     class Props:
         multi_processor_count = 132
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    monkeypatch.setattr(splits, "_crossed_splits", lambda hidden, dtype: [])
     f32, bf16 = torch.float32, torch.bfloat16
     for dtype in (f32, bf16, torch.float64):
         for batch, hidden in [(1, 16), (1, 256), (1, 1024), (4, 512), (8, 1024), (16, 256),
@@ -2125,45 +2128,49 @@ def test_chunk_shapes_on_gpu(dtype, batch, reset_after, at):
     _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512), cfg=cfg)
 
 
-_CROSSED_GPU = [(dtype, 16, hidden, at) for dtype in (torch.float32, torch.bfloat16)
+_CROSSED_GPU = [(dtype, 16, hidden, at, True) for dtype in (torch.float32, torch.bfloat16)
                 for hidden in (512, 1024) for at in range(
                     len(splits._crossed_splits(hidden, dtype)))] + [
-    (torch.float32, 12, 1000, 0), (torch.float32, 16, 300, 0), (torch.float32, 12, 1000, -1),
-    (torch.bfloat16, 16, 300, -1), (torch.float32, 40, 512, 0), (torch.bfloat16, 32, 1024, -1)]
+    (torch.float32, 12, 1000, 0, True), (torch.float32, 16, 300, 0, True),
+    (torch.float32, 12, 1000, -1, True), (torch.bfloat16, 16, 300, -1, True),
+    (torch.float32, 40, 512, 0, True), (torch.bfloat16, 32, 1024, -1, True),
+    # (the paper's form: two exchanges a step)
+    (torch.float32, 16, 512, 0, False), (torch.float32, 16, 1024, -2, False),
+    (torch.bfloat16, 16, 1024, -2, False), (torch.float32, 40, 1000, -1, False)]
 
 
 def _crossed_id(case) -> str:
-    """A case's id: dtype, B, H, the split's kind and place; "gate" on the first chunked and
-    the first stacked split at each dtype and H=512 and 1024, B=16 (scripts/gpu_tune.sh's
-    gate)."""
-    dtype, batch, hidden, at = case
+    """A case's id: dtype, B, H, the split's kind and place, the formulation; "gate" on the
+    first chunked and the first stacked split at each dtype and H=512 and 1024, B=16,
+    torch's form (scripts/gpu_tune.sh's gate)."""
+    dtype, batch, hidden, at, reset_after = case
     found = splits._crossed_splits(hidden, dtype)
     cfg = found[at]
     kind = "stacked" if cfg.stacked else "chunked"
-    first = batch == 16 and hidden in (512, 1024) and cfg == next(
+    first = batch == 16 and hidden in (512, 1024) and reset_after and cfg == next(
         c for c in found if c.stacked == cfg.stacked)
     return (f"{'gate-' if first else ''}{str(dtype)[6:]}-B{batch}-H{hidden}-{kind}"
-            f"{at % len(found)}")
+            f"{at % len(found)}-{'after' if reset_after else 'before'}")
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 48-128 programs at a barrier")
-@pytest.mark.parametrize("dtype,batch,hidden,at", _CROSSED_GPU,
+@pytest.mark.parametrize("dtype,batch,hidden,at,reset_after", _CROSSED_GPU,
                          ids=[_crossed_id(c) for c in _CROSSED_GPU])
-def test_crossed_on_gpu(dtype, batch, hidden, at):
+def test_crossed_on_gpu(dtype, batch, hidden, at, reset_after):
     """Benchmark mode's crossed backward splits (splits._crossed_splits, Config.k_blocks;
     the chunked and the stacked), after the default training forward: T=512 in one launch
     (the barrier every step), ragged lengths, rows past B, H=1000 and 300 (the last
     K-block and column block partly past H), 40 rows in three launches of 128 programs
-    and 32 in one of two tiles (64 programs each); every gradient at the dtype's
-    tolerance. The
+    and 32 in one of two tiles (64 programs each), and the paper's form at a few; every
+    gradient at the dtype's tolerance. The
     "gate" cases, the first split of each kind at each dtype and H of B=16, run before
     the tune's grid: a wrong number is left out by benchmark mode's own check, but a
     hang or a fault would stop the grid, and the splits share all their code but the
     product."""
     cfg = splits._crossed_splits(hidden, dtype)[at]
     forward = tg.choose_config(batch, hidden, torch.device(DEVICE), dtype, True)
-    _compare(512, batch, hidden, True, dtype, lengths=_ragged(batch, 512), cfg=forward,
-             backward_cfg=cfg)
+    _compare(512, batch, hidden, reset_after, dtype, lengths=_ragged(batch, 512),
+             cfg=forward, backward_cfg=cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 32-128 programs")

@@ -144,13 +144,12 @@ def _fastest(default: Config, candidates: list[Config], run, device: torch.devic
 
 def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
            dtype: torch.dtype, key: tuple, run, save: bool = False,
-           weights: torch.dtype | None = None, crossed: bool = False) -> Config:
+           weights: torch.dtype | None = None) -> Config:
     """A call's split: the default (choose_config, ``save`` for a training forward; for
     the backward, choose_backward_config), or in benchmark mode the fastest of
     _candidates, run with ``run(cfg)`` at the first call of each kind, shape, length
     bucket and ``key``; each as the weights (``weights``, else ``dtype``) allow
-    (_for_weights); ``crossed``: the backward's candidates include the crossed splits
-    (reset_after=True's: Config.k_blocks)."""
+    (_for_weights)."""
     weights = weights or dtype
     default = _for_weights(
         splits.choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
@@ -162,8 +161,7 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
     if key not in _tuned:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return default
-        candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward",
-                                 crossed)
+        candidates = _candidates(default, batch, hidden, device, dtype, kind == "forward")
         candidates = list(dict.fromkeys(_for_weights(c, weights) for c in candidates))
         _tuned[key], trials[key] = _fastest(default, candidates, run, device, dtype)
     return _tuned[key]
@@ -265,12 +263,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
         p = TUNE_STEPS
         cfg = _split("backward", batch, hidden, steps, out.device, out.dtype, (reset_after,),
                      lambda c: backward(dout[:p], h0, w_hh, out[:p], [s[:p] for s in saved],
-                                        lengths, reset_after, c), weights=w_hh.dtype,
-                     crossed=reset_after)
+                                        lengths, reset_after, c), weights=w_hh.dtype)
     _check_weights(cfg, w_hh.dtype)
-    if cfg.k_blocks != 1 and (pair_rows or not reset_after):
-        raise ValueError("a crossed split (Config.k_blocks) runs reset_after=True, one "
-                         f"direction at a time; got {cfg}")
+    if cfg.k_blocks != 1 and pair_rows:
+        raise ValueError(f"a crossed split (Config.k_blocks) runs one direction at a time; "
+                         f"got {cfg}")
     # (reset_after=True: the kernels only write dgi, the programs exchange through dgh or
     # xbuf, so it goes in gi's dtype: a 16-bit call's dgi needs no pass to convert it
     # after, 0.25 GB of memory traffic at bf16 B=16, H=1024, T=512; on a GPU the kernels'
@@ -295,9 +292,13 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     else:
         xbuf = dgh
     if steps and batch and cfg.k_blocks != 1:
+        # (reset_after=False: the n gate's partial sums, each written before it is read)
+        ybuf = xbuf if reset_after else _empty(cfg.k_blocks, batch, hidden, dtype=acc,
+                                               device=out.device)
         args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
-                *saved[:3], ghn_s, lengths, dgi, dgh, xbuf)
-        _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args, ACC=_acc(acc))
+                *saved[:3], ghn_s, lengths, dgi, dgh, xbuf, ybuf)
+        _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args,
+                        RESET_AFTER=reset_after, ACC=_acc(acc))
         dh = xbuf[0].sum(0)  # (dL/dh0: step 0's partial sums and what it carried)
     elif steps and batch:
         weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)

@@ -11,7 +11,7 @@ from .splits import Config
 
 
 def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
-                dtype: torch.dtype, forward: bool, crossed: bool = False) -> list[Config]:
+                dtype: torch.dtype, forward: bool) -> list[Config]:
     """The splits benchmark mode times for a call (``forward``: the forward's, else the
     backward's), its default first: a resident broadcast default with the other exchange
     (stamped or barrier; stamped where its block holds at most STAMPED_TWIN_MAX_WORDS), and
@@ -33,8 +33,8 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     out: a backward exchanging partial products, a tile's rows in two groups, and fp32's
     stacked splits on fp16 parts (docs/performance.md). Off CUDA (the interpreter: one
     program per tile), the default, stamped, each chunked or not, and with W streamed.
-    With ``crossed`` (a backward's, reset_after=True) at batch 9-16 above H=256, the
-    crossed splits too (splits._crossed_splits: Config.k_blocks, untimed)."""
+    A backward's at batch 9-16 above H=256 also the crossed splits (splits._crossed_splits:
+    Config.k_blocks, untimed)."""
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor) and (
@@ -97,8 +97,7 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     found += [cfg._replace(prefetch=True) for cfg in found if cfg.permuted and not cfg.prefetch]
     if batch <= 16 and fp32_arithmetic:
         found += splits._stacked_splits(hidden, device, dtype, forward)
-    if crossed and not forward and 8 < batch <= 16 and hidden > 256:  # (the crossed
-        # backward's)
+    if not forward and 8 < batch <= 16 and hidden > 256:  # (the crossed backward's)
         found += splits._crossed_splits(hidden, dtype)
     # (16-bit exchanges where they can be, and the default with the other exchange)
     found = [found[0]] + [splits._narrow_where_set(cfg, device, dtype) for cfg in found[1:]]

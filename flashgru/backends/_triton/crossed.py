@@ -21,8 +21,9 @@ runs the programs one after another, and there each launch is one step, whose re
 launch before wrote (no wait within a launch of one step). dL/dh0 is the sum of
 xbuf[0]'s planes (the caller's).
 
-reset_after=True only: the paper's form needs the n gate's product, summed over every
-program, in the middle of a step.
+The paper's form (reset_after=False) needs the n gate's product, summed over every
+program, in the middle of a step: its partial sums go through a buffer of their own
+first, and a step has two barriers, as the one-way split's has.
 """
 
 from __future__ import annotations
@@ -70,24 +71,59 @@ def _summed(xbuf, plane, own, m, PLANES: tl.constexpr):
 
 
 @_jit
-def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, xbuf, sync,
-                    B, H, KB, row0, t_begin, t_end,
+def _crossed_partial(x_r, x_z, x_n, v_r, v_z, v_n, l_r, l_z, l_n, at, rows, rmask, cols,
+                     cmask, H, ACC: tl.constexpr, STACKED: tl.constexpr,
+                     GATES: tl.constexpr):
+    """Store at (rows, cols) the partial sum Σ_g x_g @ V_g over the gates in GATES (bit
+    g: r, z, n) of this program's K-block and columns, x_g (BB, BK): on the tensor cores
+    (STACKED, _crossed_tiles', (S, BB) transposed) or chunked (_chunked_tiles')."""
+    if STACKED:
+        if GATES == 4:
+            part = _stacked_dot(v_n, l_n, tl.trans(x_n))
+        else:
+            part = _stacked_dot(v_r, l_r, tl.trans(x_r))
+            part += _stacked_dot(v_z, l_z, tl.trans(x_z))
+            if GATES == 7:
+                part += _stacked_dot(v_n, l_n, tl.trans(x_n))
+        tl.store(at + rows[None, :] * H + cols[:, None], part,
+                 mask=cmask[:, None] & rmask[None, :])
+    else:
+        if GATES == 4:
+            part = _chunked_partial(x_n, v_n, ACC)
+        else:
+            part = _chunked_partial(x_r, v_r, ACC)
+            part += _chunked_partial(x_z, v_z, ACC)
+            if GATES == 7:
+                part += _chunked_partial(x_n, v_n, ACC)
+        tl.store(at + rows[:, None] * H + cols[None, :], _chunked_sum(part),
+                 mask=rmask[:, None] & cmask[None, :])
+
+
+@_jit
+def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, xbuf, ybuf,
+                    sync, B, H, KB, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
-                    KBLOCKS: tl.constexpr, ACC: tl.constexpr,
+                    KBLOCKS: tl.constexpr, ACC: tl.constexpr, RESET_AFTER: tl.constexpr,
                     PREFETCH: tl.constexpr = False, CHUNK: tl.constexpr = 32,
                     KW: tl.constexpr = 1, SI: tl.constexpr = 1,
-                    STACKED: tl.constexpr = False):
-    """Steps t_end-1 down to t_begin of the reverse recurrence, reset_after=True.
+                    STACKED: tl.constexpr = False, PHASE: tl.constexpr = 0):
+    """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
-    Writes dgi (T, B, 3H), rounded to its dtype, and dgh (T, B, 3H), each unit's by one
-    program of its block (the tile's rows in col_blocks shares); KB the units of a
-    K-block (BK ≥ KB, a power of two). Program p: K-block a = p // col_blocks, columns
-    b = p % col_blocks, col_blocks = programs / KBLOCKS. PREFETCH: step t - 1's reads
-    issued during step t. STACKED: the product on the tensor cores, each gate's (S, BK)
-    tile of W_g's transpose times the gradients' (tl.dot, M = S, N = BB; fp32 as three
-    TF32 products on W_hhᵀ's parts, as ``Config.stacked``'s), instead of the chunked
-    broadcast product (CHUNK, KW, SI)."""
+    Writes dgi (T, B, 3H), rounded to its dtype, and for RESET_AFTER dgh (T, B, 3H) (else
+    dgh is dgi), each unit's by one program of its block (the tile's rows in col_blocks
+    shares); KB the units of a K-block (BK ≥ KB, a power of two). Program p: K-block
+    a = p // col_blocks, columns b = p % col_blocks, col_blocks = programs / KBLOCKS.
+    PREFETCH: step t - 1's reads issued during step t. STACKED: the product on the tensor
+    cores, each gate's (S, BK) tile of W_g's transpose times the gradients' (tl.dot, M =
+    S, N = BB; fp32 as three TF32 products on W_hhᵀ's parts, as ``Config.stacked``'s),
+    instead of the chunked broadcast product (CHUNK, KW, SI).
+
+    reset_after=False (the paper's form): the n gate's gradient first, its partial sums
+    of W_hnᵀ dn in ybuf (k_blocks, B, H), a barrier, then their sum at the block's units
+    (∂L/∂(r ⊙ h)) gives r's gradient, and r's and z's partial sums go to xbuf: two
+    arrivals a step. PHASE (the interpreter's, a launch of one step): 1, the first half
+    alone; 2, the second alone (the first's values formed again, from the same reads)."""
     n_prog = tl.num_programs(0)
     col_blocks = n_prog // KBLOCKS
     a = tl.program_id(0) // col_blocks
@@ -119,7 +155,7 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
     first = tl.zeros_like(lens) + t_begin  # (no read before the launch's first step)
     if PREFETCH:
         p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s,
-                                                   t_end - 1, B, H, own, m, ACC, True)
+                                                   t_end - 1, B, H, own, m, ACC, RESET_AFTER)
     else:  # (unused)
         p_d = tl.zeros((BB, BK), ACC)
         p_h, p_r, p_z, p_n, p_g = p_d, p_d, p_d, p_d, p_d
@@ -127,7 +163,7 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
         t = t_end - 1 - i
         if i > 0:  # (step t + 1's partial sums, every program's: the launch before wrote
             # its last step's)
-            _wait(sync, i * n_prog)
+            _wait(sync, i * (1 + (not RESET_AFTER)) * n_prog)
         # dL/dh after step t: step t + 1's partial sums and its elementwise part (zeros
         # at t = T)
         carried = _summed(xbuf + ((t + 1) % 2) * (KBLOCKS + 1) * plane, plane, own, m,
@@ -136,36 +172,43 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
             d, h_prev, r, z, n, ghn = p_d, p_h, p_r, p_z, p_n, p_g
         else:
             d, h_prev, r, z, n, ghn = _saved_step(dout, out, h0, r_s, z_s, n_s, ghn_s, t, B,
-                                                  H, own, m, ACC, True)
+                                                  H, own, m, ACC, RESET_AFTER)
         ok = m & (t < lens)[:, None]
         d += carried
         dn = tl.where(ok, d * (1.0 - z) * (1.0 - n * n), 0.0)
         dz = tl.where(ok, d * (h_prev - n) * z * (1.0 - z), 0.0)
-        dr = dn * ghn * r * (1.0 - r)
-        dnr = dn * r
         own3 = tl.cast(t, tl.int64) * B * 3 * H + rows[:, None] * 3 * H + units[None, :]
-        tl.store(dgi + own3, dr, mask=stores)
-        tl.store(dgi + own3 + H, dz, mask=stores)
-        tl.store(dgi + own3 + 2 * H, dn, mask=stores)
-        tl.store(dgh + own3, dr, mask=stores)
-        tl.store(dgh + own3 + H, dz, mask=stores)
-        tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
         at = xbuf + (t % 2) * (KBLOCKS + 1) * plane
-        tl.store(at + KBLOCKS * plane + own, tl.where(ok, d * z, carried), mask=stores)
-        if STACKED:  # ((S, BB): the partial sums transposed)
-            part = _stacked_dot(v_r, l_r, tl.trans(dr))
-            part += _stacked_dot(v_z, l_z, tl.trans(dz))
-            part += _stacked_dot(v_n, l_n, tl.trans(dnr))
-            tl.store(at + a * plane + rows[None, :] * H + cols[:, None], part,
-                     mask=cmask[:, None] & rmask[None, :])
+        if RESET_AFTER:
+            dr = dn * ghn * r * (1.0 - r)
+            dnr = dn * r
+            tl.store(dgh + own3, dr, mask=stores)
+            tl.store(dgh + own3 + H, dz, mask=stores)
+            tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
+            e = tl.where(ok, d * z, carried)
+            gates_r, gates_n = dr, dnr
         else:
-            part = _chunked_partial(dr, v_r, ACC)
-            part += _chunked_partial(dz, v_z, ACC)
-            part += _chunked_partial(dnr, v_n, ACC)
-            tl.store(at + a * plane + rows[:, None] * H + cols[None, :], _chunked_sum(part),
-                     mask=rmask[:, None] & cmask[None, :])
-        if PREFETCH:  # (step t - 1's reads in flight through the barrier)
-            p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
-                dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
-                m & ((t - 1 < lens) & (t > first))[:, None], ACC, True)
-        _arrive(sync)
+            if PHASE != 2:  # (the n gate's partial sums, W_hnᵀ dn)
+                _crossed_partial(dn, dn, dn, v_r, v_z, v_n, l_r, l_z, l_n, ybuf + a * plane,
+                                 rows, rmask, cols, cmask, H, ACC, STACKED, 4)
+                _arrive(sync)
+            if PHASE == 0:
+                _wait(sync, (2 * i + 1) * n_prog)
+            # (∂L/∂(r ⊙ h) at the block's units; PHASE 1: unused)
+            d_rh = _summed(ybuf, plane, own, m, KBLOCKS)
+            dr = tl.where(ok, d_rh * h_prev * r * (1.0 - r), 0.0)
+            e = tl.where(ok, d * z + r * d_rh, carried)
+            gates_r, gates_n = dr, dn
+        if PHASE != 1:
+            tl.store(dgi + own3, dr, mask=stores)
+            tl.store(dgi + own3 + H, dz, mask=stores)
+            tl.store(dgi + own3 + 2 * H, dn, mask=stores)
+            tl.store(at + KBLOCKS * plane + own, e, mask=stores)
+            _crossed_partial(gates_r, dz, gates_n, v_r, v_z, v_n, l_r, l_z, l_n,
+                             at + a * plane, rows, rmask, cols, cmask, H, ACC, STACKED,
+                             7 if RESET_AFTER else 3)
+            if PREFETCH:  # (step t - 1's reads in flight through the barrier)
+                p_d, p_h, p_r, p_z, p_n, p_g = _saved_step(
+                    dout, out, h0, r_s, z_s, n_s, ghn_s, t - 1, B, H, own,
+                    m & ((t - 1 < lens) & (t > first))[:, None], ACC, RESET_AFTER)
+            _arrive(sync)

@@ -65,7 +65,7 @@ class Config(NamedTuple):
     goes through shared memory first, one row at a time with two barriers each (nvdisasm,
     sm_90a, Triton 3.6, fp32 B=16: H=1024's forward ~32 barriers a step, its backward
     ~100); a benchmark-mode candidate, not yet timed; k_blocks (the backward's, a
-    chunked split, reset_after=True; 1: off): W_hh split over the programs both ways, the
+    chunked or stacked split; 1: off): W_hh split over the programs both ways, the
     gradients' units in k_blocks blocks of ceil(H / k_blocks) (block_k: that, a power of
     two) and dL/dh's in slices, k_blocks · ceil(H / slice) programs a tile, which exchange
     partial sums of dL/dh, B × H values a step, instead of the B × 3H gradients
@@ -101,7 +101,7 @@ RESIDENT_MAX = 3 * 8 * 1024
 
 
 # Benchmark mode's crossed backward splits (Config.k_blocks, _triton.crossed) at batch
-# 9-16, reset_after=True: H padded to a power of two → (k_blocks, slice, warps,
+# 9-16: H padded to a power of two → (k_blocks, slice, warps,
 # unit_lanes, thread_units, prefetch), block_k = ceil(H / k_blocks) as a power of two; the
 # first of each in 16 bits too, all in fp32. 128 programs at H=512 and 1024, each reading
 # partial sums of dL/dh a step (k_blocks + 1 planes of 16 × block_k: ~16 × H values)
