@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# A lent GPU's tune (TUNE_S: the seconds it may take, 480 with the two gates below; the
-# grid alone took ~110 s for three points on an H200, 2026-11-28). Benchmark mode at
-# issue 5's B=16 points above H=256: at each point the fastest of the candidate splits,
-# timed on the card and named in the point's line, and every candidate's time in
-# $OUT/tune.json, the data for the defaults (fp32's points also with the GEMMs as three
-# TF32 ones, --tf32x3-beside). Then, in the time left, the GPU-only tests: first those
-# of the defaults and of the families they could be made of, then the others. The summary
-# (scripts/tune_summary.py, with the SPREAD_CHUNK_DEFAULTS entries its fp32 timings call
-# for) last. Logs go to $OUT.
+# A lent GPU's tune (TUNE_S: the seconds it may take, 540 by default: the two gates below,
+# the grid's 270 and a minute of tests; the grid alone took ~110 s for three points on an
+# H200, 2026-11-28, with fewer candidates). Benchmark mode at issue 5's B=16 points
+# above H=256: at each point the fastest of the candidate splits, timed on the card and
+# named in the point's line, and every candidate's time in $OUT/tune.json, the data for
+# the defaults (fp32's points also with the GEMMs as three TF32 ones, --tf32x3-beside).
+# Then, in the time left, the GPU-only tests: first those of the defaults and of the
+# families they could be made of, then the others. The summary (scripts/tune_summary.py,
+# with the SPREAD_CHUNK_DEFAULTS entries its fp32 timings call for) last. Logs go to
+# $OUT.
 #
 # Every candidate family but the two gated below has run its GPU tests on an H200 without
 # a wrong number (the seventeenth session and the twenty-second; docs/performance.md), so
@@ -19,13 +20,13 @@
 # beforehand, they ran out of time, and the grid ran without the defaults' own families.)
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
-TUNE_S=${TUNE_S:-400}
+TUNE_S=${TUNE_S:-540}
 # (unset: the two families never run on a GPU: the permuted exchange's fp32 tests at the
 # B=16 shapes, reset_after=True (seven splits: within the gate's 90 s), with the row tiles
 # (each test compares its split with the same unpermuted, so a failure may be either's:
 # both families go); then the crossed backward's (Config.k_blocks), the first chunked and
 # the first stacked split at each dtype and H (eight). TUNE_NEW, ";"-separated, names others instead, or none where empty;
-# an entry's flags may be several. Both gates and the grid fit TUNE_S=480.)
+# an entry's flags may be several.)
 PERMUTED_GATE="permuted_exchange and (512 or 1024) and not f16 and not 1000 and after|--no-permuted --no-row-tiles"
 CROSSED_GATE="crossed_on_gpu and gate|--no-crossed"
 IFS=';' read -ra NEW <<< "${TUNE_NEW-$PERMUTED_GATE;$CROSSED_GATE}"
