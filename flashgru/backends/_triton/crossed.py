@@ -6,11 +6,12 @@ B × 3H gradients.
 Program (a, b) owns the units of K-block a, [a·KB, (a+1)·KB): it forms their gates'
 gradients itself (every program of block a forms the same ones, from the same reads), and
 multiplies them by W_hh's rows of those units and columns b·S .. (b+1)·S, a partial sum
-of dL/dh_{t-1} for those columns (``_chunked_partial``'s product over KB, resident). It
-writes the partial sum to its place in xbuf and arrives at the barrier; at the next step,
-each program sums the k_blocks partial sums at its block's units. At B=16, H=1024 on 128
-programs that is 8.4 MB a step read through L2 (the forward's own exchange), against the
-one-way split's 25 MB (every program reads all 16 × 3H gradients).
+of dL/dh_{t-1} for those columns (W resident: chunked, ``_chunked_partial``'s product
+over KB, or stacked on the tensor cores, ``_stacked_dot``'s). It writes the partial sum
+to its place in xbuf and arrives at the barrier; at the next step, each program sums the
+k_blocks partial sums at its block's units. At fp32 B=16, H=1024 on 128 programs (k16)
+that is 8.9 MB a step read through L2, about the forward's own exchange (8.4), against
+the one-way split's 25 MB (every program reads all 16 × 3H gradients).
 
 xbuf (2, k_blocks + 1, B, H), zeros at first: step t's partial sums in xbuf[t % 2, a]
 (two buffers, used in turn, as the others' exchange), and in xbuf[t % 2, k_blocks] the
