@@ -451,6 +451,11 @@ def test_crossed_split_refusals():
         with pytest.raises(ValueError, match="crossed split"):
             tg.backward(torch.ones_like(out), h0, w, out, saved, lens, True, bad)
     assert not splits._can_cross(stacked._replace(narrow=True))
+    # (16 rows and 16 units chunked: only in a chunk shape, whose 5-axis sum Triton's
+    # combine pass doesn't turn into a TF32 tl.dot)
+    chunked = stacked._replace(dot=False, stacked=False, chunked=True, block_k=32)
+    assert not splits._can_cross(chunked)
+    assert splits._can_cross(chunked._replace(unit_lanes=4, thread_units=2))
     assert not splits._can_narrow(stacked, torch.bfloat16)  # (no 16-bit partial sums)
     with pytest.raises(ValueError, match="float64"):
         launch._check_split(stacked, 80, tl.float64)

@@ -299,10 +299,10 @@ def _can_chunk(cfg: Config) -> bool:
 def _can_cross(cfg: Config) -> bool:
     """Whether cfg can be the crossed backward (``Config.k_blocks`` ≥ 2), with none of the
     other exchanges (stamped, kmajor, narrow, permuted): a chunked split's tiles
-    (_can_chunk's rules, with 16 rows and 16 or more units allowed: the product's sum runs
-    over 5 axes, which Triton's combine pass leaves alone), or stacked ones (tl.dot,
-    resident, 16 rows, 16 units or more and block_k ≥ 16, powers of two: tl.dot's
-    smallest)."""
+    (_can_chunk's rules; in a chunk shape 16 rows and 16 or more units too, where the
+    product's sum runs over 5 axes, which Triton's combine pass leaves alone: sm_90a,
+    Triton 3.6, no HMMA), or stacked ones (tl.dot, resident, 16 rows, 16 units or more
+    and block_k ≥ 16, powers of two: tl.dot's smallest)."""
     if cfg.k_blocks < 2 or cfg.stamped or cfg.kmajor or cfg.narrow or cfg.permuted:
         return False
     if cfg.stacked:
@@ -310,7 +310,9 @@ def _can_cross(cfg: Config) -> bool:
                 cfg.slice >= 16 and cfg.block_k >= 16 and
                 (cfg.unit_lanes, cfg.thread_units) == (1, 1) and
                 cfg.slice & (cfg.slice - 1) == 0 and cfg.block_k & (cfg.block_k - 1) == 0)
-    return cfg.chunked and _can_chunk(cfg._replace(block_batch=min(cfg.block_batch, 8)))
+    shaped = (cfg.unit_lanes, cfg.thread_units) != (1, 1)
+    return cfg.chunked and _can_chunk(
+        cfg._replace(block_batch=min(cfg.block_batch, 8)) if shaped else cfg)
 
 
 def _can_permute(cfg: Config) -> bool:
