@@ -277,30 +277,11 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
-    if cfg.k_blocks != 1:  # the crossed exchange's partial sums, and what a launch
-        # leaves the next (_triton.crossed): zeros at t = T
-        xbuf = torch.zeros(2, cfg.k_blocks + 1, batch, hidden, dtype=acc, device=out.device)
-    elif cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
-        xbuf = torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=out.device)
-    elif cfg.permuted:  # each gate's row of block_k in _permuted_at's order, zeros past H
-        xbuf = _padded(2, batch, 3 * cfg.block_k, pad=hidden < cfg.block_k, dtype=acc,
-                       device=out.device)
-    elif cfg.kmajor or cfg.narrow:  # the K-major or 16-bit exchange (each step written
-        # before it is read)
-        xbuf = _empty(2, batch, 3 * hidden, dtype=w_hh.dtype if cfg.narrow else acc,
-                      device=out.device)
-    else:
-        xbuf = dgh
     if steps and batch and cfg.k_blocks != 1:
-        # (reset_after=False: the n gate's partial sums, each written before it is read)
-        ybuf = xbuf if reset_after else _empty(cfg.k_blocks, batch, hidden, dtype=acc,
-                                               device=out.device)
-        args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
-                *saved[:3], ghn_s, lengths, dgi, dgh, xbuf, ybuf)
-        _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args,
-                        RESET_AFTER=reset_after, ACC=_acc(acc))
-        dh = xbuf[0].sum(0)  # (dL/dh0: step 0's partial sums and what it carried)
+        dh = _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh,
+                               reset_after, cfg)
     elif steps and batch:
+        xbuf = _backward_exchange(cfg, batch, hidden, acc, dgh, w_hh.dtype)
         weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
         args = (dout.contiguous(), h0.contiguous(), out, weights, *saved[:3], ghn_s, lengths,
                 dgi, dgh, dh, xbuf)
@@ -318,6 +299,40 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                                saved[0][:, rows], reset_after, gemm, acc)
              for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
     return dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
+
+
+def _backward_exchange(cfg: Config, batch: int, hidden: int, acc: torch.dtype, dgh: Tensor,
+                       weights: torch.dtype) -> Tensor:
+    """The buffer the one-way backward's programs exchange each step's gradients through."""
+    device = dgh.device
+    if cfg.stamped:  # the stamped exchange, every word stamped -1 (no step yet)
+        return torch.full((2, batch, 3 * hidden), -1, dtype=torch.int64, device=device)
+    if cfg.permuted:  # each gate's row of block_k in _permuted_at's order, zeros past H
+        return _padded(2, batch, 3 * cfg.block_k, pad=hidden < cfg.block_k, dtype=acc,
+                       device=device)
+    if cfg.kmajor or cfg.narrow:  # the K-major or 16-bit exchange (each step written
+        # before it is read)
+        return _empty(2, batch, 3 * hidden, dtype=weights if cfg.narrow else acc,
+                      device=device)
+    return dgh
+
+
+def _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh, reset_after,
+                      cfg: Config) -> Tensor:
+    """The crossed backward's launches (``Config.k_blocks``, _triton.crossed), writing dgi
+    and dgh; returns dL/dh0."""
+    steps, batch, hidden = out.shape
+    acc = saved[0].dtype
+    # (the partial sums, and what a launch leaves the next: zeros at t = T)
+    xbuf = torch.zeros(2, cfg.k_blocks + 1, batch, hidden, dtype=acc, device=out.device)
+    # (reset_after=False: the n gate's partial sums, each written before it is read)
+    ybuf = xbuf if reset_after else _empty(cfg.k_blocks, batch, hidden, dtype=acc,
+                                           device=out.device)
+    args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
+            *saved[:3], ghn_s, lengths, dgi, dgh, xbuf, ybuf)
+    _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
+                    ACC=_acc(acc))
+    return xbuf[0].sum(0)  # (step 0's partial sums and what it carried)
 
 
 def _weight_gradients(dg: Tensor, h_prev: Tensor, r: Tensor, reset_after: bool,

@@ -72,8 +72,8 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
             sync = torch.zeros(tiles, dtype=torch.int32, device=device)
             with on_device(device):
                 kernel[(programs, tiles)](
-                    *args, sync, batch, hidden, -(-hidden // cfg.k_blocks), row0, t_begin,
-                    t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
+                    *args, sync, batch, hidden, splits._block_units(hidden, cfg.k_blocks),
+                    row0, t_begin, t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
                     KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
                     SI=cfg.thread_units, STACKED=cfg.stacked, PHASE=phase,
                     num_warps=cfg.warps, num_stages=1, **_COOPERATIVE, **consts)
@@ -121,9 +121,10 @@ def _check_crossed(cfg: Config, hidden: int, acc) -> None:
                          f"a chunked split's tiles or stacked ones (tl.dot, 16 rows, 16 "
                          f"units or more, powers of two), with none of the other exchanges "
                          f"(stamped, kmajor, narrow, permuted); got {cfg}")
-    if cfg.block_k < -(-hidden // cfg.k_blocks):
+    units = splits._block_units(hidden, cfg.k_blocks)
+    if cfg.block_k < units:
         raise ValueError(f"a crossed split needs block_k ≥ ceil(hidden / k_blocks) "
-                         f"({-(-hidden // cfg.k_blocks)}); got {cfg.block_k}")
+                         f"({units}); got {cfg.block_k}")
 
 
 def _programs(cfg: Config, hidden: int, device: torch.device) -> int:

@@ -155,13 +155,18 @@ def _crossed_splits(hidden: int, dtype: torch.dtype) -> list[Config]:
     shapes = CROSSED_SPLITS.get(hp, ())
     if dtype != torch.float32:
         shapes = shapes[:1]
-    found = [Config(16, s, _pow2(-(-hidden // k)), dot=False, warps=w, resident=True,
+    found = [Config(16, s, _pow2(_block_units(hidden, k)), dot=False, warps=w, resident=True,
                     prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
              for k, s, w, u, i, p in shapes]
-    stacked = [Config(16, s, _pow2(-(-hidden // k)), dot=True, warps=w, resident=True,
+    stacked = [Config(16, s, _pow2(_block_units(hidden, k)), dot=True, warps=w, resident=True,
                       stacked=True, prefetch=p, k_blocks=k)
                for k, s, w, p in CROSSED_STACKED.get(hp, ())]
     return found + [cfg for cfg in stacked if _crossed_bytes(cfg, dtype) <= STACKED_MAX_BYTES]
+
+
+def _block_units(hidden: int, k_blocks: int) -> int:
+    """The units of a crossed split's K-block (``Config.k_blocks``): ceil(H / k_blocks)."""
+    return -(-hidden // k_blocks)
 
 
 def _tile_programs(cfg: Config, hidden: int) -> int:
