@@ -151,15 +151,16 @@ def test_only_the_triton_backend_projects_so():
 def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeypatch,
                                                       tf32_flag):
     """Enabled, a triton training call's input projection (forward, dx, dW_ih) and dW_hh
-    go through the three TF32 products (tf32x3._mm_parts: tf32x3.mm's, and _Linear's on
-    operands split once), with torch's numbers at fp32's tolerance, on the module's lean
-    path (one direction) and through functional._layers (both); not enabled, none
-    does."""
+    (two GEMMs: r's and z's rows, n's) go through the three TF32 products
+    (tf32x3._mm_parts: tf32x3.mm's, and _Linear's on operands split once), with torch's
+    numbers at fp32's tolerance, on the module's lean path (one direction) and through
+    functional._layers (both); not enabled, none does."""
     monkeypatch.setattr(tf32x3, "enabled", on)
     calls = []
     parts = tf32x3._mm_parts
     monkeypatch.setattr(tf32x3, "_mm_parts",
-                        lambda a, b, *bias: calls.append(a[0].shape) or parts(a, b, *bias))
+                        lambda a, b, *bias, **out: calls.append(a[0].shape) or
+                        parts(a, b, *bias, **out))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = torch.nn.GRU(12, 16, device=device, bidirectional=bidirectional)
@@ -169,8 +170,8 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     dout = torch.randn_like(o)
     g_ref = torch.autograd.grad(o_ref, [x, *ref.parameters()], dout)
     g = torch.autograd.grad(o, [x, *ours.parameters()], dout)
-    # (each direction's projection, dx, dW_ih, dW_hh)
-    assert len(calls) == (4 * (1 + bidirectional) if on else 0)
+    # (each direction's projection, dx, dW_ih, and dW_hh's r and z block and its n block)
+    assert len(calls) == (5 * (1 + bidirectional) if on else 0)
     for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
 

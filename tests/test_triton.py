@@ -423,6 +423,67 @@ def test_crossed_split(split, dtype, reset_after):
              backward_cfg=cfg)
 
 
+DGH_CASES = {  # (dtype, the split, whether dgh holds its n block alone)
+    "plain-f32": (torch.float32, tg.Config(4, 32, 32, dot=False, resident=True), False),
+    "stamped-f32": (torch.float32, SPLITS["stamped"][1], True),
+    "stamped-bf16": (torch.bfloat16, SPLITS["stamped-bf16"][1], True),
+    "kmajor-f64": (torch.float64, SPLITS["kmajor"][1], True),
+    # (fp16's weight GEMM runs in fp32, on dgh whole)
+    "stamped-f16": (torch.float16, SPLITS["stamped-f16-chunks"][1], False),
+    "crossed-f32": (torch.float32, _crossed(*CROSSED["k2-3cols"]), True),
+}
+
+
+@pytest.mark.parametrize("case", list(DGH_CASES))
+def test_dgh_keeps_its_n_block_alone_where_it_is_not_exchanged(case, monkeypatch):
+    """reset_after=True: where the backward's programs exchange elsewhere than dgh
+    (stamped, K-major, narrow, permuted or crossed) and the weight GEMM takes dgi's dtype
+    (fp32, fp64, bf16), the kernels write dgh's n block alone, (T, B, H) in dgi's dtype:
+    its r and z blocks are dgi's. Else dgh whole, (T, B, 3H) in fp32. dW_hh and db_hh are
+    those of dgh whole (forced: the exchange taken for dgh's), bit for bit in fp32 and
+    fp64 here; bf16 within its rounding (the interpreter's stores truncate, .to() rounds
+    to nearest); every gradient the reference's."""
+    dtype, cfg, alone = DGH_CASES[case]
+    hidden, batch = (40, 6) if cfg.k_blocks != 1 else (32, 5)
+    got = []
+
+    def spy(real):
+        def launch(kernel, cfg, batch, hidden, steps, args, **consts):
+            if "dgh" in kernel.arg_names:  # (the backward's)
+                dgi, dgh = (args[kernel.arg_names.index(a)] for a in ("dgi", "dgh"))
+                got.append((tuple(dgh.shape), dgh.dtype, consts["DGH_N"]))
+                assert dgi.shape == (out.shape[0], batch, 3 * hidden)
+            real(kernel, cfg, batch, hidden, steps, args, **consts)
+        return launch
+
+    monkeypatch.setattr(tg, "_launch", spy(tg._launch))
+    monkeypatch.setattr(tg, "_launch_crossed", spy(tg._launch_crossed))
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(4, batch, hidden, dtype))
+    lens = torch.tensor(_ragged(batch, 4), device=DEVICE)
+    forward = tg.Config(8, 64, 64, dot=False, resident=dtype != torch.float64)
+    out, saved = tg.forward(gi, h0, w, b, lens, True, True, forward)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(
+        device=DEVICE, dtype=dtype)
+    grads = tg.backward(dout, h0, w, out, saved, lens, True, cfg)
+    steps = out.shape[0]
+    assert got == [((steps, batch, hidden), dtype, True) if alone else
+                   ((steps, batch, 3 * hidden),
+                    torch.float32 if dtype != torch.float64 else dtype, False)]
+    if cfg.k_blocks == 1 and alone:  # (dgh whole, as the plain exchange has it)
+        monkeypatch.setattr(tg, "_through_dgh", lambda cfg: True)
+        whole = tg.backward(dout, h0, w, out, saved, lens, True, cfg)
+        assert got[-1] == ((steps, batch, 3 * hidden), torch.float32 if dtype !=
+                           torch.float64 else dtype, False)
+        for name, a, c in zip(("dgi", "dh0", "dw_hh", "db_hh"), grads, whole, strict=True):
+            if dtype == torch.bfloat16 and name in ("dw_hh", "db_hh"):
+                assert_close(name, c.double(), a.double(), 2e-2, rtol=2e-2)
+            else:
+                assert torch.equal(a, c), name
+    _compare(4, batch, hidden, True, dtype, lengths=_ragged(batch, 4), cfg=forward,
+             backward_cfg=cfg)
+
+
 def test_crossed_split_refusals():
     """A crossed split runs the backward alone, with a chunked split's tiles or stacked
     ones and block_k ≥ ceil(H / k_blocks), and none of the other exchanges: a ValueError

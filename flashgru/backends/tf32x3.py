@@ -106,21 +106,26 @@ def _tf32():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def mm(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b (fp32, 2-D) as three TF32 products of their parts (``split``)."""
-    return _mm_parts(split(a), split(b))
+def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor],
+       out: Tensor | None = None) -> Tensor:
+    """a @ b (fp32, 2-D) as three TF32 products of their parts (``split``; either operand
+    may come as its parts, split once for several products), into ``out`` if given."""
+    return _mm_parts(*(x if isinstance(x, tuple) else split(x) for x in (a, b)), out=out)
 
 
 def _mm_parts(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor],
-              bias: Tensor | None = None) -> Tensor:
+              bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """a @ b (+ bias, a row broadcast over the rows) from the parts (hi, lo) of each:
-    a_lo·b_hi + a_hi·b_lo + a_hi·b_hi in TF32, each product added to the output in place
-    (an out-of-place addmm copies its input first: a pass over the output, 100 MB for a
-    B=16, H=1024 input projection at T=512, saved twice; the bias too goes in the first
-    product, not in a pass of its own)."""
+    a_lo·b_hi + a_hi·b_lo + a_hi·b_hi in TF32, each product added to the output (``out``
+    if given, without a bias) in place (an out-of-place addmm copies its input first: a
+    pass over the output, 100 MB for a B=16, H=1024 input projection at T=512, saved
+    twice; the bias too goes in the first product, not in a pass of its own)."""
     (a_hi, a_lo), (b_hi, b_lo) = a, b
     with _tf32():
-        out = a_lo @ b_hi if bias is None else torch.addmm(bias, a_lo, b_hi)
+        if bias is not None:
+            out = torch.addmm(bias, a_lo, b_hi)
+        else:
+            out = torch.mm(a_lo, b_hi, out=out)
         return out.addmm_(a_hi, b_lo).addmm_(a_hi, b_hi)
 
 

@@ -274,31 +274,47 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     # store rounds as .to() does, to the same bits; Triton's interpreter truncates bf16)
     dgi = _empty(steps, batch, 3 * hidden, dtype=out.dtype if reset_after else acc,
                  device=out.device)
-    dgh = _empty(steps, batch, 3 * hidden, dtype=acc, device=out.device) if reset_after else dgi
+    # (the weight GEMM's operands' dtype: dgi's, but for fp16 (a narrow range) fp32)
+    gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
+    # (where the programs exchange elsewhere and the GEMM takes dgi as it is, the kernels
+    # write dgh's n block alone, dn ⊙ r: its r and z blocks are dgi's. At bf16 B=16,
+    # H=1024, T=512, that is 17 MB written instead of 100, and no 100 MB pass to convert
+    # it before the GEMM)
+    dgh_n = reset_after and dgi.dtype == gemm and (cfg.k_blocks != 1 or
+                                                   not _through_dgh(cfg))
+    dgh = dgi if not reset_after else _empty(steps, batch, hidden if dgh_n else 3 * hidden,
+                                              dtype=dgi.dtype if dgh_n else acc,
+                                              device=out.device)
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
     ghn_s = saved[3] if reset_after else saved[0]
     if steps and batch and cfg.k_blocks != 1:
         dh = _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh,
-                               reset_after, cfg)
+                               reset_after, cfg, dgh_n)
     elif steps and batch:
         xbuf = _backward_exchange(cfg, batch, hidden, acc, dgh, w_hh.dtype)
         weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
         args = (dout.contiguous(), h0.contiguous(), out, weights, *saved[:3], ghn_s, lengths,
                 dgi, dgh, dh, xbuf)
         _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), **paired)
+                ACC=_acc(acc), DGH_N=dgh_n, **paired)
     # (dW_hh and db_hh over all steps: _weight_gradients)
-    gemm = torch.bfloat16 if out.dtype == torch.bfloat16 else acc
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
     if not pair_rows:
-        dw_hh, db_hh = _weight_gradients(dgh if reset_after else dgi, h_prev, saved[0],
-                                         reset_after, gemm, acc)
+        dw_hh, db_hh = _weight_gradients(_column_blocks(dgi, dgh, dgh_n, reset_after),
+                                         h_prev, saved[0], reset_after, gemm, acc)
         return dgi, dh, dw_hh, db_hh
-    # (a pair: each direction's from its own rows)
-    grads = [_weight_gradients((dgh if reset_after else dgi)[:, rows], h_prev[:, rows],
-                               saved[0][:, rows], reset_after, gemm, acc)
+    # (a pair: each direction's from its own rows, copied out whole first, so that the
+    # GEMMs and sums read them laid out as they would alone)
+    grads = [_weight_gradients(_column_blocks(*_rows_of(dgi, dgh, rows), dgh_n, reset_after),
+                               h_prev[:, rows], saved[0][:, rows], reset_after, gemm, acc)
              for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
     return dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
+
+
+def _through_dgh(cfg: Config) -> bool:
+    """Whether the one-way backward's programs exchange each step's gradients through dgh
+    (dgi), rather than a buffer of their own (_backward_exchange)."""
+    return not (cfg.stamped or cfg.permuted or cfg.kmajor or cfg.narrow)
 
 
 def _backward_exchange(cfg: Config, batch: int, hidden: int, acc: torch.dtype, dgh: Tensor,
@@ -314,13 +330,14 @@ def _backward_exchange(cfg: Config, batch: int, hidden: int, acc: torch.dtype, d
         # before it is read)
         return _empty(2, batch, 3 * hidden, dtype=weights if cfg.narrow else acc,
                       device=device)
+    assert _through_dgh(cfg)
     return dgh
 
 
 def _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh, reset_after,
-                      cfg: Config) -> Tensor:
+                      cfg: Config, dgh_n: bool) -> Tensor:
     """The crossed backward's launches (``Config.k_blocks``, _triton.crossed), writing dgi
-    and dgh; returns dL/dh0."""
+    and dgh (``dgh_n``: its n block alone); returns dL/dh0."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
     # (the partial sums, and what a launch leaves the next: zeros at t = T)
@@ -331,30 +348,56 @@ def _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh, rese
     args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
             *saved[:3], ghn_s, lengths, dgi, dgh, xbuf, ybuf)
     _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                    ACC=_acc(acc))
+                    ACC=_acc(acc), DGH_N=dgh_n)
     return xbuf[0].sum(0)  # (step 0's partial sums and what it carried)
 
 
-def _weight_gradients(dg: Tensor, h_prev: Tensor, r: Tensor, reset_after: bool,
-                      gemm: torch.dtype, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """dW_hh and db_hh over all steps, one GEMM, from dg (T, B, 3H): dgh, or for
-    reset_after=False dgi (with r, the reset gates, for the n block's r ⊙ h). For bf16
-    outputs (fp32's range) on bf16 operands with fp32 accumulation (``gemm``), as autograd
-    does the input projection's (bf16 weights store the gradient in bf16 anyway; under
-    autocast, fp32 weights get it as autocast gives a linear layer's; fp32 operands ran it
-    on the CUDA cores, ~0.5 µs per step at B=16, H=512); fp16 (a narrow range) and fp32 on
-    the arithmetic's dtype."""
+def _rows_of(dgi: Tensor, dgh: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+    """dgi's and dgh's (dgi again where they are one) rows, each copied out whole."""
+    part = dgi[:, rows].contiguous()
+    return part, part if dgh is dgi else dgh[:, rows].contiguous()
+
+
+def _column_blocks(dgi: Tensor, dgh: Tensor, dgh_n: bool,
+                   reset_after: bool) -> tuple[Tensor, Tensor]:
+    """The gradients of W_hh h + b_hh as _weight_gradients takes them, (T, B, ·) views:
+    its r and z columns, then its n columns (for reset_after=False, ∂L/∂(W_hn (r ⊙ h) +
+    b_hn)). Two blocks whatever their source, so that every split's GEMMs and sums run
+    alike."""
+    hidden = dgi.shape[-1] // 3
+    if not reset_after:
+        return dgi[..., : 2 * hidden], dgi[..., 2 * hidden:]
+    if dgh_n:
+        return dgi[..., : 2 * hidden], dgh
+    return dgh[..., : 2 * hidden], dgh[..., 2 * hidden:]
+
+
+def _weight_gradients(blocks: tuple[Tensor, Tensor], h_prev: Tensor, r: Tensor,
+                      reset_after: bool, gemm: torch.dtype,
+                      acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dW_hh and db_hh over all steps, a GEMM a block, from the gradients of W_hh h + b_hh
+    (_column_blocks) and h_prev (T, B, H), the states before each step; for
+    reset_after=False the n block's product is with r ⊙ h_prev (r the reset gates). For
+    bf16 outputs (fp32's range) on bf16 operands with fp32 accumulation (``gemm``), as
+    autograd does the input projection's (bf16 weights store the gradient in bf16 anyway;
+    under autocast, fp32 weights get it as autocast gives a linear layer's; fp32 operands
+    ran it on the CUDA cores, ~0.5 µs per step at B=16, H=512); fp16 (a narrow range) and
+    fp32 on the arithmetic's dtype."""
+    rz, n = (g.flatten(0, 1) for g in blocks)  # (T·B, 2H), (T·B, H)
+    h_prev = h_prev.flatten(0, 1)
     hidden = h_prev.shape[-1]
-    flat, h_prev = dg.flatten(0, 1), h_prev.flatten(0, 1)  # (T·B, 3H), (T·B, H)
-    if reset_after:
-        dw_hh = (tf32x3.mm(flat.t(), h_prev) if tf32x3.applies(flat, h_prev)  # (fp32:
-                 else flat.to(gemm).t() @ h_prev.to(gemm))  # three TF32 GEMMs, if enabled)
+    rh = None if reset_after else (r.flatten(0, 1) * h_prev.to(acc)).to(gemm)
+    dw_hh = torch.empty(3 * hidden, hidden, dtype=gemm, device=h_prev.device)
+    if tf32x3.applies(rz, n, h_prev):  # (fp32 as three TF32 GEMMs, if enabled: h_prev
+        # split once for both)
+        h_prev = tf32x3.split(h_prev)
+        tf32x3.mm(rz.t(), h_prev, out=dw_hh[: 2 * hidden])
+        tf32x3.mm(n.t(), h_prev if rh is None else rh, out=dw_hh[2 * hidden:])
     else:
-        rh = (r.flatten(0, 1) * h_prev.to(acc)).to(gemm)
-        low = flat.to(gemm)
-        dw_hh = torch.cat([low[:, : 2 * hidden].t() @ h_prev.to(gemm),
-                           low[:, 2 * hidden:].t() @ rh])
-    return dw_hh.to(acc), flat.sum(0)
+        h_prev = h_prev.to(gemm)
+        torch.mm(rz.to(gemm).t(), h_prev, out=dw_hh[: 2 * hidden])
+        torch.mm(n.to(gemm).t(), h_prev if rh is None else rh, out=dw_hh[2 * hidden:])
+    return dw_hh.to(acc), torch.cat([rz.sum(0, dtype=acc), n.sum(0, dtype=acc)])
 
 
 def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates) -> None:

@@ -50,13 +50,15 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
                      CHUNKED: tl.constexpr = False, CHUNK: tl.constexpr = 32,
                      KW: tl.constexpr = 1, SI: tl.constexpr = 1,
                      PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
-                     pair_rows=1, w_stride=0):
+                     DGH_N: tl.constexpr = False, pair_rows=1, w_stride=0):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
     Writes dgi (T, B, 3H) = ∂L/∂gi (rounded to dgi's dtype: the caller's 16 bits where
     the programs don't exchange through it) and, for reset_after=True, dgh (T, B, 3H) =
-    ∂L/∂(W_hh h + b_hh); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
+    ∂L/∂(W_hh h + b_hh), or with DGH_N its n block alone, (T, B, H) in its dtype (the
+    others are dgi's: where the programs exchange elsewhere, and the weight GEMM takes
+    dgi's dtype); dh (B, H) carries ∂L/∂h between launches (zero at t = T, ∂L/∂h0
     at the end). The programs share each step's gradients through dgh (dgi) after a
     barrier on sync, as in the forward kernel; or, STAMPED, through xbuf (2, B, 3H): int64
     words from _stamp, xbuf[t % 2] stamped t for step t, all stamped -1 at launch (as
@@ -104,7 +106,7 @@ def _backward_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh,
             i, carried, p_d, p_h, p_r, p_z, p_n, p_g, first, rows, rmask, cols, cmask, m,
             own, lens, wt, w_hi, w_lo, v_r, v_z, v_n, BB, S, BK, RESET_AFTER, DOT,
             PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH, NARROW,
-            CHUNKED, CHUNK, KW, SI, PERMUTED)
+            CHUNKED, CHUNK, KW, SI, PERMUTED, DGH_N)
         carried = _backward_carry(
             dgi, dgh, xbuf, sync, n_prog, B, H, t_end, i, carried, d, z, r, d_rh, rows,
             rmask, cols, cmask, m, lens, wt, w_hi, w_lo, v_r, v_z, v_n, BB, S, BK,
@@ -147,7 +149,7 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n
                     KMAJOR: tl.constexpr, STACKED: tl.constexpr, PREFETCH: tl.constexpr,
                     NARROW: tl.constexpr, CHUNKED: tl.constexpr,
                     CHUNK: tl.constexpr, KW: tl.constexpr, SI: tl.constexpr,
-                    PERMUTED: tl.constexpr):
+                    PERMUTED: tl.constexpr, DGH_N: tl.constexpr):
     """Step t = t_end - 1 - i's first phase for the tile's rows ``rows`` (its counter
     ``sync``): the gates' gradients, stored and published, then an arrival without
     waiting (reset_before: after the n gate's exchange, which it waits for). Returns
@@ -179,9 +181,12 @@ def _backward_gates(dout, h0, out, r_s, z_s, n_s, ghn_s, dgi, dgh, xbuf, sync, n
         tl.store(dgi + g3 + own3, dr, mask=m)
         tl.store(dgi + g3 + own3 + H, dz, mask=m)
         tl.store(dgi + g3 + own3 + 2 * H, dn, mask=m)
-        tl.store(dgh + g3 + own3, dr, mask=m)
-        tl.store(dgh + g3 + own3 + H, dz, mask=m)
-        tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
+        if DGH_N:  # (its r and z blocks are dgi's)
+            tl.store(dgh + tl.cast(t, tl.int64) * B * H + own, dn * r, mask=m)
+        else:
+            tl.store(dgh + g3 + own3, dr, mask=m)
+            tl.store(dgh + g3 + own3 + H, dz, mask=m)
+            tl.store(dgh + g3 + own3 + 2 * H, dn * r, mask=m)
         d_rh = dn  # (unused)
     else:
         if XBUF:

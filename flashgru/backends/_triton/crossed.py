@@ -107,14 +107,16 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
                     KBLOCKS: tl.constexpr, ACC: tl.constexpr, RESET_AFTER: tl.constexpr,
                     PREFETCH: tl.constexpr = False, CHUNK: tl.constexpr = 32,
                     KW: tl.constexpr = 1, SI: tl.constexpr = 1,
-                    STACKED: tl.constexpr = False, PHASE: tl.constexpr = 0):
+                    STACKED: tl.constexpr = False, PHASE: tl.constexpr = 0,
+                    DGH_N: tl.constexpr = False):
     """Steps t_end-1 down to t_begin of the reverse recurrence.
 
     dout, out, r_s, z_s, n_s, ghn_s (T, B, H); h0 (B, H); wt = W_hhᵀ (H, 3H); lengths (B,).
-    Writes dgi (T, B, 3H), rounded to its dtype, and for RESET_AFTER dgh (T, B, 3H) (else
-    dgh is dgi), each unit's by one program of its block (the tile's rows in col_blocks
-    shares); KB the units of a K-block (BK ≥ KB, a power of two). Program p: K-block
-    a = p // col_blocks, columns b = p % col_blocks, col_blocks = programs / KBLOCKS.
+    Writes dgi (T, B, 3H), rounded to its dtype, and for RESET_AFTER dgh (T, B, 3H), or
+    with DGH_N its n block alone, (T, B, H) (else dgh is dgi), each unit's by one program
+    of its block (the tile's rows in col_blocks shares); KB the units of a K-block (BK ≥
+    KB, a power of two). Program p: K-block a = p // col_blocks, columns b = p %
+    col_blocks, col_blocks = programs / KBLOCKS.
     PREFETCH: step t - 1's reads issued during step t. STACKED: the product on the tensor
     cores, each gate's (S, BK) tile of W_g's transpose times the gradients' (tl.dot, M =
     S, N = BB; fp32 as three TF32 products on W_hhᵀ's parts, as ``Config.stacked``'s),
@@ -183,9 +185,12 @@ def _crossed_kernel(dout, h0, out, wt, r_s, z_s, n_s, ghn_s, lengths, dgi, dgh, 
         if RESET_AFTER:
             dr = dn * ghn * r * (1.0 - r)
             dnr = dn * r
-            tl.store(dgh + own3, dr, mask=stores)
-            tl.store(dgh + own3 + H, dz, mask=stores)
-            tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
+            if DGH_N:  # (its r and z blocks are dgi's)
+                tl.store(dgh + tl.cast(t, tl.int64) * plane + own, dnr, mask=stores)
+            else:
+                tl.store(dgh + own3, dr, mask=stores)
+                tl.store(dgh + own3 + H, dz, mask=stores)
+                tl.store(dgh + own3 + 2 * H, dnr, mask=stores)
             e = tl.where(ok, d * z, carried)
             gates_r, gates_n = dr, dnr
         else:
