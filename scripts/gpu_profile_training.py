@@ -6,7 +6,7 @@ per-step one tell apart: the forward kernel with and without saving the gates, t
 backward (kernel and dW_hh's GEMM), the input projection, dW_hh's GEMM alone on fp32 and
 on bf16 operands, the core's autograd forward+backward, the module's inference call and
 training step and cuDNN's;
-then short calls back to back (T=16-64) against cuDNN's, per call; torch.profiler's
+then short calls back to back (T=1-64) against cuDNN's, per call; torch.profiler's
 table of one module training step's CUDA work, and cProfile's of the host's Python in
 200 short inference and training calls (where a call's fixed ~0.3 ms of host time
 before its kernel starts goes). The forward and backward kernels are
@@ -124,12 +124,14 @@ def per_call(fn, calls: int = 50, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-# short calls back to back (T=16-64, as RL and streaming training make them), where the
+# short calls back to back (T=1-64, as RL and streaming training make them), where the
 # host's time before the kernels start can set the pace: the module against cuDNN, in
-# turns, three rounds
+# turns, three rounds (auto gives every length at H ≥ 256 to the kernels: T=1 and 4 show
+# whether a short call should stay on cuDNN)
 SHORT = [(2, 8, 4, torch.float32)] if SMOKE else [
     (16, 256, 16, torch.float32), (16, 256, 64, torch.float32), (1, 256, 16, torch.float32),
-    (16, 512, 16, torch.bfloat16), (64, 256, 32, torch.float32)]
+    (16, 512, 16, torch.bfloat16), (64, 256, 32, torch.float32), (1, 256, 1, torch.float32),
+    (1, 256, 4, torch.float32), (16, 1024, 1, torch.bfloat16), (16, 1024, 4, torch.float32)]
 for batch, hidden, steps, dtype in SHORT:
     torch.manual_seed(0)
     ref = torch.nn.GRU(hidden, hidden, device=dev, dtype=dtype)
