@@ -142,7 +142,8 @@ def test_the_permuted_exchange_is_gated_by_default(tmp_path, monkeypatch, fails)
     flags = [f for f in _grid(calls).split() if f.startswith("--no-")]
     assert flags == (["--no-permuted", "--no-row-tiles"] if fails else [])
     assert not any(c.startswith("joined flags") for c in calls)
-    assert "or permuted_exchange or pair_runs or crossed_on_gpu)" in tests[-1]
+    assert ("or permuted_exchange or pair_runs or crossed_on_gpu or cuda_graph_on_gpu)"
+            in tests[-1])
     # (the crossed backward's gate failed: the grid without it alone)
     calls, _ = _run(tmp_path / "crossed", "scripts/gpu_tune.sh", crossed, TUNE_S="480")
     assert [f for f in _grid(calls).split() if f.startswith("--no-")] == ["--no-crossed"]
