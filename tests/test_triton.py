@@ -2073,56 +2073,6 @@ def test_wide_problem_on_gpu(batch, split):
     _compare(512, batch, 1024, True, torch.float32, cfg=cfg)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA graphs: a CUDA GPU")
-@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_cuda_graph_on_gpu(dtype, train):
-    """A module call captured in a CUDA graph (as torch.compile's mode="reduce-overhead"
-    and RL loops do) and replayed on new inputs gives the eager call's output, h_n and,
-    training, every gradient, bit for bit: each replay zeroes the barrier's counters
-    again (a memset captured with the launch), and the cooperative launch is captured
-    (stream capture of CU_LAUNCH_ATTRIBUTE_COOPERATIVE)."""
-    torch.manual_seed(0)
-    module = flashgru.GRU(256, 256, backend="triton", device="cuda", dtype=dtype)
-    static_x = torch.randn(64, 4, 256, device="cuda", dtype=dtype, requires_grad=train)
-
-    def call():
-        out, h = module(static_x)
-        if train:
-            (out.float().sum() + h.float().sum()).backward()
-        return out, h
-
-    side = torch.cuda.Stream()  # (warm-up off the capturing stream, as torch asks)
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.set_grad_enabled(train), torch.cuda.stream(side):
-        for _ in range(2):
-            module.zero_grad(set_to_none=True)
-            static_x.grad = None
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    module.zero_grad(set_to_none=True)
-    static_x.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.set_grad_enabled(train), torch.cuda.graph(graph):
-        static = call()
-    grads = [static_x.grad, *(p.grad for p in module.parameters())] if train else []
-    for seed in (1, 2):
-        x = torch.randn(static_x.shape, generator=torch.Generator().manual_seed(seed)).to(
-            device="cuda", dtype=dtype)
-        with torch.no_grad():
-            static_x.copy_(x)
-        graph.replay()
-        replayed = [t.clone() for t in (*static, *grads)]
-        xe = x.detach().requires_grad_(train)  # (eager, its gradients apart from .grad)
-        with torch.set_grad_enabled(train):
-            want = list(module(xe))
-            if train:
-                want += torch.autograd.grad(want[0].float().sum() + want[1].float().sum(),
-                                            [xe, *module.parameters()])
-        for a, b in zip(replayed, want, strict=True):
-            assert torch.equal(a, b)
-
-
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits, 16-132 programs")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -2766,3 +2716,54 @@ def test_pair_leaves_a_direction_without_gradient_alone(monkeypatch):
         for name in got:
             assert (got[name] is None) == (want[name] is None), name
             assert got[name] is None or torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA graphs: a CUDA GPU")
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_graph_on_gpu(dtype, train):
+    """A module call captured in a CUDA graph (as torch.compile's mode="reduce-overhead"
+    and RL loops do) and replayed on new inputs gives the eager call's output, h_n and,
+    training, every gradient, bit for bit: each replay zeroes the barrier's counters
+    again (a memset captured with the launch), and the cooperative launch is captured
+    (stream capture of CU_LAUNCH_ATTRIBUTE_COOPERATIVE). (Last in the file, so that a
+    GPU run's other tests come first should a capture go wrong.)"""
+    torch.manual_seed(0)
+    module = flashgru.GRU(256, 256, backend="triton", device="cuda", dtype=dtype)
+    static_x = torch.randn(64, 4, 256, device="cuda", dtype=dtype, requires_grad=train)
+
+    def call():
+        out, h = module(static_x)
+        if train:
+            (out.float().sum() + h.float().sum()).backward()
+        return out, h
+
+    side = torch.cuda.Stream()  # (warm-up off the capturing stream, as torch asks)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.set_grad_enabled(train), torch.cuda.stream(side):
+        for _ in range(2):
+            module.zero_grad(set_to_none=True)
+            static_x.grad = None
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    module.zero_grad(set_to_none=True)
+    static_x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.set_grad_enabled(train), torch.cuda.graph(graph):
+        static = call()
+    grads = [static_x.grad, *(p.grad for p in module.parameters())] if train else []
+    for seed in (1, 2):
+        x = torch.randn(static_x.shape, generator=torch.Generator().manual_seed(seed)).to(
+            device="cuda", dtype=dtype)
+        with torch.no_grad():
+            static_x.copy_(x)
+        graph.replay()
+        replayed = [t.clone() for t in (*static, *grads)]
+        xe = x.detach().requires_grad_(train)  # (eager, its gradients apart from .grad)
+        with torch.set_grad_enabled(train):
+            want = list(module(xe))
+            if train:
+                want += torch.autograd.grad(want[0].float().sum() + want[1].float().sum(),
+                                            [xe, *module.parameters()])
+        for a, b in zip(replayed, want, strict=True):
+            assert torch.equal(a, b)
