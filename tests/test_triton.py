@@ -2654,6 +2654,33 @@ def test_pair_runs_both_directions_in_one_launch(case, dtype, reset_after, monke
     assert sorted(alone) == sorted([(True, batch, False)] * 8 + [(False, batch, False)] * 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_pair_backward_with_dgh_n_block_alone(dtype, monkeypatch):
+    """core_pair's backward where dgh holds its n block alone (the default backward made
+    stamped, which exchanges elsewhere): outputs, h_n and every gradient bit for bit
+    those of the directions in turn, each direction's dW_hh from its own rows of dgi and
+    dgh's n block."""
+    real = splits.choose_backward_config
+    monkeypatch.setattr(splits, "choose_backward_config",
+                        lambda *a, **k: real(*a, **k)._replace(stamped=True))
+    blocks = []
+    real_launch = tg._launch
+
+    def spy(kernel, cfg, batch, hidden, steps, args, **consts):
+        if "dgh" in kernel.arg_names:
+            blocks.append((consts.get("PAIR", False), consts["DGH_N"]))
+        real_launch(kernel, cfg, batch, hidden, steps, args, **consts)
+
+    monkeypatch.setattr(tg, "_launch", spy)
+    batch, packed, hidden = PAIR_CASES[0]
+    got, _ = _bidirectional_run(batch, 5, hidden, dtype, True, packed, True, monkeypatch)
+    want, _ = _bidirectional_run(batch, 5, hidden, dtype, True, packed, False, monkeypatch)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    # (two layers: a pair's backward each, then the four directions' in turn)
+    assert blocks == [(True, True)] * 2 + [(False, True)] * 4
+
+
 def test_pair_rule(monkeypatch):
     """core_pair runs both directions in one launch only where each direction's default
     splits (the training and inference forwards' and the backward's) fill at most half the
