@@ -6,7 +6,8 @@ per-step one tell apart: the forward kernel with and without saving the gates, t
 backward (kernel and dW_hh's GEMM), the input projection, dW_hh's GEMM alone on fp32 and
 on bf16 operands, the core's autograd forward+backward, the module's inference call and
 training step and cuDNN's;
-then short calls back to back (T=1-64) against cuDNN's, per call; torch.profiler's
+then the inference calls five back to back (against each alone: what a call's start
+costs), short calls back to back (T=1-64) against cuDNN's, per call; torch.profiler's
 table of one module training step's CUDA work, and cProfile's of the host's Python in
 200 short inference and training calls (where a call's fixed ~0.3 ms of host time
 before its kernel starts goes). The forward and backward kernels are
@@ -122,6 +123,19 @@ def per_call(fn, calls: int = 50, reps: int = 5) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls)
     return sorted(times)[len(times) // 2]
+
+
+# the first length's inference calls again, five back to back: where the timings above
+# (each call alone, from an idle card) exceed these, a call pays for its start (the
+# host's time before its kernels, the card's clocks after an idle gap) rather than for
+# its kernels' work
+for batch, hidden, dtype in POINTS:
+    steps = LENGTHS[0]
+    timed = parts(batch, hidden, dtype, steps)
+    for name in ("forward kernel (inference)", "module inference", "cuDNN inference"):
+        us = per_call(timed[name], calls=5) / steps
+        print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:35s}"
+              f" back to back {us:7.2f} µs/step", flush=True)
 
 
 # short calls back to back (T=1-64, as RL and streaming training make them), where the
