@@ -305,15 +305,22 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     products (Config.chunked), chunk shapes (Config.unit_lanes, Config.thread_units;
     without them a spread split takes none of splits.SPREAD_CHUNK_DEFAULTS's fields) and
     permuted exchanges (Config.permuted), from the defaults and benchmark mode's
-    candidates both; and benchmark mode's resident tl.dot, smaller row tiles'
-    (candidates.ROW_TILE_SPREADS) and crossed backward (splits.CROSSED_SPLITS)
-    candidates."""
+    candidates both; the crossed backward (splits.CROSSED_SPLITS, CROSSED_STACKED) from
+    both too, and from the defaults (splits.CROSSED_DEFAULTS) the chunked ones where
+    chunks or chunk shapes are left out; and benchmark mode's resident tl.dot and smaller
+    row tiles' (candidates.ROW_TILE_SPREADS) candidates."""
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:
         splits._chunked_where_set = lambda cfg, device, dtype: cfg
     if no_crossed:
         splits._crossed_splits = lambda hidden, dtype: []
+    # (the crossed defaults the candidates' flags leave out go too, the one-way split
+    # instead: all, or the chunked ones, whose chunks and chunk shapes those flags take;
+    # --no-stacked is the one-way stacked splits')
+    splits.CROSSED_DEFAULTS = {
+        key: entry for key, entry in splits.CROSSED_DEFAULTS.items()
+        if not (no_crossed or (no_chunked or no_chunk_shapes) and entry[0] == "chunked")}
     if no_narrow:
         splits._narrow_where_set = lambda cfg, device, dtype: cfg
     if no_chunk_shapes:

@@ -6,7 +6,8 @@ put into choose_config / choose_backward_config comes from these lines.
 
     python scripts/tune_summary.py tune.json [--all] [--defaults]
 
---defaults prints splits.SPREAD_CHUNK_DEFAULTS's entries the fp32 timings call for.
+--defaults prints splits.SPREAD_CHUNK_DEFAULTS's entries the fp32 timings call for, and
+splits.CROSSED_DEFAULTS's where a crossed backward split was the fastest.
 """
 import argparse
 import ast
@@ -152,6 +153,42 @@ def spread_defaults(grid: list[dict], sms: int = 132) -> list[str]:
     return lines
 
 
+def crossed_defaults(grid: list[dict]) -> list[str]:
+    """splits.CROSSED_DEFAULTS's entries the timings call for: at each point of batch
+    9-16 above H=256 (not fp64), torch's form's backward where its fastest split is a
+    crossed one (Config.k_blocks), as the table row it comes from; or a comment naming
+    the one-way split that won."""
+    from flashgru.backends._triton import splits
+    lines = []
+    for row in grid:
+        if row.get("dtype") == "float64" or not 8 < row.get("B", 0) <= 16 or \
+                row.get("H", 0) <= 256 or "timed" not in row:
+            continue
+        for kind, got in sorted(row["timed"].items()):
+            times = got["us_per_step"]
+            if not kind.startswith("backward") or "False" in kind or not times:
+                continue  # (the paper's form: not on the grid)
+            best = min(times, key=times.get)
+            cfg = config(best)
+            timing = f"{_was(got)} → {times[best]:.2f} µs a step"
+            if cfg is None or cfg.k_blocks == 1:
+                lines.append(f"# H={row['H']} {row['dtype']} backward: the fastest, "
+                             f"{label(best)}, is one-way ({timing})")
+                continue
+            entry = ("stacked", (cfg.k_blocks, cfg.slice, cfg.warps, cfg.prefetch)) \
+                if cfg.stacked else ("chunked", (cfg.k_blocks, cfg.slice, cfg.warps,
+                                                 cfg.unit_lanes, cfg.thread_units,
+                                                 cfg.prefetch))
+            if splits._crossed_split(row["H"], entry) != cfg:
+                lines.append(f"# H={row['H']} {row['dtype']} backward: the fastest, "
+                             f"{label(best)}, is no row of the crossed tables ({timing})")
+                continue
+            arithmetic = "fp32" if row["dtype"] == "float32" else "16-bit"
+            lines.append(f"CROSSED_DEFAULTS[({arithmetic!r}, {splits._pow2(row['H'])})] = "
+                         f"{entry!r}  # H={row['H']} B={row['B']}: {timing}")
+    return lines
+
+
 def _was(got: dict) -> str:
     """A kind's default's µs per step, or that it wasn't timed."""
     default = got["us_per_step"].get(got["default"])
@@ -182,13 +219,15 @@ def main():
     parser.add_argument("json")
     parser.add_argument("--all", action="store_true", help="every candidate's time too")
     parser.add_argument("--defaults", action="store_true",
-                        help="splits.SPREAD_CHUNK_DEFAULTS's entries the timings call for")
+                        help="splits.SPREAD_CHUNK_DEFAULTS's and CROSSED_DEFAULTS's entries "
+                        "the timings call for")
     args = parser.parse_args()
     with open(args.json) as f:
         results = json.load(f)
     print("\n".join(summarize(results.get("grid", []), args.all)))
     if args.defaults:
-        print("\n".join(spread_defaults(results.get("grid", []))))
+        print("\n".join(spread_defaults(results.get("grid", [])) +
+                        crossed_defaults(results.get("grid", []))))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def gpu_bench(monkeypatch):
     the split rules."""
     for name in ("_stacked_splits", "_narrow_where_set", "_chunked_where_set",
                  "_chunk_shape_where_set", "choose_config", "choose_backward_config",
-                 "_crossed_splits"):
+                 "_crossed_splits", "CROSSED_DEFAULTS"):
         monkeypatch.setattr(splits, name, getattr(splits, name))
     monkeypatch.setattr(tg, "_candidates", tg._candidates)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -221,3 +221,30 @@ def test_crossed_left_out(gpu_bench, left_out):
     assert any(c.stacked for c in crossed) == (left_out != "crossed")
     assert any(c.prefetch for c in found[1:]) == (left_out != "prefetch")
     assert any(c.chunked and c.k_blocks == 1 for c in found) == (left_out != "chunked")
+
+
+@pytest.mark.parametrize("left_out", ["crossed", "chunked", "chunk-shapes", "stacked",
+                                      "prefetch", None])
+def test_crossed_defaults_left_out(gpu_bench, left_out):
+    """With crossed splits made defaults (splits.CROSSED_DEFAULTS), --no-crossed makes the
+    backward's default the one-way split again; --no-chunked and --no-chunk-shapes do so
+    for a chunked crossed default (a stacked one stays); --no-stacked (the one-way
+    stacked splits') leaves both; --no-prefetch takes prefetch off the default."""
+    cuda = torch.device("cuda")
+    stacked = ("stacked", splits.CROSSED_STACKED[1024][1])  # (with prefetch)
+    chunked = ("chunked", splits.CROSSED_SPLITS[512][0])
+    splits.CROSSED_DEFAULTS = {("fp32", 1024): stacked, ("fp32", 512): chunked}
+    gpu_bench.restrict(*(name.replace("-", "_") == (left_out or "").replace("-", "_")
+                         for name in gpu_bench.LEAVE_OUT))
+    got = {h: splits.choose_backward_config(16, h, cuda, torch.float32) for h in (512, 1024)}
+    # (the one-way defaults, as the flags leave them)
+    one_way = {h: splits.choose_backward_config(16, h, cuda, torch.float32, crossed=False)
+               for h in (512, 1024)}
+    keep_stacked = left_out != "crossed"
+    keep_chunked = left_out not in ("crossed", "chunked", "chunk-shapes")
+    want_1024 = splits._crossed_split(1024, stacked) if keep_stacked else one_way[1024]
+    want_512 = splits._crossed_split(512, chunked) if keep_chunked else one_way[512]
+    if left_out == "prefetch":
+        want_1024 = want_1024._replace(prefetch=False)
+        want_512 = want_512._replace(prefetch=False)
+    assert got == {512: want_512, 1024: want_1024}

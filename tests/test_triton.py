@@ -524,6 +524,69 @@ def test_crossed_split_refusals():
         launch._check_split(stacked, 80, tl.float64)
 
 
+def test_crossed_default_rule(monkeypatch):
+    """splits.CROSSED_DEFAULTS (empty until a tune times the crossed backward) makes its
+    split the backward's default at batch 9-16 above H=256, for its arithmetic (fp32 or
+    16 bits) and H padded to a power of two: not at batch 8 or 17, not in fp64, not
+    another H's or arithmetic's, not the forward's, not with ``crossed=False`` (a
+    bidirectional pair's launch: _pair_tiles sizes it on the one-way split), and not where
+    the card's multiprocessors can't hold its programs (128 at H=1024 on 108). With any
+    table row named, the default and every benchmark-mode candidate pass the launch's
+    checks, the default first and the one-way default among them."""
+    cuda = torch.device("cuda")
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    f32, bf16 = torch.float32, torch.bfloat16
+    one_way = {(b, h, d): splits.choose_backward_config(b, h, cuda, d)
+               for b in (8, 12, 16, 17) for h in (384, 512, 768, 1024)
+               for d in (f32, bf16, torch.float64)}
+    pairs = {(b, h, d): tg._pair_tiles(b, h, cuda, d, d) for b, h, d in one_way}
+    stacked = ("stacked", splits.CROSSED_STACKED[1024][0])
+    chunked = ("chunked", splits.CROSSED_SPLITS[512][0])
+    monkeypatch.setattr(splits, "CROSSED_DEFAULTS", {("fp32", 1024): stacked,
+                                                     ("16-bit", 512): chunked})
+    for (batch, hidden, dtype), before in one_way.items():
+        got = splits.choose_backward_config(batch, hidden, cuda, dtype)
+        named = {(f32, 1024): stacked, (bf16, 512): chunked}.get(
+            (dtype, splits._pow2(hidden)))
+        if named is not None and 8 < batch <= 16:
+            assert got == splits._crossed_split(hidden, named), (batch, hidden, dtype)
+        else:
+            assert got == before, (batch, hidden, dtype)
+        assert splits.choose_backward_config(batch, hidden, cuda, dtype, crossed=False) == \
+            before
+        assert tg._pair_tiles(batch, hidden, cuda, dtype, dtype) == pairs[batch, hidden, dtype]
+    assert splits.choose_backward_config(16, 768, cuda, f32) == tg.Config(
+        16, 128, 64, dot=True, warps=8, resident=True, stacked=True, k_blocks=16)
+    assert splits.choose_config(16, 1024, cuda, f32).k_blocks == 1
+    Props.multi_processor_count = 108  # (k16's 128 programs at H=1024 don't fit)
+    assert splits.choose_backward_config(16, 1024, cuda, f32).k_blocks == 1
+    assert splits.choose_backward_config(16, 512, cuda, bf16).k_blocks == 1  # (128 too)
+    assert splits.choose_backward_config(16, 384, cuda, bf16).k_blocks == 16  # (96)
+    # (every row of the tables as the default: it and its candidates can run)
+    for sms in (132, 108):
+        Props.multi_processor_count = sms
+        for dtype in (f32, bf16, torch.float16):
+            kind = "fp32" if dtype == f32 else "16-bit"
+            for hp in (512, 1024):
+                rows = [("chunked", r) for r in splits.CROSSED_SPLITS[hp]] + \
+                       [("stacked", r) for r in splits.CROSSED_STACKED[hp]]
+                for entry in rows:
+                    monkeypatch.setattr(splits, "CROSSED_DEFAULTS", {(kind, hp): entry})
+                    for hidden in (hp // 2 + 1, hp - 24, hp):
+                        default = splits.choose_backward_config(16, hidden, cuda, dtype)
+                        found = tg._candidates(default, 16, hidden, cuda, dtype, False)
+                        assert found[0] == default
+                        assert splits.choose_backward_config(
+                            16, hidden, cuda, dtype, crossed=False) in found
+                        for cfg in found:
+                            launch._check_split(cfg, hidden, launch._acc(dtype))
+                            launch._check_weights(cfg, dtype)
+
+
 def test_crossed_candidates_rule(monkeypatch):
     """Benchmark mode times the crossed backward splits for a backward at batch 9-16
     above H=256: the chunked ones

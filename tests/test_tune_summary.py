@@ -143,3 +143,39 @@ def test_spread_defaults():
         "# H=512 backward: the fastest, (16, 4, 512, dot, 4w resident stacked), differs "
         "from the chunked spread split outside SPREAD_FIELDS (backward(True,) not timed → "
         "9.00)"]
+
+
+def test_crossed_defaults():
+    """--defaults: CROSSED_DEFAULTS's entries where torch's form's backward at batch 9-16
+    above H=256 was fastest on a crossed split, as its table row (which makes that split
+    again at the point's H), keyed by arithmetic and H padded; a comment where a one-way
+    split won; nothing for fp64, other batches or H ≤ 256, nor the paper's form."""
+    from flashgru.backends._triton import splits
+    one_way = tg.Config(16, 8, 1024, False, warps=8, resident=True, chunked=True,
+                        unit_lanes=4, thread_units=2)
+    stacked = ("stacked", splits.CROSSED_STACKED[1024][1])
+    chunked = ("chunked", splits.CROSSED_SPLITS[512][0])
+    d, s, c = (str(tuple(x)) for x in (one_way, splits._crossed_split(1000, stacked),
+                                       splits._crossed_split(384, chunked)))
+    rows = [
+        {"dtype": "float32", "H": 1000, "B": 16, "timed": {
+            "backward(True,)": {"default": d, "us_per_step": {d: 10.9, s: 3.4}},
+            "backward(False,)": {"default": d, "us_per_step": {d: 9.0, s: 30.0}}}},
+        {"dtype": "bfloat16", "H": 384, "B": 12, "timed": {
+            "backward(True,)": {"default": d, "us_per_step": {d: 5.0, c: 4.0}}}},
+        {"dtype": "bfloat16", "H": 1024, "B": 16, "timed": {
+            "backward(True,)": {"default": d, "us_per_step": {d: 5.5, s: 6.0}}}}]
+    others = [dict(rows[0], dtype="float64"), dict(rows[0], B=17), dict(rows[0], H=256)]
+    lines = tune_summary.crossed_defaults(rows + others)
+    assert lines == [
+        "CROSSED_DEFAULTS[('fp32', 1024)] = ('stacked', (16, 128, 8, True))  # H=1000 B=16: "
+        "10.90 → 3.40 µs a step",
+        "CROSSED_DEFAULTS[('16-bit', 512)] = ('chunked', (16, 64, 4, 8, 2, False))  "
+        "# H=384 B=12: 5.00 → 4.00 µs a step",
+        "# H=1024 bfloat16 backward: the fastest, (16, 8, 1024, bcast, 8w resident chunked "
+        "u4x2), is one-way (5.50 → 5.50 µs a step)"]
+    # (each entry makes its split again)
+    for line, split in zip(lines[:2], (s, c), strict=False):
+        entry = eval(line.split(" = ")[1].split("  #")[0])  # noqa: S307 (the test's own text)
+        hidden = 1000 if "fp32" in line else 384
+        assert str(tuple(splits._crossed_split(hidden, entry))) == split

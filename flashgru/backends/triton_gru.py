@@ -578,7 +578,7 @@ def _pair_tiles(batch: int, hidden: int, device: torch.device, dtype: torch.dtyp
     cfgs = [_for_weights(c, weights) for c in (
         splits.choose_config(batch, hidden, device, dtype, True),
         splits.choose_config(batch, hidden, device, dtype),
-        splits.choose_backward_config(batch, hidden, device, dtype))]
+        splits.choose_backward_config(batch, hidden, device, dtype, crossed=False))]
     tile = max(c.block_batch for c in cfgs)
     rows = -(-batch // tile) * tile
     limit = splits._grid_limit(device)
@@ -637,7 +637,8 @@ class _EagerPair(torch.autograd.Function):
             if grad is not None:
                 dout[:, d * rows: d * rows + batch] = grad
         cfg = _for_weights(splits.choose_backward_config(batch, h0.shape[-1], out.device,
-                                                         out.dtype), w_hh.dtype)
+                                                         out.dtype, crossed=False),
+                           w_hh.dtype)
         dgi, dh0, dw, db = backward(dout, h0, w_hh, out, saved, lens, ctx.reset_after, cfg,
                                     rows, batch)
         # (each direction's: contiguous, as core's, so that the sums after them (the input

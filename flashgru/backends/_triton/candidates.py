@@ -34,7 +34,12 @@ def _candidates(default: Config, batch: int, hidden: int, device: torch.device,
     stacked splits on fp16 parts (docs/performance.md). Off CUDA (the interpreter: one
     program per tile), the default, stamped, each chunked or not, and with W streamed.
     A backward's at batch 9-16 above H=256 also the crossed splits (splits._crossed_splits:
-    Config.k_blocks, untimed)."""
+    Config.k_blocks, untimed); where the default is one of them (splits.CROSSED_DEFAULTS),
+    the one-way default's candidates after it."""
+    if default.k_blocks != 1:
+        one_way = splits.choose_backward_config(batch, hidden, device, dtype, crossed=False)
+        return [default] + [cfg for cfg in _candidates(one_way, batch, hidden, device, dtype,
+                                                       forward) if cfg != default]
     found = [default]
     fp32_arithmetic = dtype != torch.float64
     if default.resident and fp32_arithmetic and not (default.stacked or default.kmajor) and (

@@ -155,13 +155,48 @@ def _crossed_splits(hidden: int, dtype: torch.dtype) -> list[Config]:
     shapes = CROSSED_SPLITS.get(hp, ())
     if dtype != torch.float32:
         shapes = shapes[:1]
-    found = [Config(16, s, _pow2(_block_units(hidden, k)), dot=False, warps=w, resident=True,
-                    prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
-             for k, s, w, u, i, p in shapes]
-    stacked = [Config(16, s, _pow2(_block_units(hidden, k)), dot=True, warps=w, resident=True,
-                      stacked=True, prefetch=p, k_blocks=k)
-               for k, s, w, p in CROSSED_STACKED.get(hp, ())]
+    found = [_crossed_split(hidden, ("chunked", row)) for row in shapes]
+    stacked = [_crossed_split(hidden, ("stacked", row)) for row in CROSSED_STACKED.get(hp, ())]
     return found + [cfg for cfg in stacked if _crossed_bytes(cfg, dtype) <= STACKED_MAX_BYTES]
+
+
+def _crossed_split(hidden: int, entry: tuple) -> Config:
+    """The crossed split of a table's row at this H: ("chunked", a CROSSED_SPLITS row) or
+    ("stacked", a CROSSED_STACKED row), for a 16-row tile."""
+    kind, row = entry
+    if kind == "stacked":
+        k, s, w, p = row
+        return Config(16, s, _pow2(_block_units(hidden, k)), dot=True, warps=w, resident=True,
+                      stacked=True, prefetch=p, k_blocks=k)
+    k, s, w, u, i, p = row
+    return Config(16, s, _pow2(_block_units(hidden, k)), dot=False, warps=w, resident=True,
+                  prefetch=p, chunked=True, unit_lanes=u, thread_units=i, k_blocks=k)
+
+
+# The crossed backward as the default at batch 9-16 above H=256, where benchmark mode timed
+# it fastest: (arithmetic, H padded to a power of two) → its table row, as _crossed_split
+# takes it; arithmetic "fp32" or "16-bit". Empty: untimed (the twenty-seventh session's
+# splits; scripts/tune_summary.py --defaults prints the entries a tune calls for). A
+# bidirectional pair's launch keeps the one-way splits (choose_backward_config's
+# ``crossed``), as does a card whose multiprocessors can't hold the split's programs.
+CROSSED_DEFAULTS: dict[tuple[str, int], tuple] = {}
+
+
+def _crossed_default(hidden: int, device: torch.device, dtype: torch.dtype) -> Config | None:
+    """The crossed split CROSSED_DEFAULTS names for this H and dtype (not fp64), or None:
+    none named, or its programs more than the card's multiprocessors, or its stacked
+    tiles more than STACKED_MAX_BYTES."""
+    if dtype == torch.float64:
+        return None
+    entry = CROSSED_DEFAULTS.get(("fp32" if dtype == torch.float32 else "16-bit",
+                                  _pow2(hidden)))
+    if entry is None:
+        return None
+    cfg = _crossed_split(hidden, entry)
+    if _tile_programs(cfg, hidden) > _grid_limit(device) or \
+            cfg.stacked and _crossed_bytes(cfg, dtype) > STACKED_MAX_BYTES:
+        return None
+    return cfg
 
 
 def _block_units(hidden: int, k_blocks: int) -> int:
@@ -460,7 +495,7 @@ def _broadcast_split(batch: int, hidden: int, sms: int, dtype: torch.dtype) -> C
 
 
 def choose_backward_config(batch: int, hidden: int, device: torch.device,
-                           dtype: torch.dtype) -> Config:
+                           dtype: torch.dtype, crossed: bool = True) -> Config:
     """The backward's split: the forward's, never stamped (0.85-0.97x at B=1; H200), W_hhᵀ's
     tiles resident where the forward's W tiles are (the backward kernel 1.07-1.55x faster
     so at B=1, H=256-1024 and B=16, H=256; H200, fp32, 2026-11-27), K-major where the
@@ -470,10 +505,14 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
     units' tiles resident where they fit (``_spread_resident``): 1.45x faster than 4
     units per program unresident at H=512, 1.66x than tl.dot's 32 units at H=1024, and
     its product chunked 1.4-1.5x faster again (H200; scripts/gpu_probe_backward.py,
-    docs/performance.md)."""
+    docs/performance.md). There, with ``crossed`` (not a bidirectional pair's launch),
+    the crossed split CROSSED_DEFAULTS names first."""
     cfg = choose_config(batch, hidden, device, dtype)._replace(stamped=False)
     if device.type == "cuda" and 8 < batch <= 16 and hidden > 256 and \
             dtype != torch.float64:  # (a 16-row tile's, whatever the forward's rows)
+        across = _crossed_default(hidden, device, dtype) if crossed else None
+        if across is not None:
+            return across
         stacked = _stacked_default(hidden, device, dtype, forward=False)
         if stacked is not None:  # bf16 10.2 → 6.0 µs per step at H=512, 16.5 → 10.5 at 1024
             return stacked
