@@ -300,12 +300,12 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     # (dW_hh and db_hh over all steps: _weight_gradients)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
     if not pair_rows:
-        dw_hh, db_hh = _weight_gradients(_column_blocks(dgi, dgh, dgh_n, reset_after),
+        dw_hh, db_hh = _weight_gradients(_column_blocks(dgi, dgh),
                                          h_prev, saved[0], reset_after, gemm, acc)
         return dgi, dh, dw_hh, db_hh
     # (a pair: each direction's from its own rows, copied out whole first, so that the
     # GEMMs and sums read them laid out as they would alone)
-    grads = [_weight_gradients(_column_blocks(*_rows_of(dgi, dgh, rows), dgh_n, reset_after),
+    grads = [_weight_gradients(_column_blocks(*_rows_of(dgi, dgh, rows)),
                                h_prev[:, rows], saved[0][:, rows], reset_after, gemm, acc)
              for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
     return dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
@@ -358,16 +358,14 @@ def _rows_of(dgi: Tensor, dgh: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
     return part, part if dgh is dgi else dgh[:, rows].contiguous()
 
 
-def _column_blocks(dgi: Tensor, dgh: Tensor, dgh_n: bool,
-                   reset_after: bool) -> tuple[Tensor, Tensor]:
+def _column_blocks(dgi: Tensor, dgh: Tensor) -> tuple[Tensor, Tensor]:
     """The gradients of W_hh h + b_hh as _weight_gradients takes them, (T, B, ·) views:
-    its r and z columns, then its n columns (for reset_after=False, ∂L/∂(W_hn (r ⊙ h) +
-    b_hn)). Two blocks whatever their source, so that every split's GEMMs and sums run
-    alike."""
+    its r and z columns, then its n columns: dgh's whole (for reset_after=False dgh is
+    dgi, whose n block is ∂L/∂(W_hn (r ⊙ h) + b_hn)), or dgi's r and z with dgh's n block
+    where dgh holds it alone. Two blocks whatever their source, so that every split's
+    GEMMs and sums run alike."""
     hidden = dgi.shape[-1] // 3
-    if not reset_after:
-        return dgi[..., : 2 * hidden], dgi[..., 2 * hidden:]
-    if dgh_n:
+    if dgh.shape[-1] == hidden:
         return dgi[..., : 2 * hidden], dgh
     return dgh[..., : 2 * hidden], dgh[..., 2 * hidden:]
 

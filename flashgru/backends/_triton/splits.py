@@ -183,18 +183,16 @@ CROSSED_DEFAULTS: dict[tuple[str, int], tuple] = {}
 
 
 def _crossed_default(hidden: int, device: torch.device, dtype: torch.dtype) -> Config | None:
-    """The crossed split CROSSED_DEFAULTS names for this H and dtype (not fp64), or None:
-    none named, or its programs more than the card's multiprocessors, or its stacked
-    tiles more than STACKED_MAX_BYTES."""
-    if dtype == torch.float64:
-        return None
+    """The crossed split CROSSED_DEFAULTS names for this H and dtype, or None: none named,
+    or not one benchmark mode offers here (_crossed_splits: not fp64, stacked tiles within
+    STACKED_MAX_BYTES), or its programs more than the card's multiprocessors."""
     entry = CROSSED_DEFAULTS.get(("fp32" if dtype == torch.float32 else "16-bit",
                                   _pow2(hidden)))
     if entry is None:
         return None
     cfg = _crossed_split(hidden, entry)
-    if _tile_programs(cfg, hidden) > _grid_limit(device) or \
-            cfg.stacked and _crossed_bytes(cfg, dtype) > STACKED_MAX_BYTES:
+    if cfg not in _crossed_splits(hidden, dtype) or \
+            _tile_programs(cfg, hidden) > _grid_limit(device):
         return None
     return cfg
 
