@@ -1,63 +1,120 @@
-"""Would three TF32 GEMMs beat one fp32 GEMM for a GRU call's four GEMM-shaped products?
+"""Would three TF32 products beat one fp32 GEMM for a GRU call's four GEMM-shaped products?
 
 fp32 with TF32 off (issue 5's setting) runs the input projection, its two gradients and
 dW_hh on the CUDA cores: ~6 µs a step of a B=16, H=1024 training call at an H200's fp32
 peak (docs/performance.md). Split into TF32-exact parts (a = hi + lo), a·b ≈ hi·hi +
 hi·lo + lo·hi on the tensor cores keeps fp32's accuracy (the dropped lo·lo is ~2^-22 of
-it), as the stacked splits' in-kernel products do. This times, at the GEMMs' shapes
-(T·B rows, I = H), one fp32 GEMM against the three TF32 ones (the split included), and
-prints each's max error against float64 relative to the product's largest
-(flashgru.backends.tf32x3.mm: the triton backend's GEMMs where tf32x3.enabled; off, as
-it lost end to end on an H200, 2026-11-28, before its split was made one pass), and the
-split and the three products timed apart.
+it), as the stacked splits' in-kernel products do. This times, at each of the four
+products' shapes (T·B rows, I = H, as a B=16, T=512 call has them: the projection
+x @ W_ihᵀ, dx = g @ W_ih, dW_ih = gᵀ @ x with g the gates' gradient, and dW_hh's r and z
+rows, g's first 2H columns read in place, transposed, @ h_prev):
+- one fp32 GEMM (cuBLAS, TF32 off);
+- ``tf32x3.mm`` on CUDA: one Triton kernel that splits each tile in registers and sums
+  the three products in one accumulator (_triton.gemm, its default TILE);
+- the same three products on operands split first (one pass each), by three cuBLAS TF32
+  GEMMs into one output (tf32x3._mm_parts: what ran before the kernel), and the split
+  alone;
+- the kernel at the other tiles of TILES (block rows, columns, K; warps, stages);
+and prints each's max error against float64 relative to the product's largest. (The
+GEMMs run so where tf32x3.enabled: off, as the unfused way lost end to end on an H200,
+2026-11-28, before its split was made one pass.)
 
     python scripts/gpu_probe_gemm.py            # on a GPU
     python scripts/gpu_probe_gemm.py --smoke    # the arithmetic alone, small, on the CPU
 """
 import argparse
+import os
+import sys
 
-import torch
-from gpu_timing import interleaved
+if "--smoke" in sys.argv:  # (the kernel in Triton's interpreter, as the tests run it: set
+    # before Triton is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from flashgru.backends import tf32x3
+import torch  # noqa: E402
+from gpu_timing import interleaved  # noqa: E402
+
+from flashgru.backends import tf32x3  # noqa: E402
+
+# (the kernel's alternatives: TILE, WARPS, STAGES; each compiles once per operand layout,
+# ~1 s)
+TILES = [((128, 64, 32), 4, 3), ((128, 256, 32), 8, 3), ((64, 128, 32), 4, 4),
+         ((128, 128, 64), 8, 2)]
 
 
 def mm_fp32(a, b):
     return a @ b  # (TF32 off: main's setting)
 
 
+def products(hidden: int, rows: int, device: str) -> dict:
+    """The four products of a call at this H over ``rows`` = T·B rows: name → (a, b)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, hidden, generator=g).to(device)
+    w_ih = (torch.randn(3 * hidden, hidden, generator=g) * hidden ** -0.5).to(device)
+    grad = (torch.randn(rows, 3 * hidden, generator=g) * 1e-2).to(device)
+    h_prev = torch.randn(rows, hidden, generator=g).tanh().to(device)
+    return {"projection": (x, w_ih.t()), "dx": (grad, w_ih), "dW_ih": (grad.t(), x),
+            "dW_hh rz": (grad[:, : 2 * hidden].t(), h_prev)}
+
+
+def with_tile(gemm, tile, warps, stages):
+    """gemm.mm with another tile (its module's constants set for the call)."""
+    def run(a, b):
+        saved = gemm.TILE, gemm.WARPS, gemm.STAGES
+        gemm.TILE, gemm.WARPS, gemm.STAGES = tile, warps, stages
+        try:
+            return gemm.mm(a, b)
+        finally:
+            gemm.TILE, gemm.WARPS, gemm.STAGES = saved
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False  # (issue 5's setting; tf32x3.mm turns
+    torch.backends.cuda.matmul.allow_tf32 = False  # (issue 5's setting; _mm_parts turns
     # it on for its own products)
+    if args.smoke:
+        tf32x3.GEMM_DEVICES = ("cuda", "cpu")
+    from flashgru.backends._triton import gemm
+
     device = "cpu" if args.smoke else "cuda"
     rows = 64 if args.smoke else 16 * 512
     if not args.smoke:
         print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    print(f"kernel's default tile {gemm.TILE}, {gemm.WARPS} warps, {gemm.STAGES} stages")
     for hidden in ((32,) if args.smoke else (512, 1024)):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(rows, hidden, generator=g).to(device)
-        w = (torch.randn(hidden, 3 * hidden, generator=g) * hidden ** -0.5).to(device)
-        want = x.double() @ w.double()
-        errors = {name: ((mm(x, w).double() - want).abs().max() / want.abs().max()).item()
-                  for name, mm in (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))}
-        parts = tf32x3.split(x), tf32x3.split(w)
-        runs = {name: (lambda mm=mm, x=x, w=w: mm(x, w)) for name, mm in
-                (("fp32", mm_fp32), ("tf32x3", tf32x3.mm))}
-        runs.update({  # (tf32x3's time in its parts: the split, one pass or torch's seven
-            # ops, and the three products on operands split beforehand)
-            "split": lambda x=x, w=w: (tf32x3.split(x), tf32x3.split(w)),
-            "split_ops": lambda x=x, w=w: (tf32x3._split_ops(x), tf32x3._split_ops(w)),
-            "products": lambda parts=parts: tf32x3._mm_parts(*parts)})
-        times = interleaved(runs, steps=rows // 16)  # (µs per step of a B=16 call)
-        print(f"H={hidden:5d} ({rows} x {hidden} @ {hidden} x {3 * hidden}): "
-              f"fp32 {times['fp32']:.2f} µs/step (error {errors['fp32']:.1e}), "
-              f"tf32x3 {times['tf32x3']:.2f} (error {errors['tf32x3']:.1e}), "
-              f"{times['fp32'] / times['tf32x3']:.2f}x; of which the split "
-              f"{times['split']:.2f} (torch's ops {times['split_ops']:.2f}), the three "
-              f"products {times['products']:.2f}")
+        for name, (a, b) in products(hidden, rows, device).items():
+            runs = {"fp32": lambda a=a, b=b: mm_fp32(a, b),
+                    "tf32x3": lambda a=a, b=b: tf32x3.mm(a, b),
+                    "parts": lambda a=a, b=b: tf32x3._mm_parts(tf32x3.split(a),
+                                                                tf32x3.split(b))}
+            tiles = {f"{t[0]}x{t[1]}x{t[2]} w{warps} s{stages}": with_tile(
+                gemm, t, warps, stages) for t, warps, stages in TILES}
+            want = a.double() @ b.double()
+            errors = {}
+            for key, fn in [*runs.items(), *tiles.items()]:
+                try:
+                    errors[key] = ((fn().double() - want).abs().max() /
+                                   want.abs().max()).item() if key in runs else \
+                        ((fn(a, b).double() - want).abs().max() / want.abs().max()).item()
+                except Exception as e:  # noqa: BLE001 (a tile this card can't hold)
+                    errors[key] = f"{type(e).__name__}: {str(e)[:80]}"
+            parts = tf32x3.split(a), tf32x3.split(b)
+            timed = {**runs, "split": lambda a=a, b=b: (tf32x3.split(a), tf32x3.split(b)),
+                     "products": lambda parts=parts: tf32x3._mm_parts(*parts),
+                     **{key: (lambda fn=fn, a=a, b=b: fn(a, b)) for key, fn in tiles.items()
+                        if not isinstance(errors[key], str)}}
+            times = interleaved(timed, steps=rows // 16)  # (µs per step of a B=16 call)
+            shape = f"{tuple(a.shape)} @ {tuple(b.shape)}"
+            print(f"H={hidden:5d} {name:10s} {shape:26s}: fp32 {times['fp32']:.2f} µs/step "
+                  f"(error {errors['fp32']:.1e}), kernel {times['tf32x3']:.2f} (error "
+                  f"{errors['tf32x3']:.1e}), {times['fp32'] / times['tf32x3']:.2f}x; split "
+                  f"first {times['parts']:.2f} (error {errors['parts']:.1e}: the split "
+                  f"{times['split']:.2f}, the three products {times['products']:.2f})")
+            print("        other tiles: " + ", ".join(
+                f"{key} {errors[key]}" if isinstance(errors[key], str) else
+                f"{key} {times[key]:.2f} ({errors[key]:.1e})" for key in tiles))
 
 
 if __name__ == "__main__":

@@ -11,4 +11,5 @@ def test_smoke_run():
     run = subprocess.run([sys.executable, "gpu_probe_gemm.py", "--smoke"], cwd=ROOT / "scripts",
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "tf32x3" in run.stdout and "error" in run.stdout
+    assert all(name in run.stdout for name in ("projection", "dx", "dW_ih", "dW_hh rz"))
+    assert "kernel" in run.stdout and "error" in run.stdout and "other tiles" in run.stdout

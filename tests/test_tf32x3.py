@@ -74,8 +74,19 @@ def test_products_add_into_one_output(enabled, bias):
     assert (got.double() - want).abs().max() <= 4e-6 * want.abs().max()
 
 
+@pytest.fixture(params=["parts", "fused"])
+def gemm_way(request, monkeypatch):
+    """The three products as the CPU runs them (of operands split first, _mm_parts), or
+    in one kernel (_triton.gemm, as on CUDA with Triton; here the interpreter's)."""
+    if request.param == "fused":
+        if BACKENDS["triton"].missing() is not None:
+            pytest.skip("needs Triton, and a GPU or TRITON_INTERPRET=1")
+        monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
+    return request.param
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_and_its_gradients_at_fp32s_error(enabled, bias):
+def test_linear_and_its_gradients_at_fp32s_error(enabled, bias, gemm_way):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, 24, generator=g, requires_grad=True)
     w = torch.randn(36, 24, generator=g, requires_grad=True)
@@ -96,9 +107,10 @@ def test_linear_and_its_gradients_at_fp32s_error(enabled, bias):
 
 
 def test_linear_splits_each_operand_once(enabled, monkeypatch):
-    """A training call's linear splits x and w in the forward and, in the backward, the
-    gradient once for both of its products (dx, dW) and w and x once each; a call that
-    needs only the bias's gradient splits nothing there."""
+    """Where the products are not one kernel (here: the CPU), a training call's linear
+    splits x and wᵀ in the forward and, in the backward, the gradient once for both of its
+    products (dx, dW) and w and x once each; a call that needs only the bias's gradient
+    splits nothing there."""
     shapes = []
     split = tf32x3.split
     monkeypatch.setattr(tf32x3, "split", lambda a: shapes.append(tuple(a.shape)) or split(a))
@@ -107,7 +119,7 @@ def test_linear_splits_each_operand_once(enabled, monkeypatch):
     w = torch.randn(36, 24, generator=g, requires_grad=True)
     b = torch.randn(36, generator=g, requires_grad=True)
     out = tf32x3.linear(x, w, b)
-    assert sorted(shapes) == [(35, 24), (36, 24)]
+    assert sorted(shapes) == [(24, 36), (35, 24)]
     shapes.clear()
     out.backward(torch.randn(7, 5, 36, generator=g))
     assert sorted(shapes) == [(35, 24), (35, 36), (36, 24)]
@@ -149,18 +161,19 @@ def test_only_the_triton_backend_projects_so():
 @pytest.mark.parametrize("on", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["lean", "functional"])
 def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeypatch,
-                                                      tf32_flag):
+                                                      tf32_flag, gemm_way):
     """Enabled, a triton training call's input projection (forward, dx, dW_ih) and dW_hh
-    (two GEMMs: r's and z's rows, n's) go through the three TF32 products
-    (tf32x3._mm_parts: tf32x3.mm's, and _Linear's on operands split once), with torch's
-    numbers at fp32's tolerance, on the module's lean path (one direction) and through
-    functional._layers (both); not enabled, none does."""
+    (two GEMMs: r's and z's rows, n's) go through the three TF32 products (tf32x3.mm: in
+    one kernel, or on operands split once), with torch's numbers at fp32's tolerance, on
+    the module's lean path (one direction) and through functional._layers (both); not
+    enabled, none does."""
     monkeypatch.setattr(tf32x3, "enabled", on)
-    calls = []
-    parts = tf32x3._mm_parts
-    monkeypatch.setattr(tf32x3, "_mm_parts",
-                        lambda a, b, *bias, **out: calls.append(a[0].shape) or
-                        parts(a, b, *bias, **out))
+    calls, ways = [], []
+    mm, parts = tf32x3.mm, tf32x3._mm_parts
+    monkeypatch.setattr(tf32x3, "mm", lambda a, b, *args, **kwargs: calls.append(
+        tf32x3._fused(a, b)) or mm(a, b, *args, **kwargs))
+    monkeypatch.setattr(tf32x3, "_mm_parts", lambda *args: ways.append("parts") or
+                        parts(*args))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = torch.nn.GRU(12, 16, device=device, bidirectional=bidirectional)
@@ -172,6 +185,8 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     g = torch.autograd.grad(o, [x, *ours.parameters()], dout)
     # (each direction's projection, dx, dW_ih, and dW_hh's r and z block and its n block)
     assert len(calls) == (5 * (1 + bidirectional) if on else 0)
+    fused = gemm_way == "fused" or device == "cuda"
+    assert calls == [fused] * len(calls) and len(ways) == (0 if fused else len(calls))
     for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
 
@@ -248,3 +263,132 @@ def test_fused_split_gives_the_same_bits(monkeypatch):
     assert calls == [True] and got[0].stride() == a.stride()  # (no copy: the transpose's)
     _same_parts(got, tf32x3._split_ops(a))
     assert tf32x3.split(a[:0])[0].shape == (0, 64)  # (empty: no launch)
+
+
+def _fused_gemm():
+    from flashgru.backends._triton import gemm
+    return gemm
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("m,k,n", [(200, 70, 130), (129, 257, 45), (3, 5, 7), (6, 0, 9)])
+@pytest.mark.parametrize("min_slice", [512, 32], ids=["whole", "sliced"])
+def test_fused_gemm_at_fp32s_error(m, k, n, min_slice, monkeypatch):
+    """_triton.gemm.mm (tf32x3.mm's one kernel on CUDA): partial tiles in every dimension
+    and K = 0, row-major operands, transposed views, a column slice read in place (the
+    gates' gradient's r and z columns), a bias, an ``out`` that is a slice of a larger
+    buffer (nothing around it written), against float64 at fp32's error; K whole, or
+    (``sliced``: MIN_SLICE 32, where the tiles are fewer than the multiprocessors, 4 off
+    CUDA) cut into slices, the last one short, summed after. In the interpreter the
+    products run in fp32; leaving any of the three out fails (the lost part is ~2^-11 of
+    the product)."""
+    gemm = _fused_gemm()
+    monkeypatch.setattr(gemm, "MIN_SLICE", min_slice)
+    if not torch.cuda.is_available():
+        tiles = -(-m // gemm.TILE[0]) * -(-n // gemm.TILE[1])
+        assert (gemm._slices(tiles, k, gemm.TILE[2], torch.device("cpu")) > 1) == (
+            min_slice == 32 and (m, k, n) == (129, 257, 45))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    wide_a = torch.randn(k, 3 * m, generator=g).to(device)
+    a_t = wide_a[:, m: 2 * m].t()  # (m × k, strides (1, 3m): read in place)
+    cases = [(torch.randn(m, k, generator=g).to(device), torch.randn(k, n, generator=g)
+              .to(device)), (a_t, torch.randn(n, k, generator=g).to(device).t())]
+    bias = torch.randn(n, generator=g).to(device)
+    for a, b in cases:
+        for with_bias in (False, True):
+            canvas = torch.full((m + 3, n + 2), float("nan"), device=device)
+            out = canvas[1: m + 1, 1: n + 1]
+            got = gemm.mm(a, b, bias if with_bias else None, out=out)
+            assert got.data_ptr() == out.data_ptr()
+            want = a.double() @ b.double() + (bias.double() if with_bias else 0)
+            scale = (a.double().abs() @ b.double().abs()).max().item() + (
+                bias.abs().max().item() if with_bias else 0) + 1e-30
+            assert (got.double() - want).abs().max().item() <= 4e-6 * scale
+            rest = canvas.clone()
+            rest[1: m + 1, 1: n + 1] = 0
+            assert rest.isnan().sum().item() == rest.numel() - m * n  # (none else written)
+        assert gemm.mm(a, b).shape == (m, n)
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # (the interpreter's inf - inf)
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # (the largest finite values')
+def test_fused_gemm_is_the_parts_products(monkeypatch, tf32_flag):
+    """The kernel's products are those of the split operands (_mm_parts): the same within
+    fp32's rounding on ordinary values, and NaN where they give NaN (an infinite operand's
+    low part is inf - inf), on the split's edge values."""
+    gemm = _fused_gemm()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(1)
+    edge = _special_values()
+    a = torch.randn(edge.numel(), 40, generator=g)
+    a[:, 3] = edge
+    b = torch.randn(40, 33, generator=g)
+    a, b = a.to(device), b.to(device)
+    want = tf32x3._mm_parts(tf32x3._split_ops(a), tf32x3._split_ops(b))
+    got = gemm.mm(a, b)
+    assert torch.equal(got.isnan(), want.isnan())
+    finite = want.isfinite()
+    assert torch.equal(got.isfinite(), finite)
+    assert (got[finite] - want[finite]).abs().max() <= 1e-5 * want[finite].abs().max()
+
+
+def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
+    """``mm`` hands tensors on a device of GEMM_DEVICES to the one kernel (with a bias and
+    ``out``), and parts split beforehand, or tensors elsewhere, to _mm_parts; ``operand``
+    leaves an operand whole where the kernel takes it, else splits it."""
+    from flashgru.backends._triton import lang
+
+    seen = []
+    monkeypatch.setattr(tf32x3, "_mm_parts", lambda a, b, bias, out: seen.append(
+        ("parts", isinstance(a, tuple) and isinstance(b, tuple), bias, out)))
+    x, w = torch.zeros(4, 3), torch.zeros(3, 2)
+    bias, out = torch.zeros(2), torch.zeros(4, 2)
+    tf32x3.mm(x, w, out, bias)
+    assert seen == [("parts", True, bias, out)]
+    assert isinstance(tf32x3.operand(x), tuple)
+    if lang.triton is None:
+        return
+    from flashgru.backends._triton import gemm
+
+    monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(gemm, "mm", lambda *args: seen.append(("kernel", *args[2:])))
+    seen.clear()
+    tf32x3.mm(x, w, out, bias)
+    tf32x3.mm(tf32x3.split(x), w)  # (parts: not the kernel's)
+    assert seen[0] == ("kernel", bias, out) and seen[1][0] == "parts"
+    assert tf32x3.operand(x) is x
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+def test_fused_gemm_refuses_what_it_cannot_multiply():
+    gemm = _fused_gemm()
+    with pytest.raises(ValueError, match="fp32"):
+        gemm.mm(torch.zeros(2, 3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="fp32"):
+        gemm.mm(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="out must be"):
+        gemm.mm(torch.zeros(2, 3), torch.zeros(3, 2), out=torch.zeros(3, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fused_gemm_on_gpu(tf32_flag):
+    """On the tensor cores, at a B=16, T=256 training call's input projection and dW_hh
+    shapes (H=512): fp32's error against float64 (as one fp32 GEMM's, within 4e-6 of the
+    largest), where one TF32 product errs by ~1e-4."""
+    gemm = _fused_gemm()
+    g = torch.Generator().manual_seed(0)
+    for m, k, n, t in [(4096, 512, 1536, False), (1024, 4096, 512, True)]:
+        a = torch.randn(k, m, generator=g).cuda().t() if t else torch.randn(
+            m, k, generator=g).cuda()
+        b = (torch.randn(k, n, generator=g) * k ** -0.5).cuda()
+        want = a.double() @ b.double()
+        err = ((gemm.mm(a, b).double() - want).abs().max() / want.abs().max()).item()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = ((a @ b).double() - want).abs().max().item() / want.abs().max().item()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert err <= 4e-6 and tf32 > 1e-4, (m, k, n, err, tf32)

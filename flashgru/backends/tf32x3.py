@@ -14,8 +14,11 @@ rate is 7-8x fp32's, so three of them should take well under one fp32 GEMM's tim
 and this would be slower. Off CUDA the three products run in fp32: the same numbers to
 fp32's rounding, slower, for the tests.
 
-The products turn torch.backends.cuda.matmul.allow_tf32 on for their own duration (a
-process-wide flag; restored after). Not where something records, transforms or recasts
+On CUDA with Triton, a GEMM's split and three products run in one kernel (_triton.gemm:
+each operand read once, the output written once, not three times). Elsewhere the operands
+are split first and the products are three cuBLAS TF32 GEMMs (_mm_parts), which turn
+torch.backends.cuda.matmul.allow_tf32 on for their own duration (a process-wide flag;
+restored after). Not where something records, transforms or recasts
 the call (backends.recording(), cpu_step._special_mode(): tracing, torch.compile,
 torch.export, torch.func, autocast, torch function or dispatch modes): there F.linear.
 """
@@ -41,6 +44,9 @@ _fast: dict[torch.device, bool] = {}
 # (the devices whose tensors ``split`` in one pass, by a Triton kernel: the tests add the
 # CPU's under TRITON_INTERPRET=1)
 FUSED_DEVICES = ("cuda",)
+# (the devices whose operands ``mm`` multiplies in one kernel, split and all (_triton.gemm):
+# likewise)
+GEMM_DEVICES = ("cuda",)
 
 
 def _fast_tf32(device: torch.device) -> bool:
@@ -106,32 +112,54 @@ def _tf32():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def _fused(*operands: Tensor | tuple[Tensor, Tensor]) -> bool:
+    """Whether ``mm`` multiplies these operands in one kernel (_triton.gemm): each a tensor,
+    not parts split beforehand, on a device of GEMM_DEVICES, with Triton installed."""
+    if not all(isinstance(x, Tensor) and x.device.type in GEMM_DEVICES for x in operands):
+        return False
+    from ._triton import lang
+
+    return lang.triton is not None
+
+
+def operand(x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    """x as ``mm`` best takes it for several products: itself where they run in one kernel
+    (_fused), else its parts, split once."""
+    return x if _fused(x) else split(x)
+
+
 def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor],
-       out: Tensor | None = None) -> Tensor:
-    """a @ b (fp32, 2-D) as three TF32 products of their parts (``split``; either operand
-    may come as its parts, split once for several products), into ``out`` if given."""
-    return _mm_parts(*(x if isinstance(x, tuple) else split(x) for x in (a, b)), out=out)
+       out: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """a @ b (+ bias, a row broadcast over the rows) for fp32 2-D operands as three TF32
+    products: in one kernel where _fused (on CUDA with Triton), else of their parts
+    (``split``; either operand may come as its parts, split once for several products,
+    ``operand``), into ``out`` if given."""
+    if _fused(a, b):
+        from ._triton import gemm
+
+        return gemm.mm(a, b, bias, out)
+    return _mm_parts(*(x if isinstance(x, tuple) else split(x) for x in (a, b)), bias, out)
 
 
 def _mm_parts(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor],
               bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """a @ b (+ bias, a row broadcast over the rows) from the parts (hi, lo) of each:
     a_lo·b_hi + a_hi·b_lo + a_hi·b_hi in TF32, each product added to the output (``out``
-    if given, without a bias) in place (an out-of-place addmm copies its input first: a
-    pass over the output, 100 MB for a B=16, H=1024 input projection at T=512, saved
-    twice; the bias too goes in the first product, not in a pass of its own)."""
+    if given) in place (an out-of-place addmm copies its input first: a pass over the
+    output, 100 MB for a B=16, H=1024 input projection at T=512, saved twice; the bias
+    too goes in the first product, not in a pass of its own)."""
     (a_hi, a_lo), (b_hi, b_lo) = a, b
     with _tf32():
         if bias is not None:
-            out = torch.addmm(bias, a_lo, b_hi)
+            out = torch.addmm(bias, a_lo, b_hi, out=out)
         else:
             out = torch.mm(a_lo, b_hi, out=out)
         return out.addmm_(a_hi, b_lo).addmm_(a_hi, b_hi)
 
 
-def _t(parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The parts of a 2-D operand's transpose (views)."""
-    return parts[0].t(), parts[1].t()
+def _t(x: Tensor | tuple[Tensor, Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+    """A 2-D operand's transpose, or its parts' (views)."""
+    return x.t() if isinstance(x, Tensor) else (x[0].t(), x[1].t())
 
 
 class _Linear(torch.autograd.Function):
@@ -142,8 +170,8 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.bias = b is not None
         flat = x.reshape(-1, x.shape[-1])
-        # (w split as stored, then transposed)
-        out = _mm_parts(split(flat), _t(split(w)), b)
+        # (unfused, w.t() is split as w is stored, then transposed: split's rule)
+        out = mm(flat, w.t(), bias=b)
         return out.reshape(*x.shape[:-1], w.shape[0])
 
     @staticmethod
@@ -152,11 +180,11 @@ class _Linear(torch.autograd.Function):
         g = grad.reshape(-1, w.shape[0])
         dx = dw = db = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            g_parts = split(g)  # (once for both products: the largest operand)
+            g_op = operand(g)  # (split once for both products, where split: the largest)
         if ctx.needs_input_grad[0]:
-            dx = _mm_parts(g_parts, split(w)).reshape(x.shape)
+            dx = mm(g_op, w).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            dw = _mm_parts(_t(g_parts), split(x.reshape(-1, x.shape[-1])))
+            dw = mm(_t(g_op), x.reshape(-1, x.shape[-1]))
         if ctx.bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db

@@ -386,9 +386,9 @@ def _weight_gradients(blocks: tuple[Tensor, Tensor], h_prev: Tensor, r: Tensor,
     hidden = h_prev.shape[-1]
     rh = None if reset_after else (r.flatten(0, 1) * h_prev.to(acc)).to(gemm)
     dw_hh = torch.empty(3 * hidden, hidden, dtype=gemm, device=h_prev.device)
-    if tf32x3.applies(rz, n, h_prev):  # (fp32 as three TF32 GEMMs, if enabled: h_prev
-        # split once for both)
-        h_prev = tf32x3.split(h_prev)
+    if tf32x3.applies(rz, n, h_prev):  # (fp32 as three TF32 GEMMs, if enabled: h_prev,
+        # where split, split once for both)
+        h_prev = tf32x3.operand(h_prev)
         tf32x3.mm(rz.t(), h_prev, out=dw_hh[: 2 * hidden])
         tf32x3.mm(n.t(), h_prev if rh is None else rh, out=dw_hh[2 * hidden:])
     else:

@@ -20,17 +20,24 @@ BLOCK = 4096  # (elements a program: 16 KiB read, 32 KiB written)
 
 
 @_jit
+def _parts(x):
+    """fp32 x's TF32 parts (hi, lo), x = hi + lo exactly: hi rounded to nearest, ties away
+    (the carry may reach the exponent, and past the largest finite value to inf: there
+    truncated instead), lo the rest. Also the fused GEMM's (_triton.gemm)."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x1000) & -8192
+    overflowed = ((rounded & 0x7FFFFFFF) == 0x7F800000) & ((bits & 0x7F800000) != 0x7F800000)
+    high = tl.where(overflowed, bits & -8192, rounded).to(tl.float32, bitcast=True)
+    return high, x - high
+
+
+@_jit
 def _split_kernel(a, hi, lo, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x = tl.load(a + offs, mask=mask, other=0.0)
-    bits = x.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x1000) & -8192  # (to nearest, ties away: the carry may reach the
-    # exponent, and past the largest finite value to inf: there truncated instead)
-    overflowed = ((rounded & 0x7FFFFFFF) == 0x7F800000) & ((bits & 0x7F800000) != 0x7F800000)
-    high = tl.where(overflowed, bits & -8192, rounded).to(tl.float32, bitcast=True)
+    high, low = _parts(tl.load(a + offs, mask=mask, other=0.0))
     tl.store(hi + offs, high, mask=mask)
-    tl.store(lo + offs, x - high, mask=mask)
+    tl.store(lo + offs, low, mask=mask)
 
 
 def split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
