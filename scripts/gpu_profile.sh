@@ -4,17 +4,18 @@
 # in one pass. In order: scripts/gpu_profile_training.py (each part of a call at T=512
 # and 2048, bf16 and fp32 at H=512 and 1024: kernels, input projection, dW_hh, the
 # module's and cuDNN's inference and training calls; short calls; the profiler's and
-# cProfile's tables), scripts/gpu_probe_gemm.py (one fp32 GEMM against three TF32 ones,
-# the split and the products apart), then fp32's B=16 points end to end with the GEMMs
-# both ways (benchmarks/gpu.py --tf32x3-beside). First, in seconds, tf32x3's tests: the
-# one-pass split (never yet run on a GPU, which the probe and the grid's tf32x3 lines
-# use) against the torch ops' bits. The kernels compiled first, all cores at
-# once (gpu_warm.py). Logs go to $OUT.
+# cProfile's tables), scripts/gpu_probe_gemm.py (a call's four fp32 GEMMs against the
+# tf32x3 kernel, _triton.gemm, and against the three TF32 products of operands split
+# first; the kernel's other tiles), then fp32's B=16 points end to end with the GEMMs
+# both ways (benchmarks/gpu.py --tf32x3-beside, the kernel's). First, in seconds,
+# tf32x3's tests: the one-pass split and the kernel (never yet run on a GPU, which the
+# probe and the grid's tf32x3 lines use), their bits and error. The kernels compiled
+# first, all cores at once (gpu_warm.py). Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 PROFILE_S=${PROFILE_S:-250}
 GRID=(benchmarks/gpu.py --points float32:1024:16 float32:512:16 --only-grid --tf32x3-beside)
-WARM_S=60 warm scripts/gpu_profile_training.py "${GRID[*]}"
+WARM_S=60 warm scripts/gpu_profile_training.py scripts/gpu_probe_gemm.py "${GRID[*]}"
 step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it (in scripts/ for a script
   # there) within that share of PROFILE_S's time left, its output in $OUT/LOG
   local log=$1 share=$2 left
