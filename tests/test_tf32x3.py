@@ -391,4 +391,4 @@ def test_fused_gemm_on_gpu(tf32_flag):
         torch.backends.cuda.matmul.allow_tf32 = True
         tf32 = ((a @ b).double() - want).abs().max().item() / want.abs().max().item()
         torch.backends.cuda.matmul.allow_tf32 = False
-        assert err <= 4e-6 and tf32 > 1e-4, (m, k, n, err, tf32)
+        assert err <= 4e-6 and tf32 > 5e-5, (m, k, n, err, tf32)
