@@ -379,7 +379,7 @@ def test_fused_gemm_refuses_what_it_cannot_multiply():
 def test_fused_gemm_on_gpu(tf32_flag):
     """On the tensor cores, at a B=16, T=256 training call's input projection and dW_hh
     shapes (H=512): fp32's error against float64 (as one fp32 GEMM's, within 4e-6 of the
-    largest), where one TF32 product errs by ~1e-4."""
+    largest), where one TF32 product errs by ~3e-4."""
     gemm = _fused_gemm()
     g = torch.Generator().manual_seed(0)
     for m, k, n, t in [(4096, 512, 1536, False), (1024, 4096, 512, True)]:
