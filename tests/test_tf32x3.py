@@ -76,12 +76,15 @@ def test_products_add_into_one_output(enabled, bias):
 
 @pytest.fixture(params=["parts", "fused"])
 def gemm_way(request, monkeypatch):
-    """The three products as the CPU runs them (of operands split first, _mm_parts), or
-    in one kernel (_triton.gemm, as on CUDA with Triton; here the interpreter's)."""
+    """The three products of operands split first (_mm_parts: as the CPU runs them, or
+    CUDA without Triton), or in one kernel (_triton.gemm, as on CUDA with Triton; on the
+    CPU the interpreter's)."""
     if request.param == "fused":
         if BACKENDS["triton"].missing() is not None:
             pytest.skip("needs Triton, and a GPU or TRITON_INTERPRET=1")
         monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
+    else:
+        monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ())
     return request.param
 
 
@@ -185,7 +188,7 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     g = torch.autograd.grad(o, [x, *ours.parameters()], dout)
     # (each direction's projection, dx, dW_ih, and dW_hh's r and z block and its n block)
     assert len(calls) == (5 * (1 + bidirectional) if on else 0)
-    fused = gemm_way == "fused" or device == "cuda"
+    fused = gemm_way == "fused"
     assert calls == [fused] * len(calls) and len(ways) == (0 if fused else len(calls))
     for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
@@ -347,7 +350,7 @@ def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
         ("parts", isinstance(a, tuple) and isinstance(b, tuple), bias, out)))
     x, w = torch.zeros(4, 3), torch.zeros(3, 2)
     bias, out = torch.zeros(2), torch.zeros(4, 2)
-    tf32x3.mm(x, w, out, bias)
+    tf32x3.mm(x, w, out=out, bias=bias)
     assert seen == [("parts", True, bias, out)]
     assert isinstance(tf32x3.operand(x), tuple)
     if lang.triton is None:
@@ -357,7 +360,7 @@ def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
     monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(gemm, "mm", lambda *args: seen.append(("kernel", *args[2:])))
     seen.clear()
-    tf32x3.mm(x, w, out, bias)
+    tf32x3.mm(x, w, out=out, bias=bias)
     tf32x3.mm(tf32x3.split(x), w)  # (parts: not the kernel's)
     assert seen[0] == ("kernel", bias, out) and seen[1][0] == "parts"
     assert tf32x3.operand(x) is x
@@ -367,12 +370,46 @@ def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 def test_fused_gemm_refuses_what_it_cannot_multiply():
     gemm = _fused_gemm()
-    with pytest.raises(ValueError, match="fp32"):
-        gemm.mm(torch.zeros(2, 3), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="fp32"):
-        gemm.mm(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(3, 2))
+    a, b = torch.zeros(2, 3), torch.zeros(3, 2)
+    for x, y in [(a, torch.zeros(4, 2)), (a.double(), b), (a[0], b), (a, b[None])]:
+        with pytest.raises(ValueError, match="fp32 .M × K. @ .K × N. operands"):
+            gemm.mm(x, y)
     with pytest.raises(ValueError, match="out must be"):
-        gemm.mm(torch.zeros(2, 3), torch.zeros(3, 2), out=torch.zeros(3, 2))
+        gemm.mm(a, b, out=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="bias must be fp32"):
+        gemm.mm(a, b, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(RuntimeError):  # (torch's own: a bias of the wrong length)
+        gemm.mm(a, b, torch.zeros(3))
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+def test_fused_gemm_takes_any_bias_linear_takes(monkeypatch):
+    """A bias as F.linear takes it: strided, expanded from one value, 0-dim; the same
+    numbers as a contiguous one, K whole or sliced (the kernel reads a contiguous row)."""
+    gemm = _fused_gemm()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(9, 40, generator=g), torch.randn(40, 6, generator=g)
+    wide = torch.randn(12, generator=g)
+    for min_slice in (512, 8):
+        monkeypatch.setattr(gemm, "MIN_SLICE", min_slice)
+        for bias in (wide[::2], torch.tensor([1.5]).expand(6), torch.tensor(-2.0)):
+            want = gemm.mm(a, b, bias.expand(6).clone())
+            assert torch.equal(gemm.mm(a, b, bias), want)
+            assert (want - (a @ b + bias)).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_parts_products_into_out(bias):
+    """_mm_parts with ``out`` (and a bias): the result lands in ``out``, at fp32's error."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(20, 16, generator=g), torch.randn(16, 12, generator=g)
+    b = torch.randn(12, generator=g) if bias else None
+    out = torch.full((20, 12), float("nan"))
+    got = tf32x3._mm_parts(tf32x3.split(x), tf32x3.split(w), b, out)
+    assert got.data_ptr() == out.data_ptr()
+    want = x.double() @ w.double() + (b.double() if bias else 0)
+    assert (out.double() - want).abs().max() <= 4e-6 * want.abs().max()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -128,8 +128,8 @@ def operand(x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
     return x if _fused(x) else split(x)
 
 
-def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor],
-       out: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor], *,
+       bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """a @ b (+ bias, a row broadcast over the rows) for fp32 2-D operands as three TF32
     products: in one kernel where _fused (on CUDA with Triton), else of their parts
     (``split``; either operand may come as its parts, split once for several products,

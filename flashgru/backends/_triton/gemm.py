@@ -68,8 +68,9 @@ def _tf32x3_kernel(a, b, bias, c, M, N, K, KS, sam, sak, sbk, sbn, scs, scm, scn
         acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
         acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
         acc = tl.dot(a_hi, b_hi, acc, input_precision="tf32")
-        pa += BK * sak
-        pb += BK * sbk
+        pa += tl.cast(BK, tl.int64) * sak  # (in int64: a stride of 2^26 or more times
+        # BK would wrap in int32)
+        pb += tl.cast(BK, tl.int64) * sbk
     if BIAS:
         acc += tl.load(bias + rn, mask=nmask, other=0.0)[None, :]
     pc = c + tl.program_id(1).to(tl.int64) * scs + rm.to(tl.int64)[:, None] * scm + \
@@ -90,16 +91,25 @@ def _slices(tiles: int, k: int, bk: int, device: torch.device) -> int:
 
 def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
        out: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b (+ bias, broadcast over the rows) for fp32 2-D a (M × K) and b (K × N), any
-    strides, into ``out`` (M × N fp32, any strides, not overlapping a or b) if given."""
-    (m, k), (k2, n) = a.shape, b.shape
-    if k != k2 or a.dtype != torch.float32 or b.dtype != torch.float32:
-        raise ValueError(f"fp32 (M × K) @ (K × N) operands; got {a.dtype} {tuple(a.shape)} "
-                         f"and {b.dtype} {tuple(b.shape)}")
+    """a @ b (+ bias, fp32, broadcast to a row of N as F.linear's is, then over the rows)
+    for fp32 2-D a (M × K) and b (K × N), any strides, on one device, into ``out`` (M × N
+    fp32, any strides, not overlapping a or b) if given."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or \
+            a.dtype != torch.float32 or b.dtype != torch.float32 or a.device != b.device:
+        raise ValueError(f"fp32 (M × K) @ (K × N) operands on one device; got {a.dtype} "
+                         f"{tuple(a.shape)} on {a.device} and {b.dtype} {tuple(b.shape)} "
+                         f"on {b.device}")
+    (m, k), n = a.shape, b.shape[1]
     if out is None:
         out = torch.empty(m, n, dtype=torch.float32, device=a.device)
-    elif out.shape != (m, n) or out.dtype != torch.float32:
-        raise ValueError(f"out must be fp32 {(m, n)}; got {out.dtype} {tuple(out.shape)}")
+    elif out.shape != (m, n) or out.dtype != torch.float32 or out.device != a.device:
+        raise ValueError(f"out must be fp32 {(m, n)} on {a.device}; got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    if bias is not None:  # (the kernel reads N contiguous values)
+        if bias.dtype != torch.float32 or bias.device != a.device:
+            raise ValueError(f"bias must be fp32 on {a.device}; got {bias.dtype} on "
+                             f"{bias.device}")
+        bias = torch.broadcast_to(bias, (n,)).contiguous()
     if not (m and n):
         return out
     bm, bn, bk = TILE
