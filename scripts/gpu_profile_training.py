@@ -7,7 +7,10 @@ backward (kernel and dW_hh's GEMM), the input projection, dW_hh's GEMM alone on 
 on bf16 operands, the core's autograd forward+backward, the module's inference call and
 training step and cuDNN's;
 then the inference calls five back to back (against each alone: what a call's start
-costs), short calls back to back (T=1-64) against cuDNN's, per call; torch.profiler's
+costs); one call each of the module's inference and training and cuDNN's inference under
+torch.profiler, kernel by kernel from the call's start with the GPU's idle gaps (where a
+call's time beyond its kernels goes); short calls back to back (T=1-64) against cuDNN's,
+per call; torch.profiler's
 table of one module training step's CUDA work, and cProfile's of the host's Python in
 200 short inference and training calls (where a call's fixed ~0.3 ms of host time
 before its kernel starts goes). The forward and backward kernels are
@@ -136,6 +139,54 @@ for batch, hidden, dtype in POINTS:
         us = per_call(timed[name], calls=5) / steps
         print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:35s}"
               f" back to back {us:7.2f} µs/step", flush=True)
+
+
+def timeline(fn, label: str) -> None:
+    """One call of fn() from an idle card under torch.profiler: each GPU kernel's start
+    and end from the call's start on the host (µs), and the GPU's idle gaps between them;
+    so a call's time beyond its kernels shows as a late first kernel (the host's time
+    before it), gaps (the host's time between launches, or a launch's own wait), or
+    kernels longer than timed alone. Off CUDA, the host's time alone."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    fn()
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        with record_function("the call"):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.events()
+    call = next(e for e in events if e.name == "the call")
+    t0 = call.time_range.start
+    kernels = sorted((e for e in events if e.device_type == DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    print(f"---- timeline {label}: host {call.time_range.end - t0:.0f} µs")
+    end, busy = None, 0.0
+    for e in kernels:
+        start, stop = e.time_range.start - t0, e.time_range.end - t0
+        gap = "" if end is None else f" (idle {max(0.0, start - end):.0f} µs before)"
+        print(f"  {start:9.0f} → {stop:9.0f} µs  {stop - start:8.0f} µs  {e.name[:60]}{gap}")
+        end, busy = stop if end is None else max(end, stop), busy + stop - start
+    if kernels:
+        print(f"  first kernel at {kernels[0].time_range.start - t0:.0f} µs, kernels busy "
+              f"{busy:.0f} µs, last ends at {end:.0f} µs")
+
+
+# one inference and one training call of the module at each point, T=512, kernel by
+# kernel (timeline): where the call's time beyond its kernels goes
+for batch, hidden, dtype in POINTS:
+    timed = parts(batch, hidden, dtype, LENGTHS[0])
+    for name in ("module inference", "module training step", "cuDNN inference"):
+        try:  # (a diagnostic: a profiler failure costs its lines alone)
+            timeline(timed[name], f"{str(dtype)[6:]} B={batch} H={hidden} T={LENGTHS[0]} "
+                                  f"{name}")
+        except Exception as e:  # noqa: BLE001
+            print(f"---- timeline {name}: {type(e).__name__}: {e}")
 
 
 # short calls back to back (T=1-64, as RL and streaming training make them), where the
