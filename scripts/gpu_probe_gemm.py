@@ -15,6 +15,9 @@ rows, g's first 2H columns read in place, transposed, @ h_prev):
   GEMMs into one output (tf32x3._mm_parts: what ran before the kernel), and the split
   alone;
 - the kernel at the other tiles of TILES (block rows, columns, K; warps, stages);
+- the three products as one cuBLAS TF32 GEMM over 3K, [a_lo a_hi a_hi] @ [b_hi; b_lo;
+  b_hi], its operands laid out beforehand (what a split pass writing that layout would
+  make possible: the output written once, one call);
 and prints each's max error against float64 relative to the product's largest. (The
 GEMMs run so where tf32x3.enabled: off, as the unfused way lost end to end on an H200,
 2026-11-28, before its split was made one pass.)
@@ -46,6 +49,13 @@ TILES = [((128, 64, 32), 4, 3), ((128, 64, 32), 4, 4), ((64, 128, 32), 4, 4),
 
 def mm_fp32(a, b):
     return a @ b  # (TF32 off: main's setting)
+
+
+def one_3k(a_wide, b_wide):
+    """One TF32 GEMM of operands whose parts lie side by side along K (tf32x3._tf32: TF32
+    for its duration)."""
+    with tf32x3._tf32():
+        return a_wide @ b_wide
 
 
 def products(hidden: int, rows: int, device: str) -> dict:
@@ -104,8 +114,16 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 (a tile this card can't hold)
                     errors[key] = f"{type(e).__name__}: {str(e)[:80]}"
             parts = tf32x3.split(a), tf32x3.split(b)
+            # (the three products as one TF32 GEMM over 3K: [a_lo a_hi a_hi] @ [b_hi; b_lo;
+            # b_hi], the parts laid side by side beforehand, as a split pass could write
+            # them: one cuBLAS call, the output written once)
+            wide = (torch.cat([parts[0][1], parts[0][0], parts[0][0]], 1),
+                    torch.cat([parts[1][0], parts[1][1], parts[1][0]], 0))
+            errors["one 3K"] = ((one_3k(*wide).double() - want).abs().max() /
+                                want.abs().max()).item()
             timed = {**runs, "split": lambda a=a, b=b: (tf32x3.split(a), tf32x3.split(b)),
                      "products": lambda parts=parts: tf32x3._mm_parts(*parts),
+                     "one 3K": lambda wide=wide: one_3k(*wide),
                      **{key: (lambda fn=fn, a=a, b=b: fn(a, b)) for key, fn in tiles.items()
                         if not isinstance(errors[key], str)}}
             times = interleaved(timed, steps=rows // 16)  # (µs per step of a B=16 call)
@@ -114,7 +132,9 @@ def main() -> None:
                   f"(error {errors['fp32']:.1e}), kernel {times['tf32x3']:.2f} (error "
                   f"{errors['tf32x3']:.1e}), {times['fp32'] / times['tf32x3']:.2f}x; split "
                   f"first {times['parts']:.2f} (error {errors['parts']:.1e}: the split "
-                  f"{times['split']:.2f}, the three products {times['products']:.2f})")
+                  f"{times['split']:.2f}, the three products {times['products']:.2f}); "
+                  f"as one TF32 GEMM over 3K {times['one 3K']:.2f} (error "
+                  f"{errors['one 3K']:.1e}; its operands laid out beforehand)")
             print("        other tiles: " + ", ".join(
                 f"{key} {errors[key]}" if isinstance(errors[key], str) else
                 f"{key} {times[key]:.2f} ({errors[key]:.1e})" for key in tiles))
