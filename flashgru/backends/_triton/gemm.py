@@ -121,11 +121,12 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     c = out if slices == 1 else torch.empty(slices, m, n, dtype=torch.float32,
                                             device=a.device)
     strides = (0, *out.stride()) if slices == 1 else c.stride()
+    in_kernel = bias is not None and slices == 1  # (else added after the slices' sum)
     with on_device(a.device):  # (kernels launch on the current CUDA device)
         _tf32x3_kernel[(tiles, slices)](
-            a, b, bias if bias is not None and slices == 1 else c, c, m, n, k, span,
-            *a.stride(), *b.stride(), *strides, BM=bm, BN=bn, BK=bk, GROUP=GROUP,
-            BIAS=bias is not None and slices == 1, num_warps=WARPS, num_stages=STAGES)
+            a, b, bias if in_kernel else c, c, m, n, k, span, *a.stride(), *b.stride(),
+            *strides, BM=bm, BN=bn, BK=bk, GROUP=GROUP, BIAS=in_kernel, num_warps=WARPS,
+            num_stages=STAGES)
     if slices > 1:
         torch.sum(c, 0, out=out)
         if bias is not None:
