@@ -19,6 +19,7 @@ import torch
 
 from ...scan import on_device
 from .lang import _jit, tl, triton
+from .splits import _grid_limit
 from .tf32split import _parts
 
 # The tile (rows of a, columns of b, K a step), the programs' grouping (GROUP row tiles
@@ -34,7 +35,8 @@ STAGES = 3
 # multiprocessor; the slices' partial products are summed after (in a fixed order: the
 # same result every run).
 MIN_SLICE = 512
-_multiprocessors: dict[torch.device, int] = {}
+# (the multiprocessors the slices count on off CUDA: the interpreter's tests)
+CPU_MULTIPROCESSORS = 4
 
 
 @_jit
@@ -80,10 +82,7 @@ def _tf32x3_kernel(a, b, bias, c, M, N, K, KS, sam, sak, sbk, sbn, scs, scm, scn
 
 def _slices(tiles: int, k: int, bk: int, device: torch.device) -> int:
     """How many slices K is cut into (MIN_SLICE): 1 where the tiles alone fill the card."""
-    if device not in _multiprocessors:
-        _multiprocessors[device] = torch.cuda.get_device_properties(
-            device).multi_processor_count if device.type == "cuda" else 4
-    sms = _multiprocessors[device]
+    sms = _grid_limit(device) if device.type == "cuda" else CPU_MULTIPROCESSORS
     if tiles >= sms:
         return 1
     return max(1, min(-(-2 * sms // tiles), k // max(MIN_SLICE, bk)))
