@@ -74,17 +74,18 @@ def test_products_add_into_one_output(enabled, bias):
     assert (got.double() - want).abs().max() <= 4e-6 * want.abs().max()
 
 
-@pytest.fixture(params=["parts", "fused"])
+@pytest.fixture(params=["parts", "fused", "wide"])
 def gemm_way(request, monkeypatch):
     """The three products of operands split first (_mm_parts: as the CPU runs them, or
-    CUDA without Triton), or in one kernel (_triton.gemm, as on CUDA with Triton; on the
-    CPU the interpreter's)."""
-    if request.param == "fused":
+    CUDA without Triton), or, as on CUDA with Triton (on the CPU in the interpreter), in
+    one kernel (_triton.gemm.mm) or as one GEMM over 3K (gemm.mm_wide, tf32x3.WAY)."""
+    if request.param == "parts":
+        monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ())
+    else:
         if BACKENDS["triton"].missing() is not None:
             pytest.skip("needs Triton, and a GPU or TRITON_INTERPRET=1")
         monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
-    else:
-        monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ())
+        monkeypatch.setattr(tf32x3, "WAY", "wide" if request.param == "wide" else "kernel")
     return request.param
 
 
@@ -188,7 +189,7 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
     g = torch.autograd.grad(o, [x, *ours.parameters()], dout)
     # (each direction's projection, dx, dW_ih, and dW_hh's r and z block and its n block)
     assert len(calls) == (5 * (1 + bidirectional) if on else 0)
-    fused = gemm_way == "fused"
+    fused = gemm_way != "parts"
     assert calls == [fused] * len(calls) and len(ways) == (0 if fused else len(calls))
     for a, r in zip([o, h, *g], [o_ref, h_ref, *g_ref], strict=True):
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
@@ -268,17 +269,60 @@ def test_fused_split_gives_the_same_bits(monkeypatch):
     assert tf32x3.split(a[:0])[0].shape == (0, 64)  # (empty: no launch)
 
 
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # (the interpreter's inf - inf)
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("lo_first", [True, False])
+def test_wide_split_lays_the_parts_side_by_side(dim, lo_first):
+    """_triton.tf32split.wide (gemm.mm_wide's operands): the split's bits, as (lo, hi, hi)
+    or (hi, lo, hi) along ``dim``, for the edge values, partial tiles in both dimensions,
+    a transposed view and a column slice read in place, and empty operands."""
+    from flashgru.backends._triton import tf32split
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    edge = _special_values()
+    values = torch.randn(70, 3 * 130, generator=g) * 10.0 ** torch.randint(
+        -30, 30, (70, 3 * 130), generator=g)
+    values[5, : edge.numel()] = edge
+    values = values.to(device)
+    for a in (values[:, :130], values.t(), values[:, 130:260].t(), values[:9, :0],
+              values[:0]):
+        got = tf32split.wide(a, dim, lo_first)
+        assert got.is_contiguous()
+        assert got.shape == tuple(n * (3 if d == dim else 1) for d, n in enumerate(a.shape))
+        if not a.numel():
+            continue
+        hi, lo = tf32x3._split_ops(a.contiguous())
+        for part, want in zip(torch.chunk(got, 3, dim), (lo, hi, hi) if lo_first else
+                              (hi, lo, hi), strict=True):
+            _same_parts((part, part), (want, want))
+
+
 def _fused_gemm():
     from flashgru.backends._triton import gemm
     return gemm
 
 
+# (tf32x3.mm's ways on CUDA with Triton: _triton.gemm's kernel, K whole or sliced, and one
+# GEMM over 3K)
+WAYS = ["whole", "sliced", "wide"]
+
+
+def _way(gemm, way: str, monkeypatch):
+    """gemm.mm (MIN_SLICE 32 where ``sliced``) or gemm.mm_wide."""
+    monkeypatch.setattr(gemm, "MIN_SLICE", 32 if way == "sliced" else 512)
+    return gemm.mm_wide if way == "wide" else gemm.mm
+
+
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("m,k,n", [(200, 70, 130), (129, 257, 45), (3, 5, 7), (6, 0, 9)])
-@pytest.mark.parametrize("min_slice", [512, 32], ids=["whole", "sliced"])
-def test_fused_gemm_at_fp32s_error(m, k, n, min_slice, monkeypatch):
-    """_triton.gemm.mm (tf32x3.mm's one kernel on CUDA): partial tiles in every dimension
+@pytest.mark.parametrize("way", WAYS)
+def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
+    """_triton.gemm.mm (tf32x3.mm's one kernel on CUDA), and gemm.mm_wide (its one GEMM
+    over 3K) alike: partial tiles in every dimension
     and K = 0, row-major operands, transposed views, a column slice read in place (the
     gates' gradient's r and z columns), a bias, an ``out`` that is a slice of a larger
     buffer (nothing around it written), against float64 at fp32's error; K whole, or
@@ -287,11 +331,11 @@ def test_fused_gemm_at_fp32s_error(m, k, n, min_slice, monkeypatch):
     products run in fp32; leaving any of the three out fails (the lost part is ~2^-11 of
     the product)."""
     gemm = _fused_gemm()
-    monkeypatch.setattr(gemm, "MIN_SLICE", min_slice)
+    mm = _way(gemm, way, monkeypatch)
     if not torch.cuda.is_available():
         tiles = -(-m // gemm.TILE[0]) * -(-n // gemm.TILE[1])
         assert (gemm._slices(tiles, k, gemm.TILE[2], torch.device("cpu")) > 1) == (
-            min_slice == 32 and (m, k, n) == (129, 257, 45))
+            way == "sliced" and (m, k, n) == (129, 257, 45))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
     wide_a = torch.randn(k, 3 * m, generator=g).to(device)
@@ -303,7 +347,7 @@ def test_fused_gemm_at_fp32s_error(m, k, n, min_slice, monkeypatch):
         for with_bias in (False, True):
             canvas = torch.full((m + 3, n + 2), float("nan"), device=device)
             out = canvas[1: m + 1, 1: n + 1]
-            got = gemm.mm(a, b, bias if with_bias else None, out=out)
+            got = mm(a, b, bias if with_bias else None, out=out)
             assert got.data_ptr() == out.data_ptr()
             want = a.double() @ b.double() + (bias.double() if with_bias else 0)
             scale = (a.double().abs() @ b.double().abs()).max().item() + (
@@ -312,18 +356,20 @@ def test_fused_gemm_at_fp32s_error(m, k, n, min_slice, monkeypatch):
             rest = canvas.clone()
             rest[1: m + 1, 1: n + 1] = 0
             assert rest.isnan().sum().item() == rest.numel() - m * n  # (none else written)
-        assert gemm.mm(a, b).shape == (m, n)
+        assert mm(a, b).shape == (m, n)
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # (the interpreter's inf - inf)
 @pytest.mark.filterwarnings("ignore:overflow encountered")  # (the largest finite values')
-def test_fused_gemm_is_the_parts_products(monkeypatch, tf32_flag):
-    """The kernel's products are those of the split operands (_mm_parts): the same within
-    fp32's rounding on ordinary values, and NaN where they give NaN (an infinite operand's
-    low part is inf - inf), on the split's edge values."""
+@pytest.mark.parametrize("way", ["whole", "wide"])
+def test_fused_gemm_is_the_parts_products(way, monkeypatch, tf32_flag):
+    """The kernel's products, and the GEMM over 3K's, are those of the split operands
+    (_mm_parts): the same within fp32's rounding on ordinary values, and NaN where they
+    give NaN (an infinite operand's low part is inf - inf), on the split's edge values."""
     gemm = _fused_gemm()
+    mm = _way(gemm, way, monkeypatch)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(1)
     edge = _special_values()
@@ -332,7 +378,7 @@ def test_fused_gemm_is_the_parts_products(monkeypatch, tf32_flag):
     b = torch.randn(40, 33, generator=g)
     a, b = a.to(device), b.to(device)
     want = tf32x3._mm_parts(tf32x3._split_ops(a), tf32x3._split_ops(b))
-    got = gemm.mm(a, b)
+    got = mm(a, b)
     assert torch.equal(got.isnan(), want.isnan())
     finite = want.isfinite()
     assert torch.equal(got.isfinite(), finite)
@@ -341,8 +387,9 @@ def test_fused_gemm_is_the_parts_products(monkeypatch, tf32_flag):
 
 def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
     """``mm`` hands tensors on a device of GEMM_DEVICES to the one kernel (with a bias and
-    ``out``), and parts split beforehand, or tensors elsewhere, to _mm_parts; ``operand``
-    leaves an operand whole where the kernel takes it, else splits it."""
+    ``out``), or with WAY "wide" to the one GEMM over 3K, and parts split beforehand, or
+    tensors elsewhere, to _mm_parts; ``operand`` leaves an operand whole where the kernel
+    takes it, else splits it. Another WAY is an error."""
     from flashgru.backends._triton import lang
 
     seen = []
@@ -359,43 +406,53 @@ def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
 
     monkeypatch.setattr(tf32x3, "GEMM_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(gemm, "mm", lambda *args: seen.append(("kernel", *args[2:])))
+    monkeypatch.setattr(gemm, "mm_wide", lambda *args: seen.append(("wide", *args[2:])))
     seen.clear()
     tf32x3.mm(x, w, out=out, bias=bias)
     tf32x3.mm(tf32x3.split(x), w)  # (parts: not the kernel's)
     assert seen[0] == ("kernel", bias, out) and seen[1][0] == "parts"
     assert tf32x3.operand(x) is x
+    monkeypatch.setattr(tf32x3, "WAY", "wide")
+    seen.clear()
+    tf32x3.mm(x, w, out=out, bias=bias)
+    assert seen == [("wide", bias, out)] and tf32x3.operand(x) is x
+    monkeypatch.setattr(tf32x3, "WAY", "cublas")
+    with pytest.raises(ValueError, match="tf32x3.WAY is one of 'kernel', 'wide'"):
+        tf32x3.mm(x, w)
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
-def test_fused_gemm_refuses_what_it_cannot_multiply():
-    gemm = _fused_gemm()
+@pytest.mark.parametrize("way", ["whole", "wide"])
+def test_fused_gemm_refuses_what_it_cannot_multiply(way, monkeypatch):
+    mm = _way(_fused_gemm(), way, monkeypatch)
     a, b = torch.zeros(2, 3), torch.zeros(3, 2)
     for x, y in [(a, torch.zeros(4, 2)), (a.double(), b), (a[0], b), (a, b[None])]:
         with pytest.raises(ValueError, match="fp32 .M × K. @ .K × N. operands"):
-            gemm.mm(x, y)
+            mm(x, y)
     with pytest.raises(ValueError, match="out must be"):
-        gemm.mm(a, b, out=torch.zeros(3, 2))
+        mm(a, b, out=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="bias must be fp32"):
-        gemm.mm(a, b, torch.zeros(2, dtype=torch.float64))
+        mm(a, b, torch.zeros(2, dtype=torch.float64))
     with pytest.raises(RuntimeError):  # (torch's own: a bias of the wrong length)
-        gemm.mm(a, b, torch.zeros(3))
+        mm(a, b, torch.zeros(3))
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 def test_fused_gemm_takes_any_bias_linear_takes(monkeypatch):
     """A bias as F.linear takes it: strided, expanded from one value, 0-dim; the same
-    numbers as a contiguous one, K whole or sliced (the kernel reads a contiguous row)."""
+    numbers as a contiguous one, K whole or sliced, or over 3K (the kernel reads a
+    contiguous row)."""
     gemm = _fused_gemm()
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(9, 40, generator=g), torch.randn(40, 6, generator=g)
     wide = torch.randn(12, generator=g)
-    for min_slice in (512, 8):
+    for mm, min_slice in ((gemm.mm, 512), (gemm.mm, 8), (gemm.mm_wide, 512)):
         monkeypatch.setattr(gemm, "MIN_SLICE", min_slice)
         for bias in (wide[::2], torch.tensor([1.5]).expand(6), torch.tensor(-2.0)):
-            want = gemm.mm(a, b, bias.expand(6).clone())
-            assert torch.equal(gemm.mm(a, b, bias), want)
+            want = mm(a, b, bias.expand(6).clone())
+            assert torch.equal(mm(a, b, bias), want)
             assert (want - (a @ b + bias)).abs().max() <= 1e-5 * want.abs().max()
 
 
@@ -413,18 +470,20 @@ def test_parts_products_into_out(bias):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_fused_gemm_on_gpu(tf32_flag):
+@pytest.mark.parametrize("way", ["whole", "wide"])
+def test_fused_gemm_on_gpu(way, tf32_flag, monkeypatch):
     """On the tensor cores, at a B=16, T=256 training call's input projection and dW_hh
-    shapes (H=512): fp32's error against float64 (as one fp32 GEMM's, within 4e-6 of the
-    largest), where one TF32 product errs by ~3e-4."""
-    gemm = _fused_gemm()
+    shapes (H=512), in one kernel and as one GEMM over 3K: fp32's error against float64
+    (as one fp32 GEMM's, within 4e-6 of the largest), where one TF32 product errs by
+    ~3e-4."""
+    mm = _way(_fused_gemm(), way, monkeypatch)
     g = torch.Generator().manual_seed(0)
     for m, k, n, t in [(4096, 512, 1536, False), (1024, 4096, 512, True)]:
         a = torch.randn(k, m, generator=g).cuda().t() if t else torch.randn(
             m, k, generator=g).cuda()
         b = (torch.randn(k, n, generator=g) * k ** -0.5).cuda()
         want = a.double() @ b.double()
-        err = ((gemm.mm(a, b).double() - want).abs().max() / want.abs().max()).item()
+        err = ((mm(a, b).double() - want).abs().max() / want.abs().max()).item()
         torch.backends.cuda.matmul.allow_tf32 = True
         tf32 = ((a @ b).double() - want).abs().max().item() / want.abs().max().item()
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -15,7 +15,9 @@ and this would be slower. Off CUDA the three products run in fp32: the same numb
 fp32's rounding, slower, for the tests.
 
 On CUDA with Triton, a GEMM's split and three products run in one kernel (_triton.gemm:
-each operand read once, the output written once, not three times). Elsewhere the operands
+each operand read once, the output written once, not three times), or, with ``WAY`` "wide",
+as one cuBLAS TF32 GEMM over 3K of operands split in one pass each into their parts side
+by side ([a_lo a_hi a_hi] @ [b_hi; b_lo; b_hi]). Elsewhere the operands
 are split first and the products are three cuBLAS TF32 GEMMs (_mm_parts), which turn
 torch.backends.cuda.matmul.allow_tf32 on for their own duration (a process-wide flag;
 restored after). Not where something records, transforms or recasts
@@ -47,6 +49,12 @@ FUSED_DEVICES = ("cuda",)
 # (the devices whose operands ``mm`` multiplies in one kernel, split and all (_triton.gemm):
 # likewise)
 GEMM_DEVICES = ("cuda",)
+# How ``mm`` multiplies there: "kernel", the three products in one Triton kernel
+# (_triton.gemm.mm), or "wide", one cuBLAS TF32 GEMM over 3K of operands whose parts a
+# pass lays side by side (gemm.mm_wide). Neither is timed yet; scripts/gpu_probe_gemm.py
+# times both at a GRU call's four GEMMs.
+WAY = "kernel"
+WAYS = ("kernel", "wide")
 
 
 def _fast_tf32(device: torch.device) -> bool:
@@ -131,13 +139,16 @@ def operand(x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
 def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor], *,
        bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """a @ b (+ bias, a row broadcast over the rows) for fp32 2-D operands as three TF32
-    products: in one kernel where _fused (on CUDA with Triton), else of their parts
+    products: where _fused (on CUDA with Triton) in one kernel, or as one GEMM over 3K
+    (``WAY``), else of their parts
     (``split``; either operand may come as its parts, split once for several products,
     ``operand``), into ``out`` if given."""
     if _fused(a, b):
         from ._triton import gemm
 
-        return gemm.mm(a, b, bias, out)
+        if WAY not in WAYS:
+            raise ValueError(f"tf32x3.WAY is one of {', '.join(map(repr, WAYS))}; got {WAY!r}")
+        return (gemm.mm_wide if WAY == "wide" else gemm.mm)(a, b, bias, out)
     return _mm_parts(*(x if isinstance(x, tuple) else split(x) for x in (a, b)), bias, out)
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 
 from ...scan import on_device
+from .. import tf32x3
 from .lang import _jit, tl, triton
 from .splits import _grid_limit
-from .tf32split import _parts
+from .tf32split import _parts, wide
 
 # The tile (rows of a, columns of b, K a step), the programs' grouping (GROUP row tiles
 # share their column tiles in L2), warps and pipeline stages. Untimed on a GPU:
@@ -93,22 +94,8 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     """a @ b (+ bias, fp32, broadcast to a row of N as F.linear's is, then over the rows)
     for fp32 2-D a (M × K) and b (K × N), any strides, on one device, into ``out`` (M × N
     fp32, any strides, not overlapping a or b) if given."""
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or \
-            a.dtype != torch.float32 or b.dtype != torch.float32 or a.device != b.device:
-        raise ValueError(f"fp32 (M × K) @ (K × N) operands on one device; got {a.dtype} "
-                         f"{tuple(a.shape)} on {a.device} and {b.dtype} {tuple(b.shape)} "
-                         f"on {b.device}")
+    out, bias = _checked(a, b, bias, out)
     (m, k), n = a.shape, b.shape[1]
-    if out is None:
-        out = torch.empty(m, n, dtype=torch.float32, device=a.device)
-    elif out.shape != (m, n) or out.dtype != torch.float32 or out.device != a.device:
-        raise ValueError(f"out must be fp32 {(m, n)} on {a.device}; got {out.dtype} "
-                         f"{tuple(out.shape)} on {out.device}")
-    if bias is not None:  # (the kernel reads N contiguous values)
-        if bias.dtype != torch.float32 or bias.device != a.device:
-            raise ValueError(f"bias must be fp32 on {a.device}; got {bias.dtype} on "
-                             f"{bias.device}")
-        bias = torch.broadcast_to(bias, (n,)).contiguous()
     if not (m and n):
         return out
     bm, bn, bk = TILE
@@ -131,3 +118,43 @@ def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
         if bias is not None:
             out += bias
     return out
+
+
+def mm_wide(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``mm``'s a @ b (+ bias), the same operands, as one cuBLAS TF32 GEMM over 3K:
+    [a_lo a_hi a_hi] @ [b_hi; b_lo; b_hi], each operand's parts laid side by side in one
+    pass (tf32split.wide), three times its size. The products then pipeline on the tensor
+    cores as one GEMM's (``mm``'s kernel waits for each of its three before the next); the
+    split's passes and the wide operands cost memory instead (tf32x3.WAY chooses)."""
+    out, bias = _checked(a, b, bias, out)
+    if not (a.shape[0] and b.shape[1]):
+        return out
+    a_wide, b_wide = wide(a, 1, lo_first=True), wide(b, 0, lo_first=False)
+    with tf32x3._tf32():
+        if bias is None:
+            return torch.mm(a_wide, b_wide, out=out)
+        return torch.addmm(bias, a_wide, b_wide, out=out)
+
+
+def _checked(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+             out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """mm's operands checked; its output (``out``, or a new one) and its bias as a
+    contiguous row of N (the kernel reads N contiguous values), or None."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or \
+            a.dtype != torch.float32 or b.dtype != torch.float32 or a.device != b.device:
+        raise ValueError(f"fp32 (M × K) @ (K × N) operands on one device; got {a.dtype} "
+                         f"{tuple(a.shape)} on {a.device} and {b.dtype} {tuple(b.shape)} "
+                         f"on {b.device}")
+    (m, _), n = a.shape, b.shape[1]
+    if out is None:
+        out = torch.empty(m, n, dtype=torch.float32, device=a.device)
+    elif out.shape != (m, n) or out.dtype != torch.float32 or out.device != a.device:
+        raise ValueError(f"out must be fp32 {(m, n)} on {a.device}; got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    if bias is not None:
+        if bias.dtype != torch.float32 or bias.device != a.device:
+            raise ValueError(f"bias must be fp32 on {a.device}; got {bias.dtype} on "
+                             f"{bias.device}")
+        bias = torch.broadcast_to(bias, (n,)).contiguous()
+    return out, bias
