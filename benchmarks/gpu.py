@@ -18,6 +18,7 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16  # these, in order
     python benchmarks/gpu.py --tf32x3-gemms  # fp32's GEMMs as three TF32 ones
     python benchmarks/gpu.py --tf32x3-beside  # fp32 also so, in the same process
+    python benchmarks/gpu.py --tf32x3-beside --tf32x3-way wide  # as one GEMM over 3K
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -392,6 +393,9 @@ def main() -> None:
     parser.add_argument("--tf32x3-beside", action="store_true",
                         help="each fp32 point timed also with the triton backend's GEMMs "
                              "as three TF32 ones, in the same process")
+    parser.add_argument("--tf32x3-way", choices=tf32x3.WAYS,
+                        help="how those run on CUDA with Triton (flashgru.backends.tf32x3.WAY:"
+                             " one kernel, or one GEMM over 3K)")
     parser.add_argument("--dtype", nargs="*", choices=("float32", "bfloat16"),
                         help="the grid's dtypes (float32 and bfloat16)")
     parser.add_argument("--points", nargs="+", type=point, metavar="DTYPE:H:B",
@@ -411,6 +415,7 @@ def main() -> None:
     tg.benchmark = args.benchmark
     if args.tf32x3_gemms:  # (else the library's own setting)
         tf32x3.enabled = True
+    tf32x3.WAY = args.tf32x3_way or tf32x3.WAY
     restrict(*(getattr(args, "no_" + name.replace("-", "_")) for name in LEAVE_OUT))
     results = {}
     if args.sweep:

@@ -16,11 +16,13 @@ rows, g's first 2H columns read in place, transposed, @ h_prev):
   alone;
 - the kernel at the other tiles of TILES (block rows, columns, K; warps, stages);
 - the three products as one cuBLAS TF32 GEMM over 3K, [a_lo a_hi a_hi] @ [b_hi; b_lo;
-  b_hi], its operands laid out beforehand (what a split pass writing that layout would
-  make possible: the output written once, one call);
-and prints each's max error against float64 relative to the product's largest. (The
-GEMMs run so where tf32x3.enabled: off, as the unfused way lost end to end on an H200,
-2026-11-28, before its split was made one pass.)
+  b_hi] (``tf32x3.WAY = "wide"``: gemm.mm_wide, each operand's parts laid side by side
+  in one pass, tf32split.wide), with its split and the GEMM alone;
+and prints each's max error against float64 relative to the product's largest; then, for
+each H, the four products' sum each way, and last the tf32x3 way they favour (``fastest
+tf32x3 way: kernel`` or ``wide``: the sum over both H), which scripts/gpu_profile.sh
+passes to its grid. (The GEMMs run so where tf32x3.enabled: off, as the unfused way lost
+end to end on an H200, 2026-11-28, before its split was made one pass.)
 
     python scripts/gpu_probe_gemm.py            # on a GPU
     python scripts/gpu_probe_gemm.py --smoke    # the arithmetic alone, small, on the CPU
@@ -37,6 +39,9 @@ import torch  # noqa: E402
 from gpu_timing import interleaved  # noqa: E402
 
 from flashgru.backends import tf32x3  # noqa: E402
+
+# (the ways of tf32x3.WAY, as this probe's lines name them)
+WAYS = {"kernel": "tf32x3", "wide": "wide"}
 
 # (the kernel's alternatives: TILE, WARPS, STAGES; each compiles once per operand layout,
 # ~1 s. Triton waits for each of the kernel's three products before the next, so a
@@ -89,17 +94,20 @@ def main() -> None:
     # it on for its own products)
     if args.smoke:
         tf32x3.GEMM_DEVICES = ("cuda", "cpu")
-    from flashgru.backends._triton import gemm
+    from flashgru.backends._triton import gemm, tf32split
 
     device = "cpu" if args.smoke else "cuda"
     rows = 64 if args.smoke else 16 * 512
     if not args.smoke:
         print(torch.cuda.get_device_name(), "torch", torch.__version__)
     print(f"kernel's default tile {gemm.TILE}, {gemm.WARPS} warps, {gemm.STAGES} stages")
+    overall = dict.fromkeys(WAYS, 0.0)
     for hidden in ((32,) if args.smoke else (512, 1024)):
+        sums = {"fp32": 0.0, **dict.fromkeys(WAYS, 0.0)}
         for name, (a, b) in products(hidden, rows, device).items():
             runs = {"fp32": lambda a=a, b=b: mm_fp32(a, b),
-                    "tf32x3": lambda a=a, b=b: tf32x3.mm(a, b),
+                    "tf32x3": lambda a=a, b=b: gemm.mm(a, b),
+                    "wide": lambda a=a, b=b: gemm.mm_wide(a, b),
                     "parts": lambda a=a, b=b: tf32x3._mm_parts(tf32x3.split(a),
                                                                 tf32x3.split(b))}
             tiles = {f"{t[0]}x{t[1]}x{t[2]} w{warps} s{stages}": with_tile(
@@ -114,16 +122,14 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 (a tile this card can't hold)
                     errors[key] = f"{type(e).__name__}: {str(e)[:80]}"
             parts = tf32x3.split(a), tf32x3.split(b)
-            # (the three products as one TF32 GEMM over 3K: [a_lo a_hi a_hi] @ [b_hi; b_lo;
-            # b_hi], the parts laid side by side beforehand, as a split pass could write
-            # them: one cuBLAS call, the output written once)
-            wide = (torch.cat([parts[0][1], parts[0][0], parts[0][0]], 1),
-                    torch.cat([parts[1][0], parts[1][1], parts[1][0]], 0))
-            errors["one 3K"] = ((one_3k(*wide).double() - want).abs().max() /
-                                want.abs().max()).item()
+            # (the GEMM over 3K alone, [a_lo a_hi a_hi] @ [b_hi; b_lo; b_hi], its operands
+            # laid side by side beforehand, and their split alone)
+            wide = tf32split.wide(a, 1, True), tf32split.wide(b, 0, False)
             timed = {**runs, "split": lambda a=a, b=b: (tf32x3.split(a), tf32x3.split(b)),
                      "products": lambda parts=parts: tf32x3._mm_parts(*parts),
                      "one 3K": lambda wide=wide: one_3k(*wide),
+                     "wide split": lambda a=a, b=b: (tf32split.wide(a, 1, True),
+                                                     tf32split.wide(b, 0, False)),
                      **{key: (lambda fn=fn, a=a, b=b: fn(a, b)) for key, fn in tiles.items()
                         if not isinstance(errors[key], str)}}
             times = interleaved(timed, steps=rows // 16)  # (µs per step of a B=16 call)
@@ -133,11 +139,19 @@ def main() -> None:
                   f"{errors['tf32x3']:.1e}), {times['fp32'] / times['tf32x3']:.2f}x; split "
                   f"first {times['parts']:.2f} (error {errors['parts']:.1e}: the split "
                   f"{times['split']:.2f}, the three products {times['products']:.2f}); "
-                  f"as one TF32 GEMM over 3K {times['one 3K']:.2f} (error "
-                  f"{errors['one 3K']:.1e}; its operands laid out beforehand)")
+                  f"as one TF32 GEMM over 3K {times['wide']:.2f} (error {errors['wide']:.1e}:"
+                  f" the split {times['wide split']:.2f}, the GEMM {times['one 3K']:.2f})")
+            for key in sums:
+                sums[key] += times[WAYS.get(key, key)]
             print("        other tiles: " + ", ".join(
                 f"{key} {errors[key]}" if isinstance(errors[key], str) else
                 f"{key} {times[key]:.2f} ({errors[key]:.1e})" for key in tiles))
+        print(f"H={hidden:5d} the four products, µs a step: " +
+              ", ".join(f"{key} {us:.2f}" for key, us in sums.items()))
+        for way in WAYS:
+            overall[way] += sums[way]
+    timed = all(us == us for us in overall.values())  # (NaN off CUDA: not timed)
+    print(f"fastest tf32x3 way: {min(overall, key=overall.get) if timed else 'not timed'}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
 # and 2048, bf16 and fp32 at H=512 and 1024: kernels, input projection, dW_hh, the
 # module's and cuDNN's inference and training calls; short calls; the profiler's and
 # cProfile's tables), scripts/gpu_probe_gemm.py (a call's four fp32 GEMMs against the
-# tf32x3 kernel, _triton.gemm, and against the three TF32 products of operands split
-# first; the kernel's other tiles), then fp32's B=16 points end to end with the GEMMs
-# both ways (benchmarks/gpu.py --tf32x3-beside, the kernel's). First, in seconds,
+# tf32x3 kernel, _triton.gemm, against one TF32 GEMM over 3K, gemm.mm_wide, and against
+# the three TF32 products of operands split first; the kernel's other tiles), then fp32's
+# B=16 points end to end with the GEMMs both ways (benchmarks/gpu.py --tf32x3-beside, in
+# the tf32x3 way the probe found faster: --tf32x3-way). First, in seconds,
 # tf32x3's tests: the one-pass split and the kernel (never yet run on a GPU, which the
 # probe and the grid's tf32x3 lines use), their bits and error. The kernels compiled
 # first, all cores at once (gpu_warm.py). Logs go to $OUT.
@@ -32,8 +33,10 @@ step tf32x3.log 10 python3 -m pytest -q -p no:cacheprovider tests/test_tf32x3.py
 tail -2 "$OUT/tf32x3.log"
 (cd scripts && step profile.log 60 python3 gpu_profile_training.py)
 (cd scripts && step gemm.log 25 python3 gpu_probe_gemm.py)
-step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
+# (the probe's last line names the faster tf32x3 way; the kernel where it printed none)
+WAY=$(sed -n 's/^fastest tf32x3 way: \(kernel\|wide\)$/\1/p' "$OUT/gemm.log" 2>/dev/null)
+step grid.log 100 python3 "${GRID[@]}" --tf32x3-way "${WAY:-kernel}" --json "$OUT/gpu.json"
 # (a short table last: each step's lines that matter, where it wrote them)
-grep -h "^H=" "$OUT/gemm.log" 2>/dev/null || true
+grep -h "^H=\|^fastest" "$OUT/gemm.log" 2>/dev/null || true
 grep -h -A3 "^summary" "$OUT/grid.log" 2>/dev/null || true
 grep -h "B=16 H=1024 T=512 \|B=16 H=512  T=512 " "$OUT/profile.log" 2>/dev/null || true

@@ -13,3 +13,6 @@ def test_smoke_run():
     assert run.returncode == 0, run.stderr
     assert all(name in run.stdout for name in ("projection", "dx", "dW_ih", "dW_hh rz"))
     assert "kernel" in run.stdout and "error" in run.stdout and "other tiles" in run.stdout
+    # (the GEMM over 3K too, and the way the four products' sums favour: none off CUDA)
+    assert "as one TF32 GEMM over 3K" in run.stdout and "the four products" in run.stdout
+    assert run.stdout.rstrip().endswith("fastest tf32x3 way: not timed")

@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PYTHON = """#!/bin/sh
 # each call's arguments on a line; a pytest run whose arguments contain one of the
-# ;-separated patterns of $FAIL_K exits 1, as a failed gate
+# ;-separated patterns of $FAIL_K exits 1, as a failed gate; the GEMM probe prints
+# $PROBE_SAYS
 echo "$*" >> "$CALLS"
 for arg in "$@"; do  # (a --no- flag must be an argument of its own)
   case "$arg" in "--no-"*" "*) echo "joined flags: $arg" >> "$CALLS" ;; esac
 done
+case "$*" in *gpu_probe_gemm.py*) echo "$PROBE_SAYS" ;; esac  # (its last line, if any)
 case "$*" in *pytest*) ;; *) exit 0 ;; esac
 IFS=';'
 for pattern in $FAIL_K; do
@@ -48,8 +50,8 @@ def _run(tmp_path: Path, script: str, fail_k: str = "", status: int = 0,
         (bin_ / name).write_text(text)
         (bin_ / name).chmod(0o755)
     calls = tmp_path / "calls"
-    env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", CALLS=str(calls),
-               FAIL_K=fail_k, OUT=str(tmp_path / "out"), **env)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "CALLS": str(calls),
+           "FAIL_K": fail_k, "OUT": str(tmp_path / "out"), "PROBE_SAYS": "", **env}
     done = subprocess.run([shutil.which("bash") or "bash", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == status, done.stderr
@@ -188,8 +190,9 @@ def test_defaults_call(tmp_path):
 
 def test_profile_call(tmp_path):
     """gpu_profile.sh: the kernels compiled first, then the training profile, the GEMM
-    probe and fp32's B=16 points with the tf32x3 GEMMs beside, each within its share of
-    PROFILE_S; with too little time left a step is skipped, not started."""
+    probe and fp32's B=16 points with the tf32x3 GEMMs beside, in the way the probe found
+    faster (the kernel where it said none), each within its share of PROFILE_S; with too
+    little time left a step is skipped, not started."""
     calls, _ = _run(tmp_path, "scripts/gpu_profile.sh", PROFILE_S="250")
     ran = [c for c in calls if not c.startswith("timeout ")]
     assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "-m",
@@ -202,6 +205,11 @@ def test_profile_call(tmp_path):
         50 < limits[2] <= 61 and 230 < limits[3] <= 245
     (grid,) = [c for c in ran if c.startswith("benchmarks/gpu.py")]
     assert "--tf32x3-beside" in grid and "float32:1024:16" in grid
+    assert "--tf32x3-way kernel" in grid
+    calls, out = _run(tmp_path / "wide", "scripts/gpu_profile.sh", PROFILE_S="250",
+                      PROBE_SAYS="fastest tf32x3 way: wide")
+    (grid,) = [c for c in calls if c.startswith("benchmarks/gpu.py")]
+    assert "--tf32x3-way wide" in grid and "fastest tf32x3 way: wide" in out
     calls, out = _run(tmp_path / "short", "scripts/gpu_profile.sh", PROFILE_S="15")
     assert [c.split()[0] for c in calls if not c.startswith("timeout ")] == [
         "scripts/gpu_warm.py"]
