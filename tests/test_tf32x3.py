@@ -306,14 +306,18 @@ def _fused_gemm():
 
 
 # (tf32x3.mm's ways on CUDA with Triton: _triton.gemm's kernel, K whole or sliced, and one
-# GEMM over 3K)
-WAYS = ["whole", "sliced", "wide"]
+# GEMM over 3K, K whole or in spans)
+WAYS = ["whole", "sliced", "wide", "wide-spans"]
 
 
 def _way(gemm, way: str, monkeypatch):
-    """gemm.mm (MIN_SLICE 32 where ``sliced``) or gemm.mm_wide."""
+    """gemm.mm (MIN_SLICE 32 where ``sliced``) or gemm.mm_wide (K in spans of 32 where
+    ``wide-spans``)."""
     monkeypatch.setattr(gemm, "MIN_SLICE", 32 if way == "sliced" else 512)
-    return gemm.mm_wide if way == "wide" else gemm.mm
+    if way == "wide-spans":
+        monkeypatch.setattr(gemm, "WIDE_ELEMENTS", 0)
+        monkeypatch.setattr(gemm, "WIDE_MIN_SPAN", 32)
+    return gemm.mm_wide if way.startswith("wide") else gemm.mm
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
@@ -329,7 +333,8 @@ def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
     (``sliced``: MIN_SLICE 32, where the tiles are fewer than the multiprocessors, 4 off
     CUDA) cut into slices, the last one short, summed after. In the interpreter the
     products run in fp32; leaving any of the three out fails (the lost part is ~2^-11 of
-    the product)."""
+    the product). Over 3K likewise, K whole or (``wide-spans``) in spans of 32, the last
+    one short, each added in."""
     gemm = _fused_gemm()
     mm = _way(gemm, way, monkeypatch)
     if not torch.cuda.is_available():

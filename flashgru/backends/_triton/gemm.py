@@ -38,6 +38,12 @@ STAGES = 3
 MIN_SLICE = 512
 # (the multiprocessors the slices count on off CUDA: the interpreter's tests)
 CPU_MULTIPROCESSORS = 4
+# mm_wide's operands, three times the size of a and b, at most ~WIDE_ELEMENTS values (256
+# MiB) at once: K in spans of at least WIDE_MIN_SPAN, each span's product added to the
+# output. (A weight gradient's K is T·B: at T=65536, B=16, H=1024 the gates' gradient
+# alone is 12.9 GB, its wide parts would be three times that.)
+WIDE_ELEMENTS = 1 << 26
+WIDE_MIN_SPAN = 256
 
 
 @_jit
@@ -126,15 +132,24 @@ def mm_wide(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     [a_lo a_hi a_hi] @ [b_hi; b_lo; b_hi], each operand's parts laid side by side in one
     pass (tf32split.wide), three times its size. The products then pipeline on the tensor
     cores as one GEMM's (``mm``'s kernel waits for each of its three before the next); the
-    split's passes and the wide operands cost memory instead (tf32x3.WAY chooses)."""
+    split's passes and the wide operands cost memory instead (tf32x3.WAY chooses): K in
+    spans where they would pass WIDE_ELEMENTS values, each span's product added in."""
     out, bias = _checked(a, b, bias, out)
-    if not (a.shape[0] and b.shape[1]):
+    (m, k), n = a.shape, b.shape[1]
+    if not (m and n):
         return out
-    a_wide, b_wide = wide(a, 1, lo_first=True), wide(b, 0, lo_first=False)
+    span = max(WIDE_MIN_SPAN, WIDE_ELEMENTS // (3 * (m + n)))  # (K a span: WIDE_ELEMENTS)
     with tf32x3._tf32():
-        if bias is None:
-            return torch.mm(a_wide, b_wide, out=out)
-        return torch.addmm(bias, a_wide, b_wide, out=out)
+        for k0 in range(0, k, span) or (0,):  # (K = 0: one empty span, the bias or zeros)
+            a_wide = wide(a[:, k0: k0 + span], 1, lo_first=True)
+            b_wide = wide(b[k0: k0 + span], 0, lo_first=False)
+            if k0:
+                out.addmm_(a_wide, b_wide)
+            elif bias is None:
+                torch.mm(a_wide, b_wide, out=out)
+            else:
+                torch.addmm(bias, a_wide, b_wide, out=out)
+    return out
 
 
 def _checked(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
