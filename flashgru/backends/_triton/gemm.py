@@ -38,11 +38,12 @@ STAGES = 3
 MIN_SLICE = 512
 # (the multiprocessors the slices count on off CUDA: the interpreter's tests)
 CPU_MULTIPROCESSORS = 4
-# mm_wide's operands, three times the size of a and b, at most ~WIDE_ELEMENTS values (256
+# mm_wide's operands, three times the size of a and b, at most ~WIDE_ELEMENTS values (512
 # MiB) at once: K in spans of at least WIDE_MIN_SPAN, each span's product added to the
 # output. (A weight gradient's K is T·B: at T=65536, B=16, H=1024 the gates' gradient
-# alone is 12.9 GB, its wide parts would be three times that.)
-WIDE_ELEMENTS = 1 << 26
+# alone is 12.9 GB, its wide parts would be three times that. At T=512, B=16, H ≤ 1024
+# each of a call's four products takes one span.)
+WIDE_ELEMENTS = 1 << 27
 WIDE_MIN_SPAN = 256
 
 
