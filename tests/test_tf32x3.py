@@ -405,6 +405,10 @@ def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
     tf32x3.mm(x, w, out=out, bias=bias)
     assert seen == [("parts", True, bias, out)]
     assert isinstance(tf32x3.operand(x), tuple)
+    monkeypatch.setattr(tf32x3, "WAY", "cublas")  # (off the kernels' devices too)
+    with pytest.raises(ValueError, match="tf32x3.WAY is one of 'kernel', 'wide'"):
+        tf32x3.mm(x, w)
+    monkeypatch.setattr(tf32x3, "WAY", "kernel")
     if lang.triton is None:
         return
     from flashgru.backends._triton import gemm

@@ -143,11 +143,11 @@ def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor], *,
     (``WAY``), else of their parts
     (``split``; either operand may come as its parts, split once for several products,
     ``operand``), into ``out`` if given."""
+    if WAY not in WAYS:  # (wherever it runs: a misspelt way is an error, not the default)
+        raise ValueError(f"tf32x3.WAY is one of {', '.join(map(repr, WAYS))}; got {WAY!r}")
     if _fused(a, b):
         from ._triton import gemm
 
-        if WAY not in WAYS:
-            raise ValueError(f"tf32x3.WAY is one of {', '.join(map(repr, WAYS))}; got {WAY!r}")
         return (gemm.mm_wide if WAY == "wide" else gemm.mm)(a, b, bias, out)
     return _mm_parts(*(x if isinstance(x, tuple) else split(x) for x in (a, b)), bias, out)
 
