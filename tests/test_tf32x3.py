@@ -2,6 +2,8 @@
 fp32's level, where they apply, and the triton backend's GEMMs through them when enabled.
 (On the CPU the three products run in fp32: the arithmetic, not the tensor cores.)"""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,9 +297,10 @@ def test_wide_split_lays_the_parts_side_by_side(dim, lo_first):
         if not a.numel():
             continue
         hi, lo = tf32x3._split_ops(a.contiguous())
-        for part, want in zip(torch.chunk(got, 3, dim), (lo, hi, hi) if lo_first else
-                              (hi, lo, hi), strict=True):
-            _same_parts((part, part), (want, want))
+        first, second, third = torch.chunk(got, 3, dim)
+        got_lo, got_hi = (first, second) if lo_first else (second, first)
+        _same_parts((got_hi, got_lo), (hi, lo))
+        _same_parts((third, got_lo), (hi, lo))  # (hi again)
 
 
 def _fused_gemm():
@@ -329,12 +332,12 @@ def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
     over 3K) alike: partial tiles in every dimension
     and K = 0, row-major operands, transposed views, a column slice read in place (the
     gates' gradient's r and z columns), a bias, an ``out`` that is a slice of a larger
-    buffer (nothing around it written), against float64 at fp32's error; K whole, or
-    (``sliced``: MIN_SLICE 32, where the tiles are fewer than the multiprocessors, 4 off
-    CUDA) cut into slices, the last one short, summed after. In the interpreter the
-    products run in fp32; leaving any of the three out fails (the lost part is ~2^-11 of
-    the product). Over 3K likewise, K whole or (``wide-spans``) in spans of 32, the last
-    one short, each added in."""
+    buffer, row- or column-major (nothing around it written), against float64 at fp32's
+    error; K whole, or (``sliced``: MIN_SLICE 32, where the tiles are fewer than the
+    multiprocessors, 4 off CUDA) cut into slices, the last one short, summed after. In
+    the interpreter the products run in fp32; leaving any of the three out fails (the lost
+    part is ~2^-11 of the product). Over 3K likewise, K whole or (``wide-spans``) in
+    spans of 32, the last one short, each added in."""
     gemm = _fused_gemm()
     mm = _way(gemm, way, monkeypatch)
     if not torch.cuda.is_available():
@@ -348,20 +351,57 @@ def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
     cases = [(torch.randn(m, k, generator=g).to(device), torch.randn(k, n, generator=g)
               .to(device)), (a_t, torch.randn(n, k, generator=g).to(device).t())]
     bias = torch.randn(n, generator=g).to(device)
-    for a, b in cases:
-        for with_bias in (False, True):
-            canvas = torch.full((m + 3, n + 2), float("nan"), device=device)
-            out = canvas[1: m + 1, 1: n + 1]
-            got = mm(a, b, bias if with_bias else None, out=out)
-            assert got.data_ptr() == out.data_ptr()
-            want = a.double() @ b.double() + (bias.double() if with_bias else 0)
-            scale = (a.double().abs() @ b.double().abs()).max().item() + (
-                bias.abs().max().item() if with_bias else 0) + 1e-30
-            assert (got.double() - want).abs().max().item() <= 4e-6 * scale
-            rest = canvas.clone()
-            rest[1: m + 1, 1: n + 1] = 0
-            assert rest.isnan().sum().item() == rest.numel() - m * n  # (none else written)
+    for (a, b), with_bias, transposed in itertools.product(cases, (False, True),
+                                                           (False, True)):
+        # (out a slice of a larger buffer; or of its transpose: column-major)
+        canvas = torch.full((m + 3, n + 2), float("nan"), device=device)
+        if transposed:
+            canvas = torch.full((n + 2, m + 3), float("nan"), device=device).t()
+        out = canvas[1: m + 1, 1: n + 1]
+        got = mm(a, b, bias if with_bias else None, out=out)
+        assert got.data_ptr() == out.data_ptr()
+        want = a.double() @ b.double() + (bias.double() if with_bias else 0)
+        scale = (a.double().abs() @ b.double().abs()).max().item() + (
+            bias.abs().max().item() if with_bias else 0) + 1e-30
+        assert (got.double() - want).abs().max().item() <= 4e-6 * scale
+        rest = canvas.clone()
+        rest[1: m + 1, 1: n + 1] = 0
+        assert rest.isnan().sum().item() == rest.numel() - m * n  # (none else written)
         assert mm(a, b).shape == (m, n)
+
+
+@pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
+                    reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("bias", [True, False])
+def test_wide_gemm_runs_its_spans_in_tf32(bias, monkeypatch, tf32_flag):
+    """gemm.mm_wide: each span of K one GEMM with TF32 on (restored after), the spans
+    WIDE_ELEMENTS // (3 (M + N)) long (the last short), the bias in the first alone, the
+    others added in; at fp32's error."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("mm", "addmm", "addmm_"):  # (each with its K, 3 × a span)
+                seen.append((name, args[0 if name == "mm" else 1].shape[1],
+                             torch.backends.cuda.matmul.allow_tf32))
+            return func(*args, **(kwargs or {}))
+
+    gemm = _fused_gemm()
+    m, k, n = 10, 700, 6
+    monkeypatch.setattr(gemm, "WIDE_ELEMENTS", 3 * (m + n) * 200)
+    monkeypatch.setattr(gemm, "WIDE_MIN_SPAN", 32)
+    g = torch.Generator().manual_seed(0)
+    a, b, row = (torch.randn(m, k, generator=g), torch.randn(k, n, generator=g),
+                 torch.randn(n, generator=g) if bias else None)
+    seen = []
+    with Products():
+        got = gemm.mm_wide(a, b, row)
+    assert seen == [("addmm" if bias else "mm", 600, True), ("addmm_", 600, True),
+                    ("addmm_", 600, True), ("addmm_", 300, True)]
+    assert not torch.backends.cuda.matmul.allow_tf32
+    want = a.double() @ b.double() + (row.double() if bias else 0)
+    assert (got.double() - want).abs().max() <= 4e-6 * want.abs().max()
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,

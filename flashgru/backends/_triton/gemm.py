@@ -150,6 +150,7 @@ def mm_wide(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
                 torch.mm(a_wide, b_wide, out=out)
             else:
                 torch.addmm(bias, a_wide, b_wide, out=out)
+            del a_wide, b_wide  # (freed before the next span's are made)
     return out
 
 

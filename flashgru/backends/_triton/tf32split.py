@@ -55,13 +55,14 @@ def _wide_kernel(a, out, M, K, sam, sak, som, sok, part, LO_FIRST: tl.constexpr,
     high, low = _parts(tl.load(a + rm64[:, None] * sam + rk64[None, :] * sak, mask=mask,
                                other=0.0))
     o = out + rm64[:, None] * som + rk64[None, :] * sok
+    part64 = tl.cast(part, tl.int64)  # (2 · part can pass 2^31 where part doesn't)
     if LO_FIRST:
         tl.store(o, low, mask=mask)
-        tl.store(o + part, high, mask=mask)
+        tl.store(o + part64, high, mask=mask)
     else:
         tl.store(o, high, mask=mask)
-        tl.store(o + part, low, mask=mask)
-    tl.store(o + 2 * part, high, mask=mask)
+        tl.store(o + part64, low, mask=mask)
+    tl.store(o + 2 * part64, high, mask=mask)
 
 
 WIDE_TILE = (64, 64)  # (a wide split's tile: 16 KiB read, 48 KiB written)
