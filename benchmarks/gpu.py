@@ -92,6 +92,7 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
     for name, module in (("torch", ref), ("flashgru", ours)):
         _compare_one(row, name, module, x, dout, x64, y64)
     if tf32x3_beside and x.dtype == torch.float32:
+        row["tf32x3_way"] = tf32x3.WAY  # (how they ran on CUDA: --tf32x3-way)
         try:  # (never yet run on a GPU: its failure costs its own columns, not the row)
             with _tf32x3_gemms(True):
                 _compare_one(row, "tf32x3", ours, x, dout, x64, y64)
@@ -202,7 +203,8 @@ def _tf32x3_part(row: dict) -> str:
     if "fwd_tf32x3" not in row:
         return ""
     t = row["T"]
-    return (f" | tf32x3 GEMMs fwd {row['fwd_tf32x3'] * 1e3 / t:.2f} "
+    return (f" | tf32x3 GEMMs ({row['tf32x3_way']}) fwd "
+            f"{row['fwd_tf32x3'] * 1e3 / t:.2f} "
             f"×{row['fwd_torch'] / row['fwd_tf32x3']:.2f} "
             f"(×{row['fwd_flashgru'] / row['fwd_tf32x3']:.2f} ours) f+b "
             f"{row['fb_tf32x3'] * 1e3 / t:.2f} ×{row['fb_torch'] / row['fb_tf32x3']:.2f} "

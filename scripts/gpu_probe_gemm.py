@@ -113,36 +113,47 @@ def main() -> None:
             tiles = {f"{t[0]}x{t[1]}x{t[2]} w{warps} s{stages}": with_tile(
                 gemm, t, warps, stages) for t, warps, stages in TILES}
             want = a.double() @ b.double()
-            errors = {}
+            errors = {}  # (each run's error against float64, or why it failed)
             for key, fn in [*runs.items(), *tiles.items()]:
                 try:
                     errors[key] = ((fn().double() - want).abs().max() /
                                    want.abs().max()).item() if key in runs else \
                         ((fn(a, b).double() - want).abs().max() / want.abs().max()).item()
-                except Exception as e:  # noqa: BLE001 (a tile this card can't hold)
+                except Exception as e:  # noqa: BLE001 (a tile this card can't hold, a way
+                    # that fails here: reported in its place, the others still timed)
                     errors[key] = f"{type(e).__name__}: {str(e)[:80]}"
+            timed = {key: fn for key, fn in runs.items() if not isinstance(errors[key], str)}
             parts = tf32x3.split(a), tf32x3.split(b)
-            # (the GEMM over 3K alone, [a_lo a_hi a_hi] @ [b_hi; b_lo; b_hi], its operands
-            # laid side by side beforehand, and their split alone)
-            wide = tf32split.wide(a, 1, True), tf32split.wide(b, 0, False)
-            timed = {**runs, "split": lambda a=a, b=b: (tf32x3.split(a), tf32x3.split(b)),
-                     "products": lambda parts=parts: tf32x3._mm_parts(*parts),
-                     "one 3K": lambda wide=wide: one_3k(*wide),
-                     "wide split": lambda a=a, b=b: (tf32split.wide(a, 1, True),
-                                                     tf32split.wide(b, 0, False)),
-                     **{key: (lambda fn=fn, a=a, b=b: fn(a, b)) for key, fn in tiles.items()
-                        if not isinstance(errors[key], str)}}
+            timed.update({"split": lambda a=a, b=b: (tf32x3.split(a), tf32x3.split(b)),
+                          "products": lambda parts=parts: tf32x3._mm_parts(*parts)})
+            if "wide" in timed:  # (the GEMM over 3K alone, [a_lo a_hi a_hi] @ [b_hi; b_lo;
+                # b_hi], its operands laid side by side beforehand, and their split alone)
+                wide = tf32split.wide(a, 1, True), tf32split.wide(b, 0, False)
+                timed.update({"one 3K": lambda wide=wide: one_3k(*wide),
+                              "wide split": lambda a=a, b=b: (tf32split.wide(a, 1, True),
+                                                              tf32split.wide(b, 0, False))})
+            timed.update({key: (lambda fn=fn, a=a, b=b: fn(a, b)) for key, fn in tiles.items()
+                          if not isinstance(errors[key], str)})
             times = interleaved(timed, steps=rows // 16)  # (µs per step of a B=16 call)
             shape = f"{tuple(a.shape)} @ {tuple(b.shape)}"
-            print(f"H={hidden:5d} {name:10s} {shape:26s}: fp32 {times['fp32']:.2f} µs/step "
-                  f"(error {errors['fp32']:.1e}), kernel {times['tf32x3']:.2f} (error "
-                  f"{errors['tf32x3']:.1e}), {times['fp32'] / times['tf32x3']:.2f}x; split "
-                  f"first {times['parts']:.2f} (error {errors['parts']:.1e}: the split "
-                  f"{times['split']:.2f}, the three products {times['products']:.2f}); "
-                  f"as one TF32 GEMM over 3K {times['wide']:.2f} (error {errors['wide']:.1e}:"
-                  f" the split {times['wide split']:.2f}, the GEMM {times['one 3K']:.2f})")
-            for key in sums:
-                sums[key] += times[WAYS.get(key, key)]
+            speedup = times["fp32"] / times["tf32x3"] if "tf32x3" in times else float("nan")
+
+            def us(key, times=times):
+                return f"{times[key]:.2f}" if key in times else "-"
+
+            def shown(key, times=times, errors=errors):  # (a time and its error, or why
+                # the run failed)
+                if isinstance(errors[key], str):
+                    return f"failed ({errors[key]})"
+                return f"{times[key]:.2f} (error {errors[key]:.1e})"
+
+            print(f"H={hidden:5d} {name:10s} {shape:26s}: fp32 {shown('fp32')} µs/step, "
+                  f"kernel {shown('tf32x3')}, {speedup:.2f}x; split first {shown('parts')}: "
+                  f"the split {us('split')}, the three products {us('products')}; as one "
+                  f"TF32 GEMM over 3K {shown('wide')}: the split {us('wide split')}, the "
+                  f"GEMM {us('one 3K')}")
+            for key in sums:  # (a way that failed: never the faster)
+                sums[key] += times.get(WAYS.get(key, key), float("inf"))
             print("        other tiles: " + ", ".join(
                 f"{key} {errors[key]}" if isinstance(errors[key], str) else
                 f"{key} {times[key]:.2f} ({errors[key]:.1e})" for key in tiles))

@@ -16,7 +16,8 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
 PROFILE_S=${PROFILE_S:-250}
 GRID=(benchmarks/gpu.py --points float32:1024:16 float32:512:16 --only-grid --tf32x3-beside)
-WARM_S=60 warm scripts/gpu_profile_training.py scripts/gpu_probe_gemm.py "${GRID[*]}"
+WARM_S=60 warm scripts/gpu_profile_training.py scripts/gpu_probe_gemm.py "${GRID[*]}" \
+  "${GRID[*]} --tf32x3-way wide"  # (the grid in either way the probe may name)
 step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it (in scripts/ for a script
   # there) within that share of PROFILE_S's time left, its output in $OUT/LOG
   local log=$1 share=$2 left

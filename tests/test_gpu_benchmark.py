@@ -134,8 +134,9 @@ def test_tf32x3_beside(gpu_bench, monkeypatch, dtype):
     assert ("fwd_tf32x3" in row) == ("fb_tf32x3" in row) == ("err_dx_tf32x3" in row) == fp32
     row.update(T=5, H=8, B=3, dtype="float32")
     line = gpu_bench._line(row)
-    assert ("| tf32x3 GEMMs fwd 400.00 ×2.00 (×2.00 ours) f+b 400.00 ×2.00 (×2.00 ours)" in
-            line) == fp32
+    assert row.get("tf32x3_way") == ("kernel" if fp32 else None)  # (tf32x3.WAY: named)
+    assert ("| tf32x3 GEMMs (kernel) fwd 400.00 ×2.00 (×2.00 ours) f+b 400.00 ×2.00 (×2.00 "
+            "ours)" in line) == fp32
     if fp32:  # (the reference backend's GEMMs are torch's: the same numbers either way)
         assert row["err_tf32x3"] == pytest.approx(row["err_flashgru"], rel=1e-3)
 
