@@ -140,9 +140,8 @@ def mm(a: Tensor | tuple[Tensor, Tensor], b: Tensor | tuple[Tensor, Tensor], *,
        bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """a @ b (+ bias, a row broadcast over the rows) for fp32 2-D operands as three TF32
     products: where _fused (on CUDA with Triton) in one kernel, or as one GEMM over 3K
-    (``WAY``), else of their parts
-    (``split``; either operand may come as its parts, split once for several products,
-    ``operand``), into ``out`` if given."""
+    (``WAY``), else of their parts (``split``; either operand may come as its parts, split
+    once for several products, ``operand``), into ``out`` if given."""
     if WAY not in WAYS:  # (wherever it runs: a misspelt way is an error, not the default)
         raise ValueError(f"tf32x3.WAY is one of {', '.join(map(repr, WAYS))}; got {WAY!r}")
     if _fused(a, b):
