@@ -310,7 +310,7 @@ def _fused_gemm():
 
 # (tf32x3.mm's ways on CUDA with Triton: _triton.gemm's kernel, K whole or sliced, and one
 # GEMM over 3K, K whole or in spans)
-WAYS = ["whole", "sliced", "wide", "wide-spans"]
+GEMM_CASES = ["whole", "sliced", "wide", "wide-spans"]
 
 
 def _way(gemm, way: str, monkeypatch):
@@ -326,18 +326,17 @@ def _way(gemm, way: str, monkeypatch):
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("m,k,n", [(200, 70, 130), (129, 257, 45), (3, 5, 7), (6, 0, 9)])
-@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("way", GEMM_CASES)
 def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
-    """_triton.gemm.mm (tf32x3.mm's one kernel on CUDA), and gemm.mm_wide (its one GEMM
-    over 3K) alike: partial tiles in every dimension
-    and K = 0, row-major operands, transposed views, a column slice read in place (the
-    gates' gradient's r and z columns), a bias, an ``out`` that is a slice of a larger
-    buffer, row- or column-major (nothing around it written), against float64 at fp32's
-    error; K whole, or (``sliced``: MIN_SLICE 32, where the tiles are fewer than the
-    multiprocessors, 4 off CUDA) cut into slices, the last one short, summed after. In
-    the interpreter the products run in fp32; leaving any of the three out fails (the lost
-    part is ~2^-11 of the product). Over 3K likewise, K whole or (``wide-spans``) in
-    spans of 32, the last one short, each added in."""
+    """_triton.gemm.mm (tf32x3.mm's one kernel on CUDA), and gemm.mm_wide (its one GEMM over 3K)
+    alike: partial tiles in every dimension and K = 0, row-major operands, transposed views, a
+    column slice read in place (the gates' gradient's r and z columns), a bias, an ``out`` that
+    is a slice of a larger buffer, row- or column-major (nothing around it written), against
+    float64 at fp32's error; K whole, or (``sliced``: MIN_SLICE 32, where the tiles are fewer
+    than the multiprocessors, 4 off CUDA) cut into slices, the last one short, summed after. In
+    the interpreter the products run in fp32; leaving any of the three out fails (the lost part
+    is ~2^-11 of the product). Over 3K likewise, K whole or (``wide-spans``) in spans of 32, the
+    last one short, each added in."""
     gemm = _fused_gemm()
     mm = _way(gemm, way, monkeypatch)
     if not torch.cuda.is_available():
