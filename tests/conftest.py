@@ -19,3 +19,16 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pytest_collection_finish(session):
+    """The slow subprocesses the selected tests read (helpers.background) start now, on the
+    second core, rather than when their first reader runs."""
+    import helpers
+    helpers.start_background({name for item in session.items
+                              for name in getattr(item, "fixturenames", ())})
+
+
+def pytest_sessionfinish(session):
+    import helpers
+    helpers.stop_background()

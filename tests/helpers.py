@@ -4,6 +4,8 @@ shared weights and random inputs in every form torch.nn.GRU takes."""
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -102,3 +104,51 @@ def padded(output):
     if isinstance(output, torch.Tensor):
         return output
     return pad_packed_sequence(output)[0]
+
+
+# Slow subprocesses that tests read, by the name of the fixture that reads them:
+# [argv, env, cwd, (the Popen, its stdout and stderr files) once started]
+_BACKGROUND: dict[str, list] = {}
+
+
+def background(name, argv, env=None, cwd=None):
+    """Register a slow subprocess (an offline compile, a script's smoke run) under the name
+    of the fixture that reads its output. conftest.py starts it once the session's tests
+    are collected, if one selected uses that fixture, so that it runs on the second core
+    beside the tests before it; background_output waits for it."""
+    _BACKGROUND.setdefault(name, [argv, env, cwd, None])
+
+
+def start_background(names):
+    """Start the registered subprocesses among ``names`` not started yet (their output to
+    files: a pipe nobody reads yet would stall them once full)."""
+    for name in names:
+        job = _BACKGROUND.get(name)
+        if job is not None and job[3] is None:
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            job[3] = subprocess.Popen(job[0], env=job[1], cwd=job[2], stdout=out, stderr=err,
+                                      text=True), out, err
+
+
+def background_output(name, timeout):
+    """(returncode, stdout, stderr) of the subprocess registered as ``name`` (started now if
+    it was not), waiting at most ``timeout`` seconds more (then killed: TimeoutExpired)."""
+    start_background([name])
+    proc, out, err = _BACKGROUND[name][3]
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    out.seek(0)
+    err.seek(0)
+    return proc.returncode, out.read(), err.read()
+
+
+def stop_background():
+    """Kill whatever registered subprocess is still running (the session is over)."""
+    for job in _BACKGROUND.values():
+        if job[3] is not None and job[3][0].poll() is None:
+            job[3][0].kill()
+            job[3][0].wait()

@@ -4,10 +4,12 @@ poisoned with NaN first. On a machine without a GPU the kernels run in Triton's
 interpreter on the CPU (TRITON_INTERPRET=1, set by conftest.py); with a GPU, on the GPU."""
 
 import math
+import os
+import sys
 
 import pytest
 import torch
-from helpers import FORMS, assert_close
+from helpers import FORMS, assert_close, background, background_output
 from test_parity_torch import _cases, _ids, assert_pair_close, run_pair
 
 import flashgru
@@ -2514,14 +2516,14 @@ def sm90():
     for a 16-row tile of 16 hidden units in fp32, and the shared memory some launches
     need."""
     import json
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _SM90_PROBE], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    code, out, err = background_output("sm90", timeout=300)
+    assert code == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# (started beside the tests before it: conftest.py)
+background("sm90", [sys.executable, "-c", _SM90_PROBE],
+           env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
