@@ -25,6 +25,8 @@ def pytest_collection_finish(session):
     """The slow subprocesses the selected tests read (helpers.background) start now, on the
     second core, rather than when their first reader runs."""
     import helpers
+    if session.config.option.collectonly:
+        return
     helpers.start_background({name for item in session.items
                               for name in getattr(item, "fixturenames", ())})
 
