@@ -13,17 +13,17 @@ from flashgru.backends import BACKENDS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def profile_smoke():
-    """The script's smoke run: (returncode, stdout, stderr), started beside the tests
-    before it (conftest.py)."""
-    return background_output("profile_smoke", timeout=300)
-
-
+# (started beside the tests before it: conftest.py)
 if BACKENDS["triton"].missing() is None:
     background("profile_smoke", [sys.executable, "gpu_profile_training.py", "--smoke"],
                env={**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")},
                cwd=ROOT / "scripts")
+
+
+@pytest.fixture(scope="module")
+def profile_smoke():
+    """The script's smoke run: (returncode, stdout, stderr)."""
+    return background_output("profile_smoke", timeout=300)
 
 
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
