@@ -36,10 +36,10 @@ def gpu_bench(monkeypatch):
 
 def _found(dtype=torch.bfloat16, hidden=512, forward=True):
     """The default and benchmark mode's candidates at B=16, without the crossed backward
-    splits (their own flag's: test_crossed_left_out)."""
+    splits (their own flag's: test_crossed_left_out), the backward's default one-way."""
     cuda = torch.device("cuda")
     default = (splits.choose_config(16, hidden, cuda, dtype) if forward else
-               splits.choose_backward_config(16, hidden, cuda, dtype))
+               splits.choose_backward_config(16, hidden, cuda, dtype, crossed=False))
     return default, [c for c in tg._candidates(default, 16, hidden, cuda, dtype, forward)
                      if c.k_blocks == 1]
 
@@ -47,7 +47,7 @@ def _found(dtype=torch.bfloat16, hidden=512, forward=True):
 def test_nothing_left_out(gpu_bench):
     gpu_bench.restrict(False, False, False, False)
     default, found = _found()
-    assert default.stacked and not default.narrow  # (narrow at H=512: candidates only)
+    assert default.stacked and default.narrow and default.prefetch  # (H=512's: 8 units)
     assert any(c.prefetch for c in found) and any(c.narrow for c in found[1:])
     assert any(c.dot and c.resident and not c.stacked for c in found)
 
@@ -106,8 +106,10 @@ def test_fp32_candidates_left_out(gpu_bench, left_out):
             left_out not in ("row_tiles", "permuted", "chunked", "chunk_shapes"))
         assert any(c.prefetch for c in others)
         assert default.chunked == (left_out != "chunked")
+        # (H=512's backward default is 4-row tiles: without them, the 16-row tile unshaped)
         assert ((default.unit_lanes, default.thread_units) != (1, 1)) == (
-            left_out not in ("chunked", "chunk_shapes"))
+            left_out not in ("chunked", "chunk_shapes") and
+            not (left_out == "row_tiles" and not forward))
         assert default.stacked == (forward and left_out == "chunked")
     cuda = torch.device("cuda")  # (batch 8, H=1024: W resident and chunked, else streamed)
     assert tg.choose_config(8, 1024, cuda, torch.float32).resident == (left_out != "chunked")
@@ -210,6 +212,8 @@ def test_crossed_left_out(gpu_bench, left_out):
     --no-prefetch those with prefetch alone; --no-stacked (the one-way stacked splits')
     none."""
     names = (*gpu_bench.LEAVE_OUT,)
+    splits.CROSSED_DEFAULTS = {}  # (the candidates around the one-way default; the
+    # fixture restores it; test_crossed_defaults_left_out: the crossed defaults)
     gpu_bench.restrict(*(name.replace("-", "_") == left_out for name in names))
     cuda = torch.device("cuda")
     default = splits.choose_backward_config(16, 1024, cuda, torch.float32)

@@ -527,7 +527,7 @@ def test_crossed_split_refusals():
 
 
 def test_crossed_default_rule(monkeypatch):
-    """splits.CROSSED_DEFAULTS (empty until a tune times the crossed backward) makes its
+    """splits.CROSSED_DEFAULTS (H=1024's since the thirty-first session's tune) makes its
     split the backward's default at batch 9-16 above H=256, for its arithmetic (fp32 or
     16 bits) and H padded to a power of two: not at batch 8 or 17, not in fp64, not
     another H's or arithmetic's, not the forward's, not with ``crossed=False`` (a
@@ -542,6 +542,7 @@ def test_crossed_default_rule(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16 = torch.float32, torch.bfloat16
+    monkeypatch.setattr(splits, "CROSSED_DEFAULTS", {})  # (the one-way splits first)
     one_way = {(b, h, d): splits.choose_backward_config(b, h, cuda, d)
                for b in (8, 12, 16, 17) for h in (384, 512, 768, 1024)
                for d in (f32, bf16, torch.float64)}
@@ -603,6 +604,8 @@ def test_crossed_candidates_rule(monkeypatch):
         multi_processor_count = 132
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+
+    monkeypatch.setattr(splits, "CROSSED_DEFAULTS", {})  # (around the one-way defaults)
 
     def crossed(batch, hidden, dtype, forward=False):
         default = (splits.choose_config(batch, hidden, cuda, dtype) if forward else
@@ -1494,11 +1497,12 @@ def test_stamped_split_refuses_float64():
 
 def test_backward_split_rule(monkeypatch):
     """The backward takes the forward's split, never stamped, except at batch 9-16 above
-    H=256: the stacked tiles with the fewest units where the backward's fit (16-bit; at
-    K=1024 with prefetch and the narrow exchange), else in fp32 a program per SM with
-    W_hhᵀ resident where its tiles fit, its product chunked at 4 warps or K ≥ 1024, in
-    SPREAD_CHUNK_DEFAULTS's chunk shape where it has one (measured on an H200), else
-    tl.dot on streamed W."""
+    H=256: at K=1024 the crossed split CROSSED_DEFAULTS names where its programs fit, else
+    the stacked tiles with the fewest units where the backward's fit (16-bit, with
+    prefetch and the narrow exchange), else in fp32 a program per SM with W_hhᵀ resident
+    where its tiles fit, its product chunked at 4 warps or K ≥ 1024, in
+    SPREAD_CHUNK_DEFAULTS's chunk shape where it has one (measured on an H200; at K=512
+    four 4-row tiles, where all their programs fit), else tl.dot on streamed W."""
     cuda = torch.device("cuda")
 
     class Props:
@@ -1507,36 +1511,40 @@ def test_backward_split_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     spread = tg.Config(16, 4, 512, dot=False, resident=True, chunked=True)
-    assert tg.choose_backward_config(16, 512, cuda, f32) == spread._replace(
-        unit_lanes=2, thread_units=2)
-    assert tg.choose_backward_config(12, 384, cuda, f32) == spread._replace(
-        unit_lanes=2, thread_units=2)
+    rows4 = tg.Config(4, 16, 512, dot=False, warps=8, resident=True, chunked=True,
+                      unit_lanes=8, thread_units=2)  # (4 tiles × 32 programs)
+    assert tg.choose_backward_config(16, 512, cuda, f32) == rows4
+    assert tg.choose_backward_config(12, 384, cuda, f32) == rows4
+    crossed = tg.Config(16, 128, 64, dot=True, warps=8, resident=True, stacked=True,
+                        prefetch=True, k_blocks=16)  # (8 units × 16 K-blocks)
+    for dtype in (f32, bf16, f16):
+        assert tg.choose_backward_config(16, 1024, cuda, dtype) == crossed
+        assert tg.choose_backward_config(10, 768, cuda, dtype) == crossed
     wide = tg.Config(16, 8, 1024, dot=False, warps=8, resident=True, chunked=True,
                      unit_lanes=4, thread_units=2)
-    assert tg.choose_backward_config(16, 1024, cuda, f32) == wide
-    assert tg.choose_backward_config(16, 768, cuda, f32) == wide
-    assert tg.choose_config(16, 1024, cuda, f32) == wide  # (the forward's too)
+    assert tg.choose_backward_config(16, 1024, cuda, f32, crossed=False) == wide
+    assert tg.choose_config(16, 1024, cuda, f32) == wide  # (the forward's)
     assert tg.choose_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     assert tg.choose_backward_config(16, 1056, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     for dtype in (bf16, f16):  # the stacked tiles, the fewest units that fit
         assert tg.choose_backward_config(16, 512, cuda, dtype) == tg.Config(
-            16, 4, 512, dot=True, resident=True, stacked=True)
-        assert tg.choose_backward_config(10, 1024, cuda, dtype) == tg.Config(
+            16, 4, 512, dot=True, resident=True, stacked=True, prefetch=True, narrow=True)
+        assert tg.choose_backward_config(10, 1024, cuda, dtype, crossed=False) == tg.Config(
             16, 8, 1024, dot=True, resident=True, stacked=True, prefetch=True, narrow=True)
         assert tg.choose_backward_config(16, 2048, cuda, dtype) == tg.Config(16, 32, 64,
                                                                              dot=True)
-    Props.multi_processor_count = 108  # 4 units resident at H ≤ 432; 16 × 1024 won't fit
-    assert tg.choose_backward_config(16, 432, cuda, f32) == spread._replace(
-        unit_lanes=2, thread_units=2)
+    Props.multi_processor_count = 108  # 4 units resident at H ≤ 432 (4 tiles × 27
+    # programs); 16 × 1024 won't fit, nor the crossed split's 128 programs
+    assert tg.choose_backward_config(16, 432, cuda, f32) == rows4
     assert tg.choose_backward_config(16, 1024, cuda, f32) == tg.Config(16, 32, 64, dot=True)
     # bf16 H=1024: the forward's 16 units stacked fit 64 programs, the backward's 8 (128
     # programs) don't: tl.dot, not the forward's stacked split
     assert tg.choose_config(16, 1024, cuda, bf16).stacked
     assert tg.choose_backward_config(16, 1024, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
-    Props.multi_processor_count = 66  # 4 units over 66 SMs, then 8 with 8 warps (K=512:
-    # not chunked, as 8 warps with 4 units at K=512 lost chunked on 132 SMs)
-    assert tg.choose_backward_config(16, 264, cuda, f32) == spread._replace(
-        unit_lanes=2, thread_units=2)
+    Props.multi_processor_count = 66  # 4 units over 66 SMs (the 4-row tiles' 4 × 17
+    # programs don't fit: the 16-row tile), then 8 with 8 warps (K=512: not chunked, as 8
+    # warps with 4 units at K=512 lost chunked on 132 SMs)
+    assert tg.choose_backward_config(16, 264, cuda, f32) == spread
     assert tg.choose_backward_config(16, 512, cuda, f32) == tg.Config(
         16, 8, 512, dot=False, warps=8, resident=True)
     Props.multi_processor_count = 132
@@ -1601,11 +1609,14 @@ def test_forward_split_rule(monkeypatch):
             16, 8, 1024, dot=False, warps=8, resident=True, chunked=True, unit_lanes=4,
             thread_units=2)
     stacked_cfg = tg.Config(16, 4, 512, dot=True, resident=True, stacked=True)
-    assert tg.choose_config(16, 512, cuda, bf16) == stacked_cfg._replace(slice=8)
+    # 16-bit at K=512: 8 units, prefetching, the exchange narrow
+    assert tg.choose_config(16, 512, cuda, bf16) == stacked_cfg._replace(
+        slice=8, prefetch=True, narrow=True)
     assert tg.choose_config(16, 2048, cuda, bf16) == tg.Config(16, 32, 64, dot=True)
     # a training forward (saving the gates): 16-bit's 16 units, fp32's still the fewest;
-    # at K=1024 16 units both ways, the exchange narrow
-    assert tg.choose_config(16, 512, cuda, bf16, save=True) == stacked_cfg._replace(slice=16)
+    # at K=1024 16 units both ways, the exchange narrow, without prefetch
+    assert tg.choose_config(16, 512, cuda, bf16, save=True) == stacked_cfg._replace(
+        slice=16, prefetch=True, narrow=True)
     for save in (False, True):
         for hidden in (1024, 600):
             assert tg.choose_config(16, hidden, cuda, bf16, save) == tg.Config(
@@ -1634,7 +1645,8 @@ def test_forward_split_rule(monkeypatch):
 
 def test_narrow_candidates_rule(monkeypatch):
     """The defaults exchange 16-bit values (Config.narrow) only at batch 9-16 with 16-bit
-    weights at K=1024 (H=513-1024: the stacked tiles, timed on an H200); benchmark mode
+    weights at K=512 and 1024 (H=257-1024: the stacked tiles, timed on an H200), not in the
+    crossed backward (H=1024's default); benchmark mode
     times, wherever the default multiplies 16-bit weights with tl.dot on CUDA, that
     default with the other exchange too, and its other tl.dot candidates narrow; never in
     fp32, with the broadcast product, in a crossed split (its partial sums are no tl.dot's
@@ -1653,13 +1665,18 @@ def test_narrow_candidates_rule(monkeypatch):
                                  (True, tg.choose_config(batch, hidden, cuda, dtype, True)),
                                  (False, tg.choose_backward_config(batch, hidden, cuda,
                                                                    dtype))):
-                assert cfg.narrow == (sixteen and 8 < batch <= 16 and hidden == 1024), cfg
+                one_way = cfg.k_blocks == 1
+                assert cfg.narrow == (sixteen and 8 < batch <= 16 and hidden in (512, 1024)
+                                      and one_way), cfg
                 found = tg._candidates(cfg, batch, hidden, cuda, dtype, forward)
-                assert (cfg._replace(narrow=not cfg.narrow) in found) == (cfg.dot and sixteen)
+                assert (cfg._replace(narrow=not cfg.narrow) in found) == (
+                    cfg.dot and sixteen and one_way)
+                # (besides the default's twin, a crossed default's one-way split's)
+                twins = {cfg._replace(narrow=False), tg.choose_backward_config(
+                    batch, hidden, cuda, dtype, crossed=False)._replace(narrow=False)}
                 assert all(c.narrow == (c.dot and sixteen and not c.stamped and
                                         c.k_blocks == 1)
-                           for c in found[1:] if c != cfg._replace(narrow=False)), \
-                    (dtype, batch, hidden, cfg)
+                           for c in found[1:] if c not in twins), (dtype, batch, hidden, cfg)
         cpu = torch.device("cpu")
         cfg = tg.choose_config(16, 512, cpu, dtype)
         assert not any(c.narrow for c in tg._candidates(cfg, 16, 512, cpu, dtype, True))
@@ -1765,10 +1782,9 @@ def test_chunked_candidates_rule(monkeypatch):
                                   resident=True)
             assert (unchunked in found) == (dtype == f32)
             for forward in (True, False):  # (and in SPREAD_CHUNK_SHAPES's shapes)
-                found = tg._candidates(tg.choose_backward_config(16, hidden, cuda, dtype)
-                                       if not forward else
-                                       tg.choose_config(16, hidden, cuda, dtype, True), 16,
-                                       hidden, cuda, dtype, forward)
+                default = (tg.choose_backward_config(16, hidden, cuda, dtype, crossed=False)
+                           if not forward else tg.choose_config(16, hidden, cuda, dtype, True))
+                found = tg._candidates(default, 16, hidden, cuda, dtype, forward)
                 shapes = {(c.warps, c.unit_lanes, c.thread_units) for c in found
                           if (c.unit_lanes, c.thread_units) != (1, 1) and c.block_batch == 16}
                 assert shapes == set(candidates.SPREAD_CHUNK_SHAPES[(slice_, hidden, forward)])
@@ -1783,8 +1799,12 @@ def test_chunked_candidates_rule(monkeypatch):
                         for rows, w, u, i in candidates.ROW_TILE_SPREADS.get(
                             (slice_, hidden, forward), ()) if dtype == f32
                         for p, f in ((False, False), (True, False), (True, True))}
+                if default.block_batch != 16:  # (a default of row tiles (fp32 H=512's
+                    # backward): its twins with prefetch and stamped, 2048 words, too)
+                    want |= {default._replace(prefetch=True), default._replace(stamped=True)}
                 assert set(halves) == want and len(halves) == len(want)
-                assert all(splits._can_chunk(c) and splits._can_permute(c) for c in halves)
+                assert all(splits._can_chunk(c) and (splits._can_permute(c) or c.stamped)
+                           for c in halves)
     found = tg._candidates(tg.choose_config(1, 1024, cuda, f32), 1, 1024, cuda, f32, True)
     assert {(c.stamped, c.chunked) for c in found if c.slice == 8 and not c.dot} == {
         (True, True), (False, True), (True, False), (False, False)}
@@ -1876,9 +1896,9 @@ def test_stamped_twin_rule(monkeypatch):
                         lambda device: type("P", (), {"multi_processor_count": 132}))
     assert splits.STAMPED_TWIN_MAX_WORDS == 2048
 
-    def twins(batch, hidden, forward=True):
-        default = (tg.choose_config if forward else tg.choose_backward_config)(
-            batch, hidden, cuda, f32)
+    def twins(batch, hidden, forward=True):  # (the backward's one-way default)
+        default = (tg.choose_config(batch, hidden, cuda, f32) if forward else
+                   tg.choose_backward_config(batch, hidden, cuda, f32, crossed=False))
         assert default.resident and not (default.stacked or default.kmajor), (batch, hidden)
         found = tg._candidates(default, batch, hidden, cuda, f32, forward)
         return default, {c.stamped for c in found if c.resident and not c.stacked}
@@ -1888,9 +1908,12 @@ def test_stamped_twin_rule(monkeypatch):
     for batch, hidden in [(2, 1024), (8, 256)]:  # (2048 words: untimed, offered)
         assert twins(batch, hidden)[1] == {True, False}, (batch, hidden)
         assert twins(batch, hidden, False)[1] == {True, False}, (batch, hidden)
+    # (fp32 H=512's backward in 4-row tiles: 2048 words too)
+    assert twins(16, 512, False)[1] == {True, False}
     for batch, hidden in [(4, 1024), (16, 512), (16, 1024)]:  # (4096-16384 words: lost)
         assert twins(batch, hidden)[1] == {False}, (batch, hidden)
-        assert twins(batch, hidden, False)[1] == {False}, (batch, hidden)
+        if (batch, hidden) != (16, 512):
+            assert twins(batch, hidden, False)[1] == {False}, (batch, hidden)
     monkeypatch.setattr(splits, "STAMPED_TWIN_MAX_WORDS", 8192)
     assert twins(16, 512)[1] == {True, False}
 

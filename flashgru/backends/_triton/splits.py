@@ -175,11 +175,17 @@ def _crossed_split(hidden: int, entry: tuple) -> Config:
 
 # The crossed backward as the default at batch 9-16 above H=256, where benchmark mode timed
 # it fastest: (arithmetic, H padded to a power of two) → its table row, as _crossed_split
-# takes it; arithmetic "fp32" or "16-bit". Empty: untimed (the twenty-seventh session's
-# splits; scripts/tune_summary.py --defaults prints the entries a tune calls for). A
-# bidirectional pair's launch keeps the one-way splits (choose_backward_config's
+# takes it; arithmetic "fp32" or "16-bit" (scripts/tune_summary.py --defaults prints the
+# entries a tune calls for). H200, 2026-11-28 (thirty-first session), benchmark mode, B=16,
+# µs a step: at H=1024 the stacked split of 16 K-blocks, 128 units a program, 8 warps,
+# prefetching, fp32 10.99 → 7.31 (the chunked spread split u4x2 before), bf16 5.36 → 3.96
+# (the stacked 8 units, prefetch, narrow before). At H=512 the one-way splits stayed the
+# fastest. A bidirectional pair's launch keeps the one-way splits (choose_backward_config's
 # ``crossed``), as does a card whose multiprocessors can't hold the split's programs.
-CROSSED_DEFAULTS: dict[tuple[str, int], tuple] = {}
+CROSSED_DEFAULTS: dict[tuple[str, int], tuple] = {
+    ("fp32", 1024): ("stacked", (16, 128, 8, True)),
+    ("16-bit", 1024): ("stacked", (16, 128, 8, True)),
+}
 
 
 def _crossed_default(hidden: int, device: torch.device, dtype: torch.dtype) -> Config | None:
@@ -296,10 +302,12 @@ def _narrow_where_set(cfg: Config, device: torch.device, dtype: torch.dtype) -> 
 # this: H=512 forward 3.22 → 3.09 (training 3.52 → 3.30), backward 6.79 → 5.74; H=1024
 # forward 6.96 → 6.12 (training 6.96 → 5.93), backward 14.72 → 10.93. (The partial-product
 # backward took 5.92 and 12.99, the grouped splits 11.9-15.0 at H=1024: slower, and since
-# taken out.)
+# taken out.) The thirty-first session's tune (H200, from memory): H=512's backward in
+# four 4-row tiles, 16 units a program, 8 warps, u8x2, 5.83 → 4.32; the forwards' shapes
+# tied with the others' (H=1024's backward: CROSSED_DEFAULTS).
 SPREAD_CHUNK_DEFAULTS = {
     (4, 512, 4, True): dict(unit_lanes=4, thread_units=1),
-    (4, 512, 4, False): dict(unit_lanes=2, thread_units=2),
+    (4, 512, 4, False): dict(block_batch=4, slice=16, warps=8, unit_lanes=8, thread_units=2),
     (8, 1024, 8, True): dict(unit_lanes=4, thread_units=2),
     (8, 1024, 8, False): dict(unit_lanes=4, thread_units=2),
 }
@@ -315,6 +323,17 @@ def _chunk_shape_where_set(cfg: Config, forward: bool) -> Config:
     shaped = cfg._replace(**fields)
     return shaped if _can_chunk(shaped) and (
         _can_permute(shaped) or not shaped.permuted) else cfg
+
+
+def _shaped_where_it_fits(cfg: Config, hidden: int, device: torch.device,
+                          forward: bool) -> Config:
+    """_chunk_shape_where_set's split, where its row tiles (8 or 4 rows) all fit on the
+    card at once for a 16-row batch, as the 16-row tile's programs do; else cfg (one launch
+    a batch, not two: a small card, H=264 on 66 multiprocessors)."""
+    shaped = _chunk_shape_where_set(cfg, forward)
+    if 16 // shaped.block_batch * _tile_programs(shaped, hidden) > _grid_limit(device):
+        return cfg
+    return shaped
 
 
 def _can_chunk(cfg: Config) -> bool:
@@ -439,7 +458,7 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
                     spread = _chunked_where_set(spread, device, dtype)
                     if spread.chunked:  # fp32 H=512 4.25 → 3.28 µs per step, H=1024
                         # 15.7 → 6.9 (H200); unchunked, it lost to the stacked split
-                        return _chunk_shape_where_set(spread, forward=True)
+                        return _shaped_where_it_fits(spread, hidden, device, True)
                 stacked = _stacked_default(hidden, device, dtype, forward=True, save=save)
                 if stacked is not None:  # fp32 H=512 6.5 → 4.2; bf16 H=1024 7.0 → 3.8
                     return stacked
@@ -519,8 +538,8 @@ def choose_backward_config(batch: int, hidden: int, device: torch.device,
             # 15.3 → 10.6 µs per step at H=512, 38.8 → 23.4 at H=1024 (H200); chunked
             # 9.55 → 6.84 at H=512, 22.5 → 14.8 at H=1024 (H200), its chunk shape
             # (SPREAD_CHUNK_DEFAULTS) 6.79 → 5.74 and 14.72 → 10.93
-            return _chunk_shape_where_set(_chunked_where_set(spread, device, dtype),
-                                          forward=False)
+            return _shaped_where_it_fits(_chunked_where_set(spread, device, dtype), hidden,
+                                         device, False)
         # (the forward's stacked split, where the backward's operand doesn't fit)
         return _streamed_dot(hidden, _grid_limit(device)) if cfg.stacked else cfg
     return cfg
@@ -536,21 +555,30 @@ def _stacked_default(hidden: int, device: torch.device, dtype: torch.dtype,
     training H=512 16 units 2.43, 8 units 2.69, 4 units 2.92, H=1024 16 units 3.35, 8 units
     3.78; bf16 backward H=512 4 units 6.04, 8 units 7.46.
 
-    16-bit at K=1024 (H=513-1024), its exchange narrow (``_narrow_where_set``): the forward
-    16 units, the backward its fewest with prefetch too. H200, 2026-11-28, benchmark mode,
-    bf16 B=16, H=1024, µs per step: inference 8 units 3.62, narrow 2.92, 16 units narrow
-    2.78; training 16 units 5.74, narrow 2.83; backward 8 units 8.14, narrow 7.34,
-    prefetch and narrow 5.54. (At K=512 narrow is not yet timed.)"""
+    16-bit at K=512 and 1024 (H=257-1024), its exchange narrow (``_narrow_where_set``): at
+    K=1024 the forward 16 units, the backward its fewest with prefetch too; at K=512 both
+    with prefetch too. H200, 2026-11-28, benchmark mode, bf16 B=16, µs per step: H=1024
+    inference 8 units 3.62, narrow 2.92, 16 units narrow 2.78; training 16 units 5.74,
+    narrow 2.83; backward 8 units 8.14, narrow 7.34, prefetch and narrow 5.54 (the crossed
+    backward is faster again: CROSSED_DEFAULTS); H=512 (the thirty-first session, from
+    memory) inference 8 units 2.59, prefetch and narrow 2.31; training 16 units 2.37,
+    narrow 2.37, prefetch and narrow 2.14; backward 4 units 5.31, narrow 5.20, prefetch
+    and narrow 3.60."""
     found = _stacked_splits(hidden, device, dtype, forward)
     if not found:
         return None
     if dtype == torch.float32:
         return found[-1]
-    if _pow2(hidden) == 1024:  # (only where the exchange can be narrow: these splits
-        # were timed so, and without it the 16-unit inference forward was slower)
-        cfg = _narrow_where_set(
-            next((c for c in found if c.slice == 16), found[-1]) if forward else
-            found[-1]._replace(prefetch=True), device, dtype)
+    hp = _pow2(hidden)
+    if hp in (512, 1024):  # (only where the exchange can be narrow: these splits were
+        # timed so, and without it the 16-unit inference forward was slower at H=1024)
+        if forward:
+            units = 16 if hp == 1024 or save else 8
+            cfg = next((c for c in found if c.slice == units), found[-1])._replace(
+                prefetch=hp == 512)
+        else:
+            cfg = found[-1]._replace(prefetch=True)
+        cfg = _narrow_where_set(cfg, device, dtype)
         if cfg.narrow:
             return cfg
     if forward:
