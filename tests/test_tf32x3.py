@@ -13,17 +13,7 @@ from flashgru.backends import BACKENDS, tf32x3
 
 
 @pytest.fixture
-def tf32_flag():
-    """torch.backends.cuda.matmul.allow_tf32 set by the test, restored after (monkeypatch
-    can't: torch's flag is no plain attribute)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@pytest.fixture
-def enabled(monkeypatch, tf32_flag):
+def enabled(monkeypatch, no_tf32):
     monkeypatch.setattr(tf32x3, "enabled", True)
 
 
@@ -93,11 +83,13 @@ def gemm_way(request, monkeypatch):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_and_its_gradients_at_fp32s_error(enabled, bias, gemm_way):
+    # (on a GPU, there: the kernels compile for CUDA tensors, the interpreter runs either)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 5, 24, generator=g, requires_grad=True)
-    w = torch.randn(36, 24, generator=g, requires_grad=True)
-    b = torch.randn(36, generator=g, requires_grad=True) if bias else None
-    dout = torch.randn(7, 5, 36, generator=g)
+    x = torch.randn(7, 5, 24, generator=g).to(device).requires_grad_()
+    w = torch.randn(36, 24, generator=g).to(device).requires_grad_()
+    b = torch.randn(36, generator=g).to(device).requires_grad_() if bias else None
+    dout = torch.randn(7, 5, 36, generator=g).to(device)
     inputs = [t for t in (x, w, b) if t is not None]
     got = tf32x3.linear(x, w, b)
     grads = torch.autograd.grad(got, inputs, dout)
@@ -167,7 +159,7 @@ def test_only_the_triton_backend_projects_so():
 @pytest.mark.parametrize("on", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["lean", "functional"])
 def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeypatch,
-                                                      tf32_flag, gemm_way):
+                                                      no_tf32, gemm_way):
     """Enabled, a triton training call's input projection (forward, dx, dW_ih) and dW_hh
     (two GEMMs: r's and z's rows, n's) go through the three TF32 products (tf32x3.mm: in
     one kernel, or on operands split once), with torch's numbers at fp32's tolerance, on
@@ -197,7 +189,7 @@ def test_triton_backend_gemms_through_it_when_enabled(on, bidirectional, monkeyp
         assert (a - r).abs().max() <= 2e-5 * max(1.0, r.abs().max().item())
 
 
-def test_fast_applies_on_fast_tf32_cards_only(monkeypatch, tf32_flag):
+def test_fast_applies_on_fast_tf32_cards_only(monkeypatch, no_tf32):
     """enabled = FAST: the GEMMs go through ``mm`` only where every operand is on a CUDA
     card of FAST_TF32 (A100, H100/H200), not on the CPU nor on a card whose TF32 rate is
     near its fp32 rate (compute capability 8.6, the consumer Ampere parts). (No GPU here:
@@ -372,7 +364,7 @@ def test_fused_gemm_at_fp32s_error(m, k, n, way, monkeypatch):
 @pytest.mark.skipif(BACKENDS["triton"].missing() is not None,
                     reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("bias", [True, False])
-def test_wide_gemm_runs_its_spans_in_tf32(bias, monkeypatch, tf32_flag):
+def test_wide_gemm_runs_its_spans_in_tf32(bias, monkeypatch, no_tf32):
     """gemm.mm_wide: each span of K one GEMM with TF32 on (restored after), the spans
     WIDE_ELEMENTS // (3 (M + N)) long (the last short), the bias in the first alone, the
     others added in; at fp32's error."""
@@ -408,7 +400,7 @@ def test_wide_gemm_runs_its_spans_in_tf32(bias, monkeypatch, tf32_flag):
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # (the interpreter's inf - inf)
 @pytest.mark.filterwarnings("ignore:overflow encountered")  # (the largest finite values')
 @pytest.mark.parametrize("way", ["whole", "wide"])
-def test_fused_gemm_is_the_parts_products(way, monkeypatch, tf32_flag):
+def test_fused_gemm_is_the_parts_products(way, monkeypatch, no_tf32):
     """The kernel's products, and the GEMM over 3K's, are those of the split operands
     (_mm_parts): the same within fp32's rounding on ordinary values, and NaN where they
     give NaN (an infinite operand's low part is inf - inf), on the split's edge values."""
@@ -429,7 +421,7 @@ def test_fused_gemm_is_the_parts_products(way, monkeypatch, tf32_flag):
     assert (got[finite] - want[finite]).abs().max() <= 1e-5 * want[finite].abs().max()
 
 
-def test_mm_runs_one_kernel_where_it_can(monkeypatch, tf32_flag):
+def test_mm_runs_one_kernel_where_it_can(monkeypatch, no_tf32):
     """``mm`` hands tensors on a device of GEMM_DEVICES to the one kernel (with a bias and
     ``out``), or with WAY "wide" to the one GEMM over 3K, and parts split beforehand, or
     tensors elsewhere, to _mm_parts; ``operand`` leaves an operand whole where the kernel
@@ -519,7 +511,7 @@ def test_parts_products_into_out(bias):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("way", ["whole", "wide"])
-def test_fused_gemm_on_gpu(way, tf32_flag, monkeypatch):
+def test_fused_gemm_on_gpu(way, no_tf32, monkeypatch):
     """On the tensor cores, at a B=16, T=256 training call's input projection and dW_hh
     shapes (H=512), in one kernel and as one GEMM over 3K: fp32's error against float64
     (as one fp32 GEMM's, within 4e-6 of the largest), where one TF32 product errs by
