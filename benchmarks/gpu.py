@@ -312,6 +312,7 @@ def restrict(no_stacked: bool, no_narrow: bool, no_prefetch: bool,
     both too, and from the defaults (splits.CROSSED_DEFAULTS) the chunked ones where
     chunks or chunk shapes are left out; and benchmark mode's resident tl.dot and smaller
     row tiles' (candidates.ROW_TILE_SPREADS) candidates."""
+    tg._defaults.clear()  # (the defaults kept so far, under the rules before)
     if no_stacked:
         splits._stacked_splits = lambda *a, **k: []
     if no_chunked:

@@ -536,8 +536,13 @@ def choose_impl(impl: str, device: torch.device, hidden: int | None = None) -> s
 
 
 def on_device(device: torch.device):
-    """Launch Triton kernels on ``device`` (they run on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Launch Triton kernels on ``device`` (they run on the current CUDA device): a switch
+    of the current device where it is another one (none where it is already current: the
+    switch and its way back cost host time before the launch)."""
+    if device.type != "cuda" or device.index is None or \
+            device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _flip(x: Tensor, reverse: bool) -> Tensor:

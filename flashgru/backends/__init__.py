@@ -339,8 +339,7 @@ def _streamed_split(batch: int, hidden: int, device: torch.device, dtype: torch.
     device to size the split on takes 132 multiprocessors."""
     if not 4 < batch <= 8 or dtype == torch.float64:
         return False
-    sms = (torch.cuda.get_device_properties(device).multi_processor_count
-           if torch.cuda.is_available() else 132)
+    sms = triton_splits._multiprocessors(device) if torch.cuda.is_available() else 132
     cfg = triton_splits._broadcast_split(batch, hidden, sms, dtype)
     return not (cfg.dot or cfg.resident) and hidden > 4 * cfg.block_k
 

@@ -151,9 +151,7 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
     bucket and ``key``; each as the weights (``weights``, else ``dtype``) allow
     (_for_weights)."""
     weights = weights or dtype
-    default = _for_weights(
-        splits.choose_config(batch, hidden, device, dtype, save) if kind == "forward" else
-        splits.choose_backward_config(batch, hidden, device, dtype), weights)
+    default = _default(kind, batch, hidden, device, dtype, save, weights)
     if not (benchmark and steps and batch):
         return default
     key = (kind, device, batch, hidden, dtype, min(steps, TUNE_STEPS).bit_length(), *key,
@@ -165,6 +163,29 @@ def _split(kind: str, batch: int, hidden: int, steps: int, device: torch.device,
         candidates = list(dict.fromkeys(_for_weights(c, weights) for c in candidates))
         _tuned[key], trials[key] = _fastest(default, candidates, run, device, dtype)
     return _tuned[key]
+
+
+_defaults: dict[tuple, Config] = {}
+
+
+def _default(kind: str, batch: int, hidden: int, device: torch.device, dtype: torch.dtype,
+             save: bool, weights: torch.dtype) -> Config:
+    """_split's default: choose_config (``save``: a training forward's), or for the
+    backward choose_backward_config, as weights of this dtype allow (_for_weights). On
+    CUDA kept per kind of call in ``_defaults``: the rules cost host time before every
+    launch, and the GPU waits for it. Kept apart for each pair of rule functions, so that
+    a process that replaces one (a test, benchmarks/gpu.py's restrict, which also empties
+    ``_defaults``) gets its own."""
+    key = (kind, batch, hidden, device, dtype, save, weights, splits.choose_config,
+           splits.choose_backward_config)
+    cfg = _defaults.get(key) if device.type == "cuda" else None
+    if cfg is None:
+        cfg = _for_weights(
+            splits.choose_config(batch, hidden, device, dtype, save) if kind == "forward"
+            else splits.choose_backward_config(batch, hidden, device, dtype), weights)
+        if device.type == "cuda":
+            _defaults[key] = cfg
+    return cfg
 
 
 # ---- the core ----------------------------------------------------------------------------
@@ -650,19 +671,44 @@ class _EagerPair(torch.autograd.Function):
 
 
 def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-                      lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The kernels' lengths (int64 on gi's device, every row full when None) and b_hh (0
-    when None); first, that the kernels run this hidden size on this device."""
+                      lengths: Tensor | None, kept: bool = False) -> tuple[Tensor, Tensor]:
+    """The kernels' lengths (int64 on gi's device, every row full when None: _all_steps,
+    ``kept`` its argument) and b_hh (0 when None); first, that the kernels run this hidden
+    size on this device."""
     hidden, most = w_hh.shape[1], splits.max_hidden(gi.device)
     if hidden > most:
         raise ValueError(f"backend 'triton' runs hidden sizes up to {most} on this GPU "
                          f"({splits._grid_limit(gi.device)} multiprocessors × {MAX_UNITS} units); "
                          f"got {hidden}: use backend='torch'")
     if lengths is None:
-        lengths = torch.full((gi.shape[1],), gi.shape[0], dtype=torch.int64, device=gi.device)
+        lengths = _all_steps(gi, kept)
     else:
         lengths = lengths.to(device=gi.device, dtype=torch.int64)
     return lengths, b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
+
+
+# a length past any call's steps (the kernels' lengths for a call given none: _all_steps)
+ALL_STEPS = 1 << 62
+_all_steps_kept: dict[tuple, Tensor] = {}
+
+
+def _all_steps(gi: Tensor, kept: bool) -> Tensor:
+    """The kernels' lengths for a call given none: every row runs every step. Made for the
+    call (torch.full: host time before the launch, which the GPU waits for), or with
+    ``kept`` (core outside the special modes), on CUDA outside graph capture, one tensor
+    per batch and device, ALL_STEPS in every row, made once, copied in from the host (the
+    copy done before it returns, so that a kernel on any stream finds it written) and
+    never written again."""
+    steps, batch = gi.shape[:2]
+    device = gi.device
+    if not kept or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return torch.full((batch,), steps, dtype=torch.int64, device=device)
+    key = batch, device
+    rows = _all_steps_kept.get(key)
+    if rows is None:
+        rows = _all_steps_kept[key] = torch.full((batch,), ALL_STEPS,
+                                                 dtype=torch.int64).to(device)
+    return rows
 
 
 def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None,
@@ -677,10 +723,11 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
                          f"{', '.join(str(d) for d in DTYPES)}; got {h0.dtype} on {h0.device}")
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
-    lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths)
+    special = _special_mode()
+    lengths, bias = _lengths_and_bias(gi, w_hh, b_hh, lengths, kept=not special)
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (gi, h0, w_hh, bias))
-    if _special_mode():  # (torch.compile, tracing and the other modes see one op)
+    if special:  # (torch.compile, tracing and the other modes see one op)
         out = _gru_op(gi, h0, w_hh, bias, lengths, reset_after, save)[0]
     elif save:
         out = _Eager.apply(gi, h0, w_hh, bias, lengths, reset_after)

@@ -229,7 +229,26 @@ def max_hidden(device: torch.device) -> int:
 def _grid_limit(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 30
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _multiprocessors(device)
+
+
+_MULTIPROCESSORS: dict[torch.device, int] = {}
+_DEVICE_PROPERTIES = torch.cuda.get_device_properties
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """The CUDA device's multiprocessors, read once per device: get_device_properties
+    costs host time that a call's kernels wait for (several reads a call). A stand-in for
+    get_device_properties (a test's card) is asked every time."""
+    read = torch.cuda.get_device_properties
+    if read is not _DEVICE_PROPERTIES:
+        return read(device).multi_processor_count
+    if device.index is None:  # (the current device's)
+        device = torch.device("cuda", torch.cuda.current_device())
+    count = _MULTIPROCESSORS.get(device)
+    if count is None:
+        count = _MULTIPROCESSORS[device] = read(device).multi_processor_count
+    return count
 
 
 # The largest block of words (rows × K) a default resident forward split reads stamped
@@ -445,7 +464,7 @@ def choose_config(batch: int, hidden: int, device: torch.device, dtype: torch.dt
         # as the GPU default at small batches, W resident)
         return Config(_pow2(min(batch, 16)), hp, hp, dot=False,
                       resident=dtype != torch.float64)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device)
     if batch <= 16 or dtype == torch.float64:  # (fp64 has no tl.dot here)
         block_batch = _pow2(min(batch, 16))
         if block_batch == 16 and dtype != torch.float64:

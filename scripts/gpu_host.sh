@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The next lent GPU's call (~450 s; HOST_S, the seconds it may take): the host's time
+# before a call's kernels, cut (the launch made directly, _triton.launch.DIRECT; the
+# split rules' answers and the every-step lengths kept; no device switch), checked and
+# timed against the flashgru before it. In order, after the kernels are compiled on all
+# cores (gpu_warm.py):
+# - the direct launch's GPU test (its bits against Triton's own launch), then CUDA graph
+#   capture's;
+# - the default splits' GPU tests and the crossed backward's (the thirty-first session's
+#   new defaults, not yet run as defaults), and tf32x3's (fixed since they last ran);
+# - scripts/gpu_host_time.py: the host's time a call, direct and through Triton's launch,
+#   and, where $OLD names an older flashgru's directory (its package inside), the same
+#   with that one;
+# - issue 5's B=16 points end to end (benchmarks/gpu.py).
+# Each step gets its share of what is left of HOST_S. Logs go to $OUT.
+set -uo pipefail
+source "$(dirname "$0")/gpu_common.sh"
+HOST_S=${HOST_S:-450}
+OLD=${OLD:-}
+K="default_splits_on_gpu or crossed_on_gpu"
+GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
+      bfloat16:512:16 --only-grid)
+WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$K'" \
+  "${GRID[*]}" "scripts/gpu_host_time.py"
+step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it within that share of
+  # HOST_S's time left, its output in $OUT/LOG
+  local log=$1 share=$2 left
+  shift 2
+  left=$(((HOST_S - 5 - SECONDS) * share / 100))
+  if [ "$left" -lt 15 ]; then
+    echo "gpu_host: no time left for $*"
+    return
+  fi
+  timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
+  echo "gpu_host: exit status $? (124: out of its $left s): $*"
+  tail -3 "$OUT/$log"
+}
+PYTEST=(python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60)
+step direct.log 10 "${PYTEST[@]}" tests/test_triton.py -k "direct_start or cuda_graph"
+step pytest.log 35 "${PYTEST[@]}" tests/test_triton.py -k "$K"
+step tf32x3.log 10 "${PYTEST[@]}" tests/test_tf32x3.py
+step host.log 25 python3 scripts/gpu_host_time.py
+if [ -n "$OLD" ]; then
+  PYTHONPATH=$OLD step host-old.log 30 python3 scripts/gpu_host_time.py
+fi
+step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
+# (a short table last)
+grep -h "^ *[a-z0-9]* B=16 H=" "$OUT/host.log" "$OUT/host-old.log" 2>/dev/null || true
+grep -h -A6 "^summary" "$OUT/grid.log" 2>/dev/null || true
