@@ -7,9 +7,14 @@ short calls back to back (T=1, host-bound). With the Triton launch made directly
 in turns. Run it with an older flashgru on PYTHONPATH to compare versions on one card.
 A diagnostic for a lent GPU, not a test.
 
-    python scripts/gpu_host_time.py
+    python scripts/gpu_host_time.py [--profile]
     TRITON_INTERPRET=1 python scripts/gpu_host_time.py --smoke
+
+``--profile``: then cProfile's table of the host's Python in the first point's inference
+and training calls at T=512 (the card kept busy), by own time and by total time.
 """
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -135,3 +140,25 @@ for batch, hidden, dtype in POINTS:
             f"   {rows['cuDNN'][0] / r[0]:.2f}x / {rows['cuDNN'][1] / r[1]:.2f}x cuDNN")
         print(f"{name} {way:24s} {r[0]:7.2f} {r[1]:7.2f}   host {r[2]:7.1f} {r[3]:7.1f}"
               f"   T=1 {r[4]:7.1f} {r[5]:7.1f}{ratio}", flush=True)
+
+
+if "--profile" in sys.argv:
+    batch, hidden, dtype = POINTS[0]
+    torch.manual_seed(0)
+    module = flashgru.GRU(hidden, hidden, backend="triton", device=dev, dtype=dtype)
+    for kind, fn in zip(("inference", "training"), calls(module, LONG, batch, hidden, dtype),
+                        strict=True):
+        fn()
+        profiler = cProfile.Profile()
+        if CUDA:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(4e8))
+        profiler.enable()
+        for _ in range(2 if SMOKE else 40):
+            fn()
+        profiler.disable()
+        if CUDA:
+            torch.cuda.synchronize()
+        for order in ("tottime", "cumulative"):
+            print(f"---- host Python, {kind} calls at T={LONG} (cProfile, by {order})")
+            pstats.Stats(profiler).sort_stats(order).print_stats(28)
