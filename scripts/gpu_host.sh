@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# The next lent GPU's call (~450 s; HOST_S, the seconds it may take): the host's time
-# before a call's kernels, cut (the launch made directly, _triton.launch.DIRECT; the
-# split rules' answers and the every-step lengths kept; no device switch), checked and
-# timed against the flashgru before it. In order, after the kernels are compiled on all
-# cores (gpu_warm.py):
-# - the direct launch's GPU test (its bits against Triton's own launch), then CUDA graph
-#   capture's;
+# A lent GPU's call (~450 s; HOST_S, the seconds it may take): the host's time before a
+# call's kernels, cut (the multiprocessor count, the split rules' answers and the
+# every-step lengths kept; no device switch), checked and timed against the flashgru
+# before it. In order, after the kernels are compiled on all cores (gpu_warm.py):
+# - the kept lengths' GPU test (their bits against lengths given), CUDA graph capture's,
+#   and the stamped exchange's on a block smaller than its layout (200 calls' bits);
 # - the default splits' GPU tests and the crossed backward's (the thirty-first session's
 #   new defaults, not yet run as defaults), and tf32x3's (fixed since they last ran);
-# - scripts/gpu_host_time.py: the host's time a call, direct and through Triton's launch,
-#   and, where $OLD names an older flashgru's directory (its package inside), the same
-#   with that one;
+# - scripts/gpu_host_time.py: the host's time a call, and, where $OLD names an older
+#   flashgru's directory (its package inside), the same with that one;
 # - issue 5's B=16 points end to end (benchmarks/gpu.py).
 # Each step gets its share of what is left of HOST_S. Logs go to $OUT.
 set -uo pipefail
@@ -36,7 +34,7 @@ step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it within that share
   tail -3 "$OUT/$log"
 }
 PYTEST=(python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60)
-step direct.log 10 "${PYTEST[@]}" tests/test_triton.py -k "direct_start or cuda_graph"
+step lengths.log 10 "${PYTEST[@]}" tests/test_triton.py -k "kept_lengths or cuda_graph or stamped_small_block"
 step pytest.log 35 "${PYTEST[@]}" tests/test_triton.py -k "$K"
 step tf32x3.log 10 "${PYTEST[@]}" tests/test_tf32x3.py
 step host.log 25 python3 scripts/gpu_host_time.py

@@ -2,9 +2,8 @@
 (cuDNN), at issue 5's B=16 points: at T=512 a call alone from an idle card (what
 benchmarks/gpu.py times: the host's time before the first kernel counts), the host's own
 time per call (measured while the card is kept busy, so that no call waits for it), and
-short calls back to back (T=1, host-bound). With the Triton launch made directly
-(``_triton.launch.DIRECT``, where this flashgru has it) and through Triton's own launch,
-in turns. Run it with an older flashgru on PYTHONPATH to compare versions on one card.
+short calls back to back (T=1, host-bound). Run it with an older flashgru on PYTHONPATH
+to compare versions on one card.
 A diagnostic for a lent GPU, not a test.
 
     python scripts/gpu_host_time.py [--profile]
@@ -22,11 +21,6 @@ import time
 import torch
 
 import flashgru
-
-try:
-    from flashgru.backends._triton import launch
-except ImportError:
-    launch = None
 
 SMOKE = "--smoke" in sys.argv
 dev = "cpu" if SMOKE else "cuda"
@@ -108,13 +102,6 @@ def calls(module, steps, batch, hidden, dtype):
     return infer, train
 
 
-def ways():
-    """The ways flashgru's launches go: direct and Triton's own (where DIRECT exists)."""
-    if launch is None or not hasattr(launch, "DIRECT") or not CUDA:
-        return [("flashgru", None)]
-    return [("flashgru direct", True), ("flashgru triton-launch", False)]
-
-
 print(f"flashgru from {flashgru.__file__}")
 for batch, hidden, dtype in POINTS:
     torch.manual_seed(0)
@@ -123,22 +110,17 @@ for batch, hidden, dtype in POINTS:
     ours = flashgru.GRU.from_torch(ref, backend="triton")
     name = f"{str(dtype)[6:]:>8} B={batch} H={hidden:<4}"
     rows = {}
-    for way, direct in [("cuDNN", None), *ways()]:
-        module = ref if way == "cuDNN" else ours
-        if direct is not None:
-            launch.DIRECT = direct
+    for way, module in (("cuDNN", ref), ("flashgru", ours)):
         infer, train = calls(module, LONG, batch, hidden, dtype)
         short_infer, short_train = calls(module, 1, batch, hidden, dtype)
         rows[way] = [alone(infer) / LONG, alone(train) / LONG, host(infer), host(train),
                      back_to_back(short_infer), back_to_back(short_train)]
-    if launch is not None and hasattr(launch, "DIRECT"):
-        launch.DIRECT = CUDA
     print(f"---- {name}: T={LONG} alone µs/step (inference, training), host µs a call at "
           f"T={LONG} (inference, training), T=1 back to back µs a call (inference, training)")
     for way, r in rows.items():
         ratio = "" if way == "cuDNN" else (
             f"   {rows['cuDNN'][0] / r[0]:.2f}x / {rows['cuDNN'][1] / r[1]:.2f}x cuDNN")
-        print(f"{name} {way:24s} {r[0]:7.2f} {r[1]:7.2f}   host {r[2]:7.1f} {r[3]:7.1f}"
+        print(f"{name} {way:9s} {r[0]:7.2f} {r[1]:7.2f}   host {r[2]:7.1f} {r[3]:7.1f}"
               f"   T=1 {r[4]:7.1f} {r[5]:7.1f}{ratio}", flush=True)
 
 

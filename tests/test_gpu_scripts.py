@@ -217,7 +217,7 @@ def test_profile_call(tmp_path):
 
 
 def test_host_call(tmp_path):
-    """gpu_host.sh: the kernels compiled first; the direct launch's tests, the defaults'
+    """gpu_host.sh: the kernels compiled first; the kept lengths' tests, the defaults'
     and the crossed backward's, tf32x3's, the host's time (again with an older flashgru
     where OLD names one, on its PYTHONPATH), then the B=16 grid, each within its share of
     HOST_S; with too little time left a step is skipped, not started."""
@@ -226,7 +226,7 @@ def test_host_call(tmp_path):
     assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "-m", "-m", "-m",
                                            "scripts/gpu_host_time.py",
                                            "scripts/gpu_host_time.py", "benchmarks/gpu.py"]
-    assert "direct_start" in ran[1] and "default_splits_on_gpu" in ran[2]
+    assert "kept_lengths" in ran[1] and "default_splits_on_gpu" in ran[2]
     assert "tests/test_tf32x3.py" in ran[3]
     limits = [t for t, c in _limited(calls, "") if not c.startswith("scripts/gpu_warm")]
     # (each its share of what is left: 10%, 35%, 10%, 25%, 30%, all; a second may pass)

@@ -3,7 +3,6 @@ both formulations, lengths, several launch splits, with every buffer the kernels
 poisoned with NaN first. On a machine without a GPU the kernels run in Triton's
 interpreter on the CPU (TRITON_INTERPRET=1, set by conftest.py); with a GPU, on the GPU."""
 
-import inspect
 import math
 import os
 import sys
@@ -2198,6 +2197,36 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 16 programs exchanging stamps")
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_stamped_small_block_on_gpu(reset_after):
+    """The stamped exchange where the block a program reads is smaller than its layout's
+    span (B=3, H=16: 4×16 words over 4 warps, each word in two warps): every copy of a
+    word must carry the step before it is used. Before _shared_block reloaded stale
+    copies, some calls' outputs held NaN (an unstamped word) on an H200, about one test
+    in twenty (tests/test_tf32x3.py's module calls at this size). Forward and backward
+    200 times (the default splits here: 16 programs, stamped forward), each time the
+    first call's bits."""
+    gi, h0, w, b, _ = (t.detach() if isinstance(t, torch.Tensor) else t
+                       for t in _problem(24, 3, 16, torch.float32))
+    assert splits.choose_config(3, 16, gi.device, torch.float32, True).stamped
+    gi.requires_grad_()
+
+    def call():
+        gi.grad = None
+        out = tg.core(gi, h0, w, b, None, reset_after)
+        out.square().sum().backward()
+        return out.detach(), gi.grad
+
+    first = call()
+    want = reference.core(gi.detach().double(), h0.double(), w.double(), b.double(), None,
+                          reset_after)
+    assert_close("out", want, first[0].double(), 1e-5, rtol=1e-5)
+    for _ in range(200):
+        for a, b_ in zip(call(), first, strict=True):
+            assert torch.equal(a, b_)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 8-128 programs, wgmma")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("steps,batch,hidden,slices,dtype,stamped", [
@@ -2885,89 +2914,17 @@ def test_cuda_graph_on_gpu(dtype, train):
             assert torch.equal(a, b)
 
 
-class _StandInKernel:
-    """A kernel as launch._start sees one (Triton's params; ``kernel[grid](...)`` returns
-    a compiled kernel whose launcher records each direct start)."""
-
-    class Param:
-        def __init__(self, name, constexpr, default):
-            self.name, self.is_constexpr, self.default = name, constexpr, default
-
-    def __init__(self):
-        empty = inspect.Parameter.empty
-        self.params = [self.Param("x", False, empty), self.Param("n", False, empty),
-                       self.Param("BLOCK", True, empty), self.Param("FLAG", True, False),
-                       self.Param("extra", False, 0)]
-        self.compiles, self.starts = [], []
-
-    def __getitem__(self, grid):
-        def launch_(*args, **kwargs):
-            self.compiles.append((grid, args, kwargs))
-            compiled = type("Compiled", (), {})()
-            compiled.function, compiled.packed_metadata = f"f{len(self.compiles)}", "meta"
-            compiled.run = lambda *a: self.starts.append((compiled.function, a))
-            return compiled
-        return launch_
-
-
-def test_direct_start(monkeypatch):
-    """launch._start (DIRECT): Triton's launch the first time a kind of call comes, with
-    the arguments as given; after that the kept compiled kernel's launcher, with every
-    argument in the kernel's order (defaults filled) after Triton's launch arguments; a
-    new kind (another constexpr, option, dtype, a misaligned pointer, an int's
-    specialization) goes through Triton's launch again; so does every call while a launch
-    hook is set."""
-    monkeypatch.setattr(launch, "DIRECT", True)
-    monkeypatch.setattr(launch, "_compiled", {})
-    monkeypatch.setattr(launch, "_stream", lambda device: 7)
-    hooks = []
-    monkeypatch.setattr(launch, "_hooked", lambda: bool(hooks))
-    kernel = _StandInKernel()
-    x = torch.zeros(64)
-
-    def start(x=x, n=32, block=16, options=None, **kwargs):
-        launch._start(kernel, (3, 2), (x, n), dict(BLOCK=block, **kwargs),
-                      options or dict(num_warps=4))
-
-    start()
-    assert kernel.compiles == [((3, 2), (x, 32), dict(BLOCK=16, num_warps=4))]
-    assert kernel.starts == []
-    start()
-    start(n=48)  # (also divisible by 16, not 1, an i32: the same kind)
-    assert len(kernel.compiles) == 1
-    assert [s[0] for s in kernel.starts] == ["f1", "f1"]
-    grid_and_stream, *rest = (kernel.starts[1][1][:4], kernel.starts[1][1][4:])
-    assert grid_and_stream == (3, 2, 1, 7)
-    assert rest[0][:5] == ("f1", "meta", None, None, None)
-    assert rest[0][5:] == (x, 48, 16, False, 0)  # (FLAG's and extra's defaults filled)
-    kinds = [dict(n=33), dict(n=1), dict(n=1 << 40), dict(block=32), dict(FLAG=True),
-             dict(extra=5), dict(x=torch.zeros(64, dtype=torch.float64)),
-             dict(x=x[1:]), dict(options=dict(num_warps=8))]
-    for i, kind in enumerate(kinds):
-        start(**kind)
-        assert len(kernel.compiles) == 2 + i, kind
-        start(**kind)  # (now known: direct)
-        assert len(kernel.compiles) == 2 + i, kind
-    hooks.append("a profiler")
-    start()
-    assert len(kernel.compiles) == 2 + len(kinds)
-    assert len(kernel.starts) == 2 + len(kinds)  # (no direct start under the hook)
-
-
-def test_direct_start_off_under_the_interpreter():
-    """The interpreter runs kernels through Triton's launch alone."""
-    assert launch.DIRECT == (not lang.INTERPRET)
-
-
-@pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 512), (16, 1024)], ids=str)
-def test_direct_start_on_gpu(batch, hidden, dtype, monkeypatch):
-    """A training call and an inference call started directly (launch.DIRECT, the second
-    of each kind) give Triton's own launch's bits, every gradient too; and a call given no
-    lengths reads the kept every-step lengths (triton_gru._all_steps), the same bits as
-    with its lengths given."""
-    steps = 64
+@pytest.mark.parametrize("batch,hidden", [(1, 256), (16, 512), (16, 1024)] if DEVICE == "cuda"
+                         else [(3, 16)], ids=str)
+def test_kept_lengths(batch, hidden, dtype, monkeypatch):
+    """A call given no lengths reads the every-step lengths kept for its batch
+    (triton_gru._all_steps, ALL_STEPS in each row; kept on CUDA, here on the CPU too):
+    the same bits, every gradient too, as with its lengths given, in a training call and
+    an inference call, called twice."""
+    monkeypatch.setattr(tg, "_KEEP_ALL_STEPS_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(tg, "_all_steps_kept", {})
+    steps = 64 if DEVICE == "cuda" else 5
     gi, h0, w, b, _ = _problem(steps, batch, hidden, dtype)
 
     def calls(lengths=None):
@@ -2981,13 +2938,12 @@ def test_direct_start_on_gpu(batch, hidden, dtype, monkeypatch):
             got.append(tg.core(gi, h0, w, b, lengths, True))
         return [t.detach().clone() for t in got]
 
-    monkeypatch.setattr(launch, "DIRECT", False)
-    want = calls()
-    monkeypatch.setattr(launch, "DIRECT", True)
-    first, again = calls(), calls()
-    given = calls(torch.full((batch,), steps))
-    for name, a, b_, c, d in zip("out dgi dh0 dw db inference".split(), want, first, again,
-                                 given, strict=True):
-        for got in (b_, c, d):
-            assert torch.equal(a, got), name
-    assert tg._all_steps(gi, True) is tg._all_steps(gi, True)
+    want = calls(torch.full((batch,), steps))
+    assert not tg._all_steps_kept
+    for got in (calls(), calls()):
+        for name, a, b_ in zip("out dgi dh0 dw db inference".split(), want, got,
+                               strict=True):
+            assert torch.equal(a, b_), name
+    kept = tg._all_steps(gi, True)
+    assert kept is tg._all_steps(gi, True) and (kept == tg.ALL_STEPS).all()
+    assert tg._all_steps(gi, False).tolist() == [steps] * batch

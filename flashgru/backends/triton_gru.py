@@ -690,6 +690,8 @@ def _lengths_and_bias(gi: Tensor, w_hh: Tensor, b_hh: Tensor | None,
 # a length past any call's steps (the kernels' lengths for a call given none: _all_steps)
 ALL_STEPS = 1 << 62
 _all_steps_kept: dict[tuple, Tensor] = {}
+_KEEP_ALL_STEPS_ON = ("cuda",)  # (the device types _all_steps keeps them on; the tests add
+# the CPU's, so that the interpreter's kernels read ALL_STEPS too)
 
 
 def _all_steps(gi: Tensor, kept: bool) -> Tensor:
@@ -701,7 +703,8 @@ def _all_steps(gi: Tensor, kept: bool) -> Tensor:
     never written again."""
     steps, batch = gi.shape[:2]
     device = gi.device
-    if not kept or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if not kept or device.type not in _KEEP_ALL_STEPS_ON or (
+            device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return torch.full((batch,), steps, dtype=torch.int64, device=device)
     key = batch, device
     rows = _all_steps_kept.get(key)

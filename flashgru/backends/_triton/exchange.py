@@ -64,6 +64,15 @@ def _shared_block(a, rows, rmask, ks, kmask, stride, t, STAMPED: tl.constexpr,
                 while waiting > 0:
                     words = tl.load(ptrs, mask=mask, other=0, volatile=True)
                     waiting = tl.sum(tl.where(mask & ((words >> 32) != t), 1, 0))
+                # (a block smaller than the layout's span is held in several threads (B=3's
+                # 4×16 words, 4 warps: warps 2-3 hold warps 0-1's rows again), each copy
+                # loaded apart, and the sum counts one copy: the loop can end while another
+                # copy is still stale (an unstamped word's low half is a NaN; in an H200's
+                # runs of tests/test_tf32x3.py at B=3, H=16 some calls' outputs were). By
+                # then every word carries t, and keeps it until this program has read it:
+                # a stale copy loads it once more; the others load nothing)
+                words = tl.load(ptrs, mask=mask & ((words >> 32) != t), other=words,
+                                volatile=True)
             return words.to(tl.int32).to(tl.float32, bitcast=True)
         else:
             words = tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")

@@ -10,7 +10,7 @@ from torch import Tensor
 from ...scan import on_device
 from .. import tf32x3
 from . import splits
-from .lang import INTERPRET, WARP_LANES, tl, triton
+from .lang import INTERPRET, WARP_LANES, tl
 from .splits import SIXTEEN_BIT, Config
 
 
@@ -21,87 +21,6 @@ def _acc(dtype: torch.dtype):
 # a cooperative launch fails, rather than hangs, if the programs can't all be resident at
 # once
 _COOPERATIVE = {} if INTERPRET else {"launch_cooperative_grid": True}
-
-
-# ---- starting a kernel: Triton's launch once per kind of call, then the compiled kernel ----
-
-# Triton's launch (``kernel[grid](...)``) binds and specializes every argument in Python
-# before it starts the compiled kernel: host time that, with the GPU idle, delays the
-# kernel's start in every call. With DIRECT, _start takes that path only the first time
-# it meets a kind of call (_kind: the kernel, its options and constexprs, and each other
-# argument as Triton specializes it: a tensor's dtype and 16-byte alignment, an int's
-# range, divisibility by 16 and whether it is 1), keeps the compiled kernel it returns, and
-# afterwards calls that kernel's launcher itself, with the same arguments in the same
-# order. Off under the interpreter (its kernels aren't compiled), and where a launch hook
-# is set (_hooked: a profiler's, which Triton's own launch calls). ``_compiled`` holds the
-# kinds met.
-DIRECT = not INTERPRET and triton is not None and hasattr(triton, "knobs")
-_compiled: dict[tuple, tuple] = {}
-_signatures: dict = {}
-
-
-def _start(kernel, grid: tuple[int, int], args: tuple, kwargs: dict, options: dict) -> None:
-    """``kernel[grid](*args, **kwargs, **options)``: ``args`` the first arguments in order,
-    ``kwargs`` the rest by name (a kernel's defaults fill those left out), ``options``
-    Triton's (num_warps, ...). Directly where it can (DIRECT); Triton's own launch, which
-    checks the arguments, the first time."""
-    if not DIRECT:
-        kernel[grid](*args, **kwargs, **options)
-        return
-    names, constexpr, defaults = _signature(kernel)
-    ordered = (*args, *(kwargs.get(name, default) for name, default in
-                        zip(names[len(args):], defaults[len(args):], strict=True)))
-    key = _kind(kernel, ordered, constexpr, options)
-    known = _compiled.get(key)
-    if known is None or _hooked():
-        compiled = kernel[grid](*args, **kwargs, **options)
-        if hasattr(compiled, "packed_metadata"):  # (a compiled kernel: not where a tool
-            # records the launches instead, scripts/gpu_warm.py)
-            _compiled[key] = compiled.run, compiled.function, compiled.packed_metadata
-        return
-    run, function, metadata = known
-    run(grid[0], grid[1], 1, _stream(ordered[0].device), function, metadata, None, None,
-        None, *ordered)
-
-
-def _hooked() -> bool:
-    """Whether a launch hook is set (a profiler's), which Triton's own launch calls."""
-    runtime = triton.knobs.runtime
-    return any(getattr(hook, "calls", hook) for hook in (runtime.launch_enter_hook,
-                                                         runtime.launch_exit_hook))
-
-
-def _stream(device: torch.device) -> int:
-    """The handle of ``device``'s current CUDA stream, as Triton's launch reads it."""
-    return torch._C._cuda_getCurrentRawStream(device.index)
-
-
-def _signature(kernel) -> tuple[tuple, tuple, tuple]:
-    """A kernel's parameters: names, whether each is a constexpr, defaults (Triton's own
-    record of its signature, read once)."""
-    got = _signatures.get(kernel)
-    if got is None:
-        params = kernel.params
-        got = _signatures[kernel] = (
-            tuple(p.name for p in params), tuple(p.is_constexpr for p in params),
-            tuple(p.default for p in params))
-    return got
-
-
-def _kind(kernel, args: tuple, constexpr: tuple, options: dict) -> tuple:
-    """What decides which compiled kernel a launch runs (_start): at least as fine as
-    Triton's own specialization, so that two launches of one kind run the same one."""
-    return (kernel, args[0].device, *options.items(), *(
-        arg if const else _specialized(arg) for arg, const in zip(args, constexpr, strict=True)))
-
-
-def _specialized(arg):
-    """An argument as Triton's specialization sees it (finer, never coarser)."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if type(arg) is int:
-        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < (1 << 31), arg < (1 << 63)
-    return type(arg), arg
 
 
 def _launches(cfg: Config, batch: int, hidden: int, device: torch.device, acc):
@@ -124,13 +43,14 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
             torch.zeros(tiles, dtype=torch.int32, device=device)  # (stamped:
         # unused)
         with on_device(device):  # (kernels launch on the current CUDA device)
-            _start(kernel, (programs, tiles), (*args, sync, batch, hidden, row0, 0, steps), dict(
-                BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot,
-                PREC=cfg.precision, RESIDENT=cfg.resident, STAMPED=cfg.stamped,
-                KMAJOR=cfg.kmajor, STACKED=cfg.stacked, PREFETCH=cfg.prefetch,
-                NARROW=cfg.narrow, CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps,
-                SI=cfg.thread_units, PERMUTED=cfg.permuted, **consts),
-                dict(num_warps=cfg.warps, **_COOPERATIVE))
+            kernel[(programs, tiles)](
+                *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
+                S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
+                RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
+                STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
+                CHUNKED=cfg.chunked, CHUNK=chunk, KW=kwarps, SI=cfg.thread_units,
+                PERMUTED=cfg.permuted, num_warps=cfg.warps,
+                **_COOPERATIVE, **consts)
 
 
 def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, args,
@@ -151,14 +71,12 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
         for t_begin, t_end, phase in spans:
             sync = torch.zeros(tiles, dtype=torch.int32, device=device)
             with on_device(device):
-                _start(kernel, (programs, tiles),
-                       (*args, sync, batch, hidden, splits._block_units(hidden, cfg.k_blocks),
-                        row0, t_begin, t_end), dict(
-                           BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
-                           KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk,
-                           KW=kwarps, SI=cfg.thread_units, STACKED=cfg.stacked, PHASE=phase,
-                           **consts),
-                       dict(num_warps=cfg.warps, num_stages=1, **_COOPERATIVE))
+                kernel[(programs, tiles)](
+                    *args, sync, batch, hidden, splits._block_units(hidden, cfg.k_blocks),
+                    row0, t_begin, t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
+                    KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
+                    SI=cfg.thread_units, STACKED=cfg.stacked, PHASE=phase,
+                    num_warps=cfg.warps, num_stages=1, **_COOPERATIVE, **consts)
 
 
 def _check_split(cfg: Config, hidden: int, acc) -> None:
