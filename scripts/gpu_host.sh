@@ -9,7 +9,9 @@
 #   new defaults, not yet run as defaults), and tf32x3's (fixed since they last ran);
 # - scripts/gpu_host_time.py: the host's time a call, and, where $OLD names an older
 #   flashgru's directory (its package inside), the same with that one;
-# - issue 5's B=16 points end to end (benchmarks/gpu.py).
+# - issue 5's B=16 points end to end, then the 2-layer bidirectional case (its pair
+#   launch, never yet timed, against the directions in turn) and T=65536
+#   (benchmarks/gpu.py).
 # Each step gets its share of what is left of HOST_S. Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_common.sh"
@@ -17,7 +19,7 @@ HOST_S=${HOST_S:-450}
 OLD=${OLD:-}
 K="default_splits_on_gpu or crossed_on_gpu"
 GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
-      bfloat16:512:16 --only-grid)
+      bfloat16:512:16)
 WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$K'" \
   "${GRID[*]}" "scripts/gpu_host_time.py"
 step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it within that share of
@@ -45,3 +47,4 @@ step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
 # (a short table last)
 grep -h "^ *[a-z0-9]* B=16 H=" "$OUT/host.log" "$OUT/host-old.log" 2>/dev/null || true
 grep -h -A6 "^summary" "$OUT/grid.log" 2>/dev/null || true
+grep -h -A1 "^2-layer\|^T=65536" "$OUT/grid.log" 2>/dev/null || true

@@ -232,7 +232,7 @@ def test_host_call(tmp_path):
     # (each its share of what is left: 10%, 35%, 10%, 25%, 30%, all; a second may pass)
     assert len(limits) == 6 and 40 <= limits[0] <= 44 and 150 < limits[1] <= 156 and \
         limits[-1] > 100
-    assert "float32:1024:16" in ran[-1] and "--only-grid" in ran[-1]
+    assert "float32:1024:16" in ran[-1] and "--only-grid" not in ran[-1]
     calls, _ = _run(tmp_path / "new", "scripts/gpu_host.sh", HOST_S="450")
     assert sum(c.startswith("scripts/gpu_host_time.py") for c in calls) == 1
     calls, out = _run(tmp_path / "short", "scripts/gpu_host.sh", HOST_S="15")
