@@ -29,3 +29,18 @@ probes() {
     (cd scripts && timeout "$seconds" python3 $command 2>&1 | tee -a "$OUT/probes.log")
   done
 }
+
+# step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it within that share of the call's
+# seconds ($BUDGET_S) not yet spent, its output in $OUT/LOG; with too little left (under
+# 15 s), say so and skip it. Lines start with $STEP_NAME.
+step() {
+  local log=$1 share=$2 left
+  shift 2
+  left=$(((BUDGET_S - 5 - SECONDS) * share / 100))
+  if [ "$left" -lt 15 ]; then
+    echo "$STEP_NAME: no time left for $*"
+    return
+  fi
+  timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
+  echo "$STEP_NAME: exit status $? (124: out of its $left s): $*"
+}

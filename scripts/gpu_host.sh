@@ -22,23 +22,15 @@ GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
       bfloat16:512:16)
 WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$K'" \
   "${GRID[*]}" "scripts/gpu_host_time.py"
-step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it within that share of
-  # HOST_S's time left, its output in $OUT/LOG
-  local log=$1 share=$2 left
-  shift 2
-  left=$(((HOST_S - 5 - SECONDS) * share / 100))
-  if [ "$left" -lt 15 ]; then
-    echo "gpu_host: no time left for $*"
-    return
-  fi
-  timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
-  echo "gpu_host: exit status $? (124: out of its $left s): $*"
-  tail -3 "$OUT/$log"
-}
+BUDGET_S=$HOST_S STEP_NAME=gpu_host  # (step: gpu_common.sh, each log's last lines after)
 PYTEST=(python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60)
-step lengths.log 10 "${PYTEST[@]}" tests/test_triton.py -k "kept_lengths or cuda_graph or stamped_small_block"
+FIRST="kept_lengths or cuda_graph or stamped_small_block"
+step lengths.log 10 "${PYTEST[@]}" tests/test_triton.py -k "$FIRST"
+tail -3 "$OUT/lengths.log" 2>/dev/null
 step pytest.log 35 "${PYTEST[@]}" tests/test_triton.py -k "$K"
+tail -3 "$OUT/pytest.log" 2>/dev/null
 step tf32x3.log 10 "${PYTEST[@]}" tests/test_tf32x3.py
+tail -3 "$OUT/tf32x3.log" 2>/dev/null
 step host.log 25 python3 scripts/gpu_host_time.py
 if [ -n "$OLD" ]; then
   PYTHONPATH=$OLD step host-old.log 30 python3 scripts/gpu_host_time.py

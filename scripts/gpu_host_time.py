@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from gpu_timing import per_call
 
 import flashgru
 
@@ -69,24 +70,6 @@ def host(fn, calls: int = 20, reps: int = 5) -> float:
     return statistics.median(times)
 
 
-def back_to_back(fn, calls: int = 30, reps: int = 5) -> float:
-    """Median µs per call of ``calls`` calls back to back (CUDA events around them)."""
-    fn()
-    if not CUDA:
-        return host(fn, calls, reps)
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
-
-
 def calls(module, steps, batch, hidden, dtype):
     x = torch.randn(steps, batch, hidden, device=dev, dtype=dtype)
     xg = x.detach().requires_grad_()
@@ -114,7 +97,7 @@ for batch, hidden, dtype in POINTS:
         infer, train = calls(module, LONG, batch, hidden, dtype)
         short_infer, short_train = calls(module, 1, batch, hidden, dtype)
         rows[way] = [alone(infer) / LONG, alone(train) / LONG, host(infer), host(train),
-                     back_to_back(short_infer), back_to_back(short_train)]
+                     per_call(short_infer, 30), per_call(short_train, 30)]
     print(f"---- {name}: T={LONG} alone µs/step (inference, training), host µs a call at "
           f"T={LONG} (inference, training), T=1 back to back µs a call (inference, training)")
     for way, r in rows.items():

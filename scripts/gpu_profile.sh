@@ -18,18 +18,7 @@ PROFILE_S=${PROFILE_S:-250}
 GRID=(benchmarks/gpu.py --points float32:1024:16 float32:512:16 --only-grid --tf32x3-beside)
 WARM_S=60 warm scripts/gpu_profile_training.py scripts/gpu_probe_gemm.py "${GRID[*]}" \
   "${GRID[*]} --tf32x3-way wide"  # (the grid in either way the probe may name)
-step() {  # step LOG SHARE-OF-WHAT-IS-LEFT% COMMAND...: run it (in scripts/ for a script
-  # there) within that share of PROFILE_S's time left, its output in $OUT/LOG
-  local log=$1 share=$2 left
-  shift 2
-  left=$(((PROFILE_S - 5 - SECONDS) * share / 100))
-  if [ "$left" -lt 15 ]; then
-    echo "gpu_profile: no time left for $*"
-    return
-  fi
-  timeout -k 5 "$left" "$@" > "$OUT/$log" 2>&1
-  echo "gpu_profile: exit status $? (124: out of its $left s): $*"
-}
+BUDGET_S=$PROFILE_S STEP_NAME=gpu_profile  # (step: gpu_common.sh)
 step tf32x3.log 10 python3 -m pytest -q -p no:cacheprovider tests/test_tf32x3.py
 tail -2 "$OUT/tf32x3.log"
 (cd scripts && step profile.log 60 python3 gpu_profile_training.py)

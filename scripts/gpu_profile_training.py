@@ -27,7 +27,7 @@ import pstats
 import sys
 
 import torch
-from gpu_timing import interleaved
+from gpu_timing import interleaved, per_call
 
 import flashgru
 import flashgru.backends.triton_gru as tg
@@ -106,26 +106,6 @@ for batch, hidden, dtype in POINTS:
                                     reps=3).items():
             print(f"{str(dtype)[6:]:>8} B={batch:<2} H={hidden:<4} T={steps:<5} {name:35s}"
                   f" {us * steps / 1e3:8.3f} ms {us:7.2f} µs/step", flush=True)
-
-
-def per_call(fn, calls: int = 50, reps: int = 5) -> float:
-    """Median µs per call of ``calls`` calls of fn() back to back, as a training loop makes
-    them (the host's work for one call overlaps the GPU's for the one before; CUDA
-    events around the whole run); NaN off CUDA."""
-    fn()
-    if not torch.cuda.is_available():
-        return float("nan")
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 # the first length's inference calls again, five back to back: where the timings above

@@ -28,3 +28,23 @@ def interleaved(fns: dict, steps: int, rounds: int = 4, reps: int = 5) -> dict:
         for name, fn in fns.items():
             times[name].append(per_step(fn, steps, reps))
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def per_call(fn, calls: int = 50, reps: int = 5) -> float:
+    """Median µs per call of ``calls`` calls of fn() back to back, as a training loop makes
+    them (the host's work for one call overlaps the GPU's for the one before; CUDA
+    events around the whole run); NaN off CUDA."""
+    fn()
+    if not torch.cuda.is_available():
+        return float("nan")
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
