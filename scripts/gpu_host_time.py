@@ -2,7 +2,8 @@
 (cuDNN), at issue 5's B=16 points: at T=512 a call alone from an idle card (what
 benchmarks/gpu.py times: the host's time before the first kernel counts), the host's own
 time per call (measured while the card is kept busy, so that no call waits for it), and
-short calls back to back (T=1, host-bound). Run it with an older flashgru on PYTHONPATH
+short calls back to back (T=1 and 4, host-bound: where backends.TRITON_MIN_STEPS
+sends calls to cuDNN). Run it with an older flashgru on PYTHONPATH
 to compare versions on one card.
 A diagnostic for a lent GPU, not a test.
 
@@ -95,16 +96,19 @@ for batch, hidden, dtype in POINTS:
     rows = {}
     for way, module in (("cuDNN", ref), ("flashgru", ours)):
         infer, train = calls(module, LONG, batch, hidden, dtype)
-        short_infer, short_train = calls(module, 1, batch, hidden, dtype)
-        rows[way] = [alone(infer) / LONG, alone(train) / LONG, host(infer), host(train),
-                     per_call(short_infer, 30), per_call(short_train, 30)]
+        rows[way] = [alone(infer) / LONG, alone(train) / LONG, host(infer), host(train)]
+        for steps in (1, 4):
+            rows[way] += [per_call(fn, 30) for fn in calls(module, steps, batch, hidden,
+                                                           dtype)]
     print(f"---- {name}: T={LONG} alone µs/step (inference, training), host µs a call at "
-          f"T={LONG} (inference, training), T=1 back to back µs a call (inference, training)")
+          f"T={LONG} (inference, training), T=1 and T=4 back to back µs a call (inference, "
+          f"training)")
     for way, r in rows.items():
         ratio = "" if way == "cuDNN" else (
             f"   {rows['cuDNN'][0] / r[0]:.2f}x / {rows['cuDNN'][1] / r[1]:.2f}x cuDNN")
         print(f"{name} {way:9s} {r[0]:7.2f} {r[1]:7.2f}   host {r[2]:7.1f} {r[3]:7.1f}"
-              f"   T=1 {r[4]:7.1f} {r[5]:7.1f}{ratio}", flush=True)
+              f"   T=1 {r[4]:7.1f} {r[5]:7.1f}   T=4 {r[6]:7.1f} {r[7]:7.1f}{ratio}",
+              flush=True)
 
 
 if "--profile" in sys.argv:

@@ -78,8 +78,16 @@ def test_auto_on_cuda_with_and_without_triton(monkeypatch):
     (or a GPU) it falls back to torch's and the reference."""
     monkeypatch.setitem(BACKENDS, "triton", Backend(
         "triton", "core", reference.core, True, devices=("cuda",), dtypes=(torch.float32,)))
-    pick = functools.partial(flashgru.select_backend, "auto", device="cuda")
+    pick = functools.partial(flashgru.select_backend, "auto", device="cuda", steps=512)
     assert pick(hidden=256).name == "triton" and "hidden 256" in pick(hidden=256).reason
+    # calls of fewer than TRITON_MIN_STEPS steps stay on cuDNN, whose call starts faster;
+    # the paper's formulation (cuDNN has none) stays on the Triton kernels
+    for steps in range(1, backends.TRITON_MIN_STEPS):
+        for kind in (dict(hidden=1024), dict(hidden=512, batch=16, grad=True)):
+            short = pick(steps=steps, **kind)
+            assert short.name == "torch" and f"{steps} step" in short.reason, (steps, kind)
+        assert pick(steps=steps, hidden=1024, reset_after=False).name == "triton"
+    assert pick(steps=backends.TRITON_MIN_STEPS, hidden=256).name == "triton"
     assert pick(hidden=128).name == "torch"
     assert pick(hidden=128, steps=65536).name == "triton"
     # one long sequence with small H: the parallel-in-time solver

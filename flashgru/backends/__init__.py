@@ -82,6 +82,13 @@ CPU_SPLIT_MAX_BATCH_HIDDEN, CPU_SPLIT_MAX_HIDDEN = 131072, 512
 # (B=1: 1.39x at H=256, 1.78x at H=64; at B=16-64 it does not fit and measured 0.65-0.74x).
 CPU_MIN_STEPS = 4
 TRITON_MIN_HIDDEN = 256  # from here cuDNN leaves its persistent kernel (DESIGN.md anchors)
+# Calls of fewer steps stay on cuDNN: their time is the host's, and cuDNN's call costs it
+# less. Measured on an H200 (2026-11-28, back to back, flashgru against cuDNN): T=1 0.44x
+# inference / 0.61x training (fp32, B=1, H=256), 1.08x / 0.74x (bf16, B=16, H=1024); T=4
+# 0.63x / 0.68x (fp32, B=1, H=256), 0.54x / 0.63x (fp32, B=16, H=1024); T=16 0.93-2.0x,
+# T=64 1.9-2.2x. (Before the thirty-second session's host cuts, ~0.1-0.25 ms an inference
+# call and ~0.7-0.9 ms a training call: T=4 may now be even.)
+TRITON_MIN_STEPS = 5
 # Long single sequences with small H go to the parallel-in-time solver on CUDA. Measured on
 # an H100 (2026-11-27, fp32, torch's init, dense Newton, 4 iterations), its fused solver
 # against cuDNN at B=1, forward / forward+backward: T=8192 0.70x / 1.14x (H=32), 1.38x /
@@ -169,8 +176,11 @@ def select_backend(
        bfloat16, or ``steps`` ≥ 65536 → "triton": the persistent Triton kernels, where
        cuDNN has no kernel (the paper's formulation), falls off its persistent kernel
        (H ≥ 256: 1.3-5.7x faster measured on an H100, fp32), is slow whatever the size
-       (bf16: 2.1-7.6x) or refuses the length. At H ≤ 128 in fp32/fp16 cuDNN's persistent
-       kernel is faster (0.8-1.2 µs per step against 2.7-7 µs) and keeps the call.
+       (bf16: 2.1-7.6x) or refuses the length; but calls of fewer than
+       ``TRITON_MIN_STEPS`` (5) steps in torch's formulation stay on cuDNN, whose call
+       starts faster (T=1-4: 0.44-0.74x at five of six points measured on an H200). At
+       H ≤ 128 in fp32/fp16 cuDNN's persistent kernel is faster (0.8-1.2 µs per step
+       against 2.7-7 µs) and keeps the call.
        Measured exceptions, where the Triton backward is slower though its forward wins:
        training (``grad``) in float32 at batch 9-16 with hidden > 512 where the
        backward's split cannot keep W_hhᵀ resident (0.90x forward+backward at H=1024
@@ -251,6 +261,9 @@ def select_backend(
                                               device)
         if (not reset_after or hidden >= TRITON_MIN_HIDDEN or long or bf16) and not \
                 slow_backward:
+            if reset_after and steps < TRITON_MIN_STEPS:
+                return BackendChoice("torch", f"{steps} step{'s' * (steps != 1)}: cuDNN's "
+                                              "call starts faster than the Triton kernels")
             if reset_after and not long and _streamed_split(batch, hidden, device, dtype):
                 return BackendChoice("torch", f"batch {batch}, hidden {hidden}: the Triton "
                                               "split there streams W_hh through the broadcast "
