@@ -2197,6 +2197,24 @@ def test_stamped_exchange_on_gpu(batch, split, reset_after):
     _compare(512, batch, 256, reset_after, torch.float32, cfg=cfg)
 
 
+def test_kept_lengths_made_in_inference_mode(monkeypatch):
+    """The every-step lengths first kept by a call in torch.inference_mode still serve a
+    later training call, which saves them for its backward (an inference tensor could not
+    be saved)."""
+    monkeypatch.setattr(tg, "_KEEP_ALL_STEPS_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(tg, "_all_steps_kept", {})
+    gru = flashgru.GRU(8, 8, backend="triton", device=DEVICE)
+    x = torch.randn(5, 3, 8, device=DEVICE)
+    with torch.inference_mode():
+        want = gru(x)[0]
+    (kept,) = tg._all_steps_kept.values()
+    assert not kept.is_inference()
+    xg = x.clone().requires_grad_()
+    out = gru(xg)[0]
+    out.sum().backward()
+    assert torch.equal(out.detach(), want) and xg.grad is not None
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: 16 programs exchanging stamps")
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_stamped_small_block_on_gpu(reset_after):

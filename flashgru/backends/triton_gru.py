@@ -209,7 +209,8 @@ def _positions(cfg: Config, hidden: int, device: torch.device) -> Tensor:
     """splits._permuted_places(cfg, hidden, device), made once per split, H and device."""
     key = (cfg, hidden, device)
     if key not in _permuted:
-        _permuted[key] = splits._permuted_places(cfg, hidden, device)
+        with torch.inference_mode(False):  # (kept for calls outside inference mode too)
+            _permuted[key] = splits._permuted_places(cfg, hidden, device)
     return _permuted[key]
 
 
@@ -709,8 +710,10 @@ def _all_steps(gi: Tensor, kept: bool) -> Tensor:
     key = batch, device
     rows = _all_steps_kept.get(key)
     if rows is None:
-        rows = _all_steps_kept[key] = torch.full((batch,), ALL_STEPS,
-                                                 dtype=torch.int64).to(device)
+        with torch.inference_mode(False):  # (a tensor made in inference mode could not be
+            # saved for a later training call's backward)
+            rows = _all_steps_kept[key] = torch.full((batch,), ALL_STEPS,
+                                                     dtype=torch.int64).to(device)
     return rows
 
 
