@@ -20,12 +20,12 @@ OLD=${OLD:-}
 K="default_splits_on_gpu or crossed_on_gpu"
 GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
       bfloat16:512:16)
-WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$K'" \
+FIRST="kept_lengths or cuda_graph or stamped_small_block"
+WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$FIRST or $K'" \
   "${GRID[*]}" "scripts/gpu_host_time.py"
 BUDGET_S=$HOST_S STEP_NAME=gpu_host  # (step: gpu_common.sh, each log's last lines after)
 PYTEST=(python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60)
-FIRST="kept_lengths or cuda_graph or stamped_small_block"
-step lengths.log 10 "${PYTEST[@]}" tests/test_triton.py -k "$FIRST"
+step lengths.log 15 "${PYTEST[@]}" tests/test_triton.py -k "$FIRST"
 tail -3 "$OUT/lengths.log" 2>/dev/null
 step pytest.log 35 "${PYTEST[@]}" tests/test_triton.py -k "$K"
 tail -3 "$OUT/pytest.log" 2>/dev/null
