@@ -65,7 +65,7 @@ def gru(
                        pair=impl.pair, packed=packed, linear=impl.linear, **args)[:2]
     x = input.transpose(0, 1) if batch_first else input
     out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair,
-                          linear=impl.linear, **args)
+                          linear=impl.linear, projected=impl.projected, **args)
     return (out.transpose(0, 1) if batch_first else out), h_n
 
 
@@ -144,30 +144,35 @@ class _Packed(NamedTuple):
 
 def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layers,
             dropout, training, bidirectional, collect_gates=False, pair=None, packed=None,
-            linear=F.linear):
+            linear=F.linear, projected=None):
     """Run the stack on padded time-major x (T, B, I), or with ``packed`` (a ``_Packed``)
     on a packed sequence's data x (N, I): each layer's input projection then runs on the
     N real rows only, and the output stays packed. Returns (out, h_n, gate traces).
     ``pair``: the backend's call for both directions at once, if it has one; ``linear``:
-    its input projection (Backend.linear)."""
+    its input projection (Backend.linear); ``projected``: its core with the projection
+    inside (Backend.projected), for a one-way layer on padded x (not with ``packed``)."""
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     h_n, traces = [], []
     layer_input = x
     for layer in range(num_layers):
+        def weights_of(d, layer=layer):
+            """Direction d's w_ih, w_hh, b_ih, b_hh (None without biases)."""
+            k = layer * dirs + d
+            w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
+            return (w_ih, w_hh, *(biases if has_biases else (None, None)))
+
         def part(d, layer_input=layer_input, layer=layer):
             """Direction d's core arguments: gi = W_ih x + b_ih (T, B, 3H), reversed
             within each length for d = 1, and its h0, w_hh, b_hh."""
-            k = layer * dirs + d
-            w_ih, w_hh, *biases = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = biases if has_biases else (None, None)
+            w_ih, w_hh, b_ih, b_hh = weights_of(d)
             gi = linear(layer_input, w_ih, b_ih)
             if packed is not None:
                 gi = _Spread.apply(gi, packed.reverse if d else packed.forward,
                                    packed.steps, packed.batch)
             elif d:
                 gi = _reverse(gi, lengths)
-            return gi, hx[k], w_hh, b_hh
+            return gi, hx[layer * dirs + d], w_hh, b_hh
 
         if collect_gates:
             results = []
@@ -177,6 +182,10 @@ def _layers(x, lengths, hx, weights, core, reset_after, *, has_biases, num_layer
                 results.append(out)
         elif dirs == 2 and pair is not None:
             results = pair(*zip(part(0), part(1), strict=True), lengths, reset_after)
+        elif dirs == 1 and projected is not None:
+            w_ih, w_hh, b_ih, b_hh = weights_of(0)
+            results = [projected(layer_input, w_ih, b_ih, hx[layer], w_hh, b_hh, lengths,
+                                 reset_after)]
         else:  # one direction at a time, each gi made when its turn comes
             results = [core(*part(d), lengths, reset_after) for d in range(dirs)]
         outs = []

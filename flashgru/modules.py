@@ -245,12 +245,16 @@ class GRU(nn.GRU):
             return None
         if hx is None:
             hx = torch.zeros(state, dtype=dtype, device=device)
-        linear = BACKENDS[choice.name].linear  # (the backend's input projection)
+        impl = BACKENDS[choice.name]  # (its input projection, or that and the core in
+        # one call: Backend.linear, Backend.projected)
         states = []
         for k in range(layers):
-            gi = linear(x, p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}"))
-            x = core(gi, hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None,
-                     self.reset_after)
+            w_ih, b_ih = p[f"weight_ih_l{k}"], p.get(f"bias_ih_l{k}")
+            rest = hx[k], p[f"weight_hh_l{k}"], p.get(f"bias_hh_l{k}"), None, self.reset_after
+            if impl.projected is not None:
+                x = impl.projected(x, w_ih, b_ih, *rest)
+            else:
+                x = core(impl.linear(x, w_ih, b_ih), *rest)
             states.append(x[-1])
         return (x.transpose(0, 1) if self.batch_first else x), torch.stack(states)
 

@@ -2965,3 +2965,205 @@ def test_kept_lengths(batch, hidden, dtype, monkeypatch):
     kept = tg._all_steps(gi, True)
     assert kept is tg._all_steps(gi, True) and (kept == tg.ALL_STEPS).all()
     assert tg._all_steps(gi, False).tolist() == [steps] * batch
+
+
+# ---- the input projection beside the recurrence (triton_gru.core_projected) --------------
+
+@pytest.mark.parametrize("first,growth,steps,want", [
+    (16, 2, 512, [16, 32, 64, 128, 272]), (16, 2, 47, [47]), (16, 2, 48, [16, 32]),
+    (16, 2, 111, [16, 95]), (2, 2, 11, [2, 9]), (2, 3, 30, [2, 6, 22]), (1, 1, 3, [1, 1, 1]),
+    (4, 2, 0, [])], ids=str)
+def test_overlap_spans(first, growth, steps, want, monkeypatch):
+    """The overlap's spans: OVERLAP_FIRST steps, then each OVERLAP_GROWTH times the one
+    before, the last taking a rest shorter than a next span; in order, covering [0, T)."""
+    monkeypatch.setattr(tg, "OVERLAP_FIRST", first)
+    monkeypatch.setattr(tg, "OVERLAP_GROWTH", growth)
+    spans = tg._spans(steps)
+    assert [end - begin for begin, end in spans] == want
+    assert [begin for begin, _ in spans] == [sum(want[:i]) for i in range(len(want))]
+
+
+SPAN_SPLITS = {name: split for name, split in PREFETCH_SPLITS.items()
+               if len(split) == 3}  # (fp32's)
+SPAN_SPLITS.update({
+    "kmajor": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True,
+                           kmajor=True)),
+    "permuted": (7, 30, dict(block_batch=4, slice=32, block_k=32, dot=False, warps=4,
+                             resident=True, chunked=True, unit_lanes=16, thread_units=2,
+                             permuted=True)),
+})
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split,dtype", [
+    (name, dtype) for name, (_, _, fields) in SPAN_SPLITS.items()
+    for dtype in (torch.float32, torch.float64)
+    # (fp32's alone: a stamped word carries fp32, a stacked tile TF32 parts)
+    if dtype == torch.float32 or not (fields.get("stamped") or fields.get("stacked"))],
+    ids=str)
+def test_forward_in_spans_changes_no_number(split, dtype, reset_after, monkeypatch):
+    """The forward launched a span of time at a time (each from out[t_begin - 1], the
+    exchange's buffers as the launch before left them; the prefetch stopping at a span's
+    end) gives one launch's outputs and saved gates bit for bit, over ragged lengths
+    (rows past their length carry zeros into the next span, and never use them); spans
+    of 1, 2 and 3 steps, an odd t_begin included (the backward reads only these)."""
+    batch, hidden, fields = SPAN_SPLITS[split]
+    cfg = tg.Config(**fields, prefetch=not fields.get("stamped"))
+    gi, h0, w, b = (t.detach() for t in _problem(7, batch, hidden, dtype)[:4])
+    lens = torch.tensor(_ragged(batch, 7), device=DEVICE)
+    launches = []
+    real_launch = tg._launch
+
+    def spy(kernel, cfg, batch, hidden, steps, args, t_begin=0, **consts):
+        launches.append((t_begin, steps))
+        real_launch(kernel, cfg, batch, hidden, steps, args, t_begin=t_begin, **consts)
+
+    monkeypatch.setattr(tg, "_launch", spy)
+    want = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+    spans = [(0, 1, None), (1, 3, None), (3, 6, None), (6, 7, None)]
+    got = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg, spans=spans)
+    assert launches == [(0, 7), (0, 1), (1, 3), (3, 6), (6, 7)]
+    for i, (a, c) in enumerate(zip([got[0], *got[1]], [want[0], *want[1]], strict=True)):
+        assert torch.equal(a, c), ("out", "r", "z", "n", "ghn")[i]
+
+
+def test_forward_in_spans_needs_the_state_in_out():
+    """A span after the first starts from out[t_begin - 1]: refused where out holds a
+    rounded state (16-bit gi), or a pair's rows."""
+    gi, h0, w, b, _ = (t.detach() if t is not None else None
+                       for t in _problem(4, 2, 8, torch.bfloat16))
+    lens = torch.full((2,), 4, device=DEVICE)
+    with pytest.raises(ValueError, match="arithmetic's dtype"):
+        tg.forward(gi, h0, w, b, lens, True, False, spans=[(0, 2, None), (2, 4, None)])
+
+
+def _overlap_on(monkeypatch, first=2):
+    """core_projected's overlap on for the CPU's interpreter, short first spans."""
+    monkeypatch.setattr(tg, "overlap", True)
+    monkeypatch.setattr(tg, "_OVERLAP_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(tg, "OVERLAP_FIRST", first)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("form", ["batch-first", "two-layers", "no-bias", "given-hx"])
+def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
+    """A module whose layers' projections are made beside their recurrence
+    (core_projected, on every path that reaches it: the module's own and functional's):
+    outputs, h_n and every gradient as without the overlap, to the GEMMs' rounding (a
+    span's rows summed apart from the others'); inference too; every layer's forward in
+    spans, and their projections' buffers written whole (NaN-poisoned first)."""
+    layers = 2 if form == "two-layers" else 1
+    torch.manual_seed(0)
+    gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
+                       batch_first=form == "batch-first", reset_after=reset_after,
+                       backend="triton", dtype=dtype, device=DEVICE)
+    shape = (3, 11, 5) if form == "batch-first" else (11, 3, 5)
+    x = torch.randn(shape, dtype=dtype, device=DEVICE)
+    hx = torch.randn(layers, 3, 12, dtype=dtype, device=DEVICE) if form == "given-hx" \
+        else None
+
+    def run():
+        gru.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, h_n = gru(xg, hx)
+        (out.square().sum() + h_n.sum()).backward()
+        with torch.no_grad():
+            inference = gru(x, hx)[0]
+        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
+
+    want = run()
+    _overlap_on(monkeypatch)
+    spans = []
+    real_forward = tg.forward
+
+    def spy(*args, spans_=None, **kwargs):
+        spans.append([s[:2] for s in kwargs["spans"]] if kwargs.get("spans") else None)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "forward", spy)
+    got = run()
+    assert spans == [[(0, 2), (2, 11)]] * (2 * layers)  # (training, then inference)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for i, (a, c) in enumerate(zip(got, want, strict=True)):
+        assert_close(f"result {i}", c.double(), a.double(), tol, rtol=tol)
+    # (functional.gru, the module's general path, reaches it too)
+    spans.clear()
+    flashgru.functional.gru(x.transpose(0, 1) if form == "batch-first" else x,
+                            hx if hx is not None else torch.zeros(layers, 3, 12, dtype=dtype,
+                                                                  device=DEVICE),
+                            gru._flat_weights, has_biases=form != "no-bias",
+                            num_layers=layers, reset_after=reset_after, backend="triton")
+    assert spans == [[(0, 2), (2, 11)]] * layers
+
+
+@pytest.mark.parametrize("case", ["on", "off", "bf16", "short", "benchmark", "tf32x3",
+                                  "mixed", "special"])
+def test_overlap_only_where_it_applies(case, monkeypatch):
+    """core_projected overlaps only where _overlaps says (else linear, then core): with
+    ``overlap`` on, not off, not in 16 bits (out would carry a rounded state), not in one
+    span, not in benchmark mode, not with tf32x3's GEMMs, not with a weight of another
+    dtype, not where a special mode records or transforms the call. Each case gives
+    core's result on the backend's projection (tf32x3.linear; bit for bit where it
+    doesn't overlap)."""
+    _overlap_on(monkeypatch)
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    steps = 3 if case == "short" else 8
+    g = torch.Generator().manual_seed(0)
+    x, w_ih, b_ih = (torch.randn(*s, generator=g).to(DEVICE, dtype)
+                     for s in ((steps, 2, 4), (24, 4), (24,)))
+    h0, w_hh, b_hh = (torch.randn(*s, generator=g).to(DEVICE, dtype) * 0.3
+                      for s in ((2, 8), (24, 8), (24,)))
+    if case == "off":
+        monkeypatch.setattr(tg, "overlap", False)
+    elif case == "benchmark":
+        monkeypatch.setattr(tg, "benchmark", True)
+    elif case == "tf32x3":
+        monkeypatch.setattr(flashgru.backends.tf32x3, "enabled", True)
+    elif case == "special":
+        monkeypatch.setattr(tg, "_special_mode", lambda: True)
+    elif case == "mixed":
+        w_hh = w_hh.double()
+    assert tg._overlaps(x, w_ih, b_ih, h0, w_hh, b_hh) == (case == "on")
+    if case in ("mixed", "special"):  # (core refuses the first; the second is the op's)
+        return
+    want = tg.core(flashgru.backends.tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, None,
+                   True)
+    got = tg.core_projected(x, w_ih, b_ih, h0, w_hh, b_hh, None, True)
+    if case == "on":
+        assert_close("out", want.double(), got.double(), 2e-6, rtol=2e-6)
+    else:
+        assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits, two streams")
+@pytest.mark.parametrize("hidden", [512, 1024])
+def test_overlap_on_gpu(hidden, monkeypatch):
+    """issue 5's fp32 B=16 points, T=512, with the projection beside the recurrence (two
+    streams, the spans' events): a training call's output, h_n and every gradient, and an
+    inference call's output, against the same module without the overlap (fp32 GEMM
+    rounding apart, within 1e-5 of the outputs' scale), run twice (the streams reused)."""
+    torch.manual_seed(0)
+    gru = flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE)
+    x = torch.randn(512, 16, hidden, device=DEVICE)
+
+    def run():
+        gru.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, h_n = gru(xg)
+        (out.square().sum() + h_n.sum()).backward()
+        with torch.no_grad():
+            inference = gru(x)[0]
+        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
+
+    want = run()
+    monkeypatch.setattr(tg, "overlap", True)
+    calls = []
+    real = tg._overlapped
+    monkeypatch.setattr(tg, "_overlapped", lambda *a: calls.append(a[-1]) or real(*a))
+    for _ in range(2):
+        got = run()
+        for i, (a, c) in enumerate(zip(got, want, strict=True)):
+            scale = float(c.abs().max())
+            assert_close(f"result {i}", c.double(), a.double(), 1e-5 * scale, rtol=1e-5)
+    assert calls == [True, False] * 2  # (a training call's forward, an inference call's)

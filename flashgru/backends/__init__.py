@@ -33,6 +33,9 @@ class Backend:
       back into Python).
     linear: a core backend's input projection, F.linear's contract (the triton backend's:
       ``tf32x3.linear``, its fp32 GEMMs as three TF32 ones where enabled).
+    projected: optional, a one-way layer's projection and core in one call,
+      ``(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after) -> out``, for a core that
+      overlaps the two (``triton_gru.core_projected``); ``linear`` then ``run`` where not.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Backend:
     pair: Callable | None = None
     traceable: bool = False
     linear: Callable = F.linear
+    projected: Callable | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -61,7 +65,8 @@ BACKENDS: dict[str, Backend] = {
     "triton": Backend("triton", "core", triton_gru.core, reset_before=True,
                       missing=triton_gru.missing, devices=triton_gru.devices(),
                       dtypes=triton_gru.DTYPES, double_backward=False, traceable=True,
-                      linear=tf32x3.linear, pair=triton_gru.core_pair),
+                      linear=tf32x3.linear, pair=triton_gru.core_pair,
+                      projected=triton_gru.core_projected),
 }
 
 

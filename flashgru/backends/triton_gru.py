@@ -43,6 +43,8 @@ Needs Triton (``pip install 'flashgru[gpu]'``) and a CUDA GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -226,15 +228,26 @@ def _paired_weights(w: Tensor, cfg: Config, pair_rows: int) -> tuple[Tensor, dic
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
-            reset_after: bool, save: bool, cfg: Config | None = None, pair_rows: int = 0):
+            reset_after: bool, save: bool, cfg: Config | None = None, pair_rows: int = 0,
+            spans: list[tuple[int, int, torch.cuda.Event | None]] | None = None,
+            stream: torch.cuda.Stream | None = None):
     """Returns out (T, B, H) in gi's dtype and the saved gates: with ``save``, r, z, n and
     (for reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype; else
     none. With ``pair_rows`` (core_pair; cfg given), the rows are a bidirectional layer's
     two directions, pair_rows each, and w_hh (2, 3H, H) and b_hh (2, 3H) hold both
-    directions'."""
+    directions'. With ``spans`` ((t_begin, t_end, event), in time order, covering [0, T);
+    gi in the arithmetic's dtype, so that out holds the state itself), a launch a span,
+    each after its event (None: at once) on the current stream and each from the state
+    the one before left, out[t_begin - 1] (a row past its length reads its zeros there,
+    and never uses them): the same numbers as one launch (_overlapped's). With ``stream``
+    (CUDA), the launches go there, and the current stream waits for them before this
+    returns (every buffer is made on the current stream)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
+    if spans is not None and (gi.dtype != acc or pair_rows):
+        raise ValueError(f"a forward in spans carries its state through out: it needs gi "
+                         f"in the arithmetic's dtype ({acc}), one direction; got {gi.dtype}")
     if cfg is None:
         cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
@@ -264,10 +277,17 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
     rhbuf = hbuf[2] if not reset_after else hbuf
     if steps and batch:
         weights, paired = _paired_weights(w_hh, cfg, pair_rows)
-        args = (gi.contiguous(), h0.contiguous(), weights, b_hh.contiguous(), lengths, out,
-                hbuf, rhbuf, *gates)
-        _launch(_forward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                SAVE=save, ACC=_acc(gi.dtype), **paired)
+        gi, h0, b_hh = gi.contiguous(), h0.contiguous(), b_hh.contiguous()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for t_begin, t_end, ready in spans or ((0, steps, None),):
+                if ready is not None:
+                    torch.cuda.current_stream(gi.device).wait_event(ready)
+                args = (gi, out[t_begin - 1] if t_begin else h0, weights, b_hh, lengths,
+                        out, hbuf, rhbuf, *gates)
+                _launch(_forward_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
+                        RESET_AFTER=reset_after, SAVE=save, ACC=_acc(gi.dtype), **paired)
+        if stream is not None:
+            torch.cuda.current_stream(gi.device).wait_stream(stream)
     return out, saved
 
 
@@ -420,10 +440,11 @@ def _weight_gradients(blocks: tuple[Tensor, Tensor], h_prev: Tensor, r: Tensor,
     return dw_hh.to(acc), torch.cat([rz.sum(0, dtype=acc), n.sum(0, dtype=acc)])
 
 
-def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates) -> None:
-    """What a training call's backward needs (the op's and _Eager's)."""
-    ctx.save_for_backward(h0, w_hh, out, lengths, *gates)
-    ctx.reset_after = reset_after
+def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates, extra=()) -> None:
+    """What a training call's backward needs (the op's and _Eager's; ``extra``, tensors
+    kept after them: _EagerProjected's)."""
+    ctx.save_for_backward(h0, w_hh, out, lengths, *gates, *extra)
+    ctx.reset_after, ctx.gates = reset_after, len(gates)
     ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
 
 
@@ -439,7 +460,7 @@ def _gradients(ctx, dout, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ``backward`` or the op that calls it. Refuses create_graph=True: never a silent
     zero."""
     _no_double_backward()
-    h0, w_hh, out, lengths, *gates = ctx.saved_tensors
+    h0, w_hh, out, lengths, *gates = ctx.saved_tensors[:4 + ctx.gates]
     if dout is None:  # (no gradient reached the output)
         dout = torch.zeros_like(out)
     grads = run(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
@@ -742,3 +763,143 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     # (the backward reads the output it saved: a copy for the caller, who may change it
     # in place before the backward, as torch.nn.GRU's callers may)
     return out.clone() if save else out
+
+
+# ---- a one-way layer's input projection beside its recurrence ----------------------------
+
+# The input projection in spans of time on a second stream, each span's GEMM running while
+# the recurrence runs the span before (core_projected). In fp32 the projection runs on
+# the CUDA cores: at B=16, T=512 on an H200 0.65 µs a step at H=512 and 2.1 at H=1024
+# (docs/performance.md), the forward's largest cost beyond its kernel. Off until timed
+# (benchmarks/gpu.py --overlap-beside): how much of the GEMM the card runs beside the
+# persistent kernel, and what that costs the kernel, only the card can say.
+overlap = False
+# The spans: the first OVERLAP_FIRST steps (their projection made before any recurrence),
+# then each OVERLAP_GROWTH times the one before, the last taking the rest where the rest
+# is shorter than a next span.
+OVERLAP_FIRST = 16
+OVERLAP_GROWTH = 2
+_OVERLAP_ON = ("cuda",)  # (the device types it runs on; the tests add the CPU's)
+_streams_of: dict[torch.device, tuple] = {}
+
+
+def _spans(steps: int) -> list[tuple[int, int]]:
+    """[0, steps) cut into the overlap's spans (OVERLAP_FIRST, OVERLAP_GROWTH)."""
+    spans, begin, size = [], 0, max(1, OVERLAP_FIRST)
+    while begin < steps:
+        end = begin + size
+        size *= max(1, OVERLAP_GROWTH)
+        if steps - end < size:
+            end = steps
+        spans.append((begin, end))
+        begin = end
+    return spans
+
+
+def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+              b_hh: Tensor | None) -> bool:
+    """Whether core_projected overlaps this call's projection and recurrence: ``overlap``
+    on, time-major x on a device of _OVERLAP_ON, all in one device and fp32 or fp64 (the
+    state carried through out between spans is then exact), two spans or more, nothing
+    recording or transforming the call, not under graph capture, not in benchmark mode,
+    the projection not three TF32 GEMMs (tf32x3), a hidden size the kernels run."""
+    if not overlap or x.device.type not in _OVERLAP_ON or x.dim() != 3 or not x.shape[1]:
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or any(
+            t is not None and (t.dtype != x.dtype or t.device != x.device)
+            for t in (w_ih, b_ih, h0, w_hh, b_hh)):
+        return False
+    if len(_spans(x.shape[0])) < 2 or benchmark or _special_mode() or \
+            h0.shape[-1] > splits.max_hidden(x.device) or tf32x3.applies(x, w_ih):
+        return False
+    return not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def _streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """The overlap's streams on this CUDA device, made once: the recurrence's, of the
+    highest priority (a span's launch takes the multiprocessors as they free, before the
+    GEMM's next blocks), and the projection's."""
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _streams_of:
+        _streams_of[device] = (torch.cuda.Stream(device, priority=-1),
+                               torch.cuda.Stream(device))
+    return _streams_of[device]
+
+
+def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, gi: Tensor, begin: int,
+             end: int) -> None:
+    """gi[begin:end] = x[begin:end] W_ihᵀ + b_ih, in place."""
+    rows = x[begin:end].reshape(-1, x.shape[-1])
+    into = gi[begin:end].view(-1, gi.shape[-1])
+    if b_ih is None:
+        torch.mm(rows, w_ih.t(), out=into)
+    else:
+        torch.addmm(b_ih, rows, w_ih.t(), out=into)
+
+
+def _overlapped(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+                b_hh: Tensor, lengths: Tensor, reset_after: bool, save: bool):
+    """forward's out and saved gates for gi = x W_ihᵀ + b_ih, made span by span (_spans)
+    on the projection's stream while the recurrence's runs the span before; the caller's
+    stream waits for the last. Every tensor is made on the caller's stream, which waits
+    for the other two before forward returns, so that none is freed for reuse while they
+    use it. Off CUDA (the interpreter's tests) each span's projection, then the launches."""
+    steps, batch, _ = x.shape
+    gi = _empty(steps, batch, w_ih.shape[0], dtype=x.dtype, device=x.device)
+    spans = _spans(steps)
+    if x.device.type != "cuda":
+        for begin, end in spans:
+            _project(x, w_ih, b_ih, gi, begin, end)
+        return forward(gi, h0, w_hh, b_hh, lengths, reset_after, save,
+                       spans=[(begin, end, None) for begin, end in spans])
+    main = torch.cuda.current_stream(x.device)
+    recurrence, projection = _streams(x.device)
+    projection.wait_stream(main)
+    recurrence.wait_stream(main)
+    ready = []
+    with torch.cuda.stream(projection):
+        for begin, end in spans:
+            _project(x, w_ih, b_ih, gi, begin, end)
+            ready.append(projection.record_event())
+    out, saved = forward(gi, h0, w_hh, b_hh, lengths, reset_after, save,
+                         spans=[(*span, event) for span, event in zip(spans, ready, strict=True)],
+                         stream=recurrence)
+    return out, saved
+
+
+class _EagerProjected(torch.autograd.Function):
+    """core_projected's training call: _overlapped's forward; the backward's kernels, then
+    the projection's gradients as autograd takes F.linear's."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after):
+        out, saved = _overlapped(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after, True)
+        _keep(ctx, x, h0, w_hh, b_hh, lengths, reset_after, out, saved, (x, w_ih))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        dgi, dh0, dw_hh, db_hh = _gradients(ctx, dout, backward)
+        x, w_ih = ctx.saved_tensors[-2:]
+        flat = dgi.reshape(-1, dgi.shape[-1])
+        dx = (flat @ w_ih).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dw_ih = flat.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        db_ih = flat.sum(0) if ctx.needs_input_grad[2] else None
+        return dx, dw_ih, db_ih, dh0, dw_hh, db_hh, None, None
+
+
+def core_projected(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+                   b_hh: Tensor | None, lengths: Tensor | None, reset_after: bool) -> Tensor:
+    """A one-way layer's core from its input x (T, B, I): ``core`` on gi = x W_ihᵀ + b_ih
+    (tf32x3.linear), the projection made beside the recurrence where _overlaps (the same
+    numbers, to the GEMM's rounding: cuBLAS may sum a span's rows otherwise than all of
+    them at once)."""
+    if not _overlaps(x, w_ih, b_ih, h0, w_hh, b_hh):
+        return core(tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, lengths, reset_after)
+    lengths, bias = _lengths_and_bias(x, w_hh, b_hh, lengths, kept=True)
+    if not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, w_ih, b_ih, h0, w_hh, bias))):
+        return _overlapped(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after, False)[0]
+    # (a copy for the caller, as core's)
+    return _EagerProjected.apply(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after).clone()

@@ -34,8 +34,9 @@ def _launches(cfg: Config, batch: int, hidden: int, device: torch.device, acc):
         yield programs, row0, -(-min(rows_per_launch, batch - row0) // cfg.block_batch)
 
 
-def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **consts):
-    """Run ``kernel`` over all rows and steps (_launches)."""
+def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, t_begin: int = 0,
+            **consts):
+    """Run ``kernel`` over all rows and steps [t_begin, steps) (_launches)."""
     device = args[0].device
     chunk, kwarps = splits._chunk_shape(cfg)
     for programs, row0, tiles in _launches(cfg, batch, hidden, device, consts["ACC"]):
@@ -44,7 +45,7 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, **co
         # unused)
         with on_device(device):  # (kernels launch on the current CUDA device)
             kernel[(programs, tiles)](
-                *args, sync, batch, hidden, row0, 0, steps, BB=cfg.block_batch,
+                *args, sync, batch, hidden, row0, t_begin, steps, BB=cfg.block_batch,
                 S=cfg.slice, BK=cfg.block_k, DOT=cfg.dot, PREC=cfg.precision,
                 RESIDENT=cfg.resident, STAMPED=cfg.stamped, KMAJOR=cfg.kmajor,
                 STACKED=cfg.stacked, PREFETCH=cfg.prefetch, NARROW=cfg.narrow,
