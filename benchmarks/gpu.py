@@ -19,6 +19,8 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --tf32x3-gemms  # fp32's GEMMs as three TF32 ones
     python benchmarks/gpu.py --tf32x3-beside  # fp32 also so, in the same process
     python benchmarks/gpu.py --tf32x3-beside --tf32x3-way wide  # as one GEMM over 3K
+    python benchmarks/gpu.py --overlap-beside  # fp32 also with the input projection
+                                               # beside the recurrence (triton_gru.overlap)
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -76,10 +78,12 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
-            tf32x3_beside: bool = False) -> dict:
+            tf32x3_beside: bool = False, overlap_beside: bool = False) -> dict:
     """Time and check torch's module against flashgru's on the same weights and input;
     ``tf32x3_beside`` (fp32): flashgru's once more with its GEMMs as three TF32 ones
-    (``tf32x3``, the row's ``*_tf32x3``), in the same process as the other two."""
+    (``tf32x3``, the row's ``*_tf32x3``), ``overlap_beside`` (fp32) with the input
+    projection beside the recurrence (``triton_gru.overlap``, the row's ``*_overlap``),
+    in the same process as the other two."""
     ours = flashgru.GRU.from_torch(ref, backend=backend)
     exact = copy.deepcopy(ref).double()
     dout = torch.randn(x.shape[:-1] + (ref.hidden_size * (1 + ref.bidirectional),),
@@ -93,24 +97,36 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
         _compare_one(row, name, module, x, dout, x64, y64)
     if tf32x3_beside and x.dtype == torch.float32:
         row["tf32x3_way"] = tf32x3.WAY  # (how they ran on CUDA: --tf32x3-way)
-        try:  # (never yet run on a GPU: its failure costs its own columns, not the row)
-            with _tf32x3_gemms(True):
-                _compare_one(row, "tf32x3", ours, x, dout, x64, y64)
+    for name, on in (("tf32x3", tf32x3_beside), ("overlap", overlap_beside)):
+        if not (on and x.dtype == torch.float32):
+            continue
+        try:  # (a setting not yet timed on a GPU: its failure costs its own columns)
+            with _setting(*BESIDE[name][1:]):
+                _compare_one(row, name, ours, x, dout, x64, y64)
         except Exception as e:  # noqa: BLE001 (reported in the row and its line)
             if isinstance(e, getattr(torch, "AcceleratorError", ())):
                 raise  # (a CUDA error leaves the context unusable: not this run's alone)
-            row["tf32x3_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     return row
 
 
+# What an fp32 point may be timed with once more, in the same process (--NAME-beside):
+# name → (its line's label, the setting's owner, attribute and value for those timings).
+BESIDE = {
+    "tf32x3": ("tf32x3 GEMMs", tf32x3, "enabled", True),
+    "overlap": ("projection beside", tg, "overlap", True),
+}
+
+
 @contextlib.contextmanager
-def _tf32x3_gemms(on: bool):
-    """flashgru's fp32 GEMMs as three TF32 ones (tf32x3.enabled) or not, for a block."""
-    saved, tf32x3.enabled = tf32x3.enabled, on
+def _setting(owner, name: str, value):
+    """owner.name = value for a block, restored after."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        tf32x3.enabled = saved
+        setattr(owner, name, saved)
 
 
 def _compare_one(row, name, module, x, dout, x64, y64) -> None:
@@ -131,14 +147,15 @@ def _compare_one(row, name, module, x, dout, x64, y64) -> None:
     row[f"fb_{name}"] = timed(train_step)
 
 
-def grid(points, steps, backend, on_row=None, tf32x3_beside: bool = False) -> list[dict]:
+def grid(points, steps, backend, on_row=None, tf32x3_beside: bool = False,
+         overlap_beside: bool = False) -> list[dict]:
     """A row per point (dtype, H, B), in the order given (points_of)."""
     rows = []
     for dtype, h, b in points:
         torch.manual_seed(0)
         ref = torch.nn.GRU(h, h, device="cuda", dtype=dtype)
         x = torch.randn(steps, b, h, device="cuda", dtype=dtype)
-        row = compare(ref, x, backend, tf32x3_beside)
+        row = compare(ref, x, backend, tf32x3_beside, overlap_beside)
         row.update(dtype=str(dtype).removeprefix("torch."), H=h, B=b, T=steps)
         if tg.benchmark:  # the splits it kept (inference, training forward,
             # backward), and those it left out, with why
@@ -190,26 +207,26 @@ def _line(row: dict) -> str:
             f"(torch {row['err_torch']:.1e}), max {row['maxerr_flashgru']:.1e} (torch "
             f"{row['maxerr_torch']:.1e}) dx {row['err_dx_flashgru']:.1e} "
             f"(torch {row['err_dx_torch']:.1e})"
-            + _tf32x3_part(row)
+            + "".join(_beside_part(row, name) for name in BESIDE)
             + (f" | kept {row['splits']}" if "splits" in row else "")
             + (f" | left out {row['left_out']}" if row.get("left_out") else ""))
 
 
-def _tf32x3_part(row: dict) -> str:
-    """The line's timing of flashgru with its GEMMs as three TF32 ones (--tf32x3-beside),
-    speedups over cuDNN and over flashgru's own fp32 GEMMs; empty where not timed."""
-    if "tf32x3_error" in row:
-        return f" | tf32x3 GEMMs failed: {row['tf32x3_error']}"
-    if "fwd_tf32x3" not in row:
+def _beside_part(row: dict, name: str) -> str:
+    """The line's timing of flashgru with BESIDE's setting ``name`` (--NAME-beside):
+    speedups over cuDNN and over flashgru without it; empty where not timed."""
+    label = BESIDE[name][0]
+    if f"{name}_error" in row:
+        return f" | {label} failed: {row[name + '_error']}"
+    if f"fwd_{name}" not in row:
         return ""
-    t = row["T"]
-    return (f" | tf32x3 GEMMs ({row['tf32x3_way']}) fwd "
-            f"{row['fwd_tf32x3'] * 1e3 / t:.2f} "
-            f"×{row['fwd_torch'] / row['fwd_tf32x3']:.2f} "
-            f"(×{row['fwd_flashgru'] / row['fwd_tf32x3']:.2f} ours) f+b "
-            f"{row['fb_tf32x3'] * 1e3 / t:.2f} ×{row['fb_torch'] / row['fb_tf32x3']:.2f} "
-            f"(×{row['fb_flashgru'] / row['fb_tf32x3']:.2f} ours) err "
-            f"{row['err_tf32x3']:.1e} dx {row['err_dx_tf32x3']:.1e}")
+    t, way = row["T"], row.get(f"{name}_way")
+    fwd, fb = row[f"fwd_{name}"], row[f"fb_{name}"]
+    return (f" | {label}{f' ({way})' if way else ''} fwd {fwd * 1e3 / t:.2f} "
+            f"×{row['fwd_torch'] / fwd:.2f} (×{row['fwd_flashgru'] / fwd:.2f} ours) f+b "
+            f"{fb * 1e3 / t:.2f} ×{row['fb_torch'] / fb:.2f} "
+            f"(×{row['fb_flashgru'] / fb:.2f} ours) err "
+            f"{row[f'err_{name}']:.1e} dx {row[f'err_dx_{name}']:.1e}")
 
 
 def point(text: str) -> tuple:
@@ -396,6 +413,10 @@ def main() -> None:
     parser.add_argument("--tf32x3-beside", action="store_true",
                         help="each fp32 point timed also with the triton backend's GEMMs "
                              "as three TF32 ones, in the same process")
+    parser.add_argument("--overlap-beside", action="store_true",
+                        help="each fp32 point timed also with the input projection beside "
+                             "the recurrence (flashgru.backends.triton_gru.overlap), in the "
+                             "same process")
     parser.add_argument("--tf32x3-way", choices=tf32x3.WAYS,
                         help="how those run on CUDA with Triton (flashgru.backends.tf32x3.WAY:"
                              " one kernel, or one GEMM over 3K)")
@@ -434,7 +455,8 @@ def main() -> None:
 
     dtypes = args.dtype or ("float32", "bfloat16")
     save(grid=grid(points_of(dtypes, hidden, batch, args.points), args.steps, backend,
-                   on_row=lambda rows: save(grid=rows), tf32x3_beside=args.tf32x3_beside))
+                   on_row=lambda rows: save(grid=rows), tf32x3_beside=args.tf32x3_beside,
+                   overlap_beside=args.overlap_beside))
     if not args.only_grid:
         save(bidirectional=bidirectional(backend))
         save(long=long_sequence())
@@ -446,9 +468,9 @@ def main() -> None:
               f" ×{row['fwd_torch'] / row['fwd_flashgru']:5.2f}  f+b "
               f"{row['fb_flashgru'] * 1e3 / t:6.2f} ×{row['fb_torch'] / row['fb_flashgru']:5.2f}"
               f"  err {row['err_flashgru']:.0e}/{row['err_torch']:.0e}"
-              + (f"  tf32x3 GEMMs fwd ×{row['fwd_torch'] / row['fwd_tf32x3']:5.2f} f+b "
-                 f"×{row['fb_torch'] / row['fb_tf32x3']:5.2f}" if "fwd_tf32x3" in row
-                 else ""))
+              + "".join(f"  {BESIDE[name][0]} fwd ×{row['fwd_torch'] / row['fwd_' + name]:5.2f}"
+                        f" f+b ×{row['fb_torch'] / row['fb_' + name]:5.2f}"
+                        for name in BESIDE if "fwd_" + name in row))
 
 
 if __name__ == "__main__":
