@@ -4,15 +4,17 @@
 # every-step lengths kept; no device switch), checked and timed against the flashgru
 # before it. In order, after the kernels are compiled on all cores (gpu_warm.py):
 # - the kept lengths' GPU test (their bits against lengths given), CUDA graph capture's,
-#   and the stamped exchange's, on a block smaller than its layout (200 calls' bits) and
-#   with many programs;
+#   the stamped exchange's, on a block smaller than its layout (200 calls' bits) and
+#   with many programs, and the projection beside the recurrence's (the forward in spans
+#   of time, bit for bit; the module with triton_gru.overlap on, two streams);
 # - the default splits' GPU tests where the thirty-first session changed them and the
 #   crossed backward's, and tf32x3's (a module call at B=3, H=16 there gave NaN before
 #   the stamped fix);
 # - scripts/gpu_host_time.py: the host's time a call, and, where $OLD names an older
 #   flashgru's directory (its package inside), the same with that one;
-# - issue 5's B=16 points end to end, then the 2-layer bidirectional case (its pair
-#   launch, never yet timed, against the directions in turn) and T=65536
+# - issue 5's B=16 points end to end, fp32's also with the projection beside the
+#   recurrence (--overlap-beside: never yet timed), then the 2-layer bidirectional case
+#   (its pair launch, never yet timed, against the directions in turn) and T=65536
 #   (benchmarks/gpu.py).
 # Each step gets its share of what is left of HOST_S. Logs go to $OUT.
 set -uo pipefail
@@ -23,8 +25,9 @@ OLD=${OLD:-}
 # and the crossed backward's: ~45 tests, ~125 s on an H200)
 K="(default_splits_on_gpu and (16-512 or 16-1024 or 12-384)) or crossed_on_gpu"
 GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
-      bfloat16:512:16)
-FIRST="kept_lengths or cuda_graph or stamped_small_block or stamped_exchange_on_gpu"
+      bfloat16:512:16 --overlap-beside)
+FIRST="kept_lengths or cuda_graph or stamped_small_block or stamped_exchange_on_gpu or \
+overlap_on_gpu or forward_in_spans"
 WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$FIRST or $K'" \
   "${GRID[*]}" "scripts/gpu_host_time.py"
 BUDGET_S=$HOST_S STEP_NAME=gpu_host  # (step: gpu_common.sh, each log's last lines after)

@@ -226,13 +226,15 @@ def test_host_call(tmp_path):
     assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "-m", "-m", "-m",
                                            "scripts/gpu_host_time.py",
                                            "scripts/gpu_host_time.py", "benchmarks/gpu.py"]
-    assert "kept_lengths" in ran[1] and "default_splits_on_gpu" in ran[2]
+    assert "kept_lengths" in ran[1] and "overlap_on_gpu" in ran[1] and \
+        "default_splits_on_gpu" in ran[2]
     assert "tests/test_tf32x3.py" in ran[3]
     limits = [t for t, c in _limited(calls, "") if not c.startswith("scripts/gpu_warm")]
     # (each its share of what is left: 15%, 35%, 10%, 25%, 30%, all; a second may pass)
     assert len(limits) == 6 and 62 <= limits[0] <= 67 and 150 < limits[1] <= 156 and \
         limits[-1] > 100
-    assert "float32:1024:16" in ran[-1] and "--only-grid" not in ran[-1]
+    assert "float32:1024:16" in ran[-1] and "--only-grid" not in ran[-1] and \
+        "--overlap-beside" in ran[-1]
     calls, _ = _run(tmp_path / "new", "scripts/gpu_host.sh", HOST_S="450")
     assert sum(c.startswith("scripts/gpu_host_time.py") for c in calls) == 1
     calls, out = _run(tmp_path / "short", "scripts/gpu_host.sh", HOST_S="15")
