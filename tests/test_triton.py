@@ -3097,15 +3097,15 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     assert spans == [[(0, 2), (2, 11)]] * layers
 
 
-@pytest.mark.parametrize("case", ["on", "off", "bf16", "short", "benchmark", "tf32x3",
-                                  "mixed", "special"])
+@pytest.mark.parametrize("case", ["on", "off", "bf16", "short", "wide", "benchmark",
+                                  "tf32x3", "mixed", "special"])
 def test_overlap_only_where_it_applies(case, monkeypatch):
     """core_projected overlaps only where _overlaps says (else linear, then core): with
     ``overlap`` on, not off, not in 16 bits (out would carry a rounded state), not in one
-    span, not in benchmark mode, not with tf32x3's GEMMs, not with a weight of another
-    dtype, not where a special mode records or transforms the call. Each case gives
-    core's result on the backend's projection (tf32x3.linear; bit for bit where it
-    doesn't overlap)."""
+    span, not above OVERLAP_MAX_HIDDEN, not in benchmark mode, not with tf32x3's GEMMs,
+    not with a weight of another dtype, not where a special mode records or transforms
+    the call. Each case gives core's result on the backend's projection (tf32x3.linear;
+    bit for bit where it doesn't overlap)."""
     _overlap_on(monkeypatch)
     dtype = torch.bfloat16 if case == "bf16" else torch.float32
     steps = 3 if case == "short" else 8
@@ -3116,6 +3116,8 @@ def test_overlap_only_where_it_applies(case, monkeypatch):
                       for s in ((2, 8), (24, 8), (24,)))
     if case == "off":
         monkeypatch.setattr(tg, "overlap", False)
+    elif case == "wide":
+        monkeypatch.setattr(tg, "OVERLAP_MAX_HIDDEN", 7)  # (H is 8 here)
     elif case == "benchmark":
         monkeypatch.setattr(tg, "benchmark", True)
     elif case == "tf32x3":
@@ -3137,12 +3139,13 @@ def test_overlap_only_where_it_applies(case, monkeypatch):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits, two streams")
-@pytest.mark.parametrize("hidden", [512, 1024])
+@pytest.mark.parametrize("hidden", [256, 512])
 def test_overlap_on_gpu(hidden, monkeypatch):
-    """issue 5's fp32 B=16 points, T=512, with the projection beside the recurrence (two
-    streams, the spans' events): a training call's output, h_n and every gradient, and an
-    inference call's output, against the same module without the overlap (fp32 GEMM
-    rounding apart, within 1e-5 of the outputs' scale), run twice (the streams reused)."""
+    """fp32 B=16, T=512 with the projection beside the recurrence (two streams, the spans'
+    events; at H=256 four batch tiles, K-major): a training call's output, h_n and every
+    gradient, and an inference call's output, against the same module without the
+    overlap (fp32 GEMM rounding apart, within 1e-5 of the outputs' scale), run twice (the
+    streams reused)."""
     torch.manual_seed(0)
     gru = flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE)
     x = torch.randn(512, 16, hidden, device=DEVICE)

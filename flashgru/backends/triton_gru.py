@@ -779,6 +779,12 @@ overlap = False
 # is shorter than a next span.
 OVERLAP_FIRST = 16
 OVERLAP_GROWTH = 2
+# The largest hidden size it overlaps: the GEMM's blocks need room on multiprocessors the
+# persistent kernel holds. ptxas (sm_90a, Triton 3.6) gives fp32 B=16's forward at H=512
+# 168 registers × 128 threads a program (a third of an SM's 64K), at H=1024 255 × 256
+# (all of them, a few spilled): there the GEMM would get the 4 SMs of 132 the kernel
+# leaves, and the recurrence would wait for it.
+OVERLAP_MAX_HIDDEN = 512
 _OVERLAP_ON = ("cuda",)  # (the device types it runs on; the tests add the CPU's)
 _streams_of: dict[torch.device, tuple] = {}
 
@@ -802,7 +808,7 @@ def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
     on, time-major x on a device of _OVERLAP_ON, all in one device and fp32 or fp64 (the
     state carried through out between spans is then exact), two spans or more, nothing
     recording or transforming the call, not under graph capture, not in benchmark mode,
-    the projection not three TF32 GEMMs (tf32x3), a hidden size the kernels run."""
+    the projection not three TF32 GEMMs (tf32x3), H ≤ OVERLAP_MAX_HIDDEN."""
     if not overlap or x.device.type not in _OVERLAP_ON or x.dim() != 3 or not x.shape[1]:
         return False
     if x.dtype not in (torch.float32, torch.float64) or any(
@@ -810,7 +816,7 @@ def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
             for t in (w_ih, b_ih, h0, w_hh, b_hh)):
         return False
     if len(_spans(x.shape[0])) < 2 or benchmark or _special_mode() or \
-            h0.shape[-1] > splits.max_hidden(x.device) or tf32x3.applies(x, w_ih):
+            h0.shape[-1] > OVERLAP_MAX_HIDDEN or tf32x3.applies(x, w_ih):
         return False
     return not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
