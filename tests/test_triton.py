@@ -3006,7 +3006,8 @@ def test_forward_in_spans_changes_no_number(split, dtype, reset_after, monkeypat
     exchange's buffers as the launch before left them; the prefetch stopping at a span's
     end) gives one launch's outputs and saved gates bit for bit, over ragged lengths
     (rows past their length carry zeros into the next span, and never use them); spans
-    of 1, 2 and 3 steps, an odd t_begin included (the backward reads only these)."""
+    of 1, 2 and 3 steps, an odd t_begin included; and so does the backward over the same
+    spans (_backward_in_spans)."""
     batch, hidden, fields = SPAN_SPLITS[split]
     cfg = tg.Config(**fields, prefetch=not fields.get("stamped"))
     gi, h0, w, b = (t.detach() for t in _problem(7, batch, hidden, dtype)[:4])
@@ -3020,21 +3021,67 @@ def test_forward_in_spans_changes_no_number(split, dtype, reset_after, monkeypat
 
     monkeypatch.setattr(tg, "_launch", spy)
     want = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
-    spans = [(0, 1, None), (1, 3, None), (3, 6, None), (6, 7, None)]
-    got = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg, spans=spans)
-    assert launches == [(0, 7), (0, 1), (1, 3), (3, 6), (6, 7)]
-    for i, (a, c) in enumerate(zip([got[0], *got[1]], [want[0], *want[1]], strict=True)):
+    out, saved, run = tg._forward_launches(gi, h0, w, b, lens, reset_after, True, cfg)
+    for span in SPANS:
+        run(*span)
+    assert launches == [(0, 7), *SPANS]
+    for i, (a, c) in enumerate(zip([out, *saved], [want[0], *want[1]], strict=True)):
         assert torch.equal(a, c), ("out", "r", "z", "n", "ghn")[i]
+    # the backward the same way, last span first, carrying dL/dh
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3),
+                       dtype=dtype).to(DEVICE)
+    _backward_in_spans(dout, h0, w, out, saved, lens, reset_after, cfg)
+
+
+SPANS = [(0, 1), (1, 3), (3, 6), (6, 7)]  # (of T=7: 1, 2, 3 and 1 steps, odd t_begin)
+
+
+def _backward_in_spans(dout, h0, w, out, saved, lens, reset_after, cfg):
+    """_backward_launches run over SPANS, last first: dgi, dgh and dh0 bit for bit one
+    launch's; the weight gradients summed over the spans within fp32's rounding of
+    backward's over all steps at once (their sums run in another order)."""
+    want = tg.backward(dout, h0, w, out, saved, lens, reset_after, cfg)
+    rev = tg._backward_launches(dout, h0, w, out, saved, lens, reset_after, cfg)
+    for span in SPANS[::-1]:
+        rev.run(*span)
+    assert torch.equal(rev.dgi, want[0]) and torch.equal(rev.dh0(), want[1])
+    full = tg._backward_launches(dout, h0, w, out, saved, lens, reset_after, cfg)
+    full.run(0, 7)
+    assert torch.equal(rev.dgh, full.dgh)
+    parts = [tg._span_weight_gradients(rev, h0, out, saved, reset_after, *span)
+             for span in SPANS]
+    tol = 1e-12 if out.dtype == torch.float64 else 1e-6
+    for name, got, c in zip(("dw_hh", "db_hh"), (sum(p[i] for p in parts) for i in (0, 1)),
+                            want[2:], strict=True):
+        assert_close(name, c.double(), got.double(), tol, rtol=tol)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split", ["k2-3cols", "k3-u4x2", "stacked-k2-3cols"])
+def test_crossed_backward_in_spans_changes_no_number(split, reset_after):
+    """The crossed backward (Config.k_blocks) over spans of time, last first, its partial
+    sums carried in its exchange from launch to launch: one launch's numbers."""
+    hidden = CROSSED[split][0]
+    cfg = _crossed(*CROSSED[split])
+    gi, h0, w, b = (t.detach() for t in _problem(7, 6, hidden, torch.float32)[:4])
+    lens = torch.tensor(_ragged(6, 7), device=DEVICE)
+    forward = tg.Config(8, splits._pow2(hidden), splits._pow2(hidden), dot=False,
+                        resident=True)
+    out, saved = tg.forward(gi, h0, w, b, lens, reset_after, True, forward)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    _backward_in_spans(dout, h0, w, out, saved, lens, reset_after, cfg)
 
 
 def test_forward_in_spans_needs_the_state_in_out():
     """A span after the first starts from out[t_begin - 1]: refused where out holds a
-    rounded state (16-bit gi), or a pair's rows."""
+    rounded state (16-bit gi)."""
     gi, h0, w, b, _ = (t.detach() if t is not None else None
                        for t in _problem(4, 2, 8, torch.bfloat16))
     lens = torch.full((2,), 4, device=DEVICE)
+    run = tg._forward_launches(gi, h0, w, b, lens, True, False)[2]
+    run(0, 2)
     with pytest.raises(ValueError, match="arithmetic's dtype"):
-        tg.forward(gi, h0, w, b, lens, True, False, spans=[(0, 2, None), (2, 4, None)])
+        run(2, 4)
 
 
 def _overlap_on(monkeypatch, first=2):
@@ -3046,18 +3093,23 @@ def _overlap_on(monkeypatch, first=2):
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("form", ["batch-first", "two-layers", "no-bias", "given-hx"])
+@pytest.mark.parametrize("form", ["batch-first", "two-layers", "no-bias", "given-hx",
+                                  "frozen-input"])
 def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
-    """A module whose layers' projections are made beside their recurrence
-    (core_projected, on every path that reaches it: the module's own and functional's):
-    outputs, h_n and every gradient as without the overlap, to the GEMMs' rounding (a
-    span's rows summed apart from the others'); inference too; every layer's forward in
-    spans, and their projections' buffers written whole (NaN-poisoned first)."""
+    """A module whose layers' projections are made beside their recurrence, and whose
+    backward's GEMMs beside its reverse recurrence (core_projected, on every path that
+    reaches it: the module's own and functional's): outputs, h_n and every gradient as
+    without the overlap, to the GEMMs' rounding (a span's rows summed apart from the
+    others'); inference too; every layer's forward and backward in spans, and their
+    buffers written whole (NaN-poisoned first). Frozen input weights get no gradient."""
     layers = 2 if form == "two-layers" else 1
     torch.manual_seed(0)
     gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
                        batch_first=form == "batch-first", reset_after=reset_after,
                        backend="triton", dtype=dtype, device=DEVICE)
+    if form == "frozen-input":
+        gru.weight_ih_l0.requires_grad_(False)
+        gru.bias_ih_l0.requires_grad_(False)
     shape = (3, 11, 5) if form == "batch-first" else (11, 3, 5)
     x = torch.randn(shape, dtype=dtype, device=DEVICE)
     hx = torch.randn(layers, 3, 12, dtype=dtype, device=DEVICE) if form == "given-hx" \
@@ -3075,17 +3127,22 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     want = run()
     _overlap_on(monkeypatch)
     spans = []
-    real_forward = tg.forward
+    real_pipeline = tg._pipeline
 
-    def spy(*args, spans_=None, **kwargs):
-        spans.append([s[:2] for s in kwargs["spans"]] if kwargs.get("spans") else None)
-        return real_forward(*args, **kwargs)
+    def spy(device, spans_, first, then, first_recurs):
+        spans.append((first_recurs, spans_))
+        real_pipeline(device, spans_, first, then, first_recurs)
 
-    monkeypatch.setattr(tg, "forward", spy)
+    monkeypatch.setattr(tg, "_pipeline", spy)
     got = run()
-    assert spans == [[(0, 2), (2, 11)]] * (2 * layers)  # (training, then inference)
+    # (each layer's training forward, the backward's, last layer first, then inference)
+    forward, backward = (False, [(0, 2), (2, 11)]), (True, [(2, 11), (0, 2)])
+    assert spans == [forward] * layers + [backward] * layers + [forward] * layers
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     for i, (a, c) in enumerate(zip(got, want, strict=True)):
+        if c is None:  # (a frozen weight's)
+            assert a is None and form == "frozen-input", i
+            continue
         assert_close(f"result {i}", c.double(), a.double(), tol, rtol=tol)
     # (functional.gru, the module's general path, reaches it too)
     spans.clear()
@@ -3094,7 +3151,7 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
                                                                   device=DEVICE),
                             gru._flat_weights, has_biases=form != "no-bias",
                             num_layers=layers, reset_after=reset_after, backend="triton")
-    assert spans == [[(0, 2), (2, 11)]] * layers
+    assert spans == [forward] * layers
 
 
 @pytest.mark.parametrize("case", ["on", "off", "bf16", "short", "wide", "benchmark",

@@ -43,7 +43,8 @@ Needs Triton (``pip install 'flashgru[gpu]'``) and a CUDA GPU.
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -228,26 +229,30 @@ def _paired_weights(w: Tensor, cfg: Config, pair_rows: int) -> tuple[Tensor, dic
 
 
 def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
-            reset_after: bool, save: bool, cfg: Config | None = None, pair_rows: int = 0,
-            spans: list[tuple[int, int, torch.cuda.Event | None]] | None = None,
-            stream: torch.cuda.Stream | None = None):
+            reset_after: bool, save: bool, cfg: Config | None = None, pair_rows: int = 0):
     """Returns out (T, B, H) in gi's dtype and the saved gates: with ``save``, r, z, n and
     (for reset_after=True) W_hn h + b_hn, each (T, B, H) in the arithmetic's dtype; else
     none. With ``pair_rows`` (core_pair; cfg given), the rows are a bidirectional layer's
     two directions, pair_rows each, and w_hh (2, 3H, H) and b_hh (2, 3H) hold both
-    directions'. With ``spans`` ((t_begin, t_end, event), in time order, covering [0, T);
-    gi in the arithmetic's dtype, so that out holds the state itself), a launch a span,
-    each after its event (None: at once) on the current stream and each from the state
-    the one before left, out[t_begin - 1] (a row past its length reads its zeros there,
-    and never uses them): the same numbers as one launch (_overlapped's). With ``stream``
-    (CUDA), the launches go there, and the current stream waits for them before this
-    returns (every buffer is made on the current stream)."""
+    directions'."""
+    out, saved, run = _forward_launches(gi, h0, w_hh, b_hh, lengths, reset_after, save, cfg,
+                                        pair_rows)
+    run(0, gi.shape[0])
+    return out, saved
+
+
+def _forward_launches(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
+                      reset_after: bool, save: bool, cfg: Config | None = None,
+                      pair_rows: int = 0):
+    """forward's buffers, made on the current stream: out, the saved gates, and
+    ``run(t_begin, t_end)``, which launches steps [t_begin, t_end) on the current stream,
+    from h0 at t_begin = 0, else from the state the launch before left, out[t_begin - 1]
+    (so only for gi in the arithmetic's dtype: out then holds the state itself; a row past
+    its length reads its zeros there, and never uses them). Launches over spans of time,
+    in order, give one launch's numbers (_overlapped's)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
-    if spans is not None and (gi.dtype != acc or pair_rows):
-        raise ValueError(f"a forward in spans carries its state through out: it needs gi "
-                         f"in the arithmetic's dtype ({acc}), one direction; got {gi.dtype}")
     if cfg is None:
         cfg = _split("forward", batch, hidden, steps, gi.device, gi.dtype, (reset_after, save),
                      lambda c: forward(gi[:TUNE_STEPS], h0, w_hh, b_hh, lengths, reset_after,
@@ -275,20 +280,32 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
         # (kmajor: each state transposed, (H, B), in the same space)
         hbuf[0] = h0.t().reshape(batch, hidden) if cfg.kmajor else h0
     rhbuf = hbuf[2] if not reset_after else hbuf
-    if steps and batch:
-        weights, paired = _paired_weights(w_hh, cfg, pair_rows)
-        gi, h0, b_hh = gi.contiguous(), h0.contiguous(), b_hh.contiguous()
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for t_begin, t_end, ready in spans or ((0, steps, None),):
-                if ready is not None:
-                    torch.cuda.current_stream(gi.device).wait_event(ready)
-                args = (gi, out[t_begin - 1] if t_begin else h0, weights, b_hh, lengths,
-                        out, hbuf, rhbuf, *gates)
-                _launch(_forward_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
-                        RESET_AFTER=reset_after, SAVE=save, ACC=_acc(gi.dtype), **paired)
-        if stream is not None:
-            torch.cuda.current_stream(gi.device).wait_stream(stream)
-    return out, saved
+    if not (steps and batch):
+        return out, saved, lambda t_begin, t_end: None
+    weights, paired = _paired_weights(w_hh, cfg, pair_rows)
+    gi, h0, b_hh = gi.contiguous(), h0.contiguous(), b_hh.contiguous()
+
+    def run(t_begin: int, t_end: int) -> None:
+        if t_begin and (gi.dtype != acc or pair_rows):
+            raise ValueError(f"a forward in spans of time carries its state through out: "
+                             f"it needs gi in the arithmetic's dtype ({acc}), one "
+                             f"direction; got {gi.dtype}")
+        args = (gi, out[t_begin - 1] if t_begin else h0, weights, b_hh, lengths, out, hbuf,
+                rhbuf, *gates)
+        _launch(_forward_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
+                RESET_AFTER=reset_after, SAVE=save, ACC=_acc(gi.dtype), **paired)
+
+    return out, saved, run
+
+
+class _Reverse(NamedTuple):
+    """_backward_launches' buffers and closures."""
+
+    dgi: Tensor  # (T, B, 3H)
+    dgh: Tensor  # dgi, or (reset_after=True) the gradients of W_hh h + b_hh (or its n block)
+    run: Callable[[int, int], None]  # (t_begin, t_end): steps t_end - 1 down to t_begin
+    dh0: Callable[[], Tensor]  # dL/dh0, once every step has run
+    gemm: torch.dtype  # (the weight GEMMs' operands' dtype)
 
 
 def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Tensor],
@@ -299,6 +316,29 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
     given), as forward's: w_hh (2, 3H, H), and dW_hh (2, 3H, H) and db_hh (2, 3H) each
     direction's from its first ``pair_batch`` rows (its padding's left out, so that the
     sums run as they would alone)."""
+    steps = out.shape[0]
+    rev = _backward_launches(dout, h0, w_hh, out, saved, lengths, reset_after, cfg, pair_rows)
+    rev.run(0, steps)
+    dh = rev.dh0()
+    if not pair_rows:
+        return rev.dgi, dh, *_span_weight_gradients(rev, h0, out, saved, reset_after, 0, steps)
+    # (a pair: each direction's from its own rows, copied out whole first, so that the
+    # GEMMs and sums read them laid out as they would alone)
+    acc = saved[0].dtype
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
+    grads = [_weight_gradients(_column_blocks(*_rows_of(rev.dgi, rev.dgh, rows)),
+                               h_prev[:, rows], saved[0][:, rows], reset_after, rev.gemm, acc)
+             for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
+    return rev.dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
+
+
+def _backward_launches(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor,
+                       saved: list[Tensor], lengths: Tensor, reset_after: bool,
+                       cfg: Config | None = None, pair_rows: int = 0) -> _Reverse:
+    """backward's buffers, made on the current stream, and its launches (_Reverse.run:
+    steps t_end - 1 down to t_begin on the current stream, each launch carrying dL/dh to
+    the next: launches over spans of time, from the last to the first, give one launch's
+    numbers)."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
     if cfg is None:
@@ -328,29 +368,33 @@ def backward(dout: Tensor, h0: Tensor, w_hh: Tensor, out: Tensor, saved: list[Te
                                               dtype=dgi.dtype if dgh_n else acc,
                                               device=out.device)
     dh = torch.zeros(batch, hidden, dtype=acc, device=out.device)
+    if not (steps and batch):
+        return _Reverse(dgi, dgh, lambda t_begin, t_end: None, lambda: dh, gemm)
+    dout, h0 = dout.contiguous(), h0.contiguous()
     ghn_s = saved[3] if reset_after else saved[0]
-    if steps and batch and cfg.k_blocks != 1:
-        dh = _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh,
-                               reset_after, cfg, dgh_n)
-    elif steps and batch:
-        xbuf = _backward_exchange(cfg, batch, hidden, acc, dgh, w_hh.dtype)
-        weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
-        args = (dout.contiguous(), h0.contiguous(), out, weights, *saved[:3], ghn_s, lengths,
-                dgi, dgh, dh, xbuf)
-        _launch(_backward_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                ACC=_acc(acc), DGH_N=dgh_n, **paired)
-    # (dW_hh and db_hh over all steps: _weight_gradients)
-    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
-    if not pair_rows:
-        dw_hh, db_hh = _weight_gradients(_column_blocks(dgi, dgh),
-                                         h_prev, saved[0], reset_after, gemm, acc)
-        return dgi, dh, dw_hh, db_hh
-    # (a pair: each direction's from its own rows, copied out whole first, so that the
-    # GEMMs and sums read them laid out as they would alone)
-    grads = [_weight_gradients(_column_blocks(*_rows_of(dgi, dgh, rows)),
-                               h_prev[:, rows], saved[0][:, rows], reset_after, gemm, acc)
-             for rows in (slice(0, pair_batch), slice(pair_rows, pair_rows + pair_batch))]
-    return dgi, dh, *(torch.stack(g) for g in zip(*grads, strict=True))
+    if cfg.k_blocks != 1:
+        return _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh,
+                                 reset_after, cfg, dgh_n, gemm)
+    xbuf = _backward_exchange(cfg, batch, hidden, acc, dgh, w_hh.dtype)
+    weights, paired = _paired_weights(w_hh.transpose(-1, -2), cfg, pair_rows)
+    args = (dout, h0, out, weights, *saved[:3], ghn_s, lengths, dgi, dgh, dh, xbuf)
+
+    def run(t_begin: int, t_end: int) -> None:
+        _launch(_backward_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
+                RESET_AFTER=reset_after, ACC=_acc(acc), DGH_N=dgh_n, **paired)
+
+    return _Reverse(dgi, dgh, run, lambda: dh, gemm)
+
+
+def _span_weight_gradients(rev: _Reverse, h0: Tensor, out: Tensor, saved: list[Tensor],
+                           reset_after: bool, t_begin: int, t_end: int):
+    """dW_hh and db_hh over steps [t_begin, t_end) (_weight_gradients), once rev has run
+    them."""
+    h_prev = out[t_begin - 1: t_end - 1] if t_begin else \
+        torch.cat([h0.unsqueeze(0), out[: t_end - 1]])  # (the states before each step)
+    span = slice(t_begin, t_end)
+    return _weight_gradients(_column_blocks(rev.dgi[span], rev.dgh[span]), h_prev,
+                             saved[0][span], reset_after, rev.gemm, saved[0].dtype)
 
 
 def _through_dgh(cfg: Config) -> bool:
@@ -377,9 +421,9 @@ def _backward_exchange(cfg: Config, batch: int, hidden: int, acc: torch.dtype, d
 
 
 def _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh, reset_after,
-                      cfg: Config, dgh_n: bool) -> Tensor:
-    """The crossed backward's launches (``Config.k_blocks``, _triton.crossed), writing dgi
-    and dgh (``dgh_n``: its n block alone); returns dL/dh0."""
+                      cfg: Config, dgh_n: bool, gemm: torch.dtype) -> _Reverse:
+    """The crossed backward's buffers and launches (``Config.k_blocks``, _triton.crossed),
+    writing dgi and dgh (``dgh_n``: its n block alone), as _backward_launches'."""
     steps, batch, hidden = out.shape
     acc = saved[0].dtype
     # (the partial sums, and what a launch leaves the next: zeros at t = T)
@@ -387,11 +431,15 @@ def _crossed_backward(dout, h0, w_hh, out, saved, ghn_s, lengths, dgi, dgh, rese
     # (reset_after=False: the n gate's partial sums, each written before it is read)
     ybuf = xbuf if reset_after else _empty(cfg.k_blocks, batch, hidden, dtype=acc,
                                            device=out.device)
-    args = (dout.contiguous(), h0.contiguous(), out, _kernel_weights(w_hh.t(), cfg),
-            *saved[:3], ghn_s, lengths, dgi, dgh, xbuf, ybuf)
-    _launch_crossed(_crossed_kernel, cfg, batch, hidden, steps, args, RESET_AFTER=reset_after,
-                    ACC=_acc(acc), DGH_N=dgh_n)
-    return xbuf[0].sum(0)  # (step 0's partial sums and what it carried)
+    args = (dout, h0, out, _kernel_weights(w_hh.t(), cfg), *saved[:3], ghn_s, lengths, dgi,
+            dgh, xbuf, ybuf)
+
+    def run(t_begin: int, t_end: int) -> None:
+        _launch_crossed(_crossed_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
+                        RESET_AFTER=reset_after, ACC=_acc(acc), DGH_N=dgh_n)
+
+    # (dL/dh0: step 0's partial sums and what it carried)
+    return _Reverse(dgi, dgh, run, lambda: xbuf[0].sum(0), gemm)
 
 
 def _rows_of(dgi: Tensor, dgh: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
@@ -824,7 +872,7 @@ def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
 def _streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
     """The overlap's streams on this CUDA device, made once: the recurrence's, of the
     highest priority (a span's launch takes the multiprocessors as they free, before the
-    GEMM's next blocks), and the projection's."""
+    GEMMs' next blocks), and the GEMMs'."""
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device not in _streams_of:
@@ -833,50 +881,65 @@ def _streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream
     return _streams_of[device]
 
 
-def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, gi: Tensor, begin: int,
-             end: int) -> None:
-    """gi[begin:end] = x[begin:end] W_ihᵀ + b_ih, in place."""
-    rows = x[begin:end].reshape(-1, x.shape[-1])
-    into = gi[begin:end].view(-1, gi.shape[-1])
-    if b_ih is None:
-        torch.mm(rows, w_ih.t(), out=into)
-    else:
-        torch.addmm(b_ih, rows, w_ih.t(), out=into)
+def _pipeline(device: torch.device, spans, first, then, first_recurs: bool) -> None:
+    """first(begin, end), then then(begin, end), for each span in order. On CUDA each
+    ``then`` waits for its span's ``first`` alone: one of the two runs the recurrence
+    (``first_recurs``: ``first``) on _streams' recurrence stream, the other the GEMMs on
+    theirs, so that a span's GEMMs run beside another span's recurrence; both streams
+    start after the current one's work so far, and it waits for both before this returns
+    (a tensor made on it before may be freed once this returns). Elsewhere (the
+    interpreter's tests) one after the other."""
+    if device.type != "cuda":
+        for begin, end in spans:
+            first(begin, end)
+            then(begin, end)
+        return
+    main = torch.cuda.current_stream(device)
+    recurrence, gemms = _streams(device)
+    ahead, behind = (recurrence, gemms) if first_recurs else (gemms, recurrence)
+    ahead.wait_stream(main)
+    behind.wait_stream(main)
+    for begin, end in spans:
+        with torch.cuda.stream(ahead):
+            first(begin, end)
+            done = ahead.record_event()
+        with torch.cuda.stream(behind):
+            behind.wait_event(done)
+            then(begin, end)
+    main.wait_stream(ahead)
+    main.wait_stream(behind)
+
+
+def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, gi: Tensor):
+    """``first`` of the forward's _pipeline: gi[begin:end] = x[begin:end] W_ihᵀ + b_ih."""
+    def project(begin: int, end: int) -> None:
+        rows = x[begin:end].reshape(-1, x.shape[-1])
+        into = gi[begin:end].view(-1, gi.shape[-1])
+        if b_ih is None:
+            torch.mm(rows, w_ih.t(), out=into)
+        else:
+            torch.addmm(b_ih, rows, w_ih.t(), out=into)
+
+    return project
 
 
 def _overlapped(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
                 b_hh: Tensor, lengths: Tensor, reset_after: bool, save: bool):
     """forward's out and saved gates for gi = x W_ihᵀ + b_ih, made span by span (_spans)
-    on the projection's stream while the recurrence's runs the span before; the caller's
-    stream waits for the last. Every tensor is made on the caller's stream, which waits
-    for the other two before forward returns, so that none is freed for reuse while they
-    use it. Off CUDA (the interpreter's tests) each span's projection, then the launches."""
+    beside the recurrence of the span before (_pipeline); every buffer made on the
+    current stream."""
     steps, batch, _ = x.shape
     gi = _empty(steps, batch, w_ih.shape[0], dtype=x.dtype, device=x.device)
-    spans = _spans(steps)
-    if x.device.type != "cuda":
-        for begin, end in spans:
-            _project(x, w_ih, b_ih, gi, begin, end)
-        return forward(gi, h0, w_hh, b_hh, lengths, reset_after, save,
-                       spans=[(begin, end, None) for begin, end in spans])
-    main = torch.cuda.current_stream(x.device)
-    recurrence, projection = _streams(x.device)
-    projection.wait_stream(main)
-    recurrence.wait_stream(main)
-    ready = []
-    with torch.cuda.stream(projection):
-        for begin, end in spans:
-            _project(x, w_ih, b_ih, gi, begin, end)
-            ready.append(projection.record_event())
-    out, saved = forward(gi, h0, w_hh, b_hh, lengths, reset_after, save,
-                         spans=[(*span, event) for span, event in zip(spans, ready, strict=True)],
-                         stream=recurrence)
+    out, saved, run = _forward_launches(gi, h0, w_hh, b_hh, lengths, reset_after, save)
+    _pipeline(x.device, _spans(steps), _project(x, w_ih, b_ih, gi), run, False)
     return out, saved
 
 
 class _EagerProjected(torch.autograd.Function):
-    """core_projected's training call: _overlapped's forward; the backward's kernels, then
-    the projection's gradients as autograd takes F.linear's."""
+    """core_projected's training call: _overlapped's forward; the backward's reverse
+    recurrence in the same spans, last first, each span's GEMMs (dx, dW_ih and b_ih's,
+    dW_hh and b_hh's) beside the recurrence of the span before it (_pipeline), the weight
+    gradients summed over the spans in their order."""
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after):
@@ -886,13 +949,38 @@ class _EagerProjected(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        dgi, dh0, dw_hh, db_hh = _gradients(ctx, dout, backward)
-        x, w_ih = ctx.saved_tensors[-2:]
-        flat = dgi.reshape(-1, dgi.shape[-1])
-        dx = (flat @ w_ih).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dw_ih = flat.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        db_ih = flat.sum(0) if ctx.needs_input_grad[2] else None
-        return dx, dw_ih, db_ih, dh0, dw_hh, db_hh, None, None
+        _no_double_backward()
+        h0, w_hh, out, lengths, *rest = ctx.saved_tensors
+        gates, (x, w_ih) = rest[:ctx.gates], rest[ctx.gates:]
+        rev = _backward_launches(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
+        steps, features = x.shape[0], x.shape[-1]
+        acc = gates[0].dtype
+        # (every result made here, on the current stream: the GEMMs' add into them)
+        def made(i: int, shape, fill=torch.zeros) -> Tensor | None:
+            """Input i's gradient, None where none is wanted."""
+            return fill(shape, dtype=acc, device=x.device) if ctx.needs_input_grad[i] else None
+
+        dx, dw_ih, db_ih = made(0, x.shape, torch.empty), made(1, w_ih.shape), \
+            made(2, w_ih.shape[:1])
+        dw_hh, db_hh = made(4, w_hh.shape), made(5, w_hh.shape[:1])
+
+        def gemms(begin: int, end: int) -> None:
+            g = rev.dgi[begin:end].reshape(-1, rev.dgi.shape[-1])
+            if dx is not None:
+                torch.mm(g, w_ih, out=dx[begin:end].view(-1, features))
+            if dw_ih is not None:
+                dw_ih.addmm_(g.t(), x[begin:end].reshape(-1, features))
+            if db_ih is not None:
+                db_ih.add_(g.sum(0))
+            if dw_hh is not None or db_hh is not None:
+                dw, db = _span_weight_gradients(rev, h0, out, gates, ctx.reset_after, begin,
+                                                end)
+                for total, part in ((dw_hh, dw), (db_hh, db)):
+                    if total is not None:
+                        total.add_(part)
+
+        _pipeline(x.device, _spans(steps)[::-1], rev.run, gemms, True)
+        return dx, dw_ih, db_ih, rev.dh0(), dw_hh, db_hh, None, None
 
 
 def core_projected(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,

@@ -55,10 +55,11 @@ def _launch(kernel, cfg: Config, batch: int, hidden: int, steps: int, args, t_be
 
 
 def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, args,
-                    **consts):
-    """_launch for the crossed backward (``Config.k_blocks``, _triton.crossed): k_blocks ·
-    ceil(H / slice) programs a tile; under the interpreter, which runs the programs one
-    after another, a launch a step, and for reset_after=False one for each half of a step
+                    t_begin: int = 0, **consts):
+    """_launch for the crossed backward (``Config.k_blocks``, _triton.crossed), steps
+    ``steps`` - 1 down to t_begin: k_blocks · ceil(H / slice) programs a tile; under the
+    interpreter, which runs the programs one after another, a launch a step, and for
+    reset_after=False one for each half of a step
     (the kernel waits for no one within such a launch: what it reads, the launch before
     wrote). One stage: the time loop's wait sits in a branch, so nothing but _arrive's
     barrier would keep Triton's pipeliner from issuing a step's reads of the exchange a
@@ -66,15 +67,15 @@ def _launch_crossed(kernel, cfg: Config, batch: int, hidden: int, steps: int, ar
     device = args[0].device
     chunk, kwarps = splits._chunk_shape(cfg)
     phases = (0,) if consts["RESET_AFTER"] else (1, 2)
-    spans = [(t, t + 1, phase) for t in reversed(range(steps)) for phase in phases] \
-        if INTERPRET else [(0, steps, 0)]
+    spans = [(t, t + 1, phase) for t in reversed(range(t_begin, steps)) for phase in phases] \
+        if INTERPRET else [(t_begin, steps, 0)]
     for programs, row0, tiles in _launches(cfg, batch, hidden, device, consts["ACC"]):
-        for t_begin, t_end, phase in spans:
+        for first, end, phase in spans:
             sync = torch.zeros(tiles, dtype=torch.int32, device=device)
             with on_device(device):
                 kernel[(programs, tiles)](
                     *args, sync, batch, hidden, splits._block_units(hidden, cfg.k_blocks),
-                    row0, t_begin, t_end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
+                    row0, first, end, BB=cfg.block_batch, S=cfg.slice, BK=cfg.block_k,
                     KBLOCKS=cfg.k_blocks, PREFETCH=cfg.prefetch, CHUNK=chunk, KW=kwarps,
                     SI=cfg.thread_units, STACKED=cfg.stacked, PHASE=phase,
                     num_warps=cfg.warps, num_stages=1, **_COOPERATIVE, **consts)
