@@ -2066,9 +2066,10 @@ def test_module_on_triton_matches_torch():
                          ids=["plain", "stacked-batch-first-nobias-hx"])
 def test_module_calls_skip_the_op(dtype, layers, batch_first, bias, given_hx, monkeypatch):
     """A one-direction call goes from ``GRU._sequence`` straight to ``triton_gru.core``
-    layer by layer, and that to the kernels (inference) or ``_Eager`` (training), never
-    through the custom op nor the ordinary path: the same output, h_n and gradients, bit
-    for bit, as ``functional.gru``."""
+    layer by layer (through ``core_projected``, the backend's projection and core, which
+    doesn't overlap them here), and that to the kernels (inference) or ``_Eager``
+    (training), never through the custom op nor the ordinary path: the same output, h_n
+    and gradients, bit for bit, as ``functional.gru``."""
     torch.manual_seed(0)
     gru = flashgru.GRU(5, 7, layers, bias=bias, batch_first=batch_first, dtype=dtype,
                        device=DEVICE, backend="triton")
@@ -2078,8 +2079,7 @@ def test_module_calls_skip_the_op(dtype, layers, batch_first, bias, given_hx, mo
         if given_hx else None
     lean, ordinary, ops = [], [], []
     core, prepare, op = tg.core, flashgru.GRU._prepare, tg._gru_op
-    monkeypatch.setitem(flashgru.modules._LEAN_CORES, "triton",
-                        lambda *a: (lean.append(1), core(*a))[1])
+    monkeypatch.setattr(tg, "core", lambda *a: (lean.append(1), core(*a))[1])
     monkeypatch.setattr(flashgru.GRU, "_prepare",
                         lambda self, *a: (ordinary.append(1), prepare(self, *a))[1])
     monkeypatch.setattr(tg, "_gru_op", lambda *a: (ops.append(1), op(*a))[1])
@@ -3094,14 +3094,15 @@ def _overlap_on(monkeypatch, first=2):
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("form", ["batch-first", "two-layers", "no-bias", "given-hx",
-                                  "frozen-input"])
+                                  "frozen-input", "forward-alone"])
 def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     """A module whose layers' projections are made beside their recurrence, and whose
     backward's GEMMs beside its reverse recurrence (core_projected, on every path that
     reaches it: the module's own and functional's): outputs, h_n and every gradient as
     without the overlap, to the GEMMs' rounding (a span's rows summed apart from the
     others'); inference too; every layer's forward and backward in spans, and their
-    buffers written whole (NaN-poisoned first). Frozen input weights get no gradient."""
+    buffers written whole (NaN-poisoned first). Frozen input weights get no gradient.
+    With ``overlap`` FORWARD the backward runs in one span."""
     layers = 2 if form == "two-layers" else 1
     torch.manual_seed(0)
     gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
@@ -3126,6 +3127,8 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
 
     want = run()
     _overlap_on(monkeypatch)
+    if form == "forward-alone":
+        monkeypatch.setattr(tg, "overlap", tg.FORWARD)
     spans = []
     real_pipeline = tg._pipeline
 
@@ -3137,6 +3140,8 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     got = run()
     # (each layer's training forward, the backward's, last layer first, then inference)
     forward, backward = (False, [(0, 2), (2, 11)]), (True, [(2, 11), (0, 2)])
+    if form == "forward-alone":
+        backward = (True, [(0, 11)])
     assert spans == [forward] * layers + [backward] * layers + [forward] * layers
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     for i, (a, c) in enumerate(zip(got, want, strict=True)):
@@ -3155,14 +3160,14 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["on", "off", "bf16", "short", "wide", "benchmark",
-                                  "tf32x3", "mixed", "special"])
+                                  "tf32x3", "mixed", "special", "misspelt"])
 def test_overlap_only_where_it_applies(case, monkeypatch):
     """core_projected overlaps only where _overlaps says (else linear, then core): with
     ``overlap`` on, not off, not in 16 bits (out would carry a rounded state), not in one
     span, not above OVERLAP_MAX_HIDDEN, not in benchmark mode, not with tf32x3's GEMMs,
     not with a weight of another dtype, not where a special mode records or transforms
     the call. Each case gives core's result on the backend's projection (tf32x3.linear;
-    bit for bit where it doesn't overlap)."""
+    bit for bit where it doesn't overlap). A misspelt setting is an error, not off."""
     _overlap_on(monkeypatch)
     dtype = torch.bfloat16 if case == "bf16" else torch.float32
     steps = 3 if case == "short" else 8
@@ -3183,6 +3188,11 @@ def test_overlap_only_where_it_applies(case, monkeypatch):
         monkeypatch.setattr(tg, "_special_mode", lambda: True)
     elif case == "mixed":
         w_hh = w_hh.double()
+    elif case == "misspelt":
+        monkeypatch.setattr(tg, "overlap", "forwards")
+        with pytest.raises(ValueError, match="triton_gru.overlap is False, True or"):
+            tg._overlaps(x, w_ih, b_ih, h0, w_hh, b_hh)
+        return
     assert tg._overlaps(x, w_ih, b_ih, h0, w_hh, b_hh) == (case == "on")
     if case in ("mixed", "special"):  # (core refuses the first; the second is the op's)
         return

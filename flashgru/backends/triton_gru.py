@@ -818,10 +818,13 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
 # The input projection in spans of time on a second stream, each span's GEMM running while
 # the recurrence runs the span before (core_projected). In fp32 the projection runs on
 # the CUDA cores: at B=16, T=512 on an H200 0.65 µs a step at H=512 and 2.1 at H=1024
-# (docs/performance.md), the forward's largest cost beyond its kernel. Off until timed
-# (benchmarks/gpu.py --overlap-beside): how much of the GEMM the card runs beside the
-# persistent kernel, and what that costs the kernel, only the card can say.
-overlap = False
+# (docs/performance.md), the forward's largest cost beyond its kernel; the backward's
+# three (dx, dW_ih, dW_hh) beside its reverse recurrence likewise. Off until timed
+# (benchmarks/gpu.py --overlap-beside): how much of the GEMMs the card runs beside the
+# persistent kernels, and what that costs them, only the card can say. True: forward and
+# backward; FORWARD: the forward alone (the backward's GEMMs after its kernel).
+overlap: bool | str = False
+FORWARD = "forward"
 # The spans: the first OVERLAP_FIRST steps (their projection made before any recurrence),
 # then each OVERLAP_GROWTH times the one before, the last taking the rest where the rest
 # is shorter than a next span.
@@ -857,7 +860,12 @@ def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Te
     state carried through out between spans is then exact), two spans or more, nothing
     recording or transforming the call, not under graph capture, not in benchmark mode,
     the projection not three TF32 GEMMs (tf32x3), H ≤ OVERLAP_MAX_HIDDEN."""
-    if not overlap or x.device.type not in _OVERLAP_ON or x.dim() != 3 or not x.shape[1]:
+    if not overlap:  # (first: a call's host time)
+        return False
+    if overlap is not True and overlap != FORWARD:
+        raise ValueError(f"triton_gru.overlap is False, True or triton_gru.FORWARD "
+                         f"({FORWARD!r}); got {overlap!r}")
+    if x.device.type not in _OVERLAP_ON or x.dim() != 3 or not x.shape[1]:
         return False
     if x.dtype not in (torch.float32, torch.float64) or any(
             t is not None and (t.dtype != x.dtype or t.device != x.device)
@@ -888,8 +896,8 @@ def _pipeline(device: torch.device, spans, first, then, first_recurs: bool) -> N
     theirs, so that a span's GEMMs run beside another span's recurrence; both streams
     start after the current one's work so far, and it waits for both before this returns
     (a tensor made on it before may be freed once this returns). Elsewhere (the
-    interpreter's tests) one after the other."""
-    if device.type != "cuda":
+    interpreter's tests), and for one span, one after the other on the current stream."""
+    if device.type != "cuda" or len(spans) < 2:
         for begin, end in spans:
             first(begin, end)
             then(begin, end)
@@ -939,7 +947,8 @@ class _EagerProjected(torch.autograd.Function):
     """core_projected's training call: _overlapped's forward; the backward's reverse
     recurrence in the same spans, last first, each span's GEMMs (dx, dW_ih and b_ih's,
     dW_hh and b_hh's) beside the recurrence of the span before it (_pipeline), the weight
-    gradients summed over the spans in their order."""
+    gradients summed over the spans in their order (``overlap`` FORWARD: in one span, the
+    kernel then the GEMMs)."""
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after):
@@ -979,7 +988,8 @@ class _EagerProjected(torch.autograd.Function):
                     if total is not None:
                         total.add_(part)
 
-        _pipeline(x.device, _spans(steps)[::-1], rev.run, gemms, True)
+        spans = _spans(steps)[::-1] if overlap is True else [(0, steps)]
+        _pipeline(x.device, spans, rev.run, gemms, True)
         return dx, dw_ih, db_ih, rev.dh0(), dw_hh, db_hh, None, None
 
 
