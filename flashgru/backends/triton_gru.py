@@ -813,7 +813,7 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     return out.clone() if save else out
 
 
-# ---- a one-way layer's input projection beside its recurrence ----------------------------
+# ---- a one-way layer's GEMMs beside its recurrence ----------------------------------------
 
 # The input projection in spans of time on a second stream, each span's GEMM running while
 # the recurrence runs the span before (core_projected). In fp32 the projection runs on
@@ -964,9 +964,10 @@ class _EagerProjected(torch.autograd.Function):
         rev = _backward_launches(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
         steps, features = x.shape[0], x.shape[-1]
         acc = gates[0].dtype
-        # (every result made here, on the current stream: the GEMMs' add into them)
+
         def made(i: int, shape, fill=torch.zeros) -> Tensor | None:
-            """Input i's gradient, None where none is wanted."""
+            """Input i's gradient, None where none is wanted (made on the current stream,
+            for the GEMMs to write or add into)."""
             return fill(shape, dtype=acc, device=x.device) if ctx.needs_input_grad[i] else None
 
         dx, dw_ih, db_ih = made(0, x.shape, torch.empty), made(1, w_ih.shape), \
@@ -996,9 +997,10 @@ class _EagerProjected(torch.autograd.Function):
 def core_projected(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
                    b_hh: Tensor | None, lengths: Tensor | None, reset_after: bool) -> Tensor:
     """A one-way layer's core from its input x (T, B, I): ``core`` on gi = x W_ihᵀ + b_ih
-    (tf32x3.linear), the projection made beside the recurrence where _overlaps (the same
-    numbers, to the GEMM's rounding: cuBLAS may sum a span's rows otherwise than all of
-    them at once)."""
+    (tf32x3.linear); where _overlaps, the projection made beside the recurrence, and in
+    training the backward's GEMMs beside its reverse one (_EagerProjected): the same
+    numbers, to the GEMMs' rounding (cuBLAS may sum a span's rows otherwise than all of
+    them at once; the weight gradients are sums over the spans)."""
     if not _overlaps(x, w_ih, b_ih, h0, w_hh, b_hh):
         return core(tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, lengths, reset_after)
     lengths, bias = _lengths_and_bias(x, w_hh, b_hh, lengths, kept=True)
