@@ -2996,10 +2996,11 @@ SPAN_SPLITS.update({
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("split,dtype", [
-    (name, dtype) for name, (_, _, fields) in SPAN_SPLITS.items()
-    for dtype in (torch.float32, torch.float64)
-    # (fp32's alone: a stamped word carries fp32, a stacked tile TF32 parts)
-    if dtype == torch.float32 or not (fields.get("stamped") or fields.get("stacked"))],
+    (name, dtype) for name in SPAN_SPLITS for dtype in (torch.float32, torch.float64)
+    # (fp64 where its state is held otherwise than fp32's: not a stamped word, which
+    # carries fp32, nor a stacked tile's TF32 parts; and for time, not the streamed or
+    # tl.dot products, whose state is the resident split's)
+    if dtype == torch.float32 or name in ("resident", "chunked", "kmajor", "permuted")],
     ids=str)
 def test_forward_in_spans_changes_no_number(split, dtype, reset_after, monkeypatch):
     """The forward launched a span of time at a time (each from out[t_begin - 1], the
@@ -3057,7 +3058,7 @@ def _backward_in_spans(dout, h0, w, out, saved, lens, reset_after, cfg):
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("split", ["k2-3cols", "k3-u4x2", "stacked-k2-3cols"])
+@pytest.mark.parametrize("split", ["k3-u4x2", "stacked-k2-3cols"])
 def test_crossed_backward_in_spans_changes_no_number(split, reset_after):
     """The crossed backward (Config.k_blocks) over spans of time, last first, its partial
     sums carried in its exchange from launch to launch: one launch's numbers."""
@@ -3092,9 +3093,10 @@ def _overlap_on(monkeypatch, first=2):
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("form", ["batch-first", "two-layers", "no-bias", "given-hx",
-                                  "frozen-input", "forward-alone"])
+@pytest.mark.parametrize("form,dtype", [
+    (form, torch.float32) for form in ("batch-first", "two-layers", "no-bias", "given-hx",
+                                       "frozen-input", "forward-alone")] +
+    [("two-layers", torch.float64)], ids=str)
 def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     """A module whose layers' projections are made beside their recurrence, and whose
     backward's GEMMs beside its reverse recurrence (core_projected, on every path that
