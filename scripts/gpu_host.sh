@@ -12,6 +12,8 @@
 #   the stamped fix);
 # - scripts/gpu_host_time.py: the host's time a call, and, where $OLD names an older
 #   flashgru's directory (its package inside), the same with that one;
+# - scripts/gpu_overlap.py: fp32 B=16 at H=256 and 512 with the GEMMs beside the
+#   recurrence, over a few span settings, against the overlap off;
 # - issue 5's B=16 points end to end, fp32's also with the projection beside the
 #   recurrence (--overlap-beside: never yet timed), then the 2-layer bidirectional case
 #   (its pair launch, never yet timed, against the directions in turn) and T=65536
@@ -42,8 +44,10 @@ step host.log 25 python3 scripts/gpu_host_time.py
 if [ -n "$OLD" ]; then
   PYTHONPATH=$OLD step host-old.log 30 python3 scripts/gpu_host_time.py
 fi
+step overlap.log 15 python3 scripts/gpu_overlap.py
 step grid.log 100 python3 "${GRID[@]}" --json "$OUT/gpu.json"
 # (a short table last)
 grep -h "^ *[a-z0-9]* B=16 H=" "$OUT/host.log" "$OUT/host-old.log" 2>/dev/null || true
 grep -h -A6 "^summary" "$OUT/grid.log" 2>/dev/null || true
 grep -h -A1 "^2-layer\|^T=65536" "$OUT/grid.log" 2>/dev/null || true
+grep -h "H=512 .*training" "$OUT/overlap.log" 2>/dev/null || true

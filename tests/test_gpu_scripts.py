@@ -219,19 +219,22 @@ def test_profile_call(tmp_path):
 def test_host_call(tmp_path):
     """gpu_host.sh: the kernels compiled first; the kept lengths' tests, the defaults'
     and the crossed backward's, tf32x3's, the host's time (again with an older flashgru
-    where OLD names one, on its PYTHONPATH), then the B=16 grid, each within its share of
-    HOST_S; with too little time left a step is skipped, not started."""
+    where OLD names one, on its PYTHONPATH), the overlap's span settings, then the B=16
+    grid, each within its share of HOST_S; with too little time left a step is skipped,
+    not started."""
     calls, _ = _run(tmp_path, "scripts/gpu_host.sh", HOST_S="450", OLD="/old")
     ran = [c for c in calls if not c.startswith("timeout ")]
     assert [c.split()[0] for c in ran] == ["scripts/gpu_warm.py", "-m", "-m", "-m",
                                            "scripts/gpu_host_time.py",
-                                           "scripts/gpu_host_time.py", "benchmarks/gpu.py"]
+                                           "scripts/gpu_host_time.py",
+                                           "scripts/gpu_overlap.py", "benchmarks/gpu.py"]
     assert "kept_lengths" in ran[1] and "overlap_on_gpu" in ran[1] and \
         "default_splits_on_gpu" in ran[2]
     assert "tests/test_tf32x3.py" in ran[3]
     limits = [t for t, c in _limited(calls, "") if not c.startswith("scripts/gpu_warm")]
-    # (each its share of what is left: 15%, 35%, 10%, 25%, 30%, all; a second may pass)
-    assert len(limits) == 6 and 62 <= limits[0] <= 67 and 150 < limits[1] <= 156 and \
+    # (each its share of what is left: 15%, 35%, 10%, 25%, 30%, 15%, all; a second may
+    # pass)
+    assert len(limits) == 7 and 62 <= limits[0] <= 67 and 150 < limits[1] <= 156 and \
         limits[-1] > 100
     assert "float32:1024:16" in ran[-1] and "--only-grid" not in ran[-1] and \
         "--overlap-beside" in ran[-1]
@@ -240,4 +243,4 @@ def test_host_call(tmp_path):
     calls, out = _run(tmp_path / "short", "scripts/gpu_host.sh", HOST_S="15")
     assert [c.split()[0] for c in calls if not c.startswith("timeout ")] == [
         "scripts/gpu_warm.py"]
-    assert out.count("no time left") == 5
+    assert out.count("no time left") == 6

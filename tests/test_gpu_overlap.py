@@ -1,0 +1,46 @@
+"""scripts/gpu_overlap.py runs through (small, on the CPU under the interpreter; on a GPU
+it times): a line for each kind of call under each overlap setting, saying whether the
+setting ran the call in spans."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import background, background_output
+
+from flashgru.backends import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1]
+MISSING = BACKENDS["triton"].missing()
+
+if MISSING is None:  # (started beside the tests before it: conftest.py)
+    background("overlap_smoke", [sys.executable, "gpu_overlap.py", "--smoke"],
+               env={**os.environ,
+                    "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")},
+               cwd=ROOT / "scripts")
+
+
+@pytest.fixture(scope="module")
+def overlap_smoke():
+    """The script's smoke run: (returncode, stdout, stderr)."""
+    return background_output("overlap_smoke", timeout=300)
+
+
+@pytest.mark.skipif(MISSING is not None, reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
+def test_smoke_run(overlap_smoke):
+    code, out, err = overlap_smoke
+    assert code == 0, err[-2000:]
+    lines = [line for line in out.splitlines() if "B=2 H=8" in line]
+    inference = [line for line in lines if " inference " in line]
+    training = [line for line in lines if " training " in line]
+    assert len(inference) == 5 and len(training) == 7
+    # (off: no spans; on at first 2 of 12 steps: the forward, and in training the
+    # backward; first 8: one span, none; FORWARD: the forward alone)
+    spans = [line.rsplit(", ", 1)[1] for line in training]
+    assert spans == ["0 in spans", "2 in spans", "2 in spans", "0 in spans", "2 in spans",
+                     "1 in spans", "1 in spans"]
+    assert [line.rsplit(", ", 1)[1] for line in inference] == [
+        "0 in spans", "1 in spans", "1 in spans", "0 in spans", "1 in spans"]
+    # (the same numbers, to the GEMMs' rounding)
+    assert all(float(line.split("max |Δout| ")[1].split(",")[0]) <= 1e-5 for line in lines)
