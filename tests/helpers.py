@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 
+import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -128,6 +130,24 @@ def start_background(names):
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
             job[3] = subprocess.Popen(job[0], env=job[1], cwd=job[2], stdout=out, stderr=err,
                                       text=True), out, err
+
+
+def script_smoke(name, script, timeout=300):
+    """A module-scoped fixture named ``name`` giving (returncode, stdout, stderr) of
+    ``python SCRIPT --smoke`` (a path from the repository's root) under Triton's
+    interpreter, registered to start beside the suite (``background``) where the triton
+    backend can run here."""
+    if flashgru.BACKENDS["triton"].missing() is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        background(name, [sys.executable, script, "--smoke"], cwd=root,
+                   env={**os.environ,
+                        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")})
+
+    @pytest.fixture(scope="module", name=name)
+    def smoke():
+        return background_output(name, timeout=timeout)
+
+    return smoke
 
 
 def background_output(name, timeout):

@@ -2,29 +2,14 @@
 it times): a line for each kind of call under each overlap setting, saying whether the
 setting ran the call in spans."""
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
-from helpers import background, background_output
+from helpers import script_smoke
 
 from flashgru.backends import BACKENDS
 
-ROOT = Path(__file__).resolve().parents[1]
 MISSING = BACKENDS["triton"].missing()
-
-if MISSING is None:  # (started beside the tests before it: conftest.py)
-    background("overlap_smoke", [sys.executable, "gpu_overlap.py", "--smoke"],
-               env={**os.environ,
-                    "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")},
-               cwd=ROOT / "scripts")
-
-
-@pytest.fixture(scope="module")
-def overlap_smoke():
-    """The script's smoke run: (returncode, stdout, stderr)."""
-    return background_output("overlap_smoke", timeout=300)
+# (started beside the tests before it: conftest.py)
+overlap_smoke = script_smoke("overlap_smoke", "scripts/gpu_overlap.py")
 
 
 @pytest.mark.skipif(MISSING is not None, reason="needs Triton, and a GPU or TRITON_INTERPRET=1")
