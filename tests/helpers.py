@@ -3,10 +3,14 @@ shared weights and random inputs in every form torch.nn.GRU takes."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -109,27 +113,63 @@ def padded(output):
 
 
 # Slow subprocesses that tests read, by the name of the fixture that reads them:
-# [argv, env, cwd, (the Popen, its stdout and stderr files) once started]
-_BACKGROUND: dict[str, list] = {}
+# (argv, env, cwd). One process of the test run starts each (with pytest-xdist, the first
+# worker to ask); its output goes to files in the run's job folder (JOBS, below), where
+# any worker reads it.
+_BACKGROUND: dict[str, tuple] = {}
+
+# The run's job folder: made by the process that owns the run (conftest.pytest_configure;
+# pytest-xdist's workers inherit its name through the environment).
+JOBS = "FLASHGRU_TEST_JOBS"
+
+# Runs a job: argv from argv[1] (JSON), stdout and stderr to PREFIX.out and .err, and its
+# exit status to PREFIX.rc last (written whole, then renamed, so a reader sees all or none).
+_WRAPPER = """
+import json, os, subprocess, sys
+prefix = sys.argv[2]
+with open(prefix + ".out", "w") as out, open(prefix + ".err", "w") as err:
+    code = subprocess.call(json.loads(sys.argv[1]), stdout=out, stderr=err)
+with open(prefix + ".rc.part", "w") as rc:
+    rc.write(str(code))
+os.replace(prefix + ".rc.part", prefix + ".rc")
+"""
+
+
+def jobs_folder():
+    """The run's job folder (made here if no conftest made one: a helper used alone)."""
+    if JOBS not in os.environ:
+        os.environ[JOBS] = tempfile.mkdtemp(prefix="flashgru-tests-")
+    return os.environ[JOBS]
 
 
 def background(name, argv, env=None, cwd=None):
     """Register a slow subprocess (an offline compile, a script's smoke run) under the name
     of the fixture that reads its output. conftest.py starts it once the session's tests
-    are collected, if one selected uses that fixture, so that it runs on the second core
+    are collected, if one selected uses that fixture, so that it runs on a free core
     beside the tests before it; background_output waits for it."""
-    _BACKGROUND.setdefault(name, [argv, env, cwd, None])
+    _BACKGROUND.setdefault(name, (argv, env, cwd))
 
 
 def start_background(names):
-    """Start the registered subprocesses among ``names`` not started yet (their output to
-    files: a pipe nobody reads yet would stall them once full)."""
+    """Start the registered subprocesses among ``names`` that no process of this run has
+    started (the first to create NAME.lock in the job folder starts it, in a session of its
+    own so that it outlives a worker that ends first and can be killed whole)."""
+    folder = jobs_folder()
     for name in names:
         job = _BACKGROUND.get(name)
-        if job is not None and job[3] is None:
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-            job[3] = subprocess.Popen(job[0], env=job[1], cwd=job[2], stdout=out, stderr=err,
-                                      text=True), out, err
+        if job is None:
+            continue
+        prefix = os.path.join(folder, name)
+        try:
+            os.close(os.open(prefix + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        argv, env, cwd = job
+        proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, json.dumps(argv), prefix],
+                                env=env, cwd=cwd, start_new_session=True)
+        with open(prefix + ".pid.part", "w") as f:
+            f.write(str(proc.pid))
+        os.replace(prefix + ".pid.part", prefix + ".pid")
 
 
 def script_smoke(name, script, timeout=300):
@@ -152,23 +192,37 @@ def script_smoke(name, script, timeout=300):
 
 def background_output(name, timeout):
     """(returncode, stdout, stderr) of the subprocess registered as ``name`` (started now if
-    it was not), waiting at most ``timeout`` seconds more (then killed: TimeoutExpired)."""
+    no process of the run has), waiting at most ``timeout`` seconds more (then killed:
+    TimeoutExpired)."""
     start_background([name])
-    proc, out, err = _BACKGROUND[name][3]
+    prefix = os.path.join(jobs_folder(), name)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(prefix + ".rc"):
+        if time.monotonic() > deadline:
+            _kill(prefix)
+            raise subprocess.TimeoutExpired(_BACKGROUND[name][0], timeout)
+        time.sleep(0.1)
+    with open(prefix + ".rc") as rc, open(prefix + ".out") as out, open(prefix + ".err") as err:
+        return int(rc.read()), out.read(), err.read()
+
+
+def _kill(prefix):
+    """Kill a job's session (the wrapper and what it runs) unless it has ended."""
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    out.seek(0)
-    err.seek(0)
-    return proc.returncode, out.read(), err.read()
+        with open(prefix + ".pid") as f:
+            os.killpg(int(f.read()), signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
 
 
 def stop_background():
-    """Kill whatever registered subprocess is still running (the session is over)."""
-    for job in _BACKGROUND.values():
-        if job[3] is not None and job[3][0].poll() is None:
-            job[3][0].kill()
-            job[3][0].wait()
+    """The run is over (its owner only): kill every job still running, remove the folder."""
+    folder = os.environ.get(JOBS)
+    if folder is None or not os.path.isdir(folder):
+        return
+    for entry in os.listdir(folder):
+        if entry.endswith(".lock"):
+            prefix = os.path.join(folder, entry[:-len(".lock")])
+            if not os.path.exists(prefix + ".rc"):
+                _kill(prefix)
+    shutil.rmtree(folder, ignore_errors=True)
