@@ -2396,7 +2396,7 @@ from triton.compiler import ASTSource
 from flashgru.backends import triton_gru as tg
 
 types = {"lengths": "*i64", "sync": "*i32", "B": "i32", "H": "i32", "row0": "i32",
-         "t_begin": "i32", "t_end": "i32", "pair_rows": "i32", "w_stride": "i32"}
+         "t_begin": "i32", "t_end": "i32", "pair_rows": "i32", "w_stride": "i32", "IN": "i32"}
 
 
 def shared_words(ptx):
@@ -2410,9 +2410,12 @@ def shared_words(ptx):
 def signature(kernel, consts):
     # the kernel's signature: consts as constexprs (its flags left out: off), the rest as
     # types says, else fp32 pointers
-    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "CHUNKED", "PERMUTED", "PAIR"):
+    for flag in ("KMAJOR", "STACKED", "PREFETCH", "NARROW", "CHUNKED", "PERMUTED", "PAIR",
+                 "PROJECT", "PERMUTED_X"):
         if flag in kernel.arg_names:
             consts.setdefault(flag, False)
+    if "BKI" in kernel.arg_names:
+        consts.setdefault("BKI", 1)
     if "CHUNK" in kernel.arg_names:  # (chunks of a warp's lanes: Config.unit_lanes 1)
         consts.setdefault("CHUNK", 32)
         consts.setdefault("KW", 1)
@@ -2440,6 +2443,18 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
         key = f"{'stamped-' * stamped}{'resident-' * resident}{name}-{dot}-{reset_after}"
         found[key] = "tt.dot" in compiled.asm["ttgir"]
         spins[key] = compiled.asm["ptx"].count("ld.volatile.global.b64")
+# the input projection inside the forward (PROJECT): its broadcast products no dot either
+project = {}
+for split in ("resident", "kmajor", "chunked"):
+    consts = dict(BB=16, S=4 if split == "chunked" else 16, BK=64, RESET_AFTER=True,
+                  DOT=False, PREC="tf32x3", ACC=tl.float32, RESIDENT=True, STAMPED=False,
+                  SAVE=True, PROJECT=True, BKI=64, KMAJOR=split == "kmajor",
+                  CHUNKED=split == "chunked")
+    sig = signature(tg._forward_kernel, consts)
+    compiled = triton.compile(ASTSource(fn=tg._forward_kernel, signature=sig,
+                                        constexprs=consts),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    project[split] = "tt.dot" in compiled.asm["ttgir"]
 # shared memory of the largest default splits (tl.dot, 64 rows x 64 units), and of the
 # dense scan's chunk composition at H = 64 (its limit) and 128 (over an H100's 227 KiB)
 shared = {}
@@ -2576,7 +2591,7 @@ for name, kernel in (("forward", tg._forward_kernel), ("backward", tg._backward_
             ttgir.index("scf.for"):].count("tt.load ")
 print(json.dumps({"dots": found, "shared": shared, "spins": spins, "stacked": stacked,
                   "prefetch": prefetch, "shuffles": shuffles, "reads": reads,
-                  "permuted": permuted}))
+                  "permuted": permuted, "project": project}))
 """
 
 
@@ -2631,6 +2646,14 @@ def test_broadcast_product_is_not_compiled_into_a_tf32_dot(sm90, kernel, reset_a
     assert not sm90["dots"][f"chunked-{kernel}-{reset_after}"]
     assert sm90["dots"][f"resident-{kernel}-True-{reset_after}"]
     assert sm90["dots"][f"{kernel}-True-{reset_after}"]
+
+
+def test_projection_is_not_compiled_into_a_tf32_dot(sm90):
+    """The input projection inside the forward kernel (PROJECT) multiplies by the same
+    broadcast products as the hidden one: none may become a TF32 tl.dot (resident, K-major
+    and chunked tiles; test_broadcast_product_is_not_compiled_into_a_tf32_dot shows the
+    check finds a dot where there is one)."""
+    assert sm90["project"] == {"resident": False, "kmajor": False, "chunked": False}
 
 
 @pytest.mark.parametrize("kernel", ["forward", "backward"])
@@ -3238,3 +3261,260 @@ def test_overlap_on_gpu(hidden, monkeypatch):
         for i, (a, c) in enumerate(zip(got, want, strict=True)):
             assert_close(f"result {i}", c.double(), a.double(), 0.0, rtol=1e-5)
     assert calls == [True, False] * 2  # (a training call's forward, an inference call's)
+
+
+# ---- the input projection inside the forward kernel (triton_gru.project) ------------------
+
+PROJECT_SPLITS = {  # (batch, hidden, input size, split): interpreter-sized, one program a tile
+    "resident": (7, 30, 13, dict(block_batch=4, slice=32, block_k=32, dot=False,
+                                 resident=True)),
+    "dot": (7, 30, 13, dict(block_batch=16, slice=32, block_k=32, dot=True, resident=True)),
+    "stamped": (7, 30, 13, dict(block_batch=4, slice=32, block_k=32, dot=False,
+                                resident=True, stamped=True)),
+    # (the input's block in two chunks of a warp's lanes)
+    "chunked": (7, 40, 50, dict(block_batch=8, slice=64, block_k=64, dot=False,
+                                resident=True, chunked=True)),
+    "chunk-shape": (7, 40, 13, dict(block_batch=8, slice=64, block_k=64, dot=False, warps=8,
+                                    resident=True, chunked=True, unit_lanes=4,
+                                    thread_units=2)),
+    "kmajor": (7, 30, 13, dict(block_batch=4, slice=32, block_k=32, dot=False, resident=True,
+                               kmajor=True)),
+    # (a split that can be permuted, as fp32 B=16 H=512's default: made so, x read so too)
+    "permutable": (7, 8, 20, dict(block_batch=4, slice=8, block_k=32, dot=False, warps=4,
+                                  resident=True, chunked=True, unit_lanes=4,
+                                  thread_units=2)),
+    "permuted": (7, 30, 31, dict(block_batch=4, slice=32, block_k=32, dot=False, warps=4,
+                                 resident=True, chunked=True, unit_lanes=16, thread_units=2,
+                                 permuted=True)),
+}
+if DEVICE == "cuda":  # the defaults' splits at issue 5's fp32 B=16 points
+    PROJECT_SPLITS.update({
+        "b16-kmajor": (16, 256, 256, dict(block_batch=4, slice=8, block_k=256, dot=False,
+                                          warps=8, resident=True, kmajor=True)),
+        "b16-u4x1": (16, 512, 512, dict(block_batch=16, slice=4, block_k=512, dot=False,
+                                        resident=True, chunked=True, unit_lanes=4)),
+    })
+
+
+def _projection_problem(steps, batch, hidden, features, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(
+            dtype=dtype, device=DEVICE)
+
+    return (rand(steps, batch, features), rand(3 * hidden, features, scale=features ** -0.5),
+            rand(3 * hidden), rand(batch, hidden), rand(3 * hidden, hidden,
+                                                       scale=hidden ** -0.5),
+            rand(3 * hidden))
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("split,dtype", [
+    (name, dtype) for name in PROJECT_SPLITS for dtype in (torch.float32, torch.float64)
+    # (fp64: not a stamped word, which carries fp32; for time, a few layouts)
+    if dtype == torch.float32 or name in ("resident", "chunked", "kmajor", "permutable")],
+    ids=str)
+def test_projection_inside_the_forward_kernel(split, dtype, reset_after):
+    """The forward kernel making its own input projections (PROJECT, _fused) gives the
+    outputs and saved gates of the kernel on gi = x W_ihᵀ + b_ih made first (each sum in
+    another order: within fp32's rounding), over ragged lengths; and launched over spans
+    of time, one launch's bits (where x is read permuted, a span's last step reads the
+    next span's first input)."""
+    batch, hidden, features, fields = PROJECT_SPLITS[split]
+    cfg = tg.Config(**fields)
+    steps = 512 if DEVICE == "cuda" else 7
+    x, w_ih, b_ih, h0, w, b = _projection_problem(steps, batch, hidden, features, dtype)
+    lens = torch.tensor(_ragged(batch, steps), device=DEVICE)
+    fused = tg._projecting(cfg, features)
+    assert fused is not None and not fused.prefetch
+    assert fused.permuted == (split in ("permutable", "permuted", "b16-u4x1"))
+    gi = torch.nn.functional.linear(x, w_ih, b_ih)
+    want = tg.forward(gi, h0, w, b, lens, reset_after, True, cfg)
+    got = tg._fused(x, w_ih, b_ih, h0, w, b, lens, reset_after, True, fused)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for name, a, c in zip(("out", "r", "z", "n", "ghn"), [got[0], *got[1]],
+                          [want[0], *want[1]], strict=False):  # (no ghn: reset_before)
+        assert_close(name, c.double(), a.double(), tol, rtol=tol)
+    assert len(got[1]) == len(want[1]) == 3 + reset_after
+    if DEVICE != "cuda":
+        out, saved, run = tg._forward_launches(x, h0, w, b, lens, reset_after, True, fused,
+                                               project=(w_ih, b_ih))
+        for span in SPANS:
+            run(*span)
+        for i, (a, c) in enumerate(zip([out, *saved], [got[0], *got[1]], strict=True)):
+            assert torch.equal(a, c), ("out", "r", "z", "n", "ghn")[i]
+
+
+def test_projecting_rule():
+    """Which splits make their own projections (_projecting): W_ih's tiles held as W_hh's
+    are, so not streamed W, stacked (TF32 parts), narrow (16-bit) or crossed splits, nor
+    an input whose block (_input_block: a power of two, at least a chunked split's chunks
+    and tl.dot's 16) passes W_hh's; never with prefetch, and permuted where it can be. The
+    launch refuses a split _projecting wouldn't give, and a pair."""
+    resident = tg.Config(16, 4, 512, dot=False, resident=True, prefetch=True)
+    assert tg._projecting(resident, 512) == resident._replace(prefetch=False)
+    assert tg._projecting(resident, 513) is None
+    for change in (dict(resident=False), dict(stacked=True, dot=True),
+                   dict(narrow=True, dot=True), dict(k_blocks=2)):
+        assert tg._projecting(resident._replace(**change), 8) is None, change
+    shaped = resident._replace(chunked=True, unit_lanes=4)
+    assert tg._projecting(shaped, 300) == shaped._replace(prefetch=False, permuted=True)
+    assert tg._input_block(shaped, 3) == 32  # (chunks of 8 lanes, 4 warps along K)
+    assert tg._input_block(resident._replace(dot=True), 3) == 16
+    assert tg._input_block(resident, 3) == 4
+    x, w_ih, b_ih, h0, w, b = _projection_problem(3, 2, 8, 5, torch.float32)
+    lens = torch.full((2,), 3, device=DEVICE)
+    cfg = tg.Config(2, 8, 8, dot=False, resident=True, prefetch=True)
+    with pytest.raises(ValueError, match="makes its input projections"):
+        tg._forward_launches(x, h0, w, b, lens, True, False, cfg, project=(w_ih, b_ih))
+    with pytest.raises(ValueError, match="makes its input projections"):
+        tg._forward_launches(x, h0, w, b, lens, True, False, tg._projecting(cfg, 5),
+                             pair_rows=2, project=(w_ih, b_ih))
+
+
+def _project_on(monkeypatch):
+    """core_projected's projection inside the kernel on for the CPU's interpreter."""
+    monkeypatch.setattr(tg, "project", True)
+    monkeypatch.setattr(tg, "_PROJECT_ON", ("cuda", "cpu"))
+
+
+@pytest.mark.parametrize("form,dtype,reset_after", [
+    (form, torch.float32, True) for form in ("batch-first", "two-layers", "no-bias",
+                                             "given-hx", "frozen-input", "with-overlap")] +
+    # (not float64: its default splits stream W, which _projecting leaves out)
+    [("two-layers", torch.float32, False), ("batch-first", torch.float32, False)], ids=str)
+def test_projected_module_matches(form, dtype, reset_after, monkeypatch):
+    """A module whose layers make their input projections inside the forward kernel
+    (core_projected, on every path that reaches it: the module's own and functional's):
+    outputs, h_n and every gradient as without it, to the sums' rounding; inference too;
+    every layer's forward fused (its buffers NaN-poisoned first). Frozen input weights
+    get no gradient. With the overlap on too, the backward's GEMMs run beside its
+    reverse recurrence, in spans."""
+    layers = 2 if form == "two-layers" else 1
+    torch.manual_seed(0)
+    gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
+                       batch_first=form == "batch-first", reset_after=reset_after,
+                       backend="triton", dtype=dtype, device=DEVICE)
+    if form == "frozen-input":
+        gru.weight_ih_l0.requires_grad_(False)
+        gru.bias_ih_l0.requires_grad_(False)
+    shape = (3, 11, 5) if form == "batch-first" else (11, 3, 5)
+    x = torch.randn(shape, dtype=dtype, device=DEVICE)
+    hx = torch.randn(layers, 3, 12, dtype=dtype, device=DEVICE) if form == "given-hx" \
+        else None
+
+    def run():
+        gru.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, h_n = gru(xg, hx)
+        (out.square().sum() + h_n.sum()).backward()
+        with torch.no_grad():
+            inference = gru(x, hx)[0]
+        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
+
+    want = run()
+    _project_on(monkeypatch)
+    if form == "with-overlap":
+        _overlap_on(monkeypatch)
+    fused, spans = [], []
+    real_fused, real_pipeline = tg._fused, tg._pipeline
+    monkeypatch.setattr(tg, "_fused", lambda *a: fused.append(a[-2]) or real_fused(*a))
+    monkeypatch.setattr(tg, "_pipeline", lambda device, s, *a: spans.append(len(s)) or
+                        real_pipeline(device, s, *a))
+    got = run()
+    # (each layer's training forward, then inference; the backward's spans: one, or with
+    # the overlap on, those of 2 and 9 steps)
+    assert fused == [True] * layers + [False] * layers
+    assert spans == [2 if form == "with-overlap" else 1] * layers
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for i, (a, c) in enumerate(zip(got, want, strict=True)):
+        if c is None:  # (a frozen weight's)
+            assert a is None and form == "frozen-input", i
+            continue
+        assert_close(f"result {i}", c.double(), a.double(), tol, rtol=tol)
+    fused.clear()
+    flashgru.functional.gru(x.transpose(0, 1) if form == "batch-first" else x,
+                            hx if hx is not None else torch.zeros(layers, 3, 12, dtype=dtype,
+                                                                  device=DEVICE),
+                            gru._flat_weights, has_biases=form != "no-bias",
+                            num_layers=layers, reset_after=reset_after, backend="triton")
+    assert fused == [True] * layers  # (the weights want gradients: a training call's)
+
+
+@pytest.mark.parametrize("case", ["on", "off", "bf16", "wide", "wide-input", "benchmark",
+                                  "tf32x3", "mixed", "special", "misspelt"])
+def test_project_only_where_it_applies(case, monkeypatch):
+    """core_projected makes the projection inside the kernel only where _projects says
+    (else linear, then core): with ``project`` on, not off, not in 16 bits, not above
+    PROJECT_MAX_HIDDEN, not for an input wider than the split's block, not in benchmark
+    mode, not with tf32x3's GEMMs, not with a weight of another dtype, not where a
+    special mode records or transforms the call. Each case gives core's result on the
+    backend's projection (tf32x3.linear; bit for bit where it doesn't apply). A misspelt
+    setting is an error, not off."""
+    _project_on(monkeypatch)
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    features = 40 if case == "wide-input" else 4  # (H=8 here: the interpreter's block 8)
+    g = torch.Generator().manual_seed(0)
+    x, w_ih, b_ih = (torch.randn(*s, generator=g).to(DEVICE, dtype)
+                     for s in ((5, 2, features), (24, features), (24,)))
+    h0, w_hh, b_hh = (torch.randn(*s, generator=g).to(DEVICE, dtype) * 0.3
+                      for s in ((2, 8), (24, 8), (24,)))
+    if case == "off":
+        monkeypatch.setattr(tg, "project", False)
+    elif case == "wide":
+        monkeypatch.setattr(tg, "PROJECT_MAX_HIDDEN", 7)
+    elif case == "benchmark":
+        monkeypatch.setattr(tg, "benchmark", True)
+    elif case == "tf32x3":
+        monkeypatch.setattr(flashgru.backends.tf32x3, "enabled", True)
+    elif case == "special":
+        monkeypatch.setattr(tg, "_special_mode", lambda: True)
+    elif case == "mixed":
+        w_hh = w_hh.double()
+    elif case == "misspelt":
+        monkeypatch.setattr(tg, "project", "yes")
+        with pytest.raises(ValueError, match="triton_gru.project is False or True"):
+            tg._projects(x, w_ih, b_ih, h0, w_hh, b_hh, False)
+        return
+    assert (tg._projects(x, w_ih, b_ih, h0, w_hh, b_hh, False) is not None) == (case == "on")
+    if case in ("mixed", "special"):  # (core refuses the first; the second is the op's)
+        return
+    want = tg.core(flashgru.backends.tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, None,
+                   True)
+    got = tg.core_projected(x, w_ih, b_ih, h0, w_hh, b_hh, None, True)
+    if case == "on":
+        assert_close("out", want.double(), got.double(), 2e-6, rtol=2e-6)
+    else:
+        assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits")
+@pytest.mark.parametrize("hidden", [256, 512])
+def test_project_on_gpu(hidden, monkeypatch):
+    """fp32 B=16, T=512 with the projection inside the forward kernel (at H=256 four batch
+    tiles, K-major; at H=512 the u4×1 split permuted, x read so): a training call's
+    output, h_n and every gradient, and an inference call's output, against the same
+    module without it (within 1e-5 of the outputs' scale)."""
+    torch.manual_seed(0)
+    gru = flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE)
+    x = torch.randn(512, 16, hidden, device=DEVICE)
+
+    def run():
+        gru.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, h_n = gru(xg)
+        (out.square().sum() + h_n.sum()).backward()
+        with torch.no_grad():
+            inference = gru(x)[0]
+        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
+
+    want = run()
+    monkeypatch.setattr(tg, "project", True)
+    calls = []
+    real = tg._fused
+    monkeypatch.setattr(tg, "_fused", lambda *a: calls.append(a[-2]) or real(*a))
+    got = run()
+    for i, (a, c) in enumerate(zip(got, want, strict=True)):
+        assert_close(f"result {i}", c.double(), a.double(), 0.0, rtol=1e-5)
+    assert calls == [True, False]  # (a training call's forward, an inference call's)

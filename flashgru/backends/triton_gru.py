@@ -243,13 +243,15 @@ def forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
 
 def _forward_launches(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, lengths: Tensor,
                       reset_after: bool, save: bool, cfg: Config | None = None,
-                      pair_rows: int = 0):
+                      pair_rows: int = 0, project: tuple[Tensor, Tensor] | None = None):
     """forward's buffers, made on the current stream: out, the saved gates, and
     ``run(t_begin, t_end)``, which launches steps [t_begin, t_end) on the current stream,
     from h0 at t_begin = 0, else from the state the launch before left, out[t_begin - 1]
     (so only for gi in the arithmetic's dtype: out then holds the state itself; a row past
     its length reads its zeros there, and never uses them). Launches over spans of time,
-    in order, give one launch's numbers (_overlapped's)."""
+    in order, give one launch's numbers (_overlapped's). With ``project`` (W_ih, b_ih), gi
+    is the layer's input x (T, B, I) and the kernel makes the input projections itself
+    (_projecting's split of cfg, given)."""
     steps, batch, _ = gi.shape
     hidden = h0.shape[-1]
     acc = torch.float64 if gi.dtype == torch.float64 else torch.float32
@@ -283,6 +285,7 @@ def _forward_launches(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, length
     if not (steps and batch):
         return out, saved, lambda t_begin, t_end: None
     weights, paired = _paired_weights(w_hh, cfg, pair_rows)
+    gi, projected = _projection_arguments(gi, cfg, pair_rows, project)
     gi, h0, b_hh = gi.contiguous(), h0.contiguous(), b_hh.contiguous()
 
     def run(t_begin: int, t_end: int) -> None:
@@ -293,9 +296,33 @@ def _forward_launches(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, length
         args = (gi, out[t_begin - 1] if t_begin else h0, weights, b_hh, lengths, out, hbuf,
                 rhbuf, *gates)
         _launch(_forward_kernel, cfg, batch, hidden, t_end, args, t_begin=t_begin,
-                RESET_AFTER=reset_after, SAVE=save, ACC=_acc(gi.dtype), **paired)
+                RESET_AFTER=reset_after, SAVE=save, ACC=_acc(gi.dtype), **paired,
+                **projected)
 
     return out, saved, run
+
+
+def _projection_arguments(x: Tensor, cfg: Config, pair_rows: int,
+                          project: tuple[Tensor, Tensor] | None) -> tuple[Tensor, dict]:
+    """The forward kernel's input and PROJECT arguments for ``project`` (W_ih, b_ih; none
+    where None: x is gi): x itself, or where the split can be ``Config.permuted``, x with
+    each row in _permuted_at's order (zeros past I), and a step more of zeros, which the
+    last step's projection of the step after reads (_step_projection)."""
+    if project is None:
+        return x, {}
+    steps, batch, features = x.shape
+    if pair_rows or _projecting(cfg, features) != cfg:
+        raise ValueError(f"a forward that makes its input projections needs one direction "
+                         f"and a split _projecting gives; got {cfg}")
+    block = _input_block(cfg, features)
+    permuted = splits._can_permute(cfg)
+    if permuted:
+        rows = torch.zeros(steps + 1, batch, block, dtype=x.dtype, device=x.device)
+        rows[:steps, :, _positions(cfg._replace(block_k=block), features, x.device)] = x
+        x = rows
+    w_ih, b_ih = (t.contiguous() for t in project)
+    return x, dict(PROJECT=True, BKI=block, PERMUTED_X=permuted, w_ih=w_ih, b_ih=b_ih,
+                   IN=features)
 
 
 class _Reverse(NamedTuple):
@@ -943,17 +970,101 @@ def _overlapped(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: 
     return out, saved
 
 
+# ---- a one-way layer's input projection inside its forward kernel --------------------------
+
+# The input projection made by the forward kernel itself (_forward_kernel's PROJECT): each
+# program keeps its units' rows of W_ih on chip beside W_hh's and makes step t + 1's
+# projections right after it has arrived at step t's barrier, while the other programs'
+# arrivals come in (a step's wait, ~1 µs on an H200, is otherwise idle), instead of a
+# GEMM before the kernel (fp32 on the CUDA cores: 0.65 µs a step at B=16, H=512, T=512)
+# and gi's round trip through memory. Off until timed (scripts/gpu_overlap.py): whether
+# the step's own time grows by less than the GEMM's only the card can say. True: wherever
+# it applies (_projects), before the overlap (whose backward's GEMMs may still run beside
+# the reverse recurrence).
+project = False
+# The largest hidden size it runs at: W_ih's tiles take as many registers as W_hh's where
+# I = H, and at H=1024 W_hh's already take them all (fp32 B=16: 255 a thread, ptxas,
+# sm_90a, Triton 3.6).
+PROJECT_MAX_HIDDEN = 512
+_PROJECT_ON = ("cuda",)  # (the device types it runs on; the tests add the CPU's)
+
+
+def _input_block(cfg: Config, features: int) -> int:
+    """PROJECT's BKI: the input's I padded to a power of two, at least a chunked split's
+    chunks along K (their lanes times its warps along K) and tl.dot's 16."""
+    chunk, kwarps = splits._chunk_shape(cfg)
+    least = chunk * kwarps if cfg.chunked else 16 if cfg.dot else 1
+    return max(triton.next_power_of_2(features), least)
+
+
+def _projecting(cfg: Config, features: int) -> Config | None:
+    """cfg for a forward that makes its input projections (I = ``features``): without
+    prefetch (the projections come from the kernel), and its exchange permuted where it
+    can be (``Config.permuted``: x is then read so too; fp32 B=16, H=I=512's default
+    split (u4×1) spilled 128 bytes with its exchange read through shared memory, 8
+    permuted, ptxas, sm_90a; unfused the two ran alike on an H200); None where it can't,
+    W_ih's tiles held as W_hh's are: not resident, stacked (TF32 parts), narrow (16-bit),
+    crossed, or an input wider than W_hh's block (its tiles would pass W_hh's
+    registers)."""
+    if not cfg.resident or cfg.stacked or cfg.narrow or cfg.k_blocks != 1 or \
+            _input_block(cfg, features) > cfg.block_k:
+        return None
+    return cfg._replace(prefetch=False, permuted=splits._can_permute(cfg))
+
+
+def _projects(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+              b_hh: Tensor | None, save: bool) -> Config | None:
+    """The split core_projected's forward makes its input projections with (_projecting's
+    of the default), or None where it doesn't: ``project`` on, time-major x on a device of
+    _PROJECT_ON, all in one device and fp32 or fp64, not in benchmark mode (its tune
+    times gi's kernels), nothing recording or transforming the call, the projection not
+    three TF32 GEMMs (tf32x3), H ≤ PROJECT_MAX_HIDDEN."""
+    if not project:  # (first: a call's host time)
+        return None
+    if project is not True:
+        raise ValueError(f"triton_gru.project is False or True; got {project!r}")
+    if x.device.type not in _PROJECT_ON or x.dim() != 3 or not (x.shape[0] and x.shape[1]):
+        return None
+    if x.dtype not in (torch.float32, torch.float64) or any(
+            t is not None and (t.dtype != x.dtype or t.device != x.device)
+            for t in (w_ih, b_ih, h0, w_hh, b_hh)):
+        return None
+    hidden = h0.shape[-1]
+    if benchmark or _special_mode() or hidden > PROJECT_MAX_HIDDEN or \
+            hidden > splits.max_hidden(x.device) or tf32x3.applies(x, w_ih):
+        return None
+    cfg = _default("forward", x.shape[1], hidden, x.device, x.dtype, save, x.dtype)
+    return _projecting(cfg, x.shape[-1])
+
+
+def _fused(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+           b_hh: Tensor, lengths: Tensor, reset_after: bool, save: bool, cfg: Config):
+    """forward's out and saved gates for gi = x W_ihᵀ + b_ih, the kernel making gi itself
+    (``project``): one launch, no gi in memory."""
+    bias = b_ih if b_ih is not None else w_ih.new_zeros(w_ih.shape[0])
+    out, saved, run = _forward_launches(x, h0, w_hh, b_hh, lengths, reset_after, save, cfg,
+                                        project=(w_ih, bias))
+    run(0, x.shape[0])
+    return out, saved
+
+
 class _EagerProjected(torch.autograd.Function):
-    """core_projected's training call: _overlapped's forward; the backward's reverse
-    recurrence in the same spans, last first, each span's GEMMs (dx, dW_ih and b_ih's,
-    dW_hh and b_hh's) beside the recurrence of the span before it (_pipeline), the weight
-    gradients summed over the spans in their order (``overlap`` FORWARD: in one span, the
-    kernel then the GEMMs)."""
+    """core_projected's training call: the forward with its projection inside the kernel
+    (``cfg``: _fused) or beside it (_overlapped); the backward's reverse recurrence in the
+    spans ``spans`` (last first), each span's GEMMs (dx, dW_ih and b_ih's, dW_hh and
+    b_hh's) beside the recurrence of the span before it (_pipeline), the weight gradients
+    summed over the spans in their order (one span: the kernel then the GEMMs)."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after):
-        out, saved = _overlapped(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after, True)
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after, cfg, spans):
+        if cfg is not None:
+            out, saved = _fused(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after, True,
+                                cfg)
+        else:
+            out, saved = _overlapped(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, reset_after,
+                                     True)
         _keep(ctx, x, h0, w_hh, b_hh, lengths, reset_after, out, saved, (x, w_ih))
+        ctx.spans = spans
         return out
 
     @staticmethod
@@ -962,7 +1073,7 @@ class _EagerProjected(torch.autograd.Function):
         h0, w_hh, out, lengths, *rest = ctx.saved_tensors
         gates, (x, w_ih) = rest[:ctx.gates], rest[ctx.gates:]
         rev = _backward_launches(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
-        steps, features = x.shape[0], x.shape[-1]
+        features = x.shape[-1]
         acc = gates[0].dtype
 
         def made(i: int, shape, fill=torch.zeros) -> Tensor | None:
@@ -989,23 +1100,34 @@ class _EagerProjected(torch.autograd.Function):
                     if total is not None:
                         total.add_(part)
 
-        spans = _spans(steps)[::-1] if overlap is True else [(0, steps)]
-        _pipeline(x.device, spans, rev.run, gemms, True)
-        return dx, dw_ih, db_ih, rev.dh0(), dw_hh, db_hh, None, None
+        _pipeline(x.device, ctx.spans, rev.run, gemms, True)
+        return dx, dw_ih, db_ih, rev.dh0(), dw_hh, db_hh, None, None, None, None
 
 
 def core_projected(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
                    b_hh: Tensor | None, lengths: Tensor | None, reset_after: bool) -> Tensor:
     """A one-way layer's core from its input x (T, B, I): ``core`` on gi = x W_ihᵀ + b_ih
-    (tf32x3.linear); where _overlaps, the projection made beside the recurrence, and in
-    training the backward's GEMMs beside its reverse one (_EagerProjected): the same
-    numbers, to the GEMMs' rounding (cuBLAS may sum a span's rows otherwise than all of
-    them at once; the weight gradients are sums over the spans)."""
-    if not _overlaps(x, w_ih, b_ih, h0, w_hh, b_hh):
+    (tf32x3.linear); where _projects, the projection made inside the forward kernel
+    (``project``), else where _overlaps beside it; in training where _overlaps (``overlap``
+    True) the backward's GEMMs beside its reverse recurrence (_EagerProjected): the same
+    numbers, to the GEMMs' rounding (the kernel, or cuBLAS on a span's rows, may sum the
+    projection's products in another order; the weight gradients are sums over the
+    spans)."""
+    if not (project or overlap):  # (first: a call's host time)
+        return core(tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, lengths, reset_after)
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w_ih, b_ih, h0, w_hh, b_hh))
+    cfg = _projects(x, w_ih, b_ih, h0, w_hh, b_hh, save)
+    overlapping = _overlaps(x, w_ih, b_ih, h0, w_hh, b_hh)
+    if cfg is None and not overlapping:
         return core(tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, lengths, reset_after)
     lengths, bias = _lengths_and_bias(x, w_hh, b_hh, lengths, kept=True)
-    if not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, w_ih, b_ih, h0, w_hh, bias))):
+    if not save:
+        if cfg is not None:
+            return _fused(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after, False, cfg)[0]
         return _overlapped(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after, False)[0]
+    spans = _spans(x.shape[0])[::-1] if overlapping and overlap is True else \
+        [(0, x.shape[0])]
     # (a copy for the caller, as core's)
-    return _EagerProjected.apply(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after).clone()
+    return _EagerProjected.apply(x, w_ih, b_ih, h0, w_hh, bias, lengths, reset_after, cfg,
+                                 spans).clone()

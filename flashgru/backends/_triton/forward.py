@@ -16,6 +16,7 @@ from .products import (
     _product_k,
     _resident_product,
     _resident_tiles,
+    _w_tile,
 )
 from .stacked import _stacked_product, _stacked_tiles
 
@@ -34,6 +35,54 @@ def _step_input(gi, t, B, H, rows, cols, m, ACC: tl.constexpr):
 
 
 @_jit
+def _input_tiles(w_ih, cols, cmask, H, IN, BKI: tl.constexpr, KN: tl.constexpr,
+                 CHUNKED: tl.constexpr, CHUNK: tl.constexpr, KW: tl.constexpr,
+                 SI: tl.constexpr):
+    """PROJECT's W_ih (3H, IN) as three gate tiles over all of the input (BKI ≥ IN, zero past
+    IN), laid as the split lays W_hh's (_chunked_tiles', or _resident_tiles' (K, S) where KN,
+    else (S, K)), loaded once and kept in registers."""
+    if CHUNKED:
+        return _chunked_tiles(w_ih, cols, cmask, IN, IN, H * IN, BKI, CHUNK, KW, SI)
+    else:
+        ks = tl.arange(0, BKI)
+        v, vmask = _w_tile(w_ih, ks, ks < IN, 1, cols, cmask, IN, KN)
+        return (tl.load(v, mask=vmask, other=0.0), tl.load(v + H * IN, mask=vmask, other=0.0),
+                tl.load(v + 2 * H * IN, mask=vmask, other=0.0))
+
+
+@_jit
+def _step_projection(x, t, B, IN, rows, live, wi_r, wi_z, wi_n, bi_r, bi_z, bi_n,
+                     BKI: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                     ACC: tl.constexpr, KMAJOR: tl.constexpr, CHUNKED: tl.constexpr,
+                     PERMUTED_X: tl.constexpr):
+    """PROJECT: step t's input projections x[t] W_ihᵀ + b_ih for this program's rows and
+    units, (BB, S) per gate, on the resident tiles of _input_tiles; x (T, B, IN), or
+    PERMUTED_X (T + 1, B, BKI), each row in _permuted_at's order (zeros past IN), read in
+    the product's own layout, in two halves (_permuted_products: in registers beside both
+    weights' tiles; read in the layout Triton gives a row-major block, through shared
+    memory, fp32 B=16, H=I=512 spilled 72 bytes against 8, ptxas, sm_90a). Rows not
+    ``live`` read nothing (PERMUTED_X: row 0's, hence the step more); their gi is never
+    used."""
+    if PERMUTED_X:
+        base = x + tl.cast(t, tl.int64) * B * BKI
+        p_r, p_z, p_n = _permuted_products(base, rows, live, BKI, wi_r, wi_z, wi_n, ACC, 3)
+        return p_r + bi_r, p_z + bi_z, p_n + bi_n
+    ks = tl.arange(0, BKI)
+    base = x + tl.cast(t, tl.int64) * B * IN
+    if KMAJOR:  # (BKI, BB), as the K-major product takes its block
+        block = tl.load(base + rows[None, :] * IN + ks[:, None],
+                        mask=live[None, :] & (ks < IN)[:, None], other=0.0)
+        return (_product_k(block, wi_r, ACC) + bi_r, _product_k(block, wi_z, ACC) + bi_z,
+                _product_k(block, wi_n, ACC) + bi_n)
+    else:
+        block = tl.load(base + rows[:, None] * IN + ks[None, :],
+                        mask=live[:, None] & (ks < IN)[None, :], other=0.0)
+        return (_product(block, wi_r, DOT, PREC, ACC, CHUNKED) + bi_r,
+                _product(block, wi_z, DOT, PREC, ACC, CHUNKED) + bi_z,
+                _product(block, wi_n, DOT, PREC, ACC, CHUNKED) + bi_n)
+
+
+@_jit
 def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_s,
                     sync, B, H, row0, t_begin, t_end,
                     BB: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
@@ -45,7 +94,9 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
                     CHUNKED: tl.constexpr = False, CHUNK: tl.constexpr = 32,
                     KW: tl.constexpr = 1, SI: tl.constexpr = 1,
                     PERMUTED: tl.constexpr = False, PAIR: tl.constexpr = False,
-                    pair_rows=1, w_stride=0):
+                    PROJECT: tl.constexpr = False, BKI: tl.constexpr = 1,
+                    PERMUTED_X: tl.constexpr = False, pair_rows=1, w_stride=0, w_ih=0,
+                    b_ih=0, IN=1):
     """Steps [t_begin, t_end) of one layer-direction.
 
     gi (T, B, 3H) input projections; h0 (B, H) the state before t_begin; w = W_hh (3H, H);
@@ -66,7 +117,12 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     own layout (_permuted_block). PAIR (triton_gru.core_pair): the rows are a
     bidirectional layer's two directions side by side, pair_rows each (a whole number of
     tiles), and w and b hold the second direction's after the first's, w_stride and 3H
-    elements on: each tile takes its direction's.
+    elements on: each tile takes its direction's. PROJECT (triton_gru's ``project``): gi
+    is the layer's input x (T, B, IN) instead, and the kernel makes each step's input
+    projections itself, from W_ih (3H, IN) and b_ih (3H,) kept on chip (BKI ≥ IN): step
+    t + 1's right after step t's arrival, while the other programs' arrivals come in
+    (not with PREFETCH or PAIR); PERMUTED_X (a split that can be ``Config.permuted``): x
+    given (T + 1, B, BKI), its rows in _permuted_at's order (_step_projection).
     """
     if PAIR:  # (this tile's direction's weights)
         direction = (row0 + tl.program_id(1) * BB) // pair_rows
@@ -100,7 +156,18 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
     elif RESIDENT:  # (KMAJOR: (K, S) tiles, as tl.dot's)
         w_r, w_z, w_n = _resident_tiles(w, cols, cmask, H, BK, DOT or KMAJOR)
     last = tl.zeros_like(lens) + t_end  # (as a tensor: the interpreter's masks)
-    if PREFETCH:
+    # (PROJECT's W_ih and b_ih; the names stand for W's tiles and b_hh's where unused)
+    wi_r, wi_z, wi_n, bi_r, bi_z, bi_n = w_r, w_z, w_n, b_r, b_z, b_n
+    if PROJECT:
+        wi_r, wi_z, wi_n = _input_tiles(w_ih, cols, cmask, H, IN, BKI, DOT or KMAJOR,
+                                        CHUNKED, CHUNK, KW, SI)
+        bi_r = tl.load(b_ih + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        bi_z = tl.load(b_ih + H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        bi_n = tl.load(b_ih + 2 * H + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        next_r, next_z, next_n = _step_projection(
+            gi, t_begin, B, IN, rows, rmask & (t_begin < lens) & (t_begin < last), wi_r,
+            wi_z, wi_n, bi_r, bi_z, bi_n, BKI, DOT, PREC, ACC, KMAJOR, CHUNKED, PERMUTED_X)
+    elif PREFETCH:
         next_r, next_z, next_n = _step_input(gi, t_begin, B, H, rows, cols, m, ACC)
     else:
         next_r, next_z, next_n = h, h, h
@@ -110,7 +177,8 @@ def _forward_kernel(gi, h0, w, b, lengths, out, hbuf, rhbuf, r_s, z_s, n_s, ghn_
             z_s, n_s, ghn_s, sync, n_prog, B, H, t, t_begin, h, next_r, next_z, next_n,
             rows, rmask, cols, cmask, m, own, xown, lens, last, XH, BB, S, BK, RESET_AFTER,
             SAVE, DOT, PREC, ACC, RESIDENT, STAMPED, KMAJOR, STACKED, PREFETCH,
-            CHUNKED, PERMUTED)
+            CHUNKED, PERMUTED, PROJECT, BKI, wi_r, wi_z, wi_n, bi_r, bi_z, bi_n, IN,
+            PERMUTED_X)
 
 
 @_jit
@@ -122,18 +190,22 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, b_r, b_z, b_n, hbuf, rhbuf, 
                   PREC: tl.constexpr, ACC: tl.constexpr, RESIDENT: tl.constexpr,
                   STAMPED: tl.constexpr, KMAJOR: tl.constexpr, STACKED: tl.constexpr,
                   PREFETCH: tl.constexpr, CHUNKED: tl.constexpr,
-                  PERMUTED: tl.constexpr):
+                  PERMUTED: tl.constexpr, PROJECT: tl.constexpr = False,
+                  BKI: tl.constexpr = 1, wi_r=0, wi_z=0, wi_n=0, bi_r=0, bi_z=0, bi_n=0,
+                  IN=1, PERMUTED_X: tl.constexpr = False):
     """Step t of _forward_kernel for the tile's rows ``rows`` (its counter ``sync``): waits
     until every program has published the state before step t, publishes the state after
     it and arrives, without waiting. Returns the new state (h) and, with
-    PREFETCH, step t + 1's input projections (else next_* as given). XH: the values of
-    one state in the exchange (H; PERMUTED, rows of BK)."""
+    PREFETCH or PROJECT, step t + 1's input projections (else next_* as given). XH: the
+    values of one state in the exchange (H; PERMUTED, rows of BK)."""
     cur = hbuf + (t % 2) * B * XH
     t64 = tl.cast(t, tl.int64)  # T·B·3H can pass 2^31
     if not STAMPED:  # (the state before step t published; reset_after=False: and r ⊙ h
         # of the step before, two arrivals a step)
         _wait(sync, (t - t_begin) * (1 + (not RESET_AFTER)) * n_prog)
-    if PREFETCH:  # (step t + 1's loads in flight through this step)
+    if PROJECT:  # (made at the end of the step before)
+        gi_r, gi_z, gi_n = next_r, next_z, next_n
+    elif PREFETCH:  # (step t + 1's loads in flight through this step)
         gi_r, gi_z, gi_n = next_r, next_z, next_n
         # (rows past their length read nothing, nor any row past the launch)
         next_r, next_z, next_n = _step_input(gi, t + 1, B, H, rows, cols,
@@ -202,4 +274,8 @@ def _forward_step(gi, w, w_r, w_z, w_n, w_hi, w_lo, b_r, b_z, b_n, hbuf, rhbuf, 
             tl.store(ghn_s + at, tl.where(ok, ghn, 0.0), mask=m)
     if not STAMPED:
         _arrive(sync)
+    if PROJECT:  # (step t + 1's, while the others' arrivals come in)
+        next_r, next_z, next_n = _step_projection(
+            gi, t + 1, B, IN, rows, rmask & ((t + 1 < lens) & (t + 1 < last)), wi_r, wi_z,
+            wi_n, bi_r, bi_z, bi_n, BKI, DOT, PREC, ACC, KMAJOR, CHUNKED, PERMUTED_X)
     return h, next_r, next_z, next_n
