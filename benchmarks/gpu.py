@@ -20,7 +20,9 @@ bidirectional case (B=32, T=256, I=128, H=256), and a sequence longer than cuDNN
     python benchmarks/gpu.py --tf32x3-beside  # fp32 also so, in the same process
     python benchmarks/gpu.py --tf32x3-beside --tf32x3-way wide  # as one GEMM over 3K
     python benchmarks/gpu.py --overlap-beside  # fp32 also with the GEMMs beside the
-                                               # recurrence (triton_gru.overlap)
+                                               # recurrence (triton_gru.overlap), and
+                                               # the projection inside the kernel
+                                               # (triton_gru.project)
     python benchmarks/gpu.py --benchmark  # Triton's benchmark mode: each point's fastest
                                           # candidate split (named in its line)
     python benchmarks/gpu.py --benchmark --no-stacked  # without the stacked splits
@@ -83,8 +85,9 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
     ``tf32x3_beside`` (fp32): flashgru's once more with its GEMMs as three TF32 ones
     (``tf32x3``, the row's ``*_tf32x3``), ``overlap_beside`` (fp32) with the input
     projection beside the recurrence and the backward's GEMMs beside its reverse one
-    (``triton_gru.overlap``, the row's ``*_overlap``), and again with the forward's alone
-    (``*_overlap_forward``), in the same process as the other two."""
+    (``triton_gru.overlap``, the row's ``*_overlap``), again with the forward's alone
+    (``*_overlap_forward``), and with the input projection inside the forward kernel
+    (``triton_gru.project``, ``*_project``), in the same process as the other two."""
     ours = flashgru.GRU.from_torch(ref, backend=backend)
     exact = copy.deepcopy(ref).double()
     dout = torch.randn(x.shape[:-1] + (ref.hidden_size * (1 + ref.bidirectional),),
@@ -99,7 +102,7 @@ def compare(ref: torch.nn.GRU, x: torch.Tensor, backend: str,
     if tf32x3_beside and x.dtype == torch.float32:
         row["tf32x3_way"] = tf32x3.WAY  # (how they ran on CUDA: --tf32x3-way)
     for name, on in (("tf32x3", tf32x3_beside), ("overlap", overlap_beside),
-                     ("overlap_forward", overlap_beside)):
+                     ("overlap_forward", overlap_beside), ("project", overlap_beside)):
         if not (on and x.dtype == torch.float32):
             continue
         try:  # (a setting not yet timed on a GPU: its failure costs its own columns)
@@ -118,6 +121,7 @@ BESIDE = {
     "tf32x3": ("tf32x3 GEMMs", tf32x3, "enabled", True),
     "overlap": ("GEMMs beside", tg, "overlap", True),
     "overlap_forward": ("forward's alone", tg, "overlap", tg.FORWARD),
+    "project": ("projection inside", tg, "project", True),
 }
 
 
@@ -419,7 +423,9 @@ def main() -> None:
     parser.add_argument("--overlap-beside", action="store_true",
                         help="each fp32 point timed also with the GEMMs beside the "
                              "recurrence, forward and backward, then the forward's alone "
-                             "(flashgru.backends.triton_gru.overlap), in the same process")
+                             "(flashgru.backends.triton_gru.overlap), then with the input "
+                             "projection inside the forward kernel (triton_gru.project), in "
+                             "the same process")
     parser.add_argument("--tf32x3-way", choices=tf32x3.WAYS,
                         help="how those run on CUDA with Triton (flashgru.backends.tf32x3.WAY:"
                              " one kernel, or one GEMM over 3K)")

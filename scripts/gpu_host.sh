@@ -13,9 +13,11 @@
 # - scripts/gpu_host_time.py: the host's time a call, and, where $OLD names an older
 #   flashgru's directory (its package inside), the same with that one;
 # - scripts/gpu_overlap.py: fp32 B=16 at H=256 and 512 with the GEMMs beside the
-#   recurrence, over a few span settings, against the overlap off;
+#   recurrence, over a few span settings, and with the projection inside the forward
+#   kernel (triton_gru.project), against both off;
 # - issue 5's B=16 points end to end, fp32's also with the projection beside the
-#   recurrence (--overlap-beside: never yet timed), then the 2-layer bidirectional case
+#   recurrence and inside the kernel (--overlap-beside: never yet timed), then the
+#   2-layer bidirectional case
 #   (its pair launch, never yet timed, against the directions in turn) and T=65536
 #   (benchmarks/gpu.py).
 # Each step gets its share of what is left of HOST_S. Logs go to $OUT.
@@ -29,9 +31,9 @@ K="(default_splits_on_gpu and (16-512 or 16-1024 or 12-384)) or crossed_on_gpu"
 GRID=(benchmarks/gpu.py --points bfloat16:1024:16 float32:512:16 float32:1024:16
       bfloat16:512:16 --overlap-beside)
 FIRST="kept_lengths or cuda_graph or stamped_small_block or stamped_exchange_on_gpu or \
-overlap_on_gpu or forward_in_spans"
+overlap_on_gpu or forward_in_spans or project_on_gpu or (projection_inside and b16)"
 WARM_S=60 warm "-m pytest -q -p no:cacheprovider tests/test_triton.py -k '$FIRST or $K'" \
-  "${GRID[*]}" "scripts/gpu_host_time.py"
+  "${GRID[*]}" "scripts/gpu_host_time.py" "scripts/gpu_overlap.py"
 BUDGET_S=$HOST_S STEP_NAME=gpu_host  # (step: gpu_common.sh, each log's last lines after)
 PYTEST=(python3 -m pytest -q -rfE -p no:cacheprovider --timeout 60)
 step lengths.log 15 "${PYTEST[@]}" tests/test_triton.py -k "$FIRST"

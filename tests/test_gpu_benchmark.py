@@ -144,30 +144,40 @@ def test_tf32x3_beside(gpu_bench, monkeypatch, dtype):
 
 
 def test_overlap_beside(gpu_bench, monkeypatch):
-    """--overlap-beside: an fp32 row has flashgru timed twice more, with the GEMMs beside
-    the recurrence (triton_gru.overlap True during those timings alone, restored after),
-    then the forward's alone (FORWARD), beside --tf32x3-beside's run, each under its own
+    """--overlap-beside: an fp32 row has flashgru timed three times more, with the GEMMs
+    beside the recurrence (triton_gru.overlap True during those timings alone, restored
+    after), then the forward's alone (FORWARD), then with the projection inside the
+    forward kernel (triton_gru.project), beside --tf32x3-beside's run, each under its own
     setting alone; the line names each."""
     from flashgru.backends import tf32x3
 
     flags = []
-    monkeypatch.setattr(gpu_bench, "timed", lambda fn: (
-        fn(), flags.append((tf32x3.enabled, tg.overlap)),
-        2.0 if tf32x3.enabled else 1.0 if tg.overlap is True else 0.5 if tg.overlap else 4.0)[2])
+
+    def timed(fn):
+        fn()
+        flags.append((tf32x3.enabled, tg.overlap, tg.project))
+        return 2.0 if tf32x3.enabled else 1.0 if tg.overlap is True else \
+            0.5 if tg.overlap else 0.25 if tg.project else 4.0
+
+    monkeypatch.setattr(gpu_bench, "timed", timed)
     torch.manual_seed(0)
     row = gpu_bench.compare(torch.nn.GRU(8, 8), torch.randn(5, 3, 8), "reference",
                             tf32x3_beside=True, overlap_beside=True)
-    assert tf32x3.enabled is False and tg.overlap is False
-    assert flags == [(False, False)] * 4 + [(True, False)] * 2 + [(False, True)] * 2 + \
-        [(False, tg.FORWARD)] * 2
+    assert tf32x3.enabled is False and tg.overlap is False and tg.project is False
+    assert flags == [(False, False, False)] * 4 + [(True, False, False)] * 2 + \
+        [(False, True, False)] * 2 + [(False, tg.FORWARD, False)] * 2 + \
+        [(False, False, True)] * 2
     row.update(T=5, H=8, B=3, dtype="float32")
     line = gpu_bench._line(row)
     assert "| tf32x3 GEMMs (kernel) fwd 400.00 ×2.00 (×2.00 ours)" in line
     assert f"| GEMMs beside fwd 200.00 ×4.00 (×4.00 ours) f+b 200.00 ×4.00 (×4.00 ours) " \
         f"err {row['err_overlap']:.1e} dx {row['err_dx_overlap']:.1e}" in line
-    assert line.endswith("| forward's alone fwd 100.00 ×8.00 (×8.00 ours) f+b 100.00 ×8.00 "
-                         f"(×8.00 ours) err {row['err_overlap_forward']:.1e} dx "
-                         f"{row['err_dx_overlap_forward']:.1e}")
+    assert "| forward's alone fwd 100.00 ×8.00 (×8.00 ours) f+b 100.00 ×8.00 " \
+        f"(×8.00 ours) err {row['err_overlap_forward']:.1e} dx " \
+        f"{row['err_dx_overlap_forward']:.1e}" in line
+    assert line.endswith("| projection inside fwd 50.00 ×16.00 (×16.00 ours) f+b 50.00 "
+                         f"×16.00 (×16.00 ours) err {row['err_project']:.1e} dx "
+                         f"{row['err_dx_project']:.1e}")
 
 
 def test_points_in_the_order_given(gpu_bench):

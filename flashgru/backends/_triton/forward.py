@@ -58,9 +58,9 @@ def _step_projection(x, t, B, IN, rows, live, wi_r, wi_z, wi_n, bi_r, bi_z, bi_n
     """PROJECT: step t's input projections x[t] W_ihᵀ + b_ih for this program's rows and
     units, (BB, S) per gate, on the resident tiles of _input_tiles; x (T, B, IN), or
     PERMUTED_X (T + 1, B, BKI), each row in _permuted_at's order (zeros past IN), read in
-    the product's own layout, in two halves (_permuted_products: in registers beside both
-    weights' tiles; read in the layout Triton gives a row-major block, through shared
-    memory, fp32 B=16, H=I=512 spilled 72 bytes against 8, ptxas, sm_90a). Rows not
+    the product's own layout, in two halves (_permuted_products; fp32 B=16, H=I=512, the
+    exchange permuted too: 8 bytes spilled, against 72 with x read row-major through
+    shared memory in two halves and 1.1 KB whole, ptxas, sm_90a). Rows not
     ``live`` read nothing (PERMUTED_X: row 0's, hence the step more); their gi is never
     used."""
     if PERMUTED_X:
