@@ -51,3 +51,5 @@ def pytest_unconfigure(config):
     import helpers
     if not hasattr(config, "workerinput"):
         helpers.stop_background()
+    else:
+        helpers.reap_background()

@@ -117,6 +117,10 @@ def padded(output):
 # worker to ask); its output goes to files in the run's job folder (JOBS, below), where
 # any worker reads it.
 _BACKGROUND: dict[str, tuple] = {}
+# The jobs this process started (their wrappers, by their files' prefix), kept until they
+# are reaped: a Popen dropped while its process runs warns (ResourceWarning) in whichever
+# test collects it.
+_STARTED: dict[str, subprocess.Popen] = {}
 
 # The run's job folder: made by the process that owns the run (conftest.pytest_configure;
 # pytest-xdist's workers inherit its name through the environment).
@@ -167,6 +171,7 @@ def start_background(names):
         argv, env, cwd = job
         proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, json.dumps(argv), prefix],
                                 env=env, cwd=cwd, start_new_session=True)
+        _STARTED[prefix] = proc
         with open(prefix + ".pid.part", "w") as f:
             f.write(str(proc.pid))
         os.replace(prefix + ".pid.part", prefix + ".pid")
@@ -228,4 +233,24 @@ def stop_background():
             prefix = os.path.join(folder, entry[:-len(".lock")])
             if not os.path.exists(prefix + ".rc"):
                 _kill(prefix)
+            reap_background(prefix, wait=5)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def reap_background(prefix=None, wait: float = 0):
+    """Collect the exit status of the job at ``prefix`` (all: None) if this process
+    started it, waiting at most ``wait`` seconds (a job still running is left to the
+    run's owner, which kills it)."""
+    for key in [prefix] if prefix is not None else list(_STARTED):
+        proc = _STARTED.get(key)
+        if proc is None:
+            continue
+        try:
+            if wait:
+                proc.wait(timeout=wait)
+            else:
+                proc.poll()
+        except subprocess.TimeoutExpired:
+            continue
+        if proc.returncode is not None:
+            del _STARTED[key]
