@@ -9,6 +9,7 @@ environment for that:
     /tmp/t36/bin/python scripts/gpu_compile_check.py scripts/gpu_next.sh scripts/gpu_next_bf16.sh
     /tmp/t36/bin/python scripts/gpu_compile_check.py "gpu_probe.py --stamped"
     /tmp/t36/bin/python scripts/gpu_compile_check.py --benchmark  # gpu_tune.sh's candidates
+    /tmp/t36/bin/python scripts/gpu_compile_check.py --project  # triton_gru.project's
 
 Each argument is a probe command ("gpu_probe.py ARGS" or "gpu_probe_backward.py ARGS") or
 a call script whose ``probes`` lines name them. A probe's PLAN is read without running it;
@@ -17,7 +18,9 @@ its shape, through ``triton_gru.forward`` / ``backward`` with every launch recor
 (scripts/gpu_warm.py), then compiled in a process pool. ``--benchmark`` adds benchmark
 mode's candidate splits (``triton_gru._candidates``) at issue 5's grid points, B ∈ {1,
 16}, H ∈ {256, 512, 1024}, and at B=8, H=1024 (scripts/gpu_tune.sh's extra point), fp32
-and bf16, both formulations. Exits 1 if any failed.
+and bf16, both formulations. ``--project`` adds the forwards that make their own input
+projections (``triton_gru.project``) where the default split allows, fp32 B ∈ {1, 16}, H ∈
+{256, 512}, I = H, inference and training, both formulations. Exits 1 if any failed.
 """
 import argparse
 import contextlib
@@ -110,11 +113,28 @@ def benchmark_candidates() -> None:
             run(batch, hidden, dtype, forward, True, cfg, reset_after)
 
 
+def projecting_forwards() -> None:
+    """Launch (recorded) the forwards that make their own input projections (_fused), at
+    the points scripts/gpu_overlap.py and the grid time them, and B=1."""
+    cuda = torch.device("cuda")
+    for (batch, hidden), reset_after, save in itertools.product(
+            itertools.product((1, 16), (256, 512)), (True, False), (False, True)):
+        cfg = tg._projecting(tg.choose_config(batch, hidden, cuda, torch.float32, save),
+                             hidden)
+        if cfg is None:
+            print(f"B={batch} H={hidden}: the default split makes no projections")
+            continue
+        x, h0 = torch.zeros(16, batch, hidden), torch.zeros(batch, hidden)
+        w, b = torch.zeros(3 * hidden, hidden), torch.zeros(3 * hidden)
+        tg._fused(x, w, b, h0, w, b, torch.full((batch,), 16), reset_after, save, cfg)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("commands", nargs="*")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--benchmark", action="store_true")
+    parser.add_argument("--project", action="store_true")
     args = parser.parse_args()
     if tg.INTERPRET:
         raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels, offline")
@@ -134,6 +154,8 @@ def main():
                         print(f"{' '.join(argv)}: B={batch} H={hidden} {cfg}: {e}")
         if args.benchmark:
             benchmark_candidates()
+        if args.project:
+            projecting_forwards()
     print(f"{len(launches)} kernels to compile, from {len(args.commands)} arguments", flush=True)
     results = warm(launches, args.jobs, offline=True)
     report(launches, results, args.jobs, time.perf_counter() - start, every=True)

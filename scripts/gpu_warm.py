@@ -164,6 +164,20 @@ def _usage(kernel, offline: bool) -> str:
             f"{kernel.metadata.shared} bytes shared")
 
 
+def _given(a, keyword: bool = False):
+    """What warmup() is given for a recorded argument (_arg): for a tensor, its dtype where
+    it was 16-byte aligned (warmup wraps a positional one; a keyword one, here), else a
+    misaligned tensor of that dtype; anything else as it is."""
+    if not (isinstance(a, tuple) and a[:1] == ("tensor",)):
+        return a
+    _, dtype, aligned = a
+    if aligned:
+        from triton.runtime.jit import MockTensor
+        return MockTensor.wrap_dtype(dtype) if keyword else dtype
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.empty(2, dtype=dtype, device=device)[1:]
+
+
 def _compile(launch) -> tuple[str, float, str | None, str]:
     """Compile one recorded launch (in a worker): (its name and constexprs, seconds, error
     or None, its registers and spills)."""
@@ -174,17 +188,8 @@ def _compile(launch) -> tuple[str, float, str | None, str]:
     start = time.perf_counter()
     try:
         kernel = getattr(importlib.import_module(module), name)
-        given = []
-        for a in args:
-            if isinstance(a, tuple) and a[:1] == ("tensor",):
-                _, dtype, aligned = a
-                # (warmup takes a torch dtype for an aligned tensor)
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-                given.append(dtype if aligned else
-                             torch.empty(2, dtype=dtype, device=device)[1:])
-            else:
-                given.append(a)
-        compiled = kernel.warmup(*given, grid=(1,), **kwargs)
+        compiled = kernel.warmup(*(_given(a) for a in args), grid=(1,),
+                                 **{k: _given(v, keyword=True) for k, v in kwargs.items()})
         seconds = time.perf_counter() - start
         if OFFLINE and compiled.metadata.shared > SM90_MAX_SHARED:
             return label, seconds, (f"OutOfResources: shared memory {compiled.metadata.shared}"

@@ -14,17 +14,22 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 # A command as the probes are: Triton launches from flashgru, CPU tensors. The forward at
-# two lengths of one specialization (both divisible by 16) and the backward: two kernels.
+# two lengths of one specialization (both divisible by 16), the backward, and a forward
+# that makes its own input projections (tensors among its keyword arguments): three
+# kernels.
 COMMAND = """
 import torch
 import flashgru.backends.triton_gru as tg
 B, H = 2, 16
 w, b, h0 = torch.randn(3 * H, H), torch.randn(3 * H), torch.randn(B, H)
+fused = tg._projecting(tg.Config(2, 16, 16, dot=False, resident=True), 8)
 for T in %s:
     gi = torch.randn(T, B, 3 * H)
     lengths = torch.full((B,), T, dtype=torch.int64)
     out, saved = tg.forward(gi, h0, w, b, lengths, True, True)
     tg.backward(torch.randn(T, B, H), h0, w, out, saved, lengths, True)
+    tg._fused(torch.randn(T, B, 8), torch.randn(3 * H, 8), b, h0, w, b, lengths, True,
+              False, fused)
 """
 
 # The same command's launches made for real through the JIT, offline: a warmup with the
@@ -63,10 +68,10 @@ def test_warmed_kernels_are_the_ones_the_launches_look_up(tmp_path):
     warmed = _run([str(ROOT / "scripts/gpu_warm.py"), "--offline", "--jobs", "2",
                    str(command)], cache)
     assert warmed.returncode == 0, warmed.stderr
-    assert "gpu_warm: 2 kernels compiled" in warmed.stdout, warmed.stdout
+    assert "gpu_warm: 3 kernels compiled" in warmed.stdout, warmed.stdout
     assert ", 0 failed" in warmed.stdout
     compiled = _entries(cache)
-    assert len(compiled) >= 2
+    assert len(compiled) >= 3
     # the real arguments, at a third length of the same specialization: nothing new
     relaunch = RELAUNCH % (str(ROOT / "scripts"), COMMAND % "(48,)")
     again = _run(["-c", relaunch], cache)
