@@ -3116,18 +3116,11 @@ def _overlap_on(monkeypatch, first=2):
     monkeypatch.setattr(tg, "OVERLAP_FIRST", first)
 
 
-@pytest.mark.parametrize("form,dtype,reset_after", [
-    (form, torch.float32, True) for form in ("batch-first", "two-layers", "no-bias",
-                                             "given-hx", "frozen-input", "forward-alone")] +
-    [("two-layers", torch.float32, False), ("batch-first", torch.float64, False)], ids=str)
-def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
-    """A module whose layers' projections are made beside their recurrence, and whose
-    backward's GEMMs beside its reverse recurrence (core_projected, on every path that
-    reaches it: the module's own and functional's): outputs, h_n and every gradient as
-    without the overlap, to the GEMMs' rounding (a span's rows summed apart from the
-    others'); inference too; every layer's forward and backward in spans, and their
-    buffers written whole (NaN-poisoned first). Frozen input weights get no gradient.
-    With ``overlap`` FORWARD the backward runs in one span."""
+def _module_run(form, dtype, reset_after):
+    """A small module of the form (batch-first, two-layers, no-bias, given-hx,
+    frozen-input: its input weights frozen; else plain) and a ``run()`` giving a training
+    call's output, h_n, input gradient, an inference call's output and every parameter's
+    gradient: for comparing core_projected's paths against the module without them."""
     layers = 2 if form == "two-layers" else 1
     torch.manual_seed(0)
     gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
@@ -3140,7 +3133,12 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     x = torch.randn(shape, dtype=dtype, device=DEVICE)
     hx = torch.randn(layers, 3, 12, dtype=dtype, device=DEVICE) if form == "given-hx" \
         else None
+    return gru, x, hx, _runner(gru, x, hx)
 
+
+def _runner(gru, x, hx=None):
+    """run(): a training call's output, h_n and input gradient, an inference call's
+    output, and every parameter's gradient (None where frozen)."""
     def run():
         gru.zero_grad()
         xg = x.clone().requires_grad_()
@@ -3150,6 +3148,44 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
             inference = gru(x, hx)[0]
         return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
 
+    return run
+
+
+def _assert_same_results(got, want, tol, frozen=False, atol=None):
+    """_runner's results alike within tol relative (and atol, else tol, absolute); a
+    frozen weight's None in both."""
+    for i, (a, c) in enumerate(zip(got, want, strict=True)):
+        if c is None:  # (a frozen weight's)
+            assert a is None and frozen, i
+            continue
+        assert_close(f"result {i}", c.double(), a.double(), tol if atol is None else atol,
+                     rtol=tol)
+
+
+def _functional_of(gru, form, x, hx, reset_after):
+    """functional.gru (the module's general path) on the module's weights and input."""
+    layers = gru.num_layers
+    return flashgru.functional.gru(
+        x.transpose(0, 1) if form == "batch-first" else x,
+        hx if hx is not None else torch.zeros(layers, 3, 12, dtype=x.dtype, device=DEVICE),
+        gru._flat_weights, has_biases=form != "no-bias", num_layers=layers,
+        reset_after=reset_after, backend="triton")
+
+
+@pytest.mark.parametrize("form,dtype,reset_after", [
+    (form, torch.float32, True) for form in ("batch-first", "two-layers", "no-bias",
+                                             "given-hx", "frozen-input", "forward-alone")] +
+    [("two-layers", torch.float32, False), ("batch-first", torch.float64, False)], ids=str)
+def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
+    """A module whose layers' projections are made beside their recurrence, and whose
+    backward's GEMMs beside its reverse recurrence (core_projected, on every path that
+    reaches it: the module's own and functional's): outputs, h_n and every gradient as
+    without the overlap, to the GEMMs' rounding (a span's rows summed apart from the
+    others'); inference too; every layer's forward and backward in spans, and their
+    buffers written whole (NaN-poisoned first). Frozen input weights get no gradient.
+    With ``overlap`` FORWARD the backward runs in one span."""
+    gru, x, hx, run = _module_run(form, dtype, reset_after)
+    layers = gru.num_layers
     want = run()
     _overlap_on(monkeypatch)
     if form == "forward-alone":
@@ -3168,19 +3204,11 @@ def test_overlapped_module_matches(form, dtype, reset_after, monkeypatch):
     if form == "forward-alone":
         backward = (True, [(0, 11)])
     assert spans == [forward] * layers + [backward] * layers + [forward] * layers
-    tol = 1e-12 if dtype == torch.float64 else 2e-6
-    for i, (a, c) in enumerate(zip(got, want, strict=True)):
-        if c is None:  # (a frozen weight's)
-            assert a is None and form == "frozen-input", i
-            continue
-        assert_close(f"result {i}", c.double(), a.double(), tol, rtol=tol)
+    _assert_same_results(got, want, 1e-12 if dtype == torch.float64 else 2e-6,
+                         form == "frozen-input")
     # (functional.gru, the module's general path, reaches it too)
     spans.clear()
-    flashgru.functional.gru(x.transpose(0, 1) if form == "batch-first" else x,
-                            hx if hx is not None else torch.zeros(layers, 3, 12, dtype=dtype,
-                                                                  device=DEVICE),
-                            gru._flat_weights, has_biases=form != "no-bias",
-                            num_layers=layers, reset_after=reset_after, backend="triton")
+    _functional_of(gru, form, x, hx, reset_after)
     assert spans == [forward] * layers
 
 
@@ -3194,18 +3222,30 @@ def test_overlap_only_where_it_applies(case, monkeypatch):
     the call. Each case gives core's result on the backend's projection (tf32x3.linear;
     bit for bit where it doesn't overlap). A misspelt setting is an error, not off."""
     _overlap_on(monkeypatch)
-    dtype = torch.bfloat16 if case == "bf16" else torch.float32
-    steps = 3 if case == "short" else 8
-    g = torch.Generator().manual_seed(0)
-    x, w_ih, b_ih = (torch.randn(*s, generator=g).to(DEVICE, dtype)
-                     for s in ((steps, 2, 4), (24, 4), (24,)))
-    h0, w_hh, b_hh = (torch.randn(*s, generator=g).to(DEVICE, dtype) * 0.3
-                      for s in ((2, 8), (24, 8), (24,)))
+    inputs = _where_it_applies(case, monkeypatch, steps=3 if case == "short" else 8)
     if case == "off":
         monkeypatch.setattr(tg, "overlap", False)
     elif case == "wide":
         monkeypatch.setattr(tg, "OVERLAP_MAX_HIDDEN", 7)  # (H is 8 here)
-    elif case == "benchmark":
+    elif case == "misspelt":
+        monkeypatch.setattr(tg, "overlap", "forwards")
+        with pytest.raises(ValueError, match="triton_gru.overlap is False, True or"):
+            tg._overlaps(*inputs)
+        return
+    _check_projected(case, tg._overlaps(*inputs), inputs)
+
+
+def _where_it_applies(case, monkeypatch, steps=8, features=4):
+    """An only-where-it-applies case's inputs x, w_ih, b_ih, h0, w_hh, b_hh (H=8, B=2),
+    with the cases the settings share made: bf16 (16 bits), benchmark mode, tf32x3's
+    GEMMs, a special mode, a weight of another dtype (mixed)."""
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x, w_ih, b_ih = (torch.randn(*s, generator=g).to(DEVICE, dtype)
+                     for s in ((steps, 2, features), (24, features), (24,)))
+    h0, w_hh, b_hh = (torch.randn(*s, generator=g).to(DEVICE, dtype) * 0.3
+                      for s in ((2, 8), (24, 8), (24,)))
+    if case == "benchmark":
         monkeypatch.setattr(tg, "benchmark", True)
     elif case == "tf32x3":
         monkeypatch.setattr(flashgru.backends.tf32x3, "enabled", True)
@@ -3213,14 +3253,17 @@ def test_overlap_only_where_it_applies(case, monkeypatch):
         monkeypatch.setattr(tg, "_special_mode", lambda: True)
     elif case == "mixed":
         w_hh = w_hh.double()
-    elif case == "misspelt":
-        monkeypatch.setattr(tg, "overlap", "forwards")
-        with pytest.raises(ValueError, match="triton_gru.overlap is False, True or"):
-            tg._overlaps(x, w_ih, b_ih, h0, w_hh, b_hh)
+    return x, w_ih, b_ih, h0, w_hh, b_hh
+
+
+def _check_projected(case, applies, inputs):
+    """That a setting ``applies`` just in the case "on", and core_projected's result:
+    within fp32's rounding of core's on the backend's projection (tf32x3.linear) where it
+    applies, bit for bit where not (mixed: core refuses it; special: the op's)."""
+    assert applies == (case == "on")
+    if case in ("mixed", "special"):
         return
-    assert tg._overlaps(x, w_ih, b_ih, h0, w_hh, b_hh) == (case == "on")
-    if case in ("mixed", "special"):  # (core refuses the first; the second is the op's)
-        return
+    x, w_ih, b_ih, h0, w_hh, b_hh = inputs
     want = tg.core(flashgru.backends.tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, None,
                    True)
     got = tg.core_projected(x, w_ih, b_ih, h0, w_hh, b_hh, None, True)
@@ -3239,27 +3282,15 @@ def test_overlap_on_gpu(hidden, monkeypatch):
     overlap (fp32 GEMM rounding apart, within 1e-5 of the outputs' scale), run twice (the
     streams reused)."""
     torch.manual_seed(0)
-    gru = flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE)
-    x = torch.randn(512, 16, hidden, device=DEVICE)
-
-    def run():
-        gru.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, h_n = gru(xg)
-        (out.square().sum() + h_n.sum()).backward()
-        with torch.no_grad():
-            inference = gru(x)[0]
-        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
-
+    run = _runner(flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE),
+                  torch.randn(512, 16, hidden, device=DEVICE))
     want = run()
     monkeypatch.setattr(tg, "overlap", True)
     calls = []
     real = tg._overlapped
     monkeypatch.setattr(tg, "_overlapped", lambda *a: calls.append(a[-1]) or real(*a))
     for _ in range(2):
-        got = run()
-        for i, (a, c) in enumerate(zip(got, want, strict=True)):
-            assert_close(f"result {i}", c.double(), a.double(), 0.0, rtol=1e-5)
+        _assert_same_results(run(), want, 1e-5, atol=0.0)
     assert calls == [True, False] * 2  # (a training call's forward, an inference call's)
 
 
@@ -3391,28 +3422,8 @@ def test_projected_module_matches(form, dtype, reset_after, monkeypatch):
     every layer's forward fused (its buffers NaN-poisoned first). Frozen input weights
     get no gradient. With the overlap on too, the backward's GEMMs run beside its
     reverse recurrence, in spans."""
-    layers = 2 if form == "two-layers" else 1
-    torch.manual_seed(0)
-    gru = flashgru.GRU(5, 12, num_layers=layers, bias=form != "no-bias",
-                       batch_first=form == "batch-first", reset_after=reset_after,
-                       backend="triton", dtype=dtype, device=DEVICE)
-    if form == "frozen-input":
-        gru.weight_ih_l0.requires_grad_(False)
-        gru.bias_ih_l0.requires_grad_(False)
-    shape = (3, 11, 5) if form == "batch-first" else (11, 3, 5)
-    x = torch.randn(shape, dtype=dtype, device=DEVICE)
-    hx = torch.randn(layers, 3, 12, dtype=dtype, device=DEVICE) if form == "given-hx" \
-        else None
-
-    def run():
-        gru.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, h_n = gru(xg, hx)
-        (out.square().sum() + h_n.sum()).backward()
-        with torch.no_grad():
-            inference = gru(x, hx)[0]
-        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
-
+    gru, x, hx, run = _module_run(form, dtype, reset_after)
+    layers = gru.num_layers
     want = run()
     _project_on(monkeypatch)
     if form == "with-overlap":
@@ -3427,18 +3438,9 @@ def test_projected_module_matches(form, dtype, reset_after, monkeypatch):
     # the overlap on, those of 2 and 9 steps)
     assert fused == [True] * layers + [False] * layers
     assert spans == [2 if form == "with-overlap" else 1] * layers
-    tol = 1e-12 if dtype == torch.float64 else 2e-6
-    for i, (a, c) in enumerate(zip(got, want, strict=True)):
-        if c is None:  # (a frozen weight's)
-            assert a is None and form == "frozen-input", i
-            continue
-        assert_close(f"result {i}", c.double(), a.double(), tol, rtol=tol)
+    _assert_same_results(got, want, 2e-6, form == "frozen-input")
     fused.clear()
-    flashgru.functional.gru(x.transpose(0, 1) if form == "batch-first" else x,
-                            hx if hx is not None else torch.zeros(layers, 3, 12, dtype=dtype,
-                                                                  device=DEVICE),
-                            gru._flat_weights, has_biases=form != "no-bias",
-                            num_layers=layers, reset_after=reset_after, backend="triton")
+    _functional_of(gru, form, x, hx, reset_after)
     assert fused == [True] * layers  # (the weights want gradients: a training call's)
 
 
@@ -3453,40 +3455,19 @@ def test_project_only_where_it_applies(case, monkeypatch):
     backend's projection (tf32x3.linear; bit for bit where it doesn't apply). A misspelt
     setting is an error, not off."""
     _project_on(monkeypatch)
-    dtype = torch.bfloat16 if case == "bf16" else torch.float32
-    features = 40 if case == "wide-input" else 4  # (H=8 here: the interpreter's block 8)
-    g = torch.Generator().manual_seed(0)
-    x, w_ih, b_ih = (torch.randn(*s, generator=g).to(DEVICE, dtype)
-                     for s in ((5, 2, features), (24, features), (24,)))
-    h0, w_hh, b_hh = (torch.randn(*s, generator=g).to(DEVICE, dtype) * 0.3
-                      for s in ((2, 8), (24, 8), (24,)))
+    # (H=8 here: the interpreter's block 8)
+    inputs = _where_it_applies(case, monkeypatch, steps=5,
+                               features=40 if case == "wide-input" else 4)
     if case == "off":
         monkeypatch.setattr(tg, "project", False)
     elif case == "wide":
         monkeypatch.setattr(tg, "PROJECT_MAX_HIDDEN", 7)
-    elif case == "benchmark":
-        monkeypatch.setattr(tg, "benchmark", True)
-    elif case == "tf32x3":
-        monkeypatch.setattr(flashgru.backends.tf32x3, "enabled", True)
-    elif case == "special":
-        monkeypatch.setattr(tg, "_special_mode", lambda: True)
-    elif case == "mixed":
-        w_hh = w_hh.double()
     elif case == "misspelt":
         monkeypatch.setattr(tg, "project", "yes")
         with pytest.raises(ValueError, match="triton_gru.project is False or True"):
-            tg._projects(x, w_ih, b_ih, h0, w_hh, b_hh, False)
+            tg._projects(*inputs, False)
         return
-    assert (tg._projects(x, w_ih, b_ih, h0, w_hh, b_hh, False) is not None) == (case == "on")
-    if case in ("mixed", "special"):  # (core refuses the first; the second is the op's)
-        return
-    want = tg.core(flashgru.backends.tf32x3.linear(x, w_ih, b_ih), h0, w_hh, b_hh, None,
-                   True)
-    got = tg.core_projected(x, w_ih, b_ih, h0, w_hh, b_hh, None, True)
-    if case == "on":
-        assert_close("out", want.double(), got.double(), 2e-6, rtol=2e-6)
-    else:
-        assert torch.equal(got, want)
+    _check_projected(case, tg._projects(*inputs, False) is not None, inputs)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized: the default splits")
@@ -3497,24 +3478,12 @@ def test_project_on_gpu(hidden, monkeypatch):
     output, h_n and every gradient, and an inference call's output, against the same
     module without it (within 1e-5 of the outputs' scale)."""
     torch.manual_seed(0)
-    gru = flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE)
-    x = torch.randn(512, 16, hidden, device=DEVICE)
-
-    def run():
-        gru.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, h_n = gru(xg)
-        (out.square().sum() + h_n.sum()).backward()
-        with torch.no_grad():
-            inference = gru(x)[0]
-        return [out, h_n, xg.grad, inference, *(p.grad for p in gru.parameters())]
-
+    run = _runner(flashgru.GRU(hidden, hidden, backend="triton", device=DEVICE),
+                  torch.randn(512, 16, hidden, device=DEVICE))
     want = run()
     monkeypatch.setattr(tg, "project", True)
     calls = []
     real = tg._fused
     monkeypatch.setattr(tg, "_fused", lambda *a: calls.append(a[-2]) or real(*a))
-    got = run()
-    for i, (a, c) in enumerate(zip(got, want, strict=True)):
-        assert_close(f"result {i}", c.double(), a.double(), 0.0, rtol=1e-5)
+    _assert_same_results(run(), want, 1e-5, atol=0.0)
     assert calls == [True, False]  # (a training call's forward, an inference call's)
