@@ -53,7 +53,7 @@ def alone(fn, reps: int = 15) -> float:
     return statistics.median(times)
 
 
-def host(fn, calls: int = 20, reps: int = 5) -> float:
+def host(fn, calls: int = 1 if SMOKE else 20, reps: int = 1 if SMOKE else 5) -> float:
     """Median µs of the host's own time per call, the card kept busy behind a sleep
     queued first (so that no call waits for the GPU)."""
     fn()

@@ -13,6 +13,56 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _interpreter_patches_once_a_launch():
+    """Triton's interpreter patches the builtins of the triton.language modules a function
+    sees (inspect.getmembers over four namespaces) at every launch, and again at every call
+    of a @triton.jit function from inside a kernel; only the launch's end undoes them. A
+    second patch of a module within one launch finds nothing left to patch (a patched
+    builtin is no longer marked as one). Those repeats took a quarter of the crossed split's
+    tests (cProfile, Triton 3.9). Here a call from inside a kernel patches only the modules
+    not yet patched in this launch (triton.language.core, for its standard functions such
+    as tl.zeros); a launch patches as before. Where the interpreter has another shape,
+    nothing changes."""
+    try:
+        import threading
+
+        import triton.language as tl
+        from triton.runtime import interpreter
+        patch, scope, device_fn = (interpreter._patch_lang, interpreter._LangPatchScope,
+                                   interpreter.InterpretedFunction)
+        call = device_fn.__call__
+    except (ImportError, AttributeError):
+        return
+    state, seen = threading.local(), {}  # (seen: a module's triton.language modules)
+
+    def _patch_lang(fn):
+        key = id(fn.__globals__)
+        if key not in seen:
+            seen[key] = {id(v) for v in fn.__globals__.values() if v is tl or v is tl.core}
+        langs = seen[key]
+        if not getattr(state, "depth", 0):  # (a launch)
+            state.patched = langs
+        elif langs <= state.patched:
+            return scope()
+        else:
+            state.patched |= langs
+        return patch(fn)
+
+    def __call__(self, *args, **kwargs):
+        state.depth = getattr(state, "depth", 0) + 1
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            state.depth -= 1
+
+    interpreter._patch_lang = _patch_lang
+    device_fn.__call__ = __call__
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_patches_once_a_launch()
+
+
 @pytest.fixture
 def no_tf32():
     """fp32 means fp32 in the references: cuDNN's RNNs otherwise use TF32 by default."""
