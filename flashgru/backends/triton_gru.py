@@ -883,25 +883,35 @@ def _spans(steps: int) -> list[tuple[int, int]]:
 def _overlaps(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
               b_hh: Tensor | None) -> bool:
     """Whether core_projected overlaps this call's projection and recurrence: ``overlap``
-    on, time-major x on a device of _OVERLAP_ON, all in one device and fp32 or fp64 (the
-    state carried through out between spans is then exact), two spans or more, nothing
-    recording or transforming the call, not under graph capture, not in benchmark mode,
-    the projection not three TF32 GEMMs (tf32x3), H ≤ OVERLAP_MAX_HIDDEN."""
+    on, _gemm_may_move on _OVERLAP_ON up to OVERLAP_MAX_HIDDEN (fp32 or fp64: the state
+    carried through out between spans is then exact), two spans or more, not under graph
+    capture."""
     if not overlap:  # (first: a call's host time)
         return False
     if overlap is not True and overlap != FORWARD:
         raise ValueError(f"triton_gru.overlap is False, True or triton_gru.FORWARD "
                          f"({FORWARD!r}); got {overlap!r}")
-    if x.device.type not in _OVERLAP_ON or x.dim() != 3 or not x.shape[1]:
+    if not _gemm_may_move(x, w_ih, b_ih, h0, w_hh, b_hh, _OVERLAP_ON, OVERLAP_MAX_HIDDEN) \
+            or len(_spans(x.shape[0])) < 2:
+        return False
+    return not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def _gemm_may_move(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
+                   b_hh: Tensor | None, on: tuple[str, ...], max_hidden: int) -> bool:
+    """What ``overlap`` and ``project`` both ask of a call before its input projection
+    leaves its place in front of the kernel: time-major x with steps and rows on a device
+    type of ``on``, every tensor in x's device and dtype, fp32 or fp64, H ≤ max_hidden,
+    not in benchmark mode (its tune times gi's kernels) or a special mode (nothing
+    recording or transforming the call), the projection not three TF32 GEMMs (tf32x3)."""
+    if x.device.type not in on or x.dim() != 3 or not (x.shape[0] and x.shape[1]):
         return False
     if x.dtype not in (torch.float32, torch.float64) or any(
             t is not None and (t.dtype != x.dtype or t.device != x.device)
             for t in (w_ih, b_ih, h0, w_hh, b_hh)):
         return False
-    if len(_spans(x.shape[0])) < 2 or benchmark or _special_mode() or \
-            h0.shape[-1] > OVERLAP_MAX_HIDDEN or tf32x3.applies(x, w_ih):
-        return False
-    return not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    return not (benchmark or _special_mode() or h0.shape[-1] > max_hidden or
+                tf32x3.applies(x, w_ih))
 
 
 def _streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
@@ -1015,23 +1025,15 @@ def _projecting(cfg: Config, features: int) -> Config | None:
 def _projects(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, h0: Tensor, w_hh: Tensor,
               b_hh: Tensor | None, save: bool) -> Config | None:
     """The split core_projected's forward makes its input projections with (_projecting's
-    of the default), or None where it doesn't: ``project`` on, time-major x on a device of
-    _PROJECT_ON, all in one device and fp32 or fp64, not in benchmark mode (its tune
-    times gi's kernels), nothing recording or transforming the call, the projection not
-    three TF32 GEMMs (tf32x3), H ≤ PROJECT_MAX_HIDDEN."""
+    of the default), or None where it doesn't: ``project`` on, _gemm_may_move on
+    _PROJECT_ON up to PROJECT_MAX_HIDDEN, W_hh's rows on the card at once."""
     if not project:  # (first: a call's host time)
         return None
     if project is not True:
         raise ValueError(f"triton_gru.project is False or True; got {project!r}")
-    if x.device.type not in _PROJECT_ON or x.dim() != 3 or not (x.shape[0] and x.shape[1]):
-        return None
-    if x.dtype not in (torch.float32, torch.float64) or any(
-            t is not None and (t.dtype != x.dtype or t.device != x.device)
-            for t in (w_ih, b_ih, h0, w_hh, b_hh)):
-        return None
     hidden = h0.shape[-1]
-    if benchmark or _special_mode() or hidden > PROJECT_MAX_HIDDEN or \
-            hidden > splits.max_hidden(x.device) or tf32x3.applies(x, w_ih):
+    if not _gemm_may_move(x, w_ih, b_ih, h0, w_hh, b_hh, _PROJECT_ON, PROJECT_MAX_HIDDEN) \
+            or hidden > splits.max_hidden(x.device):
         return None
     cfg = _default("forward", x.shape[1], hidden, x.device, x.dtype, save, x.dtype)
     return _projecting(cfg, x.shape[-1])
