@@ -49,6 +49,17 @@ class _Prepared(NamedTuple):
     is_batched: bool
 
 
+def _copy_weights(source: nn.GRU, target: nn.GRU) -> None:
+    """Copy into target's plain parameters the weights source's forward uses: through any
+    parametrization (weight_norm, spectral_norm) or pruning mask of source's, whose
+    state_dict then holds other keys; a parameter frozen in source (requires_grad False)
+    is frozen in target."""
+    for name in target._flat_weights_names:
+        value = getattr(source, name)  # (outside no_grad: a parametrization's then tells
+        with torch.no_grad():          # whether its parameters are trained)
+            getattr(target, name).copy_(value).requires_grad_(value.requires_grad)
+
+
 class GRU(nn.GRU):
     r"""A multi-layer GRU, a drop-in replacement for :class:`torch.nn.GRU`.
 
@@ -118,7 +129,8 @@ class GRU(nn.GRU):
 
     @classmethod
     def from_torch(cls, module: nn.GRU, *, backend: str = "auto") -> GRU:
-        """A flashgru.GRU with the configuration and a copy of the weights of ``module``."""
+        """A flashgru.GRU with the configuration and a copy of the weights of ``module``
+        (_copy_weights: the weights its forward uses, frozen ones frozen)."""
         if not isinstance(module, nn.GRU):
             raise TypeError(f"expected a torch.nn.GRU, got {type(module).__name__}")
         weight = module.weight_ih_l0
@@ -128,12 +140,13 @@ class GRU(nn.GRU):
             device=weight.device, dtype=weight.dtype, backend=backend,
             reset_after=getattr(module, "reset_after", True),
         )
-        new.load_state_dict(module.state_dict())
+        _copy_weights(module, new)
         new.train(module.training)
         return new
 
     def to_torch(self) -> nn.GRU:
-        """A torch.nn.GRU with this configuration and a copy of the weights.
+        """A torch.nn.GRU with this configuration and a copy of the weights (as from_torch
+        copies them).
 
         Raises ValueError for reset_after=False, which torch.nn.GRU can't compute."""
         if not self.reset_after:
@@ -145,7 +158,7 @@ class GRU(nn.GRU):
             self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
             self.dropout, self.bidirectional, device=weight.device, dtype=weight.dtype,
         )
-        module.load_state_dict(self.state_dict())
+        _copy_weights(self, module)
         module.train(self.training)
         return module
 

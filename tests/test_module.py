@@ -63,6 +63,37 @@ def test_from_torch_and_to_torch():
         flashgru.GRU.from_torch(torch.nn.LSTM(3, 5))
 
 
+@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "pruned", "frozen"])
+def test_conversions_copy_the_weights_forward_uses(how):
+    """from_torch and to_torch copy the weights a module's forward uses, through a
+    parametrization or a pruning mask (whose state_dict holds other keys), into plain
+    parameters; a frozen parameter stays frozen."""
+    from torch.nn.utils import parametrizations, prune
+
+    def altered(module):
+        if how == "weight_norm":
+            parametrizations.weight_norm(module, "weight_hh_l0")
+        elif how == "spectral_norm":
+            parametrizations.spectral_norm(module.eval(), "weight_ih_l1")
+        elif how == "pruned":
+            prune.l1_unstructured(module, "weight_hh_l1", 0.5)
+        else:
+            module.weight_hh_l0.requires_grad_(False)
+        return module
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    for module, convert in ((torch.nn.GRU(4, 6, 2, dtype=torch.float64), flashgru.GRU.from_torch),
+                            (flashgru.GRU(4, 6, 2, dtype=torch.float64), flashgru.GRU.to_torch)):
+        source = altered(module)
+        copy = convert(source)
+        for name in source._flat_weights_names:
+            got, want = getattr(copy, name), getattr(source, name)
+            assert type(got) is torch.nn.Parameter and torch.equal(got, want.detach())
+            assert got.requires_grad == (how != "frozen" or name != "weight_hh_l0")
+        assert_close("output", source(x)[0], copy(x)[0], 1e-12)
+
+
 def test_extra_repr():
     assert repr(flashgru.GRU(5, 6)) == "GRU(5, 6)"
     assert repr(flashgru.GRU(5, 6, 2, bias=False, batch_first=True, dropout=0.2,
