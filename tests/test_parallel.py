@@ -291,6 +291,37 @@ def test_module_backend_parallel_packed():
     assert_close("h_n", h_ref, h, 1e-12)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_bias_changed_before_the_backward(reset_after):
+    """b_hh changed in place between the forward and the backward: the gradients are
+    those of the forward's b_hh, as torch.nn.GRU's (which keeps no b_hh for its backward)
+    and the reference's are; before, the solver's saved b_hh made autograd refuse."""
+    torch.manual_seed(0)
+    grads = []
+    for backend in ("reference", "parallel"):
+        torch.manual_seed(0)
+        module = flashgru.GRU(4, 5, backend=backend, reset_after=reset_after,
+                              dtype=torch.float64)
+        x = torch.randn(6, 2, 4, dtype=torch.float64, requires_grad=True)
+        out, _ = module(x)
+        with torch.no_grad():
+            module.bias_hh_l0.add_(0.5)
+        out.square().sum().backward()
+        grads.append([x.grad] + [p.grad for p in module.parameters()])
+    for want, got in zip(*grads, strict=True):
+        assert_close("gradient", want, got, 1e-10)
+
+
+def test_meta_device_gives_the_shapes():
+    """On the meta device (no values for Newton's iterations) the reference's shapes, as
+    torch.nn.GRU's."""
+    ref = torch.nn.GRU(4, 5, 2, bidirectional=True, device="meta")
+    ours = flashgru.GRU.from_torch(ref, backend="parallel")
+    x = torch.randn(6, 2, 4, device="meta")
+    for want, got in zip(ref(x), ours(x), strict=True):
+        assert got.device.type == "meta" and got.shape == want.shape
+
+
 @pytest.mark.large
 def test_long_memory_converges_to_the_sequential_answer():
     """z near 1 (J near I): residuals add up over the steps, so the solver also waits for

@@ -489,7 +489,10 @@ class _ParallelGRU(torch.autograd.Function):
     def forward(ctx, gi, h0, w_hh, b_hh, lengths, reset_after):
         with _full_precision(gi.device):
             traj = solve(gi, h0, w_hh, b_hh, lengths, reset_after)
-        ctx.save_for_backward(gi, h0, w_hh, b_hh, traj, lengths)
+        # (b_hh as it is now: the adjoint evaluates the steps again, and torch's GRU keeps
+        # no b_hh for its backward, so its callers may change it in place before theirs)
+        ctx.save_for_backward(gi, h0, w_hh, None if b_hh is None else b_hh.clone(), traj,
+                              lengths)
         ctx.reset_after = reset_after
         valid = _valid(lengths, gi.shape[0], gi)
         # (a new tensor either way: the caller may change its output in place before the
@@ -513,7 +516,9 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
     """The recurrent core (see ``reference.core`` for the contract), parallel in time."""
     if gi.dtype != h0.dtype:  # autocast made the input projection low precision
         gi = gi.to(h0.dtype)
-    if gi.shape[0] == 0 or gi.shape[1] == 0:  # (nothing to solve: the reference's empty
-        # result, which autograd still connects to every input, as torch's is)
+    if gi.shape[0] == 0 or gi.shape[1] == 0 or gi.device.type == "meta":
+        # (nothing to solve: the reference's empty result, which autograd still connects
+        # to every input, as torch's is; on the meta device, values the solver's iterations
+        # can't read: the reference's shapes)
         return reference.core(gi, h0, w_hh, b_hh, lengths, reset_after)
     return _ParallelGRU.apply(gi, h0, w_hh, b_hh, lengths, reset_after)
