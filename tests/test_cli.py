@@ -175,6 +175,12 @@ BAD = {
     "surnames option on forecast": lambda d: ["train", "forecast", "--limit", "50"],
     "out is a file": lambda d: ["train", "surnames", "--limit", "20", "--out",
                                 _bad_csv(d, "file3", "x")],
+    "seed below 0": lambda d: ["train", "surnames", "--seed", "-1"],
+    "seed past 2**32": lambda d: ["train", "surnames", "--seed", str(2**32)],
+    "empty csv name": lambda d: ["train", "forecast", "--csv", ""],
+    "empty target name": lambda d: ["train", "forecast", "--target", ""],
+    "a value past float32": lambda d: ["train", "forecast", "--target", "a", "--csv",
+                                       _bad_csv(d, "big.csv", "a\n" + "1\n" * 50 + "4e38\n")],
 }
 
 
@@ -217,24 +223,36 @@ def test_predict_refuses_an_empty_name(surnames_run, capsys):
     assert "give non-empty names" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("edit", ["lacks a key", "another model"])
+@pytest.mark.parametrize("edit", ["lacks a key", "another model", "options", "rng"])
 def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, edit):
-    """config.json edited or from another run beside checkpoint.pt: evaluate and resume
-    say so in one line (exit 2)."""
+    """config.json edited or from another run beside checkpoint.pt, or a checkpoint's
+    options or random state edited: evaluate and resume say so in one line (exit 2)."""
+    import torch
+
     run = tmp_path / "run"
     run.mkdir()
     config = json.loads((surnames_run / "config.json").read_text())
+    ckpt = torch.load(surnames_run / "checkpoint.pt", weights_only=True)
     if edit == "lacks a key":
         del config["classes"]
-    else:
+    elif edit == "another model":
         config["model"]["hidden"] = 7
+    elif edit == "options":
+        ckpt["options"] = {"bogus": 1}
+    else:
+        ckpt["rng"] = 3
     (run / "config.json").write_text(json.dumps(config))
-    (run / "checkpoint.pt").write_bytes((surnames_run / "checkpoint.pt").read_bytes())
+    torch.save(ckpt, run / "checkpoint.pt")
     for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
-        assert main(argv) == 2
+        code = main(argv)
+        if edit in ("options", "rng") and argv[0] == "evaluate":
+            assert code == 0  # (evaluate reads the best model alone)
+            capsys.readouterr()
+            continue
+        assert code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and ("lacks 'classes'" in err[0] or
-                                  "don't describe one model: Error(s) in loading" in err[0])
+                                  "don't describe one model: " in err[0]), err
 
 
 def test_a_file_system_that_refuses_a_write_is_one_line(surnames_run, tmp_path, capsys,
@@ -267,6 +285,100 @@ def test_a_file_system_that_refuses_a_write_is_one_line(surnames_run, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint.pt: can't write: torch.save failed" in err[0], err
     assert not run.exists()
+
+
+def test_a_refused_write_leaves_no_directory_it_made(tmp_path, capsys, monkeypatch):
+    """A new run (or bench) whose first file can't be written takes away the directories
+    it made for it, parents too; one line, exit 2."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    for argv in (TINY_SURNAMES + ["--out", str(tmp_path / "a" / "b" / "run")],
+                 ["bench", "--grid", "1,2,3", "--repeats", "1", "--out",
+                  str(tmp_path / "c" / "d")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "can't write: Read-only file system" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_refused_report_keeps_the_trained_run(tmp_path, capsys, monkeypatch):
+    """Training done, its report's write refused: one line, exit 2, saying how to write
+    the report; the checkpoint stays, and --resume then writes the report."""
+    import errno
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def no_plots(*args, prefix="", **kwargs):
+        if prefix.startswith(".curves.png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_plots)
+    run = tmp_path / "run"
+    assert main(TINY_SURNAMES + ["--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "curves.png: can't write" in err[0], err
+    assert err[0].endswith(f"the trained run is saved: flashgru train --resume {run} "
+                           "writes its report")
+    assert (run / "checkpoint.pt").exists() and no_temp_files(run)
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "curves.png").exists() and (run / "metrics.json").exists()
+
+
+def test_a_forecast_runs_own_series_changed(tmp_path, capsys):
+    """The series a run trained on, read again by evaluate, predict and --resume, must
+    have its rows: a file cut since is one line, exit 2 (before, evaluate failed inside
+    numpy and predict forecast from a wrapped-around window)."""
+    csv = tmp_path / "series.csv"
+    rows = ["load"] + [str((i % 24) * 1.5) for i in range(200)]
+    csv.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "forecast", "--csv", str(csv), "--target", "load", "--window",
+                 "10", "--horizon", "3", "--epochs", "1", "--hidden", "8", "--out",
+                 str(run)]) == 0
+    capsys.readouterr()
+    csv.write_text("\n".join(rows[:8]) + "\n")
+    for argv in (["evaluate", str(run)], ["predict", str(run)], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "7 rows, where this run was trained on 200" in err[0], err
+
+
+def test_forecast_of_values_near_float32s_range(tmp_path):
+    """Values up to float32's range train and report finite metrics (the statistics and
+    errors in float64: in float32 they overflowed to inf and NaN)."""
+    csv = tmp_path / "big.csv"
+    csv.write_text("load\n" + "\n".join(f"{i % 5}e37" for i in range(120)) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "forecast", "--csv", str(csv), "--target", "load", "--window",
+                 "5", "--horizon", "2", "--epochs", "1", "--hidden", "8", "--out",
+                 str(run)]) == 0
+
+    def refuse(name):
+        raise ValueError(f"{name} in a JSON file")
+
+    for name in ("config.json", "metrics.json"):
+        json.loads((run / name).read_text(), parse_constant=refuse)
+
+
+def test_gates_takes_any_name(surnames_run, tmp_path, capsys):
+    """A name with mathtext's dollar signs, and one too long for a file name of its own
+    (the default --out cuts it)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(surnames_run, run)
+    assert main(["gates", str(run), "a$^$b", "--out", str(tmp_path / "dollar.png")]) == 0
+    assert (tmp_path / "dollar.png").stat().st_size > 0
+    assert main(["gates", str(run), "a" * 300]) == 0
+    assert (run / f"gates-{'a' * 80}.png").exists()
 
 
 def test_predict_needs_only_a_window_of_rows(forecast_run, tmp_path, capsys):

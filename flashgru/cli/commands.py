@@ -25,6 +25,7 @@ from .common import (
     new_run_dir,
     pick_device,
     read_run,
+    remove_empty,
     save_torch,
     seed_everything,
     write_json,
@@ -46,7 +47,8 @@ def train(args) -> int:
         if args.task and args.task != config["task"]:
             raise CLIError(f"{args.resume} is a {config['task']} run, not {args.task}")
         ckpt = load_checkpoint(run, torch.device("cpu"))
-        opts = Options(**ckpt["options"])
+        with consistent_run(run):
+            opts = Options(**ckpt["options"])
     else:
         if not args.task:
             raise CLIError("name a task (surnames or forecast) or --resume RUN_DIR")
@@ -93,16 +95,15 @@ def _train(config, opts, ckpt, run, backend, device, dist) -> int:
             trainer.restore(ckpt)
     log = print if dist.main else (lambda *a, **k: None)
     new_run = dist.main and ckpt is None
-    if new_run:
-        existed = run.exists()  # (an empty directory named by --out)
-        make_dir(run)
-        write_json(run / CONFIG, config)
-    log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation / "
-        f"{task.sizes['test']} test examples; {trainer.model.gru}, backend {backend.name}; "
-        f"{dist.world_size} process(es); run directory {run}")
-    if trainer.state.done or trainer.state.epoch >= opts.epochs:
-        log("this run has finished training; reporting its best model")
+    made = make_dir(run) if new_run else []  # (an empty directory named by --out: kept)
     try:
+        if new_run:
+            write_json(run / CONFIG, config)
+        log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation"
+            f" / {task.sizes['test']} test examples; {trainer.model.gru}, backend "
+            f"{backend.name}; {dist.world_size} process(es); run directory {run}")
+        if trainer.state.done or trainer.state.epoch >= opts.epochs:
+            log("this run has finished training; reporting its best model")
         state = trainer.fit(log)
     except Interrupted:
         log(f"interrupted: checkpoint saved; continue with: flashgru train --resume {run}")
@@ -112,15 +113,17 @@ def _train(config, opts, ckpt, run, backend, device, dist) -> int:
             # config.json alone, from a failure or a second Ctrl-C before the first
             # checkpoint; taken away so that --out can name it again)
             (run / CONFIG).unlink(missing_ok=True)
-            if not existed:
-                with contextlib.suppress(OSError):
-                    run.rmdir()
+            remove_empty(made)
         raise
     if dist.main:
         state.done = True
         save_torch(run / CHECKPOINT, trainer.checkpoint())
         trainer.model.load_state_dict(trainer.best)
-        finish(task, trainer.model, run, config, state, device)
+        try:
+            finish(task, trainer.model, run, config, state, device)
+        except CLIError as e:  # (a refused write of the report: the training is kept)
+            raise CLIError(f"{e}; the trained run is saved: flashgru train --resume {run} "
+                           "writes its report") from None
     return 0
 
 
@@ -202,6 +205,8 @@ def _check_numbers(args) -> None:
         raise CLIError("--ema must be in [0, 1)")
     if not 0 <= args.label_smoothing < 1:
         raise CLIError("--label-smoothing must be in [0, 1)")
+    if not 0 <= args.seed < 2**32:
+        raise CLIError("--seed must be in [0, 2**32)")
 
 
 def _load(args):
@@ -304,13 +309,19 @@ def bench(args) -> int:
     rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
     bar.close()
     table = markdown(rows, device)
-    make_dir(out)  # (after the timings: a run that fails or is interrupted leaves nothing)
-    write_text(out / "bench.md", table)
-    plots.bench(out / "bench.png", rows)
+    made = make_dir(out)  # (after the timings: a run that fails or is interrupted leaves
+    try:                  # nothing)
+        write_text(out / "bench.md", table)
+        plots.bench(out / "bench.png", rows)
+    except BaseException:
+        (out / "bench.md").unlink(missing_ok=True)
+        remove_empty(made)
+        raise
     print(table)
     print(f"wrote {out}/bench.md and {out}/bench.png")
     return 0
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    """name as part of a file name: letters, digits, - and _, at most 80 of them."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80]

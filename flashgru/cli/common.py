@@ -136,7 +136,8 @@ def read_run(run_dir: str | Path) -> tuple[Path, dict]:
     except (OSError, ValueError) as e:
         raise CLIError(f"{run_dir}: unreadable {CONFIG}: {e}") from e
     if not isinstance(config, dict) or config.get("task") not in ("surnames", "forecast") \
-            or not isinstance(config.get("model"), dict):
+            or not isinstance(config.get("model"), dict) \
+            or any(key not in config["model"] for key in ("reset_after", "backend")):
         raise CLIError(f"{run_dir}: {CONFIG} is not a flashgru run's config")
     return run, config
 
@@ -165,17 +166,30 @@ def consistent_run(run: Path):
         yield
     except KeyError as e:
         raise CLIError(f"{run}: {CONFIG} lacks {e} (not a whole flashgru run)") from None
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise CLIError(f"{run}: {CONFIG} and {CHECKPOINT} don't describe one model: "
                        f"{_first_line(e)}") from None
 
 
-def make_dir(path: Path) -> None:
-    """Create a run's directory, or say in one line why it can't be."""
+def make_dir(path: Path) -> list[Path]:
+    """Create a run's directory, or say in one line why it can't be. Returns the
+    directories it created, the innermost first (for remove_empty)."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_empty(made)
         raise CLIError(f"{path}: can't create the directory: {e.strerror}") from None
+    return made
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Take away the directories make_dir created, innermost first, where they are
+    empty (a command that failed leaves none behind; files it kept stay, and with them
+    their directories)."""
+    for directory in made:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def new_run_dir(out: str | None, task: str) -> Path:

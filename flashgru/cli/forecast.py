@@ -27,6 +27,8 @@ DEFAULT_SERIES = "vega_datasets:seattle-weather.csv"
 DEFAULTS = {"target": "temp_max", "features": ["temp_max", "temp_min", "precipitation", "wind"],
             "season": 365}
 SPLIT = (0.70, 0.15, 0.15)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # (the series is float32; its statistics,
+# errors and metrics are float64, so that values near this range don't overflow there)
 
 
 def resolve(source: str) -> Path:
@@ -47,7 +49,7 @@ def read_table(source: str) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise CLIError(f"{source}: no such file")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # (a BOM is not a name's)
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise CLIError(f"{source}: can't read it as CSV: {e}") from e
@@ -73,12 +75,15 @@ def numeric_columns(source: str, header, body, names: list[str]) -> np.ndarray:
         col = header.index(name)
         for i, row in enumerate(body):
             try:
-                out[i, j] = float(row[col])
+                value = float(row[col])
             except ValueError:
                 raise CLIError(f"{source}: column {name!r} is not numeric "
                                f"(line {i + 2}: {row[col]!r})") from None
-            if not math.isfinite(out[i, j]):
-                raise CLIError(f"{source}: column {name!r} has {row[col]!r} on line {i + 2}")
+            if not abs(value) <= FLOAT32_MAX:  # (NaN, ±inf, or past float32's range)
+                beyond = " (past float32's range)" if math.isfinite(value) else ""
+                raise CLIError(f"{source}: column {name!r} has {row[col]!r} on line "
+                               f"{i + 2}{beyond}")
+            out[i, j] = value
     return out
 
 
@@ -129,6 +134,8 @@ class ForecastTask:
     name = "forecast"
 
     def __init__(self, config: dict, source: str | None = None, need_test: bool = True):
+        if source == "":
+            raise CLIError("--csv: give a file name")
         self.config = config
         data = config["data"]
         self.source = source or data["source"]
@@ -136,17 +143,25 @@ class ForecastTask:
         self.series = numeric_columns(self.source, header, body, data["features"])
         self.target = data["features"].index(data["target"])
         self.window, self.horizon = data["window"], data["horizon"]
-        self.mean = np.array(data["mean"], dtype=np.float32)
-        self.std = np.array(data["std"], dtype=np.float32)
-        self.normed = (self.series - self.mean) / self.std
+        self.mean = np.array(data["mean"], dtype=np.float64)
+        self.std = np.array(data["std"], dtype=np.float64)
+        self.normed = ((self.series - self.mean) / self.std).astype(np.float32)
         self.starts = window_starts(len(self.series), self.window, self.horizon)
         self.sizes = {k: len(v) for k, v in self.starts.items()}
-        if source and ((need_test and self.sizes["test"] == 0) or len(self.series) < self.window):
-            raise CLIError(f"{source}: {len(self.series)} rows are too few for this run's "
-                           f"window {self.window} and horizon {self.horizon}")
+        rows = data.get("rows")
+        if source is None and rows is not None and len(self.series) != rows:
+            raise CLIError(f"{self.source}: {len(self.series)} rows, where this run was "
+                           f"trained on {rows}: the file has changed since (give --csv FILE "
+                           "for another series)")
+        if (need_test and self.sizes["test"] == 0) or len(self.series) < self.window:
+            raise CLIError(f"{self.source}: {len(self.series)} rows are too few for this "
+                           f"run's window {self.window} and horizon {self.horizon}")
 
     @classmethod
     def new_config(cls, args) -> dict:
+        if args.csv == "" or args.target == "":
+            raise CLIError(f"--{'csv' if args.csv == '' else 'target'}: give a "
+                           f"{'file' if args.csv == '' else 'column'} name")
         source = args.csv or DEFAULT_SERIES
         header, body = read_table(source)
         target = args.target or (DEFAULTS["target"] if not args.csv else None)
@@ -168,7 +183,7 @@ class ForecastTask:
             raise CLIError(f"{source}: {len(series)} rows are too few for --window {window} "
                            f"and --horizon {horizon} (each of train, validation and test "
                            "needs at least one window)")
-        train_part = series[: starts["train"][-1] + 1]
+        train_part = series[: starts["train"][-1] + 1].astype(np.float64)
         std = train_part.std(0)
         season = args.season if args.season is not None else (
             None if args.csv else DEFAULTS["season"])
@@ -192,18 +207,18 @@ class ForecastTask:
         return torch.from_numpy(x).to(device)  # (B, window, features)
 
     def truth(self, ends) -> np.ndarray:
-        y = self.series[:, self.target]
+        y = self.series[:, self.target].astype(np.float64)
         return np.stack([y[t + 1 : t + 1 + self.horizon] for t in ends])  # (B, horizon)
 
     def batch(self, split, indices, device):
         ends = self.starts[split][indices]
-        last = self.series[ends, self.target][:, None]
-        offsets = (self.truth(ends) - last) / self.std[self.target]
+        last = self.series[ends, self.target][:, None].astype(np.float64)
+        offsets = ((self.truth(ends) - last) / self.std[self.target]).astype(np.float32)
         return self.inputs(ends, device), (torch.from_numpy(offsets).to(device), ends)
 
     def to_values(self, outputs, ends) -> np.ndarray:
-        last = self.series[ends, self.target][:, None]
-        return outputs.detach().cpu().numpy() * self.std[self.target] + last
+        last = self.series[ends, self.target][:, None].astype(np.float64)
+        return outputs.detach().cpu().numpy().astype(np.float64) * self.std[self.target] + last
 
     def loss(self, outputs, targets):
         return nn.functional.mse_loss(outputs, targets[0])
@@ -227,7 +242,7 @@ class ForecastTask:
 
     def baselines(self, ends) -> dict[str, np.ndarray]:
         """Naive forecasts for windows ending at ``ends``: (B, horizon) each."""
-        y = self.series[:, self.target]
+        y = self.series[:, self.target].astype(np.float64)
         out = {"last value": np.repeat(y[ends][:, None], self.horizon, axis=1)}
         season = self.config["data"]["season"]
         if season and ends.min() + 1 - season >= 0:

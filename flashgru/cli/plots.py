@@ -68,6 +68,11 @@ def forecast(path: Path, report: dict, target: str, horizon: int) -> None:
     plt.close(fig)
 
 
+def _literal(text: str) -> str:
+    """text as matplotlib draws it: a name's dollar signs escaped, not mathtext's."""
+    return text.replace("$", r"\$")
+
+
 def gates(path: Path, name: str, trace, title: str) -> None:
     """Heatmaps of r, z and h over the characters of one name, for each direction.
 
@@ -85,11 +90,11 @@ def gates(path: Path, name: str, trace, title: str) -> None:
             ax = axes[row][d]
             image = ax.imshow(values[d].T.cpu().numpy(), aspect="auto", cmap=cmap,
                               vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_xticks(range(len(name)), list(name))
+            ax.set_xticks(range(len(name)), [_literal(c) for c in name])
             ax.set_ylabel("hidden unit")
             ax.set_title(f"{label}, {'forward' if d == 0 else 'backward'}", fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)
