@@ -142,6 +142,7 @@ class ForecastTask:
         header, body = read_table(self.source)
         self.series = numeric_columns(self.source, header, body, data["features"])
         self.target = data["features"].index(data["target"])
+        self.y = self.series[:, self.target].astype(np.float64)  # (the target, for errors)
         self.window, self.horizon = data["window"], data["horizon"]
         self.mean = np.array(data["mean"], dtype=np.float64)
         self.std = np.array(data["std"], dtype=np.float64)
@@ -159,9 +160,9 @@ class ForecastTask:
 
     @classmethod
     def new_config(cls, args) -> dict:
-        if args.csv == "" or args.target == "":
-            raise CLIError(f"--{'csv' if args.csv == '' else 'target'}: give a "
-                           f"{'file' if args.csv == '' else 'column'} name")
+        for flag, value, what in (("csv", args.csv, "file"), ("target", args.target, "column")):
+            if value == "":
+                raise CLIError(f"--{flag}: give a {what} name")
         source = args.csv or DEFAULT_SERIES
         header, body = read_table(source)
         target = args.target or (DEFAULTS["target"] if not args.csv else None)
@@ -207,18 +208,17 @@ class ForecastTask:
         return torch.from_numpy(x).to(device)  # (B, window, features)
 
     def truth(self, ends) -> np.ndarray:
-        y = self.series[:, self.target].astype(np.float64)
-        return np.stack([y[t + 1 : t + 1 + self.horizon] for t in ends])  # (B, horizon)
+        return np.stack([self.y[t + 1 : t + 1 + self.horizon] for t in ends])  # (B, horizon)
 
     def batch(self, split, indices, device):
         ends = self.starts[split][indices]
-        last = self.series[ends, self.target][:, None].astype(np.float64)
-        offsets = ((self.truth(ends) - last) / self.std[self.target]).astype(np.float32)
+        offsets = (self.truth(ends) - self.y[ends][:, None]) / self.std[self.target]
+        offsets = offsets.astype(np.float32)
         return self.inputs(ends, device), (torch.from_numpy(offsets).to(device), ends)
 
     def to_values(self, outputs, ends) -> np.ndarray:
-        last = self.series[ends, self.target][:, None].astype(np.float64)
-        return outputs.detach().cpu().numpy().astype(np.float64) * self.std[self.target] + last
+        offsets = outputs.detach().cpu().numpy().astype(np.float64)
+        return offsets * self.std[self.target] + self.y[ends][:, None]
 
     def loss(self, outputs, targets):
         return nn.functional.mse_loss(outputs, targets[0])
@@ -242,7 +242,7 @@ class ForecastTask:
 
     def baselines(self, ends) -> dict[str, np.ndarray]:
         """Naive forecasts for windows ending at ``ends``: (B, horizon) each."""
-        y = self.series[:, self.target].astype(np.float64)
+        y = self.y
         out = {"last value": np.repeat(y[ends][:, None], self.horizon, axis=1)}
         season = self.config["data"]["season"]
         if season and ends.min() + 1 - season >= 0:
