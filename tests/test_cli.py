@@ -181,6 +181,11 @@ BAD = {
     "empty target name": lambda d: ["train", "forecast", "--target", ""],
     "a value past float32": lambda d: ["train", "forecast", "--target", "a", "--csv",
                                        _bad_csv(d, "big.csv", "a\n" + "1\n" * 50 + "4e38\n")],
+    "a column named twice": lambda d: ["train", "forecast", "--target", "a", "--csv",
+                                       _bad_csv(d, "twice.csv", "a,b,b\n" + "1,2,3\n" * 50)],
+    "a feature named twice": lambda d: ["train", "forecast", "--features", "wind,wind"],
+    "infinite learning rate": lambda d: ["train", "surnames", "--lr", "inf"],
+    "an empty grid": lambda d: ["bench", "--grid"],
 }
 
 
@@ -223,7 +228,8 @@ def test_predict_refuses_an_empty_name(surnames_run, capsys):
     assert "give non-empty names" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("edit", ["lacks a key", "another model", "options", "rng"])
+@pytest.mark.parametrize("edit", ["lacks a key", "another model", "options", "rng",
+                                  "limit"])
 def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, edit):
     """config.json edited or from another run beside checkpoint.pt, or a checkpoint's
     options or random state edited: evaluate and resume say so in one line (exit 2)."""
@@ -239,6 +245,8 @@ def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, 
         config["model"]["hidden"] = 7
     elif edit == "options":
         ckpt["options"] = {"bogus": 1}
+    elif edit == "limit":  # (other names: its data's fingerprint differs)
+        config["limit"] += 1
     else:
         ckpt["rng"] = 3
     (run / "config.json").write_text(json.dumps(config))
@@ -252,7 +260,22 @@ def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, 
         assert code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and ("lacks 'classes'" in err[0] or
-                                  "don't describe one model: " in err[0]), err
+                                  "don't describe one model: " in err[0] or
+                                  "surname data differ from this run's" in err[0]), err
+
+
+def test_a_forecast_config_edited_is_one_line(forecast_run, tmp_path, capsys):
+    """A forecast run's config.json with a season that is not a whole number: one line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = json.loads((forecast_run / "config.json").read_text())
+    config["data"]["season"] = "abc"
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoint.pt").write_bytes((forecast_run / "checkpoint.pt").read_bytes())
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "season are positive whole numbers" in err[0], err
 
 
 def test_a_file_system_that_refuses_a_write_is_one_line(surnames_run, tmp_path, capsys,

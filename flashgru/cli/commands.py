@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -197,8 +198,9 @@ def _check_numbers(args) -> None:
         raise CLIError("--layers and --embed must be at least 1")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise CLIError("--dropout must be in [0, 1)")
-    if (args.lr is not None and not args.lr > 0) or not args.max_time >= 0 or args.limit < 0:
-        raise CLIError("--lr must be positive; --max-time and --limit at least 0")
+    if (args.lr is not None and not 0 < args.lr < math.inf) or not args.max_time >= 0 or \
+            args.limit < 0:
+        raise CLIError("--lr must be positive and finite; --max-time and --limit at least 0")
     if args.season is not None and args.season < 1:
         raise CLIError("--season must be at least 1")
     if args.ema is not None and not 0 <= args.ema < 1:
@@ -288,6 +290,8 @@ def bench(args) -> int:
     from .common import need
 
     device = pick_device(args.device)
+    if args.grid == []:
+        raise CLIError("--grid takes one or more points B,T,H (without it: a small grid)")
     try:
         grid = [tuple(int(v) for v in p.split(",")) for p in args.grid] if args.grid \
             else SMALL_GRID

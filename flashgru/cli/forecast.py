@@ -57,6 +57,9 @@ def read_table(source: str) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise CLIError(f"{source}: empty file")
     header, body = [h.strip() for h in rows[0]], rows[1:]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise CLIError(f"{source}: the header names {', '.join(map(repr, twice))} twice")
     if not body:
         raise CLIError(f"{source}: a header and no data rows")
     for i, row in enumerate(body, start=2):
@@ -144,6 +147,10 @@ class ForecastTask:
         self.target = data["features"].index(data["target"])
         self.y = self.series[:, self.target].astype(np.float64)  # (the target, for errors)
         self.window, self.horizon = data["window"], data["horizon"]
+        season = data["season"]
+        if not all(isinstance(n, int) and n >= 1 for n in (self.window, self.horizon)) or \
+                not (season is None or isinstance(season, int) and season >= 1):
+            raise ValueError("window, horizon and season are positive whole numbers")
         self.mean = np.array(data["mean"], dtype=np.float64)
         self.std = np.array(data["std"], dtype=np.float64)
         self.normed = ((self.series - self.mean) / self.std).astype(np.float32)
@@ -170,6 +177,8 @@ class ForecastTask:
             raise CLIError("--csv needs --target COLUMN")
         if args.features:
             features = [f.strip() for f in args.features.split(",") if f.strip()]
+            if len(set(features)) < len(features):
+                raise CLIError(f"--features {args.features}: a column named twice")
         elif args.csv:
             features = all_numeric(header, body)
         else:

@@ -125,6 +125,9 @@ class SurnameTask:
         if sorted(data) != self.classes:
             raise CLIError("the surname data differ from this run's (another faker version?)")
         self.splits = split_surnames(data)
+        if fingerprint(self.splits) != config["data"]["fingerprint"]:
+            raise CLIError("the surname data differ from this run's (its config.json's limit "
+                           "edited, or another faker version?)")
         self.sizes = {k: len(v) for k, v in self.splits.items()}
         # every split's names as padded ids, their lengths and labels, made once: a batch
         # is then rows of these (1.2 -> 0.17 ms a batch of 64, the same PackedSequence)
