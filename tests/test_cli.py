@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -402,6 +403,10 @@ def test_gates_takes_any_name(surnames_run, tmp_path, capsys):
     assert (tmp_path / "dollar.png").stat().st_size > 0
     assert main(["gates", str(run), "a" * 300]) == 0
     assert (run / f"gates-{'a' * 80}.png").exists()
+    capsys.readouterr()
+    with warnings.catch_warnings():  # (letters the font lacks: boxes, and no warning)
+        warnings.simplefilter("error")
+        assert main(["gates", str(run), "山田", "--out", str(tmp_path / "cjk.png")]) == 0
 
 
 def test_predict_needs_only_a_window_of_rows(forecast_run, tmp_path, capsys):

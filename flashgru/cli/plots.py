@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,12 @@ def gates(path: Path, name: str, trace, title: str) -> None:
             ax.set_title(f"{label}, {'forward' if d == 0 else 'backward'}", fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.04)
     fig.suptitle(_literal(title))
-    fig.tight_layout()
-    save_figure(path, fig)
+    # (a name's letters that the font lacks are drawn as boxes, without matplotlib's
+    # warning for each on the command line's stderr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        fig.tight_layout()
+        save_figure(path, fig)
     plt.close(fig)
 
 
