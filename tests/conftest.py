@@ -47,7 +47,7 @@ def _interpreter_patches_once_a_launch():
             seen[key] = {id(v) for v in fn.__globals__.values() if v is tl or v is tl.core}
         langs = seen[key]
         if not getattr(state, "depth", 0):  # (a launch)
-            state.patched = langs
+            state.patched = set(langs)  # (a copy: it grows within the launch)
         elif langs <= state.patched:
             return scope()
         else:
