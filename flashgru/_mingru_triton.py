@@ -149,13 +149,14 @@ class _GateScan(torch.autograd.Function):
         steps, batch, two_h = p.shape
         hidden = two_h // 2
         n = batch * hidden
-        p, h0 = p.contiguous(), h0.contiguous()
         h = torch.empty(steps, batch, hidden, dtype=p.dtype, device=p.device)
         if steps and n:
             lens = lengths if lengths is not None else h0
             flags = dict(REVERSE=reverse, HAS_LEN=lengths is not None)
-            _run(_fwd_kernel, steps, n, p.device, p.dtype, h0,
-                 ((p, lens), (h,), flags), (hidden, n), chunk)
+            _run(_fwd_kernel, steps, n, p.device, p.dtype, h0.contiguous(),
+                 ((p.contiguous(), lens), (h,), flags), (hidden, n), chunk)
+        # the inputs themselves, not contiguous copies: a double backward differentiates
+        # through them
         ctx.save_for_backward(p, h0, h, lengths)
         ctx.reverse, ctx.chunk = reverse, chunk
         return h
@@ -165,13 +166,16 @@ class _GateScan(torch.autograd.Function):
         p, h0, h, lengths = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: gradients of gradients, through
             # the same function written in differentiable torch ops
+            wanted = [t for t, need in zip((p, h0), ctx.needs_input_grad[:2], strict=True) if need]
             with torch.enable_grad():
                 h_ = torch_gate_scan(p, h0, lengths, ctx.reverse)
-                return (*torch.autograd.grad(h_, (p, h0), dh, create_graph=True), None,
-                        None, None)
+                grads = iter(torch.autograd.grad(h_, wanted, dh, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:2]),
+                    None, None, None)
         steps, batch, two_h = p.shape
         hidden = two_h // 2
         n = batch * hidden
+        p, h0 = p.contiguous(), h0.contiguous()
         dp = torch.zeros_like(p)
         dh0 = torch.zeros_like(h0)
         if steps and n:

@@ -375,3 +375,25 @@ def test_fused_gate_scan_twice_differentiable(reverse, with_lengths):
     lengths = torch.tensor([6, 3]) if with_lengths else None
     torch.autograd.gradgradcheck(
         lambda p_, h_: flashgru._mingru_triton.gate_scan(p_, h_, lengths, reverse), (p, h0))
+
+
+@pytest.mark.skipif(not FUSED_RUNS, reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("hx", ["none", "strided"])
+def test_gradient_penalty_through_the_fused_path(hx):
+    """A gradient penalty (create_graph=True) where h0 needs no gradient (no hx: zeros) or
+    is a strided view: the same second derivatives as the torch path's."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 2, 3, generator=g, dtype=torch.float64).to(DEVICE)
+    h = (torch.randn(1, 4, 2, generator=g, dtype=torch.float64).to(DEVICE)
+         .transpose(1, 2).requires_grad_() if hx == "strided" else None)
+    grads = []
+    for impl in ("torch", "triton"):
+        torch.manual_seed(0)
+        m = MinGRU(3, 4, impl=impl, dtype=torch.float64).to(DEVICE)
+        x_ = x.clone().requires_grad_()
+        out, _ = m(x_, h)
+        dx, = torch.autograd.grad(out.pow(2).sum(), x_, create_graph=True)
+        leaves = [x_, *m.parameters(), *([h] if h is not None else [])]
+        grads.append(torch.autograd.grad(dx.pow(2).sum(), leaves))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
