@@ -166,12 +166,12 @@ class _GateScan(torch.autograd.Function):
         p, h0, h, lengths = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: gradients of gradients, through
             # the same function written in differentiable torch ops
-            wanted = [t for t, need in zip((p, h0), ctx.needs_input_grad[:2], strict=True) if need]
+            needs = ctx.needs_input_grad[:2]
+            wanted = [t for t, need in zip((p, h0), needs, strict=True) if need]
             with torch.enable_grad():
                 h_ = torch_gate_scan(p, h0, lengths, ctx.reverse)
                 grads = iter(torch.autograd.grad(h_, wanted, dh, create_graph=True))
-            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:2]),
-                    None, None, None)
+            return (*(next(grads) if need else None for need in needs), None, None, None)
         steps, batch, two_h = p.shape
         hidden = two_h // 2
         n = batch * hidden
