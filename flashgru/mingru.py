@@ -168,7 +168,7 @@ class MinGRU(nn.Module):
             check_batch_sizes(data.size(0), batch_sizes)
             batch, is_batched = int(batch_sizes[0]), True
             if hx is not None:
-                self._check_hidden(hx, 3, batch)
+                self._check_hidden(hx, None, batch)  # (torch: the shape's message alone)
                 if sorted_indices is not None:
                     hx = hx.index_select(1, sorted_indices)
         else:
@@ -255,14 +255,15 @@ class MinGRU(nn.Module):
                 f"Input and parameter tensors are not at the same device, found input "
                 f"tensor at {input.device} and parameter tensor at {weight.device}")
 
-    def _check_hidden(self, hx: Tensor, dims: int, batch: int) -> None:
-        _check_dims(hx, dims, "batched 3-D")
+    def _check_hidden(self, hx: Tensor, dims: int | None, batch: int) -> None:
+        if dims is not None:
+            _check_dims(hx, dims, "batched 3-D")
         rows = self.num_layers * (2 if self.bidirectional else 1)
         expected = (rows, batch, self.hidden_size)
         if tuple(hx.shape) != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
-        if hx.dtype != self.weight_ih_l0.dtype:
-            raise ValueError(f"hx dtype ({hx.dtype}) does not match weight dtype "
+        if hx.dtype != self.weight_ih_l0.dtype:  # (a RuntimeError in torch: its matmul's)
+            raise RuntimeError(f"hx dtype ({hx.dtype}) does not match weight dtype "
                              f"({self.weight_ih_l0.dtype})")
 
 
@@ -302,10 +303,16 @@ class MinGRUCell(nn.Module):
             raise ValueError(f"MinGRUCell: Expected hidden to be 1D or 2D, got "
                              f"{hx.dim()}D instead")
         is_batched = input.dim() == 2
+        if hx is not None and hx.dim() != input.dim():
+            _check_dims(hx, input.dim(), "batched 2-D" if is_batched else "unbatched 1-D")
+        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            # (a RuntimeError in torch: its matmul's)
+            raise RuntimeError(f"MinGRUCell: input dtype ({input.dtype}) does not match "
+                               f"weight dtype ({self.weight_ih.dtype})")
         if not is_batched:
             input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
+        if hx is None:  # (in the weights' dtype: under autocast the input's may differ)
+            hx = input.new_zeros(input.size(0), self.hidden_size, dtype=self.weight_ih.dtype)
         elif not is_batched:
             hx = hx.unsqueeze(0)
         if input.size(1) != self.input_size:
@@ -319,7 +326,7 @@ class MinGRUCell(nn.Module):
                                f"expected {self.hidden_size}")
         if hx.dtype != self.weight_ih.dtype:  # (MinGRU's message; torch's cell's matmul
             # on hx refuses it, this cell has none and would promote)
-            raise ValueError(f"hx dtype ({hx.dtype}) does not match weight dtype "
+            raise RuntimeError(f"hx dtype ({hx.dtype}) does not match weight dtype "
                              f"({self.weight_ih.dtype})")
         h = min_gru_cell(input, hx, self.weight_ih, self.bias_ih)
         return h if is_batched else h.squeeze(0)

@@ -237,6 +237,11 @@ def test_autocast_scans_in_the_state_dtype():
     assert out.dtype == h_n.dtype == torch.float32
     assert_close("output", want, out, 0.05)
     assert_close("h_n", want_h, h_n, 0.05)
+    cell, x = MinGRUCell(IN, H), torch.randn(B, IN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = cell(x.bfloat16())  # a bf16 input, as an earlier autocast layer gives
+    assert h.dtype == torch.float32
+    assert_close("cell", cell(x), h, 0.05)
 
 
 def test_parameters_and_state_dict():
@@ -295,6 +300,8 @@ BAD_CALLS = {
     "unbatched hx shape": lambda m: m(torch.randn(T, IN), torch.randn(3, H)),
     "empty sequence": lambda m: m(torch.randn(0, B, IN)),
     "dtype": lambda m: m(torch.randn(T, B, IN, dtype=torch.float64)),
+    "packed, hx 2-D": lambda m: m(nn.utils.rnn.pack_padded_sequence(
+        torch.randn(T, B, IN), torch.tensor([T, 2, 1])), torch.randn(2, H)),
 }
 
 
@@ -342,8 +349,18 @@ def test_own_errors():
         MinGRU(IN, H, 2).step(torch.randn(B, IN), torch.randn(1, B, H))
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         MinGRU(IN, H, dropout=0.5)
-    with pytest.raises(ValueError, match=r"hx dtype \(torch.float64\) does not match weight"):
+    # where torch's matmul refuses mixed dtypes (a RuntimeError), these name what differs
+    with pytest.raises(RuntimeError, match=r"hx dtype \(torch.float64\) does not match weight"):
         MinGRUCell(IN, H)(torch.randn(B, IN), torch.randn(B, H, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"hx dtype \(torch.float64\) does not match weight"):
+        MinGRU(IN, H)(torch.randn(T, B, IN), torch.randn(1, B, H, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"input dtype \(torch.float64\) does not match"):
+        MinGRUCell(IN, H)(torch.randn(B, IN, dtype=torch.float64))
+    # torch's cell broadcasts (3,) against (4, 4) into a shape error, or indexes a (4,) hx
+    with pytest.raises(RuntimeError, match="unbatched 1-D input, hx should also be 1-D"):
+        MinGRUCell(IN, H)(torch.randn(IN), torch.randn(H, H))
+    with pytest.raises(RuntimeError, match="batched 2-D input, hx should also be 2-D"):
+        MinGRUCell(IN, H)(torch.randn(B, IN), torch.randn(H))
 
 
 @pytest.mark.parametrize("sizes, rows", [([3, -1, 4], 6), ([1, 2, 3], 6), ([3, 2, 1], 9),
