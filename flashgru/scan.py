@@ -293,11 +293,21 @@ _CHUNKS: dict[tuple, int] = {}
 TUNE = True  # False: always _dense_chunk's rule
 
 
+MAX_CHUNKS = 65535  # the dense scan's chunks lie on grid axis 1: CUDA's limit there
+
+
+def _fewest_steps(steps: int) -> int:
+    """The shortest chunk that keeps the dense scan's chunks within MAX_CHUNKS."""
+    return -(-steps // MAX_CHUNKS)
+
+
 def _chunk_candidates(steps: int, batch: int, dtype: torch.dtype) -> list[int]:
     first = _dense_chunk(steps, batch, dtype)
     if first == steps:  # one chunk by the rule: nothing to choose
         return [first]
-    return sorted({first, *(c for c in (16, 32, 64, 128, 256) if c < steps)})
+    least = _fewest_steps(steps)
+    return sorted({max(first, least),
+                   *(c for c in (16, 32, 64, 128, 256) if least <= c < steps)})
 
 
 def _can_time(c: Tensor) -> bool:
@@ -398,7 +408,7 @@ def _dense_triton(J: Tensor, c: Tensor, h0: Tensor, reverse: bool, transpose: bo
     acc = torch.float64 if c.dtype == torch.float64 else torch.float32
     bh = max(2, _pow2(hidden))
     J, c = J.contiguous(), c.contiguous()
-    size = chunk or _tuned_chunk(J, c, h0, reverse, transpose)
+    size = max(chunk or _tuned_chunk(J, c, h0, reverse, transpose), _fewest_steps(steps))
     n = -(-steps // size)
     consts = dict(REVERSE=reverse, TRANSPOSE=transpose, num_warps=4 if bh <= 64 else 8)
     if n == 1:

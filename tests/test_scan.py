@@ -278,6 +278,39 @@ def test_dense_triton_chunk_is_measured_once_per_shape(monkeypatch):
     assert scan._tuned_chunk(J, c, h0, False, True) == 17 and len(timed) == 12
 
 
+def test_dense_triton_chunks_fit_the_grid():
+    """CUDA launches at most 65535 programs on grid axis 1, where the dense scan puts its
+    chunks: past 16 × 65535 steps the shorter candidates drop out."""
+    steps = 16 * scan.MAX_CHUNKS + 1
+    chunks = scan._chunk_candidates(steps, 1, torch.float32)
+    assert chunks == [32, 64, 128, 256, 1023]  # 1023: the rule, ≈ √T
+    assert all(-(-steps // c) <= scan.MAX_CHUNKS for c in chunks)
+    assert scan._chunk_candidates(16 * scan.MAX_CHUNKS, 1, torch.float32)[0] == 16
+
+
+@needs_triton
+def test_dense_triton_lengthens_chunks_past_the_grid_limit(monkeypatch):
+    """A chunk too short for the grid (forced here, with the limit lowered to 3) is
+    lengthened: every launch within the limit, the same numbers."""
+    grids = []
+
+    class Recorded:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return self.kernel[grid]
+
+    for name in ("_dense_kernel", "_dense_summary_kernel"):
+        monkeypatch.setattr(scan, name, Recorded(getattr(scan, name)))
+    monkeypatch.setattr(scan, "MAX_CHUNKS", 3)
+    args = _dense_problem(20, 2, 4, torch.float32, device=DEVICE)
+    got = scan._dense_triton(*args, False, False, 2)
+    assert_close("h", _ref(scan_dense, args), got.double(), 2e-5, rtol=2e-5)
+    assert max(g[1] for g in grids) == 3 and (2, 3) in grids
+
+
 @needs_triton
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_triton_gradients(reverse):
