@@ -4,6 +4,7 @@ trained weights; the prefix-exact property and the sequential finish when the bu
 out. (It also joins tests/test_parity_torch.py's sweep against torch.nn.GRU.)"""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -266,6 +267,10 @@ def test_options_are_checked_and_scoped():
     with pytest.raises(ValueError, match="max_iters"):
         with parallel.options(max_iters=-1):
             pass
+    for tol in (0.0, math.inf, math.nan):  # (inf: the initial guess would pass unsolved)
+        with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+            with parallel.options(tol=tol):
+                pass
     with parallel.options(jacobian="diagonal"):
         with parallel.options(max_iters=5) as inner:
             assert inner.jacobian == "diagonal" and inner.max_iters == 5
@@ -320,6 +325,16 @@ def test_meta_device_gives_the_shapes():
     x = torch.randn(6, 2, 4, device="meta")
     for want, got in zip(ref(x), ours(x), strict=True):
         assert got.device.type == "meta" and got.shape == want.shape
+    assert parallel.last_stats() is None  # nothing solved
+
+
+def test_stats_of_a_call_with_nothing_to_solve():
+    """A call with no row (or no step) says so: no earlier call's stats."""
+    gru = flashgru.GRU(3, 4, backend="parallel")
+    gru(torch.randn(5, 2, 3))
+    assert parallel.last_stats().iterations > 0
+    gru(torch.randn(5, 0, 3))
+    assert parallel.last_stats() == parallel.SolveStats(0, 0.0, None)
 
 
 @pytest.mark.large

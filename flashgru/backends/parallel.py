@@ -112,8 +112,8 @@ def options(**changes) -> Iterator[Options]:
         raise ValueError(f"jacobian must be 'dense' or 'diagonal', got {new.jacobian!r}")
     if new.max_iters is not None and new.max_iters < 0:
         raise ValueError(f"max_iters must be ≥ 0, got {new.max_iters}")
-    if new.tol is not None and not new.tol > 0:
-        raise ValueError(f"tol must be > 0, got {new.tol}")
+    if new.tol is not None and not 0 < new.tol < math.inf:  # (inf: nothing solved)
+        raise ValueError(f"tol must be a finite number > 0, got {new.tol}")
     token = _OPTIONS.set(new)
     try:
         yield new
@@ -123,7 +123,8 @@ def options(**changes) -> Iterator[Options]:
 
 def last_stats() -> SolveStats | None:
     """The SolveStats of the last core call (the last layer and direction of a module
-    call), or None before the first."""
+    call): 0 iterations where it had no step or row to solve; None before the first, and
+    after one on the meta device."""
     return _LAST[0]
 
 
@@ -520,5 +521,6 @@ def core(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Ten
         # (nothing to solve: the reference's empty result, which autograd still connects
         # to every input, as torch's is; on the meta device, values the solver's iterations
         # can't read: the reference's shapes)
+        _LAST[0] = None if gi.device.type == "meta" else SolveStats(0, 0.0, None)
         return reference.core(gi, h0, w_hh, b_hh, lengths, reset_after)
     return _ParallelGRU.apply(gi, h0, w_hh, b_hh, lengths, reset_after)
