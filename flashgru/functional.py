@@ -48,6 +48,11 @@ def gru(
     like ``hx``.
     """
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
+    if not weights_fit(weights, input.size(-1), hx.size(-1), num_layers, bidirectional,
+                       has_biases):  # (the fused kernels read the shapes they assume):
+        # torch's own GRU, or for the paper's formulation the reference's torch ops: where
+        # torch fails, its error; where it broadcasts, its numbers
+        backend = "torch" if reset_after else "reference"
     choice = select_backend(
         backend, reset_after=reset_after, device=input.device, dtype=input.dtype, steps=steps,
         batch=hx.size(1), hidden=hx.size(-1), grad=torch.is_grad_enabled() and any(
@@ -67,6 +72,20 @@ def gru(
     out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair,
                           linear=impl.linear, projected=impl.projected, **args)
     return (out.transpose(0, 1) if batch_first else out), h_n
+
+
+def weights_fit(weights: list[Tensor], input_size: int, hidden: int, num_layers: int,
+                bidirectional: bool, has_biases: bool) -> bool:
+    """Whether ``weights`` (``gru``'s order) have the shapes torch.nn.GRU gives them:
+    w_ih (3H, I or D·H), w_hh (3H, H), biases (3H,)."""
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(weights) != num_layers * dirs * per:
+        return False
+    gates = 3 * hidden
+    first = [(gates, input_size), (gates, hidden), (gates,), (gates,)][:per] * dirs
+    later = [(gates, dirs * hidden), *first[1:per]] * dirs
+    return [w.shape for w in weights] == first + later * (num_layers - 1)
 
 
 def gru_gates(

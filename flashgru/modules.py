@@ -213,7 +213,7 @@ class GRU(nn.GRU):
                 layers > 1 and self.training and self.dropout > 0):
             return None
         return cpu_step.stream(input, hx, self._parameters, layers, self.hidden_size,
-                               self.reset_after, self.batch_first)
+                               self.reset_after, self.batch_first, self.bias)
 
     def _sequence(self, input, hx):
         """A whole sequence of a one-direction GRU on the ``cpu`` or ``triton`` backend,
@@ -244,6 +244,9 @@ class GRU(nn.GRU):
             return None
         if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype
                or t.device != device for t in p.values()):
+            return None
+        if not functional.weights_fit(self._flat_weights, features, hidden, layers, False,
+                                      self.bias):
             return None
         grad = torch.is_grad_enabled() and (input.requires_grad or (
             hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values()))
@@ -338,8 +341,7 @@ class GRU(nn.GRU):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
         _check_steps(input, batch_sizes, self.batch_first)
-        _check_devices(input, hx, self._flat_weights)
-        _check_same_dtype(hx, self._flat_weights[1])
+        _check_weights(input, hx, self._flat_weights, self.bias)
         return _Prepared(input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched)
 
 
@@ -412,8 +414,8 @@ class GRUCell(nn.GRUCell):
                 f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
                 f"expected {self.hidden_size}"
             )
-        _check_same_dtype(input, self.weight_ih)
-        _check_same_dtype(hx, self.weight_hh)
+        _check_matmul_dtypes(input, self.weight_ih, self.bias_ih)
+        _check_matmul_dtypes(hx, self.weight_hh, self.bias_hh)
 
 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -455,14 +457,45 @@ def _check_devices(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
                 )
 
 
-def _check_same_dtype(x: Tensor, weight: Tensor) -> None:
-    """torch's matmul error for mixed dtypes, raised before any work is done (not under
-    autocast, which casts them as torch does)."""
-    if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
-        raise RuntimeError(
-            f"mat1 and mat2 must have the same dtype, but got {_type_name(x)} and "
-            f"{_type_name(weight)}"
-        )
+def _check_weights(input: Tensor, hx: Tensor, weights: list, has_biases: bool) -> None:
+    """torch's errors for flat weights its GRU refuses, before any work is done: an entry
+    that is not a tensor (its argument parser's), one on another device, and dtypes its
+    matmuls refuse, met in its order: each layer and direction's W_ih x + b_ih, then
+    W_hh h + b_hh (a later layer's x has the input's dtype)."""
+    for i, w in enumerate(weights):
+        if not isinstance(w, Tensor):
+            raise TypeError(f"expected Tensor as element {i} in argument 2, but got "
+                            f"{type(w).__name__}")
+    _check_devices(input, hx, weights)
+    per = 4 if has_biases else 2
+    for k in range(0, len(weights), per):
+        w_ih, w_hh, *biases = weights[k : k + per]
+        b_ih, b_hh = biases or (None, None)
+        _check_matmul_dtypes(input, w_ih, b_ih)
+        _check_matmul_dtypes(hx, w_hh, b_hh)
+
+
+_C10_NAMES = {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+              torch.bfloat16: "c10::BFloat16"}
+
+
+def _check_matmul_dtypes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """The error torch's ``linear(x, weight, bias)`` gives for mixed dtypes (addmm's, or
+    mm's without a bias), raised before any work is done (not under autocast, which casts
+    them as torch does)."""
+    if torch._C._is_any_autocast_enabled():
+        return
+    if bias is not None and bias.dtype != weight.dtype:
+        raise RuntimeError(f"self and mat2 must have the same dtype, but got "
+                           f"{_type_name(bias)} and {_type_name(weight)}")
+    if x.dtype == weight.dtype:
+        return
+    if bias is not None:
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                           f"{_type_name(x)} and {_type_name(weight)}")
+    names = [_C10_NAMES.get(t.dtype, str(t.dtype)) for t in (x, weight)]
+    raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {names[0]} != "
+                       f"{names[1]}")
 
 
 def _type_name(x: Tensor) -> str:

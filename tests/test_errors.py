@@ -163,6 +163,62 @@ def test_forward_errors_match_torch(case, backend):
     assert outcome(lambda: ours(*args)) == outcome(lambda: ref(*args))
 
 
+REPLACED = {  # (module kwargs, parameter, its replacement): a parameter set after
+    # construction, in GRU(5, 6, 2) (3H = 18); each backend must refuse it with torch's
+    # error, or broadcast it as torch does, and never read past it
+    "weight_hh of fewer rows": ({}, "weight_hh_l0", (15, 6)),
+    "weight_hh of one column": ({}, "weight_hh_l0", (18, 1)),
+    "weight_hh transposed": ({}, "weight_hh_l1", (6, 18)),
+    "weight_hh 1-D": ({}, "weight_hh_l0", (18,)),
+    "weight_ih of fewer rows": ({}, "weight_ih_l1", (12, 6)),
+    "weight_ih of fewer rows, no biases": (dict(bias=False), "weight_ih_l0", (12, 5)),
+    "bias_hh short": ({}, "bias_hh_l0", (10,)),
+    "bias_ih 2-D": ({}, "bias_ih_l0", (18, 1)),
+    "bias_hh of one element (torch broadcasts it)": ({}, "bias_hh_l1", (1,)),
+    "bias_hh 0-D (torch broadcasts it)": ({}, "bias_hh_l0", ()),
+    "weight_hh float64": ({}, "weight_hh_l0", torch.float64),
+    "weight_hh float64, no biases": (dict(bias=False), "weight_hh_l1", torch.float64),
+    "weight_ih_l1 float16": ({}, "weight_ih_l1", torch.float16),
+    "bias_ih float64": ({}, "bias_ih_l1", torch.float64),
+    "bias_hh None": ({}, "bias_hh_l1", None),
+}
+
+
+@pytest.mark.parametrize("steps, grad", [(1, False), (9, True)], ids=["T1", "T9-grad"])
+@pytest.mark.parametrize("backend", list(flashgru.BACKENDS))
+@pytest.mark.parametrize("case", REPLACED)
+def test_replaced_parameters_as_torch(case, backend, steps, grad):
+    """A parameter replaced by one of another shape or dtype (or None): torch's error, or
+    torch's numbers where its ops broadcast it. The fused kernels read the shapes they
+    assume, so before this was checked some returned numbers read past the tensor."""
+    if (why := flashgru.BACKENDS[backend].missing()) is not None:
+        pytest.skip(f"backend {backend!r} is unavailable here: {why}")
+    extra, name, new = REPLACED[case]
+    ref = torch.nn.GRU(**GRU_ARGS, **extra)
+    ours = flashgru.GRU.from_torch(ref, backend=backend)
+    value = getattr(ref, name).detach()
+    value = (None if new is None else value.to(new) if isinstance(new, torch.dtype)
+             else torch.linspace(-1, 1, value.new_empty(new).numel()).reshape(new))
+    for module in (ref, ours):
+        setattr(module, name, None if value is None else torch.nn.Parameter(value.clone()))
+    x = torch.randn(steps, 3, 5, generator=torch.Generator().manual_seed(1))
+
+    def run(module):
+        x_ = x.clone().requires_grad_(grad)
+        with warnings.catch_warnings(), torch.set_grad_enabled(grad):
+            warnings.simplefilter("ignore")
+            out, h_n = module(x_)
+            if not grad:
+                return out, h_n
+            return out, h_n, *torch.autograd.grad((out.sum() + h_n.sum()), x_)
+
+    want = outcome(lambda: run(ref))
+    assert outcome(lambda: run(ours)) == want
+    if want[0] == "ok":
+        for a, b in zip(run(ref), run(ours), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_packed_hidden_batch_mismatch_is_an_error():
     """torch silently indexes a too-large hx with the sort order; we refuse it."""
     gru = flashgru.GRU(**GRU_ARGS)

@@ -181,14 +181,16 @@ def step(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Ten
 
 
 def stream(input: Tensor, hx: Tensor | None, params: dict, layers: int, hidden: int,
-           reset_after: bool, batch_first: bool) -> tuple[Tensor, Tensor] | None:
+           reset_after: bool, batch_first: bool,
+           has_biases: bool) -> tuple[Tensor, Tensor] | None:
     """GRU's forward for one step (T=1) of a one-direction stack on the fast path: (output,
     h_n), or None where the call must take the ordinary one (the conditions of ``step``,
     every layer's; the caller has ruled out dropout between layers).
 
     input (1, B, I), (B, 1, I) with ``batch_first``, or unbatched (1, I); hx (layers, B, H)
     or (layers, H), or None (zeros); ``params``: the module's ``_parameters`` (torch's
-    names). Each layer's cell kernel reads the previous layer's state from h_n and writes
+    names), with biases where ``has_biases`` (a bias set to None: torch's error, from the
+    ordinary path). Each layer's cell kernel reads the previous layer's state from h_n and writes
     its own there (the last also to the output): no views made per call.
     """
     if type(input) is not Tensor:
@@ -222,7 +224,8 @@ def stream(input: Tensor, hx: Tensor | None, params: dict, layers: int, hidden: 
              params.get(f"bias_ih_l{k}"), params.get(f"bias_hh_l{k}")]
         if not (_plain(w[0], dtype, (3 * hidden, sizes))
                 and _plain(w[1], dtype, (3 * hidden, hidden))
-                and all(b is None or _plain(b, dtype, (3 * hidden,)) for b in w[2:])):
+                and all(_plain(b, dtype, (3 * hidden,)) if has_biases else b is None
+                        for b in w[2:])):
             return None
         weights.append(w)
         sizes = hidden
