@@ -64,3 +64,24 @@ def test_cell_gradcheck(reset_after, bias):
 
     assert gradcheck(fn, (x, h, *params))
     assert gradgradcheck(fn, (x, h, *params))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-way", "bidirectional"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_gradients(backend, bidirectional):
+    """Batched gradients (autograd.grad with is_grads_batched=True, which jacobian and
+    hessian with vectorize=True use): torch.nn.GRU's numbers where the backward is
+    differentiable torch ops; a fused backend's hand-written backward refuses them, saying
+    which backend does them (it met an internal batching error before)."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(3, 4, bidirectional=bidirectional, dtype=torch.float64)
+    gru = flashgru.GRU.from_torch(ref, backend=backend)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    want = torch.autograd.functional.jacobian(lambda x_: ref(x_)[1], x, vectorize=True)
+    if backend in BACKENDS_DOUBLE_BACKWARD:
+        got = torch.autograd.functional.jacobian(lambda x_: gru(x_)[1], x, vectorize=True)
+        torch.testing.assert_close(got, want)
+    else:
+        with pytest.raises(RuntimeError, match=f"backend '{backend}' has no batched backward"
+                                               ".*use backend='reference'"):
+            torch.autograd.functional.jacobian(lambda x_: gru(x_)[1], x, vectorize=True)

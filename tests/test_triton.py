@@ -1999,6 +1999,10 @@ def test_no_double_backward(path):
     out = PATHS[path](gi, h0, w, b, None, True)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(out.sum(), gi, create_graph=True)
+    out = PATHS[path](gi, h0, w, b, None, True)
+    with pytest.raises(RuntimeError, match="'triton' has no batched backward"):
+        torch.autograd.grad(out, gi, torch.ones(2, *out.shape, dtype=out.dtype),
+                            is_grads_batched=True)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])

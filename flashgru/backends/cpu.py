@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _cpu_kernels, _cpu_units, cpu_step
+from . import _cpu_kernels, _cpu_units, cpu_step, reference
 from ._cpu_kernels import (
     GATE_FLAGS,
     GEMV_BLAS_MIN,
@@ -890,9 +890,7 @@ class _FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
-            raise RuntimeError("backend 'cpu' has no double backward; use "
-                               "backend='reference' for gradients of gradients")
+        reference.refuse_other_backwards("cpu", dout)
         h0, w_hh, out, lengths, *saved = ctx.saved_tensors
         dgi, dh0, dw_hh, db_hh = _bwd(dout, h0, w_hh, out, saved, lengths, ctx.reset_after)
         return dgi, dh0, dw_hh, db_hh if ctx.has_bias else None, None, None
@@ -997,9 +995,7 @@ class _FusedPair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout0, dout1):
-        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
-            raise RuntimeError("backend 'cpu' has no double backward; use "
-                               "backend='reference' for gradients of gradients")
+        reference.refuse_other_backwards("cpu", dout0, dout1)
         h00, h01, w0, w1, out0, out1, lengths, *saved = ctx.saved_tensors
         half = len(saved) // 2
         g0, g1 = _side_by_side(

@@ -502,9 +502,7 @@ class _ParallelGRU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        if torch.is_grad_enabled():  # create_graph=True: refuse, never a silent zero
-            raise RuntimeError("backend 'parallel' has no double backward; use "
-                               "backend='reference' for gradients of gradients")
+        reference.refuse_other_backwards("parallel", dout)
         gi, h0, w_hh, b_hh, traj, lengths = ctx.saved_tensors
         with _full_precision(gi.device):
             dgi, dh0, dw_hh, db_hh = _adjoint(dout, gi, h0, w_hh, b_hh, traj, lengths,

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from ..scan import l2_eviction, time_interleaved
-from . import tf32x3
+from . import reference, tf32x3
 from ._triton import splits
 from ._triton.backward import _backward_kernel
 from ._triton.candidates import _candidates
@@ -523,18 +523,11 @@ def _keep(ctx, gi, h0, w_hh, b_hh, lengths, reset_after, out, gates, extra=()) -
     ctx.dtypes = gi.dtype, h0.dtype, w_hh.dtype, b_hh.dtype
 
 
-def _no_double_backward() -> None:
-    """Refuse create_graph=True: never a silent zero."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("backend 'triton' has no double backward; use "
-                           "backend='reference' for gradients of gradients")
-
-
 def _gradients(ctx, dout, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dgi, dh0, dW_hh, db_hh in the inputs' dtypes, from what _keep kept: ``run`` is
-    ``backward`` or the op that calls it. Refuses create_graph=True: never a silent
-    zero."""
-    _no_double_backward()
+    ``backward`` or the op that calls it. Refuses gradients of gradients and batched
+    gradients (``reference.refuse_other_backwards``): never a silent zero."""
+    reference.refuse_other_backwards("triton", dout)
     h0, w_hh, out, lengths, *gates = ctx.saved_tensors[:4 + ctx.gates]
     if dout is None:  # (no gradient reached the output)
         dout = torch.zeros_like(out)
@@ -744,7 +737,7 @@ class _EagerPair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout0, dout1):
-        _no_double_backward()
+        reference.refuse_other_backwards("triton", dout0, dout1)
         h0, w_hh, out, lens, *saved = ctx.saved_tensors
         rows, batch = ctx.rows, ctx.batch
         dout = torch.zeros_like(out)
@@ -1071,7 +1064,7 @@ class _EagerProjected(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        _no_double_backward()
+        reference.refuse_other_backwards("triton", dout)
         h0, w_hh, out, lengths, *rest = ctx.saved_tensors
         gates, (x, w_ih) = rest[:ctx.gates], rest[ctx.gates:]
         rev = _backward_launches(dout, h0, w_hh, out, gates, lengths, ctx.reset_after)
