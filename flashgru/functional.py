@@ -5,8 +5,9 @@ and returns ``(output, h_n)`` in the same layouts. For a core backend it loops o
 and directions, computes ``gi = W_ih x + b_ih`` with one GEMM per layer-direction, reverses
 each sequence within its length for the backward direction and calls the core.
 
-Inputs are already checked by the module layer (``flashgru.GRU``); calling this directly
-skips those checks, as calling ``torch._VF.gru`` does.
+The module layer (``flashgru.GRU``) checks its inputs with torch.nn.GRU's messages. Called
+directly, ``gru`` gives what its fused cores can't take as it is (a state, weight or
+sequence of other shapes, dtypes or devices) to torch's own GRU, for torch's error.
 """
 
 from __future__ import annotations
@@ -47,20 +48,32 @@ def gru(
     Returns output shaped like ``input`` with num_directions * H features, and h_n shaped
     like ``hx``.
     """
+    if batch_sizes is not None:
+        check_batch_sizes(input.size(0), batch_sizes)  # (torch's own GRU may abort on some)
+    args = dict(has_biases=has_biases, num_layers=num_layers, dropout=dropout,
+                training=training, bidirectional=bidirectional)
+    if not _fits(input, hx, weights, has_biases, num_layers, dropout, bidirectional,
+                 batch_first, batch_sizes):  # the fused cores read the memory they assume:
+        # torch's own GRU instead, for its error, or where it broadcasts, its numbers
+        torch_gru = BACKENDS["torch"].run
+        if reset_after:
+            return torch_gru(input, hx, weights, batch_first=batch_first,
+                             batch_sizes=batch_sizes, **args)
+        # the paper's formulation, which torch lacks: torch's checks, then the reference
+        if not 0 <= dropout <= 1:
+            raise RuntimeError(f"dropout probability has to be between 0 and 1, but got "
+                               f"{dropout}")
+        with torch.no_grad():
+            torch_gru(input, hx, weights, batch_first=batch_first, batch_sizes=batch_sizes,
+                      **(args | dict(dropout=0.0, training=False)))
+        backend = "reference"
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
-    if not weights_fit(weights, input.size(-1), hx.size(-1), num_layers, bidirectional,
-                       has_biases):  # (the fused kernels read the shapes they assume):
-        # torch's own GRU, or for the paper's formulation the reference's torch ops: where
-        # torch fails, its error; where it broadcasts, its numbers
-        backend = "torch" if reset_after else "reference"
     choice = select_backend(
         backend, reset_after=reset_after, device=input.device, dtype=input.dtype, steps=steps,
         batch=hx.size(1), hidden=hx.size(-1), grad=torch.is_grad_enabled() and any(
             t.requires_grad for t in (input, hx, *weights)),
     )
     impl = BACKENDS[choice.name]
-    args = dict(has_biases=has_biases, num_layers=num_layers, dropout=dropout,
-                training=training, bidirectional=bidirectional)
     if impl.kind == "stack":
         return impl.run(input, hx, weights, batch_first=batch_first,
                         batch_sizes=batch_sizes, **args)
@@ -72,6 +85,28 @@ def gru(
     out, h_n, _ = _layers(x, None, hx, weights, impl.run, reset_after, pair=impl.pair,
                           linear=impl.linear, projected=impl.projected, **args)
     return (out.transpose(0, 1) if batch_first else out), h_n
+
+
+def _fits(input: Tensor, hx: Tensor, weights: list[Tensor], has_biases: bool,
+          num_layers: int, dropout: float, bidirectional: bool, batch_first: bool,
+          batch_sizes: Tensor | None) -> bool:
+    """Whether a call gives what torch.nn.GRU's checks would pass and the fused cores
+    assume (they trust their arguments and read raw memory): input (T, B, I) (or packed
+    data (N, I)), hx (L·D, B, H), torch.nn.GRU's weight shapes, every tensor on the
+    input's device and (outside autocast) of its dtype, dropout in [0, 1]."""
+    if not isinstance(hx, Tensor) or not all(isinstance(w, Tensor) for w in weights):
+        return False
+    if input.dim() != (2 if batch_sizes is not None else 3) or hx.dim() != 3:
+        return False
+    batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(1 - batch_first)
+    dirs = 2 if bidirectional else 1
+    device, dtype = input.device, input.dtype
+    return (hx.shape[:2] == (num_layers * dirs, batch) and 0 <= dropout <= 1
+            and weights_fit(weights, input.size(-1), hx.size(-1), num_layers, bidirectional,
+                            has_biases)
+            and all(t.device == device for t in (hx, *weights))
+            and (torch._C._is_any_autocast_enabled()
+                 or all(t.dtype == dtype for t in (hx, *weights))))
 
 
 def weights_fit(weights: list[Tensor], input_size: int, hidden: int, num_layers: int,

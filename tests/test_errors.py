@@ -219,6 +219,78 @@ def test_replaced_parameters_as_torch(case, backend, steps, grad):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+def _functional_call(case):
+    """(input, hx, weights, kwargs, batch_sizes) of a direct call with one mistake; GRU(4,
+    5, 2 layers), B = 3."""
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(shape, generator=g) for _ in range(2)
+               for shape in ((15, 4 if not _ else 5), (15, 5), (15,), (15,))]
+    # (layer 0: w_ih (15, 4); layer 1: w_ih (15, 5))
+    x, hx, kwargs, sizes = torch.randn(6, 3, 4, generator=g), torch.zeros(2, 3, 5), {}, None
+    if case == "hx of batch 1":
+        hx = torch.zeros(2, 1, 5)
+    elif case == "hx of a larger batch":
+        hx = torch.zeros(2, 4, 5)
+    elif case == "hx of one layer":
+        hx = torch.zeros(1, 3, 5)
+    elif case == "hx of three layers":
+        hx = torch.zeros(3, 3, 5)
+    elif case == "hx 2-D":
+        hx = torch.zeros(3, 5)
+    elif case == "hx float64":
+        hx = hx.double()
+    elif case == "w_hh float64":
+        weights[1] = weights[1].double()
+    elif case == "b_hh of layer 1 float64":
+        weights[7] = weights[7].double()
+    elif case == "w_hh on another device":
+        weights[5] = weights[5].to("meta")
+    elif case == "w_hh of another shape":
+        weights[1] = weights[1][:, :2]
+    elif case == "dropout -0.1":
+        kwargs = dict(dropout=-0.1, training=True)
+    elif case == "dropout 1.5":
+        kwargs = dict(dropout=1.5, training=True)
+    elif case == "batch_sizes all zero":
+        x, sizes = torch.randn(0, 4), torch.tensor([0, 0])
+    elif case == "a weight None":
+        weights[2] = None
+    return x, hx, weights, kwargs, sizes
+
+
+FUNCTIONAL_CASES = ["hx of batch 1", "hx of a larger batch", "hx of one layer",
+                    "hx of three layers", "hx 2-D", "hx float64", "w_hh float64",
+                    "b_hh of layer 1 float64", "w_hh on another device",
+                    "w_hh of another shape", "dropout -0.1", "dropout 1.5",
+                    "batch_sizes all zero", "a weight None"]
+
+
+@pytest.mark.parametrize("backend, reset_after", [
+    (name, after) for name in flashgru.BACKENDS for after in (True, False)
+    if after or flashgru.BACKENDS[name].reset_before])
+@pytest.mark.parametrize("case", FUNCTIONAL_CASES)
+def test_functional_gru_errors_as_torchs(case, backend, reset_after):
+    """flashgru.functional.gru called directly with a mistake: torch._VF.gru's error, on
+    every backend and both formulations (the fused cores read the memory the shapes say:
+    before, a smaller hx's batch returned numbers read past it, a weight on another device
+    crashed the process)."""
+    if (why := flashgru.BACKENDS[backend].missing()) is not None:
+        pytest.skip(f"backend {backend!r} is unavailable here: {why}")
+    x, hx, weights, kwargs, sizes = _functional_call(case)
+    args = dict(dropout=0.0, training=False) | kwargs
+    if sizes is None:
+        want = outcome(lambda: torch._VF.gru(x, hx, weights, True, 2, args["dropout"],
+                                             args["training"], False, False))
+    else:
+        want = outcome(lambda: torch._VF.gru(x, sizes, hx, weights, True, 2, args["dropout"],
+                                             args["training"], False))
+    assert want[0] is not "ok"  # noqa: F632
+    got = outcome(lambda: flashgru.functional.gru(
+        x, hx, weights, has_biases=True, num_layers=2, batch_sizes=sizes,
+        reset_after=reset_after, backend=backend, **args))
+    assert got == want
+
+
 def test_packed_hidden_batch_mismatch_is_an_error():
     """torch silently indexes a too-large hx with the sort order; we refuse it."""
     gru = flashgru.GRU(**GRU_ARGS)
