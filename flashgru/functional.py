@@ -63,9 +63,8 @@ def gru(
         if not 0 <= dropout <= 1:
             raise RuntimeError(f"dropout probability has to be between 0 and 1, but got "
                                f"{dropout}")
-        with torch.no_grad():
-            torch_gru(input, hx, weights, batch_first=batch_first, batch_sizes=batch_sizes,
-                      **(args | dict(dropout=0.0, training=False)))
+        _torch_checks(input, hx, weights, has_biases, num_layers, bidirectional,
+                      batch_first, batch_sizes)
         backend = "reference"
     steps = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     choice = select_backend(
@@ -94,9 +93,8 @@ def _fits(input: Tensor, hx: Tensor, weights: list[Tensor], has_biases: bool,
     assume (they trust their arguments and read raw memory): input (T, B, I) (or packed
     data (N, I)), hx (L·D, B, H), torch.nn.GRU's weight shapes, every tensor on the
     input's device and (outside autocast) of its dtype, dropout in [0, 1]."""
-    if not isinstance(hx, Tensor) or not all(isinstance(w, Tensor) for w in weights):
-        return False
-    if input.dim() != (2 if batch_sizes is not None else 3) or hx.dim() != 3:
+    if not isinstance(hx, Tensor) or hx.dim() != 3 or (
+            input.dim() != (2 if batch_sizes is not None else 3)):
         return False
     batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(1 - batch_first)
     dirs = 2 if bidirectional else 1
@@ -109,10 +107,22 @@ def _fits(input: Tensor, hx: Tensor, weights: list[Tensor], has_biases: bool,
                  or all(t.dtype == dtype for t in (hx, *weights))))
 
 
+def _torch_checks(input, hx, weights, has_biases, num_layers, bidirectional, batch_first,
+                  batch_sizes) -> None:
+    """torch's errors for a call ``_fits`` refuses, from its own GRU run on it (without
+    dropout or gradients): for the reference's calls, which torch's ops broadcast
+    otherwise."""
+    with torch.no_grad():
+        BACKENDS["torch"].run(input, hx, weights, has_biases=has_biases,
+                              num_layers=num_layers, dropout=0.0, training=False,
+                              bidirectional=bidirectional, batch_first=batch_first,
+                              batch_sizes=batch_sizes)
+
+
 def weights_fit(weights: list[Tensor], input_size: int, hidden: int, num_layers: int,
                 bidirectional: bool, has_biases: bool) -> bool:
     """Whether ``weights`` (``gru``'s order) have the shapes torch.nn.GRU gives them:
-    w_ih (3H, I or D·H), w_hh (3H, H), biases (3H,)."""
+    w_ih (3H, I or D·H), w_hh (3H, H), biases (3H,) (no None)."""
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     if len(weights) != num_layers * dirs * per:
@@ -120,7 +130,7 @@ def weights_fit(weights: list[Tensor], input_size: int, hidden: int, num_layers:
     gates = 3 * hidden
     first = [(gates, input_size), (gates, hidden), (gates,), (gates,)][:per] * dirs
     later = [(gates, dirs * hidden), *first[1:per]] * dirs
-    return [w.shape for w in weights] == first + later * (num_layers - 1)
+    return [getattr(w, "shape", None) for w in weights] == first + later * (num_layers - 1)
 
 
 def gru_gates(
@@ -142,6 +152,10 @@ def gru_gates(
     packed input B is in sorted order and steps past a sequence's length are 0. Index t of
     the reverse direction holds the step that consumed input t.
     """
+    if not _fits(input, hx, weights, has_biases, num_layers, 0.0, bidirectional,
+                 batch_first, batch_sizes):
+        _torch_checks(input, hx, weights, has_biases, num_layers, bidirectional,
+                      batch_first, batch_sizes)
     x, lengths = _to_padded(input, batch_first, batch_sizes)
     _, _, traces = _layers(
         x, lengths, hx, weights, reference.core, reset_after, has_biases=has_biases,

@@ -173,6 +173,11 @@ class GRU(nn.GRU):
                 raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
             data, steps = input, input.size(int(self.batch_first and input.dim() == 3))
             batch = 1 if input.dim() == 2 else input.size(int(not self.batch_first))
+        if not functional.weights_fit(self._flat_weights, data.size(-1), self.hidden_size,
+                                      self.num_layers, self.bidirectional, self.bias):
+            return BackendChoice("torch" if self.reset_after else "reference",
+                                 "a weight of another shape than torch.nn.GRU's: torch's "
+                                 "own ops give its error, or broadcast it as torch does")
         return select_backend(
             self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
             steps=steps, batch=batch, hidden=self.hidden_size,
@@ -242,14 +247,13 @@ class GRU(nn.GRU):
         if hx is not None and not (type(hx) is Tensor and hx.dtype is dtype
                                    and hx.device == device and hx.shape == state):
             return None
+        weights = [p[name] for name in self._flat_weights_names]  # (what the kernels read)
         if any(type(t) not in cpu_step._PLAIN_TYPES or t.dtype is not dtype
-               or t.device != device for t in p.values()):
-            return None
-        if not functional.weights_fit(self._flat_weights, features, hidden, layers, False,
-                                      self.bias):
+               or t.device != device for t in weights) or not functional.weights_fit(
+                   weights, features, hidden, layers, False, self.bias):
             return None
         grad = torch.is_grad_enabled() and (input.requires_grad or (
-            hx is not None and hx.requires_grad) or any(t.requires_grad for t in p.values()))
+            hx is not None and hx.requires_grad) or any(t.requires_grad for t in weights))
         try:  # (a backend asked for by name that can't run this: the ordinary path says so)
             choice = select_backend(self.backend, reset_after=self.reset_after, device=device,
                                     dtype=dtype, steps=steps, batch=batch, hidden=hidden,
@@ -341,7 +345,7 @@ class GRU(nn.GRU):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
         _check_steps(input, batch_sizes, self.batch_first)
-        _check_weights(input, hx, self._flat_weights, self.bias)
+        _check_weights(input, hx, self._flat_weights)
         return _Prepared(input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched)
 
 
@@ -401,6 +405,10 @@ class GRUCell(nn.GRUCell):
 
     def _check_cell_args(self, input: Tensor, hx: Tensor) -> None:
         """The checks of torch's C++ gru_cell, with its messages, in its order."""
+        for name, place, w in (("w_ih", 3, self.weight_ih), ("w_hh", 4, self.weight_hh)):
+            if not isinstance(w, Tensor):  # (its argument parser's)
+                raise TypeError(f"gru_cell(): argument '{name}' (position {place}) must be "
+                                f"Tensor, not {type(w).__name__}")
         if input.size(1) != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
@@ -457,22 +465,15 @@ def _check_devices(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
                 )
 
 
-def _check_weights(input: Tensor, hx: Tensor, weights: list, has_biases: bool) -> None:
-    """torch's errors for flat weights its GRU refuses, before any work is done: an entry
-    that is not a tensor (its argument parser's), one on another device, and dtypes its
-    matmuls refuse, met in its order: each layer and direction's W_ih x + b_ih, then
-    W_hh h + b_hh (a later layer's x has the input's dtype)."""
+def _check_weights(input: Tensor, hx: Tensor, weights: list) -> None:
+    """torch's errors for flat weights its GRU refuses before it runs: an entry that is not
+    a tensor (its argument parser's), one on another device. (Other shapes or dtypes:
+    ``functional.gru`` gives the call to torch's own GRU, for its error.)"""
     for i, w in enumerate(weights):
         if not isinstance(w, Tensor):
             raise TypeError(f"expected Tensor as element {i} in argument 2, but got "
                             f"{type(w).__name__}")
     _check_devices(input, hx, weights)
-    per = 4 if has_biases else 2
-    for k in range(0, len(weights), per):
-        w_ih, w_hh, *biases = weights[k : k + per]
-        b_ih, b_hh = biases or (None, None)
-        _check_matmul_dtypes(input, w_ih, b_ih)
-        _check_matmul_dtypes(hx, w_hh, b_hh)
 
 
 _C10_NAMES = {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
@@ -480,9 +481,9 @@ _C10_NAMES = {torch.float32: "float", torch.float64: "double", torch.float16: "c
 
 
 def _check_matmul_dtypes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """The error torch's ``linear(x, weight, bias)`` gives for mixed dtypes (addmm's, or
-    mm's without a bias), raised before any work is done (not under autocast, which casts
-    them as torch does)."""
+    """The error torch's cell gives for mixed dtypes in ``linear(x, weight, bias)`` (x 2-D:
+    addmm's, or mm's without a bias), raised before any work is done (not under autocast,
+    which casts them as torch does)."""
     if torch._C._is_any_autocast_enabled():
         return
     if bias is not None and bias.dtype != weight.dtype:

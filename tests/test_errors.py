@@ -180,6 +180,8 @@ REPLACED = {  # (module kwargs, parameter, its replacement): a parameter set aft
     "weight_hh float64, no biases": (dict(bias=False), "weight_hh_l1", torch.float64),
     "weight_ih_l1 float16": ({}, "weight_ih_l1", torch.float16),
     "bias_ih float64": ({}, "bias_ih_l1", torch.float64),
+    "bias_ih float64, batch_first (torch casts it)": (dict(batch_first=True), "bias_ih_l0",
+                                                      torch.float64),
     "bias_hh None": ({}, "bias_hh_l1", None),
 }
 
@@ -217,6 +219,20 @@ def test_replaced_parameters_as_torch(case, backend, steps, grad):
     if want[0] == "ok":
         for a, b in zip(run(ref), run(ours), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    if isinstance(new, tuple):  # another shape: which_backend says where it runs
+        assert ours.which_backend(x).name == "torch"
+
+
+@pytest.mark.parametrize("steps", [1, 9])
+def test_a_parameter_replaced_in_the_parameters_dict(steps):
+    """Replaced in ``_parameters`` itself (``_flat_weights`` not told): the tensors that
+    run are the ones checked, torch's error."""
+    ref = torch.nn.GRU(**GRU_ARGS)
+    ours = flashgru.GRU.from_torch(ref, backend="cpu")
+    for module in (ref, ours):
+        module._parameters["weight_hh_l0"] = torch.nn.Parameter(torch.randn(15, 6))
+    x = torch.randn(steps, 3, 5)
+    assert outcome(lambda: ours(x)) == outcome(lambda: ref(x))
 
 
 def _functional_call(case):
@@ -329,6 +345,25 @@ def test_cell_errors_match_torch(case, reset_after):
     ours = flashgru.GRUCell(5, 6, reset_after=reset_after)
     args = CELL_CASES[case]()
     assert outcome(lambda: ours(*args)) == outcome(lambda: ref(*args))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("name", ["weight_ih", "weight_hh", "bias_ih", "bias_hh"])
+@pytest.mark.parametrize("dtype", [None, torch.float64, torch.float16], ids=str)
+def test_cell_with_a_replaced_parameter_as_torch(name, dtype, reset_after):
+    """A cell parameter set to None (a bias: no bias, as in torch) or another dtype."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(5, 6)
+    ours = flashgru.GRUCell(5, 6, reset_after=reset_after)
+    ours.load_state_dict(ref.state_dict())
+    value = None if dtype is None else getattr(ref, name).detach().to(dtype)
+    for module in (ref, ours):
+        setattr(module, name, None if value is None else torch.nn.Parameter(value.clone()))
+    x, h = torch.randn(3, 5), torch.randn(3, 6)
+    want = outcome(lambda: ref(x, h))
+    assert outcome(lambda: ours(x, h)) == want
+    if want[0] == "ok" and reset_after:
+        torch.testing.assert_close(ours(x, h), ref(x, h))
 
 
 @pytest.mark.parametrize("kwargs", [dict(hidden_size=0), dict(bias=1), dict(input_size=0)])
