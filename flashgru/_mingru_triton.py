@@ -164,8 +164,10 @@ class _GateScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         p, h0, h, lengths = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: gradients of gradients, through
-            # the same function written in differentiable torch ops
+        if torch.is_grad_enabled() or torch._C._functorch.is_legacy_batchedtensor(dh):
+            # gradients of gradients (create_graph=True), or batched ones (vmap over the
+            # backward: is_grads_batched=True), through the same function written in
+            # differentiable torch ops
             needs = ctx.needs_input_grad[:2]
             wanted = [t for t, need in zip((p, h0), needs, strict=True) if need]
             with torch.enable_grad():

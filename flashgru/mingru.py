@@ -264,7 +264,7 @@ class MinGRU(nn.Module):
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
         if hx.dtype != self.weight_ih_l0.dtype:  # (a RuntimeError in torch: its matmul's)
             raise RuntimeError(f"hx dtype ({hx.dtype}) does not match weight dtype "
-                             f"({self.weight_ih_l0.dtype})")
+                               f"({self.weight_ih_l0.dtype})")
 
 
 class MinGRUCell(nn.Module):
@@ -303,12 +303,8 @@ class MinGRUCell(nn.Module):
             raise ValueError(f"MinGRUCell: Expected hidden to be 1D or 2D, got "
                              f"{hx.dim()}D instead")
         is_batched = input.dim() == 2
-        if hx is not None and hx.dim() != input.dim():
+        if hx is not None:
             _check_dims(hx, input.dim(), "batched 2-D" if is_batched else "unbatched 1-D")
-        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
-            # (a RuntimeError in torch: its matmul's)
-            raise RuntimeError(f"MinGRUCell: input dtype ({input.dtype}) does not match "
-                               f"weight dtype ({self.weight_ih.dtype})")
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:  # (in the weights' dtype: under autocast the input's may differ)
@@ -324,10 +320,14 @@ class MinGRUCell(nn.Module):
         if hx.size(1) != self.hidden_size:
             raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
                                f"expected {self.hidden_size}")
+        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            # (a RuntimeError in torch: its matmul's)
+            raise RuntimeError(f"MinGRUCell: input dtype ({input.dtype}) does not match "
+                               f"weight dtype ({self.weight_ih.dtype})")
         if hx.dtype != self.weight_ih.dtype:  # (MinGRU's message; torch's cell's matmul
             # on hx refuses it, this cell has none and would promote)
             raise RuntimeError(f"hx dtype ({hx.dtype}) does not match weight dtype "
-                             f"({self.weight_ih.dtype})")
+                               f"({self.weight_ih.dtype})")
         h = min_gru_cell(input, hx, self.weight_ih, self.bias_ih)
         return h if is_batched else h.squeeze(0)
 

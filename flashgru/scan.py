@@ -600,6 +600,12 @@ def _adjoint_inputs(coef: Tensor, h: Tensor, h0: Tensor, reverse: bool):
     return torch.cat([coef[1:], zero]), torch.cat([prev, h[:-1]]), coef[0]
 
 
+def _adjoint_impl(impl: str, dh: Tensor) -> str:
+    """The adjoint scan's impl: the forward's, but for batched gradients (vmap over the
+    backward: is_grads_batched=True) the sequential loop, whose plain ops vmap batches."""
+    return "sequential" if torch._C._functorch.is_legacy_batchedtensor(dh) else impl
+
+
 class _ScanDiag(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0, reverse, impl):
@@ -615,7 +621,7 @@ class _ScanDiag(torch.autograd.Function):
             return torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(h0), None, None
         a_next, h_prev, a_first = _adjoint_inputs(a, h, h0, ctx.reverse)
         g = scan_diag(a_next, dh, torch.zeros_like(h0), reverse=not ctx.reverse,
-                      impl=ctx.impl)
+                      impl=_adjoint_impl(ctx.impl, dh))
         g_first = g[-1] if ctx.reverse else g[0]
         return g * h_prev, g, a_first * g_first, None, None
 
@@ -637,7 +643,7 @@ class _ScanDense(torch.autograd.Function):
                 None, None
         j_next, h_prev, j_first = _adjoint_inputs(J, h, h0, reverse)
         g = scan_dense(j_next, dh, torch.zeros_like(h0), reverse=not reverse,
-                       transpose=not transpose, impl=impl)
+                       transpose=not transpose, impl=_adjoint_impl(impl, dh))
         g_first = g[-1] if reverse else g[0]
         dj = g.unsqueeze(-1) * h_prev.unsqueeze(-2)  # g_t h_{t−1}ᵀ
         dh0 = _mv(j_first if transpose else j_first.transpose(-1, -2), g_first)

@@ -311,6 +311,21 @@ def test_dense_triton_lengthens_chunks_past_the_grid_limit(monkeypatch):
     assert max(g[1] for g in grids) == 3 and (2, 3) in grids
 
 
+@pytest.mark.parametrize("impl", ["torch", "sequential"] + (["triton"] if TRITON_RUNS else []))
+def test_batched_gradients(impl):
+    """Batched gradients (jacobian with vectorize=True: vmap over the backward) equal the
+    one-at-a-time ones: the adjoint scans run the plain loop then, which vmap batches (the
+    chunked scan's ops have no batching rule)."""
+    for fn, problem in ((scan_diag, _diag_problem), (scan_dense, _dense_problem)):
+        first, b, h0 = problem(7, 2, 3, torch.float64, device=DEVICE)
+        for reverse in (False, True):
+            def f(x, fn=fn, b=b, h0=h0, reverse=reverse):
+                return fn(x, b, h0, reverse=reverse, impl=impl)
+            want = torch.autograd.functional.jacobian(f, first)
+            got = torch.autograd.functional.jacobian(f, first, vectorize=True)
+            assert_close(f"{fn.__name__} reverse={reverse}", want, got, 1e-12)
+
+
 @needs_triton
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_triton_gradients(reverse):

@@ -75,15 +75,12 @@ def refuse_other_backwards(backend: str, *grads: Tensor | None) -> None:
     outside autograd: refuse, with the way out, a backward that would need more than that
     (never a silent zero or an internal error): gradients of gradients (create_graph=True),
     or a backward of batched ``grads`` (vmap over it: autograd.grad with
-    is_grads_batched=True, jacobian or hessian with vectorize=True) or under a functorch
-    transform."""
+    is_grads_batched=True, jacobian or hessian with vectorize=True). (torch.func's
+    transforms refuse these Functions before their backward: no setup_context.)"""
     if torch.is_grad_enabled():
         raise RuntimeError(f"backend '{backend}' has no double backward; use "
                            f"backend='reference' for gradients of gradients")
-    functorch = torch._C._functorch
-    if functorch.peek_interpreter_stack() is not None or any(
-            g is not None and (functorch.is_legacy_batchedtensor(g)
-                               or functorch.is_batchedtensor(g)) for g in grads):
+    if any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads):
         raise RuntimeError(f"backend '{backend}' has no batched backward (vmap over the "
                            f"backward: is_grads_batched=True, vectorize=True); use "
                            f"backend='reference'")
