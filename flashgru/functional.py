@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .backends import BACKENDS, reference, select_backend
+from .backends import BACKENDS, check_backend_name, reference, select_backend
 from .backends.reference import GateTrace
 
 
@@ -55,6 +55,7 @@ def gru(
     if not _fits(input, hx, weights, has_biases, num_layers, dropout, bidirectional,
                  batch_first, batch_sizes):  # the fused cores read the memory they assume:
         # torch's own GRU instead, for its error, or where it broadcasts, its numbers
+        check_backend_name(backend)
         torch_gru = BACKENDS["torch"].run
         if reset_after:
             return torch_gru(input, hx, weights, batch_first=batch_first,

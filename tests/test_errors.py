@@ -307,6 +307,12 @@ def test_functional_gru_errors_as_torchs(case, backend, reset_after):
     assert got == want
 
 
+def test_functional_gru_names_an_unknown_backend_first():
+    x, hx, weights, _, _ = _functional_call("hx of batch 1")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        flashgru.functional.gru(x, hx, weights, has_biases=True, num_layers=2, backend="fast")
+
+
 def test_packed_hidden_batch_mismatch_is_an_error():
     """torch silently indexes a too-large hx with the sort order; we refuse it."""
     gru = flashgru.GRU(**GRU_ARGS)

@@ -190,8 +190,8 @@ def stream(input: Tensor, hx: Tensor | None, params: dict, layers: int, hidden: 
     input (1, B, I), (B, 1, I) with ``batch_first``, or unbatched (1, I); hx (layers, B, H)
     or (layers, H), or None (zeros); ``params``: the module's ``_parameters`` (torch's
     names), with biases where ``has_biases`` (a bias set to None: torch's error, from the
-    ordinary path). Each layer's cell kernel reads the previous layer's state from h_n and writes
-    its own there (the last also to the output): no views made per call.
+    ordinary path). Each layer's cell kernel reads the previous layer's state from h_n and
+    writes its own there (the last also to the output): no views made per call.
     """
     if type(input) is not Tensor:
         return None
