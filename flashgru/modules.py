@@ -54,10 +54,18 @@ def _copy_weights(source: nn.GRU, target: nn.GRU) -> None:
     parametrization (weight_norm, spectral_norm) or pruning mask of source's, whose
     state_dict then holds other keys; a parameter frozen in source (requires_grad False)
     is frozen in target."""
+    params = dict(source.named_parameters())
     for name in target._flat_weights_names:
-        value = getattr(source, name)  # (outside no_grad: a parametrization's then tells
-        with torch.no_grad():          # whether its parameters are trained)
-            getattr(target, name).copy_(value).requires_grad_(value.requires_grad)
+        value = getattr(source, name)
+        # trained: the parameter's own flag, or its sources': a parametrization's
+        # (parametrizations.<name>.*), pruning's <name>_orig, old weight_norm's <name>_g /
+        # _v (these two keep a tensor their hook computed, perhaps under no_grad)
+        sources = [p for key, p in params.items()
+                   if key in (name, f"{name}_orig", f"{name}_g", f"{name}_v")
+                   or key.startswith(f"parametrizations.{name}.")]
+        trained = any(p.requires_grad for p in sources) if sources else value.requires_grad
+        with torch.no_grad():
+            getattr(target, name).copy_(value).requires_grad_(trained)
 
 
 class GRU(nn.GRU):

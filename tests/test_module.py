@@ -4,6 +4,7 @@ repr, pickling, deepcopy, .to()/.double(), torch.save/torch.load."""
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -63,7 +64,9 @@ def test_from_torch_and_to_torch():
         flashgru.GRU.from_torch(torch.nn.LSTM(3, 5))
 
 
-@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "pruned", "frozen"])
+@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "pruned", "frozen",
+                                 "pruned, evaluated", "old weight_norm, evaluated",
+                                 "pruned, frozen"])
 def test_conversions_copy_the_weights_forward_uses(how):
     """from_torch and to_torch copy the weights a module's forward uses, through a
     parametrization or a pruning mask (whose state_dict holds other keys), into plain
@@ -75,10 +78,19 @@ def test_conversions_copy_the_weights_forward_uses(how):
             parametrizations.weight_norm(module, "weight_hh_l0")
         elif how == "spectral_norm":
             parametrizations.spectral_norm(module.eval(), "weight_ih_l1")
-        elif how == "pruned":
+        elif how.startswith("pruned"):
             prune.l1_unstructured(module, "weight_hh_l1", 0.5)
+            if how == "pruned, frozen":
+                module.weight_hh_l1_orig.requires_grad_(False)
+        elif how == "old weight_norm, evaluated":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (deprecated)
+                torch.nn.utils.weight_norm(module, "weight_hh_l0")
         else:
             module.weight_hh_l0.requires_grad_(False)
+        if how.endswith("evaluated"):  # (the hooks keep a weight computed under no_grad)
+            with torch.no_grad():
+                module(torch.randn(2, 1, 4, dtype=torch.float64))
         return module
 
     torch.manual_seed(0)
@@ -90,7 +102,8 @@ def test_conversions_copy_the_weights_forward_uses(how):
         for name in source._flat_weights_names:
             got, want = getattr(copy, name), getattr(source, name)
             assert type(got) is torch.nn.Parameter and torch.equal(got, want.detach())
-            assert got.requires_grad == (how != "frozen" or name != "weight_hh_l0")
+            frozen = {"frozen": "weight_hh_l0", "pruned, frozen": "weight_hh_l1"}.get(how)
+            assert got.requires_grad == (name != frozen)
         assert_close("output", source(x)[0], copy(x)[0], 1e-12)
 
 
