@@ -170,9 +170,10 @@ class GRU(nn.GRU):
         module.train(self.training)
         return module
 
-    def which_backend(self, input: Tensor | PackedSequence) -> BackendChoice:
-        """The backend that ``self(input)`` would run on, and why (for input of the shape
-        forward takes: its error otherwise)."""
+    def which_backend(self, input: Tensor | PackedSequence,
+                      hx: Tensor | None = None) -> BackendChoice:
+        """The backend that ``self(input, hx)`` would run on, and why (for input of the
+        shape forward takes: its error otherwise)."""
         if isinstance(input, PackedSequence):
             data, steps = input.data, input.batch_sizes.numel()
             batch = int(input.batch_sizes[0])
@@ -190,7 +191,8 @@ class GRU(nn.GRU):
             self.backend, reset_after=self.reset_after, device=data.device, dtype=data.dtype,
             steps=steps, batch=batch, hidden=self.hidden_size,
             grad=torch.is_grad_enabled() and (data.requires_grad or any(
-                p.requires_grad for p in self.parameters())),
+                p.requires_grad for p in self.parameters()) or (
+                    hx is not None and hx.requires_grad)),
         )
 
     def forward(self, input, hx=None):

@@ -230,6 +230,10 @@ def test_module_reports_its_choice_and_uses_it(monkeypatch):
     assert gru.which_backend(torch.randn(2, 7, 3)).name == expected
     assert gru.which_backend(torch.randn(64, 7, 3)).name == expected
     assert gru.which_backend(torch.randn(8193, 7, 3)).name == "torch"  # 8193 × 4 > 32768
+    frozen = flashgru.GRU(3, 4).requires_grad_(False)  # one step: streamed, unless a
+    hx = torch.zeros(1, 1, 4, requires_grad=True)  # gradient is wanted, through hx too
+    assert frozen.which_backend(torch.randn(1, 1, 3)).name == expected
+    assert frozen.which_backend(torch.randn(1, 1, 3), hx).name == "torch"
     for shape in [(3,), (2, 7, 3, 1)]:  # (forward's error for a shape it refuses)
         with pytest.raises(ValueError, match=f"Expected input to be 2D or 3D, got {len(shape)}D"):
             gru.which_backend(torch.randn(shape))
