@@ -86,6 +86,15 @@ def train(args) -> int:
     return result
 
 
+def _backend_label(asked: str, nominal: str) -> str:
+    """The backend the header names: the one asked for, or auto's, whose choice is per call
+    (by its sequence, batch and hidden sizes: a large batch may go to torch)."""
+    if asked != "auto":
+        return asked
+    fallback = nominal in ("torch", "reference")
+    return f"auto ({nominal})" if fallback else f"auto ({nominal} where its rules allow)"
+
+
 def _train(config, opts, ckpt, run, backend, device, dist) -> int:
     seed_everything(opts.seed)
     # (a resumed run's files, read back: checked to fit together)
@@ -102,7 +111,8 @@ def _train(config, opts, ckpt, run, backend, device, dist) -> int:
             write_json(run / CONFIG, config)
         log(f"{config['task']}: {task.sizes['train']} train / {task.sizes['val']} validation"
             f" / {task.sizes['test']} test examples; {trainer.model.gru}, backend "
-            f"{backend.name}; {dist.world_size} process(es); run directory {run}")
+            f"{_backend_label(config['model']['backend'], backend.name)}; "
+            f"{dist.world_size} process(es); run directory {run}")
         if trainer.state.done or trainer.state.epoch >= opts.epochs:
             log("this run has finished training; reporting its best model")
         state = trainer.fit(log)
