@@ -224,6 +224,41 @@ def test_gates_out_must_be_a_file(surnames_run, tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+def test_gates_writes_through_a_link_and_never_over_a_special_file(surnames_run, tmp_path,
+                                                                  capsys):
+    """A rename over --out would replace a link, a pipe or a device (as root, /dev/null
+    became a PNG): a link's target is written, anything not a regular file refused."""
+    target, link, pipe = tmp_path / "target.png", tmp_path / "link.png", tmp_path / "pipe"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    os.mkfifo(pipe)
+    assert main(["gates", str(surnames_run), "Rossi", "--out", str(link)]) == 0
+    assert link.is_symlink() and target.read_bytes()[:4] == b"\x89PNG"
+    assert main(["gates", str(surnames_run), "Rossi", "--out", str(pipe)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "link.png", "pipe", "target.png"]
+
+
+def test_a_path_it_may_not_read_is_one_line(surnames_run, capsys, monkeypatch):
+    """An OSError from a check of a path (EACCES: Path.is_dir raises it in Python 3.11)."""
+    from pathlib import Path
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", refused)
+    assert main(["evaluate", str(surnames_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Permission denied" in err and str(surnames_run) in err
+
+
+def test_a_reader_that_leaves_is_no_traceback(surnames_run):
+    result = subprocess.run(f"{sys.executable} -m flashgru evaluate {surnames_run} | head -1",
+                            shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.startswith("test accuracy") and result.stderr == ""
+
+
 def test_predict_refuses_an_empty_name(surnames_run, capsys):
     assert main(["predict", str(surnames_run), "Rossi", " "]) == 2
     assert "give non-empty names" in capsys.readouterr().err

@@ -140,6 +140,13 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"flashgru {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # (the reader left: `flashgru evaluate RUN | head -3`)
+        sys.stdout = None  # (no flush at exit to the closed pipe)
+        return 141
+    except OSError as e:  # (a path the checks could not read: permissions and the like)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"flashgru {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"flashgru {args.command}: interrupted", file=sys.stderr)
         return 130

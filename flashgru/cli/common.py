@@ -70,8 +70,11 @@ def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on
     failure remove it. Readers see the old file or the new one, never half of one. A file
     system that refuses the write (read-only, full) is a CLIError naming the file."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # (a link's target is written, not the link)
     try:
+        if path.exists() and not path.is_file():  # (a rename would replace the device or
+            # pipe itself: /dev/null with a file, as root)
+            raise CLIError(f"{path}: can't write: not a regular file")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise CLIError(f"{path}: can't write: {e.strerror}") from None
