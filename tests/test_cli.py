@@ -187,7 +187,16 @@ BAD = {
     "a feature named twice": lambda d: ["train", "forecast", "--features", "wind,wind"],
     "infinite learning rate": lambda d: ["train", "surnames", "--lr", "inf"],
     "an empty grid": lambda d: ["bench", "--grid"],
+    "a grid point past memory": lambda d: ["bench", "--grid", "1,1,10000000"],
+    "a grid point past int64": lambda d: ["bench", "--grid", "1,1," + "9" * 23],
+    "bench.md a directory": lambda d: ["bench", "--grid", "1,2,3", "--out",
+                                       str(d / "out"), *_mkdir(d / "out" / "bench.md")],
 }
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return []
 
 
 def _fake_run(d, checkpoint: bytes | None = None):
@@ -212,7 +221,36 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0], err
-    assert not out.exists()
+    assert not out.exists() or case == "bench.md a directory"
+
+
+def test_bench_past_the_devices_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    from flashgru.cli import bench
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 20480000000 bytes")
+
+    monkeypatch.setattr(bench, "run_grid", refused)
+    assert main(["bench", "--grid", "1,2,3", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too large for this device's memory" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_keeps_the_table_a_failed_run_did_not_write(tmp_path, capsys, monkeypatch):
+    """A chart that can't be written takes away the table this run wrote, not one that
+    was there before it."""
+    from flashgru.cli import plots
+
+    (tmp_path / "bench.md").write_text("old")
+
+    def refused(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "bench", refused)
+    assert main(["bench", "--grid", "1,2,3", "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "bench.md").read_text() == "old"
 
 
 def test_gates_out_must_be_a_file(surnames_run, tmp_path, capsys):

@@ -19,6 +19,7 @@ from .common import (
     METRICS,
     CLIError,
     Dist,
+    atomic_path,
     consistent_run,
     default_dir,
     load_checkpoint,
@@ -30,7 +31,6 @@ from .common import (
     save_torch,
     seed_everything,
     write_json,
-    write_text,
 )
 from .trainer import Interrupted, Options, Trainer
 
@@ -295,6 +295,9 @@ def gates(args) -> int:
     return 0
 
 
+MAX_BENCH_BYTES = 64 << 30
+
+
 def bench(args) -> int:
     from .bench import SMALL_GRID, markdown, run_grid, runnable
     from .common import need
@@ -309,26 +312,41 @@ def bench(args) -> int:
         raise CLIError("--grid takes points B,T,H of three integers, e.g. 1,256,64") from None
     if any(len(p) != 3 or min(p) < 1 for p in grid):
         raise CLIError("--grid takes points B,T,H of three positive integers, e.g. 1,256,64")
+    for b, t, h in grid:  # (the input and the weights of a point, float32: torch's
+        # allocator would fail with a traceback, or overflow its sizes)
+        if (b * t * max(h, 1) + 3 * h * (2 * h)) * 4 > MAX_BENCH_BYTES:
+            raise CLIError(f"--grid point {b},{t},{h} needs more than "
+                           f"{MAX_BENCH_BYTES >> 30} GiB for its input and weights")
     if args.repeats < 1:
         raise CLIError("--repeats must be at least 1")
     out = Path(args.out) if args.out else default_dir("bench")
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory")
+    for path in (out / "bench.md", out / "bench.png"):  # (before the timings: a write
+        if path.exists() and not path.is_file():  # refused after them wastes them)
+            raise CLIError(f"{path} exists and is not a file")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise CLIError(f"{out}: {parent} is not a directory")
     need("matplotlib")
     bar = need("tqdm").tqdm(total=len(grid) * (2 + len(runnable(device)[0])), desc="bench",
                             leave=False, file=sys.stderr, disable=None)
-    rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
-    bar.close()
+    try:
+        rows = run_grid(grid, device, args.repeats, progress=lambda: bar.update(1))
+    except (RuntimeError, MemoryError) as e:  # (torch's allocator: CPU or CUDA)
+        if not isinstance(e, MemoryError) and "memory" not in str(e):
+            raise
+        raise CLIError(f"a --grid point is too large for this device's memory: "
+                       f"{str(e).splitlines()[0] if str(e) else 'out of memory'}") from None
+    finally:
+        bar.close()
     table = markdown(rows, device)
     made = make_dir(out)  # (after the timings: a run that fails or is interrupted leaves
-    try:                  # nothing)
-        write_text(out / "bench.md", table)
-        plots.bench(out / "bench.png", rows)
+    try:                  # nothing, and the files of an earlier run as they were)
+        with atomic_path(out / "bench.md") as table_file:  # (renamed after the chart)
+            table_file.write_text(table)
+            plots.bench(out / "bench.png", rows)
     except BaseException:
-        (out / "bench.md").unlink(missing_ok=True)
         remove_empty(made)
         raise
     print(table)

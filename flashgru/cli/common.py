@@ -96,11 +96,6 @@ def write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def save_torch(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
         try:
