@@ -297,6 +297,28 @@ def test_a_reader_that_leaves_is_no_traceback(surnames_run):
     assert result.stdout.startswith("test accuracy") and result.stderr == ""
 
 
+def test_a_run_whose_backend_is_missing_here_runs_on_auto(surnames_run, tmp_path, capsys,
+                                                          monkeypatch):
+    """A run trained with a backend this machine lacks (a GPU's triton, numba's cpu) is
+    evaluated on auto, with a note: the weights are the same on every backend."""
+    import dataclasses
+
+    import flashgru
+
+    want = main(["evaluate", str(surnames_run)]), capsys.readouterr().out
+    run = tmp_path / "run"
+    run.mkdir()
+    config = json.loads((surnames_run / "config.json").read_text())
+    config["model"]["backend"] = "cpu"
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoint.pt").write_bytes((surnames_run / "checkpoint.pt").read_bytes())
+    monkeypatch.setitem(flashgru.BACKENDS, "cpu", dataclasses.replace(
+        flashgru.BACKENDS["cpu"], missing=lambda: "it needs numba"))
+    code = main(["evaluate", str(run)])
+    got = capsys.readouterr()
+    assert (code, got.out) == want and "backend 'cpu' is unavailable" in got.err
+
+
 def test_predict_refuses_an_empty_name(surnames_run, capsys):
     assert main(["predict", str(surnames_run), "Rossi", " "]) == 2
     assert "give non-empty names" in capsys.readouterr().err

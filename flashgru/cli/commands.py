@@ -226,6 +226,16 @@ def _load(args):
     device = pick_device(args.device)
     run, config = read_run(args.run_dir)
     ckpt = load_checkpoint(run, device)
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("backend") in flashgru.BACKENDS:
+        try:  # (a run trained where its backend runs, read where it can't: the weights
+            # are the same on every backend)
+            flashgru.select_backend(model["backend"], device=device,
+                                    reset_after=model.get("reset_after") is not False)
+        except (ValueError, RuntimeError) as e:
+            print(f"flashgru {args.command}: note: {e}; this run's model runs "
+                  f"on backend auto here", file=sys.stderr)
+            config = {**config, "model": {**model, "backend": "auto"}}
     with consistent_run(run):
         if config["task"] == "forecast":
             task = forecast.ForecastTask(config, getattr(args, "csv", None),
