@@ -6,9 +6,9 @@ own; argument checks and error messages are torch's too. What they add: ``reset_
 (the formulation), ``backend`` (which recurrent core runs), and ``GRU.gates()``.
 
 Known differences from torch.nn.GRU:
-- a PackedSequence with an hx whose batch size differs from the batch raises torch's
-  "Expected hidden size" error; torch indexes the wrong hx with the sort order instead
-  (silently for a larger hx, IndexError for a smaller one).
+- an unsorted PackedSequence with an hx whose batch size differs from the batch raises
+  torch's "Expected hidden size" error; torch indexes the wrong hx with the sort order
+  instead (silently for a larger hx, an indexing error for a smaller one).
 - with dropout in training mode, the masks equal torch's for the same seed on CPU (both
   draw them on the same tensor); torch's CUDA/cuDNN draws them differently.
 """
@@ -91,7 +91,9 @@ class GRU(nn.GRU):
         reset_after: the formulation, as above.
         backend: "auto" (see :func:`flashgru.select_backend` for the rules), or a name
             from ``flashgru.BACKENDS``: "reference" (readable loop, double-backward
-            capable) or "torch" (torch's fused GRU; reset_after=True only).
+            capable), "torch" (torch's fused GRU; reset_after=True only), "cpu" (fused
+            numba kernels; the ``cpu`` extra), "parallel" (Newton's solve over time) or
+            "triton" (fused GPU kernels; the ``gpu`` extra).
 
     Shapes: input (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
     PackedSequence; hx (num_layers·D, N, H) or (num_layers·D, H) unbatched; output

@@ -64,7 +64,7 @@ def train(args) -> int:
         run, ckpt = new_run_dir(args.out, config["task"]), None
     if not config["model"]["reset_after"] and config["model"]["backend"] == "torch":
         raise CLIError("--paper (the original GRU, reset_after=False) has no torch kernel: "
-                       "use --backend auto, reference or cpu")
+                       "use --backend auto, reference, cpu, parallel or (on a GPU) triton")
     try:
         backend = flashgru.select_backend(config["model"]["backend"], device=device,
                                           reset_after=config["model"]["reset_after"])
