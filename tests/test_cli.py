@@ -303,15 +303,20 @@ def test_a_run_whose_backend_is_missing_here_runs_on_auto(surnames_run, tmp_path
     evaluated on auto, with a note: the weights are the same on every backend."""
     import dataclasses
 
+    import torch
+
     import flashgru
+    from flashgru.cli.common import config_digest
 
     want = main(["evaluate", str(surnames_run)]), capsys.readouterr().out
     run = tmp_path / "run"
     run.mkdir()
     config = json.loads((surnames_run / "config.json").read_text())
-    config["model"]["backend"] = "cpu"
+    config["model"]["backend"] = "cpu"  # (as a run trained on cpu)
     (run / "config.json").write_text(json.dumps(config))
-    (run / "checkpoint.pt").write_bytes((surnames_run / "checkpoint.pt").read_bytes())
+    ckpt = torch.load(surnames_run / "checkpoint.pt", weights_only=True)
+    ckpt["config"] = config_digest(config)
+    torch.save(ckpt, run / "checkpoint.pt")
     monkeypatch.setitem(flashgru.BACKENDS, "cpu", dataclasses.replace(
         flashgru.BACKENDS["cpu"], missing=lambda: "it needs numba"))
     code = main(["evaluate", str(run)])
@@ -335,6 +340,8 @@ def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, 
     run.mkdir()
     config = json.loads((surnames_run / "config.json").read_text())
     ckpt = torch.load(surnames_run / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]  # (as a checkpoint from before it recorded its config: the checks
+    # behind that one)
     if edit == "lacks a key":
         del config["classes"]
     elif edit == "another model":
@@ -360,14 +367,41 @@ def test_a_run_whose_files_disagree_is_one_line(surnames_run, tmp_path, capsys, 
                                   "surname data differ from this run's" in err[0]), err
 
 
+@pytest.mark.parametrize("edit", ["vocabulary reversed", "target", "mean"])
+def test_a_config_edited_after_training_is_refused(surnames_run, forecast_run, tmp_path,
+                                                   capsys, edit):
+    """An edit that keeps every shape (the vocabulary's order, the forecast's target or
+    normalisation) gave wrong numbers with exit 0: the checkpoint records its config."""
+    source = surnames_run if edit.startswith("vocabulary") else forecast_run
+    run = tmp_path / "run"
+    run.mkdir()
+    config = json.loads((source / "config.json").read_text())
+    if edit.startswith("vocabulary"):
+        config["vocab"] = config["vocab"][::-1]
+    elif edit == "target":
+        config["data"]["target"] = "temp_min"
+    else:
+        config["data"]["mean"][0] += 1.0
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "checkpoint.pt").write_bytes((source / "checkpoint.pt").read_bytes())
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not the one this run was trained with" in err[0], err
+
+
 def test_a_forecast_config_edited_is_one_line(forecast_run, tmp_path, capsys):
     """A forecast run's config.json with a season that is not a whole number: one line."""
+    import torch
+
     run = tmp_path / "run"
     run.mkdir()
     config = json.loads((forecast_run / "config.json").read_text())
     config["data"]["season"] = "abc"
     (run / "config.json").write_text(json.dumps(config))
-    (run / "checkpoint.pt").write_bytes((forecast_run / "checkpoint.pt").read_bytes())
+    ckpt = torch.load(forecast_run / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]  # (as a checkpoint from before it recorded its config)
+    torch.save(ckpt, run / "checkpoint.pt")
     for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -47,7 +47,7 @@ def train(args) -> int:
         run, config = read_run(args.resume)
         if args.task and args.task != config["task"]:
             raise CLIError(f"{args.resume} is a {config['task']} run, not {args.task}")
-        ckpt = load_checkpoint(run, torch.device("cpu"))
+        ckpt = load_checkpoint(run, torch.device("cpu"), config)
         with consistent_run(run):
             opts = Options(**ckpt["options"])
     else:
@@ -225,7 +225,7 @@ def _load(args):
     """Task, best model and config of an existing run."""
     device = pick_device(args.device)
     run, config = read_run(args.run_dir)
-    ckpt = load_checkpoint(run, device)
+    ckpt = load_checkpoint(run, device, config)
     model = config.get("model")
     if isinstance(model, dict) and model.get("backend") in flashgru.BACKENDS:
         try:  # (a run trained where its backend runs, read where it can't: the weights

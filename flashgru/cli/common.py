@@ -4,6 +4,7 @@ directories, devices, seeds and the process group of a torchrun launch."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -143,7 +144,14 @@ def read_run(run_dir: str | Path) -> tuple[Path, dict]:
 CHECKPOINT_KEYS = ("model", "best_model", "averaged", "optimizer", "state", "rng", "options")
 
 
-def load_checkpoint(run: Path, device: torch.device) -> dict:
+def config_digest(config: dict) -> str:
+    """What a checkpoint records of its run's config.json: the SHA-256 of its JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def load_checkpoint(run: Path, device: torch.device, config: dict) -> dict:
+    """The run's checkpoint, refused unless it is one and was made with this config.json
+    (an edited vocabulary, target or normalisation would give wrong numbers silently)."""
     try:
         ckpt = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's to fix
@@ -152,6 +160,10 @@ def load_checkpoint(run: Path, device: torch.device) -> dict:
         raise CLIError(f"{run}: unreadable {CHECKPOINT}: {why}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CLIError(f"{run}: {CHECKPOINT} is not a flashgru checkpoint")
+    if ckpt.get("config", config_digest(config)) != config_digest(config):  # (a checkpoint
+        # from before it was recorded: the other checks alone)
+        raise CLIError(f"{run}: {CONFIG} is not the one this run was trained with (its "
+                       f"{CHECKPOINT} records it): put it back, or train a new run")
     return ckpt
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data.distributed import DistributedSampler
 
-from .common import CHECKPOINT, Dist, save_torch
+from .common import CHECKPOINT, Dist, config_digest, save_torch
 
 
 class Interrupted(Exception):
@@ -86,7 +86,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "best_model": self.best,
                 "averaged": None if self.averaged is None else self.averaged.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "state": asdict(self.state),
-                "rng": torch.get_rng_state(), "options": asdict(self.opts)}
+                "rng": torch.get_rng_state(), "options": asdict(self.opts),
+                "config": config_digest(self.task.config)}
 
     def save(self) -> None:
         if self.dist.main:
