@@ -322,9 +322,9 @@ def bench(args) -> int:
         raise CLIError("--grid takes points B,T,H of three integers, e.g. 1,256,64") from None
     if any(len(p) != 3 or min(p) < 1 for p in grid):
         raise CLIError("--grid takes points B,T,H of three positive integers, e.g. 1,256,64")
-    for b, t, h in grid:  # (the input and the weights of a point, float32: torch's
-        # allocator would fail with a traceback, or overflow its sizes)
-        if (b * t * max(h, 1) + 3 * h * (2 * h)) * 4 > MAX_BENCH_BYTES:
+    for b, t, h in grid:  # (a point's input (B, T, H) and weights (3H, 2H), float32:
+        # torch's allocator would fail with a traceback, or overflow its sizes)
+        if (b * t * h + 6 * h * h) * 4 > MAX_BENCH_BYTES:
             raise CLIError(f"--grid point {b},{t},{h} needs more than "
                            f"{MAX_BENCH_BYTES >> 30} GiB for its input and weights")
     if args.repeats < 1:

@@ -71,19 +71,20 @@ def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on
     failure remove it. Readers see the old file or the new one, never half of one. A file
     system that refuses the write (read-only, full) is a CLIError naming the file."""
-    path = Path(os.path.realpath(path))  # (a link's target is written, not the link)
+    target = Path(os.path.realpath(path))  # (a link's target is written, not the link)
     try:
-        if path.exists() and not path.is_file():  # (a rename would replace the device or
-            # pipe itself: /dev/null with a file, as root)
+        if target.exists() and not target.is_file():  # (a rename would replace the device
+            # or pipe itself: /dev/null with a file, as root)
             raise CLIError(f"{path}: can't write: not a regular file")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=".tmp")
     except OSError as e:
         raise CLIError(f"{path}: can't write: {e.strerror}") from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
