@@ -277,10 +277,21 @@ def predict(args) -> int:
         raise CLIError("give non-empty names")
     if args.top < 1:
         raise CLIError("--top must be at least 1")
+    _note_unknown_characters(args.command, args.names, task.chars)
     for name, best in zip(args.names, task.predict(model, args.names, device, args.top),
                           strict=True):
         print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in best))
     return 0
+
+
+def _note_unknown_characters(command: str, names: list[str], chars: dict) -> None:
+    """A note on stderr for characters the run never saw in training: the model reads
+    them all as one unknown character."""
+    unknown = sorted({c for name in names for c in name if c not in chars})
+    if unknown:
+        print(f"flashgru {command}: note: this run's model never saw "
+              f"{''.join(unknown)!r} in training; it reads each as one unknown character",
+              file=sys.stderr)
 
 
 def gates(args) -> int:
@@ -289,6 +300,7 @@ def gates(args) -> int:
         raise CLIError("gates draws a surnames run's gates over a name's characters")
     if not args.name.strip():
         raise CLIError("give a non-empty name")
+    _note_unknown_characters(args.command, [args.name], task.chars)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"gates-{_safe(args.name)}.png"
     if out.is_dir() or (args.out and args.out.endswith(("/", os.sep))):
         raise CLIError(f"{args.out or out} is a directory; give --out a PNG file name")
