@@ -335,6 +335,11 @@ def test_characters_never_seen_in_training_are_named(surnames_run, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_top_is_for_surnames_runs(forecast_run, capsys):
+    assert main(["predict", str(forecast_run), "--top", "2"]) == 2
+    assert "--top applies to surnames runs" in capsys.readouterr().err
+
+
 def test_predict_refuses_an_empty_name(surnames_run, capsys):
     assert main(["predict", str(surnames_run), "Rossi", " "]) == 2
     assert "give non-empty names" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "O'Brien Schmidt\n  flashgru predict runs/forecast-X")
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("names", nargs="*", metavar="NAME")
-    pr.add_argument("--top", type=int, default=3, help="languages to show per name "
+    pr.add_argument("--top", type=int, help="surnames runs: languages to show per name "
                     "(default 3)")
     pr.add_argument("--csv", metavar="FILE", help="forecast runs: forecast after this file")
     _common(pr, train=False)

@@ -264,6 +264,8 @@ def predict(args) -> int:
     if config["task"] == "forecast":
         if args.names:
             raise CLIError("a forecast run takes no names; it forecasts after the series' end")
+        if args.top is not None:
+            raise CLIError("--top applies to surnames runs")
         values = task.predict(model, device)
         target = config["data"]["target"]
         print(f"next {len(values)} values of {target} after the last of "
@@ -275,10 +277,11 @@ def predict(args) -> int:
         raise CLIError("give one or more surnames to classify")
     if not all(name.strip() for name in args.names):
         raise CLIError("give non-empty names")
-    if args.top < 1:
+    top = 3 if args.top is None else args.top
+    if top < 1:
         raise CLIError("--top must be at least 1")
     _note_unknown_characters(args.command, args.names, task.chars)
-    for name, best in zip(args.names, task.predict(model, args.names, device, args.top),
+    for name, best in zip(args.names, task.predict(model, args.names, device, top),
                           strict=True):
         print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in best))
     return 0
