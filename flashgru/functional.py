@@ -56,10 +56,9 @@ def gru(
                  batch_first, batch_sizes):  # the fused cores read the memory they assume:
         # torch's own GRU instead, for its error, or where it broadcasts, its numbers
         check_backend_name(backend)
-        torch_gru = BACKENDS["torch"].run
         if reset_after:
-            return torch_gru(input, hx, weights, batch_first=batch_first,
-                             batch_sizes=batch_sizes, **args)
+            return BACKENDS["torch"].run(input, hx, weights, batch_first=batch_first,
+                                         batch_sizes=batch_sizes, **args)
         # the paper's formulation, which torch lacks: torch's checks, then the reference
         if not 0 <= dropout <= 1:
             raise RuntimeError(f"dropout probability has to be between 0 and 1, but got "
